@@ -1,0 +1,109 @@
+//! # oncely-conformance
+//!
+//! One behaviour suite, run against every store. A store crate adds a test target with
+//! `harness = false` whose `main` hands this crate a constructor:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! fn main() {
+//!     oncely_conformance::main("memory", || async {
+//!         Arc::new(oncely_memory::MemoryStore::new()) as _
+//!     });
+//! }
+//! ```
+//!
+//! Each test is a plain async function over a fresh store (see [`suite`]); the constructor is
+//! called once per test, so tests never see each other's records. Every test runs for every
+//! backend: there is no way to skip one, so a backend that cannot keep a guarantee fails.
+//!
+//! The model test ([`model`]) drives random sequences of claim / claim_many / complete /
+//! release / get / advance-clock / purge through the store and through a small reference model
+//! written independently of the core's rules, and fails on the first disagreement.
+
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use libtest_mimic::{Arguments, Trial};
+use oncely_core::Store;
+
+pub mod model;
+pub mod suite;
+
+/// A boxed test body.
+pub type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Makes a fresh, empty store for one test.
+pub trait StoreFactory: Send + Sync + 'static {
+    /// A fresh, empty store.
+    fn make(&self) -> Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send + '_>>;
+}
+
+impl<F, Fut> StoreFactory for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Arc<dyn Store>> + Send + 'static,
+{
+    fn make(&self) -> Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send + '_>> {
+        Box::pin(self())
+    }
+}
+
+/// Runs the whole suite and the model test against the stores `factory` makes, as a test
+/// binary (`cargo test` arguments such as a name filter work), and exits with its status.
+pub fn main(backend: &str, factory: impl StoreFactory) -> ! {
+    let args = Arguments::from_args();
+    let factory: Arc<dyn StoreFactory> = Arc::new(factory);
+    let mut trials = Vec::new();
+    for (name, test) in suite::all() {
+        let factory = factory.clone();
+        trials.push(
+            Trial::test(format!("{backend}::{name}"), move || {
+                runtime().block_on(async move {
+                    let store = factory.make().await;
+                    tokio::spawn(test(store))
+                        .await
+                        .map_err(|e| panic_text(e).into())
+                })
+            })
+            .with_kind(backend.to_owned()),
+        );
+    }
+    let model_factory = factory.clone();
+    trials.push(
+        Trial::test(
+            format!("{backend}::model_agrees_with_store_on_random_histories"),
+            move || {
+                model::check(model_factory.as_ref(), model::cases_from_env()).map_err(Into::into)
+            },
+        )
+        .with_kind(backend.to_owned()),
+    );
+    libtest_mimic::run(&args, trials).exit()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    // Several workers so "concurrent" tests contend on real threads.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn panic_text(err: tokio::task::JoinError) -> String {
+    match err.try_into_panic() {
+        Ok(panic) => {
+            if let Some(s) = panic.downcast_ref::<&str>() {
+                (*s).to_owned()
+            } else if let Some(s) = panic.downcast_ref::<String>() {
+                s.clone()
+            } else {
+                "test panicked".to_owned()
+            }
+        }
+        Err(e) => e.to_string(),
+    }
+}

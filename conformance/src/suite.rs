@@ -1,0 +1,929 @@
+//! The behaviour suite: each test a plain async function over a fresh store, named for the
+//! guarantee it proves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use oncely_core::{
+    ClaimOutcome, Clock, Error, Fingerprint, Key, KeyError, LostReason, MAX_KEY_BYTES,
+    MAX_SCOPE_BYTES, ManualClock, Oncely, RunError, RunOutcome, Scope, Store, VersionCheck,
+};
+use tokio::sync::Barrier;
+
+use crate::TestFuture;
+
+/// The lease every test uses.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// The retention every test uses.
+pub const RETENTION: Duration = Duration::from_secs(3600);
+
+type Test = fn(Arc<dyn Store>) -> TestFuture;
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        /// Every test in the suite, by name.
+        pub fn all() -> Vec<(&'static str, Test)> {
+            vec![$((stringify!($name), (|s| Box::pin($name(s)) as TestFuture) as Test)),*]
+        }
+    };
+}
+
+suite!(
+    first_claim_is_new,
+    completed_key_is_duplicate_with_stored_outcome,
+    claim_during_live_lease_is_in_progress_with_retry_after,
+    different_fingerprint_is_conflict_while_in_progress_and_after_completion,
+    claims_without_fingerprint_never_conflict,
+    release_makes_key_claimable_again,
+    expired_lease_is_taken_over_and_old_holder_is_fenced,
+    holder_past_its_lease_may_still_complete_if_nobody_took_over,
+    completing_twice_is_rejected,
+    completed_record_is_duplicate_until_retention_ends_then_new,
+    claim_many_answers_in_order_with_in_batch_duplicates,
+    claim_many_mixes_every_outcome,
+    get_returns_the_record_and_stops_after_expiry,
+    purge_is_bounded_by_its_limit_and_spares_live_records,
+    purge_removes_expired_leases_and_fences_their_holders,
+    empty_and_oversized_keys_are_typed_errors,
+    longest_keys_and_scopes_round_trip_exactly,
+    unusual_keys_are_stored_verbatim_and_kept_distinct,
+    outcomes_round_trip_byte_for_byte,
+    scopes_are_kept_apart,
+    stats_count_records_by_state,
+    version_guard_applies_only_newer_versions,
+    run_executes_once_then_replays,
+    run_releases_the_claim_when_the_handler_fails,
+    run_releases_the_claim_when_the_handler_panics,
+    run_reports_in_progress_and_conflict,
+    concurrent_claims_yield_exactly_one_new,
+    concurrent_claims_from_os_threads_yield_exactly_one_new,
+    concurrent_overlapping_batches_grant_each_key_once,
+    complete_racing_a_takeover_never_both_succeed,
+    duplicate_storm_runs_the_effect_once,
+);
+
+fn setup(store: Arc<dyn Store>) -> (Oncely, ManualClock) {
+    let clock = ManualClock::default();
+    let oncely = Oncely::new(store)
+        .with_clock(clock.clone())
+        .with_lease(LEASE)
+        .with_retention(RETENTION);
+    (oncely, clock)
+}
+
+fn key(k: &str) -> Key {
+    Key::new(k).expect("valid test key")
+}
+
+fn scope(s: &str) -> Scope {
+    Scope::new(s).expect("valid test scope")
+}
+
+fn fp(s: &str) -> Option<Fingerprint> {
+    Some(Fingerprint::of_bytes(s.as_bytes()))
+}
+
+fn expect_new(outcome: ClaimOutcome) -> oncely_core::Claim {
+    match outcome {
+        ClaimOutcome::New(claim) => claim,
+        other => panic!("expected New, got {other:?}"),
+    }
+}
+
+fn expect_lost<T: std::fmt::Debug>(result: oncely_core::Result<T>, want: LostReason) {
+    match result {
+        Err(Error::ClaimLost { reason, .. }) => assert_eq!(reason, want),
+        other => panic!("expected ClaimLost({want:?}), got {other:?}"),
+    }
+}
+
+async fn first_claim_is_new(store: Arc<dyn Store>) {
+    let (oncely, clock) = setup(store);
+    let claim = expect_new(
+        oncely
+            .claim(&Scope::default(), &key("a"), None)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(claim.attempt, 1);
+    assert_eq!(claim.lease_until, clock.now().saturating_add(LEASE));
+    assert_eq!(claim.key, key("a"));
+}
+
+async fn completed_key_is_duplicate_with_stored_outcome(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    let s = Scope::default();
+    let claim = expect_new(oncely.claim(&s, &key("a"), fp("p")).await.unwrap());
+    oncely.complete(&claim, b"receipt-1").await.unwrap();
+    for _ in 0..3 {
+        match oncely.claim(&s, &key("a"), fp("p")).await.unwrap() {
+            ClaimOutcome::Duplicate(rec) => {
+                assert_eq!(rec.outcome(), Some(&b"receipt-1"[..]));
+                assert_eq!(rec.fingerprint, fp("p"));
+                assert_eq!(rec.key, key("a"));
+            }
+            other => panic!("expected Duplicate, got {other:?}"),
+        }
+    }
+}
+
+async fn claim_during_live_lease_is_in_progress_with_retry_after(store: Arc<dyn Store>) {
+    let (oncely, clock) = setup(store);
+    let s = Scope::default();
+    expect_new(oncely.claim(&s, &key("a"), None).await.unwrap());
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(
+        oncely.claim(&s, &key("a"), None).await.unwrap(),
+        ClaimOutcome::InProgress {
+            retry_after: Duration::from_secs(20) + Duration::from_millis(1)
+        }
+    );
+    // Still live on its last millisecond.
+    clock.advance(Duration::from_secs(20));
+    assert!(matches!(
+        oncely.claim(&s, &key("a"), None).await.unwrap(),
+        ClaimOutcome::InProgress { .. }
+    ));
+}
+
+async fn different_fingerprint_is_conflict_while_in_progress_and_after_completion(
+    store: Arc<dyn Store>,
+) {
+    let (oncely, _) = setup(store);
+    let s = Scope::default();
+    let claim = expect_new(oncely.claim(&s, &key("a"), fp("first")).await.unwrap());
+    assert_eq!(
+        oncely.claim(&s, &key("a"), fp("second")).await.unwrap(),
+        ClaimOutcome::Conflict {
+            stored: fp("first")
+        }
+    );
+    oncely.complete(&claim, b"done").await.unwrap();
+    assert_eq!(
+        oncely.claim(&s, &key("a"), fp("second")).await.unwrap(),
+        ClaimOutcome::Conflict {
+            stored: fp("first")
+        }
+    );
+    // The conflict changed nothing: the right payload still replays.
+    assert!(matches!(
+        oncely.claim(&s, &key("a"), fp("first")).await.unwrap(),
+        ClaimOutcome::Duplicate(_)
+    ));
+}
+
+async fn claims_without_fingerprint_never_conflict(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    let s = Scope::default();
+    let claim = expect_new(oncely.claim(&s, &key("a"), fp("x")).await.unwrap());
+    oncely.complete(&claim, b"").await.unwrap();
+    assert!(matches!(
+        oncely.claim(&s, &key("a"), None).await.unwrap(),
+        ClaimOutcome::Duplicate(_)
+    ));
+    let claim = expect_new(oncely.claim(&s, &key("b"), None).await.unwrap());
+    oncely.complete(&claim, b"").await.unwrap();
+    assert!(matches!(
+        oncely.claim(&s, &key("b"), fp("y")).await.unwrap(),
+        ClaimOutcome::Duplicate(_)
+    ));
+}
+
+async fn release_makes_key_claimable_again(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    let s = Scope::default();
+    let first = expect_new(oncely.claim(&s, &key("a"), fp("p")).await.unwrap());
+    oncely.release(&first).await.unwrap();
+    assert_eq!(oncely.get(&s, &key("a")).await.unwrap(), None);
+    // Released: even another payload may now use the key.
+    let second = expect_new(oncely.claim(&s, &key("a"), fp("q")).await.unwrap());
+    assert_ne!(first.token, second.token);
+    // The first holder released; it can neither release nor complete again.
+    expect_lost(oncely.release(&first).await, LostReason::TakenOver);
+    expect_lost(oncely.complete(&first, b"x").await, LostReason::TakenOver);
+    oncely.release(&second).await.unwrap();
+    expect_lost(oncely.release(&second).await, LostReason::Missing);
+}
+
+async fn expired_lease_is_taken_over_and_old_holder_is_fenced(store: Arc<dyn Store>) {
+    let (oncely, clock) = setup(store);
+    let s = Scope::default();
+    let crashed = expect_new(oncely.claim(&s, &key("a"), fp("p")).await.unwrap());
+    clock.advance(LEASE + Duration::from_millis(1));
+    let takeover = expect_new(oncely.claim(&s, &key("a"), fp("p")).await.unwrap());
+    assert_eq!(takeover.attempt, 2);
+    assert_ne!(takeover.token, crashed.token);
+    // The crashed holder wakes up: fenced out of both complete and release.
+    expect_lost(
+        oncely.complete(&crashed, b"stale").await,
+        LostReason::TakenOver,
+    );
+    expect_lost(oncely.release(&crashed).await, LostReason::TakenOver);
+    // The new holder is unaffected.
+    assert!(matches!(
+        oncely.claim(&s, &key("a"), fp("p")).await.unwrap(),
+        ClaimOutcome::InProgress { .. }
+    ));
+    oncely.complete(&takeover, b"fresh").await.unwrap();
+    let rec = oncely.get(&s, &key("a")).await.unwrap().unwrap();
+    assert_eq!(rec.outcome(), Some(&b"fresh"[..]));
+    assert_eq!(rec.attempt, 2);
+}
+
+async fn holder_past_its_lease_may_still_complete_if_nobody_took_over(store: Arc<dyn Store>) {
+    let (oncely, clock) = setup(store);
+    let s = Scope::default();
+    let slow = expect_new(oncely.claim(&s, &key("a"), None).await.unwrap());
+    clock.advance(LEASE * 3);
+    oncely.complete(&slow, b"late but done").await.unwrap();
+    match oncely.claim(&s, &key("a"), None).await.unwrap() {
+        ClaimOutcome::Duplicate(rec) => assert_eq!(rec.outcome(), Some(&b"late but done"[..])),
+        other => panic!("expected Duplicate, got {other:?}"),
+    }
+}
+
+async fn completing_twice_is_rejected(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    let s = Scope::default();
+    let claim = expect_new(oncely.claim(&s, &key("a"), None).await.unwrap());
+    oncely.complete(&claim, b"one").await.unwrap();
+    expect_lost(
+        oncely.complete(&claim, b"two").await,
+        LostReason::AlreadyCompleted,
+    );
+    expect_lost(oncely.release(&claim).await, LostReason::AlreadyCompleted);
+    let rec = oncely.get(&s, &key("a")).await.unwrap().unwrap();
+    assert_eq!(rec.outcome(), Some(&b"one"[..]));
+}
+
+async fn completed_record_is_duplicate_until_retention_ends_then_new(store: Arc<dyn Store>) {
+    let (oncely, clock) = setup(store);
+    let s = Scope::default();
+    let claim = expect_new(oncely.claim(&s, &key("a"), fp("p")).await.unwrap());
+    oncely.complete(&claim, b"x").await.unwrap();
+    clock.advance(RETENTION);
+    assert!(matches!(
+        oncely.claim(&s, &key("a"), fp("p")).await.unwrap(),
+        ClaimOutcome::Duplicate(_)
+    ));
+    clock.advance(Duration::from_millis(1));
+    // Expired: the key is new again, even for another payload.
+    let again = expect_new(oncely.claim(&s, &key("a"), fp("other")).await.unwrap());
+    assert_ne!(again.token, claim.token);
+}
+
+async fn claim_many_answers_in_order_with_in_batch_duplicates(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    let s = Scope::default();
+    let batch = ["a", "b", "a", "c", "b", "a"]
+        .iter()
+        .map(|k| (s.clone(), key(k), None))
+        .collect::<Vec<_>>();
+    let outcomes = oncely.claim_many(batch).await.unwrap();
+    let kinds: Vec<_> = outcomes.iter().map(ClaimOutcome::kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            "new",
+            "new",
+            "in_progress",
+            "new",
+            "in_progress",
+            "in_progress"
+        ]
+    );
+    let keys: Vec<_> = outcomes
+        .into_iter()
+        .filter_map(ClaimOutcome::into_new)
+        .map(|c| c.key)
+        .collect();
+    assert_eq!(keys, [key("a"), key("b"), key("c")]);
+    assert!(oncely.claim_many(Vec::new()).await.unwrap().is_empty());
+}
+
+async fn claim_many_mixes_every_outcome(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    let s = Scope::default();
+    let done = expect_new(oncely.claim(&s, &key("done"), fp("p")).await.unwrap());
+    oncely.complete(&done, b"out").await.unwrap();
+    expect_new(oncely.claim(&s, &key("busy"), fp("p")).await.unwrap());
+    let outcomes = oncely
+        .claim_many([
+            (s.clone(), key("fresh"), fp("p")),
+            (s.clone(), key("done"), fp("p")),
+            (s.clone(), key("busy"), fp("p")),
+            (s.clone(), key("done"), fp("not-p")),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0], ClaimOutcome::New(_)));
+    assert!(matches!(&outcomes[1], ClaimOutcome::Duplicate(r) if r.outcome() == Some(&b"out"[..])));
+    assert!(matches!(outcomes[2], ClaimOutcome::InProgress { .. }));
+    assert_eq!(outcomes[3], ClaimOutcome::Conflict { stored: fp("p") });
+}
+
+async fn get_returns_the_record_and_stops_after_expiry(store: Arc<dyn Store>) {
+    let (oncely, clock) = setup(store.clone());
+    let s = Scope::default();
+    assert_eq!(oncely.get(&s, &key("a")).await.unwrap(), None);
+    let claim = expect_new(oncely.claim(&s, &key("a"), fp("p")).await.unwrap());
+    let rec = oncely.get(&s, &key("a")).await.unwrap().unwrap();
+    assert!(!rec.is_completed());
+    assert_eq!(
+        (rec.token, rec.attempt, rec.fingerprint),
+        (claim.token, 1, fp("p"))
+    );
+    assert_eq!(rec.created_at, clock.now());
+    assert_eq!(rec.expires_at, claim.lease_until);
+    clock.advance(Duration::from_secs(5));
+    oncely.complete(&claim, b"r").await.unwrap();
+    let rec = oncely.get(&s, &key("a")).await.unwrap().unwrap();
+    assert_eq!(rec.outcome(), Some(&b"r"[..]));
+    assert_eq!(rec.expires_at, clock.now().saturating_add(RETENTION));
+    clock.advance(RETENTION + Duration::from_millis(1));
+    assert_eq!(oncely.get(&s, &key("a")).await.unwrap(), None);
+    // The raw store still has it until purged.
+    assert!(store.get(&s, &key("a")).await.unwrap().is_some());
+}
+
+async fn purge_is_bounded_by_its_limit_and_spares_live_records(store: Arc<dyn Store>) {
+    let (oncely, clock) = setup(store.clone());
+    let s = Scope::default();
+    for i in 0..10 {
+        let c = expect_new(
+            oncely
+                .claim(&s, &key(&format!("old-{i}")), None)
+                .await
+                .unwrap(),
+        );
+        oncely.complete(&c, b"").await.unwrap();
+    }
+    clock.advance(RETENTION * 2);
+    for i in 0..5 {
+        let c = expect_new(
+            oncely
+                .claim(&s, &key(&format!("live-{i}")), None)
+                .await
+                .unwrap(),
+        );
+        oncely.complete(&c, b"").await.unwrap();
+    }
+    expect_new(oncely.claim(&s, &key("leased"), None).await.unwrap());
+    assert_eq!(oncely.purge(Duration::ZERO, 3).await.unwrap(), 3);
+    assert_eq!(oncely.purge(Duration::ZERO, 0).await.unwrap(), 0);
+    assert_eq!(oncely.purge(Duration::ZERO, 100).await.unwrap(), 7);
+    assert_eq!(oncely.purge(Duration::ZERO, 100).await.unwrap(), 0);
+    for i in 0..10 {
+        assert!(
+            store
+                .get(&s, &key(&format!("old-{i}")))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    for i in 0..5 {
+        assert!(matches!(
+            oncely
+                .claim(&s, &key(&format!("live-{i}")), None)
+                .await
+                .unwrap(),
+            ClaimOutcome::Duplicate(_)
+        ));
+    }
+    assert!(matches!(
+        oncely.claim(&s, &key("leased"), None).await.unwrap(),
+        ClaimOutcome::InProgress { .. }
+    ));
+    // `older_than` keeps recently expired records: one hour later, the lease expired an hour
+    // and 30 s ago, the five completed records only 60 s ago.
+    clock.advance(RETENTION + Duration::from_secs(60));
+    assert_eq!(
+        oncely.purge(Duration::from_secs(3600), 100).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        oncely.purge(Duration::from_secs(120), 100).await.unwrap(),
+        0
+    );
+    assert_eq!(oncely.purge(Duration::from_secs(1), 100).await.unwrap(), 5);
+}
+
+async fn purge_removes_expired_leases_and_fences_their_holders(store: Arc<dyn Store>) {
+    let (oncely, clock) = setup(store);
+    let s = Scope::default();
+    let crashed = expect_new(oncely.claim(&s, &key("a"), None).await.unwrap());
+    clock.advance(LEASE + Duration::from_secs(1));
+    assert_eq!(oncely.purge(Duration::ZERO, 10).await.unwrap(), 1);
+    expect_lost(oncely.complete(&crashed, b"x").await, LostReason::Missing);
+    let next = expect_new(oncely.claim(&s, &key("a"), None).await.unwrap());
+    // A purged-then-reclaimed key gets a new token, so the crashed holder stays fenced out.
+    expect_lost(oncely.complete(&crashed, b"x").await, LostReason::TakenOver);
+    oncely.complete(&next, b"y").await.unwrap();
+}
+
+async fn empty_and_oversized_keys_are_typed_errors(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    assert_eq!(Key::new(""), Err(KeyError::Empty { what: "key" }));
+    assert_eq!(
+        Key::new("k".repeat(MAX_KEY_BYTES + 1)),
+        Err(KeyError::TooLong {
+            what: "key",
+            len: MAX_KEY_BYTES + 1,
+            max: MAX_KEY_BYTES
+        })
+    );
+    assert_eq!(Scope::new(""), Err(KeyError::Empty { what: "scope" }));
+    assert!(matches!(
+        Scope::new("s".repeat(MAX_SCOPE_BYTES + 1)),
+        Err(KeyError::TooLong { .. })
+    ));
+    // A rejected key never reaches the store: a neighbouring valid key is unaffected.
+    let near = Key::new("k".repeat(MAX_KEY_BYTES)).unwrap();
+    expect_new(oncely.claim(&Scope::default(), &near, None).await.unwrap());
+}
+
+async fn longest_keys_and_scopes_round_trip_exactly(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    // 170 three-byte characters plus two ASCII bytes: exactly 512 bytes.
+    let long_key = Key::new(format!("{}ab", "€".repeat(170))).unwrap();
+    assert_eq!(long_key.as_str().len(), MAX_KEY_BYTES);
+    let long_scope = Scope::new("s".repeat(MAX_SCOPE_BYTES)).unwrap();
+    let claim = expect_new(oncely.claim(&long_scope, &long_key, None).await.unwrap());
+    oncely.complete(&claim, b"ok").await.unwrap();
+    let rec = oncely.get(&long_scope, &long_key).await.unwrap().unwrap();
+    assert_eq!((rec.scope, rec.key), (long_scope.clone(), long_key.clone()));
+    // One byte short is a different key.
+    let shorter = Key::new(format!("{}a", "€".repeat(170))).unwrap();
+    expect_new(oncely.claim(&long_scope, &shorter, None).await.unwrap());
+}
+
+async fn unusual_keys_are_stored_verbatim_and_kept_distinct(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    let s = Scope::default();
+    let keys = [
+        "a",
+        "A",
+        "a ",
+        " a",
+        "a\0b",
+        "a\nb",
+        "'; DROP TABLE records; --",
+        "%",
+        "_",
+        "\\",
+        "ключ",
+        "🔑",
+        "a:b",
+        "a/b",
+        "{scope}",
+    ];
+    for k in keys {
+        expect_new(oncely.claim(&s, &key(k), None).await.unwrap());
+    }
+    for k in keys {
+        let rec = oncely.get(&s, &key(k)).await.unwrap().expect("stored");
+        assert_eq!(rec.key.as_str(), k);
+        assert!(matches!(
+            oncely.claim(&s, &key(k), None).await.unwrap(),
+            ClaimOutcome::InProgress { .. }
+        ));
+    }
+}
+
+async fn outcomes_round_trip_byte_for_byte(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    let s = Scope::default();
+    let every_byte: Vec<u8> = (0..=255u8).cycle().take(1024).collect();
+    let large: Vec<u8> = (0..1_048_576u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    for (name, outcome) in [
+        ("empty", Vec::new()),
+        ("every-byte", every_byte),
+        ("one-mib", large),
+    ] {
+        let claim = expect_new(oncely.claim(&s, &key(name), None).await.unwrap());
+        oncely.complete(&claim, &outcome).await.unwrap();
+        match oncely.claim(&s, &key(name), None).await.unwrap() {
+            ClaimOutcome::Duplicate(rec) => {
+                assert!(rec.outcome() == Some(&outcome[..]), "{name} differs")
+            }
+            other => panic!("expected Duplicate, got {other:?}"),
+        }
+    }
+}
+
+async fn scopes_are_kept_apart(store: Arc<dyn Store>) {
+    let (oncely, clock) = setup(store);
+    let (a, b) = (scope("tenant-a"), scope("tenant-b"));
+    let in_a = expect_new(oncely.claim(&a, &key("k"), fp("pa")).await.unwrap());
+    // Same key, other scope, other payload: a different operation, not a conflict.
+    let in_b = expect_new(oncely.claim(&b, &key("k"), fp("pb")).await.unwrap());
+    oncely.complete(&in_a, b"from a").await.unwrap();
+    assert!(matches!(
+        oncely.claim(&b, &key("k"), fp("pb")).await.unwrap(),
+        ClaimOutcome::InProgress { .. }
+    ));
+    oncely.complete(&in_b, b"from b").await.unwrap();
+    assert_eq!(
+        oncely.get(&a, &key("k")).await.unwrap().unwrap().outcome(),
+        Some(&b"from a"[..])
+    );
+    assert_eq!(
+        oncely.get(&b, &key("k")).await.unwrap().unwrap().outcome(),
+        Some(&b"from b"[..])
+    );
+    // A holder from one scope cannot touch the other.
+    let in_a2 = expect_new(oncely.claim(&a, &key("k2"), None).await.unwrap());
+    let mut forged = in_a2.clone();
+    forged.scope = b.clone();
+    expect_lost(oncely.complete(&forged, b"x").await, LostReason::Missing);
+    clock.advance(Duration::from_secs(1));
+    assert!(matches!(
+        oncely.claim(&a, &key("k2"), None).await.unwrap(),
+        ClaimOutcome::InProgress { .. }
+    ));
+}
+
+async fn stats_count_records_by_state(store: Arc<dyn Store>) {
+    let (oncely, clock) = setup(store);
+    let s = Scope::default();
+    for i in 0..3 {
+        let c = expect_new(
+            oncely
+                .claim(&s, &key(&format!("done-{i}")), None)
+                .await
+                .unwrap(),
+        );
+        oncely.complete(&c, b"").await.unwrap();
+    }
+    expect_new(oncely.claim(&s, &key("leased"), None).await.unwrap());
+    let stats = oncely.stats().await.unwrap();
+    assert_eq!(
+        (
+            stats.records,
+            stats.completed,
+            stats.in_progress,
+            stats.expired
+        ),
+        (4, 3, 1, 0)
+    );
+    clock.advance(LEASE + Duration::from_millis(1));
+    let stats = oncely.stats().await.unwrap();
+    assert_eq!(
+        (
+            stats.records,
+            stats.completed,
+            stats.in_progress,
+            stats.expired
+        ),
+        (4, 3, 0, 1)
+    );
+    clock.advance(RETENTION);
+    let stats = oncely.stats().await.unwrap();
+    assert_eq!((stats.records, stats.expired), (4, 4));
+    oncely.purge(Duration::ZERO, 100).await.unwrap();
+    assert_eq!(oncely.stats().await.unwrap().records, 0);
+}
+
+async fn version_guard_applies_only_newer_versions(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    let (s, e) = (Scope::default(), key("order-1"));
+    assert_eq!(
+        oncely.apply_if_newer(&s, &e, 5).await.unwrap(),
+        VersionCheck::Applied { previous: None }
+    );
+    assert_eq!(
+        oncely.apply_if_newer(&s, &e, 5).await.unwrap(),
+        VersionCheck::Stale { current: 5 }
+    );
+    assert_eq!(
+        oncely.apply_if_newer(&s, &e, 4).await.unwrap(),
+        VersionCheck::Stale { current: 5 }
+    );
+    assert_eq!(
+        oncely.apply_if_newer(&s, &e, 9).await.unwrap(),
+        VersionCheck::Applied { previous: Some(5) }
+    );
+    // Versions are per entity and per scope.
+    assert_eq!(
+        oncely.apply_if_newer(&s, &key("order-2"), 1).await.unwrap(),
+        VersionCheck::Applied { previous: None }
+    );
+    assert_eq!(
+        oncely.apply_if_newer(&scope("other"), &e, 1).await.unwrap(),
+        VersionCheck::Applied { previous: None }
+    );
+    assert_eq!(
+        oncely.apply_if_newer(&s, &key("zero"), 0).await.unwrap(),
+        VersionCheck::Applied { previous: None }
+    );
+    assert_eq!(
+        oncely.apply_if_newer(&s, &key("zero"), 0).await.unwrap(),
+        VersionCheck::Stale { current: 0 }
+    );
+    // Concurrent updates: each version is applied by exactly one caller, and the highest wins.
+    let applied = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for v in (1..=40u64).chain(1..=40) {
+        let (oncely, applied) = (oncely.clone(), applied.clone());
+        tasks.push(tokio::spawn(async move {
+            if let VersionCheck::Applied { .. } = oncely
+                .apply_if_newer(&Scope::default(), &key("race"), v)
+                .await
+                .unwrap()
+            {
+                applied.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!((1..=40).contains(&applied.load(Ordering::SeqCst)));
+    assert_eq!(
+        oncely.apply_if_newer(&s, &key("race"), 40).await.unwrap(),
+        VersionCheck::Stale { current: 40 }
+    );
+}
+
+async fn run_executes_once_then_replays(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    let effects = AtomicUsize::new(0);
+    let handler = || async {
+        effects.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, std::io::Error>(b"charged".to_vec())
+    };
+    let s = Scope::default();
+    let first = oncely
+        .run(&s, &key("pay-1"), fp("p"), handler)
+        .await
+        .unwrap();
+    let second = oncely
+        .run(&s, &key("pay-1"), fp("p"), handler)
+        .await
+        .unwrap();
+    assert_eq!(first, RunOutcome::Executed(b"charged".to_vec()));
+    assert_eq!(second, RunOutcome::Replayed(b"charged".to_vec()));
+    assert_eq!(effects.load(Ordering::SeqCst), 1);
+}
+
+async fn run_releases_the_claim_when_the_handler_fails(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    let s = Scope::default();
+    let failed = oncely
+        .run(&s, &key("k"), None, || async {
+            Err::<Vec<u8>, _>("smtp down")
+        })
+        .await;
+    assert!(matches!(failed, Err(RunError::Handler("smtp down"))));
+    assert_eq!(oncely.get(&s, &key("k")).await.unwrap(), None);
+    let retried = oncely
+        .run(&s, &key("k"), None, || async {
+            Ok::<_, &str>(b"sent".to_vec())
+        })
+        .await
+        .unwrap();
+    assert_eq!(retried, RunOutcome::Executed(b"sent".to_vec()));
+}
+
+async fn run_releases_the_claim_when_the_handler_panics(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    let s = Scope::default();
+    let panicked = oncely
+        .run(&s, &key("k"), None, || async {
+            if always() {
+                panic!("handler bug");
+            }
+            Ok::<Vec<u8>, std::io::Error>(Vec::new())
+        })
+        .await;
+    match panicked {
+        Err(RunError::Panicked(msg)) => assert!(msg.contains("handler bug")),
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+    assert_eq!(oncely.get(&s, &key("k")).await.unwrap(), None);
+    let retried = oncely
+        .run(&s, &key("k"), None, || async {
+            Ok::<_, std::io::Error>(b"ok".to_vec())
+        })
+        .await
+        .unwrap();
+    assert_eq!(retried, RunOutcome::Executed(b"ok".to_vec()));
+}
+
+// Keeps the compiler from seeing the panic as unconditional.
+fn always() -> bool {
+    std::hint::black_box(true)
+}
+
+async fn run_reports_in_progress_and_conflict(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    let s = Scope::default();
+    let held = expect_new(oncely.claim(&s, &key("k"), fp("p")).await.unwrap());
+    let never = || async {
+        if always() {
+            panic!("must not run");
+        }
+        Ok::<Vec<u8>, std::io::Error>(Vec::new())
+    };
+    assert!(matches!(
+        oncely.run(&s, &key("k"), fp("p"), never).await,
+        Err(RunError::InProgress { .. })
+    ));
+    assert!(matches!(
+        oncely.run(&s, &key("k"), fp("q"), never).await,
+        Err(RunError::Conflict { .. })
+    ));
+    oncely.complete(&held, b"").await.unwrap();
+    assert!(matches!(
+        oncely.run(&s, &key("k"), fp("q"), never).await,
+        Err(RunError::Conflict { .. })
+    ));
+}
+
+async fn concurrent_claims_yield_exactly_one_new(store: Arc<dyn Store>) {
+    const CLAIMANTS: usize = 64;
+    let (oncely, _) = setup(store);
+    for round in 0..10 {
+        let barrier = Arc::new(Barrier::new(CLAIMANTS));
+        let tasks: Vec<_> = (0..CLAIMANTS)
+            .map(|_| {
+                let (oncely, barrier) = (oncely.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    oncely
+                        .claim(&Scope::default(), &key(&format!("hot-{round}")), None)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut kinds: HashMap<&str, usize> = HashMap::new();
+        for t in tasks {
+            *kinds.entry(t.await.unwrap().kind()).or_default() += 1;
+        }
+        assert_eq!(kinds.get("new"), Some(&1), "round {round}: {kinds:?}");
+        assert_eq!(
+            kinds.get("in_progress"),
+            Some(&(CLAIMANTS - 1)),
+            "round {round}: {kinds:?}"
+        );
+    }
+}
+
+async fn concurrent_claims_from_os_threads_yield_exactly_one_new(store: Arc<dyn Store>) {
+    const THREADS: usize = 32;
+    let (oncely, _) = setup(store);
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let barrier = Arc::new(std::sync::Barrier::new(THREADS));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (oncely, barrier) = (oncely.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    barrier.wait();
+                    rt.block_on(oncely.claim(&Scope::default(), &key("hot"), None))
+                        .unwrap()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let news = outcomes
+        .iter()
+        .filter(|o| matches!(o, ClaimOutcome::New(_)))
+        .count();
+    assert_eq!(news, 1, "{outcomes:?}");
+}
+
+async fn concurrent_overlapping_batches_grant_each_key_once(store: Arc<dyn Store>) {
+    const TASKS: usize = 16;
+    const KEYS: usize = 50;
+    let (oncely, _) = setup(store);
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let oncely = oncely.clone();
+            tokio::spawn(async move {
+                // Each task walks the keys from a different starting point.
+                let batch = (0..KEYS).map(|i| {
+                    let k = (i + t * 7) % KEYS;
+                    (Scope::default(), key(&format!("k{k}")), None)
+                });
+                oncely.claim_many(batch).await.unwrap()
+            })
+        })
+        .collect();
+    let mut granted: HashMap<Key, usize> = HashMap::new();
+    for t in tasks {
+        for claim in t
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(ClaimOutcome::into_new)
+        {
+            *granted.entry(claim.key).or_default() += 1;
+        }
+    }
+    assert_eq!(granted.len(), KEYS);
+    assert!(granted.values().all(|&n| n == 1), "{granted:?}");
+}
+
+async fn complete_racing_a_takeover_never_both_succeed(store: Arc<dyn Store>) {
+    let (oncely, clock) = setup(store);
+    let s = Scope::default();
+    let (mut completed_first, mut taken_over_first) = (0, 0);
+    for round in 0..40 {
+        let k = key(&format!("race-{round}"));
+        let holder = expect_new(oncely.claim(&s, &k, None).await.unwrap());
+        clock.advance(LEASE + Duration::from_millis(1));
+        let barrier = Arc::new(Barrier::new(2));
+        let completing = {
+            let (oncely, barrier, holder) = (oncely.clone(), barrier.clone(), holder.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                oncely.complete(&holder, b"by holder").await
+            })
+        };
+        let claiming = {
+            let (oncely, barrier, k) = (oncely.clone(), barrier.clone(), k.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                oncely.claim(&Scope::default(), &k, None).await.unwrap()
+            })
+        };
+        let (completed, claimed) = (completing.await.unwrap(), claiming.await.unwrap());
+        match (completed, claimed) {
+            (Ok(()), ClaimOutcome::Duplicate(rec)) => {
+                assert_eq!(rec.outcome(), Some(&b"by holder"[..]));
+                completed_first += 1;
+            }
+            (
+                Err(Error::ClaimLost {
+                    reason: LostReason::TakenOver,
+                    ..
+                }),
+                ClaimOutcome::New(c),
+            ) => {
+                assert_ne!(c.token, holder.token);
+                taken_over_first += 1;
+            }
+            (completed, claimed) => {
+                panic!("round {round}: complete={completed:?} claim={claimed:?}")
+            }
+        }
+    }
+    assert_eq!(completed_first + taken_over_first, 40);
+}
+
+async fn duplicate_storm_runs_the_effect_once(store: Arc<dyn Store>) {
+    const DELIVERIES: usize = 48;
+    let (oncely, _) = setup(store);
+    let effects = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(DELIVERIES));
+    let tasks: Vec<_> = (0..DELIVERIES)
+        .map(|_| {
+            let (oncely, effects, barrier) = (oncely.clone(), effects.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                loop {
+                    let effects = effects.clone();
+                    let handler = || async move {
+                        effects.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        Ok::<_, std::io::Error>(b"stock-1".to_vec())
+                    };
+                    match oncely
+                        .run(&Scope::default(), &key("order-77"), fp("o"), handler)
+                        .await
+                    {
+                        Ok(outcome) => return outcome,
+                        // Another delivery is mid-flight: redeliver a moment later, as a broker would.
+                        Err(RunError::InProgress { .. }) => {
+                            tokio::time::sleep(Duration::from_millis(2)).await
+                        }
+                        Err(other) => panic!("{other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut executed = 0;
+    for t in tasks {
+        let outcome = t.await.unwrap();
+        executed += usize::from(!outcome.was_replayed());
+        assert_eq!(outcome.into_inner(), b"stock-1");
+    }
+    assert_eq!((executed, effects.load(Ordering::SeqCst)), (1, 1));
+}

@@ -1,0 +1,326 @@
+//! [`Oncely`]: the lifecycle over any [`Store`], with a clock, a lease and a retention.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use crate::{
+    Claim, ClaimOutcome, ClaimRequest, Clock, Error, Fingerprint, Key, Record, Result, Scope,
+    Store, StoreStats, SystemClock, Timestamp, VersionCheck,
+};
+
+/// Default lease: long enough for most handlers, short enough that a crash costs little.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// Default retention of completed records: 7 days, longer than most brokers' redelivery window.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The claim -> complete / release lifecycle over a store.
+///
+/// Cheap to clone; clones share the store and the clock.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely_core::Result<()> {
+/// use oncely_core::{ClaimOutcome, Key, Oncely, Scope};
+/// let store = std::sync::Arc::new(oncely_memory::MemoryStore::default());
+/// let oncely = Oncely::new(store);
+/// let (scope, key) = (Scope::new("payments")?, Key::new("evt-42")?);
+///
+/// match oncely.claim(&scope, &key, None).await? {
+///     ClaimOutcome::New(claim) => {
+///         // ... charge the card, then record what happened ...
+///         oncely.complete(&claim, b"charge ch_1").await?;
+///     }
+///     ClaimOutcome::Duplicate(record) => assert_eq!(record.outcome(), Some(&b"charge ch_1"[..])),
+///     ClaimOutcome::InProgress { retry_after } => { /* nack, redeliver after retry_after */ }
+///     ClaimOutcome::Conflict { .. } => { /* same key, different payload: reject */ }
+/// }
+/// // The second delivery of evt-42 is a duplicate, with the stored outcome.
+/// assert!(matches!(oncely.claim(&scope, &key, None).await?, ClaimOutcome::Duplicate(_)));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Oncely {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    lease: Duration,
+    retention: Duration,
+}
+
+impl Oncely {
+    /// The lifecycle over `store`, with the system clock, [`DEFAULT_LEASE`] and [`DEFAULT_RETENTION`].
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Oncely {
+            store,
+            clock: Arc::new(SystemClock),
+            lease: DEFAULT_LEASE,
+            retention: DEFAULT_RETENTION,
+        }
+    }
+
+    /// Uses `clock` for every lease and retention decision (a [`ManualClock`](crate::ManualClock) in tests).
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// How long a claim is held before a redelivery may take it over. At least 1 ms.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a completed record is kept and replayed.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The configured lease.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// The configured retention.
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// Now, by this instance's clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Claims (scope, key). See [`ClaimOutcome`] for the four answers.
+    pub async fn claim(
+        &self,
+        scope: &Scope,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<ClaimOutcome> {
+        let request = ClaimRequest::new(scope.clone(), key.clone(), fingerprint, self.lease);
+        self.store.claim(&request, self.now()).await
+    }
+
+    /// Claims a batch in one round trip, answering in order. A key twice in one batch is `New`
+    /// the first time and `InProgress` the second.
+    pub async fn claim_many<I>(&self, items: I) -> Result<Vec<ClaimOutcome>>
+    where
+        I: IntoIterator<Item = (Scope, Key, Option<Fingerprint>)>,
+    {
+        let requests: Vec<_> = items
+            .into_iter()
+            .map(|(scope, key, fp)| ClaimRequest::new(scope, key, fp, self.lease))
+            .collect();
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store.claim_many(&requests, self.now()).await
+    }
+
+    /// Records the work of `claim` as done with `outcome`, replayed to duplicates until retention ends.
+    ///
+    /// Fails with [`Error::ClaimLost`] if the lease ran out and another delivery took the key over.
+    pub async fn complete(&self, claim: &Claim, outcome: &[u8]) -> Result<()> {
+        let expires_at = self.now().saturating_add(self.retention);
+        self.store.complete(claim, outcome, expires_at).await
+    }
+
+    /// Gives the key back after a failure, so the next delivery gets `New` and can retry.
+    pub async fn release(&self, claim: &Claim) -> Result<()> {
+        self.store.release(claim).await
+    }
+
+    /// The live record for (scope, key): `None` if there is none or it expired.
+    pub async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
+        let now = self.now();
+        Ok(self
+            .store
+            .get(scope, key)
+            .await?
+            .filter(|rec| !rec.is_expired(now)))
+    }
+
+    /// Removes at most `limit` records that expired more than `older_than` ago.
+    pub async fn purge(&self, older_than: Duration, limit: usize) -> Result<usize> {
+        let before = self.now().saturating_sub(older_than);
+        self.store.purge(before, limit).await
+    }
+
+    /// What the store holds now.
+    pub async fn stats(&self) -> Result<StoreStats> {
+        self.store.stats(self.now()).await
+    }
+
+    /// The version guard: stores `version` for `entity` if it is strictly greater than the one
+    /// stored, atomically. An event carrying a version at or below the stored one is stale:
+    /// apply your update only on [`VersionCheck::Applied`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely_core::Result<()> {
+    /// use oncely_core::{Key, Oncely, Scope, VersionCheck};
+    /// # let oncely = Oncely::new(std::sync::Arc::new(oncely_memory::MemoryStore::default()));
+    /// let (scope, order) = (Scope::default(), Key::new("order-7")?);
+    /// assert_eq!(oncely.apply_if_newer(&scope, &order, 3).await?, VersionCheck::Applied { previous: None });
+    /// assert_eq!(oncely.apply_if_newer(&scope, &order, 2).await?, VersionCheck::Stale { current: 3 });
+    /// # Ok(()) }
+    /// ```
+    pub async fn apply_if_newer(
+        &self,
+        scope: &Scope,
+        entity: &Key,
+        version: u64,
+    ) -> Result<VersionCheck> {
+        self.store.apply_if_newer(scope, entity, version).await
+    }
+
+    /// Claim -> handler -> complete, or release if the handler fails or panics.
+    ///
+    /// The handler returns the outcome bytes to store; a duplicate gets them back as
+    /// [`RunOutcome::Replayed`] without running the handler.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use oncely_core::{Key, Oncely, RunOutcome, Scope};
+    /// # let oncely = Oncely::new(std::sync::Arc::new(oncely_memory::MemoryStore::default()));
+    /// let key = Key::new("email-welcome-user-9").unwrap();
+    /// let send = || async { Ok::<_, std::io::Error>(b"sent".to_vec()) };
+    ///
+    /// let first = oncely.run(&Scope::default(), &key, None, send).await.unwrap();
+    /// let again = oncely.run(&Scope::default(), &key, None, send).await.unwrap();
+    /// assert_eq!(first, RunOutcome::Executed(b"sent".to_vec()));
+    /// assert_eq!(again, RunOutcome::Replayed(b"sent".to_vec()));
+    /// # }
+    /// ```
+    ///
+    /// If the future returned by `run` is dropped while the handler runs, the claim is left to
+    /// its lease: the next delivery after the lease takes it over.
+    pub async fn run<F, Fut, E>(
+        &self,
+        scope: &Scope,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+        handler: F,
+    ) -> Result<RunOutcome, RunError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, E>>,
+    {
+        let claim = match self
+            .claim(scope, key, fingerprint)
+            .await
+            .map_err(RunError::Store)?
+        {
+            ClaimOutcome::New(claim) => claim,
+            ClaimOutcome::Duplicate(record) => {
+                return Ok(RunOutcome::Replayed(
+                    record.outcome().unwrap_or_default().to_vec(),
+                ));
+            }
+            ClaimOutcome::InProgress { retry_after } => {
+                return Err(RunError::InProgress { retry_after });
+            }
+            ClaimOutcome::Conflict { stored } => return Err(RunError::Conflict { stored }),
+        };
+        match CatchUnwind(Box::pin(handler())).await {
+            Ok(Ok(outcome)) => {
+                self.complete(&claim, &outcome)
+                    .await
+                    .map_err(RunError::Store)?;
+                Ok(RunOutcome::Executed(outcome))
+            }
+            Ok(Err(err)) => {
+                // The handler's error is what the caller needs; a failed release only means the
+                // key waits for its lease, which is logged by the store's own error path.
+                let _ = self.release(&claim).await;
+                Err(RunError::Handler(err))
+            }
+            Err(panic) => {
+                let _ = self.release(&claim).await;
+                Err(RunError::Panicked(panic_message(panic.as_ref())))
+            }
+        }
+    }
+}
+
+/// What [`Oncely::run`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The handler ran now; its outcome was stored.
+    Executed(Vec<u8>),
+    /// A duplicate: the handler did not run; this is the stored outcome of the first run.
+    Replayed(Vec<u8>),
+}
+
+impl RunOutcome {
+    /// The outcome bytes, executed or replayed.
+    pub fn into_inner(self) -> Vec<u8> {
+        match self {
+            RunOutcome::Executed(o) | RunOutcome::Replayed(o) => o,
+        }
+    }
+
+    /// Whether this was a replay.
+    pub fn was_replayed(&self) -> bool {
+        matches!(self, RunOutcome::Replayed(_))
+    }
+}
+
+/// Why [`Oncely::run`] did not produce an outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError<E> {
+    /// The handler failed; the claim was released so a redelivery can retry.
+    #[error("handler failed (claim released for retry): {0}")]
+    Handler(E),
+    /// The handler panicked; the claim was released.
+    #[error("handler panicked (claim released for retry): {0}")]
+    Panicked(String),
+    /// Another delivery holds a live lease on the key.
+    #[error("in progress elsewhere; retry after {retry_after:?}")]
+    InProgress {
+        /// Time left on that lease.
+        retry_after: Duration,
+    },
+    /// The key was used with a different payload.
+    #[error("key reused with a different payload")]
+    Conflict {
+        /// The stored fingerprint.
+        stored: Option<Fingerprint>,
+    },
+    /// The store failed, or the claim was lost before it could be completed.
+    #[error(transparent)]
+    Store(Error),
+}
+
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = std::result::Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(move || inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

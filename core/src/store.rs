@@ -1,0 +1,66 @@
+//! The store trait: the few primitives a backend must provide.
+
+use async_trait::async_trait;
+
+use crate::{
+    Claim, ClaimOutcome, ClaimRequest, Key, Record, Result, Scope, StoreStats, Timestamp,
+    VersionCheck,
+};
+
+/// Where records live. One trait for every backend; [`Oncely`](crate::Oncely) builds the
+/// lifecycle on top of it.
+///
+/// Stores never read a clock: the caller passes `now`, so one injectable clock drives every
+/// lease and retention decision, and tests move time instead of sleeping.
+///
+/// Every implementation must pass `oncely-conformance`, which checks S2's guarantees with
+/// real concurrency. The short version of the contract:
+///
+/// - `claim_many` is atomic per request: among any number of concurrent claims of one
+///   (scope, key), at most one is `New` while its lease is live. Requests in one batch are
+///   decided in order, so a key twice in one batch is `New` then `InProgress`.
+/// - `complete` and `release` succeed only for the current holder (same token); otherwise
+///   they fail with [`Error::ClaimLost`](crate::Error::ClaimLost) and change nothing.
+/// - a record whose `expires_at` is before `now` counts as absent.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Claims each request, in order, in one round trip where the backend allows it.
+    /// Answers one outcome per request, in the same order.
+    async fn claim_many(
+        &self,
+        requests: &[ClaimRequest],
+        now: Timestamp,
+    ) -> Result<Vec<ClaimOutcome>>;
+
+    /// Claims one key. Backends that can coalesce concurrent single claims into one round trip
+    /// (group commit) do it behind this call.
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<ClaimOutcome> {
+        let mut outcomes = self.claim_many(std::slice::from_ref(request), now).await?;
+        Ok(outcomes
+            .pop()
+            .expect("claim_many answers one outcome per request"))
+    }
+
+    /// Marks a held claim completed with `outcome`, kept until `expires_at`.
+    async fn complete(&self, claim: &Claim, outcome: &[u8], expires_at: Timestamp) -> Result<()>;
+
+    /// Gives up a held claim so the next delivery gets `New`.
+    async fn release(&self, claim: &Claim) -> Result<()>;
+
+    /// The record stored for (scope, key), expired or not.
+    async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>>;
+
+    /// Removes at most `limit` records that expired before `expired_before`; answers how many.
+    async fn purge(&self, expired_before: Timestamp, limit: usize) -> Result<usize>;
+
+    /// Counts of what the store holds at `now`.
+    async fn stats(&self, now: Timestamp) -> Result<StoreStats>;
+
+    /// Stores `version` for (scope, entity) if it is greater than the stored one, atomically.
+    async fn apply_if_newer(
+        &self,
+        scope: &Scope,
+        entity: &Key,
+        version: u64,
+    ) -> Result<VersionCheck>;
+}
