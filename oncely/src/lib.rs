@@ -1,0 +1,147 @@
+//! # oncely
+//!
+//! Handling a message N times has the same effect as handling it once.
+//!
+//! Brokers (Kafka, RabbitMQ, NATS JetStream, SQS) deliver at least once and HTTP clients
+//! retry, so every handler sees duplicates: a crash after the effect and before the ack, a
+//! failed offset commit, a rebalance, an impatient client. oncely records each operation's key
+//! in a store before the work and its outcome after, so a redelivery is recognised and answered
+//! from the record instead of repeating the effect.
+//!
+//! This crate is the front door: the contract from [`oncely_core`] re-exported, and
+//! [`connect`], which opens any store from a URL.
+//!
+//! | URL | store | crate |
+//! |---|---|---|
+//! | `memory:` or `memory:?capacity=N` | in-process, bounded | `oncely-memory` |
+//! | `sqlite:PATH` (`sqlite:oncely.db`), `sqlite://PATH` | embedded, durable, the default | `oncely-sqlite` |
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely::Result<()> {
+//! use oncely::{ClaimOutcome, Key, Oncely, Scope};
+//!
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let url = format!("sqlite:{}", dir.path().join("oncely.db").display());
+//! let store = oncely::connect(&url).await?; // e.g. "sqlite:oncely.db"
+//! let oncely = Oncely::new(store);
+//! let key = Key::new("evt-2026-0001")?;
+//!
+//! if let ClaimOutcome::New(claim) = oncely.claim(&Scope::default(), &key, None).await? {
+//!     // ... the effect ...
+//!     oncely.complete(&claim, b"done").await?;
+//! }
+//! assert!(matches!(oncely.claim(&Scope::default(), &key, None).await?, ClaimOutcome::Duplicate(_)));
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+pub use oncely_core::*;
+
+/// The store used when none is given: `sqlite:oncely.db` in the working directory.
+pub const DEFAULT_STORE_URL: &str = "sqlite:oncely.db";
+
+/// Opens the store a URL names. See the crate docs for the schemes.
+///
+/// A URL this build cannot open is an [`Error::InvalidUrl`] naming the schemes it can; a store
+/// that cannot be opened is an [`Error::Unavailable`].
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    let (scheme, rest) = url
+        .split_once(':')
+        .ok_or_else(|| invalid(url, "it has no scheme"))?;
+    match scheme {
+        #[cfg(feature = "memory")]
+        "memory" => {
+            let capacity = match query_param(rest, "capacity") {
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| invalid(url, "capacity must be a whole number"))?,
+                None => oncely_memory::DEFAULT_CAPACITY,
+            };
+            Ok(Arc::new(oncely_memory::MemoryStore::with_capacity(
+                capacity,
+            )))
+        }
+        #[cfg(feature = "sqlite")]
+        "sqlite" => {
+            let options: oncely_sqlite::SqliteOptions = url.parse()?;
+            Ok(Arc::new(oncely_sqlite::SqliteStore::open(options)?))
+        }
+        "postgres" | "postgresql" | "mysql" | "mariadb" | "redis" | "rediss" => Err(invalid(
+            url,
+            &format!(
+                "the `{scheme}` store is not in this build yet ({})",
+                supported()
+            ),
+        )),
+        _ => Err(invalid(
+            url,
+            &format!("unknown store scheme `{scheme}` ({})", supported()),
+        )),
+    }
+}
+
+fn supported() -> String {
+    let mut schemes = Vec::new();
+    if cfg!(feature = "memory") {
+        schemes.push("memory:");
+    }
+    if cfg!(feature = "sqlite") {
+        schemes.push("sqlite:PATH");
+    }
+    format!("supported: {}", schemes.join(", "))
+}
+
+#[cfg_attr(not(feature = "memory"), allow(dead_code))]
+fn query_param<'a>(rest: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = rest.split_once('?')?;
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn invalid(url: &str, reason: &str) -> Error {
+    Error::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_and_future_schemes_are_clear_errors() {
+        for url in ["ftp://x", "nourl", "postgres://localhost/test"] {
+            let err = connect(url).await.unwrap_err();
+            assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err}");
+            assert!(err.to_string().contains("supported:"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_capacity_is_parsed_and_enforced() {
+        let store = connect("memory:?capacity=1").await.unwrap();
+        let oncely = Oncely::new(store);
+        oncely
+            .claim(&Scope::default(), &Key::new("a").unwrap(), None)
+            .await
+            .unwrap();
+        let full = oncely
+            .claim(&Scope::default(), &Key::new("b").unwrap(), None)
+            .await;
+        assert!(
+            matches!(full, Err(Error::StoreFull { capacity: 1 })),
+            "{full:?}"
+        );
+        assert!(matches!(
+            connect("memory:?capacity=lots").await,
+            Err(Error::InvalidUrl { .. })
+        ));
+    }
+}

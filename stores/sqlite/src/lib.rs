@@ -1,0 +1,186 @@
+//! # oncely-sqlite
+//!
+//! The embedded default store: one SQLite file, nothing to set up.
+//!
+//! - **Durable**: WAL journal with `synchronous=FULL`. A claim or completion is acknowledged only
+//!   after its transaction is committed and synced, so it survives `kill -9` and power loss.
+//! - **Group commit**: one writer thread owns the connection. Operations from any number of tasks
+//!   queue up while a commit is syncing and the next transaction takes all of them (up to
+//!   `batch`), so concurrent single claims share one sync without changing what each answers.
+//! - **Many processes, one file**: every decision is taken inside `BEGIN IMMEDIATE`, so several
+//!   processes on one file still grant each key once.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely_core::Result<()> {
+//! use std::sync::Arc;
+//! use oncely_core::{Key, Oncely, RunOutcome, Scope};
+//! use oncely_sqlite::{SqliteOptions, SqliteStore};
+//!
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("oncely.db");
+//! let store = SqliteStore::open(SqliteOptions::new(&path))?;
+//! let oncely = Oncely::new(Arc::new(store));
+//! let key = Key::new("invoice-2026-17")?;
+//! let send = || async { Ok::<_, std::io::Error>(b"mailed".to_vec()) };
+//! let first = oncely.run(&Scope::default(), &key, None, send).await.unwrap();
+//! assert_eq!(first, RunOutcome::Executed(b"mailed".to_vec()));
+//! # drop(oncely);
+//!
+//! // Reopened (after a restart, or a crash): the record is still there.
+//! let oncely = Oncely::new(Arc::new(SqliteStore::open(SqliteOptions::new(&path))?));
+//! let again = oncely.run(&Scope::default(), &key, None, send).await.unwrap();
+//! assert_eq!(again, RunOutcome::Replayed(b"mailed".to_vec()));
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod options;
+mod writer;
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use oncely_core::{
+    Claim, ClaimOutcome, ClaimRequest, Error, Key, Record, Result, Scope, Store, StoreStats,
+    Timestamp, VersionCheck, async_trait,
+};
+use tokio::sync::oneshot;
+
+pub use options::SqliteOptions;
+use writer::{Job, Writer};
+
+/// The schema migrations, in order: `(version, sql)`. Applied on open unless `migrate=false`.
+pub const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../migrations/0001_records.sql"))];
+
+/// The SQLite store. See the crate docs.
+pub struct SqliteStore {
+    url: String,
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and starts its writer thread.
+    pub fn open(options: SqliteOptions) -> Result<Self> {
+        let url = options.url();
+        let writer = Writer::open(&options)?;
+        let (jobs, queue) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("oncely-sqlite-writer".into())
+            .spawn(move || writer.run(queue))
+            .map_err(|e| Error::Unavailable {
+                store: url.clone(),
+                source: e.into(),
+            })?;
+        Ok(SqliteStore {
+            url,
+            jobs: Some(jobs),
+            writer: Some(thread),
+        })
+    }
+
+    /// The URL this store was opened from.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Job) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || Error::Backend {
+            store: self.url.clone(),
+            source: "the SQLite writer thread has stopped".into(),
+        };
+        self.jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(make(reply))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued, then close the file.
+        self.jobs.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn claim_many(
+        &self,
+        requests: &[ClaimRequest],
+        now: Timestamp,
+    ) -> Result<Vec<ClaimOutcome>> {
+        let requests = requests.to_vec();
+        self.call(|reply| Job::Claim {
+            requests,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn complete(&self, claim: &Claim, outcome: &[u8], expires_at: Timestamp) -> Result<()> {
+        let (claim, outcome) = (claim.clone(), outcome.to_vec());
+        self.call(|reply| Job::Complete {
+            claim,
+            outcome,
+            expires_at,
+            reply,
+        })
+        .await
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<()> {
+        let claim = claim.clone();
+        self.call(|reply| Job::Release { claim, reply }).await
+    }
+
+    async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
+        let (scope, key) = (scope.clone(), key.clone());
+        self.call(|reply| Job::Get { scope, key, reply }).await
+    }
+
+    async fn purge(&self, expired_before: Timestamp, limit: usize) -> Result<usize> {
+        self.call(|reply| Job::Purge {
+            expired_before,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn stats(&self, now: Timestamp) -> Result<StoreStats> {
+        self.call(|reply| Job::Stats { now, reply }).await
+    }
+
+    async fn apply_if_newer(
+        &self,
+        scope: &Scope,
+        entity: &Key,
+        version: u64,
+    ) -> Result<VersionCheck> {
+        let (scope, entity) = (scope.clone(), entity.clone());
+        self.call(|reply| Job::Version {
+            scope,
+            entity,
+            version,
+            reply,
+        })
+        .await
+    }
+}
