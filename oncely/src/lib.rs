@@ -50,7 +50,7 @@ pub const DEFAULT_STORE_URL: &str = "sqlite:oncely.db";
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     let (scheme, rest) = url
         .split_once(':')
-        .ok_or_else(|| invalid(url, "it has no scheme"))?;
+        .ok_or_else(|| invalid(url, &format!("it has no scheme ({})", supported())))?;
     match scheme {
         #[cfg(feature = "memory")]
         "memory" => {
