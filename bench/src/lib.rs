@@ -1,0 +1,354 @@
+//! # oncely-bench
+//!
+//! SPEC S8's benchmark. N events (default 1,000,000) with 10 % redeliveries and 36-character
+//! UUID keys go through oncely's claim + complete; the same events then go through the naive
+//! pattern (per event, in its own transaction: `SELECT EXISTS`, then `INSERT`) and through the
+//! store's own batched limit (plain `INSERT OR IGNORE` of the same keys, 1,000 per transaction),
+//! each on a fresh store of the same kind, in the same run, side by side.
+//!
+//! `oncely bench` is the front end; this crate is the engine, so it can be driven from tests
+//! and other tools too.
+
+#![warn(missing_docs)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use oncely::{ClaimOutcome, Key, Oncely, Scope};
+
+pub mod baseline;
+mod workload;
+
+pub use workload::Workload;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Store kind: `memory` or `sqlite`.
+    pub store: StoreKind,
+    /// Where SQLite files go (a fresh file per run).
+    pub dir: PathBuf,
+    /// Events through oncely and through the batched limit.
+    pub events: usize,
+    /// Share of events that are redeliveries of an earlier event.
+    pub duplicate_ratio: f64,
+    /// Concurrent single-event claimants driving oncely (group commit coalesces them).
+    pub concurrency: usize,
+    /// Events through the naive pattern, which is too slow for a million fsyncs.
+    pub naive_events: usize,
+    /// Distinct keys loaded into every store before measuring (0 = empty store).
+    pub preload: usize,
+    /// Seed for the workload.
+    pub seed: u64,
+    /// SQLite page size for every contender's new file (they share one configuration).
+    pub page_size: u32,
+}
+
+/// Which store a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `oncely-memory`.
+    Memory,
+    /// `oncely-sqlite` (WAL, synchronous=FULL).
+    Sqlite,
+}
+
+/// The figures of one contender.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    /// `oncely`, `naive`, or `batched limit`.
+    pub name: String,
+    /// Events processed.
+    pub events: usize,
+    /// Events that were new (the rest were duplicates).
+    pub new: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Median per-event latency.
+    pub p50: Duration,
+    /// 99th percentile per-event latency.
+    pub p99: Duration,
+    /// Bytes the store occupies per stored key, where measurable.
+    pub bytes_per_key: Option<f64>,
+}
+
+impl RunResult {
+    /// Events per second.
+    pub fn events_per_sec(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// oncely reported an error.
+    #[error(transparent)]
+    Oncely(#[from] oncely::Error),
+    /// A baseline's SQLite failed.
+    #[error("sqlite baseline: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Something else (I/O on the bench directory, a runtime).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Progress reporting: `start(phase, total)` then `advance(n)` calls.
+pub trait Progress: Send + Sync {
+    /// A phase with `total` steps begins.
+    fn start(&self, phase: &str, total: u64);
+    /// `n` more steps are done.
+    fn advance(&self, n: u64);
+    /// The phase ended.
+    fn finish(&self);
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// Runs oncely, the naive pattern and the batched limit (where the store has one) on the
+/// same workload, and answers their figures in that order.
+pub fn run(config: &BenchConfig, progress: &dyn Progress) -> Result<Vec<RunResult>, BenchError> {
+    let workload = Workload::generate(config.events, config.duplicate_ratio, config.seed);
+    let preload = Workload::distinct(config.preload, config.seed ^ 0x5eed);
+    let mut results = Vec::new();
+    results.push(run_oncely(config, &workload, &preload, progress)?);
+    let naive_workload = workload.prefix(config.naive_events.min(config.events));
+    results.push(match config.store {
+        StoreKind::Memory => baseline::memory::naive(&naive_workload, &preload, progress),
+        StoreKind::Sqlite => baseline::sqlite::naive(
+            &fresh_path(config, "naive")?,
+            config.page_size,
+            &naive_workload,
+            &preload,
+            progress,
+        )?,
+    });
+    if config.store == StoreKind::Sqlite {
+        results.push(baseline::sqlite::batched_limit(
+            &fresh_path(config, "limit")?,
+            config.page_size,
+            &workload,
+            &preload,
+            progress,
+        )?);
+    }
+    Ok(results)
+}
+
+fn fresh_path(config: &BenchConfig, name: &str) -> Result<PathBuf, BenchError> {
+    std::fs::create_dir_all(&config.dir)
+        .map_err(|e| BenchError::Other(format!("{}: {e}", config.dir.display())))?;
+    let path = config.dir.join(format!("bench-{name}.db"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    Ok(path)
+}
+
+fn run_oncely(
+    config: &BenchConfig,
+    workload: &Workload,
+    preload: &Workload,
+    progress: &dyn Progress,
+) -> Result<RunResult, BenchError> {
+    // Memory: one core, one task. SQLite: the writer thread plus a small runtime for claimants.
+    let runtime = match config.store {
+        StoreKind::Memory => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        StoreKind::Sqlite => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build(),
+    }
+    .map_err(|e| BenchError::Other(e.to_string()))?;
+    runtime.block_on(async {
+        let url = match config.store {
+            StoreKind::Memory => "memory:".to_owned(),
+            StoreKind::Sqlite => format!(
+                "sqlite:{}?page_size={}",
+                fresh_path(config, "oncely")?.display(),
+                config.page_size
+            ),
+        };
+        let store = oncely::connect(&url).await?;
+        let oncely = Oncely::new(store.clone());
+        preload_oncely(&oncely, preload, progress).await?;
+
+        progress.start("oncely", workload.len() as u64);
+        let keys = Arc::new(workload.keys().to_vec());
+        let next = Arc::new(AtomicUsize::new(0));
+        let new = Arc::new(AtomicU64::new(0));
+        let concurrency = match config.store {
+            StoreKind::Memory => 1,
+            StoreKind::Sqlite => config.concurrency.max(1),
+        };
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..concurrency {
+            let (oncely, keys, next, new) =
+                (oncely.clone(), keys.clone(), next.clone(), new.clone());
+            tasks.spawn(async move {
+                let scope = Scope::default();
+                let mut latencies = Vec::with_capacity(keys.len() / concurrency + 1);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(key) = keys.get(i) else { break };
+                    let t0 = Instant::now();
+                    match oncely.claim(&scope, key, None).await? {
+                        ClaimOutcome::New(claim) => {
+                            oncely.complete(&claim, b"").await?;
+                            new.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // A redelivery of an event that is done, or still in flight on another
+                        // claimant: either way not executed again.
+                        ClaimOutcome::Duplicate(_) | ClaimOutcome::InProgress { .. } => {}
+                        ClaimOutcome::Conflict { .. } => {
+                            unreachable!("the benchmark sends no fingerprints")
+                        }
+                    }
+                    latencies.push(t0.elapsed());
+                }
+                Ok::<_, oncely::Error>(latencies)
+            });
+        }
+        let mut latencies = Vec::with_capacity(keys.len());
+        let mut reported = 0;
+        while !tasks.is_empty() {
+            match tokio::time::timeout(Duration::from_millis(100), tasks.join_next()).await {
+                Ok(Some(joined)) => {
+                    latencies.extend(joined.map_err(|e| BenchError::Other(e.to_string()))??)
+                }
+                Ok(None) => break,
+                Err(_) => {}
+            }
+            let done = next.load(Ordering::Relaxed).min(keys.len());
+            progress.advance((done - reported) as u64);
+            reported = done;
+        }
+        let elapsed = started.elapsed();
+        progress.advance((keys.len() - reported) as u64);
+        progress.finish();
+        let stats = oncely.stats().await?;
+        let bytes_per_key = stats.bytes.map(|b| b as f64 / stats.records.max(1) as f64);
+        Ok(summarize(
+            "oncely",
+            latencies,
+            new.load(Ordering::Relaxed) as usize,
+            elapsed,
+            bytes_per_key,
+        ))
+    })
+}
+
+async fn preload_oncely(
+    oncely: &Oncely,
+    preload: &Workload,
+    progress: &dyn Progress,
+) -> Result<(), BenchError> {
+    if preload.is_empty() {
+        return Ok(());
+    }
+    progress.start("preload oncely", preload.len() as u64);
+    for chunk in preload.keys().chunks(1000) {
+        let outcomes = oncely
+            .claim_many(chunk.iter().map(|k| (Scope::default(), k.clone(), None)))
+            .await?;
+        let mut completes = tokio::task::JoinSet::new();
+        for claim in outcomes.into_iter().filter_map(ClaimOutcome::into_new) {
+            let oncely = oncely.clone();
+            completes.spawn(async move { oncely.complete(&claim, b"").await });
+        }
+        while let Some(done) = completes.join_next().await {
+            done.map_err(|e| BenchError::Other(e.to_string()))??;
+        }
+        progress.advance(chunk.len() as u64);
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// Builds a result from per-event latencies.
+pub(crate) fn summarize(
+    name: &str,
+    mut latencies: Vec<Duration>,
+    new: usize,
+    elapsed: Duration,
+    bytes_per_key: Option<f64>,
+) -> RunResult {
+    latencies.sort_unstable();
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    RunResult {
+        name: name.to_owned(),
+        events: latencies.len(),
+        new,
+        elapsed,
+        p50: pick(0.50),
+        p99: pick(0.99),
+        bytes_per_key,
+    }
+}
+
+/// The results as an aligned text table, with each contender's speed relative to oncely.
+pub fn format_table(results: &[RunResult]) -> String {
+    let oncely_rate = results.first().map_or(1.0, RunResult::events_per_sec);
+    let mut out = format!(
+        "{:<14} {:>10} {:>10} {:>13} {:>10} {:>10} {:>11} {:>12}\n",
+        "contender", "events", "new", "events/s", "p50", "p99", "bytes/key", "oncely is"
+    );
+    for r in results {
+        out.push_str(&format!(
+            "{:<14} {:>10} {:>10} {:>13.0} {:>10} {:>10} {:>11} {:>12}\n",
+            r.name,
+            r.events,
+            r.new,
+            r.events_per_sec(),
+            format_duration(r.p50),
+            format_duration(r.p99),
+            r.bytes_per_key
+                .map_or("-".to_owned(), |b| format!("{b:.0}")),
+            format!("{:.2}x", oncely_rate / r.events_per_sec()),
+        ));
+    }
+    out
+}
+
+fn format_duration(d: Duration) -> String {
+    if d < Duration::from_micros(10) {
+        format!("{}ns", d.as_nanos())
+    } else if d < Duration::from_millis(10) {
+        format!("{}us", d.as_micros())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Parses a store kind from `memory`, `sqlite` or a store URL.
+pub fn store_kind(url: &str) -> Option<StoreKind> {
+    if url.starts_with("memory") {
+        Some(StoreKind::Memory)
+    } else if url.starts_with("sqlite") {
+        Some(StoreKind::Sqlite)
+    } else {
+        None
+    }
+}
+
+/// Keys as oncely sees them.
+pub(crate) fn key(s: &str) -> Key {
+    Key::new(s).expect("UUID keys are valid")
+}

@@ -1,0 +1,141 @@
+//! `oncely`: exactly-once effect over at-least-once delivery, from the command line.
+//!
+//! This file is the clap wiring and the error policy: every failure is one `error: ...` line on
+//! stderr and a non-zero exit. The commands live in their own modules.
+
+mod dedup;
+mod duration;
+mod input;
+mod inspect;
+mod purge;
+mod rfc3339;
+mod stats;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use oncely::{Key, KeyError, Oncely, Scope};
+
+/// Exactly-once effect over at-least-once delivery.
+///
+/// oncely records each operation's key in a store, so a redelivered message or a retried
+/// request is recognised instead of being handled twice.
+#[derive(Parser, Debug)]
+#[command(name = "oncely", version)]
+struct Cli {
+    /// Store URL: sqlite:PATH (embedded, durable) or memory: (this process only).
+    #[arg(
+        long,
+        global = true,
+        env = "ONCELY_STORE",
+        value_name = "URL",
+        default_value = oncely::DEFAULT_STORE_URL
+    )]
+    store: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pass each JSON line of stdin whose key is new to stdout; drop duplicates, across runs too.
+    ///
+    /// A key is recorded only after its line is written and flushed: if dedup is killed, no line
+    /// is lost, and a rerun passes at most the last batch again, once its lease has run out.
+    /// Lines that are not JSON or have no usable key are reported as `line N: reason` on stderr,
+    /// never dropped silently. Ends with `read N, passed N, duplicates N, rejected N` on stderr.
+    Dedup(dedup::DedupArgs),
+    /// Show the stored record of one key, expired or not.
+    Inspect(inspect::InspectArgs),
+    /// Remove expired records.
+    Purge(purge::PurgeArgs),
+    /// Count the records in the store.
+    Stats(stats::StatsArgs),
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {}", one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The store's own errors name the URL and what is wrong with it, so no extra context here.
+    let store = oncely::connect(&cli.store).await?;
+    let oncely = Oncely::new(store);
+    let mut stdout = std::io::stdout().lock();
+    match cli.command {
+        Command::Dedup(args) => dedup::run(oncely, args, std::io::stdin(), &mut stdout).await,
+        Command::Inspect(args) => inspect::run(&oncely, args, &mut stdout).await,
+        Command::Purge(args) => purge::run(&oncely, args, &mut stdout).await,
+        Command::Stats(args) => stats::run(&oncely, args, &mut stdout).await,
+    }
+}
+
+/// The error chain on one line: `outer: inner: root`.
+///
+/// oncely's errors already include their source in their message, so a cause whose text is
+/// already on the line is skipped rather than repeated; newlines from drivers become spaces.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace(['\r', '\n'], " ")
+}
+
+/// clap value parser for `--scope`.
+fn parse_scope(s: &str) -> Result<Scope, KeyError> {
+    Scope::new(s)
+}
+
+/// clap value parser for a key argument.
+fn parse_key(s: &str) -> Result<Key, KeyError> {
+    Key::new(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn one_line_does_not_repeat_a_source_already_in_the_message() {
+        #[derive(Debug)]
+        struct Root;
+        impl std::fmt::Display for Root {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("file is not a database\nsecond line")
+            }
+        }
+        impl std::error::Error for Root {}
+        let store_err = oncely::Error::Unavailable {
+            store: "sqlite:x".into(),
+            source: Box::new(Root),
+        };
+        let err = anyhow::Error::new(store_err).context("opening");
+        assert_eq!(
+            one_line(&err),
+            "opening: store unavailable at sqlite:x: file is not a database second line"
+        );
+    }
+}

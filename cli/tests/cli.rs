@@ -1,0 +1,588 @@
+//! The `oncely` binary, end to end: real processes over real SQLite files.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use oncely::{ClaimOutcome, Key, Oncely, Scope};
+
+const BIN: &str = env!("CARGO_BIN_EXE_oncely");
+
+/// What `python3 scripts/gen-events.py` prints for examples/events.jsonl.
+const EXAMPLE_SUMMARY: &str = "read 1104, passed 1000, duplicates 100, rejected 4";
+
+struct Run {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Run {
+    fn stdout(&self) -> String {
+        String::from_utf8(self.stdout.clone()).unwrap()
+    }
+
+    fn last_stderr_line(&self) -> &str {
+        self.stderr.lines().last().unwrap_or("")
+    }
+}
+
+fn oncely(dir: &Path, args: &[&str], stdin: &[u8]) -> Run {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ONCELY_STORE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let bytes = stdin.to_vec();
+    // A command that does not read stdin may close it early: ignore that error.
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(&bytes);
+    });
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    Run {
+        code: output
+            .status
+            .code()
+            .expect("exited normally, not by a signal"),
+        stdout: output.stdout,
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite:{}", dir.join("oncely.db").display())
+}
+
+fn example() -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/events.jsonl");
+    std::fs::read(path).unwrap()
+}
+
+fn dedup(dir: &Path, extra: &[&str], stdin: &[u8]) -> Run {
+    let store = sqlite_url(dir);
+    let mut args = vec!["--store", &store, "dedup", "--key", "/eventId"];
+    args.extend_from_slice(extra);
+    oncely(dir, &args, stdin)
+}
+
+fn assert_one_clear_error(run: &Run, needle: &str) {
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert_ne!(run.code, 101, "exit code of a panic: {}", run.stderr);
+    assert_eq!(
+        run.stderr.lines().count(),
+        1,
+        "not one line: {:?}",
+        run.stderr
+    );
+    assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(needle),
+        "{needle:?} not in {}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked") && !run.stderr.contains("backtrace"));
+}
+
+#[test]
+fn example_gives_the_generators_counts_and_a_rerun_passes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dedup(dir.path(), &[], &example());
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.last_stderr_line(), EXAMPLE_SUMMARY);
+    assert_eq!(first.stdout().lines().count(), 1000);
+
+    let second = dedup(dir.path(), &[], &example());
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(
+        second.last_stderr_line(),
+        "read 1104, passed 0, duplicates 1100, rejected 4"
+    );
+    assert!(second.stdout.is_empty());
+}
+
+#[test]
+fn output_is_exactly_the_first_occurrence_of_each_key_in_input_order() {
+    let input = example();
+    let mut seen = HashSet::new();
+    let mut expected = Vec::new();
+    for line in input.split_inclusive(|&b| b == b'\n') {
+        let id = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("eventId")?.as_str().map(str::to_owned));
+        if let Some(id) = id.filter(|id| !id.is_empty())
+            && seen.insert(id)
+        {
+            expected.extend_from_slice(line);
+        }
+    }
+    assert_eq!(seen.len(), 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let run = dedup(dir.path(), &["--batch", "64"], &input);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout == expected,
+        "output differs from first occurrences"
+    );
+}
+
+#[test]
+fn rejected_lines_are_reported_by_number_and_written_verbatim() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!("{{\"eventId\":\"{}\"}}\n", "x".repeat(513));
+    let mut input = Vec::new();
+    input.extend_from_slice(b"{\"eventId\":\"a\"}\n"); // 1 passed
+    input.extend_from_slice(b"not json\n"); // 2
+    input.extend_from_slice(b"\n"); // 3 blank
+    input.extend_from_slice(b"{\"other\":1}\r\n"); // 4 missing key
+    input.extend_from_slice(b"{\"eventId\":\"\"}\n"); // 5 empty key
+    input.extend_from_slice(b"{\"eventId\":null}\n"); // 6 null key
+    input.extend_from_slice(b"{\"eventId\":\"\xff\"}\n"); // 7 not UTF-8
+    input.extend_from_slice(long.as_bytes()); // 8 key too long
+    input.extend_from_slice(b"{\"eventId\":\"a\"}\n"); // 9 duplicate
+    input.extend_from_slice(b"[1,"); // 10 not JSON, no final newline
+    let rejects = dir.path().join("rejects.jsonl");
+    let run = dedup(
+        dir.path(),
+        &["--rejects", rejects.to_str().unwrap()],
+        &input,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout(), "{\"eventId\":\"a\"}\n");
+    let reported: Vec<&str> = run.stderr.lines().collect();
+    let expected_prefixes = [
+        "line 2: not JSON",
+        "line 3: blank line",
+        "line 4: missing key field /eventId",
+        "line 5: key is empty",
+        "line 6: key field /eventId is null",
+        "line 7: not UTF-8",
+        "line 8: key is 513 bytes",
+        "line 10: not JSON",
+        "read 10, passed 1, duplicates 1, rejected 8",
+    ];
+    assert_eq!(reported.len(), expected_prefixes.len(), "{}", run.stderr);
+    for (line, prefix) in reported.iter().zip(expected_prefixes) {
+        assert!(
+            line.starts_with(prefix),
+            "{line:?} does not start with {prefix:?}"
+        );
+    }
+    let mut want = Vec::new();
+    want.extend_from_slice(b"not json\n\n{\"other\":1}\r\n{\"eventId\":\"\"}\n");
+    want.extend_from_slice(b"{\"eventId\":null}\n{\"eventId\":\"\xff\"}\n");
+    want.extend_from_slice(long.as_bytes());
+    want.extend_from_slice(b"[1,\n");
+    assert!(
+        std::fs::read(&rejects).unwrap() == want,
+        "rejects file differs"
+    );
+}
+
+#[test]
+fn strict_exits_1_only_when_something_was_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let rejected = dedup(dir.path(), &["--strict"], b"{\"eventId\":\"a\"}\nbad\n");
+    assert_eq!(rejected.code, 1, "{}", rejected.stderr);
+    assert_eq!(rejected.stdout(), "{\"eventId\":\"a\"}\n");
+    let clean = dedup(dir.path(), &["--strict"], b"{\"eventId\":\"b\"}\n");
+    assert_eq!(clean.code, 0, "{}", clean.stderr);
+    let lenient = dedup(dir.path(), &[], b"bad\n");
+    assert_eq!(lenient.code, 0, "{}", lenient.stderr);
+}
+
+#[test]
+fn scopes_are_kept_apart_and_composite_keys_combine_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let input = b"{\"order\":1,\"step\":\"paid\"}\n{\"order\":1,\"step\":\"shipped\"}\n{\"step\":\"paid\",\"order\":1}\n";
+    let run = |scope: &str| {
+        let args = [
+            "--store",
+            &store,
+            "dedup",
+            "--key",
+            "/order,/step",
+            "--scope",
+            scope,
+        ];
+        oncely(dir.path(), &args, input)
+    };
+    let a = run("a");
+    assert_eq!(
+        a.stdout(),
+        "{\"order\":1,\"step\":\"paid\"}\n{\"order\":1,\"step\":\"shipped\"}\n"
+    );
+    assert_eq!(a.stdout(), run("b").stdout());
+    assert!(run("a").stdout.is_empty());
+    let inspect = oncely(
+        dir.path(),
+        &["--store", &store, "inspect", "--scope", "b", "[1,\"paid\"]"],
+        b"",
+    );
+    assert_eq!(inspect.code, 0, "{}", inspect.stderr);
+}
+
+#[test]
+fn store_comes_from_oncely_store_and_memory_forgets_between_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let mut child = Command::new(BIN)
+            .args(["dedup", "--key", "/eventId"])
+            .current_dir(dir.path())
+            .env("ONCELY_STORE", "memory:")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"{\"eventId\":\"a\"}\n{\"eventId\":\"a\"}\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stderr).unwrap()
+    };
+    assert_eq!(
+        run().trim_end(),
+        "read 2, passed 1, duplicates 1, rejected 0"
+    );
+    assert_eq!(
+        run().trim_end(),
+        "read 2, passed 1, duplicates 1, rejected 0"
+    );
+    assert!(!dir.path().join("oncely.db").exists(), "default store used");
+}
+
+#[test]
+fn a_bad_store_url_is_one_clear_line_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in [
+        &["dedup", "--key", "/eventId"][..],
+        &["inspect", "k"],
+        &["purge"],
+        &["stats"],
+    ] {
+        let mut args = vec!["--store", "nope:x"];
+        args.extend_from_slice(command);
+        let run = oncely(dir.path(), &args, b"{\"eventId\":\"a\"}\n");
+        assert_one_clear_error(&run, "nope:x");
+        assert!(run.stderr.contains("supported"), "{}", run.stderr);
+        assert!(run.stdout.is_empty());
+    }
+}
+
+#[test]
+fn a_directory_or_a_text_file_as_the_store_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_db = dir.path().join("notes.txt");
+    std::fs::write(
+        &not_a_db,
+        "these are not the records you are looking for\n".repeat(100),
+    )
+    .unwrap();
+    let missing_dir = dir.path().join("no/such/dir/oncely.db");
+    for (path, needle) in [
+        (dir.path(), "unable to open"),
+        (not_a_db.as_path(), "not a database"),
+        (missing_dir.as_path(), "unable to open"),
+    ] {
+        let store = format!("sqlite:{}", path.display());
+        let run = oncely(
+            dir.path(),
+            &["--store", &store, "dedup", "--key", "/eventId"],
+            b"{\"eventId\":\"a\"}\n",
+        );
+        assert_one_clear_error(&run, needle);
+        assert!(run.stdout.is_empty(), "a line passed without a store");
+    }
+}
+
+#[test]
+fn bad_flags_and_unwritable_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dedup(
+        dir.path(),
+        &["--rejects", "/nonexistent-dir/rejects.jsonl"],
+        b"",
+    );
+    assert_one_clear_error(&run, "cannot create rejects file");
+
+    for (args, needle) in [
+        (
+            &["dedup", "--key", "/eventId", "--ttl", "7w"][..],
+            "unknown unit",
+        ),
+        (&["dedup", "--key", "/eventId", "--lease", "30"], "no unit"),
+        (&["dedup", "--key", "eventId"], "not a JSON pointer"),
+        (&["dedup", "--key", "/eventId", "--batch", "0"], "--batch"),
+        (&["purge", "--older-than", "soon"], "not a duration"),
+        (&["inspect", ""], "key is empty"),
+        (&["dedup"], "--key"),
+    ] {
+        let run = oncely(dir.path(), args, b"");
+        assert_eq!(
+            run.code, 2,
+            "clap's usage error for {args:?}: {}",
+            run.stderr
+        );
+        assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(needle),
+            "{needle:?} not in {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("panicked"));
+    }
+}
+
+#[test]
+fn every_command_has_help() {
+    let dir = tempfile::tempdir().unwrap();
+    for (command, needle) in [
+        (&[][..], "dedup"),
+        (&["dedup"], "--rejects"),
+        (&["inspect"], "--scope"),
+        (&["purge"], "--older-than"),
+        (&["stats"], "--json"),
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let run = oncely(dir.path(), &args, b"");
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let help = run.stdout();
+        assert!(
+            help.contains("Usage: oncely") && help.contains(needle),
+            "{help}"
+        );
+        assert!(
+            help.contains("--store"),
+            "the global --store is shown: {help}"
+        );
+    }
+}
+
+/// Claims `key` in `store` from this process and leaves it in progress, as a crashed run would.
+fn hold(store: &str, key: &str, lease: Duration) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let oncely = Oncely::new(oncely::connect(store).await.unwrap()).with_lease(lease);
+        let outcome = oncely
+            .claim(&Scope::default(), &Key::new(key).unwrap(), None)
+            .await
+            .unwrap();
+        assert!(matches!(outcome, ClaimOutcome::New(_)));
+    });
+}
+
+#[test]
+fn inspect_purge_and_stats_on_a_populated_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let cmd = |args: &[&str]| {
+        let mut all = vec!["--store", &store];
+        all.extend_from_slice(args);
+        oncely(dir.path(), &all, b"")
+    };
+    let kept = dedup(
+        dir.path(),
+        &["--scope", "kept"],
+        b"{\"eventId\":\"a\"}\n{\"eventId\":\"b\"}\n{\"eventId\":\"c\"}\n",
+    );
+    assert_eq!(kept.code, 0, "{}", kept.stderr);
+    let brief = dedup(
+        dir.path(),
+        &["--scope", "brief", "--ttl", "1ms"],
+        b"{\"eventId\":\"x\"}\n{\"eventId\":\"y\"}\n",
+    );
+    assert_eq!(brief.code, 0, "{}", brief.stderr);
+    hold(&store, "held", Duration::from_secs(600));
+    thread::sleep(Duration::from_millis(20)); // past the 1 ms retention
+
+    let stats = cmd(&["stats", "--json"]);
+    assert_eq!(stats.code, 0, "{}", stats.stderr);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["records"], 6, "{stats}");
+    assert_eq!(stats["completed"], 3, "{stats}");
+    assert_eq!(stats["expired"], 2, "{stats}");
+    assert_eq!(stats["in_progress"], 1, "{stats}");
+    assert!(stats["bytes"].as_u64().unwrap() > 0, "{stats}");
+    let text = cmd(&["stats"]).stdout();
+    assert!(text.contains("expired (awaiting purge)  2"), "{text}");
+
+    let completed = cmd(&["inspect", "--scope", "kept", "b"]).stdout();
+    for line in [
+        "scope        kept",
+        "key          b",
+        "state        completed",
+    ] {
+        assert!(completed.contains(line), "{line:?} not in {completed}");
+    }
+    assert!(completed.contains("fingerprint  -"), "{completed}");
+    let created = completed
+        .lines()
+        .find(|l| l.starts_with("created"))
+        .unwrap();
+    assert!(created.ends_with('Z') && created.contains('T'), "{created}");
+
+    let expired = cmd(&["inspect", "--scope", "brief", "x"]).stdout();
+    assert!(expired.contains("state        expired"), "{expired}");
+    let held = cmd(&["inspect", "held"]).stdout();
+    assert!(
+        held.contains("state        in progress, lease until 2"),
+        "{held}"
+    );
+    let json = cmd(&["inspect", "--json", "--scope", "kept", "a"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["state"], "completed");
+    assert_eq!(json["key"], "a");
+    assert_eq!(json["attempt"], 1);
+
+    let missing = cmd(&["inspect", "nothing-here"]);
+    assert_eq!(missing.code, 1);
+    assert_eq!(
+        missing.stderr.trim_end(),
+        "no record for default/nothing-here"
+    );
+
+    assert_eq!(
+        cmd(&["purge", "--older-than", "1h"]).stdout(),
+        "purged 0 records\n"
+    );
+    assert_eq!(
+        cmd(&["purge", "--batch", "1"]).stdout(),
+        "purged 2 records\n"
+    );
+    let after: serde_json::Value =
+        serde_json::from_slice(&cmd(&["stats", "--json"]).stdout).unwrap();
+    assert_eq!(
+        (after["records"].as_u64(), after["expired"].as_u64()),
+        (Some(4), Some(0))
+    );
+    assert_eq!(cmd(&["inspect", "--scope", "brief", "x"]).code, 1);
+}
+
+#[test]
+fn a_key_held_by_another_run_is_waited_for_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    hold(&sqlite_url(dir.path()), "k2", Duration::from_millis(500));
+    let input =
+        b"{\"eventId\":\"k1\"}\n{\"eventId\":\"k2\"}\n{\"eventId\":\"k3\"}\n{\"eventId\":\"k2\"}\n";
+    let run = dedup(dir.path(), &[], input);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout(),
+        "{\"eventId\":\"k1\"}\n{\"eventId\":\"k2\"}\n{\"eventId\":\"k3\"}\n"
+    );
+    assert!(
+        run.stderr
+            .contains("key k2 (line 2) is held by another run"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.last_stderr_line(),
+        "read 4, passed 3, duplicates 1, rejected 0"
+    );
+}
+
+/// Complete output lines of `dedup` over `input`, fed slowly; with `kill_after`, the child is
+/// killed with SIGKILL the moment that many lines are out (likely while it records them).
+fn dedup_stream(store: &str, input: Vec<String>, kill_after: Option<usize>) -> Vec<String> {
+    let mut child = Command::new(BIN)
+        .args(["--store", store, "dedup", "--key", "/eventId"])
+        .args(["--batch", "10", "--lease", "1s"])
+        .env_remove("ONCELY_STORE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let child = Arc::new(Mutex::new(child));
+    let reader = thread::spawn({
+        let child = Arc::clone(&child);
+        move || {
+            let (mut out, mut line) = (Vec::new(), Vec::new());
+            while stdout.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                // A line cut short by the kill was not fully passed: count only whole lines.
+                if line.ends_with(b"\n") {
+                    out.push(String::from_utf8(line.clone()).unwrap());
+                }
+                line.clear();
+                if kill_after == Some(out.len()) {
+                    child.lock().unwrap().kill().unwrap();
+                }
+            }
+            out
+        }
+    });
+    let writer = thread::spawn(move || {
+        for chunk in input.chunks(3) {
+            if stdin.write_all(chunk.concat().as_bytes()).is_err() {
+                return; // killed
+            }
+            let _ = stdin.flush();
+            thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let out = reader.join().unwrap();
+    writer.join().unwrap();
+    let status = child.lock().unwrap().wait().unwrap();
+    assert_eq!(status.success(), kill_after.is_none(), "{status}");
+    out
+}
+
+#[test]
+fn kill_9_loses_no_line_and_a_rerun_re_emits_at_most_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    // 400 lines, 300 keys: every fourth line redelivers a recent key.
+    let input: Vec<String> = (0..400)
+        .map(|i| {
+            let key = if i % 4 == 3 { i - 2 } else { i };
+            format!("{{\"eventId\":\"k{key:04}\",\"n\":{i}}}\n")
+        })
+        .collect();
+    let key_of = |line: &String| line[12..17].to_owned();
+    let unique: HashSet<String> = input.iter().map(key_of).collect();
+
+    let first = dedup_stream(&store, input.clone(), Some(40));
+    let rerun = dedup_stream(&store, input.clone(), None);
+
+    let first_keys: HashSet<String> = first.iter().map(key_of).collect();
+    let rerun_keys: HashSet<String> = rerun.iter().map(key_of).collect();
+    assert_eq!(first_keys.len(), first.len(), "a run passed a key twice");
+    assert_eq!(rerun_keys.len(), rerun.len(), "a run passed a key twice");
+    assert!(
+        first.len() >= 40 && first.len() < unique.len(),
+        "killed mid-stream"
+    );
+    let passed = &first_keys | &rerun_keys;
+    let lost: Vec<_> = unique.difference(&passed).collect();
+    assert!(lost.is_empty(), "lines lost: {lost:?}");
+    let again = first_keys.intersection(&rerun_keys).count();
+    assert!(
+        again <= 10,
+        "{again} keys passed by both runs, more than one batch"
+    );
+    assert!(
+        dedup_stream(&store, input, None).is_empty(),
+        "all recorded now"
+    );
+}
