@@ -23,6 +23,9 @@ mod workload;
 
 pub use workload::Workload;
 
+/// The SQLite page size oncely's store gives a new file.
+pub const DEFAULT_PAGE_SIZE: u32 = oncely_sqlite::DEFAULT_PAGE_SIZE;
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {

@@ -3,6 +3,7 @@
 //! This file is the clap wiring and the error policy: every failure is one `error: ...` line on
 //! stderr and a non-zero exit. The commands live in their own modules.
 
+mod bench;
 mod dedup;
 mod duration;
 mod input;
@@ -52,6 +53,11 @@ enum Command {
     Purge(purge::PurgeArgs),
     /// Count the records in the store.
     Stats(stats::StatsArgs),
+    /// Measure claim+complete against the naive pattern and the store's batched limit.
+    ///
+    /// Runs on fresh stores of the kind --store names (memory: or sqlite:), never on the store
+    /// itself. Prints events/s, p50/p99 latency and bytes per stored key for each contender.
+    Bench(bench::BenchArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -68,14 +74,24 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // The store's own errors name the URL and what is wrong with it, so no extra context here.
-    let store = oncely::connect(&cli.store).await?;
-    let oncely = Oncely::new(store);
+    let open = || async { anyhow::Ok(Oncely::new(oncely::connect(&cli.store).await?)) };
     let mut stdout = std::io::stdout().lock();
     match cli.command {
-        Command::Dedup(args) => dedup::run(oncely, args, std::io::stdin(), &mut stdout).await,
-        Command::Inspect(args) => inspect::run(&oncely, args, &mut stdout).await,
-        Command::Purge(args) => purge::run(&oncely, args, &mut stdout).await,
-        Command::Stats(args) => stats::run(&oncely, args, &mut stdout).await,
+        Command::Dedup(args) => {
+            dedup::run(open().await?, args, std::io::stdin(), &mut stdout).await
+        }
+        Command::Inspect(args) => inspect::run(&open().await?, args, &mut stdout).await,
+        Command::Purge(args) => purge::run(&open().await?, args, &mut stdout).await,
+        Command::Stats(args) => stats::run(&open().await?, args, &mut stdout).await,
+        // Fresh stores and runtimes of its own: the benchmark never opens --store itself.
+        Command::Bench(args) => {
+            let store = cli.store.clone();
+            drop(stdout);
+            tokio::task::spawn_blocking(move || {
+                bench::run(&store, args, &mut std::io::stdout().lock())
+            })
+            .await?
+        }
     }
 }
 

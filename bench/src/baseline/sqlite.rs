@@ -14,6 +14,16 @@ fn open(path: &Path, page_size: u32, schema: &str) -> Result<Connection, BenchEr
     conn.pragma_update(None, "page_size", page_size)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(
+        None,
+        "cache_size",
+        -(i64::from(oncely_sqlite::DEFAULT_CACHE_MIB) * 1024),
+    )?;
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        oncely_sqlite::DEFAULT_WAL_AUTOCHECKPOINT,
+    )?;
     conn.execute_batch(schema)?;
     Ok(conn)
 }

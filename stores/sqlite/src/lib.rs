@@ -35,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+mod ops;
 mod options;
 mod writer;
 
@@ -47,7 +48,9 @@ use oncely_core::{
 };
 use tokio::sync::oneshot;
 
-pub use options::SqliteOptions;
+pub use options::{
+    DEFAULT_CACHE_MIB, DEFAULT_PAGE_SIZE, DEFAULT_WAL_AUTOCHECKPOINT, SqliteOptions,
+};
 use writer::{Job, Writer};
 
 /// The schema migrations, in order: `(version, sql)`. Applied on open unless `migrate=false`.

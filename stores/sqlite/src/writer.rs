@@ -2,14 +2,14 @@
 
 use std::sync::mpsc::Receiver;
 
-use oncely_core::lifecycle::{check_holder, decide_claim, decide_version};
 use oncely_core::{
-    Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, Key, Record, RecordState, Result, Scope,
-    StoreStats, Timestamp, VersionCheck,
+    Claim, ClaimOutcome, ClaimRequest, Error, Key, Record, Result, Scope, StoreStats, Timestamp,
+    VersionCheck,
 };
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use crate::ops;
 use crate::{MIGRATIONS, SqliteOptions};
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -54,7 +54,7 @@ pub(crate) enum Job {
 }
 
 /// A job's answer, held until its transaction commits.
-enum Answer {
+pub(crate) enum Answer {
     Claims(Vec<ClaimOutcome>),
     Done(Result<()>),
     Record(Option<Record>),
@@ -68,27 +68,6 @@ pub(crate) struct Writer {
     url: String,
     max_batch: usize,
 }
-
-const SELECT_RECORD: &str = "SELECT completed, token, attempt, fingerprint, created_at, expires_at, outcome \
-     FROM oncely_records WHERE scope = ?1 AND key = ?2";
-const INSERT_CLAIM: &str = "INSERT INTO oncely_records \
-     (scope, key, completed, token, attempt, fingerprint, created_at, expires_at, outcome) \
-     VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, NULL) ON CONFLICT DO NOTHING";
-const TAKE_OVER: &str = "UPDATE oncely_records SET completed = 0, token = ?3, attempt = ?4, \
-     fingerprint = ?5, created_at = ?6, expires_at = ?7, outcome = NULL WHERE scope = ?1 AND key = ?2";
-const COMPLETE: &str = "UPDATE oncely_records SET completed = 1, outcome = ?4, expires_at = ?5 \
-     WHERE scope = ?1 AND key = ?2 AND token = ?3 AND completed = 0";
-const RELEASE: &str =
-    "DELETE FROM oncely_records WHERE scope = ?1 AND key = ?2 AND token = ?3 AND completed = 0";
-const PURGE: &str = "DELETE FROM oncely_records WHERE (scope, key) IN \
-     (SELECT scope, key FROM oncely_records WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?2)";
-const STATS: &str = "SELECT count(*), \
-     coalesce(sum(completed = 0 AND expires_at >= ?1), 0), \
-     coalesce(sum(completed = 1 AND expires_at >= ?1), 0), \
-     coalesce(sum(expires_at < ?1), 0) FROM oncely_records";
-const SELECT_VERSION: &str = "SELECT version FROM oncely_versions WHERE scope = ?1 AND entity = ?2";
-const UPSERT_VERSION: &str = "INSERT INTO oncely_versions (scope, entity, version) VALUES (?1, ?2, ?3) \
-     ON CONFLICT (scope, entity) DO UPDATE SET version = excluded.version";
 
 impl Writer {
     pub(crate) fn open(options: &SqliteOptions) -> Result<Self> {
@@ -108,6 +87,11 @@ impl Writer {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(unavailable)?;
         conn.set_prepared_statement_cache_capacity(32);
+        // Negative cache_size is in KiB.
+        conn.pragma_update(None, "cache_size", -(i64::from(options.cache_mib) * 1024))
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "wal_autocheckpoint", options.wal_autocheckpoint)
+            .map_err(unavailable)?;
         migrate(&mut conn, options.migrate, &url)?;
         Ok(Writer {
             conn,
@@ -139,7 +123,7 @@ impl Writer {
                 .map_err(|e| backend(&url, e))?;
             let answers = batch
                 .iter()
-                .map(|job| apply(&tx, job, &url))
+                .map(|job| ops::apply(&tx, job, &url))
                 .collect::<Result<Vec<_>>>()?;
             tx.commit().map_err(|e| backend(&url, e))?;
             Ok(answers)
@@ -201,232 +185,6 @@ fn migrate(conn: &mut Connection, apply: bool, url: &str) -> Result<()> {
     tx.commit().map_err(|e| unavailable(url, e))
 }
 
-fn apply(tx: &Transaction<'_>, job: &Job, url: &str) -> Result<Answer> {
-    let sql = |e: rusqlite::Error| backend(url, e);
-    Ok(match job {
-        Job::Claim { requests, now, .. } => {
-            let mut outcomes = Vec::with_capacity(requests.len());
-            for req in requests {
-                outcomes.push(claim_one(tx, req, *now, url)?);
-            }
-            Answer::Claims(outcomes)
-        }
-        Job::Complete {
-            claim,
-            outcome,
-            expires_at,
-            ..
-        } => {
-            let changed = tx
-                .prepare_cached(COMPLETE)
-                .and_then(|mut s| {
-                    s.execute(params![
-                        claim.scope.as_str(),
-                        claim.key.as_str(),
-                        claim.token as i64,
-                        outcome,
-                        expires_at.as_millis()
-                    ])
-                })
-                .map_err(sql)?;
-            Answer::Done(if changed == 1 {
-                Ok(())
-            } else {
-                Err(lost(tx, claim, url)?)
-            })
-        }
-        Job::Release { claim, .. } => {
-            let changed = tx
-                .prepare_cached(RELEASE)
-                .and_then(|mut s| {
-                    s.execute(params![
-                        claim.scope.as_str(),
-                        claim.key.as_str(),
-                        claim.token as i64
-                    ])
-                })
-                .map_err(sql)?;
-            Answer::Done(if changed == 1 {
-                Ok(())
-            } else {
-                Err(lost(tx, claim, url)?)
-            })
-        }
-        Job::Get { scope, key, .. } => Answer::Record(select(tx, scope, key, url)?),
-        Job::Purge {
-            expired_before,
-            limit,
-            ..
-        } => {
-            let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
-            let purged = tx
-                .prepare_cached(PURGE)
-                .and_then(|mut s| s.execute(params![expired_before.as_millis(), limit]))
-                .map_err(sql)?;
-            Answer::Count(purged)
-        }
-        Job::Stats { now, .. } => {
-            let (records, in_progress, completed, expired) = tx
-                .query_row(STATS, [now.as_millis()], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })
-                .map_err(sql)?;
-            let pages: i64 = tx
-                .query_row("PRAGMA page_count", [], |r| r.get(0))
-                .map_err(sql)?;
-            let page_size: i64 = tx
-                .query_row("PRAGMA page_size", [], |r| r.get(0))
-                .map_err(sql)?;
-            Answer::Stats(StoreStats {
-                records: records as u64,
-                in_progress: in_progress as u64,
-                completed: completed as u64,
-                expired: expired as u64,
-                bytes: Some((pages * page_size) as u64),
-            })
-        }
-        Job::Version {
-            scope,
-            entity,
-            version,
-            ..
-        } => {
-            let stored: Option<i64> = tx
-                .prepare_cached(SELECT_VERSION)
-                .and_then(|mut s| {
-                    s.query_row(params![scope.as_str(), entity.as_str()], |r| r.get(0))
-                        .optional()
-                })
-                .map_err(sql)?;
-            let check = decide_version(stored.map(|v| v as u64), *version);
-            if let VersionCheck::Applied { .. } = check {
-                tx.prepare_cached(UPSERT_VERSION)
-                    .and_then(|mut s| {
-                        s.execute(params![scope.as_str(), entity.as_str(), *version as i64])
-                    })
-                    .map_err(sql)?;
-            }
-            Answer::Version(check)
-        }
-    })
-}
-
-fn claim_one(
-    tx: &Transaction<'_>,
-    req: &ClaimRequest,
-    now: Timestamp,
-    url: &str,
-) -> Result<ClaimOutcome> {
-    let sql = |e: rusqlite::Error| backend(url, e);
-    // Fast path: a key never seen is one insert, no read.
-    let fresh = decide_claim(None, req, now);
-    let record = fresh
-        .write
-        .as_ref()
-        .expect("an absent key is always claimed");
-    let inserted = write_record(tx, INSERT_CLAIM, record).map_err(sql)?;
-    if inserted == 1 {
-        return Ok(fresh.outcome);
-    }
-    // The key exists: decide against what is stored, with the same rules as every store.
-    let existing = select(tx, &req.scope, &req.key, url)?;
-    let decision = decide_claim(existing.as_ref(), req, now);
-    if let Some(record) = &decision.write {
-        write_record(tx, TAKE_OVER, record).map_err(sql)?;
-    }
-    Ok(decision.outcome)
-}
-
-/// Runs INSERT_CLAIM or TAKE_OVER, which take an in-progress record's columns as ?1..?7.
-fn write_record(tx: &Transaction<'_>, sql: &str, r: &Record) -> rusqlite::Result<usize> {
-    tx.prepare_cached(sql)?.execute(params![
-        r.scope.as_str(),
-        r.key.as_str(),
-        r.token as i64,
-        r.attempt,
-        r.fingerprint.as_ref().map(|f| f.as_bytes().as_slice()),
-        r.created_at.as_millis(),
-        r.expires_at.as_millis(),
-    ])
-}
-
-fn select(tx: &Transaction<'_>, scope: &Scope, key: &Key, url: &str) -> Result<Option<Record>> {
-    type Row = (bool, i64, u32, Option<Vec<u8>>, i64, i64, Option<Vec<u8>>);
-    let row: Option<Row> = tx
-        .prepare_cached(SELECT_RECORD)
-        .and_then(|mut s| {
-            s.query_row(params![scope.as_str(), key.as_str()], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })
-            .optional()
-        })
-        .map_err(|e| backend(url, e))?;
-    let Some((completed, token, attempt, fingerprint, created_at, expires_at, outcome)) = row
-    else {
-        return Ok(None);
-    };
-    let fingerprint = match fingerprint {
-        None => None,
-        Some(bytes) => Some(
-            Fingerprint::from_slice(&bytes).ok_or_else(|| Error::Corrupt {
-                store: url.to_owned(),
-                detail: format!(
-                    "fingerprint of {scope}/{key} is {} bytes, expected 32",
-                    bytes.len()
-                ),
-            })?,
-        ),
-    };
-    Ok(Some(Record {
-        scope: scope.clone(),
-        key: key.clone(),
-        state: if completed {
-            RecordState::Completed {
-                outcome: outcome.unwrap_or_default(),
-            }
-        } else {
-            RecordState::InProgress
-        },
-        fingerprint,
-        token: token as u64,
-        attempt,
-        created_at: Timestamp::from_millis(created_at),
-        expires_at: Timestamp::from_millis(expires_at),
-    }))
-}
-
-/// Why `claim` no longer holds its record, read after a guarded update changed nothing.
-fn lost(tx: &Transaction<'_>, claim: &Claim, url: &str) -> Result<Error> {
-    let existing = select(tx, &claim.scope, &claim.key, url)?;
-    let reason = check_holder(existing.as_ref(), claim)
-        .err()
-        .ok_or_else(|| Error::Corrupt {
-            store: url.to_owned(),
-            detail: format!(
-                "guarded update of {}/{} matched no row, yet the claim holds it",
-                claim.scope, claim.key
-            ),
-        })?;
-    Ok(Error::ClaimLost {
-        scope: claim.scope.clone(),
-        key: claim.key.clone(),
-        reason,
-    })
-}
-
 fn deliver(job: Job, answer: Result<Answer>) {
     // A caller that stopped waiting (its future was dropped) makes `send` fail; nothing to do.
     macro_rules! send {
@@ -452,7 +210,7 @@ fn deliver(job: Job, answer: Result<Answer>) {
     }
 }
 
-fn backend(url: &str, e: rusqlite::Error) -> Error {
+pub(crate) fn backend(url: &str, e: rusqlite::Error) -> Error {
     Error::Backend {
         store: url.to_owned(),
         source: e.into(),

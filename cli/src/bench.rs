@@ -1,0 +1,135 @@
+//! `oncely bench`: SPEC S8's benchmark, oncely against the naive pattern and the store's own
+//! batched limit, on fresh stores of the kind `--store` names (never on the store itself).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use oncely_bench::{BenchConfig, Progress, StoreKind, format_table, store_kind};
+
+/// Arguments of `oncely bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Events through oncely and through the batched limit.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    events: usize,
+
+    /// Share of events that redeliver an earlier event.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.1)]
+    duplicates: f64,
+
+    /// Concurrent claimants driving oncely; the SQLite store commits what they queue together.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    concurrency: usize,
+
+    /// Events through the naive pattern (one synced transaction each, so it is sampled).
+    #[arg(long, value_name = "N", default_value_t = 5_000)]
+    naive_events: usize,
+
+    /// Distinct keys stored in every contender's store before measuring.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    preload: usize,
+
+    /// SQLite page size of the fresh files, the same for every contender.
+    #[arg(long, value_name = "BYTES", default_value_t = oncely_bench::DEFAULT_PAGE_SIZE)]
+    page_size: u32,
+
+    /// Where the fresh SQLite files go.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+
+    /// Seed of the generated workload.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// Runs the benchmark for the store kind of `store_url` and prints the table.
+pub fn run(
+    store_url: &str,
+    args: BenchArgs,
+    out: &mut impl Write,
+) -> Result<std::process::ExitCode> {
+    let Some(store) = store_kind(store_url) else {
+        bail!("oncely bench measures memory: and sqlite: stores; `{store_url}` is neither");
+    };
+    if !(0.0..1.0).contains(&args.duplicates) {
+        bail!(
+            "--duplicates must be at least 0 and below 1, not {}",
+            args.duplicates
+        );
+    }
+    let config = BenchConfig {
+        store,
+        dir: args
+            .dir
+            .unwrap_or_else(|| std::env::temp_dir().join("oncely-bench")),
+        events: args.events,
+        duplicate_ratio: args.duplicates,
+        concurrency: args.concurrency,
+        naive_events: args.naive_events,
+        preload: args.preload,
+        seed: args.seed,
+        page_size: args.page_size,
+    };
+    let progress = Bar::new();
+    let results = oncely_bench::run(&config, &progress).context("benchmark")?;
+    writeln!(
+        out,
+        "{} events, {:.0} % duplicates, 36-char UUID keys, store {}{}",
+        config.events,
+        config.duplicate_ratio * 100.0,
+        match store {
+            StoreKind::Memory => "memory (one core)".to_owned(),
+            StoreKind::Sqlite => format!(
+                "sqlite (WAL, synchronous=FULL, page_size={}, oncely concurrency {})",
+                config.page_size, config.concurrency
+            ),
+        },
+        if config.preload > 0 {
+            format!(", {} keys preloaded", config.preload)
+        } else {
+            String::new()
+        },
+    )?;
+    write!(out, "{}", format_table(&results))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A progress bar on a terminal's stderr; nothing otherwise.
+struct Bar(Mutex<Option<ProgressBar>>, bool);
+
+impl Bar {
+    fn new() -> Self {
+        Bar(Mutex::new(None), std::io::stderr().is_terminal())
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, phase: &str, total: u64) {
+        if !self.1 {
+            return;
+        }
+        let bar = ProgressBar::new(total).with_message(phase.to_owned());
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>16} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        *self.0.lock().unwrap() = Some(bar);
+    }
+
+    fn advance(&self, n: u64) {
+        if let Some(bar) = &*self.0.lock().unwrap() {
+            bar.inc(n);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = self.0.lock().unwrap().take() {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The SQL of each job, run inside the writer's transaction.
+//!
+//! A key lives in at most one of two tables: `oncely_claims` while in progress, `oncely_records`
+//! once completed (see `migrations/0001_records.sql` for why). Decisions use the shared rules in
+//! `oncely_core::lifecycle`; the SQL only moves rows.
+
+use oncely_core::lifecycle::{check_holder, decide_claim, decide_version};
+use oncely_core::{
+    Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, Key, Record, RecordState, Result, Scope,
+    StoreStats, Timestamp, VersionCheck,
+};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::writer::{Answer, Job, backend};
+
+const SELECT_CLAIM: &str = "SELECT token, attempt, fingerprint, created_at, expires_at \
+     FROM oncely_claims WHERE scope = ?1 AND key = ?2";
+const SELECT_DONE: &str = "SELECT token, attempt, fingerprint, created_at, expires_at, outcome \
+     FROM oncely_records WHERE scope = ?1 AND key = ?2";
+const UPSERT_CLAIM: &str = "INSERT OR REPLACE INTO oncely_claims \
+     (scope, key, token, attempt, fingerprint, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+// The common case in one statement: a key neither in flight nor done is claimed outright.
+const CLAIM_FRESH: &str = "INSERT INTO oncely_claims \
+     (scope, key, token, attempt, fingerprint, created_at, expires_at) \
+     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
+     WHERE NOT EXISTS (SELECT 1 FROM oncely_records WHERE scope = ?1 AND key = ?2) \
+     ON CONFLICT DO NOTHING";
+const DELETE_DONE: &str = "DELETE FROM oncely_records WHERE scope = ?1 AND key = ?2";
+// Completion takes the holder's row out of oncely_claims, only if the token still matches, and
+// writes the completed record from what it returned.
+const TAKE_CLAIM: &str = "DELETE FROM oncely_claims WHERE scope = ?1 AND key = ?2 AND token = ?3 \
+     RETURNING attempt, fingerprint, created_at";
+const INSERT_DONE: &str = "INSERT OR REPLACE INTO oncely_records \
+     (scope, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const RELEASE: &str = "DELETE FROM oncely_claims WHERE scope = ?1 AND key = ?2 AND token = ?3";
+const PURGE_CLAIMS: &str = "DELETE FROM oncely_claims WHERE (scope, key) IN \
+     (SELECT scope, key FROM oncely_claims WHERE expires_at < ?1 LIMIT ?2)";
+const PURGE_DONE: &str = "DELETE FROM oncely_records WHERE (scope, key) IN \
+     (SELECT scope, key FROM oncely_records WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?2)";
+const COUNT_CLAIMS: &str = "SELECT count(*), coalesce(sum(expires_at >= ?1), 0) FROM oncely_claims";
+const COUNT_DONE: &str = "SELECT count(*), coalesce(sum(expires_at >= ?1), 0) FROM oncely_records";
+const SELECT_VERSION: &str = "SELECT version FROM oncely_versions WHERE scope = ?1 AND entity = ?2";
+const UPSERT_VERSION: &str = "INSERT INTO oncely_versions (scope, entity, version) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (scope, entity) DO UPDATE SET version = excluded.version";
+
+/// Which table a record was read from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Claims,
+    Records,
+}
+
+pub(crate) fn apply(tx: &Transaction<'_>, job: &Job, url: &str) -> Result<Answer> {
+    let sql = |e: rusqlite::Error| backend(url, e);
+    Ok(match job {
+        Job::Claim { requests, now, .. } => Answer::Claims(
+            requests
+                .iter()
+                .map(|req| claim_one(tx, req, *now, url))
+                .collect::<Result<_>>()?,
+        ),
+        Job::Complete {
+            claim,
+            outcome,
+            expires_at,
+            ..
+        } => Answer::Done(complete(tx, claim, outcome, *expires_at, url)?),
+        Job::Release { claim, .. } => {
+            let changed = tx
+                .prepare_cached(RELEASE)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        claim.scope.as_str(),
+                        claim.key.as_str(),
+                        claim.token as i64
+                    ])
+                })
+                .map_err(sql)?;
+            Answer::Done(if changed == 1 {
+                Ok(())
+            } else {
+                Err(lost(tx, claim, url)?)
+            })
+        }
+        Job::Get { scope, key, .. } => {
+            Answer::Record(select(tx, scope, key, url)?.map(|(record, _)| record))
+        }
+        Job::Purge {
+            expired_before,
+            limit,
+            ..
+        } => {
+            let mut purged = 0;
+            for statement in [PURGE_CLAIMS, PURGE_DONE] {
+                let left = i64::try_from(limit - purged).unwrap_or(i64::MAX);
+                purged += tx
+                    .prepare_cached(statement)
+                    .and_then(|mut s| s.execute(params![expired_before.as_millis(), left]))
+                    .map_err(sql)?;
+            }
+            Answer::Count(purged)
+        }
+        Job::Stats { now, .. } => {
+            let count = |statement: &str| {
+                tx.query_row(statement, [now.as_millis()], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(sql)
+            };
+            let (claims, live_claims) = count(COUNT_CLAIMS)?;
+            let (done, live_done) = count(COUNT_DONE)?;
+            let pages: i64 = tx
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .map_err(sql)?;
+            let page_size: i64 = tx
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(sql)?;
+            Answer::Stats(StoreStats {
+                records: claims + done,
+                in_progress: live_claims,
+                completed: live_done,
+                expired: (claims - live_claims) + (done - live_done),
+                bytes: Some((pages * page_size) as u64),
+            })
+        }
+        Job::Version {
+            scope,
+            entity,
+            version,
+            ..
+        } => {
+            let stored: Option<i64> = tx
+                .prepare_cached(SELECT_VERSION)
+                .and_then(|mut s| {
+                    s.query_row(params![scope.as_str(), entity.as_str()], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(sql)?;
+            let check = decide_version(stored.map(|v| v as u64), *version);
+            if let VersionCheck::Applied { .. } = check {
+                tx.prepare_cached(UPSERT_VERSION)
+                    .and_then(|mut s| {
+                        s.execute(params![scope.as_str(), entity.as_str(), *version as i64])
+                    })
+                    .map_err(sql)?;
+            }
+            Answer::Version(check)
+        }
+    })
+}
+
+fn claim_one(
+    tx: &Transaction<'_>,
+    req: &ClaimRequest,
+    now: Timestamp,
+    url: &str,
+) -> Result<ClaimOutcome> {
+    let fresh = decide_claim(None, req, now);
+    let record = fresh
+        .write
+        .as_ref()
+        .expect("an absent key is always claimed");
+    if write_claim(tx, CLAIM_FRESH, record).map_err(|e| backend(url, e))? == 1 {
+        return Ok(fresh.outcome);
+    }
+    // The key is known: decide against what is stored, by the rules every store shares.
+    let existing = select(tx, &req.scope, &req.key, url)?;
+    let decision = decide_claim(existing.as_ref().map(|(record, _)| record), req, now);
+    if let Some(record) = &decision.write {
+        // A claim over an expired completed record supersedes it: the key moves back to claims.
+        if let Some((_, Table::Records)) = existing {
+            tx.prepare_cached(DELETE_DONE)
+                .and_then(|mut s| s.execute(params![req.scope.as_str(), req.key.as_str()]))
+                .map_err(|e| backend(url, e))?;
+        }
+        write_claim(tx, UPSERT_CLAIM, record).map_err(|e| backend(url, e))?;
+    }
+    Ok(decision.outcome)
+}
+
+/// Runs CLAIM_FRESH or UPSERT_CLAIM, which take an in-progress record's columns as ?1..?7.
+fn write_claim(tx: &Transaction<'_>, statement: &str, r: &Record) -> rusqlite::Result<usize> {
+    tx.prepare_cached(statement)?.execute(params![
+        r.scope.as_str(),
+        r.key.as_str(),
+        r.token as i64,
+        r.attempt,
+        r.fingerprint.as_ref().map(|f| f.as_bytes().as_slice()),
+        r.created_at.as_millis(),
+        r.expires_at.as_millis(),
+    ])
+}
+
+fn complete(
+    tx: &Transaction<'_>,
+    claim: &Claim,
+    outcome: &[u8],
+    expires_at: Timestamp,
+    url: &str,
+) -> Result<Result<()>> {
+    let sql = |e: rusqlite::Error| backend(url, e);
+    let held: Option<(u32, Option<Vec<u8>>, i64)> = tx
+        .prepare_cached(TAKE_CLAIM)
+        .and_then(|mut s| {
+            s.query_row(
+                params![claim.scope.as_str(), claim.key.as_str(), claim.token as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+        })
+        .map_err(sql)?;
+    let Some((attempt, fingerprint, created_at)) = held else {
+        return Ok(Err(lost(tx, claim, url)?));
+    };
+    tx.prepare_cached(INSERT_DONE)
+        .and_then(|mut s| {
+            s.execute(params![
+                claim.scope.as_str(),
+                claim.key.as_str(),
+                claim.token as i64,
+                attempt,
+                fingerprint,
+                created_at,
+                expires_at.as_millis(),
+                outcome,
+            ])
+        })
+        .map_err(sql)?;
+    Ok(Ok(()))
+}
+
+/// The record of (scope, key), from whichever table holds it.
+fn select(
+    tx: &Transaction<'_>,
+    scope: &Scope,
+    key: &Key,
+    url: &str,
+) -> Result<Option<(Record, Table)>> {
+    type Row = (i64, u32, Option<Vec<u8>>, i64, i64, Option<Vec<u8>>);
+    let read = |statement: &str, table: Table| -> Result<Option<Row>> {
+        tx.prepare_cached(statement)
+            .and_then(|mut s| {
+                s.query_row(params![scope.as_str(), key.as_str()], |r| {
+                    let outcome = match table {
+                        Table::Records => r.get(5)?,
+                        Table::Claims => None,
+                    };
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        outcome,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(|e| backend(url, e))
+    };
+    let (table, row) = match read(SELECT_CLAIM, Table::Claims)? {
+        Some(row) => (Table::Claims, row),
+        None => match read(SELECT_DONE, Table::Records)? {
+            Some(row) => (Table::Records, row),
+            None => return Ok(None),
+        },
+    };
+    let (token, attempt, fingerprint, created_at, expires_at, outcome) = row;
+    let fingerprint = match fingerprint {
+        None => None,
+        Some(bytes) => Some(
+            Fingerprint::from_slice(&bytes).ok_or_else(|| Error::Corrupt {
+                store: url.to_owned(),
+                detail: format!(
+                    "fingerprint of {scope}/{key} is {} bytes, expected 32",
+                    bytes.len()
+                ),
+            })?,
+        ),
+    };
+    let state = match table {
+        Table::Claims => RecordState::InProgress,
+        Table::Records => RecordState::Completed {
+            outcome: outcome.unwrap_or_default(),
+        },
+    };
+    let record = Record {
+        scope: scope.clone(),
+        key: key.clone(),
+        state,
+        fingerprint,
+        token: token as u64,
+        attempt,
+        created_at: Timestamp::from_millis(created_at),
+        expires_at: Timestamp::from_millis(expires_at),
+    };
+    Ok(Some((record, table)))
+}
+
+/// Why `claim` no longer holds its record, read after a guarded statement changed nothing.
+fn lost(tx: &Transaction<'_>, claim: &Claim, url: &str) -> Result<Error> {
+    let existing = select(tx, &claim.scope, &claim.key, url)?.map(|(record, _)| record);
+    let reason = check_holder(existing.as_ref(), claim)
+        .err()
+        .ok_or_else(|| Error::Corrupt {
+            store: url.to_owned(),
+            detail: format!(
+                "guarded update of {}/{} matched no row, yet the claim holds it",
+                claim.scope, claim.key
+            ),
+        })?;
+    Ok(Error::ClaimLost {
+        scope: claim.scope.clone(),
+        key: claim.key.clone(),
+        reason,
+    })
+}
