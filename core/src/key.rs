@@ -1,6 +1,7 @@
 //! Keys and scopes: what identifies one logical operation, and the namespace it lives in.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::error::KeyError;
 
@@ -14,7 +15,8 @@ pub const MAX_SCOPE_BYTES: usize = 255;
 ///
 /// A key is non-empty UTF-8 of at most [`MAX_KEY_BYTES`] bytes. Anything else is a typed
 /// [`KeyError`]: a key is never truncated or hashed behind the caller's back, because two
-/// different operations silently sharing a key would drop one of them.
+/// different operations silently sharing a key would drop one of them. Cloning is cheap (a
+/// reference count), so keys move freely between tasks and stores.
 ///
 /// ```
 /// use oncely_core::{Key, KeyError};
@@ -26,14 +28,14 @@ pub const MAX_SCOPE_BYTES: usize = 255;
 /// # Ok::<(), KeyError>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(String);
+pub struct Key(Arc<str>);
 
 impl Key {
     /// Validates and wraps a key.
     pub fn new(key: impl Into<String>) -> Result<Self, KeyError> {
         let key = key.into();
         validate("key", &key, MAX_KEY_BYTES)?;
-        Ok(Key(key))
+        Ok(Key(key.into()))
     }
 
     /// The key as text.
@@ -55,14 +57,14 @@ impl Key {
 /// # Ok::<(), oncely_core::KeyError>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Scope(String);
+pub struct Scope(Arc<str>);
 
 impl Scope {
     /// Validates and wraps a scope.
     pub fn new(scope: impl Into<String>) -> Result<Self, KeyError> {
         let scope = scope.into();
         validate("scope", &scope, MAX_SCOPE_BYTES)?;
-        Ok(Scope(scope))
+        Ok(Scope(scope.into()))
     }
 
     /// The scope as text.
@@ -73,7 +75,7 @@ impl Scope {
 
 impl Default for Scope {
     fn default() -> Self {
-        Scope("default".to_owned())
+        Scope("default".into())
     }
 }
 

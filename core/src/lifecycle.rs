@@ -100,13 +100,12 @@ pub fn check_holder(existing: Option<&Record>, claim: &Claim) -> Result<(), Lost
     }
 }
 
-/// The record `complete` writes, once [`check_holder`] passed.
-pub fn completed_record(mut held: Record, outcome: &[u8], expires_at: Timestamp) -> Record {
+/// Turns a held record into a completed one, once [`check_holder`] passed.
+pub fn complete_record(held: &mut Record, outcome: &[u8], expires_at: Timestamp) {
     held.state = RecordState::Completed {
         outcome: outcome.to_vec(),
     };
     held.expires_at = expires_at;
-    held
 }
 
 /// The version guard's rule: a version is applied only if strictly greater than the stored one.

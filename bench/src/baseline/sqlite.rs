@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use rusqlite::{Connection, params};
 
-use crate::{BenchError, Progress, RunResult, Workload, summarize};
+use crate::{BenchError, Latencies, Progress, RunResult, Workload, summarize};
 
 fn open(path: &Path, page_size: u32, schema: &str) -> Result<Connection, BenchError> {
     let conn = Connection::open(path)?;
@@ -82,11 +82,11 @@ pub fn naive(
         progress,
     )?;
     progress.start("naive", workload.len() as u64);
-    let mut latencies = Vec::with_capacity(workload.len());
+    let mut latencies = Latencies::for_events(workload.len());
     let mut new = 0;
     let started = Instant::now();
-    for key in workload.keys() {
-        let t0 = Instant::now();
+    for (i, key) in workload.keys().iter().enumerate() {
+        let t0 = Latencies::start(i);
         let tx = conn.transaction()?;
         let exists: bool = tx
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM keys WHERE event_id = ?1)")?
@@ -97,13 +97,20 @@ pub fn naive(
             new += 1;
         }
         tx.commit()?;
-        latencies.push(t0.elapsed());
+        latencies.record(t0);
         progress.advance(1);
     }
     let elapsed = started.elapsed();
     progress.finish();
     let bytes = bytes_per_key(&conn)?;
-    Ok(summarize("naive", latencies, new, elapsed, Some(bytes)))
+    Ok(summarize(
+        "naive",
+        workload.len(),
+        latencies,
+        new,
+        elapsed,
+        Some(bytes),
+    ))
 }
 
 /// What the store itself can do at best for this job: `INSERT OR IGNORE` of the same keys into
@@ -128,10 +135,10 @@ pub fn batched_limit(
         progress,
     )?;
     progress.start("batched limit", workload.len() as u64);
-    let mut latencies = Vec::with_capacity(workload.len());
+    let mut latencies = Latencies::for_events(workload.len());
     let mut new = 0;
     let started = Instant::now();
-    for chunk in workload.keys().chunks(1000) {
+    for (n, chunk) in workload.keys().chunks(1000).enumerate() {
         let t0 = Instant::now();
         let tx = conn.transaction()?;
         {
@@ -141,8 +148,8 @@ pub fn batched_limit(
             }
         }
         tx.commit()?;
-        let latency = t0.elapsed();
-        latencies.extend(std::iter::repeat_n(latency, chunk.len()));
+        let first = n * 1000;
+        latencies.record_range(first..first + chunk.len(), t0.elapsed());
         progress.advance(chunk.len() as u64);
     }
     let elapsed = started.elapsed();
@@ -150,6 +157,7 @@ pub fn batched_limit(
     let bytes = bytes_per_key(&conn)?;
     Ok(summarize(
         "batched limit",
+        workload.len(),
         latencies,
         new,
         elapsed,
