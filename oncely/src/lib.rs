@@ -40,6 +40,11 @@ use std::sync::Arc;
 
 pub use oncely_core::*;
 
+// Every Rust example in the README is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 /// The store used when none is given: `sqlite:oncely.db` in the working directory.
 pub const DEFAULT_STORE_URL: &str = "sqlite:oncely.db";
 
