@@ -309,7 +309,9 @@ impl Latencies {
 
     /// Records `latency` for each sampled event among events `range`.
     pub(crate) fn record_range(&mut self, range: std::ops::Range<usize>, latency: Duration) {
-        let sampled = range.filter(|i| i.is_multiple_of(LATENCY_SAMPLE_EVERY)).count();
+        let sampled = range
+            .filter(|i| i.is_multiple_of(LATENCY_SAMPLE_EVERY))
+            .count();
         self.0.extend(std::iter::repeat_n(latency, sampled));
     }
 

@@ -49,6 +49,7 @@ suite!(
     empty_and_oversized_keys_are_typed_errors,
     longest_keys_and_scopes_round_trip_exactly,
     unusual_keys_are_stored_verbatim_and_kept_distinct,
+    uuid_keys_differing_only_in_case_or_form_are_distinct,
     outcomes_round_trip_byte_for_byte,
     scopes_are_kept_apart,
     stats_count_records_by_state,
@@ -491,6 +492,37 @@ async fn unusual_keys_are_stored_verbatim_and_kept_distinct(store: Arc<dyn Store
             ClaimOutcome::InProgress { .. }
         ));
     }
+}
+
+async fn uuid_keys_differing_only_in_case_or_form_are_distinct(store: Arc<dyn Store>) {
+    let (oncely, _) = setup(store);
+    let s = Scope::default();
+    // Stores may keep UUID keys compactly; every spelling must still be its own key.
+    let spellings = [
+        "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "0F8FAD5B-D9CB-469F-A165-70867728950E",
+        "0f8fad5bd9cb469fa16570867728950e",
+        "{0f8fad5b-d9cb-469f-a165-70867728950e}",
+        "0f8fad5b-d9cb-469f-a165-70867728950",
+        "0f8fad5b-d9cb-469f-a165-70867728950g",
+    ];
+    for (i, k) in spellings.iter().enumerate() {
+        let claim = expect_new(oncely.claim(&s, &key(k), None).await.unwrap());
+        oncely
+            .complete(&claim, format!("out-{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    for (i, k) in spellings.iter().enumerate() {
+        let rec = oncely.get(&s, &key(k)).await.unwrap().expect("stored");
+        assert_eq!(rec.key.as_str(), *k);
+        assert_eq!(rec.outcome(), Some(format!("out-{i}").as_bytes()));
+    }
+    assert_eq!(oncely.purge(Duration::ZERO, 100).await.unwrap(), 0);
+    assert_eq!(
+        oncely.stats().await.unwrap().completed,
+        spellings.len() as u64
+    );
 }
 
 async fn outcomes_round_trip_byte_for_byte(store: Arc<dyn Store>) {

@@ -9,7 +9,8 @@ use oncely_core::{
     Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, Key, Record, RecordState, Result, Scope,
     StoreStats, Timestamp, VersionCheck,
 };
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{OptionalExtension, ToSql, Transaction, params};
 
 use crate::writer::{Answer, Job, backend};
 
@@ -72,7 +73,7 @@ pub(crate) fn apply(tx: &Transaction<'_>, job: &Job, url: &str) -> Result<Answer
                 .and_then(|mut s| {
                     s.execute(params![
                         claim.scope.as_str(),
-                        claim.key.as_str(),
+                        StoredKey::of(&claim.key),
                         claim.token as i64
                     ])
                 })
@@ -171,7 +172,7 @@ fn claim_one(
         // A claim over an expired completed record supersedes it: the key moves back to claims.
         if let Some((_, Table::Records)) = existing {
             tx.prepare_cached(DELETE_DONE)
-                .and_then(|mut s| s.execute(params![req.scope.as_str(), req.key.as_str()]))
+                .and_then(|mut s| s.execute(params![req.scope.as_str(), StoredKey::of(&req.key)]))
                 .map_err(|e| backend(url, e))?;
         }
         write_claim(tx, UPSERT_CLAIM, record).map_err(|e| backend(url, e))?;
@@ -183,7 +184,7 @@ fn claim_one(
 fn write_claim(tx: &Transaction<'_>, statement: &str, r: &Record) -> rusqlite::Result<usize> {
     tx.prepare_cached(statement)?.execute(params![
         r.scope.as_str(),
-        r.key.as_str(),
+        StoredKey::of(&r.key),
         r.token as i64,
         r.attempt,
         r.fingerprint.as_ref().map(|f| f.as_bytes().as_slice()),
@@ -204,7 +205,11 @@ fn complete(
         .prepare_cached(TAKE_CLAIM)
         .and_then(|mut s| {
             s.query_row(
-                params![claim.scope.as_str(), claim.key.as_str(), claim.token as i64],
+                params![
+                    claim.scope.as_str(),
+                    StoredKey::of(&claim.key),
+                    claim.token as i64
+                ],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
@@ -217,7 +222,7 @@ fn complete(
         .and_then(|mut s| {
             s.execute(params![
                 claim.scope.as_str(),
-                claim.key.as_str(),
+                StoredKey::of(&claim.key),
                 claim.token as i64,
                 attempt,
                 fingerprint,
@@ -241,7 +246,7 @@ fn select(
     let read = |statement: &str, table: Table| -> Result<Option<Row>> {
         tx.prepare_cached(statement)
             .and_then(|mut s| {
-                s.query_row(params![scope.as_str(), key.as_str()], |r| {
+                s.query_row(params![scope.as_str(), StoredKey::of(key)], |r| {
                     let outcome = match table {
                         Table::Records => r.get(5)?,
                         Table::Claims => None,
@@ -315,4 +320,73 @@ fn lost(tx: &Transaction<'_>, claim: &Claim, url: &str) -> Result<Error> {
         key: claim.key.clone(),
         reason,
     })
+}
+
+/// How a key is stored: a canonical UUID (lower-case, hyphenated, as most producers write them)
+/// as its 16 bytes, any other key as its text. A UUID key then takes 16 bytes instead of 36 in
+/// the table and again in the expires_at index. The forms cannot collide: SQLite never
+/// compares a BLOB equal to TEXT, and only the one canonical spelling is packed.
+enum StoredKey<'a> {
+    Uuid([u8; 16]),
+    Text(&'a str),
+}
+
+impl<'a> StoredKey<'a> {
+    fn of(key: &'a Key) -> Self {
+        canonical_uuid(key.as_str()).map_or(StoredKey::Text(key.as_str()), StoredKey::Uuid)
+    }
+}
+
+impl ToSql for StoredKey<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            StoredKey::Uuid(bytes) => ValueRef::Blob(bytes),
+            StoredKey::Text(text) => ValueRef::Text(text.as_bytes()),
+        }))
+    }
+}
+
+fn canonical_uuid(s: &str) -> Option<[u8; 16]> {
+    let s = s.as_bytes();
+    if s.len() != 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut nibbles = 0;
+    for (i, &c) in s.iter().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if c != b'-' {
+                return None;
+            }
+            continue;
+        }
+        let v = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        out[nibbles / 2] |= if nibbles % 2 == 0 { v << 4 } else { v };
+        nibbles += 1;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_uuid;
+
+    #[test]
+    fn only_the_canonical_spelling_is_packed() {
+        let packed = canonical_uuid("0f8fad5b-d9cb-469f-a165-70867728950e").unwrap();
+        assert_eq!(packed[0], 0x0f);
+        assert_eq!(packed[15], 0x0e);
+        for other in [
+            "0F8FAD5B-D9CB-469F-A165-70867728950E",
+            "0f8fad5bd9cb469fa16570867728950e",
+            "0f8fad5b-d9cb-469f-a165-70867728950g",
+            "0f8fad5b_d9cb-469f-a165-70867728950e",
+        ] {
+            assert_eq!(canonical_uuid(other), None, "{other}");
+        }
+    }
 }
