@@ -22,7 +22,7 @@ pub const DEFAULT_WAL_AUTOCHECKPOINT: u32 = 10_000;
 ///
 /// | parameter | meaning | default |
 /// |---|---|---|
-/// | `batch` | most operations committed in one transaction (group commit) | 1024 |
+/// | `batch` | most operations committed in one transaction (group commit) | 2048 |
 /// | `busy_timeout_ms` | how long to wait for another process's write lock | 5000 |
 /// | `page_size` | page size of a **new** database file, in bytes | 4096 |
 /// | `cache_mib` | page cache, in MiB | 64 |
@@ -59,7 +59,7 @@ impl SqliteOptions {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         SqliteOptions {
             path: path.into(),
-            max_batch: 1024,
+            max_batch: 2048,
             busy_timeout: Duration::from_secs(5),
             page_size: DEFAULT_PAGE_SIZE,
             cache_mib: DEFAULT_CACHE_MIB,
