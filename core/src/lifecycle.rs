@@ -64,6 +64,7 @@ pub fn decide_claim(
                 token: req.token,
                 attempt,
                 fingerprint: req.fingerprint,
+                claimed_at: now,
                 lease_until,
             };
             ClaimDecision {

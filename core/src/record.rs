@@ -105,6 +105,8 @@ pub struct Claim {
     pub attempt: u32,
     /// The payload digest the claim was made with.
     pub fingerprint: Option<Fingerprint>,
+    /// When the claim was granted (the record's `created_at`).
+    pub claimed_at: Timestamp,
     /// Until when no other delivery can take the key.
     pub lease_until: Timestamp,
 }

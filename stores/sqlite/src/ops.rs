@@ -27,10 +27,9 @@ const CLAIM_FRESH: &str = "INSERT INTO oncely_claims \
      WHERE NOT EXISTS (SELECT 1 FROM oncely_records WHERE scope = ?1 AND key = ?2) \
      ON CONFLICT DO NOTHING";
 const DELETE_DONE: &str = "DELETE FROM oncely_records WHERE scope = ?1 AND key = ?2";
-// Completion takes the holder's row out of oncely_claims, only if the token still matches, and
-// writes the completed record from what it returned.
-const TAKE_CLAIM: &str = "DELETE FROM oncely_claims WHERE scope = ?1 AND key = ?2 AND token = ?3 \
-     RETURNING attempt, fingerprint, created_at";
+// Completion removes the holder's row from oncely_claims, only if the token still matches; the
+// completed record is then written from the claim itself (no RETURNING, which SQLite buffers).
+const TAKE_CLAIM: &str = "DELETE FROM oncely_claims WHERE scope = ?1 AND key = ?2 AND token = ?3";
 const INSERT_DONE: &str = "INSERT OR REPLACE INTO oncely_records \
      (scope, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
@@ -201,32 +200,23 @@ fn complete(
     url: &str,
 ) -> Result<Result<()>> {
     let sql = |e: rusqlite::Error| backend(url, e);
-    let held: Option<(u32, Option<Vec<u8>>, i64)> = tx
+    let key = StoredKey::of(&claim.key);
+    let taken = tx
         .prepare_cached(TAKE_CLAIM)
-        .and_then(|mut s| {
-            s.query_row(
-                params![
-                    claim.scope.as_str(),
-                    StoredKey::of(&claim.key),
-                    claim.token as i64
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-        })
+        .and_then(|mut s| s.execute(params![claim.scope.as_str(), key, claim.token as i64]))
         .map_err(sql)?;
-    let Some((attempt, fingerprint, created_at)) = held else {
+    if taken != 1 {
         return Ok(Err(lost(tx, claim, url)?));
-    };
+    }
     tx.prepare_cached(INSERT_DONE)
         .and_then(|mut s| {
             s.execute(params![
                 claim.scope.as_str(),
-                StoredKey::of(&claim.key),
+                key,
                 claim.token as i64,
-                attempt,
-                fingerprint,
-                created_at,
+                claim.attempt,
+                claim.fingerprint.as_ref().map(|f| f.as_bytes().as_slice()),
+                claim.claimed_at.as_millis(),
                 expires_at.as_millis(),
                 outcome,
             ])
