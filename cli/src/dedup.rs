@@ -53,6 +53,9 @@ pub struct DedupArgs {
     strict: bool,
 }
 
+/// How often a key held by another run is claimed again while waiting for it.
+const HELD_KEY_POLL: Duration = Duration::from_millis(50);
+
 /// The counts of the summary line.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Counts {
@@ -84,6 +87,7 @@ pub async fn run(
         out: BufWriter::with_capacity(1 << 16, out),
         rejects,
         counts: Counts::default(),
+        noted_line: None,
     };
     while let Some(lines) = lines.next_batch(batch).await {
         dedup
@@ -111,6 +115,8 @@ struct Dedup<W: Write> {
     out: BufWriter<W>,
     rejects: Option<BufWriter<File>>,
     counts: Counts,
+    /// The line whose held key was last reported, so a wait is reported once, not per poll.
+    noted_line: Option<u64>,
 }
 
 impl<W: Write> Dedup<W> {
@@ -166,13 +172,18 @@ impl<W: Write> Dedup<W> {
                 // In progress because this batch claimed it a moment ago: a duplicate.
                 ClaimOutcome::InProgress { .. } if earlier_in_batch => self.counts.duplicates += 1,
                 ClaimOutcome::InProgress { retry_after } => {
-                    eprintln!(
-                        "note: key {key} (line {}) is held by another run, or by one that died; \
-                         retrying in {retry_after:?}",
-                        line.number
-                    );
+                    if self.noted_line != Some(line.number) {
+                        self.noted_line = Some(line.number);
+                        eprintln!(
+                            "note: key {key} (line {}) is held by another run, or by one that \
+                             died; waiting for it (at most {retry_after:?})",
+                            line.number
+                        );
+                    }
                     settled = i;
-                    wait = retry_after;
+                    // A live holder usually records the key within milliseconds: look again
+                    // soon rather than sleeping out the whole lease.
+                    wait = retry_after.min(HELD_KEY_POLL);
                 }
                 // No fingerprints are given, so a conflict cannot arise; the key is known, though.
                 ClaimOutcome::Duplicate(_) | ClaimOutcome::Conflict { .. } => {
@@ -210,8 +221,8 @@ impl<W: Write> Dedup<W> {
                 Ok(()) => {}
                 // The line is out; another run took the key over after our lease ran out and
                 // will pass it too. Worth a warning, not worth stopping for.
-                Err(Error::ClaimLost { .. }) if how == Settle::Complete => eprintln!(
-                    "warning: key {} was passed, but its lease ran out before it was recorded \
+                Err(lost @ Error::ClaimLost { .. }) if how == Settle::Complete => eprintln!(
+                    "warning: key {} was passed, but could not be recorded: {lost} \
                      (another run may pass it again; consider a longer --lease)",
                     claim.key
                 ),

@@ -586,3 +586,71 @@ fn kill_9_loses_no_line_and_a_rerun_re_emits_at_most_one_batch() {
         "all recorded now"
     );
 }
+
+#[test]
+fn two_processes_on_one_store_pass_each_key_once_between_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let line = |k: usize| format!("{{\"eventId\":\"k{k:05}\"}}\n");
+    // Overlapping halves, the second walked backwards, so both runs race for the middle keys.
+    let first: String = (0..3000).map(line).collect();
+    let second: String = (1500..4500).rev().map(line).collect();
+    let spawn = |input: String| {
+        let mut child = Command::new(BIN)
+            .args([
+                "--store", &store, "dedup", "--key", "/eventId", "--batch", "50",
+            ])
+            .env_remove("ONCELY_STORE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let feeder = thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+        (child, feeder)
+    };
+    let (a, feed_a) = spawn(first);
+    let (b, feed_b) = spawn(second);
+    // Drain both at once: a run blocked on a full stdout pipe would sit on its claims.
+    let b = thread::spawn(move || b.wait_with_output().unwrap());
+    let (a, b) = (a.wait_with_output().unwrap(), b.join().unwrap());
+    feed_a.join().unwrap();
+    feed_b.join().unwrap();
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let keys = |out: &[u8]| -> Vec<String> {
+        String::from_utf8(out.to_vec())
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let (from_a, from_b) = (keys(&a.stdout), keys(&b.stdout));
+    let set_a: HashSet<_> = from_a.iter().cloned().collect();
+    let set_b: HashSet<_> = from_b.iter().cloned().collect();
+    assert_eq!(
+        set_a.len(),
+        from_a.len(),
+        "the first run passed a key twice"
+    );
+    assert_eq!(
+        set_b.len(),
+        from_b.len(),
+        "the second run passed a key twice"
+    );
+    let both: Vec<_> = set_a.intersection(&set_b).collect();
+    assert!(
+        both.is_empty(),
+        "{} keys passed by both runs, e.g. {:?}\nfirst run: {}\nsecond run: {}",
+        both.len(),
+        both.first(),
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
+    assert_eq!(
+        set_a.len() + set_b.len(),
+        4500,
+        "every key passed by one of the runs"
+    );
+}
