@@ -654,3 +654,91 @@ fn two_processes_on_one_store_pass_each_key_once_between_them() {
         "every key passed by one of the runs"
     );
 }
+
+#[test]
+fn bench_reports_every_contender_and_never_touches_the_store_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench_dir = dir.path().join("bench-files");
+    let bench_dir = bench_dir.to_str().unwrap();
+    let sqlite = oncely(
+        dir.path(),
+        &[
+            "bench",
+            "--events",
+            "3000",
+            "--naive-events",
+            "100",
+            "--concurrency",
+            "64",
+            "--dir",
+            bench_dir,
+        ],
+        b"",
+    );
+    assert_eq!(sqlite.code, 0, "{}", sqlite.stderr);
+    let table = sqlite.stdout();
+    for contender in ["oncely", "naive", "batched limit"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(contender))
+            .unwrap_or_else(|| panic!("no {contender} row in\n{table}"));
+        let events: u64 = row[contender.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            events,
+            if contender == "naive" { 100 } else { 3000 },
+            "{row}"
+        );
+    }
+    // The same workload: oncely and the limit both find the same number of new keys.
+    let new_of = |name: &str| -> String {
+        let row = table.lines().find(|l| l.starts_with(name)).unwrap();
+        row[name.len()..]
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(new_of("oncely"), new_of("batched limit"), "{table}");
+    assert!(
+        !dir.path().join("oncely.db").exists(),
+        "bench opened the default store"
+    );
+
+    let memory = oncely(
+        dir.path(),
+        &[
+            "--store",
+            "memory:",
+            "bench",
+            "--events",
+            "5000",
+            "--naive-events",
+            "100",
+        ],
+        b"",
+    );
+    assert_eq!(memory.code, 0, "{}", memory.stderr);
+    assert!(
+        memory.stdout().contains("memory (one core)"),
+        "{}",
+        memory.stdout()
+    );
+    assert!(
+        !memory.stdout().contains("batched limit"),
+        "{}",
+        memory.stdout()
+    );
+
+    let other = oncely(dir.path(), &["--store", "redis://localhost", "bench"], b"");
+    assert_ne!(other.code, 0);
+    assert!(
+        other.stderr.starts_with("error: oncely bench measures"),
+        "{}",
+        other.stderr
+    );
+}

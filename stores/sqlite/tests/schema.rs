@@ -1,0 +1,107 @@
+//! The schema: applied on first use, or by the user from the shipped SQL with `migrate=false`.
+
+use std::sync::Arc;
+
+use oncely_core::{ClaimOutcome, Error, Key, Oncely, Scope};
+use oncely_sqlite::{MIGRATIONS, SqliteOptions, SqliteStore};
+
+fn options(url: &str) -> SqliteOptions {
+    url.parse().unwrap()
+}
+
+#[test]
+fn migrate_false_on_an_empty_file_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite:{}?migrate=false",
+        dir.path().join("empty.db").display()
+    );
+    let err = SqliteStore::open(options(&url)).unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    assert!(
+        err.to_string().contains("schema version 0, expected 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_shipped_sql_applied_by_hand_is_what_the_store_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("by-hand.db");
+    {
+        // What a user running their own migrations does with stores/sqlite/migrations/.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let sql = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/0001_records.sql"
+        ))
+        .unwrap();
+        assert_eq!(
+            sql, MIGRATIONS[0].1,
+            "the shipped file is the one the store applies"
+        );
+        conn.execute_batch(&sql).unwrap();
+        conn.pragma_update(None, "user_version", MIGRATIONS[0].0)
+            .unwrap();
+    }
+    let url = format!("sqlite:{}?migrate=false", path.display());
+    let store = SqliteStore::open(options(&url)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let oncely = Oncely::new(Arc::new(store));
+        let key = Key::new("k").unwrap();
+        let claim = oncely
+            .claim(&Scope::default(), &key, None)
+            .await
+            .unwrap()
+            .into_new()
+            .unwrap();
+        oncely.complete(&claim, b"ok").await.unwrap();
+        assert!(matches!(
+            oncely.claim(&Scope::default(), &key, None).await.unwrap(),
+            ClaimOutcome::Duplicate(_)
+        ));
+    });
+}
+
+#[test]
+fn a_schema_newer_than_this_build_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("future.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let err = SqliteStore::open(SqliteOptions::new(&path)).unwrap_err();
+    assert!(
+        err.to_string().contains("schema version 99 is newer"),
+        "{err}"
+    );
+}
+
+#[test]
+fn reopening_applies_nothing_twice_and_keeps_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("again.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for round in 0..3 {
+        let oncely = Oncely::new(Arc::new(
+            SqliteStore::open(SqliteOptions::new(&path)).unwrap(),
+        ));
+        rt.block_on(async {
+            let outcome = oncely
+                .claim(&Scope::default(), &Key::new("k").unwrap(), None)
+                .await
+                .unwrap();
+            match (round, outcome) {
+                (0, ClaimOutcome::New(claim)) => oncely.complete(&claim, b"once").await.unwrap(),
+                (_, ClaimOutcome::Duplicate(rec)) => assert_eq!(rec.outcome(), Some(&b"once"[..])),
+                (round, other) => panic!("round {round}: {other:?}"),
+            }
+        });
+    }
+}
