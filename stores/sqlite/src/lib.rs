@@ -9,6 +9,10 @@
 //!   `batch`), so concurrent single claims share one sync without changing what each answers.
 //! - **Many processes, one file**: every decision is taken inside `BEGIN IMMEDIATE`, so several
 //!   processes on one file still grant each key once.
+//! - **Layout**: in-flight claims live in a small table of their own and move to the records
+//!   table when completed, so a random key costs one random page write in the large table, not
+//!   two; canonical UUID keys are stored as 16 bytes. The schema is in `migrations/` (applied on
+//!   open unless `migrate=false`); why each choice was made, with figures, is in BENCHMARKS.md.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely_core::Result<()> {
