@@ -588,9 +588,36 @@ fn kill_9_loses_no_line_and_a_rerun_re_emits_at_most_one_batch() {
 }
 
 #[test]
-fn two_processes_on_one_store_pass_each_key_once_between_them() {
+fn two_processes_on_one_sqlite_store_pass_each_key_once_between_them() {
     let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_url(dir.path());
+    two_processes_pass_each_key_once(&sqlite_url(dir.path()));
+}
+
+#[test]
+fn two_processes_on_one_postgres_store_pass_each_key_once_between_them() {
+    two_processes_pass_each_key_once(&postgres_url("two_processes"));
+}
+
+/// A PostgreSQL store URL in a fresh schema of its own (`ONCELY_TEST_POSTGRES` names the server).
+fn postgres_url(name: &str) -> String {
+    let server = std::env::var("ONCELY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let schema = format!("oncely_cli_{name}_{}", std::process::id());
+    let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};");
+    let psql = Command::new("psql")
+        .args([server.as_str(), "-q", "-v", "ON_ERROR_STOP=1", "-c", &sql])
+        .output()
+        .expect("psql (PostgreSQL's client) runs");
+    assert!(
+        psql.status.success(),
+        "{}",
+        String::from_utf8_lossy(&psql.stderr)
+    );
+    format!("{server}?options=-csearch_path%3D{schema}")
+}
+
+fn two_processes_pass_each_key_once(store: &str) {
+    let store = store.to_owned();
     let line = |k: usize| format!("{{\"eventId\":\"k{k:05}\"}}\n");
     // Overlapping halves, the second walked backwards, so both runs race for the middle keys.
     let first: String = (0..3000).map(line).collect();

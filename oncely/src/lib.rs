@@ -15,6 +15,7 @@
 //! |---|---|---|
 //! | `memory:` or `memory:?capacity=N` | in-process, bounded | `oncely-memory` |
 //! | `sqlite:PATH` (`sqlite:oncely.db`), `sqlite://PATH` | embedded, durable, the default | `oncely-sqlite` |
+//! | `postgres://USER@HOST/DB` (`postgresql://` too) | shared by many instances | `oncely-postgres` |
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely::Result<()> {
@@ -45,6 +46,18 @@ pub use oncely_core::*;
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 
+/// Every scheme oncely has or plans a store for, whether or not this build includes it.
+const KNOWN_SCHEMES: &[&str] = &[
+    "memory",
+    "sqlite",
+    "postgres",
+    "postgresql",
+    "mysql",
+    "mariadb",
+    "redis",
+    "rediss",
+];
+
 /// The store used when none is given: `sqlite:oncely.db` in the working directory.
 pub const DEFAULT_STORE_URL: &str = "sqlite:oncely.db";
 
@@ -74,10 +87,15 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
             let options: oncely_sqlite::SqliteOptions = url.parse()?;
             Ok(Arc::new(oncely_sqlite::SqliteStore::open(options)?))
         }
-        "postgres" | "postgresql" | "mysql" | "mariadb" | "redis" | "rediss" => Err(invalid(
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Arc::new(
+            oncely_postgres::PostgresStore::connect(url).await?,
+        )),
+        // Known stores this build leaves out: a disabled feature, or one not written yet.
+        known if KNOWN_SCHEMES.contains(&known) => Err(invalid(
             url,
             &format!(
-                "the `{scheme}` store is not in this build yet ({})",
+                "the `{scheme}` store is not in this build ({})",
                 supported()
             ),
         )),
@@ -95,6 +113,9 @@ fn supported() -> String {
     }
     if cfg!(feature = "sqlite") {
         schemes.push("sqlite:PATH");
+    }
+    if cfg!(feature = "postgres") {
+        schemes.push("postgres://...");
     }
     format!("supported: {}", schemes.join(", "))
 }
@@ -122,7 +143,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_and_future_schemes_are_clear_errors() {
-        for url in ["ftp://x", "nourl", "postgres://localhost/test"] {
+        for url in ["ftp://x", "nourl", "mysql://localhost/test"] {
             let err = connect(url).await.unwrap_err();
             assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err}");
             assert!(err.to_string().contains("supported:"), "{err}");

@@ -1,6 +1,7 @@
 //! The writer thread: owns the connection, runs queued jobs in batched transactions.
 
 use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
 
 use oncely_core::{
     Claim, ClaimOutcome, ClaimRequest, Error, Key, Record, Result, Scope, StoreStats, Timestamp,
@@ -71,6 +72,22 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn open(options: &SqliteOptions) -> Result<Self> {
+        // Processes opening one new file at once contend for the switch to WAL and for the
+        // schema; SQLite reports some of that as busy without waiting, so wait here.
+        let deadline = Instant::now() + options.busy_timeout;
+        loop {
+            match Self::try_open(options) {
+                Err(Error::Unavailable { source, .. })
+                    if is_busy(source.as_ref()) && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    fn try_open(options: &SqliteOptions) -> Result<Self> {
         let url = options.url();
         let unavailable = |e: rusqlite::Error| Error::Unavailable {
             store: url.clone(),
@@ -150,6 +167,14 @@ impl Writer {
             }
         }
     }
+}
+
+fn is_busy(err: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        err.downcast_ref::<rusqlite::Error>()
+            .and_then(rusqlite::Error::sqlite_error_code),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 fn migrate(conn: &mut Connection, apply: bool, url: &str) -> Result<()> {

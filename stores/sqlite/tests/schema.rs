@@ -105,3 +105,29 @@ fn reopening_applies_nothing_twice_and_keeps_records() {
         });
     }
 }
+
+#[test]
+fn many_openers_of_one_new_file_all_succeed() {
+    // Several processes starting at once on a fresh file contend for the switch to WAL and for
+    // the schema; every one of them must open, none may fail with "database is locked".
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("fresh-{round}.db"));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    SqliteStore::open(SqliteOptions::new(path)).map(drop)
+                })
+            })
+            .collect();
+        for opener in openers {
+            opener
+                .join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! # oncely-postgres
+//!
+//! A [`Store`] on PostgreSQL, for services that already run one and for many instances sharing
+//! one dedup history.
+//!
+//! - **Atomic under concurrency**: a batch of claims runs in one READ COMMITTED transaction.
+//!   Fresh keys are inserted with `ON CONFLICT DO NOTHING` (which waits for a concurrent inserter
+//!   of the same key and then sees its row); the rest are locked with `SELECT ... FOR UPDATE`, so
+//!   every decision is taken on the latest committed row, by the same rules every store shares
+//!   (`oncely_core::lifecycle`). Keys are locked in sorted order, so batches cannot deadlock.
+//! - **Purge never blocks claims**: it deletes oldest-first in bounded batches and skips rows that
+//!   a claim has locked (`FOR UPDATE SKIP LOCKED`).
+//! - **Versioned migrations**, applied on first use under an advisory lock, or by you from
+//!   `migrations/` (open with `?oncely_migrate=false`).
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> oncely_core::Result<()> {
+//! use std::sync::Arc;
+//! use oncely_core::Oncely;
+//! use oncely_postgres::PostgresStore;
+//!
+//! let store = PostgresStore::connect("postgres://postgres@127.0.0.1/test").await?;
+//! let oncely = Oncely::new(Arc::new(store));
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use oncely_core::lifecycle::{check_holder, decide_claim, decide_version};
+use oncely_core::{
+    Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, Key, LostReason, Record, RecordState,
+    Result, Scope, Store, StoreStats, Timestamp, VersionCheck, async_trait,
+};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+
+/// The schema migrations, in order: `(version, sql)`.
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_records.sql"))];
+
+/// The PostgreSQL store. See the crate docs.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    url: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+const SELECT_ONE: &str = "SELECT scope, key, completed, token, attempt, fingerprint, created_at, \
+     expires_at, outcome FROM oncely_records WHERE scope = $1 AND key = $2";
+const LOCK_ONE: &str = "SELECT scope, key, completed, token, attempt, fingerprint, created_at, \
+     expires_at, outcome FROM oncely_records WHERE scope = $1 AND key = $2 FOR UPDATE";
+const LOCK_MANY: &str = "SELECT scope, key, completed, token, attempt, fingerprint, created_at, \
+     expires_at, outcome FROM oncely_records \
+     WHERE (scope, key) IN (SELECT * FROM unnest($1::bytea[], $2::bytea[])) \
+     ORDER BY scope, key FOR UPDATE";
+
+impl PostgresStore {
+    /// Connects with a `postgres://` URL and applies the migrations unless the URL carries
+    /// `oncely_migrate=false`. Other query parameters are PostgreSQL's own (`sslmode`, `options`, ...).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let (url, migrate) = strip_param(url, "oncely_migrate");
+        let migrate = match migrate.as_deref() {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(Error::InvalidUrl {
+                    url: url.clone(),
+                    reason: format!("oncely_migrate must be true or false, not `{other}`"),
+                });
+            }
+        };
+        let options = PgConnectOptions::from_str(&url).map_err(|e| Error::InvalidUrl {
+            url: redact(&url),
+            reason: e.to_string(),
+        })?;
+        Self::connect_with(options, &url, migrate).await
+    }
+
+    /// Connects with ready-made options (a test can set `search_path`, for instance).
+    pub async fn connect_with(options: PgConnectOptions, url: &str, migrate: bool) -> Result<Self> {
+        let shown = redact(url);
+        let unavailable = |e: sqlx::Error| Error::Unavailable {
+            store: shown.clone(),
+            source: format!("{e} (is PostgreSQL running? see README \"Stores\")").into(),
+        };
+        // One direct connection first: a refused connection or a bad password is then reported
+        // at once and as itself, not as a pool timing out after retrying for half a minute.
+        PgConnection::connect_with(&options)
+            .await
+            .map_err(unavailable)?
+            .close()
+            .await
+            .map_err(unavailable)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options);
+        let store = PostgresStore { pool, url: shown };
+        if migrate {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+
+    /// Applies the migrations this database has not seen yet, one instance at a time.
+    pub async fn migrate(&self) -> Result<()> {
+        let mut tx = self.begin().await?;
+        // Any constant works as long as every oncely instance uses the same one.
+        sqlx::query("SELECT pg_advisory_xact_lock(7216540419)")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS oncely_schema_version (version integer NOT NULL)")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        let current: Option<i32> =
+            sqlx::query_scalar("SELECT max(version) FROM oncely_schema_version")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+        let current = current.unwrap_or(0);
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            sqlx::raw_sql(*sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+            sqlx::query("INSERT INTO oncely_schema_version (version) VALUES ($1)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
+        self.pool.begin().await.map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: sqlx::Error) -> Error {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_) => Error::Unavailable {
+                store: self.url.clone(),
+                source: e.into(),
+            },
+            other => Error::Backend {
+                store: self.url.clone(),
+                source: other.into(),
+            },
+        }
+    }
+
+    fn record(&self, row: &PgRow) -> Result<Record> {
+        let text = |column: &str| -> Result<String> {
+            let bytes: Vec<u8> = row.try_get(column).map_err(|e| self.err(e))?;
+            String::from_utf8(bytes).map_err(|_| self.corrupt(format!("{column} is not UTF-8")))
+        };
+        let fingerprint: Option<Vec<u8>> = row.try_get("fingerprint").map_err(|e| self.err(e))?;
+        let fingerprint = match fingerprint {
+            None => None,
+            Some(bytes) => Some(Fingerprint::from_slice(&bytes).ok_or_else(|| {
+                self.corrupt(format!("fingerprint is {} bytes, expected 32", bytes.len()))
+            })?),
+        };
+        let completed: bool = row.try_get("completed").map_err(|e| self.err(e))?;
+        let outcome: Option<Vec<u8>> = row.try_get("outcome").map_err(|e| self.err(e))?;
+        let token: i64 = row.try_get("token").map_err(|e| self.err(e))?;
+        let attempt: i32 = row.try_get("attempt").map_err(|e| self.err(e))?;
+        let created_at: i64 = row.try_get("created_at").map_err(|e| self.err(e))?;
+        let expires_at: i64 = row.try_get("expires_at").map_err(|e| self.err(e))?;
+        Ok(Record {
+            scope: Scope::new(text("scope")?).map_err(|e| self.corrupt(e.to_string()))?,
+            key: Key::new(text("key")?).map_err(|e| self.corrupt(e.to_string()))?,
+            state: if completed {
+                RecordState::Completed {
+                    outcome: outcome.unwrap_or_default(),
+                }
+            } else {
+                RecordState::InProgress
+            },
+            fingerprint,
+            token: token as u64,
+            attempt: attempt as u32,
+            created_at: Timestamp::from_millis(created_at),
+            expires_at: Timestamp::from_millis(expires_at),
+        })
+    }
+
+    fn corrupt(&self, detail: String) -> Error {
+        Error::Corrupt {
+            store: self.url.clone(),
+            detail,
+        }
+    }
+
+    async fn select(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        scope: &Scope,
+        key: &Key,
+        lock: bool,
+    ) -> Result<Option<Record>> {
+        let row = sqlx::query(if lock { LOCK_ONE } else { SELECT_ONE })
+            .bind(scope.as_str().as_bytes())
+            .bind(key.as_str().as_bytes())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|r| self.record(&r)).transpose()
+    }
+
+    /// Why `claim` no longer holds its record, read after a guarded statement changed nothing.
+    async fn lost(&self, tx: &mut Transaction<'static, Postgres>, claim: &Claim) -> Result<Error> {
+        let existing = self.select(tx, &claim.scope, &claim.key, false).await?;
+        let reason: LostReason = check_holder(existing.as_ref(), claim)
+            .err()
+            .ok_or_else(|| {
+                self.corrupt(format!(
+                    "guarded update of {}/{} matched no row, yet the claim holds it",
+                    claim.scope, claim.key
+                ))
+            })?;
+        Ok(Error::ClaimLost {
+            scope: claim.scope.clone(),
+            key: claim.key.clone(),
+            reason,
+        })
+    }
+
+    /// Inserts fresh claims for `keys` (sorted); answers which were inserted.
+    async fn insert_fresh(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        fresh: &[&Record],
+    ) -> Result<HashSet<(Vec<u8>, Vec<u8>)>> {
+        if fresh.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let rows = sqlx::query(
+            "INSERT INTO oncely_records (scope, key, completed, token, attempt, fingerprint, created_at, expires_at) \
+             SELECT s, k, false, t, 1, f, c, e \
+             FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::bytea[], $5::int8[], $6::int8[]) AS u(s, k, t, f, c, e) \
+             ON CONFLICT (scope, key) DO NOTHING RETURNING scope, key",
+        )
+        .bind(fresh.iter().map(|r| r.scope.as_str().as_bytes().to_vec()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|r| r.key.as_str().as_bytes().to_vec()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|r| r.token as i64).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|r| r.fingerprint.map(|f| f.as_bytes().to_vec())).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|r| r.created_at.as_millis()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|r| r.expires_at.as_millis()).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("scope").map_err(|e| self.err(e))?,
+                    r.try_get("key").map_err(|e| self.err(e))?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn lock_existing(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        ids: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<HashMap<(Vec<u8>, Vec<u8>), Record>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = sqlx::query(LOCK_MANY)
+            .bind(ids.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>())
+            .bind(ids.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|r| {
+                let record = self.record(r)?;
+                Ok((
+                    (
+                        record.scope.as_str().as_bytes().to_vec(),
+                        record.key.as_str().as_bytes().to_vec(),
+                    ),
+                    record,
+                ))
+            })
+            .collect()
+    }
+}
+
+type Id = (Vec<u8>, Vec<u8>);
+
+fn id(scope: &Scope, key: &Key) -> Id {
+    (
+        scope.as_str().as_bytes().to_vec(),
+        key.as_str().as_bytes().to_vec(),
+    )
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn claim_many(
+        &self,
+        requests: &[ClaimRequest],
+        now: Timestamp,
+    ) -> Result<Vec<ClaimOutcome>> {
+        let mut tx = self.begin().await?;
+        // The first request for each key decides how its row is taken; sorted, so two batches
+        // lock shared keys in the same order and cannot deadlock.
+        let mut firsts: Vec<&ClaimRequest> = Vec::new();
+        let mut seen = HashSet::new();
+        for req in requests {
+            if seen.insert(id(&req.scope, &req.key)) {
+                firsts.push(req);
+            }
+        }
+        firsts.sort_by_key(|req| id(&req.scope, &req.key));
+
+        // Current state per key after locking: a freshly inserted claim, or the locked row.
+        let mut state: HashMap<Id, Record> = HashMap::new();
+        let mut inserted: HashSet<Id> = HashSet::new();
+        let mut pending: Vec<&ClaimRequest> = firsts;
+        // A row seen as conflicting may be deleted (released, purged) before we lock it: insert
+        // again. Each round either inserts or locks every key but those deleted in between.
+        for _round in 0..16 {
+            if pending.is_empty() {
+                break;
+            }
+            let fresh: Vec<Record> = pending
+                .iter()
+                .map(|req| {
+                    decide_claim(None, req, now)
+                        .write
+                        .expect("an absent key is always claimed")
+                })
+                .collect();
+            let refs: Vec<&Record> = fresh.iter().collect();
+            let new_ids = self.insert_fresh(&mut tx, &refs).await?;
+            let mut others = Vec::new();
+            for record in fresh {
+                let key = id(&record.scope, &record.key);
+                if new_ids.contains(&key) {
+                    inserted.insert(key.clone());
+                    state.insert(key, record);
+                } else {
+                    others.push(key);
+                }
+            }
+            let locked = self.lock_existing(&mut tx, &others).await?;
+            pending.retain(|req| {
+                let key = id(&req.scope, &req.key);
+                !inserted.contains(&key) && !locked.contains_key(&key)
+            });
+            state.extend(locked);
+        }
+        if !pending.is_empty() {
+            return Err(self.corrupt("keys kept vanishing between insert and lock".into()));
+        }
+
+        // Decide every request in order against the state, as a sequence of single claims.
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut fresh_answered: HashSet<Id> = HashSet::new();
+        let mut rewritten: Vec<Record> = Vec::new();
+        for req in requests {
+            let key = id(&req.scope, &req.key);
+            if inserted.contains(&key) && fresh_answered.insert(key.clone()) {
+                outcomes.push(decide_claim(None, req, now).outcome);
+                continue;
+            }
+            let decision = decide_claim(state.get(&key), req, now);
+            if let Some(record) = decision.write {
+                state.insert(key, record.clone());
+                rewritten.push(record);
+            }
+            outcomes.push(decision.outcome);
+        }
+        if !rewritten.is_empty() {
+            sqlx::query(
+                "UPDATE oncely_records AS r SET completed = false, token = u.t, attempt = u.a, fingerprint = u.f, \
+                 created_at = u.c, expires_at = u.e, outcome = NULL \
+                 FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int4[], $5::bytea[], $6::int8[], $7::int8[]) \
+                 AS u(s, k, t, a, f, c, e) WHERE r.scope = u.s AND r.key = u.k",
+            )
+            .bind(rewritten.iter().map(|r| r.scope.as_str().as_bytes().to_vec()).collect::<Vec<_>>())
+            .bind(rewritten.iter().map(|r| r.key.as_str().as_bytes().to_vec()).collect::<Vec<_>>())
+            .bind(rewritten.iter().map(|r| r.token as i64).collect::<Vec<_>>())
+            .bind(rewritten.iter().map(|r| r.attempt as i32).collect::<Vec<_>>())
+            .bind(rewritten.iter().map(|r| r.fingerprint.map(|f| f.as_bytes().to_vec())).collect::<Vec<_>>())
+            .bind(rewritten.iter().map(|r| r.created_at.as_millis()).collect::<Vec<_>>())
+            .bind(rewritten.iter().map(|r| r.expires_at.as_millis()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(outcomes)
+    }
+
+    async fn complete(&self, claim: &Claim, outcome: &[u8], expires_at: Timestamp) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE oncely_records SET completed = true, outcome = $4, expires_at = $5 \
+             WHERE scope = $1 AND key = $2 AND token = $3 AND NOT completed",
+        )
+        .bind(claim.scope.as_str().as_bytes())
+        .bind(claim.key.as_str().as_bytes())
+        .bind(claim.token as i64)
+        .bind(outcome)
+        .bind(expires_at.as_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        if done.rows_affected() != 1 {
+            return Err(self.lost(&mut tx, claim).await?);
+        }
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query("DELETE FROM oncely_records WHERE scope = $1 AND key = $2 AND token = $3 AND NOT completed")
+            .bind(claim.scope.as_str().as_bytes())
+            .bind(claim.key.as_str().as_bytes())
+            .bind(claim.token as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        if done.rows_affected() != 1 {
+            return Err(self.lost(&mut tx, claim).await?);
+        }
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+
+    async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
+        let mut tx = self.begin().await?;
+        let record = self.select(&mut tx, scope, key, false).await?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(record)
+    }
+
+    async fn purge(&self, expired_before: Timestamp, limit: usize) -> Result<usize> {
+        let done = sqlx::query(
+            "DELETE FROM oncely_records WHERE (scope, key) IN \
+             (SELECT scope, key FROM oncely_records WHERE expires_at < $1 \
+              ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(expired_before.as_millis())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() as usize)
+    }
+
+    async fn stats(&self, now: Timestamp) -> Result<StoreStats> {
+        let row = sqlx::query(
+            "SELECT count(*) AS records, \
+             count(*) FILTER (WHERE NOT completed AND expires_at >= $1) AS in_progress, \
+             count(*) FILTER (WHERE completed AND expires_at >= $1) AS completed, \
+             count(*) FILTER (WHERE expires_at < $1) AS expired, \
+             pg_total_relation_size('oncely_records') AS bytes FROM oncely_records",
+        )
+        .bind(now.as_millis())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let count = |column: &str| -> Result<u64> {
+            Ok(row.try_get::<i64, _>(column).map_err(|e| self.err(e))? as u64)
+        };
+        Ok(StoreStats {
+            records: count("records")?,
+            in_progress: count("in_progress")?,
+            completed: count("completed")?,
+            expired: count("expired")?,
+            bytes: Some(count("bytes")?),
+        })
+    }
+
+    async fn apply_if_newer(
+        &self,
+        scope: &Scope,
+        entity: &Key,
+        version: u64,
+    ) -> Result<VersionCheck> {
+        let mut tx = self.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO oncely_versions (scope, entity, version) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(scope.as_str().as_bytes())
+        .bind(entity.as_str().as_bytes())
+        .bind(version as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        let check = if inserted.rows_affected() == 1 {
+            decide_version(None, version)
+        } else {
+            let stored: i64 = sqlx::query_scalar(
+                "SELECT version FROM oncely_versions WHERE scope = $1 AND entity = $2 FOR UPDATE",
+            )
+            .bind(scope.as_str().as_bytes())
+            .bind(entity.as_str().as_bytes())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+            let check = decide_version(Some(stored as u64), version);
+            if let VersionCheck::Applied { .. } = check {
+                sqlx::query(
+                    "UPDATE oncely_versions SET version = $3 WHERE scope = $1 AND entity = $2",
+                )
+                .bind(scope.as_str().as_bytes())
+                .bind(entity.as_str().as_bytes())
+                .bind(version as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+            }
+            check
+        };
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(check)
+    }
+}
+
+/// Removes `name=value` from a URL's query; answers the URL and the value.
+fn strip_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut value = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some((k, v)) if k == name => {
+                value = Some(v.to_owned());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, value)
+}
+
+/// The URL with any password replaced, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
+    }
+
+    #[test]
+    fn oncely_parameters_are_taken_out_of_the_url() {
+        assert_eq!(
+            strip_param(
+                "postgres://h/db?sslmode=disable&oncely_migrate=false",
+                "oncely_migrate"
+            ),
+            (
+                "postgres://h/db?sslmode=disable".to_owned(),
+                Some("false".to_owned())
+            )
+        );
+        assert_eq!(
+            strip_param("postgres://h/db", "oncely_migrate"),
+            ("postgres://h/db".to_owned(), None)
+        );
+    }
+}
