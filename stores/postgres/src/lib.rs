@@ -26,6 +26,11 @@
 
 #![warn(missing_docs)]
 
+pub mod inbox;
+
+/// The sqlx this crate is built on, so your transactions are the inbox's type.
+pub use sqlx;
+
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
@@ -59,7 +64,7 @@ impl std::fmt::Debug for PostgresStore {
 
 const SELECT_ONE: &str = "SELECT scope, key, completed, token, attempt, fingerprint, created_at, \
      expires_at, outcome FROM oncely_records WHERE scope = $1 AND key = $2";
-const LOCK_ONE: &str = "SELECT scope, key, completed, token, attempt, fingerprint, created_at, \
+pub(crate) const LOCK_ONE: &str = "SELECT scope, key, completed, token, attempt, fingerprint, created_at, \
      expires_at, outcome FROM oncely_records WHERE scope = $1 AND key = $2 FOR UPDATE";
 const LOCK_MANY: &str = "SELECT scope, key, completed, token, attempt, fingerprint, created_at, \
      expires_at, outcome FROM oncely_records \
@@ -167,39 +172,7 @@ impl PostgresStore {
     }
 
     fn record(&self, row: &PgRow) -> Result<Record> {
-        let text = |column: &str| -> Result<String> {
-            let bytes: Vec<u8> = row.try_get(column).map_err(|e| self.err(e))?;
-            String::from_utf8(bytes).map_err(|_| self.corrupt(format!("{column} is not UTF-8")))
-        };
-        let fingerprint: Option<Vec<u8>> = row.try_get("fingerprint").map_err(|e| self.err(e))?;
-        let fingerprint = match fingerprint {
-            None => None,
-            Some(bytes) => Some(Fingerprint::from_slice(&bytes).ok_or_else(|| {
-                self.corrupt(format!("fingerprint is {} bytes, expected 32", bytes.len()))
-            })?),
-        };
-        let completed: bool = row.try_get("completed").map_err(|e| self.err(e))?;
-        let outcome: Option<Vec<u8>> = row.try_get("outcome").map_err(|e| self.err(e))?;
-        let token: i64 = row.try_get("token").map_err(|e| self.err(e))?;
-        let attempt: i32 = row.try_get("attempt").map_err(|e| self.err(e))?;
-        let created_at: i64 = row.try_get("created_at").map_err(|e| self.err(e))?;
-        let expires_at: i64 = row.try_get("expires_at").map_err(|e| self.err(e))?;
-        Ok(Record {
-            scope: Scope::new(text("scope")?).map_err(|e| self.corrupt(e.to_string()))?,
-            key: Key::new(text("key")?).map_err(|e| self.corrupt(e.to_string()))?,
-            state: if completed {
-                RecordState::Completed {
-                    outcome: outcome.unwrap_or_default(),
-                }
-            } else {
-                RecordState::InProgress
-            },
-            fingerprint,
-            token: token as u64,
-            attempt: attempt as u32,
-            created_at: Timestamp::from_millis(created_at),
-            expires_at: Timestamp::from_millis(expires_at),
-        })
+        record_from_row(row).map_err(|detail| self.corrupt(detail))
     }
 
     fn corrupt(&self, detail: String) -> Error {
@@ -304,6 +277,45 @@ impl PostgresStore {
             })
             .collect()
     }
+}
+
+/// Decodes a whole-record row; the error is what was wrong with it.
+pub(crate) fn record_from_row(row: &PgRow) -> std::result::Result<Record, String> {
+    let get_err = |e: sqlx::Error| e.to_string();
+    let text = |column: &str| -> std::result::Result<String, String> {
+        let bytes: Vec<u8> = row.try_get(column).map_err(get_err)?;
+        String::from_utf8(bytes).map_err(|_| format!("{column} is not UTF-8"))
+    };
+    let fingerprint: Option<Vec<u8>> = row.try_get("fingerprint").map_err(get_err)?;
+    let fingerprint = match fingerprint {
+        None => None,
+        Some(bytes) => Some(
+            Fingerprint::from_slice(&bytes)
+                .ok_or_else(|| format!("fingerprint is {} bytes, expected 32", bytes.len()))?,
+        ),
+    };
+    let completed: bool = row.try_get("completed").map_err(get_err)?;
+    let outcome: Option<Vec<u8>> = row.try_get("outcome").map_err(get_err)?;
+    let token: i64 = row.try_get("token").map_err(get_err)?;
+    let attempt: i32 = row.try_get("attempt").map_err(get_err)?;
+    let created_at: i64 = row.try_get("created_at").map_err(get_err)?;
+    let expires_at: i64 = row.try_get("expires_at").map_err(get_err)?;
+    Ok(Record {
+        scope: Scope::new(text("scope")?).map_err(|e| e.to_string())?,
+        key: Key::new(text("key")?).map_err(|e| e.to_string())?,
+        state: if completed {
+            RecordState::Completed {
+                outcome: outcome.unwrap_or_default(),
+            }
+        } else {
+            RecordState::InProgress
+        },
+        fingerprint,
+        token: token as u64,
+        attempt: attempt as u32,
+        created_at: Timestamp::from_millis(created_at),
+        expires_at: Timestamp::from_millis(expires_at),
+    })
 }
 
 type Id = (Vec<u8>, Vec<u8>);

@@ -1,0 +1,189 @@
+//! The transactional inbox against the real server: the dedup record and the business writes
+//! commit or roll back together, and concurrent duplicates never run the business code twice.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use oncely_core::{Key, Scope};
+use oncely_postgres::PostgresStore;
+use oncely_postgres::inbox::{Inbox, InboxClaim};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// A pool on a fresh schema holding oncely's tables and the inventory example's.
+async fn inventory(name: &str) -> PgPool {
+    let url = std::env::var("ONCELY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let schema = format!("oncely_inbox_{name}_{}", std::process::id());
+    let admin = PgPool::connect(&url).await.unwrap();
+    let ddl = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let options = PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    // Opening the store applies oncely's schema.
+    PostgresStore::connect_with(options.clone(), &url, true)
+        .await
+        .unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(70)
+        .connect_with(options)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE orders (id serial PRIMARY KEY, event_id text NOT NULL, item text NOT NULL); \
+         CREATE TABLE stock (item text PRIMARY KEY, qty integer NOT NULL); \
+         INSERT INTO stock VALUES ('apple', 100);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool
+}
+
+async fn counts(pool: &PgPool) -> (i64, i32) {
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let qty: i32 = sqlx::query_scalar("SELECT qty FROM stock WHERE item = 'apple'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    (orders, qty)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_concurrent_deliveries_place_one_order_and_take_stock_once() {
+    let pool = inventory("storm").await;
+    let inbox = Inbox::new(Scope::new("orders-consumer").unwrap());
+    let executed = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(tokio::sync::Barrier::new(64));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (pool, inbox, executed, barrier) = (
+            pool.clone(),
+            inbox.clone(),
+            executed.clone(),
+            barrier.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let key = Key::new("evt-order-1001").unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            barrier.wait().await;
+            match inbox.claim(&mut tx, &key, None).await.unwrap() {
+                InboxClaim::New => {
+                    executed.fetch_add(1, Ordering::SeqCst);
+                    sqlx::query(
+                        "INSERT INTO orders (event_id, item) VALUES ('evt-order-1001', 'apple')",
+                    )
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                    sqlx::query("UPDATE stock SET qty = qty - 1 WHERE item = 'apple'")
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    inbox
+                        .record_outcome(&mut tx, &key, b"order placed")
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                }
+                InboxClaim::Duplicate(record) => {
+                    assert_eq!(record.outcome(), Some(&b"order placed"[..]));
+                    tx.rollback().await.unwrap();
+                }
+                other => panic!("{other:?}"),
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(executed.load(Ordering::SeqCst), 1);
+    assert_eq!(counts(&pool).await, (1, 99));
+}
+
+#[tokio::test]
+async fn a_rolled_back_claim_leaves_the_key_claimable() {
+    let pool = inventory("rollback").await;
+    let inbox = Inbox::new(Scope::default());
+    let key = Key::new("evt-7").unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(
+        inbox.claim(&mut tx, &key, None).await.unwrap(),
+        InboxClaim::New
+    );
+    sqlx::query("UPDATE stock SET qty = qty - 1 WHERE item = 'apple'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap(); // the handler failed after its claim
+
+    assert_eq!(counts(&pool).await, (0, 100));
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(
+        inbox.claim(&mut tx, &key, None).await.unwrap(),
+        InboxClaim::New
+    );
+    sqlx::query("UPDATE stock SET qty = qty - 1 WHERE item = 'apple'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(counts(&pool).await, (0, 99));
+
+    let mut tx = pool.begin().await.unwrap();
+    assert!(matches!(
+        inbox.claim(&mut tx, &key, None).await.unwrap(),
+        InboxClaim::Duplicate(_)
+    ));
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_inbox_and_the_store_share_one_history() {
+    let pool = inventory("shared").await;
+    let scope = Scope::new("payments").unwrap();
+    let inbox = Inbox::new(scope.clone());
+    let key = Key::new("evt-9").unwrap();
+    // A claim made through the store, outside any transaction, and still in progress.
+    let url = std::env::var("ONCELY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let schema = format!("oncely_inbox_shared_{}", std::process::id());
+    let options = PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    let store = Arc::new(
+        PostgresStore::connect_with(options, &url, true)
+            .await
+            .unwrap(),
+    );
+    let oncely = oncely_core::Oncely::new(store);
+    let claim = oncely
+        .claim(&scope, &key, None)
+        .await
+        .unwrap()
+        .into_new()
+        .unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    assert!(matches!(
+        inbox.claim(&mut tx, &key, None).await.unwrap(),
+        InboxClaim::InProgress { .. }
+    ));
+    tx.rollback().await.unwrap();
+    oncely.complete(&claim, b"paid").await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    match inbox.claim(&mut tx, &key, None).await.unwrap() {
+        InboxClaim::Duplicate(record) => assert_eq!(record.outcome(), Some(&b"paid"[..])),
+        other => panic!("{other:?}"),
+    }
+}
