@@ -55,6 +55,7 @@ where
 /// binary (`cargo test` arguments such as a name filter work), and exits with its status.
 pub fn main(backend: &str, factory: impl StoreFactory) -> ! {
     let args = Arguments::from_args();
+    quiet_intended_panics();
     let factory: Arc<dyn StoreFactory> = Arc::new(factory);
     let mut trials = Vec::new();
     for (name, test) in suite::all() {
@@ -82,6 +83,21 @@ pub fn main(backend: &str, factory: impl StoreFactory) -> ! {
         .with_kind(backend.to_owned()),
     );
     libtest_mimic::run(&args, trials).exit()
+}
+
+/// Keeps the suite's own, deliberate panic out of the output, so a log shows only real ones.
+fn quiet_intended_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied());
+        if message != Some(suite::INTENDED_PANIC) {
+            default(info);
+        }
+    }));
 }
 
 fn runtime() -> tokio::runtime::Runtime {
