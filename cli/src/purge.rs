@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use oncely::Oncely;
+use oncely::{Oncely, PurgeRun};
 
 use crate::duration;
 
@@ -24,17 +24,29 @@ pub struct PurgeArgs {
 }
 
 /// Runs `oncely purge`, printing `purged N records`.
+///
+/// Only one instance purges at a time (a lease on a reserved key, see `Oncely::purge_all`); if
+/// another holds it, this one says so on stderr and purges nothing.
 pub async fn run(oncely: &Oncely, args: PurgeArgs, out: &mut impl Write) -> Result<ExitCode> {
-    let batch = args.batch as usize;
     let mut total = 0;
     loop {
-        let purged = oncely
-            .purge(args.older_than, batch)
+        match oncely
+            .purge_all(args.older_than, args.batch as usize)
             .await
-            .context("purging expired records")?;
-        total += purged;
-        if purged < batch {
-            break;
+            .context("purging expired records")?
+        {
+            PurgeRun::Done { purged, finished } => {
+                total += purged;
+                if finished {
+                    break;
+                }
+            }
+            PurgeRun::AnotherPurger { retry_after } => {
+                eprintln!(
+                    "note: another instance is purging this store; its turn ends within {retry_after:?}"
+                );
+                break;
+            }
         }
     }
     writeln!(out, "purged {total} records").context("writing standard output")?;

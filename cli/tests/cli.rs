@@ -769,3 +769,39 @@ fn bench_reports_every_contender_and_never_touches_the_store_it_names() {
         other.stderr
     );
 }
+
+#[test]
+fn purge_leaves_the_store_alone_while_another_instance_purges() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let brief = dedup(dir.path(), &["--ttl", "1ms"], b"{\"eventId\":\"x\"}\n");
+    assert_eq!(brief.code, 0, "{}", brief.stderr);
+    thread::sleep(Duration::from_millis(20)); // past the 1 ms retention
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let holder = runtime.block_on(async { Oncely::new(oncely::connect(&store).await.unwrap()) });
+    let lock = runtime
+        .block_on(holder.claim(
+            &Scope::new(oncely::PURGE_SCOPE).unwrap(),
+            &Key::new(oncely::PURGE_KEY).unwrap(),
+            None,
+        ))
+        .unwrap()
+        .into_new()
+        .unwrap();
+    let purge = |dir: &Path| oncely(dir, &["--store", &store, "purge"], b"");
+    let busy = purge(dir.path());
+    assert_eq!(
+        (busy.code, busy.stdout()),
+        (0, "purged 0 records\n".to_owned())
+    );
+    assert!(
+        busy.stderr.contains("another instance is purging"),
+        "{}",
+        busy.stderr
+    );
+    runtime.block_on(holder.release(&lock)).unwrap();
+    assert_eq!(purge(dir.path()).stdout(), "purged 1 records\n");
+}

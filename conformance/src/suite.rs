@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use oncely_core::{
     ClaimOutcome, Clock, Error, Fingerprint, Key, KeyError, LostReason, MAX_KEY_BYTES,
-    MAX_SCOPE_BYTES, ManualClock, Oncely, RunError, RunOutcome, Scope, Store, VersionCheck,
+    MAX_SCOPE_BYTES, ManualClock, Oncely, PURGE_KEY, PURGE_SCOPE, PurgeRun, RunError, RunOutcome,
+    Scope, Store, VersionCheck,
 };
 use tokio::sync::Barrier;
 
@@ -50,6 +51,7 @@ suite!(
     get_returns_the_record_and_stops_after_expiry,
     purge_is_bounded_by_its_limit_and_spares_live_records,
     purge_removes_expired_leases_and_fences_their_holders,
+    only_one_instance_purges_at_a_time,
     empty_and_oversized_keys_are_typed_errors,
     longest_keys_and_scopes_round_trip_exactly,
     unusual_keys_are_stored_verbatim_and_kept_distinct,
@@ -427,6 +429,59 @@ async fn purge_removes_expired_leases_and_fences_their_holders(store: Arc<dyn St
     // A purged-then-reclaimed key gets a new token, so the crashed holder stays fenced out.
     expect_lost(oncely.complete(&crashed, b"x").await, LostReason::TakenOver);
     oncely.complete(&next, b"y").await.unwrap();
+}
+
+async fn only_one_instance_purges_at_a_time(store: Arc<dyn Store>) {
+    let (oncely, clock) = setup(store.clone());
+    let s = Scope::default();
+    for i in 0..5 {
+        let c = expect_new(
+            oncely
+                .claim(&s, &key(&format!("old-{i}")), None)
+                .await
+                .unwrap(),
+        );
+        oncely.complete(&c, b"").await.unwrap();
+    }
+    clock.advance(RETENTION * 2);
+    let (lock_scope, lock_key) = (scope(PURGE_SCOPE), key(PURGE_KEY));
+
+    // Another instance is purging: this one does nothing.
+    let other = expect_new(oncely.claim(&lock_scope, &lock_key, None).await.unwrap());
+    assert!(matches!(
+        oncely.purge_all(Duration::ZERO, 2).await.unwrap(),
+        PurgeRun::AnotherPurger { .. }
+    ));
+    assert!(store.get(&s, &key("old-0")).await.unwrap().is_some());
+    oncely.release(&other).await.unwrap();
+
+    // Its turn now; the lock is given back, so the next run may purge too.
+    assert_eq!(
+        oncely.purge_all(Duration::ZERO, 2).await.unwrap(),
+        PurgeRun::Done {
+            purged: 5,
+            finished: true
+        }
+    );
+    assert_eq!(
+        oncely.purge_all(Duration::ZERO, 2).await.unwrap(),
+        PurgeRun::Done {
+            purged: 0,
+            finished: true
+        }
+    );
+
+    // A purger that died holds the lock only until its lease runs out.
+    expect_new(oncely.claim(&lock_scope, &lock_key, None).await.unwrap());
+    assert!(matches!(
+        oncely.purge_all(Duration::ZERO, 2).await.unwrap(),
+        PurgeRun::AnotherPurger { .. }
+    ));
+    clock.advance(LEASE + Duration::from_millis(1));
+    assert!(matches!(
+        oncely.purge_all(Duration::ZERO, 2).await.unwrap(),
+        PurgeRun::Done { .. }
+    ));
 }
 
 async fn empty_and_oversized_keys_are_typed_errors(store: Arc<dyn Store>) {

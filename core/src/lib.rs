@@ -62,7 +62,10 @@ pub use canonical::canonical_json;
 pub use error::{BoxError, Error, KeyError, LostReason, Result};
 pub use fingerprint::Fingerprint;
 pub use key::{Key, MAX_KEY_BYTES, MAX_SCOPE_BYTES, Scope};
-pub use oncely::{DEFAULT_LEASE, DEFAULT_RETENTION, Oncely, RunError, RunOutcome};
+pub use oncely::{
+    DEFAULT_LEASE, DEFAULT_RETENTION, Oncely, PURGE_KEY, PURGE_LEASE, PURGE_SCOPE, PurgeRun,
+    RunError, RunOutcome,
+};
 pub use record::{
     Claim, ClaimOutcome, ClaimRequest, Record, RecordState, StoreStats, VersionCheck, new_token,
 };

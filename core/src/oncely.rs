@@ -155,6 +155,66 @@ impl Oncely {
         self.store.purge(before, limit).await
     }
 
+    /// Removes every record that expired more than `older_than` ago, in batches of `batch`,
+    /// as the only purger among all the instances sharing the store.
+    ///
+    /// Exclusion is a lease on a reserved key ([`PURGE_SCOPE`]/[`PURGE_KEY`]) taken with the
+    /// ordinary claim, so it works the same on every store, and a purger that dies only holds it
+    /// until its lease runs out. A run stops after half its lease, so it never outlives it;
+    /// `finished: false` then says to call again.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely_core::Result<()> {
+    /// use std::time::Duration;
+    /// use oncely_core::{Oncely, PurgeRun};
+    /// # let oncely = Oncely::new(std::sync::Arc::new(oncely_memory::MemoryStore::default()));
+    /// match oncely.purge_all(Duration::ZERO, 10_000).await? {
+    ///     PurgeRun::Done { purged, finished } => println!("purged {purged} (finished: {finished})"),
+    ///     PurgeRun::AnotherPurger { retry_after } => println!("busy; retry in {retry_after:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn purge_all(&self, older_than: Duration, batch: usize) -> Result<PurgeRun> {
+        let (scope, key) = purge_lock();
+        let lease = PURGE_LEASE;
+        let request = ClaimRequest::new(scope, key, None, lease);
+        let claim = match self.store.claim(&request, self.now()).await? {
+            ClaimOutcome::New(claim) => claim,
+            ClaimOutcome::InProgress { retry_after } => {
+                return Ok(PurgeRun::AnotherPurger { retry_after });
+            }
+            // The lock is only ever claimed and released, never completed or fingerprinted.
+            other => {
+                return Err(Error::Corrupt {
+                    store: format!("{:?}", self.store),
+                    detail: format!("the purge lock answered {}", other.kind()),
+                });
+            }
+        };
+        let stop_at = self.now().saturating_add(lease / 2);
+        let batch = batch.max(1);
+        let mut purged = 0;
+        let finished = loop {
+            let removed = self.purge(older_than, batch).await;
+            let removed = match removed {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = self.release(&claim).await;
+                    return Err(e);
+                }
+            };
+            purged += removed;
+            if removed < batch {
+                break true;
+            }
+            if self.now() >= stop_at {
+                break false;
+            }
+        };
+        self.release(&claim).await?;
+        Ok(PurgeRun::Done { purged, finished })
+    }
+
     /// What the store holds now.
     pub async fn stats(&self) -> Result<StoreStats> {
         self.store.stats(self.now()).await
@@ -249,6 +309,37 @@ impl Oncely {
             }
         }
     }
+}
+
+/// The scope of the purge lock's key (see [`Oncely::purge_all`]).
+pub const PURGE_SCOPE: &str = "oncely.purge";
+/// The purge lock's key.
+pub const PURGE_KEY: &str = "purger";
+/// How long a purger holds the lock; a run stops after half of it.
+pub const PURGE_LEASE: Duration = Duration::from_secs(300);
+
+fn purge_lock() -> (Scope, Key) {
+    (
+        Scope::new(PURGE_SCOPE).expect("a valid scope"),
+        Key::new(PURGE_KEY).expect("a valid key"),
+    )
+}
+
+/// What [`Oncely::purge_all`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PurgeRun {
+    /// This instance purged.
+    Done {
+        /// Records removed.
+        purged: usize,
+        /// Whether nothing expired is left; `false` if the run stopped at half its lease.
+        finished: bool,
+    },
+    /// Another instance is purging; nothing was done.
+    AnotherPurger {
+        /// When its lease ends at the latest.
+        retry_after: Duration,
+    },
 }
 
 /// What [`Oncely::run`] did.
