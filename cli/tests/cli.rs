@@ -602,7 +602,7 @@ fn two_processes_on_one_postgres_store_pass_each_key_once_between_them() {
 fn postgres_url(name: &str) -> String {
     let server = std::env::var("ONCELY_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let schema = format!("oncely_cli_{name}_{}", std::process::id());
+    let schema = format!("oncely_cli_{name}");
     let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};");
     let psql = Command::new("psql")
         .args([server.as_str(), "-q", "-v", "ON_ERROR_STOP=1", "-c", &sql])

@@ -15,7 +15,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 async fn inventory(name: &str) -> PgPool {
     let url = std::env::var("ONCELY_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let schema = format!("oncely_inbox_{name}_{}", std::process::id());
+    let schema = format!("oncely_inbox_{name}");
     let admin = PgPool::connect(&url).await.unwrap();
     let ddl = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};");
     sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
@@ -157,7 +157,7 @@ async fn the_inbox_and_the_store_share_one_history() {
     // A claim made through the store, outside any transaction, and still in progress.
     let url = std::env::var("ONCELY_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let schema = format!("oncely_inbox_shared_{}", std::process::id());
+    let schema = "oncely_inbox_shared".to_owned();
     let options = PgConnectOptions::from_str(&url)
         .unwrap()
         .options([("search_path", schema.as_str())]);
