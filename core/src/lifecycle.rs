@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use crate::{
-    Claim, ClaimOutcome, ClaimRequest, LostReason, Record, RecordState, Timestamp, VersionCheck,
+    Claim, ClaimOutcome, ClaimRequest, Error, LostReason, Record, RecordState, Timestamp,
+    VersionCheck,
 };
 
 /// What a claim decided: the answer, and the record to write (insert or replace) if any.
@@ -98,6 +99,28 @@ pub fn check_holder(existing: Option<&Record>, claim: &Claim) -> Result<(), Lost
         Some(rec) if rec.token != claim.token => Err(LostReason::TakenOver),
         Some(rec) if rec.is_completed() => Err(LostReason::AlreadyCompleted),
         Some(_) => Ok(()),
+    }
+}
+
+/// The error for a complete or release whose guarded write (token matches, not completed)
+/// changed nothing, given the record read back afterwards: why the claim is no longer held.
+///
+/// If the record says the claim *is* still held, the store and its guard disagree, which is
+/// reported as [`Error::Corrupt`] rather than guessed at.
+pub fn claim_lost(store: &str, existing: Option<&Record>, claim: &Claim) -> Error {
+    match check_holder(existing, claim) {
+        Err(reason) => Error::ClaimLost {
+            scope: claim.scope.clone(),
+            key: claim.key.clone(),
+            reason,
+        },
+        Ok(()) => Error::Corrupt {
+            store: store.to_owned(),
+            detail: format!(
+                "guarded update of {}/{} matched no row, yet the claim holds it",
+                claim.scope, claim.key
+            ),
+        },
     }
 }
 

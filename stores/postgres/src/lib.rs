@@ -35,10 +35,10 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
-use oncely_core::lifecycle::{check_holder, decide_claim, decide_version};
+use oncely_core::lifecycle::{claim_lost, decide_claim, decide_version};
 use oncely_core::{
-    Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, Key, LostReason, Record, RecordState,
-    Result, Scope, Store, StoreStats, Timestamp, VersionCheck, async_trait,
+    Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, Key, Record, RecordState, Result, Scope,
+    Store, StoreStats, Timestamp, VersionCheck, async_trait,
 };
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
@@ -201,19 +201,7 @@ impl PostgresStore {
     /// Why `claim` no longer holds its record, read after a guarded statement changed nothing.
     async fn lost(&self, tx: &mut Transaction<'static, Postgres>, claim: &Claim) -> Result<Error> {
         let existing = self.select(tx, &claim.scope, &claim.key, false).await?;
-        let reason: LostReason = check_holder(existing.as_ref(), claim)
-            .err()
-            .ok_or_else(|| {
-                self.corrupt(format!(
-                    "guarded update of {}/{} matched no row, yet the claim holds it",
-                    claim.scope, claim.key
-                ))
-            })?;
-        Ok(Error::ClaimLost {
-            scope: claim.scope.clone(),
-            key: claim.key.clone(),
-            reason,
-        })
+        Ok(claim_lost(&self.url, existing.as_ref(), claim))
     }
 
     /// Inserts fresh claims for `keys` (sorted); answers which were inserted.

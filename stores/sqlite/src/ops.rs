@@ -4,7 +4,7 @@
 //! once completed (see `migrations/0001_records.sql` for why). Decisions use the shared rules in
 //! `oncely_core::lifecycle`; the SQL only moves rows.
 
-use oncely_core::lifecycle::{check_holder, decide_claim, decide_version};
+use oncely_core::lifecycle::{claim_lost, decide_claim, decide_version};
 use oncely_core::{
     Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, Key, Record, RecordState, Result, Scope,
     StoreStats, Timestamp, VersionCheck,
@@ -296,20 +296,7 @@ fn select(
 /// Why `claim` no longer holds its record, read after a guarded statement changed nothing.
 fn lost(tx: &Transaction<'_>, claim: &Claim, url: &str) -> Result<Error> {
     let existing = select(tx, &claim.scope, &claim.key, url)?.map(|(record, _)| record);
-    let reason = check_holder(existing.as_ref(), claim)
-        .err()
-        .ok_or_else(|| Error::Corrupt {
-            store: url.to_owned(),
-            detail: format!(
-                "guarded update of {}/{} matched no row, yet the claim holds it",
-                claim.scope, claim.key
-            ),
-        })?;
-    Ok(Error::ClaimLost {
-        scope: claim.scope.clone(),
-        key: claim.key.clone(),
-        reason,
-    })
+    Ok(claim_lost(url, existing.as_ref(), claim))
 }
 
 /// How a key is stored: a canonical UUID (lower-case, hyphenated, as most producers write them)
