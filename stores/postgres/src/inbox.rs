@@ -101,7 +101,7 @@ impl Inbox {
         let expires_at = now.saturating_add(self.retention);
         // A row seen as taken may vanish (purged, released) before it is locked: try again.
         for _ in 0..16 {
-            if insert_completed(conn, &request, now, expires_at).await? {
+            if write_completed(conn, INSERT_COMPLETED, &request, now, expires_at).await? == 1 {
                 return Ok(InboxClaim::New);
             }
             let row = sqlx::query(LOCK_ONE)
@@ -118,7 +118,7 @@ impl Inbox {
             return Ok(match decide_claim(Some(&existing), &request, now).outcome {
                 ClaimOutcome::New(_) => {
                     // Expired: the key is ours again, completed with this transaction.
-                    take_over(conn, &request, now, expires_at).await?;
+                    write_completed(conn, TAKE_OVER_COMPLETED, &request, now, expires_at).await?;
                     InboxClaim::New
                 }
                 ClaimOutcome::Duplicate(record) => InboxClaim::Duplicate(record),
@@ -151,48 +151,34 @@ impl Inbox {
     }
 }
 
-async fn insert_completed(
-    conn: &mut PgConnection,
-    req: &ClaimRequest,
-    now: Timestamp,
-    expires_at: Timestamp,
-) -> Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO oncely_records (scope, key, completed, token, attempt, fingerprint, created_at, expires_at, outcome) \
-         VALUES ($1, $2, true, $3, 1, $4, $5, $6, ''::bytea) ON CONFLICT (scope, key) DO NOTHING",
-    )
-    .bind(req.scope.as_str().as_bytes())
-    .bind(req.key.as_str().as_bytes())
-    .bind(req.token as i64)
-    .bind(req.fingerprint.map(|f| f.as_bytes().to_vec()))
-    .bind(now.as_millis())
-    .bind(expires_at.as_millis())
-    .execute(conn)
-    .await
-    .map_err(backend)?;
-    Ok(done.rows_affected() == 1)
-}
+// Both take the claimant's columns as $1..$6 and write the record as completed in the caller's
+// transaction: a first insert, or a takeover of an expired record.
+const INSERT_COMPLETED: &str = "INSERT INTO oncely_records \
+     (scope, key, completed, token, attempt, fingerprint, created_at, expires_at, outcome) \
+     VALUES ($1, $2, true, $3, 1, $4, $5, $6, ''::bytea) ON CONFLICT (scope, key) DO NOTHING";
+const TAKE_OVER_COMPLETED: &str = "UPDATE oncely_records SET completed = true, token = $3, \
+     attempt = attempt + 1, fingerprint = $4, created_at = $5, expires_at = $6, outcome = ''::bytea \
+     WHERE scope = $1 AND key = $2";
 
-async fn take_over(
+/// Runs INSERT_COMPLETED or TAKE_OVER_COMPLETED; answers how many rows it wrote.
+async fn write_completed(
     conn: &mut PgConnection,
+    statement: &'static str,
     req: &ClaimRequest,
     now: Timestamp,
     expires_at: Timestamp,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE oncely_records SET completed = true, token = $3, attempt = attempt + 1, fingerprint = $4, \
-         created_at = $5, expires_at = $6, outcome = ''::bytea WHERE scope = $1 AND key = $2",
-    )
-    .bind(req.scope.as_str().as_bytes())
-    .bind(req.key.as_str().as_bytes())
-    .bind(req.token as i64)
-    .bind(req.fingerprint.map(|f| f.as_bytes().to_vec()))
-    .bind(now.as_millis())
-    .bind(expires_at.as_millis())
-    .execute(conn)
-    .await
-    .map_err(backend)?;
-    Ok(())
+) -> Result<u64> {
+    let done = sqlx::query(statement)
+        .bind(req.scope.as_str().as_bytes())
+        .bind(req.key.as_str().as_bytes())
+        .bind(req.token as i64)
+        .bind(req.fingerprint.map(|f| f.as_bytes().to_vec()))
+        .bind(now.as_millis())
+        .bind(expires_at.as_millis())
+        .execute(conn)
+        .await
+        .map_err(backend)?;
+    Ok(done.rows_affected())
 }
 
 fn backend(e: sqlx::Error) -> Error {
