@@ -1,7 +1,8 @@
 //! The transactional inbox against the real server: the dedup record and the business writes
 //! commit or roll back together, and concurrent duplicates never run the business code twice.
 
-use std::str::FromStr;
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -9,30 +10,16 @@ use oncely_core::{Key, Scope};
 use oncely_postgres::PostgresStore;
 use oncely_postgres::inbox::{Inbox, InboxClaim};
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 
-/// A pool on a fresh schema holding oncely's tables and the inventory example's.
-async fn inventory(name: &str) -> PgPool {
-    let url = std::env::var("ONCELY_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let schema = format!("oncely_inbox_{name}");
-    let admin = PgPool::connect(&url).await.unwrap();
-    let ddl = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let options = PgConnectOptions::from_str(&url)
-        .unwrap()
-        .options([("search_path", schema.as_str())]);
+/// A pool on a fresh schema holding oncely's tables and the inventory example's; and its URL.
+async fn inventory(name: &str) -> (PgPool, String) {
+    let url = support::fresh_schema(&format!("oncely_inbox_{name}")).await;
     // Opening the store applies oncely's schema.
-    PostgresStore::connect_with(options.clone(), &url, true)
-        .await
-        .unwrap();
+    PostgresStore::connect(&url).await.unwrap();
     let pool = PgPoolOptions::new()
         .max_connections(70)
-        .connect_with(options)
+        .connect(&url)
         .await
         .unwrap();
     sqlx::raw_sql(
@@ -43,7 +30,7 @@ async fn inventory(name: &str) -> PgPool {
     .execute(&pool)
     .await
     .unwrap();
-    pool
+    (pool, url)
 }
 
 async fn counts(pool: &PgPool) -> (i64, i32) {
@@ -60,7 +47,7 @@ async fn counts(pool: &PgPool) -> (i64, i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_four_concurrent_deliveries_place_one_order_and_take_stock_once() {
-    let pool = inventory("storm").await;
+    let (pool, _) = inventory("storm").await;
     let inbox = Inbox::new(Scope::new("orders-consumer").unwrap());
     let executed = Arc::new(AtomicUsize::new(0));
     let barrier = Arc::new(tokio::sync::Barrier::new(64));
@@ -112,7 +99,7 @@ async fn sixty_four_concurrent_deliveries_place_one_order_and_take_stock_once() 
 
 #[tokio::test]
 async fn a_rolled_back_claim_leaves_the_key_claimable() {
-    let pool = inventory("rollback").await;
+    let (pool, _) = inventory("rollback").await;
     let inbox = Inbox::new(Scope::default());
     let key = Key::new("evt-7").unwrap();
 
@@ -150,22 +137,12 @@ async fn a_rolled_back_claim_leaves_the_key_claimable() {
 
 #[tokio::test]
 async fn the_inbox_and_the_store_share_one_history() {
-    let pool = inventory("shared").await;
+    let (pool, url) = inventory("shared").await;
     let scope = Scope::new("payments").unwrap();
     let inbox = Inbox::new(scope.clone());
     let key = Key::new("evt-9").unwrap();
     // A claim made through the store, outside any transaction, and still in progress.
-    let url = std::env::var("ONCELY_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let schema = "oncely_inbox_shared".to_owned();
-    let options = PgConnectOptions::from_str(&url)
-        .unwrap()
-        .options([("search_path", schema.as_str())]);
-    let store = Arc::new(
-        PostgresStore::connect_with(options, &url, true)
-            .await
-            .unwrap(),
-    );
+    let store = Arc::new(PostgresStore::connect(&url).await.unwrap());
     let oncely = oncely_core::Oncely::new(store);
     let claim = oncely
         .claim(&scope, &key, None)
@@ -186,4 +163,44 @@ async fn the_inbox_and_the_store_share_one_history() {
         InboxClaim::Duplicate(record) => assert_eq!(record.outcome(), Some(&b"paid"[..])),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn an_expired_claim_is_taken_over_inside_the_transaction() {
+    let (pool, url) = inventory("takeover").await;
+    let clock = oncely_core::ManualClock::default();
+    let scope = Scope::new("payments").unwrap();
+    let key = Key::new("evt-11").unwrap();
+    let store = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    let oncely = oncely_core::Oncely::new(store)
+        .with_clock(clock.clone())
+        .with_lease(std::time::Duration::from_secs(30));
+    // A holder outside any transaction claims the key, then dies.
+    let crashed = oncely
+        .claim(&scope, &key, None)
+        .await
+        .unwrap()
+        .into_new()
+        .unwrap();
+    clock.advance(std::time::Duration::from_secs(31));
+
+    let inbox = Inbox::new(scope.clone()).with_clock(clock.clone());
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(
+        inbox.claim(&mut tx, &key, None).await.unwrap(),
+        InboxClaim::New
+    );
+    tx.commit().await.unwrap();
+
+    let record = oncely.get(&scope, &key).await.unwrap().expect("recorded");
+    assert!(record.is_completed());
+    assert_eq!(record.attempt, 2);
+    // The dead holder is fenced out.
+    assert!(matches!(
+        oncely.complete(&crashed, b"late").await,
+        Err(oncely_core::Error::ClaimLost {
+            reason: oncely_core::LostReason::TakenOver,
+            ..
+        })
+    ));
 }

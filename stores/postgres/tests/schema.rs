@@ -5,22 +5,11 @@ use oncely_core::{ClaimOutcome, Key, Oncely, Scope};
 use oncely_postgres::{MIGRATIONS, PostgresStore};
 use sqlx::PgPool;
 
-fn server() -> String {
-    std::env::var("ONCELY_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
+mod support;
 
 /// A URL whose connections work in a fresh, empty schema.
 async fn fresh_schema(name: &str) -> String {
-    let schema = format!("oncely_schema_{name}");
-    let admin = PgPool::connect(&server()).await.unwrap();
-    let ddl = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    format!("{}?options=-csearch_path%3D{schema}", server())
+    support::fresh_schema(&format!("oncely_schema_{name}")).await
 }
 
 #[tokio::test]
@@ -90,7 +79,7 @@ async fn migrations_apply_once_however_many_instances_start_together() {
 
 #[tokio::test]
 async fn a_bad_migrate_flag_is_a_clear_error() {
-    let err = PostgresStore::connect(&format!("{}?oncely_migrate=maybe", server()))
+    let err = PostgresStore::connect(&format!("{}?oncely_migrate=maybe", support::server()))
         .await
         .unwrap_err();
     assert!(
