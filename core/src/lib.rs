@@ -47,6 +47,7 @@
 
 #![warn(missing_docs)]
 
+pub mod batch;
 mod canonical;
 mod error;
 mod fingerprint;

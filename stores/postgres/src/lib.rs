@@ -35,7 +35,8 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
-use oncely_core::lifecycle::{claim_lost, decide_claim, decide_version};
+use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction};
+use oncely_core::lifecycle::{claim_lost, decide_version};
 use oncely_core::{
     Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, Key, Record, RecordState, Result, Scope,
     Store, StoreStats, Timestamp, VersionCheck, async_trait,
@@ -203,68 +204,6 @@ impl PostgresStore {
         let existing = self.select(tx, &claim.scope, &claim.key, false).await?;
         Ok(claim_lost(&self.url, existing.as_ref(), claim))
     }
-
-    /// Inserts fresh claims for `keys` (sorted); answers which were inserted.
-    async fn insert_fresh(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
-        fresh: &[&Record],
-    ) -> Result<HashSet<(Vec<u8>, Vec<u8>)>> {
-        if fresh.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let rows = sqlx::query(
-            "INSERT INTO oncely_records (scope, key, completed, token, attempt, fingerprint, created_at, expires_at) \
-             SELECT s, k, false, t, 1, f, c, e \
-             FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::bytea[], $5::int8[], $6::int8[]) AS u(s, k, t, f, c, e) \
-             ON CONFLICT (scope, key) DO NOTHING RETURNING scope, key",
-        )
-        .bind(fresh.iter().map(|r| r.scope.as_str().as_bytes().to_vec()).collect::<Vec<_>>())
-        .bind(fresh.iter().map(|r| r.key.as_str().as_bytes().to_vec()).collect::<Vec<_>>())
-        .bind(fresh.iter().map(|r| r.token as i64).collect::<Vec<_>>())
-        .bind(fresh.iter().map(|r| r.fingerprint.map(|f| f.as_bytes().to_vec())).collect::<Vec<_>>())
-        .bind(fresh.iter().map(|r| r.created_at.as_millis()).collect::<Vec<_>>())
-        .bind(fresh.iter().map(|r| r.expires_at.as_millis()).collect::<Vec<_>>())
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(|e| self.err(e))?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("scope").map_err(|e| self.err(e))?,
-                    r.try_get("key").map_err(|e| self.err(e))?,
-                ))
-            })
-            .collect()
-    }
-
-    async fn lock_existing(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
-        ids: &[(Vec<u8>, Vec<u8>)],
-    ) -> Result<HashMap<(Vec<u8>, Vec<u8>), Record>> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows = sqlx::query(LOCK_MANY)
-            .bind(ids.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>())
-            .bind(ids.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(|e| self.err(e))?;
-        rows.iter()
-            .map(|r| {
-                let record = self.record(r)?;
-                Ok((
-                    (
-                        record.scope.as_str().as_bytes().to_vec(),
-                        record.key.as_str().as_bytes().to_vec(),
-                    ),
-                    record,
-                ))
-            })
-            .collect()
-    }
 }
 
 /// Decodes a whole-record row; the error is what was wrong with it.
@@ -306,13 +245,101 @@ pub(crate) fn record_from_row(row: &PgRow) -> std::result::Result<Record, String
     })
 }
 
-type Id = (Vec<u8>, Vec<u8>);
+/// A claim batch's transaction; the statements are PostgreSQL's, the orchestration the core's.
+struct ClaimTx<'a> {
+    store: &'a PostgresStore,
+    tx: Transaction<'static, Postgres>,
+}
 
-fn id(scope: &Scope, key: &Key) -> Id {
-    (
-        scope.as_str().as_bytes().to_vec(),
-        key.as_str().as_bytes().to_vec(),
-    )
+fn bytes(records: &[Record], column: impl Fn(&Record) -> &str) -> Vec<&[u8]> {
+    records.iter().map(|r| column(r).as_bytes()).collect()
+}
+
+#[async_trait]
+impl ClaimTransaction for ClaimTx<'_> {
+    async fn take(&mut self, fresh: &[Record]) -> Result<Taken> {
+        let store = self.store;
+        // ON CONFLICT DO NOTHING waits for a concurrent inserter of the same key, then skips it.
+        let rows = sqlx::query(
+            "INSERT INTO oncely_records (scope, key, completed, token, attempt, fingerprint, created_at, expires_at) \
+             SELECT s, k, false, t, 1, f, c, e \
+             FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::bytea[], $5::int8[], $6::int8[]) AS u(s, k, t, f, c, e) \
+             ON CONFLICT (scope, key) DO NOTHING RETURNING scope, key",
+        )
+        .bind(bytes(fresh, |r| r.scope.as_str()))
+        .bind(bytes(fresh, |r| r.key.as_str()))
+        .bind(fresh.iter().map(|r| r.token as i64).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|r| r.fingerprint.map(|f| f.as_bytes().to_vec())).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|r| r.created_at.as_millis()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|r| r.expires_at.as_millis()).collect::<Vec<_>>())
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(|e| store.err(e))?;
+        let mut inserted = HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let scope: Vec<u8> = row.try_get("scope").map_err(|e| store.err(e))?;
+            let key: Vec<u8> = row.try_get("key").map_err(|e| store.err(e))?;
+            inserted.insert((scope, key));
+        }
+        let (inserted, others): (Vec<&Record>, Vec<&Record>) = fresh.iter().partition(|r| {
+            inserted.contains(&(
+                r.scope.as_str().as_bytes().to_vec(),
+                r.key.as_str().as_bytes().to_vec(),
+            ))
+        });
+        let mut taken = Taken {
+            inserted: inserted
+                .into_iter()
+                .map(|r| (r.scope.clone(), r.key.clone()))
+                .collect(),
+            locked: HashMap::new(),
+        };
+        if !others.is_empty() {
+            let rows = sqlx::query(LOCK_MANY)
+                .bind(
+                    others
+                        .iter()
+                        .map(|r| r.scope.as_str().as_bytes())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    others
+                        .iter()
+                        .map(|r| r.key.as_str().as_bytes())
+                        .collect::<Vec<_>>(),
+                )
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(|e| store.err(e))?;
+            for row in &rows {
+                let record = store.record(row)?;
+                taken
+                    .locked
+                    .insert((record.scope.clone(), record.key.clone()), record);
+            }
+        }
+        Ok(taken)
+    }
+
+    async fn rewrite(&mut self, records: &[Record]) -> Result<()> {
+        sqlx::query(
+            "UPDATE oncely_records AS r SET completed = false, token = u.t, attempt = u.a, fingerprint = u.f, \
+             created_at = u.c, expires_at = u.e, outcome = NULL \
+             FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int4[], $5::bytea[], $6::int8[], $7::int8[]) \
+             AS u(s, k, t, a, f, c, e) WHERE r.scope = u.s AND r.key = u.k",
+        )
+        .bind(bytes(records, |r| r.scope.as_str()))
+        .bind(bytes(records, |r| r.key.as_str()))
+        .bind(records.iter().map(|r| r.token as i64).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.attempt as i32).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.fingerprint.map(|f| f.as_bytes().to_vec())).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.created_at.as_millis()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.expires_at.as_millis()).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| self.store.err(e))?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -322,95 +349,12 @@ impl Store for PostgresStore {
         requests: &[ClaimRequest],
         now: Timestamp,
     ) -> Result<Vec<ClaimOutcome>> {
-        let mut tx = self.begin().await?;
-        // The first request for each key decides how its row is taken; sorted, so two batches
-        // lock shared keys in the same order and cannot deadlock.
-        let mut firsts: Vec<&ClaimRequest> = Vec::new();
-        let mut seen = HashSet::new();
-        for req in requests {
-            if seen.insert(id(&req.scope, &req.key)) {
-                firsts.push(req);
-            }
-        }
-        firsts.sort_by_key(|req| id(&req.scope, &req.key));
-
-        // Current state per key after locking: a freshly inserted claim, or the locked row.
-        let mut state: HashMap<Id, Record> = HashMap::new();
-        let mut inserted: HashSet<Id> = HashSet::new();
-        let mut pending: Vec<&ClaimRequest> = firsts;
-        // A row seen as conflicting may be deleted (released, purged) before we lock it: insert
-        // again. Each round either inserts or locks every key but those deleted in between.
-        for _round in 0..16 {
-            if pending.is_empty() {
-                break;
-            }
-            let fresh: Vec<Record> = pending
-                .iter()
-                .map(|req| {
-                    decide_claim(None, req, now)
-                        .write
-                        .expect("an absent key is always claimed")
-                })
-                .collect();
-            let refs: Vec<&Record> = fresh.iter().collect();
-            let new_ids = self.insert_fresh(&mut tx, &refs).await?;
-            let mut others = Vec::new();
-            for record in fresh {
-                let key = id(&record.scope, &record.key);
-                if new_ids.contains(&key) {
-                    inserted.insert(key.clone());
-                    state.insert(key, record);
-                } else {
-                    others.push(key);
-                }
-            }
-            let locked = self.lock_existing(&mut tx, &others).await?;
-            pending.retain(|req| {
-                let key = id(&req.scope, &req.key);
-                !inserted.contains(&key) && !locked.contains_key(&key)
-            });
-            state.extend(locked);
-        }
-        if !pending.is_empty() {
-            return Err(self.corrupt("keys kept vanishing between insert and lock".into()));
-        }
-
-        // Decide every request in order against the state, as a sequence of single claims.
-        let mut outcomes = Vec::with_capacity(requests.len());
-        let mut fresh_answered: HashSet<Id> = HashSet::new();
-        let mut rewritten: Vec<Record> = Vec::new();
-        for req in requests {
-            let key = id(&req.scope, &req.key);
-            if inserted.contains(&key) && fresh_answered.insert(key.clone()) {
-                outcomes.push(decide_claim(None, req, now).outcome);
-                continue;
-            }
-            let decision = decide_claim(state.get(&key), req, now);
-            if let Some(record) = decision.write {
-                state.insert(key, record.clone());
-                rewritten.push(record);
-            }
-            outcomes.push(decision.outcome);
-        }
-        if !rewritten.is_empty() {
-            sqlx::query(
-                "UPDATE oncely_records AS r SET completed = false, token = u.t, attempt = u.a, fingerprint = u.f, \
-                 created_at = u.c, expires_at = u.e, outcome = NULL \
-                 FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int4[], $5::bytea[], $6::int8[], $7::int8[]) \
-                 AS u(s, k, t, a, f, c, e) WHERE r.scope = u.s AND r.key = u.k",
-            )
-            .bind(rewritten.iter().map(|r| r.scope.as_str().as_bytes().to_vec()).collect::<Vec<_>>())
-            .bind(rewritten.iter().map(|r| r.key.as_str().as_bytes().to_vec()).collect::<Vec<_>>())
-            .bind(rewritten.iter().map(|r| r.token as i64).collect::<Vec<_>>())
-            .bind(rewritten.iter().map(|r| r.attempt as i32).collect::<Vec<_>>())
-            .bind(rewritten.iter().map(|r| r.fingerprint.map(|f| f.as_bytes().to_vec())).collect::<Vec<_>>())
-            .bind(rewritten.iter().map(|r| r.created_at.as_millis()).collect::<Vec<_>>())
-            .bind(rewritten.iter().map(|r| r.expires_at.as_millis()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err(e))?;
-        }
-        tx.commit().await.map_err(|e| self.err(e))?;
+        let mut tx = ClaimTx {
+            store: self,
+            tx: self.begin().await?,
+        };
+        let outcomes = claim_in_transaction(&mut tx, &self.url, requests, now).await?;
+        tx.tx.commit().await.map_err(|e| self.err(e))?;
         Ok(outcomes)
     }
 

@@ -1,0 +1,121 @@
+//! A batch of claims decided inside one database transaction, written once for every SQL store.
+//!
+//! A SQL store cannot read-then-write a key safely without locking it first, and two batches
+//! that lock shared keys in different orders deadlock. [`claim_in_transaction`] holds the part
+//! every SQL store shares: take each distinct key once, in sorted order (so concurrent batches
+//! lock in the same order); retry keys that vanished between insert and lock (a concurrent
+//! release or purge); then decide every request in order by [`decide_claim`], as if the batch
+//! were a sequence of single claims, and write back the records the decisions replaced.
+//!
+//! A backend implements [`ClaimTransaction`] with its dialect's statements: how to insert fresh
+//! claims and lock the rows that already exist, and how to rewrite locked rows.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+
+use crate::lifecycle::decide_claim;
+use crate::{ClaimOutcome, ClaimRequest, Error, Key, Record, Result, Scope, Timestamp};
+
+/// A record's identity in a batch.
+pub type RecordId = (Scope, Key);
+
+/// What [`ClaimTransaction::take`] found.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// Keys whose fresh claim was inserted by this transaction.
+    pub inserted: HashSet<RecordId>,
+    /// Rows that existed, now locked until the transaction ends.
+    pub locked: HashMap<RecordId, Record>,
+}
+
+/// One open transaction of a SQL store, as [`claim_in_transaction`] drives it.
+#[async_trait]
+pub trait ClaimTransaction: Send {
+    /// Inserts each of `fresh` (distinct keys, sorted) unless its key exists, and locks the
+    /// rows of those that do. A key in neither answer was deleted in between; it is tried again.
+    async fn take(&mut self, fresh: &[Record]) -> Result<Taken>;
+
+    /// Overwrites the rows of `records`, all locked by an earlier `take` in this transaction.
+    async fn rewrite(&mut self, records: &[Record]) -> Result<()>;
+}
+
+/// How often keys may vanish between insert and lock before the batch gives up.
+const TAKE_ROUNDS: usize = 16;
+
+/// Decides `requests` in order inside `tx`; the caller commits. See the module docs.
+pub async fn claim_in_transaction<T: ClaimTransaction>(
+    tx: &mut T,
+    store: &str,
+    requests: &[ClaimRequest],
+    now: Timestamp,
+) -> Result<Vec<ClaimOutcome>> {
+    // The first request for each key decides how its row is taken.
+    let mut seen = HashSet::new();
+    let mut pending: Vec<&ClaimRequest> =
+        requests.iter().filter(|req| seen.insert(id(req))).collect();
+    pending.sort_by(|a, b| (&a.scope, &a.key).cmp(&(&b.scope, &b.key)));
+
+    // Current state per key once taken: a claim this transaction inserted, or the locked row.
+    let mut state: HashMap<RecordId, Record> = HashMap::new();
+    let mut inserted: HashSet<RecordId> = HashSet::new();
+    for _ in 0..TAKE_ROUNDS {
+        if pending.is_empty() {
+            break;
+        }
+        let fresh: Vec<Record> = pending
+            .iter()
+            .map(|req| {
+                decide_claim(None, req, now)
+                    .write
+                    .expect("an absent key is always claimed")
+            })
+            .collect();
+        let taken = tx.take(&fresh).await?;
+        for record in fresh {
+            let key = (record.scope.clone(), record.key.clone());
+            if taken.inserted.contains(&key) {
+                state.insert(key.clone(), record);
+                inserted.insert(key);
+            }
+        }
+        pending.retain(|req| {
+            let key = id(req);
+            !inserted.contains(&key) && !taken.locked.contains_key(&key)
+        });
+        state.extend(taken.locked);
+    }
+    if !pending.is_empty() {
+        return Err(Error::Backend {
+            store: store.to_owned(),
+            source: "keys kept vanishing between insert and lock".into(),
+        });
+    }
+
+    // Every request in order, as a sequence of single claims.
+    let mut outcomes = Vec::with_capacity(requests.len());
+    let mut rewritten: Vec<Record> = Vec::new();
+    for req in requests {
+        let key = id(req);
+        if inserted.remove(&key) {
+            // The inserted claim is this request's (the first for its key): answer it as New.
+            outcomes.push(decide_claim(None, req, now).outcome);
+            continue;
+        }
+        let decision = decide_claim(state.get(&key), req, now);
+        if let Some(record) = decision.write {
+            // At most once per key: the rewritten claim is live, so later requests wait on it.
+            rewritten.push(record.clone());
+            state.insert(key, record);
+        }
+        outcomes.push(decision.outcome);
+    }
+    if !rewritten.is_empty() {
+        tx.rewrite(&rewritten).await?;
+    }
+    Ok(outcomes)
+}
+
+fn id(req: &ClaimRequest) -> RecordId {
+    (req.scope.clone(), req.key.clone())
+}
