@@ -51,6 +51,7 @@ pub mod batch;
 mod canonical;
 mod error;
 mod fingerprint;
+pub mod inbox;
 mod key;
 pub mod lifecycle;
 mod oncely;

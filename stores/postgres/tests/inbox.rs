@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use oncely_core::{Key, Scope};
 use oncely_postgres::PostgresStore;
-use oncely_postgres::inbox::{Inbox, InboxClaim};
+use oncely_postgres::inbox::{Inbox, InboxClaim, PostgresInbox};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
