@@ -598,6 +598,28 @@ fn two_processes_on_one_postgres_store_pass_each_key_once_between_them() {
     two_processes_pass_each_key_once(&postgres_url("two_processes"));
 }
 
+#[test]
+fn two_processes_on_one_mysql_store_pass_each_key_once_between_them() {
+    two_processes_pass_each_key_once(&mysql_url("two_processes"));
+}
+
+/// A MySQL store URL on a fresh database of its own, on the server on loopback.
+fn mysql_url(name: &str) -> String {
+    let server = "mysql://root@127.0.0.1:3306";
+    let database = format!("oncely_cli_{name}");
+    let sql = format!("DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database};");
+    let client = Command::new("mariadb")
+        .args(["-h127.0.0.1", "-uroot", "-e", &sql])
+        .output()
+        .expect("the mariadb client runs");
+    assert!(
+        client.status.success(),
+        "{}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    format!("{server}/{database}")
+}
+
 /// A PostgreSQL store URL in a fresh schema of its own (`ONCELY_TEST_POSTGRES` names the server).
 fn postgres_url(name: &str) -> String {
     let server = std::env::var("ONCELY_TEST_POSTGRES")

@@ -59,6 +59,7 @@ mod record;
 mod store;
 mod strategy;
 mod time;
+pub mod url;
 
 pub use canonical::canonical_json;
 pub use error::{BoxError, Error, KeyError, LostReason, Result};

@@ -16,6 +16,7 @@
 //! | `memory:` or `memory:?capacity=N` | in-process, bounded | `oncely-memory` |
 //! | `sqlite:PATH` (`sqlite:oncely.db`), `sqlite://PATH` | embedded, durable, the default | `oncely-sqlite` |
 //! | `postgres://USER@HOST/DB` (`postgresql://` too) | shared by many instances | `oncely-postgres` |
+//! | `mysql://USER@HOST/DB` (`mariadb://` too) | shared by many instances | `oncely-mysql` |
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely::Result<()> {
@@ -91,6 +92,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
         "postgres" | "postgresql" => Ok(Arc::new(
             oncely_postgres::PostgresStore::connect(url).await?,
         )),
+        #[cfg(feature = "mysql")]
+        "mysql" | "mariadb" => Ok(Arc::new(oncely_mysql::MySqlStore::connect(url).await?)),
         // Known stores this build leaves out: a disabled feature, or one not written yet.
         known if KNOWN_SCHEMES.contains(&known) => Err(invalid(
             url,
@@ -116,6 +119,9 @@ fn supported() -> String {
     }
     if cfg!(feature = "postgres") {
         schemes.push("postgres://...");
+    }
+    if cfg!(feature = "mysql") {
+        schemes.push("mysql://...");
     }
     format!("supported: {}", schemes.join(", "))
 }
@@ -143,7 +149,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_and_future_schemes_are_clear_errors() {
-        for url in ["ftp://x", "nourl", "mysql://localhost/test"] {
+        for url in ["ftp://x", "nourl", "redis://localhost/0"] {
             let err = connect(url).await.unwrap_err();
             assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err}");
             assert!(err.to_string().contains("supported:"), "{err}");

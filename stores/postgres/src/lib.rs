@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction};
 use oncely_core::lifecycle::{claim_lost, decide_version};
+use oncely_core::url::{flag_param, redact_password};
 use oncely_core::{
     Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, Key, Record, RecordState, Result, Scope,
     Store, StoreStats, Timestamp, VersionCheck, async_trait,
@@ -76,19 +77,9 @@ impl PostgresStore {
     /// Connects with a `postgres://` URL and applies the migrations unless the URL carries
     /// `oncely_migrate=false`. Other query parameters are PostgreSQL's own (`sslmode`, `options`, ...).
     pub async fn connect(url: &str) -> Result<Self> {
-        let (url, migrate) = strip_param(url, "oncely_migrate");
-        let migrate = match migrate.as_deref() {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(Error::InvalidUrl {
-                    url: url.clone(),
-                    reason: format!("oncely_migrate must be true or false, not `{other}`"),
-                });
-            }
-        };
+        let (url, migrate) = flag_param(url, "oncely_migrate", true)?;
         let options = PgConnectOptions::from_str(&url).map_err(|e| Error::InvalidUrl {
-            url: redact(&url),
+            url: redact_password(&url),
             reason: e.to_string(),
         })?;
         Self::connect_with(options, &url, migrate).await
@@ -96,7 +87,7 @@ impl PostgresStore {
 
     /// Connects with ready-made options (a test can set `search_path`, for instance).
     pub async fn connect_with(options: PgConnectOptions, url: &str, migrate: bool) -> Result<Self> {
-        let shown = redact(url);
+        let shown = redact_password(url);
         let unavailable = |e: sqlx::Error| Error::Unavailable {
             store: shown.clone(),
             source: format!("{e} (is PostgreSQL running? see README \"Stores\")").into(),
@@ -481,75 +472,5 @@ impl Store for PostgresStore {
         };
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(check)
-    }
-}
-
-/// Removes `name=value` from a URL's query; answers the URL and the value.
-fn strip_param(url: &str, name: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), None);
-    };
-    let mut value = None;
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|pair| match pair.split_once('=') {
-            Some((k, v)) if k == name => {
-                value = Some(v.to_owned());
-                false
-            }
-            _ => true,
-        })
-        .collect();
-    let url = if rest.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    (url, value)
-}
-
-/// The URL with any password replaced, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_reach_messages() {
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
-        assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
-    }
-
-    #[test]
-    fn oncely_parameters_are_taken_out_of_the_url() {
-        assert_eq!(
-            strip_param(
-                "postgres://h/db?sslmode=disable&oncely_migrate=false",
-                "oncely_migrate"
-            ),
-            (
-                "postgres://h/db?sslmode=disable".to_owned(),
-                Some("false".to_owned())
-            )
-        );
-        assert_eq!(
-            strip_param("postgres://h/db", "oncely_migrate"),
-            ("postgres://h/db".to_owned(), None)
-        );
     }
 }

@@ -1,0 +1,95 @@
+//! Store URLs: what every server store does with its connection string before the driver sees it.
+
+use crate::{Error, Result};
+
+/// Removes `name=value` from a URL's query; answers the URL and the value, so a store can take
+/// its own parameters out before handing the rest to its driver.
+pub fn take_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut value = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some((k, v)) if k == name => {
+                value = Some(v.to_owned());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, value)
+}
+
+/// The URL with any password replaced by `***`, for messages and logs.
+pub fn redact_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Takes the boolean parameter `name` out of `url` (`true` or `false`, `default` if absent).
+pub fn flag_param(url: &str, name: &str, default: bool) -> Result<(String, bool)> {
+    let (rest, value) = take_param(url, name);
+    let flag = match value.as_deref() {
+        None => default,
+        Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(Error::InvalidUrl {
+                url: redact_password(&rest),
+                reason: format!("{name} must be true or false, not `{other}`"),
+            });
+        }
+    };
+    Ok((rest, flag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact_password("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            redact_password("postgres://app@db/x"),
+            "postgres://app@db/x"
+        );
+    }
+
+    #[test]
+    fn store_parameters_are_taken_out_of_the_url() {
+        assert_eq!(
+            take_param(
+                "postgres://h/db?sslmode=disable&oncely_migrate=false",
+                "oncely_migrate"
+            ),
+            (
+                "postgres://h/db?sslmode=disable".to_owned(),
+                Some("false".to_owned())
+            )
+        );
+        assert_eq!(
+            take_param("postgres://h/db", "oncely_migrate"),
+            ("postgres://h/db".to_owned(), None)
+        );
+        assert!(flag_param("mysql://h/db?oncely_migrate=no", "oncely_migrate", true).is_err());
+    }
+}

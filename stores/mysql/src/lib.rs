@@ -1,0 +1,606 @@
+//! # oncely-mysql
+//!
+//! A [`Store`] on MySQL (8.0+) or MariaDB (10.6+), for services that already run one and for many
+//! instances sharing one dedup history.
+//!
+//! - **Atomic under concurrency**: a batch of claims runs in one READ COMMITTED transaction.
+//!   Every key is inserted with `INSERT ... ON DUPLICATE KEY UPDATE` that changes nothing, which
+//!   either inserts the claim or takes an exclusive lock on the existing row (waiting for a
+//!   concurrent inserter of the same key first); one `SELECT ... FOR UPDATE` then reads every
+//!   row, and a row carrying this batch's token is one it inserted. Decisions follow the rules
+//!   every store shares (`oncely_core::batch`, `oncely_core::lifecycle`). Keys are taken in
+//!   sorted order; a deadlock InnoDB still reports (error 1213, it rolls the transaction back) is
+//!   retried.
+//! - **Purge never blocks claims**: it deletes oldest-first in bounded batches, skipping rows a
+//!   claim has locked (`FOR UPDATE SKIP LOCKED`).
+//! - **Versioned migrations**, applied on first use under `GET_LOCK`, or by you from
+//!   `migrations/` (open with `?oncely_migrate=false`).
+//! - **Claims inside your transaction**: [`inbox`].
+//!
+//! Why READ COMMITTED: under REPEATABLE READ (InnoDB's default) the inserts would also lock the
+//! gaps between keys, and concurrent batches of neighbouring keys would deadlock far more often.
+//! The store sets it on its own connections; it changes nothing for yours.
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> oncely_core::Result<()> {
+//! use std::sync::Arc;
+//! use oncely_core::Oncely;
+//! use oncely_mysql::MySqlStore;
+//!
+//! let store = MySqlStore::connect("mysql://root@127.0.0.1:3306/test").await?;
+//! let oncely = Oncely::new(Arc::new(store));
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod inbox;
+
+/// The sqlx this crate is built on, so your transactions are the inbox's type.
+pub use sqlx;
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction};
+use oncely_core::lifecycle::{claim_lost, decide_version};
+use oncely_core::url::{flag_param, redact_password};
+use oncely_core::{
+    Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, Key, Record, RecordState, Result, Scope,
+    Store, StoreStats, Timestamp, VersionCheck, async_trait,
+};
+use sqlx::mysql::{
+    MySql, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlPoolOptions,
+    MySqlRow,
+};
+use sqlx::{AssertSqlSafe, Connection, Row, Transaction};
+
+/// The schema migrations, in order: `(version, sql)`.
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_records.sql"))];
+
+/// The MySQL/MariaDB store. See the crate docs.
+#[derive(Clone)]
+pub struct MySqlStore {
+    pool: MySqlPool,
+    url: String,
+}
+
+impl std::fmt::Debug for MySqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MySqlStore")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+pub(crate) const COLUMNS: &str =
+    "scope, `key`, completed, token, attempt, fingerprint, created_at, expires_at, outcome";
+
+/// ER_LOCK_DEADLOCK: InnoDB chose this transaction as a deadlock victim and rolled it back.
+const DEADLOCK: u16 = 1213;
+/// ER_DUP_ENTRY.
+const DUPLICATE: u16 = 1062;
+/// How often a transaction rolled back by InnoDB (deadlock) is run again.
+const RETRIES: usize = 8;
+
+impl MySqlStore {
+    /// Connects with a `mysql://` (or `mariadb://`) URL and applies the migrations unless the
+    /// URL carries `oncely_migrate=false`. Other parameters are the driver's (`ssl-mode`, ...).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let (url, migrate) = flag_param(url, "oncely_migrate", true)?;
+        let driver_url = match url.strip_prefix("mariadb://") {
+            Some(rest) => format!("mysql://{rest}"),
+            None => url.clone(),
+        };
+        let options =
+            MySqlConnectOptions::from_str(&driver_url).map_err(|e| Error::InvalidUrl {
+                url: redact_password(&url),
+                reason: e.to_string(),
+            })?;
+        Self::connect_with(options, &url, migrate).await
+    }
+
+    /// Connects with ready-made options.
+    pub async fn connect_with(
+        options: MySqlConnectOptions,
+        url: &str,
+        migrate: bool,
+    ) -> Result<Self> {
+        let shown = redact_password(url);
+        let unavailable = |e: sqlx::Error| Error::Unavailable {
+            store: shown.clone(),
+            source: format!("{e} (is MySQL/MariaDB running? see README \"Stores\")").into(),
+        };
+        // One direct connection first: a refused connection, a bad password or a missing
+        // database is reported at once and as itself, not as a pool timing out.
+        MySqlConnection::connect_with(&options)
+            .await
+            .map_err(unavailable)?
+            .close()
+            .await
+            .map_err(unavailable)?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .execute(conn)
+                        .await
+                        .map(drop)
+                })
+            })
+            .connect_lazy_with(options);
+        let store = MySqlStore { pool, url: shown };
+        if migrate {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+
+    /// Applies the migrations this database has not seen yet, one instance at a time.
+    ///
+    /// MySQL commits each DDL statement on its own, so a migration cut off halfway is not rolled
+    /// back; every statement is written to be run again safely (`IF NOT EXISTS`).
+    pub async fn migrate(&self) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.err(e))?;
+        // A named lock held by this connection: other instances wait here, up to a minute.
+        let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('oncely_migrate', 60)")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        if locked != Some(1) {
+            return Err(self.backend("another instance held the migration lock for 60 s".into()));
+        }
+        let result = self.apply_migrations(&mut conn).await;
+        let released = sqlx::query("SELECT RELEASE_LOCK('oncely_migrate')")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.err(e));
+        result.and(released.map(drop))
+    }
+
+    async fn apply_migrations(&self, conn: &mut MySqlConnection) -> Result<()> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS oncely_schema_version (version INT NOT NULL) ENGINE = InnoDB",
+        )
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| self.err(e))?;
+        let current: Option<i32> =
+            sqlx::query_scalar("SELECT max(version) FROM oncely_schema_version")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| self.err(e))?;
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current.unwrap_or(0)) {
+            for statement in statements(sql) {
+                sqlx::raw_sql(AssertSqlSafe(statement))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| self.err(e))?;
+            }
+            sqlx::query("INSERT INTO oncely_schema_version (version) VALUES (?)")
+                .bind(version)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, MySql>> {
+        self.pool.begin().await.map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: sqlx::Error) -> Error {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_) => Error::Unavailable {
+                store: self.url.clone(),
+                source: e.into(),
+            },
+            other => Error::Backend {
+                store: self.url.clone(),
+                source: other.into(),
+            },
+        }
+    }
+
+    fn backend(&self, detail: String) -> Error {
+        Error::Backend {
+            store: self.url.clone(),
+            source: detail.into(),
+        }
+    }
+
+    fn record(&self, row: &MySqlRow) -> Result<Record> {
+        record_from_row(row).map_err(|detail| Error::Corrupt {
+            store: self.url.clone(),
+            detail,
+        })
+    }
+
+    async fn select(
+        &self,
+        conn: &mut MySqlConnection,
+        scope: &Scope,
+        key: &Key,
+    ) -> Result<Option<Record>> {
+        let row = sqlx::query(SELECT_ONE)
+            .bind(scope.as_str().as_bytes())
+            .bind(key.as_str().as_bytes())
+            .fetch_optional(conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|r| self.record(&r)).transpose()
+    }
+
+    /// Runs a guarded single-row write of `claim` (complete or release); if it changed nothing,
+    /// answers why the claim is no longer held.
+    async fn guarded(
+        &self,
+        query: sqlx::query::Query<'_, MySql, sqlx::mysql::MySqlArguments>,
+        claim: &Claim,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let done = query.execute(&mut *tx).await.map_err(|e| self.err(e))?;
+        if done.rows_affected() != 1 {
+            let existing = self.select(&mut tx, &claim.scope, &claim.key).await?;
+            return Err(claim_lost(&self.url, existing.as_ref(), claim));
+        }
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+}
+
+const SELECT_ONE: &str = "SELECT scope, `key`, completed, token, attempt, fingerprint, created_at, \
+     expires_at, outcome FROM oncely_records WHERE scope = ? AND `key` = ?";
+pub(crate) const LOCK_ONE: &str = "SELECT scope, `key`, completed, token, attempt, fingerprint, \
+     created_at, expires_at, outcome FROM oncely_records WHERE scope = ? AND `key` = ? FOR UPDATE";
+
+/// Whether `e` is the MySQL error `number`.
+pub(crate) fn is(e: &sqlx::Error, number: u16) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.try_downcast_ref::<MySqlDatabaseError>())
+        .is_some_and(|d| d.number() == number)
+}
+
+/// The statements of a migration file: split on `;`, comments dropped (ours hold no `;` in
+/// strings or comments).
+fn statements(sql: &str) -> Vec<String> {
+    sql.lines()
+        .map(|line| line.split("--").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Decodes a whole-record row; the error is what was wrong with it.
+pub(crate) fn record_from_row(row: &MySqlRow) -> std::result::Result<Record, String> {
+    let get_err = |e: sqlx::Error| e.to_string();
+    let text = |column: &str| -> std::result::Result<String, String> {
+        let bytes: Vec<u8> = row.try_get(column).map_err(get_err)?;
+        String::from_utf8(bytes).map_err(|_| format!("{column} is not UTF-8"))
+    };
+    let fingerprint: Option<Vec<u8>> = row.try_get("fingerprint").map_err(get_err)?;
+    let fingerprint = match fingerprint {
+        None => None,
+        Some(bytes) => Some(
+            Fingerprint::from_slice(&bytes)
+                .ok_or_else(|| format!("fingerprint is {} bytes, expected 32", bytes.len()))?,
+        ),
+    };
+    let completed: bool = row.try_get("completed").map_err(get_err)?;
+    let outcome: Option<Vec<u8>> = row.try_get("outcome").map_err(get_err)?;
+    let token: i64 = row.try_get("token").map_err(get_err)?;
+    let attempt: i32 = row.try_get("attempt").map_err(get_err)?;
+    let created_at: i64 = row.try_get("created_at").map_err(get_err)?;
+    let expires_at: i64 = row.try_get("expires_at").map_err(get_err)?;
+    Ok(Record {
+        scope: Scope::new(text("scope")?).map_err(|e| e.to_string())?,
+        key: Key::new(text("key")?).map_err(|e| e.to_string())?,
+        state: if completed {
+            RecordState::Completed {
+                outcome: outcome.unwrap_or_default(),
+            }
+        } else {
+            RecordState::InProgress
+        },
+        fingerprint,
+        token: token as u64,
+        attempt: attempt as u32,
+        created_at: Timestamp::from_millis(created_at),
+        expires_at: Timestamp::from_millis(expires_at),
+    })
+}
+
+/// `n` placeholder groups like `(?, ?)`, comma-separated.
+fn groups(group: &str, n: usize) -> String {
+    vec![group; n].join(", ")
+}
+
+/// Binds a record's columns in [`COLUMNS`] order, as an in-progress claim.
+fn bind_claim<'q>(
+    query: sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments>,
+    r: &'q Record,
+) -> sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments> {
+    query
+        .bind(r.scope.as_str().as_bytes())
+        .bind(r.key.as_str().as_bytes())
+        .bind(r.is_completed())
+        .bind(r.token as i64)
+        .bind(r.attempt as i32)
+        .bind(r.fingerprint.map(|f| f.as_bytes().to_vec()))
+        .bind(r.created_at.as_millis())
+        .bind(r.expires_at.as_millis())
+        .bind(r.outcome().map(<[u8]>::to_vec))
+}
+
+/// Inserts `records` unless their keys exist, locking the rows of those that do; then reads
+/// every row back, locked. Answers the rows found (a row carrying its record's token is one this
+/// statement inserted). Shared by the batch claim and the inbox.
+pub(crate) async fn insert_or_lock(
+    conn: &mut MySqlConnection,
+    records: &[&Record],
+) -> Result<Vec<MySqlRow>, sqlx::Error> {
+    // Changing nothing on a duplicate still takes the row's exclusive lock, so the row cannot
+    // change before the SELECT below reads it.
+    let insert = format!(
+        "INSERT INTO oncely_records ({COLUMNS}) VALUES {} ON DUPLICATE KEY UPDATE token = token",
+        groups("(?, ?, ?, ?, ?, ?, ?, ?, ?)", records.len())
+    );
+    let mut query = sqlx::query(AssertSqlSafe(insert));
+    for r in records {
+        query = bind_claim(query, r);
+    }
+    query.execute(&mut *conn).await?;
+    let select = format!(
+        "SELECT {COLUMNS} FROM oncely_records WHERE (scope, `key`) IN ({}) FOR UPDATE",
+        groups("(?, ?)", records.len())
+    );
+    let mut query = sqlx::query(AssertSqlSafe(select));
+    for r in records {
+        query = query
+            .bind(r.scope.as_str().as_bytes())
+            .bind(r.key.as_str().as_bytes());
+    }
+    query.fetch_all(conn).await
+}
+
+/// A claim batch's transaction; the statements are MySQL's, the orchestration the core's.
+struct ClaimTx<'a> {
+    store: &'a MySqlStore,
+    tx: &'a mut Transaction<'static, MySql>,
+    /// The driver error that ended the batch, kept so a deadlock can be told apart and retried.
+    failed: Option<sqlx::Error>,
+}
+
+impl ClaimTx<'_> {
+    fn fail(&mut self, e: sqlx::Error) -> Error {
+        let reported = Error::Backend {
+            store: self.store.url.clone(),
+            source: e.to_string().into(),
+        };
+        self.failed = Some(e);
+        reported
+    }
+}
+
+#[async_trait]
+impl ClaimTransaction for ClaimTx<'_> {
+    async fn take(&mut self, fresh: &[Record]) -> Result<Taken> {
+        let records: Vec<&Record> = fresh.iter().collect();
+        let rows = match insert_or_lock(&mut *self.tx, &records).await {
+            Ok(rows) => rows,
+            Err(e) => return Err(self.fail(e)),
+        };
+        let tokens: HashSet<(&Scope, &Key, u64)> =
+            fresh.iter().map(|r| (&r.scope, &r.key, r.token)).collect();
+        let mut taken = Taken::default();
+        for row in &rows {
+            let record = self.store.record(row)?;
+            let id = (record.scope.clone(), record.key.clone());
+            if !record.is_completed()
+                && tokens.contains(&(&record.scope, &record.key, record.token))
+            {
+                taken.inserted.insert(id);
+            } else {
+                taken.locked.insert(id, record);
+            }
+        }
+        Ok(taken)
+    }
+
+    async fn rewrite(&mut self, records: &[Record]) -> Result<()> {
+        // Every row is locked by this transaction: replacing it in place is one statement.
+        let statement = format!(
+            "INSERT INTO oncely_records ({COLUMNS}) VALUES {} ON DUPLICATE KEY UPDATE \
+             completed = VALUES(completed), token = VALUES(token), attempt = VALUES(attempt), \
+             fingerprint = VALUES(fingerprint), created_at = VALUES(created_at), \
+             expires_at = VALUES(expires_at), outcome = VALUES(outcome)",
+            groups("(?, ?, ?, ?, ?, ?, ?, ?, ?)", records.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(statement));
+        for r in records {
+            query = bind_claim(query, r);
+        }
+        match query.execute(&mut **self.tx).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MySqlStore {
+    async fn claim_many(
+        &self,
+        requests: &[ClaimRequest],
+        now: Timestamp,
+    ) -> Result<Vec<ClaimOutcome>> {
+        let mut tries = 0;
+        loop {
+            let mut tx = self.begin().await?;
+            let mut claim_tx = ClaimTx {
+                store: self,
+                tx: &mut tx,
+                failed: None,
+            };
+            match claim_in_transaction(&mut claim_tx, &self.url, requests, now).await {
+                Ok(outcomes) => {
+                    tx.commit().await.map_err(|e| self.err(e))?;
+                    return Ok(outcomes);
+                }
+                Err(error) => match claim_tx.failed.take() {
+                    Some(e) if is(&e, DEADLOCK) && tries < RETRIES => {
+                        // InnoDB rolled the whole transaction back: nothing was claimed.
+                        drop(tx);
+                        tries += 1;
+                    }
+                    Some(e) => return Err(self.err(e)),
+                    None => return Err(error),
+                },
+            }
+        }
+    }
+
+    async fn complete(&self, claim: &Claim, outcome: &[u8], expires_at: Timestamp) -> Result<()> {
+        let query = sqlx::query(
+            "UPDATE oncely_records SET completed = true, outcome = ?, expires_at = ? \
+             WHERE scope = ? AND `key` = ? AND token = ? AND NOT completed",
+        )
+        .bind(outcome)
+        .bind(expires_at.as_millis())
+        .bind(claim.scope.as_str().as_bytes())
+        .bind(claim.key.as_str().as_bytes())
+        .bind(claim.token as i64);
+        self.guarded(query, claim).await
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<()> {
+        let query = sqlx::query(
+            "DELETE FROM oncely_records WHERE scope = ? AND `key` = ? AND token = ? AND NOT completed",
+        )
+        .bind(claim.scope.as_str().as_bytes())
+        .bind(claim.key.as_str().as_bytes())
+        .bind(claim.token as i64);
+        self.guarded(query, claim).await
+    }
+
+    async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.err(e))?;
+        self.select(&mut conn, scope, key).await
+    }
+
+    async fn purge(&self, expired_before: Timestamp, limit: usize) -> Result<usize> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut tx = self.begin().await?;
+        // Rows a claim holds (taking an expired key over) are skipped, never waited for.
+        let rows = sqlx::query(
+            "SELECT scope, `key` FROM oncely_records WHERE expires_at < ? \
+             ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED",
+        )
+        .bind(expired_before.as_millis())
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let statement = format!(
+            "DELETE FROM oncely_records WHERE (scope, `key`) IN ({})",
+            groups("(?, ?)", rows.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(statement));
+        for row in &rows {
+            let scope: Vec<u8> = row.try_get(0).map_err(|e| self.err(e))?;
+            let key: Vec<u8> = row.try_get(1).map_err(|e| self.err(e))?;
+            query = query.bind(scope).bind(key);
+        }
+        // The rows are locked by this transaction: they are still expired.
+        let done = query.execute(&mut *tx).await.map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() as usize)
+    }
+
+    async fn stats(&self, now: Timestamp) -> Result<StoreStats> {
+        let now = now.as_millis();
+        let row = sqlx::query(
+            "SELECT count(*) AS records, \
+             CAST(coalesce(sum(NOT completed AND expires_at >= ?), 0) AS SIGNED) AS in_progress, \
+             CAST(coalesce(sum(completed AND expires_at >= ?), 0) AS SIGNED) AS completed, \
+             CAST(coalesce(sum(expires_at < ?), 0) AS SIGNED) AS expired, \
+             (SELECT CAST(coalesce(data_length + index_length, 0) AS SIGNED) FROM information_schema.tables \
+              WHERE table_schema = DATABASE() AND table_name = 'oncely_records') AS bytes \
+             FROM oncely_records",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let count = |column: &str| -> Result<u64> {
+            Ok(row.try_get::<i64, _>(column).map_err(|e| self.err(e))? as u64)
+        };
+        Ok(StoreStats {
+            records: count("records")?,
+            in_progress: count("in_progress")?,
+            completed: count("completed")?,
+            expired: count("expired")?,
+            bytes: row
+                .try_get::<Option<i64>, _>("bytes")
+                .map_err(|e| self.err(e))?
+                .map(|b| b as u64),
+        })
+    }
+
+    async fn apply_if_newer(
+        &self,
+        scope: &Scope,
+        entity: &Key,
+        version: u64,
+    ) -> Result<VersionCheck> {
+        let (scope, entity) = (scope.as_str().as_bytes(), entity.as_str().as_bytes());
+        loop {
+            let mut tx = self.begin().await?;
+            let stored: Option<i64> = sqlx::query_scalar(
+                "SELECT version FROM oncely_versions WHERE scope = ? AND entity = ? FOR UPDATE",
+            )
+            .bind(scope)
+            .bind(entity)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+            let check = decide_version(stored.map(|v| v as u64), version);
+            if let VersionCheck::Applied { .. } = check {
+                let write = if stored.is_some() {
+                    "UPDATE oncely_versions SET version = ? WHERE scope = ? AND entity = ?"
+                } else {
+                    // Two first writers both find no row; the second fails on the key and reads again.
+                    "INSERT INTO oncely_versions (version, scope, entity) VALUES (?, ?, ?)"
+                };
+                let done = sqlx::query(write)
+                    .bind(version as i64)
+                    .bind(scope)
+                    .bind(entity)
+                    .execute(&mut *tx)
+                    .await;
+                match done {
+                    Ok(_) => {}
+                    Err(e) if is(&e, DUPLICATE) || is(&e, DEADLOCK) => continue,
+                    Err(e) => return Err(self.err(e)),
+                }
+            }
+            tx.commit().await.map_err(|e| self.err(e))?;
+            return Ok(check);
+        }
+    }
+}
