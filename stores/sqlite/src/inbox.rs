@@ -21,25 +21,31 @@
 //!
 //! # Isolation: begin with `BEGIN IMMEDIATE`
 //!
-//! SQLite transactions are serializable: one writer at a time. A plain `BEGIN` (what
-//! `pool.begin()` sends) is *deferred*: it takes no lock until the first statement, a read lock
-//! for a read, and upgrades to the write lock at the first write. That upgrade cannot wait:
-//! if another connection committed since this transaction started reading, its snapshot is
-//! stale and SQLite answers `SQLITE_BUSY` at once, whatever the busy timeout. Under concurrent
-//! deliveries a deferred transaction that reads anything before the claim then fails.
+//! SQLite transactions are serializable: one writer at a time, and a transaction's reads see
+//! one snapshot. A plain `BEGIN` (what `pool.begin()` sends) is *deferred*: it takes no lock
+//! until the first statement, a read lock (a snapshot) for a read, and tries to upgrade to the
+//! write lock at the first write. That upgrade cannot wait: if another connection holds the
+//! write lock, or committed since the snapshot was taken, SQLite answers `SQLITE_BUSY` (or
+//! `SQLITE_BUSY_SNAPSHOT`) at once, whatever the busy timeout, because waiting could never
+//! make the snapshot current. So under concurrent deliveries a deferred transaction that reads
+//! anything (even one of your own tables) before the claim fails at the claim; with 64
+//! concurrent deliveries, most of them did.
 //!
-//! So begin every transaction that claims with `BEGIN IMMEDIATE`, which takes the write lock up
+//! Begin every transaction that claims with `BEGIN IMMEDIATE`, which takes the write lock up
 //! front and waits for it on the connection's busy timeout (sqlx's default: 5 s):
 //!
 //! ```text
 //! let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
 //! ```
 //!
-//! Transactions then run one after another, each seeing everything committed before it, and a
-//! concurrent duplicate finds the first delivery's record and answers
-//! [`InboxClaim::Duplicate`]. If SQLite still answers busy inside a claim (a deferred
-//! transaction, or a busy timeout that ran out), the claim fails with [`Error::Backend`] saying
-//! so: nothing was recorded, roll back and retry the whole transaction.
+//! Transactions that claim then run one after another, each seeing everything committed before
+//! it, and a concurrent duplicate finds the first delivery's record and answers
+//! [`InboxClaim::Duplicate`]; it never waits on a lease and never runs the business code.
+//! Readers are not blocked (in WAL mode, which [`migrate`] and the store switch the file to).
+//!
+//! If SQLite still answers busy inside a claim (a deferred transaction that read first, or a
+//! busy timeout that ran out), the claim fails with [`Error::Backend`] saying so and naming
+//! `BEGIN IMMEDIATE`: nothing was recorded; roll back and retry the whole transaction.
 //!
 //! # Schema
 //!
@@ -396,10 +402,12 @@ impl std::fmt::Display for Busy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: another connection holds SQLite's write lock and this transaction could not wait \
-             for it; nothing was recorded. Roll back and retry, and begin transactions that claim \
-             with BEGIN IMMEDIATE (pool.begin_with(\"BEGIN IMMEDIATE\")) so the lock is taken, \
-             with the busy timeout, before anything is read",
+            "{}: this transaction could not take SQLite's write lock (another connection holds \
+             it, or committed since this transaction's snapshot; a deferred transaction that read \
+             before claiming cannot wait for it); nothing was recorded. Roll back and retry, and \
+             begin transactions that claim with BEGIN IMMEDIATE \
+             (pool.begin_with(\"BEGIN IMMEDIATE\")) so the lock is taken, waiting on the busy \
+             timeout, before anything is read",
             self.0
         )
     }
