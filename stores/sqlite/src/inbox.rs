@@ -170,15 +170,19 @@ impl Inbox {
             return Ok(InboxClaim::New);
         }
         // The key is known: decide against what is stored, by the rules every store shares.
+        // Inside a transaction holding the write lock the row cannot vanish in between; outside
+        // one (autocommit) another connection may have released or purged it.
         let (existing, table) =
             select(conn, &self.scope, key)
                 .await?
-                .ok_or_else(|| Error::Corrupt {
+                .ok_or_else(|| Error::Backend {
                     store: STORE.into(),
-                    detail: format!(
-                        "{}/{key} is neither in flight nor done, yet inserting it changed nothing",
+                    source: format!(
+                        "{}/{key} changed between two statements of one claim: claim inside a \
+                     transaction begun with BEGIN IMMEDIATE (pass &mut tx)",
                         self.scope
-                    ),
+                    )
+                    .into(),
                 })?;
         Ok(match decide_claim(Some(&existing), &request, now).outcome {
             ClaimOutcome::New(claim) => {
