@@ -13,6 +13,8 @@
 //!   table when completed, so a random key costs one random page write in the large table, not
 //!   two; canonical UUID keys are stored as 16 bytes. The schema is in `migrations/` (applied on
 //!   open unless `migrate=false`); why each choice was made, with figures, is in BENCHMARKS.md.
+//! - **Transactional inbox**: when the effect is a write to the same file, [`inbox`] claims the
+//!   key inside your own sqlx transaction, so the record and the effect commit together.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely_core::Result<()> {
@@ -39,6 +41,7 @@
 
 #![warn(missing_docs)]
 
+pub mod inbox;
 mod ops;
 mod options;
 mod writer;
@@ -56,6 +59,9 @@ pub use options::{
     DEFAULT_CACHE_MIB, DEFAULT_PAGE_SIZE, DEFAULT_WAL_AUTOCHECKPOINT, SqliteOptions,
 };
 use writer::{Job, Writer};
+
+/// The sqlx the [`inbox`] is built on, so your transactions are the inbox's type.
+pub use sqlx;
 
 /// The schema migrations, in order: `(version, sql)`. Applied on open unless `migrate=false`.
 pub const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../migrations/0001_records.sql"))];

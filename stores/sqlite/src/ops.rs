@@ -14,9 +14,9 @@ use rusqlite::{OptionalExtension, ToSql, Transaction, params};
 
 use crate::writer::{Answer, Job, backend};
 
-const SELECT_CLAIM: &str = "SELECT token, attempt, fingerprint, created_at, expires_at \
+pub(crate) const SELECT_CLAIM: &str = "SELECT token, attempt, fingerprint, created_at, expires_at \
      FROM oncely_claims WHERE scope = ?1 AND key = ?2";
-const SELECT_DONE: &str = "SELECT token, attempt, fingerprint, created_at, expires_at, outcome \
+pub(crate) const SELECT_DONE: &str = "SELECT token, attempt, fingerprint, created_at, expires_at, outcome \
      FROM oncely_records WHERE scope = ?1 AND key = ?2";
 const UPSERT_CLAIM: &str = "INSERT OR REPLACE INTO oncely_claims \
      (scope, key, token, attempt, fingerprint, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
@@ -46,8 +46,10 @@ const UPSERT_VERSION: &str = "INSERT INTO oncely_versions (scope, entity, versio
 
 /// Which table a record was read from.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Table {
+pub(crate) enum Table {
+    /// `oncely_claims`: in progress.
     Claims,
+    /// `oncely_records`: completed.
     Records,
 }
 
@@ -232,8 +234,7 @@ fn select(
     key: &Key,
     url: &str,
 ) -> Result<Option<(Record, Table)>> {
-    type Row = (i64, u32, Option<Vec<u8>>, i64, i64, Option<Vec<u8>>);
-    let read = |statement: &str, table: Table| -> Result<Option<Row>> {
+    let read = |statement: &str, table: Table| -> Result<Option<StoredRow>> {
         tx.prepare_cached(statement)
             .and_then(|mut s| {
                 s.query_row(params![scope.as_str(), StoredKey::of(key)], |r| {
@@ -261,12 +262,28 @@ fn select(
             None => return Ok(None),
         },
     };
+    Ok(Some((decode(scope, key, table, row, url)?, table)))
+}
+
+/// A stored row's columns, as both tables hold them: token, attempt, fingerprint, created_at,
+/// expires_at, and the outcome (records only).
+pub(crate) type StoredRow = (i64, u32, Option<Vec<u8>>, i64, i64, Option<Vec<u8>>);
+
+/// The record of (scope, key) from its stored columns, read from `table`. Shared by the store
+/// and the inbox, so both read one representation.
+pub(crate) fn decode(
+    scope: &Scope,
+    key: &Key,
+    table: Table,
+    row: StoredRow,
+    store: &str,
+) -> Result<Record> {
     let (token, attempt, fingerprint, created_at, expires_at, outcome) = row;
     let fingerprint = match fingerprint {
         None => None,
         Some(bytes) => Some(
             Fingerprint::from_slice(&bytes).ok_or_else(|| Error::Corrupt {
-                store: url.to_owned(),
+                store: store.to_owned(),
                 detail: format!(
                     "fingerprint of {scope}/{key} is {} bytes, expected 32",
                     bytes.len()
@@ -280,7 +297,7 @@ fn select(
             outcome: outcome.unwrap_or_default(),
         },
     };
-    let record = Record {
+    Ok(Record {
         scope: scope.clone(),
         key: key.clone(),
         state,
@@ -289,8 +306,7 @@ fn select(
         attempt,
         created_at: Timestamp::from_millis(created_at),
         expires_at: Timestamp::from_millis(expires_at),
-    };
-    Ok(Some((record, table)))
+    })
 }
 
 /// Why `claim` no longer holds its record, read after a guarded statement changed nothing.
@@ -303,13 +319,13 @@ fn lost(tx: &Transaction<'_>, claim: &Claim, url: &str) -> Result<Error> {
 /// as its 16 bytes, any other key as its text. A UUID key then takes 16 bytes instead of 36 in
 /// the table and again in the expires_at index. The forms cannot collide: SQLite never
 /// compares a BLOB equal to TEXT, and only the one canonical spelling is packed.
-enum StoredKey<'a> {
+pub(crate) enum StoredKey<'a> {
     Uuid([u8; 16]),
     Text(&'a str),
 }
 
 impl<'a> StoredKey<'a> {
-    fn of(key: &'a Key) -> Self {
+    pub(crate) fn of(key: &'a Key) -> Self {
         canonical_uuid(key.as_str()).map_or(StoredKey::Text(key.as_str()), StoredKey::Uuid)
     }
 }
@@ -320,6 +336,33 @@ impl ToSql for StoredKey<'_> {
             StoredKey::Uuid(bytes) => ValueRef::Blob(bytes),
             StoredKey::Text(text) => ValueRef::Text(text.as_bytes()),
         }))
+    }
+}
+
+// The same representation through sqlx, for the inbox.
+impl sqlx::Type<sqlx::Sqlite> for StoredKey<'_> {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <&str as sqlx::Type<sqlx::Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
+        <&[u8] as sqlx::Type<sqlx::Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Sqlite> for StoredKey<'_> {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::sqlite::SqliteArgumentsBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        match self {
+            StoredKey::Uuid(bytes) => {
+                <&[u8] as sqlx::Encode<'q, sqlx::Sqlite>>::encode_by_ref(&&bytes[..], buf)
+            }
+            StoredKey::Text(text) => {
+                <&str as sqlx::Encode<'q, sqlx::Sqlite>>::encode_by_ref(text, buf)
+            }
+        }
     }
 }
 

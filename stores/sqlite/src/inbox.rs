@@ -1,0 +1,424 @@
+//! The transactional inbox: a claim taken inside your own SQLite transaction.
+//!
+//! # Inbox or store?
+//!
+//! [`SqliteStore`](crate::SqliteStore) claims a key in oncely's own transaction, then you do
+//! the work, then you complete the claim: three steps, so a crash between the work and the
+//! completion leaves the work done and the key claimable again once its lease runs out. That is
+//! the right tool when the effect is outside this database (an e-mail, an HTTP call, a payment
+//! API): the lease stops a second delivery from running it concurrently, and the work should be
+//! idempotent on its own, or cheap to repeat.
+//!
+//! When the effect is a write to **the same SQLite file** (an order row, a stock counter), use
+//! the inbox instead. [`Inbox::claim`] writes the dedup record, already completed, in the
+//! transaction you pass; your business writes go in the same transaction, so both commit or
+//! both roll back. There is no window in which the effect is durable and the record is not, or
+//! the other way round, and no lease to run out.
+//!
+//! Both share one history: a key done through the inbox is a `Duplicate` to the store and the
+//! other way round; a key the store has in flight is [`InboxClaim::InProgress`] to the inbox
+//! while its lease is live, and taken over (the old holder fenced out) once it has run out.
+//!
+//! # Isolation: begin with `BEGIN IMMEDIATE`
+//!
+//! SQLite transactions are serializable: one writer at a time, and a transaction's reads see
+//! one snapshot. A plain `BEGIN` (what `pool.begin()` sends) is *deferred*: it takes no lock
+//! until the first statement, a read lock (a snapshot) for a read, and tries to upgrade to the
+//! write lock at the first write. That upgrade cannot wait: if another connection holds the
+//! write lock, or committed since the snapshot was taken, SQLite answers `SQLITE_BUSY` (or
+//! `SQLITE_BUSY_SNAPSHOT`) at once, whatever the busy timeout, because waiting could never
+//! make the snapshot current. So under concurrent deliveries a deferred transaction that reads
+//! anything (even one of your own tables) before the claim fails at the claim; with 64
+//! concurrent deliveries, most of them did.
+//!
+//! Begin every transaction that claims with `BEGIN IMMEDIATE`, which takes the write lock up
+//! front and waits for it on the connection's busy timeout (sqlx's default: 5 s):
+//!
+//! ```text
+//! let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+//! ```
+//!
+//! Transactions that claim then run one after another, each seeing everything committed before
+//! it, and a concurrent duplicate finds the first delivery's record and answers
+//! [`InboxClaim::Duplicate`]; it never waits on a lease and never runs the business code.
+//! Readers are not blocked (in WAL mode, which [`migrate`] and the store switch the file to).
+//!
+//! If SQLite still answers busy inside a claim (a deferred transaction that read first, or a
+//! busy timeout that ran out), the claim fails with [`Error::Backend`] saying so and naming
+//! `BEGIN IMMEDIATE`: nothing was recorded; roll back and retry the whole transaction.
+//!
+//! # Schema
+//!
+//! The inbox uses the store's tables (`migrations/`, tracked in `PRAGMA user_version`). Run
+//! [`migrate`] once at start-up, as the example does, or open a `SqliteStore` on the file. A
+//! claim on a file that has no oncely tables yet applies the schema itself, inside your
+//! transaction; [`migrate`] also switches the file to WAL, as the store does.
+//!
+//! ```no_run
+//! # async fn handle(event_id: &str) -> Result<(), Box<dyn std::error::Error>> {
+//! use oncely_core::{Key, Scope};
+//! use oncely_sqlite::inbox::{self, Inbox, InboxClaim};
+//! use oncely_sqlite::sqlx;
+//! use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+//!
+//! let options = SqliteConnectOptions::new()
+//!     .filename("shop.db")
+//!     .create_if_missing(true)
+//!     .busy_timeout(std::time::Duration::from_secs(5));
+//! let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+//! inbox::migrate(&mut *pool.acquire().await?).await?;
+//!
+//! let inbox = Inbox::new(Scope::new("orders-consumer")?);
+//! let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+//! if let InboxClaim::New = inbox.claim(&mut tx, &Key::new(event_id)?, None).await? {
+//!     sqlx::query("UPDATE stock SET qty = qty - 1 WHERE item = 'apple'").execute(&mut *tx).await?;
+//!     inbox.record_outcome(&mut tx, &Key::new(event_id)?, b"reserved").await?;
+//! }
+//! tx.commit().await?; // the dedup record and the stock change, together
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oncely_core::lifecycle::decide_claim;
+use oncely_core::{
+    ClaimOutcome, ClaimRequest, Clock, DEFAULT_RETENTION, Error, Fingerprint, Key, Record, Result,
+    Scope, SystemClock, Timestamp,
+};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{AssertSqlSafe, Connection, Row};
+
+use crate::MIGRATIONS;
+use crate::ops::{SELECT_CLAIM, SELECT_DONE, StoredKey, StoredRow, Table, decode};
+
+const STORE: &str = "sqlite (your transaction)";
+
+/// What [`Inbox::claim`] answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InboxClaim {
+    /// First delivery: the record is written in your transaction. Do the work, then commit.
+    New,
+    /// Already done by a committed transaction (or through the store): skip the work.
+    Duplicate(Record),
+    /// Held by a claim made outside a transaction (through the store) whose lease is live.
+    InProgress {
+        /// Time left on that lease.
+        retry_after: Duration,
+    },
+    /// The key is known with another fingerprint.
+    Conflict {
+        /// The stored fingerprint.
+        stored: Option<Fingerprint>,
+    },
+}
+
+/// Claims keys inside callers' transactions. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Inbox {
+    scope: Scope,
+    retention: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl Inbox {
+    /// An inbox for `scope`, keeping records for [`DEFAULT_RETENTION`] by the system clock.
+    pub fn new(scope: Scope) -> Self {
+        Inbox {
+            scope,
+            retention: DEFAULT_RETENTION,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// How long a record is kept.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The clock retention (and the lease of a store claim) is measured by.
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Claims `key` in the transaction `conn` belongs to (pass `&mut tx`, begun with
+    /// `BEGIN IMMEDIATE`). See the module docs.
+    pub async fn claim(
+        &self,
+        conn: &mut SqliteConnection,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<InboxClaim> {
+        let now = self.clock.now();
+        let request =
+            ClaimRequest::new(self.scope.clone(), key.clone(), fingerprint, Duration::ZERO);
+        let expires_at = now.saturating_add(self.retention);
+        // The common case in one statement, which also takes the write lock if the caller's
+        // transaction does not hold it yet.
+        let inserted =
+            match write_completed(conn, INSERT_COMPLETED, &request, 1, now, expires_at).await {
+                Err(e) if is_missing_schema(&e) => {
+                    apply_migrations(conn).await?;
+                    write_completed(conn, INSERT_COMPLETED, &request, 1, now, expires_at).await
+                }
+                other => other,
+            }
+            .map_err(backend)?;
+        if inserted == 1 {
+            return Ok(InboxClaim::New);
+        }
+        // The key is known: decide against what is stored, by the rules every store shares.
+        // Inside a transaction holding the write lock the row cannot vanish in between; outside
+        // one (autocommit) another connection may have released or purged it.
+        let (existing, table) =
+            select(conn, &self.scope, key)
+                .await?
+                .ok_or_else(|| Error::Backend {
+                    store: STORE.into(),
+                    source: format!(
+                        "{}/{key} changed between two statements of one claim: claim inside a \
+                     transaction begun with BEGIN IMMEDIATE (pass &mut tx)",
+                        self.scope
+                    )
+                    .into(),
+                })?;
+        Ok(match decide_claim(Some(&existing), &request, now).outcome {
+            ClaimOutcome::New(claim) => {
+                // Expired (a dead holder's lease, or retention ended): the key is ours again,
+                // completed with this transaction. A store claim leaves oncely_claims, so its
+                // holder is fenced out.
+                if table == Table::Claims {
+                    sqlx::query(DELETE_CLAIM)
+                        .bind(self.scope.as_str())
+                        .bind(StoredKey::of(key))
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(backend)?;
+                }
+                write_completed(
+                    conn,
+                    REPLACE_COMPLETED,
+                    &request,
+                    claim.attempt,
+                    now,
+                    expires_at,
+                )
+                .await
+                .map_err(backend)?;
+                InboxClaim::New
+            }
+            ClaimOutcome::Duplicate(record) => InboxClaim::Duplicate(record),
+            ClaimOutcome::InProgress { retry_after } => InboxClaim::InProgress { retry_after },
+            ClaimOutcome::Conflict { stored } => InboxClaim::Conflict { stored },
+        })
+    }
+
+    /// Stores `outcome` with a key claimed as [`InboxClaim::New`] in the same transaction, to be
+    /// replayed to duplicates.
+    pub async fn record_outcome(
+        &self,
+        conn: &mut SqliteConnection,
+        key: &Key,
+        outcome: &[u8],
+    ) -> Result<()> {
+        let done = sqlx::query(UPDATE_OUTCOME)
+            .bind(self.scope.as_str())
+            .bind(StoredKey::of(key))
+            .bind(outcome)
+            .execute(conn)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() != 1 {
+            return Err(Error::Backend {
+                store: STORE.into(),
+                source: format!(
+                    "no completed record of {}/{key} to store an outcome with: claim the key in this transaction first",
+                    self.scope
+                )
+                .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Brings the schema of the file `conn` is open on up to date (the store's migrations, tracked in
+/// `PRAGMA user_version`), and switches it to WAL as the store does. Call it once at start-up on
+/// a connection outside any transaction (`&mut *pool.acquire().await?`); on a connection inside
+/// a transaction it applies the schema in that transaction and leaves the journal mode alone.
+pub async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
+    let unavailable = |e: sqlx::Error| Error::Unavailable {
+        store: "sqlite (your connection)".into(),
+        source: e.into(),
+    };
+    if conn.is_in_transaction() {
+        return apply_migrations(conn).await;
+    }
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    }
+    let mut tx = conn
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(unavailable)?;
+    apply_migrations(&mut tx).await?;
+    tx.commit().await.map_err(unavailable)
+}
+
+/// Applies the migrations newer than the file's `user_version`, in the current transaction.
+async fn apply_migrations(conn: &mut SqliteConnection) -> Result<()> {
+    let unavailable = |e: sqlx::Error| Error::Unavailable {
+        store: "sqlite (your connection)".into(),
+        source: e.into(),
+    };
+    let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    let current: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    if current > i64::from(latest) {
+        return Err(Error::Unavailable {
+            store: "sqlite (your connection)".into(),
+            source: format!(
+                "schema version {current} is newer than this oncely understands ({latest}); upgrade oncely"
+            )
+            .into(),
+        });
+    }
+    for (_, sql) in MIGRATIONS.iter().filter(|(v, _)| i64::from(*v) > current) {
+        sqlx::raw_sql(*sql)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    }
+    if current < i64::from(latest) {
+        sqlx::raw_sql(AssertSqlSafe(format!("PRAGMA user_version = {latest}")))
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+// Both take the claimant's columns as ?1..?7 and write the record as completed in the caller's
+// transaction, with an empty outcome until `record_outcome`: a first insert (only if the key is
+// not in flight either), or the takeover of an expired record.
+const INSERT_COMPLETED: &str = "INSERT INTO oncely_records \
+     (scope, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
+     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, x'' \
+     WHERE NOT EXISTS (SELECT 1 FROM oncely_claims WHERE scope = ?1 AND key = ?2) \
+     ON CONFLICT DO NOTHING";
+const REPLACE_COMPLETED: &str = "INSERT OR REPLACE INTO oncely_records \
+     (scope, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, x'')";
+const DELETE_CLAIM: &str = "DELETE FROM oncely_claims WHERE scope = ?1 AND key = ?2";
+const UPDATE_OUTCOME: &str = "UPDATE oncely_records SET outcome = ?3 WHERE scope = ?1 AND key = ?2";
+
+/// Runs INSERT_COMPLETED or REPLACE_COMPLETED; answers how many rows it wrote.
+async fn write_completed(
+    conn: &mut SqliteConnection,
+    statement: &'static str,
+    req: &ClaimRequest,
+    attempt: u32,
+    now: Timestamp,
+    expires_at: Timestamp,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query(statement)
+        .bind(req.scope.as_str())
+        .bind(StoredKey::of(&req.key))
+        .bind(req.token as i64)
+        .bind(attempt)
+        .bind(req.fingerprint.map(|f| f.as_bytes().to_vec()))
+        .bind(now.as_millis())
+        .bind(expires_at.as_millis())
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// The record of (scope, key), from whichever table holds it.
+async fn select(
+    conn: &mut SqliteConnection,
+    scope: &Scope,
+    key: &Key,
+) -> Result<Option<(Record, Table)>> {
+    for (statement, table) in [(SELECT_CLAIM, Table::Claims), (SELECT_DONE, Table::Records)] {
+        let row = sqlx::query(statement)
+            .bind(scope.as_str())
+            .bind(StoredKey::of(key))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(backend)?;
+        if let Some(row) = row {
+            let columns: StoredRow = (|| {
+                Ok::<_, sqlx::Error>((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                    row.try_get(4)?,
+                    match table {
+                        Table::Records => row.try_get(5)?,
+                        Table::Claims => None,
+                    },
+                ))
+            })()
+            .map_err(backend)?;
+            return Ok(Some((decode(scope, key, table, columns, STORE)?, table)));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `e` says oncely's tables are not there yet (a fresh file).
+fn is_missing_schema(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|db| db.message().contains("no such table: oncely_"))
+}
+
+fn backend(e: sqlx::Error) -> Error {
+    // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes in the high bits.
+    let busy = e
+        .as_database_error()
+        .and_then(|db| db.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6));
+    Error::Backend {
+        store: STORE.into(),
+        source: if busy { Box::new(Busy(e)) } else { Box::new(e) },
+    }
+}
+
+/// SQLite was busy inside a claim: the caller's transaction did not hold the write lock.
+#[derive(Debug)]
+struct Busy(sqlx::Error);
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: this transaction could not take SQLite's write lock (another connection holds \
+             it, or committed since this transaction's snapshot; a deferred transaction that read \
+             before claiming cannot wait for it); nothing was recorded. Roll back and retry, and \
+             begin transactions that claim with BEGIN IMMEDIATE \
+             (pool.begin_with(\"BEGIN IMMEDIATE\")) so the lock is taken, waiting on the busy \
+             timeout, before anything is read",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Busy {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
