@@ -10,7 +10,7 @@
 //! idempotent on its own, or cheap to repeat.
 //!
 //! When the effect is a write to **the same SQLite file** (an order row, a stock counter), use
-//! the inbox instead. [`Inbox::claim`] writes the dedup record, already completed, in the
+//! the inbox instead. [`SqliteInbox::claim`] writes the dedup record, already completed, in the
 //! transaction you pass; your business writes go in the same transaction, so both commit or
 //! both roll back. There is no window in which the effect is durable and the record is not, or
 //! the other way round, and no lease to run out.
@@ -57,7 +57,7 @@
 //! ```no_run
 //! # async fn handle(event_id: &str) -> Result<(), Box<dyn std::error::Error>> {
 //! use oncely_core::{Key, Scope};
-//! use oncely_sqlite::inbox::{self, Inbox, InboxClaim};
+//! use oncely_sqlite::inbox::{self, Inbox, InboxClaim, SqliteInbox};
 //! use oncely_sqlite::sqlx;
 //! use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 //!
@@ -78,14 +78,9 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use oncely_core::lifecycle::decide_claim;
-use oncely_core::{
-    ClaimOutcome, ClaimRequest, Clock, DEFAULT_RETENTION, Error, Fingerprint, Key, Record, Result,
-    Scope, SystemClock, Timestamp,
-};
+use oncely_core::inbox::InboxTransaction;
+pub use oncely_core::inbox::{Inbox, InboxClaim};
+use oncely_core::{Error, Fingerprint, Key, Record, Result, Scope, async_trait};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
 
@@ -94,148 +89,116 @@ use crate::ops::{SELECT_CLAIM, SELECT_DONE, StoredKey, StoredRow, Table, decode}
 
 const STORE: &str = "sqlite (your transaction)";
 
-/// What [`Inbox::claim`] answers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum InboxClaim {
-    /// First delivery: the record is written in your transaction. Do the work, then commit.
-    New,
-    /// Already done by a committed transaction (or through the store): skip the work.
-    Duplicate(Record),
-    /// Held by a claim made outside a transaction (through the store) whose lease is live.
-    InProgress {
-        /// Time left on that lease.
-        retry_after: Duration,
-    },
-    /// The key is known with another fingerprint.
-    Conflict {
-        /// The stored fingerprint.
-        stored: Option<Fingerprint>,
-    },
-}
-
-/// Claims keys inside callers' transactions. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Inbox {
-    scope: Scope,
-    retention: Duration,
-    clock: Arc<dyn Clock>,
-}
-
-impl Inbox {
-    /// An inbox for `scope`, keeping records for [`DEFAULT_RETENTION`] by the system clock.
-    pub fn new(scope: Scope) -> Self {
-        Inbox {
-            scope,
-            retention: DEFAULT_RETENTION,
-            clock: Arc::new(SystemClock),
-        }
-    }
-
-    /// How long a record is kept.
-    pub fn with_retention(mut self, retention: Duration) -> Self {
-        self.retention = retention;
-        self
-    }
-
-    /// The clock retention (and the lease of a store claim) is measured by.
-    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
+/// The inbox on a SQLite transaction: `inbox.claim(&mut tx, ...)`. See the module docs.
+#[async_trait]
+pub trait SqliteInbox {
     /// Claims `key` in the transaction `conn` belongs to (pass `&mut tx`, begun with
-    /// `BEGIN IMMEDIATE`). See the module docs.
-    pub async fn claim(
+    /// `BEGIN IMMEDIATE`).
+    async fn claim(
+        &self,
+        conn: &mut SqliteConnection,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<InboxClaim>;
+
+    /// Stores `outcome` with a key claimed as [`InboxClaim::New`] in the same transaction, to be
+    /// replayed to duplicates.
+    async fn record_outcome(
+        &self,
+        conn: &mut SqliteConnection,
+        key: &Key,
+        outcome: &[u8],
+    ) -> Result<()>;
+}
+
+#[async_trait]
+impl SqliteInbox for Inbox {
+    async fn claim(
         &self,
         conn: &mut SqliteConnection,
         key: &Key,
         fingerprint: Option<Fingerprint>,
     ) -> Result<InboxClaim> {
-        let now = self.clock.now();
-        let request =
-            ClaimRequest::new(self.scope.clone(), key.clone(), fingerprint, Duration::ZERO);
-        let expires_at = now.saturating_add(self.retention);
-        // The common case in one statement, which also takes the write lock if the caller's
-        // transaction does not hold it yet.
-        let inserted =
-            match write_completed(conn, INSERT_COMPLETED, &request, 1, now, expires_at).await {
-                Err(e) if is_missing_schema(&e) => {
-                    apply_migrations(conn).await?;
-                    write_completed(conn, INSERT_COMPLETED, &request, 1, now, expires_at).await
-                }
-                other => other,
-            }
-            .map_err(backend)?;
-        if inserted == 1 {
-            return Ok(InboxClaim::New);
-        }
-        // The key is known: decide against what is stored, by the rules every store shares.
-        // Inside a transaction holding the write lock the row cannot vanish in between; outside
-        // one (autocommit) another connection may have released or purged it.
-        let (existing, table) =
-            select(conn, &self.scope, key)
-                .await?
-                .ok_or_else(|| Error::Backend {
-                    store: STORE.into(),
-                    source: format!(
-                        "{}/{key} changed between two statements of one claim: claim inside a \
-                     transaction begun with BEGIN IMMEDIATE (pass &mut tx)",
-                        self.scope
-                    )
-                    .into(),
-                })?;
-        Ok(match decide_claim(Some(&existing), &request, now).outcome {
-            ClaimOutcome::New(claim) => {
-                // Expired (a dead holder's lease, or retention ended): the key is ours again,
-                // completed with this transaction. A store claim leaves oncely_claims, so its
-                // holder is fenced out.
-                if table == Table::Claims {
-                    sqlx::query(DELETE_CLAIM)
-                        .bind(self.scope.as_str())
-                        .bind(StoredKey::of(key))
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(backend)?;
-                }
-                write_completed(
-                    conn,
-                    REPLACE_COMPLETED,
-                    &request,
-                    claim.attempt,
-                    now,
-                    expires_at,
-                )
-                .await
-                .map_err(backend)?;
-                InboxClaim::New
-            }
-            ClaimOutcome::Duplicate(record) => InboxClaim::Duplicate(record),
-            ClaimOutcome::InProgress { retry_after } => InboxClaim::InProgress { retry_after },
-            ClaimOutcome::Conflict { stored } => InboxClaim::Conflict { stored },
-        })
+        let mut tx = InboxTx {
+            conn,
+            found_in: None,
+        };
+        self.claim_in(&mut tx, key, fingerprint).await
     }
 
-    /// Stores `outcome` with a key claimed as [`InboxClaim::New`] in the same transaction, to be
-    /// replayed to duplicates.
-    pub async fn record_outcome(
+    async fn record_outcome(
         &self,
         conn: &mut SqliteConnection,
         key: &Key,
         outcome: &[u8],
     ) -> Result<()> {
+        let mut tx = InboxTx {
+            conn,
+            found_in: None,
+        };
+        self.record_outcome_in(&mut tx, key, outcome).await
+    }
+}
+
+struct InboxTx<'c> {
+    conn: &'c mut SqliteConnection,
+    /// Which table `lock` found the key in: a takeover of a store claim must fence it out.
+    found_in: Option<Table>,
+}
+
+#[async_trait]
+impl InboxTransaction for InboxTx<'_> {
+    async fn insert_completed(&mut self, record: &Record) -> Result<bool> {
+        // The common case in one statement, which also takes the write lock if the caller's
+        // transaction does not hold it yet.
+        let inserted = match write_completed(self.conn, INSERT_COMPLETED, record).await {
+            Err(e) if is_missing_schema(&e) => {
+                apply_migrations(self.conn).await?;
+                write_completed(self.conn, INSERT_COMPLETED, record).await
+            }
+            other => other,
+        }
+        .map_err(backend)?;
+        Ok(inserted == 1)
+    }
+
+    async fn lock(&mut self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
+        // The caller's transaction holds the write lock since the insert: nothing can change.
+        Ok(select(self.conn, scope, key).await?.map(|(record, table)| {
+            self.found_in = Some(table);
+            record
+        }))
+    }
+
+    async fn take_over(&mut self, record: &Record) -> Result<()> {
+        // A store claim leaves oncely_claims, so its holder is fenced out.
+        if self.found_in == Some(Table::Claims) {
+            sqlx::query(DELETE_CLAIM)
+                .bind(record.scope.as_str())
+                .bind(StoredKey::of(&record.key))
+                .execute(&mut *self.conn)
+                .await
+                .map_err(backend)?;
+        }
+        write_completed(self.conn, REPLACE_COMPLETED, record)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn set_outcome(&mut self, scope: &Scope, key: &Key, outcome: &[u8]) -> Result<()> {
         let done = sqlx::query(UPDATE_OUTCOME)
-            .bind(self.scope.as_str())
+            .bind(scope.as_str())
             .bind(StoredKey::of(key))
             .bind(outcome)
-            .execute(conn)
+            .execute(&mut *self.conn)
             .await
             .map_err(backend)?;
         if done.rows_affected() != 1 {
             return Err(Error::Backend {
                 store: STORE.into(),
                 source: format!(
-                    "no completed record of {}/{key} to store an outcome with: claim the key in this transaction first",
-                    self.scope
+                    "no completed record of {scope}/{key} to store an outcome with: claim the key in this transaction first"
                 )
                 .into(),
             });
@@ -323,23 +286,20 @@ const REPLACE_COMPLETED: &str = "INSERT OR REPLACE INTO oncely_records \
 const DELETE_CLAIM: &str = "DELETE FROM oncely_claims WHERE scope = ?1 AND key = ?2";
 const UPDATE_OUTCOME: &str = "UPDATE oncely_records SET outcome = ?3 WHERE scope = ?1 AND key = ?2";
 
-/// Runs INSERT_COMPLETED or REPLACE_COMPLETED; answers how many rows it wrote.
+/// Runs INSERT_COMPLETED or REPLACE_COMPLETED for `record`; answers how many rows it wrote.
 async fn write_completed(
     conn: &mut SqliteConnection,
     statement: &'static str,
-    req: &ClaimRequest,
-    attempt: u32,
-    now: Timestamp,
-    expires_at: Timestamp,
+    record: &Record,
 ) -> sqlx::Result<u64> {
     let done = sqlx::query(statement)
-        .bind(req.scope.as_str())
-        .bind(StoredKey::of(&req.key))
-        .bind(req.token as i64)
-        .bind(attempt)
-        .bind(req.fingerprint.map(|f| f.as_bytes().to_vec()))
-        .bind(now.as_millis())
-        .bind(expires_at.as_millis())
+        .bind(record.scope.as_str())
+        .bind(StoredKey::of(&record.key))
+        .bind(record.token as i64)
+        .bind(record.attempt)
+        .bind(record.fingerprint.map(|f| f.as_bytes().to_vec()))
+        .bind(record.created_at.as_millis())
+        .bind(record.expires_at.as_millis())
         .execute(conn)
         .await?;
     Ok(done.rows_affected())

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use oncely_core::{Error, Fingerprint, Key, LostReason, ManualClock, Oncely, Scope};
-use oncely_sqlite::inbox::{self, Inbox, InboxClaim};
+use oncely_sqlite::inbox::{self, Inbox, InboxClaim, SqliteInbox};
 use oncely_sqlite::sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use oncely_sqlite::{SqliteOptions, SqliteStore, sqlx};
 
