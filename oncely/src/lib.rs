@@ -42,6 +42,19 @@ use std::sync::Arc;
 
 pub use oncely_core::*;
 
+/// The in-memory store.
+#[cfg(feature = "memory")]
+pub use oncely_memory as memory;
+/// The MySQL/MariaDB store and its transactional inbox.
+#[cfg(feature = "mysql")]
+pub use oncely_mysql as mysql;
+/// The PostgreSQL store and its transactional inbox.
+#[cfg(feature = "postgres")]
+pub use oncely_postgres as postgres;
+/// The SQLite store and its transactional inbox.
+#[cfg(feature = "sqlite")]
+pub use oncely_sqlite as sqlite;
+
 // Every Rust example in the README is compiled and run as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
