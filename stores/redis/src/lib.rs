@@ -240,7 +240,9 @@ impl RedisStore {
     }
 
     fn err(&self, e: RedisError) -> Error {
-        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+        // No route to a node is the cluster's way of saying a server is down.
+        let no_node = e.kind() == redis::ErrorKind::ClusterConnectionNotFound;
+        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || no_node {
             let hint = if e.is_connection_refusal() {
                 " (is Redis running? see README \"Stores\")"
             } else {

@@ -7,11 +7,9 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use oncely_conformance::libtest_mimic::{Failed, Trial};
 use oncely_core::{ClaimOutcome, ClaimRequest, Clock, Key, ManualClock, Oncely, Scope, Store};
@@ -19,57 +17,43 @@ use oncely_redis::RedisStore;
 
 /// Three cluster nodes running as children of this process; dropping it stops them.
 struct Cluster {
-    dir: tempfile::TempDir,
-    children: Vec<Child>,
+    _nodes: Vec<support::Node>,
     ports: Vec<u16>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    // Last, so the nodes stop before their directory goes.
+    _dir: tempfile::TempDir,
 }
 
 const NODES: usize = 3;
 
 impl Cluster {
     fn start() -> Cluster {
-        let mut cluster = Cluster {
-            dir: tempfile::tempdir().expect("temporary directory"),
-            children: Vec::new(),
-            ports: free_ports(NODES),
-        };
-        for port in cluster.ports.clone() {
-            let child = cluster.spawn_node(port);
-            cluster.children.push(child);
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ports = support::free_ports(NODES);
+        let mut nodes = Vec::new();
+        for &port in &ports {
+            let conf = dir.path().join(format!("nodes-{port}.conf"));
+            let conf = conf.to_str().expect("UTF-8 temporary path");
+            nodes.push(support::Node::start(
+                dir.path(),
+                port,
+                &["--cluster-enabled", "yes", "--cluster-config-file", conf],
+            ));
         }
-        for &port in &cluster.ports {
-            cluster.wait_for(port, "to answer PING", |conn| {
-                redis::cmd("PING").query::<String>(conn).is_ok()
-            });
-        }
-        let nodes: Vec<String> = cluster
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
-            .args(&nodes)
+            .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
-            .unwrap_or_else(|e| missing("redis-cli", "redis-tools", e));
+            .unwrap_or_else(|e| support::missing("redis-cli", "redis-tools", e));
         assert!(
             created.status.success(),
             "redis-cli --cluster create failed: {}{}",
             String::from_utf8_lossy(&created.stdout),
             String::from_utf8_lossy(&created.stderr)
         );
-        for &port in &cluster.ports {
-            cluster.wait_for(port, "to report cluster_state:ok", |conn| {
+        for node in &nodes {
+            node.wait_for("to report cluster_state:ok", |conn| {
                 redis::cmd("CLUSTER")
                     .arg("INFO")
                     .query::<String>(conn)
@@ -79,53 +63,10 @@ impl Cluster {
                     })
             });
         }
-        cluster
-    }
-
-    fn spawn_node(&self, port: u16) -> Child {
-        let dir = self.dir.path();
-        let log = std::fs::File::create(dir.join(format!("redis-{port}.log"))).expect("log file");
-        let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(port.to_string())
-            .args(["--bind", "127.0.0.1", "--cluster-enabled", "yes"])
-            .arg("--cluster-config-file")
-            .arg(dir.join(format!("nodes-{port}.conf")))
-            .arg("--dir")
-            .arg(dir)
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log);
-        // If this process dies without running Drop (killed, aborted), the kernel stops the
-        // node too, so no run leaves servers behind.
-        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        cmd.spawn()
-            .unwrap_or_else(|e| missing("redis-server", "redis-server", e))
-    }
-
-    fn wait_for(&self, port: u16, what: &str, ready: impl Fn(&mut redis::Connection) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("node URL");
-        loop {
-            if let Ok(mut conn) = client.get_connection()
-                && ready(&mut conn)
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cluster node 127.0.0.1:{port} did not come up {what} within 30 s; its log:\n{}",
-                std::fs::read_to_string(self.dir.path().join(format!("redis-{port}.log")))
-                    .unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        Cluster {
+            _nodes: nodes,
+            ports,
+            _dir: dir,
         }
     }
 
@@ -168,26 +109,6 @@ impl Cluster {
             .expect("every slot is served");
         port as u16
     }
-}
-
-fn missing(program: &str, package: &str, e: std::io::Error) -> ! {
-    panic!(
-        "cannot run `{program}` ({e}): the Redis Cluster tests start their own cluster and need \
-         `redis-server` and `redis-cli` on PATH (Debian: apt-get install {package})"
-    )
-}
-
-/// Ports free for a node and for its cluster bus (port + 10000).
-fn free_ports(n: usize) -> Vec<u16> {
-    let mut ports = Vec::new();
-    while ports.len() < n {
-        let port = fastrand::u16(20_000..55_000);
-        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if !ports.contains(&port) && free(port) && free(port + 10_000) {
-            ports.push(port);
-        }
-    }
-    ports
 }
 
 fn main() {

@@ -334,3 +334,38 @@ fn with_database(url: &str, db: u32, param: &str) -> String {
     };
     format!("{base}/{db}?{query}")
 }
+
+#[tokio::test]
+async fn a_server_restart_is_reported_as_unavailable_then_the_store_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_ports(1)[0];
+    let node = support::Node::start(dir.path(), port, &[]);
+    let store = open(&format!("redis://127.0.0.1:{port}")).await;
+    let now = Timestamp::from_millis(1_000);
+    let req = |key: &str| request("s", key, Duration::from_secs(30));
+    assert!(matches!(
+        store.claim(&req("before"), now).await.unwrap(),
+        ClaimOutcome::New(_)
+    ));
+
+    drop(node);
+    match store.claim(&req("while-down"), now).await {
+        Err(Error::Unavailable { .. }) => {}
+        other => panic!("expected Unavailable while the server is down, got {other:?}"),
+    }
+
+    // Back (empty: no persistence here). The store reconnects by itself within a few tries.
+    let _node = support::Node::start(dir.path(), port, &[]);
+    let mut last = None;
+    for _ in 0..50 {
+        match store.claim(&req("after"), now).await {
+            Ok(outcome) => {
+                assert!(matches!(outcome, ClaimOutcome::New(_)), "{outcome:?}");
+                return;
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the store did not reconnect within 5 s: {last:?}");
+}

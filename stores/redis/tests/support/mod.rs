@@ -91,3 +91,100 @@ pub async fn check_server_and_forget_old_runs() {
         cursor = next;
     }
 }
+
+/// A `redis-server` run by a test; dropping it stops the server.
+pub struct Node {
+    child: std::process::Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Node {
+    /// Starts `redis-server` on `port` with `extra` arguments, its files in `dir`, and waits
+    /// until it answers PING. No persistence: a restarted node starts empty.
+    pub fn start(dir: &std::path::Path, port: u16, extra: &[&str]) -> Node {
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+
+        let log = dir.join(format!("redis-{port}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(dir)
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        // If this process dies without running Drop (killed, aborted), the kernel stops the
+        // server too, so no run leaves servers behind.
+        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| missing("redis-server", "redis-server", e));
+        let node = Node { child, port, log };
+        node.wait_for("to answer PING", |conn| {
+            redis::cmd("PING").query::<String>(conn).is_ok()
+        });
+        node
+    }
+
+    /// Polls the node with `ready` for up to 30 s; fails with the node's log if never ready.
+    pub fn wait_for(&self, what: &str, ready: impl Fn(&mut redis::Connection) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let client =
+            redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).expect("node URL");
+        loop {
+            if let Ok(mut conn) = client.get_connection()
+                && ready(&mut conn)
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server on 127.0.0.1:{} did not come up {what} within 30 s; its log:\n{}",
+                self.port,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Fails a test that needs a Redis program the machine lacks, naming the package.
+pub fn missing(program: &str, package: &str, e: std::io::Error) -> ! {
+    panic!(
+        "cannot run `{program}` ({e}): these tests start their own Redis servers and need \
+         `redis-server` and `redis-cli` on PATH (Debian: apt-get install {package})"
+    )
+}
+
+/// Loopback ports free for a server and for its cluster bus (port + 10000).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let port = fastrand::u16(20_000..55_000);
+        if !ports.contains(&port) && free(port) && free(port + 10_000) {
+            ports.push(port);
+        }
+    }
+    ports
+}
