@@ -77,7 +77,7 @@ mod url;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 use oncely_core::lifecycle::decide_claim;
@@ -112,14 +112,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// times that overflow, and such a record needs no backstop.
 const MAX_NATIVE_TTL_MS: i128 = 100 * 365 * 24 * 3600 * 1000;
 
+/// How long a scope counts as registered before a claim adds it to the registry again.
+const REREGISTER_AFTER: Duration = Duration::from_secs(300);
+
 /// The Redis store. See the crate docs.
 pub struct RedisStore {
     conn: Connection,
     layout: Layout,
     ttl_grace_ms: Option<i128>,
     url: String,
-    /// Scopes this process knows to be in the registry, so a claim adds its scope once.
-    known_scopes: Mutex<HashSet<Scope>>,
+    /// Scopes this process registered, and when: a claim adds its scope once per
+    /// [`REREGISTER_AFTER`], so a registry lost to a `FLUSHDB` or a failover is soon whole again.
+    known_scopes: Mutex<HashMap<Scope, Instant>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -230,7 +234,7 @@ impl RedisStore {
             layout: Layout::new(&opts.prefix),
             ttl_grace_ms: opts.ttl_grace.map(|g| g.as_millis() as i128),
             url: opts.shown,
-            known_scopes: Mutex::new(HashSet::new()),
+            known_scopes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -291,7 +295,7 @@ impl RedisStore {
             scopes
                 .iter()
                 .copied()
-                .filter(|s| !known.contains(*s))
+                .filter(|s| known.get(*s).is_none_or(|at| at.elapsed() > REREGISTER_AFTER))
                 .collect()
         };
         if missing.is_empty() {
@@ -305,10 +309,11 @@ impl RedisStore {
         sadd.query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(|e| self.err(e))?;
+        let at = Instant::now();
         self.known_scopes
             .lock()
             .expect("scope cache")
-            .extend(missing.into_iter().cloned());
+            .extend(missing.into_iter().map(|s| (s.clone(), at)));
         Ok(())
     }
 
