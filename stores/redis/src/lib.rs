@@ -295,7 +295,11 @@ impl RedisStore {
             scopes
                 .iter()
                 .copied()
-                .filter(|s| known.get(*s).is_none_or(|at| at.elapsed() > REREGISTER_AFTER))
+                .filter(|s| {
+                    known
+                        .get(*s)
+                        .is_none_or(|at| at.elapsed() > REREGISTER_AFTER)
+                })
                 .collect()
         };
         if missing.is_empty() {
