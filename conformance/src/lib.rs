@@ -26,7 +26,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::{Arguments, Conclusion, Trial};
+
+/// The test-harness types a backend needs to add trials of its own to [`run`].
+pub use libtest_mimic;
 use oncely_core::Store;
 
 pub mod model;
@@ -54,6 +57,12 @@ where
 /// Runs the whole suite and the model test against the stores `factory` makes, as a test
 /// binary (`cargo test` arguments such as a name filter work), and exits with its status.
 pub fn main(backend: &str, factory: impl StoreFactory) -> ! {
+    run(backend, factory, Vec::new()).exit()
+}
+
+/// Like [`main`], with a backend's own `extra` trials beside the suite, and without exiting:
+/// for a harness that must tear something down (a server it started) before the process ends.
+pub fn run(backend: &str, factory: impl StoreFactory, extra: Vec<Trial>) -> Conclusion {
     let args = Arguments::from_args();
     quiet_intended_panics();
     let factory: Arc<dyn StoreFactory> = Arc::new(factory);
@@ -82,7 +91,8 @@ pub fn main(backend: &str, factory: impl StoreFactory) -> ! {
         )
         .with_kind(backend.to_owned()),
     );
-    libtest_mimic::run(&args, trials).exit()
+    trials.extend(extra);
+    libtest_mimic::run(&args, trials)
 }
 
 /// Keeps the suite's own, deliberate panic out of the output, so a log shows only real ones.

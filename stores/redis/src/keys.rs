@@ -1,0 +1,110 @@
+//! Key layout: where each piece of a scope lives, all under one hash tag per scope.
+//!
+//! ```text
+//! {prefix}:{<scope>}:r:<key>     hash: one record
+//! {prefix}:{<scope>}:x           sorted set: every record's key by expires_at (purge, stats)
+//! {prefix}:{<scope>}:c           sorted set: completed records' keys by expires_at (stats)
+//! {prefix}:{<scope>}:v:<entity>  string: the version guard's stored version
+//! {prefix}:scopes                set: every scope that has held a record (purge, stats)
+//! ```
+//!
+//! Redis Cluster hashes only the text between the first `{` and the next `}`: the scope. So one
+//! scope's records and indexes share a slot (a script over them never crosses nodes) while
+//! different scopes spread over the cluster. The prefix may not contain braces, and the scope
+//! is escaped (`%` `{` `}` as `%25` `%7B` `%7D`) so that no scope can end its tag early or
+//! collide with another scope's keys; keys follow the tag verbatim, since nothing comes after
+//! them.
+
+use oncely_core::{Key, Scope};
+
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    prefix: String,
+}
+
+impl Layout {
+    pub fn new(prefix: &str) -> Self {
+        Layout {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// `{prefix}:{<escaped scope>}`: the part every key of the scope starts with.
+    fn tagged(&self, scope: &str) -> String {
+        let mut out = String::with_capacity(self.prefix.len() + scope.len() + 4);
+        out.push_str(&self.prefix);
+        out.push_str(":{");
+        for ch in scope.chars() {
+            match ch {
+                '%' => out.push_str("%25"),
+                '{' => out.push_str("%7B"),
+                '}' => out.push_str("%7D"),
+                other => out.push(other),
+            }
+        }
+        out.push('}');
+        out
+    }
+
+    /// The prefix of a scope's record keys; a record key is this plus the key.
+    pub fn records(&self, scope: &str) -> String {
+        self.tagged(scope) + ":r:"
+    }
+
+    pub fn record(&self, scope: &Scope, key: &Key) -> String {
+        self.records(scope.as_str()) + key.as_str()
+    }
+
+    pub fn expiry_index(&self, scope: &str) -> String {
+        self.tagged(scope) + ":x"
+    }
+
+    pub fn completed_index(&self, scope: &str) -> String {
+        self.tagged(scope) + ":c"
+    }
+
+    pub fn version(&self, scope: &Scope, entity: &Key) -> String {
+        self.tagged(scope.as_str()) + ":v:" + entity.as_str()
+    }
+
+    /// The registry of scopes. It has no tag: on a cluster it lives in a slot of its own.
+    pub fn registry(&self) -> String {
+        format!("{}:scopes", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash_tag(key: &str) -> &str {
+        let open = key.find('{').unwrap();
+        let close = open + key[open..].find('}').unwrap();
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn every_key_of_a_scope_shares_its_hash_tag() {
+        let layout = Layout::new("app");
+        let scope = Scope::new("ten}ant{x%").unwrap();
+        let key = Key::new("{k}").unwrap();
+        let tag = hash_tag(&layout.record(&scope, &key)).to_owned();
+        assert_eq!(tag, "ten%7Dant%7Bx%25");
+        for other in [
+            layout.expiry_index(scope.as_str()),
+            layout.completed_index(scope.as_str()),
+            layout.version(&scope, &key),
+        ] {
+            assert_eq!(hash_tag(&other), tag);
+        }
+        assert_eq!(layout.record(&scope, &key), "app:{ten%7Dant%7Bx%25}:r:{k}");
+    }
+
+    #[test]
+    fn a_brace_in_a_scope_cannot_make_two_operations_share_a_key() {
+        let layout = Layout::new("p");
+        let a = layout.record(&Scope::new("x}:r:y").unwrap(), &Key::new("z").unwrap());
+        let b = layout.record(&Scope::new("x").unwrap(), &Key::new("y}:r:z").unwrap());
+        assert_ne!(a, b);
+    }
+}

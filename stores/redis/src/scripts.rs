@@ -1,0 +1,169 @@
+//! The server-side Lua scripts. Each runs atomically on the node that owns its scope's slot, so
+//! every read-decide-write of the S2 lifecycle happens without another client in between.
+//!
+//! Conventions shared by all of them:
+//! - every key a script touches carries its scope's hash tag, so a script never crosses a slot
+//!   and runs unchanged on Redis Cluster;
+//! - timestamps, tokens and versions travel and are stored as decimal strings and are compared
+//!   as integers *by their digits* (`lt`, `ult`): Lua numbers are doubles, which lose u64 tokens
+//!   and i64 timestamps near their limits;
+//! - a record is a hash: `s` state (`p` in progress, `d` done), `f` fingerprint (absent if none),
+//!   `t` token, `a` attempt, `c` created_at, `e` expires_at, `o` outcome (once done);
+//! - the scope's expiry index (`x`, every record by `expires_at`) and completed index (`c`, done
+//!   records by `expires_at`) are kept in step with the hashes, for purge and stats.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Integer comparison of canonical decimal strings (what Rust's `to_string` writes).
+const COMPARE: &str = r#"
+local function ult(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
+local function lt(a, b)
+  local an, bn = string.sub(a, 1, 1) == '-', string.sub(b, 1, 1) == '-'
+  if an ~= bn then return an end
+  if an then return ult(string.sub(b, 2), string.sub(a, 2)) end
+  return ult(a, b)
+end
+"#;
+
+/// Claims a batch of one scope, in order.
+///
+/// KEYS: expiry index, completed index, then the record of each request.
+/// ARGV: now, then per request: key, fingerprint (`''` = none), token, lease_until, native TTL
+/// in ms (`''` = none).
+///
+/// Answers 8 values per request. A live record (`expires_at >= now`) is left alone and returned
+/// as `'r', s, f, t, a, c, e, o` for the caller to turn into Duplicate / InProgress / Conflict
+/// by the shared rules; anything else (absent, or expired: lease ran out, retention ended) is
+/// replaced by a fresh in-progress claim and answered `'n', -, -, -, attempt, -, -, -`.
+/// Later requests of the batch see the earlier ones' writes, so a key twice is New then
+/// InProgress.
+const CLAIM: &str = r#"
+local now = ARGV[1]
+local out = {}
+for i = 1, #KEYS - 2 do
+  local rec = KEYS[2 + i]
+  local base = 1 + 5 * (i - 1)
+  local member, fp, token, lease_until, ttl =
+    ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
+  local h = redis.call('HMGET', rec, 's', 'f', 't', 'a', 'c', 'e')
+  if h[1] and h[6] and not lt(h[6], now) then
+    local o = false
+    if h[1] == 'd' then o = redis.call('HGET', rec, 'o') end
+    for _, v in ipairs({'r', h[1], h[2], h[3], h[4], h[5], h[6]}) do out[#out + 1] = v end
+    out[#out + 1] = o
+  else
+    local attempt = 1
+    if h[1] then attempt = math.min((tonumber(h[4]) or 0) + 1, 4294967295) end
+    attempt = string.format('%d', attempt)
+    redis.call('DEL', rec)
+    if fp == '' then
+      redis.call('HSET', rec, 's', 'p', 't', token, 'a', attempt, 'c', now, 'e', lease_until)
+    else
+      redis.call('HSET', rec, 's', 'p', 'f', fp, 't', token, 'a', attempt, 'c', now, 'e', lease_until)
+    end
+    if ttl ~= '' then redis.call('PEXPIRE', rec, ttl) end
+    redis.call('ZADD', KEYS[1], lease_until, member)
+    redis.call('ZREM', KEYS[2], member)
+    for _, v in ipairs({'n', false, false, false, attempt, false, false, false}) do
+      out[#out + 1] = v
+    end
+  end
+end
+return out
+"#;
+
+/// Completes a held claim: `check_holder`'s rule, then the write.
+///
+/// KEYS: record, expiry index, completed index. ARGV: token, outcome, expires_at, key, native
+/// TTL in ms (`''` = none). Answers `ok`, or why the claim is not held: `missing`, `taken`
+/// (another token), `done` (already completed).
+const COMPLETE: &str = r#"
+local h = redis.call('HMGET', KEYS[1], 's', 't')
+if not h[1] then return 'missing' end
+if h[2] ~= ARGV[1] then return 'taken' end
+if h[1] == 'd' then return 'done' end
+redis.call('HSET', KEYS[1], 's', 'd', 'o', ARGV[2], 'e', ARGV[3])
+if ARGV[5] == '' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 'ok'
+"#;
+
+/// Releases a held claim: the record goes, so the next delivery is New.
+///
+/// KEYS: record, expiry index, completed index. ARGV: token, key. Answers like [`COMPLETE`].
+const RELEASE: &str = r#"
+local h = redis.call('HMGET', KEYS[1], 's', 't')
+if not h[1] then return 'missing' end
+if h[2] ~= ARGV[1] then return 'taken' end
+if h[1] == 'd' then return 'done' end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 'ok'
+"#;
+
+/// Removes up to ARGV[2] records of one scope whose expires_at < ARGV[1], oldest first.
+///
+/// KEYS: expiry index, completed index. ARGV: expired_before, batch size, the scope's record
+/// key prefix (record keys are that prefix + key; they carry the same hash tag, so the script
+/// stays in its slot). Answers `{removed, looked_at}`. An index entry whose hash is already gone
+/// (the native-expiry backstop took it) is removed and counted: stats counted it as a record.
+const PURGE: &str = r#"
+local before = ARGV[1]
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. before, 'LIMIT', 0, ARGV[2])
+local removed = 0
+for _, m in ipairs(members) do
+  local rec = ARGV[3] .. m
+  local e = redis.call('HGET', rec, 'e')
+  -- The score is a double; the stored digits decide.
+  if not e or lt(e, before) then
+    redis.call('DEL', rec)
+    redis.call('ZREM', KEYS[1], m)
+    redis.call('ZREM', KEYS[2], m)
+    removed = removed + 1
+  end
+end
+return {removed, #members}
+"#;
+
+/// One scope's counts at ARGV[1] (now), from the indexes, in one consistent snapshot.
+///
+/// KEYS: expiry index, completed index. Answers `{records, live, live_completed}`.
+const STATS: &str = r#"
+return {
+  redis.call('ZCARD', KEYS[1]),
+  redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf'),
+  redis.call('ZCOUNT', KEYS[2], ARGV[1], '+inf'),
+}
+"#;
+
+/// The version guard: stores ARGV[1] if greater than the stored version (`decide_version`).
+///
+/// KEYS: the entity's version key. Answers `{applied (0/1), previous or nil}`.
+const VERSION: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current and not ult(current, ARGV[1]) then return {0, current} end
+redis.call('SET', KEYS[1], ARGV[1])
+return {1, current}
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{COMPARE}{body}"))
+}
+
+pub(crate) static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CLAIM));
+pub(crate) static COMPLETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(COMPLETE));
+pub(crate) static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RELEASE));
+pub(crate) static PURGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PURGE));
+pub(crate) static STATS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(STATS));
+pub(crate) static VERSION_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(VERSION));

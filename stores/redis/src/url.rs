@@ -1,0 +1,241 @@
+//! Store URLs: which server(s), and oncely's own query parameters.
+
+use std::time::Duration;
+
+use oncely_core::Error;
+
+/// The key prefix used when the URL names none.
+pub const DEFAULT_PREFIX: &str = "oncely";
+
+/// The native-expiry grace used when the URL names none (see the crate docs, "Expiry").
+pub const DEFAULT_TTL_GRACE: Duration = Duration::from_secs(3600);
+
+/// Where to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// One server: a URL the redis crate understands (`redis://`, `redis+unix://`, `unix://`).
+    Single(String),
+    /// A Redis Cluster: one `redis://` URL per seed node.
+    Cluster(Vec<String>),
+}
+
+/// A parsed store URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Options {
+    pub target: Target,
+    /// Goes in front of every key (`prefix=`), so several applications share one Redis.
+    pub prefix: String,
+    /// Native expiry backstop: `None` when `ttl_grace=off`.
+    pub ttl_grace: Option<Duration>,
+    /// The URL with any password replaced, for messages.
+    pub shown: String,
+}
+
+const ACCEPTED: &str = "expected redis://[user:password@]host[:port][/db], \
+     redis+cluster://[user:password@]host:port,host:port,..., redis+unix:///path or unix:///path, \
+     with optional ?prefix=NAME&ttl_grace=SECONDS|off";
+
+/// Parses a store URL. See the crate docs for the forms.
+pub(crate) fn parse(url: &str) -> Result<Options, Error> {
+    let shown = redact(url);
+    let invalid = |reason: String| Error::InvalidUrl {
+        url: shown.clone(),
+        reason,
+    };
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut prefix = DEFAULT_PREFIX.to_owned();
+    let mut ttl_grace = Some(DEFAULT_TTL_GRACE);
+    // Parameters that are not ours are the redis crate's own (`protocol=resp3`, ...).
+    let mut passed = Vec::new();
+    for pair in query.into_iter().flat_map(|q| q.split('&')) {
+        match pair.split_once('=') {
+            Some(("prefix", value)) => {
+                if value.is_empty() || value.contains(['{', '}']) {
+                    return Err(invalid(format!(
+                        "prefix `{value}` must be non-empty and contain no `{{` or `}}` \
+                         (braces would change which cluster slot a key lands in)"
+                    )));
+                }
+                prefix = value.to_owned();
+            }
+            Some(("ttl_grace", "off")) => ttl_grace = None,
+            Some(("ttl_grace", value)) => match value.parse::<u64>() {
+                Ok(secs) if secs > 0 => ttl_grace = Some(Duration::from_secs(secs)),
+                _ => {
+                    return Err(invalid(format!(
+                        "ttl_grace must be a whole number of seconds (at least 1) or `off`, \
+                         not `{value}`"
+                    )));
+                }
+            },
+            Some(("cluster", _)) => {
+                return Err(invalid(
+                    "for a Redis Cluster use redis+cluster://host:port,host:port,...".to_owned(),
+                ));
+            }
+            _ if pair.is_empty() => {}
+            _ => passed.push(pair),
+        }
+    }
+    let passed = if passed.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", passed.join("&"))
+    };
+    let Some((scheme, rest)) = base.split_once("://") else {
+        return Err(invalid(ACCEPTED.to_owned()));
+    };
+    let target = match scheme {
+        "redis" | "redis+unix" | "unix" => Target::Single(format!("{base}{passed}")),
+        "redis+cluster" => Target::Cluster(cluster_nodes(rest, &passed).map_err(invalid)?),
+        "rediss" | "rediss+cluster" => {
+            return Err(invalid(
+                "TLS (rediss://) is not built into oncely-redis; reach Redis over a \
+                 TLS-terminating proxy such as stunnel, or over a private network with redis://"
+                    .to_owned(),
+            ));
+        }
+        _ => return Err(invalid(ACCEPTED.to_owned())),
+    };
+    Ok(Options {
+        target,
+        prefix,
+        ttl_grace,
+        shown,
+    })
+}
+
+/// `[userinfo@]h1:p1,h2:p2[/0]` -> one `redis://` URL per node.
+fn cluster_nodes(rest: &str, passed: &str) -> Result<Vec<String>, String> {
+    let (authority, path) = match rest.find('/') {
+        // A slash inside the userinfo (a password) is not the path: look after the '@'.
+        Some(_) => {
+            let after_at = rest.rfind('@').map_or(0, |at| at + 1);
+            match rest[after_at..].find('/') {
+                Some(slash) => rest.split_at(after_at + slash),
+                None => (rest, ""),
+            }
+        }
+        None => (rest, ""),
+    };
+    if !matches!(path, "" | "/" | "/0") {
+        return Err(format!(
+            "a Redis Cluster has only database 0, not `{}`",
+            &path[1..]
+        ));
+    }
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(|host| {
+            if host.is_empty() {
+                return Err("empty node in the host list".to_owned());
+            }
+            let host = if host.contains(':') {
+                host.to_owned()
+            } else {
+                format!("{host}:6379")
+            };
+            Ok(format!("redis://{userinfo}{host}{passed}"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(nodes)
+}
+
+/// The URL with any password replaced, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_node_url_keeps_database_and_foreign_parameters() {
+        let opts = parse("redis://127.0.0.1:6379/2?prefix=app&protocol=resp3").unwrap();
+        assert_eq!(
+            opts.target,
+            Target::Single("redis://127.0.0.1:6379/2?protocol=resp3".to_owned())
+        );
+        assert_eq!(opts.prefix, "app");
+        assert_eq!(opts.ttl_grace, Some(DEFAULT_TTL_GRACE));
+    }
+
+    #[test]
+    fn defaults_apply_without_parameters() {
+        let opts = parse("redis://localhost").unwrap();
+        assert_eq!(opts.target, Target::Single("redis://localhost".to_owned()));
+        assert_eq!(opts.prefix, DEFAULT_PREFIX);
+    }
+
+    #[test]
+    fn cluster_url_lists_every_node_with_credentials() {
+        let opts = parse("redis+cluster://:pw@h1:7000,h2,h3:7002/?prefix=p&ttl_grace=off").unwrap();
+        assert_eq!(
+            opts.target,
+            Target::Cluster(vec![
+                "redis://:pw@h1:7000".to_owned(),
+                "redis://:pw@h2:6379".to_owned(),
+                "redis://:pw@h3:7002".to_owned(),
+            ])
+        );
+        assert_eq!(opts.ttl_grace, None);
+        assert_eq!(
+            opts.shown,
+            "redis+cluster://:***@h1:7000,h2,h3:7002/?prefix=p&ttl_grace=off"
+        );
+    }
+
+    #[test]
+    fn unusable_urls_say_what_is_accepted() {
+        for (url, says) in [
+            ("redis+cluster://h1:1,h2:2/3", "only database 0"),
+            ("redis+cluster://h1:1,,h2:2", "empty node"),
+            ("rediss://h:6380", "TLS"),
+            ("redis://h?cluster=true", "redis+cluster://"),
+            ("redis://h?prefix=a{b}", "prefix"),
+            ("redis://h?prefix=", "prefix"),
+            ("redis://h?ttl_grace=0", "ttl_grace"),
+            ("redis://h?ttl_grace=soon", "ttl_grace"),
+            ("memcached://h", "expected redis://"),
+            ("localhost:6379", "expected redis://"),
+        ] {
+            match parse(url) {
+                Err(Error::InvalidUrl { reason, .. }) => {
+                    assert!(reason.contains(says), "{url}: {reason}")
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("redis://app:s3cret@db:6379/0"),
+            "redis://app:***@db:6379/0"
+        );
+        assert_eq!(redact("redis://:s3cret@db"), "redis://:***@db");
+        assert_eq!(redact("redis://db:6379"), "redis://db:6379");
+        match parse("rediss://app:s3cret@db") {
+            Err(e) => assert!(!e.to_string().contains("s3cret"), "{e}"),
+            Ok(_) => panic!("rediss accepted"),
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! What the shared suite cannot see from outside the trait: native expiry, number limits that
+//! Lua's doubles would get wrong, script reloading, prefixes, databases and connection errors.
+//! Against the Redis server on loopback (`ONCELY_TEST_REDIS` overrides).
+
+mod support;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use oncely_core::{
+    ClaimOutcome, ClaimRequest, Error, Key, LostReason, Scope, Store, Timestamp, VersionCheck,
+};
+use oncely_redis::{DEFAULT_TTL_GRACE, RedisStore};
+
+async fn open(url: &str) -> RedisStore {
+    RedisStore::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A direct connection, to look at what the store wrote.
+async fn raw() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(support::server().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("Redis at {}: {e}", support::server()))
+}
+
+fn request(scope: &str, key: &str, lease: Duration) -> ClaimRequest {
+    ClaimRequest::new(
+        Scope::new(scope).unwrap(),
+        Key::new(key).unwrap(),
+        None,
+        lease,
+    )
+}
+
+fn record_key(prefix: &str, scope: &str, key: &str) -> String {
+    format!("{prefix}:{{{scope}}}:r:{key}")
+}
+
+async fn pttl(key: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut raw().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn unreachable_server_is_unavailable_with_a_hint_and_no_password() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The listener is dropped: nothing listens on the port any more.
+    let err = RedisStore::connect(&format!("redis://app:s3cret@127.0.0.1:{port}/0"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(
+        text.contains("(is Redis running? see README \"Stores\")"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("s3cret") && text.contains("app:***@"),
+        "{text}"
+    );
+
+    let err = RedisStore::connect(&format!("redis+cluster://127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("is Redis running?"), "{err}");
+}
+
+#[tokio::test]
+async fn native_expiry_is_relative_to_the_callers_clock_plus_grace() {
+    let prefix = support::fresh_prefix();
+    let store = open(&support::with_param(
+        &support::server(),
+        &format!("prefix={prefix}"),
+    ))
+    .await;
+    let grace = DEFAULT_TTL_GRACE.as_millis() as i64;
+    // A caller whose clock is decades off Redis's: the TTL depends only on the lease.
+    let now = Timestamp::from_millis(1_000);
+    let req = request("s", "k", Duration::from_secs(30));
+    let claim = store.claim(&req, now).await.unwrap().into_new().unwrap();
+    let ttl = pttl(&record_key(&prefix, "s", "k")).await;
+    assert!(
+        (30_000 + grace - 5_000..=30_000 + grace).contains(&ttl),
+        "{ttl}"
+    );
+    // Completed with a week's retention: the TTL covers it from the claim on, plus the grace.
+    let week = 7 * 24 * 3600 * 1000;
+    store
+        .complete(&claim, b"ok", Timestamp::from_millis(1_000 + week))
+        .await
+        .unwrap();
+    let ttl = pttl(&record_key(&prefix, "s", "k")).await;
+    assert!(
+        (week + grace - 5_000..=week + grace).contains(&ttl),
+        "{ttl}"
+    );
+
+    // With the backstop off, records carry no TTL at all.
+    let prefix = support::fresh_prefix();
+    let store = open(&support::with_param(
+        &support::server(),
+        &format!("prefix={prefix}&ttl_grace=off"),
+    ))
+    .await;
+    let claim = store.claim(&req, now).await.unwrap().into_new().unwrap();
+    assert_eq!(pttl(&record_key(&prefix, "s", "k")).await, -1);
+    store
+        .complete(&claim, b"ok", Timestamp::from_millis(2_000))
+        .await
+        .unwrap();
+    assert_eq!(pttl(&record_key(&prefix, "s", "k")).await, -1);
+}
+
+#[tokio::test]
+async fn tokens_timestamps_and_versions_at_their_limits_are_exact() {
+    let store = open(&support::fresh_url()).await;
+    // Lua numbers are doubles: u64::MAX and u64::MAX - 1 are one double, yet two tokens.
+    let mut req = request("s", "max", Duration::from_secs(30));
+    req.token = u64::MAX;
+    let now = Timestamp::from_millis(i64::MAX - 10);
+    let mut claim = store.claim(&req, now).await.unwrap().into_new().unwrap();
+    let rec = store
+        .get(&req.scope, &req.key)
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(
+        (rec.token, rec.expires_at),
+        (u64::MAX, Timestamp::from_millis(i64::MAX))
+    );
+    assert!(matches!(
+        store
+            .claim(&req, Timestamp::from_millis(i64::MAX))
+            .await
+            .unwrap(),
+        ClaimOutcome::InProgress { .. }
+    ));
+    claim.token = u64::MAX - 1;
+    match store.complete(&claim, b"x", now).await {
+        Err(Error::ClaimLost { reason, .. }) => assert_eq!(reason, LostReason::TakenOver),
+        other => panic!("expected TakenOver, got {other:?}"),
+    }
+    claim.token = u64::MAX;
+    store
+        .complete(&claim, b"x", Timestamp::from_millis(i64::MAX))
+        .await
+        .unwrap();
+
+    // Times before 1970 compare right too: live through the deadline, taken over after it.
+    let req = request("s", "past", Duration::from_secs(5));
+    store
+        .claim(&req, Timestamp::from_millis(-10_000))
+        .await
+        .unwrap()
+        .into_new()
+        .unwrap();
+    assert_eq!(
+        store
+            .claim(&req, Timestamp::from_millis(-5_000))
+            .await
+            .unwrap(),
+        ClaimOutcome::InProgress {
+            retry_after: Duration::from_millis(1)
+        }
+    );
+    let again = store
+        .claim(&req, Timestamp::from_millis(-4_999))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, ClaimOutcome::New(c) if c.attempt == 2),
+        "{again:?}"
+    );
+
+    // 2^53 + 1 and 2^53 are one double, yet two versions.
+    let (scope, entity) = (Scope::default(), Key::new("e").unwrap());
+    let big = (1u64 << 53) + 1;
+    assert_eq!(
+        store.apply_if_newer(&scope, &entity, big).await.unwrap(),
+        VersionCheck::Applied { previous: None }
+    );
+    assert_eq!(
+        store
+            .apply_if_newer(&scope, &entity, big - 1)
+            .await
+            .unwrap(),
+        VersionCheck::Stale { current: big }
+    );
+    assert_eq!(
+        store
+            .apply_if_newer(&scope, &entity, u64::MAX)
+            .await
+            .unwrap(),
+        VersionCheck::Applied {
+            previous: Some(big)
+        }
+    );
+    assert_eq!(
+        store
+            .apply_if_newer(&scope, &entity, u64::MAX - 1)
+            .await
+            .unwrap(),
+        VersionCheck::Stale { current: u64::MAX }
+    );
+}
+
+#[tokio::test]
+async fn scripts_are_loaded_again_after_a_script_flush() {
+    let store = open(&support::fresh_url()).await;
+    let now = Timestamp::from_millis(1_000);
+    store
+        .claim(&request("s", "a", Duration::from_secs(1)), now)
+        .await
+        .unwrap();
+    // Only scripts go: other runs' records are untouched, and they reload theirs the same way.
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut raw().await)
+        .await
+        .unwrap();
+    let outcome = store
+        .claim(&request("s", "b", Duration::from_secs(1)), now)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, ClaimOutcome::New(_)), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn prefixes_keep_stores_apart() {
+    let (a, b) = (
+        open(&support::fresh_url()).await,
+        open(&support::fresh_url()).await,
+    );
+    let now = Timestamp::from_millis(1_000);
+    let req = request("s", "k", Duration::from_secs(30));
+    assert!(matches!(
+        a.claim(&req, now).await.unwrap(),
+        ClaimOutcome::New(_)
+    ));
+    assert!(matches!(
+        b.claim(&req, now).await.unwrap(),
+        ClaimOutcome::New(_)
+    ));
+    assert_eq!(b.stats(now).await.unwrap().records, 1);
+}
+
+#[tokio::test]
+async fn purge_walks_a_large_backlog_in_small_batches() {
+    let store = open(&support::fresh_url()).await;
+    let now = Timestamp::from_millis(1_000_000);
+    let requests: Vec<ClaimRequest> = (0..300)
+        .map(|i| request("s", &format!("k{i}"), Duration::from_secs(1)))
+        .chain((0..5).map(|i| request("t", &format!("k{i}"), Duration::from_secs(1))))
+        .collect();
+    store.claim_many(&requests, now).await.unwrap();
+    let later = Timestamp::from_millis(1_000_000 + 10_000);
+    assert_eq!(store.purge(later, 200).await.unwrap(), 200);
+    assert_eq!(store.purge(later, 1_000).await.unwrap(), 105);
+    assert_eq!(store.stats(later).await.unwrap().records, 0);
+}
+
+#[tokio::test]
+async fn a_database_number_selects_the_database() {
+    let prefix = support::fresh_prefix();
+    let url = with_database(&support::server(), 3, &format!("prefix={prefix}"));
+    let store = open(&url).await;
+    store
+        .claim(
+            &request("s", "k", Duration::from_secs(30)),
+            Timestamp::from_millis(1),
+        )
+        .await
+        .unwrap();
+    let mut conn = raw().await;
+    let key = record_key(&prefix, "s", "k");
+    let in_default_db: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    redis::cmd("SELECT")
+        .arg(3)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let in_db3: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // This run's keys in database 3 go now: the sweep of old runs looks at database 0 only.
+    let (_, mine): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg(format!("{prefix}*"))
+        .arg("COUNT")
+        .arg(100_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!mine.is_empty());
+    redis::cmd("UNLINK")
+        .arg(&mine)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert!(!in_default_db && in_db3);
+}
+
+/// `url` naming database `db`, with `param` in its query (replacing any database it named).
+fn with_database(url: &str, db: u32, param: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    let query = if query.is_empty() {
+        param.to_owned()
+    } else {
+        format!("{query}&{param}")
+    };
+    format!("{base}/{db}?{query}")
+}
+
+#[tokio::test]
+async fn a_server_restart_is_reported_as_unavailable_then_the_store_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_ports(1)[0];
+    let node = support::Node::start(dir.path(), port, &[]);
+    let store = open(&format!("redis://127.0.0.1:{port}")).await;
+    let now = Timestamp::from_millis(1_000);
+    let req = |key: &str| request("s", key, Duration::from_secs(30));
+    assert!(matches!(
+        store.claim(&req("before"), now).await.unwrap(),
+        ClaimOutcome::New(_)
+    ));
+
+    drop(node);
+    match store.claim(&req("while-down"), now).await {
+        Err(Error::Unavailable { .. }) => {}
+        other => panic!("expected Unavailable while the server is down, got {other:?}"),
+    }
+
+    // Back (empty: no persistence here). The store reconnects by itself within a few tries.
+    let _node = support::Node::start(dir.path(), port, &[]);
+    let mut last = None;
+    for _ in 0..50 {
+        match store.claim(&req("after"), now).await {
+            Ok(outcome) => {
+                assert!(matches!(outcome, ClaimOutcome::New(_)), "{outcome:?}");
+                return;
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the store did not reconnect within 5 s: {last:?}");
+}
