@@ -603,6 +603,20 @@ fn two_processes_on_one_mysql_store_pass_each_key_once_between_them() {
     two_processes_pass_each_key_once(&mysql_url("two_processes"));
 }
 
+#[test]
+fn two_processes_on_one_redis_store_pass_each_key_once_between_them() {
+    // A prefix of its own, in the form the Redis store's test harness cleans up after 2 h.
+    let prefix = format!(
+        "oncelytest-{}-{}-cli",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+        std::process::id(),
+    );
+    two_processes_pass_each_key_once(&format!("redis://127.0.0.1:6379/?prefix={prefix}"));
+}
+
 /// A MySQL store URL on a fresh database of its own, on the server on loopback.
 fn mysql_url(name: &str) -> String {
     let server = "mysql://root@127.0.0.1:3306";

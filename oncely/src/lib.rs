@@ -17,6 +17,7 @@
 //! | `sqlite:PATH` (`sqlite:oncely.db`), `sqlite://PATH` | embedded, durable, the default | `oncely-sqlite` |
 //! | `postgres://USER@HOST/DB` (`postgresql://` too) | shared by many instances | `oncely-postgres` |
 //! | `mysql://USER@HOST/DB` (`mariadb://` too) | shared by many instances | `oncely-mysql` |
+//! | `redis://HOST[:PORT][/DB]`, `redis+cluster://H1:P1,H2:P2` | shared, in memory | `oncely-redis` |
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely::Result<()> {
@@ -51,6 +52,9 @@ pub use oncely_mysql as mysql;
 /// The PostgreSQL store and its transactional inbox.
 #[cfg(feature = "postgres")]
 pub use oncely_postgres as postgres;
+/// The Redis store (single server or Redis Cluster).
+#[cfg(feature = "redis")]
+pub use oncely_redis as redis;
 /// The SQLite store and its transactional inbox.
 #[cfg(feature = "sqlite")]
 pub use oncely_sqlite as sqlite;
@@ -70,6 +74,8 @@ const KNOWN_SCHEMES: &[&str] = &[
     "mariadb",
     "redis",
     "rediss",
+    "redis+cluster",
+    "redis+unix",
 ];
 
 /// The store used when none is given: `sqlite:oncely.db` in the working directory.
@@ -107,6 +113,10 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
         )),
         #[cfg(feature = "mysql")]
         "mysql" | "mariadb" => Ok(Arc::new(oncely_mysql::MySqlStore::connect(url).await?)),
+        #[cfg(feature = "redis")]
+        "redis" | "redis+cluster" | "redis+unix" | "rediss" | "rediss+cluster" => {
+            Ok(Arc::new(oncely_redis::RedisStore::connect(url).await?))
+        }
         // Known stores this build leaves out: a disabled feature, or one not written yet.
         known if KNOWN_SCHEMES.contains(&known) => Err(invalid(
             url,
@@ -136,6 +146,10 @@ fn supported() -> String {
     if cfg!(feature = "mysql") {
         schemes.push("mysql://...");
     }
+    if cfg!(feature = "redis") {
+        schemes.push("redis://...");
+        schemes.push("redis+cluster://...");
+    }
     format!("supported: {}", schemes.join(", "))
 }
 
@@ -162,7 +176,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_and_future_schemes_are_clear_errors() {
-        for url in ["ftp://x", "nourl", "redis://localhost/0"] {
+        for url in ["ftp://x", "nourl", "cassandra://localhost/0"] {
             let err = connect(url).await.unwrap_err();
             assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err}");
             assert!(err.to_string().contains("supported:"), "{err}");

@@ -148,19 +148,7 @@ fn cluster_nodes(rest: &str, passed: &str) -> Result<Vec<String>, String> {
     Ok(nodes)
 }
 
-/// The URL with any password replaced, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
+pub(crate) use oncely_core::url::redact_password as redact;
 
 #[cfg(test)]
 mod tests {
