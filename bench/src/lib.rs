@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use oncely::{ClaimOutcome, Key, Oncely, Scope};
 
 pub mod baseline;
+pub mod purge;
 mod workload;
 
 pub use workload::Workload;
@@ -371,7 +372,7 @@ pub fn format_table(results: &[RunResult]) -> String {
     out
 }
 
-fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     if d < Duration::from_micros(10) {
         format!("{}ns", d.as_nanos())
     } else if d < Duration::from_millis(10) {

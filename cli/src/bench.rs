@@ -44,6 +44,19 @@ pub struct BenchArgs {
     /// Seed of the generated workload.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+
+    /// Instead: fill the (empty) --store with N expired records and measure claim latency while
+    /// they are purged, against claims alone. Runs on the --store given.
+    #[arg(long, value_name = "N")]
+    purge: Option<usize>,
+
+    /// With --purge: concurrent claimants.
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "purge")]
+    claimers: usize,
+
+    /// With --purge: records per purge batch.
+    #[arg(long, value_name = "N", default_value_t = 10_000, requires = "purge")]
+    purge_batch: usize,
 }
 
 /// Runs the benchmark for the store kind of `store_url` and prints the table.
@@ -52,6 +65,16 @@ pub fn run(
     args: BenchArgs,
     out: &mut impl Write,
 ) -> Result<std::process::ExitCode> {
+    if let Some(records) = args.purge {
+        let config = oncely_bench::purge::PurgeConfig {
+            records,
+            claimers: args.claimers.max(1),
+            phase: crate::bench_purge::DEFAULT_PHASE,
+            batch: args.purge_batch.max(1),
+            seed: args.seed,
+        };
+        return crate::bench_purge::run(store_url, config, &Bar::new(), out);
+    }
     let Some(store) = store_kind(store_url) else {
         bail!("oncely bench measures memory: and sqlite: stores; `{store_url}` is neither");
     };

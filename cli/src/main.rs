@@ -4,6 +4,7 @@
 //! stderr and a non-zero exit. The commands live in their own modules.
 
 mod bench;
+mod bench_purge;
 mod dedup;
 mod duration;
 mod input;
