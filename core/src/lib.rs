@@ -70,7 +70,8 @@ pub use oncely::{
     RunError, RunOutcome,
 };
 pub use record::{
-    Claim, ClaimOutcome, ClaimRequest, Record, RecordState, StoreStats, VersionCheck, new_token,
+    Claim, ClaimOutcome, ClaimRequest, Record, RecordRow, RecordState, StoreStats, VersionCheck,
+    new_token,
 };
 pub use store::Store;
 pub use strategy::{CompositeKey, ExtractError, KeySpecError, payload_hash_key};

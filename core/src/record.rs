@@ -37,6 +37,62 @@ pub struct Record {
     pub expires_at: Timestamp,
 }
 
+/// A record as the SQL stores keep it: one column each, in types every SQL database has.
+/// Decoding it ([`RecordRow::into_record`]) is the same for all of them.
+#[derive(Clone, Debug, Default)]
+pub struct RecordRow {
+    /// The scope's UTF-8 bytes.
+    pub scope: Vec<u8>,
+    /// The key's UTF-8 bytes.
+    pub key: Vec<u8>,
+    /// Completed, or in progress.
+    pub completed: bool,
+    /// The fencing token, its u64 bits.
+    pub token: i64,
+    /// The attempt.
+    pub attempt: i32,
+    /// 32 bytes, or none.
+    pub fingerprint: Option<Vec<u8>>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// Milliseconds since the Unix epoch.
+    pub expires_at: i64,
+    /// The stored outcome of a completed record.
+    pub outcome: Option<Vec<u8>>,
+}
+
+impl RecordRow {
+    /// The record; the error says what was wrong with the row.
+    pub fn into_record(self) -> Result<Record, String> {
+        let text = |bytes: Vec<u8>, column: &str| {
+            String::from_utf8(bytes).map_err(|_| format!("{column} is not UTF-8"))
+        };
+        let fingerprint = match self.fingerprint {
+            None => None,
+            Some(bytes) => Some(
+                Fingerprint::from_slice(&bytes)
+                    .ok_or_else(|| format!("fingerprint is {} bytes, expected 32", bytes.len()))?,
+            ),
+        };
+        Ok(Record {
+            scope: Scope::new(text(self.scope, "scope")?).map_err(|e| e.to_string())?,
+            key: Key::new(text(self.key, "key")?).map_err(|e| e.to_string())?,
+            state: if self.completed {
+                RecordState::Completed {
+                    outcome: self.outcome.unwrap_or_default(),
+                }
+            } else {
+                RecordState::InProgress
+            },
+            fingerprint,
+            token: self.token as u64,
+            attempt: self.attempt as u32,
+            created_at: Timestamp::from_millis(self.created_at),
+            expires_at: Timestamp::from_millis(self.expires_at),
+        })
+    }
+}
+
 impl Record {
     /// Whether the record no longer counts at `now`: its lease or retention ended before `now`.
     /// A record is live through its `expires_at` millisecond inclusive.

@@ -47,8 +47,8 @@ use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction};
 use oncely_core::lifecycle::{claim_lost, decide_version};
 use oncely_core::url::{flag_param, redact_password};
 use oncely_core::{
-    Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, Key, Record, RecordState, Result, Scope,
-    Store, StoreStats, Timestamp, VersionCheck, async_trait,
+    Claim, ClaimOutcome, ClaimRequest, Error, Key, Record, RecordRow, Result, Scope, Store,
+    StoreStats, Timestamp, VersionCheck, async_trait,
 };
 use sqlx::mysql::{
     MySql, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlPoolOptions,
@@ -283,41 +283,19 @@ fn statements(sql: &str) -> Vec<String> {
 
 /// Decodes a whole-record row; the error is what was wrong with it.
 pub(crate) fn record_from_row(row: &MySqlRow) -> std::result::Result<Record, String> {
-    let get_err = |e: sqlx::Error| e.to_string();
-    let text = |column: &str| -> std::result::Result<String, String> {
-        let bytes: Vec<u8> = row.try_get(column).map_err(get_err)?;
-        String::from_utf8(bytes).map_err(|_| format!("{column} is not UTF-8"))
-    };
-    let fingerprint: Option<Vec<u8>> = row.try_get("fingerprint").map_err(get_err)?;
-    let fingerprint = match fingerprint {
-        None => None,
-        Some(bytes) => Some(
-            Fingerprint::from_slice(&bytes)
-                .ok_or_else(|| format!("fingerprint is {} bytes, expected 32", bytes.len()))?,
-        ),
-    };
-    let completed: bool = row.try_get("completed").map_err(get_err)?;
-    let outcome: Option<Vec<u8>> = row.try_get("outcome").map_err(get_err)?;
-    let token: i64 = row.try_get("token").map_err(get_err)?;
-    let attempt: i32 = row.try_get("attempt").map_err(get_err)?;
-    let created_at: i64 = row.try_get("created_at").map_err(get_err)?;
-    let expires_at: i64 = row.try_get("expires_at").map_err(get_err)?;
-    Ok(Record {
-        scope: Scope::new(text("scope")?).map_err(|e| e.to_string())?,
-        key: Key::new(text("key")?).map_err(|e| e.to_string())?,
-        state: if completed {
-            RecordState::Completed {
-                outcome: outcome.unwrap_or_default(),
-            }
-        } else {
-            RecordState::InProgress
-        },
-        fingerprint,
-        token: token as u64,
-        attempt: attempt as u32,
-        created_at: Timestamp::from_millis(created_at),
-        expires_at: Timestamp::from_millis(expires_at),
-    })
+    let get = |e: sqlx::Error| e.to_string();
+    RecordRow {
+        scope: row.try_get("scope").map_err(get)?,
+        key: row.try_get("key").map_err(get)?,
+        completed: row.try_get("completed").map_err(get)?,
+        token: row.try_get("token").map_err(get)?,
+        attempt: row.try_get("attempt").map_err(get)?,
+        fingerprint: row.try_get("fingerprint").map_err(get)?,
+        created_at: row.try_get("created_at").map_err(get)?,
+        expires_at: row.try_get("expires_at").map_err(get)?,
+        outcome: row.try_get("outcome").map_err(get)?,
+    }
+    .into_record()
 }
 
 /// `n` placeholder groups like `(?, ?)`, comma-separated.
