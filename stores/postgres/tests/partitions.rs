@@ -322,3 +322,100 @@ async fn the_shipped_partitioned_sql_applied_by_hand_is_what_the_store_expects()
     ));
     assert_ne!(home(&pool, "k").await, ["oncely_records_default"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn purges_racing_claims_and_completes_lose_no_live_record_and_never_duplicate_a_key() {
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+    const WORKERS: usize = 6;
+    const KEYS: usize = 40;
+    let (store, pool, clock) = hourly("race", 2).await;
+    // One clock for everyone, moved forward by the purger; a claim may read it a little late.
+    let now = Arc::new(AtomicI64::new(clock.now().as_millis()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let (store, now, stop) = (store.clone(), now.clone(), stop.clone());
+            tokio::spawn(async move {
+                // (key, token, expires_at) of every complete that succeeded.
+                let mut completed = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let k = format!("k{}", (i * 7 + w as u64) % KEYS as u64);
+                    let at = Timestamp::from_millis(now.load(Ordering::SeqCst));
+                    let req =
+                        ClaimRequest::new(Scope::default(), key(&k), None, Duration::from_secs(30));
+                    if let ClaimOutcome::New(claim) = store.claim(&req, at).await.unwrap() {
+                        if i.is_multiple_of(5) {
+                            // Lost if the clock passed its lease and another took it over.
+                            match store.release(&claim).await {
+                                Ok(()) | Err(Error::ClaimLost { .. }) => {}
+                                Err(e) => panic!("release: {e}"),
+                            }
+                        } else {
+                            // Retentions from 10 minutes to 5 hours: some land in DEFAULT.
+                            let expires =
+                                at.saturating_add(Duration::from_secs(600 * (1 + i % 30)));
+                            match store.complete(&claim, k.as_bytes(), expires).await {
+                                Ok(()) => completed.push((k, claim.token, expires)),
+                                Err(Error::ClaimLost { .. }) => {}
+                                Err(e) => panic!("complete: {e}"),
+                            }
+                        }
+                    }
+                }
+                completed
+            })
+        })
+        .collect();
+    let mut purged = 0;
+    for _ in 0..40 {
+        let at = now.fetch_add(10 * 60 * 1000, Ordering::SeqCst);
+        purged += store
+            .purge(Timestamp::from_millis(at), 1_000_000)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut completed = Vec::new();
+    for w in workers {
+        completed.extend(w.await.unwrap());
+    }
+    let end = Timestamp::from_millis(now.load(Ordering::SeqCst));
+    assert!(purged > 0 && !completed.is_empty(), "the race ran");
+    let twice: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM oncely_records GROUP BY scope, key HAVING count(*) > 1) d",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(twice, 0, "a key stored twice");
+    // The last complete of each key still live at the end is what the store holds.
+    for (k, token, expires) in &completed {
+        if *expires <= end {
+            continue;
+        }
+        let rec = store
+            .get(&Scope::default(), &key(k))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{k}: live record lost"));
+        let latest = completed
+            .iter()
+            .filter(|(k2, ..)| k2 == k)
+            .max_by_key(|(_, _, e)| *e)
+            .unwrap();
+        if rec.token == *token {
+            assert_eq!(rec.expires_at, *expires);
+        } else {
+            assert!(latest.2 >= *expires, "{k}: a live record was replaced");
+        }
+    }
+    // Dropped partitions are gone; the ones ahead exist.
+    let left = partitions(&pool).await;
+    assert!(
+        !left.contains(&"oncely_records_20260101_00".to_owned()),
+        "{left:?}"
+    );
+}
