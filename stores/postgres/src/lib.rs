@@ -154,7 +154,14 @@ impl PostgresStore {
                 .await
                 .map_err(|e| self.err(e))?;
         let current = current.unwrap_or(0);
-        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        // A partitioned schema takes only its own migrations; opening it reports the mismatch.
+        let partitioned = partitions::is_partitioned(&mut tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        for (version, sql) in MIGRATIONS
+            .iter()
+            .filter(|(v, _)| *v > current && !partitioned)
+        {
             sqlx::raw_sql(*sql)
                 .execute(&mut *tx)
                 .await

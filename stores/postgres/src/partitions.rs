@@ -60,6 +60,13 @@
 //! run it shortly after each partition boundary: the records of the current partition that
 //! expired since its start are deleted row by row.
 //!
+//! Measured on this project's test machine (2 cores, shared with other builds; PostgreSQL 15;
+//! `cargo run -p oncely-postgres --example purge_partitions`), 1,000,000 records expired in
+//! one day: the default layout purged them in batches of 10,000 in 33 s; the daily layout, in
+//! one purge call, in 2.1 s (a drop), while claims running beside it waited at most 159 ms (the
+//! table lock held for the count and the drop). Purged in batches of 10,000, too small to drop
+//! the partition, the daily layout took 45 s: row deletes cost more here than in one table.
+//!
 //! # Trade-offs
 //!
 //! - A claim reads the key in every partition (one index probe each), and locks every partition
@@ -521,6 +528,16 @@ pub(crate) async fn migrate(store: &PostgresStore, layout: Partitioning) -> Resu
     .await;
     outcome.map_err(|e| store.err(e))?;
     tx.commit().await.map_err(|e| store.err(e))
+}
+
+/// Whether `oncely_records` is partitioned, in the transaction of a migration.
+pub(crate) async fn is_partitioned(tx: &mut Transaction<'static, Postgres>) -> sqlx::Result<bool> {
+    let kind: Option<String> = sqlx::query_scalar(
+        "SELECT relkind::text FROM pg_class WHERE oid = to_regclass('oncely_records')",
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(kind.as_deref() == Some("p"))
 }
 
 /// Checks that the schema's layout is the one the URL asked for, then, for the partitioned
