@@ -46,8 +46,9 @@
 //!
 //! # Purge
 //!
-//! Each purge call first creates the partitions ahead of its cut-off (one instance at a time, under
-//! an advisory lock), then drops, oldest first, every partition whose upper bound is at or before
+//! Each purge call first creates the partitions ahead of its cut-off and ahead of now by the system
+//! clock (one instance at a time, under an advisory lock; claims pause briefly while a partition
+//! is created, once per partition width), then drops, oldest first, every partition whose upper bound is at or before
 //! the cut-off: under a short `lock_timeout` it locks `oncely_records` (a brief pause for claims,
 //! once per partition), counts the partition's rows and drops it. The rest of the limit goes to
 //! the usual bounded row delete (`FOR UPDATE SKIP LOCKED`), which covers the one partition the
@@ -107,8 +108,10 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
 
 /// The advisory lock every migration takes (see [`PostgresStore::migrate`]).
 const MIGRATE_LOCK: i64 = 7216540419;
-/// The advisory lock partition maintenance takes, so instances create partitions one at a time.
-const MAINTAIN_LOCK: i64 = 7216540420;
+/// The advisory lock partition maintenance takes, so instances create partitions one at a time:
+/// this base plus the OID of the `oncely_records` they share (instances on another schema of the
+/// same database do not wait for them).
+const MAINTAIN_LOCK: i64 = 0x6f6e_6365_0000_0000;
 /// How long a purge or maintenance run waits for its table lock before trying again later.
 const LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '500ms'";
 /// How often a row-delete batch is retried when it races a row moving between partitions.
@@ -311,38 +314,45 @@ impl PostgresStore {
     /// on every purge (from its cut-off); call it yourself to prepare partitions for a clock of
     /// your own. Does nothing in the default layout.
     pub async fn create_partitions(&self, from: Timestamp) -> Result<()> {
-        self.maintain(from.as_millis(), true).await
+        self.maintain(&[from.as_millis()], true).await
     }
 
-    /// Creates missing partitions; `wait: false` skips the run if another instance is at it or
-    /// the table lock is not granted quickly.
-    async fn maintain(&self, from: i64, wait: bool) -> Result<()> {
+    /// Creates the missing partitions from each of `froms` to `ahead` after it; `wait: false`
+    /// skips the run if another instance is at it or the table lock is not granted quickly.
+    async fn maintain(&self, froms: &[i64], wait: bool) -> Result<()> {
         let Some(layout) = self.partitioned else {
             return Ok(());
         };
         let width = layout.granularity.millis();
-        let first = layout.start_of(from);
-        let wanted: Vec<i64> = (0..=i64::from(layout.ahead))
-            .map(|i| first.saturating_add(i * width))
+        let mut wanted: Vec<i64> = froms
+            .iter()
+            .flat_map(|from| {
+                let first = layout.start_of(*from);
+                (0..=i64::from(layout.ahead)).map(move |i| first.saturating_add(i * width))
+            })
             .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
         let mut tx = self.begin().await?;
         let outcome = async {
-            // The advisory lock is the database's, shared by every schema: waiting for it
-            // only means another instance is creating partitions.
             if wait {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(MAINTAIN_LOCK)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "SELECT pg_advisory_xact_lock($1 + 'oncely_records'::regclass::oid::int8)",
+                )
+                .bind(MAINTAIN_LOCK)
+                .execute(&mut *tx)
+                .await?;
                 sqlx::query("SET LOCAL lock_timeout = '10s'")
                     .execute(&mut *tx)
                     .await?;
             } else {
                 sqlx::query(LOCK_TIMEOUT).execute(&mut *tx).await?;
-                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-                    .bind(MAINTAIN_LOCK)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                let got: bool = sqlx::query_scalar(
+                    "SELECT pg_try_advisory_xact_lock($1 + 'oncely_records'::regclass::oid::int8)",
+                )
+                .bind(MAINTAIN_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
                 if !got {
                     return Ok(());
                 }
@@ -594,7 +604,7 @@ pub(crate) async fn check_layout(store: &PostgresStore) -> Result<()> {
             g.as_str(),
             g.as_str()
         ))),
-        (Some(_), Some(Some(_))) => store.maintain(now_millis(), true).await,
+        (Some(_), Some(Some(_))) => store.maintain(&[now_millis()], true).await,
     }
 }
 
@@ -779,7 +789,10 @@ impl PostgresStore {
         if limit == 0 {
             return Ok(0);
         }
-        self.maintain(expired_before.as_millis(), false).await?;
+        // Ahead of the cut-off, and ahead of now by the system clock: a purge with a cut-off far
+        // in the past must still keep partitions ready for the records being written now.
+        self.maintain(&[expired_before.as_millis(), now_millis()], false)
+            .await?;
         let candidates = sqlx::query(AssertSqlSafe(format!(
             "SELECT name, hi FROM ({PARTITIONS}) p WHERE hi IS NOT NULL AND hi <= $1 ORDER BY hi"
         )))

@@ -419,3 +419,27 @@ async fn purges_racing_claims_and_completes_lose_no_live_record_and_never_duplic
         "{left:?}"
     );
 }
+
+#[tokio::test]
+async fn a_purge_with_an_old_cut_off_still_keeps_partitions_ready_ahead_of_now() {
+    let (store, pool, clock) = hourly("ahead_of_now", 2).await;
+    // Those the connect created around the system clock go, as if the instance had run for days.
+    let now: Vec<String> = partitions(&pool)
+        .await
+        .into_iter()
+        .filter(|p| !p.starts_with("oncely_records_20260101"))
+        .collect();
+    assert_eq!(now.len(), 3, "{now:?}");
+    for p in &now {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {p}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    // The suite's clock is months behind the system's: the purge's cut-off is far in the past.
+    store.purge(clock.now(), 100).await.unwrap();
+    let left = partitions(&pool).await;
+    for p in &now {
+        assert!(left.contains(p), "{p} not recreated: {left:?}");
+    }
+}
