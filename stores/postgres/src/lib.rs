@@ -12,6 +12,8 @@
 //!   a claim has locked (`FOR UPDATE SKIP LOCKED`).
 //! - **Versioned migrations**, applied on first use under an advisory lock, or by you from
 //!   `migrations/` (open with `?oncely_migrate=false`).
+//! - **Optional time partitions** (`?oncely_partitions=daily|hourly`), so purge drops whole
+//!   partitions instead of deleting rows: see [`partitions`].
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> oncely_core::Result<()> {
@@ -27,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod inbox;
+pub mod partitions;
 
 /// The sqlx this crate is built on, so your transactions are the inbox's type.
 pub use sqlx;
@@ -54,6 +57,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_re
 pub struct PostgresStore {
     pool: PgPool,
     url: String,
+    partitioned: Option<partitions::Partitioning>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -75,18 +79,31 @@ const LOCK_MANY: &str = "SELECT scope, key, completed, token, attempt, fingerpri
 
 impl PostgresStore {
     /// Connects with a `postgres://` URL and applies the migrations unless the URL carries
-    /// `oncely_migrate=false`. Other query parameters are PostgreSQL's own (`sslmode`, `options`, ...).
+    /// `oncely_migrate=false`, in the layout `oncely_partitions` asks for (see [`partitions`]).
+    /// Other query parameters are PostgreSQL's own (`sslmode`, `options`, ...).
     pub async fn connect(url: &str) -> Result<Self> {
         let (url, migrate) = flag_param(url, "oncely_migrate", true)?;
+        let (url, partitioning) = partitions::Partitioning::from_url(&url)?;
         let options = PgConnectOptions::from_str(&url).map_err(|e| Error::InvalidUrl {
             url: redact_password(&url),
             reason: e.to_string(),
         })?;
-        Self::connect_with(options, &url, migrate).await
+        Self::connect_with_layout(options, &url, migrate, partitioning).await
     }
 
     /// Connects with ready-made options (a test can set `search_path`, for instance).
     pub async fn connect_with(options: PgConnectOptions, url: &str, migrate: bool) -> Result<Self> {
+        Self::connect_with_layout(options, url, migrate, None).await
+    }
+
+    /// Like [`connect_with`](Self::connect_with), in the partitioned layout if `partitioning`
+    /// is given. Opening a schema created in the other layout is an [`Error::InvalidUrl`].
+    pub async fn connect_with_layout(
+        options: PgConnectOptions,
+        url: &str,
+        migrate: bool,
+        partitioning: Option<partitions::Partitioning>,
+    ) -> Result<Self> {
         let shown = redact_password(url);
         let unavailable = |e: sqlx::Error| Error::Unavailable {
             store: shown.clone(),
@@ -104,15 +121,23 @@ impl PostgresStore {
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options);
-        let store = PostgresStore { pool, url: shown };
+        let store = PostgresStore {
+            pool,
+            url: shown,
+            partitioned: partitioning,
+        };
         if migrate {
             store.migrate().await?;
         }
+        partitions::check_layout(&store).await?;
         Ok(store)
     }
 
     /// Applies the migrations this database has not seen yet, one instance at a time.
     pub async fn migrate(&self) -> Result<()> {
+        if let Some(layout) = self.partitioned {
+            return partitions::migrate(self, layout).await;
+        }
         let mut tx = self.begin().await?;
         // Any constant works as long as every oncely instance uses the same one.
         sqlx::query("SELECT pg_advisory_xact_lock(7216540419)")
@@ -129,7 +154,14 @@ impl PostgresStore {
                 .await
                 .map_err(|e| self.err(e))?;
         let current = current.unwrap_or(0);
-        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        // A partitioned schema takes only its own migrations; opening it reports the mismatch.
+        let partitioned = partitions::is_partitioned(&mut tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        for (version, sql) in MIGRATIONS
+            .iter()
+            .filter(|(v, _)| *v > current && !partitioned)
+        {
             sqlx::raw_sql(*sql)
                 .execute(&mut *tx)
                 .await
@@ -318,6 +350,9 @@ impl Store for PostgresStore {
         requests: &[ClaimRequest],
         now: Timestamp,
     ) -> Result<Vec<ClaimOutcome>> {
+        if self.partitioned.is_some() {
+            return self.partitioned_claim_many(requests, now).await;
+        }
         let mut tx = ClaimTx {
             store: self,
             tx: self.begin().await?,
@@ -328,6 +363,9 @@ impl Store for PostgresStore {
     }
 
     async fn complete(&self, claim: &Claim, outcome: &[u8], expires_at: Timestamp) -> Result<()> {
+        if self.partitioned.is_some() {
+            return self.partitioned_complete(claim, outcome, expires_at).await;
+        }
         let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE oncely_records SET completed = true, outcome = $4, expires_at = $5 \
@@ -348,6 +386,9 @@ impl Store for PostgresStore {
     }
 
     async fn release(&self, claim: &Claim) -> Result<()> {
+        if self.partitioned.is_some() {
+            return self.partitioned_release(claim).await;
+        }
         let mut tx = self.begin().await?;
         let done = sqlx::query("DELETE FROM oncely_records WHERE scope = $1 AND key = $2 AND token = $3 AND NOT completed")
             .bind(claim.scope.as_str().as_bytes())
@@ -370,6 +411,9 @@ impl Store for PostgresStore {
     }
 
     async fn purge(&self, expired_before: Timestamp, limit: usize) -> Result<usize> {
+        if self.partitioned.is_some() {
+            return self.partitioned_purge(expired_before, limit).await;
+        }
         let done = sqlx::query(
             "DELETE FROM oncely_records WHERE (scope, key) IN \
              (SELECT scope, key FROM oncely_records WHERE expires_at < $1 \
@@ -384,6 +428,9 @@ impl Store for PostgresStore {
     }
 
     async fn stats(&self, now: Timestamp) -> Result<StoreStats> {
+        if self.partitioned.is_some() {
+            return self.partitioned_stats(now).await;
+        }
         let row = sqlx::query(
             "SELECT count(*) AS records, \
              count(*) FILTER (WHERE NOT completed AND expires_at >= $1) AS in_progress, \
