@@ -13,6 +13,10 @@
 //!   retried.
 //! - **Purge never blocks claims**: it deletes oldest-first in bounded batches, skipping rows a
 //!   claim has locked (`FOR UPDATE SKIP LOCKED`).
+//! - **Group commit**: concurrent single `claim` and `complete` calls share transactions
+//!   ([`oncely_core::GroupCommit`]): up to four claim batches and four complete batches in
+//!   flight over the pool of eight connections. A batch of completes locks its rows in key order,
+//!   decides each item by the rule every store shares and writes them back in one statement.
 //! - **Versioned migrations**, applied on first use under `GET_LOCK`, or by you from
 //!   `migrations/` (open with `?oncely_migrate=false`).
 //! - **Claims inside your transaction**: [`inbox`].
@@ -39,16 +43,17 @@ pub mod inbox;
 /// The sqlx this crate is built on, so your transactions are the inbox's type.
 pub use sqlx;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
 use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction};
-use oncely_core::lifecycle::{claim_lost, decide_version};
+use oncely_core::group::DEFAULT_MAX_BATCH;
+use oncely_core::lifecycle::{check_holder, claim_lost, complete_record, decide_version};
 use oncely_core::url::{flag_param, redact_password};
 use oncely_core::{
-    Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, Key, Record, RecordState, Result, Scope,
-    Store, StoreStats, Timestamp, VersionCheck, async_trait,
+    Claim, ClaimOutcome, ClaimRequest, Completion, Error, Fingerprint, GroupCommit, Key, Record,
+    RecordState, Result, Scope, Store, StoreStats, Timestamp, VersionCheck, async_trait,
 };
 use sqlx::mysql::{
     MySql, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlPoolOptions,
@@ -64,6 +69,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_re
 pub struct MySqlStore {
     pool: MySqlPool,
     url: String,
+    group: GroupCommit,
 }
 
 impl std::fmt::Debug for MySqlStore {
@@ -76,6 +82,11 @@ impl std::fmt::Debug for MySqlStore {
 
 pub(crate) const COLUMNS: &str =
     "scope, `key`, completed, token, attempt, fingerprint, created_at, expires_at, outcome";
+
+/// Connections in the store's pool.
+const POOL_SIZE: u32 = 8;
+/// Claim batches in flight at once, and as many complete batches: together, the pool.
+const GROUP_IN_FLIGHT: usize = POOL_SIZE as usize / 2;
 
 /// ER_LOCK_DEADLOCK: InnoDB chose this transaction as a deadlock victim and rolled it back.
 const DEADLOCK: u16 = 1213;
@@ -121,7 +132,7 @@ impl MySqlStore {
             .await
             .map_err(unavailable)?;
         let pool = MySqlPoolOptions::new()
-            .max_connections(8)
+            .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|conn, _| {
                 Box::pin(async move {
@@ -132,7 +143,12 @@ impl MySqlStore {
                 })
             })
             .connect_lazy_with(options);
-        let store = MySqlStore { pool, url: shown };
+        let group = GroupCommit::new(&shown, GROUP_IN_FLIGHT, DEFAULT_MAX_BATCH);
+        let store = MySqlStore {
+            pool,
+            url: shown,
+            group,
+        };
         if migrate {
             store.migrate().await?;
         }
@@ -236,6 +252,83 @@ impl MySqlStore {
             .await
             .map_err(|e| self.err(e))?;
         row.map(|r| self.record(&r)).transpose()
+    }
+
+    /// One transaction completing `items`: lock every row they name (in key order, so
+    /// concurrent batches cannot deadlock on each other), decide each item in order by the rule
+    /// every store shares, and write the completed rows back in one statement. A driver error
+    /// is answered as itself (the caller retries a deadlock); the inner result is the answer.
+    async fn complete_batch(
+        &self,
+        items: &[Completion],
+    ) -> std::result::Result<Result<Vec<Result<()>>>, sqlx::Error> {
+        let mut ids: Vec<(&Scope, &Key)> = items
+            .iter()
+            .map(|item| (&item.claim.scope, &item.claim.key))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        ids.sort();
+        let mut tx = self.pool.begin().await?;
+        let select = format!(
+            "SELECT {COLUMNS} FROM oncely_records WHERE (scope, `key`) IN ({}) \
+             ORDER BY scope, `key` FOR UPDATE",
+            groups("(?, ?)", ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(select));
+        for (scope, key) in &ids {
+            query = query
+                .bind(scope.as_str().as_bytes())
+                .bind(key.as_str().as_bytes());
+        }
+        let rows = query.fetch_all(&mut *tx).await?;
+        let mut records: HashMap<(Scope, Key), Record> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            match self.record(row) {
+                Ok(r) => {
+                    records.insert((r.scope.clone(), r.key.clone()), r);
+                }
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        // In order, as a sequence of single completes: a repeat sees the first one's write.
+        let mut written: Vec<(Scope, Key)> = Vec::new();
+        let results: Vec<Result<()>> = items
+            .iter()
+            .map(|item| {
+                let id = (item.claim.scope.clone(), item.claim.key.clone());
+                let record = records.get_mut(&id);
+                match check_holder(record.as_deref(), &item.claim) {
+                    Ok(()) => {
+                        let record = record.expect("a held claim has its record");
+                        complete_record(record, &item.outcome, item.expires_at);
+                        written.push(id);
+                        Ok(())
+                    }
+                    Err(reason) => Err(Error::ClaimLost {
+                        scope: item.claim.scope.clone(),
+                        key: item.claim.key.clone(),
+                        reason,
+                    }),
+                }
+            })
+            .collect();
+        if !written.is_empty() {
+            // Every row is locked by this transaction and exists: the insert always updates.
+            let statement = format!(
+                "INSERT INTO oncely_records ({COLUMNS}) VALUES {} ON DUPLICATE KEY UPDATE \
+                 completed = VALUES(completed), expires_at = VALUES(expires_at), \
+                 outcome = VALUES(outcome)",
+                groups("(?, ?, ?, ?, ?, ?, ?, ?, ?)", written.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(statement));
+            for id in &written {
+                query = bind_claim(query, &records[id]);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(results))
     }
 
     /// Runs a guarded single-row write of `claim` (complete or release); if it changed nothing,
@@ -470,17 +563,26 @@ impl Store for MySqlStore {
         }
     }
 
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<ClaimOutcome> {
+        self.group.claim(self, request, now).await
+    }
+
     async fn complete(&self, claim: &Claim, outcome: &[u8], expires_at: Timestamp) -> Result<()> {
-        let query = sqlx::query(
-            "UPDATE oncely_records SET completed = true, outcome = ?, expires_at = ? \
-             WHERE scope = ? AND `key` = ? AND token = ? AND NOT completed",
-        )
-        .bind(outcome)
-        .bind(expires_at.as_millis())
-        .bind(claim.scope.as_str().as_bytes())
-        .bind(claim.key.as_str().as_bytes())
-        .bind(claim.token as i64);
-        self.guarded(query, claim).await
+        self.group.complete(self, claim, outcome, expires_at).await
+    }
+
+    async fn complete_many(&self, items: &[Completion]) -> Result<Vec<Result<()>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tries = 0;
+        loop {
+            match self.complete_batch(items).await {
+                Err(e) if is(&e, DEADLOCK) && tries < RETRIES => tries += 1,
+                Err(e) => return Err(self.err(e)),
+                Ok(results) => return results,
+            }
+        }
     }
 
     async fn release(&self, claim: &Claim) -> Result<()> {
