@@ -212,8 +212,14 @@ fn run_server(
         let mut namespaces = server::Namespaces::new(config.store, &config.url);
         let results = async {
             let url = namespaces.fresh("oncely").await?;
-            let mut oncely =
-                run_oncely(&url, config.concurrency.max(1), workload, preload, progress).await?;
+            let mut oncely = run_oncely(
+                &namespaces.for_store(&url),
+                config.concurrency.max(1),
+                workload,
+                preload,
+                progress,
+            )
+            .await?;
             if config.store == StoreKind::Mysql {
                 // information_schema's sizes are estimates until ANALYZE TABLE refreshes them.
                 let mut conn = <sqlx::MySqlConnection as sqlx::Connection>::connect(&url).await?;

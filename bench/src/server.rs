@@ -13,6 +13,8 @@ pub(crate) struct Namespaces {
     base: String,
     prefix: String,
     created: Vec<String>,
+    /// The URL's `oncely_*` parameters: for oncely's store, not for the baselines' driver.
+    store_params: Vec<String>,
 }
 
 impl Namespaces {
@@ -21,12 +23,24 @@ impl Namespaces {
             Some(rest) => format!("mysql://{rest}"),
             None => url.to_owned(),
         };
+        let (base, query) = match base.split_once('?') {
+            Some((b, q)) => (b.to_owned(), q.to_owned()),
+            None => (base, String::new()),
+        };
+        let (store_params, driver_params): (Vec<&str>, Vec<&str>) = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .partition(|p| p.starts_with("oncely_"));
+        let base = driver_params
+            .iter()
+            .fold(base, |url, p| with_param(&url, p));
         Namespaces {
             kind,
             base,
             // Two benchmarks on one server at once keep apart.
             prefix: format!("oncely_bench_{}", std::process::id()),
             created: Vec::new(),
+            store_params: store_params.into_iter().map(str::to_owned).collect(),
         }
     }
 
@@ -50,6 +64,13 @@ impl Namespaces {
         self.execute(&[drop, create]).await?;
         self.created.push(name);
         Ok(url)
+    }
+
+    /// `url` with the `oncely_*` parameters the benchmark was given, for oncely's own store.
+    pub(crate) fn for_store(&self, url: &str) -> String {
+        self.store_params
+            .iter()
+            .fold(url.to_owned(), |url, p| with_param(&url, p))
     }
 
     /// Drops every namespace this run created.

@@ -15,7 +15,7 @@
 //!   claim has locked (`FOR UPDATE SKIP LOCKED`).
 //! - **Group commit**: concurrent single `claim` and `complete` calls share transactions
 //!   ([`oncely_core::GroupCommit`]): up to four claim batches and four complete batches in
-//!   flight over the pool of eight connections. A batch of completes locks its rows in key order,
+//!   flight over the pool of eight connections (`?oncely_group_batches=N` sets how many of each). A batch of completes locks its rows in key order,
 //!   decides each item by the rule every store shares and writes them back in one statement.
 //! - **Versioned migrations**, applied on first use under `GET_LOCK`, or by you from
 //!   `migrations/` (open with `?oncely_migrate=false`).
@@ -50,7 +50,7 @@ use std::time::Duration;
 use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction};
 use oncely_core::group::DEFAULT_MAX_BATCH;
 use oncely_core::lifecycle::{check_holder, claim_lost, complete_record, decide_version};
-use oncely_core::url::{flag_param, redact_password};
+use oncely_core::url::{count_param, flag_param, redact_password};
 use oncely_core::{
     Claim, ClaimOutcome, ClaimRequest, Completion, Error, Fingerprint, GroupCommit, Key, Record,
     RecordState, Result, Scope, Store, StoreStats, Timestamp, VersionCheck, async_trait,
@@ -100,6 +100,7 @@ impl MySqlStore {
     /// URL carries `oncely_migrate=false`. Other parameters are the driver's (`ssl-mode`, ...).
     pub async fn connect(url: &str) -> Result<Self> {
         let (url, migrate) = flag_param(url, "oncely_migrate", true)?;
+        let (url, batches) = count_param(&url, "oncely_group_batches", GROUP_IN_FLIGHT)?;
         let driver_url = match url.strip_prefix("mariadb://") {
             Some(rest) => format!("mysql://{rest}"),
             None => url.clone(),
@@ -109,7 +110,9 @@ impl MySqlStore {
                 url: redact_password(&url),
                 reason: e.to_string(),
             })?;
-        Self::connect_with(options, &url, migrate).await
+        let mut store = Self::connect_with(options, &url, migrate).await?;
+        store.group = GroupCommit::new(&store.url, batches, DEFAULT_MAX_BATCH);
+        Ok(store)
     }
 
     /// Connects with ready-made options.

@@ -7,12 +7,13 @@
 //!   Fresh keys are inserted with `ON CONFLICT DO NOTHING` (which waits for a concurrent inserter
 //!   of the same key and then sees its row); the rest are locked with `SELECT ... FOR UPDATE`, so
 //!   every decision is taken on the latest committed row, by the same rules every store shares
-//!   (`oncely_core::lifecycle`). Keys are locked in sorted order, so batches cannot deadlock.
+//!   (`oncely_core::lifecycle`). Keys are inserted, then locked, in sorted order; a deadlock
+//!   PostgreSQL still detects between two batches (it rolls one back whole) is retried.
 //! - **Purge never blocks claims**: it deletes oldest-first in bounded batches and skips rows that
 //!   a claim has locked (`FOR UPDATE SKIP LOCKED`).
 //! - **Group commit**: concurrent single `claim` and `complete` calls share transactions
 //!   ([`oncely_core::GroupCommit`]): up to four claim batches and four complete batches in
-//!   flight over the pool of eight connections. A batch of completes is one guarded
+//!   flight over the pool of eight connections (`?oncely_group_batches=N` sets how many of each). A batch of completes is one guarded
 //!   `UPDATE ... FROM unnest(...) RETURNING`, and a claim it did not complete is explained by
 //!   reading the record back, by the rule every store shares.
 //! - **Versioned migrations**, applied on first use under an advisory lock, or by you from
@@ -43,7 +44,7 @@ use std::time::Duration;
 use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction};
 use oncely_core::group::DEFAULT_MAX_BATCH;
 use oncely_core::lifecycle::{claim_lost, decide_version};
-use oncely_core::url::{flag_param, redact_password};
+use oncely_core::url::{count_param, flag_param, redact_password};
 use oncely_core::{
     Claim, ClaimOutcome, ClaimRequest, Completion, Error, Fingerprint, GroupCommit, Key, Record,
     RecordState, Result, Scope, Store, StoreStats, Timestamp, VersionCheck, async_trait,
@@ -97,11 +98,14 @@ impl PostgresStore {
     /// `oncely_migrate=false`. Other query parameters are PostgreSQL's own (`sslmode`, `options`, ...).
     pub async fn connect(url: &str) -> Result<Self> {
         let (url, migrate) = flag_param(url, "oncely_migrate", true)?;
+        let (url, batches) = count_param(&url, "oncely_group_batches", GROUP_IN_FLIGHT)?;
         let options = PgConnectOptions::from_str(&url).map_err(|e| Error::InvalidUrl {
             url: redact_password(&url),
             reason: e.to_string(),
         })?;
-        Self::connect_with(options, &url, migrate).await
+        let mut store = Self::connect_with(options, &url, migrate).await?;
+        store.group = GroupCommit::new(&store.url, batches, DEFAULT_MAX_BATCH);
+        Ok(store)
     }
 
     /// Connects with ready-made options (a test can set `search_path`, for instance).
@@ -310,6 +314,16 @@ impl PostgresStore {
     }
 }
 
+/// Whether a store error is a deadlock PostgreSQL broke by rolling this transaction back.
+fn deadlocked(e: &Error) -> bool {
+    match e {
+        Error::Backend { source, .. } => source
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(is_deadlock),
+        _ => false,
+    }
+}
+
 fn is_deadlock(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .and_then(|d| d.code())
@@ -459,13 +473,24 @@ impl Store for PostgresStore {
         requests: &[ClaimRequest],
         now: Timestamp,
     ) -> Result<Vec<ClaimOutcome>> {
-        let mut tx = ClaimTx {
-            store: self,
-            tx: self.begin().await?,
-        };
-        let outcomes = claim_in_transaction(&mut tx, &self.url, requests, now).await?;
-        tx.tx.commit().await.map_err(|e| self.err(e))?;
-        Ok(outcomes)
+        let mut tries = 0;
+        loop {
+            let mut tx = ClaimTx {
+                store: self,
+                tx: self.begin().await?,
+            };
+            // Fresh keys are inserted, then existing ones locked: each pass is in key order, but
+            // two concurrent batches can still wait on each other across the passes. PostgreSQL
+            // then rolls one back whole (nothing was claimed), and it runs again.
+            match claim_in_transaction(&mut tx, &self.url, requests, now).await {
+                Ok(outcomes) => {
+                    tx.tx.commit().await.map_err(|e| self.err(e))?;
+                    return Ok(outcomes);
+                }
+                Err(e) if deadlocked(&e) && tries < RETRIES => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<ClaimOutcome> {
