@@ -273,6 +273,7 @@ impl MySqlStore {
             .collect();
         ids.sort();
         let mut tx = self.pool.begin().await?;
+        let ids = padded(&ids);
         let select = format!(
             "SELECT {COLUMNS} FROM oncely_records WHERE (scope, `key`) IN ({}) \
              ORDER BY scope, `key` FOR UPDATE",
@@ -318,6 +319,8 @@ impl MySqlStore {
             .collect();
         if !written.is_empty() {
             // Every row is locked by this transaction and exists: the insert always updates.
+            let written: Vec<&Record> = written.iter().map(|id| &records[id]).collect();
+            let written = padded(&written);
             let statement = format!(
                 "INSERT INTO oncely_records ({COLUMNS}) VALUES {} ON DUPLICATE KEY UPDATE \
                  completed = VALUES(completed), expires_at = VALUES(expires_at), \
@@ -325,8 +328,8 @@ impl MySqlStore {
                 groups("(?, ?, ?, ?, ?, ?, ?, ?, ?)", written.len())
             );
             let mut query = sqlx::query(AssertSqlSafe(statement));
-            for id in &written {
-                query = bind_claim(query, &records[id]);
+            for record in written {
+                query = bind_claim(query, record);
             }
             query.execute(&mut *tx).await?;
         }
@@ -416,6 +419,18 @@ pub(crate) fn record_from_row(row: &MySqlRow) -> std::result::Result<Record, Str
     })
 }
 
+/// `items` repeated at the end up to the next power of two: the statements built for a batch
+/// then come in a few lengths only, so the driver's prepared-statement cache keeps them instead
+/// of preparing a new statement of thousands of placeholders for nearly every batch. Only for
+/// statements where a repeated row changes nothing (an `IN` list, an upsert of the same values).
+fn padded<T: Copy>(items: &[T]) -> Vec<T> {
+    let mut padded = items.to_vec();
+    if let Some(&last) = items.last() {
+        padded.resize(items.len().next_power_of_two(), last);
+    }
+    padded
+}
+
 /// `n` placeholder groups like `(?, ?)`, comma-separated.
 fn groups(group: &str, n: usize) -> String {
     vec![group; n].join(", ")
@@ -446,13 +461,14 @@ pub(crate) async fn insert_or_lock(
     records: &[&Record],
 ) -> Result<Vec<MySqlRow>, sqlx::Error> {
     // Changing nothing on a duplicate still takes the row's exclusive lock, so the row cannot
-    // change before the SELECT below reads it.
+    // change before the SELECT below reads it. A repeated record is such a duplicate.
+    let records = padded(records);
     let insert = format!(
         "INSERT INTO oncely_records ({COLUMNS}) VALUES {} ON DUPLICATE KEY UPDATE token = token",
         groups("(?, ?, ?, ?, ?, ?, ?, ?, ?)", records.len())
     );
     let mut query = sqlx::query(AssertSqlSafe(insert));
-    for r in records {
+    for r in &records {
         query = bind_claim(query, r);
     }
     query.execute(&mut *conn).await?;
@@ -461,7 +477,7 @@ pub(crate) async fn insert_or_lock(
         groups("(?, ?)", records.len())
     );
     let mut query = sqlx::query(AssertSqlSafe(select));
-    for r in records {
+    for r in &records {
         query = query
             .bind(r.scope.as_str().as_bytes())
             .bind(r.key.as_str().as_bytes());
@@ -515,6 +531,8 @@ impl ClaimTransaction for ClaimTx<'_> {
 
     async fn rewrite(&mut self, records: &[Record]) -> Result<()> {
         // Every row is locked by this transaction: replacing it in place is one statement.
+        let records: Vec<&Record> = records.iter().collect();
+        let records = padded(&records);
         let statement = format!(
             "INSERT INTO oncely_records ({COLUMNS}) VALUES {} ON DUPLICATE KEY UPDATE \
              completed = VALUES(completed), token = VALUES(token), attempt = VALUES(attempt), \
