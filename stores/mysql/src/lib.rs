@@ -14,7 +14,7 @@
 //! - **Purge never blocks claims**: it deletes oldest-first in bounded batches, skipping rows a
 //!   claim has locked (`FOR UPDATE SKIP LOCKED`).
 //! - **Group commit**: concurrent single `claim` and `complete` calls share transactions
-//!   ([`oncely_core::GroupCommit`]): up to four claim batches and four complete batches in
+//!   ([`oncely_core::GroupCommit`]): up to two claim batches and two complete batches in
 //!   flight over the pool of eight connections (`?oncely_group_batches=N` sets how many of each). A batch of completes locks its rows in key order,
 //!   decides each item by the rule every store shares and writes them back in one statement.
 //! - **Versioned migrations**, applied on first use under `GET_LOCK`, or by you from
@@ -85,8 +85,10 @@ pub(crate) const COLUMNS: &str =
 
 /// Connections in the store's pool.
 const POOL_SIZE: u32 = 8;
-/// Claim batches in flight at once, and as many complete batches: together, the pool.
-const GROUP_IN_FLIGHT: usize = POOL_SIZE as usize / 2;
+/// Claim batches in flight at once, and as many complete batches. Fewer, larger batches did
+/// better than one per connection in `oncely bench` here (BENCHMARKS.md); the other connections
+/// serve release, get, purge and explicit `claim_many` calls.
+const GROUP_IN_FLIGHT: usize = 2;
 
 /// ER_LOCK_DEADLOCK: InnoDB chose this transaction as a deadlock victim and rolled it back.
 const DEADLOCK: u16 = 1213;

@@ -12,7 +12,7 @@
 //! - **Purge never blocks claims**: it deletes oldest-first in bounded batches and skips rows that
 //!   a claim has locked (`FOR UPDATE SKIP LOCKED`).
 //! - **Group commit**: concurrent single `claim` and `complete` calls share transactions
-//!   ([`oncely_core::GroupCommit`]): up to four claim batches and four complete batches in
+//!   ([`oncely_core::GroupCommit`]): up to two claim batches and two complete batches in
 //!   flight over the pool of eight connections (`?oncely_group_batches=N` sets how many of each). A batch of completes is one guarded
 //!   `UPDATE ... FROM unnest(...) RETURNING`, and a claim it did not complete is explained by
 //!   reading the record back, by the rule every store shares.
@@ -58,8 +58,10 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_re
 
 /// Connections in the store's pool.
 const POOL_SIZE: u32 = 8;
-/// Claim batches in flight at once, and as many complete batches: together, the pool.
-const GROUP_IN_FLIGHT: usize = POOL_SIZE as usize / 2;
+/// Claim batches in flight at once, and as many complete batches. Fewer, larger batches did
+/// better than one per connection in `oncely bench` here (BENCHMARKS.md); the other connections
+/// serve release, get, purge and explicit `claim_many` calls.
+const GROUP_IN_FLIGHT: usize = 2;
 /// SQLSTATE deadlock_detected: PostgreSQL rolled the transaction back to break a lock cycle.
 const DEADLOCK: &str = "40P01";
 /// How often a batch rolled back by a deadlock is run again.
