@@ -3,8 +3,12 @@
 //! SPEC S8's benchmark. N events (default 1,000,000) with 10 % redeliveries and 36-character
 //! UUID keys go through oncely's claim + complete; the same events then go through the naive
 //! pattern (per event, in its own transaction: `SELECT EXISTS`, then `INSERT`) and through the
-//! store's own batched limit (plain `INSERT OR IGNORE` of the same keys, 1,000 per transaction),
-//! each on a fresh store of the same kind, in the same run, side by side.
+//! store's own batched limit (a plain batched insert that ignores existing keys, 1,000 per
+//! transaction), each on a fresh store of the same kind, in the same run, side by side.
+//!
+//! On PostgreSQL and MySQL/MariaDB every contender gets a fresh schema (PostgreSQL) or database
+//! (MySQL) on the server the URL names, dropped at the end; the URL's own database is never
+//! written.
 //!
 //! `oncely bench` is the front end; this crate is the engine, so it can be driven from tests
 //! and other tools too.
@@ -20,6 +24,7 @@ use oncely::{ClaimOutcome, Key, Oncely, Scope};
 
 pub mod baseline;
 pub mod purge;
+mod server;
 mod workload;
 
 pub use workload::Workload;
@@ -30,8 +35,10 @@ pub const DEFAULT_PAGE_SIZE: u32 = oncely_sqlite::DEFAULT_PAGE_SIZE;
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
-    /// Store kind: `memory` or `sqlite`.
+    /// Store kind.
     pub store: StoreKind,
+    /// The server, for PostgreSQL and MySQL (its URL; fresh namespaces are made on it).
+    pub url: String,
     /// Where SQLite files go (a fresh file per run).
     pub dir: PathBuf,
     /// Events through oncely and through the batched limit.
@@ -57,6 +64,17 @@ pub enum StoreKind {
     Memory,
     /// `oncely-sqlite` (WAL, synchronous=FULL).
     Sqlite,
+    /// `oncely-postgres`, on the server the URL names.
+    Postgres,
+    /// `oncely-mysql`, on the MySQL or MariaDB server the URL names.
+    Mysql,
+}
+
+impl StoreKind {
+    /// Whether the store is a database server reached over the network.
+    pub fn is_server(self) -> bool {
+        matches!(self, StoreKind::Postgres | StoreKind::Mysql)
+    }
 }
 
 /// The figures of one contender.
@@ -94,6 +112,9 @@ pub enum BenchError {
     /// A baseline's SQLite failed.
     #[error("sqlite baseline: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A baseline's (or the benchmark's own) statement on a database server failed.
+    #[error("server: {0}")]
+    Server(#[from] sqlx::Error),
     /// Something else (I/O on the bench directory, a runtime).
     #[error("{0}")]
     Other(String),
@@ -123,12 +144,38 @@ impl Progress for NoProgress {
 pub fn run(config: &BenchConfig, progress: &dyn Progress) -> Result<Vec<RunResult>, BenchError> {
     let workload = Workload::generate(config.events, config.duplicate_ratio, config.seed);
     let preload = Workload::distinct(config.preload, config.seed ^ 0x5eed);
-    let mut results = Vec::new();
-    results.push(run_oncely(config, &workload, &preload, progress)?);
     let naive_workload = workload.prefix(config.naive_events.min(config.events));
+    if config.store.is_server() {
+        return run_server(config, &workload, &naive_workload, &preload, progress);
+    }
+    let mut results = Vec::new();
+    let url = match config.store {
+        StoreKind::Memory => "memory:".to_owned(),
+        _ => format!(
+            "sqlite:{}?page_size={}",
+            fresh_path(config, "oncely")?.display(),
+            config.page_size
+        ),
+    };
+    let runtime = match config.store {
+        // Memory: one core, one task. SQLite: the writer thread plus a small runtime for claimants.
+        StoreKind::Memory => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build(),
+    }
+    .map_err(|e| BenchError::Other(e.to_string()))?;
+    let concurrency = match config.store {
+        StoreKind::Memory => 1,
+        _ => config.concurrency.max(1),
+    };
+    results.push(runtime.block_on(run_oncely(&url, concurrency, &workload, &preload, progress))?);
     results.push(match config.store {
         StoreKind::Memory => baseline::memory::naive(&naive_workload, &preload, progress),
-        StoreKind::Sqlite => baseline::sqlite::naive(
+        _ => baseline::sqlite::naive(
             &fresh_path(config, "naive")?,
             config.page_size,
             &naive_workload,
@@ -148,6 +195,62 @@ pub fn run(config: &BenchConfig, progress: &dyn Progress) -> Result<Vec<RunResul
     Ok(results)
 }
 
+/// The three contenders on a database server, each in a fresh namespace, all dropped after.
+fn run_server(
+    config: &BenchConfig,
+    workload: &Workload,
+    naive_workload: &Workload,
+    preload: &Workload,
+    progress: &dyn Progress,
+) -> Result<Vec<RunResult>, BenchError> {
+    // The server shares the two cores: two workers drive the claimants and the drivers.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    runtime.block_on(async {
+        let mut namespaces = server::Namespaces::new(config.store, &config.url);
+        let results = async {
+            let url = namespaces.fresh("oncely").await?;
+            let mut oncely = run_oncely(
+                &namespaces.for_store(&url),
+                config.concurrency.max(1),
+                workload,
+                preload,
+                progress,
+            )
+            .await?;
+            if config.store == StoreKind::Mysql {
+                // information_schema's sizes are estimates until ANALYZE TABLE refreshes them.
+                let mut conn = <sqlx::MySqlConnection as sqlx::Connection>::connect(&url).await?;
+                oncely.bytes_per_key =
+                    Some(baseline::mysql::bytes_per_key(&mut conn, "oncely_records").await?);
+            }
+            let url = namespaces.fresh("naive").await?;
+            let naive = match config.store {
+                StoreKind::Postgres => {
+                    baseline::postgres::naive(&url, naive_workload, preload, progress).await?
+                }
+                _ => baseline::mysql::naive(&url, naive_workload, preload, progress).await?,
+            };
+            let url = namespaces.fresh("limit").await?;
+            let limit = match config.store {
+                StoreKind::Postgres => {
+                    baseline::postgres::batched_limit(&url, workload, preload, progress).await?
+                }
+                _ => baseline::mysql::batched_limit(&url, workload, preload, progress).await?,
+            };
+            Ok::<_, BenchError>(vec![oncely, naive, limit])
+        }
+        .await;
+        let dropped = namespaces.drop_all().await;
+        let results = results?;
+        dropped?;
+        Ok(results)
+    })
+}
+
 fn fresh_path(config: &BenchConfig, name: &str) -> Result<PathBuf, BenchError> {
     std::fs::create_dir_all(&config.dir)
         .map_err(|e| BenchError::Other(format!("{}: {e}", config.dir.display())))?;
@@ -158,101 +261,76 @@ fn fresh_path(config: &BenchConfig, name: &str) -> Result<PathBuf, BenchError> {
     Ok(path)
 }
 
-fn run_oncely(
-    config: &BenchConfig,
+async fn run_oncely(
+    url: &str,
+    concurrency: usize,
     workload: &Workload,
     preload: &Workload,
     progress: &dyn Progress,
 ) -> Result<RunResult, BenchError> {
-    // Memory: one core, one task. SQLite: the writer thread plus a small runtime for claimants.
-    let runtime = match config.store {
-        StoreKind::Memory => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        StoreKind::Sqlite => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build(),
-    }
-    .map_err(|e| BenchError::Other(e.to_string()))?;
-    runtime.block_on(async {
-        let url = match config.store {
-            StoreKind::Memory => "memory:".to_owned(),
-            StoreKind::Sqlite => format!(
-                "sqlite:{}?page_size={}",
-                fresh_path(config, "oncely")?.display(),
-                config.page_size
-            ),
-        };
-        let store = oncely::connect(&url).await?;
-        let oncely = Oncely::new(store.clone());
-        preload_oncely(&oncely, preload, progress).await?;
+    let store = oncely::connect(url).await?;
+    let oncely = Oncely::new(store.clone());
+    preload_oncely(&oncely, preload, progress).await?;
 
-        progress.start("oncely", workload.len() as u64);
-        let keys = Arc::new(workload.keys().to_vec());
-        let next = Arc::new(AtomicUsize::new(0));
-        let new = Arc::new(AtomicU64::new(0));
-        let concurrency = match config.store {
-            StoreKind::Memory => 1,
-            StoreKind::Sqlite => config.concurrency.max(1),
-        };
-        let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..concurrency {
-            let (oncely, keys, next, new) =
-                (oncely.clone(), keys.clone(), next.clone(), new.clone());
-            tasks.spawn(async move {
-                let scope = Scope::default();
-                let mut latencies = Latencies::for_events(keys.len() / concurrency);
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(key) = keys.get(i) else { break };
-                    let t0 = Latencies::start(i);
-                    match oncely.claim(&scope, key, None).await? {
-                        ClaimOutcome::New(claim) => {
-                            oncely.complete(&claim, b"").await?;
-                            new.fetch_add(1, Ordering::Relaxed);
-                        }
-                        // A redelivery of an event that is done, or still in flight on another
-                        // claimant: either way not executed again.
-                        ClaimOutcome::Duplicate(_) | ClaimOutcome::InProgress { .. } => {}
-                        ClaimOutcome::Conflict { .. } => {
-                            unreachable!("the benchmark sends no fingerprints")
-                        }
+    progress.start("oncely", workload.len() as u64);
+    let keys = Arc::new(workload.keys().to_vec());
+    let next = Arc::new(AtomicUsize::new(0));
+    let new = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (oncely, keys, next, new) = (oncely.clone(), keys.clone(), next.clone(), new.clone());
+        tasks.spawn(async move {
+            let scope = Scope::default();
+            let mut latencies = Latencies::for_events(keys.len() / concurrency);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(key) = keys.get(i) else { break };
+                let t0 = Latencies::start(i);
+                match oncely.claim(&scope, key, None).await? {
+                    ClaimOutcome::New(claim) => {
+                        oncely.complete(&claim, b"").await?;
+                        new.fetch_add(1, Ordering::Relaxed);
                     }
-                    latencies.record(t0);
+                    // A redelivery of an event that is done, or still in flight on another
+                    // claimant: either way not executed again.
+                    ClaimOutcome::Duplicate(_) | ClaimOutcome::InProgress { .. } => {}
+                    ClaimOutcome::Conflict { .. } => {
+                        unreachable!("the benchmark sends no fingerprints")
+                    }
                 }
-                Ok::<_, oncely::Error>(latencies)
-            });
-        }
-        let mut latencies = Latencies::for_events(keys.len());
-        let mut reported = 0;
-        while !tasks.is_empty() {
-            match tokio::time::timeout(Duration::from_millis(100), tasks.join_next()).await {
-                Ok(Some(joined)) => {
-                    latencies.extend(joined.map_err(|e| BenchError::Other(e.to_string()))??)
-                }
-                Ok(None) => break,
-                Err(_) => {}
+                latencies.record(t0);
             }
-            let done = next.load(Ordering::Relaxed).min(keys.len());
-            progress.advance((done - reported) as u64);
-            reported = done;
+            Ok::<_, oncely::Error>(latencies)
+        });
+    }
+    let mut latencies = Latencies::for_events(keys.len());
+    let mut reported = 0;
+    while !tasks.is_empty() {
+        match tokio::time::timeout(Duration::from_millis(100), tasks.join_next()).await {
+            Ok(Some(joined)) => {
+                latencies.extend(joined.map_err(|e| BenchError::Other(e.to_string()))??)
+            }
+            Ok(None) => break,
+            Err(_) => {}
         }
-        let elapsed = started.elapsed();
-        progress.advance((keys.len() - reported) as u64);
-        progress.finish();
-        let stats = oncely.stats().await?;
-        let bytes_per_key = stats.bytes.map(|b| b as f64 / stats.records.max(1) as f64);
-        Ok(summarize(
-            "oncely",
-            keys.len(),
-            latencies,
-            new.load(Ordering::Relaxed) as usize,
-            elapsed,
-            bytes_per_key,
-        ))
-    })
+        let done = next.load(Ordering::Relaxed).min(keys.len());
+        progress.advance((done - reported) as u64);
+        reported = done;
+    }
+    let elapsed = started.elapsed();
+    progress.advance((keys.len() - reported) as u64);
+    progress.finish();
+    let stats = oncely.stats().await?;
+    let bytes_per_key = stats.bytes.map(|b| b as f64 / stats.records.max(1) as f64);
+    Ok(summarize(
+        "oncely",
+        keys.len(),
+        latencies,
+        new.load(Ordering::Relaxed) as usize,
+        elapsed,
+        bytes_per_key,
+    ))
 }
 
 async fn preload_oncely(
@@ -382,14 +460,16 @@ pub(crate) fn format_duration(d: Duration) -> String {
     }
 }
 
-/// Parses a store kind from `memory`, `sqlite` or a store URL.
+/// Parses a store kind from `memory`, `sqlite` or a store URL (`postgres://`, `postgresql://`,
+/// `mysql://`, `mariadb://`).
 pub fn store_kind(url: &str) -> Option<StoreKind> {
-    if url.starts_with("memory") {
-        Some(StoreKind::Memory)
-    } else if url.starts_with("sqlite") {
-        Some(StoreKind::Sqlite)
-    } else {
-        None
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        "memory" => Some(StoreKind::Memory),
+        "sqlite" => Some(StoreKind::Sqlite),
+        "postgres" | "postgresql" if url.contains("://") => Some(StoreKind::Postgres),
+        "mysql" | "mariadb" if url.contains("://") => Some(StoreKind::Mysql),
+        _ => None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! `oncely bench`: SPEC S8's benchmark, oncely against the naive pattern and the store's own
-//! batched limit, on fresh stores of the kind `--store` names (never on the store itself).
+//! batched limit, on fresh stores of the kind `--store` names (never on the store itself: on
+//! PostgreSQL and MySQL, fresh schemas or databases on the server it names, dropped after).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -76,7 +77,10 @@ pub fn run(
         return crate::bench_purge::run(store_url, config, &Bar::new(), out);
     }
     let Some(store) = store_kind(store_url) else {
-        bail!("oncely bench measures memory: and sqlite: stores; `{store_url}` is neither");
+        bail!(
+            "oncely bench measures memory:, sqlite:, postgres:// and mysql:// stores; \
+             `{store_url}` is none of them"
+        );
     };
     if !(0.0..1.0).contains(&args.duplicates) {
         bail!(
@@ -86,6 +90,7 @@ pub fn run(
     }
     let config = BenchConfig {
         store,
+        url: store_url.to_owned(),
         dir: args
             .dir
             .unwrap_or_else(|| std::env::temp_dir().join("oncely-bench")),
@@ -109,6 +114,20 @@ pub fn run(
             StoreKind::Sqlite => format!(
                 "sqlite (WAL, synchronous=FULL, page_size={}, oncely concurrency {})",
                 config.page_size, config.concurrency
+            ),
+            StoreKind::Postgres | StoreKind::Mysql => format!(
+                "{} (fresh schemas on {}; oncely concurrency {}, naive {} connections, \
+                 limit {} connections x {} keys per transaction)",
+                if store == StoreKind::Postgres {
+                    "postgres"
+                } else {
+                    "mysql"
+                },
+                oncely::url::redact_password(store_url),
+                config.concurrency,
+                oncely_bench::baseline::NAIVE_CONNECTIONS,
+                oncely_bench::baseline::LIMIT_CONNECTIONS,
+                oncely_bench::baseline::LIMIT_BATCH,
             ),
         },
         if config.preload > 0 {

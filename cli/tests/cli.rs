@@ -806,6 +806,62 @@ fn bench_reports_every_contender_and_never_touches_the_store_it_names() {
     );
 }
 
+/// `oncely --store URL bench` on a database server: the three contenders on the same workload.
+fn bench_on_a_server(url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let run = oncely(
+        dir.path(),
+        &[
+            "--store",
+            url,
+            "bench",
+            "--events",
+            "2000",
+            "--naive-events",
+            "200",
+        ],
+        b"",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let table = run.stdout();
+    let row = |contender: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.starts_with(contender))
+            .unwrap_or_else(|| panic!("no {contender} row in\n{table}"))[contender.len()..]
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let (oncely_row, naive, limit) = (row("oncely"), row("naive"), row("batched limit"));
+    assert_eq!(oncely_row[0], "2000", "{table}");
+    assert_eq!(naive[0], "200", "{table}");
+    assert_eq!(limit[0], "2000", "{table}");
+    // The same workload: oncely and the limit find the same number of new keys.
+    assert_eq!(oncely_row[1], limit[1], "{table}");
+}
+
+fn postgres_server() -> String {
+    std::env::var("ONCELY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn mysql_server() -> String {
+    std::env::var("ONCELY_TEST_MYSQL")
+        .map(|server| format!("{server}/test"))
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
+#[test]
+fn bench_on_postgres_reports_every_contender() {
+    bench_on_a_server(&postgres_server());
+}
+
+#[test]
+fn bench_on_mysql_reports_every_contender() {
+    bench_on_a_server(&mysql_server());
+}
+
 #[test]
 fn purge_leaves_the_store_alone_while_another_instance_purges() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use oncely_core::{
-    ClaimOutcome, Clock, Error, Fingerprint, Key, KeyError, LostReason, MAX_KEY_BYTES,
+    ClaimOutcome, Clock, Completion, Error, Fingerprint, Key, KeyError, LostReason, MAX_KEY_BYTES,
     MAX_SCOPE_BYTES, ManualClock, Oncely, PURGE_KEY, PURGE_SCOPE, PurgeRun, RunError, RunOutcome,
     Scope, Store, VersionCheck,
 };
@@ -45,6 +45,7 @@ suite!(
     expired_lease_is_taken_over_and_old_holder_is_fenced,
     holder_past_its_lease_may_still_complete_if_nobody_took_over,
     completing_twice_is_rejected,
+    complete_many_answers_each_item_on_its_own,
     completed_record_is_duplicate_until_retention_ends_then_new,
     claim_many_answers_in_order_with_in_batch_duplicates,
     claim_many_mixes_every_outcome,
@@ -67,6 +68,7 @@ suite!(
     concurrent_claims_yield_exactly_one_new,
     concurrent_claims_from_os_threads_yield_exactly_one_new,
     concurrent_overlapping_batches_grant_each_key_once,
+    concurrent_single_claims_of_many_keys_grant_each_key_once,
     complete_racing_a_takeover_never_both_succeed,
     duplicate_storm_runs_the_effect_once,
 );
@@ -263,6 +265,72 @@ async fn completing_twice_is_rejected(store: Arc<dyn Store>) {
     expect_lost(oncely.release(&claim).await, LostReason::AlreadyCompleted);
     let rec = oncely.get(&s, &key("a")).await.unwrap().unwrap();
     assert_eq!(rec.outcome(), Some(&b"one"[..]));
+}
+
+async fn complete_many_answers_each_item_on_its_own(store: Arc<dyn Store>) {
+    let (oncely, clock) = setup(store.clone());
+    let s = Scope::default();
+    let held = expect_new(oncely.claim(&s, &key("held"), None).await.unwrap());
+    let done = expect_new(oncely.claim(&s, &key("done"), None).await.unwrap());
+    oncely.complete(&done, b"first").await.unwrap();
+    let gone = expect_new(oncely.claim(&s, &key("gone"), None).await.unwrap());
+    oncely.release(&gone).await.unwrap();
+    let crashed = expect_new(oncely.claim(&s, &key("taken"), None).await.unwrap());
+    let late = expect_new(oncely.claim(&s, &key("late"), None).await.unwrap());
+    clock.advance(LEASE + Duration::from_millis(1));
+    let taker = expect_new(oncely.claim(&s, &key("taken"), None).await.unwrap());
+    let expires_at = clock.now().saturating_add(RETENTION);
+    let item = |claim: &oncely_core::Claim, outcome: &[u8]| Completion {
+        claim: claim.clone(),
+        outcome: outcome.to_vec(),
+        expires_at,
+    };
+    let results = store
+        .complete_many(&[
+            item(&crashed, b"stale"),
+            item(&held, b"held-out"),
+            item(&done, b"second"),
+            item(&gone, b"gone"),
+            item(&late, b"late-out"),
+            // The new holder of the key the first item lost, and a repeat of the second item.
+            item(&taker, b"taker-out"),
+            item(&held, b"again"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 7);
+    let lost = |r: &oncely_core::Result<()>| match r {
+        Err(Error::ClaimLost { reason, .. }) => Some(*reason),
+        Ok(()) => None,
+        Err(other) => panic!("expected ClaimLost, got {other:?}"),
+    };
+    let reasons: Vec<_> = results.iter().map(lost).collect();
+    assert_eq!(
+        reasons,
+        [
+            Some(LostReason::TakenOver),
+            None,
+            Some(LostReason::AlreadyCompleted),
+            Some(LostReason::Missing),
+            None, // past its lease, but nobody took it over
+            None,
+            Some(LostReason::AlreadyCompleted),
+        ]
+    );
+    for (k, want) in [
+        ("held", &b"held-out"[..]),
+        ("done", b"first"),
+        ("late", b"late-out"),
+        ("taken", b"taker-out"),
+    ] {
+        let rec = oncely.get(&s, &key(k)).await.unwrap().unwrap();
+        assert_eq!(rec.outcome(), Some(want), "{k}");
+        if k != "done" {
+            assert_eq!(rec.expires_at, expires_at, "{k}");
+        }
+    }
+    assert_eq!(oncely.get(&s, &key("gone")).await.unwrap(), None);
+    assert!(store.complete_many(&[]).await.unwrap().is_empty());
 }
 
 async fn completed_record_is_duplicate_until_retention_ends_then_new(store: Arc<dyn Store>) {
@@ -929,6 +997,48 @@ async fn concurrent_overlapping_batches_grant_each_key_once(store: Arc<dyn Store
     }
     assert_eq!(granted.len(), KEYS);
     assert!(granted.values().all(|&n| n == 1), "{granted:?}");
+}
+
+/// Many single claims and completes at once, as a busy consumer makes them: stores that
+/// coalesce concurrent calls into batches (group commit) must still grant each key once.
+async fn concurrent_single_claims_of_many_keys_grant_each_key_once(store: Arc<dyn Store>) {
+    const TASKS: usize = 256;
+    const KEYS: usize = 64;
+    let (oncely, _) = setup(store);
+    let barrier = Arc::new(Barrier::new(TASKS));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (oncely, barrier) = (oncely.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let k = key(&format!("k{}", t % KEYS));
+                match oncely.claim(&Scope::default(), &k, None).await.unwrap() {
+                    ClaimOutcome::New(claim) => {
+                        oncely
+                            .complete(&claim, k.as_str().as_bytes())
+                            .await
+                            .unwrap();
+                        Some(k)
+                    }
+                    ClaimOutcome::InProgress { .. } | ClaimOutcome::Duplicate(_) => None,
+                    other => panic!("{other:?}"),
+                }
+            })
+        })
+        .collect();
+    let mut granted: HashMap<Key, usize> = HashMap::new();
+    for t in tasks {
+        if let Some(k) = t.await.unwrap() {
+            *granted.entry(k).or_default() += 1;
+        }
+    }
+    assert_eq!(granted.len(), KEYS, "{granted:?}");
+    assert!(granted.values().all(|&n| n == 1), "{granted:?}");
+    for n in 0..KEYS {
+        let k = key(&format!("k{n}"));
+        let rec = oncely.get(&Scope::default(), &k).await.unwrap().unwrap();
+        assert_eq!(rec.outcome(), Some(k.as_str().as_bytes()));
+    }
 }
 
 async fn complete_racing_a_takeover_never_both_succeed(store: Arc<dyn Store>) {

@@ -51,6 +51,7 @@ pub mod batch;
 mod canonical;
 mod error;
 mod fingerprint;
+pub mod group;
 pub mod inbox;
 mod key;
 pub mod lifecycle;
@@ -64,14 +65,15 @@ pub mod url;
 pub use canonical::canonical_json;
 pub use error::{BoxError, Error, KeyError, LostReason, Result};
 pub use fingerprint::Fingerprint;
+pub use group::GroupCommit;
 pub use key::{Key, MAX_KEY_BYTES, MAX_SCOPE_BYTES, Scope};
 pub use oncely::{
     DEFAULT_LEASE, DEFAULT_RETENTION, Oncely, PURGE_KEY, PURGE_LEASE, PURGE_SCOPE, PurgeRun,
     RunError, RunOutcome,
 };
 pub use record::{
-    Claim, ClaimOutcome, ClaimRequest, Record, RecordRow, RecordState, StoreStats, VersionCheck,
-    new_token,
+    Claim, ClaimOutcome, ClaimRequest, Completion, Record, RecordRow, RecordState, StoreStats,
+    VersionCheck, new_token,
 };
 pub use store::Store;
 pub use strategy::{CompositeKey, ExtractError, KeySpecError, payload_hash_key};

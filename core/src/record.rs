@@ -167,6 +167,18 @@ pub struct Claim {
     pub lease_until: Timestamp,
 }
 
+/// One completion in a batch: what [`Store::complete_many`](crate::Store::complete_many) takes
+/// per item, the arguments of [`Store::complete`](crate::Store::complete) owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The held claim to complete.
+    pub claim: Claim,
+    /// The bytes replayed to duplicates.
+    pub outcome: Vec<u8>,
+    /// The end of retention.
+    pub expires_at: Timestamp,
+}
+
 /// What a claim answers: exactly one of four things (SPEC S2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClaimOutcome {

@@ -3,8 +3,8 @@
 use async_trait::async_trait;
 
 use crate::{
-    Claim, ClaimOutcome, ClaimRequest, Key, Record, Result, Scope, StoreStats, Timestamp,
-    VersionCheck,
+    Claim, ClaimOutcome, ClaimRequest, Completion, Key, Record, Result, Scope, StoreStats,
+    Timestamp, VersionCheck,
 };
 
 /// Where records live. One trait for every backend; [`Oncely`](crate::Oncely) builds the
@@ -43,6 +43,27 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Marks a held claim completed with `outcome`, kept until `expires_at`.
     async fn complete(&self, claim: &Claim, outcome: &[u8], expires_at: Timestamp) -> Result<()>;
+
+    /// Completes each item as [`complete`](Store::complete) would, in order, in one round trip
+    /// where the backend allows it.
+    ///
+    /// Answers one result per item, in the same order: one claim that is no longer held
+    /// ([`Error::ClaimLost`](crate::Error::ClaimLost)) does not fail the others. The outer
+    /// error means the batch as a whole failed (the store was unreachable, the transaction
+    /// rolled back): none of it took effect, as far as the store could tell.
+    ///
+    /// The default calls `complete` per item; server stores override it with one transaction,
+    /// which is what lets [`GroupCommit`](crate::GroupCommit) share a commit between callers.
+    async fn complete_many(&self, items: &[Completion]) -> Result<Vec<Result<()>>> {
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            results.push(
+                self.complete(&item.claim, &item.outcome, item.expires_at)
+                    .await,
+            );
+        }
+        Ok(results)
+    }
 
     /// Gives up a held claim so the next delivery gets `New`.
     async fn release(&self, claim: &Claim) -> Result<()>;

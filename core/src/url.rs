@@ -41,6 +41,25 @@ pub fn redact_password(url: &str) -> String {
     }
 }
 
+/// Takes the whole-number parameter `name` out of `url` (at least 1; `default` if absent).
+pub fn count_param(url: &str, name: &str, default: usize) -> Result<(String, usize)> {
+    let (rest, value) = take_param(url, name);
+    let count = match value.as_deref().map(str::parse::<usize>) {
+        None => default,
+        Some(Ok(n)) if n >= 1 => n,
+        Some(_) => {
+            return Err(Error::InvalidUrl {
+                url: redact_password(&rest),
+                reason: format!(
+                    "{name} must be a whole number of at least 1, not `{}`",
+                    value.unwrap_or_default()
+                ),
+            });
+        }
+    };
+    Ok((rest, count))
+}
+
 /// Takes the boolean parameter `name` out of `url` (`true` or `false`, `default` if absent).
 pub fn flag_param(url: &str, name: &str, default: bool) -> Result<(String, bool)> {
     let (rest, value) = take_param(url, name);

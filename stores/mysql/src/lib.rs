@@ -13,6 +13,10 @@
 //!   retried.
 //! - **Purge never blocks claims**: it deletes oldest-first in bounded batches, skipping rows a
 //!   claim has locked (`FOR UPDATE SKIP LOCKED`).
+//! - **Group commit**: concurrent single `claim` and `complete` calls share transactions
+//!   ([`oncely_core::GroupCommit`]): up to two claim batches and two complete batches in
+//!   flight over the pool of eight connections (`?oncely_group_batches=N` sets how many of each). A batch of completes locks its rows in key order,
+//!   decides each item by the rule every store shares and writes them back in one statement.
 //! - **Versioned migrations**, applied on first use under `GET_LOCK`, or by you from
 //!   `migrations/` (open with `?oncely_migrate=false`).
 //! - **Claims inside your transaction**: [`inbox`].
@@ -39,16 +43,17 @@ pub mod inbox;
 /// The sqlx this crate is built on, so your transactions are the inbox's type.
 pub use sqlx;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
 use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction};
-use oncely_core::lifecycle::{claim_lost, decide_version};
-use oncely_core::url::{flag_param, redact_password};
+use oncely_core::group::DEFAULT_MAX_BATCH;
+use oncely_core::lifecycle::{check_holder, claim_lost, complete_record, decide_version};
+use oncely_core::url::{count_param, flag_param, redact_password};
 use oncely_core::{
-    Claim, ClaimOutcome, ClaimRequest, Error, Key, Record, RecordRow, Result, Scope, Store,
-    StoreStats, Timestamp, VersionCheck, async_trait,
+    Claim, ClaimOutcome, ClaimRequest, Completion, Error, GroupCommit, Key, Record, RecordRow,
+    Result, Scope, Store, StoreStats, Timestamp, VersionCheck, async_trait,
 };
 use sqlx::mysql::{
     MySql, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlPoolOptions,
@@ -64,6 +69,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_re
 pub struct MySqlStore {
     pool: MySqlPool,
     url: String,
+    group: GroupCommit,
 }
 
 impl std::fmt::Debug for MySqlStore {
@@ -77,6 +83,13 @@ impl std::fmt::Debug for MySqlStore {
 pub(crate) const COLUMNS: &str =
     "scope, `key`, completed, token, attempt, fingerprint, created_at, expires_at, outcome";
 
+/// Connections in the store's pool.
+const POOL_SIZE: u32 = 8;
+/// Claim batches in flight at once, and as many complete batches. Fewer, larger batches did
+/// better than one per connection in `oncely bench` here (BENCHMARKS.md); the other connections
+/// serve release, get, purge and explicit `claim_many` calls.
+const GROUP_IN_FLIGHT: usize = 2;
+
 /// ER_LOCK_DEADLOCK: InnoDB chose this transaction as a deadlock victim and rolled it back.
 const DEADLOCK: u16 = 1213;
 /// ER_DUP_ENTRY.
@@ -89,6 +102,7 @@ impl MySqlStore {
     /// URL carries `oncely_migrate=false`. Other parameters are the driver's (`ssl-mode`, ...).
     pub async fn connect(url: &str) -> Result<Self> {
         let (url, migrate) = flag_param(url, "oncely_migrate", true)?;
+        let (url, batches) = count_param(&url, "oncely_group_batches", GROUP_IN_FLIGHT)?;
         let driver_url = match url.strip_prefix("mariadb://") {
             Some(rest) => format!("mysql://{rest}"),
             None => url.clone(),
@@ -98,7 +112,9 @@ impl MySqlStore {
                 url: redact_password(&url),
                 reason: e.to_string(),
             })?;
-        Self::connect_with(options, &url, migrate).await
+        let mut store = Self::connect_with(options, &url, migrate).await?;
+        store.group = GroupCommit::new(&store.url, batches, DEFAULT_MAX_BATCH);
+        Ok(store)
     }
 
     /// Connects with ready-made options.
@@ -121,7 +137,7 @@ impl MySqlStore {
             .await
             .map_err(unavailable)?;
         let pool = MySqlPoolOptions::new()
-            .max_connections(8)
+            .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|conn, _| {
                 Box::pin(async move {
@@ -132,7 +148,12 @@ impl MySqlStore {
                 })
             })
             .connect_lazy_with(options);
-        let store = MySqlStore { pool, url: shown };
+        let group = GroupCommit::new(&shown, GROUP_IN_FLIGHT, DEFAULT_MAX_BATCH);
+        let store = MySqlStore {
+            pool,
+            url: shown,
+            group,
+        };
         if migrate {
             store.migrate().await?;
         }
@@ -238,6 +259,86 @@ impl MySqlStore {
         row.map(|r| self.record(&r)).transpose()
     }
 
+    /// One transaction completing `items`: lock every row they name (in key order, so
+    /// concurrent batches cannot deadlock on each other), decide each item in order by the rule
+    /// every store shares, and write the completed rows back in one statement. A driver error
+    /// is answered as itself (the caller retries a deadlock); the inner result is the answer.
+    async fn complete_batch(
+        &self,
+        items: &[Completion],
+    ) -> std::result::Result<Result<Vec<Result<()>>>, sqlx::Error> {
+        let mut ids: Vec<(&Scope, &Key)> = items
+            .iter()
+            .map(|item| (&item.claim.scope, &item.claim.key))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        ids.sort();
+        let mut tx = self.pool.begin().await?;
+        let ids = padded(&ids);
+        let select = format!(
+            "SELECT {COLUMNS} FROM oncely_records WHERE (scope, `key`) IN ({}) \
+             ORDER BY scope, `key` FOR UPDATE",
+            groups("(?, ?)", ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(select));
+        for (scope, key) in &ids {
+            query = query
+                .bind(scope.as_str().as_bytes())
+                .bind(key.as_str().as_bytes());
+        }
+        let rows = query.fetch_all(&mut *tx).await?;
+        let mut records: HashMap<(Scope, Key), Record> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            match self.record(row) {
+                Ok(r) => {
+                    records.insert((r.scope.clone(), r.key.clone()), r);
+                }
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        // In order, as a sequence of single completes: a repeat sees the first one's write.
+        let mut written: Vec<(Scope, Key)> = Vec::new();
+        let results: Vec<Result<()>> = items
+            .iter()
+            .map(|item| {
+                let id = (item.claim.scope.clone(), item.claim.key.clone());
+                let record = records.get_mut(&id);
+                match check_holder(record.as_deref(), &item.claim) {
+                    Ok(()) => {
+                        let record = record.expect("a held claim has its record");
+                        complete_record(record, &item.outcome, item.expires_at);
+                        written.push(id);
+                        Ok(())
+                    }
+                    Err(reason) => Err(Error::ClaimLost {
+                        scope: item.claim.scope.clone(),
+                        key: item.claim.key.clone(),
+                        reason,
+                    }),
+                }
+            })
+            .collect();
+        if !written.is_empty() {
+            // Every row is locked by this transaction and exists: the insert always updates.
+            let written: Vec<&Record> = written.iter().map(|id| &records[id]).collect();
+            let written = padded(&written);
+            let statement = format!(
+                "INSERT INTO oncely_records ({COLUMNS}) VALUES {} ON DUPLICATE KEY UPDATE \
+                 completed = VALUES(completed), expires_at = VALUES(expires_at), \
+                 outcome = VALUES(outcome)",
+                groups("(?, ?, ?, ?, ?, ?, ?, ?, ?)", written.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(statement));
+            for record in written {
+                query = bind_claim(query, record);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(results))
+    }
+
     /// Runs a guarded single-row write of `claim` (complete or release); if it changed nothing,
     /// answers why the claim is no longer held.
     async fn guarded(
@@ -298,6 +399,18 @@ pub(crate) fn record_from_row(row: &MySqlRow) -> std::result::Result<Record, Str
     .into_record()
 }
 
+/// `items` repeated at the end up to the next power of two: the statements built for a batch
+/// then come in a few lengths only, so the driver's prepared-statement cache keeps them instead
+/// of preparing a new statement of thousands of placeholders for nearly every batch. Only for
+/// statements where a repeated row changes nothing (an `IN` list, an upsert of the same values).
+fn padded<T: Copy>(items: &[T]) -> Vec<T> {
+    let mut padded = items.to_vec();
+    if let Some(&last) = items.last() {
+        padded.resize(items.len().next_power_of_two(), last);
+    }
+    padded
+}
+
 /// `n` placeholder groups like `(?, ?)`, comma-separated.
 fn groups(group: &str, n: usize) -> String {
     vec![group; n].join(", ")
@@ -328,13 +441,14 @@ pub(crate) async fn insert_or_lock(
     records: &[&Record],
 ) -> Result<Vec<MySqlRow>, sqlx::Error> {
     // Changing nothing on a duplicate still takes the row's exclusive lock, so the row cannot
-    // change before the SELECT below reads it.
+    // change before the SELECT below reads it. A repeated record is such a duplicate.
+    let records = padded(records);
     let insert = format!(
         "INSERT INTO oncely_records ({COLUMNS}) VALUES {} ON DUPLICATE KEY UPDATE token = token",
         groups("(?, ?, ?, ?, ?, ?, ?, ?, ?)", records.len())
     );
     let mut query = sqlx::query(AssertSqlSafe(insert));
-    for r in records {
+    for r in &records {
         query = bind_claim(query, r);
     }
     query.execute(&mut *conn).await?;
@@ -343,7 +457,7 @@ pub(crate) async fn insert_or_lock(
         groups("(?, ?)", records.len())
     );
     let mut query = sqlx::query(AssertSqlSafe(select));
-    for r in records {
+    for r in &records {
         query = query
             .bind(r.scope.as_str().as_bytes())
             .bind(r.key.as_str().as_bytes());
@@ -397,6 +511,8 @@ impl ClaimTransaction for ClaimTx<'_> {
 
     async fn rewrite(&mut self, records: &[Record]) -> Result<()> {
         // Every row is locked by this transaction: replacing it in place is one statement.
+        let records: Vec<&Record> = records.iter().collect();
+        let records = padded(&records);
         let statement = format!(
             "INSERT INTO oncely_records ({COLUMNS}) VALUES {} ON DUPLICATE KEY UPDATE \
              completed = VALUES(completed), token = VALUES(token), attempt = VALUES(attempt), \
@@ -448,17 +564,26 @@ impl Store for MySqlStore {
         }
     }
 
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<ClaimOutcome> {
+        self.group.claim(self, request, now).await
+    }
+
     async fn complete(&self, claim: &Claim, outcome: &[u8], expires_at: Timestamp) -> Result<()> {
-        let query = sqlx::query(
-            "UPDATE oncely_records SET completed = true, outcome = ?, expires_at = ? \
-             WHERE scope = ? AND `key` = ? AND token = ? AND NOT completed",
-        )
-        .bind(outcome)
-        .bind(expires_at.as_millis())
-        .bind(claim.scope.as_str().as_bytes())
-        .bind(claim.key.as_str().as_bytes())
-        .bind(claim.token as i64);
-        self.guarded(query, claim).await
+        self.group.complete(self, claim, outcome, expires_at).await
+    }
+
+    async fn complete_many(&self, items: &[Completion]) -> Result<Vec<Result<()>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tries = 0;
+        loop {
+            match self.complete_batch(items).await {
+                Err(e) if is(&e, DEADLOCK) && tries < RETRIES => tries += 1,
+                Err(e) => return Err(self.err(e)),
+                Ok(results) => return results,
+            }
+        }
     }
 
     async fn release(&self, claim: &Claim) -> Result<()> {

@@ -7,9 +7,15 @@
 //!   Fresh keys are inserted with `ON CONFLICT DO NOTHING` (which waits for a concurrent inserter
 //!   of the same key and then sees its row); the rest are locked with `SELECT ... FOR UPDATE`, so
 //!   every decision is taken on the latest committed row, by the same rules every store shares
-//!   (`oncely_core::lifecycle`). Keys are locked in sorted order, so batches cannot deadlock.
+//!   (`oncely_core::lifecycle`). Keys are inserted, then locked, in sorted order; a deadlock
+//!   PostgreSQL still detects between two batches (it rolls one back whole) is retried.
 //! - **Purge never blocks claims**: it deletes oldest-first in bounded batches and skips rows that
 //!   a claim has locked (`FOR UPDATE SKIP LOCKED`).
+//! - **Group commit**: concurrent single `claim` and `complete` calls share transactions
+//!   ([`oncely_core::GroupCommit`]): up to two claim batches and two complete batches in
+//!   flight over the pool of eight connections (`?oncely_group_batches=N` sets how many of each). A batch of completes is one guarded
+//!   `UPDATE ... FROM unnest(...) RETURNING`, and a claim it did not complete is explained by
+//!   reading the record back, by the rule every store shares.
 //! - **Versioned migrations**, applied on first use under an advisory lock, or by you from
 //!   `migrations/` (open with `?oncely_migrate=false`).
 //! - **Optional time partitions** (`?oncely_partitions=daily|hourly`), so purge drops whole
@@ -39,11 +45,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction};
+use oncely_core::group::DEFAULT_MAX_BATCH;
 use oncely_core::lifecycle::{claim_lost, decide_version};
-use oncely_core::url::{flag_param, redact_password};
+use oncely_core::url::{count_param, flag_param, redact_password};
 use oncely_core::{
-    Claim, ClaimOutcome, ClaimRequest, Error, Key, Record, RecordRow, Result, Scope, Store,
-    StoreStats, Timestamp, VersionCheck, async_trait,
+    Claim, ClaimOutcome, ClaimRequest, Completion, Error, GroupCommit, Key, Record, RecordRow,
+    Result, Scope, Store, StoreStats, Timestamp, VersionCheck, async_trait,
 };
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
@@ -52,12 +59,24 @@ use sqlx::{Postgres, Row, Transaction};
 /// The schema migrations, in order: `(version, sql)`.
 pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_records.sql"))];
 
+/// Connections in the store's pool.
+const POOL_SIZE: u32 = 8;
+/// Claim batches in flight at once, and as many complete batches. Fewer, larger batches did
+/// better than one per connection in `oncely bench` here (BENCHMARKS.md); the other connections
+/// serve release, get, purge and explicit `claim_many` calls.
+const GROUP_IN_FLIGHT: usize = 2;
+/// SQLSTATE deadlock_detected: PostgreSQL rolled the transaction back to break a lock cycle.
+const DEADLOCK: &str = "40P01";
+/// How often a batch rolled back by a deadlock is run again.
+const RETRIES: usize = 8;
+
 /// The PostgreSQL store. See the crate docs.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
     url: String,
     partitioned: Option<partitions::Partitioning>,
+    group: GroupCommit,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -72,6 +91,9 @@ const SELECT_ONE: &str = "SELECT scope, key, completed, token, attempt, fingerpr
      expires_at, outcome FROM oncely_records WHERE scope = $1 AND key = $2";
 pub(crate) const LOCK_ONE: &str = "SELECT scope, key, completed, token, attempt, fingerprint, created_at, \
      expires_at, outcome FROM oncely_records WHERE scope = $1 AND key = $2 FOR UPDATE";
+const SELECT_MANY: &str = "SELECT scope, key, completed, token, attempt, fingerprint, created_at, \
+     expires_at, outcome FROM oncely_records \
+     WHERE (scope, key) IN (SELECT * FROM unnest($1::bytea[], $2::bytea[]))";
 const LOCK_MANY: &str = "SELECT scope, key, completed, token, attempt, fingerprint, created_at, \
      expires_at, outcome FROM oncely_records \
      WHERE (scope, key) IN (SELECT * FROM unnest($1::bytea[], $2::bytea[])) \
@@ -84,11 +106,14 @@ impl PostgresStore {
     pub async fn connect(url: &str) -> Result<Self> {
         let (url, migrate) = flag_param(url, "oncely_migrate", true)?;
         let (url, partitioning) = partitions::Partitioning::from_url(&url)?;
+        let (url, batches) = count_param(&url, "oncely_group_batches", GROUP_IN_FLIGHT)?;
         let options = PgConnectOptions::from_str(&url).map_err(|e| Error::InvalidUrl {
             url: redact_password(&url),
             reason: e.to_string(),
         })?;
-        Self::connect_with_layout(options, &url, migrate, partitioning).await
+        let mut store = Self::connect_with_layout(options, &url, migrate, partitioning).await?;
+        store.group = GroupCommit::new(&store.url, batches, DEFAULT_MAX_BATCH);
+        Ok(store)
     }
 
     /// Connects with ready-made options (a test can set `search_path`, for instance).
@@ -118,13 +143,15 @@ impl PostgresStore {
             .await
             .map_err(unavailable)?;
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options);
+        let group = GroupCommit::new(&shown, GROUP_IN_FLIGHT, DEFAULT_MAX_BATCH);
         let store = PostgresStore {
             pool,
             url: shown,
             partitioned: partitioning,
+            group,
         };
         if migrate {
             store.migrate().await?;
@@ -222,11 +249,116 @@ impl PostgresStore {
         row.map(|r| self.record(&r)).transpose()
     }
 
+    /// One transaction completing `items`: one guarded `UPDATE` for all, then, for the items it
+    /// did not complete, one read that says why. A driver error is answered as itself (the
+    /// caller retries a deadlock); the inner result is the batch's answer.
+    async fn complete_batch(
+        &self,
+        items: &[Completion],
+    ) -> std::result::Result<Result<Vec<Result<()>>>, sqlx::Error> {
+        // The first item per claim goes to the UPDATE; a repeat of it is answered by the
+        // read-back (completed by then), as if the items ran one after another. Sorted, so
+        // concurrent batches take row locks in one order.
+        let mut seen = HashSet::new();
+        let mut first: Vec<usize> = (0..items.len())
+            .filter(|&i| {
+                let c = &items[i].claim;
+                seen.insert((&c.scope, &c.key, c.token))
+            })
+            .collect();
+        first.sort_by_key(|&i| (&items[i].claim.scope, &items[i].claim.key));
+        let claim = |i: &usize| &items[*i].claim;
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE oncely_records AS r SET completed = true, outcome = u.o, expires_at = u.e \
+             FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::bytea[], $5::int8[]) AS u(s, k, t, o, e) \
+             WHERE r.scope = u.s AND r.key = u.k AND r.token = u.t AND NOT r.completed \
+             RETURNING r.scope, r.key, r.token",
+        )
+        .bind(first.iter().map(|i| claim(i).scope.as_str().as_bytes()).collect::<Vec<_>>())
+        .bind(first.iter().map(|i| claim(i).key.as_str().as_bytes()).collect::<Vec<_>>())
+        .bind(first.iter().map(|i| claim(i).token as i64).collect::<Vec<_>>())
+        .bind(first.iter().map(|&i| items[i].outcome.as_slice()).collect::<Vec<_>>())
+        .bind(first.iter().map(|&i| items[i].expires_at.as_millis()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut done = HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let scope: Vec<u8> = row.try_get(0)?;
+            let key: Vec<u8> = row.try_get(1)?;
+            let token: i64 = row.try_get(2)?;
+            done.insert((scope, key, token as u64));
+        }
+        // Which items completed: the first of each claim that the UPDATE matched.
+        let mut completed = vec![false; items.len()];
+        for &i in &first {
+            let c = claim(&i);
+            completed[i] = done.contains(&(
+                c.scope.as_str().as_bytes().to_vec(),
+                c.key.as_str().as_bytes().to_vec(),
+                c.token,
+            ));
+        }
+        // The rest: why each one's claim is no longer held, by the rule every store shares.
+        let lost: Vec<usize> = (0..items.len()).filter(|&i| !completed[i]).collect();
+        let mut found: HashMap<(Scope, Key), Record> = HashMap::new();
+        if !lost.is_empty() {
+            let rows = sqlx::query(SELECT_MANY)
+                .bind(
+                    lost.iter()
+                        .map(|i| claim(i).scope.as_str().as_bytes())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    lost.iter()
+                        .map(|i| claim(i).key.as_str().as_bytes())
+                        .collect::<Vec<_>>(),
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in &rows {
+                match self.record(row) {
+                    Ok(record) => {
+                        found.insert((record.scope.clone(), record.key.clone()), record);
+                    }
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(Ok((0..items.len())
+            .map(|i| {
+                if completed[i] {
+                    return Ok(());
+                }
+                let c = claim(&i);
+                let existing = found.get(&(c.scope.clone(), c.key.clone()));
+                Err(claim_lost(&self.url, existing, c))
+            })
+            .collect()))
+    }
+
     /// Why `claim` no longer holds its record, read after a guarded statement changed nothing.
     async fn lost(&self, tx: &mut Transaction<'static, Postgres>, claim: &Claim) -> Result<Error> {
         let existing = self.select(tx, &claim.scope, &claim.key, false).await?;
         Ok(claim_lost(&self.url, existing.as_ref(), claim))
     }
+}
+
+/// Whether a store error is a deadlock PostgreSQL broke by rolling this transaction back.
+fn deadlocked(e: &Error) -> bool {
+    match e {
+        Error::Backend { source, .. } => source
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(is_deadlock),
+        _ => false,
+    }
+}
+
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == DEADLOCK)
 }
 
 /// Decodes a whole-record row; the error is what was wrong with it.
@@ -353,36 +485,56 @@ impl Store for PostgresStore {
         if self.partitioned.is_some() {
             return self.partitioned_claim_many(requests, now).await;
         }
-        let mut tx = ClaimTx {
-            store: self,
-            tx: self.begin().await?,
-        };
-        let outcomes = claim_in_transaction(&mut tx, &self.url, requests, now).await?;
-        tx.tx.commit().await.map_err(|e| self.err(e))?;
-        Ok(outcomes)
+        let mut tries = 0;
+        loop {
+            let mut tx = ClaimTx {
+                store: self,
+                tx: self.begin().await?,
+            };
+            // Fresh keys are inserted, then existing ones locked: each pass is in key order, but
+            // two concurrent batches can still wait on each other across the passes. PostgreSQL
+            // then rolls one back whole (nothing was claimed), and it runs again.
+            match claim_in_transaction(&mut tx, &self.url, requests, now).await {
+                Ok(outcomes) => {
+                    tx.tx.commit().await.map_err(|e| self.err(e))?;
+                    return Ok(outcomes);
+                }
+                Err(e) if deadlocked(&e) && tries < RETRIES => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<ClaimOutcome> {
+        self.group.claim(self, request, now).await
     }
 
     async fn complete(&self, claim: &Claim, outcome: &[u8], expires_at: Timestamp) -> Result<()> {
+        self.group.complete(self, claim, outcome, expires_at).await
+    }
+
+    async fn complete_many(&self, items: &[Completion]) -> Result<Vec<Result<()>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
         if self.partitioned.is_some() {
-            return self.partitioned_complete(claim, outcome, expires_at).await;
+            let mut results = Vec::with_capacity(items.len());
+            for item in items {
+                results.push(
+                    self.partitioned_complete(&item.claim, &item.outcome, item.expires_at)
+                        .await,
+                );
+            }
+            return Ok(results);
         }
-        let mut tx = self.begin().await?;
-        let done = sqlx::query(
-            "UPDATE oncely_records SET completed = true, outcome = $4, expires_at = $5 \
-             WHERE scope = $1 AND key = $2 AND token = $3 AND NOT completed",
-        )
-        .bind(claim.scope.as_str().as_bytes())
-        .bind(claim.key.as_str().as_bytes())
-        .bind(claim.token as i64)
-        .bind(outcome)
-        .bind(expires_at.as_millis())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?;
-        if done.rows_affected() != 1 {
-            return Err(self.lost(&mut tx, claim).await?);
+        let mut tries = 0;
+        loop {
+            match self.complete_batch(items).await {
+                Err(e) if is_deadlock(&e) && tries < RETRIES => tries += 1,
+                Err(e) => return Err(self.err(e)),
+                Ok(results) => return results,
+            }
         }
-        tx.commit().await.map_err(|e| self.err(e))
     }
 
     async fn release(&self, claim: &Claim) -> Result<()> {
