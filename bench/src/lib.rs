@@ -68,6 +68,8 @@ pub enum StoreKind {
     Postgres,
     /// `oncely-mysql`, on the MySQL or MariaDB server the URL names.
     Mysql,
+    /// `oncely-redis`, on the Redis server the URL names (each contender under a prefix).
+    Redis,
 }
 
 impl StoreKind {
@@ -115,6 +117,9 @@ pub enum BenchError {
     /// A baseline's (or the benchmark's own) statement on a database server failed.
     #[error("server: {0}")]
     Server(#[from] sqlx::Error),
+    /// A Redis baseline failed.
+    #[error("redis baseline: {0}")]
+    Redis(#[from] redis::RedisError),
     /// Something else (I/O on the bench directory, a runtime).
     #[error("{0}")]
     Other(String),
@@ -145,6 +150,9 @@ pub fn run(config: &BenchConfig, progress: &dyn Progress) -> Result<Vec<RunResul
     let workload = Workload::generate(config.events, config.duplicate_ratio, config.seed);
     let preload = Workload::distinct(config.preload, config.seed ^ 0x5eed);
     let naive_workload = workload.prefix(config.naive_events.min(config.events));
+    if config.store == StoreKind::Redis {
+        return run_redis(config, &workload, &naive_workload, &preload, progress);
+    }
     if config.store.is_server() {
         return run_server(config, &workload, &naive_workload, &preload, progress);
     }
@@ -247,6 +255,64 @@ fn run_server(
         let dropped = namespaces.drop_all().await;
         let results = results?;
         dropped?;
+        Ok(results)
+    })
+}
+
+/// The three contenders on a Redis server, each under a key prefix of its own, all removed after.
+fn run_redis(
+    config: &BenchConfig,
+    workload: &Workload,
+    naive_workload: &Workload,
+    preload: &Workload,
+    progress: &dyn Progress,
+) -> Result<Vec<RunResult>, BenchError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    // The URL as Redis's driver takes it; oncely's own parameters go to oncely's store only.
+    let (server, _) = oncely::url::take_param(&config.url, "prefix");
+    let driver_url = server
+        .split_once('?')
+        .map_or(server.as_str(), |(base, _)| base)
+        .to_owned();
+    let prefix = format!("oncely_bench_{}", std::process::id());
+    runtime.block_on(async {
+        let results = async {
+            let separator = if server.contains('?') { '&' } else { '?' };
+            let store_url = format!("{server}{separator}prefix={prefix}_oncely");
+            let oncely = run_oncely(
+                &store_url,
+                config.concurrency.max(1),
+                workload,
+                preload,
+                progress,
+            )
+            .await?;
+            let naive = baseline::redis::naive(
+                &driver_url,
+                &format!("{prefix}_naive"),
+                naive_workload,
+                preload,
+                progress,
+            )
+            .await?;
+            let limit = baseline::redis::batched_limit(
+                &driver_url,
+                &format!("{prefix}_limit"),
+                workload,
+                preload,
+                progress,
+            )
+            .await?;
+            Ok::<_, BenchError>(vec![oncely, naive, limit])
+        }
+        .await;
+        let forgotten = baseline::redis::forget(&driver_url, &prefix).await;
+        let results = results?;
+        forgotten?;
         Ok(results)
     })
 }
@@ -469,6 +535,7 @@ pub fn store_kind(url: &str) -> Option<StoreKind> {
         "sqlite" => Some(StoreKind::Sqlite),
         "postgres" | "postgresql" if url.contains("://") => Some(StoreKind::Postgres),
         "mysql" | "mariadb" if url.contains("://") => Some(StoreKind::Mysql),
+        "redis" if url.contains("://") => Some(StoreKind::Redis),
         _ => None,
     }
 }

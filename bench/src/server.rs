@@ -59,7 +59,9 @@ impl Namespaces {
                 format!("CREATE DATABASE `{name}`"),
                 with_database(&self.base, &name),
             ),
-            StoreKind::Memory | StoreKind::Sqlite => unreachable!("not a server store"),
+            StoreKind::Memory | StoreKind::Sqlite | StoreKind::Redis => {
+                unreachable!("not a SQL server store")
+            }
         };
         self.execute(&[drop, create]).await?;
         self.created.push(name);

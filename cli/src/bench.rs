@@ -115,6 +115,15 @@ pub fn run(
                 "sqlite (WAL, synchronous=FULL, page_size={}, oncely concurrency {})",
                 config.page_size, config.concurrency
             ),
+            StoreKind::Redis => format!(
+                "redis (fresh key prefixes on {}; oncely concurrency {}, naive {} connections \
+                 one SET NX at a time, limit {} connections x {} SET NX pipelined)",
+                oncely::url::redact_password(store_url),
+                config.concurrency,
+                oncely_bench::baseline::NAIVE_CONNECTIONS,
+                oncely_bench::baseline::LIMIT_CONNECTIONS,
+                oncely_bench::baseline::LIMIT_BATCH,
+            ),
             StoreKind::Postgres | StoreKind::Mysql => format!(
                 "{} (fresh schemas on {}; oncely concurrency {}, naive {} connections, \
                  limit {} connections x {} keys per transaction)",

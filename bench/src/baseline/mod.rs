@@ -3,6 +3,7 @@
 pub mod memory;
 pub mod mysql;
 pub mod postgres;
+pub mod redis;
 pub mod sqlite;
 
 use std::future::Future;
