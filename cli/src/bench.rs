@@ -78,8 +78,8 @@ pub fn run(
     }
     let Some(store) = store_kind(store_url) else {
         bail!(
-            "oncely bench measures memory:, sqlite:, postgres:// and mysql:// stores; \
-             `{store_url}` is none of them"
+            "oncely bench measures memory:, sqlite:, postgres://, mysql:// and redis:// stores \
+             (a Redis Cluster is not benchmarked); `{store_url}` is none of them"
         );
     };
     if !(0.0..1.0).contains(&args.duplicates) {

@@ -797,7 +797,11 @@ fn bench_reports_every_contender_and_never_touches_the_store_it_names() {
         memory.stdout()
     );
 
-    let other = oncely(dir.path(), &["--store", "redis://localhost", "bench"], b"");
+    let other = oncely(
+        dir.path(),
+        &["--store", "redis+cluster://127.0.0.1:1", "bench"],
+        b"",
+    );
     assert_ne!(other.code, 0);
     assert!(
         other.stderr.starts_with("error: oncely bench measures"),
@@ -860,6 +864,47 @@ fn bench_on_postgres_reports_every_contender() {
 #[test]
 fn bench_on_mysql_reports_every_contender() {
     bench_on_a_server(&mysql_server());
+}
+
+#[test]
+fn bench_on_redis_reports_every_contender() {
+    bench_on_a_server("redis://127.0.0.1:6379");
+}
+
+#[test]
+fn bench_purge_measures_claims_beside_a_purge_and_refuses_a_store_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let run = oncely(
+        dir.path(),
+        &[
+            "--store",
+            &store,
+            "bench",
+            "--purge",
+            "3000",
+            "--purge-batch",
+            "500",
+        ],
+        b"",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.stdout();
+    for line in [
+        "claims alone",
+        "claims + purge",
+        "purged 3000 expired records",
+    ] {
+        assert!(report.contains(line), "no `{line}` in\n{report}");
+    }
+    // The store now holds the live claims of the run: a second run must not purge into them.
+    let again = oncely(
+        dir.path(),
+        &["--store", &store, "bench", "--purge", "10"],
+        b"",
+    );
+    assert_eq!(again.code, 1, "{}", again.stdout());
+    assert!(again.stderr.contains("must be empty"), "{}", again.stderr);
 }
 
 #[test]

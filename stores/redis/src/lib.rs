@@ -80,12 +80,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
+use oncely_core::group::DEFAULT_MAX_BATCH;
 use oncely_core::lifecycle::decide_claim;
 use oncely_core::lifecycle::decide_version;
 use oncely_core::{
-    Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, Key, LostReason, Record, RecordState,
-    Result, Scope, Store, StoreStats, Timestamp, VersionCheck, async_trait,
+    Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, GroupCommit, Key, LostReason, Record,
+    RecordState, Result, Scope, Store, StoreStats, Timestamp, VersionCheck, async_trait,
 };
+
+/// Claim batches on their way to the server at once. Completes are not coalesced: each is one
+/// short script, and the multiplexed connection already pipelines concurrent ones.
+const CLAIM_BATCHES_IN_FLIGHT: usize = 4;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -124,6 +129,8 @@ pub struct RedisStore {
     /// Scopes this process registered, and when: a claim adds its scope once per
     /// [`REREGISTER_AFTER`], so a registry lost to a `FLUSHDB` or a failover is soon whole again.
     known_scopes: Mutex<HashMap<Scope, Instant>>,
+    /// Concurrent single claims go to the server as one script per scope and batch.
+    group: GroupCommit,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -233,6 +240,7 @@ impl RedisStore {
             conn,
             layout: Layout::new(&opts.prefix),
             ttl_grace_ms: opts.ttl_grace.map(|g| g.as_millis() as i128),
+            group: GroupCommit::new(&opts.shown, CLAIM_BATCHES_IN_FLIGHT, DEFAULT_MAX_BATCH),
             url: opts.shown,
             known_scopes: Mutex::new(HashMap::new()),
         })
@@ -523,6 +531,10 @@ impl Store for RedisStore {
             .into_iter()
             .map(|o| o.expect("every request is in one group"))
             .collect())
+    }
+
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<ClaimOutcome> {
+        self.group.claim(self, request, now).await
     }
 
     async fn complete(&self, claim: &Claim, outcome: &[u8], expires_at: Timestamp) -> Result<()> {
