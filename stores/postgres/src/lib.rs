@@ -94,6 +94,17 @@ pub(crate) const LOCK_ONE: &str = "SELECT scope, key, completed, token, attempt,
 const SELECT_MANY: &str = "SELECT scope, key, completed, token, attempt, fingerprint, created_at, \
      expires_at, outcome FROM oncely_records \
      WHERE (scope, key) IN (SELECT * FROM unnest($1::bytea[], $2::bytea[]))";
+const STATS: &str = "SELECT count(*) AS records, \
+     count(*) FILTER (WHERE NOT completed AND expires_at >= $1) AS in_progress, \
+     count(*) FILTER (WHERE completed AND expires_at >= $1) AS completed, \
+     count(*) FILTER (WHERE expires_at < $1) AS expired, \
+     pg_total_relation_size('oncely_records') AS bytes FROM oncely_records";
+const STATS_PARTITIONED: &str = "SELECT count(*) AS records, \
+     count(*) FILTER (WHERE NOT completed AND expires_at >= $1) AS in_progress, \
+     count(*) FILTER (WHERE completed AND expires_at >= $1) AS completed, \
+     count(*) FILTER (WHERE expires_at < $1) AS expired, \
+     (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::int8 \
+      FROM pg_partition_tree('oncely_records')) AS bytes FROM oncely_records";
 const LOCK_MANY: &str = "SELECT scope, key, completed, token, attempt, fingerprint, created_at, \
      expires_at, outcome FROM oncely_records \
      WHERE (scope, key) IN (SELECT * FROM unnest($1::bytea[], $2::bytea[])) \
@@ -580,16 +591,12 @@ impl Store for PostgresStore {
     }
 
     async fn stats(&self, now: Timestamp) -> Result<StoreStats> {
-        if self.partitioned.is_some() {
-            return self.partitioned_stats(now).await;
-        }
-        let row = sqlx::query(
-            "SELECT count(*) AS records, \
-             count(*) FILTER (WHERE NOT completed AND expires_at >= $1) AS in_progress, \
-             count(*) FILTER (WHERE completed AND expires_at >= $1) AS completed, \
-             count(*) FILTER (WHERE expires_at < $1) AS expired, \
-             pg_total_relation_size('oncely_records') AS bytes FROM oncely_records",
-        )
+        // A partitioned table's size is the sum of its partitions'.
+        let row = sqlx::query(if self.partitioned.is_some() {
+            STATS_PARTITIONED
+        } else {
+            STATS
+        })
         .bind(now.as_millis())
         .fetch_one(&self.pool)
         .await

@@ -92,7 +92,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction};
 use oncely_core::url::{redact_password, take_param};
 use oncely_core::{
-    Claim, ClaimOutcome, ClaimRequest, Error, Key, Record, Result, Scope, StoreStats, Timestamp,
+    Claim, ClaimOutcome, ClaimRequest, Error, Key, Record, Result, Scope, Timestamp,
 };
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
@@ -814,32 +814,6 @@ impl PostgresStore {
             purged += self.delete_expired(expired_before, limit - purged).await?;
         }
         Ok(purged)
-    }
-
-    pub(crate) async fn partitioned_stats(&self, now: Timestamp) -> Result<StoreStats> {
-        let row = sqlx::query(
-            "SELECT count(*) AS records, \
-             count(*) FILTER (WHERE NOT completed AND expires_at >= $1) AS in_progress, \
-             count(*) FILTER (WHERE completed AND expires_at >= $1) AS completed, \
-             count(*) FILTER (WHERE expires_at < $1) AS expired, \
-             (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::int8 \
-              FROM pg_partition_tree('oncely_records')) AS bytes \
-             FROM oncely_records",
-        )
-        .bind(now.as_millis())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        let count = |column: &str| -> Result<u64> {
-            Ok(row.try_get::<i64, _>(column).map_err(|e| self.err(e))? as u64)
-        };
-        Ok(StoreStats {
-            records: count("records")?,
-            in_progress: count("in_progress")?,
-            completed: count("completed")?,
-            expired: count("expired")?,
-            bytes: Some(count("bytes")?),
-        })
     }
 }
 
