@@ -4,8 +4,8 @@
 //! thousand concurrent handlers that each claim, then complete, one key over a pool of eight
 //! connections run at the pool's commit rate. [`GroupCommit`] turns the concurrent single calls
 //! into batches: [`claim`](GroupCommit::claim) calls become one
-//! [`Store::claim_many`](crate::Store::claim_many), [`complete`](GroupCommit::complete) calls
-//! one [`Store::complete_many`](crate::Store::complete_many). A store keeps one and routes its
+//! [`Store::claim_many`], [`complete`](GroupCommit::complete) calls
+//! one [`Store::complete_many`]. A store keeps one and routes its
 //! `claim` and `complete` through it; its `claim_many` and `complete_many` stay direct, so an
 //! explicit batch keeps its in-order semantics.
 //!

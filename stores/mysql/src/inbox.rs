@@ -12,7 +12,7 @@
 //! locks the gaps next to the keys it inserts, so concurrent transactions on neighbouring keys
 //! deadlock more often. Whatever the level, InnoDB may end a transaction as a deadlock victim
 //! (error 1213, the whole transaction rolled back): the inbox reports it as
-//! [`Error::Backend`](oncely_core::Error::Backend) and nothing is kept, so run the
+//! [`Error::Backend`] and nothing is kept, so run the
 //! transaction again. Avoid SERIALIZABLE, which turns plain reads into shared locks.
 //!
 //! ```no_run
