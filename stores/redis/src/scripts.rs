@@ -58,9 +58,13 @@ for i = 1, #KEYS - 2 do
     out[#out + 1] = o
   else
     local attempt = 1
-    if h[1] then attempt = math.min((tonumber(h[4]) or 0) + 1, 4294967295) end
+    if h[1] then
+      -- An expired record is replaced whole; an absent one has nothing to clear.
+      attempt = math.min((tonumber(h[4]) or 0) + 1, 4294967295)
+      redis.call('DEL', rec)
+      redis.call('ZREM', KEYS[2], member)
+    end
     attempt = string.format('%d', attempt)
-    redis.call('DEL', rec)
     if fp == '' then
       redis.call('HSET', rec, 's', 'p', 't', token, 'a', attempt, 'c', now, 'e', lease_until)
     else
@@ -68,7 +72,6 @@ for i = 1, #KEYS - 2 do
     end
     if ttl ~= '' then redis.call('PEXPIRE', rec, ttl) end
     redis.call('ZADD', KEYS[1], lease_until, member)
-    redis.call('ZREM', KEYS[2], member)
     for _, v in ipairs({'n', false, false, false, attempt, false, false, false}) do
       out[#out + 1] = v
     end
