@@ -475,12 +475,7 @@ pub(crate) fn summarize(
     bytes_per_key: Option<f64>,
 ) -> RunResult {
     latencies.sort_unstable();
-    let pick = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
+    let pick = |q: f64| percentile(&latencies, q);
     RunResult {
         name: name.to_owned(),
         events,
@@ -490,6 +485,14 @@ pub(crate) fn summarize(
         p99: pick(0.99),
         bytes_per_key,
     }
+}
+
+/// The `q` quantile of sorted latencies (zero if there are none).
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
 }
 
 /// The results as an aligned text table, with each contender's speed relative to oncely.

@@ -203,12 +203,7 @@ async fn claim_phase(
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
-    let pick = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
+    let pick = |q: f64| crate::percentile(&latencies, q);
     Ok(PhaseResult {
         name: name.to_owned(),
         claims: latencies.len(),

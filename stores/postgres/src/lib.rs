@@ -549,10 +549,11 @@ impl Store for PostgresStore {
     }
 
     async fn release(&self, claim: &Claim) -> Result<()> {
-        if self.partitioned.is_some() {
-            return self.partitioned_release(claim).await;
-        }
         let mut tx = self.begin().await?;
+        if self.partitioned.is_some() {
+            // No unique index serializes the key across partitions: its advisory lock does.
+            self.lock_key(&mut tx, claim).await?;
+        }
         let done = sqlx::query("DELETE FROM oncely_records WHERE scope = $1 AND key = $2 AND token = $3 AND NOT completed")
             .bind(claim.scope.as_str().as_bytes())
             .bind(claim.key.as_str().as_bytes())

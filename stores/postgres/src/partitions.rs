@@ -727,7 +727,11 @@ impl PostgresStore {
         Ok(outcomes)
     }
 
-    async fn lock_key(&self, tx: &mut Transaction<'static, Postgres>, claim: &Claim) -> Result<()> {
+    pub(crate) async fn lock_key(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        claim: &Claim,
+    ) -> Result<()> {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(key_lock(&claim.scope, &claim.key))
             .execute(&mut **tx)
@@ -754,24 +758,6 @@ impl PostgresStore {
         .bind(claim.token as i64)
         .bind(outcome)
         .bind(expires_at.as_millis())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?;
-        if done.rows_affected() != 1 {
-            return Err(self.lost(&mut tx, claim).await?);
-        }
-        tx.commit().await.map_err(|e| self.err(e))
-    }
-
-    pub(crate) async fn partitioned_release(&self, claim: &Claim) -> Result<()> {
-        let mut tx = self.begin().await?;
-        self.lock_key(&mut tx, claim).await?;
-        let done = sqlx::query(
-            "DELETE FROM oncely_records WHERE scope = $1 AND key = $2 AND token = $3 AND NOT completed",
-        )
-        .bind(claim.scope.as_str().as_bytes())
-        .bind(claim.key.as_str().as_bytes())
-        .bind(claim.token as i64)
         .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
