@@ -26,12 +26,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use harness::{panic_text, quiet_panics, runtime};
 use libtest_mimic::{Arguments, Conclusion, Trial};
 
 /// The test-harness types a backend needs to add trials of its own to [`run`].
 pub use libtest_mimic;
 use oncely_core::Store;
 
+pub mod harness;
 pub mod model;
 pub mod suite;
 
@@ -64,7 +66,7 @@ pub fn main(backend: &str, factory: impl StoreFactory) -> ! {
 /// for a harness that must tear something down (a server it started) before the process ends.
 pub fn run(backend: &str, factory: impl StoreFactory, extra: Vec<Trial>) -> Conclusion {
     let args = Arguments::from_args();
-    quiet_intended_panics();
+    quiet_panics(suite::INTENDED_PANIC);
     let factory: Arc<dyn StoreFactory> = Arc::new(factory);
     let mut trials = Vec::new();
     for (name, test) in suite::all() {
@@ -93,43 +95,4 @@ pub fn run(backend: &str, factory: impl StoreFactory, extra: Vec<Trial>) -> Conc
     );
     trials.extend(extra);
     libtest_mimic::run(&args, trials)
-}
-
-/// Keeps the suite's own, deliberate panic out of the output, so a log shows only real ones.
-fn quiet_intended_panics() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let message = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied());
-        if message != Some(suite::INTENDED_PANIC) {
-            default(info);
-        }
-    }));
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    // Several workers so "concurrent" tests contend on real threads.
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn panic_text(err: tokio::task::JoinError) -> String {
-    match err.try_into_panic() {
-        Ok(panic) => {
-            if let Some(s) = panic.downcast_ref::<&str>() {
-                (*s).to_owned()
-            } else if let Some(s) = panic.downcast_ref::<String>() {
-                s.clone()
-            } else {
-                "test panicked".to_owned()
-            }
-        }
-        Err(e) => e.to_string(),
-    }
 }

@@ -49,6 +49,7 @@
 
 pub mod batch;
 mod canonical;
+pub mod consumer;
 mod error;
 mod fingerprint;
 pub mod group;
@@ -56,6 +57,7 @@ pub mod inbox;
 mod key;
 pub mod lifecycle;
 mod oncely;
+pub mod panic;
 mod record;
 mod store;
 mod strategy;

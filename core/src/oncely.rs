@@ -1,13 +1,10 @@
 //! [`Oncely`]: the lifecycle over any [`Store`], with a clock, a lease and a retention.
 
-use std::any::Any;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::panic::catch_unwind;
 use crate::{
     Claim, ClaimOutcome, ClaimRequest, Clock, Error, Fingerprint, Key, Record, Result, Scope,
     Store, StoreStats, SystemClock, Timestamp, VersionCheck,
@@ -290,7 +287,7 @@ impl Oncely {
             }
             ClaimOutcome::Conflict { stored } => return Err(RunError::Conflict { stored }),
         };
-        match CatchUnwind(Box::pin(handler())).await {
+        match catch_unwind(handler()).await {
             Ok(Ok(outcome)) => {
                 self.complete(&claim, &outcome)
                     .await
@@ -305,7 +302,7 @@ impl Oncely {
             }
             Err(panic) => {
                 let _ = self.release(&claim).await;
-                Err(RunError::Panicked(panic_message(panic.as_ref())))
+                Err(RunError::Panicked(panic))
             }
         }
     }
@@ -389,29 +386,4 @@ pub enum RunError<E> {
     /// The store failed, or the claim was lost before it could be completed.
     #[error(transparent)]
     Store(Error),
-}
-
-struct CatchUnwind<F>(Pin<Box<F>>);
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = std::result::Result<F::Output, Box<dyn Any + Send>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.0.as_mut();
-        match std::panic::catch_unwind(AssertUnwindSafe(move || inner.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    }
-}
-
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
 }

@@ -1,0 +1,631 @@
+//! # oncely-broker-suite
+//!
+//! One behaviour suite for the consumer contract ([`oncely_core::consumer`]), run against every
+//! broker on a real server. A broker crate implements [`Broker`] (fresh destinations, publish,
+//! read the dead letters, count what is left unsettled) and adds a test target with
+//! `harness = false`:
+//!
+//! ```no_run
+//! # struct MyBroker;
+//! # impl MyBroker { async fn connect() -> Self { MyBroker } }
+//! # #[oncely_core::async_trait] impl oncely_broker_suite::Broker for MyBroker {
+//! #   type Channel = MyChannel;
+//! #   async fn channel(&self, _: &str) -> Result<MyChannel, oncely_core::BoxError> { unimplemented!() }
+//! # }
+//! # struct MyChannel;
+//! # #[oncely_core::async_trait] impl oncely_broker_suite::Channel for MyChannel {
+//! #   type Source = oncely_broker_suite::NoSource;
+//! #   async fn publish(&self, _: &oncely_core::consumer::Message) -> Result<(), oncely_core::BoxError> { Ok(()) }
+//! #   async fn consumer(&self) -> Result<Self::Source, oncely_core::BoxError> { unimplemented!() }
+//! #   async fn dead_letters(&self) -> Result<Vec<oncely_core::consumer::Message>, oncely_core::BoxError> { Ok(vec![]) }
+//! #   async fn unsettled(&self) -> Result<u64, oncely_core::BoxError> { Ok(0) }
+//! # }
+//! fn main() {
+//!     oncely_broker_suite::main("my-broker", || async { MyBroker::connect().await });
+//! }
+//! ```
+//!
+//! Each test is a plain async function over a fresh [`Channel`]: its own destination and
+//! dead-letter destination, so tests never see each other's messages. Every test runs for every
+//! broker; there is no way to skip one.
+
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Conclusion, Trial};
+use oncely_conformance::harness::{panic_text, quiet_panics, runtime};
+use oncely_consumer::{Consumer, Report};
+use oncely_core::consumer::{
+    ATTEMPTS_HEADER, ERROR_HEADER, Handled, Handler, HandlerError, KEY_HEADER, KeySource, Message,
+    OncelyHandler, RetryPolicy, Source,
+};
+use oncely_core::{BoxError, ClaimOutcome, Key, Oncely, Scope, async_trait};
+use tokio::sync::Notify;
+
+pub use libtest_mimic;
+
+/// A broker under test: hands out fresh channels.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// One test's destination.
+    type Channel: Channel;
+
+    /// A new, empty destination and dead-letter destination, unique to this call; `test`
+    /// names the test, for a readable name on the server.
+    async fn channel(&self, test: &str) -> Result<Self::Channel, BoxError>;
+}
+
+/// One test's destination on the broker (a JetStream stream and consumer, an AMQP queue), with
+/// its dead-letter destination.
+#[async_trait]
+pub trait Channel: Send + Sync + 'static {
+    /// What the runner consumes from.
+    type Source: Source;
+
+    /// Publishes `message` (payload, headers, message id) to the destination and waits for
+    /// the broker to confirm it.
+    async fn publish(&self, message: &Message) -> Result<(), BoxError>;
+
+    /// One more consumer of the destination; several compete for its messages.
+    async fn consumer(&self) -> Result<Self::Source, BoxError>;
+
+    /// Every message in the dead-letter destination so far, with its headers.
+    async fn dead_letters(&self) -> Result<Vec<Message>, BoxError>;
+
+    /// Messages of the destination not acked yet: waiting, or delivered and unacked.
+    async fn unsettled(&self) -> Result<u64, BoxError>;
+}
+
+/// A source that never delivers, for examples that need a type.
+#[derive(Debug)]
+pub struct NoSource;
+
+/// The delivery type of [`NoSource`]; never made.
+#[derive(Debug)]
+pub enum NoDelivery {}
+
+#[async_trait]
+impl oncely_core::consumer::Delivery for NoDelivery {
+    fn message(&self) -> &Message {
+        match *self {}
+    }
+    async fn ack(&self) -> Result<(), oncely_core::consumer::BrokerError> {
+        match *self {}
+    }
+    async fn redeliver(&self, _: Duration) -> Result<(), oncely_core::consumer::BrokerError> {
+        match *self {}
+    }
+    async fn dead_letter(
+        &self,
+        _: &oncely_core::consumer::DeadLetter,
+    ) -> Result<(), oncely_core::consumer::BrokerError> {
+        match *self {}
+    }
+}
+
+#[async_trait]
+impl Source for NoSource {
+    type Delivery = NoDelivery;
+    async fn next(&mut self) -> Option<Result<NoDelivery, oncely_core::consumer::BrokerError>> {
+        None
+    }
+}
+
+/// Runs the suite against the broker `connect` returns, as a test binary, and exits with its
+/// status.
+pub fn main<B, F, Fut>(broker: &str, connect: F) -> !
+where
+    B: Broker,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = B>,
+{
+    run(broker, connect, Vec::new()).exit()
+}
+
+/// Like [`main`], with the broker's own `extra` trials, without exiting.
+pub fn run<B, F, Fut>(name: &str, connect: F, extra: Vec<Trial>) -> Conclusion
+where
+    B: Broker,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = B>,
+{
+    let args = Arguments::from_args();
+    quiet_panics(INTENDED_PANIC);
+    let broker = Arc::new(runtime().block_on(connect()));
+    let mut trials = Vec::new();
+    for (test, body) in all::<B>() {
+        let broker = broker.clone();
+        trials.push(
+            Trial::test(format!("{name}::{test}"), move || {
+                runtime().block_on(async move {
+                    let channel = broker.channel(test).await.map_err(|e| e.to_string())?;
+                    tokio::spawn(body(channel))
+                        .await
+                        .map_err(|e| panic_text(e).into())
+                })
+            })
+            .with_kind(name.to_owned()),
+        );
+    }
+    trials.extend(extra);
+    libtest_mimic::run(&args, trials)
+}
+
+type Test<C> = fn(C) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Every test, by name.
+pub fn all<B: Broker>() -> Vec<(&'static str, Test<B::Channel>)> {
+    vec![
+        ("each_key_has_one_effect_and_every_message_is_acked", |c| {
+            Box::pin(each_key_has_one_effect_and_every_message_is_acked(c))
+        }),
+        (
+            "duplicate_of_a_done_key_is_acked_without_running_the_handler",
+            |c| Box::pin(duplicate_of_a_done_key_is_acked_without_running_the_handler(c)),
+        ),
+        (
+            "failing_handler_is_retried_then_dead_lettered_with_its_error",
+            |c| Box::pin(failing_handler_is_retried_then_dead_lettered_with_its_error(c)),
+        ),
+        ("transient_failure_succeeds_on_a_retry", |c| {
+            Box::pin(transient_failure_succeeds_on_a_retry(c))
+        }),
+        ("panicking_handler_is_a_failed_attempt", |c| {
+            Box::pin(panicking_handler_is_a_failed_attempt(c))
+        }),
+        ("message_without_a_key_is_dead_lettered_at_once", |c| {
+            Box::pin(message_without_a_key_is_dead_lettered_at_once(c))
+        }),
+        (
+            "in_progress_duplicate_is_not_acked_and_comes_back_as_a_duplicate",
+            |c| Box::pin(in_progress_duplicate_is_not_acked_and_comes_back_as_a_duplicate(c)),
+        ),
+        ("unavailable_store_gives_the_message_back", |c| {
+            Box::pin(unavailable_store_gives_the_message_back(c))
+        }),
+        ("shutdown_lets_running_handlers_finish_and_ack", |c| {
+            Box::pin(shutdown_lets_running_handlers_finish_and_ack(c))
+        }),
+        ("shutdown_gives_back_a_message_waiting_to_retry", |c| {
+            Box::pin(shutdown_gives_back_a_message_waiting_to_retry(c))
+        }),
+    ]
+}
+
+/// How long a test waits for the broker to settle what it published.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The panic message of the suite's deliberately panicking handler.
+pub const INTENDED_PANIC: &str = "intended panic from the broker suite";
+
+fn event(key: &str, n: usize) -> Message {
+    Message::new(format!(r#"{{"n":{n}}}"#).into_bytes(), "").with_header("Event-Id", key)
+}
+
+fn by_event_id() -> KeySource {
+    KeySource::Header("Event-Id".into())
+}
+
+fn fast_retry(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+    }
+}
+
+/// Counts effects per key, like a table of applied orders would.
+#[derive(Clone, Default)]
+struct Effects(Arc<Mutex<HashMap<String, usize>>>);
+
+impl Effects {
+    fn apply(&self, key: &Key) {
+        *self.0.lock().unwrap().entry(key.to_string()).or_default() += 1;
+    }
+
+    fn of(&self, key: &str) -> usize {
+        self.0.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+
+    fn snapshot(&self) -> HashMap<String, usize> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn store_handler(effects: Effects) -> impl Handler {
+    let oncely = Oncely::new(Arc::new(oncely_memory::MemoryStore::default()));
+    OncelyHandler::new(oncely, Scope::default(), move |key: Key, _: Message| {
+        let effects = effects.clone();
+        async move {
+            effects.apply(&key);
+            Ok::<_, BoxError>(Vec::new())
+        }
+    })
+}
+
+/// A running consumer: stop it with [`Running::stop`].
+struct Running {
+    stop: Arc<Notify>,
+    task: tokio::task::JoinHandle<Report>,
+}
+
+impl Running {
+    async fn stop(self) -> Report {
+        self.stop.notify_one();
+        self.task.await.expect("the consumer task")
+    }
+}
+
+async fn start<C: Channel, H: Handler>(channel: &C, consumer: &Consumer<H>) -> Running {
+    let source = channel.consumer().await.expect("a consumer");
+    let stop = Arc::new(Notify::new());
+    let (consumer, stopped) = (consumer.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        consumer
+            .run(source, async move { stopped.notified().await })
+            .await
+            .expect("the consumer runs until stopped")
+    });
+    Running { stop, task }
+}
+
+/// Waits until `done(report)` holds for the consumer, or fails the test with what it saw.
+async fn until<H: Handler>(consumer: &Consumer<H>, what: &str, done: impl Fn(&Report) -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let report = consumer.report();
+        if done(&report) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}; report: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until nothing of the destination is left unsettled.
+async fn until_all_settled<C: Channel>(channel: &C) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let left = channel.unsettled().await.expect("unsettled count");
+        if left == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} messages still unsettled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn publish_all<C: Channel>(channel: &C, messages: &[Message]) {
+    for message in messages {
+        channel.publish(message).await.expect("publish");
+    }
+}
+
+/// 300 messages, 60 of them repeats of earlier keys, through two competing consumers of
+/// eight handlers each: one effect per key, every message acked.
+async fn each_key_has_one_effect_and_every_message_is_acked<C: Channel>(channel: C) {
+    let mut messages: Vec<Message> = (0..240).map(|n| event(&format!("k{n}"), n)).collect();
+    for n in 0..60 {
+        let again = (n * 37) % 240;
+        messages.insert(n * 5 + 3, event(&format!("k{again}"), again));
+    }
+    publish_all(&channel, &messages).await;
+
+    let effects = Effects::default();
+    let consumer = Consumer::new(store_handler(effects.clone()), by_event_id()).concurrency(8);
+    let (one, two) = (
+        start(&channel, &consumer).await,
+        start(&channel, &consumer).await,
+    );
+    until(&consumer, "all 300 settled", |r| {
+        r.done + r.duplicates == 300
+    })
+    .await;
+    let (a, b) = (one.stop().await, two.stop().await);
+
+    let effects = effects.snapshot();
+    assert_eq!(effects.len(), 240, "every key has an effect");
+    assert!(
+        effects.values().all(|&n| n == 1),
+        "no key has two effects: {effects:?}"
+    );
+    assert_eq!(a.done + b.done, 240);
+    assert_eq!(a.duplicates + b.duplicates, 60);
+    assert_eq!(
+        a.dead_lettered + b.dead_lettered + a.unsettled + b.unsettled,
+        0
+    );
+    until_all_settled(&channel).await;
+    assert!(channel.dead_letters().await.unwrap().is_empty());
+}
+
+async fn duplicate_of_a_done_key_is_acked_without_running_the_handler<C: Channel>(channel: C) {
+    let effects = Effects::default();
+    let consumer = Consumer::new(store_handler(effects.clone()), by_event_id());
+    let running = start(&channel, &consumer).await;
+    channel.publish(&event("order-1", 1)).await.unwrap();
+    until(&consumer, "the first delivery", |r| r.done == 1).await;
+    channel.publish(&event("order-1", 1)).await.unwrap();
+    until(&consumer, "the duplicate", |r| r.duplicates == 1).await;
+    let report = running.stop().await;
+
+    assert_eq!(effects.of("order-1"), 1);
+    assert_eq!((report.done, report.duplicates), (1, 1));
+    until_all_settled(&channel).await;
+}
+
+/// Fails every time for one key: `attempts` calls, then the dead letter.
+struct AlwaysFails {
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Handler for AlwaysFails {
+    async fn handle(&self, _: &Key, _: &Message) -> Result<Handled, HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Err(HandlerError::failed("card declined: insufficient funds"))
+    }
+}
+
+async fn failing_handler_is_retried_then_dead_lettered_with_its_error<C: Channel>(channel: C) {
+    let handler = Arc::new(AlwaysFails {
+        calls: AtomicUsize::new(0),
+    });
+    let consumer = Consumer::new(handler.clone(), by_event_id()).retry(fast_retry(3));
+    let running = start(&channel, &consumer).await;
+    let poison = event("charge-9", 9).with_header("Tenant", "acme");
+    channel.publish(&poison).await.unwrap();
+    until(&consumer, "the dead letter", |r| r.dead_lettered == 1).await;
+    running.stop().await;
+
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 3, "three attempts");
+    until_all_settled(&channel).await;
+    let letters = channel.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1, "one dead letter: {letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.payload(), poison.payload(), "the original payload");
+    assert_eq!(
+        letter.header("Tenant"),
+        Some("acme"),
+        "the original headers"
+    );
+    assert_eq!(
+        letter.header(ERROR_HEADER),
+        Some("card declined: insufficient funds")
+    );
+    assert_eq!(letter.header(ATTEMPTS_HEADER), Some("3"));
+    assert_eq!(letter.header(KEY_HEADER), Some("charge-9"));
+}
+
+/// Fails the first `failures` calls, then succeeds.
+struct FailsFirst {
+    failures: usize,
+    calls: AtomicUsize,
+    panic: bool,
+}
+
+#[async_trait]
+impl Handler for FailsFirst {
+    async fn handle(&self, _: &Key, _: &Message) -> Result<Handled, HandlerError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+            if self.panic {
+                panic!("{INTENDED_PANIC}");
+            }
+            return Err(HandlerError::failed("timeout talking to the mail server"));
+        }
+        Ok(Handled::Done)
+    }
+}
+
+async fn transient_failure_succeeds_on_a_retry<C: Channel>(channel: C) {
+    let handler = Arc::new(FailsFirst {
+        failures: 2,
+        calls: AtomicUsize::new(0),
+        panic: false,
+    });
+    let consumer = Consumer::new(handler.clone(), by_event_id()).retry(fast_retry(3));
+    let running = start(&channel, &consumer).await;
+    channel.publish(&event("mail-1", 1)).await.unwrap();
+    until(&consumer, "success on the third attempt", |r| r.done == 1).await;
+    let report = running.stop().await;
+
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(report.dead_lettered, 0);
+    until_all_settled(&channel).await;
+    assert!(channel.dead_letters().await.unwrap().is_empty());
+}
+
+async fn panicking_handler_is_a_failed_attempt<C: Channel>(channel: C) {
+    let handler = Arc::new(FailsFirst {
+        failures: 1,
+        calls: AtomicUsize::new(0),
+        panic: true,
+    });
+    let consumer = Consumer::new(handler.clone(), by_event_id()).retry(fast_retry(3));
+    let running = start(&channel, &consumer).await;
+    channel.publish(&event("p-1", 1)).await.unwrap();
+    until(&consumer, "success after the panic", |r| r.done == 1).await;
+    running.stop().await;
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
+    until_all_settled(&channel).await;
+}
+
+async fn message_without_a_key_is_dead_lettered_at_once<C: Channel>(channel: C) {
+    let effects = Effects::default();
+    let consumer = Consumer::new(store_handler(effects.clone()), by_event_id());
+    let running = start(&channel, &consumer).await;
+    let keyless = Message::new(b"{}".to_vec(), "");
+    channel.publish(&keyless).await.unwrap();
+    until(&consumer, "the dead letter", |r| r.dead_lettered == 1).await;
+    running.stop().await;
+
+    assert!(effects.snapshot().is_empty(), "the handler never ran");
+    until_all_settled(&channel).await;
+    let letters = channel.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].header(ATTEMPTS_HEADER), Some("0"));
+    let error = letters[0].header(ERROR_HEADER).unwrap();
+    assert!(
+        error.contains("Event-Id"),
+        "names the missing header: {error}"
+    );
+}
+
+async fn in_progress_duplicate_is_not_acked_and_comes_back_as_a_duplicate<C: Channel>(channel: C) {
+    let effects = Effects::default();
+    let store = Arc::new(oncely_memory::MemoryStore::default());
+    // A short lease: the in-progress answer asks for redelivery when it ends.
+    let oncely = Oncely::new(store).with_lease(Duration::from_secs(5));
+    let handler = OncelyHandler::new(oncely.clone(), Scope::default(), {
+        let effects = effects.clone();
+        move |key: Key, _: Message| {
+            let effects = effects.clone();
+            async move {
+                effects.apply(&key);
+                Ok::<_, BoxError>(Vec::new())
+            }
+        }
+    });
+    // Another delivery of the key is being handled elsewhere: it holds the claim.
+    let key = Key::new("stock-1").unwrap();
+    let elsewhere = match oncely.claim(&Scope::default(), &key, None).await.unwrap() {
+        ClaimOutcome::New(claim) => claim,
+        other => panic!("expected a new claim, got {other:?}"),
+    };
+    let consumer = Consumer::new(handler, by_event_id());
+    let running = start(&channel, &consumer).await;
+    channel.publish(&event("stock-1", 1)).await.unwrap();
+    until(&consumer, "the in-progress redelivery", |r| {
+        r.redelivered >= 1
+    })
+    .await;
+    let report = consumer.report();
+    assert_eq!(report.done + report.duplicates, 0, "not acked: {report:?}");
+
+    // The other delivery finishes; the message comes back and is a duplicate.
+    oncely.complete(&elsewhere, b"").await.unwrap();
+    until(&consumer, "the duplicate after completion", |r| {
+        r.duplicates == 1
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(effects.of("stock-1"), 0, "this consumer never did the work");
+    until_all_settled(&channel).await;
+}
+
+/// Reports the store down a few times, then works.
+struct FlakyStore {
+    outages: usize,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Handler for FlakyStore {
+    async fn handle(&self, _: &Key, _: &Message) -> Result<Handled, HandlerError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) < self.outages {
+            return Err(HandlerError::unavailable("connection refused"));
+        }
+        Ok(Handled::Done)
+    }
+}
+
+async fn unavailable_store_gives_the_message_back<C: Channel>(channel: C) {
+    let handler = Arc::new(FlakyStore {
+        outages: 3,
+        calls: AtomicUsize::new(0),
+    });
+    // One attempt only: outages must not count as attempts, or this would dead-letter.
+    let consumer = Consumer::new(handler.clone(), by_event_id())
+        .retry(fast_retry(1))
+        .unavailable_backoff(Duration::from_millis(50));
+    let running = start(&channel, &consumer).await;
+    channel.publish(&event("u-1", 1)).await.unwrap();
+    until(&consumer, "done after the outage", |r| r.done == 1).await;
+    let report = running.stop().await;
+    assert_eq!(report.redelivered, 3);
+    assert_eq!(report.dead_lettered, 0);
+    until_all_settled(&channel).await;
+}
+
+/// Takes `delay` per message.
+struct Slow {
+    delay: Duration,
+    started: Notify,
+    finished: AtomicUsize,
+}
+
+#[async_trait]
+impl Handler for Slow {
+    async fn handle(&self, _: &Key, _: &Message) -> Result<Handled, HandlerError> {
+        self.started.notify_one();
+        tokio::time::sleep(self.delay).await;
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        Ok(Handled::Done)
+    }
+}
+
+async fn shutdown_lets_running_handlers_finish_and_ack<C: Channel>(channel: C) {
+    let handler = Arc::new(Slow {
+        delay: Duration::from_millis(500),
+        started: Notify::new(),
+        finished: AtomicUsize::new(0),
+    });
+    let consumer = Consumer::new(handler.clone(), by_event_id());
+    let running = start(&channel, &consumer).await;
+    channel.publish(&event("s-1", 1)).await.unwrap();
+    handler.started.notified().await;
+    let report = running.stop().await;
+    assert_eq!(
+        handler.finished.load(Ordering::SeqCst),
+        1,
+        "the handler finished"
+    );
+    assert_eq!(
+        report.done, 1,
+        "and its message was acked before run returned"
+    );
+    until_all_settled(&channel).await;
+}
+
+async fn shutdown_gives_back_a_message_waiting_to_retry<C: Channel>(channel: C) {
+    let handler = Arc::new(AlwaysFails {
+        calls: AtomicUsize::new(0),
+    });
+    let slow_retry = RetryPolicy {
+        max_attempts: 5,
+        initial_backoff: Duration::from_secs(30),
+        max_backoff: Duration::from_secs(30),
+    };
+    let consumer = Consumer::new(handler.clone(), by_event_id()).retry(slow_retry);
+    let running = start(&channel, &consumer).await;
+    channel.publish(&event("r-1", 1)).await.unwrap();
+    while handler.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let report = tokio::time::timeout(Duration::from_secs(10), running.stop())
+        .await
+        .expect("shutdown does not wait out a 30 s backoff");
+    assert_eq!(report.redelivered, 1, "given back, not held");
+    assert_eq!(report.dead_lettered, 0);
+
+    // A new consumer gets it again.
+    let effects = Effects::default();
+    let next = Consumer::new(store_handler(effects.clone()), by_event_id());
+    let running = start(&channel, &next).await;
+    until(&next, "the redelivery", |r| r.done == 1).await;
+    running.stop().await;
+    assert_eq!(effects.of("r-1"), 1);
+    until_all_settled(&channel).await;
+}

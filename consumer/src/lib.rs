@@ -1,0 +1,387 @@
+//! The consumer runner: takes deliveries from any broker and settles each by the consumer
+//! contract ([`oncely_core::consumer`]).
+//!
+//! A broker crate (`oncely-nats`, `oncely-rabbitmq`) turns its client's stream into a
+//! [`Source`]; you supply a [`Handler`] and where the key comes from ([`KeySource`]); the
+//! [`Consumer`] does the rest:
+//!
+//! - up to [`concurrency`](Consumer::concurrency) deliveries in flight at once;
+//! - per delivery: key, handler, then exactly one settlement (ack, redeliver, or dead-letter
+//!   then ack), following the contract's rules;
+//! - failed attempts retried in place with exponential backoff ([`RetryPolicy`]), telling the
+//!   broker the message is still in progress so it does not redeliver it meanwhile;
+//! - graceful shutdown: when `shutdown` resolves, no new delivery is taken; handlers already
+//!   running finish and settle; a delivery waiting to retry is given back to the broker at once.
+//!   Nothing is held when [`Consumer::run`] returns.
+//!
+//! ```no_run
+//! # async fn example(source: impl oncely_core::consumer::Source) -> Result<(), Box<dyn std::error::Error>> {
+//! use oncely_consumer::Consumer;
+//! use oncely_core::consumer::{Message, OncelyHandler};
+//! use oncely_core::{Key, Oncely, Scope};
+//! # let store = std::sync::Arc::new(oncely_memory::MemoryStore::default());
+//!
+//! let handler = OncelyHandler::new(Oncely::new(store), Scope::new("emails")?, |key: Key, _: Message| async move {
+//!     println!("sending the welcome email for {key}");
+//!     Ok::<_, std::io::Error>(Vec::new())
+//! });
+//! let consumer = Consumer::new(handler, "/userId".parse()?).concurrency(16);
+//! let shutdown = async { /* e.g. tokio::signal::ctrl_c() */ };
+//! let report = consumer.run(source, shutdown).await?;
+//! println!("{report:?}");
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use oncely_core::Key;
+pub use oncely_core::consumer::{
+    BrokerError, DeadLetter, Delivery, Handled, Handler, HandlerError, KeySource, Message,
+    RetryPolicy, Settled, Source,
+};
+use oncely_core::panic::catch_unwind;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Consecutive receive errors after which [`Consumer::run`] gives up.
+pub const MAX_RECEIVE_ERRORS: u32 = 10;
+
+/// Runs a [`Handler`] over a broker's deliveries. Cheap to clone; clones share counters.
+pub struct Consumer<H> {
+    inner: Arc<Inner<H>>,
+}
+
+impl<H> Clone for Consumer<H> {
+    fn clone(&self) -> Self {
+        Consumer {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<H> {
+    handler: H,
+    keys: KeySource,
+    retry: RetryPolicy,
+    concurrency: usize,
+    unavailable_backoff: Duration,
+    progress_every: Duration,
+    counts: Counts,
+}
+
+#[derive(Default)]
+struct Counts {
+    done: AtomicU64,
+    duplicates: AtomicU64,
+    redelivered: AtomicU64,
+    dead_lettered: AtomicU64,
+    unsettled: AtomicU64,
+}
+
+/// How many deliveries a consumer settled, and how.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Handled and acked.
+    pub done: u64,
+    /// Duplicates acked without handling.
+    pub duplicates: u64,
+    /// Given back to the broker.
+    pub redelivered: u64,
+    /// Dead-lettered, then acked.
+    pub dead_lettered: u64,
+    /// Left to the broker's own redelivery because settling failed.
+    pub unsettled: u64,
+}
+
+impl<H: Handler> Consumer<H> {
+    /// A consumer running `handler` on each message's key from `keys`, one delivery at a
+    /// time, with the default [`RetryPolicy`].
+    pub fn new(handler: H, keys: KeySource) -> Self {
+        Consumer {
+            inner: Arc::new(Inner {
+                handler,
+                keys,
+                retry: RetryPolicy::default(),
+                concurrency: 1,
+                unavailable_backoff: Duration::from_secs(1),
+                progress_every: Duration::from_secs(10),
+                counts: Counts::default(),
+            }),
+        }
+    }
+
+    fn configure(mut self, f: impl FnOnce(&mut Inner<H>)) -> Self {
+        f(Arc::get_mut(&mut self.inner).expect("configured before it is cloned"));
+        self
+    }
+
+    /// Deliveries handled at once (at least 1). Order per key holds only at 1, or where the
+    /// broker never has two messages of one key in flight.
+    pub fn concurrency(self, n: usize) -> Self {
+        self.configure(|c| c.concurrency = n.max(1))
+    }
+
+    /// Attempts and backoff for failing handlers.
+    pub fn retry(self, policy: RetryPolicy) -> Self {
+        self.configure(|c| {
+            c.retry = RetryPolicy {
+                max_attempts: policy.max_attempts.max(1),
+                ..policy
+            }
+        })
+    }
+
+    /// How long a message waits before redelivery when the handler reports its store
+    /// unavailable (1 s by default).
+    pub fn unavailable_backoff(self, wait: Duration) -> Self {
+        self.configure(|c| c.unavailable_backoff = wait)
+    }
+
+    /// How often a running handler's message is reported in progress to the broker (10 s by
+    /// default; keep it well under the broker's ack timeout).
+    pub fn progress_every(self, every: Duration) -> Self {
+        self.configure(|c| c.progress_every = every.max(Duration::from_millis(1)))
+    }
+
+    /// What this consumer (and its clones) settled so far.
+    pub fn report(&self) -> Report {
+        let c = &self.inner.counts;
+        Report {
+            done: c.done.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            redelivered: c.redelivered.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            unsettled: c.unsettled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes deliveries from `source` until it ends or `shutdown` resolves, then waits for the
+    /// deliveries in flight to settle. Returns what was settled by this call.
+    ///
+    /// Fails only when the source fails [`MAX_RECEIVE_ERRORS`] times in a row; what was in
+    /// flight is settled first.
+    pub async fn run<S: Source>(
+        &self,
+        mut source: S,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Report, BrokerError> {
+        let before = self.report();
+        let (stop, stopping) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut receive_errors = 0;
+        let mut failure = None;
+        tokio::pin!(shutdown);
+        loop {
+            while tasks.len() >= self.inner.concurrency {
+                self.joined(tasks.join_next().await);
+            }
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                joined = tasks.join_next(), if !tasks.is_empty() => self.joined(joined),
+                next = source.next() => match next {
+                    None => break,
+                    Some(Ok(delivery)) => {
+                        receive_errors = 0;
+                        let (this, stopping) = (self.clone(), stopping.clone());
+                        tasks.spawn(async move { this.settle(&delivery, stopping).await });
+                    }
+                    Some(Err(error)) => {
+                        receive_errors += 1;
+                        tracing::warn!(%error, receive_errors, "receiving failed");
+                        if receive_errors >= MAX_RECEIVE_ERRORS {
+                            failure = Some(error);
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100) * receive_errors).await;
+                    }
+                },
+            }
+        }
+        let _ = stop.send(true);
+        while let Some(joined) = tasks.join_next().await {
+            self.joined(Some(joined));
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(self.report().since(before)),
+        }
+    }
+
+    fn joined(&self, joined: Option<Result<Settled, tokio::task::JoinError>>) {
+        if let Some(Err(error)) = joined {
+            // `settle` catches the handler's panics; this is a bug in a broker's settlement.
+            tracing::error!(%error, "a delivery's task failed; the broker will redeliver it");
+            self.inner.counts.unsettled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Settles one delivery by the contract and counts it. `stopping` turning true cuts a
+    /// retry's backoff short: the delivery is given back at once.
+    pub async fn settle<D: Delivery>(
+        &self,
+        delivery: &D,
+        mut stopping: watch::Receiver<bool>,
+    ) -> Settled {
+        let settled = self.decide_and_settle(delivery, &mut stopping).await;
+        let c = &self.inner.counts;
+        let counter = match settled {
+            Settled::Done => &c.done,
+            Settled::Duplicate => &c.duplicates,
+            Settled::Redelivered => &c.redelivered,
+            Settled::DeadLettered => &c.dead_lettered,
+            Settled::Unsettled => &c.unsettled,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        settled
+    }
+
+    async fn decide_and_settle<D: Delivery>(
+        &self,
+        delivery: &D,
+        stopping: &mut watch::Receiver<bool>,
+    ) -> Settled {
+        let inner = &*self.inner;
+        let message = delivery.message();
+        let key = match inner.keys.key_of(message) {
+            Ok(key) => key,
+            Err(error) => {
+                let error = format!("no key by `{}`: {error}", inner.keys);
+                return dead_letter(delivery, None, error, 0, inner.unavailable_backoff).await;
+            }
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match self.attempt(delivery, &key).await {
+                Ok(Handled::Done) => return ack(delivery, Settled::Done).await,
+                Ok(Handled::Duplicate) => return ack(delivery, Settled::Duplicate).await,
+                Ok(Handled::InProgress { retry_after }) => {
+                    return redeliver(delivery, retry_after).await;
+                }
+                Err(HandlerError::Unavailable(error)) => {
+                    tracing::warn!(%key, %error, "store unavailable; message given back");
+                    return redeliver(delivery, inner.unavailable_backoff).await;
+                }
+                Err(HandlerError::Rejected(error)) => {
+                    let error = error.to_string();
+                    let wait = inner.unavailable_backoff;
+                    return dead_letter(delivery, Some(key), error, attempt, wait).await;
+                }
+                Err(HandlerError::Failed(error)) => error.to_string(),
+            };
+            if attempt >= inner.retry.max_attempts {
+                let wait = inner.unavailable_backoff;
+                return dead_letter(delivery, Some(key), error, attempt, wait).await;
+            }
+            tracing::debug!(%key, attempt, %error, "handler failed; retrying");
+            let backoff = inner.retry.backoff_after(attempt);
+            if *stopping.borrow() {
+                return redeliver(delivery, Duration::ZERO).await;
+            }
+            tokio::select! {
+                _ = stopping.changed() => return redeliver(delivery, Duration::ZERO).await,
+                _ = self.keep_alive(delivery, tokio::time::sleep(backoff)) => {}
+            }
+        }
+    }
+
+    /// One call of the handler, its panic turned into a failure, with the message kept alive
+    /// at the broker while it runs.
+    async fn attempt<D: Delivery>(&self, delivery: &D, key: &Key) -> Result<Handled, HandlerError> {
+        let handled = catch_unwind(self.inner.handler.handle(key, delivery.message()));
+        match self.keep_alive(delivery, handled).await {
+            Ok(result) => result,
+            Err(panic) => Err(HandlerError::failed(format!("handler panicked: {panic}"))),
+        }
+    }
+
+    async fn keep_alive<D: Delivery, T>(&self, delivery: &D, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        let mut ticks = tokio::time::interval(self.inner.progress_every);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = ticks.tick() => {
+                    if let Err(error) = delivery.in_progress().await {
+                        tracing::warn!(%error, "could not report progress");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Report {
+    fn since(self, before: Report) -> Report {
+        Report {
+            done: self.done - before.done,
+            duplicates: self.duplicates - before.duplicates,
+            redelivered: self.redelivered - before.redelivered,
+            dead_lettered: self.dead_lettered - before.dead_lettered,
+            unsettled: self.unsettled - before.unsettled,
+        }
+    }
+}
+
+impl<H> std::fmt::Debug for Consumer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("keys", &self.inner.keys)
+            .field("retry", &self.inner.retry)
+            .field("concurrency", &self.inner.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn ack<D: Delivery>(delivery: &D, settled: Settled) -> Settled {
+    match delivery.ack().await {
+        Ok(()) => settled,
+        Err(error) => {
+            // The effect is committed; the redelivery will be answered as a duplicate.
+            tracing::warn!(%error, "ack failed; the broker will redeliver a duplicate");
+            Settled::Unsettled
+        }
+    }
+}
+
+async fn redeliver<D: Delivery>(delivery: &D, after: Duration) -> Settled {
+    match delivery.redeliver(after).await {
+        Ok(()) => Settled::Redelivered,
+        Err(error) => {
+            tracing::warn!(%error, "redelivery request failed; left to the broker");
+            Settled::Unsettled
+        }
+    }
+}
+
+/// Publishes the dead letter, then acks the original; if the publish fails, the original goes
+/// back to the broker instead, so nothing is lost.
+async fn dead_letter<D: Delivery>(
+    delivery: &D,
+    key: Option<Key>,
+    error: String,
+    attempts: u32,
+    on_failure: Duration,
+) -> Settled {
+    let letter = DeadLetter {
+        error,
+        attempts,
+        key,
+        source: delivery.message().source().to_owned(),
+    };
+    tracing::warn!(key = ?letter.key, attempts, error = %letter.error, "dead-lettering");
+    match delivery.dead_letter(&letter).await {
+        Ok(()) => ack(delivery, Settled::DeadLettered).await,
+        Err(error) => {
+            tracing::warn!(%error, "dead-letter publish failed; message given back");
+            redeliver(delivery, on_failure).await
+        }
+    }
+}
