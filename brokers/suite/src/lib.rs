@@ -19,6 +19,7 @@
 //! #   async fn consumer(&self) -> Result<Self::Source, oncely_core::BoxError> { unimplemented!() }
 //! #   async fn dead_letters(&self) -> Result<Vec<oncely_core::consumer::Message>, oncely_core::BoxError> { Ok(vec![]) }
 //! #   async fn unsettled(&self) -> Result<u64, oncely_core::BoxError> { Ok(0) }
+//! #   fn source_url(&self) -> String { String::new() }
 //! # }
 //! fn main() {
 //!     oncely_broker_suite::main("my-broker", || async { MyBroker::connect().await });
@@ -50,6 +51,8 @@ use tokio::sync::Notify;
 
 pub use libtest_mimic;
 
+pub mod proof;
+
 /// A broker under test: hands out fresh channels.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
@@ -80,6 +83,10 @@ pub trait Channel: Send + Sync + 'static {
 
     /// Messages of the destination not acked yet: waiting, or delivered and unacked.
     async fn unsettled(&self) -> Result<u64, BoxError>;
+
+    /// The URL a consumer in another process connects to for this destination (the broker
+    /// crate's `connect` form, e.g. `nats://127.0.0.1:4222/STREAM/CONSUMER?dlq=...`).
+    fn source_url(&self) -> String;
 }
 
 /// A source that never delivers, for examples that need a type.

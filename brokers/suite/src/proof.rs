@@ -1,0 +1,311 @@
+//! The kill -9 proof (SPEC S7), the same for every broker.
+//!
+//! 20,000 `OrderPlaced` messages, of which 20 % re-publish an earlier order (same key, same
+//! payload) and 20 are poison (an item that does not exist), go into one destination. Consumer
+//! *processes* running the inventory example ([`oncely_examples::ReserveInventory`]: the order
+//! row, the stock decrement and the dedup record in one PostgreSQL transaction) are killed
+//! with SIGKILL at random moments and restarted. In the end:
+//!
+//! - every order was applied exactly once: one row per order, none twice, none missing, and
+//!   the stock went down by exactly the sum of the distinct orders;
+//! - nothing is left unacked in the destination;
+//! - every poison order sits in the dead-letter destination with its error (at least once: a
+//!   consumer killed after the dead-letter publish and before the ack publishes it again on
+//!   redelivery).
+//!
+//! A broker crate's `tests/proof.rs` calls [`run`] from its test, and [`consume`] with its own
+//! source when the same binary is started as a consumer child ([`CHILD_SOURCE_ENV`] set).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use oncely_consumer::Consumer;
+use oncely_core::Scope;
+use oncely_core::consumer::{ERROR_HEADER, KEY_HEADER, Message, RetryPolicy, Source};
+use oncely_examples::ReserveInventory;
+use sqlx::PgPool;
+
+use crate::Channel;
+
+/// The environment variable that makes a proof test binary run as a consumer of this URL.
+pub const CHILD_SOURCE_ENV: &str = "ONCELY_PROOF_SOURCE";
+/// The environment variable giving a consumer child its PostgreSQL URL.
+pub const CHILD_POSTGRES_ENV: &str = "ONCELY_PROOF_POSTGRES";
+
+/// The proof's size.
+#[derive(Clone, Copy, Debug)]
+pub struct ProofConfig {
+    /// Messages published in all.
+    pub messages: usize,
+    /// Of which re-publishes of an earlier order.
+    pub duplicates: usize,
+    /// Of the distinct orders, how many are poison.
+    pub poison: usize,
+    /// SIGKILLs.
+    pub kills: usize,
+    /// Consumer processes running at once.
+    pub consumers: usize,
+    /// How long the whole run may take before the proof fails.
+    pub deadline: Duration,
+}
+
+impl Default for ProofConfig {
+    fn default() -> Self {
+        ProofConfig {
+            messages: 20_000,
+            duplicates: 4_000,
+            poison: 20,
+            kills: 20,
+            consumers: 2,
+            deadline: Duration::from_secs(600),
+        }
+    }
+}
+
+const ITEMS: [&str; 3] = ["apple", "pear", "plum"];
+const STOCK: i64 = 1_000_000_000;
+
+/// One order: its key, item and quantity.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Order {
+    id: String,
+    item: &'static str,
+    qty: i64,
+}
+
+impl Order {
+    fn message(&self) -> Message {
+        let payload = serde_json::json!({"orderId": self.id, "item": self.item, "qty": self.qty});
+        Message::new(payload.to_string().into_bytes(), "")
+    }
+}
+
+/// What the proof saw.
+#[derive(Debug)]
+pub struct ProofReport {
+    /// Messages published.
+    pub published: usize,
+    /// Distinct good orders applied.
+    pub applied: usize,
+    /// Dead letters read (poison orders, counting repeats).
+    pub dead_letters: usize,
+    /// SIGKILLs done.
+    pub kills: usize,
+    /// Wall time from the first consumer start to everything settled.
+    pub elapsed: Duration,
+}
+
+/// Runs the proof on `channel`, with consumer processes started by `spawn(source_url,
+/// postgres_url)`, effects in the (fresh, empty) schema `postgres_url` points at. Panics with
+/// what went wrong.
+pub async fn run<C: Channel>(
+    channel: &C,
+    postgres_url: &str,
+    config: ProofConfig,
+    spawn: impl Fn(&str, &str) -> Child,
+) -> ProofReport {
+    oncely_examples::setup(postgres_url, &ITEMS, STOCK)
+        .await
+        .expect("the example's tables");
+    let mut rng = fastrand::Rng::with_seed(0x5eed_0f_0ace);
+    let distinct = config.messages - config.duplicates;
+    // Every stride-th order is poison, `config.poison` of them in all.
+    let stride = distinct / config.poison.max(1);
+    let orders: Vec<Order> = (0..distinct)
+        .map(|n| Order {
+            id: format!("o-{n:06}"),
+            item: if config.poison > 0 && n % stride == stride / 2 {
+                oncely_examples::POISON_ITEM
+            } else {
+                ITEMS[n % ITEMS.len()]
+            },
+            qty: 1 + (n % 5) as i64,
+        })
+        .collect();
+    let poison: BTreeSet<String> = orders
+        .iter()
+        .filter(|o| o.item == oncely_examples::POISON_ITEM)
+        .map(|o| o.id.clone())
+        .collect();
+    assert_eq!(poison.len(), config.poison, "the proof's own poison count");
+    let good: Vec<&Order> = orders
+        .iter()
+        .filter(|o| o.item != oncely_examples::POISON_ITEM)
+        .collect();
+
+    // Every order once, in order; then re-publishes of random good orders, spread through.
+    let mut stream: Vec<&Order> = orders.iter().collect();
+    for _ in 0..config.duplicates {
+        let again = good[rng.usize(..good.len())];
+        let at = rng.usize(stream.len() / 10..=stream.len());
+        stream.insert(at, again);
+    }
+    for order in &stream {
+        channel
+            .publish(&order.message())
+            .await
+            .expect("publish an order");
+    }
+
+    let source_url = channel.source_url();
+    let started = Instant::now();
+    let mut children: Vec<Child> = (0..config.consumers)
+        .map(|_| spawn(&source_url, postgres_url))
+        .collect();
+    let pool = PgPool::connect(postgres_url).await.expect("PostgreSQL");
+    let mut kills = 0;
+    let settled = loop {
+        if kills < config.kills {
+            tokio::time::sleep(Duration::from_millis(rng.u64(50..700))).await;
+            let victim = rng.usize(..children.len());
+            kill9(&mut children[victim]);
+            kills += 1;
+            children[victim] = spawn(&source_url, postgres_url);
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for child in &mut children {
+            if let Some(status) = child.try_wait().expect("child status") {
+                panic!("a consumer exited on its own: {status}");
+            }
+        }
+        let applied: i64 = sqlx::query_scalar("SELECT count(DISTINCT order_id) FROM orders")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let unsettled = channel.unsettled().await.expect("unsettled");
+        let letters = dead_letter_keys(&channel.dead_letters().await.expect("dead letters"));
+        if applied as usize == good.len() && unsettled == 0 && letters.len() == poison.len() {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < config.deadline,
+            "not settled after {:?}: applied {applied} of {}, {unsettled} unsettled, {} of {} \
+             poison orders dead-lettered",
+            config.deadline,
+            good.len(),
+            letters.len(),
+            poison.len()
+        );
+    };
+    for child in &mut children {
+        stop(child);
+    }
+
+    // Exactly once: no order twice, none missing, stock down by exactly the distinct orders.
+    let twice: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT order_id, count(*) FROM orders GROUP BY order_id HAVING count(*) > 1 LIMIT 10",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(twice.is_empty(), "orders applied more than once: {twice:?}");
+    let applied: BTreeSet<String> = sqlx::query_scalar("SELECT order_id FROM orders")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let expected: BTreeSet<String> = good.iter().map(|o| o.id.clone()).collect();
+    assert_eq!(
+        applied, expected,
+        "the applied orders are exactly the good ones"
+    );
+    for item in ITEMS {
+        let left: i64 = sqlx::query_scalar("SELECT qty FROM stock WHERE item = $1")
+            .bind(item)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let ordered: i64 = good.iter().filter(|o| o.item == item).map(|o| o.qty).sum();
+        assert_eq!(
+            STOCK - left,
+            ordered,
+            "stock of {item} went down once per order"
+        );
+    }
+    assert_eq!(
+        channel.unsettled().await.unwrap(),
+        0,
+        "nothing left unacked"
+    );
+    let letters = channel.dead_letters().await.unwrap();
+    let by_key = dead_letter_keys(&letters);
+    assert_eq!(
+        by_key.keys().cloned().collect::<BTreeSet<_>>(),
+        poison,
+        "the dead letters are exactly the poison orders"
+    );
+    for letter in &letters {
+        let error = letter.header(ERROR_HEADER).unwrap_or_default();
+        assert!(
+            error.contains("no stock row for item `poison`"),
+            "a dead letter carries its error: {error:?}"
+        );
+    }
+    pool.close().await;
+    ProofReport {
+        published: stream.len(),
+        applied: applied.len(),
+        dead_letters: letters.len(),
+        kills,
+        elapsed: settled,
+    }
+}
+
+/// The consumer side of the proof, in a child process: runs the inventory example over `source`
+/// with effects at `postgres_url` until SIGTERM (a graceful stop) or SIGKILL.
+pub async fn consume<S: Source>(source: S, postgres_url: &str) {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .connect(postgres_url)
+        .await
+        .expect("PostgreSQL");
+    let handler = ReserveInventory::new(pool, Scope::new("orders").unwrap());
+    let consumer = Consumer::new(handler, "/orderId".parse().unwrap())
+        .concurrency(16)
+        .retry(RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+        });
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    consumer
+        .run(source, async move {
+            terminate.recv().await;
+        })
+        .await
+        .expect("the consumer runs until stopped");
+}
+
+fn dead_letter_keys(letters: &[Message]) -> BTreeMap<String, usize> {
+    let mut keys = BTreeMap::new();
+    for letter in letters {
+        let key = letter.header(KEY_HEADER).unwrap_or("<no key>").to_owned();
+        *keys.entry(key).or_insert(0) += 1;
+    }
+    keys
+}
+
+fn kill9(child: &mut Child) {
+    let _ = child.kill(); // SIGKILL on Unix
+    let _ = child.wait();
+}
+
+fn stop(child: &mut Child) {
+    // SIGTERM, for a graceful stop; SIGKILL if it does not come.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill9(child);
+}
