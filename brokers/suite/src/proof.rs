@@ -108,7 +108,13 @@ pub async fn run<C: Channel>(
     oncely_examples::setup(postgres_url, &ITEMS, STOCK)
         .await
         .expect("the example's tables");
-    let mut rng = fastrand::Rng::with_seed(0x5eed_0f_0ace);
+    // A new seed each run, printed, so a failure can be replayed with ONCELY_PROOF_SEED.
+    let seed = std::env::var("ONCELY_PROOF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("kill -9 proof: seed {seed} (ONCELY_PROOF_SEED={seed} replays it)");
+    let mut rng = fastrand::Rng::with_seed(seed);
     let distinct = config.messages - config.duplicates;
     // Every stride-th order is poison, `config.poison` of them in all.
     let stride = distinct / config.poison.max(1);
