@@ -1,0 +1,171 @@
+//! The broker behaviour suite against the RabbitMQ server at `ONCELY_AMQP_URL`
+//! (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
+//!
+//! Each test gets a fresh durable queue and dead-letter queue named after it, this process and
+//! a counter. Both carry `x-expires`, so RabbitMQ deletes them a few minutes after their last
+//! use: queues left by earlier runs (or a crashed one) clean themselves up.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use oncely_broker_suite::{Broker, Channel};
+use oncely_core::consumer::Message;
+use oncely_core::{BoxError, async_trait};
+use oncely_rabbitmq::lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use oncely_rabbitmq::lapin::types::{AMQPValue, FieldTable};
+use oncely_rabbitmq::lapin::{self, Confirmation, Connection, ConnectionProperties};
+use oncely_rabbitmq::{AmqpSource, message};
+
+/// How long an unused test queue lives on the server.
+const EXPIRES_MS: i32 = 5 * 60 * 1000;
+
+/// How long `unsettled` waits for stopped consumers' channels to close.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
+
+fn main() {
+    let base = std::env::var("ONCELY_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    oncely_broker_suite::main("rabbitmq", || async move {
+        // Fail fast, with the reason, when the server is not there.
+        if let Err(error) = Connection::connect(&base, ConnectionProperties::default()).await {
+            panic!("no RabbitMQ at {base}: {error} (start it with `rabbitmq-server -detached`)");
+        }
+        Rabbit { base }
+    });
+}
+
+/// The server; each test connects anew, in its own runtime.
+struct Rabbit {
+    base: String,
+}
+
+/// One test's queue `queue` and its dead-letter queue `<queue>.dlq`.
+struct Queue {
+    base: String,
+    queue: String,
+    dlq: String,
+    connection: Connection,
+    publisher: lapin::Channel,
+}
+
+#[async_trait]
+impl Broker for Rabbit {
+    type Channel = Queue;
+
+    async fn channel(&self, test: &str) -> Result<Queue, BoxError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let queue = format!("oncely.suite.{test}.{}.{n}", std::process::id());
+        let dlq = format!("{queue}.dlq");
+        let connection = Connection::connect(&self.base, ConnectionProperties::default()).await?;
+        let setup = connection.create_channel().await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-expires".into(), AMQPValue::LongInt(EXPIRES_MS));
+        for name in [&queue, &dlq] {
+            setup
+                .queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    arguments.clone(),
+                )
+                .await?;
+        }
+        setup.close(200, "OK".into()).await?;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Queue {
+            base: self.base.clone(),
+            queue,
+            dlq,
+            connection,
+            publisher,
+        })
+    }
+}
+
+#[async_trait]
+impl Channel for Queue {
+    type Source = AmqpSource;
+
+    async fn publish(&self, message: &Message) -> Result<(), BoxError> {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirmation = self
+            .publisher
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                options,
+                message.payload(),
+                message::to_amqp(message)?,
+            )
+            .await?
+            .await?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            other => Err(format!("publish to {} not confirmed: {other:?}", self.queue).into()),
+        }
+    }
+
+    /// Another source on the queue, on its own connection, from the URL the CLI would take.
+    async fn consumer(&self) -> Result<AmqpSource, BoxError> {
+        Ok(AmqpSource::connect(&format!("{}/{}", self.base, self.queue)).await?)
+    }
+
+    /// Takes every dead letter with `basic.get`, unacked, then closes the channel: the server
+    /// puts them all back, in order, so a later call sees them again.
+    async fn dead_letters(&self) -> Result<Vec<Message>, BoxError> {
+        let channel = self.connection.create_channel().await?;
+        let mut letters = Vec::new();
+        while let Some(got) = channel
+            .basic_get(self.dlq.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?
+        {
+            letters.push(message::from_amqp(
+                &got.delivery.properties,
+                &got.delivery.data,
+                &self.dlq,
+            ));
+        }
+        channel.close(200, "OK".into()).await?;
+        Ok(letters)
+    }
+
+    /// `queue.declare` (passive) counts only the ready messages, not those delivered and
+    /// unacked. With no consumer on the queue nothing is delivered, so the ready count is
+    /// everything unsettled: this waits for stopped consumers' channels to close (which puts
+    /// their unacked messages back), and fails if consumers remain.
+    async fn unsettled(&self) -> Result<u64, BoxError> {
+        let channel = self.connection.create_channel().await?;
+        let deadline = tokio::time::Instant::now() + CLOSE_PATIENCE;
+        let declared = loop {
+            let declared = channel
+                .queue_declare(
+                    self.queue.as_str().into(),
+                    QueueDeclareOptions::default().passive(),
+                    FieldTable::default(),
+                )
+                .await?;
+            if declared.consumer_count() == 0 {
+                break declared;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "{} consumers still on {}: their unacked messages cannot be counted",
+                    declared.consumer_count(),
+                    self.queue
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        channel.close(200, "OK".into()).await?;
+        Ok(u64::from(declared.message_count()))
+    }
+}
