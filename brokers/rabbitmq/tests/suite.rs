@@ -5,18 +5,22 @@
 //! a counter. Both carry `x-expires`, so RabbitMQ deletes them a few minutes after their last
 //! use: queues left by earlier runs (or a crashed one) clean themselves up.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use oncely_broker_suite::libtest_mimic::Trial;
 use oncely_broker_suite::{Broker, Channel};
-use oncely_core::consumer::Message;
+use oncely_core::consumer::{Delivery, Message, Source};
 use oncely_core::{BoxError, async_trait};
 use oncely_rabbitmq::lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use oncely_rabbitmq::lapin::types::{AMQPValue, FieldTable};
-use oncely_rabbitmq::lapin::{self, Confirmation, Connection, ConnectionProperties};
-use oncely_rabbitmq::{AmqpSource, message};
+use oncely_rabbitmq::lapin::{
+    self, BasicProperties, Confirmation, Connection, ConnectionProperties,
+};
+use oncely_rabbitmq::{AmqpError, AmqpSource, message};
 
 /// How long an unused test queue lives on the server.
 const EXPIRES_MS: i32 = 5 * 60 * 1000;
@@ -27,13 +31,127 @@ const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
 fn main() {
     let base = std::env::var("ONCELY_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-    oncely_broker_suite::main("rabbitmq", || async move {
-        // Fail fast, with the reason, when the server is not there.
-        if let Err(error) = Connection::connect(&base, ConnectionProperties::default()).await {
-            panic!("no RabbitMQ at {base}: {error} (start it with `rabbitmq-server -detached`)");
+    let extra = own_trials(&base);
+    oncely_broker_suite::run(
+        "rabbitmq",
+        || async move {
+            // Fail fast, with the reason, when the server is not there.
+            if let Err(error) = Connection::connect(&base, ConnectionProperties::default()).await {
+                panic!(
+                    "no RabbitMQ at {base}: {error} (start it with `rabbitmq-server -detached`)"
+                );
+            }
+            Rabbit { base }
+        },
+        extra,
+    )
+    .exit()
+}
+
+/// What only this broker promises, beyond the suite.
+fn own_trials(base: &str) -> Vec<Trial> {
+    type Body = fn(Rabbit) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+    let trials: [(&str, Body); 3] = [
+        (
+            "dropping_the_source_gives_its_unacked_deliveries_back_at_once",
+            |r| Box::pin(dropping_the_source_gives_its_unacked_deliveries_back_at_once(r)),
+        ),
+        ("amqp_headers_and_message_id_reach_the_message", |r| {
+            Box::pin(amqp_headers_and_message_id_reach_the_message(r))
+        }),
+        ("setup_errors_name_the_queue_and_hide_the_password", |r| {
+            Box::pin(setup_errors_name_the_queue_and_hide_the_password(r))
+        }),
+    ];
+    trials
+        .into_iter()
+        .map(|(name, body)| {
+            let base = base.to_owned();
+            Trial::test(format!("rabbitmq::{name}"), move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                runtime.block_on(body(Rabbit { base }));
+                Ok(())
+            })
+            .with_kind("rabbitmq")
+        })
+        .collect()
+}
+
+async fn dropping_the_source_gives_its_unacked_deliveries_back_at_once(rabbit: Rabbit) {
+    let queue = rabbit.channel("drop").await.unwrap();
+    queue
+        .publish(&Message::new(b"{}".to_vec(), "").with_header("Event-Id", "d-1"))
+        .await
+        .unwrap();
+    let mut source = queue.consumer().await.unwrap();
+    let held = source.next().await.unwrap().unwrap();
+    drop(source);
+    // The delivery outlives its source, unsettled: the channel closed, so it is back already.
+    let mut again = queue.consumer().await.unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(2), again.next())
+        .await
+        .expect("the unacked delivery is back within 2 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.message().header("Event-Id"), Some("d-1"));
+    assert!(back.redelivered());
+    assert!(held.ack().await.is_err(), "the old channel is closed");
+    back.ack().await.unwrap();
+}
+
+async fn amqp_headers_and_message_id_reach_the_message(rabbit: Rabbit) {
+    let queue = rabbit.channel("headers").await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert("Event-Id".into(), AMQPValue::LongString("h-1".into()));
+    headers.insert("Attempt".into(), AMQPValue::LongLongInt(7));
+    headers.insert("Urgent".into(), AMQPValue::Boolean(true));
+    let properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_message_id("m-42".into());
+    queue
+        .publisher
+        .basic_publish(
+            "".into(),
+            queue.queue.as_str().into(),
+            BasicPublishOptions::default(),
+            b"payload",
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut source = queue.consumer().await.unwrap();
+    let delivery = source.next().await.unwrap().unwrap();
+    let message = delivery.message();
+    assert_eq!(message.payload(), b"payload");
+    assert_eq!(message.message_id(), Some("m-42"));
+    assert_eq!(message.header("event-id"), Some("h-1"));
+    assert_eq!(message.header("Attempt"), Some("7"));
+    assert_eq!(message.header("Urgent"), Some("true"));
+    assert_eq!(message.source(), queue.queue);
+    delivery.ack().await.unwrap();
+}
+
+async fn setup_errors_name_the_queue_and_hide_the_password(rabbit: Rabbit) {
+    let missing = format!("{}/oncely.suite.no-such-queue", rabbit.base);
+    match AmqpSource::connect(&missing).await {
+        Err(AmqpError::QueueNotFound { queue }) => assert_eq!(queue, "oncely.suite.no-such-queue"),
+        other => panic!("expected QueueNotFound, got {other:?}"),
+    }
+    let wrong = "amqp://guest:not-the-password@127.0.0.1:5672/%2f/orders";
+    match AmqpSource::connect(wrong).await {
+        Err(error @ AmqpError::Connect { .. }) => {
+            let text = error.to_string();
+            assert!(!text.contains("not-the-password"), "{text}");
+            assert!(text.contains("guest:***@127.0.0.1"), "{text}");
         }
-        Rabbit { base }
-    });
+        other => panic!("expected a connect error, got {other:?}"),
+    }
 }
 
 /// The server; each test connects anew, in its own runtime.
