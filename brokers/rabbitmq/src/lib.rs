@@ -1,7 +1,7 @@
 //! # oncely-rabbitmq
 //!
 //! A RabbitMQ (AMQP 0-9-1) queue as a source for the oncely consumer runner
-//! ([`oncely_consumer::Consumer`]), built on [lapin](https://docs.rs/lapin).
+//! (`oncely_consumer::Consumer`), built on [lapin](https://docs.rs/lapin).
 //!
 //! RabbitMQ delivers at least once: a consumer that dies before its ack gets the message again,
 //! and producers retry publishes. The runner turns that into one effect per key: for each

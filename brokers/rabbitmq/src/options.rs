@@ -11,7 +11,7 @@ mod parse;
 
 /// Deliveries the server sends ahead of the acks, unless told otherwise: room for a runner of
 /// up to 16 handlers at once, with as many waiting. Keep it at about twice the runner's
-/// [`concurrency`](oncely_consumer::Consumer::concurrency).
+/// `Consumer::concurrency` (`oncely-consumer`).
 pub const DEFAULT_PREFETCH: u16 = 32;
 
 /// The longest a message is held before it is given back ([`AmqpOptions::max_redelivery_wait`]).

@@ -13,7 +13,7 @@ use lapin::options::{
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
 use oncely_core::async_trait;
 use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
 
@@ -34,7 +34,7 @@ const BROKER: &str = "amqp";
 /// It consumes with manual acks and a prefetch (`basic.qos`), so at most
 /// [`prefetch`](AmqpOptions::prefetch) deliveries are unacked at once; its dead letters are
 /// published through the default exchange to the dead-letter queue on a second channel with
-/// publisher confirms. Dropping it (the runner does when [`run`](oncely_consumer::Consumer::run)
+/// publisher confirms. Dropping it (the runner does when `Consumer::run`
 /// returns) closes its consuming channel, so whatever it still held unacked goes back to the
 /// queue at once.
 pub struct AmqpSource {
@@ -252,8 +252,9 @@ impl Delivery for AmqpDelivery {
         Ok(())
     }
 
-    /// Publishes the original payload and properties, its headers plus the dead letter's, as
-    /// a persistent message through the default exchange to the dead-letter queue, and waits
+    /// Publishes the original payload and properties (but `expiration`, so the dead letter
+    /// does not expire, and `user_id`, which the server checks against this connection's user),
+    /// its headers plus the dead letter's, as a persistent message through the default exchange to the dead-letter queue, and waits
     /// for the server's confirm. A nack, or a return because the queue is gone, is an error.
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
         let queue = &self.shared.dead_letter_queue;
@@ -269,12 +270,7 @@ impl Delivery for AmqpDelivery {
         for (name, value) in letter.headers() {
             headers.insert(name.into(), long_string(&value));
         }
-        let properties = self
-            .delivery
-            .properties
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(PERSISTENT);
+        let properties = dead_letter_properties(&self.delivery.properties, headers);
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
@@ -318,6 +314,32 @@ impl Delivery for AmqpDelivery {
             )),
         }
     }
+}
+
+fn dead_letter_properties(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(PERSISTENT);
+    macro_rules! copy {
+        ($($get:ident => $set:ident),*) => {
+            $(if let Some(value) = original.$get() {
+                properties = properties.$set(value.clone());
+            })*
+        };
+    }
+    copy!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id
+    );
+    properties
 }
 
 async fn open(connection: &Connection) -> Result<Channel, AmqpError> {

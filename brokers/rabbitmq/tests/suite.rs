@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use oncely_broker_suite::libtest_mimic::Trial;
 use oncely_broker_suite::{Broker, Channel};
-use oncely_core::consumer::{Delivery, Message, Source};
+use oncely_core::consumer::{DeadLetter, Delivery, ERROR_HEADER, Message, SOURCE_HEADER, Source};
 use oncely_core::{BoxError, async_trait};
 use oncely_rabbitmq::lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
@@ -51,7 +51,11 @@ fn main() {
 /// What only this broker promises, beyond the suite.
 fn own_trials(base: &str) -> Vec<Trial> {
     type Body = fn(Rabbit) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
-    let trials: [(&str, Body); 3] = [
+    let trials: [(&str, Body); 4] = [
+        (
+            "dead_letter_keeps_the_properties_but_not_the_expiration",
+            |r| Box::pin(dead_letter_keeps_the_properties_but_not_the_expiration(r)),
+        ),
         (
             "dropping_the_source_gives_its_unacked_deliveries_back_at_once",
             |r| Box::pin(dropping_the_source_gives_its_unacked_deliveries_back_at_once(r)),
@@ -135,6 +139,55 @@ async fn amqp_headers_and_message_id_reach_the_message(rabbit: Rabbit) {
     assert_eq!(message.header("Urgent"), Some("true"));
     assert_eq!(message.source(), queue.queue);
     delivery.ack().await.unwrap();
+}
+
+async fn dead_letter_keeps_the_properties_but_not_the_expiration(rabbit: Rabbit) {
+    let queue = rabbit.channel("dead-letter-properties").await.unwrap();
+    let properties = message::to_amqp(&Message::new(Vec::new(), "").with_message_id("m-9"))
+        .unwrap()
+        .with_content_type("application/json".into())
+        .with_expiration("60000".into());
+    queue
+        .publisher
+        .basic_publish(
+            "".into(),
+            queue.queue.as_str().into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut source = queue.consumer().await.unwrap();
+    let delivery = source.next().await.unwrap().unwrap();
+    let letter = DeadLetter {
+        error: "bad".into(),
+        attempts: 1,
+        key: None,
+        source: queue.queue.clone(),
+    };
+    delivery.dead_letter(&letter).await.unwrap();
+    delivery.ack().await.unwrap();
+
+    let channel = queue.connection.create_channel().await.unwrap();
+    let got = channel
+        .basic_get(queue.dlq.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    let p = &got.delivery.properties;
+    assert_eq!(p.message_id().as_ref().map(|v| v.as_str()), Some("m-9"));
+    assert_eq!(
+        p.content_type().as_ref().map(|v| v.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(*p.expiration(), None, "a dead letter does not expire");
+    assert_eq!(*p.delivery_mode(), Some(2), "persistent");
+    let message = message::from_amqp(p, &got.delivery.data, &queue.dlq);
+    assert_eq!(message.header(ERROR_HEADER), Some("bad"));
+    assert_eq!(message.header(SOURCE_HEADER), Some(queue.queue.as_str()));
 }
 
 async fn setup_errors_name_the_queue_and_hide_the_password(rabbit: Rabbit) {
