@@ -170,21 +170,21 @@ impl<H: Handler> Consumer<H> {
         mut source: S,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Report, BrokerError> {
-        let before = self.report();
+        let mut report = Report::default();
         let (stop, stopping) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut receive_errors = 0;
         let mut failure = None;
         tokio::pin!(shutdown);
         loop {
-            while tasks.len() >= self.inner.concurrency {
-                self.joined(tasks.join_next().await);
-            }
+            // At capacity, only a settled delivery or the shutdown wakes the loop: the shutdown
+            // must not wait for a handler slot (a delivery may be waiting out a long backoff).
+            let room = tasks.len() < self.inner.concurrency;
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                joined = tasks.join_next(), if !tasks.is_empty() => self.joined(joined),
-                next = source.next() => match next {
+                joined = tasks.join_next(), if !tasks.is_empty() => self.joined(joined, &mut report),
+                next = source.next(), if room => match next {
                     None => break,
                     Some(Ok(delivery)) => {
                         receive_errors = 0;
@@ -205,20 +205,35 @@ impl<H: Handler> Consumer<H> {
         }
         let _ = stop.send(true);
         while let Some(joined) = tasks.join_next().await {
-            self.joined(Some(joined));
+            self.joined(Some(joined), &mut report);
         }
         match failure {
             Some(error) => Err(error),
-            None => Ok(self.report().since(before)),
+            None => Ok(report),
         }
     }
 
-    fn joined(&self, joined: Option<Result<Settled, tokio::task::JoinError>>) {
-        if let Some(Err(error)) = joined {
-            // `settle` catches the handler's panics; this is a bug in a broker's settlement.
-            tracing::error!(%error, "a delivery's task failed; the broker will redeliver it");
-            self.inner.counts.unsettled.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Counts a finished delivery task in this run's `report` (clones running at the same time
+    /// share the consumer's counters, so the run counts its own).
+    fn joined(&self, joined: Option<Result<Settled, tokio::task::JoinError>>, report: &mut Report) {
+        let settled = match joined {
+            None => return,
+            Some(Ok(settled)) => settled,
+            Some(Err(error)) => {
+                // `settle` catches the handler's panics; this is a bug in a broker's settlement.
+                tracing::error!(%error, "a delivery's task failed; the broker will redeliver it");
+                self.inner.counts.unsettled.fetch_add(1, Ordering::Relaxed);
+                Settled::Unsettled
+            }
+        };
+        let counter = match settled {
+            Settled::Done => &mut report.done,
+            Settled::Duplicate => &mut report.duplicates,
+            Settled::Redelivered => &mut report.redelivered,
+            Settled::DeadLettered => &mut report.dead_lettered,
+            Settled::Unsettled => &mut report.unsettled,
+        };
+        *counter += 1;
     }
 
     /// Settles one delivery by the contract and counts it. `stopping` turning true cuts a
@@ -314,18 +329,6 @@ impl<H: Handler> Consumer<H> {
                     }
                 }
             }
-        }
-    }
-}
-
-impl Report {
-    fn since(self, before: Report) -> Report {
-        Report {
-            done: self.done - before.done,
-            duplicates: self.duplicates - before.duplicates,
-            redelivered: self.redelivered - before.redelivered,
-            dead_lettered: self.dead_lettered - before.dead_lettered,
-            unsettled: self.unsettled - before.unsettled,
         }
     }
 }

@@ -1,0 +1,421 @@
+//! [`AmqpSource`]: a queue consumed with manual acks; [`AmqpDelivery`]: one message of it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::Confirmation;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
+use oncely_core::async_trait;
+use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
+
+use crate::message::{PERSISTENT, from_amqp, long_string};
+use crate::{AmqpError, AmqpOptions, AmqpUrl};
+
+/// Gives one delivery back to its queue.
+const REQUEUE: BasicNackOptions = BasicNackOptions {
+    multiple: false,
+    requeue: true,
+};
+
+/// The broker name in [`BrokerError`]s.
+const BROKER: &str = "amqp";
+
+/// A RabbitMQ queue as a [`Source`] for the runner.
+///
+/// It consumes with manual acks and a prefetch (`basic.qos`), so at most
+/// [`prefetch`](AmqpOptions::prefetch) deliveries are unacked at once; its dead letters are
+/// published through the default exchange to the dead-letter queue on a second channel with
+/// publisher confirms. Dropping it (the runner does when `Consumer::run`
+/// returns) closes its consuming channel, so whatever it still held unacked goes back to the
+/// queue at once.
+pub struct AmqpSource {
+    consumer: lapin::Consumer,
+    // Kept so the consuming channel closes when the source is dropped, not before.
+    _channel: Channel,
+    shared: Arc<Shared>,
+}
+
+/// What every delivery of one source needs to settle itself.
+struct Shared {
+    queue: String,
+    dead_letter_queue: String,
+    publisher: Channel,
+    max_redelivery_wait: Duration,
+}
+
+impl AmqpSource {
+    /// Connects to the URL (see [`AmqpUrl`] for its form) and starts consuming its queue.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), oncely_rabbitmq::AmqpError> {
+    /// use oncely_rabbitmq::AmqpSource;
+    ///
+    /// let source = AmqpSource::connect("amqp://guest:guest@127.0.0.1:5672/%2f/orders?prefetch=16").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self, AmqpError> {
+        Self::connect_url(&url.parse()?).await
+    }
+
+    /// Connects to a parsed [`AmqpUrl`] and starts consuming its queue.
+    pub async fn connect_url(url: &AmqpUrl) -> Result<Self, AmqpError> {
+        let properties = ConnectionProperties::default().with_connection_name("oncely".into());
+        let connection = Connection::connect(url.connection_url(), properties)
+            .await
+            .map_err(|source| AmqpError::Connect {
+                url: url.redacted_connection(),
+                source,
+            })?;
+        // The source's channels hold the connection open; it closes when they are all gone.
+        Self::with_connection(&connection, url.options().clone()).await
+    }
+
+    /// Consumes `options`' queue on an existing connection, on channels of its own (closed when
+    /// the source and its deliveries are dropped; the connection stays yours).
+    ///
+    /// The queue must exist. The dead-letter queue is declared durable if it does not.
+    pub async fn with_connection(
+        connection: &Connection,
+        options: AmqpOptions,
+    ) -> Result<Self, AmqpError> {
+        let queue = options.queue_name().to_owned();
+        let dead_letter_queue = options.dead_letter_queue_name();
+        let queue_name = short(&queue)?;
+        ensure_queues(connection, &queue, &dead_letter_queue).await?;
+
+        let publisher = open(connection).await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(AmqpError::setup("enabling publisher confirms"))?;
+
+        let channel = open(connection).await?;
+        channel
+            .basic_qos(options.prefetch_count(), BasicQosOptions::default())
+            .await
+            .map_err(AmqpError::setup("setting the prefetch (basic.qos)"))?;
+        let consumer = channel
+            .basic_consume(
+                queue_name,
+                consumer_tag(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(AmqpError::setup(format!("consuming queue `{queue}`")))?;
+        Ok(AmqpSource {
+            consumer,
+            _channel: channel,
+            shared: Arc::new(Shared {
+                queue,
+                dead_letter_queue,
+                publisher,
+                max_redelivery_wait: options.redelivery_wait_cap(),
+            }),
+        })
+    }
+
+    /// The queue consumed.
+    pub fn queue(&self) -> &str {
+        &self.shared.queue
+    }
+
+    /// Where dead letters go.
+    pub fn dead_letter_queue(&self) -> &str {
+        &self.shared.dead_letter_queue
+    }
+}
+
+impl fmt::Debug for AmqpSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpSource")
+            .field("queue", &self.shared.queue)
+            .field("dead_letter_queue", &self.shared.dead_letter_queue)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Source for AmqpSource {
+    type Delivery = AmqpDelivery;
+
+    /// Cancel-safe: the consumer stream lives in the source, and a delivery is only taken out
+    /// of it when this returns.
+    async fn next(&mut self) -> Option<Result<AmqpDelivery, BrokerError>> {
+        let delivery = match self.consumer.next().await? {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                let what = format!("receiving from queue {}", self.shared.queue);
+                return Some(Err(BrokerError::new(BROKER, what, error)));
+            }
+        };
+        let message = from_amqp(&delivery.properties, &delivery.data, &self.shared.queue);
+        Some(Ok(AmqpDelivery {
+            message,
+            delivery,
+            shared: self.shared.clone(),
+        }))
+    }
+}
+
+/// One message of an [`AmqpSource`], settled with `basic.ack` / `basic.nack`.
+pub struct AmqpDelivery {
+    message: Message,
+    delivery: lapin::message::Delivery,
+    shared: Arc<Shared>,
+}
+
+impl AmqpDelivery {
+    /// Whether the server delivered it before (AMQP's `redelivered` flag).
+    pub fn redelivered(&self) -> bool {
+        self.delivery.redelivered
+    }
+
+    /// lapin's delivery: properties, exchange and routing key as received.
+    pub fn amqp(&self) -> &lapin::message::Delivery {
+        &self.delivery
+    }
+
+    fn settled(&self, what: &str, result: lapin::Result<bool>) -> Result<(), BrokerError> {
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(BrokerError::new(
+                BROKER,
+                format!("{what} on queue {}", self.shared.queue),
+                "the delivery was already settled, or its channel failed (the server will redeliver it)",
+            )),
+            Err(error) => Err(BrokerError::new(
+                BROKER,
+                format!("{what} on queue {}", self.shared.queue),
+                error,
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for AmqpDelivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpDelivery")
+            .field("message", &self.message)
+            .field("delivery_tag", &self.delivery.delivery_tag)
+            .field("redelivered", &self.delivery.redelivered)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Delivery for AmqpDelivery {
+    fn message(&self) -> &Message {
+        &self.message
+    }
+
+    async fn ack(&self) -> Result<(), BrokerError> {
+        let acked = self.delivery.acker.ack(BasicAckOptions::default()).await;
+        self.settled("ack", acked)
+    }
+
+    /// AMQP has no delayed requeue: `basic.nack` with requeue puts the message back at once.
+    /// So the message stays here, unacked (holding one prefetch slot), for `after` (at most
+    /// [`AmqpOptions::max_redelivery_wait`]), then a background task nacks it back to the queue.
+    /// This returns at once, freeing the runner's handler slot; with no wait it nacks before
+    /// returning. If the source is dropped first, its channel closes and the server requeues
+    /// the message then.
+    async fn redeliver(&self, after: Duration) -> Result<(), BrokerError> {
+        let wait = after.min(self.shared.max_redelivery_wait);
+        if wait.is_zero() {
+            let nacked = self.delivery.acker.nack(REQUEUE).await;
+            return self.settled("nack (requeue)", nacked);
+        }
+        let acker = self.delivery.acker.clone();
+        let queue = self.shared.queue.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            match acker.nack(REQUEUE).await {
+                Ok(true) => {}
+                // The channel closed meanwhile: the server requeued the message itself.
+                Ok(false) => {}
+                Err(error) => tracing::debug!(
+                    %error, %queue,
+                    "delayed nack failed; the message returns when its channel closes"
+                ),
+            }
+        });
+        Ok(())
+    }
+
+    /// Publishes the original payload and properties (but `expiration`, so the dead letter
+    /// does not expire, and `user_id`, which the server checks against this connection's user),
+    /// its headers plus the dead letter's, as a persistent message through the default exchange to the dead-letter queue, and waits
+    /// for the server's confirm. A nack, or a return because the queue is gone, is an error.
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
+        let queue = &self.shared.dead_letter_queue;
+        let what = format!("publish to dead-letter queue {queue}");
+        let failed = |error: lapin::Error| BrokerError::new(BROKER, what.clone(), error);
+
+        let mut headers = self
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        for (name, value) in letter.headers() {
+            headers.insert(name.into(), long_string(&value));
+        }
+        let properties = dead_letter_properties(&self.delivery.properties, headers);
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = self
+            .shared
+            .publisher
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue.as_str()),
+                options,
+                &self.delivery.data,
+                properties,
+            )
+            .await
+            .map_err(failed)?
+            .await
+            .map_err(failed)?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                Err(BrokerError::new(
+                    BROKER,
+                    what,
+                    format!(
+                        "returned by the server: {} {} (does the queue exist?)",
+                        returned.reply_code,
+                        returned.reply_text.as_str()
+                    ),
+                ))
+            }
+            Confirmation::Nack(None) => Err(BrokerError::new(
+                BROKER,
+                what,
+                "the server nacked it (out of disk or memory? see the RabbitMQ log)",
+            )),
+            Confirmation::NotRequested => Err(BrokerError::new(
+                BROKER,
+                what,
+                "publisher confirms are off on the dead-letter channel",
+            )),
+        }
+    }
+}
+
+fn dead_letter_properties(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(PERSISTENT);
+    macro_rules! copy {
+        ($($get:ident => $set:ident),*) => {
+            $(if let Some(value) = original.$get() {
+                properties = properties.$set(value.clone());
+            })*
+        };
+    }
+    copy!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id
+    );
+    properties
+}
+
+async fn open(connection: &Connection) -> Result<Channel, AmqpError> {
+    connection
+        .create_channel()
+        .await
+        .map_err(AmqpError::setup("opening a channel"))
+}
+
+fn short(name: &str) -> Result<ShortString, AmqpError> {
+    ShortString::try_new(name).map_err(|_| AmqpError::InvalidQueueName {
+        queue: name.to_owned(),
+    })
+}
+
+/// Checks that `queue` exists and declares `dead_letter_queue` durable if it does not. A
+/// passive declare of a missing queue closes its channel, hence a channel per check.
+async fn ensure_queues(
+    connection: &Connection,
+    queue: &str,
+    dead_letter_queue: &str,
+) -> Result<(), AmqpError> {
+    if !exists(connection, queue).await? {
+        return Err(AmqpError::QueueNotFound {
+            queue: queue.to_owned(),
+        });
+    }
+    if !exists(connection, dead_letter_queue).await? {
+        let channel = open(connection).await?;
+        channel
+            .queue_declare(
+                short(dead_letter_queue)?,
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(AmqpError::setup(format!(
+                "declaring dead-letter queue `{dead_letter_queue}`"
+            )))?;
+        let _ = channel.close(200, "OK".into()).await;
+    }
+    Ok(())
+}
+
+async fn exists(connection: &Connection, queue: &str) -> Result<bool, AmqpError> {
+    let channel = open(connection).await?;
+    let declared = channel
+        .queue_declare(
+            short(queue)?,
+            QueueDeclareOptions::default().passive(),
+            FieldTable::default(),
+        )
+        .await;
+    match declared {
+        Ok(_) => {
+            let _ = channel.close(200, "OK".into()).await;
+            Ok(true)
+        }
+        Err(error) if not_found(&error) => Ok(false),
+        Err(error) => Err(AmqpError::Setup {
+            what: format!("checking queue `{queue}`"),
+            source: error,
+        }),
+    }
+}
+
+fn not_found(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::ProtocolError(e) if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+    )
+}
+
+/// A consumer tag unique in this process, readable in the management UI.
+fn consumer_tag() -> ShortString {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("oncely-{}-{n}", std::process::id()).into()
+}
