@@ -43,6 +43,7 @@ fn main() {
             }
             Rabbit { base }
         },
+        |url| async move { Ok(AmqpSource::connect(&url).await?) },
         extra,
     )
     .exit()
@@ -286,7 +287,11 @@ impl Channel for Queue {
 
     /// Another source on the queue, on its own connection, from the URL the CLI would take.
     async fn consumer(&self) -> Result<AmqpSource, BoxError> {
-        Ok(AmqpSource::connect(&format!("{}/{}", self.base, self.queue)).await?)
+        Ok(AmqpSource::connect(&self.source_url()).await?)
+    }
+
+    fn source_url(&self) -> String {
+        format!("{}/{}", self.base, self.queue)
     }
 
     /// Takes every dead letter with `basic.get`, unacked, then closes the channel: the server

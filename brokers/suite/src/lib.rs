@@ -8,6 +8,7 @@
 //! ```no_run
 //! # struct MyBroker;
 //! # impl MyBroker { async fn connect() -> Self { MyBroker } }
+//! # async fn connect_source(_: &str) -> Result<oncely_broker_suite::NoSource, oncely_core::BoxError> { Ok(oncely_broker_suite::NoSource) }
 //! # #[oncely_core::async_trait] impl oncely_broker_suite::Broker for MyBroker {
 //! #   type Channel = MyChannel;
 //! #   async fn channel(&self, _: &str) -> Result<MyChannel, oncely_core::BoxError> { unimplemented!() }
@@ -22,7 +23,11 @@
 //! #   fn source_url(&self) -> String { String::new() }
 //! # }
 //! fn main() {
-//!     oncely_broker_suite::main("my-broker", || async { MyBroker::connect().await });
+//!     oncely_broker_suite::main(
+//!         "my-broker",
+//!         || async { MyBroker::connect().await },
+//!         |url| async move { Ok(connect_source(&url).await?) },
+//!     );
 //! }
 //! ```
 //!
@@ -124,24 +129,41 @@ impl Source for NoSource {
     }
 }
 
-/// Runs the suite against the broker `connect` returns, as a test binary, and exits with its
-/// status.
-pub fn main<B, F, Fut>(broker: &str, connect: F) -> !
+/// Runs the suite and the kill -9 proof ([`proof`]) against the broker `connect` returns, as a
+/// test binary, and exits with its status. `open` connects a source from a
+/// [`Channel::source_url`]: the proof starts this same binary as consumer processes, which
+/// use it.
+pub fn main<B, F, Fut, O, OFut, S>(broker: &str, connect: F, open: O) -> !
 where
     B: Broker,
     F: FnOnce() -> Fut,
     Fut: Future<Output = B>,
+    O: FnOnce(String) -> OFut,
+    OFut: Future<Output = Result<S, BoxError>>,
+    S: Source,
 {
-    run(broker, connect, Vec::new()).exit()
+    run(broker, connect, open, Vec::new()).exit()
 }
 
-/// Like [`main`], with the broker's own `extra` trials, without exiting.
-pub fn run<B, F, Fut>(name: &str, connect: F, extra: Vec<Trial>) -> Conclusion
+/// Like [`main`], with the broker's own `extra` trials, without exiting (except as a proof's
+/// consumer process, which exits when it is stopped).
+pub fn run<B, F, Fut, O, OFut, S>(name: &str, connect: F, open: O, extra: Vec<Trial>) -> Conclusion
 where
     B: Broker,
     F: FnOnce() -> Fut,
     Fut: Future<Output = B>,
+    O: FnOnce(String) -> OFut,
+    OFut: Future<Output = Result<S, BoxError>>,
+    S: Source,
 {
+    if let Ok(url) = std::env::var(proof::CHILD_SOURCE_ENV) {
+        let postgres = std::env::var(proof::CHILD_POSTGRES_ENV).expect("the proof's PostgreSQL");
+        runtime().block_on(async move {
+            let source = open(url).await.expect("the proof consumer's source");
+            proof::consume(source, &postgres).await;
+        });
+        std::process::exit(0);
+    }
     let args = Arguments::from_args();
     quiet_panics(INTENDED_PANIC);
     let broker = Arc::new(runtime().block_on(connect()));
@@ -160,6 +182,32 @@ where
             .with_kind(name.to_owned()),
         );
     }
+    let schema = format!("oncely_proof_{name}");
+    trials.push(
+        Trial::test(
+            format!("{name}::kill9_consumers_still_apply_every_order_exactly_once"),
+            move || {
+                runtime().block_on(async move {
+                    let channel = broker.channel("proof").await.map_err(|e| e.to_string())?;
+                    let postgres = proof::fresh_schema(&schema).await;
+                    let exe = std::env::current_exe().expect("this test binary");
+                    let spawn = |source: &str, postgres: &str| {
+                        std::process::Command::new(&exe)
+                            .env(proof::CHILD_SOURCE_ENV, source)
+                            .env(proof::CHILD_POSTGRES_ENV, postgres)
+                            .stdout(std::process::Stdio::null())
+                            .spawn()
+                            .expect("a consumer process")
+                    };
+                    let config = proof::ProofConfig::default();
+                    let report = proof::run(&channel, &postgres, config, spawn).await;
+                    eprintln!("kill -9 proof: {report:?}");
+                    Ok(())
+                })
+            },
+        )
+        .with_kind(name.to_owned()),
+    );
     trials.extend(extra);
     libtest_mimic::run(&args, trials)
 }

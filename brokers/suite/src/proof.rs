@@ -161,16 +161,15 @@ pub async fn run<C: Channel>(
         .collect();
     let pool = PgPool::connect(postgres_url).await.expect("PostgreSQL");
     let mut kills = 0;
-    let settled = loop {
-        if kills < config.kills {
-            tokio::time::sleep(Duration::from_millis(rng.u64(50..700))).await;
-            let victim = rng.usize(..children.len());
-            kill9(&mut children[victim]);
-            kills += 1;
-            children[victim] = spawn(&source_url, postgres_url);
-            continue;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    while kills < config.kills {
+        tokio::time::sleep(Duration::from_millis(rng.u64(50..700))).await;
+        let victim = rng.usize(..children.len());
+        kill9(&mut children[victim]);
+        kills += 1;
+        children[victim] = spawn(&source_url, postgres_url);
+    }
+    // Every good order applied and every poison order dead-lettered...
+    loop {
         for child in &mut children {
             if let Some(status) = child.try_wait().expect("child status") {
                 panic!("a consumer exited on its own: {status}");
@@ -180,24 +179,41 @@ pub async fn run<C: Channel>(
             .fetch_one(&pool)
             .await
             .unwrap();
-        let unsettled = channel.unsettled().await.expect("unsettled");
         let letters = dead_letter_keys(&channel.dead_letters().await.expect("dead letters"));
-        if applied as usize == good.len() && unsettled == 0 && letters.len() == poison.len() {
-            break started.elapsed();
+        if applied as usize == good.len() && letters.len() == poison.len() {
+            break;
         }
         assert!(
             started.elapsed() < config.deadline,
-            "not settled after {:?}: applied {applied} of {}, {unsettled} unsettled, {} of {} \
-             poison orders dead-lettered",
+            "not settled after {:?}: applied {applied} of {}, {} of {} poison orders \
+             dead-lettered",
             config.deadline,
             good.len(),
             letters.len(),
             poison.len()
         );
-    };
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // ... then the consumers stop gracefully, and whatever is still queued (re-published
+    // orders not yet seen) is drained by one more consumer until nothing is left unsettled.
     for child in &mut children {
         stop(child);
     }
+    loop {
+        let unsettled = channel.unsettled().await.expect("unsettled");
+        if unsettled == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < config.deadline,
+            "{unsettled} messages still unsettled after {:?}",
+            config.deadline
+        );
+        let mut drain = spawn(&source_url, postgres_url);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop(&mut drain);
+    }
+    let settled = started.elapsed();
 
     // Exactly once: no order twice, none missing, stock down by exactly the distinct orders.
     let twice: Vec<(String, i64)> = sqlx::query_as(
@@ -284,6 +300,23 @@ pub async fn consume<S: Source>(source: S, postgres_url: &str) {
         })
         .await
         .expect("the consumer runs until stopped");
+}
+
+/// Drops and recreates `schema` on the PostgreSQL server under test (`ONCELY_TEST_POSTGRES`,
+/// or the one on loopback); answers a URL whose connections work in it.
+pub async fn fresh_schema(schema: &str) -> String {
+    let server = std::env::var("ONCELY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let admin = PgPool::connect(&server)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {server}: {e}"));
+    let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE; CREATE SCHEMA \"{schema}\";");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&admin)
+        .await
+        .expect("a fresh schema");
+    admin.close().await;
+    format!("{server}?options=-csearch_path%3D{schema}")
 }
 
 fn dead_letter_keys(letters: &[Message]) -> BTreeMap<String, usize> {
