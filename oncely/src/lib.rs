@@ -43,6 +43,16 @@ use std::sync::Arc;
 
 pub use oncely_core::*;
 
+/// The consumer runner: drives a broker's deliveries through the consumer contract
+/// ([`consumer`]).
+pub use oncely_consumer::{Consumer, Report as ConsumerReport};
+
+#[cfg(feature = "rabbitmq")]
+pub mod broker;
+/// The RabbitMQ source for the consumer runner.
+#[cfg(feature = "rabbitmq")]
+pub use oncely_rabbitmq as rabbitmq;
+
 /// The in-memory store.
 #[cfg(feature = "memory")]
 pub use oncely_memory as memory;

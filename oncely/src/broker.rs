@@ -1,0 +1,119 @@
+//! Brokers by URL: one [`Source`] type for every broker this build includes.
+//!
+//! | URL | broker | crate |
+//! |---|---|---|
+//! | `amqp://[USER:PASS@]HOST[:PORT][/VHOST]/QUEUE[?dlq=Q&prefetch=N]` | RabbitMQ | `oncely-rabbitmq` |
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use oncely::broker;
+//! use oncely::consumer::{Message, OncelyHandler};
+//! use oncely::{Key, Oncely, Scope};
+//! use oncely::Consumer;
+//!
+//! let source = broker::connect("amqp://guest:guest@127.0.0.1:5672/%2f/orders").await?;
+//! let store = oncely::connect("sqlite:oncely.db").await?;
+//! let handler = OncelyHandler::new(Oncely::new(store), Scope::new("orders")?, |key: Key, _: Message| async move {
+//!     println!("order {key}");
+//!     Ok::<_, std::io::Error>(Vec::new())
+//! });
+//! Consumer::new(handler, "/orderId".parse()?).run(source, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use oncely_core::async_trait;
+use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
+
+/// Why a broker URL could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No broker of this build takes the URL's scheme.
+    #[error("no broker for `{url}`: use amqp://HOST/QUEUE (RabbitMQ)")]
+    UnknownScheme {
+        /// The URL, password redacted.
+        url: String,
+    },
+    /// RabbitMQ refused or the URL is invalid.
+    #[cfg(feature = "rabbitmq")]
+    #[error(transparent)]
+    Amqp(#[from] oncely_rabbitmq::AmqpError),
+}
+
+/// A source on any broker of this build.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AnySource {
+    /// A RabbitMQ queue.
+    #[cfg(feature = "rabbitmq")]
+    Amqp(oncely_rabbitmq::AmqpSource),
+}
+
+/// A delivery from any broker of this build.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AnyDelivery {
+    /// From RabbitMQ.
+    #[cfg(feature = "rabbitmq")]
+    Amqp(oncely_rabbitmq::AmqpDelivery),
+}
+
+/// Opens a source from its URL (see the module docs for the forms).
+pub async fn connect(url: &str) -> Result<AnySource, ConnectError> {
+    let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
+    match scheme {
+        #[cfg(feature = "rabbitmq")]
+        "amqp" | "amqps" => Ok(AnySource::Amqp(
+            oncely_rabbitmq::AmqpSource::connect(url).await?,
+        )),
+        _ => Err(ConnectError::UnknownScheme {
+            url: oncely_core::url::redact_password(url),
+        }),
+    }
+}
+
+// Each arm forwards to the broker's own type; with no broker compiled in there is no arm.
+macro_rules! each {
+    ($value:expr, $inner:ident => $body:expr) => {
+        match $value {
+            #[cfg(feature = "rabbitmq")]
+            AnyDelivery::Amqp($inner) => $body,
+        }
+    };
+}
+
+#[async_trait]
+impl Source for AnySource {
+    type Delivery = AnyDelivery;
+
+    async fn next(&mut self) -> Option<Result<AnyDelivery, BrokerError>> {
+        match self {
+            #[cfg(feature = "rabbitmq")]
+            AnySource::Amqp(source) => source.next().await.map(|d| d.map(AnyDelivery::Amqp)),
+        }
+    }
+}
+
+#[async_trait]
+impl Delivery for AnyDelivery {
+    fn message(&self) -> &Message {
+        each!(self, d => d.message())
+    }
+
+    async fn ack(&self) -> Result<(), BrokerError> {
+        each!(self, d => d.ack().await)
+    }
+
+    async fn redeliver(&self, after: Duration) -> Result<(), BrokerError> {
+        each!(self, d => d.redeliver(after).await)
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
+        each!(self, d => d.dead_letter(letter).await)
+    }
+
+    async fn in_progress(&self) -> Result<(), BrokerError> {
+        each!(self, d => d.in_progress().await)
+    }
+}
