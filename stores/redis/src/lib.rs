@@ -612,9 +612,9 @@ impl Store for RedisStore {
         self.held(claim, &answer)
     }
 
-    /// One script per scope (one slot each) and [`COMPLETE_CHUNK_BYTES`] of outcomes, all in
-    /// flight at once, as in `claim_many`. Each script is atomic; with items of several scopes
-    /// (or outcomes over the chunk size), an outer error may come after some scripts ran.
+    /// One script per scope (one slot each) and 16 MiB of outcomes, all in flight at once, as
+    /// in `claim_many`. Each script is atomic; with items of several scopes (or more than 16 MiB
+    /// of outcomes), an outer error may come after some scripts ran.
     async fn complete_many(&self, items: &[Completion]) -> Result<Vec<Result<()>>> {
         let mut groups: Vec<(&Scope, Vec<usize>)> = Vec::new();
         for (scope, idx) in by_scope(items.iter().map(|item| &item.claim.scope)) {
