@@ -2,9 +2,23 @@
 //!
 //! SPEC S8's benchmark. N events (default 1,000,000) with 10 % redeliveries and 36-character
 //! UUID keys go through oncely's claim + complete; the same events then go through the naive
-//! pattern (per event, in its own transaction: `SELECT EXISTS`, then `INSERT`) and through the
+//! pattern (per event, in its own transaction: `SELECT EXISTS`, then `INSERT`), through the
 //! store's own batched limit (a plain batched insert that ignores existing keys, 1,000 per
-//! transaction), each on a fresh store of the same kind, in the same run, side by side.
+//! transaction) and through oncely's batch API, each on a fresh store of the same kind, in the
+//! same run, side by side. The contenders, in the order they run and are reported:
+//!
+//! - **oncely**: `claim`, then `complete` for a new key, one event at a time, from
+//!   [`BenchConfig::concurrency`] concurrent tasks (memory: one); the store coalesces the
+//!   concurrent single calls (group commit).
+//! - **naive**: per event, `SELECT EXISTS` then `INSERT` in its own transaction (Redis: `SET NX`
+//!   one at a time; memory: a `Mutex<HashSet>`), on a sample of
+//!   [`BenchConfig::naive_events`] events.
+//! - **batched limit** (SQLite, PostgreSQL, MySQL, Redis): the store's plain batched insert of
+//!   the keys, [`baseline::LIMIT_BATCH`] per transaction (Redis: pipelined `SET NX`), on
+//!   [`baseline::LIMIT_CONNECTIONS`] connections.
+//! - **oncely batch**: oncely's batch API on the same terms as the limit: [`BATCH_CALLERS`]
+//!   callers at once, each `Oncely::claim_many` of the next [`baseline::LIMIT_BATCH`] events,
+//!   then `Oncely::complete_many` of the new ones; an event's latency is its batch's.
 //!
 //! On PostgreSQL and MySQL/MariaDB every contender gets a fresh schema (PostgreSQL) or database
 //! (MySQL) on the server the URL names, dropped at the end; the URL's own database is never
@@ -82,7 +96,7 @@ impl StoreKind {
 /// The figures of one contender.
 #[derive(Clone, Debug)]
 pub struct RunResult {
-    /// `oncely`, `naive`, or `batched limit`.
+    /// `oncely`, `naive`, `batched limit` or `oncely batch`.
     pub name: String,
     /// Events processed.
     pub events: usize,
@@ -144,8 +158,8 @@ impl Progress for NoProgress {
     fn finish(&self) {}
 }
 
-/// Runs oncely, the naive pattern and the batched limit (where the store has one) on the
-/// same workload, and answers their figures in that order.
+/// Runs oncely, the naive pattern, the batched limit (where the store has one) and oncely's
+/// batch API on the same workload, and answers their figures in that order.
 pub fn run(config: &BenchConfig, progress: &dyn Progress) -> Result<Vec<RunResult>, BenchError> {
     let workload = Workload::generate(config.events, config.duplicate_ratio, config.seed);
     let preload = Workload::distinct(config.preload, config.seed ^ 0x5eed);
@@ -200,10 +214,19 @@ pub fn run(config: &BenchConfig, progress: &dyn Progress) -> Result<Vec<RunResul
             progress,
         )?);
     }
+    let url = match config.store {
+        StoreKind::Memory => "memory:".to_owned(),
+        _ => format!(
+            "sqlite:{}?page_size={}",
+            fresh_path(config, "batch")?.display(),
+            config.page_size
+        ),
+    };
+    results.push(runtime.block_on(run_oncely_batch(&url, &workload, &preload, progress))?);
     Ok(results)
 }
 
-/// The three contenders on a database server, each in a fresh namespace, all dropped after.
+/// The four contenders on a database server, each in a fresh namespace, all dropped after.
 fn run_server(
     config: &BenchConfig,
     workload: &Workload,
@@ -249,7 +272,15 @@ fn run_server(
                 }
                 _ => baseline::mysql::batched_limit(&url, workload, preload, progress).await?,
             };
-            Ok::<_, BenchError>(vec![oncely, naive, limit])
+            let url = namespaces.fresh("batch").await?;
+            let mut batch =
+                run_oncely_batch(&namespaces.for_store(&url), workload, preload, progress).await?;
+            if config.store == StoreKind::Mysql {
+                let mut conn = <sqlx::MySqlConnection as sqlx::Connection>::connect(&url).await?;
+                batch.bytes_per_key =
+                    Some(baseline::mysql::bytes_per_key(&mut conn, "oncely_records").await?);
+            }
+            Ok::<_, BenchError>(vec![oncely, naive, limit, batch])
         }
         .await;
         let dropped = namespaces.drop_all().await;
@@ -259,7 +290,7 @@ fn run_server(
     })
 }
 
-/// The three contenders on a Redis server, each under a key prefix of its own, all removed after.
+/// The four contenders on a Redis server, each under a key prefix of its own, all removed after.
 fn run_redis(
     config: &BenchConfig,
     workload: &Workload,
@@ -307,7 +338,9 @@ fn run_redis(
                 progress,
             )
             .await?;
-            Ok::<_, BenchError>(vec![oncely, naive, limit])
+            let store_url = format!("{server}{separator}prefix={prefix}_batch");
+            let batch = run_oncely_batch(&store_url, workload, preload, progress).await?;
+            Ok::<_, BenchError>(vec![oncely, naive, limit, batch])
         }
         .await;
         let forgotten = baseline::redis::forget(&driver_url, &prefix).await;
@@ -399,6 +432,70 @@ async fn run_oncely(
     ))
 }
 
+/// oncely's batch API, the like-for-like counterpart of the batched limit: [`BATCH_CALLERS`]
+/// callers at once, each taking the next [`baseline::LIMIT_BATCH`] events, `claim_many` of them
+/// all, then `complete_many` of the `New` ones. Every completion must succeed. Each event's
+/// latency is its batch's claim + complete time.
+async fn run_oncely_batch(
+    url: &str,
+    workload: &Workload,
+    preload: &Workload,
+    progress: &dyn Progress,
+) -> Result<RunResult, BenchError> {
+    let store = oncely::connect(url).await?;
+    let oncely = Oncely::new(store.clone());
+    preload_oncely(&oncely, preload, progress).await?;
+
+    progress.start("oncely batch", workload.len() as u64);
+    let keys = Arc::new(workload.keys().to_vec());
+    let events = keys.len();
+    let callers = vec![oncely.clone(); BATCH_CALLERS];
+    let driven = baseline::drive(
+        callers,
+        events,
+        baseline::LIMIT_BATCH,
+        progress,
+        move |oncely: Oncely, unit| {
+            let keys = keys.clone();
+            async move {
+                let first = unit * baseline::LIMIT_BATCH;
+                let chunk = &keys[first..(first + baseline::LIMIT_BATCH).min(keys.len())];
+                let outcomes = oncely
+                    .claim_many(chunk.iter().map(|k| (Scope::default(), k.clone(), None)))
+                    .await?;
+                let mut claims = Vec::with_capacity(outcomes.len());
+                for outcome in outcomes {
+                    match outcome {
+                        ClaimOutcome::New(claim) => claims.push((claim, Vec::new())),
+                        // A redelivery of an event that is done, or still in flight (in another
+                        // batch, or earlier in this one): either way not executed again.
+                        ClaimOutcome::Duplicate(_) | ClaimOutcome::InProgress { .. } => {}
+                        ClaimOutcome::Conflict { .. } => {
+                            unreachable!("the benchmark sends no fingerprints")
+                        }
+                    }
+                }
+                let new = claims.len();
+                for result in oncely.complete_many(claims).await? {
+                    result?;
+                }
+                Ok((oncely, new))
+            }
+        },
+    )
+    .await?;
+    let stats = oncely.stats().await?;
+    let bytes_per_key = stats.bytes.map(|b| b as f64 / stats.records.max(1) as f64);
+    Ok(summarize(
+        "oncely batch",
+        events,
+        driven.latencies,
+        driven.new,
+        driven.elapsed,
+        bytes_per_key,
+    ))
+}
+
 async fn preload_oncely(
     oncely: &Oncely,
     preload: &Workload,
@@ -425,6 +522,10 @@ async fn preload_oncely(
     progress.finish();
     Ok(())
 }
+
+/// Concurrent callers of oncely's batch API in the "oncely batch" contender: as many as the
+/// batched limit's connections, each with [`baseline::LIMIT_BATCH`] events per call.
+pub const BATCH_CALLERS: usize = baseline::LIMIT_CONNECTIONS;
 
 /// Every this-many-th event's latency is recorded, for every contender alike. Timing every event
 /// would add two clock reads (~50 ns) to a ~1 us in-memory path: the timer would be measured.
@@ -495,16 +596,33 @@ pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
         .unwrap_or_default()
 }
 
-/// The results as an aligned text table, with each contender's speed relative to oncely.
+/// The results as an aligned text table, with each contender's speed relative to oncely (the
+/// first result) and, where the results have one, to the "oncely batch" contender.
 pub fn format_table(results: &[RunResult]) -> String {
     let oncely_rate = results.first().map_or(1.0, RunResult::events_per_sec);
+    let batch_rate = results
+        .iter()
+        .find(|r| r.name == "oncely batch")
+        .map(RunResult::events_per_sec);
     let mut out = format!(
-        "{:<14} {:>10} {:>10} {:>13} {:>10} {:>10} {:>11} {:>12}\n",
-        "contender", "events", "new", "events/s", "p50", "p99", "bytes/key", "oncely is"
+        "{:<14} {:>10} {:>10} {:>13} {:>10} {:>10} {:>11} {:>12}{}\n",
+        "contender",
+        "events",
+        "new",
+        "events/s",
+        "p50",
+        "p99",
+        "bytes/key",
+        "oncely is",
+        if batch_rate.is_some() {
+            format!(" {:>12}", "batch is")
+        } else {
+            String::new()
+        }
     );
     for r in results {
         out.push_str(&format!(
-            "{:<14} {:>10} {:>10} {:>13.0} {:>10} {:>10} {:>11} {:>12}\n",
+            "{:<14} {:>10} {:>10} {:>13.0} {:>10} {:>10} {:>11} {:>12}{}\n",
             r.name,
             r.events,
             r.new,
@@ -514,6 +632,10 @@ pub fn format_table(results: &[RunResult]) -> String {
             r.bytes_per_key
                 .map_or("-".to_owned(), |b| format!("{b:.0}")),
             format!("{:.2}x", oncely_rate / r.events_per_sec()),
+            batch_rate.map_or(String::new(), |b| format!(
+                " {:>12}",
+                format!("{:.2}x", b / r.events_per_sec())
+            )),
         ));
     }
     out

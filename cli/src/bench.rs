@@ -1,6 +1,7 @@
-//! `oncely bench`: SPEC S8's benchmark, oncely against the naive pattern and the store's own
-//! batched limit, on fresh stores of the kind `--store` names (never on the store itself: on
-//! PostgreSQL and MySQL, fresh schemas or databases on the server it names, dropped after).
+//! `oncely bench`: SPEC S8's benchmark, oncely (single calls, and its batch API) against the
+//! naive pattern and the store's own batched limit, on fresh stores of the kind `--store` names
+//! (never on the store itself: on PostgreSQL and MySQL, fresh schemas or databases on the server
+//! it names, dropped after).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use oncely_bench::{BenchConfig, Progress, StoreKind, format_table, store_kind};
 /// Arguments of `oncely bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Events through oncely and through the batched limit.
+    /// Events through oncely, through the batched limit and through oncely's batch API.
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     events: usize,
 
@@ -110,23 +111,35 @@ pub fn run(
         config.events,
         config.duplicate_ratio * 100.0,
         match store {
-            StoreKind::Memory => "memory (one core)".to_owned(),
+            StoreKind::Memory => format!(
+                "memory (one core; oncely batch {} callers x {} events per claim_many)",
+                oncely_bench::BATCH_CALLERS,
+                oncely_bench::baseline::LIMIT_BATCH,
+            ),
             StoreKind::Sqlite => format!(
-                "sqlite (WAL, synchronous=FULL, page_size={}, oncely concurrency {})",
-                config.page_size, config.concurrency
+                "sqlite (WAL, synchronous=FULL, page_size={}, oncely concurrency {}, \
+                 oncely batch {} callers x {} events per claim_many)",
+                config.page_size,
+                config.concurrency,
+                oncely_bench::BATCH_CALLERS,
+                oncely_bench::baseline::LIMIT_BATCH,
             ),
             StoreKind::Redis => format!(
                 "redis (fresh key prefixes on {}; oncely concurrency {}, naive {} connections \
-                 one SET NX at a time, limit {} connections x {} SET NX pipelined)",
+                 one SET NX at a time, limit {} connections x {} SET NX pipelined, \
+                 oncely batch {} callers x {} events per claim_many)",
                 oncely::url::redact_password(store_url),
                 config.concurrency,
                 oncely_bench::baseline::NAIVE_CONNECTIONS,
                 oncely_bench::baseline::LIMIT_CONNECTIONS,
                 oncely_bench::baseline::LIMIT_BATCH,
+                oncely_bench::BATCH_CALLERS,
+                oncely_bench::baseline::LIMIT_BATCH,
             ),
             StoreKind::Postgres | StoreKind::Mysql => format!(
                 "{} (fresh schemas on {}; oncely concurrency {}, naive {} connections, \
-                 limit {} connections x {} keys per transaction)",
+                 limit {} connections x {} keys per transaction, \
+                 oncely batch {} callers x {} events per claim_many)",
                 if store == StoreKind::Postgres {
                     "postgres"
                 } else {
@@ -136,6 +149,8 @@ pub fn run(
                 config.concurrency,
                 oncely_bench::baseline::NAIVE_CONNECTIONS,
                 oncely_bench::baseline::LIMIT_CONNECTIONS,
+                oncely_bench::baseline::LIMIT_BATCH,
+                oncely_bench::BATCH_CALLERS,
                 oncely_bench::baseline::LIMIT_BATCH,
             ),
         },

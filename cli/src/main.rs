@@ -56,8 +56,13 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Measure claim+complete against the naive pattern and the store's batched limit.
     ///
-    /// Runs on fresh stores of the kind --store names (memory: or sqlite:), never on the store
-    /// itself. Prints events/s, p50/p99 latency and bytes per stored key for each contender.
+    /// Contenders: oncely (single claim then complete per event, from --concurrency tasks),
+    /// naive (SELECT EXISTS then INSERT per event; Redis: SET NX), batched limit (the store's
+    /// plain batched insert, 1,000 keys per transaction on 4 connections; not on memory:) and
+    /// oncely batch (claim_many of 1,000 events then complete_many of the new ones, 4 callers).
+    /// Runs on fresh stores of the kind --store names (memory:, sqlite:, postgres://, mysql://,
+    /// redis://), never on the store itself. Prints events/s, p50/p99 latency and bytes per
+    /// stored key for each contender.
     Bench(bench::BenchArgs),
 }
 

@@ -740,7 +740,7 @@ fn bench_reports_every_contender_and_never_touches_the_store_it_names() {
     );
     assert_eq!(sqlite.code, 0, "{}", sqlite.stderr);
     let table = sqlite.stdout();
-    for contender in ["oncely", "naive", "batched limit"] {
+    for contender in ["oncely", "naive", "batched limit", "oncely batch"] {
         let row = table
             .lines()
             .find(|l| l.starts_with(contender))
@@ -767,6 +767,7 @@ fn bench_reports_every_contender_and_never_touches_the_store_it_names() {
             .to_owned()
     };
     assert_eq!(new_of("oncely"), new_of("batched limit"), "{table}");
+    assert_eq!(new_of("oncely batch"), new_of("batched limit"), "{table}");
     assert!(
         !dir.path().join("oncely.db").exists(),
         "bench opened the default store"
@@ -787,12 +788,20 @@ fn bench_reports_every_contender_and_never_touches_the_store_it_names() {
     );
     assert_eq!(memory.code, 0, "{}", memory.stderr);
     assert!(
-        memory.stdout().contains("memory (one core)"),
+        memory.stdout().contains("memory (one core"),
         "{}",
         memory.stdout()
     );
     assert!(
         !memory.stdout().contains("batched limit"),
+        "{}",
+        memory.stdout()
+    );
+    assert!(
+        memory
+            .stdout()
+            .lines()
+            .any(|l| l.starts_with("oncely batch")),
         "{}",
         memory.stdout()
     );
@@ -810,7 +819,7 @@ fn bench_reports_every_contender_and_never_touches_the_store_it_names() {
     );
 }
 
-/// `oncely --store URL bench` on a database server: the three contenders on the same workload.
+/// `oncely --store URL bench` on a database server: the four contenders on the same workload.
 fn bench_on_a_server(url: &str) {
     let dir = tempfile::tempdir().unwrap();
     let run = oncely(
@@ -838,11 +847,14 @@ fn bench_on_a_server(url: &str) {
             .collect()
     };
     let (oncely_row, naive, limit) = (row("oncely"), row("naive"), row("batched limit"));
+    let batch = row("oncely batch");
     assert_eq!(oncely_row[0], "2000", "{table}");
     assert_eq!(naive[0], "200", "{table}");
     assert_eq!(limit[0], "2000", "{table}");
-    // The same workload: oncely and the limit find the same number of new keys.
+    assert_eq!(batch[0], "2000", "{table}");
+    // The same workload: oncely, the limit and the batch API find the same number of new keys.
     assert_eq!(oncely_row[1], limit[1], "{table}");
+    assert_eq!(batch[1], limit[1], "{table}");
 }
 
 fn postgres_server() -> String {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::panic::catch_unwind;
 use crate::{
-    Claim, ClaimOutcome, ClaimRequest, Clock, Error, Fingerprint, Key, Record, Result, Scope,
-    Store, StoreStats, SystemClock, Timestamp, VersionCheck,
+    Claim, ClaimOutcome, ClaimRequest, Clock, Completion, Error, Fingerprint, Key, Record, Result,
+    Scope, Store, StoreStats, SystemClock, Timestamp, VersionCheck,
 };
 
 /// Default lease: long enough for most handlers, short enough that a crash costs little.
@@ -129,6 +129,56 @@ impl Oncely {
     pub async fn complete(&self, claim: &Claim, outcome: &[u8]) -> Result<()> {
         let expires_at = self.now().saturating_add(self.retention);
         self.store.complete(claim, outcome, expires_at).await
+    }
+
+    /// Completes a batch of held claims, each with its outcome, in one round trip where the
+    /// store allows it (one transaction on PostgreSQL and MySQL): the batch counterpart of
+    /// [`complete`](Oncely::complete), with the same retention for every item.
+    ///
+    /// Answers one result per item, in order: a claim that is no longer held fails alone with
+    /// [`Error::ClaimLost`] and the others still complete. The outer error means the batch as a
+    /// whole failed (see [`Store::complete_many`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely_core::Result<()> {
+    /// use oncely_core::{ClaimOutcome, Key, Oncely, Scope};
+    /// let oncely = Oncely::new(std::sync::Arc::new(oncely_memory::MemoryStore::default()));
+    /// let keys = ["evt-1", "evt-2", "evt-1"].map(|k| Key::new(k).unwrap());
+    ///
+    /// let outcomes = oncely
+    ///     .claim_many(keys.iter().map(|k| (Scope::default(), k.clone(), None)))
+    ///     .await?;
+    /// // ... do the work of each new claim, then record it, all in one call ...
+    /// let done = outcomes
+    ///     .into_iter()
+    ///     .filter_map(ClaimOutcome::into_new)
+    ///     .map(|claim| (claim, b"done".to_vec()));
+    /// let results = oncely.complete_many(done).await?;
+    /// assert_eq!(results.len(), 2); // evt-1 a second time in one batch is InProgress
+    /// assert!(results.iter().all(Result::is_ok));
+    /// assert!(matches!(
+    ///     oncely.claim(&Scope::default(), &keys[1], None).await?,
+    ///     ClaimOutcome::Duplicate(_)
+    /// ));
+    /// # Ok(()) }
+    /// ```
+    pub async fn complete_many<I>(&self, items: I) -> Result<Vec<Result<()>>>
+    where
+        I: IntoIterator<Item = (Claim, Vec<u8>)>,
+    {
+        let expires_at = self.now().saturating_add(self.retention);
+        let items: Vec<_> = items
+            .into_iter()
+            .map(|(claim, outcome)| Completion {
+                claim,
+                outcome,
+                expires_at,
+            })
+            .collect();
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store.complete_many(&items).await
     }
 
     /// Gives the key back after a failure, so the next delivery gets `New` and can retry.

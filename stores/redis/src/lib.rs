@@ -84,12 +84,14 @@ use oncely_core::group::DEFAULT_MAX_BATCH;
 use oncely_core::lifecycle::decide_claim;
 use oncely_core::lifecycle::decide_version;
 use oncely_core::{
-    Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, GroupCommit, Key, LostReason, Record,
-    RecordState, Result, Scope, Store, StoreStats, Timestamp, VersionCheck, async_trait,
+    Claim, ClaimOutcome, ClaimRequest, Completion, Error, Fingerprint, GroupCommit, Key,
+    LostReason, Record, RecordState, Result, Scope, Store, StoreStats, Timestamp, VersionCheck,
+    async_trait,
 };
 
-/// Claim batches on their way to the server at once. Completes are not coalesced: each is one
-/// short script, and the multiplexed connection already pipelines concurrent ones.
+/// Claim batches on their way to the server at once. Single completes are not coalesced: each
+/// is one short script, and the multiplexed connection already pipelines concurrent ones.
+/// `complete_many` sends one script per scope and [`COMPLETE_CHUNK_BYTES`] of outcomes.
 const CLAIM_BATCHES_IN_FLIGHT: usize = 4;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -100,13 +102,19 @@ pub use url::{DEFAULT_PREFIX, DEFAULT_TTL_GRACE};
 
 use keys::Layout;
 use scripts::{
-    CLAIM_SCRIPT, COMPLETE_SCRIPT, PURGE_SCRIPT, RELEASE_SCRIPT, STATS_SCRIPT, VERSION_SCRIPT,
+    CLAIM_SCRIPT, COMPLETE_MANY_SCRIPT, COMPLETE_SCRIPT, PURGE_SCRIPT, RELEASE_SCRIPT,
+    STATS_SCRIPT, VERSION_SCRIPT,
 };
 use url::Target;
 
 /// How many records one purge script call removes at most: small, so a purge never holds the
 /// server (single-threaded for commands) long enough to delay claims noticeably.
 const PURGE_BATCH: usize = 128;
+
+/// Outcome bytes one `complete_many` script call carries at most (a single larger outcome goes
+/// alone): well under Redis's 1 GiB query buffer limit, and short enough not to hold the
+/// single-threaded server long.
+const COMPLETE_CHUNK_BYTES: usize = 16 << 20;
 
 /// How long a command may take before it is reported as unavailable. Generous: a 1 MiB outcome
 /// on a busy two-core machine is well under it, a dead server is well over it.
@@ -395,6 +403,49 @@ impl RedisStore {
             .collect()
     }
 
+    /// Completes the items at `idx` (all of `scope`) in one script call, in order.
+    async fn complete_scope(
+        &self,
+        scope: &Scope,
+        idx: &[usize],
+        items: &[Completion],
+    ) -> Result<Vec<Result<()>>> {
+        let mut call = COMPLETE_MANY_SCRIPT.prepare_invoke();
+        call.key(self.layout.expiry_index(scope.as_str()))
+            .key(self.layout.completed_index(scope.as_str()));
+        for &i in idx {
+            let Completion {
+                claim,
+                outcome,
+                expires_at,
+            } = &items[i];
+            // As in `complete`: `claimed_at` is no later than now, so the TTL is no shorter.
+            let span = expires_at.as_millis() as i128 - claim.claimed_at.as_millis() as i128;
+            call.key(self.layout.record(&claim.scope, &claim.key))
+                .arg(claim.token.to_string())
+                .arg(&outcome[..])
+                .arg(expires_at.as_millis().to_string())
+                .arg(claim.key.as_str())
+                .arg(self.native_ttl(span));
+        }
+        let answers: Vec<String> = call
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        if answers.len() != idx.len() {
+            return Err(self.corrupt(format!(
+                "complete script answered {} values for {} items",
+                answers.len(),
+                idx.len()
+            )));
+        }
+        Ok(idx
+            .iter()
+            .zip(&answers)
+            .map(|(&i, answer)| self.held(&items[i].claim, answer))
+            .collect())
+    }
+
     /// Turns one request's 8 script values into its outcome.
     fn claim_answer(
         &self,
@@ -450,6 +501,20 @@ impl RedisStore {
     }
 }
 
+/// Indexes grouped by scope, scopes in first-seen order, each group in the given order.
+fn by_scope<'a>(scopes: impl Iterator<Item = &'a Scope>) -> Vec<(&'a Scope, Vec<usize>)> {
+    let mut groups: Vec<(&Scope, Vec<usize>)> = Vec::new();
+    let mut group_of: HashMap<&Scope, usize> = HashMap::new();
+    for (i, scope) in scopes.enumerate() {
+        let g = *group_of.entry(scope).or_insert_with(|| {
+            groups.push((scope, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    groups
+}
+
 fn bytes(v: &Value) -> Option<&[u8]> {
     match v {
         Value::BulkString(b) => Some(b),
@@ -501,16 +566,7 @@ impl Store for RedisStore {
         requests: &[ClaimRequest],
         now: Timestamp,
     ) -> Result<Vec<ClaimOutcome>> {
-        // Requests grouped by scope, scopes in first-seen order, each group in request order.
-        let mut groups: Vec<(&Scope, Vec<usize>)> = Vec::new();
-        let mut group_of: HashMap<&Scope, usize> = HashMap::new();
-        for (i, req) in requests.iter().enumerate() {
-            let g = *group_of.entry(&req.scope).or_insert_with(|| {
-                groups.push((&req.scope, Vec::new()));
-                groups.len() - 1
-            });
-            groups[g].1.push(i);
-        }
+        let groups = by_scope(requests.iter().map(|req| &req.scope));
         let scopes: Vec<&Scope> = groups.iter().map(|(s, _)| *s).collect();
         self.register(&scopes).await?;
         // One script per scope (one slot each), all in flight at once: the multiplexed
@@ -554,6 +610,43 @@ impl Store for RedisStore {
             .await
             .map_err(|e| self.err(e))?;
         self.held(claim, &answer)
+    }
+
+    /// One script per scope (one slot each) and 16 MiB of outcomes, all in flight at once, as
+    /// in `claim_many`. Each script is atomic; with items of several scopes (or more than 16 MiB
+    /// of outcomes), an outer error may come after some scripts ran.
+    async fn complete_many(&self, items: &[Completion]) -> Result<Vec<Result<()>>> {
+        let mut groups: Vec<(&Scope, Vec<usize>)> = Vec::new();
+        for (scope, idx) in by_scope(items.iter().map(|item| &item.claim.scope)) {
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            for i in idx {
+                let len = items[i].outcome.len();
+                if !chunk.is_empty() && bytes + len > COMPLETE_CHUNK_BYTES {
+                    groups.push((scope, std::mem::take(&mut chunk)));
+                    bytes = 0;
+                }
+                chunk.push(i);
+                bytes += len;
+            }
+            groups.push((scope, chunk));
+        }
+        let answers = try_join_all(
+            groups
+                .iter()
+                .map(|(scope, idx)| self.complete_scope(scope, idx, items)),
+        )
+        .await?;
+        let mut results: Vec<Option<Result<()>>> = (0..items.len()).map(|_| None).collect();
+        for ((_, idx), answer) in groups.iter().zip(answers) {
+            for (&i, result) in idx.iter().zip(answer) {
+                results[i] = Some(result);
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every item is in one group"))
+            .collect())
     }
 
     async fn release(&self, claim: &Claim) -> Result<()> {

@@ -101,6 +101,40 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 return 'ok'
 "#;
 
+/// Completes a batch of held claims of one scope, in order, each by [`COMPLETE`]'s rule.
+///
+/// KEYS: expiry index, completed index, then the record of each item. ARGV: per item token,
+/// outcome, expires_at, key, native TTL in ms (`''` = none). Answers one of `ok`, `missing`,
+/// `taken`, `done` per item, as [`COMPLETE`] would; one item's answer does not stop the others.
+const COMPLETE_MANY: &str = r#"
+local out = {}
+for i = 1, #KEYS - 2 do
+  local rec = KEYS[2 + i]
+  local base = 5 * (i - 1)
+  local token, outcome, expires_at, member, ttl =
+    ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
+  local h = redis.call('HMGET', rec, 's', 't')
+  if not h[1] then
+    out[i] = 'missing'
+  elseif h[2] ~= token then
+    out[i] = 'taken'
+  elseif h[1] == 'd' then
+    out[i] = 'done'
+  else
+    redis.call('HSET', rec, 's', 'd', 'o', outcome, 'e', expires_at)
+    if ttl == '' then
+      redis.call('PERSIST', rec)
+    else
+      redis.call('PEXPIRE', rec, ttl)
+    end
+    redis.call('ZADD', KEYS[1], expires_at, member)
+    redis.call('ZADD', KEYS[2], expires_at, member)
+    out[i] = 'ok'
+  end
+end
+return out
+"#;
+
 /// Releases a held claim: the record goes, so the next delivery is New.
 ///
 /// KEYS: record, expiry index, completed index. ARGV: token, key. Answers like [`COMPLETE`].
@@ -166,6 +200,7 @@ fn script(body: &str) -> Script {
 
 pub(crate) static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CLAIM));
 pub(crate) static COMPLETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(COMPLETE));
+pub(crate) static COMPLETE_MANY_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(COMPLETE_MANY));
 pub(crate) static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RELEASE));
 pub(crate) static PURGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PURGE));
 pub(crate) static STATS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(STATS));

@@ -124,6 +124,77 @@ async fn native_expiry_is_relative_to_the_callers_clock_plus_grace() {
 }
 
 #[tokio::test]
+async fn complete_many_across_scopes_answers_in_order_and_keeps_ttls_and_indexes() {
+    let prefix = support::fresh_prefix();
+    let store = open(&support::with_param(
+        &support::server(),
+        &format!("prefix={prefix}"),
+    ))
+    .await;
+    let grace = DEFAULT_TTL_GRACE.as_millis() as i64;
+    let now = Timestamp::from_millis(1_000);
+    let lease = Duration::from_secs(30);
+    // Interleaved scopes, so the answers must be put back in the items' order.
+    let requests: Vec<_> = [("a", "1"), ("b", "1"), ("a", "2"), ("b", "2"), ("a", "3")]
+        .iter()
+        .map(|(s, k)| request(s, k, lease))
+        .collect();
+    let claims: Vec<_> = store
+        .claim_many(&requests, now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.into_new().unwrap())
+        .collect();
+    // b/2 is released before the batch: its item alone is lost.
+    store.release(&claims[3]).await.unwrap();
+    let week = 7 * 24 * 3600 * 1000;
+    let expires_at = Timestamp::from_millis(1_000 + week);
+    let items: Vec<_> = claims
+        .iter()
+        .map(|c| oncely_core::Completion {
+            claim: c.clone(),
+            outcome: format!("{}/{}", c.scope, c.key).into_bytes(),
+            expires_at,
+        })
+        .collect();
+    let results = store.complete_many(&items).await.unwrap();
+    assert_eq!(results.len(), 5);
+    for (i, r) in results.iter().enumerate() {
+        if i == 3 {
+            assert!(
+                matches!(
+                    r,
+                    Err(Error::ClaimLost {
+                        reason: LostReason::Missing,
+                        ..
+                    })
+                ),
+                "{r:?}"
+            );
+        } else {
+            assert!(r.is_ok(), "{i}: {r:?}");
+        }
+    }
+    for (i, c) in claims.iter().enumerate().filter(|(i, _)| *i != 3) {
+        let rec = store.get(&c.scope, &c.key).await.unwrap().unwrap();
+        assert_eq!(rec.outcome(), Some(&items[i].outcome[..]), "{i}");
+        assert_eq!(rec.expires_at, expires_at);
+        let ttl = pttl(&record_key(&prefix, c.scope.as_str(), c.key.as_str())).await;
+        assert!(
+            (week + grace - 5_000..=week + grace).contains(&ttl),
+            "{ttl}"
+        );
+    }
+    let stats = store.stats(now).await.unwrap();
+    assert_eq!((stats.records, stats.completed), (4, 4));
+    // Completing again: every item is already done (or still missing), nothing changes.
+    let again = store.complete_many(&items).await.unwrap();
+    assert!(again.iter().all(Result::is_err), "{again:?}");
+    assert!(store.complete_many(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn tokens_timestamps_and_versions_at_their_limits_are_exact() {
     let store = open(&support::fresh_url()).await;
     // Lua numbers are doubles: u64::MAX and u64::MAX - 1 are one double, yet two tokens.

@@ -50,8 +50,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use oncely_core::{
-    Claim, ClaimOutcome, ClaimRequest, Error, Key, Record, Result, Scope, Store, StoreStats,
-    Timestamp, VersionCheck, async_trait,
+    Claim, ClaimOutcome, ClaimRequest, Completion, Error, Key, Record, Result, Scope, Store,
+    StoreStats, Timestamp, VersionCheck, async_trait,
 };
 use tokio::sync::oneshot;
 
@@ -156,6 +156,16 @@ impl Store for SqliteStore {
             reply,
         })
         .await
+    }
+
+    /// The whole batch in one job, so in one transaction of the writer: either every item is
+    /// decided (each `Ok` or `ClaimLost`) and committed, or the batch fails as a whole.
+    async fn complete_many(&self, items: &[Completion]) -> Result<Vec<Result<()>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let items = items.to_vec();
+        self.call(|reply| Job::CompleteMany { items, reply }).await
     }
 
     async fn release(&self, claim: &Claim) -> Result<()> {

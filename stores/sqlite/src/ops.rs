@@ -68,6 +68,12 @@ pub(crate) fn apply(tx: &Transaction<'_>, job: &Job, url: &str) -> Result<Answer
             expires_at,
             ..
         } => Answer::Done(complete(tx, claim, outcome, *expires_at, url)?),
+        Job::CompleteMany { items, .. } => Answer::Completions(
+            items
+                .iter()
+                .map(|item| complete(tx, &item.claim, &item.outcome, item.expires_at, url))
+                .collect::<Result<_>>()?,
+        ),
         Job::Release { claim, .. } => {
             let changed = tx
                 .prepare_cached(RELEASE)

@@ -4,8 +4,8 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use oncely_core::{
-    Claim, ClaimOutcome, ClaimRequest, Error, Key, Record, Result, Scope, StoreStats, Timestamp,
-    VersionCheck,
+    Claim, ClaimOutcome, ClaimRequest, Completion, Error, Key, Record, Result, Scope, StoreStats,
+    Timestamp, VersionCheck,
 };
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -27,6 +27,11 @@ pub(crate) enum Job {
         outcome: Vec<u8>,
         expires_at: Timestamp,
         reply: Reply<()>,
+    },
+    /// A whole `complete_many` batch, in one transaction.
+    CompleteMany {
+        items: Vec<Completion>,
+        reply: Reply<Vec<Result<()>>>,
     },
     Release {
         claim: Claim,
@@ -58,6 +63,7 @@ pub(crate) enum Job {
 pub(crate) enum Answer {
     Claims(Vec<ClaimOutcome>),
     Done(Result<()>),
+    Completions(Vec<Result<()>>),
     Record(Option<Record>),
     Count(usize),
     Stats(StoreStats),
@@ -222,6 +228,7 @@ fn deliver(job: Job, answer: Result<Answer>) {
     }
     match job {
         Job::Claim { reply, .. } => send!(reply, Claims),
+        Job::CompleteMany { reply, .. } => send!(reply, Completions),
         Job::Complete { reply, .. } | Job::Release { reply, .. } => {
             let _ = reply.send(answer.and_then(|a| match a {
                 Answer::Done(done) => done,
