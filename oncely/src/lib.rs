@@ -69,6 +69,9 @@ pub use oncely_redis as redis;
 #[cfg(feature = "sqlite")]
 pub use oncely_sqlite as sqlite;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 // Every Rust example in the README is compiled and run as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
