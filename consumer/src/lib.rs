@@ -170,20 +170,27 @@ impl<H: Handler> Consumer<H> {
         mut source: S,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Report, BrokerError> {
-        let before = self.report();
+        // Counted here, not from the shared counters: clones may run at the same time.
+        let mut settled = Report::default();
         let (stop, stopping) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut receive_errors = 0;
         let mut failure = None;
         tokio::pin!(shutdown);
-        loop {
+        'receiving: loop {
+            // At the concurrency limit, shutdown is still watched: a delivery waiting out a
+            // long backoff must not hold it up.
             while tasks.len() >= self.inner.concurrency {
-                self.joined(tasks.join_next().await);
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break 'receiving,
+                    joined = tasks.join_next() => self.joined(joined, &mut settled),
+                }
             }
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                joined = tasks.join_next(), if !tasks.is_empty() => self.joined(joined),
+                joined = tasks.join_next(), if !tasks.is_empty() => self.joined(joined, &mut settled),
                 next = source.next() => match next {
                     None => break,
                     Some(Ok(delivery)) => {
@@ -205,19 +212,24 @@ impl<H: Handler> Consumer<H> {
         }
         let _ = stop.send(true);
         while let Some(joined) = tasks.join_next().await {
-            self.joined(Some(joined));
+            self.joined(Some(joined), &mut settled);
         }
         match failure {
             Some(error) => Err(error),
-            None => Ok(self.report().since(before)),
+            None => Ok(settled),
         }
     }
 
-    fn joined(&self, joined: Option<Result<Settled, tokio::task::JoinError>>) {
-        if let Some(Err(error)) = joined {
-            // `settle` catches the handler's panics; this is a bug in a broker's settlement.
-            tracing::error!(%error, "a delivery's task failed; the broker will redeliver it");
-            self.inner.counts.unsettled.fetch_add(1, Ordering::Relaxed);
+    fn joined(&self, joined: Option<Result<Settled, tokio::task::JoinError>>, report: &mut Report) {
+        match joined {
+            Some(Ok(settled)) => report.count(&settled),
+            Some(Err(error)) => {
+                // `settle` catches the handler's panics; this is a bug in a broker's settlement.
+                tracing::error!(%error, "a delivery's task failed; the broker will redeliver it");
+                self.inner.counts.unsettled.fetch_add(1, Ordering::Relaxed);
+                report.unsettled += 1;
+            }
+            None => {}
         }
     }
 
@@ -319,14 +331,15 @@ impl<H: Handler> Consumer<H> {
 }
 
 impl Report {
-    fn since(self, before: Report) -> Report {
-        Report {
-            done: self.done - before.done,
-            duplicates: self.duplicates - before.duplicates,
-            redelivered: self.redelivered - before.redelivered,
-            dead_lettered: self.dead_lettered - before.dead_lettered,
-            unsettled: self.unsettled - before.unsettled,
-        }
+    fn count(&mut self, settled: &Settled) {
+        let counter = match settled {
+            Settled::Done => &mut self.done,
+            Settled::Duplicate => &mut self.duplicates,
+            Settled::Redelivered => &mut self.redelivered,
+            Settled::DeadLettered => &mut self.dead_lettered,
+            Settled::Unsettled => &mut self.unsettled,
+        };
+        *counter += 1;
     }
 }
 
