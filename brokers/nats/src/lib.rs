@@ -70,9 +70,10 @@
 //!
 //! ## Limits
 //!
-//! - Messages a pull request brought in and the runner has not taken yet are not in progress
-//!   anywhere: when the source is dropped (shutdown), they come back after the ack wait. A
-//!   smaller `batch` keeps that short.
+//! - Messages a pull request brought in and the runner has not taken yet are given back (NAK)
+//!   when the source is dropped, so shutdown holds nothing. One the server sends in the moment
+//!   of the drop is lost to this source and comes back after the ack wait; a smaller `batch`
+//!   keeps such moments rare.
 //! - Leave the consumer's `max_deliver` unlimited: the runner dead-letters by its own attempt
 //!   count, and a message the server stops delivering is neither done nor dead-lettered.
 //! - The dead-letter copy keeps `Nats-Msg-Id` (adding `STREAM:SEQUENCE` when the original has
@@ -92,7 +93,7 @@ use async_nats::jetstream::context::{
     GetStreamByNameErrorKind, GetStreamErrorKind, PublishErrorKind,
 };
 use async_nats::jetstream::{self, AckKind, Context};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use oncely_core::async_trait;
 use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
 
@@ -124,10 +125,44 @@ struct Shared {
 /// [`Consumer::run`](https://docs.rs/oncely-consumer). Several sources on one consumer (in one
 /// process or many) compete for its messages.
 pub struct NatsSource {
-    messages: pull::Stream,
+    /// `None` only while dropping.
+    messages: Option<pull::Stream>,
+    /// Whether `next` was ever called: before, the stream has sent no pull request.
+    pulled: bool,
     consumer: PullConsumer,
     batch: usize,
     shared: Arc<Shared>,
+}
+
+impl Drop for NatsSource {
+    /// Gives back at once (NAK) the messages the server delivered here that the runner never
+    /// took, so they do not wait out the ack wait: among them is any message the runner gave
+    /// back while shutting down, which the server sent straight to this source's open pull.
+    fn drop(&mut self) {
+        if !self.pulled {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(mut messages) = self.messages.take() else {
+            return;
+        };
+        let mut untaken = Vec::new();
+        while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+            untaken.push(message);
+        }
+        // Unsubscribes before the NAKs go out, so the server does not hand them back to this
+        // source's pull request.
+        drop(messages);
+        if !untaken.is_empty() {
+            runtime.spawn(async move {
+                for message in untaken {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for NatsSource {
@@ -258,7 +293,8 @@ impl NatsSource {
         let s = &self.shared;
         let messages = pull_stream(&self.consumer, self.batch, s).await?;
         Ok(NatsSource {
-            messages,
+            messages: Some(messages),
+            pulled: false,
             consumer: self.consumer.clone(),
             batch: self.batch,
             shared: self.shared.clone(),
@@ -283,7 +319,8 @@ impl NatsSource {
         let batch = batch.max(1);
         let messages = pull_stream(&consumer, batch, &shared).await?;
         Ok(NatsSource {
-            messages,
+            messages: Some(messages),
+            pulled: false,
             consumer,
             batch,
             shared,
@@ -505,7 +542,8 @@ impl Source for NatsSource {
     /// Polls the message stream held in the source, so it is cancel-safe: a `select!` that
     /// drops this future loses no message.
     async fn next(&mut self) -> Option<Result<NatsDelivery, BrokerError>> {
-        let received = self.messages.next().await?;
+        self.pulled = true;
+        let received = self.messages.as_mut()?.next().await?;
         Some(match received {
             Ok(raw) => Ok(NatsDelivery::new(raw, self.shared.clone())),
             Err(e) => Err(BrokerError::new(
