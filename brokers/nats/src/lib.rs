@@ -74,6 +74,9 @@
 //!   when the source is dropped, so shutdown holds nothing. One the server sends in the moment
 //!   of the drop is lost to this source and comes back after the ack wait; a smaller `batch`
 //!   keeps such moments rare.
+//! - A message given back comes again after at least [`MIN_REDELIVERY_DELAY`] (250 ms), even
+//!   when the runner asks for "at once" (shutdown), so that it goes to another consumer rather
+//!   than to the closing source's last pull request.
 //! - Leave the consumer's `max_deliver` unlimited: the runner dead-letters by its own attempt
 //!   count, and a message the server stops delivering is neither done nor dead-lettered.
 //! - The dead-letter copy keeps `Nats-Msg-Id` (adding `STREAM:SEQUENCE` when the original has
@@ -106,6 +109,12 @@ pub use options::{DEFAULT_ACK_WAIT, DEFAULT_BATCH, DEFAULT_PORT, NatsOptions};
 
 /// The broker's name in [`BrokerError`]s.
 pub const BROKER: &str = "nats";
+
+/// The shortest delay of a redelivery. The runner gives messages back at once when it shuts
+/// down; without a delay the server would send such a message straight back to this source's
+/// open pull request, which closes a moment later, and the message would then wait out the ack
+/// wait instead of going to the next consumer.
+pub const MIN_REDELIVERY_DELAY: Duration = Duration::from_millis(250);
 
 /// Idle heartbeat asked of the server for each pull request: a silent connection is noticed.
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -648,11 +657,11 @@ impl Delivery for NatsDelivery {
             .map_err(|e| self.error("ack", e))
     }
 
-    /// NAKs with a delay of `after` (none when zero), confirmed by the server.
+    /// NAKs with a delay of `after`, at least [`MIN_REDELIVERY_DELAY`], confirmed by the
+    /// server.
     async fn redeliver(&self, after: Duration) -> Result<(), BrokerError> {
-        let delay = (!after.is_zero()).then_some(after);
         self.raw
-            .double_ack_with(AckKind::Nak(delay))
+            .double_ack_with(AckKind::Nak(Some(after.max(MIN_REDELIVERY_DELAY))))
             .await
             .map_err(|e| self.error("nak", e))
     }
