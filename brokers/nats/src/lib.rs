@@ -1,7 +1,8 @@
 //! # oncely-nats
 //!
-//! NATS JetStream as a source for the oncely consumer runner ([`oncely_consumer`]): exactly one
-//! effect per key over JetStream's at-least-once delivery.
+//! NATS JetStream as a source for the oncely consumer runner
+//! ([`oncely-consumer`](https://docs.rs/oncely-consumer)): exactly one effect per key over
+//! JetStream's at-least-once delivery.
 //!
 //! JetStream redelivers a message whenever its ack does not arrive in time: after a crash, a
 //! slow handler, a lost connection. [`NatsSource`] reads a **durable pull consumer** with
