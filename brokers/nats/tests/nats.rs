@@ -1,0 +1,270 @@
+//! Setting a source up against the NATS server at `ONCELY_NATS_URL` (`nats://127.0.0.1:4222`
+//! by default, with JetStream): what the URL creates, and each refusal saying what to do.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{AckPolicy, pull};
+use async_nats::jetstream::{self, Context};
+use futures_util::TryStreamExt;
+use oncely_core::consumer::{DeadLetter, Delivery, Source};
+use oncely_nats::{Error, NatsSource};
+
+fn server() -> String {
+    std::env::var("ONCELY_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A fresh stream capturing `<name>.in`, deleted (with its dead-letter stream) on drop.
+struct Fresh {
+    context: Context,
+    name: String,
+}
+
+impl Fresh {
+    async fn new(test: &str) -> Fresh {
+        Self::capturing(test, |name| vec![format!("{name}.in")]).await
+    }
+
+    async fn capturing(test: &str, subjects: impl Fn(&str) -> Vec<String>) -> Fresh {
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "ONCELY_TEST_{}_{}_{test}",
+            std::process::id(),
+            MADE.fetch_add(1, Ordering::SeqCst)
+        );
+        let client = async_nats::connect(server().as_str()).await.expect("nats");
+        let context = jetstream::new(client);
+        remove_leftovers(&context).await;
+        context
+            .create_stream(jetstream::stream::Config {
+                name: name.clone(),
+                subjects: subjects(&name),
+                ..Default::default()
+            })
+            .await
+            .expect("create stream");
+        Fresh { context, name }
+    }
+
+    fn url(&self, rest: &str) -> String {
+        format!("{}/{}/{rest}", server(), self.name)
+    }
+
+    async fn publish(&self, headers: HeaderMap, payload: &'static [u8]) {
+        self.context
+            .publish_with_headers(format!("{}.in", self.name), headers, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+/// Deletes the streams of earlier runs whose process is gone (a test's runtime ends before it
+/// could delete its own).
+async fn remove_leftovers(context: &Context) {
+    let names: Vec<String> = context.stream_names().try_collect().await.expect("streams");
+    for name in names {
+        let Some(rest) = name.strip_prefix("ONCELY_TEST_") else {
+            continue;
+        };
+        let pid = rest.split('_').next().unwrap_or_default();
+        if pid != std::process::id().to_string()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            context.delete_stream(&name).await.ok();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_url_creates_a_durable_explicit_ack_consumer_and_a_dead_letter_stream() {
+    let fresh = Fresh::new("creates").await;
+    let source = NatsSource::connect(&fresh.url("billing?ack_wait=45s&max_ack_pending=16"))
+        .await
+        .unwrap();
+    assert_eq!(source.stream(), fresh.name);
+    assert_eq!(source.consumer_name(), "billing");
+    assert_eq!(source.dead_letter_subject(), format!("{}.dlq", fresh.name));
+
+    let stream = fresh.context.get_stream(&fresh.name).await.unwrap();
+    let info = stream.consumer_info("billing").await.unwrap();
+    assert_eq!(info.config.durable_name.as_deref(), Some("billing"));
+    assert_eq!(info.config.ack_policy, AckPolicy::Explicit);
+    assert_eq!(info.config.ack_wait, Duration::from_secs(45));
+    assert_eq!(info.config.max_ack_pending, 16);
+    let keeper = fresh
+        .context
+        .stream_by_subject(format!("{}.dlq", fresh.name))
+        .await
+        .unwrap();
+    assert_eq!(keeper, format!("{}_DLQ", fresh.name));
+
+    // Connecting again finds both, with or without the options.
+    NatsSource::connect(&fresh.url("billing")).await.unwrap();
+    NatsSource::connect(&fresh.url("billing?ack_wait=45s&create=false&create_dlq=false"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_delivery_shows_payload_every_header_message_id_and_subject() {
+    let fresh = Fresh::new("delivery").await;
+    let mut source = NatsSource::connect(&fresh.url("c")).await.unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "m-1");
+    headers.insert("Event-Id", "e-1");
+    headers.append("Tag", "a");
+    headers.append("Tag", "b");
+    fresh.publish(headers, b"{\"n\":1}").await;
+
+    let delivery = source.next().await.unwrap().unwrap();
+    let message = delivery.message();
+    assert_eq!(message.payload(), b"{\"n\":1}");
+    assert_eq!(message.message_id(), Some("m-1"));
+    assert_eq!(message.header("event-id"), Some("e-1"));
+    assert_eq!(
+        message.headers().iter().filter(|(n, _)| n == "Tag").count(),
+        2
+    );
+    assert_eq!(message.source(), format!("{}.in", fresh.name));
+    delivery.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn next_is_cancel_safe_in_select() {
+    let fresh = Fresh::new("cancel").await;
+    let mut source = NatsSource::connect(&fresh.url("c")).await.unwrap();
+    for _ in 0..5 {
+        tokio::select! {
+            _ = source.next() => panic!("nothing was published"),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    fresh.publish(HeaderMap::new(), b"one").await;
+    let delivery = tokio::time::timeout(Duration::from_secs(10), source.next())
+        .await
+        .expect("the message after cancelled polls")
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.message().payload(), b"one");
+    delivery.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_stream_is_named_with_what_to_do() {
+    let url = format!("{}/ONCELY_NO_SUCH_STREAM/c", server());
+    let error = NatsSource::connect(&url).await.unwrap_err();
+    assert!(matches!(error, Error::NoStream { .. }), "{error:?}");
+    assert!(
+        error.to_string().starts_with(
+            "no JetStream stream ONCELY_NO_SUCH_STREAM at nats://127.0.0.1:4222: create it or check the name"
+        ) || std::env::var("ONCELY_NATS_URL").is_ok(),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn create_false_refuses_a_missing_consumer() {
+    let fresh = Fresh::new("nocreate").await;
+    let error = NatsSource::connect(&fresh.url("absent?create=false"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::NoConsumer { .. }), "{error:?}");
+    assert!(error.to_string().contains("create=false"), "{error}");
+}
+
+#[tokio::test]
+async fn an_existing_consumer_must_ack_explicitly_and_match_what_the_url_asks() {
+    let fresh = Fresh::new("mismatch").await;
+    NatsSource::connect(&fresh.url("c")).await.unwrap();
+    let error = NatsSource::connect(&fresh.url("c?ack_wait=5s"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::UnusableConsumer { .. }), "{error:?}");
+    assert!(error.to_string().contains("ack wait is 30s"), "{error}");
+
+    let stream = fresh.context.get_stream(&fresh.name).await.unwrap();
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some("acks_all".into()),
+            ack_policy: AckPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let error = NatsSource::connect(&fresh.url("acks_all"))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("explicit ack policy"), "{error}");
+}
+
+#[tokio::test]
+async fn a_dead_letter_subject_the_consumed_stream_captures_is_refused() {
+    let fresh = Fresh::capturing("loop", |name| vec![format!("{name}.>")]).await;
+    let error = NatsSource::connect(&fresh.url("c")).await.unwrap_err();
+    assert!(matches!(error, Error::DeadLetters { .. }), "{error:?}");
+    assert!(error.to_string().contains("delivered again"), "{error}");
+    let other = format!("{}_elsewhere.dlq", fresh.name);
+    let url = fresh.url(&format!("c?dlq={other}"));
+    NatsSource::connect(&url).await.unwrap();
+}
+
+#[tokio::test]
+async fn create_dlq_false_refuses_when_no_stream_keeps_the_dead_letters() {
+    let fresh = Fresh::new("nodlq").await;
+    let error = NatsSource::connect(&fresh.url("c?create_dlq=false"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::DeadLetters { .. }), "{error:?}");
+    assert!(error.to_string().contains("would be lost"), "{error}");
+}
+
+#[tokio::test]
+async fn a_dead_letter_no_stream_captures_fails_and_the_original_stays() {
+    let fresh = Fresh::new("lostdlq").await;
+    let stream = fresh.context.get_stream(&fresh.name).await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("c".into()),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let nowhere = format!("{}.nowhere", fresh.name.to_lowercase());
+    let mut source = NatsSource::from_consumer(fresh.context.clone(), consumer, nowhere)
+        .await
+        .unwrap();
+    fresh.publish(HeaderMap::new(), b"poison").await;
+    let delivery = source.next().await.unwrap().unwrap();
+    let letter = DeadLetter {
+        error: "boom".into(),
+        attempts: 1,
+        key: None,
+        source: delivery.message().source().into(),
+    };
+    let error = delivery.dead_letter(&letter).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("no JetStream stream captures it"),
+        "{error}"
+    );
+    delivery.redeliver(Duration::ZERO).await.unwrap();
+    let again = source.next().await.unwrap().unwrap();
+    assert_eq!(again.message().payload(), b"poison");
+    again.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_reported_with_its_address_and_no_password() {
+    let error = NatsSource::connect("nats://u:secret@127.0.0.1:1/S/C")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Unreachable { .. }), "{error:?}");
+    let text = error.to_string();
+    assert!(text.contains("nats://u:***@127.0.0.1:1"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+}
