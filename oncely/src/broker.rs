@@ -2,7 +2,10 @@
 //!
 //! | URL | broker | crate |
 //! |---|---|---|
+//! | `nats://[USER:PASS@]HOST[:PORT]/STREAM/CONSUMER[?dlq=SUBJECT&ack_wait=30s&...]` | NATS JetStream | `oncely-nats` |
 //! | `amqp://[USER:PASS@]HOST[:PORT][/VHOST]/QUEUE[?dlq=Q&prefetch=N]` | RabbitMQ | `oncely-rabbitmq` |
+//!
+//! Each broker crate's docs list every option.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,11 +33,17 @@ use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// No broker of this build takes the URL's scheme.
-    #[error("no broker for `{url}`: use amqp://HOST/QUEUE (RabbitMQ)")]
+    #[error(
+        "no broker for `{url}`: use nats://HOST/STREAM/CONSUMER (NATS JetStream) or amqp://HOST/QUEUE (RabbitMQ)"
+    )]
     UnknownScheme {
         /// The URL, password redacted.
         url: String,
     },
+    /// NATS refused or the URL is invalid.
+    #[cfg(feature = "nats")]
+    #[error(transparent)]
+    Nats(#[from] oncely_nats::Error),
     /// RabbitMQ refused or the URL is invalid.
     #[cfg(feature = "rabbitmq")]
     #[error(transparent)]
@@ -45,6 +54,9 @@ pub enum ConnectError {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum AnySource {
+    /// A durable JetStream consumer.
+    #[cfg(feature = "nats")]
+    Nats(oncely_nats::NatsSource),
     /// A RabbitMQ queue.
     #[cfg(feature = "rabbitmq")]
     Amqp(oncely_rabbitmq::AmqpSource),
@@ -54,6 +66,9 @@ pub enum AnySource {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum AnyDelivery {
+    /// From NATS JetStream.
+    #[cfg(feature = "nats")]
+    Nats(oncely_nats::NatsDelivery),
     /// From RabbitMQ.
     #[cfg(feature = "rabbitmq")]
     Amqp(oncely_rabbitmq::AmqpDelivery),
@@ -63,6 +78,10 @@ pub enum AnyDelivery {
 pub async fn connect(url: &str) -> Result<AnySource, ConnectError> {
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
     match scheme {
+        #[cfg(feature = "nats")]
+        "nats" | "tls" => Ok(AnySource::Nats(
+            oncely_nats::NatsSource::connect(url).await?,
+        )),
         #[cfg(feature = "rabbitmq")]
         "amqp" | "amqps" => Ok(AnySource::Amqp(
             oncely_rabbitmq::AmqpSource::connect(url).await?,
@@ -77,6 +96,8 @@ pub async fn connect(url: &str) -> Result<AnySource, ConnectError> {
 macro_rules! each {
     ($value:expr, $inner:ident => $body:expr) => {
         match $value {
+            #[cfg(feature = "nats")]
+            AnyDelivery::Nats($inner) => $body,
             #[cfg(feature = "rabbitmq")]
             AnyDelivery::Amqp($inner) => $body,
         }
@@ -89,6 +110,8 @@ impl Source for AnySource {
 
     async fn next(&mut self) -> Option<Result<AnyDelivery, BrokerError>> {
         match self {
+            #[cfg(feature = "nats")]
+            AnySource::Nats(source) => source.next().await.map(|d| d.map(AnyDelivery::Nats)),
             #[cfg(feature = "rabbitmq")]
             AnySource::Amqp(source) => source.next().await.map(|d| d.map(AnyDelivery::Amqp)),
         }

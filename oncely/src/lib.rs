@@ -47,8 +47,11 @@ pub use oncely_core::*;
 /// ([`consumer`]).
 pub use oncely_consumer::{Consumer, Report as ConsumerReport};
 
-#[cfg(feature = "rabbitmq")]
+#[cfg(any(feature = "nats", feature = "rabbitmq"))]
 pub mod broker;
+/// The NATS JetStream source for the consumer runner.
+#[cfg(feature = "nats")]
+pub use oncely_nats as nats;
 /// The RabbitMQ source for the consumer runner.
 #[cfg(feature = "rabbitmq")]
 pub use oncely_rabbitmq as rabbitmq;
