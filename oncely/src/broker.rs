@@ -56,7 +56,7 @@ pub enum ConnectError {
 pub enum AnySource {
     /// A durable JetStream consumer.
     #[cfg(feature = "nats")]
-    Nats(oncely_nats::NatsSource),
+    Nats(Box<oncely_nats::NatsSource>),
     /// A RabbitMQ queue.
     #[cfg(feature = "rabbitmq")]
     Amqp(oncely_rabbitmq::AmqpSource),
