@@ -79,9 +79,9 @@ pub async fn connect(url: &str) -> Result<AnySource, ConnectError> {
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
     match scheme {
         #[cfg(feature = "nats")]
-        "nats" | "tls" => Ok(AnySource::Nats(
+        "nats" | "tls" => Ok(AnySource::Nats(Box::new(
             oncely_nats::NatsSource::connect(url).await?,
-        )),
+        ))),
         #[cfg(feature = "rabbitmq")]
         "amqp" | "amqps" => Ok(AnySource::Amqp(
             oncely_rabbitmq::AmqpSource::connect(url).await?,
