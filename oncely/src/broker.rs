@@ -59,7 +59,7 @@ pub enum AnySource {
     Nats(Box<oncely_nats::NatsSource>),
     /// A RabbitMQ queue.
     #[cfg(feature = "rabbitmq")]
-    Amqp(oncely_rabbitmq::AmqpSource),
+    Amqp(Box<oncely_rabbitmq::AmqpSource>),
 }
 
 /// A delivery from any broker of this build.
@@ -83,16 +83,16 @@ pub async fn connect(url: &str) -> Result<AnySource, ConnectError> {
             oncely_nats::NatsSource::connect(url).await?,
         ))),
         #[cfg(feature = "rabbitmq")]
-        "amqp" | "amqps" => Ok(AnySource::Amqp(
+        "amqp" | "amqps" => Ok(AnySource::Amqp(Box::new(
             oncely_rabbitmq::AmqpSource::connect(url).await?,
-        )),
+        ))),
         _ => Err(ConnectError::UnknownScheme {
             url: oncely_core::url::redact_password(url),
         }),
     }
 }
 
-// Each arm forwards to the broker's own type; with no broker compiled in there is no arm.
+// Each arm forwards to the broker's own type. Sources are boxed: they differ a lot in size.
 macro_rules! each {
     ($value:expr, $inner:ident => $body:expr) => {
         match $value {
