@@ -207,6 +207,9 @@ impl InboxTransaction for InboxTx<'_> {
     }
 }
 
+/// How often [`migrate`] tries to switch the file to WAL, 10 ms apart.
+const WAL_SWITCH_TRIES: u32 = 500;
+
 /// Brings the schema of the file `conn` is open on up to date (the store's migrations, tracked in
 /// `PRAGMA user_version`), and switches it to WAL as the store does. Call it once at start-up on
 /// a connection outside any transaction (`&mut *pool.acquire().await?`); on a connection inside
@@ -219,15 +222,29 @@ pub async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
     if conn.is_in_transaction() {
         return apply_migrations(conn).await;
     }
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        sqlx::query("PRAGMA journal_mode = WAL")
-            .execute(&mut *conn)
+    // The switch answers the mode the file is in; another connection reading at that moment
+    // leaves it unchanged without an error, so try again for a while.
+    let mut tries = 0;
+    loop {
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+            .fetch_one(&mut *conn)
             .await
             .map_err(unavailable)?;
+        if mode.eq_ignore_ascii_case("wal") {
+            break;
+        }
+        tries += 1;
+        if tries == WAL_SWITCH_TRIES {
+            return Err(Error::Unavailable {
+                store: "sqlite (your connection)".into(),
+                source: format!(
+                    "the file stayed in journal mode {mode}: other connections kept it busy; \
+                     call migrate at start-up, before the pool is in use"
+                )
+                .into(),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let mut tx = conn
         .begin_with("BEGIN IMMEDIATE")

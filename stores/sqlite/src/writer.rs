@@ -105,8 +105,18 @@ impl Writer {
         // page_size only takes effect on a database with no tables yet; harmless otherwise.
         conn.pragma_update(None, "page_size", options.page_size)
             .map_err(unavailable)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        // SQLite answers the mode it is in: a connection of another process (or a pool) reading
+        // the file at that moment leaves it unchanged, without an error. Treated as busy, so
+        // `open` tries again until the busy timeout.
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(unavailable)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(unavailable(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                Some(format!("the file stayed in journal mode {mode}, not WAL")),
+            )));
+        }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(unavailable)?;
         conn.set_prepared_statement_cache_capacity(32);
