@@ -3,6 +3,7 @@
 //! Plain `http://` only: this build carries no TLS stack. A handler behind HTTPS is reached
 //! through a local proxy or sidecar.
 
+use std::error::Error as _;
 use std::fmt;
 use std::time::Duration;
 
@@ -133,11 +134,13 @@ impl Deliverer {
         let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Err(_) => return Err(timed_out()),
             Ok(Err(error)) => {
-                return Err(format!(
-                    "handler at {} unreachable: {}",
-                    self.url,
-                    chain(&error)
-                ));
+                // The client's own text ("client error (Connect)") says less than its source.
+                let cause = error.source().map_or_else(|| chain(&error), chain);
+                return Err(if error.is_connect() {
+                    format!("handler at {} unreachable: {cause}", self.url)
+                } else {
+                    format!("request to handler at {} failed: {cause}", self.url)
+                });
             }
             Ok(Ok(response)) => response,
         };

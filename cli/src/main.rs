@@ -50,7 +50,7 @@ enum Command {
     /// Lines that are not JSON or have no usable key are reported as `line N: reason` on stderr,
     /// never dropped silently. Ends with `read N, passed N, duplicates N, rejected N` on stderr.
     Dedup(dedup::DedupArgs),
-    /// POST each message from NATS or RabbitMQ to an HTTP handler, once per key.
+    /// POST each message from NATS or RabbitMQ to an HTTP handler, once per key
     ///
     /// An idempotent consumer for a handler in any language. For each message: take its key
     /// (--key) and claim it in the store; a key already done is a duplicate, acked without a
@@ -68,8 +68,9 @@ enum Command {
     /// error in its Oncely-Error header, e.g. `handler answered 500 Internal Server Error:
     /// <first 200 bytes of the body>`, and is acked. Nothing is acked unprocessed.
     ///
-    /// A handler may still see a key twice if this process dies between the handler's answer
-    /// and recording it: the Idempotency-Key header is there for it to notice.
+    /// A handler may still see a key twice: if it answers after --timeout, or if this process
+    /// dies between its answer and the record (the key is retried once its claim, held for
+    /// --timeout + 30s, runs out). The Idempotency-Key header is there for it to notice.
     ///
     /// SIGINT or SIGTERM stops taking messages and lets those in flight finish; then
     /// `consumed N: done N, duplicates N, redelivered N, dead-lettered N` goes to stderr and

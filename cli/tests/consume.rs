@@ -100,6 +100,25 @@ impl Handler {
         Handler { url, received }
     }
 
+    /// A handler that takes connections and never answers.
+    fn silent() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                held.push(stream);
+            }
+        });
+        url
+    }
+
+    /// A handler URL where nothing listens.
+    fn down() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/hook", listener.local_addr().unwrap())
+    }
+
     fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
@@ -168,8 +187,12 @@ fn answer(stream: TcpStream) -> Option<Received> {
 
 fn spawn_consume(dir: &Path, args: &[&str]) -> Child {
     let store = format!("sqlite:{}", dir.join("o.db").display());
+    spawn_consume_on(&store, dir, args)
+}
+
+fn spawn_consume_on(store: &str, dir: &Path, args: &[&str]) -> Child {
     Command::new(BIN)
-        .args(["--store", &store, "consume"])
+        .args(["--store", store, "consume"])
         .args(args)
         .current_dir(dir)
         .env_remove("ONCELY_STORE")
@@ -190,7 +213,10 @@ fn terminate(child: Child) -> Output {
 
 /// The process's output when it ends by itself (a setup error).
 fn run_to_end(dir: &Path, args: &[&str]) -> Output {
-    let child = spawn_consume(dir, args);
+    wait_to_end(spawn_consume(dir, args))
+}
+
+fn wait_to_end(child: Child) -> Output {
     let deadline = Instant::now() + PATIENCE;
     let pid = child.id();
     let output = std::thread::spawn(move || child.wait_with_output().unwrap());
@@ -706,4 +732,89 @@ fn unreachable_brokers_and_missing_queues_are_one_clear_line() {
         let output = run_to_end(dir.path(), &args);
         assert_one_clear_error(&output, needle);
     }
+}
+
+#[test]
+fn a_handler_that_is_down_or_silent_fails_its_attempts_and_the_error_says_which() {
+    let rt = runtime();
+    let down = Handler::down();
+    let silent = Handler::silent();
+    let cases = [
+        (
+            down.as_str(),
+            "1s",
+            format!("handler at {down} unreachable: tcp connect error: "),
+        ),
+        (
+            silent.as_str(),
+            "300ms",
+            format!("handler at {silent} did not answer within 300ms (--timeout)"),
+        ),
+    ];
+    let mut runs = Vec::new();
+    for (url, timeout, _) in &cases {
+        let rabbit = rt.block_on(async {
+            let rabbit = Rabbit::new().await;
+            rabbit.publish("m-0", &order("k", 1)).await;
+            rabbit
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let from = format!("{}/{}?dlq={}", amqp_server(), rabbit.queue, rabbit.dlq);
+        let args = [
+            "--from",
+            &from,
+            "--key",
+            "/id",
+            "--deliver",
+            url,
+            "--max-attempts",
+            "2",
+            "--timeout",
+            timeout,
+        ];
+        let child = spawn_consume(dir.path(), &args);
+        runs.push((rabbit, dir, child));
+    }
+    for ((rabbit, _dir, child), (_, _, error)) in runs.into_iter().zip(&cases) {
+        let letters = rt.block_on(async {
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let letters = rabbit.dead_letters().await;
+                if !letters.is_empty() || Instant::now() > deadline {
+                    return letters;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let output = terminate(child);
+        assert_summary_and_exit_0(
+            &output,
+            "consumed 1: done 0, duplicates 0, redelivered 0, dead-lettered 1",
+        );
+        assert_eq!(letters.len(), 1);
+        let got = letters[0].header(ERROR_HEADER).unwrap_or_default();
+        assert!(
+            got.starts_with(error.as_str()),
+            "{got:?} is not {error:?}..."
+        );
+        assert_eq!(letters[0].header(ATTEMPTS_HEADER), Some("2"));
+    }
+}
+
+#[test]
+fn a_store_that_cannot_open_is_one_clear_line_after_the_broker_connects() {
+    let rt = runtime();
+    let rabbit = rt.block_on(Rabbit::new());
+    let dir = tempfile::tempdir().unwrap();
+    let from = format!("{}/{}", amqp_server(), rabbit.queue);
+    let args = [
+        "--from",
+        &from,
+        "--key",
+        "/id",
+        "--deliver",
+        "http://127.0.0.1:9/h",
+    ];
+    let output = wait_to_end(spawn_consume_on("nope:x", dir.path(), &args));
+    assert_one_clear_error(&output, "nope:x");
 }
