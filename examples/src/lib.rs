@@ -14,10 +14,16 @@
 //! order for an item that does not exist, which fails every time and ends in the dead-letter
 //! queue.
 
+use anyhow::{Context, bail};
+use oncely::nats::async_nats;
+use oncely::rabbitmq::lapin;
 use oncely_core::consumer::{Handled, Handler, HandlerError, Message};
 use oncely_core::{Error, Fingerprint, Key, Scope, async_trait};
 use oncely_postgres::inbox::{Inbox, InboxClaim, PostgresInbox};
 use sqlx::PgPool;
+
+/// The items the example stocks.
+pub const ITEMS: [&str; 3] = ["apple", "pear", "plum"];
 
 /// The item that does not exist: its orders always fail.
 pub const POISON_ITEM: &str = "poison";
@@ -156,4 +162,78 @@ impl Handler for ReserveInventory {
         tx.commit().await.map_err(db_error)?;
         Ok(Handled::Done)
     }
+}
+
+/// Publishes `payloads` to `nats://HOST[:PORT]/STREAM` (subject `<stream in lower case>.in`,
+/// the stream created if missing) or `amqp://[USER:PASS@]HOST[:PORT]/QUEUE` (the default
+/// exchange, the queue declared durable if missing), each confirmed by the broker.
+pub async fn publish(to: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
+    let (scheme, rest) = to
+        .split_once("://")
+        .context("a URL like nats://HOST/STREAM")?;
+    let (server, name) = rest
+        .rsplit_once('/')
+        .context("the URL ends with /STREAM or /QUEUE")?;
+    match scheme {
+        "nats" => {
+            let client = async_nats::connect(server).await?;
+            let jetstream = async_nats::jetstream::new(client);
+            let subject = subject_of(name);
+            jetstream
+                .get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: name.to_owned(),
+                    subjects: vec![subject.clone()],
+                    ..Default::default()
+                })
+                .await?;
+            for payload in payloads {
+                jetstream
+                    .publish(subject.clone(), payload.clone().into())
+                    .await?
+                    .await?;
+            }
+        }
+        "amqp" => {
+            let url = format!("amqp://{server}");
+            let connection =
+                lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_declare(
+                    name.into(),
+                    lapin::options::QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await?;
+            channel
+                .confirm_select(lapin::options::ConfirmSelectOptions::default())
+                .await?;
+            for payload in payloads {
+                let confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        name.into(),
+                        lapin::options::BasicPublishOptions::default(),
+                        payload,
+                        lapin::BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?
+                    .await?;
+                if !confirm.is_ack() {
+                    bail!("RabbitMQ did not confirm a publish: {confirm:?}");
+                }
+            }
+            connection.close(200, "done".into()).await?;
+        }
+        other => bail!("unknown scheme `{other}`: use nats:// or amqp://"),
+    }
+    Ok(())
+}
+
+/// The subject [`publish`] uses for a stream: `ORDERS` -> `orders.in`.
+pub fn subject_of(stream: &str) -> String {
+    format!("{}.in", stream.to_lowercase())
 }

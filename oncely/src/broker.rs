@@ -56,10 +56,10 @@ pub enum ConnectError {
 pub enum AnySource {
     /// A durable JetStream consumer.
     #[cfg(feature = "nats")]
-    Nats(oncely_nats::NatsSource),
+    Nats(Box<oncely_nats::NatsSource>),
     /// A RabbitMQ queue.
     #[cfg(feature = "rabbitmq")]
-    Amqp(oncely_rabbitmq::AmqpSource),
+    Amqp(Box<oncely_rabbitmq::AmqpSource>),
 }
 
 /// A delivery from any broker of this build.
@@ -79,20 +79,20 @@ pub async fn connect(url: &str) -> Result<AnySource, ConnectError> {
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
     match scheme {
         #[cfg(feature = "nats")]
-        "nats" | "tls" => Ok(AnySource::Nats(
+        "nats" | "tls" => Ok(AnySource::Nats(Box::new(
             oncely_nats::NatsSource::connect(url).await?,
-        )),
+        ))),
         #[cfg(feature = "rabbitmq")]
-        "amqp" | "amqps" => Ok(AnySource::Amqp(
+        "amqp" | "amqps" => Ok(AnySource::Amqp(Box::new(
             oncely_rabbitmq::AmqpSource::connect(url).await?,
-        )),
+        ))),
         _ => Err(ConnectError::UnknownScheme {
             url: oncely_core::url::redact_password(url),
         }),
     }
 }
 
-// Each arm forwards to the broker's own type; with no broker compiled in there is no arm.
+// Each arm forwards to the broker's own type. Sources are boxed: they differ a lot in size.
 macro_rules! each {
     ($value:expr, $inner:ident => $body:expr) => {
         match $value {

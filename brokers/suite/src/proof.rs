@@ -63,7 +63,7 @@ impl Default for ProofConfig {
     }
 }
 
-const ITEMS: [&str; 3] = ["apple", "pear", "plum"];
+use oncely_examples::ITEMS;
 const STOCK: i64 = 1_000_000_000;
 
 /// One order: its key, item and quantity.

@@ -1,0 +1,115 @@
+//! Order placed -> inventory reserved, over NATS JetStream or RabbitMQ, with PostgreSQL.
+//!
+//! ```sh
+//! PG=postgres://postgres@127.0.0.1:5432/test
+//! cargo run -p oncely-examples --bin order-inventory -- setup --postgres $PG
+//! cargo run -p oncely-examples --bin order-inventory -- publish --to nats://127.0.0.1:4222/ORDERS --orders 1000 --duplicates 200
+//! cargo run -p oncely-examples --bin order-inventory -- consume --from nats://127.0.0.1:4222/ORDERS/inventory --postgres $PG
+//! ```
+//!
+//! `publish` creates the stream (`ORDERS`, subject `orders.in`) or the queue if missing;
+//! for RabbitMQ use `--to amqp://127.0.0.1:5672/orders` and
+//! `--from amqp://guest:guest@127.0.0.1:5672/orders`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use oncely::{Consumer, Scope};
+use oncely_examples::{ITEMS, ReserveInventory, publish, setup};
+use sqlx::postgres::PgPoolOptions;
+
+#[derive(Parser)]
+#[command(
+    about = "Order placed -> inventory reserved: each order applied once, whatever the broker redelivers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Creates the tables (orders, stock, oncely's records) and stocks every item.
+    Setup {
+        /// PostgreSQL URL.
+        #[arg(long)]
+        postgres: String,
+        /// Units of each item.
+        #[arg(long, default_value_t = 1_000_000)]
+        stock: i64,
+    },
+    /// Publishes orders, some of them twice (same orderId, as a producer retry would).
+    Publish {
+        /// `nats://HOST[:PORT]/STREAM` or `amqp://[USER:PASS@]HOST[:PORT]/QUEUE`.
+        #[arg(long)]
+        to: String,
+        /// Distinct orders.
+        #[arg(long, default_value_t = 1000)]
+        orders: usize,
+        /// Orders published a second time.
+        #[arg(long, default_value_t = 200)]
+        duplicates: usize,
+    },
+    /// Reserves inventory for each order until Ctrl-C.
+    Consume {
+        /// `nats://HOST/STREAM/CONSUMER` or `amqp://USER:PASS@HOST/QUEUE`.
+        #[arg(long)]
+        from: String,
+        /// PostgreSQL URL.
+        #[arg(long)]
+        postgres: String,
+        /// Orders handled at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup { postgres, stock } => {
+            setup(&postgres, &ITEMS, stock).await?;
+            println!("stocked {} items with {stock} units each", ITEMS.len());
+        }
+        Command::Publish {
+            to,
+            orders,
+            duplicates,
+        } => {
+            let payloads: Vec<Vec<u8>> = (0..orders)
+                .chain((0..duplicates.min(orders)).map(|n| n * 7 % orders))
+                .map(|n| {
+                    let item = ITEMS[n % ITEMS.len()];
+                    serde_json::json!({"orderId": format!("o-{n}"), "item": item, "qty": 1})
+                        .to_string()
+                        .into_bytes()
+                })
+                .collect();
+            publish(&to, &payloads).await?;
+            println!("published {} messages ({orders} orders)", payloads.len());
+        }
+        Command::Consume {
+            from,
+            postgres,
+            concurrency,
+        } => {
+            let source = oncely::broker::connect(&from).await?;
+            let pool = PgPoolOptions::new()
+                .max_connections(concurrency as u32 + 2)
+                .connect(&postgres)
+                .await
+                .with_context(|| format!("PostgreSQL at {postgres}"))?;
+            let handler = ReserveInventory::new(pool.clone(), Scope::new("inventory")?);
+            let consumer = Consumer::new(handler, "/orderId".parse()?).concurrency(concurrency);
+            eprintln!("consuming {from}; Ctrl-C to stop");
+            let stop = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            let report = consumer.run(source, stop).await?;
+            let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+                .fetch_one(&pool)
+                .await?;
+            eprintln!("{report:?}; {orders} orders in the table");
+        }
+    }
+    Ok(())
+}
