@@ -209,7 +209,7 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// `30s`, `1500ms`: a duration as the flags write it.
 pub fn humane(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}s", millis / 1000)
     } else {
         format!("{millis}ms")
