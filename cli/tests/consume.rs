@@ -505,8 +505,7 @@ impl Nats {
 
     /// True once the consumer has no message left to deliver and none unacked.
     async fn drained(&self, consumer: &str) -> bool {
-        let mut stream = self.context.get_stream(&self.name).await.unwrap();
-        let _ = stream.info().await.unwrap();
+        let stream = self.context.get_stream(&self.name).await.unwrap();
         let info = stream.consumer_info(consumer).await.unwrap();
         info.num_pending == 0 && info.num_ack_pending == 0
     }
