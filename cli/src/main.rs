@@ -5,7 +5,9 @@
 
 mod bench;
 mod bench_purge;
+mod consume;
 mod dedup;
+mod deliver;
 mod duration;
 mod input;
 mod inspect;
@@ -48,6 +50,42 @@ enum Command {
     /// Lines that are not JSON or have no usable key are reported as `line N: reason` on stderr,
     /// never dropped silently. Ends with `read N, passed N, duplicates N, rejected N` on stderr.
     Dedup(dedup::DedupArgs),
+    /// POST each message from NATS or RabbitMQ to an HTTP handler, once per key
+    ///
+    /// An idempotent consumer for a handler in any language. For each message: take its key
+    /// (--key) and claim it in the store; a key already done is a duplicate, acked without a
+    /// request. A new key is POSTed to --deliver with the payload as the body and the headers
+    ///
+    ///   Idempotency-Key: <key>
+    ///   Content-Type: application/json (when the payload is JSON; else application/octet-stream)
+    ///   Oncely-Message-Id: <the broker's message id> (when it has one)
+    ///   Oncely-Source: <the subject or queue it came from>
+    ///
+    /// A 2xx answer means done: the key is recorded (with up to 64 KiB of the answer's body)
+    /// and the message acked. Anything else (another status, no connection, no answer within
+    /// --timeout) is a failed attempt: the key is released and the message retried with
+    /// backoff; after --max-attempts it goes to the dead-letter destination (--dlq) with the
+    /// error in its Oncely-Error header, e.g. `handler answered 500 Internal Server Error:
+    /// <first 200 bytes of the body>`, and is acked. Nothing is acked unprocessed.
+    ///
+    /// A handler may still see a key twice: if it answers after --timeout, or if this process
+    /// dies between its answer and the record (the key is retried once its claim, held for
+    /// --timeout + 30s, runs out). The Idempotency-Key header is there for it to notice.
+    ///
+    /// SIGINT or SIGTERM stops taking messages and lets those in flight finish; then
+    /// `consumed N: done N, duplicates N, redelivered N, dead-lettered N` goes to stderr and
+    /// the exit status is 0.
+    ///
+    /// Examples:
+    ///
+    ///   oncely consume --from nats://127.0.0.1:4222/ORDERS/billing --key header:Event-Id \
+    ///       --deliver http://127.0.0.1:8080/orders
+    ///
+    ///   oncely --store sqlite:/var/lib/oncely/emails.db consume \
+    ///       --from amqp://guest:guest@127.0.0.1:5672/%2f/emails --key /emailId \
+    ///       --deliver http://127.0.0.1:8080/send --concurrency 8 --max-attempts 10
+    #[command(verbatim_doc_comment)]
+    Consume(consume::ConsumeArgs),
     /// Show the stored record of one key, expired or not.
     Inspect(inspect::InspectArgs),
     /// Remove expired records.
@@ -86,6 +124,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dedup(args) => {
             dedup::run(open().await?, args, std::io::stdin(), &mut stdout).await
         }
+        // Connects the broker before the store: its errors come first and create no file.
+        Command::Consume(args) => consume::run(&cli.store, args).await,
         Command::Inspect(args) => inspect::run(&open().await?, args, &mut stdout).await,
         Command::Purge(args) => purge::run(&open().await?, args, &mut stdout).await,
         Command::Stats(args) => stats::run(&open().await?, args, &mut stdout).await,

@@ -353,6 +353,7 @@ fn every_command_has_help() {
     for (command, needle) in [
         (&[][..], "dedup"),
         (&["dedup"], "--rejects"),
+        (&["consume"], "Idempotency-Key"),
         (&["inspect"], "--scope"),
         (&["purge"], "--older-than"),
         (&["stats"], "--json"),

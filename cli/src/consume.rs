@@ -1,0 +1,321 @@
+//! `oncely consume`: an idempotent consumer for any language, as a process.
+//!
+//! The broker runner (`oncely::Consumer`) takes deliveries from `--from`; each message's key is
+//! claimed in the store through `OncelyHandler`, and only a new key is POSTed to `--deliver`.
+//! A 2xx answer completes the claim (its body, capped, is the stored outcome) and the message
+//! is acked; anything else is a failed attempt, retried with backoff, then dead-lettered. A
+//! duplicate is acked without a request. SIGINT or SIGTERM stops taking messages, lets the
+//! deliveries in flight finish, and prints the summary.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use oncely::broker::{self, AnySource};
+use oncely::consumer::{
+    Handled, Handler, HandlerError, KeySource, Message, OncelyHandler, RetryPolicy,
+};
+use oncely::{Consumer, ConsumerReport, Key, Oncely, Scope, async_trait};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::deliver::{self, Deliverer};
+use crate::duration;
+
+/// Arguments of `oncely consume`.
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    /// The broker and what to consume:
+    /// nats://[USER:PASS@]HOST[:PORT]/STREAM/CONSUMER[?OPTIONS] (a durable JetStream pull
+    /// consumer, created if missing) or amqp://[USER:PASS@]HOST[:PORT][/VHOST]/QUEUE[?OPTIONS]
+    /// (an existing RabbitMQ queue; VHOST %2f is the default vhost).
+    #[arg(long, value_name = "URL")]
+    from: String,
+
+    /// Where each message's key comes from: /field or /a,/b (JSON payload fields),
+    /// header:NAME (a message header), message-id (the broker's message id), or payload-hash
+    /// (SHA-256 of the payload). A message without a key is dead-lettered at once.
+    #[arg(long, value_name = "SPEC", value_parser = parse_key_source)]
+    key: KeySource,
+
+    /// The handler: each new message is POSTed to this plain http:// URL (no https).
+    #[arg(long, value_name = "URL")]
+    deliver: String,
+
+    /// Namespace of the keys in the store [default: the queue (RabbitMQ) or STREAM/CONSUMER
+    /// (NATS)]. Give two consumers of one flow the same scope to deduplicate between them.
+    #[arg(long, value_name = "NAME", value_parser = crate::parse_scope)]
+    scope: Option<Scope>,
+
+    /// Where messages that failed every attempt go, with their error in the Oncely-Error
+    /// header: a RabbitMQ queue (declared if missing) or a NATS subject [default: QUEUE.dlq,
+    /// or STREAM.dlq kept in the stream STREAM_DLQ]. Same as dlq=NAME in the --from URL.
+    #[arg(long, value_name = "NAME")]
+    dlq: Option<String>,
+
+    /// Messages handled at once. Order per key holds only at 1.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: u32,
+
+    /// Attempts per message before it is dead-lettered; waits between attempts double from
+    /// 100ms up to 10s.
+    #[arg(long, value_name = "N", default_value_t = RetryPolicy::default().max_attempts,
+          value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    max_attempts: u32,
+
+    /// How long a done key is remembered: a redelivery within it is a duplicate (500ms, 90s,
+    /// 15m, 24h, 7d).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = duration::parse)]
+    ttl: Duration,
+
+    /// How long one POST may take, answer included, before the attempt counts as failed.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration::parse)]
+    timeout: Duration,
+}
+
+/// How much longer than `--timeout` a claim is held: the request ends before the lease does,
+/// so no other consumer takes the key over while its POST is still running.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// clap value parser for `--key`: the runner's key sources, with every form in the error.
+fn parse_key_source(spec: &str) -> Result<KeySource, String> {
+    spec.parse()
+        .map_err(|e| format!("{e}; the key can also be header:NAME, message-id or payload-hash"))
+}
+
+/// Runs `oncely consume` until SIGINT or SIGTERM; `store` is the global `--store` URL.
+pub async fn run(store: &str, args: ConsumeArgs) -> Result<ExitCode> {
+    if args.timeout.is_zero() {
+        bail!("--timeout must be longer than 0s");
+    }
+    let url = deliver::parse_url(&args.deliver)?;
+    let from = with_dlq(&args.from, args.dlq.as_deref())?;
+    // Signals first: a signal during the setup must not kill the process half-way.
+    let mut stop = Stop::install()?;
+
+    let source = broker::connect(&from).await?;
+    let oncely = Oncely::new(oncely::connect(store).await?)
+        .with_retention(args.ttl)
+        .with_lease(args.timeout.saturating_add(LEASE_MARGIN));
+    let scope = match args.scope {
+        Some(scope) => scope,
+        None => default_scope(&source)?,
+    };
+    eprintln!(
+        "consuming {} into {url} (scope {scope}); stop with Ctrl-C or SIGTERM",
+        oncely::url::redact_password(&args.from),
+    );
+
+    let deliverer = Deliverer::new(url, args.timeout);
+    let work = move |key: Key, message: Message| {
+        let deliverer = deliverer.clone();
+        async move {
+            let request = deliverer.request(&key, &message)?;
+            deliverer.send(request).await
+        }
+    };
+    let handler = KeysAsHeaders(OncelyHandler::new(oncely, scope, work));
+    let retry = RetryPolicy {
+        max_attempts: args.max_attempts,
+        ..RetryPolicy::default()
+    };
+    let consumer = Consumer::new(handler, args.key)
+        .concurrency(args.concurrency as usize)
+        .retry(retry);
+
+    let stopped = Arc::new(AtomicBool::new(false));
+    let shutdown = {
+        let stopped = stopped.clone();
+        async move {
+            stop.first().await;
+            stopped.store(true, Ordering::SeqCst);
+            eprintln!(
+                "stopping: finishing the deliveries in flight (a second signal stops at once)"
+            );
+            tokio::spawn(async move {
+                stop.second().await;
+                // Claims in flight are left to their lease; their messages come back.
+                eprintln!("error: stopped at once; unfinished messages will be redelivered");
+                std::process::exit(130);
+            });
+        }
+    };
+    let ran = consumer.run(source, shutdown).await;
+    eprintln!("{}", summary(&consumer.report()));
+    match ran {
+        Err(error) => Err(error).context("consuming stopped"),
+        Ok(_) if !stopped.load(Ordering::SeqCst) => {
+            bail!("the broker ended the subscription (was the stream, consumer or queue deleted?)")
+        }
+        Ok(_) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `--from` with `dlq=NAME` added to its query when `--dlq` is given.
+fn with_dlq(from: &str, dlq: Option<&str>) -> Result<String> {
+    let Some(dlq) = dlq else {
+        return Ok(from.to_owned());
+    };
+    let (base, query) = from.split_once('?').unwrap_or((from, ""));
+    if query.split('&').any(|pair| pair.starts_with("dlq=")) {
+        bail!(
+            "both --dlq and dlq= in the --from URL name the dead-letter destination: give it once"
+        );
+    }
+    if dlq.is_empty() {
+        bail!("--dlq is empty: name a queue (RabbitMQ) or a subject (NATS)");
+    }
+    // RabbitMQ's URL percent-decodes the name; a NATS subject has nothing to encode.
+    let dlq = if from.starts_with("amqp") {
+        encode(dlq)
+    } else {
+        dlq.to_owned()
+    };
+    Ok(if query.is_empty() {
+        format!("{base}?dlq={dlq}")
+    } else {
+        format!("{base}?{query}&dlq={dlq}")
+    })
+}
+
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The scope when `--scope` is not given: what is consumed, so two flows never share keys.
+fn default_scope(source: &AnySource) -> Result<Scope> {
+    let name = match source {
+        AnySource::Nats(source) => format!("{}/{}", source.stream(), source.consumer_name()),
+        AnySource::Amqp(source) => source.queue().to_owned(),
+        #[allow(unreachable_patterns)]
+        _ => bail!("this broker has no default scope: give --scope"),
+    };
+    Scope::new(name).context("the default scope (give --scope)")
+}
+
+/// The summary line on stderr.
+fn summary(report: &ConsumerReport) -> String {
+    let ConsumerReport {
+        done,
+        duplicates,
+        redelivered,
+        dead_lettered,
+        unsettled,
+    } = *report;
+    let consumed = done + duplicates + redelivered + dead_lettered + unsettled;
+    let mut line = format!(
+        "consumed {consumed}: done {done}, duplicates {duplicates}, redelivered {redelivered}, \
+         dead-lettered {dead_lettered}"
+    );
+    if unsettled > 0 {
+        line.push_str(&format!(", unsettled {unsettled}"));
+    }
+    line
+}
+
+/// Dead-letters at once a message whose key cannot travel as an HTTP header (no attempt can
+/// ever succeed); hands the rest to the claiming handler.
+struct KeysAsHeaders<H>(H);
+
+#[async_trait]
+impl<H: Handler> Handler for KeysAsHeaders<H> {
+    async fn handle(&self, key: &Key, message: &Message) -> Result<Handled, HandlerError> {
+        if key
+            .as_str()
+            .bytes()
+            .any(|b| b.is_ascii_control() && b != b'\t')
+        {
+            return Err(HandlerError::rejected(format!(
+                "key `{}` cannot be sent as an HTTP header (it has control characters)",
+                key.as_str().escape_default()
+            )));
+        }
+        self.0.handle(key, message).await
+    }
+}
+
+/// SIGINT and SIGTERM, installed before the setup.
+struct Stop {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn install() -> Result<Stop> {
+        Ok(Stop {
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    async fn first(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+
+    async fn second(mut self) {
+        self.first().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dlq_goes_into_the_query_once() {
+        assert_eq!(with_dlq("amqp://h/q", None).unwrap(), "amqp://h/q");
+        assert_eq!(
+            with_dlq("amqp://h/q", Some("q failed")).unwrap(),
+            "amqp://h/q?dlq=q%20failed"
+        );
+        assert_eq!(
+            with_dlq("amqp://h/q?prefetch=4", Some("q.dlq")).unwrap(),
+            "amqp://h/q?prefetch=4&dlq=q.dlq"
+        );
+        assert_eq!(
+            with_dlq("nats://h/S/C?", Some("s.failed")).unwrap(),
+            "nats://h/S/C?dlq=s.failed"
+        );
+        let twice = with_dlq("nats://h/S/C?dlq=a", Some("b")).unwrap_err();
+        assert!(twice.to_string().contains("give it once"), "{twice}");
+    }
+
+    #[test]
+    fn the_summary_names_every_count() {
+        let report = ConsumerReport {
+            done: 3,
+            duplicates: 2,
+            redelivered: 1,
+            dead_lettered: 1,
+            unsettled: 0,
+        };
+        assert_eq!(
+            summary(&report),
+            "consumed 7: done 3, duplicates 2, redelivered 1, dead-lettered 1"
+        );
+    }
+
+    #[test]
+    fn key_specs_list_every_form_when_wrong() {
+        assert_eq!(
+            parse_key_source("header:Event-Id"),
+            Ok(KeySource::Header("Event-Id".into()))
+        );
+        let error = parse_key_source("eventId").unwrap_err();
+        assert!(error.contains("header:NAME"), "{error}");
+    }
+}

@@ -1,0 +1,819 @@
+//! `oncely consume` end to end: the binary as a process, real brokers (NATS JetStream at
+//! `ONCELY_NATS_URL`, default nats://127.0.0.1:4222; RabbitMQ at `ONCELY_AMQP_URL`, default
+//! amqp://guest:guest@127.0.0.1:5672/%2f), a real SQLite store, and a small HTTP handler in
+//! this process that records every request it gets.
+//!
+//! Streams and queues are named after this process and a counter. Streams are deleted at the
+//! end of their test (and those of dead earlier runs at the start of the next); queues carry
+//! `x-expires`, so RabbitMQ removes them a few minutes after their last use.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::TryStreamExt;
+use oncely::consumer::{ATTEMPTS_HEADER, ERROR_HEADER, KEY_HEADER, Message};
+use oncely::nats::async_nats::{self, HeaderMap, jetstream};
+use oncely::rabbitmq::lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use oncely::rabbitmq::lapin::types::{AMQPValue, FieldTable};
+use oncely::rabbitmq::lapin::{self, BasicProperties, Confirmation, Connection};
+
+const BIN: &str = env!("CARGO_BIN_EXE_oncely");
+
+/// How long the consumer gets to do what a test waits for.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The key whose handler answers 500, every time.
+const FAILING: &str = "always-fails";
+
+fn nats_server() -> String {
+    std::env::var("ONCELY_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn amqp_server() -> String {
+    std::env::var("ONCELY_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    format!("{prefix}{}_{n}", std::process::id())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The handler: a minimal HTTP/1.1 server on 127.0.0.1:0.
+
+/// One request the handler got.
+#[derive(Clone, Debug)]
+struct Received {
+    method: String,
+    path: String,
+    /// Lower-cased names.
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+
+    fn key(&self) -> &str {
+        self.header("idempotency-key").unwrap_or_default()
+    }
+}
+
+/// Answers 200 with `ok <key>` to every request, except 500 to key [`FAILING`]; one
+/// connection per request (`Connection: close`).
+struct Handler {
+    url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Handler {
+    fn start() -> Handler {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    if let Some(request) = answer(stream) {
+                        log.lock().unwrap().push(request);
+                    }
+                });
+            }
+        });
+        Handler { url, received }
+    }
+
+    /// A handler that takes connections and never answers.
+    fn silent() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                held.push(stream);
+            }
+        });
+        url
+    }
+
+    /// A handler URL where nothing listens.
+    fn down() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/hook", listener.local_addr().unwrap())
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// How many requests each key got.
+    fn per_key(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for request in self.received() {
+            *counts.entry(request.key().to_owned()).or_default() += 1;
+        }
+        counts
+    }
+}
+
+fn answer(stream: TcpStream) -> Option<Received> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?.to_owned(), parts.next()?.to_owned());
+    let mut headers = HashMap::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':')?;
+        headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+    }
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    let request = Received {
+        method,
+        path,
+        headers,
+        body,
+    };
+    let (status, text) = if request.key() == FAILING {
+        (
+            "500 Internal Server Error",
+            format!("boom: {} cannot be handled", request.key()),
+        )
+    } else {
+        ("200 OK", format!("ok {}", request.key()))
+    };
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{text}",
+        text.len()
+    )
+    .ok()?;
+    stream.flush().ok()?;
+    Some(request)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The process.
+
+fn spawn_consume(dir: &Path, args: &[&str]) -> Child {
+    let store = format!("sqlite:{}", dir.join("o.db").display());
+    spawn_consume_on(&store, dir, args)
+}
+
+fn spawn_consume_on(store: &str, dir: &Path, args: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(["--store", store, "consume"])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ONCELY_STORE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM, then everything the process printed.
+fn terminate(child: Child) -> Output {
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on the pid of our own child, which has not been waited for.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    child.wait_with_output().unwrap()
+}
+
+/// The process's output when it ends by itself (a setup error).
+fn run_to_end(dir: &Path, args: &[&str]) -> Output {
+    wait_to_end(spawn_consume(dir, args))
+}
+
+fn wait_to_end(child: Child) -> Output {
+    let deadline = Instant::now() + PATIENCE;
+    let pid = child.id();
+    let output = std::thread::spawn(move || child.wait_with_output().unwrap());
+    while !output.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "oncely consume (pid {pid}) kept running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    output.join().unwrap()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn assert_summary_and_exit_0(output: &Output, summary: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr.lines().last(), Some(summary), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn assert_one_clear_error(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let code = output.status.code();
+    assert!(
+        code.is_some_and(|c| c != 0 && c != 101),
+        "{code:?}: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+}
+
+/// Every good key POSTed exactly once with its body; the failing one `attempts` times.
+fn assert_each_key_posted_once(
+    handler: &Handler,
+    bodies: &HashMap<&str, Vec<u8>>,
+    attempts: usize,
+) {
+    let received = handler.received();
+    let per_key = handler.per_key();
+    for (key, body) in bodies {
+        let expected = if *key == FAILING { attempts } else { 1 };
+        assert_eq!(
+            per_key.get(*key),
+            Some(&expected),
+            "POSTs of {key}: {per_key:?}"
+        );
+        for request in received.iter().filter(|r| r.key() == *key) {
+            assert_eq!(request.method, "POST");
+            assert_eq!(request.path, "/hook");
+            assert_eq!(&request.body, body, "body of {key}");
+        }
+    }
+    assert_eq!(per_key.len(), bodies.len(), "unexpected keys: {per_key:?}");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// RabbitMQ.
+
+/// A fresh queue and dead-letter queue, both expiring when unused.
+struct Rabbit {
+    connection: Connection,
+    publisher: lapin::Channel,
+    queue: String,
+    dlq: String,
+}
+
+impl Rabbit {
+    async fn new() -> Rabbit {
+        let connection = Connection::connect(&amqp_server(), Default::default())
+            .await
+            .expect("RabbitMQ at ONCELY_AMQP_URL (start it with `rabbitmq-server -detached`)");
+        let queue = unique("oncely.cli.consume.");
+        let dlq = format!("{queue}.failed");
+        let setup = connection.create_channel().await.unwrap();
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-expires".into(), AMQPValue::LongInt(5 * 60 * 1000));
+        for name in [&queue, &dlq] {
+            setup
+                .queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    arguments.clone(),
+                )
+                .await
+                .unwrap();
+        }
+        let publisher = connection.create_channel().await.unwrap();
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        Rabbit {
+            connection,
+            publisher,
+            queue,
+            dlq,
+        }
+    }
+
+    async fn publish(&self, message_id: &str, payload: &[u8]) {
+        let properties = BasicProperties::default().with_message_id(message_id.into());
+        let confirmation = self
+            .publisher
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                payload,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(
+            matches!(confirmation, Confirmation::Ack(None)),
+            "{confirmation:?}"
+        );
+    }
+
+    /// The dead letters, taken for good.
+    async fn dead_letters(&self) -> Vec<Message> {
+        let channel = self.connection.create_channel().await.unwrap();
+        let mut letters = Vec::new();
+        while let Some(got) = channel
+            .basic_get(self.dlq.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            letters.push(oncely::rabbitmq::message::from_amqp(
+                &got.delivery.properties,
+                &got.delivery.data,
+                &self.dlq,
+            ));
+        }
+        channel.close(200, "OK".into()).await.ok();
+        letters
+    }
+}
+
+fn order(id: &str, n: u32) -> Vec<u8> {
+    format!(r#"{{"id":"{id}","n":{n}}}"#).into_bytes()
+}
+
+#[test]
+fn rabbitmq_each_key_is_posted_once_and_the_failing_one_is_dead_lettered() {
+    let rt = runtime();
+    let rabbit = rt.block_on(Rabbit::new());
+    let handler = Handler::start();
+    let dir = tempfile::tempdir().unwrap();
+
+    // In order, one at a time (--concurrency 1): once `last` is POSTed, all before it are settled.
+    let bodies: HashMap<&str, Vec<u8>> = [
+        ("a", order("a", 1)),
+        ("b", order("b", 2)),
+        (FAILING, order(FAILING, 3)),
+        ("c", order("c", 4)),
+        ("last", order("last", 5)),
+    ]
+    .into_iter()
+    .collect();
+    let sequence = ["a", "b", "a", FAILING, "c", "b", "last"];
+    rt.block_on(async {
+        for (i, key) in sequence.iter().enumerate() {
+            rabbit.publish(&format!("m-{i}"), &bodies[key]).await;
+        }
+    });
+
+    let from = format!("{}/{}", amqp_server(), rabbit.queue);
+    let child = spawn_consume(
+        dir.path(),
+        &[
+            "--from",
+            &from,
+            "--key",
+            "/id",
+            "--deliver",
+            &handler.url,
+            "--dlq",
+            &rabbit.dlq,
+            "--max-attempts",
+            "3",
+            "--timeout",
+            "5s",
+        ],
+    );
+    wait_for("every key's POST", || {
+        handler.per_key().contains_key("last")
+    });
+    let letters = rt.block_on(async {
+        let mut letters = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        while letters.is_empty() && Instant::now() < deadline {
+            letters = rabbit.dead_letters().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        letters
+    });
+    let output = terminate(child);
+    assert_summary_and_exit_0(
+        &output,
+        "consumed 7: done 4, duplicates 2, redelivered 0, dead-lettered 1",
+    );
+
+    assert_each_key_posted_once(&handler, &bodies, 3);
+    let first_a = handler
+        .received()
+        .into_iter()
+        .find(|r| r.key() == "a")
+        .unwrap();
+    assert_eq!(first_a.header("content-type"), Some("application/json"));
+    assert_eq!(first_a.header("oncely-message-id"), Some("m-0"));
+    assert_eq!(first_a.header("oncely-source"), Some(rabbit.queue.as_str()));
+
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.payload(), bodies[FAILING].as_slice());
+    assert_eq!(letter.header(KEY_HEADER), Some(FAILING));
+    assert_eq!(letter.header(ATTEMPTS_HEADER), Some("3"));
+    assert_eq!(
+        letter.header(ERROR_HEADER),
+        Some("handler answered 500 Internal Server Error: boom: always-fails cannot be handled")
+    );
+    assert_eq!(letter.message_id(), Some("m-3"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// NATS JetStream.
+
+/// A fresh stream capturing `<name>.in`; deleted, with its dead-letter stream, at the end.
+struct Nats {
+    context: jetstream::Context,
+    name: String,
+}
+
+impl Nats {
+    async fn new() -> Nats {
+        let client = async_nats::connect(nats_server())
+            .await
+            .expect("NATS with JetStream at ONCELY_NATS_URL (start nats-server -js)");
+        let context = jetstream::new(client);
+        remove_leftovers(&context).await;
+        let name = unique("ONCELY_CLI_");
+        context
+            .create_stream(jetstream::stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("{name}.in")],
+                ..Default::default()
+            })
+            .await
+            .expect("create stream");
+        Nats { context, name }
+    }
+
+    async fn publish(&self, message_id: &str, event_id: &str, payload: &[u8]) {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", message_id);
+        headers.insert("Event-Id", event_id);
+        self.context
+            .publish_with_headers(
+                format!("{}.in", self.name),
+                headers,
+                payload.to_vec().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// True once the consumer has no message left to deliver and none unacked.
+    async fn drained(&self, consumer: &str) -> bool {
+        let stream = self.context.get_stream(&self.name).await.unwrap();
+        let info = stream.consumer_info(consumer).await.unwrap();
+        info.num_pending == 0 && info.num_ack_pending == 0
+    }
+
+    async fn dead_letters(&self, subject: &str) -> Vec<jetstream::message::StreamMessage> {
+        let Ok(name) = self.context.stream_by_subject(subject).await else {
+            return Vec::new();
+        };
+        let mut stream = self.context.get_stream(&name).await.unwrap();
+        let count = stream.info().await.unwrap().state.messages;
+        let mut letters = Vec::new();
+        for sequence in 1..=count {
+            letters.push(stream.get_raw_message(sequence).await.unwrap());
+        }
+        letters
+    }
+
+    async fn delete(&self) {
+        for name in [self.name.clone(), format!("{}_DLQ", self.name)] {
+            self.context.delete_stream(&name).await.ok();
+        }
+    }
+}
+
+/// Deletes the streams of earlier runs whose process is gone.
+async fn remove_leftovers(context: &jetstream::Context) {
+    let names: Vec<String> = context.stream_names().try_collect().await.unwrap();
+    for name in names {
+        let Some(rest) = name.strip_prefix("ONCELY_CLI_") else {
+            continue;
+        };
+        let pid = rest.split('_').next().unwrap_or_default();
+        if pid != std::process::id().to_string() && !Path::new(&format!("/proc/{pid}")).exists() {
+            context.delete_stream(&name).await.ok();
+        }
+    }
+}
+
+#[test]
+fn nats_each_key_is_posted_once_and_the_failing_one_is_dead_lettered() {
+    let rt = runtime();
+    let nats = rt.block_on(Nats::new());
+    let handler = Handler::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dlq = format!("{}.failed", nats.name);
+
+    // Keys from a header; one payload is not JSON. Each publish has its own Nats-Msg-Id, so
+    // the stream keeps the duplicates and the consumer sees them.
+    let bodies: HashMap<&str, Vec<u8>> = [
+        ("e-1", order("x", 1)),
+        ("e-2", b"\x00\x01 raw bytes".to_vec()),
+        ("e-3", order("y", 3)),
+        (FAILING, order("z", 4)),
+    ]
+    .into_iter()
+    .collect();
+    rt.block_on(async {
+        for (i, key) in ["e-1", "e-2", "e-3", FAILING].iter().enumerate() {
+            nats.publish(&format!("m-{i}"), key, &bodies[key]).await;
+        }
+    });
+
+    let from = format!("{}/{}/bridge", nats_server(), nats.name);
+    let child = spawn_consume(
+        dir.path(),
+        &[
+            "--from",
+            &from,
+            "--key",
+            "header:Event-Id",
+            "--deliver",
+            &handler.url,
+            "--dlq",
+            &dlq,
+            "--max-attempts",
+            "2",
+            "--concurrency",
+            "4",
+        ],
+    );
+    wait_for("the first round of POSTs", || {
+        let per_key = handler.per_key();
+        ["e-1", "e-2", "e-3"]
+            .iter()
+            .all(|k| per_key.contains_key(*k))
+            && per_key.get(FAILING) == Some(&2)
+    });
+    // Duplicates after the originals are done, so none meets its original in flight.
+    rt.block_on(async {
+        nats.publish("m-4", "e-1", &bodies["e-1"]).await;
+        nats.publish("m-5", "e-2", &bodies["e-2"]).await;
+    });
+    let letters = rt.block_on(async {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let letters = nats.dead_letters(&dlq).await;
+            if (!letters.is_empty() && nats.drained("bridge").await) || Instant::now() > deadline {
+                return letters;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let output = terminate(child);
+    rt.block_on(nats.delete());
+    assert_summary_and_exit_0(
+        &output,
+        "consumed 6: done 3, duplicates 2, redelivered 0, dead-lettered 1",
+    );
+
+    assert_each_key_posted_once(&handler, &bodies, 2);
+    let received = handler.received();
+    let by_key = |key: &str| received.iter().find(|r| r.key() == key).unwrap();
+    assert_eq!(
+        by_key("e-1").header("content-type"),
+        Some("application/json")
+    );
+    assert_eq!(
+        by_key("e-2").header("content-type"),
+        Some("application/octet-stream")
+    );
+    assert_eq!(by_key("e-3").header("oncely-message-id"), Some("m-2"));
+    assert_eq!(
+        by_key("e-3").header("oncely-source"),
+        Some(format!("{}.in", nats.name).as_str())
+    );
+
+    assert_eq!(letters.len(), 1, "dead letters on {dlq}");
+    let letter = &letters[0];
+    assert_eq!(letter.payload.as_ref(), bodies[FAILING].as_slice());
+    let header = |name: &str| letter.headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(header(KEY_HEADER).as_deref(), Some(FAILING));
+    assert_eq!(header(ATTEMPTS_HEADER).as_deref(), Some("2"));
+    assert_eq!(
+        header(ERROR_HEADER).as_deref(),
+        Some("handler answered 500 Internal Server Error: boom: always-fails cannot be handled")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals: one line, non-zero, before anything is consumed.
+
+#[test]
+fn https_handlers_and_unknown_brokers_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let amqp = format!("{}/q", amqp_server());
+    for (args, needle) in [
+        (
+            vec![
+                "--from",
+                &amqp,
+                "--key",
+                "/id",
+                "--deliver",
+                "https://example.com/hook",
+            ],
+            "https is not supported",
+        ),
+        (
+            vec![
+                "--from",
+                &amqp,
+                "--key",
+                "/id",
+                "--deliver",
+                "localhost:8080",
+            ],
+            "use http://",
+        ),
+        (
+            vec![
+                "--from",
+                "kafka://127.0.0.1:9092/orders",
+                "--key",
+                "/id",
+                "--deliver",
+                "http://127.0.0.1:9/h",
+            ],
+            "no broker for `kafka://127.0.0.1:9092/orders`",
+        ),
+        (
+            vec![
+                "--from",
+                "amqp://h/q?dlq=x",
+                "--dlq",
+                "y",
+                "--key",
+                "/id",
+                "--deliver",
+                "http://127.0.0.1:9/h",
+            ],
+            "give it once",
+        ),
+    ] {
+        let output = run_to_end(dir.path(), &args);
+        assert_one_clear_error(&output, needle);
+    }
+    assert!(
+        !dir.path().join("o.db").exists(),
+        "a refused run opened the store"
+    );
+}
+
+#[test]
+fn unreachable_brokers_and_missing_queues_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("{}/{}", amqp_server(), unique("oncely.cli.missing."));
+    for (from, needle) in [
+        (
+            "amqp://guest:guest@127.0.0.1:1/q",
+            "cannot connect to RabbitMQ",
+        ),
+        ("nats://127.0.0.1:1/S/C", "NATS server unreachable"),
+        (missing.as_str(), "does not exist"),
+    ] {
+        let args = [
+            "--from",
+            from,
+            "--key",
+            "/id",
+            "--deliver",
+            "http://127.0.0.1:9/h",
+        ];
+        let output = run_to_end(dir.path(), &args);
+        assert_one_clear_error(&output, needle);
+    }
+}
+
+#[test]
+fn a_handler_that_is_down_or_silent_fails_its_attempts_and_the_error_says_which() {
+    let rt = runtime();
+    let down = Handler::down();
+    let silent = Handler::silent();
+    let cases = [
+        (
+            down.as_str(),
+            "1s",
+            format!("handler at {down} unreachable: tcp connect error: "),
+        ),
+        (
+            silent.as_str(),
+            "300ms",
+            format!("handler at {silent} did not answer within 300ms (--timeout)"),
+        ),
+    ];
+    let mut runs = Vec::new();
+    for (url, timeout, _) in &cases {
+        let rabbit = rt.block_on(async {
+            let rabbit = Rabbit::new().await;
+            rabbit.publish("m-0", &order("k", 1)).await;
+            rabbit
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let from = format!("{}/{}?dlq={}", amqp_server(), rabbit.queue, rabbit.dlq);
+        let args = [
+            "--from",
+            &from,
+            "--key",
+            "/id",
+            "--deliver",
+            url,
+            "--max-attempts",
+            "2",
+            "--timeout",
+            timeout,
+        ];
+        let child = spawn_consume(dir.path(), &args);
+        runs.push((rabbit, dir, child));
+    }
+    for ((rabbit, _dir, child), (_, _, error)) in runs.into_iter().zip(&cases) {
+        let letters = rt.block_on(async {
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let letters = rabbit.dead_letters().await;
+                if !letters.is_empty() || Instant::now() > deadline {
+                    return letters;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let output = terminate(child);
+        assert_summary_and_exit_0(
+            &output,
+            "consumed 1: done 0, duplicates 0, redelivered 0, dead-lettered 1",
+        );
+        assert_eq!(letters.len(), 1);
+        let got = letters[0].header(ERROR_HEADER).unwrap_or_default();
+        assert!(
+            got.starts_with(error.as_str()),
+            "{got:?} is not {error:?}..."
+        );
+        assert_eq!(letters[0].header(ATTEMPTS_HEADER), Some("2"));
+    }
+}
+
+#[test]
+fn a_store_that_cannot_open_is_one_clear_line_after_the_broker_connects() {
+    let rt = runtime();
+    let rabbit = rt.block_on(Rabbit::new());
+    let dir = tempfile::tempdir().unwrap();
+    let from = format!("{}/{}", amqp_server(), rabbit.queue);
+    let args = [
+        "--from",
+        &from,
+        "--key",
+        "/id",
+        "--deliver",
+        "http://127.0.0.1:9/h",
+    ];
+    let output = wait_to_end(spawn_consume_on("nope:x", dir.path(), &args));
+    assert_one_clear_error(&output, "nope:x");
+}
