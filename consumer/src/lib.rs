@@ -238,12 +238,15 @@ impl<H: Handler> Consumer<H> {
 
     /// Settles one delivery by the contract and counts it. `stopping` turning true cuts a
     /// retry's backoff short: the delivery is given back at once.
+    #[tracing::instrument(name = "oncely.delivery", level = "debug", skip_all,
+        fields(source = delivery.message().source(), settled))]
     pub async fn settle<D: Delivery>(
         &self,
         delivery: &D,
         mut stopping: watch::Receiver<bool>,
     ) -> Settled {
         let settled = self.decide_and_settle(delivery, &mut stopping).await;
+        tracing::Span::current().record("settled", tracing::field::debug(&settled));
         let c = &self.inner.counts;
         let counter = match settled {
             Settled::Done => &c.done,

@@ -97,6 +97,8 @@ impl Oncely {
     }
 
     /// Claims (scope, key). See [`ClaimOutcome`] for the four answers.
+    #[tracing::instrument(name = "oncely.claim", level = "debug", skip_all,
+        fields(%scope, %key, outcome))]
     pub async fn claim(
         &self,
         scope: &Scope,
@@ -104,7 +106,9 @@ impl Oncely {
         fingerprint: Option<Fingerprint>,
     ) -> Result<ClaimOutcome> {
         let request = ClaimRequest::new(scope.clone(), key.clone(), fingerprint, self.lease);
-        self.store.claim(&request, self.now()).await
+        let outcome = self.store.claim(&request, self.now()).await;
+        tracing::Span::current().record("outcome", outcome_name(&outcome));
+        outcome
     }
 
     /// Claims a batch in one round trip, answering in order. A key twice in one batch is `New`
@@ -126,6 +130,8 @@ impl Oncely {
     /// Records the work of `claim` as done with `outcome`, replayed to duplicates until retention ends.
     ///
     /// Fails with [`Error::ClaimLost`] if the lease ran out and another delivery took the key over.
+    #[tracing::instrument(name = "oncely.complete", level = "debug", skip_all,
+        fields(scope = %claim.scope, key = %claim.key, attempt = claim.attempt))]
     pub async fn complete(&self, claim: &Claim, outcome: &[u8]) -> Result<()> {
         let expires_at = self.now().saturating_add(self.retention);
         self.store.complete(claim, outcome, expires_at).await
@@ -182,6 +188,8 @@ impl Oncely {
     }
 
     /// Gives the key back after a failure, so the next delivery gets `New` and can retry.
+    #[tracing::instrument(name = "oncely.release", level = "debug", skip_all,
+        fields(scope = %claim.scope, key = %claim.key, attempt = claim.attempt))]
     pub async fn release(&self, claim: &Claim) -> Result<()> {
         self.store.release(claim).await
     }
@@ -355,6 +363,16 @@ impl Oncely {
                 Err(RunError::Panicked(panic))
             }
         }
+    }
+}
+
+fn outcome_name(outcome: &Result<ClaimOutcome>) -> &'static str {
+    match outcome {
+        Ok(ClaimOutcome::New(_)) => "new",
+        Ok(ClaimOutcome::Duplicate(_)) => "duplicate",
+        Ok(ClaimOutcome::InProgress { .. }) => "in_progress",
+        Ok(ClaimOutcome::Conflict { .. }) => "conflict",
+        Err(_) => "error",
     }
 }
 
