@@ -20,6 +20,10 @@
 //!   callers at once, each `Oncely::claim_many` of the next [`baseline::LIMIT_BATCH`] events,
 //!   then `Oncely::complete_many` of the new ones; an event's latency is its batch's.
 //!
+//! The [`broker`] module is the other throughput benchmark, `oncely bench --broker URL`: messages
+//! per second through consume + claim + effect + ack on a real NATS JetStream or RabbitMQ,
+//! oncely's consumer runner against the naive per-message consumer, in the same run.
+//!
 //! On PostgreSQL and MySQL/MariaDB every contender gets a fresh schema (PostgreSQL) or database
 //! (MySQL) on the server the URL names, dropped at the end; the URL's own database is never
 //! written.
@@ -37,6 +41,7 @@ use std::time::{Duration, Instant};
 use oncely::{ClaimOutcome, Key, Oncely, Scope};
 
 pub mod baseline;
+pub mod broker;
 pub mod purge;
 mod server;
 mod workload;
@@ -351,9 +356,14 @@ fn run_redis(
 }
 
 fn fresh_path(config: &BenchConfig, name: &str) -> Result<PathBuf, BenchError> {
-    std::fs::create_dir_all(&config.dir)
-        .map_err(|e| BenchError::Other(format!("{}: {e}", config.dir.display())))?;
-    let path = config.dir.join(format!("bench-{name}.db"));
+    fresh_file(&config.dir, name)
+}
+
+/// `dir/bench-<name>.db`, with any earlier file of that name (and its WAL) removed.
+pub(crate) fn fresh_file(dir: &std::path::Path, name: &str) -> Result<PathBuf, BenchError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| BenchError::Other(format!("{}: {e}", dir.display())))?;
+    let path = dir.join(format!("bench-{name}.db"));
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }

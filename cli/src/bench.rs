@@ -2,6 +2,10 @@
 //! naive pattern and the store's own batched limit, on fresh stores of the kind `--store` names
 //! (never on the store itself: on PostgreSQL and MySQL, fresh schemas or databases on the server
 //! it names, dropped after).
+//!
+//! `--broker nats://HOST[:PORT]` or `--broker amqp://[USER:PASS@]HOST[:PORT]` measures instead
+//! messages per second through consume + claim + effect + ack on that broker: oncely's consumer
+//! runner against the naive one-message-at-a-time consumer ([`oncely_bench::broker`]).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -15,17 +19,19 @@ use oncely_bench::{BenchConfig, Progress, StoreKind, format_table, store_kind};
 /// Arguments of `oncely bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Events through oncely, through the batched limit and through oncely's batch API.
-    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
-    events: usize,
+    /// Events through oncely, through the batched limit and through oncely's batch API
+    /// [default: 1000000; with --broker: 20000 messages].
+    #[arg(long, value_name = "N")]
+    events: Option<usize>,
 
     /// Share of events that redeliver an earlier event.
     #[arg(long, value_name = "RATIO", default_value_t = 0.1)]
     duplicates: f64,
 
-    /// Concurrent claimants driving oncely; the SQLite store commits what they queue together.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
-    concurrency: usize,
+    /// Concurrent claimants driving oncely; the SQLite store commits what they queue together
+    /// [default: 1024; with --broker: 64 deliveries in flight].
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
 
     /// Events through the naive pattern (one synced transaction each, so it is sampled).
     #[arg(long, value_name = "N", default_value_t = 5_000)]
@@ -59,6 +65,33 @@ pub struct BenchArgs {
     /// With --purge: records per purge batch.
     #[arg(long, value_name = "N", default_value_t = 10_000, requires = "purge")]
     purge_batch: usize,
+
+    /// Instead: messages/s through consume + claim + effect + ack on a broker, oncely's
+    /// consumer against the naive per-message consumer. nats://HOST[:PORT] (JetStream) or
+    /// amqp://[USER:PASS@]HOST[:PORT][/VHOST] (RabbitMQ).
+    ///
+    /// --events messages (default 20000), --duplicates of them re-publishes of an earlier key,
+    /// payload {"eventId":"<uuid>"}, published and confirmed into a fresh stream or queue per
+    /// contender (deleted after) before the clock starts. oncely: oncely::Consumer with an
+    /// OncelyHandler (key /eventId) on a fresh store of the kind --store names (sqlite:,
+    /// postgres://, mysql://), the effect an in-process counter, --concurrency deliveries in
+    /// flight (default 64; NATS batch=N, RabbitMQ prefetch=2N). naive: one message at a time,
+    /// SELECT EXISTS then INSERT in its own transaction on the same kind of store, the effect,
+    /// then the ack, on the first --naive-events messages. Reports messages/s and p50/p99 from
+    /// delivery to confirmed ack; fails unless every message is acked and settled at the
+    /// broker, none dead-lettered, and the effects equal the distinct keys.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "purge",
+        verbatim_doc_comment
+    )]
+    broker: Option<String>,
+
+    /// With --broker: oncely's lease. A re-publish that arrives while its original is in
+    /// flight is given back and comes again when the lease runs out.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::duration::parse, requires = "broker")]
+    lease: std::time::Duration,
 }
 
 /// Runs the benchmark for the store kind of `store_url` and prints the table.
@@ -77,27 +110,30 @@ pub fn run(
         };
         return crate::bench_purge::run(store_url, config, &Bar::new(), out);
     }
-    let Some(store) = store_kind(store_url) else {
-        bail!(
-            "oncely bench measures memory:, sqlite:, postgres://, mysql:// and redis:// stores \
-             (a Redis Cluster is not benchmarked); `{store_url}` is none of them"
-        );
-    };
     if !(0.0..1.0).contains(&args.duplicates) {
         bail!(
             "--duplicates must be at least 0 and below 1, not {}",
             args.duplicates
         );
     }
+    if let Some(broker) = args.broker.clone() {
+        return run_broker(store_url, broker, args, out);
+    }
+    let Some(store) = store_kind(store_url) else {
+        bail!(
+            "oncely bench measures memory:, sqlite:, postgres://, mysql:// and redis:// stores \
+             (a Redis Cluster is not benchmarked); `{store_url}` is none of them"
+        );
+    };
     let config = BenchConfig {
         store,
         url: store_url.to_owned(),
         dir: args
             .dir
             .unwrap_or_else(|| std::env::temp_dir().join("oncely-bench")),
-        events: args.events,
+        events: args.events.unwrap_or(1_000_000),
         duplicate_ratio: args.duplicates,
-        concurrency: args.concurrency,
+        concurrency: args.concurrency.unwrap_or(1024),
         naive_events: args.naive_events,
         preload: args.preload,
         seed: args.seed,
@@ -161,6 +197,71 @@ pub fn run(
         },
     )?;
     write!(out, "{}", format_table(&results))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `oncely bench --broker URL`: oncely's consumer against the naive one, on fresh streams or
+/// queues of that broker and fresh stores of the kind `store_url` names.
+fn run_broker(
+    store_url: &str,
+    broker: String,
+    args: BenchArgs,
+    out: &mut impl Write,
+) -> Result<std::process::ExitCode> {
+    let store = match store_kind(store_url) {
+        Some(kind @ (StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Mysql)) => kind,
+        _ => bail!(
+            "oncely bench --broker measures sqlite:, postgres:// and mysql:// stores; \
+             `{}` is none of them",
+            oncely::url::redact_password(store_url)
+        ),
+    };
+    let config = oncely_bench::broker::BrokerConfig {
+        broker,
+        store,
+        store_url: store_url.to_owned(),
+        dir: args
+            .dir
+            .unwrap_or_else(|| std::env::temp_dir().join("oncely-bench")),
+        events: args.events.unwrap_or(oncely_bench::broker::DEFAULT_EVENTS),
+        duplicate_ratio: args.duplicates,
+        concurrency: args
+            .concurrency
+            .unwrap_or(oncely_bench::broker::DEFAULT_CONCURRENCY)
+            .max(1),
+        naive_events: args.naive_events,
+        seed: args.seed,
+        page_size: args.page_size,
+        lease: args.lease,
+    };
+    let results = oncely_bench::broker::run(&config, &Bar::new()).context("broker benchmark")?;
+    writeln!(
+        out,
+        "{} messages, {:.0} % re-publishes of an earlier key, payload {{\"eventId\":\"<36-char \
+         UUID>\"}}, broker {}, store {}; oncely: {} deliveries in flight, lease {:?}, effect an \
+         in-process counter; naive: one message at a time, check-then-insert per message",
+        config.events,
+        config.duplicate_ratio * 100.0,
+        oncely::url::redact_password(&config.broker),
+        match store {
+            StoreKind::Sqlite => format!(
+                "sqlite (fresh files, WAL, synchronous=FULL, page_size={})",
+                config.page_size
+            ),
+            _ => format!(
+                "{} (fresh namespaces on {})",
+                if store == StoreKind::Postgres {
+                    "postgres"
+                } else {
+                    "mysql"
+                },
+                oncely::url::redact_password(store_url)
+            ),
+        },
+        config.concurrency,
+        config.lease,
+    )?;
+    write!(out, "{}", oncely_bench::broker::format_table(&results))?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

@@ -101,6 +101,11 @@ enum Command {
     /// Runs on fresh stores of the kind --store names (memory:, sqlite:, postgres://, mysql://,
     /// redis://), never on the store itself. Prints events/s, p50/p99 latency and bytes per
     /// stored key for each contender.
+    ///
+    /// With --broker nats://HOST or amqp://HOST: messages/s through consume + claim + effect +
+    /// ack on that broker instead, oncely's consumer (--concurrency in flight) against the
+    /// naive one-message-at-a-time consumer (check-then-insert per message), each on a fresh
+    /// stream or queue pre-filled with the same messages.
     Bench(bench::BenchArgs),
 }
 

@@ -955,3 +955,69 @@ fn purge_leaves_the_store_alone_while_another_instance_purges() {
     runtime.block_on(holder.release(&lock)).unwrap();
     assert_eq!(purge(dir.path()).stdout(), "purged 1 records\n");
 }
+
+/// `oncely bench --broker` through the binary, on both brokers on loopback: the table, every
+/// contender's effects equal to its distinct keys, and no store file where --store points.
+#[test]
+fn bench_broker_reports_both_contenders_with_one_effect_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench_dir = dir.path().join("bench-files");
+    for broker in ["nats://127.0.0.1:4222", "amqp://guest:guest@127.0.0.1:5672"] {
+        let run = oncely(
+            dir.path(),
+            &[
+                "bench",
+                "--broker",
+                broker,
+                "--events",
+                "300",
+                "--naive-events",
+                "100",
+                "--concurrency",
+                "16",
+                "--lease",
+                "2s",
+                "--dir",
+                bench_dir.to_str().unwrap(),
+            ],
+            b"",
+        );
+        assert_eq!(run.code, 0, "{broker}: {}", run.stderr);
+        let out = run.stdout();
+        assert!(out.contains("oncely is"), "{out}");
+        for (name, messages) in [("oncely", 300), ("naive", 100)] {
+            let row: Vec<&str> = out
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no {name} row in {out}"))
+                .split_whitespace()
+                .collect();
+            assert_eq!(row[1], messages.to_string(), "{out}");
+            assert_eq!(row[2], row[3], "effects equal distinct keys: {out}");
+        }
+    }
+    assert!(
+        !dir.path().join("oncely.db").exists(),
+        "bench opened the default store"
+    );
+
+    let refused = oncely(
+        dir.path(),
+        &[
+            "--store",
+            "memory:",
+            "bench",
+            "--broker",
+            "nats://127.0.0.1:4222",
+        ],
+        b"",
+    );
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused
+            .stderr
+            .starts_with("error: oncely bench --broker measures"),
+        "{}",
+        refused.stderr
+    );
+}

@@ -83,6 +83,53 @@ pub(crate) async fn bytes_per_key(
     Ok(bytes as f64 / rows.max(1) as f64)
 }
 
+/// The naive pattern's table.
+pub(crate) async fn create_processed_events(conn: &mut MySqlConnection) -> Result<(), BenchError> {
+    sqlx::raw_sql(
+        "CREATE TABLE processed_events (event_id VARBINARY(64) PRIMARY KEY, \
+         processed_at BIGINT NOT NULL) ENGINE = InnoDB",
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The naive pattern for one event, in its own transaction: `SELECT EXISTS`, then `INSERT` if
+/// absent. Answers whether the key was new (a racing connection's insert of the same key makes
+/// this one roll back and answer `false`).
+pub(crate) async fn check_then_insert(
+    conn: &mut MySqlConnection,
+    key: &str,
+) -> Result<bool, BenchError> {
+    let mut tx = conn.begin().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = ?)")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+    if exists {
+        tx.commit().await?;
+        return Ok(false);
+    }
+    let inserted =
+        sqlx::query("INSERT INTO processed_events (event_id, processed_at) VALUES (?, ?)")
+            .bind(key)
+            .bind(1_i64)
+            .execute(&mut *tx)
+            .await;
+    match inserted {
+        Ok(_) => {
+            tx.commit().await?;
+            Ok(true)
+        }
+        Err(e) if is(&e, DUPLICATE) => {
+            tx.rollback().await?;
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The pattern most handlers start with: per event, in its own transaction, `SELECT EXISTS`
 /// on a processed-events table, then `INSERT` if absent; on [`NAIVE_CONNECTIONS`] connections
 /// at once (the server's default isolation). When two connections race on one key, the
@@ -94,47 +141,15 @@ pub async fn naive(
     progress: &dyn Progress,
 ) -> Result<RunResult, BenchError> {
     let mut conns = connect(url, NAIVE_CONNECTIONS).await?;
-    sqlx::raw_sql(
-        "CREATE TABLE processed_events (event_id VARBINARY(64) PRIMARY KEY, \
-         processed_at BIGINT NOT NULL) ENGINE = InnoDB",
-    )
-    .execute(&mut conns[0])
-    .await?;
+    create_processed_events(&mut conns[0]).await?;
     preload_rows(&mut conns[0], "processed_events", preload, progress).await?;
     progress.start("naive", workload.len() as u64);
     let keys = std::sync::Arc::new(workload.keys().to_vec());
     let driven = drive(conns, keys.len(), 1, progress, move |mut conn, i| {
         let keys = keys.clone();
         async move {
-            let key = keys[i].as_str();
-            let mut tx = conn.begin().await?;
-            let exists: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = ?)",
-            )
-            .bind(key)
-            .fetch_one(&mut *tx)
-            .await?;
-            if exists {
-                tx.commit().await?;
-                return Ok((conn, 0));
-            }
-            let inserted =
-                sqlx::query("INSERT INTO processed_events (event_id, processed_at) VALUES (?, ?)")
-                    .bind(key)
-                    .bind(1_i64)
-                    .execute(&mut *tx)
-                    .await;
-            match inserted {
-                Ok(_) => {
-                    tx.commit().await?;
-                    Ok((conn, 1))
-                }
-                Err(e) if is(&e, DUPLICATE) => {
-                    tx.rollback().await?;
-                    Ok((conn, 0))
-                }
-                Err(e) => Err(e.into()),
-            }
+            let new = check_then_insert(&mut conn, keys[i].as_str()).await?;
+            Ok((conn, usize::from(new)))
         }
     })
     .await?;

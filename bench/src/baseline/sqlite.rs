@@ -61,6 +61,30 @@ fn bytes_per_key(conn: &Connection) -> Result<f64, BenchError> {
     Ok((pages * page_size) as f64 / rows.max(1) as f64)
 }
 
+/// A fresh file with the naive pattern's table, on oncely's store settings.
+pub(crate) fn open_naive(path: &Path, page_size: u32) -> Result<Connection, BenchError> {
+    open(
+        path,
+        page_size,
+        "CREATE TABLE keys (event_id TEXT PRIMARY KEY, processed_at INTEGER NOT NULL);",
+    )
+}
+
+/// The naive pattern for one event, in its own transaction: `SELECT EXISTS`, then `INSERT` if
+/// absent. Answers whether the key was new.
+pub(crate) fn check_then_insert(conn: &mut Connection, key: &str) -> Result<bool, BenchError> {
+    let tx = conn.transaction()?;
+    let exists: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM keys WHERE event_id = ?1)")?
+        .query_row([key], |r| r.get(0))?;
+    if !exists {
+        tx.prepare_cached("INSERT INTO keys (event_id, processed_at) VALUES (?1, ?2)")?
+            .execute(params![key, 1])?;
+    }
+    tx.commit()?;
+    Ok(!exists)
+}
+
 /// The pattern most handlers start with: per event, in its own transaction, `SELECT EXISTS`
 /// on a processed-events table, then `INSERT` if absent. One connection.
 pub fn naive(
@@ -70,11 +94,7 @@ pub fn naive(
     preload: &Workload,
     progress: &dyn Progress,
 ) -> Result<RunResult, BenchError> {
-    let mut conn = open(
-        path,
-        page_size,
-        "CREATE TABLE keys (event_id TEXT PRIMARY KEY, processed_at INTEGER NOT NULL);",
-    )?;
+    let mut conn = open_naive(path, page_size)?;
     preload_rows(
         &mut conn,
         "INSERT INTO keys (event_id, processed_at) VALUES (?1, 0)",
@@ -87,16 +107,7 @@ pub fn naive(
     let started = Instant::now();
     for (i, key) in workload.keys().iter().enumerate() {
         let t0 = Latencies::start(i);
-        let tx = conn.transaction()?;
-        let exists: bool = tx
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM keys WHERE event_id = ?1)")?
-            .query_row([key.as_str()], |r| r.get(0))?;
-        if !exists {
-            tx.prepare_cached("INSERT INTO keys (event_id, processed_at) VALUES (?1, ?2)")?
-                .execute(params![key.as_str(), 1])?;
-            new += 1;
-        }
-        tx.commit()?;
+        new += usize::from(check_then_insert(&mut conn, key.as_str())?);
         latencies.record(t0);
         progress.advance(1);
     }

@@ -1,0 +1,977 @@
+//! The broker benchmark (`oncely bench --broker URL`): messages per second through
+//! consume + claim + effect + ack on a real NATS JetStream or RabbitMQ, oncely's consumer
+//! runner against the naive per-message pattern, in the same run.
+//!
+//! **Workload.** [`BrokerConfig::events`] messages (S8's workload: 36-character UUID keys,
+//! [`BrokerConfig::duplicate_ratio`] of them re-publishes of an earlier key, clustered within
+//! the 10,000 before). Each payload is `{"eventId":"<key>"}`, so a re-publish is byte-for-byte
+//! the original. Every contender gets a fresh stream (NATS: `ONCELY_BENCH_<pid>_<n>_<contender>`
+//! with a durable pull consumer and a dead-letter stream of its own) or queue (RabbitMQ:
+//! `oncely.bench.<pid>.<n>.<contender>` and its `.dlq`, both with `x-expires` of 10 minutes),
+//! filled and confirmed by the broker **before** the clock starts, and deleted at the end (NATS
+//! streams a crashed run left are deleted by the next run, RabbitMQ's expire by themselves). The
+//! measured phase is consumption only.
+//!
+//! **oncely.** [`oncely::Consumer`] over the broker's source (`oncely::broker::connect`), with
+//! an [`OncelyHandler`] (key `/eventId`, payload fingerprint on, oncely's default lease) over a
+//! fresh store of the kind `--store` names (SQLite: an empty file under the bench directory;
+//! PostgreSQL / MySQL: a fresh schema / database on that server, dropped after). The effect is an
+//! in-process counter. [`BrokerConfig::concurrency`] deliveries in flight; the source's read-ahead
+//! follows it (NATS `batch=<concurrency>`, `max_ack_pending` at least twice it; RabbitMQ
+//! `prefetch=<2 x concurrency>`). The clock runs from the consumer's start until the last
+//! message's ack is confirmed.
+//!
+//! **naive.** One message at a time from the same kind of source (the URL's defaults), per
+//! message: parse the JSON, check-then-insert the key on the same kind of store in its own
+//! transaction (`SELECT EXISTS` then `INSERT` on a `processed_events` table: the store
+//! benchmark's naive pattern, one connection), the effect if the key was new, then the ack
+//! (awaited). On the first [`BrokerConfig::naive_events`] messages only.
+//!
+//! **Figures.** Messages per second; p50 / p99 of a message's time from the source handing its
+//! delivery to the consumer (for oncely: to the runner, which takes one only when a slot is
+//! free) until its ack is confirmed, every acked delivery timed. A delivery given back (the
+//! contract's "in progress elsewhere": a re-publish that arrived while its original was still
+//! being handled) is counted under `redelivered` and timed again from its next delivery, so
+//! the wait it had is in the elapsed time and not in the percentiles. The run fails unless every
+//! message is acked, the broker holds nothing unsettled after, nothing was dead-lettered and the
+//! effects applied equal the distinct keys.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use oncely::consumer::{
+    BrokerError, DeadLetter, Delivery, KeySource, Message, OncelyHandler, Source,
+};
+use oncely::nats::async_nats;
+use oncely::rabbitmq::lapin;
+use oncely::{Consumer, Oncely, Scope, async_trait};
+
+use crate::{BenchError, Progress, StoreKind, Workload, format_duration, percentile};
+
+/// Deliveries in flight for oncely by default.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+/// Messages by default.
+pub const DEFAULT_EVENTS: usize = 20_000;
+/// How long the run may go without a single ack before it is declared stuck.
+pub const STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// What the broker benchmark runs.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// `nats://[USER:PASS@]HOST[:PORT]` or `amqp://[USER:PASS@]HOST[:PORT][/VHOST]`.
+    pub broker: String,
+    /// The store kind oncely and the naive pattern use (SQLite, PostgreSQL or MySQL).
+    pub store: StoreKind,
+    /// The store URL (for PostgreSQL and MySQL: the server, where fresh namespaces are made).
+    pub store_url: String,
+    /// Where the SQLite files go.
+    pub dir: PathBuf,
+    /// Messages through oncely.
+    pub events: usize,
+    /// Share of messages that re-publish an earlier key.
+    pub duplicate_ratio: f64,
+    /// oncely's deliveries in flight.
+    pub concurrency: usize,
+    /// Messages through the naive pattern (the first of the workload).
+    pub naive_events: usize,
+    /// Seed of the workload.
+    pub seed: u64,
+    /// SQLite page size of the fresh files.
+    pub page_size: u32,
+    /// oncely's lease on a claimed key ([`oncely::DEFAULT_LEASE`] unless told): a re-publish
+    /// that arrives while its original is being handled is given back for what is left of it.
+    pub lease: Duration,
+}
+
+/// The figures of one contender.
+#[derive(Clone, Debug)]
+pub struct BrokerRun {
+    /// `oncely` or `naive`.
+    pub name: String,
+    /// Messages published and acked.
+    pub messages: usize,
+    /// Distinct keys among them.
+    pub distinct: usize,
+    /// Times the effect ran.
+    pub effects: u64,
+    /// Deliveries given back to the broker (and delivered again).
+    pub redelivered: u64,
+    /// Messages dead-lettered (0, or the run fails).
+    pub dead_lettered: u64,
+    /// Messages the broker still held, pending or unacked, after the run (0, or the run fails).
+    pub unsettled: u64,
+    /// From the start of consumption to the last ack.
+    pub elapsed: Duration,
+    /// Median delivery-to-ack time.
+    pub p50: Duration,
+    /// 99th percentile delivery-to-ack time.
+    pub p99: Duration,
+    /// oncely only: when `redelivered` > 0, the first `messages - redelivered` acks and the
+    /// time they took, i.e. the run without the deliveries that were given back to wait.
+    pub before_waits: Option<(usize, Duration)>,
+}
+
+impl BrokerRun {
+    /// Messages per second.
+    pub fn messages_per_sec(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Which broker a URL names.
+#[derive(Clone, Debug)]
+enum Broker {
+    /// The server URL as async-nats takes it.
+    Nats(String),
+    /// `amqp://[USER:PASS@]HOST[:PORT][/VHOST]`, as lapin takes it.
+    Amqp(String),
+}
+
+impl Broker {
+    fn parse(url: &str) -> Result<Self, BenchError> {
+        let url = url.trim_end_matches('/');
+        if url.contains('?') {
+            return Err(BenchError::Other(format!(
+                "--broker takes the server only ({}); the benchmark sets the options",
+                oncely::url::redact_password(url)
+            )));
+        }
+        match url.split_once("://") {
+            Some(("nats", rest)) if rest.split('/').count() == 1 => Ok(Broker::Nats(url.into())),
+            Some(("amqp", rest)) if rest.split('/').count() <= 2 => Ok(Broker::Amqp(url.into())),
+            _ => Err(BenchError::Other(format!(
+                "--broker takes nats://HOST[:PORT] or amqp://[USER:PASS@]HOST[:PORT][/VHOST], \
+                 not `{}`",
+                oncely::url::redact_password(url)
+            ))),
+        }
+    }
+}
+
+fn other(what: &str) -> impl Fn(&dyn std::fmt::Display) -> BenchError + '_ {
+    move |e| BenchError::Other(format!("{what}: {e}"))
+}
+
+/// Runs oncely, then the naive pattern, each on a fresh stream or queue and a fresh store, and
+/// answers their figures in that order.
+pub fn run(config: &BrokerConfig, progress: &dyn Progress) -> Result<Vec<BrokerRun>, BenchError> {
+    if !matches!(
+        config.store,
+        StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Mysql
+    ) {
+        return Err(BenchError::Other(
+            "bench --broker runs on sqlite:, postgres:// or mysql:// stores".into(),
+        ));
+    }
+    let broker = Broker::parse(&config.broker)?;
+    let workload = Workload::generate(config.events, config.duplicate_ratio, config.seed);
+    let naive_workload = workload.prefix(config.naive_events.min(config.events));
+    // Two workers: the broker clients' connection tasks, the runner's tasks and the drivers
+    // share them (SQLite's writer is a thread of its own).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    runtime.block_on(async {
+        let mut namespaces = config
+            .store
+            .is_server()
+            .then(|| crate::server::Namespaces::new(config.store, &config.store_url));
+        let results = async {
+            let store_url = match &mut namespaces {
+                Some(ns) => {
+                    let url = ns.fresh("broker_oncely").await?;
+                    ns.for_store(&url)
+                }
+                None => format!(
+                    "sqlite:{}?page_size={}",
+                    crate::fresh_file(&config.dir, "broker-oncely")?.display(),
+                    config.page_size
+                ),
+            };
+            let oncely = run_oncely(&broker, config, &store_url, &workload, progress).await?;
+            let naive_store = match &mut namespaces {
+                Some(ns) => NaiveStore::Url(ns.fresh("broker_naive").await?),
+                None => NaiveStore::File(crate::fresh_file(&config.dir, "broker-naive")?),
+            };
+            let naive = run_naive(&broker, config, naive_store, &naive_workload, progress).await?;
+            Ok::<_, BenchError>(vec![oncely, naive])
+        }
+        .await;
+        let dropped = match &mut namespaces {
+            Some(ns) => ns.drop_all().await,
+            None => Ok(()),
+        };
+        let results = results?;
+        dropped?;
+        Ok(results)
+    })
+}
+
+fn payload(key: &oncely::Key) -> Vec<u8> {
+    format!("{{\"eventId\":\"{key}\"}}").into_bytes()
+}
+
+/// A fresh stream (and durable consumer, and dead-letter stream) or queue (and dead-letter
+/// queue) holding the workload's messages.
+enum Channel {
+    Nats {
+        context: async_nats::jetstream::Context,
+        stream: String,
+        dlq_stream: String,
+        server: String,
+        subject_prefix: String,
+    },
+    Amqp {
+        connection: lapin::Connection,
+        server: String,
+        queue: String,
+        dlq: String,
+    },
+}
+
+const NATS_PREFIX: &str = "ONCELY_BENCH_";
+const NATS_CONSUMER: &str = "bench";
+/// RabbitMQ deletes a bench queue this long after its last use.
+const AMQP_EXPIRES_MS: i32 = 10 * 60 * 1000;
+/// Publishes awaiting their confirmation at once while filling.
+const PUBLISH_WINDOW: usize = 1000;
+
+impl Channel {
+    async fn create(broker: &Broker, contender: &str) -> Result<Channel, BenchError> {
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        match broker {
+            Broker::Nats(server) => {
+                let client = async_nats::connect(server.as_str()).await.map_err(|e| {
+                    BenchError::Other(format!(
+                        "no NATS server at {}: {e}",
+                        oncely::url::redact_password(server)
+                    ))
+                })?;
+                let context = async_nats::jetstream::new(client);
+                remove_leftover_streams(&context).await;
+                let stream = format!("{NATS_PREFIX}{pid}_{n}_{}", contender.to_uppercase());
+                let subject_prefix = format!("oncely.bench.{pid}.{n}.{contender}");
+                context
+                    .create_stream(async_nats::jetstream::stream::Config {
+                        name: stream.clone(),
+                        subjects: vec![format!("{subject_prefix}.in")],
+                        // A safety net: messages of a run that died before deleting expire.
+                        max_age: Duration::from_secs(3600),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| other("create the NATS stream")(&e))?;
+                Ok(Channel::Nats {
+                    context,
+                    dlq_stream: format!("{stream}_DLQ"),
+                    stream,
+                    server: server.clone(),
+                    subject_prefix,
+                })
+            }
+            Broker::Amqp(server) => {
+                let connection =
+                    lapin::Connection::connect(server, lapin::ConnectionProperties::default())
+                        .await
+                        .map_err(|e| {
+                            BenchError::Other(format!(
+                                "no RabbitMQ at {}: {e}",
+                                oncely::url::redact_password(server)
+                            ))
+                        })?;
+                let queue = format!("oncely.bench.{pid}.{n}.{contender}");
+                let dlq = format!("{queue}.dlq");
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| other("AMQP channel")(&e))?;
+                let mut arguments = lapin::types::FieldTable::default();
+                arguments.insert(
+                    "x-expires".into(),
+                    lapin::types::AMQPValue::LongInt(AMQP_EXPIRES_MS),
+                );
+                for name in [&queue, &dlq] {
+                    channel
+                        .queue_declare(
+                            name.as_str().into(),
+                            lapin::options::QueueDeclareOptions::durable(),
+                            arguments.clone(),
+                        )
+                        .await
+                        .map_err(|e| other("declare the bench queue")(&e))?;
+                }
+                channel
+                    .close(200, "OK".into())
+                    .await
+                    .map_err(|e| other("AMQP channel")(&e))?;
+                Ok(Channel::Amqp {
+                    connection,
+                    server: server.clone(),
+                    queue,
+                    dlq,
+                })
+            }
+        }
+    }
+
+    /// Publishes the workload's messages, every one confirmed by the broker.
+    async fn fill(&self, workload: &Workload, progress: &dyn Progress) -> Result<(), BenchError> {
+        progress.start("publish", workload.len() as u64);
+        match self {
+            Channel::Nats {
+                context,
+                subject_prefix,
+                ..
+            } => {
+                let subject = format!("{subject_prefix}.in");
+                for chunk in workload.keys().chunks(PUBLISH_WINDOW) {
+                    let mut acks = Vec::with_capacity(chunk.len());
+                    for key in chunk {
+                        acks.push(
+                            context
+                                .publish(subject.clone(), payload(key).into())
+                                .await
+                                .map_err(|e| other("NATS publish")(&e))?,
+                        );
+                    }
+                    for ack in acks {
+                        ack.await.map_err(|e| other("NATS publish ack")(&e))?;
+                    }
+                    progress.advance(chunk.len() as u64);
+                }
+            }
+            Channel::Amqp {
+                connection, queue, ..
+            } => {
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| other("AMQP channel")(&e))?;
+                channel
+                    .confirm_select(lapin::options::ConfirmSelectOptions::default())
+                    .await
+                    .map_err(|e| other("AMQP confirm mode")(&e))?;
+                for chunk in workload.keys().chunks(PUBLISH_WINDOW) {
+                    let mut confirms = Vec::with_capacity(chunk.len());
+                    for key in chunk {
+                        confirms.push(
+                            channel
+                                .basic_publish(
+                                    "".into(),
+                                    queue.as_str().into(),
+                                    lapin::options::BasicPublishOptions {
+                                        mandatory: true,
+                                        ..Default::default()
+                                    },
+                                    &payload(key),
+                                    lapin::BasicProperties::default()
+                                        .with_delivery_mode(2)
+                                        .with_content_type("application/json".into()),
+                                )
+                                .await
+                                .map_err(|e| other("AMQP publish")(&e))?,
+                        );
+                    }
+                    for confirm in confirms {
+                        let confirmation = confirm
+                            .await
+                            .map_err(|e| other("AMQP publish confirm")(&e))?;
+                        if !matches!(confirmation, lapin::Confirmation::Ack(None)) {
+                            return Err(BenchError::Other(format!(
+                                "RabbitMQ did not confirm a publish to {queue}: {confirmation:?}"
+                            )));
+                        }
+                    }
+                    progress.advance(chunk.len() as u64);
+                }
+                channel
+                    .close(200, "OK".into())
+                    .await
+                    .map_err(|e| other("AMQP channel")(&e))?;
+            }
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    /// The source URL, with read-ahead for `concurrency` deliveries in flight (`None`: the
+    /// URL's defaults).
+    fn source_url(&self, concurrency: Option<usize>) -> String {
+        match self {
+            Channel::Nats {
+                stream,
+                dlq_stream,
+                server,
+                subject_prefix,
+                ..
+            } => {
+                let mut url = format!(
+                    "{server}/{stream}/{NATS_CONSUMER}?dlq={subject_prefix}.dlq&dlq_stream={dlq_stream}"
+                );
+                if let Some(c) = concurrency {
+                    url.push_str(&format!("&batch={c}&max_ack_pending={}", (2 * c).max(1000)));
+                }
+                url
+            }
+            Channel::Amqp {
+                server, queue, dlq, ..
+            } => {
+                let mut url = format!("{server}/{queue}?dlq={dlq}");
+                if let Some(c) = concurrency {
+                    url.push_str(&format!("&prefetch={}", 2 * c));
+                }
+                url
+            }
+        }
+    }
+
+    /// Messages the broker still holds unsettled (pending or delivered and unacked), and
+    /// messages in the dead-letter stream or queue. Call once the source is dropped.
+    async fn leftovers(&self) -> Result<(u64, u64), BenchError> {
+        match self {
+            Channel::Nats {
+                context,
+                stream,
+                dlq_stream,
+                ..
+            } => {
+                let info = context
+                    .get_stream(stream)
+                    .await
+                    .map_err(|e| other("NATS stream")(&e))?
+                    .consumer_info(NATS_CONSUMER)
+                    .await
+                    .map_err(|e| other("NATS consumer info")(&e))?;
+                let unsettled = info.num_pending + info.num_ack_pending as u64;
+                let dead = match context.get_stream(dlq_stream).await {
+                    Ok(s) => {
+                        s.get_info()
+                            .await
+                            .map_err(|e| other("NATS dead-letter stream")(&e))?
+                            .state
+                            .messages
+                    }
+                    Err(_) => 0,
+                };
+                Ok((unsettled, dead))
+            }
+            Channel::Amqp {
+                connection,
+                queue,
+                dlq,
+                ..
+            } => {
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| other("AMQP channel")(&e))?;
+                // A passive declare counts ready messages only: wait until the consumer's
+                // channel is closed, so that anything it left unacked is ready again.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let count = |name: String| {
+                    let channel = channel.clone();
+                    async move {
+                        channel
+                            .queue_declare(
+                                name.as_str().into(),
+                                lapin::options::QueueDeclareOptions::default().passive(),
+                                lapin::types::FieldTable::default(),
+                            )
+                            .await
+                            .map_err(|e| other("AMQP passive declare")(&e))
+                    }
+                };
+                let declared = loop {
+                    let declared = count(queue.clone()).await?;
+                    if declared.consumer_count() == 0 {
+                        break declared;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(BenchError::Other(format!(
+                            "consumers still on {queue}: its unacked messages cannot be counted"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                let dead = count(dlq.clone()).await?.message_count();
+                channel
+                    .close(200, "OK".into())
+                    .await
+                    .map_err(|e| other("AMQP channel")(&e))?;
+                Ok((u64::from(declared.message_count()), u64::from(dead)))
+            }
+        }
+    }
+
+    /// Deletes the stream or queue and its dead letters.
+    async fn delete(self) -> Result<(), BenchError> {
+        match self {
+            Channel::Nats {
+                context,
+                stream,
+                dlq_stream,
+                ..
+            } => {
+                context
+                    .delete_stream(&stream)
+                    .await
+                    .map_err(|e| other("delete the NATS stream")(&e))?;
+                // Created by the source on first use; absent if it never got that far.
+                context.delete_stream(&dlq_stream).await.ok();
+            }
+            Channel::Amqp {
+                connection,
+                queue,
+                dlq,
+                ..
+            } => {
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| other("AMQP channel")(&e))?;
+                for name in [queue, dlq] {
+                    channel
+                        .queue_delete(
+                            name.as_str().into(),
+                            lapin::options::QueueDeleteOptions::default(),
+                        )
+                        .await
+                        .map_err(|e| other("delete the bench queue")(&e))?;
+                }
+                connection
+                    .close(200, "OK".into())
+                    .await
+                    .map_err(|e| other("AMQP close")(&e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deletes the bench streams of earlier runs whose process is gone.
+async fn remove_leftover_streams(context: &async_nats::jetstream::Context) {
+    use futures_util::StreamExt;
+    let mut names = context.stream_names();
+    let mut stale = Vec::new();
+    while let Some(Ok(name)) = names.next().await {
+        let Some(rest) = name.strip_prefix(NATS_PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('_').next().unwrap_or_default();
+        if pid != std::process::id().to_string()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            stale.push(name);
+        }
+    }
+    for name in stale {
+        context.delete_stream(&name).await.ok();
+    }
+}
+
+/// Acked deliveries, their delivery-to-ack times and the instant of the last ack.
+struct Tally {
+    target: usize,
+    acked: AtomicUsize,
+    latencies: Mutex<Vec<Duration>>,
+    acks_at: Mutex<Vec<Instant>>,
+    all_acked: tokio::sync::Notify,
+}
+
+impl Tally {
+    fn new(target: usize) -> Self {
+        Tally {
+            target,
+            acked: AtomicUsize::new(0),
+            latencies: Mutex::new(Vec::with_capacity(target)),
+            acks_at: Mutex::new(Vec::with_capacity(target)),
+            all_acked: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn acked(&self, taken: Instant) {
+        let now = Instant::now();
+        self.latencies.lock().unwrap().push(now - taken);
+        self.acks_at.lock().unwrap().push(now);
+        if self.acked.fetch_add(1, Ordering::AcqRel) + 1 == self.target {
+            self.all_acked.notify_one();
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.load(Ordering::Acquire)
+    }
+}
+
+/// The broker's source, timing each delivery from the moment the runner takes it.
+struct Timed<S> {
+    inner: S,
+    tally: Arc<Tally>,
+}
+
+struct TimedDelivery<D> {
+    inner: D,
+    taken: Instant,
+    tally: Arc<Tally>,
+}
+
+#[async_trait]
+impl<S: Source> Source for Timed<S> {
+    type Delivery = TimedDelivery<S::Delivery>;
+
+    async fn next(&mut self) -> Option<Result<Self::Delivery, BrokerError>> {
+        let next = self.inner.next().await?;
+        Some(next.map(|inner| TimedDelivery {
+            inner,
+            taken: Instant::now(),
+            tally: self.tally.clone(),
+        }))
+    }
+}
+
+#[async_trait]
+impl<D: Delivery> Delivery for TimedDelivery<D> {
+    fn message(&self) -> &Message {
+        self.inner.message()
+    }
+
+    async fn ack(&self) -> Result<(), BrokerError> {
+        self.inner.ack().await?;
+        self.tally.acked(self.taken);
+        Ok(())
+    }
+
+    async fn redeliver(&self, after: Duration) -> Result<(), BrokerError> {
+        self.inner.redeliver(after).await
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
+        self.inner.dead_letter(letter).await
+    }
+
+    async fn in_progress(&self) -> Result<(), BrokerError> {
+        self.inner.in_progress().await
+    }
+}
+
+async fn run_oncely(
+    broker: &Broker,
+    config: &BrokerConfig,
+    store_url: &str,
+    workload: &Workload,
+    progress: &dyn Progress,
+) -> Result<BrokerRun, BenchError> {
+    let channel = Channel::create(broker, "oncely").await?;
+    let result = async {
+        channel.fill(workload, progress).await?;
+        let concurrency = config.concurrency.max(1);
+        let store = oncely::connect(store_url).await?;
+        let effects = Arc::new(AtomicU64::new(0));
+        let counter = effects.clone();
+        let handler = OncelyHandler::new(
+            Oncely::new(store).with_lease(config.lease),
+            Scope::default(),
+            move |_key: oncely::Key, _: Message| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                std::future::ready(Ok::<_, std::convert::Infallible>(Vec::new()))
+            },
+        );
+        let keys: KeySource = "/eventId".parse().expect("a valid key source");
+        let consumer = Consumer::new(handler, keys).concurrency(concurrency);
+        let source = oncely::broker::connect(&channel.source_url(Some(concurrency)))
+            .await
+            .map_err(|e| other("broker")(&e))?;
+        let tally = Arc::new(Tally::new(workload.len()));
+        let source = Timed {
+            inner: source,
+            tally: tally.clone(),
+        };
+        progress.start("oncely", workload.len() as u64);
+        let stalled = Arc::new(Mutex::new(None));
+        let started = Instant::now();
+        let shutdown = {
+            let (tally, stalled) = (tally.clone(), stalled.clone());
+            async move {
+                let mut reported = 0;
+                let mut last_progress = Instant::now();
+                loop {
+                    let tick = tokio::time::sleep(Duration::from_millis(100));
+                    tokio::select! {
+                        _ = tally.all_acked.notified() => break,
+                        _ = tick => {}
+                    }
+                    let acked = tally.count();
+                    if acked >= tally.target {
+                        break;
+                    }
+                    if acked > reported {
+                        progress.advance((acked - reported) as u64);
+                        reported = acked;
+                        last_progress = Instant::now();
+                    } else if last_progress.elapsed() > STALL_LIMIT {
+                        *stalled.lock().unwrap() = Some(acked);
+                        break;
+                    }
+                }
+                progress.advance((tally.count().saturating_sub(reported)) as u64);
+            }
+        };
+        let report = consumer
+            .run(source, shutdown)
+            .await
+            .map_err(|e| other("consumer")(&e))?;
+        progress.finish();
+        if let Some(acked) = *stalled.lock().unwrap() {
+            return Err(BenchError::Other(format!(
+                "oncely: no ack for {STALL_LIMIT:?} with {acked} of {} messages acked",
+                workload.len()
+            )));
+        }
+        let mut acks_at = std::mem::take(&mut *tally.acks_at.lock().unwrap());
+        acks_at.sort_unstable();
+        let elapsed = acks_at.last().map_or(Duration::ZERO, |t| *t - started);
+        let first = workload.len().saturating_sub(report.redelivered as usize);
+        let before_waits =
+            (report.redelivered > 0 && first > 0).then(|| (first, acks_at[first - 1] - started));
+        let (unsettled, dead) = channel.leftovers().await?;
+        let mut latencies = std::mem::take(&mut *tally.latencies.lock().unwrap());
+        latencies.sort_unstable();
+        let run = BrokerRun {
+            name: "oncely".into(),
+            messages: workload.len(),
+            distinct: workload.distinct_keys(),
+            effects: effects.load(Ordering::Relaxed),
+            redelivered: report.redelivered,
+            dead_lettered: report.dead_lettered.max(dead),
+            unsettled: unsettled + report.unsettled,
+            elapsed,
+            p50: percentile(&latencies, 0.5),
+            p99: percentile(&latencies, 0.99),
+            before_waits,
+        };
+        check(&run, tally.count())?;
+        Ok::<_, BenchError>(run)
+    }
+    .await;
+    let deleted = channel.delete().await;
+    let run = result?;
+    deleted?;
+    Ok(run)
+}
+
+/// Where the naive pattern keeps its processed-events table.
+enum NaiveStore {
+    /// A fresh SQLite file.
+    File(PathBuf),
+    /// A fresh PostgreSQL schema or MySQL database, by its URL.
+    Url(String),
+}
+
+enum NaiveConn {
+    Sqlite(rusqlite::Connection),
+    Postgres(sqlx::PgConnection),
+    Mysql(sqlx::MySqlConnection),
+}
+
+impl NaiveConn {
+    async fn open(store: NaiveStore, kind: StoreKind, page_size: u32) -> Result<Self, BenchError> {
+        use sqlx::Connection;
+        Ok(match (store, kind) {
+            (NaiveStore::File(path), _) => {
+                NaiveConn::Sqlite(crate::baseline::sqlite::open_naive(&path, page_size)?)
+            }
+            (NaiveStore::Url(url), StoreKind::Postgres) => {
+                let mut conn = sqlx::PgConnection::connect(&url).await?;
+                crate::baseline::postgres::create_processed_events(&mut conn).await?;
+                NaiveConn::Postgres(conn)
+            }
+            (NaiveStore::Url(url), _) => {
+                let mut conn = sqlx::MySqlConnection::connect(&url).await?;
+                crate::baseline::mysql::create_processed_events(&mut conn).await?;
+                NaiveConn::Mysql(conn)
+            }
+        })
+    }
+
+    async fn check_then_insert(&mut self, key: &str) -> Result<bool, BenchError> {
+        match self {
+            NaiveConn::Sqlite(conn) => crate::baseline::sqlite::check_then_insert(conn, key),
+            NaiveConn::Postgres(conn) => {
+                crate::baseline::postgres::check_then_insert(conn, key).await
+            }
+            NaiveConn::Mysql(conn) => crate::baseline::mysql::check_then_insert(conn, key).await,
+        }
+    }
+}
+
+async fn run_naive(
+    broker: &Broker,
+    config: &BrokerConfig,
+    store: NaiveStore,
+    workload: &Workload,
+    progress: &dyn Progress,
+) -> Result<BrokerRun, BenchError> {
+    let channel = Channel::create(broker, "naive").await?;
+    let result = async {
+        channel.fill(workload, progress).await?;
+        let mut conn = NaiveConn::open(store, config.store, config.page_size).await?;
+        let mut source = oncely::broker::connect(&channel.source_url(None))
+            .await
+            .map_err(|e| other("broker")(&e))?;
+        progress.start("naive", workload.len() as u64);
+        let mut latencies = Vec::with_capacity(workload.len());
+        let mut effects = 0u64;
+        let started = Instant::now();
+        for _ in 0..workload.len() {
+            let delivery = tokio::time::timeout(STALL_LIMIT, source.next())
+                .await
+                .map_err(|_| BenchError::Other(format!("naive: no delivery for {STALL_LIMIT:?}")))?
+                .ok_or_else(|| BenchError::Other("naive: the source ended".into()))?
+                .map_err(|e| other("naive: receive")(&e))?;
+            let taken = Instant::now();
+            let json: serde_json::Value = serde_json::from_slice(delivery.message().payload())
+                .map_err(|e| other("naive: payload")(&e))?;
+            let key = json["eventId"]
+                .as_str()
+                .ok_or_else(|| BenchError::Other("naive: a payload without eventId".into()))?;
+            if conn.check_then_insert(key).await? {
+                effects += 1;
+            }
+            delivery.ack().await.map_err(|e| other("naive: ack")(&e))?;
+            latencies.push(taken.elapsed());
+            progress.advance(1);
+        }
+        let elapsed = started.elapsed();
+        progress.finish();
+        drop(source);
+        let (unsettled, dead) = channel.leftovers().await?;
+        latencies.sort_unstable();
+        let run = BrokerRun {
+            name: "naive".into(),
+            messages: workload.len(),
+            distinct: workload.distinct_keys(),
+            effects,
+            redelivered: 0,
+            dead_lettered: dead,
+            unsettled,
+            elapsed,
+            p50: percentile(&latencies, 0.5),
+            p99: percentile(&latencies, 0.99),
+            before_waits: None,
+        };
+        check(&run, latencies.len())?;
+        Ok::<_, BenchError>(run)
+    }
+    .await;
+    let deleted = channel.delete().await;
+    let run = result?;
+    deleted?;
+    Ok(run)
+}
+
+/// Fails the benchmark unless every message was acked, nothing is left at the broker, nothing
+/// was dead-lettered and the effect ran once per distinct key.
+fn check(run: &BrokerRun, acked: usize) -> Result<(), BenchError> {
+    let mut wrong = Vec::new();
+    if acked != run.messages {
+        wrong.push(format!("{acked} of {} messages acked", run.messages));
+    }
+    if run.unsettled != 0 {
+        wrong.push(format!(
+            "{} messages unsettled at the broker",
+            run.unsettled
+        ));
+    }
+    if run.dead_lettered != 0 {
+        wrong.push(format!("{} messages dead-lettered", run.dead_lettered));
+    }
+    if run.effects != run.distinct as u64 {
+        wrong.push(format!(
+            "{} effects for {} distinct keys",
+            run.effects, run.distinct
+        ));
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(BenchError::Other(format!(
+            "{}: {}",
+            run.name,
+            wrong.join(", ")
+        )))
+    }
+}
+
+/// The results as an aligned text table, each contender's speed relative to oncely's (the
+/// first result).
+pub fn format_table(results: &[BrokerRun]) -> String {
+    let oncely_rate = results.first().map_or(1.0, BrokerRun::messages_per_sec);
+    let mut out = format!(
+        "{:<10} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>10} {:>10}\n",
+        "contender",
+        "messages",
+        "distinct",
+        "effects",
+        "redelivered",
+        "messages/s",
+        "p50",
+        "p99",
+        "oncely is"
+    );
+    for r in results {
+        out.push_str(&format!(
+            "{:<10} {:>9} {:>9} {:>9} {:>11} {:>11.0} {:>10} {:>10} {:>10}\n",
+            r.name,
+            r.messages,
+            r.distinct,
+            r.effects,
+            r.redelivered,
+            r.messages_per_sec(),
+            format_duration(r.p50),
+            format_duration(r.p99),
+            format!("{:.2}x", oncely_rate / r.messages_per_sec()),
+        ));
+    }
+    for r in results {
+        if let Some((first, took)) = r.before_waits {
+            out.push_str(&format!(
+                "{}: {} deliveries found their key in progress and were given back, to come \
+                 again when its lease runs out; the other {first} messages were acked in \
+                 {:.2} s ({:.0} messages/s)\n",
+                r.name,
+                r.redelivered,
+                took.as_secs_f64(),
+                first as f64 / took.as_secs_f64().max(1e-9)
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_are_servers_only() {
+        assert!(matches!(
+            Broker::parse("nats://127.0.0.1:4222"),
+            Ok(Broker::Nats(_))
+        ));
+        assert!(matches!(
+            Broker::parse("amqp://guest:guest@127.0.0.1:5672/"),
+            Ok(Broker::Amqp(u)) if u == "amqp://guest:guest@127.0.0.1:5672"
+        ));
+        assert!(matches!(Broker::parse("amqp://h/%2f"), Ok(Broker::Amqp(_))));
+        assert!(Broker::parse("nats://h/STREAM/consumer").is_err());
+        assert!(Broker::parse("amqp://h/vhost/queue").is_err());
+        assert!(Broker::parse("nats://h?batch=1").is_err());
+        assert!(Broker::parse("kafka://h").is_err());
+    }
+}
