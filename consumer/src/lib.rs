@@ -8,6 +8,10 @@
 //! - up to [`concurrency`](Consumer::concurrency) deliveries in flight at once;
 //! - per delivery: key, handler, then exactly one settlement (ack, redeliver, or dead-letter
 //!   then ack), following the contract's rules;
+//! - one delivery per key at a time: a second copy of a key waits for the first to settle,
+//!   then is answered from the store at once, instead of being handed back to the broker as
+//!   "in progress" for the rest of a lease; a key in progress in *another* consumer is looked
+//!   at again after [`in_progress_recheck`](Consumer::in_progress_recheck);
 //! - failed attempts retried in place with exponential backoff ([`RetryPolicy`]), telling the
 //!   broker the message is still in progress so it does not redeliver it meanwhile;
 //! - graceful shutdown: when `shutdown` resolves, no new delivery is taken; handlers already
@@ -33,6 +37,8 @@
 //! ```
 
 #![warn(missing_docs)]
+
+mod gate;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -70,7 +76,9 @@ struct Inner<H> {
     retry: RetryPolicy,
     concurrency: usize,
     unavailable_backoff: Duration,
+    in_progress_recheck: Duration,
     progress_every: Duration,
+    gate: gate::KeyGate,
     counts: Counts,
 }
 
@@ -109,7 +117,9 @@ impl<H: Handler> Consumer<H> {
                 retry: RetryPolicy::default(),
                 concurrency: 1,
                 unavailable_backoff: Duration::from_secs(1),
+                in_progress_recheck: Duration::from_secs(1),
                 progress_every: Duration::from_secs(10),
+                gate: gate::KeyGate::default(),
                 counts: Counts::default(),
             }),
         }
@@ -140,6 +150,13 @@ impl<H: Handler> Consumer<H> {
     /// unavailable (1 s by default).
     pub fn unavailable_backoff(self, wait: Duration) -> Self {
         self.configure(|c| c.unavailable_backoff = wait)
+    }
+
+    /// How soon a message whose key is in progress in another consumer comes back to look
+    /// again (1 s by default; never later than the holder's lease ends). Deliveries of one key
+    /// within this consumer do not need it: they wait for each other here.
+    pub fn in_progress_recheck(self, wait: Duration) -> Self {
+        self.configure(|c| c.in_progress_recheck = wait)
     }
 
     /// How often a running handler's message is reported in progress to the broker (10 s by
@@ -273,6 +290,13 @@ impl<H: Handler> Consumer<H> {
                 return dead_letter(delivery, None, error, 0, inner.unavailable_backoff).await;
             }
         };
+        // Another delivery of this key in this consumer settles first (see `gate`).
+        let _held = tokio::select! {
+            held = self.keep_alive(delivery, inner.gate.enter(&key)) => held,
+            _ = stopped(stopping) => {
+                return redeliver(delivery, Duration::ZERO).await;
+            }
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -280,7 +304,10 @@ impl<H: Handler> Consumer<H> {
                 Ok(Handled::Done) => return ack(delivery, Settled::Done).await,
                 Ok(Handled::Duplicate) => return ack(delivery, Settled::Duplicate).await,
                 Ok(Handled::InProgress { retry_after }) => {
-                    return redeliver(delivery, retry_after).await;
+                    // Held elsewhere: back soon to look again, not only when the lease ends (the
+                    // holder usually finishes long before).
+                    let after = retry_after.min(inner.in_progress_recheck);
+                    return redeliver(delivery, after).await;
                 }
                 Err(HandlerError::Unavailable(error)) => {
                     tracing::warn!(%key, %error, "store unavailable; message given back");
@@ -343,6 +370,13 @@ impl<H> std::fmt::Debug for Consumer<H> {
             .field("retry", &self.inner.retry)
             .field("concurrency", &self.inner.concurrency)
             .finish_non_exhaustive()
+    }
+}
+
+/// Resolves when `stopping` turns true; never, if its sender is gone without saying so.
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    if stopping.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

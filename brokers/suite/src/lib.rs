@@ -241,6 +241,10 @@ pub fn all<B: Broker>() -> Vec<(&'static str, Test<B::Channel>)> {
             "in_progress_duplicate_is_not_acked_and_comes_back_as_a_duplicate",
             |c| Box::pin(in_progress_duplicate_is_not_acked_and_comes_back_as_a_duplicate(c)),
         ),
+        (
+            "a_copy_meeting_its_original_in_flight_waits_for_it_and_is_a_duplicate",
+            |c| Box::pin(a_copy_meeting_its_original_in_flight_waits_for_it_and_is_a_duplicate(c)),
+        ),
         ("unavailable_store_gives_the_message_back", |c| {
             Box::pin(unavailable_store_gives_the_message_back(c))
         }),
@@ -577,6 +581,43 @@ async fn in_progress_duplicate_is_not_acked_and_comes_back_as_a_duplicate<C: Cha
     .await;
     running.stop().await;
     assert_eq!(effects.of("stock-1"), 0, "this consumer never did the work");
+    until_all_settled(&channel).await;
+}
+
+/// A producer's retry arrives while the original is still being handled by the same consumer:
+/// the copy waits for the original to settle and is acked as a duplicate, without going back to
+/// the broker for the rest of the original's lease.
+async fn a_copy_meeting_its_original_in_flight_waits_for_it_and_is_a_duplicate<C: Channel>(
+    channel: C,
+) {
+    let effects = Effects::default();
+    let oncely = Oncely::new(Arc::new(oncely_memory::MemoryStore::default()))
+        .with_lease(Duration::from_secs(600));
+    let handler = OncelyHandler::new(oncely, Scope::default(), {
+        let effects = effects.clone();
+        move |key: Key, _: Message| {
+            let effects = effects.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                effects.apply(&key);
+                Ok::<_, BoxError>(Vec::new())
+            }
+        }
+    });
+    let consumer = Consumer::new(handler, by_event_id()).concurrency(4);
+    publish_all(&channel, &[event("pay-1", 1), event("pay-1", 1)]).await;
+    let running = start(&channel, &consumer).await;
+    until(&consumer, "the original and its copy", |r| {
+        r.done + r.duplicates == 2
+    })
+    .await;
+    let report = running.stop().await;
+    assert_eq!((report.done, report.duplicates), (1, 1));
+    assert_eq!(
+        report.redelivered, 0,
+        "the copy never went back to the broker"
+    );
+    assert_eq!(effects.of("pay-1"), 1);
     until_all_settled(&channel).await;
 }
 
