@@ -43,6 +43,17 @@ pub async fn fresh_schema(schema: &str) -> String {
     format!("{}?options=-csearch_path%3D{schema}", postgres_server())
 }
 
+/// Drops `schema`.
+pub async fn drop_schema(schema: &str) {
+    let admin = PgPool::connect(&postgres_server()).await.unwrap();
+    let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
 /// A destination on a real broker, fresh for one test.
 pub enum Destination {
     /// A JetStream stream capturing one subject.
