@@ -53,6 +53,8 @@ pub enum ConnectError {
 /// A source on any broker of this build.
 #[derive(Debug)]
 #[non_exhaustive]
+// One per consumer process: the size of the NATS source does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum AnySource {
     /// A durable JetStream consumer.
     #[cfg(feature = "nats")]
