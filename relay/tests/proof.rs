@@ -1,4 +1,5 @@
-//! The kill -9 proof of the outbox relay, on NATS JetStream and on RabbitMQ.
+//! The kill -9 proof of the outbox relay: PostgreSQL to NATS JetStream and to RabbitMQ, and
+//! MariaDB to RabbitMQ.
 //!
 //! 5,000 rows over 50 aggregates are enqueued in 50 transactions while two relay *processes*
 //! (this test binary, started again as `relay_child`) publish them; about ten times, at random
@@ -18,10 +19,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use oncely_core::outbox::{OutboxStore, message_id};
+use oncely_mysql::outbox::{MySqlOutbox, MySqlOutboxStore};
+use oncely_mysql::sqlx::MySqlPool;
 use oncely_postgres::outbox::{Outbox, OutboxMessage, PostgresOutbox, PostgresOutboxStore};
 use oncely_relay::Relay;
 use sqlx::PgPool;
-use support::{Destination, check_delivery, wait_all_sent};
+use support::{Destination, check_delivery};
 
 const CHILD_OUTBOX_ENV: &str = "ONCELY_RELAY_PROOF_OUTBOX";
 const CHILD_TO_ENV: &str = "ONCELY_RELAY_PROOF_TO";
@@ -42,21 +45,82 @@ async fn relay_child() {
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("a SIGTERM handler");
-    let store = PostgresOutboxStore::connect(&outbox).await.unwrap();
     let publisher: Box<dyn oncely_core::outbox::Publisher> = if to.starts_with("nats") {
         Box::new(oncely_nats::NatsPublisher::connect(&to).await.unwrap())
     } else {
         Box::new(oncely_rabbitmq::AmqpPublisher::connect(&to).await.unwrap())
     };
+    let stop = async move {
+        terminate.recv().await;
+    };
+    let report = if outbox.starts_with("mysql") {
+        let store = MySqlOutboxStore::connect(&outbox).await.unwrap();
+        child_relay(store, publisher).run(stop).await
+    } else {
+        let store = PostgresOutboxStore::connect(&outbox).await.unwrap();
+        child_relay(store, publisher).run(stop).await
+    };
+    report.unwrap();
+}
+
+fn child_relay<S: OutboxStore>(
+    store: S,
+    publisher: Box<dyn oncely_core::outbox::Publisher>,
+) -> Relay<S, Box<dyn oncely_core::outbox::Publisher>> {
     Relay::new(store, publisher)
         .batch(25)
         .poll_interval(Duration::from_millis(20))
         .on_error(|e| eprintln!("relay child {}: {e}", std::process::id()))
-        .run(async move {
-            terminate.recv().await;
-        })
-        .await
-        .unwrap();
+}
+
+/// The service's database: where the proof enqueues and checks what is left unsent.
+#[derive(Clone)]
+enum Service {
+    Postgres(PgPool),
+    MySql(MySqlPool),
+}
+
+impl Service {
+    /// Enqueues `messages` in one transaction; answers their ids.
+    async fn enqueue(&self, messages: &[OutboxMessage]) -> Vec<i64> {
+        let mut ids = Vec::new();
+        match self {
+            Service::Postgres(pool) => {
+                let mut tx = pool.begin().await.unwrap();
+                for m in messages {
+                    ids.push(
+                        PostgresOutbox::enqueue(&Outbox::new(), &mut tx, m)
+                            .await
+                            .unwrap(),
+                    );
+                }
+                tx.commit().await.unwrap();
+            }
+            Service::MySql(pool) => {
+                let mut tx = pool.begin().await.unwrap();
+                for m in messages {
+                    ids.push(
+                        MySqlOutbox::enqueue(&Outbox::new(), &mut tx, m)
+                            .await
+                            .unwrap(),
+                    );
+                }
+                tx.commit().await.unwrap();
+            }
+        }
+        ids
+    }
+
+    async fn unsent(&self) -> i64 {
+        const UNSENT: &str = "SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL";
+        match self {
+            Service::Postgres(pool) => sqlx::query_scalar(UNSENT).fetch_one(pool).await.unwrap(),
+            Service::MySql(pool) => oncely_mysql::sqlx::query_scalar(UNSENT)
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+        }
+    }
 }
 
 fn spawn(outbox: &str, to: &str) -> Child {
@@ -106,10 +170,17 @@ fn stop(child: &mut Child) {
 async fn survives_kill_9(destination: Destination, name: &str) {
     // The pid in the name: a relay left over from an earlier run can never reach this schema.
     let schema = format!("oncely_relay_proof_{name}_{}", std::process::id());
-    let outbox_url = support::fresh_schema(&schema).await;
-    let store = PostgresOutboxStore::connect(&outbox_url).await.unwrap();
-    let origin = store.origin().await.unwrap();
-    let pool = PgPool::connect(&outbox_url).await.unwrap();
+    let (outbox_url, origin, service) = if name.starts_with("mysql") {
+        let url = support::fresh_mysql_database(&schema).await;
+        let store = MySqlOutboxStore::connect(&url).await.unwrap();
+        let pool = MySqlPool::connect(&url).await.unwrap();
+        (url, store.origin().await.unwrap(), Service::MySql(pool))
+    } else {
+        let url = support::fresh_schema(&schema).await;
+        let store = PostgresOutboxStore::connect(&url).await.unwrap();
+        let pool = PgPool::connect(&url).await.unwrap();
+        (url, store.origin().await.unwrap(), Service::Postgres(pool))
+    };
     let seed = std::env::var("ONCELY_PROOF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -124,24 +195,26 @@ async fn survives_kill_9(destination: Destination, name: &str) {
 
     // The service: enqueues while the relays run and die.
     let enqueue = {
-        let pool = pool.clone();
+        let service = service.clone();
         let origin = origin.clone();
         tokio::spawn(async move {
             let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            let outbox = Outbox::new();
             for chunk in picks.chunks(ROWS / TRANSACTIONS) {
-                let mut tx = pool.begin().await.unwrap();
-                let mut ids = Vec::new();
-                for (n, pick) in chunk.iter().enumerate() {
-                    let aggregate = format!("agg-{pick:02}");
-                    let message = OutboxMessage::new(&aggregate, format!("#{n}").into_bytes())
-                        .with_header("Aggregate", &aggregate);
-                    let id = outbox.enqueue(&mut tx, &message).await.unwrap();
-                    ids.push((aggregate, message_id(&origin, id)));
-                }
-                tx.commit().await.unwrap();
-                for (aggregate, id) in ids {
-                    expected.entry(aggregate).or_default().push(id);
+                let messages: Vec<OutboxMessage> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(n, pick)| {
+                        let aggregate = format!("agg-{pick:02}");
+                        OutboxMessage::new(&aggregate, format!("#{n}").into_bytes())
+                            .with_header("Aggregate", &aggregate)
+                    })
+                    .collect();
+                let ids = service.enqueue(&messages).await;
+                for (message, id) in messages.iter().zip(ids) {
+                    expected
+                        .entry(message.aggregate().to_owned())
+                        .or_default()
+                        .push(message_id(&origin, id));
                 }
                 tokio::time::sleep(Duration::from_millis(60)).await;
             }
@@ -158,7 +231,18 @@ async fn survives_kill_9(destination: Destination, name: &str) {
         relays.0[victim] = spawn(&outbox_url, &to);
     }
     let expected = enqueue.await.unwrap();
-    wait_all_sent(&pool, Duration::from_secs(120)).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let unsent = service.unsent().await;
+        if unsent == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unsent} rows unsent after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let settled = started.elapsed();
     for relay in &mut relays.0 {
         stop(relay);
@@ -176,13 +260,26 @@ async fn survives_kill_9(destination: Destination, name: &str) {
     );
     assert_eq!(delivered.distinct, ROWS);
     destination.remove().await;
-    pool.close().await;
-    support::drop_schema(&schema).await;
+    match service {
+        Service::Postgres(pool) => {
+            pool.close().await;
+            support::drop_schema(&schema).await;
+        }
+        Service::MySql(pool) => {
+            pool.close().await;
+            support::drop_mysql_database(&schema).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
     survives_kill_9(Destination::nats("proof").await, "nats").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_to_rabbitmq_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
+    survives_kill_9(Destination::rabbit("proof_mysql").await, "mysql_rabbitmq").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

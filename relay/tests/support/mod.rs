@@ -54,6 +54,39 @@ pub async fn drop_schema(schema: &str) {
     admin.close().await;
 }
 
+fn mysql_server() -> String {
+    std::env::var("ONCELY_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+async fn mysql_ddl(ddl: &[String]) {
+    use oncely_mysql::sqlx as my;
+    let admin = my::MySqlPool::connect(&format!("{}/test", mysql_server()))
+        .await
+        .unwrap_or_else(|e| panic!("MariaDB at {}: {e}", mysql_server()));
+    for statement in ddl {
+        my::raw_sql(my::AssertSqlSafe(statement.clone()))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    admin.close().await;
+}
+
+/// Drops and recreates the MySQL database `name`; answers its URL.
+pub async fn fresh_mysql_database(name: &str) -> String {
+    mysql_ddl(&[
+        format!("DROP DATABASE IF EXISTS `{name}`"),
+        format!("CREATE DATABASE `{name}`"),
+    ])
+    .await;
+    format!("{}/{name}", mysql_server())
+}
+
+/// Drops the MySQL database `name`.
+pub async fn drop_mysql_database(name: &str) {
+    mysql_ddl(&[format!("DROP DATABASE IF EXISTS `{name}`")]).await;
+}
+
 /// A destination on a real broker, fresh for one test.
 pub enum Destination {
     /// A JetStream stream capturing one subject.
