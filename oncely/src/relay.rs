@@ -7,6 +7,7 @@
 //! | `--outbox` URL | table | crate |
 //! |---|---|---|
 //! | `postgres://USER@HOST/DB` (`postgresql://` too) | `oncely_outbox`, created by the store's migrations | `oncely-postgres` |
+//! | `mysql://USER@HOST/DB` (`mariadb://` too) | `oncely_outbox`, created by the store's migrations | `oncely-mysql` |
 //!
 //! | `--to` URL | publishes | crate |
 //! |---|---|---|
@@ -30,7 +31,10 @@ pub use oncely_relay::{
     publish_in_order,
 };
 
-use oncely_core::outbox::Publisher;
+use std::time::Duration;
+
+use oncely_core::async_trait;
+use oncely_core::outbox::{OutboxBatch, OutboxId, OutboxRow, OutboxStore, Publisher};
 use oncely_core::url::redact_password;
 
 /// Why an outbox or a broker URL could not be opened.
@@ -39,7 +43,7 @@ use oncely_core::url::redact_password;
 pub enum RelayConnectError {
     /// No outbox of this build takes the URL.
     #[error(
-        "no outbox at `{url}`: the outbox table lives in PostgreSQL in this build (postgres://USER@HOST/DB)"
+        "no outbox at `{url}`: the outbox table lives in PostgreSQL (postgres://USER@HOST/DB) or MySQL/MariaDB (mysql://USER@HOST/DB)"
     )]
     UnknownOutbox {
         /// The URL, password redacted.
@@ -66,18 +70,93 @@ pub enum RelayConnectError {
     Amqp(#[from] oncely_rabbitmq::AmqpError),
 }
 
-/// The outbox table of the database at `url`, migrated (the table created) unless the URL says
-/// `oncely_migrate=false`.
-#[cfg(feature = "postgres")]
-pub async fn connect_outbox(
-    url: &str,
-) -> Result<oncely_postgres::outbox::PostgresOutboxStore, RelayConnectError> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(RelayConnectError::UnknownOutbox {
-            url: redact_password(url),
-        });
+/// The outbox table of the database at `url` (PostgreSQL or MySQL/MariaDB), migrated (the
+/// table created) unless the URL says `oncely_migrate=false`.
+pub async fn connect_outbox(url: &str) -> Result<AnyOutbox, RelayConnectError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(AnyOutbox::Postgres(
+            oncely_postgres::outbox::PostgresOutboxStore::connect(url).await?,
+        ));
     }
-    Ok(oncely_postgres::outbox::PostgresOutboxStore::connect(url).await?)
+    #[cfg(feature = "mysql")]
+    if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        return Ok(AnyOutbox::MySql(
+            oncely_mysql::outbox::MySqlOutboxStore::connect(url).await?,
+        ));
+    }
+    Err(RelayConnectError::UnknownOutbox {
+        url: redact_password(url),
+    })
+}
+
+/// An outbox table in any database of this build.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum AnyOutbox {
+    /// In PostgreSQL.
+    Postgres(oncely_postgres::outbox::PostgresOutboxStore),
+    /// In MySQL/MariaDB.
+    #[cfg(feature = "mysql")]
+    MySql(oncely_mysql::outbox::MySqlOutboxStore),
+}
+
+/// A batch of an [`AnyOutbox`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AnyBatch {
+    /// Of PostgreSQL.
+    Postgres(oncely_postgres::outbox::PostgresOutboxBatch),
+    /// Of MySQL/MariaDB.
+    #[cfg(feature = "mysql")]
+    MySql(oncely_mysql::outbox::MySqlOutboxBatch),
+}
+
+#[async_trait]
+impl OutboxStore for AnyOutbox {
+    type Batch = AnyBatch;
+
+    async fn origin(&self) -> oncely_core::Result<String> {
+        match self {
+            AnyOutbox::Postgres(s) => s.origin().await,
+            #[cfg(feature = "mysql")]
+            AnyOutbox::MySql(s) => s.origin().await,
+        }
+    }
+
+    async fn take(&self, limit: usize) -> oncely_core::Result<Option<AnyBatch>> {
+        Ok(match self {
+            AnyOutbox::Postgres(s) => s.take(limit).await?.map(AnyBatch::Postgres),
+            #[cfg(feature = "mysql")]
+            AnyOutbox::MySql(s) => s.take(limit).await?.map(AnyBatch::MySql),
+        })
+    }
+
+    async fn purge(&self, retention: Duration, limit: usize) -> oncely_core::Result<u64> {
+        match self {
+            AnyOutbox::Postgres(s) => s.purge(retention, limit).await,
+            #[cfg(feature = "mysql")]
+            AnyOutbox::MySql(s) => s.purge(retention, limit).await,
+        }
+    }
+}
+
+#[async_trait]
+impl OutboxBatch for AnyBatch {
+    fn rows(&self) -> &[OutboxRow] {
+        match self {
+            AnyBatch::Postgres(b) => b.rows(),
+            #[cfg(feature = "mysql")]
+            AnyBatch::MySql(b) => b.rows(),
+        }
+    }
+
+    async fn finish(self, sent: &[OutboxId]) -> oncely_core::Result<()> {
+        match self {
+            AnyBatch::Postgres(b) => b.finish(sent).await,
+            #[cfg(feature = "mysql")]
+            AnyBatch::MySql(b) => b.finish(sent).await,
+        }
+    }
 }
 
 /// A publisher to the broker at `url` (see the module docs for the forms).
