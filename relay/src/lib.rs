@@ -4,9 +4,10 @@
 //! ([`oncely_core::outbox`]) to a broker, in order per aggregate, and marks them sent once the
 //! broker has confirmed them.
 //!
-//! A [`Relay`] joins an [`OutboxStore`] (the outbox table: `oncely_postgres::outbox::
-//! PostgresOutboxStore`) and a [`Publisher`] (`oncely_nats::NatsPublisher`,
-//! `oncely_rabbitmq::AmqpPublisher`) and loops:
+//! A [`Relay`] joins an [`OutboxStore`] (the outbox table:
+//! `oncely_postgres::outbox::PostgresOutboxStore`, `oncely_mysql::outbox::MySqlOutboxStore`)
+//! and a [`Publisher`] (`oncely_nats::NatsPublisher`, `oncely_rabbitmq::AmqpPublisher`) and
+//! loops:
 //!
 //! 1. take a batch: the first unsent rows of some aggregates no other relay holds;
 //! 2. publish them, each aggregate's rows one after the other (the next only once the broker
@@ -28,7 +29,8 @@
 //! **Several relays at once.** Run as many as you like on one outbox: they take different
 //! aggregates, so no row is published twice in the normal case and no aggregate's order is
 //! broken; the store crate's docs explain how (PostgreSQL: an advisory lock per aggregate, held
-//! by the relay's session).
+//! by the relay's session; MySQL/MariaDB: a named lock per aggregate, held by the relay's
+//! connection).
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -133,7 +133,7 @@ const PURGE: &str = "DELETE FROM oncely_outbox WHERE id IN (\
          ORDER BY sent_at LIMIT $2)";
 
 /// The outbox table of a PostgreSQL database, as relays read it: an
-/// [`OutboxStore`](oncely_core::outbox::OutboxStore). Cheap to clone.
+/// [`OutboxStore`]. Cheap to clone.
 ///
 /// ```no_run
 /// # async fn example() -> oncely_core::Result<()> {
