@@ -12,6 +12,7 @@ mod duration;
 mod input;
 mod inspect;
 mod purge;
+mod relay;
 mod rfc3339;
 mod stats;
 
@@ -92,6 +93,14 @@ enum Command {
     Purge(purge::PurgeArgs),
     /// Count the records in the store.
     Stats(stats::StatsArgs),
+    /// Publish the transactional outbox to a broker, in order per aggregate, until SIGINT/SIGTERM.
+    ///
+    /// Reads the rows your transactions enqueued in oncely_outbox, publishes each with a stable
+    /// message id (NATS: Nats-Msg-Id; RabbitMQ: message_id), waits for the broker's confirm,
+    /// then marks it sent. At least once: a relay killed in between publishes the row again
+    /// with the same id. Several relays may run on one outbox: each aggregate is held by one at
+    /// a time. Ignores --store. Ends with `relay: published N, failed N, purged N in Ts`.
+    Relay(relay::RelayArgs),
     /// Measure claim+complete against the naive pattern and the store's batched limit.
     ///
     /// Contenders: oncely (single claim then complete per event, from --concurrency tasks),
@@ -134,6 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run(&open().await?, args, &mut stdout).await,
         Command::Purge(args) => purge::run(&open().await?, args, &mut stdout).await,
         Command::Stats(args) => stats::run(&open().await?, args, &mut stdout).await,
+        Command::Relay(args) => relay::run(args).await,
         // Fresh stores and runtimes of its own: the benchmark never opens --store itself.
         Command::Bench(args) => {
             let store = cli.store.clone();

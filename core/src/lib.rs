@@ -57,6 +57,7 @@ pub mod inbox;
 mod key;
 pub mod lifecycle;
 mod oncely;
+pub mod outbox;
 pub mod panic;
 mod record;
 mod store;

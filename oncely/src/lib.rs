@@ -49,6 +49,9 @@ pub use oncely_consumer::{Consumer, Report as ConsumerReport};
 
 #[cfg(any(feature = "nats", feature = "rabbitmq"))]
 pub mod broker;
+
+#[cfg(feature = "relay")]
+pub mod relay;
 /// The NATS JetStream source for the consumer runner.
 #[cfg(feature = "nats")]
 pub use oncely_nats as nats;

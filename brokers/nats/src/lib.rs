@@ -69,6 +69,12 @@
 //! With a JetStream context you already have, [`NatsSource::open`] takes [`NatsOptions`], and
 //! [`NatsSource::from_consumer`] takes a pull consumer as it is.
 //!
+//! ## Publishing: the outbox relay
+//!
+//! [`NatsPublisher`] is the relay's JetStream side (`oncely relay --to nats://HOST/SUBJECT`):
+//! each outbox row published with `Nats-Msg-Id` set to its stable id, counted only once the
+//! stream acked it.
+//!
 //! ## Limits
 //!
 //! - Messages a pull request brought in and the runner has not taken yet are given back (NAK)
@@ -103,10 +109,12 @@ use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
 
 mod error;
 mod options;
+mod publisher;
 
 pub use async_nats;
 pub use error::Error;
 pub use options::{DEFAULT_ACK_WAIT, DEFAULT_BATCH, DEFAULT_PORT, NatsOptions};
+pub use publisher::NatsPublisher;
 
 /// The broker's name in [`BrokerError`]s.
 pub const BROKER: &str = "nats";

@@ -58,6 +58,12 @@
 //! On an existing lapin [`Connection`](lapin::Connection), use
 //! [`AmqpSource::with_connection`] with [`AmqpOptions`].
 //!
+//! ## Publishing: the outbox relay
+//!
+//! [`AmqpPublisher`] is the relay's RabbitMQ side (`oncely relay --to amqp://HOST/QUEUE`):
+//! each outbox row published persistent, `mandatory`, with its stable id as the AMQP
+//! `message_id`, counted only once the server confirmed it (publisher confirms).
+//!
 //! ## What AMQP does not give
 //!
 //! - **No delayed requeue.** A nacked message is back at once, so
@@ -72,10 +78,12 @@
 mod error;
 pub mod message;
 mod options;
+mod publisher;
 mod source;
 
 pub use error::AmqpError;
 pub use options::{AmqpOptions, AmqpUrl, DEFAULT_MAX_REDELIVERY_WAIT, DEFAULT_PREFETCH};
+pub use publisher::AmqpPublisher;
 pub use source::{AmqpDelivery, AmqpSource};
 
 pub use lapin;

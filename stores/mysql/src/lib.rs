@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod inbox;
+pub mod outbox;
 
 /// The sqlx this crate is built on, so your transactions are the inbox's type.
 pub use sqlx;
@@ -62,7 +63,10 @@ use sqlx::mysql::{
 use sqlx::{AssertSqlSafe, Connection, Row, Transaction};
 
 /// The schema migrations, in order: `(version, sql)`.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_records.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_records.sql")),
+    (2, include_str!("../migrations/0002_outbox.sql")),
+];
 
 /// The MySQL/MariaDB store. See the crate docs.
 #[derive(Clone)]

@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod inbox;
+pub mod outbox;
 pub mod partitions;
 
 /// The sqlx this crate is built on, so your transactions are the inbox's type.
@@ -57,7 +58,10 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Postgres, Row, Transaction};
 
 /// The schema migrations, in order: `(version, sql)`.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_records.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_records.sql")),
+    (2, include_str!("../migrations/0002_outbox.sql")),
+];
 
 /// Connections in the store's pool.
 const POOL_SIZE: u32 = 8;

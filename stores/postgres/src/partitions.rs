@@ -101,10 +101,14 @@ use crate::PostgresStore;
 /// The schema migrations of the partitioned layout, in order: `(version, sql)`. Version numbers
 /// are shared with [`crate::MIGRATIONS`]: version N of either layout brings a schema to the same
 /// point.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../migrations/0001_records_partitioned.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../migrations/0001_records_partitioned.sql"),
+    ),
+    // The outbox is the same table in both layouts.
+    (2, include_str!("../migrations/0002_outbox.sql")),
+];
 
 /// The advisory lock every migration takes (see [`PostgresStore::migrate`]).
 const MIGRATE_LOCK: i64 = 7216540419;

@@ -1,0 +1,71 @@
+//! `oncely relay`: publish an outbox to a broker until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use oncely::relay::{self, Relay};
+
+use crate::duration;
+
+/// Arguments of `oncely relay`.
+#[derive(Args, Debug)]
+pub struct RelayArgs {
+    /// The outbox's database: postgres://USER@HOST/DB or mysql://USER@HOST/DB (MariaDB too;
+    /// the oncely_outbox table is created on first use unless the URL says
+    /// oncely_migrate=false).
+    #[arg(long, env = "ONCELY_OUTBOX", value_name = "URL")]
+    outbox: String,
+
+    /// Where to publish: nats://[USER:PASS@]HOST[:PORT][/SUBJECT] (JetStream; a stream must
+    /// capture the subject) or amqp://[USER:PASS@]HOST[:PORT][/VHOST]/ROUTING_KEY[?exchange=NAME]
+    /// (RabbitMQ; without exchange the routing key is a queue). The subject or routing key is
+    /// for rows that name no destination of their own.
+    #[arg(long, env = "ONCELY_RELAY_TO", value_name = "URL")]
+    to: String,
+
+    /// Rows per batch: one transaction, holding its aggregates while their rows are published.
+    #[arg(long, value_name = "N", default_value_t = relay::DEFAULT_BATCH as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    batch: u32,
+
+    /// Delete sent rows once they are older than this (90s, 15m, 24h, 7d).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = duration::parse)]
+    retention: Duration,
+}
+
+/// Runs the relay until SIGINT or SIGTERM, then prints `relay: published N, failed N, purged N
+/// in Ts` on stderr. Failures while running (database or broker down, a refused publish) are
+/// printed as `warning: ...` and retried with back-off; the rows stay unsent until published.
+pub async fn run(args: RelayArgs) -> Result<ExitCode> {
+    // The broker first: a wrong --to then leaves the database untouched.
+    let publisher = relay::connect_publisher(&args.to)
+        .await
+        .context("connecting to the broker")?;
+    let outbox = relay::connect_outbox(&args.outbox)
+        .await
+        .context("opening the outbox")?;
+    let report = Relay::new(outbox, publisher)
+        .batch(args.batch as usize)
+        .retention(args.retention)
+        .on_error(|e| eprintln!("warning: {}", e.to_string().replace(['\r', '\n'], " ")))
+        .run(shutdown()?)
+        .await
+        .context("relaying")?;
+    eprintln!("relay: {report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGINT or SIGTERM.
+fn shutdown() -> Result<impl std::future::Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}

@@ -1,0 +1,223 @@
+//! `oncely relay` end to end: a real process from a PostgreSQL outbox to NATS JetStream,
+//! stopped with SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oncely::nats::async_nats::{self, jetstream};
+use oncely::postgres::outbox::{Outbox, OutboxMessage, PostgresOutbox, PostgresOutboxStore};
+use oncely::postgres::sqlx::{self, PgPool};
+
+const BIN: &str = env!("CARGO_BIN_EXE_oncely");
+
+fn postgres() -> String {
+    std::env::var("ONCELY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn nats() -> String {
+    std::env::var("ONCELY_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+#[tokio::test]
+async fn relay_publishes_the_committed_rows_and_stops_on_sigterm_with_a_summary() {
+    let pid = std::process::id();
+    let schema = format!("oncely_cli_relay_{pid}");
+    let admin = PgPool::connect(&postgres()).await.unwrap();
+    let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE; CREATE SCHEMA \"{schema}\";");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let outbox_url = format!("{}?options=-csearch_path%3D{schema}", postgres());
+    PostgresOutboxStore::connect(&outbox_url).await.unwrap();
+    let pool = PgPool::connect(&outbox_url).await.unwrap();
+
+    let context = jetstream::new(async_nats::connect(nats()).await.unwrap());
+    let stream = format!("ONCELY_CLI_RELAY_{pid}");
+    let subject = format!("oncely.cli.relay.{pid}");
+    context
+        .create_stream(jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    for n in 0..20 {
+        let message = OutboxMessage::new(format!("order-{}", n % 3), vec![b'x'; n]);
+        Outbox::new().enqueue(&mut tx, &message).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let child = Command::new(BIN)
+        .args(["relay", "--outbox", &outbox_url, "--to"])
+        .arg(format!("{}/{subject}", nats()))
+        .args(["--batch", "7", "--retention", "1h"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let unsent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if unsent == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{unsent} rows unsent after 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("relay: published 20, failed 0, purged 0 in "),
+        "one summary line: {stderr}"
+    );
+
+    let info = context
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(info.state.messages, 20);
+    context.delete_stream(&stream).await.unwrap();
+    let ddl = format!("DROP SCHEMA \"{schema}\" CASCADE");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn relay_refuses_an_unknown_broker_in_one_line() {
+    let out = Command::new(BIN)
+        .args([
+            "relay",
+            "--outbox",
+            "postgres://nobody@127.0.0.1:1/x",
+            "--to",
+            "kafka://h/t",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: connecting to the broker: no broker for `kafka://h/t`"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn relay_takes_a_mysql_outbox_to_a_rabbitmq_queue() {
+    use oncely::mysql::outbox::{MySqlOutbox, MySqlOutboxStore};
+    use oncely::mysql::sqlx::{self as my, MySqlPool};
+    use oncely::rabbitmq::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    use oncely::rabbitmq::lapin::types::FieldTable;
+    use oncely::rabbitmq::lapin::{Connection, ConnectionProperties};
+
+    let pid = std::process::id();
+    let mysql = std::env::var("ONCELY_TEST_MYSQL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned());
+    let database = format!("oncely_cli_relay_{pid}");
+    let admin = MySqlPool::connect(&format!("{mysql}/test")).await.unwrap();
+    for ddl in [
+        format!("DROP DATABASE IF EXISTS `{database}`"),
+        format!("CREATE DATABASE `{database}`"),
+    ] {
+        my::raw_sql(my::AssertSqlSafe(ddl))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    let outbox_url = format!("{mysql}/{database}");
+    MySqlOutboxStore::connect(&outbox_url).await.unwrap();
+    let pool = MySqlPool::connect(&outbox_url).await.unwrap();
+
+    let amqp = std::env::var("ONCELY_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let queue = format!("oncely.cli.relay.{pid}");
+    let connection = Connection::connect(&amqp, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    for n in 0..5 {
+        let message = OutboxMessage::new(format!("order-{}", n % 2), vec![b'y'; n]);
+        MySqlOutbox::enqueue(&Outbox::new(), &mut tx, &message)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let child = Command::new(BIN)
+        .args(["relay", "--outbox", &outbox_url, "--to"])
+        .arg(format!("{amqp}/{queue}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let unsent: i64 =
+            my::query_scalar("SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if unsent == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{unsent} rows unsent after 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(
+        stderr.starts_with("relay: published 5, failed 0, purged 0 in "),
+        "{stderr}"
+    );
+    let declared = channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default().passive(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(declared.message_count(), 5);
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    my::raw_sql(my::AssertSqlSafe(format!("DROP DATABASE `{database}`")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}

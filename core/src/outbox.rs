@@ -1,0 +1,337 @@
+//! The transactional outbox: messages written in the caller's own database transaction, and
+//! the contract of the relay that publishes them.
+//!
+//! A service that updates its database and then publishes an event has a window in which the
+//! update is committed and the event not yet sent (a crash there loses the event), or the event
+//! is sent and the update then rolls back (the world hears of something that never happened).
+//! The outbox closes it: the event is a row of `oncely_outbox`, inserted in the same
+//! transaction as the business writes, so both commit or neither does. A **relay** (the
+//! `oncely-relay` crate, or `oncely relay` on the command line) then publishes the committed
+//! rows to the broker and marks them sent only once the broker has confirmed them.
+//!
+//! What this module holds is what every SQL store and every broker shares:
+//!
+//! - [`OutboxMessage`]: what you enqueue — an aggregate key (order is kept per aggregate), a
+//!   payload, headers, and an optional destination (subject, queue or routing key; the relay's
+//!   default when absent);
+//! - [`Outbox`] and [`OutboxTransaction`]: the enqueue, whose checks live here and whose SQL each
+//!   store crate supplies for its connection type (`outbox.enqueue(&mut tx, &message)`);
+//! - [`OutboxStore`] and [`OutboxBatch`]: what the relay asks of the table — a batch of unsent
+//!   rows of aggregates no other relay holds, marked sent in the same hold;
+//! - [`Publisher`]: what the relay asks of a broker — publish with a message id and wait for the
+//!   broker's confirm;
+//! - [`message_id`]: the id a row is published with, the same on every attempt, so the broker
+//!   (JetStream's duplicate window) and consumers (dedup by message id) drop a re-publish.
+//!
+//! **Guarantees.** At least once: a row is marked sent only after the broker confirmed it, so a
+//! relay killed between the two publishes the row again, with the same message id. Per
+//! aggregate, rows are published in the order they were enqueued (their ids), one after the
+//! other: the next is sent only after the previous one was confirmed, and an aggregate is held
+//! by one relay at a time, so relays running side by side never interleave one aggregate's
+//! rows. Different aggregates are published concurrently and in no particular order.
+
+use async_trait::async_trait;
+
+use crate::consumer::{BrokerError, Message};
+use crate::{KeyError, MAX_KEY_BYTES, Result};
+
+/// The longest destination (a NATS subject, an AMQP routing key) an outbox row may name.
+pub const MAX_DESTINATION_BYTES: usize = 255;
+
+/// One message to publish: what [`Outbox`] enqueues.
+///
+/// ```
+/// use oncely_core::outbox::OutboxMessage;
+///
+/// let message = OutboxMessage::new("order-1001", br#"{"type":"OrderPlaced"}"#.to_vec())
+///     .to("orders.placed")
+///     .with_header("Content-Type", "application/json");
+/// assert_eq!(message.aggregate(), "order-1001");
+/// assert_eq!(message.destination(), Some("orders.placed"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxMessage {
+    aggregate: String,
+    destination: Option<String>,
+    payload: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+impl OutboxMessage {
+    /// A message of `aggregate` (an order id, an account id: what its order is kept within)
+    /// with `payload`, to the relay's default destination.
+    pub fn new(aggregate: impl Into<String>, payload: Vec<u8>) -> Self {
+        OutboxMessage {
+            aggregate: aggregate.into(),
+            destination: None,
+            payload,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Publishes to `destination` (a NATS subject, an AMQP routing key) instead of the relay's
+    /// default.
+    pub fn to(mut self, destination: impl Into<String>) -> Self {
+        self.destination = Some(destination.into());
+        self
+    }
+
+    /// With one more header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The aggregate.
+    pub fn aggregate(&self) -> &str {
+        &self.aggregate
+    }
+
+    /// The destination, if not the relay's default.
+    pub fn destination(&self) -> Option<&str> {
+        self.destination.as_deref()
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The headers, in order.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    /// Checks what every store would refuse: an empty or over-long aggregate, an empty or
+    /// over-long destination, an empty header name.
+    pub fn validate(&self) -> std::result::Result<(), KeyError> {
+        check("outbox aggregate", &self.aggregate, MAX_KEY_BYTES)?;
+        if let Some(destination) = &self.destination {
+            check("outbox destination", destination, MAX_DESTINATION_BYTES)?;
+        }
+        for (name, _) in &self.headers {
+            check("outbox header name", name, MAX_DESTINATION_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+fn check(what: &'static str, text: &str, max: usize) -> std::result::Result<(), KeyError> {
+    if text.is_empty() {
+        return Err(KeyError::Empty { what });
+    }
+    if text.len() > max {
+        return Err(KeyError::TooLong {
+            what,
+            len: text.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Enqueues messages inside callers' transactions. The SQL store crates add
+/// `enqueue(&mut tx, &message)` for their connection types (`oncely_postgres::outbox`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Outbox;
+
+/// The statement one SQL dialect runs for [`Outbox::enqueue_in`], inside the caller's
+/// transaction.
+#[async_trait]
+pub trait OutboxTransaction: Send {
+    /// Inserts the row (headers already encoded by [`encode_headers`]) and answers its id.
+    ///
+    /// Before inserting, it must wait for any other transaction still holding an uncommitted
+    /// row of the same aggregate (a lock per aggregate, held until the transaction ends). Ids
+    /// of one aggregate then commit in increasing order, so a relay never sees a later row of
+    /// an aggregate while an earlier one may still commit.
+    async fn insert(&mut self, message: &OutboxMessage, encoded_headers: &str) -> Result<OutboxId>;
+}
+
+impl Outbox {
+    /// An outbox.
+    pub fn new() -> Self {
+        Outbox
+    }
+
+    /// Checks `message` and inserts it through `tx`. Store crates call this.
+    pub async fn enqueue_in<T: OutboxTransaction + ?Sized>(
+        &self,
+        tx: &mut T,
+        message: &OutboxMessage,
+    ) -> Result<OutboxId> {
+        message.validate()?;
+        tx.insert(message, &encode_headers(message.headers())).await
+    }
+}
+
+/// A row's id: increasing in the order rows were inserted.
+pub type OutboxId = i64;
+
+/// Headers as the outbox stores them: a JSON array of `[name, value]` pairs, which keeps their
+/// order and repeats.
+///
+/// ```
+/// use oncely_core::outbox::{decode_headers, encode_headers};
+///
+/// let headers = vec![("Tag".to_owned(), "a".to_owned()), ("Tag".to_owned(), "b".to_owned())];
+/// let text = encode_headers(&headers);
+/// assert_eq!(text, r#"[["Tag","a"],["Tag","b"]]"#);
+/// assert_eq!(decode_headers(&text).unwrap(), headers);
+/// ```
+pub fn encode_headers(headers: &[(String, String)]) -> String {
+    serde_json::to_string(headers).expect("pairs of strings always serialize")
+}
+
+/// The headers [`encode_headers`] wrote; a description of the damage if the text is not theirs.
+pub fn decode_headers(text: &str) -> std::result::Result<Vec<(String, String)>, String> {
+    serde_json::from_str(text)
+        .map_err(|e| format!("outbox headers are not [[name, value], ...]: {e}"))
+}
+
+/// The message id a row is published with: `ORIGIN-ID`, where `ORIGIN` is the outbox's own
+/// random name (created with its table, so two databases' outboxes publishing to one stream
+/// never share ids) and `ID` the row's id. The same row always gets the same id.
+///
+/// ```
+/// assert_eq!(oncely_core::outbox::message_id("3f9a2c", 42), "3f9a2c-42");
+/// ```
+pub fn message_id(origin: &str, id: OutboxId) -> String {
+    format!("{origin}-{id}")
+}
+
+/// One unsent row, as a relay reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// The row's id.
+    pub id: OutboxId,
+    /// Its aggregate.
+    pub aggregate: String,
+    /// Its destination, or `None` for the relay's default.
+    pub destination: Option<String>,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl OutboxRow {
+    /// The message to publish: payload, headers, and [`message_id`]`(origin, id)`. Its source is
+    /// the destination (empty for the default).
+    pub fn message(&self, origin: &str) -> Message {
+        let mut message = Message::new(
+            self.payload.clone(),
+            self.destination.clone().unwrap_or_default(),
+        )
+        .with_message_id(message_id(origin, self.id));
+        for (name, value) in &self.headers {
+            message = message.with_header(name, value);
+        }
+        message
+    }
+}
+
+/// The outbox table as a relay sees it. Each SQL store crate implements it.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// What a batch holds while it is published.
+    type Batch: OutboxBatch;
+
+    /// The outbox's origin: the prefix of its rows' message ids ([`message_id`]).
+    async fn origin(&self) -> Result<String>;
+
+    /// Takes hold of some aggregates with unsent rows that no other relay holds, and answers
+    /// their unsent rows, in id order, at most `limit` of them: for each aggregate, its first
+    /// unsent rows. `None` when there is nothing to take. The hold lasts until the batch is
+    /// [`finish`](OutboxBatch::finish)ed or dropped, and ends by itself if the relay dies.
+    async fn take(&self, limit: usize) -> Result<Option<Self::Batch>>;
+
+    /// Deletes at most `limit` rows sent longer than `retention` ago; answers how many.
+    async fn purge(&self, retention: std::time::Duration, limit: usize) -> Result<u64>;
+}
+
+/// A batch of rows a relay holds: publish them, then [`finish`](Self::finish) with the ids the
+/// broker confirmed.
+#[async_trait]
+pub trait OutboxBatch: Send {
+    /// The rows, in id order.
+    fn rows(&self) -> &[OutboxRow];
+
+    /// Marks `sent` (ids of this batch's rows) sent, durably, and lets go of the aggregates.
+    async fn finish(self, sent: &[OutboxId]) -> Result<()>;
+}
+
+/// A broker a relay publishes to. Each broker crate implements it.
+#[async_trait]
+pub trait Publisher: Send + Sync {
+    /// Publishes `message` (payload, headers, message id: the broker's dedup id) to
+    /// `destination`, or to the publisher's default destination if `None`, and returns once the
+    /// broker has confirmed it (stored it, or routed it to a queue that did). An `Ok` is the
+    /// relay's licence to mark the row sent.
+    async fn publish(
+        &self,
+        destination: Option<&str>,
+        message: &Message,
+    ) -> std::result::Result<(), BrokerError>;
+}
+
+#[async_trait]
+impl<P: Publisher + ?Sized> Publisher for Box<P> {
+    async fn publish(
+        &self,
+        destination: Option<&str>,
+        message: &Message,
+    ) -> std::result::Result<(), BrokerError> {
+        (**self).publish(destination, message).await
+    }
+}
+
+#[async_trait]
+impl<P: Publisher + ?Sized> Publisher for std::sync::Arc<P> {
+    async fn publish(
+        &self,
+        destination: Option<&str>,
+        message: &Message,
+    ) -> std::result::Result<(), BrokerError> {
+        (**self).publish(destination, message).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_aggregate_or_destination_is_refused() {
+        assert!(OutboxMessage::new("", vec![]).validate().is_err());
+        assert!(OutboxMessage::new("a", vec![]).to("").validate().is_err());
+        let long = "x".repeat(MAX_DESTINATION_BYTES + 1);
+        assert!(OutboxMessage::new("a", vec![]).to(long).validate().is_err());
+        assert!(
+            OutboxMessage::new("a", vec![])
+                .to("orders")
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_row_becomes_a_message_with_its_stable_id() {
+        let row = OutboxRow {
+            id: 7,
+            aggregate: "order-1".into(),
+            destination: Some("orders".into()),
+            payload: b"{}".to_vec(),
+            headers: vec![("Event-Type".into(), "placed".into())],
+        };
+        let message = row.message("abc");
+        assert_eq!(message.message_id(), Some("abc-7"));
+        assert_eq!(message.header("event-type"), Some("placed"));
+        assert_eq!(message.source(), "orders");
+        assert_eq!(
+            row.message("abc"),
+            message,
+            "every attempt, the same message"
+        );
+    }
+}

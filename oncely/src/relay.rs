@@ -1,0 +1,177 @@
+//! The outbox relay by URL: what `oncely relay` runs.
+//!
+//! Enqueue with [`crate::outbox`] in your transaction (the store crate adds `enqueue` for its
+//! connection type: [`crate::postgres::outbox::PostgresOutbox`]); run a [`Relay`] from the
+//! outbox's database to a broker:
+//!
+//! | `--outbox` URL | table | crate |
+//! |---|---|---|
+//! | `postgres://USER@HOST/DB` (`postgresql://` too) | `oncely_outbox`, created by the store's migrations | `oncely-postgres` |
+//! | `mysql://USER@HOST/DB` (`mariadb://` too) | `oncely_outbox`, created by the store's migrations | `oncely-mysql` |
+//!
+//! | `--to` URL | publishes | crate |
+//! |---|---|---|
+//! | `nats://[USER:PASS@]HOST[:PORT][/SUBJECT]` | JetStream, `Nats-Msg-Id` = the row's id, waits for the stream's ack | `oncely-nats` |
+//! | `amqp://[USER:PASS@]HOST[:PORT][/VHOST]/ROUTING_KEY[?exchange=NAME]` | RabbitMQ, persistent, `message_id` = the row's id, publisher confirms | `oncely-rabbitmq` |
+//!
+//! A row's own destination (subject / routing key) replaces the URL's.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use oncely::relay::{self, Relay};
+//!
+//! let outbox = relay::connect_outbox("postgres://postgres@127.0.0.1/test").await?;
+//! let publisher = relay::connect_publisher("nats://127.0.0.1:4222/orders.events").await?;
+//! let report = Relay::new(outbox, publisher).run(std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+pub use oncely_relay::{
+    DEFAULT_BATCH, DEFAULT_POLL_INTERVAL, DEFAULT_RETENTION, Relay, RelayError, RelayReport,
+    publish_in_order,
+};
+
+use std::time::Duration;
+
+use oncely_core::async_trait;
+use oncely_core::outbox::{OutboxBatch, OutboxId, OutboxRow, OutboxStore, Publisher};
+use oncely_core::url::redact_password;
+
+/// Why an outbox or a broker URL could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayConnectError {
+    /// No outbox of this build takes the URL.
+    #[error(
+        "no outbox at `{url}`: the outbox table lives in PostgreSQL (postgres://USER@HOST/DB) or MySQL/MariaDB (mysql://USER@HOST/DB)"
+    )]
+    UnknownOutbox {
+        /// The URL, password redacted.
+        url: String,
+    },
+    /// No broker of this build takes the URL.
+    #[error(
+        "no broker for `{url}`: use nats://HOST[:PORT]/SUBJECT (NATS JetStream) or amqp://HOST[/VHOST]/QUEUE[?exchange=NAME] (RabbitMQ)"
+    )]
+    UnknownBroker {
+        /// The URL, password redacted.
+        url: String,
+    },
+    /// The outbox's database refused.
+    #[error(transparent)]
+    Store(#[from] oncely_core::Error),
+    /// NATS refused or the URL is invalid.
+    #[cfg(feature = "nats")]
+    #[error(transparent)]
+    Nats(#[from] oncely_nats::Error),
+    /// RabbitMQ refused or the URL is invalid.
+    #[cfg(feature = "rabbitmq")]
+    #[error(transparent)]
+    Amqp(#[from] oncely_rabbitmq::AmqpError),
+}
+
+/// The outbox table of the database at `url` (PostgreSQL or MySQL/MariaDB), migrated (the
+/// table created) unless the URL says `oncely_migrate=false`.
+pub async fn connect_outbox(url: &str) -> Result<AnyOutbox, RelayConnectError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(AnyOutbox::Postgres(
+            oncely_postgres::outbox::PostgresOutboxStore::connect(url).await?,
+        ));
+    }
+    #[cfg(feature = "mysql")]
+    if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        return Ok(AnyOutbox::MySql(
+            oncely_mysql::outbox::MySqlOutboxStore::connect(url).await?,
+        ));
+    }
+    Err(RelayConnectError::UnknownOutbox {
+        url: redact_password(url),
+    })
+}
+
+/// An outbox table in any database of this build.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum AnyOutbox {
+    /// In PostgreSQL.
+    Postgres(oncely_postgres::outbox::PostgresOutboxStore),
+    /// In MySQL/MariaDB.
+    #[cfg(feature = "mysql")]
+    MySql(oncely_mysql::outbox::MySqlOutboxStore),
+}
+
+/// A batch of an [`AnyOutbox`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AnyBatch {
+    /// Of PostgreSQL.
+    Postgres(oncely_postgres::outbox::PostgresOutboxBatch),
+    /// Of MySQL/MariaDB.
+    #[cfg(feature = "mysql")]
+    MySql(oncely_mysql::outbox::MySqlOutboxBatch),
+}
+
+#[async_trait]
+impl OutboxStore for AnyOutbox {
+    type Batch = AnyBatch;
+
+    async fn origin(&self) -> oncely_core::Result<String> {
+        match self {
+            AnyOutbox::Postgres(s) => s.origin().await,
+            #[cfg(feature = "mysql")]
+            AnyOutbox::MySql(s) => s.origin().await,
+        }
+    }
+
+    async fn take(&self, limit: usize) -> oncely_core::Result<Option<AnyBatch>> {
+        Ok(match self {
+            AnyOutbox::Postgres(s) => s.take(limit).await?.map(AnyBatch::Postgres),
+            #[cfg(feature = "mysql")]
+            AnyOutbox::MySql(s) => s.take(limit).await?.map(AnyBatch::MySql),
+        })
+    }
+
+    async fn purge(&self, retention: Duration, limit: usize) -> oncely_core::Result<u64> {
+        match self {
+            AnyOutbox::Postgres(s) => s.purge(retention, limit).await,
+            #[cfg(feature = "mysql")]
+            AnyOutbox::MySql(s) => s.purge(retention, limit).await,
+        }
+    }
+}
+
+#[async_trait]
+impl OutboxBatch for AnyBatch {
+    fn rows(&self) -> &[OutboxRow] {
+        match self {
+            AnyBatch::Postgres(b) => b.rows(),
+            #[cfg(feature = "mysql")]
+            AnyBatch::MySql(b) => b.rows(),
+        }
+    }
+
+    async fn finish(self, sent: &[OutboxId]) -> oncely_core::Result<()> {
+        match self {
+            AnyBatch::Postgres(b) => b.finish(sent).await,
+            #[cfg(feature = "mysql")]
+            AnyBatch::MySql(b) => b.finish(sent).await,
+        }
+    }
+}
+
+/// A publisher to the broker at `url` (see the module docs for the forms).
+pub async fn connect_publisher(url: &str) -> Result<Box<dyn Publisher>, RelayConnectError> {
+    #[cfg(feature = "nats")]
+    if url.starts_with("nats://") || url.starts_with("tls://") {
+        return Ok(Box::new(oncely_nats::NatsPublisher::connect(url).await?));
+    }
+    #[cfg(feature = "rabbitmq")]
+    if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        return Ok(Box::new(
+            oncely_rabbitmq::AmqpPublisher::connect(url).await?,
+        ));
+    }
+    Err(RelayConnectError::UnknownBroker {
+        url: redact_password(url),
+    })
+}

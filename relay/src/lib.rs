@@ -1,0 +1,341 @@
+//! # oncely-relay
+//!
+//! The outbox relay: publishes the messages your transactions enqueued
+//! ([`oncely_core::outbox`]) to a broker, in order per aggregate, and marks them sent once the
+//! broker has confirmed them.
+//!
+//! A [`Relay`] joins an [`OutboxStore`] (the outbox table:
+//! `oncely_postgres::outbox::PostgresOutboxStore`, `oncely_mysql::outbox::MySqlOutboxStore`)
+//! and a [`Publisher`] (`oncely_nats::NatsPublisher`, `oncely_rabbitmq::AmqpPublisher`) and
+//! loops:
+//!
+//! 1. take a batch: the first unsent rows of some aggregates no other relay holds;
+//! 2. publish them, each aggregate's rows one after the other (the next only once the broker
+//!    confirmed the previous), the aggregates side by side; an aggregate stops at its first
+//!    failed publish, so nothing of it goes out ahead of the failed row;
+//! 3. mark the confirmed rows sent and let go of the aggregates;
+//! 4. when there was nothing to take, wait a moment ([`Relay::poll_interval`]); every so often,
+//!    purge rows sent longer ago than the [retention](Relay::retention).
+//!
+//! Store and broker failures do not stop it: it reports them ([`Relay::on_error`]), backs off
+//! (up to 5 s) and tries again. It stops when the shutdown future completes, after finishing
+//! the batch in hand, and answers a [`RelayReport`].
+//!
+//! **At least once, never lost.** A relay killed between the broker's confirm and the commit of
+//! "sent" leaves the row unsent; the next relay publishes it again with the same message id
+//! ([`oncely_core::outbox::message_id`]). JetStream drops that second copy within its duplicate
+//! window; consumers dedup by message id otherwise (RabbitMQ keeps both copies).
+//!
+//! **Several relays at once.** Run as many as you like on one outbox: they take different
+//! aggregates, so no row is published twice in the normal case and no aggregate's order is
+//! broken; the store crate's docs explain how (PostgreSQL: an advisory lock per aggregate, held
+//! by the relay's session; MySQL/MariaDB: a named lock per aggregate, held by the relay's
+//! connection).
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use oncely_postgres::outbox::{Outbox, OutboxMessage, PostgresOutbox, PostgresOutboxStore};
+//! use oncely_relay::Relay;
+//!
+//! let url = "postgres://postgres@127.0.0.1/test";
+//! let outbox_store = PostgresOutboxStore::connect(url).await?; // creates oncely_outbox
+//!
+//! // In your service: the event commits with the business writes, or not at all.
+//! let pool = sqlx::PgPool::connect(url).await?;
+//! let mut tx = pool.begin().await?;
+//! let event = OutboxMessage::new("order-1001", br#"{"type":"OrderPlaced"}"#.to_vec());
+//! Outbox::new().enqueue(&mut tx, &event).await?;
+//! tx.commit().await?;
+//!
+//! // The relay, here or in another process (`oncely relay`).
+//! let publisher = oncely_nats::NatsPublisher::connect("nats://127.0.0.1:4222/orders.events").await?;
+//! let relay = Relay::new(outbox_store, publisher).batch(100).retention(Duration::from_secs(86_400));
+//! let report = relay.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! println!("published {}", report.published);
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::join_all;
+use oncely_core::consumer::BrokerError;
+use oncely_core::outbox::{OutboxBatch, OutboxId, OutboxRow, OutboxStore, Publisher};
+
+/// Rows per batch unless told otherwise.
+pub const DEFAULT_BATCH: usize = 100;
+/// How long sent rows are kept unless told otherwise.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long an idle relay waits before looking again, unless told otherwise.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How often sent rows are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// Rows deleted per purge statement.
+const PURGE_CHUNK: usize = 1000;
+/// The longest back-off after a failure.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What went wrong in a relay.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The outbox table failed (unreachable, not migrated, ...).
+    #[error(transparent)]
+    Store(#[from] oncely_core::Error),
+    /// The broker failed or refused a publish.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// What a relay did, from start to stop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RelayReport {
+    /// Rows published and marked sent.
+    pub published: u64,
+    /// Publishes that failed (their rows stay unsent and are tried again).
+    pub failed: u64,
+    /// Rows published but not marked sent because marking failed (published again later).
+    pub unmarked: u64,
+    /// Batches finished.
+    pub batches: u64,
+    /// Sent rows purged.
+    pub purged: u64,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for RelayReport {
+    /// `published N, failed N, purged N in 12.3s` (and `unmarked N` when not zero).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "published {}, failed {}", self.published, self.failed)?;
+        if self.unmarked > 0 {
+            write!(f, ", unmarked {}", self.unmarked)?;
+        }
+        write!(
+            f,
+            ", purged {} in {:.1}s",
+            self.purged,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+type ErrorSink = Arc<dyn Fn(&RelayError) + Send + Sync>;
+
+/// Publishes an outbox to a broker. See the [crate docs](crate).
+pub struct Relay<S, P> {
+    store: S,
+    publisher: P,
+    batch: usize,
+    retention: Duration,
+    poll_interval: Duration,
+    on_error: ErrorSink,
+}
+
+impl<S, P> std::fmt::Debug for Relay<S, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("batch", &self.batch)
+            .field("retention", &self.retention)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: OutboxStore, P: Publisher> Relay<S, P> {
+    /// A relay from `store` to `publisher`, with [`DEFAULT_BATCH`], [`DEFAULT_RETENTION`] and
+    /// [`DEFAULT_POLL_INTERVAL`]; errors go to `tracing` at `warn`.
+    pub fn new(store: S, publisher: P) -> Self {
+        Relay {
+            store,
+            publisher,
+            batch: DEFAULT_BATCH,
+            retention: DEFAULT_RETENTION,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            on_error: Arc::new(|error| tracing::warn!(%error, "outbox relay")),
+        }
+    }
+
+    /// At most `n` rows per batch (at least 1). A batch is one store transaction held while its
+    /// rows are published.
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n.max(1);
+        self
+    }
+
+    /// Sent rows are deleted once older than `retention`.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// How long to wait when there was nothing to publish.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Called with every failure the relay rides out (it then backs off and tries again).
+    pub fn on_error(mut self, sink: impl Fn(&RelayError) + Send + Sync + 'static) -> Self {
+        self.on_error = Arc::new(sink);
+        self
+    }
+
+    /// Relays until `shutdown` completes, then finishes the batch in hand and answers what it
+    /// did. Fails only if the outbox's origin cannot be read at the start (the table is
+    /// missing or unreachable); later failures are reported to [`on_error`](Self::on_error) and
+    /// retried.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<RelayReport, RelayError> {
+        let started = Instant::now();
+        let origin = self.store.origin().await?;
+        let mut shutdown = Box::pin(shutdown.fuse());
+        let mut report = RelayReport::default();
+        let mut backoff = Duration::ZERO;
+        let mut last_purge: Option<Instant> = None;
+        loop {
+            if (&mut shutdown).now_or_never().is_some() {
+                break;
+            }
+            if last_purge.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
+                last_purge = Some(Instant::now());
+                match self.purge().await {
+                    Ok(n) => report.purged += n,
+                    Err(e) => (self.on_error)(&e),
+                }
+            }
+            let wait = match self.step(&origin, &mut report).await {
+                Ok(Step::Full) => {
+                    backoff = Duration::ZERO;
+                    continue;
+                }
+                Ok(Step::Idle) => {
+                    backoff = Duration::ZERO;
+                    self.poll_interval
+                }
+                Err(e) => {
+                    (self.on_error)(&e);
+                    backoff = (backoff * 2).clamp(Duration::from_millis(50), MAX_BACKOFF);
+                    backoff
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Purges sent rows older than the retention, in bounded statements.
+    async fn purge(&self) -> Result<u64, RelayError> {
+        let mut purged = 0;
+        loop {
+            let n = self.store.purge(self.retention, PURGE_CHUNK).await?;
+            purged += n;
+            if n < PURGE_CHUNK as u64 {
+                return Ok(purged);
+            }
+        }
+    }
+
+    /// One batch: take, publish, mark sent.
+    async fn step(&self, origin: &str, report: &mut RelayReport) -> Result<Step, RelayError> {
+        let Some(batch) = self.store.take(self.batch).await? else {
+            return Ok(Step::Idle);
+        };
+        let full = batch.rows().len() >= self.batch;
+        let (sent, failure) = publish_in_order(&self.publisher, origin, batch.rows()).await;
+        report.failed += failure.as_ref().map_or(0, |(n, _)| *n);
+        if let Err(e) = batch.finish(&sent).await {
+            report.unmarked += sent.len() as u64;
+            return Err(e.into());
+        }
+        report.published += sent.len() as u64;
+        report.batches += 1;
+        match failure {
+            Some((_, e)) => Err(e.into()),
+            None if full => Ok(Step::Full),
+            None => Ok(Step::Idle),
+        }
+    }
+}
+
+enum Step {
+    /// The batch was full: there may be more at once.
+    Full,
+    /// Less than a batch: wait before looking again.
+    Idle,
+}
+
+/// Publishes `rows` (in id order): each aggregate's rows one after the other, stopping at its
+/// first failure; the aggregates concurrently. Answers the ids confirmed and, if any publish
+/// failed, how many aggregates failed and the first error.
+pub async fn publish_in_order<P: Publisher + ?Sized>(
+    publisher: &P,
+    origin: &str,
+    rows: &[OutboxRow],
+) -> (Vec<OutboxId>, Option<(u64, BrokerError)>) {
+    let mut by_aggregate: Vec<Vec<&OutboxRow>> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for row in rows {
+        let at = *index.entry(&row.aggregate).or_insert_with(|| {
+            by_aggregate.push(Vec::new());
+            by_aggregate.len() - 1
+        });
+        by_aggregate[at].push(row);
+    }
+    let lanes = by_aggregate.into_iter().map(|lane| async move {
+        let mut sent = Vec::with_capacity(lane.len());
+        for row in lane {
+            let message = row.message(origin);
+            if let Err(e) = publisher
+                .publish(row.destination.as_deref(), &message)
+                .await
+            {
+                return (sent, Some(e));
+            }
+            sent.push(row.id);
+        }
+        (sent, None)
+    });
+    let mut sent = Vec::with_capacity(rows.len());
+    let mut failures = 0;
+    let mut first_error = None;
+    for (ids, error) in join_all(lanes).await {
+        sent.extend(ids);
+        if let Some(e) = error {
+            failures += 1;
+            first_error.get_or_insert(e);
+        }
+    }
+    sent.sort_unstable();
+    (sent, first_error.map(|e| (failures, e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn the_report_is_one_line() {
+        let report = RelayReport {
+            published: 5,
+            purged: 2,
+            elapsed: Duration::from_millis(1500),
+            ..Default::default()
+        };
+        assert_eq!(
+            report.to_string(),
+            "published 5, failed 0, purged 2 in 1.5s"
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! The kill -9 proof of the outbox relay: PostgreSQL to NATS JetStream and to RabbitMQ, and
+//! MariaDB to RabbitMQ.
+//!
+//! 5,000 rows over 50 aggregates are enqueued in 50 transactions while two relay *processes*
+//! (this test binary, started again as `relay_child`) publish them; about ten times, at random
+//! moments, one of them is killed with SIGKILL and started again. In the end:
+//!
+//! - every row reached the broker (the destination is read back whole);
+//! - nothing else did;
+//! - each aggregate's rows, duplicates removed by message id (first copy kept), arrived in
+//!   enqueue order; after that dedup each row is there exactly once.
+//!
+//! `ONCELY_PROOF_SEED` replays a run's kill schedule and aggregate choice.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oncely_core::outbox::{OutboxStore, message_id};
+use oncely_mysql::outbox::{MySqlOutbox, MySqlOutboxStore};
+use oncely_mysql::sqlx::MySqlPool;
+use oncely_postgres::outbox::{Outbox, OutboxMessage, PostgresOutbox, PostgresOutboxStore};
+use oncely_relay::Relay;
+use sqlx::PgPool;
+use support::{Destination, check_delivery};
+
+const CHILD_OUTBOX_ENV: &str = "ONCELY_RELAY_PROOF_OUTBOX";
+const CHILD_TO_ENV: &str = "ONCELY_RELAY_PROOF_TO";
+
+const ROWS: usize = 5_000;
+const AGGREGATES: usize = 50;
+const TRANSACTIONS: usize = 50;
+const KILLS: usize = 10;
+const RELAYS: usize = 2;
+
+/// A relay process of the proof: runs only when started by the proof (its environment set),
+/// until SIGTERM or SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_child() {
+    let (Ok(outbox), Ok(to)) = (std::env::var(CHILD_OUTBOX_ENV), std::env::var(CHILD_TO_ENV))
+    else {
+        return;
+    };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    let publisher: Box<dyn oncely_core::outbox::Publisher> = if to.starts_with("nats") {
+        Box::new(oncely_nats::NatsPublisher::connect(&to).await.unwrap())
+    } else {
+        Box::new(oncely_rabbitmq::AmqpPublisher::connect(&to).await.unwrap())
+    };
+    let stop = async move {
+        terminate.recv().await;
+    };
+    let report = if outbox.starts_with("mysql") {
+        let store = MySqlOutboxStore::connect(&outbox).await.unwrap();
+        child_relay(store, publisher).run(stop).await
+    } else {
+        let store = PostgresOutboxStore::connect(&outbox).await.unwrap();
+        child_relay(store, publisher).run(stop).await
+    };
+    report.unwrap();
+}
+
+fn child_relay<S: OutboxStore>(
+    store: S,
+    publisher: Box<dyn oncely_core::outbox::Publisher>,
+) -> Relay<S, Box<dyn oncely_core::outbox::Publisher>> {
+    Relay::new(store, publisher)
+        .batch(25)
+        .poll_interval(Duration::from_millis(20))
+        .on_error(|e| eprintln!("relay child {}: {e}", std::process::id()))
+}
+
+/// The service's database: where the proof enqueues and checks what is left unsent.
+#[derive(Clone)]
+enum Service {
+    Postgres(PgPool),
+    MySql(MySqlPool),
+}
+
+impl Service {
+    /// Enqueues `messages` in one transaction; answers their ids.
+    async fn enqueue(&self, messages: &[OutboxMessage]) -> Vec<i64> {
+        let mut ids = Vec::new();
+        match self {
+            Service::Postgres(pool) => {
+                let mut tx = pool.begin().await.unwrap();
+                for m in messages {
+                    ids.push(
+                        PostgresOutbox::enqueue(&Outbox::new(), &mut tx, m)
+                            .await
+                            .unwrap(),
+                    );
+                }
+                tx.commit().await.unwrap();
+            }
+            Service::MySql(pool) => {
+                let mut tx = pool.begin().await.unwrap();
+                for m in messages {
+                    ids.push(
+                        MySqlOutbox::enqueue(&Outbox::new(), &mut tx, m)
+                            .await
+                            .unwrap(),
+                    );
+                }
+                tx.commit().await.unwrap();
+            }
+        }
+        ids
+    }
+
+    async fn unsent(&self) -> i64 {
+        const UNSENT: &str = "SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL";
+        match self {
+            Service::Postgres(pool) => sqlx::query_scalar(UNSENT).fetch_one(pool).await.unwrap(),
+            Service::MySql(pool) => oncely_mysql::sqlx::query_scalar(UNSENT)
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+        }
+    }
+}
+
+fn spawn(outbox: &str, to: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "relay_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_OUTBOX_ENV, outbox)
+        .env(CHILD_TO_ENV, to)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start a relay process")
+}
+
+/// The relay processes: killed if the proof fails, so none outlives it.
+struct Relays(Vec<Child>);
+
+impl Drop for Relays {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            kill9(child);
+        }
+    }
+}
+
+fn kill9(child: &mut Child) {
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+}
+
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            // A relay still starting up may not have its SIGTERM handler yet.
+            let early = std::os::unix::process::ExitStatusExt::signal(&status) == Some(15);
+            assert!(status.success() || early, "a relay stopped badly: {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill9(child);
+    panic!("a relay did not stop within 10 s of SIGTERM");
+}
+
+async fn survives_kill_9(destination: Destination, name: &str) {
+    // The pid in the name: a relay left over from an earlier run can never reach this schema.
+    let schema = format!("oncely_relay_proof_{name}_{}", std::process::id());
+    let (outbox_url, origin, service) = if name.starts_with("mysql") {
+        let url = support::fresh_mysql_database(&schema).await;
+        let store = MySqlOutboxStore::connect(&url).await.unwrap();
+        let pool = MySqlPool::connect(&url).await.unwrap();
+        (url, store.origin().await.unwrap(), Service::MySql(pool))
+    } else {
+        let url = support::fresh_schema(&schema).await;
+        let store = PostgresOutboxStore::connect(&url).await.unwrap();
+        let pool = PgPool::connect(&url).await.unwrap();
+        (url, store.origin().await.unwrap(), Service::Postgres(pool))
+    };
+    let seed = std::env::var("ONCELY_PROOF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("relay kill -9 proof ({name}): seed {seed} (ONCELY_PROOF_SEED={seed} replays it)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let picks: Vec<usize> = (0..ROWS).map(|_| rng.usize(..AGGREGATES)).collect();
+
+    let started = Instant::now();
+    let to = destination.url();
+    let mut relays = Relays((0..RELAYS).map(|_| spawn(&outbox_url, &to)).collect());
+
+    // The service: enqueues while the relays run and die.
+    let enqueue = {
+        let service = service.clone();
+        let origin = origin.clone();
+        tokio::spawn(async move {
+            let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for chunk in picks.chunks(ROWS / TRANSACTIONS) {
+                let messages: Vec<OutboxMessage> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(n, pick)| {
+                        let aggregate = format!("agg-{pick:02}");
+                        OutboxMessage::new(&aggregate, format!("#{n}").into_bytes())
+                            .with_header("Aggregate", &aggregate)
+                    })
+                    .collect();
+                let ids = service.enqueue(&messages).await;
+                for (message, id) in messages.iter().zip(ids) {
+                    expected
+                        .entry(message.aggregate().to_owned())
+                        .or_default()
+                        .push(message_id(&origin, id));
+                }
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+            expected
+        })
+    };
+
+    let mut kills = 0;
+    while kills < KILLS {
+        tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
+        let victim = rng.usize(..RELAYS);
+        kill9(&mut relays.0[victim]);
+        kills += 1;
+        relays.0[victim] = spawn(&outbox_url, &to);
+    }
+    let expected = enqueue.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let unsent = service.unsent().await;
+        if unsent == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unsent} rows unsent after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settled = started.elapsed();
+    for relay in &mut relays.0 {
+        stop(relay);
+    }
+
+    let delivered = check_delivery(&destination.read_all().await, &expected);
+    eprintln!(
+        "relay kill -9 proof ({name}): {ROWS} rows over {AGGREGATES} aggregates, {kills} kills, \
+         {} messages read ({} duplicate copies: re-published after a kill and kept by the broker), {} distinct, all in order per \
+         aggregate; settled in {:.1}s",
+        delivered.total,
+        delivered.total - delivered.distinct,
+        delivered.distinct,
+        settled.as_secs_f64()
+    );
+    assert_eq!(delivered.distinct, ROWS);
+    destination.remove().await;
+    match service {
+        Service::Postgres(pool) => {
+            pool.close().await;
+            support::drop_schema(&schema).await;
+        }
+        Service::MySql(pool) => {
+            pool.close().await;
+            support::drop_mysql_database(&schema).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
+    survives_kill_9(Destination::nats("proof").await, "nats").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_to_rabbitmq_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
+    survives_kill_9(Destination::rabbit("proof_mysql").await, "mysql_rabbitmq").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
+    survives_kill_9(Destination::rabbit("proof").await, "rabbitmq").await;
+}

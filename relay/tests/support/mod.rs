@@ -1,0 +1,308 @@
+//! What the relay's test binaries share: a fresh PostgreSQL schema per test, and a fresh
+//! destination on each real broker (a JetStream stream, a RabbitMQ queue), read back whole.
+
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use oncely_core::consumer::Message;
+use oncely_nats::{NatsPublisher, async_nats};
+use oncely_rabbitmq::lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use oncely_rabbitmq::lapin::types::{AMQPValue, FieldTable};
+use oncely_rabbitmq::lapin::{Connection, ConnectionProperties};
+use oncely_rabbitmq::{AmqpPublisher, message};
+use sqlx::PgPool;
+
+pub fn postgres_server() -> String {
+    std::env::var("ONCELY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+pub fn nats_server() -> String {
+    std::env::var("ONCELY_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+pub fn amqp_server() -> String {
+    std::env::var("ONCELY_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Drops and recreates `schema`; answers a URL whose connections work in it.
+pub async fn fresh_schema(schema: &str) -> String {
+    let admin = PgPool::connect(&postgres_server())
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {}: {e}", postgres_server()));
+    let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE; CREATE SCHEMA \"{schema}\";");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    format!("{}?options=-csearch_path%3D{schema}", postgres_server())
+}
+
+/// Drops `schema`.
+pub async fn drop_schema(schema: &str) {
+    let admin = PgPool::connect(&postgres_server()).await.unwrap();
+    let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
+fn mysql_server() -> String {
+    std::env::var("ONCELY_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+async fn mysql_ddl(ddl: &[String]) {
+    use oncely_mysql::sqlx as my;
+    let admin = my::MySqlPool::connect(&format!("{}/test", mysql_server()))
+        .await
+        .unwrap_or_else(|e| panic!("MariaDB at {}: {e}", mysql_server()));
+    for statement in ddl {
+        my::raw_sql(my::AssertSqlSafe(statement.clone()))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    admin.close().await;
+}
+
+/// Drops and recreates the MySQL database `name`; answers its URL.
+pub async fn fresh_mysql_database(name: &str) -> String {
+    mysql_ddl(&[
+        format!("DROP DATABASE IF EXISTS `{name}`"),
+        format!("CREATE DATABASE `{name}`"),
+    ])
+    .await;
+    format!("{}/{name}", mysql_server())
+}
+
+/// Drops the MySQL database `name`.
+pub async fn drop_mysql_database(name: &str) {
+    mysql_ddl(&[format!("DROP DATABASE IF EXISTS `{name}`")]).await;
+}
+
+/// A destination on a real broker, fresh for one test.
+pub enum Destination {
+    /// A JetStream stream capturing one subject.
+    Nats {
+        context: jetstream::Context,
+        stream: String,
+        subject: String,
+    },
+    /// A durable queue, published to through the default exchange.
+    Rabbit {
+        connection: Connection,
+        queue: String,
+    },
+}
+
+impl Destination {
+    /// A new stream `ONCELY_RELAY_<name>_<pid>` on subject `oncely.relay.<name>.<pid>`.
+    pub async fn nats(name: &str) -> Self {
+        let client = async_nats::connect(nats_server())
+            .await
+            .unwrap_or_else(|e| panic!("NATS at {}: {e} (nats-server -js)", nats_server()));
+        let context = jetstream::new(client);
+        let pid = std::process::id();
+        let stream = format!("ONCELY_RELAY_{name}_{pid}");
+        let subject = format!("oncely.relay.{name}.{pid}");
+        let _ = context.delete_stream(&stream).await;
+        context
+            .create_stream(jetstream::stream::Config {
+                name: stream.clone(),
+                subjects: vec![subject.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        Destination::Nats {
+            context,
+            stream,
+            subject,
+        }
+    }
+
+    /// A new durable queue `oncely.relay.<name>.<pid>`, deleted by the server 10 minutes after
+    /// its last use.
+    pub async fn rabbit(name: &str) -> Self {
+        let connection = Connection::connect(&amqp_server(), ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ at {}: {e}", amqp_server()));
+        let queue = format!("oncely.relay.{name}.{}", std::process::id());
+        let channel = connection.create_channel().await.unwrap();
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-expires".into(), AMQPValue::LongInt(600_000));
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                arguments,
+            )
+            .await
+            .unwrap();
+        Destination::Rabbit { connection, queue }
+    }
+
+    /// The `--to` URL of `oncely relay` for this destination.
+    pub fn url(&self) -> String {
+        match self {
+            Destination::Nats { subject, .. } => format!("{}/{subject}", nats_server()),
+            Destination::Rabbit { queue, .. } => format!("{}/{queue}", amqp_server()),
+        }
+    }
+
+    /// A publisher to it, boxed so tests run the same code on both brokers.
+    pub async fn publisher(&self) -> Box<dyn oncely_core::outbox::Publisher> {
+        match self {
+            Destination::Nats { .. } => {
+                Box::new(NatsPublisher::connect(&self.url()).await.unwrap())
+            }
+            Destination::Rabbit { .. } => {
+                Box::new(AmqpPublisher::connect(&self.url()).await.unwrap())
+            }
+        }
+    }
+
+    /// Every message it holds, in the order the broker stored them (a queue is emptied).
+    pub async fn read_all(&self) -> Vec<Message> {
+        match self {
+            Destination::Nats {
+                context, stream, ..
+            } => {
+                let stream = context.get_stream(stream).await.unwrap();
+                let state = stream.get_info().await.unwrap().state;
+                let mut messages = Vec::new();
+                if state.messages == 0 {
+                    return messages;
+                }
+                for sequence in state.first_sequence..=state.last_sequence {
+                    let stored = stream.get_raw_message(sequence).await.unwrap();
+                    let mut m = Message::new(stored.payload.to_vec(), stored.subject.as_str());
+                    for (name, values) in stored.headers.iter() {
+                        for value in values {
+                            m = m.with_header(AsRef::<str>::as_ref(name), value.as_str());
+                        }
+                    }
+                    if let Some(id) = stored.headers.get("Nats-Msg-Id") {
+                        m = m.with_message_id(id.as_str());
+                    }
+                    messages.push(m);
+                }
+                messages
+            }
+            Destination::Rabbit { connection, queue } => {
+                let channel = connection.create_channel().await.unwrap();
+                let mut messages = Vec::new();
+                while let Some(got) = channel
+                    .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                    .await
+                    .unwrap()
+                {
+                    let d = &got.delivery;
+                    messages.push(message::from_amqp(&d.properties, &d.data, queue));
+                }
+                messages
+            }
+        }
+    }
+
+    /// Removes what the test made.
+    pub async fn remove(self) {
+        match self {
+            Destination::Nats {
+                context, stream, ..
+            } => {
+                let _ = context.delete_stream(&stream).await;
+            }
+            Destination::Rabbit { connection, queue } => {
+                let channel = connection.create_channel().await.unwrap();
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+        }
+    }
+}
+
+/// What the messages read back say, checked against the rows enqueued.
+#[derive(Debug)]
+pub struct Delivered {
+    /// Messages read, duplicates included.
+    pub total: usize,
+    /// Distinct message ids.
+    pub distinct: usize,
+}
+
+/// Checks `messages` against `expected` (aggregate -> message ids in enqueue order): every id
+/// is there, nothing else is, and each aggregate's ids, duplicates removed by message id
+/// (first copy kept), arrive in enqueue order.
+pub fn check_delivery(messages: &[Message], expected: &BTreeMap<String, Vec<String>>) -> Delivered {
+    let mut seen = HashSet::new();
+    let mut arrived: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in messages {
+        let id = m
+            .message_id()
+            .expect("every message carries its id")
+            .to_owned();
+        let aggregate = m
+            .header("Aggregate")
+            .expect("the test's Aggregate header")
+            .to_owned();
+        if seen.insert(id.clone()) {
+            arrived.entry(aggregate).or_default().push(id);
+        }
+    }
+    let want: usize = expected.values().map(Vec::len).sum();
+    for (aggregate, ids) in expected {
+        let got = arrived.get(aggregate).cloned().unwrap_or_default();
+        if &got != ids {
+            let missing: Vec<_> = ids.iter().filter(|id| !got.contains(id)).take(5).collect();
+            panic!(
+                "aggregate {aggregate}: {} of {} rows arrived, in {} order; missing e.g. {missing:?}; \
+                 first arrived {:?}",
+                got.len(),
+                ids.len(),
+                if missing.is_empty() {
+                    "the wrong"
+                } else {
+                    "some"
+                },
+                &got[..got.len().min(8)],
+            );
+        }
+    }
+    assert_eq!(seen.len(), want, "nothing but the enqueued rows arrived");
+    Delivered {
+        total: messages.len(),
+        distinct: seen.len(),
+    }
+}
+
+/// Waits until `pool`'s outbox has no unsent row, for at most `patience`.
+pub async fn wait_all_sent(pool: &PgPool, patience: Duration) {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let unsent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if unsent == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{unsent} rows still unsent after {patience:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
