@@ -12,9 +12,10 @@ use crate::duration;
 /// Arguments of `oncely relay`.
 #[derive(Args, Debug)]
 pub struct RelayArgs {
-    /// The outbox's database: postgres://USER@HOST/DB or mysql://USER@HOST/DB (MariaDB too;
-    /// the oncely_outbox table is created on first use unless the URL says
-    /// oncely_migrate=false).
+    /// The outbox's database: postgres://USER@HOST/DB, mysql://USER@HOST/DB (MariaDB too) or
+    /// sqlite:PATH (one relay at a time per file; others wait as standbys). The oncely_outbox
+    /// table is created on first use unless the URL says oncely_migrate=false (migrate=false for
+    /// SQLite).
     #[arg(long, env = "ONCELY_OUTBOX", value_name = "URL")]
     outbox: String,
 

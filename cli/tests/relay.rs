@@ -1,5 +1,5 @@
-//! `oncely relay` end to end: a real process from a PostgreSQL outbox to NATS JetStream,
-//! stopped with SIGTERM.
+//! `oncely relay` end to end: real processes from PostgreSQL, MySQL/MariaDB and SQLite outboxes
+//! to NATS JetStream and RabbitMQ, stopped with SIGTERM or SIGINT.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -220,4 +220,83 @@ async fn relay_takes_a_mysql_outbox_to_a_rabbitmq_queue() {
         .execute(&admin)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn relay_takes_a_sqlite_outbox_to_nats() {
+    use oncely::sqlite::outbox::{SqliteOutbox, SqliteOutboxStore};
+    use oncely::sqlite::sqlx::SqlitePool;
+    use oncely::sqlite::sqlx::sqlite::SqliteConnectOptions;
+
+    let pid = std::process::id();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let outbox_url = format!("sqlite:{}", path.display());
+    SqliteOutboxStore::connect(&outbox_url).await.unwrap();
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePool::connect_with(options).await.unwrap();
+
+    let context = jetstream::new(async_nats::connect(nats()).await.unwrap());
+    let stream = format!("ONCELY_CLI_RELAY_SQLITE_{pid}");
+    let subject = format!("oncely.cli.relay.sqlite.{pid}");
+    context
+        .create_stream(jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    for n in 0..12 {
+        let message = OutboxMessage::new(format!("order-{}", n % 4), vec![b'z'; n]);
+        SqliteOutbox::enqueue(&Outbox::new(), &mut tx, &message)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let child = Command::new(BIN)
+        .args(["relay", "--outbox", &outbox_url, "--to"])
+        .arg(format!("{}/{subject}", nats()))
+        .args(["--batch", "5"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let unsent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if unsent == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{unsent} rows unsent after 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(
+        stderr.starts_with("relay: published 12, failed 0, purged 0 in "),
+        "{stderr}"
+    );
+    let info = context
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(info.state.messages, 12);
+    context.delete_stream(&stream).await.unwrap();
 }

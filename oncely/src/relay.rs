@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `postgres://USER@HOST/DB` (`postgresql://` too) | `oncely_outbox`, created by the store's migrations | `oncely-postgres` |
 //! | `mysql://USER@HOST/DB` (`mariadb://` too) | `oncely_outbox`, created by the store's migrations | `oncely-mysql` |
+//! | `sqlite:PATH` (`sqlite://` forms too) | `oncely_outbox` in the file, created by the store's migrations; one relay at a time per file (a lease) | `oncely-sqlite` |
 //!
 //! | `--to` URL | publishes | crate |
 //! |---|---|---|
@@ -43,7 +44,7 @@ use oncely_core::url::redact_password;
 pub enum RelayConnectError {
     /// No outbox of this build takes the URL.
     #[error(
-        "no outbox at `{url}`: the outbox table lives in PostgreSQL (postgres://USER@HOST/DB) or MySQL/MariaDB (mysql://USER@HOST/DB)"
+        "no outbox at `{url}`: the outbox table lives in PostgreSQL (postgres://USER@HOST/DB), MySQL/MariaDB (mysql://USER@HOST/DB) or SQLite (sqlite:PATH)"
     )]
     UnknownOutbox {
         /// The URL, password redacted.
@@ -70,8 +71,8 @@ pub enum RelayConnectError {
     Amqp(#[from] oncely_rabbitmq::AmqpError),
 }
 
-/// The outbox table of the database at `url` (PostgreSQL or MySQL/MariaDB), migrated (the
-/// table created) unless the URL says `oncely_migrate=false`.
+/// The outbox table of the database at `url` (PostgreSQL, MySQL/MariaDB or SQLite), migrated
+/// (the table created) unless the URL says `oncely_migrate=false` (`migrate=false` for SQLite).
 pub async fn connect_outbox(url: &str) -> Result<AnyOutbox, RelayConnectError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(AnyOutbox::Postgres(
@@ -82,6 +83,12 @@ pub async fn connect_outbox(url: &str) -> Result<AnyOutbox, RelayConnectError> {
     if url.starts_with("mysql://") || url.starts_with("mariadb://") {
         return Ok(AnyOutbox::MySql(
             oncely_mysql::outbox::MySqlOutboxStore::connect(url).await?,
+        ));
+    }
+    #[cfg(feature = "sqlite")]
+    if url.starts_with("sqlite:") {
+        return Ok(AnyOutbox::Sqlite(
+            oncely_sqlite::outbox::SqliteOutboxStore::connect(url).await?,
         ));
     }
     Err(RelayConnectError::UnknownOutbox {
@@ -98,6 +105,9 @@ pub enum AnyOutbox {
     /// In MySQL/MariaDB.
     #[cfg(feature = "mysql")]
     MySql(oncely_mysql::outbox::MySqlOutboxStore),
+    /// In a SQLite file.
+    #[cfg(feature = "sqlite")]
+    Sqlite(oncely_sqlite::outbox::SqliteOutboxStore),
 }
 
 /// A batch of an [`AnyOutbox`].
@@ -109,6 +119,9 @@ pub enum AnyBatch {
     /// Of MySQL/MariaDB.
     #[cfg(feature = "mysql")]
     MySql(oncely_mysql::outbox::MySqlOutboxBatch),
+    /// Of SQLite.
+    #[cfg(feature = "sqlite")]
+    Sqlite(oncely_sqlite::outbox::SqliteOutboxBatch),
 }
 
 #[async_trait]
@@ -120,6 +133,8 @@ impl OutboxStore for AnyOutbox {
             AnyOutbox::Postgres(s) => s.origin().await,
             #[cfg(feature = "mysql")]
             AnyOutbox::MySql(s) => s.origin().await,
+            #[cfg(feature = "sqlite")]
+            AnyOutbox::Sqlite(s) => s.origin().await,
         }
     }
 
@@ -128,6 +143,8 @@ impl OutboxStore for AnyOutbox {
             AnyOutbox::Postgres(s) => s.take(limit).await?.map(AnyBatch::Postgres),
             #[cfg(feature = "mysql")]
             AnyOutbox::MySql(s) => s.take(limit).await?.map(AnyBatch::MySql),
+            #[cfg(feature = "sqlite")]
+            AnyOutbox::Sqlite(s) => s.take(limit).await?.map(AnyBatch::Sqlite),
         })
     }
 
@@ -136,6 +153,8 @@ impl OutboxStore for AnyOutbox {
             AnyOutbox::Postgres(s) => s.purge(retention, limit).await,
             #[cfg(feature = "mysql")]
             AnyOutbox::MySql(s) => s.purge(retention, limit).await,
+            #[cfg(feature = "sqlite")]
+            AnyOutbox::Sqlite(s) => s.purge(retention, limit).await,
         }
     }
 }
@@ -147,6 +166,8 @@ impl OutboxBatch for AnyBatch {
             AnyBatch::Postgres(b) => b.rows(),
             #[cfg(feature = "mysql")]
             AnyBatch::MySql(b) => b.rows(),
+            #[cfg(feature = "sqlite")]
+            AnyBatch::Sqlite(b) => b.rows(),
         }
     }
 
@@ -155,6 +176,8 @@ impl OutboxBatch for AnyBatch {
             AnyBatch::Postgres(b) => b.finish(sent).await,
             #[cfg(feature = "mysql")]
             AnyBatch::MySql(b) => b.finish(sent).await,
+            #[cfg(feature = "sqlite")]
+            AnyBatch::Sqlite(b) => b.finish(sent).await,
         }
     }
 }

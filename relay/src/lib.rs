@@ -5,7 +5,8 @@
 //! broker has confirmed them.
 //!
 //! A [`Relay`] joins an [`OutboxStore`] (the outbox table:
-//! `oncely_postgres::outbox::PostgresOutboxStore`, `oncely_mysql::outbox::MySqlOutboxStore`)
+//! `oncely_postgres::outbox::PostgresOutboxStore`, `oncely_mysql::outbox::MySqlOutboxStore`,
+//! `oncely_sqlite::outbox::SqliteOutboxStore`)
 //! and a [`Publisher`] (`oncely_nats::NatsPublisher`, `oncely_rabbitmq::AmqpPublisher`) and
 //! loops:
 //!
@@ -30,7 +31,8 @@
 //! aggregates, so no row is published twice in the normal case and no aggregate's order is
 //! broken; the store crate's docs explain how (PostgreSQL: an advisory lock per aggregate, held
 //! by the relay's session; MySQL/MariaDB: a named lock per aggregate, held by the relay's
-//! connection).
+//! connection; SQLite: one lease per file with a fencing token, so one relay publishes at a time
+//! and the others stand by).
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,5 +1,5 @@
-//! The kill -9 proof of the outbox relay: PostgreSQL to NATS JetStream and to RabbitMQ, and
-//! MariaDB to RabbitMQ.
+//! The kill -9 proof of the outbox relay: PostgreSQL to NATS JetStream and to RabbitMQ, MariaDB
+//! to RabbitMQ, and SQLite to NATS JetStream and to RabbitMQ.
 //!
 //! 5,000 rows over 50 aggregates are enqueued in 50 transactions while two relay *processes*
 //! (this test binary, started again as `relay_child`) publish them; about ten times, at random
@@ -16,15 +16,19 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oncely_core::outbox::{OutboxStore, message_id};
-use oncely_mysql::outbox::{MySqlOutbox, MySqlOutboxStore};
+use oncely_core::outbox::{OutboxMessage, OutboxStore, message_id};
+use oncely_mysql::outbox::MySqlOutboxStore;
 use oncely_mysql::sqlx::MySqlPool;
-use oncely_postgres::outbox::{Outbox, OutboxMessage, PostgresOutbox, PostgresOutboxStore};
+use oncely_postgres::outbox::PostgresOutboxStore;
 use oncely_relay::Relay;
+use oncely_sqlite::outbox::SqliteOutboxStore;
+use oncely_sqlite::sqlx::SqlitePool;
+use oncely_sqlite::sqlx::sqlite::SqliteConnectOptions;
 use sqlx::PgPool;
-use support::{Destination, check_delivery};
+use support::{Destination, Service, check_delivery};
 
 const CHILD_OUTBOX_ENV: &str = "ONCELY_RELAY_PROOF_OUTBOX";
 const CHILD_TO_ENV: &str = "ONCELY_RELAY_PROOF_TO";
@@ -56,6 +60,12 @@ async fn relay_child() {
     let report = if outbox.starts_with("mysql") {
         let store = MySqlOutboxStore::connect(&outbox).await.unwrap();
         child_relay(store, publisher).run(stop).await
+    } else if outbox.starts_with("sqlite:") {
+        // A short lease: a killed holder is replaced within 2 s.
+        let store = SqliteOutboxStore::connect(&outbox).await.unwrap();
+        child_relay(store.lease(Duration::from_secs(2)), publisher)
+            .run(stop)
+            .await
     } else {
         let store = PostgresOutboxStore::connect(&outbox).await.unwrap();
         child_relay(store, publisher).run(stop).await
@@ -71,56 +81,6 @@ fn child_relay<S: OutboxStore>(
         .batch(25)
         .poll_interval(Duration::from_millis(20))
         .on_error(|e| eprintln!("relay child {}: {e}", std::process::id()))
-}
-
-/// The service's database: where the proof enqueues and checks what is left unsent.
-#[derive(Clone)]
-enum Service {
-    Postgres(PgPool),
-    MySql(MySqlPool),
-}
-
-impl Service {
-    /// Enqueues `messages` in one transaction; answers their ids.
-    async fn enqueue(&self, messages: &[OutboxMessage]) -> Vec<i64> {
-        let mut ids = Vec::new();
-        match self {
-            Service::Postgres(pool) => {
-                let mut tx = pool.begin().await.unwrap();
-                for m in messages {
-                    ids.push(
-                        PostgresOutbox::enqueue(&Outbox::new(), &mut tx, m)
-                            .await
-                            .unwrap(),
-                    );
-                }
-                tx.commit().await.unwrap();
-            }
-            Service::MySql(pool) => {
-                let mut tx = pool.begin().await.unwrap();
-                for m in messages {
-                    ids.push(
-                        MySqlOutbox::enqueue(&Outbox::new(), &mut tx, m)
-                            .await
-                            .unwrap(),
-                    );
-                }
-                tx.commit().await.unwrap();
-            }
-        }
-        ids
-    }
-
-    async fn unsent(&self) -> i64 {
-        const UNSENT: &str = "SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL";
-        match self {
-            Service::Postgres(pool) => sqlx::query_scalar(UNSENT).fetch_one(pool).await.unwrap(),
-            Service::MySql(pool) => oncely_mysql::sqlx::query_scalar(UNSENT)
-                .fetch_one(pool)
-                .await
-                .unwrap(),
-        }
-    }
 }
 
 fn spawn(outbox: &str, to: &str) -> Child {
@@ -170,17 +130,28 @@ fn stop(child: &mut Child) {
 async fn survives_kill_9(destination: Destination, name: &str) {
     // The pid in the name: a relay left over from an earlier run can never reach this schema.
     let schema = format!("oncely_relay_proof_{name}_{}", std::process::id());
-    let (outbox_url, origin, service) = if name.starts_with("mysql") {
-        let url = support::fresh_mysql_database(&schema).await;
-        let store = MySqlOutboxStore::connect(&url).await.unwrap();
-        let pool = MySqlPool::connect(&url).await.unwrap();
-        (url, store.origin().await.unwrap(), Service::MySql(pool))
-    } else {
-        let url = support::fresh_schema(&schema).await;
-        let store = PostgresOutboxStore::connect(&url).await.unwrap();
-        let pool = PgPool::connect(&url).await.unwrap();
-        (url, store.origin().await.unwrap(), Service::Postgres(pool))
-    };
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox_url, origin, service): (String, String, Arc<dyn Service>) =
+        if name.starts_with("mysql") {
+            let url = support::fresh_mysql_database(&schema).await;
+            let store = MySqlOutboxStore::connect(&url).await.unwrap();
+            let pool = MySqlPool::connect(&url).await.unwrap();
+            (url, store.origin().await.unwrap(), Arc::new(pool))
+        } else if name.starts_with("sqlite") {
+            let path = dir.path().join(format!("{schema}.db"));
+            let url = format!("sqlite:{}", path.display());
+            let store = SqliteOutboxStore::connect(&url).await.unwrap();
+            let options = SqliteConnectOptions::new()
+                .filename(&path)
+                .busy_timeout(Duration::from_secs(5));
+            let pool = SqlitePool::connect_with(options).await.unwrap();
+            (url, store.origin().await.unwrap(), Arc::new(pool))
+        } else {
+            let url = support::fresh_schema(&schema).await;
+            let store = PostgresOutboxStore::connect(&url).await.unwrap();
+            let pool = PgPool::connect(&url).await.unwrap();
+            (url, store.origin().await.unwrap(), Arc::new(pool))
+        };
     let seed = std::env::var("ONCELY_PROOF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -209,7 +180,7 @@ async fn survives_kill_9(destination: Destination, name: &str) {
                             .with_header("Aggregate", &aggregate)
                     })
                     .collect();
-                let ids = service.enqueue(&messages).await;
+                let ids = service.enqueue(&messages, true).await;
                 for (message, id) in messages.iter().zip(ids) {
                     expected
                         .entry(message.aggregate().to_owned())
@@ -260,15 +231,11 @@ async fn survives_kill_9(destination: Destination, name: &str) {
     );
     assert_eq!(delivered.distinct, ROWS);
     destination.remove().await;
-    match service {
-        Service::Postgres(pool) => {
-            pool.close().await;
-            support::drop_schema(&schema).await;
-        }
-        Service::MySql(pool) => {
-            pool.close().await;
-            support::drop_mysql_database(&schema).await;
-        }
+    drop(service);
+    if name.starts_with("mysql") {
+        support::drop_mysql_database(&schema).await;
+    } else if !name.starts_with("sqlite") {
+        support::drop_schema(&schema).await;
     }
 }
 
@@ -285,4 +252,15 @@ async fn mysql_to_rabbitmq_relays_killed_at_random_lose_nothing_and_keep_each_ag
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
     survives_kill_9(Destination::rabbit("proof").await, "rabbitmq").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_to_nats_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
+    survives_kill_9(Destination::nats("proof_sqlite").await, "sqlite_nats").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_to_rabbitmq_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order()
+{
+    survives_kill_9(Destination::rabbit("proof_sqlite").await, "sqlite_rabbitmq").await;
 }

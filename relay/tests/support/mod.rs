@@ -1,7 +1,14 @@
 //! What the relay's test binaries share: a fresh PostgreSQL schema per test, and a fresh
-//! destination on each real broker (a JetStream stream, a RabbitMQ queue), read back whole.
+//! destination on each real broker (a JetStream stream, a RabbitMQ queue), read back whole; the
+//! service side of each database ([`Service`]), and the scenarios every outbox passes
+//! ([`scenarios`]).
 
 #![allow(dead_code)] // each test binary uses part of it
+
+pub mod scenarios;
+mod service;
+
+pub use service::Service;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -287,15 +294,11 @@ pub fn check_delivery(messages: &[Message], expected: &BTreeMap<String, Vec<Stri
     }
 }
 
-/// Waits until `pool`'s outbox has no unsent row, for at most `patience`.
-pub async fn wait_all_sent(pool: &PgPool, patience: Duration) {
+/// Waits until `service`'s outbox has no unsent row, for at most `patience`.
+pub async fn wait_all_sent(service: &dyn Service, patience: Duration) {
     let deadline = std::time::Instant::now() + patience;
     loop {
-        let unsent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL")
-                .fetch_one(pool)
-                .await
-                .unwrap();
+        let unsent = service.unsent().await;
         if unsent == 0 {
             return;
         }
@@ -303,6 +306,6 @@ pub async fn wait_all_sent(pool: &PgPool, patience: Duration) {
             std::time::Instant::now() < deadline,
             "{unsent} rows still unsent after {patience:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -255,7 +255,7 @@ pub async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
 }
 
 /// Applies the migrations newer than the file's `user_version`, in the current transaction.
-async fn apply_migrations(conn: &mut SqliteConnection) -> Result<()> {
+pub(crate) async fn apply_migrations(conn: &mut SqliteConnection) -> Result<()> {
     let unavailable = |e: sqlx::Error| Error::Unavailable {
         store: "sqlite (your connection)".into(),
         source: e.into(),
@@ -357,12 +357,12 @@ async fn select(
 }
 
 /// Whether `e` says oncely's tables are not there yet (a fresh file).
-fn is_missing_schema(e: &sqlx::Error) -> bool {
+pub(crate) fn is_missing_schema(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|db| db.message().contains("no such table: oncely_"))
 }
 
-fn backend(e: sqlx::Error) -> Error {
+pub(crate) fn backend(e: sqlx::Error) -> Error {
     // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes in the high bits.
     let busy = e
         .as_database_error()
@@ -386,7 +386,7 @@ impl std::fmt::Display for Busy {
             "{}: this transaction could not take SQLite's write lock (another connection holds \
              it, or committed since this transaction's snapshot; a deferred transaction that read \
              before claiming cannot wait for it); nothing was recorded. Roll back and retry, and \
-             begin transactions that claim with BEGIN IMMEDIATE \
+             begin transactions that claim or enqueue with BEGIN IMMEDIATE \
              (pool.begin_with(\"BEGIN IMMEDIATE\")) so the lock is taken, waiting on the busy \
              timeout, before anything is read",
             self.0

@@ -15,6 +15,8 @@
 //!   open unless `migrate=false`); why each choice was made, with figures, is in BENCHMARKS.md.
 //! - **Transactional inbox**: when the effect is a write to the same file, [`inbox`] claims the
 //!   key inside your own sqlx transaction, so the record and the effect commit together.
+//! - **Transactional outbox**: [`outbox`] enqueues messages in your own sqlx transaction, and
+//!   `oncely relay --outbox sqlite:PATH` publishes them to NATS JetStream or RabbitMQ.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely_core::Result<()> {
@@ -44,6 +46,7 @@
 pub mod inbox;
 mod ops;
 mod options;
+pub mod outbox;
 mod writer;
 
 use std::sync::mpsc;
@@ -64,7 +67,10 @@ use writer::{Job, Writer};
 pub use sqlx;
 
 /// The schema migrations, in order: `(version, sql)`. Applied on open unless `migrate=false`.
-pub const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../migrations/0001_records.sql"))];
+pub const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../migrations/0001_records.sql")),
+    (2, include_str!("../migrations/0002_outbox.sql")),
+];
 
 /// The SQLite store. See the crate docs.
 pub struct SqliteStore {

@@ -19,7 +19,7 @@ fn migrate_false_on_an_empty_file_says_what_to_do() {
     let err = SqliteStore::open(options(&url)).unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }), "{err}");
     assert!(
-        err.to_string().contains("schema version 0, expected 1"),
+        err.to_string().contains("schema version 0, expected 2"),
         "{err}"
     );
 }
@@ -31,18 +31,22 @@ fn the_shipped_sql_applied_by_hand_is_what_the_store_expects() {
     {
         // What a user running their own migrations does with stores/sqlite/migrations/.
         let conn = rusqlite::Connection::open(&path).unwrap();
-        let sql = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/migrations/0001_records.sql"
-        ))
-        .unwrap();
-        assert_eq!(
-            sql, MIGRATIONS[0].1,
-            "the shipped file is the one the store applies"
-        );
-        conn.execute_batch(&sql).unwrap();
-        conn.pragma_update(None, "user_version", MIGRATIONS[0].0)
-            .unwrap();
+        let mut shipped: Vec<_> =
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+                .unwrap()
+                .map(|entry| entry.unwrap().path())
+                .collect();
+        shipped.sort();
+        assert_eq!(shipped.len(), MIGRATIONS.len(), "one file per migration");
+        for (file, (version, applied)) in shipped.iter().zip(MIGRATIONS) {
+            let sql = std::fs::read_to_string(file).unwrap();
+            assert_eq!(
+                &sql, applied,
+                "the shipped file is the one the store applies"
+            );
+            conn.execute_batch(&sql).unwrap();
+            conn.pragma_update(None, "user_version", version).unwrap();
+        }
     }
     let url = format!("sqlite:{}?migrate=false", path.display());
     let store = SqliteStore::open(options(&url)).unwrap();

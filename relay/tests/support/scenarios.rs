@@ -1,0 +1,141 @@
+//! The scenarios every outbox passes, whatever its database: each a plain function over an
+//! [`OutboxStore`] (the relay's side) and a [`Service`] (the side that enqueues).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use oncely_core::outbox::{OutboxMessage, OutboxStore, Publisher, message_id};
+use oncely_relay::{Relay, RelayReport};
+
+use super::{Destination, Service, check_delivery, wait_all_sent};
+
+/// Message `n` of `aggregate`, which names its aggregate in a header for [`check_delivery`].
+pub fn event(aggregate: &str, n: usize) -> OutboxMessage {
+    OutboxMessage::new(aggregate, format!("{aggregate}#{n}").into_bytes())
+        .with_header("Aggregate", aggregate)
+}
+
+/// Runs a relay until every row is sent (or 30 s are out), then stops it.
+pub async fn relay_until_sent<S: OutboxStore + 'static>(
+    store: S,
+    publisher: Box<dyn Publisher>,
+    service: &dyn Service,
+) -> RelayReport {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = Relay::new(store, publisher)
+        .batch(10)
+        .poll_interval(Duration::from_millis(20));
+    let running = tokio::spawn(relay.run(async {
+        stopped.await.ok();
+    }));
+    wait_all_sent(service, Duration::from_secs(30)).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap()
+}
+
+/// Committed rows reach the broker in order, with their payload and headers; a rolled-back row
+/// never does.
+pub async fn committed_is_published_and_rolled_back_never_is<S: OutboxStore + 'static>(
+    store: S,
+    service: &dyn Service,
+    destination: Destination,
+) {
+    let origin = store.origin().await.unwrap();
+    let kept = service.enqueue(&[event("order-1", 1)], true).await[0];
+    let dropped = service.enqueue(&[event("order-2", 1)], false).await[0];
+    let also_kept = service
+        .enqueue(&[event("order-1", 2).with_header("Trace", "t-9")], true)
+        .await[0];
+
+    let report = relay_until_sent(store, destination.publisher().await, service).await;
+    assert_eq!(report.published, 2, "{report:?}");
+    let messages = destination.read_all().await;
+    let ids: Vec<_> = messages.iter().map(|m| m.message_id().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [message_id(&origin, kept), message_id(&origin, also_kept)],
+        "the committed rows, in order; never the rolled-back one ({dropped})"
+    );
+    assert_eq!(messages[1].payload(), b"order-1#2");
+    assert_eq!(messages[1].header("Trace"), Some("t-9"), "headers travel");
+    assert_eq!(service.count(true).await, 2, "both marked sent");
+    destination.remove().await;
+}
+
+/// Two relays on one outbox while rows keep coming: every row once (RabbitMQ keeps every copy,
+/// so a double publish would show), each aggregate in order.
+pub async fn two_relays_keep_each_aggregate_in_order<S: OutboxStore + Clone + 'static>(
+    store: S,
+    service: &dyn Service,
+    destination: Destination,
+) {
+    let origin = store.origin().await.unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut relays = Vec::new();
+    for _ in 0..2 {
+        let relay = Relay::new(store.clone(), destination.publisher().await)
+            .batch(7)
+            .poll_interval(Duration::from_millis(5));
+        let mut stopped = stopped.clone();
+        relays.push(tokio::spawn(relay.run(async move {
+            stopped.wait_for(|s| *s).await.ok();
+        })));
+    }
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for round in 0..40 {
+        let messages: Vec<_> = (0..10)
+            .map(|n| event(&format!("agg-{}", (round * 7 + n) % 12), n))
+            .collect();
+        let ids = service.enqueue(&messages, true).await;
+        for (message, id) in messages.iter().zip(ids) {
+            expected
+                .entry(message.aggregate().to_owned())
+                .or_default()
+                .push(message_id(&origin, id));
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    wait_all_sent(service, Duration::from_secs(60)).await;
+    stop.send(true).unwrap();
+    let mut published = 0;
+    for relay in relays {
+        let report = relay.await.unwrap().unwrap();
+        assert_eq!(report.failed, 0, "{report:?}");
+        published += report.published;
+    }
+    assert_eq!(published, 400);
+    let delivered = check_delivery(&destination.read_all().await, &expected);
+    assert_eq!(
+        delivered.total, 400,
+        "no row published twice: {delivered:?}"
+    );
+    destination.remove().await;
+}
+
+/// Purge deletes rows sent longer ago than the retention, at most `limit` per call, and never
+/// an unsent row or a recent one.
+pub async fn sent_rows_are_purged_after_the_retention_and_unsent_ones_never<S: OutboxStore>(
+    store: &S,
+    service: &dyn Service,
+) {
+    let messages: Vec<_> = (0..5).map(|n| event("p", n)).collect();
+    let ids = service.enqueue(&messages, true).await;
+    service
+        .mark_sent(&ids[..3], Duration::from_secs(2 * 3600))
+        .await;
+    service.mark_sent(&ids[4..], Duration::ZERO).await;
+    assert_eq!(
+        store.purge(Duration::from_secs(3600), 2).await.unwrap(),
+        2,
+        "bounded"
+    );
+    assert_eq!(
+        store.purge(Duration::from_secs(3600), 100).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        service.rows().await,
+        2,
+        "the recent sent row and the unsent one stay"
+    );
+}
