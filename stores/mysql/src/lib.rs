@@ -619,6 +619,10 @@ impl Store for MySqlStore {
         .await
         .map_err(|e| self.err(e))?;
         if rows.is_empty() {
+            // Ended here, not by dropping `tx`: sqlx would roll back only when the connection is
+            // next used, and until then InnoDB keeps the lock the scan took on the first record
+            // past the range, which the next purge (on another connection) skips.
+            tx.commit().await.map_err(|e| self.err(e))?;
             return Ok(0);
         }
         let statement = format!(

@@ -258,6 +258,9 @@ impl OutboxStore for PostgresOutboxStore {
             .await
             .map_err(|e| self.err("locking aggregates of oncely_outbox", e))?;
         if aggregates.is_empty() {
+            tx.rollback()
+                .await
+                .map_err(|e| self.err("ending an empty relay batch", e))?;
             return Ok(None);
         }
         let rows = sqlx::query(UNSENT_ROWS)
@@ -271,7 +274,12 @@ impl OutboxStore for PostgresOutboxStore {
             .map(|row| self.row(row))
             .collect::<Result<Vec<_>>>()?;
         if rows.is_empty() {
-            // Sent by the relay that held them until just now.
+            // Sent by the relay that held them until just now. Ended here, not by dropping `tx`:
+            // sqlx would roll back only when the connection is next used, and until then the
+            // aggregates' advisory locks would keep other relays away from them.
+            tx.rollback()
+                .await
+                .map_err(|e| self.err("ending an empty relay batch", e))?;
             return Ok(None);
         }
         Ok(Some(PostgresOutboxBatch {
