@@ -16,10 +16,11 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
 use oncely::{
-    Claim, ClaimOutcome, ClaimRequest, Error, Key, Oncely, Record, Scope, Store, StoreStats,
-    Timestamp, VersionCheck, async_trait,
+    Claim, ClaimOutcome, ClaimRequest, Error, Key, ManualClock, Oncely, Record, Scope, Store,
+    StoreStats, Timestamp, VersionCheck, async_trait,
 };
 use oncely_http::{IdempotencyLayer, InFlight};
 
@@ -259,21 +260,60 @@ async fn start(
     kind: StoreKind,
     configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer,
 ) -> Server {
-    let dir = tempfile::tempdir().unwrap();
+    start_with(kind, Options::default(), configure).await
+}
+
+#[derive(Default)]
+struct Options {
+    /// The clock of the `Oncely` under the layer (the system clock if none).
+    clock: Option<ManualClock>,
+    /// Serve with a plain hyper connection instead of `axum::serve`.
+    hyper: bool,
+}
+
+async fn open_store(kind: StoreKind, dir: &tempfile::TempDir) -> Arc<Switchable> {
     let url = match kind {
         StoreKind::Memory => "memory:".to_owned(),
         StoreKind::Sqlite => format!("sqlite:{}", dir.path().join("oncely.db").display()),
     };
-    let store = Arc::new(Switchable {
+    Arc::new(Switchable {
         inner: oncely::connect(&url).await.unwrap(),
         down: AtomicBool::new(false),
-    });
-    let oncely = Oncely::new(store.clone());
+    })
+}
+
+async fn start_with(
+    kind: StoreKind,
+    options: Options,
+    configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer,
+) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(kind, &dir).await;
+    let mut oncely = Oncely::new(store.clone());
+    if let Some(clock) = options.clock {
+        oncely = oncely.with_clock(clock);
+    }
     let upstream = Shared::default();
-    let app = app(upstream.clone()).layer(configure(IdempotencyLayer::new(oncely)));
+    let layer = configure(IdempotencyLayer::new(oncely));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    if options.hyper {
+        // The layer around a tower service, served by hyper itself: no axum in the serving path.
+        let service = tower::Layer::layer(&layer, app(upstream.clone()));
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let service = TowerToHyperService::new(service.clone());
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+    } else {
+        let app = app(upstream.clone()).layer(layer);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    }
     let client = Client::builder(TokioExecutor::new()).build_http();
     Server {
         addr,
@@ -364,6 +404,9 @@ per_store!(
     two_principals_with_one_key_never_see_each_others_response,
     key_header_reaches_the_upstream_unchanged,
     concurrent_requests_execute_each_key_exactly_once,
+    retention_ends_the_replay_then_the_key_is_new,
+    a_dropped_request_releases_its_key,
+    plugs_into_a_plain_hyper_server,
 );
 
 async fn first_response_is_replayed_byte_for_byte_without_set_cookie(kind: StoreKind) {
@@ -708,4 +751,85 @@ async fn concurrent_requests_execute_each_key_exactly_once(kind: StoreKind) {
         }
     }
     assert_eq!(server.upstream.total(), 20);
+}
+
+async fn retention_ends_the_replay_then_the_key_is_new(kind: StoreKind) {
+    for (configure, retention) in [
+        (None, Duration::from_secs(24 * 3600)),
+        (Some(Duration::from_secs(3600)), Duration::from_secs(3600)),
+    ] {
+        let clock = ManualClock::new(Timestamp::from_millis(1_800_000_000_000));
+        let options = Options {
+            clock: Some(clock.clone()),
+            hyper: false,
+        };
+        let server = start_with(kind, options, |l| match configure {
+            Some(retention) => l.retention(retention),
+            None => l,
+        })
+        .await;
+        let first = server.post("/charges", "k-1", "{}").await;
+        clock.advance(retention - Duration::from_secs(60));
+        let replay = server.post("/charges", "k-1", "{}").await;
+        assert!(replay.replayed(), "replayed within {retention:?}");
+        assert_eq!(replay.body, first.body);
+        clock.advance(Duration::from_secs(120));
+        let after = server.post("/charges", "k-1", "{}").await;
+        assert!(!after.replayed(), "a new operation after {retention:?}");
+        assert_ne!(after.body, first.body);
+        assert_eq!(server.upstream.calls("/charges", "k-1"), 2);
+    }
+}
+
+async fn a_dropped_request_releases_its_key(kind: StoreKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(kind, &dir).await;
+    // A lease far longer than the test: only the drop guard can give the key back in time.
+    let oncely = Oncely::new(store).with_lease(Duration::from_secs(300));
+    let upstream = Shared::default();
+    let mut service = tower::Layer::layer(&IdempotencyLayer::new(oncely), app(upstream.clone()));
+    let request = || {
+        Request::post("/slow")
+            .header("idempotency-key", "k-1")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+
+    // A timeout drops the request while the slow handler runs.
+    std::future::poll_fn(|cx| tower::Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx))
+        .await
+        .unwrap();
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        tower::Service::call(&mut service, request()),
+    )
+    .await;
+    assert!(dropped.is_err(), "the request was cut short");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The retry is not told 409: the key was released, so it executes.
+    std::future::poll_fn(|cx| tower::Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx))
+        .await
+        .unwrap();
+    let retry = tower::Service::call(&mut service, request()).await.unwrap();
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert_eq!(upstream.calls("/slow", "k-1"), 1);
+}
+
+async fn plugs_into_a_plain_hyper_server(kind: StoreKind) {
+    let options = Options {
+        clock: None,
+        hyper: true,
+    };
+    let server = start_with(kind, options, |l| l.require_key(true)).await;
+    let first = server.post("/charges", "k-1", "{}").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = server.post("/charges", "k-1", "{}").await;
+    assert!(again.replayed());
+    assert_eq!(again.body, first.body);
+    server
+        .send(Method::POST, "/charges", &[], "{}")
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    assert_eq!(server.upstream.total(), 1);
 }
