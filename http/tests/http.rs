@@ -407,6 +407,8 @@ per_store!(
     retention_ends_the_replay_then_the_key_is_new,
     a_dropped_request_releases_its_key,
     plugs_into_a_plain_hyper_server,
+    upstream_failure_releases_the_key_and_a_retry_executes,
+    same_key_other_fingerprint_header_gets_422,
 );
 
 async fn first_response_is_replayed_byte_for_byte_without_set_cookie(kind: StoreKind) {
@@ -831,5 +833,91 @@ async fn plugs_into_a_plain_hyper_server(kind: StoreKind) {
         .send(Method::POST, "/charges", &[], "{}")
         .await
         .problem(StatusCode::BAD_REQUEST);
+    assert_eq!(server.upstream.total(), 1);
+}
+
+/// An upstream that fails without a response the first time (a reset connection), then answers.
+#[derive(Clone, Default)]
+struct FailsFirst {
+    calls: Arc<AtomicUsize>,
+}
+
+impl tower::Service<Request<oncely_http::Body<Full<Bytes>>>> for FailsFirst {
+    type Response = http::Response<Full<Bytes>>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<oncely_http::Body<Full<Bytes>>>) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        std::future::ready(if n == 1 {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "upstream reset the connection",
+            ))
+        } else {
+            Ok(http::Response::new(Full::new(Bytes::from(format!(
+                "answer {n}"
+            )))))
+        })
+    }
+}
+
+async fn upstream_failure_releases_the_key_and_a_retry_executes(kind: StoreKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let oncely = Oncely::new(open_store(kind, &dir).await);
+    let upstream = FailsFirst::default();
+    let mut service = tower::Layer::layer(&IdempotencyLayer::new(oncely), upstream.clone());
+    let mut send = async || {
+        let request = Request::post("/charges")
+            .header("idempotency-key", "k-1")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        std::future::poll_fn(|cx| {
+            tower::Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx)
+        })
+        .await
+        .unwrap();
+        let response = tower::Service::call(&mut service, request).await?;
+        let replayed = response.headers().contains_key("idempotent-replayed");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Ok::<_, std::io::Error>((replayed, body))
+    };
+    let failed = send().await.unwrap_err();
+    assert_eq!(failed.kind(), std::io::ErrorKind::ConnectionReset);
+    assert_eq!(send().await.unwrap(), (false, Bytes::from("answer 2")));
+    assert_eq!(send().await.unwrap(), (true, Bytes::from("answer 2")));
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 2);
+}
+
+async fn same_key_other_fingerprint_header_gets_422(kind: StoreKind) {
+    let server = start(kind, |l| {
+        l.fingerprint_headers([http::HeaderName::from_static("x-tenant")])
+    })
+    .await;
+    let as_tenant = |tenant: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .send(
+                    Method::POST,
+                    "/charges",
+                    &[("idempotency-key", b"k-1"), ("x-tenant", tenant.as_bytes())],
+                    "{}",
+                )
+                .await
+        }
+    };
+    assert_eq!(as_tenant("t1").await.status, StatusCode::CREATED);
+    assert!(as_tenant("t1").await.replayed());
+    as_tenant("t2")
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(server.upstream.total(), 1);
 }
