@@ -1,0 +1,164 @@
+//! [`IdempotencyLayer`]: the configuration, and the [`tower::Layer`] that applies it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method, header};
+use oncely_core::Oncely;
+
+use crate::IdempotencyService;
+
+/// How long a stored response is replayed by default: 24 hours, as Stripe does.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// The largest request body buffered by default (1 MiB); a larger one gets 413.
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+/// The largest response body stored by default (1 MiB); a larger one is passed through and
+/// its key released.
+pub const DEFAULT_MAX_RESPONSE: usize = 1024 * 1024;
+
+/// What a request gets when the first request with its key is still in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InFlight {
+    /// `409 Conflict` at once, with `Retry-After` (the default, as the IETF draft says).
+    Conflict,
+    /// Wait up to this long for the first request to finish, then replay its response (or
+    /// execute, if it failed and released the key); 409 if it is still in flight by then.
+    /// Needs a Tokio runtime with the time driver.
+    Wait(Duration),
+}
+
+/// A [`tower::Layer`] that makes POST and PATCH endpoints idempotent by `Idempotency-Key`.
+///
+/// The layer holds configuration only; see the [crate docs](crate) for the behaviour and an
+/// axum example. Every setter returns the layer, so it is configured in one expression.
+#[derive(Clone, Debug)]
+pub struct IdempotencyLayer {
+    config: Arc<Config>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) oncely: Oncely,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) require_key: bool,
+    pub(crate) principal_headers: Vec<HeaderName>,
+    pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) max_body: usize,
+    pub(crate) max_response: usize,
+    pub(crate) in_flight: InFlight,
+    pub(crate) store_server_errors: bool,
+    pub(crate) deny_headers: Vec<HeaderName>,
+    pub(crate) fail_open: bool,
+}
+
+impl IdempotencyLayer {
+    /// The layer over `oncely`'s store, with the defaults: POST and PATCH, key optional, one
+    /// shared principal, 1 MiB request and response limits, 24 h retention (replacing the
+    /// retention `oncely` was built with), 409 while in flight, 5xx not stored, `Set-Cookie`
+    /// not stored, and 503 when the store is down.
+    ///
+    /// The claim's lease is `oncely`'s ([`Oncely::with_lease`], 30 s by default): set it above
+    /// the slowest response the upstream gives, or a retry after the lease runs out executes
+    /// again while the first is still running.
+    pub fn new(oncely: Oncely) -> Self {
+        IdempotencyLayer {
+            config: Arc::new(Config {
+                oncely: oncely.with_retention(DEFAULT_RETENTION),
+                methods: vec![Method::POST, Method::PATCH],
+                require_key: false,
+                principal_headers: Vec::new(),
+                fingerprint_headers: Vec::new(),
+                max_body: DEFAULT_MAX_BODY,
+                max_response: DEFAULT_MAX_RESPONSE,
+                in_flight: InFlight::Conflict,
+                store_server_errors: false,
+                deny_headers: vec![header::SET_COOKIE],
+                fail_open: false,
+            }),
+        }
+    }
+
+    fn set(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// The methods the layer applies to (default POST and PATCH); others pass through untouched.
+    pub fn methods(self, methods: impl IntoIterator<Item = Method>) -> Self {
+        let methods = methods.into_iter().collect();
+        self.set(|c| c.methods = methods)
+    }
+
+    /// Whether a request without `Idempotency-Key` gets 400 (`true`) or passes through
+    /// un-deduplicated (`false`, the default).
+    pub fn require_key(self, required: bool) -> Self {
+        self.set(|c| c.require_key = required)
+    }
+
+    /// The headers that identify the principal, e.g. `Authorization` or an API-key header:
+    /// the scope of a key is a SHA-256 of their values, so one client's stored response is never
+    /// replayed to another (and the credential itself is never stored). Empty (the default):
+    /// one scope shared by every client.
+    pub fn principal_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let names = names.into_iter().collect();
+        self.set(|c| c.principal_headers = names)
+    }
+
+    /// Headers that are part of the request's fingerprint besides method, path and body (e.g.
+    /// `Content-Type`, a tenant header): the same key with another value gets 422.
+    pub fn fingerprint_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let names = names.into_iter().collect();
+        self.set(|c| c.fingerprint_headers = names)
+    }
+
+    /// The largest request body buffered to fingerprint it (default 1 MiB); larger gets 413.
+    pub fn max_body(self, bytes: usize) -> Self {
+        self.set(|c| c.max_body = bytes)
+    }
+
+    /// The largest response body stored (default 1 MiB). A larger response is passed through
+    /// to the client unchanged and its key released, so a retry executes again.
+    pub fn max_response(self, bytes: usize) -> Self {
+        self.set(|c| c.max_response = bytes)
+    }
+
+    /// How long a stored response is replayed (default 24 h).
+    pub fn retention(self, retention: Duration) -> Self {
+        self.set(|c| c.oncely = c.oncely.clone().with_retention(retention))
+    }
+
+    /// What a request gets while the first with its key is in flight (default
+    /// [`InFlight::Conflict`]).
+    pub fn in_flight(self, in_flight: InFlight) -> Self {
+        self.set(|c| c.in_flight = in_flight)
+    }
+
+    /// Whether 5xx responses are stored and replayed like any other (`true`, as Stripe does)
+    /// or release the key so the client can retry (`false`, the default). An upstream that
+    /// fails without a response always releases the key.
+    pub fn store_server_errors(self, store: bool) -> Self {
+        self.set(|c| c.store_server_errors = store)
+    }
+
+    /// Response headers never stored, so never replayed (default: `Set-Cookie`). Hop-by-hop
+    /// headers are never stored either. Replaces the list: include `Set-Cookie` to keep it.
+    pub fn deny_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let names = names.into_iter().collect();
+        self.set(|c| c.deny_headers = names)
+    }
+
+    /// What happens when the store cannot be reached: `false` (the default) answers 503 and
+    /// executes nothing (fail closed); `true` passes the request through without protection
+    /// (fail open: availability over exactly-once).
+    pub fn fail_open(self, open: bool) -> Self {
+        self.set(|c| c.fail_open = open)
+    }
+}
+
+impl<S> tower::Layer<S> for IdempotencyLayer {
+    type Service = IdempotencyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        IdempotencyService::new(inner, self.config.clone())
+    }
+}

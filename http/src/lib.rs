@@ -1,0 +1,110 @@
+//! # oncely-http
+//!
+//! The `Idempotency-Key` header for any [tower] HTTP service (axum, hyper, tonic): a client
+//! that retries a POST - after a timeout, a dropped connection, a crash on either side - gets
+//! the first response again instead of a second charge, a second order, a second email.
+//!
+//! ## When to use it
+//!
+//! Put [`IdempotencyLayer`] in front of endpoints with an effect that must not happen twice
+//! (payments, orders, sign-ups). Clients send a unique `Idempotency-Key` per operation (a UUID)
+//! and the same key when they retry it. The semantics follow the IETF httpapi draft "The
+//! Idempotency-Key HTTP Header Field" and Stripe's API:
+//!
+//! | the request | what it gets |
+//! |---|---|
+//! | a method the layer does not apply to (default: all but POST and PATCH) | passed through untouched |
+//! | no `Idempotency-Key` | passed through, or 400 with [`require_key`](IdempotencyLayer::require_key) |
+//! | a malformed key: empty, over 255 characters, not visible ASCII, or sent twice | 400 |
+//! | a body over [`max_body`](IdempotencyLayer::max_body) (1 MiB) | 413, never truncated |
+//! | a new key | executed; the response stored (status, headers, body) and sent |
+//! | a key already answered | the stored response, byte for byte, with `Idempotent-Replayed: true` |
+//! | a key already used with another method, path, body or [fingerprint header](IdempotencyLayer::fingerprint_headers) | 422 |
+//! | a key whose first request is still in flight | 409 with `Retry-After`, or a bounded [wait](InFlight::Wait) |
+//! | a store that cannot be reached | 503 (or passed through with [`fail_open`](IdempotencyLayer::fail_open)) |
+//!
+//! What is stored, and for how long:
+//!
+//! - the status, the headers minus hop-by-hop ones and a [deny-list](IdempotencyLayer::deny_headers)
+//!   (`Set-Cookie` by default: a session is not replayed), the body and any trailers, in the
+//!   [versioned binary format](stored) of [`stored::StoredResponse`];
+//! - a 5xx response, or an upstream that fails without one, *releases* the key so a retry runs
+//!   again ([`store_server_errors`](IdempotencyLayer::store_server_errors) stores 5xx, as Stripe
+//!   does);
+//! - a response over [`max_response`](IdempotencyLayer::max_response) (1 MiB) is passed through
+//!   as it streams, and its key released;
+//! - a stored response is replayed for the [retention](IdempotencyLayer::retention) (24 h).
+//!
+//! Keys are scoped by **principal**: with [`principal_headers`](IdempotencyLayer::principal_headers)
+//! (say `Authorization`), the scope is `http:` and a SHA-256 of those headers' values, so two
+//! clients that pick the same key never see each other's responses, and no credential is stored.
+//! The key header itself reaches the inner service unchanged.
+//!
+//! Every answer of the layer's own is `application/problem+json` (RFC 9457) with `type`
+//! (`urn:oncely:http:...`), `title`, `status` and `detail`.
+//!
+//! ## With axum
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use axum::{Router, routing::post};
+//! use http::header::AUTHORIZATION;
+//! use oncely_http::{IdempotencyLayer, InFlight};
+//!
+//! async fn create_charge(body: String) -> (http::StatusCode, String) {
+//!     // ... charge the card: this runs once per Idempotency-Key ...
+//!     (http::StatusCode::CREATED, format!(r#"{{"charged":{body}}}"#))
+//! }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = oncely::connect("sqlite:oncely.db").await?;
+//! let idempotency = IdempotencyLayer::new(oncely::Oncely::new(store))
+//!     .require_key(true)
+//!     .principal_headers([AUTHORIZATION])
+//!     .in_flight(InFlight::Wait(Duration::from_secs(5)));
+//!
+//! let app = Router::new()
+//!     .route("/charges", post(create_charge))
+//!     .layer(idempotency);
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! With hyper, wrap your service with [`tower::Layer::layer`] and serve it through
+//! `hyper_util::service::TowerToHyperService`. The inner service receives `Request<Body<B>>`
+//! (see [`Body`]) and the layered one answers `Response<Body<B>>`; a tonic server that insists
+//! on its own body type maps to it with `tower`'s `map_request`/`map_response`.
+//!
+//! ## Failure and cancellation
+//!
+//! The claim on a key is a lease (the [`Oncely`](oncely_core::Oncely)'s, 30 s unless set with
+//! `with_lease`): keep it above your slowest response. If the client goes away, or a timeout
+//! drops the request while the inner service runs, the layer releases the key on a spawned
+//! Tokio task, so a retry executes; where no runtime is present, the key is held until the lease
+//! ends, then a retry takes it over. It never stays stuck beyond its lease.
+//!
+//! An upstream whose response was sent but could not be stored (the store went down meanwhile)
+//! answers normally and the key is released: a retry then executes again. Exactly-once across
+//! that window needs the effect and the record in one transaction: see the transactional inbox
+//! of the SQL stores.
+
+#![warn(missing_docs)]
+
+mod body;
+mod future;
+mod layer;
+mod problem;
+mod request;
+mod service;
+pub mod stored;
+
+pub use body::Body;
+pub use future::ResponseFuture;
+pub use layer::{
+    DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE, DEFAULT_RETENTION, IdempotencyLayer, InFlight,
+};
+pub use problem::PROBLEM_JSON;
+pub use request::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, MAX_KEY_LEN};
+pub use service::IdempotencyService;

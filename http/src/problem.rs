@@ -1,0 +1,162 @@
+//! The layer's own answers: `application/problem+json` bodies (RFC 9457).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::Body;
+
+/// The media type of every error the layer answers with.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Why the layer answered instead of the inner service. Each is one RFC 9457 problem type,
+/// `urn:oncely:http:` followed by [`Problem::slug`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Problem {
+    KeyMissing,
+    KeyEmpty,
+    KeyTooLong { len: usize },
+    KeyNotVisibleAscii,
+    KeyRepeated { count: usize },
+    BodyTooLarge { limit: usize },
+    BodyUnreadable { reason: String },
+    InFlight { retry_after: Duration },
+    Mismatch,
+    StoreUnavailable,
+    StoredUnreadable { reason: String },
+}
+
+impl Problem {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Problem::KeyMissing
+            | Problem::KeyEmpty
+            | Problem::KeyTooLong { .. }
+            | Problem::KeyNotVisibleAscii
+            | Problem::KeyRepeated { .. }
+            | Problem::BodyUnreadable { .. } => StatusCode::BAD_REQUEST,
+            Problem::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::InFlight { .. } => StatusCode::CONFLICT,
+            Problem::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Problem::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::StoredUnreadable { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The last part of the problem type URI.
+    pub(crate) fn slug(&self) -> &'static str {
+        match self {
+            Problem::KeyMissing => "idempotency-key-missing",
+            Problem::KeyEmpty
+            | Problem::KeyTooLong { .. }
+            | Problem::KeyNotVisibleAscii
+            | Problem::KeyRepeated { .. } => "idempotency-key-malformed",
+            Problem::BodyTooLarge { .. } => "request-too-large",
+            Problem::BodyUnreadable { .. } => "request-body-unreadable",
+            Problem::InFlight { .. } => "request-in-progress",
+            Problem::Mismatch => "idempotency-key-reused",
+            Problem::StoreUnavailable => "store-unavailable",
+            Problem::StoredUnreadable { .. } => "stored-response-unreadable",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Problem::KeyMissing => "Idempotency-Key is required",
+            Problem::KeyEmpty
+            | Problem::KeyTooLong { .. }
+            | Problem::KeyNotVisibleAscii
+            | Problem::KeyRepeated { .. } => "Idempotency-Key is malformed",
+            Problem::BodyTooLarge { .. } => "Request body too large",
+            Problem::BodyUnreadable { .. } => "Request body could not be read",
+            Problem::InFlight { .. } => "A request with this Idempotency-Key is in progress",
+            Problem::Mismatch => "Idempotency-Key reused with a different request",
+            Problem::StoreUnavailable => "Idempotency store unavailable",
+            Problem::StoredUnreadable { .. } => "Stored response could not be read",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Problem::KeyMissing => {
+                "this endpoint requires an Idempotency-Key header: send a unique value (a UUID) \
+                 per operation, and the same value when retrying it"
+                    .into()
+            }
+            Problem::KeyEmpty => "the Idempotency-Key header is empty".into(),
+            Problem::KeyTooLong { len } => format!(
+                "the Idempotency-Key is {len} characters long; at most {} are accepted",
+                crate::MAX_KEY_LEN
+            ),
+            Problem::KeyNotVisibleAscii => {
+                "the Idempotency-Key must be visible ASCII (characters 0x20-0x7E, no control \
+                 characters, no non-ASCII bytes)"
+                    .into()
+            }
+            Problem::KeyRepeated { count } => {
+                format!("the Idempotency-Key header was sent {count} times; send it exactly once")
+            }
+            Problem::BodyTooLarge { limit } => format!(
+                "the request body is larger than {limit} bytes, the most this endpoint buffers \
+                 to check an Idempotency-Key"
+            ),
+            Problem::BodyUnreadable { reason } => {
+                format!("the request body could not be read: {reason}")
+            }
+            Problem::InFlight { retry_after } => format!(
+                "the first request with this Idempotency-Key is still being processed; retry \
+                 after {} seconds to get its response",
+                retry_after_secs(*retry_after)
+            ),
+            Problem::Mismatch => {
+                "this Idempotency-Key was already used with a different request (another \
+                 method, path, body or header): use a new key for a new operation"
+                    .into()
+            }
+            Problem::StoreUnavailable => {
+                "the idempotency store could not be reached, so the request was not executed; \
+                 retry with the same Idempotency-Key"
+                    .into()
+            }
+            Problem::StoredUnreadable { reason } => format!(
+                "the response stored for this Idempotency-Key could not be decoded ({reason}); \
+                 it was not replayed"
+            ),
+        }
+    }
+
+    /// The response: status, `application/problem+json`, and `Retry-After` where it applies.
+    pub(crate) fn into_response<B: http_body::Body>(self) -> Response<Body<B>> {
+        let status = self.status();
+        let json = serde_json::json!({
+            "type": format!("urn:oncely:http:{}", self.slug()),
+            "title": self.title(),
+            "status": status.as_u16(),
+            "detail": self.detail(),
+        });
+        let mut response = Response::new(Body::buffered(Bytes::from(json.to_string()), None));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        match &self {
+            Problem::InFlight { retry_after } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(*retry_after)),
+                );
+            }
+            Problem::StoreUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// `Retry-After` is whole seconds: round up, and never say 0 (that invites a busy loop).
+fn retry_after_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}

@@ -1,0 +1,174 @@
+//! What the layer reads from a request: the key, the principal's scope and the fingerprint.
+
+use http::request::Parts;
+use http::{HeaderMap, HeaderName};
+use oncely_core::{Fingerprint, Key, Scope};
+
+use crate::problem::Problem;
+
+/// The header carrying the key (IETF httpapi draft, Stripe).
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// The header marking a replayed response.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// The longest key accepted, in characters.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// The request's key: `Ok(None)` if it has none, a problem if the key is malformed.
+pub(crate) fn read_key(headers: &HeaderMap) -> Result<Option<Key>, Problem> {
+    let mut values = headers.get_all(&IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let extra = values.count();
+    if extra > 0 {
+        return Err(Problem::KeyRepeated { count: extra + 1 });
+    }
+    let bytes = value.as_bytes();
+    if bytes.is_empty() {
+        return Err(Problem::KeyEmpty);
+    }
+    // Visible ASCII, and the space an sf-string allows inside; no control or non-ASCII bytes.
+    if !bytes.iter().all(|b| (0x20..=0x7e).contains(b)) {
+        return Err(Problem::KeyNotVisibleAscii);
+    }
+    if bytes.len() > MAX_KEY_LEN {
+        return Err(Problem::KeyTooLong { len: bytes.len() });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| Problem::KeyNotVisibleAscii)?;
+    // At most 255 ASCII bytes: within every limit of `Key`.
+    Key::new(text).map(Some).map_err(|_| Problem::KeyEmpty)
+}
+
+/// The principal's scope: `http:` and the SHA-256 of the configured headers' names and values,
+/// or the one shared scope `http` when none is configured. A request that carries none of the
+/// configured headers gets the scope of the anonymous principal (all such requests share it).
+pub(crate) fn principal_scope(principal_headers: &[HeaderName], headers: &HeaderMap) -> Scope {
+    if principal_headers.is_empty() {
+        return Scope::new("http").expect("a valid scope");
+    }
+    let digest = Fingerprint::of_parts(header_parts(principal_headers, headers).iter().copied());
+    Scope::new(format!("http:{}", digest.to_hex())).expect("69 bytes is a valid scope")
+}
+
+/// The request's fingerprint: method, path and query, the configured headers, and the body.
+pub(crate) fn request_fingerprint(
+    fingerprint_headers: &[HeaderName],
+    parts: &Parts,
+    body: &[u8],
+) -> Fingerprint {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |pq| pq.as_str());
+    let mut all: Vec<&[u8]> = vec![parts.method.as_str().as_bytes(), path.as_bytes()];
+    all.extend(header_parts(fingerprint_headers, &parts.headers));
+    all.push(body);
+    Fingerprint::of_parts(all)
+}
+
+/// Each configured header's name, its number of values and each value, in configured order:
+/// a header absent, empty or sent twice all give different parts.
+fn header_parts<'a>(names: &'a [HeaderName], headers: &'a HeaderMap) -> Vec<&'a [u8]> {
+    const COUNTS: [&[u8]; 9] = [b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8+"];
+    let mut parts = Vec::new();
+    for name in names {
+        let values: Vec<_> = headers.get_all(name).iter().collect();
+        parts.push(name.as_str().as_bytes());
+        parts.push(COUNTS[values.len().min(8)]);
+        parts.extend(values.into_iter().map(|v| v.as_bytes()));
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderValue, Request, header};
+
+    fn headers(pairs: &[(&HeaderName, &[u8])]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append((*name).clone(), HeaderValue::from_bytes(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn keys_are_validated_like_the_ietf_draft_says() {
+        let k = &IDEMPOTENCY_KEY;
+        assert_eq!(read_key(&HeaderMap::new()), Ok(None));
+        assert_eq!(
+            read_key(&headers(&[(k, b"8e03978e-40d5")]))
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "8e03978e-40d5"
+        );
+        assert_eq!(read_key(&headers(&[(k, b"")])), Err(Problem::KeyEmpty));
+        assert_eq!(
+            read_key(&headers(&[(k, "x".repeat(256).as_bytes())])),
+            Err(Problem::KeyTooLong { len: 256 })
+        );
+        assert!(read_key(&headers(&[(k, "x".repeat(255).as_bytes())])).is_ok());
+        assert_eq!(
+            read_key(&headers(&[(k, b"caf\xc3\xa9")])),
+            Err(Problem::KeyNotVisibleAscii)
+        );
+        assert_eq!(
+            read_key(&headers(&[(k, b"a\tb")])),
+            Err(Problem::KeyNotVisibleAscii)
+        );
+        assert_eq!(
+            read_key(&headers(&[(k, b"a"), (k, b"a")])),
+            Err(Problem::KeyRepeated { count: 2 })
+        );
+    }
+
+    #[test]
+    fn principals_are_kept_apart_by_their_headers() {
+        let auth = [header::AUTHORIZATION];
+        let alice = principal_scope(&auth, &headers(&[(&header::AUTHORIZATION, b"Bearer a")]));
+        let bob = principal_scope(&auth, &headers(&[(&header::AUTHORIZATION, b"Bearer b")]));
+        let anonymous = principal_scope(&auth, &HeaderMap::new());
+        assert_ne!(alice, bob);
+        assert_ne!(alice, anonymous);
+        assert!(alice.as_str().starts_with("http:"));
+        // The credential itself is never stored, only its digest.
+        assert!(!alice.as_str().contains("Bearer"));
+        assert_eq!(principal_scope(&[], &HeaderMap::new()).as_str(), "http");
+    }
+
+    #[test]
+    fn fingerprint_covers_method_path_query_headers_and_body() {
+        let parts = |method: &str, uri: &str, tenant: &str| {
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("x-tenant", tenant)
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let names = [HeaderName::from_static("x-tenant")];
+        let base = request_fingerprint(&names, &parts("POST", "/charges", "t1"), b"{}");
+        assert_eq!(
+            base,
+            request_fingerprint(&names, &parts("POST", "/charges", "t1"), b"{}")
+        );
+        for other in [
+            request_fingerprint(&names, &parts("PATCH", "/charges", "t1"), b"{}"),
+            request_fingerprint(&names, &parts("POST", "/refunds", "t1"), b"{}"),
+            request_fingerprint(&names, &parts("POST", "/charges?x=1", "t1"), b"{}"),
+            request_fingerprint(&names, &parts("POST", "/charges", "t2"), b"{}"),
+            request_fingerprint(&names, &parts("POST", "/charges", "t1"), b"{ }"),
+        ] {
+            assert_ne!(base, other);
+        }
+        // A header not configured does not count.
+        assert_eq!(
+            request_fingerprint(&[], &parts("POST", "/charges", "t1"), b"{}"),
+            request_fingerprint(&[], &parts("POST", "/charges", "t2"), b"{}")
+        );
+    }
+}
