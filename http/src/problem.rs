@@ -90,8 +90,8 @@ impl Problem {
                 crate::MAX_KEY_LEN
             ),
             Problem::KeyNotVisibleAscii => {
-                "the Idempotency-Key must be visible ASCII (characters 0x20-0x7E, no control \
-                 characters, no non-ASCII bytes)"
+                "the Idempotency-Key must be visible ASCII (characters 0x21-0x7E: no spaces, \
+                 control characters or non-ASCII bytes)"
                     .into()
             }
             Problem::KeyRepeated { count } => {

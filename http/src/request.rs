@@ -27,8 +27,9 @@ pub(crate) fn read_key(headers: &HeaderMap) -> Result<Option<Key>, Problem> {
     if bytes.is_empty() {
         return Err(Problem::KeyEmpty);
     }
-    // Visible ASCII, and the space an sf-string allows inside; no control or non-ASCII bytes.
-    if !bytes.iter().all(|b| (0x20..=0x7e).contains(b)) {
+    // Visible ASCII (VCHAR, 0x21-0x7E), as SPEC S4 asks: no space, control or non-ASCII byte.
+    // HTTP trims the value's surrounding whitespace, so an inner space is the only one seen.
+    if !bytes.iter().all(u8::is_ascii_graphic) {
         return Err(Problem::KeyNotVisibleAscii);
     }
     if bytes.len() > MAX_KEY_LEN {
