@@ -1,0 +1,552 @@
+//! `oncely serve`: the Idempotency-Key gateway (S4) in front of any HTTP service.
+//!
+//! A streaming reverse proxy (hyper server, hyper-util's pooled client, plain http only) with
+//! `oncely_http::IdempotencyLayer` in front of it: requests the layer applies to are claimed,
+//! executed once upstream and their response stored; retries get the stored response. Every
+//! request the layer lets through is forwarded (method, path and query, headers minus
+//! hop-by-hop ones, body) and its response streamed back. An upstream that cannot be reached
+//! answers 502 problem+json, and the key is released so a retry executes.
+//!
+//! SIGINT or SIGTERM stops accepting connections and lets requests in flight finish (up to
+//! [`GRACE`]); then the summary goes to stderr and the exit status is 0.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use oncely::Oncely;
+use oncely_http::{Body, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer, PROBLEM_JSON};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tower::{Layer as _, Service as _};
+
+use crate::duration;
+
+/// How long requests in flight get to finish after SIGINT or SIGTERM.
+pub const GRACE: Duration = Duration::from_secs(30);
+
+/// Arguments of `oncely serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The service to protect: a plain http://HOST[:PORT][/PREFIX] URL (no https). Each
+    /// request's path and query are appended to it.
+    #[arg(long, value_name = "URL")]
+    upstream: String,
+
+    /// Where to listen, ADDR:PORT (port 0 picks a free one; the bound address is printed).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Answer 400 to a request without Idempotency-Key (of the --methods) instead of passing
+    /// it through unprotected.
+    #[arg(long)]
+    require_key: bool,
+
+    /// How long a stored response is replayed (500ms, 90s, 15m, 24h, 7d).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = duration::parse)]
+    ttl: Duration,
+
+    /// The methods the Idempotency-Key applies to, comma-separated; others pass through.
+    #[arg(long, value_name = "LIST", default_value = "POST,PATCH", value_parser = parse_methods)]
+    methods: Methods,
+
+    /// A request header identifying the client (e.g. Authorization): keys are scoped by a
+    /// SHA-256 of these headers' values, so one client never gets another's response.
+    /// Repeat for several.
+    #[arg(long = "principal-header", value_name = "NAME", value_parser = parse_header_name)]
+    principal_headers: Vec<HeaderName>,
+}
+
+/// The `--methods` list.
+#[derive(Clone, Debug)]
+pub struct Methods(Vec<Method>);
+
+fn parse_methods(text: &str) -> Result<Methods, String> {
+    let mut methods = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let method = Method::from_bytes(name.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("`{name}` is not an HTTP method"))?;
+        if !methods.contains(&method) {
+            methods.push(method);
+        }
+    }
+    if methods.is_empty() {
+        return Err("no method given; e.g. POST,PATCH".into());
+    }
+    Ok(Methods(methods))
+}
+
+fn parse_header_name(text: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(text.as_bytes()).map_err(|_| format!("`{text}` is not a header name"))
+}
+
+/// Checks `--upstream`: `http://HOST[:PORT][/PREFIX]`, no query.
+fn parse_upstream(text: &str) -> Result<Upstream> {
+    let bad = |why: &str| anyhow::anyhow!("--upstream `{text}`: {why}");
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| bad(&format!("not a URL ({e}); use http://HOST[:PORT]")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(bad(
+                "https is not supported (this build has no TLS stack); put the gateway in \
+                 front of a plain http:// service, e.g. on localhost",
+            ));
+        }
+        Some(other) => {
+            return Err(bad(&format!(
+                "scheme `{other}` is not supported; use http://HOST[:PORT]"
+            )));
+        }
+        None => return Err(bad("no scheme; use http://HOST[:PORT]")),
+    }
+    let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
+        return Err(bad("no host; use http://HOST[:PORT]"));
+    };
+    if uri.query().is_some() {
+        return Err(bad("a query is not supported; each request brings its own"));
+    }
+    Ok(Upstream {
+        base: format!("http://{authority}{}", uri.path().trim_end_matches('/')),
+    })
+}
+
+/// Runs `oncely serve` until SIGINT or SIGTERM; `store` is the global `--store` URL.
+pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
+    let upstream = parse_upstream(&args.upstream)?;
+    // Signals first: a signal during the setup must not kill the process half-way.
+    let mut stop = Stop::install()?;
+    let oncely = Oncely::new(oncely::connect(store).await?);
+    let methods = args.methods.0;
+    let layer = IdempotencyLayer::new(oncely)
+        .retention(args.ttl)
+        .require_key(args.require_key)
+        .methods(methods.clone())
+        .principal_headers(args.principal_headers);
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener.local_addr().context("the bound address")?;
+
+    let proxy = Proxy {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        upstream: Arc::new(upstream),
+    };
+    let gateway = Gateway {
+        service: layer.layer(proxy.clone()),
+        methods: Arc::new(methods),
+        counts: Arc::new(Counts::default()),
+    };
+    eprintln!(
+        "listening on http://{bound}, forwarding to {} (store {}); stop with Ctrl-C or SIGTERM",
+        proxy.upstream.base,
+        oncely::url::redact_password(store),
+    );
+
+    let graceful = GracefulShutdown::new();
+    let http = hyper::server::conn::http1::Builder::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: keep serving the connections we have.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.first() => break,
+        };
+        let gateway = gateway.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(request).await) }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // A client that goes away mid-request is its own business; the layer releases
+            // the key of a request it abandons.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    eprintln!(
+        "stopping: no new connections; finishing the requests in flight for up to {}s \
+         (a second signal stops at once)",
+        GRACE.as_secs()
+    );
+    tokio::spawn(async move {
+        stop.second().await;
+        eprintln!(
+            "error: stopped at once; the keys of unfinished requests are held until their lease ends"
+        );
+        std::process::exit(130);
+    });
+    let finished = tokio::time::timeout(GRACE, graceful.shutdown())
+        .await
+        .is_ok();
+    eprintln!("{}", gateway.counts.summary());
+    if !finished {
+        eprintln!(
+            "warning: requests still in flight after {}s were cut off; their keys are held \
+             until their lease ends",
+            GRACE.as_secs()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The upstream as `http://AUTHORITY[/PREFIX]`, without a trailing slash.
+#[derive(Debug)]
+struct Upstream {
+    base: String,
+}
+
+/// Why the upstream gave no response.
+#[derive(Debug)]
+struct UpstreamFailed(String);
+
+/// Set in a request's extensions by the proxy when it forwards the request.
+#[derive(Clone, Debug, Default)]
+struct Forwarded(Arc<AtomicBool>);
+
+/// The innermost service: forwards a request to the upstream and streams the response back.
+#[derive(Clone, Debug)]
+struct Proxy {
+    client: Client<HttpConnector, Body<Incoming>>,
+    upstream: Arc<Upstream>,
+}
+
+impl tower::Service<Request<Body<Incoming>>> for Proxy {
+    type Response = Response<Incoming>;
+    type Error = UpstreamFailed;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Response<Incoming>, UpstreamFailed>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), UpstreamFailed>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body<Incoming>>) -> Self::Future {
+        let client = self.client.clone();
+        let upstream = self.upstream.clone();
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            if let Some(forwarded) = parts.extensions.remove::<Forwarded>() {
+                forwarded.0.store(true, Ordering::SeqCst);
+            }
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = format!("{}{path}", upstream.base)
+                .parse()
+                .map_err(|e| UpstreamFailed(format!("cannot build the upstream URL: {e}")))?;
+            parts.version = Version::HTTP_11;
+            remove_hop_by_hop(&mut parts.headers);
+            // The client names the upstream's host itself.
+            parts.headers.remove(header::HOST);
+            let response = client
+                .request(Request::from_parts(parts, body))
+                .await
+                .map_err(|e| UpstreamFailed(error_chain(&e)))?;
+            let (mut parts, body) = response.into_parts();
+            remove_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(parts, body))
+        })
+    }
+}
+
+/// The error and its sources, `outer: inner`.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+/// Headers that describe one connection, never the message (RFC 9110 7.6.1), and those the
+/// `Connection` header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// The layer over the proxy, and the counts of what happened to each request.
+#[derive(Clone)]
+struct Gateway {
+    service: oncely_http::IdempotencyService<Proxy>,
+    methods: Arc<Vec<Method>>,
+    counts: Arc<Counts>,
+}
+
+impl Gateway {
+    async fn handle(mut self, mut request: Request<Incoming>) -> Response<Body<Incoming>> {
+        let forwarded = Forwarded::default();
+        request.extensions_mut().insert(forwarded.clone());
+        // With a key on a method it applies to, a request the layer forwards was claimed
+        // (the layer fails closed, so it never forwards such a request unclaimed).
+        let keyed = self.methods.contains(request.method())
+            && request.headers().contains_key(IDEMPOTENCY_KEY);
+        let counted = CountOnDrop {
+            counts: self.counts.clone(),
+            outcome: None,
+        };
+        let result = self.service.call(request).await;
+        let forwarded = forwarded.0.load(Ordering::SeqCst);
+        let (outcome, response) = match result {
+            Err(UpstreamFailed(reason)) => (Outcome::UpstreamFailed, upstream_failed(&reason)),
+            Ok(response) => {
+                let outcome = match () {
+                    _ if forwarded && keyed => Outcome::Executed,
+                    _ if forwarded => Outcome::PassedThrough,
+                    _ if response.headers().contains_key(IDEMPOTENT_REPLAYED) => Outcome::Replayed,
+                    _ => match response.status() {
+                        StatusCode::CONFLICT => Outcome::InFlight,
+                        StatusCode::UNPROCESSABLE_ENTITY => Outcome::Mismatch,
+                        StatusCode::SERVICE_UNAVAILABLE => Outcome::StoreUnavailable,
+                        _ => Outcome::Rejected,
+                    },
+                };
+                (outcome, response)
+            }
+        };
+        counted.done(outcome);
+        response
+    }
+}
+
+/// The 502 the gateway answers when the upstream gave no response.
+fn upstream_failed(reason: &str) -> Response<Body<Incoming>> {
+    let json = serde_json::json!({
+        "type": "urn:oncely:http:upstream-unavailable",
+        "title": "Upstream unavailable",
+        "status": 502,
+        "detail": format!(
+            "the upstream gave no response ({reason}); the request may not have been executed, \
+             and a retry with the same Idempotency-Key executes it"
+        ),
+    });
+    let mut response = Response::new(Body::buffered(Bytes::from(json.to_string()), None));
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}
+
+/// What happened to one request.
+#[derive(Clone, Copy, Debug)]
+enum Outcome {
+    /// Claimed and forwarded; the upstream answered.
+    Executed,
+    /// The stored response, replayed by the layer.
+    Replayed,
+    /// 409: the first request with the key was still in flight.
+    InFlight,
+    /// 422: the key was used with another request.
+    Mismatch,
+    /// The layer's 400 or 413 (or 500 for a stored response it could not decode).
+    Rejected,
+    /// 503: the store could not be reached.
+    StoreUnavailable,
+    /// Forwarded without a key, or with a method the layer does not apply to.
+    PassedThrough,
+    /// 502: the upstream gave no response (a claimed key was released).
+    UpstreamFailed,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    executed: AtomicU64,
+    replayed: AtomicU64,
+    in_flight: AtomicU64,
+    mismatch: AtomicU64,
+    rejected: AtomicU64,
+    store_unavailable: AtomicU64,
+    passed_through: AtomicU64,
+    upstream_failed: AtomicU64,
+    /// Requests whose client went away before the answer was ready.
+    abandoned: AtomicU64,
+}
+
+impl Counts {
+    fn counter(&self, outcome: Option<Outcome>) -> &AtomicU64 {
+        match outcome {
+            None => &self.abandoned,
+            Some(Outcome::Executed) => &self.executed,
+            Some(Outcome::Replayed) => &self.replayed,
+            Some(Outcome::InFlight) => &self.in_flight,
+            Some(Outcome::Mismatch) => &self.mismatch,
+            Some(Outcome::Rejected) => &self.rejected,
+            Some(Outcome::StoreUnavailable) => &self.store_unavailable,
+            Some(Outcome::PassedThrough) => &self.passed_through,
+            Some(Outcome::UpstreamFailed) => &self.upstream_failed,
+        }
+    }
+
+    /// `requests N: executed N, replayed N, ...`: every count, in one line.
+    fn summary(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::SeqCst);
+        let counts = [
+            ("executed", get(&self.executed)),
+            ("replayed", get(&self.replayed)),
+            ("in flight (409)", get(&self.in_flight)),
+            ("key reused (422)", get(&self.mismatch)),
+            ("rejected (400/413)", get(&self.rejected)),
+            ("store unavailable (503)", get(&self.store_unavailable)),
+            ("upstream failed (502)", get(&self.upstream_failed)),
+            ("passed through", get(&self.passed_through)),
+            ("abandoned", get(&self.abandoned)),
+        ];
+        let total: u64 = counts.iter().map(|(_, n)| n).sum();
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        format!("requests {total}: {}", parts.join(", "))
+    }
+}
+
+/// Counts a request once: with its outcome, or as abandoned if its future is dropped first.
+struct CountOnDrop {
+    counts: Arc<Counts>,
+    outcome: Option<Outcome>,
+}
+
+impl CountOnDrop {
+    fn done(mut self, outcome: Outcome) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.counts
+            .counter(self.outcome)
+            .fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// SIGINT and SIGTERM, installed before the setup.
+struct Stop {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn install() -> Result<Stop> {
+        Ok(Stop {
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    async fn first(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+
+    async fn second(mut self) {
+        self.first().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_are_plain_http_with_an_optional_prefix() {
+        assert_eq!(
+            parse_upstream("http://127.0.0.1:9000").unwrap().base,
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(
+            parse_upstream("http://svc:9000/api/").unwrap().base,
+            "http://svc:9000/api"
+        );
+        let https = parse_upstream("https://svc").unwrap_err().to_string();
+        assert!(https.contains("https is not supported"), "{https}");
+        let query = parse_upstream("http://svc/?a=1").unwrap_err().to_string();
+        assert!(query.contains("query"), "{query}");
+        assert!(parse_upstream("svc:80").is_err());
+    }
+
+    #[test]
+    fn methods_are_a_comma_list() {
+        let Methods(methods) = parse_methods("post, put,POST").unwrap();
+        assert_eq!(methods, vec![Method::POST, Method::PUT]);
+        assert!(parse_methods(",").is_err());
+        assert!(parse_methods("PO ST").is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn the_summary_names_every_count() {
+        let counts = Counts::default();
+        counts.executed.store(2, Ordering::SeqCst);
+        counts.replayed.store(3, Ordering::SeqCst);
+        assert_eq!(
+            counts.summary(),
+            "requests 5: executed 2, replayed 3, in flight (409) 0, key reused (422) 0, \
+             rejected (400/413) 0, store unavailable (503) 0, upstream failed (502) 0, \
+             passed through 0, abandoned 0"
+        );
+    }
+}
