@@ -62,8 +62,9 @@ fn start_upstream(listener: TcpListener, executions: Executions) -> tokio::task:
                     let path = request.uri().to_string();
                     let hop = request.headers().contains_key("x-hop");
                     let body = request.into_body().collect().await.unwrap().to_bytes();
-                    // Long enough for concurrent duplicates to overlap.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // Long enough for concurrent duplicates to overlap; /slow for shutdown.
+                    let pause = if path.starts_with("/slow") { 1000 } else { 20 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                     let n = SEQUENCE.fetch_add(1, Ordering::SeqCst);
                     *executions.0.lock().unwrap().entry(key.clone()).or_default() += 1;
                     let text = format!(
@@ -442,6 +443,7 @@ async fn a_storm_of_concurrent_duplicates_executes_each_key_once() {
             .or_insert_with(|| answer.body.clone());
         assert_eq!(*body, answer.body, "{key}: a different response");
     }
+    eprintln!("storm: {conflicts} answers were 409 (first request in flight) and retried");
     assert_eq!(fresh, KEYS);
     assert_eq!(replays, REQUESTS - KEYS);
     let all = executions.all();
@@ -480,6 +482,37 @@ async fn a_restarted_gateway_on_the_same_store_replays_a_completed_key() {
     assert_eq!(executions.of("k"), 1);
     let (code, _) = gateway.terminate();
     assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_request_in_flight_finish_then_exits_0_with_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start(dir.path(), &upstream, &[]);
+    let client = client();
+    let url = gateway.url("/slow");
+    let in_flight = tokio::spawn(async move { send(&client, "POST", &url, Some("k"), "A").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let terminated = tokio::task::spawn_blocking(move || gateway.terminate());
+
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
+    assert_eq!(executions.of("k"), 1);
+    let terminated = terminated.await.unwrap();
+    assert!(
+        terminated
+            .1
+            .iter()
+            .any(|l| l.starts_with("stopping: no new connections")),
+        "{:#?}",
+        terminated.1
+    );
+    assert_summary_and_exit_0(
+        &terminated,
+        "requests 1: executed 1, replayed 0, in flight (409) 0, key reused (422) 0, \
+         rejected (400/413) 0, store unavailable (503) 0, upstream failed (502) 0, \
+         passed through 0, abandoned 0",
+    );
 }
 
 #[test]
