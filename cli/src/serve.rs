@@ -15,10 +15,11 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
@@ -67,6 +68,11 @@ pub struct ServeArgs {
     /// Repeat for several.
     #[arg(long = "principal-header", value_name = "NAME", value_parser = parse_header_name)]
     principal_headers: Vec<HeaderName>,
+
+    /// Also serve Prometheus metrics at http://ADDR/metrics: requests by outcome, and their
+    /// latency (until the response is ready) as a histogram by outcome.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// The `--methods` list.
@@ -150,6 +156,14 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
         methods: Arc::new(methods),
         counts: Arc::new(Counts::default()),
     };
+    if let Some(addr) = args.metrics_addr {
+        let metrics = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for --metrics-addr"))?;
+        let bound = metrics.local_addr().context("the metrics address")?;
+        eprintln!("metrics on http://{bound}/metrics");
+        tokio::spawn(serve_metrics(metrics, gateway.counts.clone()));
+    }
     eprintln!(
         "listening on http://{bound}, forwarding to {} (store {}); stop with Ctrl-C or SIGTERM",
         proxy.upstream.base,
@@ -329,7 +343,8 @@ impl Gateway {
             && request.headers().contains_key(IDEMPOTENCY_KEY);
         let counted = CountOnDrop {
             counts: self.counts.clone(),
-            outcome: None,
+            started: Instant::now(),
+            outcome: Outcome::Abandoned,
         };
         let result = self.service.call(request).await;
         let forwarded = forwarded.0.load(Ordering::SeqCst);
@@ -375,7 +390,7 @@ fn upstream_failed(reason: &str) -> Response<Body<Incoming>> {
 }
 
 /// What happened to one request.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outcome {
     /// Claimed and forwarded; the upstream answered.
     Executed,
@@ -389,81 +404,203 @@ enum Outcome {
     Rejected,
     /// 503: the store could not be reached.
     StoreUnavailable,
-    /// Forwarded without a key, or with a method the layer does not apply to.
-    PassedThrough,
     /// 502: the upstream gave no response (a claimed key was released).
     UpstreamFailed,
+    /// Forwarded without a key, or with a method the layer does not apply to.
+    PassedThrough,
+    /// The client went away before the response was ready.
+    Abandoned,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 9] = [
+        Outcome::Executed,
+        Outcome::Replayed,
+        Outcome::InFlight,
+        Outcome::Mismatch,
+        Outcome::Rejected,
+        Outcome::StoreUnavailable,
+        Outcome::UpstreamFailed,
+        Outcome::PassedThrough,
+        Outcome::Abandoned,
+    ];
+
+    /// Its name in the summary line.
+    fn summary_name(self) -> &'static str {
+        match self {
+            Outcome::Executed => "executed",
+            Outcome::Replayed => "replayed",
+            Outcome::InFlight => "in flight (409)",
+            Outcome::Mismatch => "key reused (422)",
+            Outcome::Rejected => "rejected (400/413)",
+            Outcome::StoreUnavailable => "store unavailable (503)",
+            Outcome::UpstreamFailed => "upstream failed (502)",
+            Outcome::PassedThrough => "passed through",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+
+    /// Its `outcome` label in the metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Executed => "executed",
+            Outcome::Replayed => "replayed",
+            Outcome::InFlight => "in_flight",
+            Outcome::Mismatch => "key_reused",
+            Outcome::Rejected => "rejected",
+            Outcome::StoreUnavailable => "store_unavailable",
+            Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::PassedThrough => "passed_through",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+
+    fn index(self) -> usize {
+        Outcome::ALL.iter().position(|o| *o == self).unwrap_or(0)
+    }
+}
+
+/// Upper bounds of the latency histogram's buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Requests of one outcome: how many, and how long each took until its response was ready.
+#[derive(Debug, Default)]
+struct Histogram {
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+    /// Not cumulative: `buckets[i]` counts durations in `(BUCKETS[i-1], BUCKETS[i]]`.
+    buckets: [AtomicU64; BUCKETS.len()],
+}
+
+impl Histogram {
+    fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&le| secs <= le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, Default)]
 struct Counts {
-    executed: AtomicU64,
-    replayed: AtomicU64,
-    in_flight: AtomicU64,
-    mismatch: AtomicU64,
-    rejected: AtomicU64,
-    store_unavailable: AtomicU64,
-    passed_through: AtomicU64,
-    upstream_failed: AtomicU64,
-    /// Requests whose client went away before the answer was ready.
-    abandoned: AtomicU64,
+    by_outcome: [Histogram; Outcome::ALL.len()],
 }
 
 impl Counts {
-    fn counter(&self, outcome: Option<Outcome>) -> &AtomicU64 {
-        match outcome {
-            None => &self.abandoned,
-            Some(Outcome::Executed) => &self.executed,
-            Some(Outcome::Replayed) => &self.replayed,
-            Some(Outcome::InFlight) => &self.in_flight,
-            Some(Outcome::Mismatch) => &self.mismatch,
-            Some(Outcome::Rejected) => &self.rejected,
-            Some(Outcome::StoreUnavailable) => &self.store_unavailable,
-            Some(Outcome::PassedThrough) => &self.passed_through,
-            Some(Outcome::UpstreamFailed) => &self.upstream_failed,
-        }
+    fn count(&self, outcome: Outcome) -> u64 {
+        self.by_outcome[outcome.index()]
+            .count
+            .load(Ordering::SeqCst)
     }
 
     /// `requests N: executed N, replayed N, ...`: every count, in one line.
     fn summary(&self) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::SeqCst);
-        let counts = [
-            ("executed", get(&self.executed)),
-            ("replayed", get(&self.replayed)),
-            ("in flight (409)", get(&self.in_flight)),
-            ("key reused (422)", get(&self.mismatch)),
-            ("rejected (400/413)", get(&self.rejected)),
-            ("store unavailable (503)", get(&self.store_unavailable)),
-            ("upstream failed (502)", get(&self.upstream_failed)),
-            ("passed through", get(&self.passed_through)),
-            ("abandoned", get(&self.abandoned)),
-        ];
-        let total: u64 = counts.iter().map(|(_, n)| n).sum();
-        let parts: Vec<String> = counts
+        let total: u64 = Outcome::ALL.iter().map(|&o| self.count(o)).sum();
+        let parts: Vec<String> = Outcome::ALL
             .iter()
-            .map(|(name, n)| format!("{name} {n}"))
+            .map(|&o| format!("{} {}", o.summary_name(), self.count(o)))
             .collect();
         format!("requests {total}: {}", parts.join(", "))
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    fn prometheus(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        out.push_str(
+            "# HELP oncely_serve_requests_total Requests answered by the gateway, by outcome.\n\
+             # TYPE oncely_serve_requests_total counter\n",
+        );
+        for outcome in Outcome::ALL {
+            let _ = writeln!(
+                out,
+                "oncely_serve_requests_total{{outcome=\"{}\"}} {}",
+                outcome.label(),
+                self.count(outcome)
+            );
+        }
+        out.push_str(
+            "# HELP oncely_serve_request_duration_seconds Time from a request's arrival until \
+             its response was ready to send, by outcome.\n\
+             # TYPE oncely_serve_request_duration_seconds histogram\n",
+        );
+        for outcome in Outcome::ALL {
+            let histogram = &self.by_outcome[outcome.index()];
+            let label = outcome.label();
+            let count = histogram.count.load(Ordering::SeqCst);
+            let mut cumulative = 0;
+            for (le, bucket) in BUCKETS.iter().zip(&histogram.buckets) {
+                cumulative += bucket.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "oncely_serve_request_duration_seconds_bucket{{outcome=\"{label}\",le=\"{le}\"}} {}",
+                    cumulative.min(count)
+                );
+            }
+            let sum = histogram.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "oncely_serve_request_duration_seconds_bucket{{outcome=\"{label}\",le=\"+Inf\"}} {count}\n\
+                 oncely_serve_request_duration_seconds_sum{{outcome=\"{label}\"}} {sum}\n\
+                 oncely_serve_request_duration_seconds_count{{outcome=\"{label}\"}} {count}"
+            );
+        }
+        out
     }
 }
 
 /// Counts a request once: with its outcome, or as abandoned if its future is dropped first.
 struct CountOnDrop {
     counts: Arc<Counts>,
-    outcome: Option<Outcome>,
+    started: Instant,
+    outcome: Outcome,
 }
 
 impl CountOnDrop {
     fn done(mut self, outcome: Outcome) {
-        self.outcome = Some(outcome);
+        self.outcome = outcome;
     }
 }
 
 impl Drop for CountOnDrop {
     fn drop(&mut self) {
-        self.counts
-            .counter(self.outcome)
-            .fetch_add(1, Ordering::SeqCst);
+        self.counts.by_outcome[self.outcome.index()].observe(self.started.elapsed());
+    }
+}
+
+/// Serves `GET /metrics` on `listener` (Prometheus text); every other path is 404.
+async fn serve_metrics(listener: TcpListener, counts: Arc<Counts>) {
+    let http = hyper::server::conn::http1::Builder::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let counts = counts.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let counts = counts.clone();
+            async move {
+                let response = if request.uri().path() == "/metrics" {
+                    Response::builder()
+                        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                        .body(Full::new(Bytes::from(counts.prometheus())))
+                } else {
+                    Response::builder()
+                        .status(StatusCode::NOT_FOUND)
+                        .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
+                };
+                Ok::<_, Infallible>(response.unwrap_or_default())
+            }
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
     }
 }
 
@@ -540,13 +677,40 @@ mod tests {
     #[test]
     fn the_summary_names_every_count() {
         let counts = Counts::default();
-        counts.executed.store(2, Ordering::SeqCst);
-        counts.replayed.store(3, Ordering::SeqCst);
+        for outcome in [Outcome::Executed, Outcome::Executed] {
+            counts.by_outcome[outcome.index()].observe(Duration::from_millis(3));
+        }
+        for _ in 0..3 {
+            counts.by_outcome[Outcome::Replayed.index()].observe(Duration::from_millis(30));
+        }
         assert_eq!(
             counts.summary(),
             "requests 5: executed 2, replayed 3, in flight (409) 0, key reused (422) 0, \
              rejected (400/413) 0, store unavailable (503) 0, upstream failed (502) 0, \
              passed through 0, abandoned 0"
         );
+    }
+
+    #[test]
+    fn metrics_are_cumulative_histograms_by_outcome() {
+        let counts = Counts::default();
+        let executed = &counts.by_outcome[Outcome::Executed.index()];
+        executed.observe(Duration::from_millis(3));
+        executed.observe(Duration::from_millis(30));
+        executed.observe(Duration::from_secs(60));
+        let text = counts.prometheus();
+        for line in [
+            "oncely_serve_requests_total{outcome=\"executed\"} 3",
+            "oncely_serve_requests_total{outcome=\"replayed\"} 0",
+            "oncely_serve_request_duration_seconds_bucket{outcome=\"executed\",le=\"0.001\"} 0",
+            "oncely_serve_request_duration_seconds_bucket{outcome=\"executed\",le=\"0.005\"} 1",
+            "oncely_serve_request_duration_seconds_bucket{outcome=\"executed\",le=\"0.05\"} 2",
+            "oncely_serve_request_duration_seconds_bucket{outcome=\"executed\",le=\"10\"} 2",
+            "oncely_serve_request_duration_seconds_bucket{outcome=\"executed\",le=\"+Inf\"} 3",
+            "oncely_serve_request_duration_seconds_sum{outcome=\"executed\"} 60.033",
+            "oncely_serve_request_duration_seconds_count{outcome=\"executed\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
     }
 }

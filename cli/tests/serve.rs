@@ -515,6 +515,41 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits_0_with_the_summary()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_outcome_in_prometheus_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, _executions, _task) = upstream().await;
+    let gateway = Gateway::start(dir.path(), &upstream, &["--metrics-addr", "127.0.0.1:0"]);
+    let metrics = gateway
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| l.strip_prefix("metrics on ").map(str::to_owned))
+        .expect("the metrics address on stderr");
+    let client = client();
+    for _ in 0..3 {
+        send(&client, "POST", &gateway.url("/pay"), Some("k"), "A").await;
+    }
+    send(&client, "GET", &gateway.url("/pay"), None, "").await;
+
+    let scrape = send(&client, "GET", &metrics, None, "").await;
+    assert_eq!(scrape.status, StatusCode::OK);
+    let text = scrape.text();
+    for line in [
+        "oncely_serve_requests_total{outcome=\"executed\"} 1",
+        "oncely_serve_requests_total{outcome=\"replayed\"} 2",
+        "oncely_serve_requests_total{outcome=\"passed_through\"} 1",
+        "oncely_serve_requests_total{outcome=\"in_flight\"} 0",
+        "oncely_serve_request_duration_seconds_count{outcome=\"replayed\"} 2",
+        "oncely_serve_request_duration_seconds_bucket{outcome=\"replayed\",le=\"+Inf\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+    let (code, _) = gateway.terminate();
+    assert_eq!(code, Some(0));
+}
+
 #[test]
 fn an_https_upstream_is_refused_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
