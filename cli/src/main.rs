@@ -103,14 +103,21 @@ enum Command {
     ///   a body over 1 MiB                                                 413
     ///   the store cannot be reached                                       503, nothing forwarded
     ///   the upstream cannot be reached                                    502, the key released
+    ///   no response head from the upstream within --timeout               504, the key released
     ///
     /// A 5xx from the upstream is sent but not stored: the key is released so a retry executes.
-    /// Set-Cookie is never stored. Errors are application/problem+json (RFC 9457). The key's
-    /// claim lasts 30s: an upstream slower than that can see a retry execute again.
+    /// Set-Cookie is never stored. Errors are application/problem+json (RFC 9457). A key's
+    /// claim is held for --timeout + 30s, so no retry executes while its first request may
+    /// still be running; after a 504 the upstream may still finish the first one.
     ///
     /// Prints the bound address on stderr at start. SIGINT or SIGTERM stops accepting
-    /// connections and lets requests in flight finish (up to 30s); then
-    /// `requests N: executed N, replayed N, ...` goes to stderr and the exit status is 0.
+    /// connections and lets requests in flight finish (up to 30s; a second signal exits at
+    /// once); then `requests N: executed N, replayed N, in flight (409) N, key reused (422) N,
+    /// rejected N, store unavailable (503) N, upstream failed (502/504) N, passed through N,
+    /// abandoned N` goes to stderr and the exit status is 0. Rejected counts the layer's 400
+    /// and 413 (and a 500 for a stored response it cannot decode); abandoned, the requests
+    /// whose client went away first. --metrics-addr serves the same counts, with latency
+    /// histograms, as Prometheus text.
     ///
     /// Example:
     ///

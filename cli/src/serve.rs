@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -73,7 +73,17 @@ pub struct ServeArgs {
     /// latency (until the response is ready) as a histogram by outcome.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
+
+    /// How long the upstream gets to start its response; then the answer is 504 and the key
+    /// released. A key's claim is held for --timeout + 30s, so no retry executes while the
+    /// first request may still be running.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration::parse)]
+    timeout: Duration,
 }
+
+/// How much longer than `--timeout` a key's claim is held: the upstream's answer, and the
+/// response's body, arrive before the lease ends.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// The `--methods` list.
 #[derive(Clone, Debug)]
@@ -133,9 +143,13 @@ fn parse_upstream(text: &str) -> Result<Upstream> {
 /// Runs `oncely serve` until SIGINT or SIGTERM; `store` is the global `--store` URL.
 pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     let upstream = parse_upstream(&args.upstream)?;
+    if args.timeout.is_zero() {
+        bail!("--timeout must be longer than 0s");
+    }
     // Signals first: a signal during the setup must not kill the process half-way.
     let mut stop = Stop::install()?;
-    let oncely = Oncely::new(oncely::connect(store).await?);
+    let oncely = Oncely::new(oncely::connect(store).await?)
+        .with_lease(args.timeout.saturating_add(LEASE_MARGIN));
     let methods = args.methods.0;
     let layer = IdempotencyLayer::new(oncely)
         .retention(args.ttl)
@@ -150,6 +164,7 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     let proxy = Proxy {
         client: Client::builder(TokioExecutor::new()).build_http(),
         upstream: Arc::new(upstream),
+        timeout: args.timeout,
     };
     let gateway = Gateway {
         service: layer.layer(proxy.clone()),
@@ -231,7 +246,20 @@ struct Upstream {
 
 /// Why the upstream gave no response.
 #[derive(Debug)]
-struct UpstreamFailed(String);
+struct UpstreamFailed {
+    /// No response within `--timeout` (504), rather than no connection or a broken one (502).
+    timed_out: bool,
+    reason: String,
+}
+
+impl UpstreamFailed {
+    fn new(reason: String) -> Self {
+        UpstreamFailed {
+            timed_out: false,
+            reason,
+        }
+    }
+}
 
 /// Set in a request's extensions by the proxy when it forwards the request.
 #[derive(Clone, Debug, Default)]
@@ -242,6 +270,8 @@ struct Forwarded(Arc<AtomicBool>);
 struct Proxy {
     client: Client<HttpConnector, Body<Incoming>>,
     upstream: Arc<Upstream>,
+    /// How long the upstream gets to start its response.
+    timeout: Duration,
 }
 
 impl tower::Service<Request<Body<Incoming>>> for Proxy {
@@ -261,6 +291,7 @@ impl tower::Service<Request<Body<Incoming>>> for Proxy {
     fn call(&mut self, request: Request<Body<Incoming>>) -> Self::Future {
         let client = self.client.clone();
         let upstream = self.upstream.clone();
+        let timeout = self.timeout;
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             if let Some(forwarded) = parts.extensions.remove::<Forwarded>() {
@@ -269,15 +300,22 @@ impl tower::Service<Request<Body<Incoming>>> for Proxy {
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             parts.uri = format!("{}{path}", upstream.base)
                 .parse()
-                .map_err(|e| UpstreamFailed(format!("cannot build the upstream URL: {e}")))?;
+                .map_err(|e| UpstreamFailed::new(format!("cannot build the upstream URL: {e}")))?;
             parts.version = Version::HTTP_11;
             remove_hop_by_hop(&mut parts.headers);
             // The client names the upstream's host itself.
             parts.headers.remove(header::HOST);
-            let response = client
-                .request(Request::from_parts(parts, body))
-                .await
-                .map_err(|e| UpstreamFailed(error_chain(&e)))?;
+            let sent = client.request(Request::from_parts(parts, body));
+            let response = match tokio::time::timeout(timeout, sent).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => return Err(UpstreamFailed::new(error_chain(&error))),
+                Err(_) => {
+                    return Err(UpstreamFailed {
+                        timed_out: true,
+                        reason: format!("no response within {}", crate::deliver::humane(timeout)),
+                    });
+                }
+            };
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body))
@@ -349,7 +387,7 @@ impl Gateway {
         let result = self.service.call(request).await;
         let forwarded = forwarded.0.load(Ordering::SeqCst);
         let (outcome, response) = match result {
-            Err(UpstreamFailed(reason)) => (Outcome::UpstreamFailed, upstream_failed(&reason)),
+            Err(failed) => (Outcome::UpstreamFailed, upstream_failed(&failed)),
             Ok(response) => {
                 let outcome = match () {
                     _ if forwarded && keyed => Outcome::Executed,
@@ -370,19 +408,34 @@ impl Gateway {
     }
 }
 
-/// The 502 the gateway answers when the upstream gave no response.
-fn upstream_failed(reason: &str) -> Response<Body<Incoming>> {
-    let json = serde_json::json!({
-        "type": "urn:oncely:http:upstream-unavailable",
-        "title": "Upstream unavailable",
-        "status": 502,
-        "detail": format!(
-            "the upstream gave no response ({reason}); the request may not have been executed, \
-             and a retry with the same Idempotency-Key executes it"
-        ),
-    });
+/// The 502 (or 504) the gateway answers when the upstream gave no response (in time).
+fn upstream_failed(failed: &UpstreamFailed) -> Response<Body<Incoming>> {
+    let reason = &failed.reason;
+    let (status, json) = if failed.timed_out {
+        let json = serde_json::json!({
+            "type": "urn:oncely:http:upstream-timeout",
+            "title": "Upstream timed out",
+            "status": 504,
+            "detail": format!(
+                "the upstream gave no response ({reason}); it may still execute the request, \
+                 and a retry with the same Idempotency-Key executes it again"
+            ),
+        });
+        (StatusCode::GATEWAY_TIMEOUT, json)
+    } else {
+        let json = serde_json::json!({
+            "type": "urn:oncely:http:upstream-unavailable",
+            "title": "Upstream unavailable",
+            "status": 502,
+            "detail": format!(
+                "the upstream gave no response ({reason}); a retry with the same \
+                 Idempotency-Key executes the request"
+            ),
+        });
+        (StatusCode::BAD_GATEWAY, json)
+    };
     let mut response = Response::new(Body::buffered(Bytes::from(json.to_string()), None));
-    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    *response.status_mut() = status;
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
@@ -404,7 +457,8 @@ enum Outcome {
     Rejected,
     /// 503: the store could not be reached.
     StoreUnavailable,
-    /// 502: the upstream gave no response (a claimed key was released).
+    /// 502 or 504: the upstream gave no response, or none within `--timeout` (a claimed key
+    /// was released).
     UpstreamFailed,
     /// Forwarded without a key, or with a method the layer does not apply to.
     PassedThrough,
@@ -432,9 +486,9 @@ impl Outcome {
             Outcome::Replayed => "replayed",
             Outcome::InFlight => "in flight (409)",
             Outcome::Mismatch => "key reused (422)",
-            Outcome::Rejected => "rejected (400/413)",
+            Outcome::Rejected => "rejected",
             Outcome::StoreUnavailable => "store unavailable (503)",
-            Outcome::UpstreamFailed => "upstream failed (502)",
+            Outcome::UpstreamFailed => "upstream failed (502/504)",
             Outcome::PassedThrough => "passed through",
             Outcome::Abandoned => "abandoned",
         }
@@ -686,7 +740,7 @@ mod tests {
         assert_eq!(
             counts.summary(),
             "requests 5: executed 2, replayed 3, in flight (409) 0, key reused (422) 0, \
-             rejected (400/413) 0, store unavailable (503) 0, upstream failed (502) 0, \
+             rejected 0, store unavailable (503) 0, upstream failed (502/504) 0, \
              passed through 0, abandoned 0"
         );
     }

@@ -62,11 +62,13 @@ fn start_upstream(listener: TcpListener, executions: Executions) -> tokio::task:
                     let path = request.uri().to_string();
                     let hop = request.headers().contains_key("x-hop");
                     let body = request.into_body().collect().await.unwrap().to_bytes();
-                    // Long enough for concurrent duplicates to overlap; /slow for shutdown.
-                    let pause = if path.starts_with("/slow") { 1000 } else { 20 };
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    // Counted on arrival: a request the gateway gives up on still counts.
                     let n = SEQUENCE.fetch_add(1, Ordering::SeqCst);
                     *executions.0.lock().unwrap().entry(key.clone()).or_default() += 1;
+                    // Long enough for concurrent duplicates to overlap; /slow for timeouts
+                    // and shutdown.
+                    let pause = if path.starts_with("/slow") { 1000 } else { 20 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                     let text = format!(
                         "{method} {path} key={key} n={n} hop={hop} body={}",
                         String::from_utf8_lossy(&body)
@@ -320,7 +322,7 @@ async fn a_key_executes_once_and_its_response_is_replayed_byte_for_byte() {
     assert_summary_and_exit_0(
         &gateway.terminate(),
         "requests 7: executed 1, replayed 1, in flight (409) 0, key reused (422) 1, \
-         rejected (400/413) 1, store unavailable (503) 0, upstream failed (502) 0, \
+         rejected 1, store unavailable (503) 0, upstream failed (502/504) 0, \
          passed through 3, abandoned 0",
     );
 }
@@ -356,7 +358,7 @@ async fn with_require_key_a_post_without_one_is_400_and_never_forwarded() {
     assert_summary_and_exit_0(
         &gateway.terminate(),
         "requests 4: executed 0, replayed 0, in flight (409) 0, key reused (422) 0, \
-         rejected (400/413) 2, store unavailable (503) 0, upstream failed (502) 0, \
+         rejected 2, store unavailable (503) 0, upstream failed (502/504) 0, \
          passed through 2, abandoned 0",
     );
 }
@@ -392,7 +394,46 @@ async fn an_upstream_that_is_down_is_502_and_a_retry_executes_once_it_is_back() 
     assert_summary_and_exit_0(
         &gateway.terminate(),
         "requests 3: executed 1, replayed 1, in flight (409) 0, key reused (422) 0, \
-         rejected (400/413) 0, store unavailable (503) 0, upstream failed (502) 1, \
+         rejected 0, store unavailable (503) 0, upstream failed (502/504) 1, \
+         passed through 0, abandoned 0",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_slower_than_the_timeout_is_504_and_the_key_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start(dir.path(), &upstream, &["--timeout", "300ms"]);
+    let client = client();
+
+    let slow = send(&client, "POST", &gateway.url("/slow"), Some("k"), "A").await;
+    assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT, "{}", slow.text());
+    assert_eq!(slow.content_type(), "application/problem+json");
+    assert!(
+        slow.text().contains("urn:oncely:http:upstream-timeout"),
+        "{}",
+        slow.text()
+    );
+    assert!(
+        slow.text().contains("no response within 300ms"),
+        "{}",
+        slow.text()
+    );
+    // Released, not stored and not in flight: the retry is forwarded again.
+    let retry = send(&client, "POST", &gateway.url("/slow"), Some("k"), "A").await;
+    assert_eq!(
+        retry.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        retry.text()
+    );
+    // The upstream got the request twice: the caveat the 504's detail states.
+    assert_eq!(executions.of("k"), 2);
+
+    assert_summary_and_exit_0(
+        &gateway.terminate(),
+        "requests 2: executed 0, replayed 0, in flight (409) 0, key reused (422) 0, \
+         rejected 0, store unavailable (503) 0, upstream failed (502/504) 2, \
          passed through 0, abandoned 0",
     );
 }
@@ -454,8 +495,8 @@ async fn a_storm_of_concurrent_duplicates_executes_each_key_once() {
         &gateway.terminate(),
         &format!(
             "requests {}: executed {KEYS}, replayed {}, in flight (409) {conflicts}, \
-             key reused (422) 0, rejected (400/413) 0, store unavailable (503) 0, \
-             upstream failed (502) 0, passed through 0, abandoned 0",
+             key reused (422) 0, rejected 0, store unavailable (503) 0, \
+             upstream failed (502/504) 0, passed through 0, abandoned 0",
             REQUESTS + conflicts,
             REQUESTS - KEYS
         ),
@@ -510,7 +551,7 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits_0_with_the_summary()
     assert_summary_and_exit_0(
         &terminated,
         "requests 1: executed 1, replayed 0, in flight (409) 0, key reused (422) 0, \
-         rejected (400/413) 0, store unavailable (503) 0, upstream failed (502) 0, \
+         rejected 0, store unavailable (503) 0, upstream failed (502/504) 0, \
          passed through 0, abandoned 0",
     );
 }
