@@ -69,10 +69,14 @@ fn start_upstream(listener: TcpListener, executions: Executions) -> tokio::task:
                     // and shutdown.
                     let pause = if path.starts_with("/slow") { 1000 } else { 20 };
                     tokio::time::sleep(Duration::from_millis(pause)).await;
-                    let text = format!(
+                    let mut text = format!(
                         "{method} {path} key={key} n={n} hop={hop} body={}",
                         String::from_utf8_lossy(&body)
                     );
+                    if path.starts_with("/big") {
+                        // Over the 1 MiB the gateway stores.
+                        text = text.repeat(2 * 1024 * 1024 / text.len() + 1);
+                    }
                     let status = if method == hyper::Method::POST {
                         StatusCode::CREATED
                     } else {
@@ -589,6 +593,102 @@ async fn metrics_count_requests_by_outcome_in_prometheus_text() {
     }
     let (code, _) = gateway.terminate();
     assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_scoped_by_the_principal_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start(
+        dir.path(),
+        &upstream,
+        &["--principal-header", "authorization"],
+    );
+    let client = client();
+    let as_user = |user: &'static str| {
+        let client = client.clone();
+        let url = gateway.url("/pay");
+        async move {
+            let request = Request::post(url)
+                .header("idempotency-key", "k")
+                .header("authorization", user)
+                .body(Full::new(Bytes::from_static(b"A")))
+                .unwrap();
+            let response = client.request(request).await.unwrap();
+            let replayed = response.headers().contains_key("idempotent-replayed");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (replayed, body)
+        }
+    };
+    let (alice_replayed, alice) = as_user("Bearer alice").await;
+    let (bob_replayed, bob) = as_user("Bearer bob").await;
+    let (again_replayed, again) = as_user("Bearer alice").await;
+    assert!(!alice_replayed && !bob_replayed && again_replayed);
+    assert_ne!(alice, bob);
+    assert_eq!(again, alice);
+    assert_eq!(executions.of("k"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_over_the_storage_limit_streams_through_and_its_key_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start(dir.path(), &upstream, &[]);
+    let client = client();
+
+    let big = send(&client, "POST", &gateway.url("/big"), Some("k"), "A").await;
+    assert_eq!(big.status, StatusCode::CREATED);
+    assert!(big.body.len() > 2 * 1024 * 1024, "{}", big.body.len());
+    let again = send(&client, "POST", &gateway.url("/big"), Some("k"), "A").await;
+    assert!(!again.replayed());
+    assert_ne!(again.body, big.body);
+    assert_eq!(executions.of("k"), 2);
+    let get = send(&client, "GET", &gateway.url("/big"), None, "").await;
+    assert!(get.body.len() > 2 * 1024 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_with_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, _executions, _task) = upstream().await;
+    let mut gateway = Gateway::start(dir.path(), &upstream, &[]);
+    let client = client();
+    let url = gateway.url("/slow");
+    let _in_flight = tokio::spawn(async move {
+        client
+            .request(Request::post(url).body(Full::default()).unwrap())
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = i32::try_from(gateway.child.id()).unwrap();
+    // SAFETY: kill(2) on the pid of our own child, which has not been waited for.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let started = Instant::now();
+    while !gateway
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.starts_with("stopping:"))
+    {
+        assert!(started.elapsed() < PATIENCE, "no stopping line");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = gateway.child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    // Before the slow request (1s) could finish.
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = gateway.ended.recv_timeout(PATIENCE);
+    let stderr = gateway.stderr.lock().unwrap().clone();
+    assert!(
+        stderr.last().unwrap().starts_with("error: stopped at once"),
+        "{stderr:#?}"
+    );
 }
 
 #[test]
