@@ -301,7 +301,8 @@ impl tower::Service<Request<Body<Incoming>>> for Proxy {
             parts.uri = format!("{}{path}", upstream.base)
                 .parse()
                 .map_err(|e| UpstreamFailed::new(format!("cannot build the upstream URL: {e}")))?;
-            parts.version = Version::HTTP_11;
+            // The client's HTTP version for the answer; HTTP/1.1 to the upstream.
+            let version = std::mem::replace(&mut parts.version, Version::HTTP_11);
             remove_hop_by_hop(&mut parts.headers);
             // The client names the upstream's host itself.
             parts.headers.remove(header::HOST);
@@ -317,6 +318,8 @@ impl tower::Service<Request<Body<Incoming>>> for Proxy {
                 }
             };
             let (mut parts, body) = response.into_parts();
+            // An HTTP/1.0 upstream (Python's http.server) must not make the answer HTTP/1.0.
+            parts.version = version;
             remove_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body))
         })

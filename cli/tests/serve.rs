@@ -207,6 +207,7 @@ fn assert_summary_and_exit_0((code, stderr): &(Option<i32>, Vec<String>), summar
 
 #[derive(Debug)]
 struct Answer {
+    version: hyper::Version,
     status: StatusCode,
     headers: hyper::HeaderMap,
     body: Bytes,
@@ -254,6 +255,7 @@ async fn send(
     let response = client.request(request).await.unwrap();
     let (parts, body) = response.into_parts();
     Answer {
+        version: parts.version,
         status: parts.status,
         headers: parts.headers,
         body: body.collect().await.unwrap().to_bytes(),
@@ -689,6 +691,49 @@ async fn a_second_signal_exits_at_once_with_130() {
         stderr.last().unwrap().starts_with("error: stopped at once"),
         "{stderr:#?}"
     );
+}
+
+/// An upstream answering HTTP/1.0 and closing the connection, like Python's http.server.
+fn http10_upstream() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let _ = stream.write_all(b"HTTP/1.0 201 Created\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_upstream_is_answered_in_the_clients_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(dir.path(), &http10_upstream(), &[]);
+    let client = client();
+    for replayed in [false, true] {
+        let answer = send(&client, "POST", &gateway.url("/pay"), Some("k"), "A").await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert_eq!(answer.version, hyper::Version::HTTP_11);
+        assert_eq!(answer.replayed(), replayed);
+        assert_eq!(&answer.body[..], b"ok");
+    }
 }
 
 #[test]
