@@ -91,8 +91,10 @@ enum Command {
     /// Put the Idempotency-Key header in front of any HTTP service: a reverse proxy to --upstream
     ///
     /// Every request is forwarded to --upstream (method, path and query, headers minus
-    /// hop-by-hop ones, body) and its response streamed back. A request of --methods (POST and
-    /// PATCH by default) with an Idempotency-Key header is executed upstream once per key:
+    /// hop-by-hop ones, body) and its response streamed back; the upstream gets its own name as
+    /// Host, and X-Forwarded-For, X-Forwarded-Host and X-Forwarded-Proto. A request of
+    /// --methods (POST and PATCH by default) with an Idempotency-Key header is executed
+    /// upstream once per key:
     ///
     ///   a new key               forwarded; the response stored (up to 1 MiB) and sent
     ///   a key already answered  the stored response, byte for byte, Idempotent-Replayed: true

@@ -4,7 +4,7 @@
 //! `oncely_http::IdempotencyLayer` in front of it: requests the layer applies to are claimed,
 //! executed once upstream and their response stored; retries get the stored response. Every
 //! request the layer lets through is forwarded (method, path and query, headers minus
-//! hop-by-hop ones, body) and its response streamed back. An upstream that cannot be reached
+//! hop-by-hop ones plus `X-Forwarded-*`, body) and its response streamed back. An upstream that cannot be reached
 //! answers 502 problem+json, and the key is released so a retry executes.
 //!
 //! SIGINT or SIGTERM stops accepting connections and lets requests in flight finish (up to
@@ -188,7 +188,7 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     let graceful = GracefulShutdown::new();
     let http = hyper::server::conn::http1::Builder::new();
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 // Out of file descriptors and the like: keep serving the connections we have.
@@ -202,7 +202,7 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
         let gateway = gateway.clone();
         let service = hyper::service::service_fn(move |request| {
             let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(request).await) }
+            async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -304,8 +304,8 @@ impl tower::Service<Request<Body<Incoming>>> for Proxy {
             // The client's HTTP version for the answer; HTTP/1.1 to the upstream.
             let version = std::mem::replace(&mut parts.version, Version::HTTP_11);
             remove_hop_by_hop(&mut parts.headers);
-            // The client names the upstream's host itself.
-            parts.headers.remove(header::HOST);
+            let peer = parts.extensions.remove::<Peer>();
+            add_forwarded_headers(&mut parts.headers, peer);
             let sent = client.request(Request::from_parts(parts, body));
             let response = match tokio::time::timeout(timeout, sent).await {
                 Ok(Ok(response)) => response,
@@ -323,6 +323,38 @@ impl tower::Service<Request<Body<Incoming>>> for Proxy {
             remove_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body))
         })
+    }
+}
+
+/// The address of the client a request came from.
+#[derive(Clone, Copy, Debug)]
+struct Peer(SocketAddr);
+
+/// The headers a reverse proxy adds: `X-Forwarded-For` (the client's address appended to any
+/// the request brought), `X-Forwarded-Host` (the `Host` it asked for; the upstream gets its
+/// own name as `Host`, set by the client) and `X-Forwarded-Proto` (`http`, unless a proxy in
+/// front already said).
+fn add_forwarded_headers(headers: &mut HeaderMap, peer: Option<Peer>) {
+    const FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    const PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    if let Some(Peer(peer)) = peer {
+        let mut chain: Vec<String> = headers
+            .get_all(&FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect();
+        chain.push(peer.ip().to_string());
+        if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
+            headers.insert(FOR, value);
+        }
+    }
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(HOST, host);
+    }
+    if !headers.contains_key(&PROTO) {
+        headers.insert(PROTO, HeaderValue::from_static("http"));
     }
 }
 
@@ -375,9 +407,14 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn handle(mut self, mut request: Request<Incoming>) -> Response<Body<Incoming>> {
+    async fn handle(
+        mut self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body<Incoming>> {
         let forwarded = Forwarded::default();
         request.extensions_mut().insert(forwarded.clone());
+        request.extensions_mut().insert(Peer(peer));
         // With a key on a method it applies to, a request the layer forwards was claimed
         // (the layer fails closed, so it never forwards such a request unclaimed).
         let keyed = self.methods.contains(request.method())
@@ -729,6 +766,26 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn forwarded_headers_extend_what_a_proxy_in_front_said() {
+        let peer = Some(Peer("10.0.0.7:5000".parse().unwrap()));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("api.example.com"));
+        add_forwarded_headers(&mut headers, peer);
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(headers["x-forwarded-host"], "api.example.com");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert!(!headers.contains_key(header::HOST));
+
+        let mut headers = HeaderMap::new();
+        headers.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        add_forwarded_headers(&mut headers, peer);
+        assert_eq!(headers["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.7");
+        assert_eq!(headers["x-forwarded-proto"], "https");
     }
 
     #[test]

@@ -61,6 +61,20 @@ fn start_upstream(listener: TcpListener, executions: Executions) -> tokio::task:
                     let method = request.method().clone();
                     let path = request.uri().to_string();
                     let hop = request.headers().contains_key("x-hop");
+                    let header = |name: &str| {
+                        request
+                            .headers()
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    let forwarded = format!(
+                        "host={} xff={} xfh={}",
+                        header("host"),
+                        header("x-forwarded-for"),
+                        header("x-forwarded-host")
+                    );
                     let body = request.into_body().collect().await.unwrap().to_bytes();
                     // Counted on arrival: a request the gateway gives up on still counts.
                     let n = SEQUENCE.fetch_add(1, Ordering::SeqCst);
@@ -70,7 +84,7 @@ fn start_upstream(listener: TcpListener, executions: Executions) -> tokio::task:
                     let pause = if path.starts_with("/slow") { 1000 } else { 20 };
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                     let mut text = format!(
-                        "{method} {path} key={key} n={n} hop={hop} body={}",
+                        "{method} {path} key={key} n={n} hop={hop} {forwarded} body={}",
                         String::from_utf8_lossy(&body)
                     );
                     if path.starts_with("/big") {
@@ -282,6 +296,13 @@ async fn a_key_executes_once_and_its_response_is_replayed_byte_for_byte() {
     );
     // The Connection-named hop-by-hop header is not forwarded.
     assert!(first.text().contains("hop=false"), "{}", first.text());
+    let upstream_host = upstream.trim_start_matches("http://");
+    let forwarded = format!("host={upstream_host} xff=127.0.0.1 xfh={} ", gateway.addr);
+    assert!(
+        first.text().contains(&forwarded),
+        "{forwarded} not in {}",
+        first.text()
+    );
     assert_eq!(first.headers["x-upstream"], "yes");
     assert_eq!(first.headers["set-cookie"], "session=1");
     assert_eq!(executions.of("k1"), 1);
