@@ -16,6 +16,7 @@ mod relay;
 mod rfc3339;
 mod serve;
 mod stats;
+mod stop;
 
 use std::process::ExitCode;
 
