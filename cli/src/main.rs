@@ -114,13 +114,17 @@ enum Command {
     /// still be running; after a 504 the upstream may still finish the first one.
     ///
     /// Prints the bound address on stderr at start. SIGINT or SIGTERM stops accepting
-    /// connections and lets requests in flight finish (up to 30s; a second signal exits at
-    /// once); then `requests N: executed N, replayed N, in flight (409) N, key reused (422) N,
-    /// rejected N, store unavailable (503) N, upstream failed (502/504) N, passed through N,
-    /// abandoned N` goes to stderr and the exit status is 0. Rejected counts the layer's 400
-    /// and 413 (and a 500 for a stored response it cannot decode); abandoned, the requests
-    /// whose client went away first. --metrics-addr serves the same counts, with latency
-    /// histograms, as Prometheus text.
+    /// connections and lets requests in flight finish (up to 30s, or --timeout if longer;
+    /// a second signal exits at once); then the summary goes to stderr and the exit status
+    /// is 0:
+    ///
+    ///   requests N: executed N, replayed N, in flight (409) N, key reused (422) N,
+    ///   rejected N, store unavailable (503) N, upstream failed (502/504) N,
+    ///   passed through N, abandoned N
+    ///
+    /// Rejected counts the layer's 400 and 413 (and a 500 for a stored response it cannot
+    /// decode); abandoned, the requests whose client went away first. --metrics-addr serves
+    /// the same counts, with latency histograms, as Prometheus text.
     ///
     /// Example:
     ///

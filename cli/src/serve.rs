@@ -10,7 +10,7 @@
 //! the summary line and `--metrics-addr`.
 //!
 //! SIGINT or SIGTERM stops accepting connections and lets requests in flight finish (up to
-//! [`GRACE`]); then the summary goes to stderr and the exit status is 0.
+//! [`GRACE`], or `--timeout` if longer); then the summary goes to stderr and the exit status is 0.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,7 +41,8 @@ mod proxy;
 use counts::{CountOnDrop, Counts, Outcome, serve_metrics};
 use proxy::{Forwarded, Peer, Proxy, parse_upstream, upstream_failed};
 
-/// How long requests in flight get to finish after SIGINT or SIGTERM.
+/// How long requests in flight get to finish after SIGINT or SIGTERM, at least: `--timeout`
+/// if it is longer.
 pub const GRACE: Duration = Duration::from_secs(30);
 
 /// Arguments of `oncely serve`.
@@ -186,10 +187,11 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
         });
     }
     drop(listener);
+    let grace = GRACE.max(args.timeout);
     eprintln!(
         "stopping: no new connections; finishing the requests in flight for up to {}s \
          (a second signal stops at once)",
-        GRACE.as_secs()
+        grace.as_secs()
     );
     tokio::spawn(async move {
         stop.second().await;
@@ -198,7 +200,7 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
         );
         std::process::exit(130);
     });
-    let finished = tokio::time::timeout(GRACE, graceful.shutdown())
+    let finished = tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_ok();
     eprintln!("{}", gateway.counts.summary());
@@ -206,7 +208,7 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
         eprintln!(
             "warning: requests still in flight after {}s were cut off; their keys are held \
              until their lease ends",
-            GRACE.as_secs()
+            grace.as_secs()
         );
     }
     Ok(ExitCode::SUCCESS)
