@@ -101,6 +101,7 @@ enum Command {
     ///   a key already answered  the stored response, byte for byte, Idempotent-Replayed: true
     ///   the same key, another method, path or body                        422
     ///   the same key while its first request is still in flight           409, Retry-After
+    ///                           (or, with --in-flight-wait, its response once it is ready)
     ///   no key                  passed through (400 with --require-key)
     ///   a malformed key (empty, over 255 characters, not visible ASCII)   400
     ///   a body over 1 MiB                                                 413

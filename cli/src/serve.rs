@@ -28,7 +28,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use oncely::Oncely;
-use oncely_http::{Body, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer};
+use oncely_http::{Body, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer, InFlight};
 use tokio::net::TcpListener;
 use tower::{Layer as _, Service as _};
 
@@ -81,6 +81,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
 
+    /// A request whose key's first request is still in flight waits up to this long for its
+    /// response (then replays it, or executes if the first failed) instead of getting 409 at
+    /// once; 409 if the first is still running by then.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    in_flight_wait: Option<Duration>,
+
     /// How long the upstream gets to start its response; then the answer is 504 and the key
     /// released. A key's claim is held for --timeout + 30s, so no retry executes while the
     /// first request may still be running.
@@ -130,7 +136,11 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
         .retention(args.ttl)
         .require_key(args.require_key)
         .methods(methods.clone())
-        .principal_headers(args.principal_headers);
+        .principal_headers(args.principal_headers)
+        .in_flight(match args.in_flight_wait {
+            Some(wait) => InFlight::Wait(wait),
+            None => InFlight::Conflict,
+        });
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -466,6 +466,27 @@ async fn an_upstream_slower_than_the_timeout_is_504_and_the_key_is_released() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_in_flight_wait_a_duplicate_waits_for_the_first_response_instead_of_409() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start(dir.path(), &upstream, &["--in-flight-wait", "5s"]);
+    let client = client();
+    let url = gateway.url("/slow");
+    let first = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move { send(&client, "POST", &url, Some("k"), "A").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = send(&client, "POST", &url, Some("k"), "A").await;
+    let first = first.await.unwrap();
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.text());
+    assert!(!first.replayed() && second.replayed());
+    assert_eq!(second.body, first.body);
+    assert_eq!(executions.of("k"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_concurrent_duplicates_executes_each_key_once() {
     const REQUESTS: usize = 400;
     const KEYS: usize = 50;
