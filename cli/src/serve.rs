@@ -213,7 +213,6 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     let finished = tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_ok();
-    eprintln!("{}", gateway.counts.summary());
     if !finished {
         eprintln!(
             "warning: requests still in flight after {}s were cut off; their keys are held \
@@ -221,6 +220,8 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
             grace.as_secs()
         );
     }
+    // Last, as in every command: a script reads the summary from the last line.
+    eprintln!("{}", gateway.counts.summary());
     Ok(ExitCode::SUCCESS)
 }
 
