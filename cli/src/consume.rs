@@ -19,10 +19,10 @@ use oncely::consumer::{
     Handled, Handler, HandlerError, KeySource, Message, OncelyHandler, RetryPolicy,
 };
 use oncely::{Consumer, ConsumerReport, Key, Oncely, Scope, async_trait};
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::deliver::{self, Deliverer};
 use crate::duration;
+use crate::stop::Stop;
 
 /// Arguments of `oncely consume`.
 #[derive(Args, Debug)]
@@ -242,32 +242,6 @@ impl<H: Handler> Handler for KeysAsHeaders<H> {
             )));
         }
         self.0.handle(key, message).await
-    }
-}
-
-/// SIGINT and SIGTERM, installed before the setup.
-struct Stop {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Stop {
-    fn install() -> Result<Stop> {
-        Ok(Stop {
-            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
-        })
-    }
-
-    async fn first(&mut self) {
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
-        }
-    }
-
-    async fn second(mut self) {
-        self.first().await
     }
 }
 

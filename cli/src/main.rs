@@ -14,7 +14,9 @@ mod inspect;
 mod purge;
 mod relay;
 mod rfc3339;
+mod serve;
 mod stats;
+mod stop;
 
 use std::process::ExitCode;
 
@@ -87,6 +89,50 @@ enum Command {
     ///       --deliver http://127.0.0.1:8080/send --concurrency 8 --max-attempts 10
     #[command(verbatim_doc_comment)]
     Consume(consume::ConsumeArgs),
+    /// Put the Idempotency-Key header in front of any HTTP service: a reverse proxy to --upstream
+    ///
+    /// Every request is forwarded to --upstream (method, path and query, headers minus
+    /// hop-by-hop ones, body) and its response streamed back; the upstream gets its own name as
+    /// Host, and X-Forwarded-For, X-Forwarded-Host and X-Forwarded-Proto. A request of
+    /// --methods (POST and PATCH by default) with an Idempotency-Key header is executed
+    /// upstream once per key:
+    ///
+    ///   a new key               forwarded; the response stored (up to 1 MiB) and sent
+    ///   a key already answered  the stored response, byte for byte, Idempotent-Replayed: true
+    ///   the same key, another method, path or body                        422
+    ///   the same key while its first request is still in flight           409, Retry-After
+    ///                           (or, with --in-flight-wait, its response once it is ready)
+    ///   no key                  passed through (400 with --require-key)
+    ///   a malformed key (empty, over 255 characters, not visible ASCII)   400
+    ///   a body over 1 MiB                                                 413
+    ///   the store cannot be reached                                       503, nothing forwarded
+    ///   the upstream cannot be reached                                    502, the key released
+    ///   no response head from the upstream within --timeout               504, the key released
+    ///
+    /// A 5xx from the upstream is sent but not stored: the key is released so a retry executes.
+    /// Set-Cookie is never stored. Errors are application/problem+json (RFC 9457). A key's
+    /// claim is held for --timeout + 30s, so no retry executes while its first request may
+    /// still be running; after a 504 the upstream may still finish the first one.
+    ///
+    /// Prints the bound address on stderr at start. SIGINT or SIGTERM stops accepting
+    /// connections and lets requests in flight finish (up to 30s, or --timeout if longer;
+    /// a second signal exits at once); then the summary goes to stderr and the exit status
+    /// is 0:
+    ///
+    ///   requests N: executed N, replayed N, in flight (409) N, key reused (422) N,
+    ///   rejected N, store unavailable (503) N, upstream failed (502/504) N,
+    ///   passed through N, abandoned N
+    ///
+    /// Rejected counts the layer's 400 and 413 (and a 500 for a stored response it cannot
+    /// decode); abandoned, the requests whose client went away first. --metrics-addr serves
+    /// the same counts, with latency histograms, as Prometheus text.
+    ///
+    /// Example:
+    ///
+    ///   oncely --store sqlite:gateway.db serve --upstream http://127.0.0.1:3000 \
+    ///       --listen 0.0.0.0:8080 --require-key --principal-header Authorization
+    #[command(verbatim_doc_comment)]
+    Serve(serve::ServeArgs),
     /// Show the stored record of one key, expired or not.
     Inspect(inspect::InspectArgs),
     /// Remove expired records.
@@ -140,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         // Connects the broker before the store: its errors come first and create no file.
         Command::Consume(args) => consume::run(&cli.store, args).await,
+        Command::Serve(args) => serve::run(&cli.store, args).await,
         Command::Inspect(args) => inspect::run(&open().await?, args, &mut stdout).await,
         Command::Purge(args) => purge::run(&open().await?, args, &mut stdout).await,
         Command::Stats(args) => stats::run(&open().await?, args, &mut stdout).await,

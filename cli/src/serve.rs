@@ -1,0 +1,285 @@
+//! `oncely serve`: the Idempotency-Key gateway (S4) in front of any HTTP service.
+//!
+//! A streaming reverse proxy (hyper server, hyper-util's pooled client, plain http only) with
+//! `oncely_http::IdempotencyLayer` in front of it: requests the layer applies to are claimed,
+//! executed once upstream and their response stored; retries get the stored response. Every
+//! request the layer lets through is forwarded (method, path and query, headers minus
+//! hop-by-hop ones plus `X-Forwarded-*`, body) and its response streamed back ([`proxy`]). An
+//! upstream that cannot be reached answers 502 problem+json (504 past `--timeout`), and the key
+//! is released so a retry executes. What happened to each request is counted ([`counts`]) for
+//! the summary line and `--metrics-addr`.
+//!
+//! SIGINT or SIGTERM stops accepting connections and lets requests in flight finish (up to
+//! [`GRACE`], or `--timeout` if longer); then the summary goes to stderr and the exit status is 0.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use hyper::body::Incoming;
+use hyper::header::HeaderName;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use oncely::Oncely;
+use oncely_http::{Body, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer, InFlight};
+use tokio::net::TcpListener;
+use tower::{Layer as _, Service as _};
+
+use crate::duration;
+use crate::stop::Stop;
+
+mod counts;
+mod proxy;
+
+use counts::{CountOnDrop, Counts, Outcome, serve_metrics};
+use proxy::{Forwarded, Peer, Proxy, parse_upstream, upstream_failed};
+
+/// How long requests in flight get to finish after SIGINT or SIGTERM, at least: `--timeout`
+/// if it is longer.
+pub const GRACE: Duration = Duration::from_secs(30);
+
+/// Arguments of `oncely serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The service to protect: a plain http://HOST[:PORT][/PREFIX] URL (no https). Each
+    /// request's path and query are appended to it.
+    #[arg(long, value_name = "URL")]
+    upstream: String,
+
+    /// Where to listen, ADDR:PORT (port 0 picks a free one; the bound address is printed).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Answer 400 to a request without Idempotency-Key (of the --methods) instead of passing
+    /// it through unprotected.
+    #[arg(long)]
+    require_key: bool,
+
+    /// How long a stored response is replayed (500ms, 90s, 15m, 24h, 7d).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = duration::parse)]
+    ttl: Duration,
+
+    /// The methods the Idempotency-Key applies to, comma-separated; others pass through.
+    #[arg(long, value_name = "LIST", default_value = "POST,PATCH", value_parser = parse_methods)]
+    methods: Methods,
+
+    /// A request header identifying the client (e.g. Authorization): keys are scoped by a
+    /// SHA-256 of these headers' values, so one client never gets another's response.
+    /// Repeat for several.
+    #[arg(long = "principal-header", value_name = "NAME", value_parser = parse_header_name)]
+    principal_headers: Vec<HeaderName>,
+
+    /// Also serve Prometheus metrics at http://ADDR/metrics: requests by outcome, and their
+    /// latency (until the response is ready) as a histogram by outcome.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+
+    /// A request whose key's first request is still in flight waits up to this long for its
+    /// response (then replays it, or executes if the first failed) instead of getting 409 at
+    /// once; 409 if the first is still running by then.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    in_flight_wait: Option<Duration>,
+
+    /// How long the upstream gets to start its response; then the answer is 504 and the key
+    /// released. A key's claim is held for --timeout + 30s, so no retry executes while the
+    /// first request may still be running.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration::parse)]
+    timeout: Duration,
+}
+
+/// How much longer than `--timeout` a key's claim is held: the upstream's answer, and the
+/// response's body, arrive before the lease ends.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// The `--methods` list.
+#[derive(Clone, Debug)]
+pub struct Methods(Vec<Method>);
+
+fn parse_methods(text: &str) -> Result<Methods, String> {
+    let mut methods = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let method = Method::from_bytes(name.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("`{name}` is not an HTTP method"))?;
+        if !methods.contains(&method) {
+            methods.push(method);
+        }
+    }
+    if methods.is_empty() {
+        return Err("no method given; e.g. POST,PATCH".into());
+    }
+    Ok(Methods(methods))
+}
+
+fn parse_header_name(text: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(text.as_bytes()).map_err(|_| format!("`{text}` is not a header name"))
+}
+
+/// Runs `oncely serve` until SIGINT or SIGTERM; `store` is the global `--store` URL.
+pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
+    let upstream = parse_upstream(&args.upstream)?;
+    if args.timeout.is_zero() {
+        bail!("--timeout must be longer than 0s");
+    }
+    // Signals first: a signal during the setup must not kill the process half-way.
+    let mut stop = Stop::install()?;
+    let oncely = Oncely::new(oncely::connect(store).await?)
+        .with_lease(args.timeout.saturating_add(LEASE_MARGIN));
+    let methods = args.methods.0;
+    let layer = IdempotencyLayer::new(oncely)
+        .retention(args.ttl)
+        .require_key(args.require_key)
+        .methods(methods.clone())
+        .principal_headers(args.principal_headers)
+        .in_flight(match args.in_flight_wait {
+            Some(wait) => InFlight::Wait(wait),
+            None => InFlight::Conflict,
+        });
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener.local_addr().context("the bound address")?;
+
+    let proxy = Proxy {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        upstream: Arc::new(upstream),
+        timeout: args.timeout,
+    };
+    let gateway = Gateway {
+        service: layer.layer(proxy.clone()),
+        methods: Arc::new(methods),
+        counts: Arc::new(Counts::default()),
+    };
+    if let Some(addr) = args.metrics_addr {
+        let metrics = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for --metrics-addr"))?;
+        let bound = metrics.local_addr().context("the metrics address")?;
+        eprintln!("metrics on http://{bound}/metrics");
+        tokio::spawn(serve_metrics(metrics, gateway.counts.clone()));
+    }
+    eprintln!(
+        "listening on http://{bound}, forwarding to {} (store {}); stop with Ctrl-C or SIGTERM",
+        proxy.upstream.base,
+        oncely::url::redact_password(store),
+    );
+
+    let graceful = GracefulShutdown::new();
+    let http = hyper::server::conn::http1::Builder::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: keep serving the connections we have.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.first() => break,
+        };
+        let gateway = gateway.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // A client that goes away mid-request is its own business; the layer releases
+            // the key of a request it abandons.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    let grace = GRACE.max(args.timeout);
+    eprintln!(
+        "stopping: no new connections; finishing the requests in flight for up to {}s \
+         (a second signal stops at once)",
+        grace.as_secs()
+    );
+    tokio::spawn(async move {
+        stop.second().await;
+        eprintln!(
+            "error: stopped at once; the keys of unfinished requests are held until their lease ends"
+        );
+        std::process::exit(130);
+    });
+    let finished = tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_ok();
+    if !finished {
+        eprintln!(
+            "warning: requests still in flight after {}s were cut off; their keys are held \
+             until their lease ends",
+            grace.as_secs()
+        );
+    }
+    // Last, as in every command: a script reads the summary from the last line.
+    eprintln!("{}", gateway.counts.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The layer over the proxy, and the counts of what happened to each request.
+#[derive(Clone)]
+struct Gateway {
+    service: oncely_http::IdempotencyService<Proxy>,
+    methods: Arc<Vec<Method>>,
+    counts: Arc<Counts>,
+}
+
+impl Gateway {
+    async fn handle(
+        mut self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body<Incoming>> {
+        let forwarded = Forwarded::default();
+        request.extensions_mut().insert(forwarded.clone());
+        request.extensions_mut().insert(Peer(peer));
+        // With a key on a method it applies to, a request the layer forwards was claimed
+        // (the layer fails closed, so it never forwards such a request unclaimed).
+        let keyed = self.methods.contains(request.method())
+            && request.headers().contains_key(IDEMPOTENCY_KEY);
+        let counted = CountOnDrop::start(self.counts.clone());
+        let result = self.service.call(request).await;
+        let forwarded = forwarded.0.load(Ordering::SeqCst);
+        let (outcome, response) = match result {
+            Err(failed) => (Outcome::UpstreamFailed, upstream_failed(&failed)),
+            Ok(response) => {
+                let outcome = match () {
+                    _ if forwarded && keyed => Outcome::Executed,
+                    _ if forwarded => Outcome::PassedThrough,
+                    _ if response.headers().contains_key(IDEMPOTENT_REPLAYED) => Outcome::Replayed,
+                    _ => match response.status() {
+                        StatusCode::CONFLICT => Outcome::InFlight,
+                        StatusCode::UNPROCESSABLE_ENTITY => Outcome::Mismatch,
+                        StatusCode::SERVICE_UNAVAILABLE => Outcome::StoreUnavailable,
+                        _ => Outcome::Rejected,
+                    },
+                };
+                (outcome, response)
+            }
+        };
+        counted.done(outcome);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_a_comma_list() {
+        let Methods(methods) = parse_methods("post, put,POST").unwrap();
+        assert_eq!(methods, vec![Method::POST, Method::PUT]);
+        assert!(parse_methods(",").is_err());
+        assert!(parse_methods("PO ST").is_err());
+    }
+}

@@ -1,0 +1,803 @@
+//! `oncely serve` end to end: the binary as a process on loopback, a real SQLite store, and a
+//! small upstream in this process that counts how often each Idempotency-Key is executed.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+const BIN: &str = env!("CARGO_BIN_EXE_oncely");
+const PATIENCE: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// The upstream: answers every request, counting executions per Idempotency-Key.
+
+/// Executions per key ("" for requests without one), shared with the upstream's tasks.
+#[derive(Clone, Default)]
+struct Executions(Arc<Mutex<HashMap<String, u64>>>);
+
+impl Executions {
+    fn of(&self, key: &str) -> u64 {
+        self.0.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+
+    fn all(&self) -> HashMap<String, u64> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Serves on `listener` until the returned handle is aborted. Each answer is unique (a global
+/// sequence number), so a replay is told from a second execution by its bytes.
+fn start_upstream(listener: TcpListener, executions: Executions) -> tokio::task::JoinHandle<()> {
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let executions = executions.clone();
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let executions = executions.clone();
+                async move {
+                    let key = request
+                        .headers()
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let method = request.method().clone();
+                    let path = request.uri().to_string();
+                    let hop = request.headers().contains_key("x-hop");
+                    let header = |name: &str| {
+                        request
+                            .headers()
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    let forwarded = format!(
+                        "host={} xff={} xfh={}",
+                        header("host"),
+                        header("x-forwarded-for"),
+                        header("x-forwarded-host")
+                    );
+                    let body = request.into_body().collect().await.unwrap().to_bytes();
+                    // Counted on arrival: a request the gateway gives up on still counts.
+                    let n = SEQUENCE.fetch_add(1, Ordering::SeqCst);
+                    *executions.0.lock().unwrap().entry(key.clone()).or_default() += 1;
+                    // Long enough for concurrent duplicates to overlap; /slow for timeouts
+                    // and shutdown.
+                    let pause = if path.starts_with("/slow") { 1000 } else { 20 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    let mut text = format!(
+                        "{method} {path} key={key} n={n} hop={hop} {forwarded} body={}",
+                        String::from_utf8_lossy(&body)
+                    );
+                    if path.starts_with("/big") {
+                        // Over the 1 MiB the gateway stores.
+                        text = text.repeat(2 * 1024 * 1024 / text.len() + 1);
+                    }
+                    let status = if method == hyper::Method::POST {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(status)
+                            .header("x-upstream", "yes")
+                            .header("set-cookie", "session=1")
+                            .body(Full::new(Bytes::from(text)))
+                            .unwrap(),
+                    )
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+async fn upstream() -> (String, Executions, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let executions = Executions::default();
+    let task = start_upstream(listener, executions.clone());
+    (url, executions, task)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway process.
+
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+    ended: mpsc::Receiver<()>,
+}
+
+impl Gateway {
+    fn start(dir: &Path, upstream: &str, extra: &[&str]) -> Gateway {
+        let store = format!("sqlite:{}", dir.join("o.db").display());
+        let mut child = Command::new(BIN)
+            .args(["--store", &store, "serve", "--upstream", upstream])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(dir)
+            .env_remove("ONCELY_STORE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let (end_tx, ended) = mpsc::channel();
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in lines {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("listening on http://") {
+                    let addr = rest.split(',').next().unwrap().to_owned();
+                    let _ = addr_tx.send(addr);
+                }
+                log.lock().unwrap().push(line);
+            }
+            let _ = end_tx.send(());
+        });
+        let addr = match addr_rx.recv_timeout(PATIENCE) {
+            Ok(addr) => addr.parse().unwrap(),
+            Err(_) => panic!("no bound address on stderr: {:?}", stderr.lock().unwrap()),
+        };
+        Gateway {
+            child,
+            addr,
+            stderr,
+            ended,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGTERM; the exit status and everything printed on stderr.
+    fn terminate(mut self) -> (Option<i32>, Vec<String>) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on the pid of our own child, which has not been waited for.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let _ = self.ended.recv_timeout(PATIENCE);
+                return (status.code(), self.stderr.lock().unwrap().clone());
+            }
+            assert!(Instant::now() < deadline, "oncely serve kept running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn assert_summary_and_exit_0((code, stderr): &(Option<i32>, Vec<String>), summary: &str) {
+    assert_eq!(*code, Some(0), "{stderr:#?}");
+    assert_eq!(
+        stderr.last().map(String::as_str),
+        Some(summary),
+        "{stderr:#?}"
+    );
+    assert!(
+        !stderr.iter().any(|l| l.contains("panicked")),
+        "{stderr:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client.
+
+#[derive(Debug)]
+struct Answer {
+    version: hyper::Version,
+    status: StatusCode,
+    headers: hyper::HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn replayed(&self) -> bool {
+        self.headers
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true")
+    }
+
+    fn content_type(&self) -> &str {
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    key: Option<&str>,
+    body: &str,
+) -> Answer {
+    let mut request = Request::builder().method(method).uri(url);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let request = request
+        .header("x-hop", "1")
+        .header("connection", "x-hop")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    Answer {
+        version: parts.version,
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_executes_once_and_its_response_is_replayed_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start(dir.path(), &upstream, &[]);
+    let client = client();
+    let orders = gateway.url("/orders?x=1");
+
+    let first = send(&client, "POST", &orders, Some("k1"), "A").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    assert!(!first.replayed());
+    assert!(
+        first.text().starts_with("POST /orders?x=1 key=k1 "),
+        "{}",
+        first.text()
+    );
+    // The Connection-named hop-by-hop header is not forwarded.
+    assert!(first.text().contains("hop=false"), "{}", first.text());
+    let upstream_host = upstream.trim_start_matches("http://");
+    let forwarded = format!("host={upstream_host} xff=127.0.0.1 xfh={} ", gateway.addr);
+    assert!(
+        first.text().contains(&forwarded),
+        "{forwarded} not in {}",
+        first.text()
+    );
+    assert_eq!(first.headers["x-upstream"], "yes");
+    assert_eq!(first.headers["set-cookie"], "session=1");
+    assert_eq!(executions.of("k1"), 1);
+
+    let again = send(&client, "POST", &orders, Some("k1"), "A").await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert!(again.replayed());
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.headers["x-upstream"], "yes");
+    // Set-Cookie is not stored, so not replayed.
+    assert!(!again.headers.contains_key("set-cookie"));
+    assert_eq!(executions.of("k1"), 1);
+
+    let other = send(&client, "POST", &orders, Some("k1"), "B").await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.content_type(), "application/problem+json");
+    assert!(
+        other
+            .text()
+            .contains("urn:oncely:http:idempotency-key-reused")
+    );
+    assert_eq!(executions.of("k1"), 1);
+
+    let malformed = send(&client, "POST", &orders, Some(""), "A").await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+
+    for _ in 0..2 {
+        let no_key = send(&client, "POST", &orders, None, "A").await;
+        assert_eq!(no_key.status, StatusCode::CREATED);
+        assert!(!no_key.replayed());
+    }
+    assert_eq!(executions.of(""), 2);
+
+    let get = send(&client, "GET", &gateway.url("/orders/7"), Some("k1"), "").await;
+    assert_eq!(get.status, StatusCode::OK);
+    assert!(
+        get.text().starts_with("GET /orders/7 key=k1 "),
+        "{}",
+        get.text()
+    );
+    assert!(!get.replayed());
+    assert_eq!(executions.of("k1"), 2);
+
+    assert_summary_and_exit_0(
+        &gateway.terminate(),
+        "requests 7: executed 1, replayed 1, in flight (409) 0, key reused (422) 1, \
+         rejected 1, store unavailable (503) 0, upstream failed (502/504) 0, \
+         passed through 3, abandoned 0",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_require_key_a_post_without_one_is_400_and_never_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start(
+        dir.path(),
+        &upstream,
+        &["--require-key", "--methods", "post,put", "--ttl", "1h"],
+    );
+    let client = client();
+
+    let no_key = send(&client, "POST", &gateway.url("/pay"), None, "A").await;
+    assert_eq!(no_key.status, StatusCode::BAD_REQUEST);
+    assert_eq!(no_key.content_type(), "application/problem+json");
+    assert!(
+        no_key.text().contains("idempotency-key-missing"),
+        "{}",
+        no_key.text()
+    );
+    let put = send(&client, "PUT", &gateway.url("/pay"), None, "A").await;
+    assert_eq!(put.status, StatusCode::BAD_REQUEST);
+    // PATCH is not in --methods: passed through.
+    let patch = send(&client, "PATCH", &gateway.url("/pay"), None, "A").await;
+    assert_eq!(patch.status, StatusCode::OK);
+    let get = send(&client, "GET", &gateway.url("/pay"), None, "").await;
+    assert_eq!(get.status, StatusCode::OK);
+    assert_eq!(executions.of(""), 2);
+
+    assert_summary_and_exit_0(
+        &gateway.terminate(),
+        "requests 4: executed 0, replayed 0, in flight (409) 0, key reused (422) 0, \
+         rejected 2, store unavailable (503) 0, upstream failed (502/504) 0, \
+         passed through 2, abandoned 0",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_is_down_is_502_and_a_retry_executes_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let gateway = Gateway::start(dir.path(), &format!("http://{addr}"), &[]);
+    let client = client();
+
+    let down = send(&client, "POST", &gateway.url("/pay"), Some("k"), "A").await;
+    assert_eq!(down.status, StatusCode::BAD_GATEWAY, "{}", down.text());
+    assert_eq!(down.content_type(), "application/problem+json");
+    assert!(
+        down.text().contains("urn:oncely:http:upstream-unavailable"),
+        "{}",
+        down.text()
+    );
+
+    let executions = Executions::default();
+    let _task = start_upstream(TcpListener::bind(addr).await.unwrap(), executions.clone());
+    let retry = send(&client, "POST", &gateway.url("/pay"), Some("k"), "A").await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text());
+    assert!(!retry.replayed());
+    let replay = send(&client, "POST", &gateway.url("/pay"), Some("k"), "A").await;
+    assert!(replay.replayed());
+    assert_eq!(replay.body, retry.body);
+    assert_eq!(executions.of("k"), 1);
+
+    assert_summary_and_exit_0(
+        &gateway.terminate(),
+        "requests 3: executed 1, replayed 1, in flight (409) 0, key reused (422) 0, \
+         rejected 0, store unavailable (503) 0, upstream failed (502/504) 1, \
+         passed through 0, abandoned 0",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_slower_than_the_timeout_is_504_and_the_key_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start(dir.path(), &upstream, &["--timeout", "300ms"]);
+    let client = client();
+
+    let slow = send(&client, "POST", &gateway.url("/slow"), Some("k"), "A").await;
+    assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT, "{}", slow.text());
+    assert_eq!(slow.content_type(), "application/problem+json");
+    assert!(
+        slow.text().contains("urn:oncely:http:upstream-timeout"),
+        "{}",
+        slow.text()
+    );
+    assert!(
+        slow.text().contains("no response within 300ms"),
+        "{}",
+        slow.text()
+    );
+    // Released, not stored and not in flight: the retry is forwarded again.
+    let retry = send(&client, "POST", &gateway.url("/slow"), Some("k"), "A").await;
+    assert_eq!(
+        retry.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        retry.text()
+    );
+    // The upstream got the request twice: the caveat the 504's detail states.
+    assert_eq!(executions.of("k"), 2);
+
+    assert_summary_and_exit_0(
+        &gateway.terminate(),
+        "requests 2: executed 0, replayed 0, in flight (409) 0, key reused (422) 0, \
+         rejected 0, store unavailable (503) 0, upstream failed (502/504) 2, \
+         passed through 0, abandoned 0",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_in_flight_wait_a_duplicate_waits_for_the_first_response_instead_of_409() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start(dir.path(), &upstream, &["--in-flight-wait", "5s"]);
+    let client = client();
+    let url = gateway.url("/slow");
+    let first = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move { send(&client, "POST", &url, Some("k"), "A").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = send(&client, "POST", &url, Some("k"), "A").await;
+    let first = first.await.unwrap();
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.text());
+    assert!(!first.replayed() && second.replayed());
+    assert_eq!(second.body, first.body);
+    assert_eq!(executions.of("k"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_concurrent_duplicates_executes_each_key_once() {
+    const REQUESTS: usize = 400;
+    const KEYS: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start(dir.path(), &upstream, &[]);
+    let client = client();
+
+    let mut tasks = Vec::new();
+    for i in 0..REQUESTS {
+        let client = client.clone();
+        let url = gateway.url("/orders");
+        tasks.push(tokio::spawn(async move {
+            let key = format!("key-{}", i % KEYS);
+            let body = format!("order {}", i % KEYS);
+            let mut conflicts = 0;
+            loop {
+                let answer = send(&client, "POST", &url, Some(&key), &body).await;
+                if answer.status != StatusCode::CONFLICT {
+                    return (key, answer, conflicts);
+                }
+                assert!(answer.headers.contains_key("retry-after"));
+                conflicts += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }));
+    }
+    let mut first: HashMap<String, Bytes> = HashMap::new();
+    let mut fresh = 0;
+    let mut replays = 0;
+    let mut conflicts = 0;
+    for task in tasks {
+        let (key, answer, retried) = task.await.unwrap();
+        conflicts += retried;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
+        if answer.replayed() {
+            replays += 1;
+        } else {
+            fresh += 1;
+        }
+        let body = first
+            .entry(key.clone())
+            .or_insert_with(|| answer.body.clone());
+        assert_eq!(*body, answer.body, "{key}: a different response");
+    }
+    eprintln!("storm: {conflicts} answers were 409 (first request in flight) and retried");
+    assert_eq!(fresh, KEYS);
+    assert_eq!(replays, REQUESTS - KEYS);
+    let all = executions.all();
+    assert_eq!(all.len(), KEYS, "{all:?}");
+    assert!(all.values().all(|&n| n == 1), "{all:?}");
+
+    assert_summary_and_exit_0(
+        &gateway.terminate(),
+        &format!(
+            "requests {}: executed {KEYS}, replayed {}, in flight (409) {conflicts}, \
+             key reused (422) 0, rejected 0, store unavailable (503) 0, \
+             upstream failed (502/504) 0, passed through 0, abandoned 0",
+            REQUESTS + conflicts,
+            REQUESTS - KEYS
+        ),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gateway_on_the_same_store_replays_a_completed_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let client = client();
+
+    let gateway = Gateway::start(dir.path(), &upstream, &[]);
+    let first = send(&client, "POST", &gateway.url("/pay"), Some("k"), "A").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let (code, _) = gateway.terminate();
+    assert_eq!(code, Some(0));
+
+    let gateway = Gateway::start(dir.path(), &upstream, &[]);
+    let again = send(&client, "POST", &gateway.url("/pay"), Some("k"), "A").await;
+    assert!(again.replayed());
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.body, first.body);
+    assert_eq!(executions.of("k"), 1);
+    let (code, _) = gateway.terminate();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_request_in_flight_finish_then_exits_0_with_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start(dir.path(), &upstream, &[]);
+    let client = client();
+    let url = gateway.url("/slow");
+    let in_flight = tokio::spawn(async move { send(&client, "POST", &url, Some("k"), "A").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let terminated = tokio::task::spawn_blocking(move || gateway.terminate());
+
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
+    assert_eq!(executions.of("k"), 1);
+    let terminated = terminated.await.unwrap();
+    assert!(
+        terminated
+            .1
+            .iter()
+            .any(|l| l.starts_with("stopping: no new connections")),
+        "{:#?}",
+        terminated.1
+    );
+    assert_summary_and_exit_0(
+        &terminated,
+        "requests 1: executed 1, replayed 0, in flight (409) 0, key reused (422) 0, \
+         rejected 0, store unavailable (503) 0, upstream failed (502/504) 0, \
+         passed through 0, abandoned 0",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_outcome_in_prometheus_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, _executions, _task) = upstream().await;
+    let gateway = Gateway::start(dir.path(), &upstream, &["--metrics-addr", "127.0.0.1:0"]);
+    let metrics = gateway
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| l.strip_prefix("metrics on ").map(str::to_owned))
+        .expect("the metrics address on stderr");
+    let client = client();
+    for _ in 0..3 {
+        send(&client, "POST", &gateway.url("/pay"), Some("k"), "A").await;
+    }
+    send(&client, "GET", &gateway.url("/pay"), None, "").await;
+
+    let scrape = send(&client, "GET", &metrics, None, "").await;
+    assert_eq!(scrape.status, StatusCode::OK);
+    let text = scrape.text();
+    for line in [
+        "oncely_serve_requests_total{outcome=\"executed\"} 1",
+        "oncely_serve_requests_total{outcome=\"replayed\"} 2",
+        "oncely_serve_requests_total{outcome=\"passed_through\"} 1",
+        "oncely_serve_requests_total{outcome=\"in_flight\"} 0",
+        "oncely_serve_request_duration_seconds_count{outcome=\"replayed\"} 2",
+        "oncely_serve_request_duration_seconds_bucket{outcome=\"replayed\",le=\"+Inf\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+    let (code, _) = gateway.terminate();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_scoped_by_the_principal_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start(
+        dir.path(),
+        &upstream,
+        &["--principal-header", "authorization"],
+    );
+    let client = client();
+    let as_user = |user: &'static str| {
+        let client = client.clone();
+        let url = gateway.url("/pay");
+        async move {
+            let request = Request::post(url)
+                .header("idempotency-key", "k")
+                .header("authorization", user)
+                .body(Full::new(Bytes::from_static(b"A")))
+                .unwrap();
+            let response = client.request(request).await.unwrap();
+            let replayed = response.headers().contains_key("idempotent-replayed");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (replayed, body)
+        }
+    };
+    let (alice_replayed, alice) = as_user("Bearer alice").await;
+    let (bob_replayed, bob) = as_user("Bearer bob").await;
+    let (again_replayed, again) = as_user("Bearer alice").await;
+    assert!(!alice_replayed && !bob_replayed && again_replayed);
+    assert_ne!(alice, bob);
+    assert_eq!(again, alice);
+    assert_eq!(executions.of("k"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_over_the_storage_limit_streams_through_and_its_key_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start(dir.path(), &upstream, &[]);
+    let client = client();
+
+    let big = send(&client, "POST", &gateway.url("/big"), Some("k"), "A").await;
+    assert_eq!(big.status, StatusCode::CREATED);
+    assert!(big.body.len() > 2 * 1024 * 1024, "{}", big.body.len());
+    let again = send(&client, "POST", &gateway.url("/big"), Some("k"), "A").await;
+    assert!(!again.replayed());
+    assert_ne!(again.body, big.body);
+    assert_eq!(executions.of("k"), 2);
+    let get = send(&client, "GET", &gateway.url("/big"), None, "").await;
+    assert!(get.body.len() > 2 * 1024 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_with_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, _executions, _task) = upstream().await;
+    let mut gateway = Gateway::start(dir.path(), &upstream, &[]);
+    let client = client();
+    let url = gateway.url("/slow");
+    let _in_flight = tokio::spawn(async move {
+        client
+            .request(Request::post(url).body(Full::default()).unwrap())
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = i32::try_from(gateway.child.id()).unwrap();
+    // SAFETY: kill(2) on the pid of our own child, which has not been waited for.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let started = Instant::now();
+    while !gateway
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.starts_with("stopping:"))
+    {
+        assert!(started.elapsed() < PATIENCE, "no stopping line");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = gateway.child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    // Before the slow request (1s) could finish.
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = gateway.ended.recv_timeout(PATIENCE);
+    let stderr = gateway.stderr.lock().unwrap().clone();
+    assert!(
+        stderr.last().unwrap().starts_with("error: stopped at once"),
+        "{stderr:#?}"
+    );
+}
+
+/// An upstream answering HTTP/1.0 and closing the connection, like Python's http.server.
+fn http10_upstream() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let _ = stream.write_all(b"HTTP/1.0 201 Created\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_upstream_is_answered_in_the_clients_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(dir.path(), &http10_upstream(), &[]);
+    let client = client();
+    for replayed in [false, true] {
+        let answer = send(&client, "POST", &gateway.url("/pay"), Some("k"), "A").await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert_eq!(answer.version, hyper::Version::HTTP_11);
+        assert_eq!(answer.replayed(), replayed);
+        assert_eq!(&answer.body[..], b"ok");
+    }
+}
+
+#[test]
+fn an_https_upstream_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let output: Output = Command::new(BIN)
+        .args([
+            "--store",
+            "memory:",
+            "serve",
+            "--upstream",
+            "https://example.com",
+        ])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: --upstream `https://example.com`: https is not supported"),
+        "{stderr}"
+    );
+}
