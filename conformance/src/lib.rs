@@ -35,6 +35,7 @@ use oncely_core::Store;
 
 pub mod harness;
 pub mod model;
+pub mod servers;
 pub mod suite;
 
 /// A boxed test body.

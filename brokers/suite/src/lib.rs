@@ -11,13 +11,13 @@
 //! # async fn connect_source(_: &str) -> Result<oncely_broker_suite::NoSource, oncely_core::BoxError> { Ok(oncely_broker_suite::NoSource) }
 //! # #[oncely_core::async_trait] impl oncely_broker_suite::Broker for MyBroker {
 //! #   type Channel = MyChannel;
-//! #   async fn channel(&self, _: &str) -> Result<MyChannel, oncely_core::BoxError> { unimplemented!() }
+//! #   async fn channel(&self, _: &str) -> Result<MyChannel, oncely_core::BoxError> { Ok(MyChannel) }
 //! # }
 //! # struct MyChannel;
 //! # #[oncely_core::async_trait] impl oncely_broker_suite::Channel for MyChannel {
 //! #   type Source = oncely_broker_suite::NoSource;
 //! #   async fn publish(&self, _: &oncely_core::consumer::Message) -> Result<(), oncely_core::BoxError> { Ok(()) }
-//! #   async fn consumer(&self) -> Result<Self::Source, oncely_core::BoxError> { unimplemented!() }
+//! #   async fn consumer(&self) -> Result<Self::Source, oncely_core::BoxError> { Ok(oncely_broker_suite::NoSource) }
 //! #   async fn dead_letters(&self) -> Result<Vec<oncely_core::consumer::Message>, oncely_core::BoxError> { Ok(vec![]) }
 //! #   async fn unsettled(&self) -> Result<u64, oncely_core::BoxError> { Ok(0) }
 //! #   fn source_url(&self) -> String { String::new() }
