@@ -19,6 +19,11 @@
 //! - **oncely batch**: oncely's batch API on the same terms as the limit: [`BATCH_CALLERS`]
 //!   callers at once, each `Oncely::claim_many` of the next [`baseline::LIMIT_BATCH`] events,
 //!   then `Oncely::complete_many` of the new ones; an event's latency is its batch's.
+//! - **oncely inbox batch** (PostgreSQL, MySQL): the transactional inbox on the same terms: on
+//!   [`baseline::LIMIT_CONNECTIONS`] connections, each transaction `claim_many` of the next
+//!   [`baseline::LIMIT_BATCH`] events, then commit. An inbox record is written completed in the
+//!   caller's transaction (the claim and the effect commit together), so there is no second
+//!   step: one transaction per batch, like the limit, with oncely's whole record.
 //!
 //! The [`broker`] module is the other throughput benchmark, `oncely bench --broker URL`: messages
 //! per second through consume + claim + effect + ack on a real NATS JetStream or RabbitMQ,
@@ -42,6 +47,7 @@ use oncely::{ClaimOutcome, Key, Oncely, Scope};
 
 pub mod baseline;
 pub mod broker;
+mod inbox;
 pub mod purge;
 mod server;
 mod workload;
@@ -231,7 +237,7 @@ pub fn run(config: &BenchConfig, progress: &dyn Progress) -> Result<Vec<RunResul
     Ok(results)
 }
 
-/// The four contenders on a database server, each in a fresh namespace, all dropped after.
+/// The five contenders on a database server, each in a fresh namespace, all dropped after.
 fn run_server(
     config: &BenchConfig,
     workload: &Workload,
@@ -285,7 +291,16 @@ fn run_server(
                 batch.bytes_per_key =
                     Some(baseline::mysql::bytes_per_key(&mut conn, "oncely_records").await?);
             }
-            Ok::<_, BenchError>(vec![oncely, naive, limit, batch])
+            let url = namespaces.fresh("inbox").await?;
+            let store_url = namespaces.for_store(&url);
+            let mut inbox =
+                inbox::run(config.store, &url, &store_url, workload, preload, progress).await?;
+            if config.store == StoreKind::Mysql {
+                let mut conn = <sqlx::MySqlConnection as sqlx::Connection>::connect(&url).await?;
+                inbox.bytes_per_key =
+                    Some(baseline::mysql::bytes_per_key(&mut conn, "oncely_records").await?);
+            }
+            Ok::<_, BenchError>(vec![oncely, naive, limit, batch, inbox])
         }
         .await;
         let dropped = namespaces.drop_all().await;
@@ -506,7 +521,7 @@ async fn run_oncely_batch(
     ))
 }
 
-async fn preload_oncely(
+pub(crate) async fn preload_oncely(
     oncely: &Oncely,
     preload: &Workload,
     progress: &dyn Progress,

@@ -50,6 +50,23 @@ pub async fn claim_in_transaction<T: ClaimTransaction>(
     requests: &[ClaimRequest],
     now: Timestamp,
 ) -> Result<Vec<ClaimOutcome>> {
+    decide_in_transaction(tx, store, requests, now, |claim| claim).await
+}
+
+/// [`claim_in_transaction`], writing `shape(claim)` wherever a claim wins a key: the claim
+/// itself for a store, a record completed on the spot for the inbox (whose transaction is the
+/// work). Later requests for the same key in the batch are decided against what was written.
+pub(crate) async fn decide_in_transaction<T, F>(
+    tx: &mut T,
+    store: &str,
+    requests: &[ClaimRequest],
+    now: Timestamp,
+    shape: F,
+) -> Result<Vec<ClaimOutcome>>
+where
+    T: ClaimTransaction,
+    F: Fn(Record) -> Record + Sync,
+{
     // The first request for each key decides how its row is taken.
     let mut seen = HashSet::new();
     let mut pending: Vec<&ClaimRequest> =
@@ -66,9 +83,11 @@ pub async fn claim_in_transaction<T: ClaimTransaction>(
         let fresh: Vec<Record> = pending
             .iter()
             .map(|req| {
-                decide_claim(None, req, now)
-                    .write
-                    .expect("an absent key is always claimed")
+                shape(
+                    decide_claim(None, req, now)
+                        .write
+                        .expect("an absent key is always claimed"),
+                )
             })
             .collect();
         let taken = tx.take(&fresh).await?;
@@ -105,6 +124,7 @@ pub async fn claim_in_transaction<T: ClaimTransaction>(
         let decision = decide_claim(state.get(&key), req, now);
         if let Some(record) = decision.write {
             // At most once per key: the rewritten claim is live, so later requests wait on it.
+            let record = shape(record);
             rewritten.push(record.clone());
             state.insert(key, record);
         }

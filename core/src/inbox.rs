@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::batch::{ClaimTransaction, decide_in_transaction};
 use crate::lifecycle::decide_claim;
 use crate::{
     ClaimOutcome, ClaimRequest, Clock, DEFAULT_RETENTION, Error, Fingerprint, Key, Record,
@@ -121,22 +122,54 @@ impl Inbox {
             let Some(existing) = tx.lock(&self.scope, key).await? else {
                 continue;
             };
-            return Ok(match decide_claim(Some(&existing), &request, now).outcome {
-                ClaimOutcome::New(claim) => {
-                    // Expired: the key is ours again, completed with this transaction.
-                    let record = completed(&request, claim.attempt, now, expires_at);
-                    tx.take_over(&record).await?;
-                    InboxClaim::New
-                }
-                ClaimOutcome::Duplicate(record) => InboxClaim::Duplicate(record),
-                ClaimOutcome::InProgress { retry_after } => InboxClaim::InProgress { retry_after },
-                ClaimOutcome::Conflict { stored } => InboxClaim::Conflict { stored },
-            });
+            let outcome = decide_claim(Some(&existing), &request, now).outcome;
+            if let ClaimOutcome::New(claim) = &outcome {
+                // Expired: the key is ours again, completed with this transaction.
+                let record = completed(&request, claim.attempt, now, expires_at);
+                tx.take_over(&record).await?;
+            }
+            return Ok(outcome.into());
         }
         Err(Error::Backend {
             store: "inbox (your transaction)".into(),
             source: "the key kept vanishing between insert and lock".into(),
         })
+    }
+
+    /// Claims every key of `items` through `tx` as one batch, answering in order: the batch
+    /// claim of a SQL store ([`ClaimTransaction`]), writing records completed on the spot.
+    /// A key repeated in `items` is answered as its first occurrence left it (a `New` key's
+    /// copies are [`InboxClaim::Duplicate`], or a conflict for another fingerprint). Store
+    /// crates call this.
+    pub async fn claim_many_in<T: ClaimTransaction>(
+        &self,
+        tx: &mut T,
+        store: &str,
+        items: &[(Key, Option<Fingerprint>)],
+    ) -> Result<Vec<InboxClaim>> {
+        let now = self.clock.now();
+        let expires_at = now.saturating_add(self.retention);
+        let requests: Vec<ClaimRequest> = items
+            .iter()
+            .map(|(key, fingerprint)| {
+                ClaimRequest::new(
+                    self.scope.clone(),
+                    key.clone(),
+                    *fingerprint,
+                    Duration::ZERO,
+                )
+            })
+            .collect();
+        let outcomes = decide_in_transaction(tx, store, &requests, now, |claim| Record {
+            // Empty until record_outcome, as for a single claim.
+            state: RecordState::Completed {
+                outcome: Vec::new(),
+            },
+            expires_at,
+            ..claim
+        })
+        .await?;
+        Ok(outcomes.into_iter().map(InboxClaim::from).collect())
     }
 
     /// Stores `outcome` with a key claimed as [`InboxClaim::New`] in the same transaction.
@@ -147,6 +180,17 @@ impl Inbox {
         outcome: &[u8],
     ) -> Result<()> {
         tx.set_outcome(&self.scope, key, outcome).await
+    }
+}
+
+impl From<ClaimOutcome> for InboxClaim {
+    fn from(outcome: ClaimOutcome) -> Self {
+        match outcome {
+            ClaimOutcome::New(_) => InboxClaim::New,
+            ClaimOutcome::Duplicate(record) => InboxClaim::Duplicate(record),
+            ClaimOutcome::InProgress { retry_after } => InboxClaim::InProgress { retry_after },
+            ClaimOutcome::Conflict { stored } => InboxClaim::Conflict { stored },
+        }
     }
 }
 

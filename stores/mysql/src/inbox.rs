@@ -34,7 +34,9 @@ pub use oncely_core::inbox::{Inbox, InboxClaim};
 use oncely_core::{Error, Fingerprint, Key, Record, Result, Scope, async_trait};
 use sqlx::MySqlConnection;
 
-use crate::{LOCK_ONE, insert_or_lock, record_from_row};
+use crate::{ClaimTx, LOCK_ONE, insert_or_lock, record_from_row};
+
+const STORE: &str = "mysql (your transaction)";
 
 /// The inbox on a MySQL transaction: `inbox.claim(&mut tx, ...)`. See the module docs.
 #[async_trait]
@@ -46,6 +48,35 @@ pub trait MySqlInbox {
         key: &Key,
         fingerprint: Option<Fingerprint>,
     ) -> Result<InboxClaim>;
+
+    /// Claims every key of `items` in the transaction `conn` belongs to, with two statements
+    /// whatever their number (insert the new keys, read every row back locked), answering in
+    /// order. For a consumer that takes messages in batches: one transaction for the batch's
+    /// records and its effects. Keys are written in sorted order, so concurrent batches seldom
+    /// deadlock; when InnoDB does pick your transaction as a deadlock victim (error 1213), it is
+    /// rolled back and this answers [`Error::Backend`]: run the transaction again.
+    ///
+    /// ```no_run
+    /// # async fn handle(pool: sqlx::MySqlPool, ids: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use oncely_core::{Key, Scope};
+    /// use oncely_mysql::inbox::{Inbox, InboxClaim, MySqlInbox};
+    ///
+    /// let inbox = Inbox::new(Scope::new("orders-consumer")?);
+    /// let items = ids.iter().map(|id| Ok((Key::new(id)?, None))).collect::<oncely_core::Result<Vec<_>>>()?;
+    /// let mut tx = pool.begin().await?;
+    /// for (id, claim) in ids.iter().zip(inbox.claim_many(&mut tx, &items).await?) {
+    ///     if claim == InboxClaim::New {
+    ///         sqlx::query("INSERT INTO orders (id) VALUES (?)").bind(id).execute(&mut *tx).await?;
+    ///     }
+    /// }
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    async fn claim_many(
+        &self,
+        conn: &mut MySqlConnection,
+        items: &[(Key, Option<Fingerprint>)],
+    ) -> Result<Vec<InboxClaim>>;
 
     /// Stores `outcome` with a key claimed as [`InboxClaim::New`] in the same transaction, to be
     /// replayed to duplicates.
@@ -67,6 +98,19 @@ impl MySqlInbox for Inbox {
     ) -> Result<InboxClaim> {
         let mut tx = InboxTx { conn, found: None };
         self.claim_in(&mut tx, key, fingerprint).await
+    }
+
+    async fn claim_many(
+        &self,
+        conn: &mut MySqlConnection,
+        items: &[(Key, Option<Fingerprint>)],
+    ) -> Result<Vec<InboxClaim>> {
+        let mut tx = ClaimTx {
+            conn,
+            store: STORE,
+            failed: None,
+        };
+        self.claim_many_in(&mut tx, STORE, items).await
     }
 
     async fn record_outcome(
@@ -150,7 +194,7 @@ impl InboxTransaction for InboxTx<'_> {
 
 fn backend(e: sqlx::Error) -> Error {
     Error::Backend {
-        store: "mysql (your transaction)".into(),
+        store: STORE.into(),
         source: e.into(),
     }
 }

@@ -279,17 +279,18 @@ impl MySqlStore {
             .collect();
         ids.sort();
         let mut tx = self.pool.begin().await?;
-        let ids = padded(&ids);
+        let ids: Vec<(&[u8], &[u8])> = padded(&ids)
+            .into_iter()
+            .map(|(scope, key)| (scope.as_str().as_bytes(), key.as_str().as_bytes()))
+            .collect();
+        let (condition, values) = rows_of(&ids);
         let select = format!(
-            "SELECT {COLUMNS} FROM oncely_records WHERE (scope, `key`) IN ({}) \
-             ORDER BY scope, `key` FOR UPDATE",
-            groups("(?, ?)", ids.len())
+            "SELECT {COLUMNS} FROM oncely_records WHERE {condition} \
+             ORDER BY scope, `key` FOR UPDATE"
         );
         let mut query = sqlx::query(AssertSqlSafe(select));
-        for (scope, key) in &ids {
-            query = query
-                .bind(scope.as_str().as_bytes())
-                .bind(key.as_str().as_bytes());
+        for value in values {
+            query = query.bind(value);
         }
         let rows = query.fetch_all(&mut *tx).await?;
         let mut records: HashMap<(Scope, Key), Record> = HashMap::with_capacity(rows.len());
@@ -415,6 +416,27 @@ fn padded<T: Copy>(items: &[T]) -> Vec<T> {
     padded
 }
 
+/// A condition matching the rows of `ids`, sorted (so rows of one scope are adjacent), and the
+/// values to bind to it in order: `(scope = ? AND `key` IN (?, ...)) OR ...`, one group per
+/// scope. MariaDB reads that as ranges of the primary key; the row constructor
+/// `(scope, `key`) IN ((?, ?), ...)` it planned far more slowly (a batch of 1,000 keys in a
+/// table of 200,000: 15 ms against 4.7 ms), and on a small table as a full scan.
+fn rows_of<'a>(ids: &[(&'a [u8], &'a [u8])]) -> (String, Vec<&'a [u8]>) {
+    let mut condition = String::new();
+    let mut values = Vec::with_capacity(ids.len() * 2);
+    for group in ids.chunk_by(|a, b| a.0 == b.0) {
+        if !condition.is_empty() {
+            condition.push_str(" OR ");
+        }
+        condition.push_str("(scope = ? AND `key` IN (");
+        condition.push_str(&vec!["?"; group.len()].join(", "));
+        condition.push_str("))");
+        values.push(group[0].0);
+        values.extend(group.iter().map(|(_, key)| *key));
+    }
+    (condition, values)
+}
+
 /// `n` placeholder groups like `(?, ?)`, comma-separated.
 fn groups(group: &str, n: usize) -> String {
     vec![group; n].join(", ")
@@ -456,31 +478,34 @@ pub(crate) async fn insert_or_lock(
         query = bind_claim(query, r);
     }
     query.execute(&mut *conn).await?;
-    let select = format!(
-        "SELECT {COLUMNS} FROM oncely_records WHERE (scope, `key`) IN ({}) FOR UPDATE",
-        groups("(?, ?)", records.len())
-    );
+    let mut ids: Vec<(&[u8], &[u8])> = records
+        .iter()
+        .map(|r| (r.scope.as_str().as_bytes(), r.key.as_str().as_bytes()))
+        .collect();
+    ids.sort_unstable();
+    let (condition, values) = rows_of(&ids);
+    let select = format!("SELECT {COLUMNS} FROM oncely_records WHERE {condition} FOR UPDATE");
     let mut query = sqlx::query(AssertSqlSafe(select));
-    for r in &records {
-        query = query
-            .bind(r.scope.as_str().as_bytes())
-            .bind(r.key.as_str().as_bytes());
+    for value in values {
+        query = query.bind(value);
     }
     query.fetch_all(conn).await
 }
 
 /// A claim batch's transaction; the statements are MySQL's, the orchestration the core's.
-struct ClaimTx<'a> {
-    store: &'a MySqlStore,
-    tx: &'a mut Transaction<'static, MySql>,
+/// The store's own transaction for `claim_many`, the caller's for the inbox.
+pub(crate) struct ClaimTx<'a> {
+    pub(crate) conn: &'a mut MySqlConnection,
+    /// Names the store in errors.
+    pub(crate) store: &'a str,
     /// The driver error that ended the batch, kept so a deadlock can be told apart and retried.
-    failed: Option<sqlx::Error>,
+    pub(crate) failed: Option<sqlx::Error>,
 }
 
 impl ClaimTx<'_> {
     fn fail(&mut self, e: sqlx::Error) -> Error {
         let reported = Error::Backend {
-            store: self.store.url.clone(),
+            store: self.store.to_owned(),
             source: e.to_string().into(),
         };
         self.failed = Some(e);
@@ -492,7 +517,7 @@ impl ClaimTx<'_> {
 impl ClaimTransaction for ClaimTx<'_> {
     async fn take(&mut self, fresh: &[Record]) -> Result<Taken> {
         let records: Vec<&Record> = fresh.iter().collect();
-        let rows = match insert_or_lock(&mut *self.tx, &records).await {
+        let rows = match insert_or_lock(&mut *self.conn, &records).await {
             Ok(rows) => rows,
             Err(e) => return Err(self.fail(e)),
         };
@@ -500,11 +525,13 @@ impl ClaimTransaction for ClaimTx<'_> {
             fresh.iter().map(|r| (&r.scope, &r.key, r.token)).collect();
         let mut taken = Taken::default();
         for row in &rows {
-            let record = self.store.record(row)?;
+            let record = record_from_row(row).map_err(|detail| Error::Corrupt {
+                store: self.store.to_owned(),
+                detail,
+            })?;
             let id = (record.scope.clone(), record.key.clone());
-            if !record.is_completed()
-                && tokens.contains(&(&record.scope, &record.key, record.token))
-            {
+            // A row carrying this batch's token for its key is one the batch inserted.
+            if tokens.contains(&(&record.scope, &record.key, record.token)) {
                 taken.inserted.insert(id);
             } else {
                 taken.locked.insert(id, record);
@@ -528,7 +555,7 @@ impl ClaimTransaction for ClaimTx<'_> {
         for r in records {
             query = bind_claim(query, r);
         }
-        match query.execute(&mut **self.tx).await {
+        match query.execute(&mut *self.conn).await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.fail(e)),
         }
@@ -546,8 +573,8 @@ impl Store for MySqlStore {
         loop {
             let mut tx = self.begin().await?;
             let mut claim_tx = ClaimTx {
-                store: self,
-                tx: &mut tx,
+                conn: &mut tx,
+                store: &self.url,
                 failed: None,
             };
             match claim_in_transaction(&mut claim_tx, &self.url, requests, now).await {
@@ -625,15 +652,19 @@ impl Store for MySqlStore {
             tx.commit().await.map_err(|e| self.err(e))?;
             return Ok(0);
         }
-        let statement = format!(
-            "DELETE FROM oncely_records WHERE (scope, `key`) IN ({})",
-            groups("(?, ?)", rows.len())
-        );
-        let mut query = sqlx::query(AssertSqlSafe(statement));
+        let mut found: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(rows.len());
         for row in &rows {
             let scope: Vec<u8> = row.try_get(0).map_err(|e| self.err(e))?;
             let key: Vec<u8> = row.try_get(1).map_err(|e| self.err(e))?;
-            query = query.bind(scope).bind(key);
+            found.push((scope, key));
+        }
+        found.sort_unstable();
+        let ids: Vec<(&[u8], &[u8])> = found.iter().map(|(s, k)| (&s[..], &k[..])).collect();
+        let (condition, values) = rows_of(&ids);
+        let statement = format!("DELETE FROM oncely_records WHERE {condition}");
+        let mut query = sqlx::query(AssertSqlSafe(statement));
+        for value in values {
+            query = query.bind(value);
         }
         // The rows are locked by this transaction: they are still expired.
         let done = query.execute(&mut *tx).await.map_err(|e| self.err(e))?;
@@ -713,5 +744,22 @@ impl Store for MySqlStore {
             tx.commit().await.map_err(|e| self.err(e))?;
             return Ok(check);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rows_of;
+
+    #[test]
+    fn rows_of_groups_keys_by_scope() {
+        let ids: Vec<(&[u8], &[u8])> = vec![(b"a", b"1"), (b"a", b"2"), (b"b", b"1")];
+        let (condition, values) = rows_of(&ids);
+        assert_eq!(
+            condition,
+            "(scope = ? AND `key` IN (?, ?)) OR (scope = ? AND `key` IN (?))"
+        );
+        let expected: Vec<&[u8]> = vec![b"a", b"1", b"2", b"b", b"1"];
+        assert_eq!(values, expected);
     }
 }

@@ -279,3 +279,159 @@ async fn a_different_payload_under_the_same_key_is_a_conflict() {
         InboxClaim::Conflict { stored: Some(a) }
     );
 }
+
+#[tokio::test]
+async fn a_batch_answers_in_order_and_rolls_back_whole() {
+    let (pool, _) = inventory("batch").await;
+    let inbox = Inbox::new(Scope::new("orders-consumer").unwrap());
+    let key = |k: &str| Key::new(k).unwrap();
+    let (one, two) = (
+        Some(oncely_core::Fingerprint::of_bytes(b"order 1")),
+        Some(oncely_core::Fingerprint::of_bytes(b"order 2")),
+    );
+
+    let mut tx = pool.begin().await.unwrap();
+    let claims = inbox
+        .claim_many(
+            &mut tx,
+            &[
+                (key("b"), one),
+                (key("a"), one),
+                (key("b"), one),
+                (key("b"), two),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(claims[0], InboxClaim::New);
+    assert_eq!(claims[1], InboxClaim::New);
+    // Copies of a key in the batch are answered as its first occurrence left it.
+    assert!(matches!(claims[2], InboxClaim::Duplicate(_)), "{claims:?}");
+    assert!(
+        matches!(claims[3], InboxClaim::Conflict { .. }),
+        "{claims:?}"
+    );
+    tx.commit().await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    let claims = inbox
+        .claim_many(&mut tx, &[(key("c"), one), (key("a"), one)])
+        .await
+        .unwrap();
+    assert_eq!(claims[0], InboxClaim::New);
+    assert!(matches!(claims[1], InboxClaim::Duplicate(_)), "{claims:?}");
+    tx.rollback().await.unwrap();
+
+    // The rolled-back batch recorded nothing: "c" is new again, "a" and "b" still done.
+    let mut tx = pool.begin().await.unwrap();
+    let claims = inbox
+        .claim_many(
+            &mut tx,
+            &[(key("a"), one), (key("b"), one), (key("c"), one)],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(claims[0], InboxClaim::Duplicate(_)), "{claims:?}");
+    assert!(matches!(claims[1], InboxClaim::Duplicate(_)), "{claims:?}");
+    assert_eq!(claims[2], InboxClaim::New);
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_batches_over_the_same_keys_place_each_order_once() {
+    let (pool, _) = inventory("batch_storm").await;
+    let inbox = Inbox::new(Scope::new("orders-consumer").unwrap());
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let mut tasks = Vec::new();
+    for task in 0..16usize {
+        let (pool, inbox, barrier) = (pool.clone(), inbox.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            // Each batch sees the 200 events in its own order, with some twice.
+            let mut ids: Vec<usize> = (0..200).chain((0..200).step_by(7)).collect();
+            ids.rotate_left(task * 13);
+            if task % 2 == 1 {
+                ids.reverse();
+            }
+            let items: Vec<_> = ids
+                .iter()
+                .map(|i| (Key::new(format!("evt-{i}")).unwrap(), None))
+                .collect();
+            barrier.wait().await;
+            loop {
+                let mut tx = pool.begin().await.unwrap();
+                let claims = match inbox.claim_many(&mut tx, &items).await {
+                    Ok(claims) => claims,
+                    // A deadlock victim: InnoDB rolled it back; run it again, as users do.
+                    Err(oncely_core::Error::Backend { .. }) => continue,
+                    Err(e) => panic!("{e}"),
+                };
+                for ((key, _), claim) in items.iter().zip(&claims) {
+                    if *claim == InboxClaim::New {
+                        sqlx::query("INSERT INTO orders (event_id, item) VALUES (?, 'apple')")
+                            .bind(key.as_str())
+                            .execute(&mut *tx)
+                            .await
+                            .unwrap();
+                    }
+                }
+                tx.commit().await.unwrap();
+                return;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (orders, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM orders")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((orders, distinct), (200, 200));
+}
+
+#[tokio::test]
+async fn a_batch_takes_over_an_expired_claim() {
+    let (pool, url) = inventory("batch_takeover").await;
+    let clock = oncely_core::ManualClock::default();
+    let scope = Scope::new("payments").unwrap();
+    let (dead, live) = (Key::new("evt-12").unwrap(), Key::new("evt-13").unwrap());
+    let store = Arc::new(MySqlStore::connect(&url).await.unwrap());
+    let oncely = oncely_core::Oncely::new(store)
+        .with_clock(clock.clone())
+        .with_lease(std::time::Duration::from_secs(30));
+    let crashed = oncely
+        .claim(&scope, &dead, None)
+        .await
+        .unwrap()
+        .into_new()
+        .unwrap();
+    clock.advance(std::time::Duration::from_secs(31));
+    let holding = oncely.claim(&scope, &live, None).await.unwrap();
+    assert!(holding.into_new().is_some());
+
+    let inbox = Inbox::new(scope.clone()).with_clock(clock.clone());
+    let mut tx = pool.begin().await.unwrap();
+    let claims = inbox
+        .claim_many(&mut tx, &[(dead.clone(), None), (live.clone(), None)])
+        .await
+        .unwrap();
+    assert_eq!(claims[0], InboxClaim::New);
+    assert!(
+        matches!(claims[1], InboxClaim::InProgress { .. }),
+        "{claims:?}"
+    );
+    tx.commit().await.unwrap();
+
+    let record = oncely.get(&scope, &dead).await.unwrap().expect("recorded");
+    assert!(record.is_completed());
+    assert_eq!(record.outcome(), Some(&b""[..]));
+    assert_eq!(record.attempt, 2);
+    assert!(matches!(
+        oncely.complete(&crashed, b"late").await,
+        Err(oncely_core::Error::ClaimLost {
+            reason: oncely_core::LostReason::TakenOver,
+            ..
+        })
+    ));
+}

@@ -33,7 +33,9 @@ pub use oncely_core::inbox::{Inbox, InboxClaim};
 use oncely_core::{Error, Fingerprint, Key, Record, Result, Scope, async_trait};
 use sqlx::PgConnection;
 
-use crate::{LOCK_ONE, record_from_row};
+use crate::{ClaimTx, LOCK_ONE, record_from_row};
+
+const STORE: &str = "postgres (your transaction)";
 
 /// The inbox on a PostgreSQL transaction: `inbox.claim(&mut tx, ...)`. See the module docs.
 #[async_trait]
@@ -45,6 +47,35 @@ pub trait PostgresInbox {
         key: &Key,
         fingerprint: Option<Fingerprint>,
     ) -> Result<InboxClaim>;
+
+    /// Claims every key of `items` in the transaction `conn` belongs to, with two statements
+    /// whatever their number (insert the new keys, lock the others), answering in order. For a
+    /// consumer that takes messages in batches: one transaction for the batch's records and its
+    /// effects. Keys are written in sorted order, so concurrent batches seldom deadlock; when
+    /// PostgreSQL does break a deadlock, your transaction is rolled back and this answers
+    /// [`Error::Backend`]: run the transaction again.
+    ///
+    /// ```no_run
+    /// # async fn handle(pool: sqlx::PgPool, ids: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use oncely_core::{Key, Scope};
+    /// use oncely_postgres::inbox::{Inbox, InboxClaim, PostgresInbox};
+    ///
+    /// let inbox = Inbox::new(Scope::new("orders-consumer")?);
+    /// let items = ids.iter().map(|id| Ok((Key::new(id)?, None))).collect::<oncely_core::Result<Vec<_>>>()?;
+    /// let mut tx = pool.begin().await?;
+    /// for (id, claim) in ids.iter().zip(inbox.claim_many(&mut tx, &items).await?) {
+    ///     if claim == InboxClaim::New {
+    ///         sqlx::query("INSERT INTO orders (id) VALUES ($1)").bind(id).execute(&mut *tx).await?;
+    ///     }
+    /// }
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    async fn claim_many(
+        &self,
+        conn: &mut PgConnection,
+        items: &[(Key, Option<Fingerprint>)],
+    ) -> Result<Vec<InboxClaim>>;
 
     /// Stores `outcome` with a key claimed as [`InboxClaim::New`] in the same transaction, to be
     /// replayed to duplicates.
@@ -65,6 +96,15 @@ impl PostgresInbox for Inbox {
         fingerprint: Option<Fingerprint>,
     ) -> Result<InboxClaim> {
         self.claim_in(&mut InboxTx(conn), key, fingerprint).await
+    }
+
+    async fn claim_many(
+        &self,
+        conn: &mut PgConnection,
+        items: &[(Key, Option<Fingerprint>)],
+    ) -> Result<Vec<InboxClaim>> {
+        let mut tx = ClaimTx { conn, store: STORE };
+        self.claim_many_in(&mut tx, STORE, items).await
     }
 
     async fn record_outcome(
@@ -147,7 +187,7 @@ impl InboxTransaction for InboxTx<'_> {
 
 fn backend(e: sqlx::Error) -> Error {
     Error::Backend {
-        store: "postgres (your transaction)".into(),
+        store: STORE.into(),
         source: e.into(),
     }
 }

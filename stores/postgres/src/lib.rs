@@ -222,19 +222,7 @@ impl PostgresStore {
     }
 
     fn err(&self, e: sqlx::Error) -> Error {
-        match e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_) => Error::Unavailable {
-                store: self.url.clone(),
-                source: e.into(),
-            },
-            other => Error::Backend {
-                store: self.url.clone(),
-                source: other.into(),
-            },
-        }
+        error(&self.url, e)
     }
 
     fn record(&self, row: &PgRow) -> Result<Record> {
@@ -393,10 +381,42 @@ pub(crate) fn record_from_row(row: &PgRow) -> std::result::Result<Record, String
     .into_record()
 }
 
+/// A driver error as the store reports it; `store` names the store (its URL).
+pub(crate) fn error(store: &str, e: sqlx::Error) -> Error {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_) => Error::Unavailable {
+            store: store.to_owned(),
+            source: e.into(),
+        },
+        other => Error::Backend {
+            store: store.to_owned(),
+            source: other.into(),
+        },
+    }
+}
+
 /// A claim batch's transaction; the statements are PostgreSQL's, the orchestration the core's.
-struct ClaimTx<'a> {
-    store: &'a PostgresStore,
-    tx: Transaction<'static, Postgres>,
+/// The store's own transaction for `claim_many`, the caller's for the inbox.
+pub(crate) struct ClaimTx<'a> {
+    pub(crate) conn: &'a mut PgConnection,
+    /// Names the store in errors.
+    pub(crate) store: &'a str,
+}
+
+impl ClaimTx<'_> {
+    fn err(&self, e: sqlx::Error) -> Error {
+        error(self.store, e)
+    }
+
+    fn record(&self, row: &PgRow) -> Result<Record> {
+        record_from_row(row).map_err(|detail| Error::Corrupt {
+            store: self.store.to_owned(),
+            detail,
+        })
+    }
 }
 
 fn bytes(records: &[Record], column: impl Fn(&Record) -> &str) -> Vec<&[u8]> {
@@ -406,12 +426,12 @@ fn bytes(records: &[Record], column: impl Fn(&Record) -> &str) -> Vec<&[u8]> {
 #[async_trait]
 impl ClaimTransaction for ClaimTx<'_> {
     async fn take(&mut self, fresh: &[Record]) -> Result<Taken> {
-        let store = self.store;
         // ON CONFLICT DO NOTHING waits for a concurrent inserter of the same key, then skips it.
+        // A record with an outcome (the inbox's) is written completed.
         let rows = sqlx::query(
-            "INSERT INTO oncely_records (scope, key, completed, token, attempt, fingerprint, created_at, expires_at) \
-             SELECT s, k, false, t, 1, f, c, e \
-             FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::bytea[], $5::int8[], $6::int8[]) AS u(s, k, t, f, c, e) \
+            "INSERT INTO oncely_records (scope, key, completed, token, attempt, fingerprint, created_at, expires_at, outcome) \
+             SELECT s, k, o IS NOT NULL, t, 1, f, c, e, o \
+             FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::bytea[], $5::int8[], $6::int8[], $7::bytea[]) AS u(s, k, t, f, c, e, o) \
              ON CONFLICT (scope, key) DO NOTHING RETURNING scope, key",
         )
         .bind(bytes(fresh, |r| r.scope.as_str()))
@@ -420,13 +440,14 @@ impl ClaimTransaction for ClaimTx<'_> {
         .bind(fresh.iter().map(|r| r.fingerprint.map(|f| f.as_bytes().to_vec())).collect::<Vec<_>>())
         .bind(fresh.iter().map(|r| r.created_at.as_millis()).collect::<Vec<_>>())
         .bind(fresh.iter().map(|r| r.expires_at.as_millis()).collect::<Vec<_>>())
-        .fetch_all(&mut *self.tx)
+        .bind(fresh.iter().map(Record::outcome).collect::<Vec<_>>())
+        .fetch_all(&mut *self.conn)
         .await
-        .map_err(|e| store.err(e))?;
+        .map_err(|e| self.err(e))?;
         let mut inserted = HashSet::with_capacity(rows.len());
         for row in &rows {
-            let scope: Vec<u8> = row.try_get("scope").map_err(|e| store.err(e))?;
-            let key: Vec<u8> = row.try_get("key").map_err(|e| store.err(e))?;
+            let scope: Vec<u8> = row.try_get("scope").map_err(|e| self.err(e))?;
+            let key: Vec<u8> = row.try_get("key").map_err(|e| self.err(e))?;
             inserted.insert((scope, key));
         }
         let (inserted, others): (Vec<&Record>, Vec<&Record>) = fresh.iter().partition(|r| {
@@ -456,11 +477,11 @@ impl ClaimTransaction for ClaimTx<'_> {
                         .map(|r| r.key.as_str().as_bytes())
                         .collect::<Vec<_>>(),
                 )
-                .fetch_all(&mut *self.tx)
+                .fetch_all(&mut *self.conn)
                 .await
-                .map_err(|e| store.err(e))?;
+                .map_err(|e| self.err(e))?;
             for row in &rows {
-                let record = store.record(row)?;
+                let record = self.record(row)?;
                 taken
                     .locked
                     .insert((record.scope.clone(), record.key.clone()), record);
@@ -471,10 +492,10 @@ impl ClaimTransaction for ClaimTx<'_> {
 
     async fn rewrite(&mut self, records: &[Record]) -> Result<()> {
         sqlx::query(
-            "UPDATE oncely_records AS r SET completed = false, token = u.t, attempt = u.a, fingerprint = u.f, \
-             created_at = u.c, expires_at = u.e, outcome = NULL \
-             FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int4[], $5::bytea[], $6::int8[], $7::int8[]) \
-             AS u(s, k, t, a, f, c, e) WHERE r.scope = u.s AND r.key = u.k",
+            "UPDATE oncely_records AS r SET completed = u.o IS NOT NULL, token = u.t, attempt = u.a, \
+             fingerprint = u.f, created_at = u.c, expires_at = u.e, outcome = u.o \
+             FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int4[], $5::bytea[], $6::int8[], $7::int8[], $8::bytea[]) \
+             AS u(s, k, t, a, f, c, e, o) WHERE r.scope = u.s AND r.key = u.k",
         )
         .bind(bytes(records, |r| r.scope.as_str()))
         .bind(bytes(records, |r| r.key.as_str()))
@@ -483,9 +504,10 @@ impl ClaimTransaction for ClaimTx<'_> {
         .bind(records.iter().map(|r| r.fingerprint.map(|f| f.as_bytes().to_vec())).collect::<Vec<_>>())
         .bind(records.iter().map(|r| r.created_at.as_millis()).collect::<Vec<_>>())
         .bind(records.iter().map(|r| r.expires_at.as_millis()).collect::<Vec<_>>())
-        .execute(&mut *self.tx)
+        .bind(records.iter().map(Record::outcome).collect::<Vec<_>>())
+        .execute(&mut *self.conn)
         .await
-        .map_err(|e| self.store.err(e))?;
+        .map_err(|e| self.err(e))?;
         Ok(())
     }
 }
@@ -502,16 +524,17 @@ impl Store for PostgresStore {
         }
         let mut tries = 0;
         loop {
-            let mut tx = ClaimTx {
-                store: self,
-                tx: self.begin().await?,
+            let mut tx = self.begin().await?;
+            let mut claim_tx = ClaimTx {
+                conn: &mut tx,
+                store: &self.url,
             };
             // Fresh keys are inserted, then existing ones locked: each pass is in key order, but
             // two concurrent batches can still wait on each other across the passes. PostgreSQL
             // then rolls one back whole (nothing was claimed), and it runs again.
-            match claim_in_transaction(&mut tx, &self.url, requests, now).await {
+            match claim_in_transaction(&mut claim_tx, &self.url, requests, now).await {
                 Ok(outcomes) => {
-                    tx.tx.commit().await.map_err(|e| self.err(e))?;
+                    tx.commit().await.map_err(|e| self.err(e))?;
                     return Ok(outcomes);
                 }
                 Err(e) if deadlocked(&e) && tries < RETRIES => tries += 1,

@@ -101,6 +101,33 @@ pub trait SqliteInbox {
         fingerprint: Option<Fingerprint>,
     ) -> Result<InboxClaim>;
 
+    /// Claims every key of `items` in the transaction `conn` belongs to, answering in order, as
+    /// many single claims would (a key repeated in `items` is a duplicate of its first
+    /// occurrence). SQLite statements cost little next to the commit, so this runs one claim
+    /// per key; the batch's worth is the one transaction, and so the one sync, for all of them.
+    ///
+    /// ```no_run
+    /// # async fn handle(pool: sqlx::SqlitePool, ids: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use oncely_core::{Key, Scope};
+    /// use oncely_sqlite::inbox::{Inbox, InboxClaim, SqliteInbox};
+    ///
+    /// let inbox = Inbox::new(Scope::new("orders-consumer")?);
+    /// let items = ids.iter().map(|id| Ok((Key::new(id)?, None))).collect::<oncely_core::Result<Vec<_>>>()?;
+    /// let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    /// for (id, claim) in ids.iter().zip(inbox.claim_many(&mut tx, &items).await?) {
+    ///     if claim == InboxClaim::New {
+    ///         sqlx::query("INSERT INTO orders (id) VALUES (?)").bind(id).execute(&mut *tx).await?;
+    ///     }
+    /// }
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    async fn claim_many(
+        &self,
+        conn: &mut SqliteConnection,
+        items: &[(Key, Option<Fingerprint>)],
+    ) -> Result<Vec<InboxClaim>>;
+
     /// Stores `outcome` with a key claimed as [`InboxClaim::New`] in the same transaction, to be
     /// replayed to duplicates.
     async fn record_outcome(
@@ -124,6 +151,18 @@ impl SqliteInbox for Inbox {
             found_in: None,
         };
         self.claim_in(&mut tx, key, fingerprint).await
+    }
+
+    async fn claim_many(
+        &self,
+        conn: &mut SqliteConnection,
+        items: &[(Key, Option<Fingerprint>)],
+    ) -> Result<Vec<InboxClaim>> {
+        let mut claims = Vec::with_capacity(items.len());
+        for (key, fingerprint) in items {
+            claims.push(self.claim(&mut *conn, key, *fingerprint).await?);
+        }
+        Ok(claims)
     }
 
     async fn record_outcome(

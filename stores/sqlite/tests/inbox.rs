@@ -411,3 +411,54 @@ async fn record_outcome_without_a_claim_is_an_error() {
         .unwrap_err();
     assert!(err.to_string().contains("claim the key"), "{err}");
 }
+
+#[tokio::test]
+async fn a_batch_answers_in_order_and_rolls_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pool, _) = inventory(dir.path(), 2).await;
+    let inbox = Inbox::new(Scope::new("orders-consumer").unwrap());
+    let key = |k: &str| Key::new(k).unwrap();
+    let (one, two) = (
+        Some(Fingerprint::of_bytes(b"order 1")),
+        Some(Fingerprint::of_bytes(b"order 2")),
+    );
+
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let claims = inbox
+        .claim_many(
+            &mut tx,
+            &[
+                (key("b"), one),
+                (key("a"), one),
+                (key("b"), one),
+                (key("b"), two),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(claims[..2], [InboxClaim::New, InboxClaim::New]);
+    assert!(matches!(claims[2], InboxClaim::Duplicate(_)), "{claims:?}");
+    assert!(
+        matches!(claims[3], InboxClaim::Conflict { .. }),
+        "{claims:?}"
+    );
+    tx.commit().await.unwrap();
+
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let claims = inbox
+        .claim_many(&mut tx, &[(key("c"), one), (key("a"), one)])
+        .await
+        .unwrap();
+    assert_eq!(claims[0], InboxClaim::New);
+    assert!(matches!(claims[1], InboxClaim::Duplicate(_)), "{claims:?}");
+    tx.rollback().await.unwrap();
+
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let claims = inbox
+        .claim_many(&mut tx, &[(key("a"), one), (key("c"), one)])
+        .await
+        .unwrap();
+    assert!(matches!(claims[0], InboxClaim::Duplicate(_)), "{claims:?}");
+    assert_eq!(claims[1], InboxClaim::New);
+    tx.commit().await.unwrap();
+}
