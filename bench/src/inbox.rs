@@ -44,31 +44,25 @@ fn driver(e: sqlx::Error) -> oncely::Error {
     }
 }
 
-impl InboxConnection for PgConnection {
-    async fn record_batch(
-        &mut self,
-        inbox: &Inbox,
-        items: &[(Key, Option<Fingerprint>)],
-    ) -> oncely::Result<usize> {
-        let mut tx = self.begin().await.map_err(driver)?;
-        let claims = PostgresInbox::claim_many(inbox, &mut tx, items).await?;
-        tx.commit().await.map_err(driver)?;
-        Ok(new_ones(&claims))
-    }
+/// The same transaction on each database, through its own inbox trait.
+macro_rules! inbox_connection {
+    ($connection:ty, $inbox:ident) => {
+        impl InboxConnection for $connection {
+            async fn record_batch(
+                &mut self,
+                inbox: &Inbox,
+                items: &[(Key, Option<Fingerprint>)],
+            ) -> oncely::Result<usize> {
+                let mut tx = self.begin().await.map_err(driver)?;
+                let claims = $inbox::claim_many(inbox, &mut tx, items).await?;
+                tx.commit().await.map_err(driver)?;
+                Ok(new_ones(&claims))
+            }
+        }
+    };
 }
-
-impl InboxConnection for MySqlConnection {
-    async fn record_batch(
-        &mut self,
-        inbox: &Inbox,
-        items: &[(Key, Option<Fingerprint>)],
-    ) -> oncely::Result<usize> {
-        let mut tx = self.begin().await.map_err(driver)?;
-        let claims = MySqlInbox::claim_many(inbox, &mut tx, items).await?;
-        tx.commit().await.map_err(driver)?;
-        Ok(new_ones(&claims))
-    }
-}
+inbox_connection!(PgConnection, PostgresInbox);
+inbox_connection!(MySqlConnection, MySqlInbox);
 
 /// Runs the contender against the fresh namespace `url` (`store_url`: the same for oncely's
 /// store, which applies the schema).
