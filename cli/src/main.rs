@@ -1,7 +1,10 @@
 //! `oncely`: exactly-once effect over at-least-once delivery, from the command line.
 //!
-//! This file is the clap wiring and the error policy: every failure is one `error: ...` line on
-//! stderr and a non-zero exit. The commands live in their own modules.
+//! This file is the clap wiring, the error policy (every failure is one `error: ...` line on
+//! stderr and a non-zero exit) and the log: `tracing` events and spans on stderr, filtered by
+//! `RUST_LOG` (oncely's warnings and errors by default; `RUST_LOG=oncely=debug` adds the
+//! `oncely.claim` / `oncely.complete` / `oncely.release` spans). The commands live in their own
+//! modules.
 
 mod bench;
 mod bench_purge;
@@ -167,6 +170,7 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_log();
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {
@@ -201,6 +205,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?
         }
     }
+}
+
+/// `tracing` to stderr, filtered by `RUST_LOG`; without it, oncely's own warnings and errors
+/// only (a driver's log, e.g. lapin's on a missing queue, would repeat the one error line). Each
+/// span enabled is logged as it closes. Directives that do not parse are ignored rather than
+/// stopping the command.
+fn init_log() {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => {
+            EnvFilter::builder().parse_lossy(directives)
+        }
+        // `oncely` covers every oncely_* crate.
+        _ => EnvFilter::new("oncely=warn"),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // A span is logged when it closes, with its fields and how long it took.
+        .with_span_events(FmtSpan::CLOSE)
+        .init();
 }
 
 /// The error chain on one line: `outer: inner: root`.
