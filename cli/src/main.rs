@@ -18,6 +18,7 @@ mod purge;
 mod relay;
 mod rfc3339;
 mod serve;
+mod size;
 mod stats;
 mod stop;
 
@@ -100,20 +101,23 @@ enum Command {
     /// --methods (POST and PATCH by default) with an Idempotency-Key header is executed
     /// upstream once per key:
     ///
-    ///   a new key               forwarded; the response stored (up to 1 MiB) and sent
+    ///   a new key               forwarded; the response stored (up to --max-response, 1 MiB)
+    ///                           and sent
     ///   a key already answered  the stored response, byte for byte, Idempotent-Replayed: true
     ///   the same key, another method, path or body                        422
     ///   the same key while its first request is still in flight           409, Retry-After
     ///                           (or, with --in-flight-wait, its response once it is ready)
     ///   no key                  passed through (400 with --require-key)
     ///   a malformed key (empty, over 255 characters, not visible ASCII)   400
-    ///   a body over 1 MiB                                                 413
+    ///   a body over --max-body (1 MiB)                                    413
     ///   the store cannot be reached                                       503, nothing forwarded
+    ///                           (with --fail-open: forwarded unprotected, as if it had no key)
     ///   the upstream cannot be reached                                    502, the key released
     ///   no response head from the upstream within --timeout               504, the key released
     ///
-    /// A 5xx from the upstream is sent but not stored: the key is released so a retry executes.
-    /// Set-Cookie is never stored. Errors are application/problem+json (RFC 9457). A key's
+    /// A 5xx from the upstream is sent but not stored: the key is released so a retry executes
+    /// (--store-server-errors stores and replays it). Set-Cookie, and each --deny-header, is
+    /// never stored. Errors are application/problem+json (RFC 9457). A key's
     /// claim is held for --timeout + 30s, so no retry executes while its first request may
     /// still be running; after a 504 the upstream may still finish the first one.
     ///
@@ -134,6 +138,9 @@ enum Command {
     ///
     ///   oncely --store sqlite:gateway.db serve --upstream http://127.0.0.1:3000 \
     ///       --listen 0.0.0.0:8080 --require-key --principal-header Authorization
+    ///
+    /// The flags from --fail-open on can also be set in the environment (ONCELY_FAIL_OPEN=true,
+    /// ONCELY_DENY_HEADERS=X-Request-Id,X-Trace, ONCELY_MAX_BODY=64KiB, ...); a flag wins.
     #[command(verbatim_doc_comment)]
     Serve(serve::ServeArgs),
     /// Show the stored record of one key, expired or not.

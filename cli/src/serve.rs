@@ -16,7 +16,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -28,12 +27,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use oncely::Oncely;
-use oncely_http::{Body, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer, InFlight};
+use oncely_http::{
+    Body, DEFAULT_DENY_HEADERS, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer, InFlight,
+};
 use tokio::net::TcpListener;
 use tower::{Layer as _, Service as _};
 
-use crate::duration;
 use crate::stop::Stop;
+use crate::{duration, size};
 
 mod counts;
 mod proxy;
@@ -92,6 +93,49 @@ pub struct ServeArgs {
     /// first request may still be running.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration::parse)]
     timeout: Duration,
+
+    /// When the store cannot be reached, forward keyed requests unprotected (counted as passed
+    /// through) instead of answering 503: availability over exactly-once.
+    #[arg(long, env = "ONCELY_FAIL_OPEN")]
+    fail_open: bool,
+
+    /// Store 5xx responses and replay them, as Stripe does, instead of releasing the key so a
+    /// retry executes again.
+    #[arg(long, env = "ONCELY_STORE_SERVER_ERRORS")]
+    store_server_errors: bool,
+
+    /// A response header never stored, so never replayed, besides Set-Cookie (always left
+    /// out). Repeat, or separate with commas, for several.
+    #[arg(
+        long = "deny-header",
+        env = "ONCELY_DENY_HEADERS",
+        value_name = "NAME",
+        value_delimiter = ',',
+        value_parser = parse_header_name
+    )]
+    deny_headers: Vec<HeaderName>,
+
+    /// A request header that is part of the fingerprint besides method, path and body (e.g.
+    /// Content-Type, a tenant header): the same key with another value gets 422. Repeat, or
+    /// separate with commas, for several.
+    #[arg(
+        long = "fingerprint-header",
+        env = "ONCELY_FINGERPRINT_HEADERS",
+        value_name = "NAME",
+        value_delimiter = ',',
+        value_parser = parse_header_name
+    )]
+    fingerprint_headers: Vec<HeaderName>,
+
+    /// The largest request body of a keyed request (it is buffered to fingerprint it); larger
+    /// gets 413. Bytes, or KiB, MiB, GiB: 65536, 64KiB, 1MiB.
+    #[arg(long, env = "ONCELY_MAX_BODY", value_name = "SIZE", default_value = "1MiB", value_parser = size::parse)]
+    max_body: usize,
+
+    /// The largest response body stored; a larger response is streamed to the client unstored
+    /// and its key released. Bytes, or KiB, MiB, GiB.
+    #[arg(long, env = "ONCELY_MAX_RESPONSE", value_name = "SIZE", default_value = "1MiB", value_parser = size::parse)]
+    max_response: usize,
 }
 
 /// How much longer than `--timeout` a key's claim is held: the upstream's answer, and the
@@ -121,6 +165,29 @@ fn parse_header_name(text: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(text.as_bytes()).map_err(|_| format!("`{text}` is not a header name"))
 }
 
+/// The Idempotency-Key layer as the flags configure it, over `oncely`'s store.
+fn layer(oncely: Oncely, args: &ServeArgs) -> IdempotencyLayer {
+    IdempotencyLayer::new(oncely)
+        .retention(args.ttl)
+        .require_key(args.require_key)
+        .methods(args.methods.0.clone())
+        .principal_headers(args.principal_headers.clone())
+        .fingerprint_headers(args.fingerprint_headers.clone())
+        .in_flight(match args.in_flight_wait {
+            Some(wait) => InFlight::Wait(wait),
+            None => InFlight::Conflict,
+        })
+        .fail_open(args.fail_open)
+        .store_server_errors(args.store_server_errors)
+        .deny_headers(
+            DEFAULT_DENY_HEADERS
+                .into_iter()
+                .chain(args.deny_headers.iter().cloned()),
+        )
+        .max_body(args.max_body)
+        .max_response(args.max_response)
+}
+
 /// Runs `oncely serve` until SIGINT or SIGTERM; `store` is the global `--store` URL.
 pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     let upstream = parse_upstream(&args.upstream)?;
@@ -131,16 +198,8 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     let mut stop = Stop::install()?;
     let oncely = Oncely::new(oncely::connect(store).await?)
         .with_lease(args.timeout.saturating_add(LEASE_MARGIN));
+    let layer = layer(oncely, &args);
     let methods = args.methods.0;
-    let layer = IdempotencyLayer::new(oncely)
-        .retention(args.ttl)
-        .require_key(args.require_key)
-        .methods(methods.clone())
-        .principal_headers(args.principal_headers)
-        .in_flight(match args.in_flight_wait {
-            Some(wait) => InFlight::Wait(wait),
-            None => InFlight::Conflict,
-        });
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -242,13 +301,14 @@ impl Gateway {
         let forwarded = Forwarded::default();
         request.extensions_mut().insert(forwarded.clone());
         request.extensions_mut().insert(Peer(peer));
-        // With a key on a method it applies to, a request the layer forwards was claimed
-        // (the layer fails closed, so it never forwards such a request unclaimed).
+        // With a key on a method it applies to, a request the layer forwards was claimed,
+        // unless the store was down and the layer failed open (then it is passed through).
         let keyed = self.methods.contains(request.method())
             && request.headers().contains_key(IDEMPOTENCY_KEY);
         let counted = CountOnDrop::start(self.counts.clone());
         let result = self.service.call(request).await;
-        let forwarded = forwarded.0.load(Ordering::SeqCst);
+        let keyed = keyed && !forwarded.failed_open();
+        let forwarded = forwarded.forwarded();
         let (outcome, response) = match result {
             Err(failed) => (Outcome::UpstreamFailed, upstream_failed(&failed)),
             Ok(response) => {
