@@ -7,6 +7,7 @@
 //! modules.
 
 mod bench;
+mod bench_gateway;
 mod bench_purge;
 mod consume;
 mod dedup;
@@ -171,6 +172,10 @@ enum Command {
     /// ack on that broker instead, oncely's consumer (--concurrency in flight) against the
     /// naive one-message-at-a-time consumer (check-then-insert per message), each on a fresh
     /// stream or queue pre-filled with the same messages.
+    ///
+    /// With --gateway: what oncely serve adds to a request (pass-through, first execution,
+    /// replay) against calling an upstream directly, both in this process, on fresh stores of
+    /// the kind --store names.
     Bench(bench::BenchArgs),
 }
 

@@ -40,7 +40,7 @@ mod counts;
 mod proxy;
 
 use counts::{CountOnDrop, Counts, Outcome, serve_metrics};
-use proxy::{Forwarded, Peer, Proxy, parse_upstream, upstream_failed};
+use proxy::{Forwarded, Peer, Proxy, Upstream, parse_upstream, upstream_failed};
 
 /// How long requests in flight get to finish after SIGINT or SIGTERM, at least: `--timeout`
 /// if it is longer.
@@ -196,25 +196,11 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     }
     // Signals first: a signal during the setup must not kill the process half-way.
     let mut stop = Stop::install()?;
-    let oncely = Oncely::new(oncely::connect(store).await?)
-        .with_lease(args.timeout.saturating_add(LEASE_MARGIN));
-    let layer = layer(oncely, &args);
-    let methods = args.methods.0;
+    let gateway = Gateway::open(store, &args, upstream).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr().context("the bound address")?;
-
-    let proxy = Proxy {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        upstream: Arc::new(upstream),
-        timeout: args.timeout,
-    };
-    let gateway = Gateway {
-        service: layer.layer(proxy.clone()),
-        methods: Arc::new(methods),
-        counts: Arc::new(Counts::default()),
-    };
     if let Some(addr) = args.metrics_addr {
         let metrics = TcpListener::bind(addr)
             .await
@@ -225,37 +211,15 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     }
     eprintln!(
         "listening on http://{bound}, forwarding to {} (store {}); stop with Ctrl-C or SIGTERM",
-        proxy.upstream.base,
+        gateway.service.get_ref().upstream.base,
         oncely::url::redact_password(store),
     );
 
     let graceful = GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                // Out of file descriptors and the like: keep serving the connections we have.
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.first() => break,
-        };
-        let gateway = gateway.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
-        });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            // A client that goes away mid-request is its own business; the layer releases
-            // the key of a request it abandons.
-            let _ = connection.await;
-        });
-    }
-    drop(listener);
+    gateway
+        .clone()
+        .serve(listener, &graceful, stop.first())
+        .await;
     let grace = GRACE.max(args.timeout);
     eprintln!(
         "stopping: no new connections; finishing the requests in flight for up to {}s \
@@ -284,6 +248,50 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `oncely serve`'s gateway running in this process, as `oncely bench --gateway` measures it:
+/// the same code, configured by the same flags.
+pub struct InProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+impl InProcess {
+    /// Starts the gateway on the store at `store`, configured by `flags`: what follows `serve`
+    /// on the command line (`--upstream URL` at least; `--listen` defaults to 127.0.0.1:8080).
+    pub async fn start(store: &str, flags: &[&str]) -> Result<InProcess> {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let Serve { args } =
+            clap::Parser::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))?;
+        let gateway = Gateway::open(store, &args, parse_upstream(&args.upstream)?).await?;
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr().context("the bound address")?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            let graceful = GracefulShutdown::new();
+            let until = async {
+                let _ = stopped.await;
+            };
+            gateway.serve(listener, &graceful, until).await;
+            graceful.shutdown().await;
+        });
+        Ok(InProcess { addr, stop, served })
+    }
+
+    /// Stops accepting and waits for the open connections to finish their requests.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.served.await;
+    }
+}
+
 /// The layer over the proxy, and the counts of what happened to each request.
 #[derive(Clone)]
 struct Gateway {
@@ -293,6 +301,59 @@ struct Gateway {
 }
 
 impl Gateway {
+    /// The layer the flags configure, over a proxy to `upstream`, on the store at `store`.
+    async fn open(store: &str, args: &ServeArgs, upstream: Upstream) -> Result<Gateway> {
+        let oncely = Oncely::new(oncely::connect(store).await?)
+            .with_lease(args.timeout.saturating_add(LEASE_MARGIN));
+        let proxy = Proxy {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            upstream: Arc::new(upstream),
+            timeout: args.timeout,
+        };
+        Ok(Gateway {
+            service: layer(oncely, args).layer(proxy),
+            methods: Arc::new(args.methods.0.clone()),
+            counts: Arc::new(Counts::default()),
+        })
+    }
+
+    /// Serves the connections `listener` accepts, each watched by `graceful`, until `until`
+    /// resolves; then the listener is closed (the connections go on until `graceful` ends them).
+    async fn serve(
+        self,
+        listener: TcpListener,
+        graceful: &GracefulShutdown,
+        until: impl Future<Output = ()>,
+    ) {
+        let http = hyper::server::conn::http1::Builder::new();
+        let mut until = std::pin::pin!(until);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    // Out of file descriptors and the like: keep serving the connections we
+                    // have.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut until => break,
+            };
+            let gateway = self.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
+            });
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                // A client that goes away mid-request is its own business; the layer releases
+                // the key of a request it abandons.
+                let _ = connection.await;
+            });
+        }
+    }
+
     async fn handle(
         mut self,
         mut request: Request<Incoming>,
