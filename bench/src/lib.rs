@@ -47,6 +47,8 @@ use oncely::{ClaimOutcome, Key, Oncely, Scope};
 
 pub mod baseline;
 pub mod broker;
+mod fresh;
+pub mod gateway;
 mod inbox;
 pub mod purge;
 mod server;
@@ -323,19 +325,13 @@ fn run_redis(
         .enable_all()
         .build()
         .map_err(|e| BenchError::Other(e.to_string()))?;
-    // The URL as Redis's driver takes it; oncely's own parameters go to oncely's store only.
-    let (server, _) = oncely::url::take_param(&config.url, "prefix");
-    let driver_url = server
-        .split_once('?')
-        .map_or(server.as_str(), |(base, _)| base)
-        .to_owned();
-    let prefix = format!("oncely_bench_{}", std::process::id());
+    // oncely's own parameters go to oncely's store only; the baselines take the bare server.
+    let prefixes = fresh::RedisPrefixes::new(&config.url);
+    let driver_url = &prefixes.driver_url;
     runtime.block_on(async {
         let results = async {
-            let separator = if server.contains('?') { '&' } else { '?' };
-            let store_url = format!("{server}{separator}prefix={prefix}_oncely");
             let oncely = run_oncely(
-                &store_url,
+                &prefixes.store_url("oncely"),
                 config.concurrency.max(1),
                 workload,
                 preload,
@@ -343,27 +339,27 @@ fn run_redis(
             )
             .await?;
             let naive = baseline::redis::naive(
-                &driver_url,
-                &format!("{prefix}_naive"),
+                driver_url,
+                &prefixes.contender_prefix("naive"),
                 naive_workload,
                 preload,
                 progress,
             )
             .await?;
             let limit = baseline::redis::batched_limit(
-                &driver_url,
-                &format!("{prefix}_limit"),
+                driver_url,
+                &prefixes.contender_prefix("limit"),
                 workload,
                 preload,
                 progress,
             )
             .await?;
-            let store_url = format!("{server}{separator}prefix={prefix}_batch");
-            let batch = run_oncely_batch(&store_url, workload, preload, progress).await?;
+            let batch =
+                run_oncely_batch(&prefixes.store_url("batch"), workload, preload, progress).await?;
             Ok::<_, BenchError>(vec![oncely, naive, limit, batch])
         }
         .await;
-        let forgotten = baseline::redis::forget(&driver_url, &prefix).await;
+        let forgotten = prefixes.forget().await;
         let results = results?;
         forgotten?;
         Ok(results)

@@ -6,6 +6,9 @@
 //! `--broker nats://HOST[:PORT]` or `--broker amqp://[USER:PASS@]HOST[:PORT]` measures instead
 //! messages per second through consume + claim + effect + ack on that broker: oncely's consumer
 //! runner against the naive one-message-at-a-time consumer ([`oncely_bench::broker`]).
+//!
+//! `--gateway` measures what `oncely serve` adds to a request against calling the upstream
+//! directly ([`crate::bench_gateway`]).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -29,7 +32,7 @@ pub struct BenchArgs {
     duplicates: f64,
 
     /// Concurrent claimants driving oncely; the SQLite store commits what they queue together
-    /// [default: 1024; with --broker: 64 deliveries in flight].
+    /// [default: 1024; with --broker: 64 deliveries in flight; with --gateway: 16 connections].
     #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
 
@@ -88,6 +91,28 @@ pub struct BenchArgs {
     )]
     broker: Option<String>,
 
+    /// Instead: what `oncely serve` adds to a request, against calling the upstream directly.
+    ///
+    /// An upstream in this process answers each POST with 200 and a 200-byte JSON charge; the
+    /// gateway runs in this process too, with oncely serve's own code and defaults, on a fresh
+    /// store of the kind --store names for each contender (removed after). --concurrency
+    /// keep-alive connections (default 16), opened before the clock starts, send --requests
+    /// POSTs per contender: direct to the upstream; through the gateway without an
+    /// Idempotency-Key (pass-through); with a fresh key each (first execution); with keys
+    /// already answered (replay, after an untimed first pass). Reports requests/s, p50/p99 and
+    /// each one's p50/p99 minus direct's; fails unless every answer is the upstream's 200, each
+    /// request but the replays executed upstream once, and every replay (only they) replayed.
+    #[arg(
+        long,
+        conflicts_with_all = ["purge", "broker"],
+        verbatim_doc_comment
+    )]
+    gateway: bool,
+
+    /// With --gateway: requests per contender.
+    #[arg(long, value_name = "N", default_value_t = oncely_bench::gateway::DEFAULT_REQUESTS, requires = "gateway")]
+    requests: usize,
+
     /// With --broker: oncely's lease. A re-publish that arrives while its original is in
     /// flight is given back and comes again when the lease runs out.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::duration::parse, requires = "broker")]
@@ -115,6 +140,29 @@ pub fn run(
             "--duplicates must be at least 0 and below 1, not {}",
             args.duplicates
         );
+    }
+    if args.gateway {
+        let Some(store) = store_kind(store_url) else {
+            bail!(
+                "oncely bench --gateway measures memory:, sqlite:, postgres://, mysql:// and \
+                 redis:// stores; `{}` is none of them",
+                oncely::url::redact_password(store_url)
+            );
+        };
+        let config = oncely_bench::gateway::GatewayConfig {
+            store,
+            store_url: store_url.to_owned(),
+            dir: args
+                .dir
+                .unwrap_or_else(|| std::env::temp_dir().join("oncely-bench")),
+            requests: args.requests.max(1),
+            concurrency: args
+                .concurrency
+                .unwrap_or(oncely_bench::gateway::DEFAULT_CONCURRENCY)
+                .max(1),
+            seed: args.seed,
+        };
+        return crate::bench_gateway::run(config, &Bar::new(), out);
     }
     if let Some(broker) = args.broker.clone() {
         return run_broker(store_url, broker, args, out);

@@ -1,9 +1,13 @@
 //! `oncely`: exactly-once effect over at-least-once delivery, from the command line.
 //!
-//! This file is the clap wiring and the error policy: every failure is one `error: ...` line on
-//! stderr and a non-zero exit. The commands live in their own modules.
+//! This file is the clap wiring, the error policy (every failure is one `error: ...` line on
+//! stderr and a non-zero exit) and the log: `tracing` events and spans on stderr, filtered by
+//! `RUST_LOG` (oncely's warnings and errors by default; `RUST_LOG=oncely=debug` adds the
+//! `oncely.claim` / `oncely.complete` / `oncely.release` spans). The commands live in their own
+//! modules.
 
 mod bench;
+mod bench_gateway;
 mod bench_purge;
 mod consume;
 mod dedup;
@@ -15,6 +19,7 @@ mod purge;
 mod relay;
 mod rfc3339;
 mod serve;
+mod size;
 mod stats;
 mod stop;
 
@@ -97,20 +102,23 @@ enum Command {
     /// --methods (POST and PATCH by default) with an Idempotency-Key header is executed
     /// upstream once per key:
     ///
-    ///   a new key               forwarded; the response stored (up to 1 MiB) and sent
+    ///   a new key               forwarded; the response stored (up to --max-response, 1 MiB)
+    ///                           and sent
     ///   a key already answered  the stored response, byte for byte, Idempotent-Replayed: true
     ///   the same key, another method, path or body                        422
     ///   the same key while its first request is still in flight           409, Retry-After
     ///                           (or, with --in-flight-wait, its response once it is ready)
     ///   no key                  passed through (400 with --require-key)
     ///   a malformed key (empty, over 255 characters, not visible ASCII)   400
-    ///   a body over 1 MiB                                                 413
+    ///   a body over --max-body (1 MiB)                                    413
     ///   the store cannot be reached                                       503, nothing forwarded
+    ///                           (with --fail-open: forwarded unprotected, as if it had no key)
     ///   the upstream cannot be reached                                    502, the key released
     ///   no response head from the upstream within --timeout               504, the key released
     ///
-    /// A 5xx from the upstream is sent but not stored: the key is released so a retry executes.
-    /// Set-Cookie is never stored. Errors are application/problem+json (RFC 9457). A key's
+    /// A 5xx from the upstream is sent but not stored: the key is released so a retry executes
+    /// (--store-server-errors stores and replays it). Set-Cookie, and each --deny-header, is
+    /// never stored. Errors are application/problem+json (RFC 9457). A key's
     /// claim is held for --timeout + 30s, so no retry executes while its first request may
     /// still be running; after a 504 the upstream may still finish the first one.
     ///
@@ -131,6 +139,9 @@ enum Command {
     ///
     ///   oncely --store sqlite:gateway.db serve --upstream http://127.0.0.1:3000 \
     ///       --listen 0.0.0.0:8080 --require-key --principal-header Authorization
+    ///
+    /// The flags from --fail-open on can also be set in the environment (ONCELY_FAIL_OPEN=true,
+    /// ONCELY_DENY_HEADERS=X-Request-Id,X-Trace, ONCELY_MAX_BODY=64KiB, ...); a flag wins.
     #[command(verbatim_doc_comment)]
     Serve(serve::ServeArgs),
     /// Show the stored record of one key, expired or not.
@@ -161,12 +172,17 @@ enum Command {
     /// ack on that broker instead, oncely's consumer (--concurrency in flight) against the
     /// naive one-message-at-a-time consumer (check-then-insert per message), each on a fresh
     /// stream or queue pre-filled with the same messages.
+    ///
+    /// With --gateway: what oncely serve adds to a request (pass-through, first execution,
+    /// replay) against calling an upstream directly, both in this process, on fresh stores of
+    /// the kind --store names.
     Bench(bench::BenchArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_log();
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {
@@ -201,6 +217,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?
         }
     }
+}
+
+/// `tracing` to stderr, filtered by `RUST_LOG`; without it, oncely's own warnings and errors
+/// only (a driver's log, e.g. lapin's on a missing queue, would repeat the one error line). Each
+/// span enabled is logged as it closes. Directives that do not parse are ignored rather than
+/// stopping the command.
+fn init_log() {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => {
+            EnvFilter::builder().parse_lossy(directives)
+        }
+        // `oncely` covers every oncely_* crate.
+        _ => EnvFilter::new("oncely=warn"),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // A span is logged when it closes, with its fields and how long it took.
+        .with_span_events(FmtSpan::CLOSE)
+        .init();
 }
 
 /// The error chain on one line: `outer: inner: root`.

@@ -16,7 +16,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -28,18 +27,20 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use oncely::Oncely;
-use oncely_http::{Body, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer, InFlight};
+use oncely_http::{
+    Body, DEFAULT_DENY_HEADERS, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer, InFlight,
+};
 use tokio::net::TcpListener;
 use tower::{Layer as _, Service as _};
 
-use crate::duration;
 use crate::stop::Stop;
+use crate::{duration, size};
 
 mod counts;
 mod proxy;
 
 use counts::{CountOnDrop, Counts, Outcome, serve_metrics};
-use proxy::{Forwarded, Peer, Proxy, parse_upstream, upstream_failed};
+use proxy::{Forwarded, Peer, Proxy, Upstream, parse_upstream, upstream_failed};
 
 /// How long requests in flight get to finish after SIGINT or SIGTERM, at least: `--timeout`
 /// if it is longer.
@@ -92,6 +93,49 @@ pub struct ServeArgs {
     /// first request may still be running.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration::parse)]
     timeout: Duration,
+
+    /// When the store cannot be reached, forward keyed requests unprotected (counted as passed
+    /// through) instead of answering 503: availability over exactly-once.
+    #[arg(long, env = "ONCELY_FAIL_OPEN")]
+    fail_open: bool,
+
+    /// Store 5xx responses and replay them, as Stripe does, instead of releasing the key so a
+    /// retry executes again.
+    #[arg(long, env = "ONCELY_STORE_SERVER_ERRORS")]
+    store_server_errors: bool,
+
+    /// A response header never stored, so never replayed, besides Set-Cookie (always left
+    /// out). Repeat, or separate with commas, for several.
+    #[arg(
+        long = "deny-header",
+        env = "ONCELY_DENY_HEADERS",
+        value_name = "NAME",
+        value_delimiter = ',',
+        value_parser = parse_header_name
+    )]
+    deny_headers: Vec<HeaderName>,
+
+    /// A request header that is part of the fingerprint besides method, path and body (e.g.
+    /// Content-Type, a tenant header): the same key with another value gets 422. Repeat, or
+    /// separate with commas, for several.
+    #[arg(
+        long = "fingerprint-header",
+        env = "ONCELY_FINGERPRINT_HEADERS",
+        value_name = "NAME",
+        value_delimiter = ',',
+        value_parser = parse_header_name
+    )]
+    fingerprint_headers: Vec<HeaderName>,
+
+    /// The largest request body of a keyed request (it is buffered to fingerprint it); larger
+    /// gets 413. Bytes, or KiB, MiB, GiB: 65536, 64KiB, 1MiB.
+    #[arg(long, env = "ONCELY_MAX_BODY", value_name = "SIZE", default_value = "1MiB", value_parser = size::parse)]
+    max_body: usize,
+
+    /// The largest response body stored; a larger response is streamed to the client unstored
+    /// and its key released. Bytes, or KiB, MiB, GiB.
+    #[arg(long, env = "ONCELY_MAX_RESPONSE", value_name = "SIZE", default_value = "1MiB", value_parser = size::parse)]
+    max_response: usize,
 }
 
 /// How much longer than `--timeout` a key's claim is held: the upstream's answer, and the
@@ -121,6 +165,29 @@ fn parse_header_name(text: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(text.as_bytes()).map_err(|_| format!("`{text}` is not a header name"))
 }
 
+/// The Idempotency-Key layer as the flags configure it, over `oncely`'s store.
+fn layer(oncely: Oncely, args: &ServeArgs) -> IdempotencyLayer {
+    IdempotencyLayer::new(oncely)
+        .retention(args.ttl)
+        .require_key(args.require_key)
+        .methods(args.methods.0.clone())
+        .principal_headers(args.principal_headers.clone())
+        .fingerprint_headers(args.fingerprint_headers.clone())
+        .in_flight(match args.in_flight_wait {
+            Some(wait) => InFlight::Wait(wait),
+            None => InFlight::Conflict,
+        })
+        .fail_open(args.fail_open)
+        .store_server_errors(args.store_server_errors)
+        .deny_headers(
+            DEFAULT_DENY_HEADERS
+                .into_iter()
+                .chain(args.deny_headers.iter().cloned()),
+        )
+        .max_body(args.max_body)
+        .max_response(args.max_response)
+}
+
 /// Runs `oncely serve` until SIGINT or SIGTERM; `store` is the global `--store` URL.
 pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     let upstream = parse_upstream(&args.upstream)?;
@@ -129,33 +196,11 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     }
     // Signals first: a signal during the setup must not kill the process half-way.
     let mut stop = Stop::install()?;
-    let oncely = Oncely::new(oncely::connect(store).await?)
-        .with_lease(args.timeout.saturating_add(LEASE_MARGIN));
-    let methods = args.methods.0;
-    let layer = IdempotencyLayer::new(oncely)
-        .retention(args.ttl)
-        .require_key(args.require_key)
-        .methods(methods.clone())
-        .principal_headers(args.principal_headers)
-        .in_flight(match args.in_flight_wait {
-            Some(wait) => InFlight::Wait(wait),
-            None => InFlight::Conflict,
-        });
+    let gateway = Gateway::open(store, &args, upstream).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr().context("the bound address")?;
-
-    let proxy = Proxy {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        upstream: Arc::new(upstream),
-        timeout: args.timeout,
-    };
-    let gateway = Gateway {
-        service: layer.layer(proxy.clone()),
-        methods: Arc::new(methods),
-        counts: Arc::new(Counts::default()),
-    };
     if let Some(addr) = args.metrics_addr {
         let metrics = TcpListener::bind(addr)
             .await
@@ -166,37 +211,15 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     }
     eprintln!(
         "listening on http://{bound}, forwarding to {} (store {}); stop with Ctrl-C or SIGTERM",
-        proxy.upstream.base,
+        gateway.service.get_ref().upstream.base,
         oncely::url::redact_password(store),
     );
 
     let graceful = GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                // Out of file descriptors and the like: keep serving the connections we have.
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.first() => break,
-        };
-        let gateway = gateway.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
-        });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            // A client that goes away mid-request is its own business; the layer releases
-            // the key of a request it abandons.
-            let _ = connection.await;
-        });
-    }
-    drop(listener);
+    gateway
+        .clone()
+        .serve(listener, &graceful, stop.first())
+        .await;
     let grace = GRACE.max(args.timeout);
     eprintln!(
         "stopping: no new connections; finishing the requests in flight for up to {}s \
@@ -225,6 +248,50 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `oncely serve`'s gateway running in this process, as `oncely bench --gateway` measures it:
+/// the same code, configured by the same flags.
+pub struct InProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+impl InProcess {
+    /// Starts the gateway on the store at `store`, configured by `flags`: what follows `serve`
+    /// on the command line (`--upstream URL` at least; `--listen` defaults to 127.0.0.1:8080).
+    pub async fn start(store: &str, flags: &[&str]) -> Result<InProcess> {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let Serve { args } =
+            clap::Parser::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))?;
+        let gateway = Gateway::open(store, &args, parse_upstream(&args.upstream)?).await?;
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr().context("the bound address")?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            let graceful = GracefulShutdown::new();
+            let until = async {
+                let _ = stopped.await;
+            };
+            gateway.serve(listener, &graceful, until).await;
+            graceful.shutdown().await;
+        });
+        Ok(InProcess { addr, stop, served })
+    }
+
+    /// Stops accepting and waits for the open connections to finish their requests.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.served.await;
+    }
+}
+
 /// The layer over the proxy, and the counts of what happened to each request.
 #[derive(Clone)]
 struct Gateway {
@@ -234,6 +301,59 @@ struct Gateway {
 }
 
 impl Gateway {
+    /// The layer the flags configure, over a proxy to `upstream`, on the store at `store`.
+    async fn open(store: &str, args: &ServeArgs, upstream: Upstream) -> Result<Gateway> {
+        let oncely = Oncely::new(oncely::connect(store).await?)
+            .with_lease(args.timeout.saturating_add(LEASE_MARGIN));
+        let proxy = Proxy {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            upstream: Arc::new(upstream),
+            timeout: args.timeout,
+        };
+        Ok(Gateway {
+            service: layer(oncely, args).layer(proxy),
+            methods: Arc::new(args.methods.0.clone()),
+            counts: Arc::new(Counts::default()),
+        })
+    }
+
+    /// Serves the connections `listener` accepts, each watched by `graceful`, until `until`
+    /// resolves; then the listener is closed (the connections go on until `graceful` ends them).
+    async fn serve(
+        self,
+        listener: TcpListener,
+        graceful: &GracefulShutdown,
+        until: impl Future<Output = ()>,
+    ) {
+        let http = hyper::server::conn::http1::Builder::new();
+        let mut until = std::pin::pin!(until);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    // Out of file descriptors and the like: keep serving the connections we
+                    // have.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut until => break,
+            };
+            let gateway = self.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
+            });
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                // A client that goes away mid-request is its own business; the layer releases
+                // the key of a request it abandons.
+                let _ = connection.await;
+            });
+        }
+    }
+
     async fn handle(
         mut self,
         mut request: Request<Incoming>,
@@ -242,13 +362,14 @@ impl Gateway {
         let forwarded = Forwarded::default();
         request.extensions_mut().insert(forwarded.clone());
         request.extensions_mut().insert(Peer(peer));
-        // With a key on a method it applies to, a request the layer forwards was claimed
-        // (the layer fails closed, so it never forwards such a request unclaimed).
+        // With a key on a method it applies to, a request the layer forwards was claimed,
+        // unless the store was down and the layer failed open (then it is passed through).
         let keyed = self.methods.contains(request.method())
             && request.headers().contains_key(IDEMPOTENCY_KEY);
         let counted = CountOnDrop::start(self.counts.clone());
         let result = self.service.call(request).await;
-        let forwarded = forwarded.0.load(Ordering::SeqCst);
+        let keyed = keyed && !forwarded.failed_open();
+        let forwarded = forwarded.forwarded();
         let (outcome, response) = match result {
             Err(failed) => (Outcome::UpstreamFailed, upstream_failed(&failed)),
             Ok(response) => {

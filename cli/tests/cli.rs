@@ -1021,3 +1021,83 @@ fn bench_broker_reports_both_contenders_with_one_effect_per_key() {
         refused.stderr
     );
 }
+
+/// `oncely bench --gateway` through the binary, on a few requests: the four contenders, every
+/// request answered, executed upstream once (replays: never) and replayed only in the replay
+/// row; the store --store names is never opened.
+#[test]
+fn bench_gateway_reports_every_contender_and_its_counts_add_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench_dir = dir.path().join("bench-files");
+    let (postgres, redis) = (postgres_server(), "redis://127.0.0.1:6379");
+    for store in [None, Some("memory:"), Some(postgres.as_str()), Some(redis)] {
+        let mut args = Vec::new();
+        if let Some(store) = store {
+            args.extend(["--store", store]);
+        }
+        args.extend([
+            "bench",
+            "--gateway",
+            "--requests",
+            "60",
+            "--concurrency",
+            "3",
+            "--dir",
+            bench_dir.to_str().unwrap(),
+        ]);
+        let run = oncely(dir.path(), &args, b"");
+        assert_eq!(run.code, 0, "{store:?}: {}", run.stderr);
+        let out = run.stdout();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 6, "a title, a header and four rows: {out}");
+        assert!(
+            lines[0].starts_with("60 POSTs per contender from 3 "),
+            "{out}"
+        );
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "contender",
+                "requests",
+                "executed",
+                "replayed",
+                "requests/s",
+                "p50",
+                "p99",
+                "+p50",
+                "+p99"
+            ],
+            "{out}"
+        );
+        for (row, (name, executed, replayed)) in lines[2..].iter().zip([
+            ("direct", "60", "0"),
+            ("pass-through", "60", "0"),
+            ("first execution", "60", "0"),
+            ("replay", "0", "60"),
+        ]) {
+            let cells: Vec<&str> = row
+                .strip_prefix(name)
+                .unwrap_or_else(|| panic!("{name} row expected: {out}"))
+                .split_whitespace()
+                .collect();
+            assert_eq!(cells.len(), 8, "{row}");
+            assert_eq!(cells[..3], ["60", executed, replayed], "{out}");
+            assert!(cells[3].parse::<f64>().unwrap() > 0.0, "{row}");
+            // The overheads: none for direct, a signed difference for the others.
+            for overhead in &cells[6..] {
+                if name == "direct" {
+                    assert_eq!(*overhead, "-", "{row}");
+                } else {
+                    assert!(
+                        overhead.len() > 1 && overhead.starts_with(['+', '-']),
+                        "{row}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        !dir.path().join("oncely.db").exists(),
+        "bench opened the default store"
+    );
+}

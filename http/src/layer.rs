@@ -16,6 +16,15 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// its key released.
 pub const DEFAULT_MAX_RESPONSE: usize = 1024 * 1024;
 
+/// The response headers never stored by default: `Set-Cookie` (a session is not replayed).
+pub const DEFAULT_DENY_HEADERS: [HeaderName; 1] = [header::SET_COOKIE];
+
+/// Put in the extensions of a request the layer passes to the inner service unprotected
+/// because the store could not be reached and the layer [fails open](IdempotencyLayer::fail_open):
+/// the inner service can tell such a request from one that was claimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailedOpen;
+
 /// What a request gets when the first request with its key is still in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InFlight {
@@ -72,7 +81,7 @@ impl IdempotencyLayer {
                 max_response: DEFAULT_MAX_RESPONSE,
                 in_flight: InFlight::Conflict,
                 store_server_errors: false,
-                deny_headers: vec![header::SET_COOKIE],
+                deny_headers: DEFAULT_DENY_HEADERS.to_vec(),
                 fail_open: false,
             }),
         }
@@ -149,7 +158,7 @@ impl IdempotencyLayer {
 
     /// What happens when the store cannot be reached: `false` (the default) answers 503 and
     /// executes nothing (fail closed); `true` passes the request through without protection
-    /// (fail open: availability over exactly-once).
+    /// (fail open: availability over exactly-once), marked with [`FailedOpen`] in its extensions.
     pub fn fail_open(self, open: bool) -> Self {
         self.set(|c| c.fail_open = open)
     }

@@ -103,7 +103,8 @@ pub mod stored;
 pub use body::Body;
 pub use future::ResponseFuture;
 pub use layer::{
-    DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE, DEFAULT_RETENTION, IdempotencyLayer, InFlight,
+    DEFAULT_DENY_HEADERS, DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE, DEFAULT_RETENTION, FailedOpen,
+    IdempotencyLayer, InFlight,
 };
 pub use problem::PROBLEM_JSON;
 pub use request::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, MAX_KEY_LEN};

@@ -10,7 +10,7 @@ use oncely_core::{Claim, ClaimOutcome, Oncely, Record};
 use tokio::time::Instant;
 
 use crate::body::{Collected, collect_limited};
-use crate::layer::{Config, InFlight};
+use crate::layer::{Config, FailedOpen, InFlight};
 use crate::problem::Problem;
 use crate::request::{IDEMPOTENT_REPLAYED, principal_scope, read_key, request_fingerprint};
 use crate::stored::StoredResponse;
@@ -122,6 +122,8 @@ where
         Err(error) if config.fail_open => {
             tracing::warn!(%scope, %key, %error,
                 "idempotency store unavailable; passing the request through unprotected (fail open)");
+            let mut request = request;
+            request.extensions_mut().insert(FailedOpen);
             return pass_through(&mut inner, request).await;
         }
         Err(error) => {

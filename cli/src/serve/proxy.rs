@@ -11,7 +11,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use oncely_http::{Body, PROBLEM_JSON};
+use oncely_http::{Body, FailedOpen, PROBLEM_JSON};
 
 /// Checks `--upstream`: `http://HOST[:PORT][/PREFIX]`, no query.
 pub(super) fn parse_upstream(text: &str) -> Result<Upstream> {
@@ -68,9 +68,27 @@ impl UpstreamFailed {
     }
 }
 
-/// Set in a request's extensions by the proxy when it forwards the request.
+/// Put in a request's extensions by the gateway; the proxy marks it when it forwards the
+/// request, and whether the layer let it through unprotected ([`FailedOpen`]).
 #[derive(Clone, Debug, Default)]
-pub(super) struct Forwarded(pub(super) Arc<AtomicBool>);
+pub(super) struct Forwarded(Arc<[AtomicBool; 2]>);
+
+impl Forwarded {
+    fn mark(&self, failed_open: bool) {
+        self.0[1].store(failed_open, Ordering::SeqCst);
+        self.0[0].store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the request was forwarded.
+    pub(super) fn forwarded(&self) -> bool {
+        self.0[0].load(Ordering::SeqCst)
+    }
+
+    /// Whether it was forwarded unprotected because the store could not be reached.
+    pub(super) fn failed_open(&self) -> bool {
+        self.0[1].load(Ordering::SeqCst)
+    }
+}
 
 /// The innermost service: forwards a request to the upstream and streams the response back.
 #[derive(Clone, Debug)]
@@ -102,7 +120,7 @@ impl tower::Service<Request<Body<Incoming>>> for Proxy {
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             if let Some(forwarded) = parts.extensions.remove::<Forwarded>() {
-                forwarded.0.store(true, Ordering::SeqCst);
+                forwarded.mark(parts.extensions.remove::<FailedOpen>().is_some());
             }
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             parts.uri = format!("{}{path}", upstream.base)
