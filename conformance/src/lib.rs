@@ -19,6 +19,8 @@
 //! The model test ([`model`]) drives random sequences of claim / claim_many / complete /
 //! release / get / advance-clock / purge through the store and through a small reference model
 //! written independently of the core's rules, and fails on the first disagreement.
+//!
+//! The SQL stores' transactional inbox has a suite of its own, run the same way: [`inbox`].
 
 #![warn(missing_docs)]
 
@@ -34,6 +36,7 @@ pub use libtest_mimic;
 use oncely_core::Store;
 
 pub mod harness;
+pub mod inbox;
 pub mod model;
 pub mod servers;
 pub mod suite;

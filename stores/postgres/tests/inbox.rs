@@ -1,362 +1,135 @@
-//! The transactional inbox against the real server: the dedup record and the business writes
-//! commit or roll back together, and concurrent duplicates never run the business code twice.
-
-mod support;
+//! The transactional inbox suite (`oncely_conformance::inbox`) against the PostgreSQL server on
+//! loopback: each test on a fresh schema holding oncely's tables and the inventory example's,
+//! through a pool of real connections. `ONCELY_TEST_POSTGRES` overrides the server URL.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use oncely_core::{Key, Scope};
+use oncely_conformance::inbox::{self, InboxDatabase, Inventory};
+use oncely_core::inbox::{Inbox, InboxClaim};
+use oncely_core::{Error, Fingerprint, Key, Result, Store, async_trait};
 use oncely_postgres::PostgresStore;
-use oncely_postgres::inbox::{Inbox, InboxClaim, PostgresInbox};
-use sqlx::PgPool;
+use oncely_postgres::inbox::PostgresInbox;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres, Transaction};
 
-/// A pool on a fresh schema holding oncely's tables and the inventory example's; and its URL.
-async fn inventory(name: &str) -> (PgPool, String) {
-    let url = support::fresh_schema(&format!("oncely_inbox_{name}")).await;
-    // Opening the store applies oncely's schema.
-    PostgresStore::connect(&url).await.unwrap();
-    let pool = PgPoolOptions::new()
-        .max_connections(70)
-        .connect(&url)
-        .await
-        .unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE orders (id serial PRIMARY KEY, event_id text NOT NULL, item text NOT NULL); \
-         CREATE TABLE stock (item text PRIMARY KEY, qty integer NOT NULL); \
-         INSERT INTO stock VALUES ('apple', 100);",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    (pool, url)
+/// A fresh schema with the inventory example's tables, and the URL that reaches it.
+struct Shop {
+    pool: PgPool,
+    url: String,
 }
 
-async fn counts(pool: &PgPool) -> (i64, i32) {
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let qty: i32 = sqlx::query_scalar("SELECT qty FROM stock WHERE item = 'apple'")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    (orders, qty)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sixty_four_concurrent_deliveries_place_one_order_and_take_stock_once() {
-    let (pool, _) = inventory("storm").await;
-    let inbox = Inbox::new(Scope::new("orders-consumer").unwrap());
-    let executed = Arc::new(AtomicUsize::new(0));
-    let barrier = Arc::new(tokio::sync::Barrier::new(64));
-    let mut tasks = Vec::new();
-    for _ in 0..64 {
-        let (pool, inbox, executed, barrier) = (
-            pool.clone(),
-            inbox.clone(),
-            executed.clone(),
-            barrier.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let key = Key::new("evt-order-1001").unwrap();
-            let mut tx = pool.begin().await.unwrap();
-            barrier.wait().await;
-            match inbox.claim(&mut tx, &key, None).await.unwrap() {
-                InboxClaim::New => {
-                    executed.fetch_add(1, Ordering::SeqCst);
-                    sqlx::query(
-                        "INSERT INTO orders (event_id, item) VALUES ('evt-order-1001', 'apple')",
-                    )
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
-                    sqlx::query("UPDATE stock SET qty = qty - 1 WHERE item = 'apple'")
-                        .execute(&mut *tx)
-                        .await
-                        .unwrap();
-                    inbox
-                        .record_outcome(&mut tx, &key, b"order placed")
-                        .await
-                        .unwrap();
-                    tx.commit().await.unwrap();
-                }
-                InboxClaim::Duplicate(record) => {
-                    assert_eq!(record.outcome(), Some(&b"order placed"[..]));
-                    tx.rollback().await.unwrap();
-                }
-                other => panic!("{other:?}"),
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert_eq!(executed.load(Ordering::SeqCst), 1);
-    assert_eq!(counts(&pool).await, (1, 99));
-}
-
-#[tokio::test]
-async fn a_rolled_back_claim_leaves_the_key_claimable() {
-    let (pool, _) = inventory("rollback").await;
-    let inbox = Inbox::new(Scope::default());
-    let key = Key::new("evt-7").unwrap();
-
-    let mut tx = pool.begin().await.unwrap();
-    assert_eq!(
-        inbox.claim(&mut tx, &key, None).await.unwrap(),
-        InboxClaim::New
-    );
-    sqlx::query("UPDATE stock SET qty = qty - 1 WHERE item = 'apple'")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap(); // the handler failed after its claim
-
-    assert_eq!(counts(&pool).await, (0, 100));
-    let mut tx = pool.begin().await.unwrap();
-    assert_eq!(
-        inbox.claim(&mut tx, &key, None).await.unwrap(),
-        InboxClaim::New
-    );
-    sqlx::query("UPDATE stock SET qty = qty - 1 WHERE item = 'apple'")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(counts(&pool).await, (0, 99));
-
-    let mut tx = pool.begin().await.unwrap();
-    assert!(matches!(
-        inbox.claim(&mut tx, &key, None).await.unwrap(),
-        InboxClaim::Duplicate(_)
-    ));
-    tx.rollback().await.unwrap();
-}
-
-#[tokio::test]
-async fn the_inbox_and_the_store_share_one_history() {
-    let (pool, url) = inventory("shared").await;
-    let scope = Scope::new("payments").unwrap();
-    let inbox = Inbox::new(scope.clone());
-    let key = Key::new("evt-9").unwrap();
-    // A claim made through the store, outside any transaction, and still in progress.
-    let store = Arc::new(PostgresStore::connect(&url).await.unwrap());
-    let oncely = oncely_core::Oncely::new(store);
-    let claim = oncely
-        .claim(&scope, &key, None)
-        .await
-        .unwrap()
-        .into_new()
-        .unwrap();
-
-    let mut tx = pool.begin().await.unwrap();
-    assert!(matches!(
-        inbox.claim(&mut tx, &key, None).await.unwrap(),
-        InboxClaim::InProgress { .. }
-    ));
-    tx.rollback().await.unwrap();
-    oncely.complete(&claim, b"paid").await.unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    match inbox.claim(&mut tx, &key, None).await.unwrap() {
-        InboxClaim::Duplicate(record) => assert_eq!(record.outcome(), Some(&b"paid"[..])),
-        other => panic!("{other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn an_expired_claim_is_taken_over_inside_the_transaction() {
-    let (pool, url) = inventory("takeover").await;
-    let clock = oncely_core::ManualClock::default();
-    let scope = Scope::new("payments").unwrap();
-    let key = Key::new("evt-11").unwrap();
-    let store = Arc::new(PostgresStore::connect(&url).await.unwrap());
-    let oncely = oncely_core::Oncely::new(store)
-        .with_clock(clock.clone())
-        .with_lease(std::time::Duration::from_secs(30));
-    // A holder outside any transaction claims the key, then dies.
-    let crashed = oncely
-        .claim(&scope, &key, None)
-        .await
-        .unwrap()
-        .into_new()
-        .unwrap();
-    clock.advance(std::time::Duration::from_secs(31));
-
-    let inbox = Inbox::new(scope.clone()).with_clock(clock.clone());
-    let mut tx = pool.begin().await.unwrap();
-    assert_eq!(
-        inbox.claim(&mut tx, &key, None).await.unwrap(),
-        InboxClaim::New
-    );
-    tx.commit().await.unwrap();
-
-    let record = oncely.get(&scope, &key).await.unwrap().expect("recorded");
-    assert!(record.is_completed());
-    assert_eq!(record.attempt, 2);
-    // The dead holder is fenced out.
-    assert!(matches!(
-        oncely.complete(&crashed, b"late").await,
-        Err(oncely_core::Error::ClaimLost {
-            reason: oncely_core::LostReason::TakenOver,
-            ..
-        })
-    ));
-}
-
-#[tokio::test]
-async fn a_batch_answers_in_order_and_rolls_back_whole() {
-    let (pool, _) = inventory("batch").await;
-    let inbox = Inbox::new(Scope::new("orders-consumer").unwrap());
-    let key = |k: &str| Key::new(k).unwrap();
-    let (one, two) = (
-        Some(oncely_core::Fingerprint::of_bytes(b"order 1")),
-        Some(oncely_core::Fingerprint::of_bytes(b"order 2")),
-    );
-
-    let mut tx = pool.begin().await.unwrap();
-    let claims = inbox
-        .claim_many(
-            &mut tx,
-            &[
-                (key("b"), one),
-                (key("a"), one),
-                (key("b"), one),
-                (key("b"), two),
-            ],
-        )
-        .await
-        .unwrap();
-    assert_eq!(claims[0], InboxClaim::New);
-    assert_eq!(claims[1], InboxClaim::New);
-    // Copies of a key in the batch are answered as its first occurrence left it.
-    assert!(matches!(claims[2], InboxClaim::Duplicate(_)), "{claims:?}");
-    assert!(
-        matches!(claims[3], InboxClaim::Conflict { .. }),
-        "{claims:?}"
-    );
-    tx.commit().await.unwrap();
-
-    let mut tx = pool.begin().await.unwrap();
-    let claims = inbox
-        .claim_many(&mut tx, &[(key("c"), one), (key("a"), one)])
-        .await
-        .unwrap();
-    assert_eq!(claims[0], InboxClaim::New);
-    assert!(matches!(claims[1], InboxClaim::Duplicate(_)), "{claims:?}");
-    tx.rollback().await.unwrap();
-
-    // The rolled-back batch recorded nothing: "c" is new again, "a" and "b" still done.
-    let mut tx = pool.begin().await.unwrap();
-    let claims = inbox
-        .claim_many(
-            &mut tx,
-            &[(key("a"), one), (key("b"), one), (key("c"), one)],
-        )
-        .await
-        .unwrap();
-    assert!(matches!(claims[0], InboxClaim::Duplicate(_)), "{claims:?}");
-    assert!(matches!(claims[1], InboxClaim::Duplicate(_)), "{claims:?}");
-    assert_eq!(claims[2], InboxClaim::New);
-    tx.commit().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_batches_over_the_same_keys_place_each_order_once() {
-    let (pool, _) = inventory("batch_storm").await;
-    let inbox = Inbox::new(Scope::new("orders-consumer").unwrap());
-    let barrier = Arc::new(tokio::sync::Barrier::new(16));
-    let mut tasks = Vec::new();
-    for task in 0..16usize {
-        let (pool, inbox, barrier) = (pool.clone(), inbox.clone(), barrier.clone());
-        tasks.push(tokio::spawn(async move {
-            // Each batch sees the 200 events in its own order, with some twice.
-            let mut ids: Vec<usize> = (0..200).chain((0..200).step_by(7)).collect();
-            ids.rotate_left(task * 13);
-            if task % 2 == 1 {
-                ids.reverse();
-            }
-            let items: Vec<_> = ids
-                .iter()
-                .map(|i| (Key::new(format!("evt-{i}")).unwrap(), None))
-                .collect();
-            barrier.wait().await;
-            loop {
-                let mut tx = pool.begin().await.unwrap();
-                let claims = match inbox.claim_many(&mut tx, &items).await {
-                    Ok(claims) => claims,
-                    // A deadlock victim: PostgreSQL rolled it back; run it again, as users do.
-                    Err(oncely_core::Error::Backend { .. }) => continue,
-                    Err(e) => panic!("{e}"),
-                };
-                for ((key, _), claim) in items.iter().zip(&claims) {
-                    if *claim == InboxClaim::New {
-                        sqlx::query("INSERT INTO orders (event_id, item) VALUES ($1, 'apple')")
-                            .bind(key.as_str())
-                            .execute(&mut *tx)
-                            .await
-                            .unwrap();
-                    }
-                }
-                tx.commit().await.unwrap();
-                return;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let (orders, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM orders")
-            .fetch_one(&pool)
+impl Shop {
+    async fn fresh() -> Shop {
+        let url = oncely_conformance::servers::postgres_url("oncely_inbox").await;
+        // Opening the store applies oncely's schema.
+        PostgresStore::connect(&url).await.expect("connect");
+        // Enough connections for every delivery of the suite's storm at once.
+        let pool = PgPoolOptions::new()
+            .max_connections(70)
+            .connect(&url)
             .await
             .unwrap();
-    assert_eq!((orders, distinct), (200, 200));
+        sqlx::raw_sql(
+            "CREATE TABLE orders (id serial PRIMARY KEY, event_id text NOT NULL, item text NOT NULL); \
+             CREATE TABLE stock (item text PRIMARY KEY, qty integer NOT NULL); \
+             INSERT INTO stock VALUES ('apple', 100);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        Shop { pool, url }
+    }
 }
 
-#[tokio::test]
-async fn a_batch_takes_over_an_expired_claim() {
-    let (pool, url) = inventory("batch_takeover").await;
-    let clock = oncely_core::ManualClock::default();
-    let scope = Scope::new("payments").unwrap();
-    let (dead, live) = (Key::new("evt-12").unwrap(), Key::new("evt-13").unwrap());
-    let store = Arc::new(PostgresStore::connect(&url).await.unwrap());
-    let oncely = oncely_core::Oncely::new(store)
-        .with_clock(clock.clone())
-        .with_lease(std::time::Duration::from_secs(30));
-    let crashed = oncely
-        .claim(&scope, &dead, None)
-        .await
-        .unwrap()
-        .into_new()
-        .unwrap();
-    clock.advance(std::time::Duration::from_secs(31));
-    let holding = oncely.claim(&scope, &live, None).await.unwrap();
-    assert!(holding.into_new().is_some());
+#[async_trait]
+impl InboxDatabase for Shop {
+    type Tx = Transaction<'static, Postgres>;
 
-    let inbox = Inbox::new(scope.clone()).with_clock(clock.clone());
-    let mut tx = pool.begin().await.unwrap();
-    let claims = inbox
-        .claim_many(&mut tx, &[(dead.clone(), None), (live.clone(), None)])
+    async fn begin(&self) -> Self::Tx {
+        self.pool.begin().await.unwrap()
+    }
+
+    async fn claim(
+        &self,
+        tx: &mut Self::Tx,
+        inbox: &Inbox,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<InboxClaim> {
+        inbox.claim(tx, key, fingerprint).await
+    }
+
+    async fn claim_many(
+        &self,
+        tx: &mut Self::Tx,
+        inbox: &Inbox,
+        items: &[(Key, Option<Fingerprint>)],
+    ) -> Result<Vec<InboxClaim>> {
+        inbox.claim_many(tx, items).await
+    }
+
+    async fn record_outcome(
+        &self,
+        tx: &mut Self::Tx,
+        inbox: &Inbox,
+        key: &Key,
+        outcome: &[u8],
+    ) -> Result<()> {
+        inbox.record_outcome(tx, key, outcome).await
+    }
+
+    async fn place_order(&self, tx: &mut Self::Tx, event: &Key) {
+        sqlx::query("INSERT INTO orders (event_id, item) VALUES ($1, 'apple')")
+            .bind(event.as_str())
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+    }
+
+    async fn take_apple(&self, tx: &mut Self::Tx) {
+        sqlx::query("UPDATE stock SET qty = qty - 1 WHERE item = 'apple'")
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+    }
+
+    async fn commit(&self, tx: Self::Tx) {
+        tx.commit().await.unwrap();
+    }
+
+    async fn rollback(&self, tx: Self::Tx) {
+        tx.rollback().await.unwrap();
+    }
+
+    async fn inventory(&self) -> Inventory {
+        let (orders, events, apples): (i64, i64, i32) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT event_id), \
+             (SELECT qty FROM stock WHERE item = 'apple') FROM orders",
+        )
+        .fetch_one(&self.pool)
         .await
         .unwrap();
-    assert_eq!(claims[0], InboxClaim::New);
-    assert!(
-        matches!(claims[1], InboxClaim::InProgress { .. }),
-        "{claims:?}"
-    );
-    tx.commit().await.unwrap();
+        Inventory {
+            orders,
+            events,
+            apples: apples.into(),
+        }
+    }
 
-    let record = oncely.get(&scope, &dead).await.unwrap().expect("recorded");
-    assert!(record.is_completed());
-    assert_eq!(record.outcome(), Some(&b""[..]));
-    assert_eq!(record.attempt, 2);
-    assert!(matches!(
-        oncely.complete(&crashed, b"late").await,
-        Err(oncely_core::Error::ClaimLost {
-            reason: oncely_core::LostReason::TakenOver,
-            ..
-        })
-    ));
+    async fn store(&self) -> Arc<dyn Store> {
+        Arc::new(PostgresStore::connect(&self.url).await.expect("connect"))
+    }
+
+    fn is_deadlock(&self, error: &Error) -> bool {
+        // SQLSTATE 40P01: deadlock_detected.
+        matches!(error, Error::Backend { source, .. }
+            if source.downcast_ref::<sqlx::Error>()
+                .and_then(sqlx::Error::as_database_error)
+                .and_then(|e| e.code())
+                .is_some_and(|code| code == "40P01"))
+    }
+}
+
+fn main() {
+    inbox::main(inbox::trials("postgres", Shop::fresh, Vec::new()));
 }

@@ -1,0 +1,576 @@
+//! The transactional inbox suite (SPEC S3): one set of behaviours, run against every SQL
+//! store's inbox on a real server.
+//!
+//! A store crate implements [`InboxDatabase`] for a fresh database holding oncely's tables and
+//! the inventory example's (`orders`, and `stock` with 100 apples): begin a transaction (as its
+//! inbox requires), claim through its inbox trait, do the example's writes, commit or roll back,
+//! count. Then a test target with `harness = false` hands [`main`] the [`trials`] for it, with
+//! the database's own tests beside the suite's (`stores/postgres/tests/inbox.rs` is the
+//! shortest such harness).
+//!
+//! Each behaviour is a plain async function over a fresh database, and becomes one test named
+//! `<backend>::<behaviour>`. Every behaviour runs for every backend: there is no way to skip one.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Trial};
+use oncely_core::inbox::{Inbox, InboxClaim};
+use oncely_core::{
+    ClaimOutcome, Error, Fingerprint, Key, LostReason, ManualClock, Oncely, Result, Scope, Store,
+    async_trait,
+};
+use tokio::sync::Barrier;
+
+use crate::TestFuture;
+use crate::harness::{panic_text, runtime};
+
+/// What the inventory example's tables hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inventory {
+    /// Rows in `orders`.
+    pub orders: i64,
+    /// Distinct `event_id`s among them.
+    pub events: i64,
+    /// Apples left in `stock` (100 at the start).
+    pub apples: i64,
+}
+
+/// One fresh database of a SQL store, reached the way a user reaches it: transactions on a pool
+/// of real connections, the store's inbox trait inside them, the inventory example's writes
+/// beside it. Driver errors outside the inbox's own calls panic: they are the harness's bugs.
+#[async_trait]
+pub trait InboxDatabase: Send + Sync + 'static {
+    /// An open transaction.
+    type Tx: Send + 'static;
+
+    /// Begins a transaction the way the store's inbox asks for (`BEGIN IMMEDIATE` for SQLite),
+    /// waiting for a connection of the pool if all are busy.
+    async fn begin(&self) -> Self::Tx;
+
+    /// `inbox.claim(&mut tx, key, fingerprint)`, through the store's inbox trait.
+    async fn claim(
+        &self,
+        tx: &mut Self::Tx,
+        inbox: &Inbox,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<InboxClaim>;
+
+    /// `inbox.claim_many(&mut tx, items)`, through the store's inbox trait.
+    async fn claim_many(
+        &self,
+        tx: &mut Self::Tx,
+        inbox: &Inbox,
+        items: &[(Key, Option<Fingerprint>)],
+    ) -> Result<Vec<InboxClaim>>;
+
+    /// `inbox.record_outcome(&mut tx, key, outcome)`, through the store's inbox trait.
+    async fn record_outcome(
+        &self,
+        tx: &mut Self::Tx,
+        inbox: &Inbox,
+        key: &Key,
+        outcome: &[u8],
+    ) -> Result<()>;
+
+    /// Inserts an order row for `event` (`INSERT INTO orders (event_id, item) ...`).
+    async fn place_order(&self, tx: &mut Self::Tx, event: &Key);
+
+    /// Takes one apple from stock (`UPDATE stock SET qty = qty - 1 ...`).
+    async fn take_apple(&self, tx: &mut Self::Tx);
+
+    /// Commits `tx`.
+    async fn commit(&self, tx: Self::Tx);
+
+    /// Rolls `tx` back.
+    async fn rollback(&self, tx: Self::Tx);
+
+    /// What the inventory tables hold now, read outside any transaction.
+    async fn inventory(&self) -> Inventory;
+
+    /// The store on this same database, for claims made outside any transaction.
+    async fn store(&self) -> Arc<dyn Store>;
+
+    /// Whether `error` says the database chose this transaction as a deadlock victim and rolled
+    /// it back: users run such a transaction again, and so do the concurrent tests.
+    fn is_deadlock(&self, error: &Error) -> bool;
+}
+
+/// One behaviour (or one database's own test) over a fresh database.
+pub type Test<D> = fn(Arc<D>) -> TestFuture;
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        /// Every behaviour of the suite, by name.
+        pub fn all<D: InboxDatabase>() -> Vec<(&'static str, Test<D>)> {
+            vec![$((stringify!($name), (|d| Box::pin($name(d)) as TestFuture) as Test<D>)),*]
+        }
+    };
+}
+
+suite!(
+    sixty_four_concurrent_deliveries_place_one_order_and_take_stock_once,
+    a_rolled_back_claim_leaves_the_key_claimable,
+    the_inbox_and_the_store_share_one_history_both_ways,
+    an_expired_store_claim_is_taken_over_inside_the_transaction,
+    the_same_key_with_another_payload_is_a_conflict,
+    after_retention_the_key_is_new_again,
+    a_batch_answers_in_order_and_rolls_back_whole,
+    concurrent_batches_over_the_same_keys_place_each_order_once,
+    a_batch_takes_over_an_expired_claim,
+);
+
+/// One test per behaviour of the suite, then one per test of `own` (the database's own, over
+/// the same harness), each named `<backend>::<name>` and run on a database `fresh` makes.
+pub fn trials<D, F, Fut>(backend: &str, fresh: F, own: Vec<(&'static str, Test<D>)>) -> Vec<Trial>
+where
+    D: InboxDatabase,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = D> + Send + 'static,
+{
+    let fresh = Arc::new(fresh);
+    all::<D>()
+        .into_iter()
+        .chain(own)
+        .map(|(name, test)| {
+            let fresh = fresh.clone();
+            Trial::test(format!("{backend}::{name}"), move || {
+                runtime().block_on(async move {
+                    let database = Arc::new(fresh().await);
+                    tokio::spawn(test(database))
+                        .await
+                        .map_err(|e| panic_text(e).into())
+                })
+            })
+            .with_kind(backend.to_owned())
+        })
+        .collect()
+}
+
+/// Runs `trials` as a test binary (`cargo test` arguments such as a name filter work) and
+/// exits with its status.
+pub fn main(trials: Vec<Trial>) -> ! {
+    libtest_mimic::run(&Arguments::from_args(), trials).exit()
+}
+
+fn key(k: &str) -> Key {
+    Key::new(k).expect("valid test key")
+}
+
+fn scope(s: &str) -> Scope {
+    Scope::new(s).expect("valid test scope")
+}
+
+fn fp(s: &str) -> Option<Fingerprint> {
+    Some(Fingerprint::of_bytes(s.as_bytes()))
+}
+
+/// A claim made through the store, outside any transaction.
+async fn store_claim(oncely: &Oncely, scope: &Scope, key: &Key) -> oncely_core::Claim {
+    oncely
+        .claim(scope, key, None)
+        .await
+        .unwrap()
+        .into_new()
+        .expect("the store's claim is new")
+}
+
+fn assert_fenced(result: Result<()>) {
+    assert!(
+        matches!(
+            result,
+            Err(Error::ClaimLost {
+                reason: LostReason::TakenOver,
+                ..
+            })
+        ),
+        "the dead holder must be fenced out: {result:?}"
+    );
+}
+
+/// 64 deliveries of one event at once, each in its own transaction on its own connection: the
+/// order is placed and the stock taken once; every other delivery sees the recorded outcome.
+/// A deadlock victim runs its delivery again, as users do.
+async fn sixty_four_concurrent_deliveries_place_one_order_and_take_stock_once<D: InboxDatabase>(
+    db: Arc<D>,
+) {
+    let inbox = Inbox::new(scope("orders-consumer"));
+    let (executed, deadlocks) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let barrier = Arc::new(Barrier::new(64));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (db, inbox, executed, deadlocks, barrier) = (
+            db.clone(),
+            inbox.clone(),
+            executed.clone(),
+            deadlocks.clone(),
+            barrier.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let key = key("evt-order-1001");
+            barrier.wait().await;
+            loop {
+                let mut tx = db.begin().await;
+                match db.claim(&mut tx, &inbox, &key, None).await {
+                    Ok(InboxClaim::New) => {
+                        executed.fetch_add(1, Ordering::SeqCst);
+                        db.place_order(&mut tx, &key).await;
+                        db.take_apple(&mut tx).await;
+                        match db
+                            .record_outcome(&mut tx, &inbox, &key, b"order placed")
+                            .await
+                        {
+                            Ok(()) => {
+                                db.commit(tx).await;
+                                return;
+                            }
+                            Err(e) if db.is_deadlock(&e) => {
+                                // Rolled back with its writes: this run did not happen.
+                                executed.fetch_sub(1, Ordering::SeqCst);
+                                deadlocks.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    Ok(InboxClaim::Duplicate(record)) => {
+                        assert_eq!(record.outcome(), Some(&b"order placed"[..]));
+                        db.rollback(tx).await;
+                        return;
+                    }
+                    Ok(other) => panic!("{other:?}"),
+                    Err(e) if db.is_deadlock(&e) => {
+                        deadlocks.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    eprintln!(
+        "{} deadlock victims ran again",
+        deadlocks.load(Ordering::SeqCst)
+    );
+    assert_eq!(executed.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        db.inventory().await,
+        Inventory {
+            orders: 1,
+            events: 1,
+            apples: 99
+        }
+    );
+}
+
+async fn a_rolled_back_claim_leaves_the_key_claimable<D: InboxDatabase>(db: Arc<D>) {
+    let inbox = Inbox::new(Scope::default());
+    let key = key("evt-7");
+    let untouched = Inventory {
+        orders: 0,
+        events: 0,
+        apples: 100,
+    };
+
+    let mut tx = db.begin().await;
+    assert_eq!(
+        db.claim(&mut tx, &inbox, &key, None).await.unwrap(),
+        InboxClaim::New
+    );
+    db.place_order(&mut tx, &key).await;
+    db.take_apple(&mut tx).await;
+    db.rollback(tx).await; // the handler failed after its claim
+
+    assert_eq!(db.inventory().await, untouched);
+    let mut tx = db.begin().await;
+    assert_eq!(
+        db.claim(&mut tx, &inbox, &key, None).await.unwrap(),
+        InboxClaim::New
+    );
+    db.place_order(&mut tx, &key).await;
+    db.take_apple(&mut tx).await;
+    db.commit(tx).await;
+    assert_eq!(
+        db.inventory().await,
+        Inventory {
+            orders: 1,
+            events: 1,
+            apples: 99
+        }
+    );
+
+    let mut tx = db.begin().await;
+    assert!(matches!(
+        db.claim(&mut tx, &inbox, &key, None).await.unwrap(),
+        InboxClaim::Duplicate(_)
+    ));
+    db.rollback(tx).await;
+}
+
+async fn the_inbox_and_the_store_share_one_history_both_ways<D: InboxDatabase>(db: Arc<D>) {
+    let scope = scope("payments");
+    let inbox = Inbox::new(scope.clone());
+    let oncely = Oncely::new(db.store().await);
+    // Canonical UUID keys may be stored packed: both sides must agree on how.
+    let from_store = key("0f8fad5b-d9cb-469f-a165-70867728950e");
+    let from_inbox = key("7c9e6679-7425-40de-944b-e07fc1f90ae7");
+
+    // Store -> inbox: a claim made through the store, still in progress, then completed.
+    let claim = store_claim(&oncely, &scope, &from_store).await;
+    let mut tx = db.begin().await;
+    assert!(matches!(
+        db.claim(&mut tx, &inbox, &from_store, None).await.unwrap(),
+        InboxClaim::InProgress { retry_after } if retry_after > Duration::ZERO
+    ));
+    db.rollback(tx).await;
+    oncely.complete(&claim, b"paid").await.unwrap();
+    let mut tx = db.begin().await;
+    match db.claim(&mut tx, &inbox, &from_store, None).await.unwrap() {
+        InboxClaim::Duplicate(record) => assert_eq!(record.outcome(), Some(&b"paid"[..])),
+        other => panic!("{other:?}"),
+    }
+    db.rollback(tx).await;
+
+    // Inbox -> store: done in a transaction, then a duplicate to the store.
+    let mut tx = db.begin().await;
+    assert_eq!(
+        db.claim(&mut tx, &inbox, &from_inbox, None).await.unwrap(),
+        InboxClaim::New
+    );
+    db.record_outcome(&mut tx, &inbox, &from_inbox, b"shipped")
+        .await
+        .unwrap();
+    db.commit(tx).await;
+    match oncely.claim(&scope, &from_inbox, None).await.unwrap() {
+        ClaimOutcome::Duplicate(record) => assert_eq!(record.outcome(), Some(&b"shipped"[..])),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn an_expired_store_claim_is_taken_over_inside_the_transaction<D: InboxDatabase>(db: Arc<D>) {
+    let clock = ManualClock::default();
+    let scope = scope("payments");
+    let key = key("evt-11");
+    let oncely = Oncely::new(db.store().await)
+        .with_clock(clock.clone())
+        .with_lease(Duration::from_secs(30));
+    // A holder outside any transaction claims the key, then dies.
+    let crashed = store_claim(&oncely, &scope, &key).await;
+    let inbox = Inbox::new(scope.clone()).with_clock(clock.clone());
+    let mut tx = db.begin().await;
+    assert!(matches!(
+        db.claim(&mut tx, &inbox, &key, None).await.unwrap(),
+        InboxClaim::InProgress { .. }
+    ));
+    db.rollback(tx).await;
+    clock.advance(Duration::from_secs(31));
+
+    let mut tx = db.begin().await;
+    assert_eq!(
+        db.claim(&mut tx, &inbox, &key, None).await.unwrap(),
+        InboxClaim::New
+    );
+    db.place_order(&mut tx, &key).await;
+    db.take_apple(&mut tx).await;
+    db.commit(tx).await;
+
+    let record = oncely.get(&scope, &key).await.unwrap().expect("recorded");
+    assert!(record.is_completed());
+    assert_eq!(record.attempt, 2);
+    assert_fenced(oncely.complete(&crashed, b"late").await);
+    assert_eq!(
+        db.inventory().await,
+        Inventory {
+            orders: 1,
+            events: 1,
+            apples: 99
+        }
+    );
+}
+
+async fn the_same_key_with_another_payload_is_a_conflict<D: InboxDatabase>(db: Arc<D>) {
+    let inbox = Inbox::new(Scope::default());
+    let key = key("evt-12");
+
+    let mut tx = db.begin().await;
+    assert_eq!(
+        db.claim(&mut tx, &inbox, &key, fp("paid")).await.unwrap(),
+        InboxClaim::New
+    );
+    db.commit(tx).await;
+
+    let mut tx = db.begin().await;
+    assert_eq!(
+        db.claim(&mut tx, &inbox, &key, fp("refund")).await.unwrap(),
+        InboxClaim::Conflict { stored: fp("paid") }
+    );
+    assert!(matches!(
+        db.claim(&mut tx, &inbox, &key, fp("paid")).await.unwrap(),
+        InboxClaim::Duplicate(_)
+    ));
+    // No fingerprint given: no payload check asked for.
+    assert!(matches!(
+        db.claim(&mut tx, &inbox, &key, None).await.unwrap(),
+        InboxClaim::Duplicate(_)
+    ));
+    db.rollback(tx).await;
+}
+
+async fn after_retention_the_key_is_new_again<D: InboxDatabase>(db: Arc<D>) {
+    let clock = ManualClock::default();
+    let inbox = Inbox::new(Scope::default())
+        .with_clock(clock.clone())
+        .with_retention(Duration::from_secs(3600));
+    let key = key("evt-13");
+    for expected_attempt in [1, 2] {
+        let mut tx = db.begin().await;
+        assert_eq!(
+            db.claim(&mut tx, &inbox, &key, None).await.unwrap(),
+            InboxClaim::New
+        );
+        db.commit(tx).await;
+        let mut tx = db.begin().await;
+        match db.claim(&mut tx, &inbox, &key, None).await.unwrap() {
+            InboxClaim::Duplicate(record) => assert_eq!(record.attempt, expected_attempt),
+            other => panic!("{other:?}"),
+        }
+        db.rollback(tx).await;
+        clock.advance(Duration::from_secs(3601));
+    }
+}
+
+async fn a_batch_answers_in_order_and_rolls_back_whole<D: InboxDatabase>(db: Arc<D>) {
+    let inbox = Inbox::new(scope("orders-consumer"));
+    let (one, two) = (fp("order 1"), fp("order 2"));
+
+    let mut tx = db.begin().await;
+    let claims = db
+        .claim_many(
+            &mut tx,
+            &inbox,
+            &[
+                (key("b"), one),
+                (key("a"), one),
+                (key("b"), one),
+                (key("b"), two),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 4, "{claims:?}");
+    assert_eq!(claims[..2], [InboxClaim::New, InboxClaim::New]);
+    // Copies of a key in the batch are answered as its first occurrence left it.
+    assert!(matches!(claims[2], InboxClaim::Duplicate(_)), "{claims:?}");
+    assert!(
+        matches!(claims[3], InboxClaim::Conflict { .. }),
+        "{claims:?}"
+    );
+    db.commit(tx).await;
+
+    let mut tx = db.begin().await;
+    let claims = db
+        .claim_many(&mut tx, &inbox, &[(key("c"), one), (key("a"), one)])
+        .await
+        .unwrap();
+    assert_eq!(claims[0], InboxClaim::New);
+    assert!(matches!(claims[1], InboxClaim::Duplicate(_)), "{claims:?}");
+    db.rollback(tx).await;
+
+    // The rolled-back batch recorded nothing: "c" is new again, "a" and "b" still done.
+    let mut tx = db.begin().await;
+    let claims = db
+        .claim_many(
+            &mut tx,
+            &inbox,
+            &[(key("a"), one), (key("b"), one), (key("c"), one)],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(claims[0], InboxClaim::Duplicate(_)), "{claims:?}");
+    assert!(matches!(claims[1], InboxClaim::Duplicate(_)), "{claims:?}");
+    assert_eq!(claims[2], InboxClaim::New);
+    db.commit(tx).await;
+}
+
+/// 16 batches at once over the same 200 events, each in its own order and with some events
+/// twice: every order is placed once. A deadlock victim runs its batch again, as users do.
+async fn concurrent_batches_over_the_same_keys_place_each_order_once<D: InboxDatabase>(db: Arc<D>) {
+    let inbox = Inbox::new(scope("orders-consumer"));
+    let barrier = Arc::new(Barrier::new(16));
+    let mut tasks = Vec::new();
+    for task in 0..16usize {
+        let (db, inbox, barrier) = (db.clone(), inbox.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids: Vec<usize> = (0..200).chain((0..200).step_by(7)).collect();
+            ids.rotate_left(task * 13);
+            if task % 2 == 1 {
+                ids.reverse();
+            }
+            let items: Vec<_> = ids
+                .iter()
+                .map(|i| (key(&format!("evt-{i}")), None))
+                .collect();
+            barrier.wait().await;
+            loop {
+                let mut tx = db.begin().await;
+                let claims = match db.claim_many(&mut tx, &inbox, &items).await {
+                    Ok(claims) => claims,
+                    Err(e) if db.is_deadlock(&e) => continue,
+                    Err(e) => panic!("{e}"),
+                };
+                assert_eq!(claims.len(), items.len());
+                for ((key, _), claim) in items.iter().zip(&claims) {
+                    if *claim == InboxClaim::New {
+                        db.place_order(&mut tx, key).await;
+                    }
+                }
+                db.commit(tx).await;
+                return;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let inventory = db.inventory().await;
+    assert_eq!((inventory.orders, inventory.events), (200, 200));
+}
+
+async fn a_batch_takes_over_an_expired_claim<D: InboxDatabase>(db: Arc<D>) {
+    let clock = ManualClock::default();
+    let scope = scope("payments");
+    let (dead, live) = (key("evt-12"), key("evt-13"));
+    let oncely = Oncely::new(db.store().await)
+        .with_clock(clock.clone())
+        .with_lease(Duration::from_secs(30));
+    let crashed = store_claim(&oncely, &scope, &dead).await;
+    clock.advance(Duration::from_secs(31));
+    let _holding = store_claim(&oncely, &scope, &live).await;
+
+    let inbox = Inbox::new(scope.clone()).with_clock(clock.clone());
+    let mut tx = db.begin().await;
+    let claims = db
+        .claim_many(
+            &mut tx,
+            &inbox,
+            &[(dead.clone(), None), (live.clone(), None)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(claims[0], InboxClaim::New);
+    assert!(
+        matches!(claims[1], InboxClaim::InProgress { .. }),
+        "{claims:?}"
+    );
+    db.commit(tx).await;
+
+    let record = oncely.get(&scope, &dead).await.unwrap().expect("recorded");
+    assert!(record.is_completed());
+    assert_eq!(record.outcome(), Some(&b""[..]));
+    assert_eq!(record.attempt, 2);
+    assert_fenced(oncely.complete(&crashed, b"late").await);
+}
