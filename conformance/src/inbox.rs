@@ -5,8 +5,9 @@
 //! the inventory example's (`orders`, and `stock` with 100 apples): begin a transaction (as its
 //! inbox requires), claim through its inbox trait, do the example's writes, commit or roll back,
 //! count. Then a test target with `harness = false` hands [`main`] the [`trials`] for it, with
-//! the database's own tests beside the suite's (`stores/postgres/tests/inbox.rs` is the
-//! shortest such harness).
+//! the database's own tests beside the suite's, listed with [`inbox_tests!`](crate::inbox_tests)
+//! (`stores/postgres/tests/inbox.rs` is the shortest such harness, `stores/sqlite/tests/inbox.rs`
+//! one with tests of its own).
 //!
 //! Each behaviour is a plain async function over a fresh database, and becomes one test named
 //! `<backend>::<behaviour>`. Every behaviour runs for every backend: there is no way to skip one.
@@ -102,11 +103,23 @@ pub trait InboxDatabase: Send + Sync + 'static {
 /// One behaviour (or one database's own test) over a fresh database.
 pub type Test<D> = fn(Arc<D>) -> TestFuture;
 
+/// A list of tests for [`trials`], each named after its function: `async fn name(db: Arc<D>)`.
+/// For a database's own tests, beside the suite's.
+#[macro_export]
+macro_rules! inbox_tests {
+    ($($name:ident),* $(,)?) => {
+        vec![$((
+            stringify!($name),
+            (|d| Box::pin($name(d)) as $crate::TestFuture) as $crate::inbox::Test<_>,
+        )),*]
+    };
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         /// Every behaviour of the suite, by name.
         pub fn all<D: InboxDatabase>() -> Vec<(&'static str, Test<D>)> {
-            vec![$((stringify!($name), (|d| Box::pin($name(d)) as TestFuture) as Test<D>)),*]
+            crate::inbox_tests![$($name),*]
         }
     };
 }

@@ -1,342 +1,169 @@
-//! The transactional inbox on a real file with a pool of connections: the dedup record and the
-//! business writes commit or roll back together, concurrent duplicates never run the business
-//! code twice, and the inbox shares one history with `SqliteStore`.
+//! The transactional inbox suite (`oncely_conformance::inbox`) on real files, each test on a
+//! new one holding oncely's tables and the inventory example's, through a pool of as many
+//! connections as the suite's storm has deliveries: SQLite runs one writer at a time, and the
+//! others really wait on its lock (`BEGIN IMMEDIATE`, with a busy timeout). Then what only
+//! SQLite has: deferred transactions, the schema a claim applies to a fresh file, keys packed
+//! on disk, and an outcome refused without a claim.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use oncely_core::{Error, Fingerprint, Key, LostReason, ManualClock, Oncely, Scope};
-use oncely_sqlite::inbox::{self, Inbox, InboxClaim, SqliteInbox};
+use oncely_conformance::inbox::{self, InboxDatabase, Inventory};
+use oncely_core::inbox::{Inbox, InboxClaim};
+use oncely_core::{Error, Fingerprint, Key, Oncely, Result, Scope, Store, async_trait};
+use oncely_sqlite::inbox::{self as sqlite_inbox, SqliteInbox};
 use oncely_sqlite::sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use oncely_sqlite::sqlx::{Sqlite, Transaction};
 use oncely_sqlite::{SqliteOptions, SqliteStore, sqlx};
 
-/// A pool of `connections` on a new file in `dir`, not migrated yet; and the file's path.
-async fn pool(dir: &Path, connections: u32) -> (SqlitePool, PathBuf) {
-    let path = dir.join("shop.db");
+/// Connections per pool: one for each delivery of the suite's storm, so all of them contend
+/// for the write lock at once.
+const CONNECTIONS: u32 = 64;
+
+/// A pool on the file `path` (created if missing, not migrated).
+async fn pool(path: &Path) -> SqlitePool {
     let options = SqliteConnectOptions::new()
-        .filename(&path)
+        .filename(path)
         .create_if_missing(true)
         .busy_timeout(Duration::from_secs(30));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(connections)
+    SqlitePoolOptions::new()
+        .max_connections(CONNECTIONS)
         .connect_with(options)
         .await
-        .unwrap();
-    (pool, path)
-}
-
-/// A pool on a migrated file that also holds the inventory example's tables.
-async fn inventory(dir: &Path, connections: u32) -> (SqlitePool, PathBuf) {
-    let (pool, path) = pool(dir, connections).await;
-    inbox::migrate(&mut pool.acquire().await.unwrap())
-        .await
-        .unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE orders (id INTEGER PRIMARY KEY, event_id TEXT NOT NULL, item TEXT NOT NULL); \
-         CREATE TABLE stock (item TEXT PRIMARY KEY, qty INTEGER NOT NULL); \
-         INSERT INTO stock VALUES ('apple', 100);",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    (pool, path)
-}
-
-async fn counts(pool: &SqlitePool) -> (i64, i64) {
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let qty: i64 = sqlx::query_scalar("SELECT qty FROM stock WHERE item = 'apple'")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    (orders, qty)
-}
-
-async fn take_one_apple(tx: &mut sqlx::SqliteConnection, event: &str) {
-    sqlx::query("INSERT INTO orders (event_id, item) VALUES (?1, 'apple')")
-        .bind(event.to_owned())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE stock SET qty = qty - 1 WHERE item = 'apple'")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sixty_four_concurrent_deliveries_place_one_order_and_take_stock_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pool, _) = inventory(dir.path(), 8).await;
-    let inbox = Inbox::new(Scope::new("orders-consumer").unwrap());
-    let executed = Arc::new(AtomicUsize::new(0));
-    let barrier = Arc::new(tokio::sync::Barrier::new(64));
-    let mut tasks = Vec::new();
-    for _ in 0..64 {
-        let (pool, inbox, executed, barrier) = (
-            pool.clone(),
-            inbox.clone(),
-            executed.clone(),
-            barrier.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let key = Key::new("evt-order-1001").unwrap();
-            barrier.wait().await;
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-            match inbox.claim(&mut tx, &key, None).await.unwrap() {
-                InboxClaim::New => {
-                    executed.fetch_add(1, Ordering::SeqCst);
-                    take_one_apple(&mut tx, "evt-order-1001").await;
-                    inbox
-                        .record_outcome(&mut tx, &key, b"order placed")
-                        .await
-                        .unwrap();
-                    tx.commit().await.unwrap();
-                }
-                InboxClaim::Duplicate(record) => {
-                    assert_eq!(record.outcome(), Some(&b"order placed"[..]));
-                    tx.rollback().await.unwrap();
-                }
-                other => panic!("{other:?}"),
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert_eq!(executed.load(Ordering::SeqCst), 1);
-    assert_eq!(counts(&pool).await, (1, 99));
-}
-
-#[tokio::test]
-async fn a_rolled_back_claim_leaves_the_key_claimable() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pool, _) = inventory(dir.path(), 2).await;
-    let inbox = Inbox::new(Scope::default());
-    let key = Key::new("evt-7").unwrap();
-
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    assert_eq!(
-        inbox.claim(&mut tx, &key, None).await.unwrap(),
-        InboxClaim::New
-    );
-    take_one_apple(&mut tx, "evt-7").await;
-    tx.rollback().await.unwrap(); // the handler failed after its claim
-
-    assert_eq!(counts(&pool).await, (0, 100));
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    assert_eq!(
-        inbox.claim(&mut tx, &key, None).await.unwrap(),
-        InboxClaim::New
-    );
-    take_one_apple(&mut tx, "evt-7").await;
-    tx.commit().await.unwrap();
-    assert_eq!(counts(&pool).await, (1, 99));
-
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    assert!(matches!(
-        inbox.claim(&mut tx, &key, None).await.unwrap(),
-        InboxClaim::Duplicate(_)
-    ));
-    tx.rollback().await.unwrap();
-}
-
-#[tokio::test]
-async fn the_inbox_and_the_store_share_one_history_both_ways() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pool, path) = inventory(dir.path(), 2).await;
-    let scope = Scope::new("payments").unwrap();
-    let inbox = Inbox::new(scope.clone());
-    let oncely = Oncely::new(Arc::new(
-        SqliteStore::open(SqliteOptions::new(&path)).unwrap(),
-    ));
-    // Canonical UUID keys are packed into 16 bytes: both sides must agree on that.
-    let from_store = Key::new("0f8fad5b-d9cb-469f-a165-70867728950e").unwrap();
-    let from_inbox = Key::new("7c9e6679-7425-40de-944b-e07fc1f90ae7").unwrap();
-
-    // Store -> inbox: a claim made through the store, still in progress, then completed.
-    let claim = oncely
-        .claim(&scope, &from_store, None)
-        .await
         .unwrap()
-        .into_new()
-        .unwrap();
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    assert!(matches!(
-        inbox.claim(&mut tx, &from_store, None).await.unwrap(),
-        InboxClaim::InProgress { retry_after } if retry_after > Duration::ZERO
-    ));
-    tx.rollback().await.unwrap();
-    oncely.complete(&claim, b"paid").await.unwrap();
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    match inbox.claim(&mut tx, &from_store, None).await.unwrap() {
-        InboxClaim::Duplicate(record) => assert_eq!(record.outcome(), Some(&b"paid"[..])),
-        other => panic!("{other:?}"),
-    }
-    tx.rollback().await.unwrap();
+}
 
-    // Inbox -> store: done in a transaction, then a duplicate to the store.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    assert_eq!(
-        inbox.claim(&mut tx, &from_inbox, None).await.unwrap(),
-        InboxClaim::New
-    );
-    inbox
-        .record_outcome(&mut tx, &from_inbox, b"shipped")
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    match oncely.claim(&scope, &from_inbox, None).await.unwrap() {
-        oncely_core::ClaimOutcome::Duplicate(record) => {
-            assert_eq!(record.outcome(), Some(&b"shipped"[..]))
-        }
-        other => panic!("{other:?}"),
-    }
+/// A new file in a directory of its own, migrated, with the inventory example's tables.
+struct Shop {
+    pool: SqlitePool,
+    path: PathBuf,
+    dir: tempfile::TempDir,
+}
 
-    // One representation on disk: both keys as 16-byte BLOBs in the one records table.
-    let stored: Vec<(String, i64)> =
-        sqlx::query_as("SELECT typeof(key), length(key) FROM oncely_records ORDER BY key")
-            .fetch_all(&pool)
+impl Shop {
+    async fn fresh() -> Shop {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shop.db");
+        let pool = pool(&path).await;
+        sqlite_inbox::migrate(&mut pool.acquire().await.unwrap())
             .await
             .unwrap();
-    assert_eq!(stored, vec![("blob".into(), 16), ("blob".into(), 16)]);
-}
-
-#[tokio::test]
-async fn an_expired_store_claim_is_taken_over_inside_the_transaction() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pool, path) = inventory(dir.path(), 2).await;
-    let clock = ManualClock::default();
-    let scope = Scope::new("payments").unwrap();
-    let key = Key::new("evt-11").unwrap();
-    let oncely = Oncely::new(Arc::new(
-        SqliteStore::open(SqliteOptions::new(&path)).unwrap(),
-    ))
-    .with_clock(clock.clone())
-    .with_lease(Duration::from_secs(30));
-    // A holder outside any transaction claims the key, then dies.
-    let crashed = oncely
-        .claim(&scope, &key, None)
+        sqlx::raw_sql(
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, event_id TEXT NOT NULL, item TEXT NOT NULL); \
+             CREATE TABLE stock (item TEXT PRIMARY KEY, qty INTEGER NOT NULL); \
+             INSERT INTO stock VALUES ('apple', 100);",
+        )
+        .execute(&pool)
         .await
-        .unwrap()
-        .into_new()
         .unwrap();
-    let inbox = Inbox::new(scope.clone()).with_clock(clock.clone());
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    assert!(matches!(
-        inbox.claim(&mut tx, &key, None).await.unwrap(),
-        InboxClaim::InProgress { .. }
-    ));
-    tx.rollback().await.unwrap();
-    clock.advance(Duration::from_secs(31));
-
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    assert_eq!(
-        inbox.claim(&mut tx, &key, None).await.unwrap(),
-        InboxClaim::New
-    );
-    take_one_apple(&mut tx, "evt-11").await;
-    tx.commit().await.unwrap();
-
-    let record = oncely.get(&scope, &key).await.unwrap().expect("recorded");
-    assert!(record.is_completed());
-    assert_eq!(record.attempt, 2);
-    // The dead holder is fenced out.
-    assert!(matches!(
-        oncely.complete(&crashed, b"late").await,
-        Err(Error::ClaimLost {
-            reason: LostReason::TakenOver,
-            ..
-        })
-    ));
-    assert_eq!(counts(&pool).await, (1, 99));
-}
-
-#[tokio::test]
-async fn the_same_key_with_another_payload_is_a_conflict() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pool, _) = inventory(dir.path(), 2).await;
-    let inbox = Inbox::new(Scope::default());
-    let key = Key::new("evt-12").unwrap();
-    let (paid, refunded) = (
-        Fingerprint::of_bytes(b"paid"),
-        Fingerprint::of_bytes(b"refund"),
-    );
-
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    assert_eq!(
-        inbox.claim(&mut tx, &key, Some(paid)).await.unwrap(),
-        InboxClaim::New
-    );
-    tx.commit().await.unwrap();
-
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    assert_eq!(
-        inbox.claim(&mut tx, &key, Some(refunded)).await.unwrap(),
-        InboxClaim::Conflict { stored: Some(paid) }
-    );
-    assert!(matches!(
-        inbox.claim(&mut tx, &key, Some(paid)).await.unwrap(),
-        InboxClaim::Duplicate(_)
-    ));
-    // No fingerprint given: no payload check asked for.
-    assert!(matches!(
-        inbox.claim(&mut tx, &key, None).await.unwrap(),
-        InboxClaim::Duplicate(_)
-    ));
-    tx.rollback().await.unwrap();
-}
-
-#[tokio::test]
-async fn after_retention_the_key_is_new_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pool, _) = inventory(dir.path(), 2).await;
-    let clock = ManualClock::default();
-    let inbox = Inbox::new(Scope::default())
-        .with_clock(clock.clone())
-        .with_retention(Duration::from_secs(3600));
-    let key = Key::new("evt-13").unwrap();
-    for expected_attempt in [1, 2] {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-        assert_eq!(
-            inbox.claim(&mut tx, &key, None).await.unwrap(),
-            InboxClaim::New
-        );
-        tx.commit().await.unwrap();
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-        match inbox.claim(&mut tx, &key, None).await.unwrap() {
-            InboxClaim::Duplicate(record) => assert_eq!(record.attempt, expected_attempt),
-            other => panic!("{other:?}"),
-        }
-        tx.rollback().await.unwrap();
-        clock.advance(Duration::from_secs(3601));
+        Shop { pool, path, dir }
     }
 }
 
-#[tokio::test]
-async fn a_deferred_transaction_that_read_first_fails_clearly_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pool, _) = inventory(dir.path(), 2).await;
+#[async_trait]
+impl InboxDatabase for Shop {
+    type Tx = Transaction<'static, Sqlite>;
+
+    async fn begin(&self) -> Self::Tx {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.unwrap()
+    }
+
+    async fn claim(
+        &self,
+        tx: &mut Self::Tx,
+        inbox: &Inbox,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<InboxClaim> {
+        inbox.claim(tx, key, fingerprint).await
+    }
+
+    async fn claim_many(
+        &self,
+        tx: &mut Self::Tx,
+        inbox: &Inbox,
+        items: &[(Key, Option<Fingerprint>)],
+    ) -> Result<Vec<InboxClaim>> {
+        inbox.claim_many(tx, items).await
+    }
+
+    async fn record_outcome(
+        &self,
+        tx: &mut Self::Tx,
+        inbox: &Inbox,
+        key: &Key,
+        outcome: &[u8],
+    ) -> Result<()> {
+        inbox.record_outcome(tx, key, outcome).await
+    }
+
+    async fn place_order(&self, tx: &mut Self::Tx, event: &Key) {
+        sqlx::query("INSERT INTO orders (event_id, item) VALUES (?1, 'apple')")
+            .bind(event.as_str().to_owned())
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+    }
+
+    async fn take_apple(&self, tx: &mut Self::Tx) {
+        sqlx::query("UPDATE stock SET qty = qty - 1 WHERE item = 'apple'")
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+    }
+
+    async fn commit(&self, tx: Self::Tx) {
+        tx.commit().await.unwrap();
+    }
+
+    async fn rollback(&self, tx: Self::Tx) {
+        tx.rollback().await.unwrap();
+    }
+
+    async fn inventory(&self) -> Inventory {
+        let (orders, events, apples): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT event_id), \
+             (SELECT qty FROM stock WHERE item = 'apple') FROM orders",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap();
+        Inventory {
+            orders,
+            events,
+            apples,
+        }
+    }
+
+    async fn store(&self) -> Arc<dyn Store> {
+        Arc::new(SqliteStore::open(SqliteOptions::new(&self.path)).expect("open store"))
+    }
+
+    fn is_deadlock(&self, _: &Error) -> bool {
+        // One writer at a time, the others wait on the lock: SQLite has no deadlock victims.
+        false
+    }
+}
+
+async fn a_deferred_transaction_that_read_first_fails_clearly_and_loses_nothing(db: Arc<Shop>) {
     let inbox = Inbox::new(Scope::default());
     let key = Key::new("evt-14").unwrap();
 
     // A plain (deferred) BEGIN: reading takes a snapshot, not the write lock...
-    let mut stale = pool.begin().await.unwrap();
+    let mut stale = db.pool.begin().await.unwrap();
     let _: i64 = sqlx::query_scalar("SELECT qty FROM stock WHERE item = 'apple'")
         .fetch_one(&mut *stale)
         .await
         .unwrap();
     // ...and another delivery commits meanwhile.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let mut tx = db.begin().await;
     assert_eq!(
         inbox.claim(&mut tx, &key, None).await.unwrap(),
         InboxClaim::New
     );
-    take_one_apple(&mut tx, "evt-14").await;
+    db.place_order(&mut tx, &key).await;
+    db.take_apple(&mut tx).await;
     tx.commit().await.unwrap();
 
     // The stale snapshot cannot be upgraded to a writer: SQLite answers busy at once.
@@ -346,19 +173,26 @@ async fn a_deferred_transaction_that_read_first_fails_clearly_and_loses_nothing(
     stale.rollback().await.unwrap();
 
     // Retried the right way, the delivery is a duplicate; the effect happened once.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let mut tx = db.begin().await;
     assert!(matches!(
         inbox.claim(&mut tx, &key, None).await.unwrap(),
         InboxClaim::Duplicate(_)
     ));
     tx.rollback().await.unwrap();
-    assert_eq!(counts(&pool).await, (1, 99));
+    assert_eq!(
+        db.inventory().await,
+        Inventory {
+            orders: 1,
+            events: 1,
+            apples: 99
+        }
+    );
 }
 
-#[tokio::test]
-async fn a_claim_on_a_fresh_file_applies_the_schema_the_store_then_accepts() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pool, path) = pool(dir.path(), 2).await; // no migrate
+async fn a_claim_on_a_fresh_file_applies_the_schema_the_store_then_accepts(db: Arc<Shop>) {
+    // Another file beside the shop's, never migrated.
+    let path = db.dir.path().join("fresh.db");
+    let pool = pool(&path).await;
     let inbox = Inbox::new(Scope::default());
     let key = Key::new("evt-15").unwrap();
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
@@ -389,7 +223,7 @@ async fn a_claim_on_a_fresh_file_applies_the_schema_the_store_then_accepts() {
             .is_some_and(|r| r.is_completed())
     );
     // migrate() on an up-to-date file changes nothing, and switches it to WAL.
-    inbox::migrate(&mut pool.acquire().await.unwrap())
+    sqlite_inbox::migrate(&mut pool.acquire().await.unwrap())
         .await
         .unwrap();
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
@@ -399,12 +233,39 @@ async fn a_claim_on_a_fresh_file_applies_the_schema_the_store_then_accepts() {
     assert_eq!(mode, "wal");
 }
 
-#[tokio::test]
-async fn record_outcome_without_a_claim_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pool, _) = inventory(dir.path(), 2).await;
+async fn uuid_keys_of_the_inbox_and_the_store_are_both_packed_into_16_byte_blobs(db: Arc<Shop>) {
+    let scope = Scope::new("payments").unwrap();
+    let inbox = Inbox::new(scope.clone());
+    let oncely = Oncely::new(db.store().await);
+    let from_store = Key::new("0f8fad5b-d9cb-469f-a165-70867728950e").unwrap();
+    let from_inbox = Key::new("7c9e6679-7425-40de-944b-e07fc1f90ae7").unwrap();
+
+    let claim = oncely
+        .claim(&scope, &from_store, None)
+        .await
+        .unwrap()
+        .into_new()
+        .unwrap();
+    oncely.complete(&claim, b"paid").await.unwrap();
+    let mut tx = db.begin().await;
+    assert_eq!(
+        inbox.claim(&mut tx, &from_inbox, None).await.unwrap(),
+        InboxClaim::New
+    );
+    tx.commit().await.unwrap();
+
+    // One representation on disk: both keys as 16-byte BLOBs in the one records table.
+    let stored: Vec<(String, i64)> =
+        sqlx::query_as("SELECT typeof(key), length(key) FROM oncely_records ORDER BY key")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, vec![("blob".into(), 16), ("blob".into(), 16)]);
+}
+
+async fn record_outcome_without_a_claim_is_an_error(db: Arc<Shop>) {
     let inbox = Inbox::new(Scope::default());
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let mut tx = db.begin().await;
     let err = inbox
         .record_outcome(&mut tx, &Key::new("never-claimed").unwrap(), b"x")
         .await
@@ -412,53 +273,12 @@ async fn record_outcome_without_a_claim_is_an_error() {
     assert!(err.to_string().contains("claim the key"), "{err}");
 }
 
-#[tokio::test]
-async fn a_batch_answers_in_order_and_rolls_back_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pool, _) = inventory(dir.path(), 2).await;
-    let inbox = Inbox::new(Scope::new("orders-consumer").unwrap());
-    let key = |k: &str| Key::new(k).unwrap();
-    let (one, two) = (
-        Some(Fingerprint::of_bytes(b"order 1")),
-        Some(Fingerprint::of_bytes(b"order 2")),
-    );
-
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    let claims = inbox
-        .claim_many(
-            &mut tx,
-            &[
-                (key("b"), one),
-                (key("a"), one),
-                (key("b"), one),
-                (key("b"), two),
-            ],
-        )
-        .await
-        .unwrap();
-    assert_eq!(claims[..2], [InboxClaim::New, InboxClaim::New]);
-    assert!(matches!(claims[2], InboxClaim::Duplicate(_)), "{claims:?}");
-    assert!(
-        matches!(claims[3], InboxClaim::Conflict { .. }),
-        "{claims:?}"
-    );
-    tx.commit().await.unwrap();
-
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    let claims = inbox
-        .claim_many(&mut tx, &[(key("c"), one), (key("a"), one)])
-        .await
-        .unwrap();
-    assert_eq!(claims[0], InboxClaim::New);
-    assert!(matches!(claims[1], InboxClaim::Duplicate(_)), "{claims:?}");
-    tx.rollback().await.unwrap();
-
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    let claims = inbox
-        .claim_many(&mut tx, &[(key("a"), one), (key("c"), one)])
-        .await
-        .unwrap();
-    assert!(matches!(claims[0], InboxClaim::Duplicate(_)), "{claims:?}");
-    assert_eq!(claims[1], InboxClaim::New);
-    tx.commit().await.unwrap();
+fn main() {
+    let own = oncely_conformance::inbox_tests![
+        a_deferred_transaction_that_read_first_fails_clearly_and_loses_nothing,
+        a_claim_on_a_fresh_file_applies_the_schema_the_store_then_accepts,
+        uuid_keys_of_the_inbox_and_the_store_are_both_packed_into_16_byte_blobs,
+        record_outcome_without_a_claim_is_an_error,
+    ];
+    inbox::main(inbox::trials("sqlite", Shop::fresh, own));
 }
