@@ -2,7 +2,7 @@
 //! store's inbox on a real server.
 //!
 //! A store crate implements [`InboxDatabase`] for a fresh database holding oncely's tables and
-//! the inventory example's (`orders`, and `stock` with 100 apples): begin a transaction (as its
+//! the inventory example's ([`INVENTORY_TABLES`]): begin a transaction (as its
 //! inbox requires), claim through its inbox trait, do the example's writes, commit or roll back,
 //! count. Then a test target with `harness = false` hands [`main`] the [`trials`] for it, with
 //! the database's own tests beside the suite's, listed with [`inbox_tests!`](crate::inbox_tests)
@@ -21,12 +21,20 @@ use libtest_mimic::{Arguments, Trial};
 use oncely_core::inbox::{Inbox, InboxClaim};
 use oncely_core::{
     ClaimOutcome, Error, Fingerprint, Key, LostReason, ManualClock, Oncely, Result, Scope, Store,
-    async_trait,
 };
 use tokio::sync::Barrier;
 
 use crate::TestFuture;
 use crate::harness::{panic_text, runtime};
+use crate::suite::{fp, key, scope};
+
+/// The inventory example's tables, in SQL every database takes: `orders`, and `stock` with 100
+/// apples. A harness creates them in each fresh database.
+pub const INVENTORY_TABLES: [&str; 3] = [
+    "CREATE TABLE orders (event_id VARCHAR(64) NOT NULL, item VARCHAR(64) NOT NULL)",
+    "CREATE TABLE stock (item VARCHAR(64) PRIMARY KEY, qty BIGINT NOT NULL)",
+    "INSERT INTO stock VALUES ('apple', 100)",
+];
 
 /// What the inventory example's tables hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,65 +47,163 @@ pub struct Inventory {
     pub apples: i64,
 }
 
+impl Inventory {
+    /// Before any order.
+    pub const UNTOUCHED: Inventory = Inventory {
+        orders: 0,
+        events: 0,
+        apples: 100,
+    };
+    /// After one order, placed once.
+    pub const ONE_ORDER: Inventory = Inventory {
+        orders: 1,
+        events: 1,
+        apples: 99,
+    };
+}
+
 /// One fresh database of a SQL store, reached the way a user reaches it: transactions on a pool
 /// of real connections, the store's inbox trait inside them, the inventory example's writes
 /// beside it. Driver errors outside the inbox's own calls panic: they are the harness's bugs.
-#[async_trait]
+///
+/// The methods answer `Send` futures, so the suite can spawn them on a multi-threaded runtime;
+/// an implementation writes them as `async fn`. [`sqlx_inbox_calls!`](crate::sqlx_inbox_calls)
+/// writes the ones that read the same on every sqlx database.
 pub trait InboxDatabase: Send + Sync + 'static {
     /// An open transaction.
     type Tx: Send + 'static;
 
     /// Begins a transaction the way the store's inbox asks for (`BEGIN IMMEDIATE` for SQLite),
     /// waiting for a connection of the pool if all are busy.
-    async fn begin(&self) -> Self::Tx;
+    fn begin(&self) -> impl Future<Output = Self::Tx> + Send;
 
     /// `inbox.claim(&mut tx, key, fingerprint)`, through the store's inbox trait.
-    async fn claim(
+    fn claim(
         &self,
         tx: &mut Self::Tx,
         inbox: &Inbox,
         key: &Key,
         fingerprint: Option<Fingerprint>,
-    ) -> Result<InboxClaim>;
+    ) -> impl Future<Output = Result<InboxClaim>> + Send;
 
     /// `inbox.claim_many(&mut tx, items)`, through the store's inbox trait.
-    async fn claim_many(
+    fn claim_many(
         &self,
         tx: &mut Self::Tx,
         inbox: &Inbox,
         items: &[(Key, Option<Fingerprint>)],
-    ) -> Result<Vec<InboxClaim>>;
+    ) -> impl Future<Output = Result<Vec<InboxClaim>>> + Send;
 
     /// `inbox.record_outcome(&mut tx, key, outcome)`, through the store's inbox trait.
-    async fn record_outcome(
+    fn record_outcome(
         &self,
         tx: &mut Self::Tx,
         inbox: &Inbox,
         key: &Key,
         outcome: &[u8],
-    ) -> Result<()>;
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Inserts an order row for `event` (`INSERT INTO orders (event_id, item) ...`).
-    async fn place_order(&self, tx: &mut Self::Tx, event: &Key);
+    fn place_order(&self, tx: &mut Self::Tx, event: &Key) -> impl Future<Output = ()> + Send;
 
-    /// Takes one apple from stock (`UPDATE stock SET qty = qty - 1 ...`).
-    async fn take_apple(&self, tx: &mut Self::Tx);
+    /// Takes one apple from stock (`UPDATE stock SET qty = qty - 1 WHERE item = 'apple'`).
+    fn take_apple(&self, tx: &mut Self::Tx) -> impl Future<Output = ()> + Send;
+
+    /// The inventory example's effect for `event`: its order placed, its apple taken.
+    fn sell_an_apple(&self, tx: &mut Self::Tx, event: &Key) -> impl Future<Output = ()> + Send {
+        async move {
+            self.place_order(tx, event).await;
+            self.take_apple(tx).await;
+        }
+    }
 
     /// Commits `tx`.
-    async fn commit(&self, tx: Self::Tx);
+    fn commit(&self, tx: Self::Tx) -> impl Future<Output = ()> + Send;
 
     /// Rolls `tx` back.
-    async fn rollback(&self, tx: Self::Tx);
+    fn rollback(&self, tx: Self::Tx) -> impl Future<Output = ()> + Send;
 
     /// What the inventory tables hold now, read outside any transaction.
-    async fn inventory(&self) -> Inventory;
+    fn inventory(&self) -> impl Future<Output = Inventory> + Send;
 
     /// The store on this same database, for claims made outside any transaction.
-    async fn store(&self) -> Arc<dyn Store>;
+    fn store(&self) -> impl Future<Output = Arc<dyn Store>> + Send;
 
     /// Whether `error` says the database chose this transaction as a deadlock victim and rolled
     /// it back: users run such a transaction again, and so do the concurrent tests.
     fn is_deadlock(&self, error: &Error) -> bool;
+}
+
+/// Inside an `impl InboxDatabase` whose `Tx` is a `sqlx::Transaction`, the methods that read
+/// the same on every database: `claim`, `claim_many` and `record_outcome` through the store's
+/// inbox trait `$inbox` (e.g. `PostgresInbox`), `take_apple`, `commit`, `rollback`, and
+/// `inventory` read through the pool in the field `$pool`.
+#[macro_export]
+macro_rules! sqlx_inbox_calls {
+    ($inbox:path, $pool:ident) => {
+        async fn claim(
+            &self,
+            tx: &mut Self::Tx,
+            inbox: &::oncely_core::inbox::Inbox,
+            key: &::oncely_core::Key,
+            fingerprint: ::std::option::Option<::oncely_core::Fingerprint>,
+        ) -> ::oncely_core::Result<::oncely_core::inbox::InboxClaim> {
+            <::oncely_core::inbox::Inbox as $inbox>::claim(inbox, &mut **tx, key, fingerprint).await
+        }
+
+        async fn claim_many(
+            &self,
+            tx: &mut Self::Tx,
+            inbox: &::oncely_core::inbox::Inbox,
+            items: &[(
+                ::oncely_core::Key,
+                ::std::option::Option<::oncely_core::Fingerprint>,
+            )],
+        ) -> ::oncely_core::Result<::std::vec::Vec<::oncely_core::inbox::InboxClaim>> {
+            <::oncely_core::inbox::Inbox as $inbox>::claim_many(inbox, &mut **tx, items).await
+        }
+
+        async fn record_outcome(
+            &self,
+            tx: &mut Self::Tx,
+            inbox: &::oncely_core::inbox::Inbox,
+            key: &::oncely_core::Key,
+            outcome: &[u8],
+        ) -> ::oncely_core::Result<()> {
+            <::oncely_core::inbox::Inbox as $inbox>::record_outcome(inbox, &mut **tx, key, outcome)
+                .await
+        }
+
+        async fn take_apple(&self, tx: &mut Self::Tx) {
+            ::sqlx::query("UPDATE stock SET qty = qty - 1 WHERE item = 'apple'")
+                .execute(&mut **tx)
+                .await
+                .unwrap();
+        }
+
+        async fn commit(&self, tx: Self::Tx) {
+            tx.commit().await.unwrap();
+        }
+
+        async fn rollback(&self, tx: Self::Tx) {
+            tx.rollback().await.unwrap();
+        }
+
+        async fn inventory(&self) -> $crate::inbox::Inventory {
+            let (orders, events, apples) = ::sqlx::query_as(
+                "SELECT count(*), count(DISTINCT event_id), \
+                 (SELECT qty FROM stock WHERE item = 'apple') FROM orders",
+            )
+            .fetch_one(&self.$pool)
+            .await
+            .unwrap();
+            $crate::inbox::Inventory {
+                orders,
+                events,
+                apples,
+            }
+        }
+    };
 }
 
 /// One behaviour (or one database's own test) over a fresh database.
@@ -169,18 +275,6 @@ pub fn main(trials: Vec<Trial>) -> ! {
     libtest_mimic::run(&Arguments::from_args(), trials).exit()
 }
 
-fn key(k: &str) -> Key {
-    Key::new(k).expect("valid test key")
-}
-
-fn scope(s: &str) -> Scope {
-    Scope::new(s).expect("valid test scope")
-}
-
-fn fp(s: &str) -> Option<Fingerprint> {
-    Some(Fingerprint::of_bytes(s.as_bytes()))
-}
-
 /// A claim made through the store, outside any transaction.
 async fn store_claim(oncely: &Oncely, scope: &Scope, key: &Key) -> oncely_core::Claim {
     oncely
@@ -189,6 +283,21 @@ async fn store_claim(oncely: &Oncely, scope: &Scope, key: &Key) -> oncely_core::
         .unwrap()
         .into_new()
         .expect("the store's claim is new")
+}
+
+/// Begins a transaction and claims `key` in it, which must be new.
+async fn begin_and_claim_new<D: InboxDatabase>(
+    db: &D,
+    inbox: &Inbox,
+    key: &Key,
+    fingerprint: Option<Fingerprint>,
+) -> D::Tx {
+    let mut tx = db.begin().await;
+    assert_eq!(
+        db.claim(&mut tx, inbox, key, fingerprint).await.unwrap(),
+        InboxClaim::New
+    );
+    tx
 }
 
 fn assert_fenced(result: Result<()>) {
@@ -230,8 +339,7 @@ async fn sixty_four_concurrent_deliveries_place_one_order_and_take_stock_once<D:
                 match db.claim(&mut tx, &inbox, &key, None).await {
                     Ok(InboxClaim::New) => {
                         executed.fetch_add(1, Ordering::SeqCst);
-                        db.place_order(&mut tx, &key).await;
-                        db.take_apple(&mut tx).await;
+                        db.sell_an_apple(&mut tx, &key).await;
                         match db
                             .record_outcome(&mut tx, &inbox, &key, b"order placed")
                             .await
@@ -270,51 +378,22 @@ async fn sixty_four_concurrent_deliveries_place_one_order_and_take_stock_once<D:
         deadlocks.load(Ordering::SeqCst)
     );
     assert_eq!(executed.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        db.inventory().await,
-        Inventory {
-            orders: 1,
-            events: 1,
-            apples: 99
-        }
-    );
+    assert_eq!(db.inventory().await, Inventory::ONE_ORDER);
 }
 
 async fn a_rolled_back_claim_leaves_the_key_claimable<D: InboxDatabase>(db: Arc<D>) {
     let inbox = Inbox::new(Scope::default());
     let key = key("evt-7");
-    let untouched = Inventory {
-        orders: 0,
-        events: 0,
-        apples: 100,
-    };
 
-    let mut tx = db.begin().await;
-    assert_eq!(
-        db.claim(&mut tx, &inbox, &key, None).await.unwrap(),
-        InboxClaim::New
-    );
-    db.place_order(&mut tx, &key).await;
-    db.take_apple(&mut tx).await;
+    let mut tx = begin_and_claim_new(&*db, &inbox, &key, None).await;
+    db.sell_an_apple(&mut tx, &key).await;
     db.rollback(tx).await; // the handler failed after its claim
 
-    assert_eq!(db.inventory().await, untouched);
-    let mut tx = db.begin().await;
-    assert_eq!(
-        db.claim(&mut tx, &inbox, &key, None).await.unwrap(),
-        InboxClaim::New
-    );
-    db.place_order(&mut tx, &key).await;
-    db.take_apple(&mut tx).await;
+    assert_eq!(db.inventory().await, Inventory::UNTOUCHED);
+    let mut tx = begin_and_claim_new(&*db, &inbox, &key, None).await;
+    db.sell_an_apple(&mut tx, &key).await;
     db.commit(tx).await;
-    assert_eq!(
-        db.inventory().await,
-        Inventory {
-            orders: 1,
-            events: 1,
-            apples: 99
-        }
-    );
+    assert_eq!(db.inventory().await, Inventory::ONE_ORDER);
 
     let mut tx = db.begin().await;
     assert!(matches!(
@@ -349,11 +428,7 @@ async fn the_inbox_and_the_store_share_one_history_both_ways<D: InboxDatabase>(d
     db.rollback(tx).await;
 
     // Inbox -> store: done in a transaction, then a duplicate to the store.
-    let mut tx = db.begin().await;
-    assert_eq!(
-        db.claim(&mut tx, &inbox, &from_inbox, None).await.unwrap(),
-        InboxClaim::New
-    );
+    let mut tx = begin_and_claim_new(&*db, &inbox, &from_inbox, None).await;
     db.record_outcome(&mut tx, &inbox, &from_inbox, b"shipped")
         .await
         .unwrap();
@@ -382,38 +457,22 @@ async fn an_expired_store_claim_is_taken_over_inside_the_transaction<D: InboxDat
     db.rollback(tx).await;
     clock.advance(Duration::from_secs(31));
 
-    let mut tx = db.begin().await;
-    assert_eq!(
-        db.claim(&mut tx, &inbox, &key, None).await.unwrap(),
-        InboxClaim::New
-    );
-    db.place_order(&mut tx, &key).await;
-    db.take_apple(&mut tx).await;
+    let mut tx = begin_and_claim_new(&*db, &inbox, &key, None).await;
+    db.sell_an_apple(&mut tx, &key).await;
     db.commit(tx).await;
 
     let record = oncely.get(&scope, &key).await.unwrap().expect("recorded");
     assert!(record.is_completed());
     assert_eq!(record.attempt, 2);
     assert_fenced(oncely.complete(&crashed, b"late").await);
-    assert_eq!(
-        db.inventory().await,
-        Inventory {
-            orders: 1,
-            events: 1,
-            apples: 99
-        }
-    );
+    assert_eq!(db.inventory().await, Inventory::ONE_ORDER);
 }
 
 async fn the_same_key_with_another_payload_is_a_conflict<D: InboxDatabase>(db: Arc<D>) {
     let inbox = Inbox::new(Scope::default());
     let key = key("evt-12");
 
-    let mut tx = db.begin().await;
-    assert_eq!(
-        db.claim(&mut tx, &inbox, &key, fp("paid")).await.unwrap(),
-        InboxClaim::New
-    );
+    let tx = begin_and_claim_new(&*db, &inbox, &key, fp("paid")).await;
     db.commit(tx).await;
 
     let mut tx = db.begin().await;
@@ -440,11 +499,7 @@ async fn after_retention_the_key_is_new_again<D: InboxDatabase>(db: Arc<D>) {
         .with_retention(Duration::from_secs(3600));
     let key = key("evt-13");
     for expected_attempt in [1, 2] {
-        let mut tx = db.begin().await;
-        assert_eq!(
-            db.claim(&mut tx, &inbox, &key, None).await.unwrap(),
-            InboxClaim::New
-        );
+        let tx = begin_and_claim_new(&*db, &inbox, &key, None).await;
         db.commit(tx).await;
         let mut tx = db.begin().await;
         match db.claim(&mut tx, &inbox, &key, None).await.unwrap() {

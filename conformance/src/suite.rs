@@ -82,15 +82,15 @@ fn setup(store: Arc<dyn Store>) -> (Oncely, ManualClock) {
     (oncely, clock)
 }
 
-fn key(k: &str) -> Key {
+pub(crate) fn key(k: &str) -> Key {
     Key::new(k).expect("valid test key")
 }
 
-fn scope(s: &str) -> Scope {
+pub(crate) fn scope(s: &str) -> Scope {
     Scope::new(s).expect("valid test scope")
 }
 
-fn fp(s: &str) -> Option<Fingerprint> {
+pub(crate) fn fp(s: &str) -> Option<Fingerprint> {
     Some(Fingerprint::of_bytes(s.as_bytes()))
 }
 

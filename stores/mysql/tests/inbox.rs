@@ -9,15 +9,14 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use oncely_conformance::inbox::{self, InboxDatabase, Inventory};
-use oncely_core::inbox::{Inbox, InboxClaim};
-use oncely_core::{Error, Fingerprint, Key, Result, Store, async_trait};
+use oncely_conformance::inbox::{self, InboxDatabase};
+use oncely_core::{Error, Key, Store};
 use oncely_mysql::MySqlStore;
 use oncely_mysql::inbox::MySqlInbox;
 use sqlx::mysql::{MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::{Executor, MySql, MySqlPool, Transaction};
 
-/// A fresh database with the inventory example's tables, whose connections run their
+/// A fresh database with the inventory example's tables (InnoDB), whose connections run their
 /// transactions at one isolation level; and its URL.
 struct Shop {
     pool: MySqlPool,
@@ -36,6 +35,9 @@ impl Shop {
             .max_connections(70)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
+                    // The inventory tables too are transactional, whatever the server's default.
+                    conn.execute("SET SESSION default_storage_engine = InnoDB")
+                        .await?;
                     let set = format!("SET SESSION TRANSACTION ISOLATION LEVEL {isolation}");
                     conn.execute(sqlx::AssertSqlSafe(set)).await.map(drop)
                 })
@@ -58,18 +60,13 @@ impl Shop {
         };
         assert_eq!(level, isolation.replace(' ', "-"));
         drop(conn);
-        for ddl in [
-            "CREATE TABLE orders (id INT AUTO_INCREMENT PRIMARY KEY, event_id VARCHAR(64) NOT NULL, item VARCHAR(64) NOT NULL) ENGINE = InnoDB",
-            "CREATE TABLE stock (item VARCHAR(64) PRIMARY KEY, qty INT NOT NULL) ENGINE = InnoDB",
-            "INSERT INTO stock VALUES ('apple', 100)",
-        ] {
+        for ddl in inbox::INVENTORY_TABLES {
             sqlx::query(ddl).execute(&pool).await.unwrap();
         }
         Shop { pool, url }
     }
 }
 
-#[async_trait]
 impl InboxDatabase for Shop {
     type Tx = Transaction<'static, MySql>;
 
@@ -77,34 +74,7 @@ impl InboxDatabase for Shop {
         self.pool.begin().await.unwrap()
     }
 
-    async fn claim(
-        &self,
-        tx: &mut Self::Tx,
-        inbox: &Inbox,
-        key: &Key,
-        fingerprint: Option<Fingerprint>,
-    ) -> Result<InboxClaim> {
-        inbox.claim(tx, key, fingerprint).await
-    }
-
-    async fn claim_many(
-        &self,
-        tx: &mut Self::Tx,
-        inbox: &Inbox,
-        items: &[(Key, Option<Fingerprint>)],
-    ) -> Result<Vec<InboxClaim>> {
-        inbox.claim_many(tx, items).await
-    }
-
-    async fn record_outcome(
-        &self,
-        tx: &mut Self::Tx,
-        inbox: &Inbox,
-        key: &Key,
-        outcome: &[u8],
-    ) -> Result<()> {
-        inbox.record_outcome(tx, key, outcome).await
-    }
+    oncely_conformance::sqlx_inbox_calls!(MySqlInbox, pool);
 
     async fn place_order(&self, tx: &mut Self::Tx, event: &Key) {
         sqlx::query("INSERT INTO orders (event_id, item) VALUES (?, 'apple')")
@@ -112,36 +82,6 @@ impl InboxDatabase for Shop {
             .execute(&mut **tx)
             .await
             .unwrap();
-    }
-
-    async fn take_apple(&self, tx: &mut Self::Tx) {
-        sqlx::query("UPDATE stock SET qty = qty - 1 WHERE item = 'apple'")
-            .execute(&mut **tx)
-            .await
-            .unwrap();
-    }
-
-    async fn commit(&self, tx: Self::Tx) {
-        tx.commit().await.unwrap();
-    }
-
-    async fn rollback(&self, tx: Self::Tx) {
-        tx.rollback().await.unwrap();
-    }
-
-    async fn inventory(&self) -> Inventory {
-        let (orders, events, apples): (i64, i64, i32) = sqlx::query_as(
-            "SELECT count(*), count(DISTINCT event_id), \
-             (SELECT qty FROM stock WHERE item = 'apple') FROM orders",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap();
-        Inventory {
-            orders,
-            events,
-            apples: apples.into(),
-        }
     }
 
     async fn store(&self) -> Arc<dyn Store> {

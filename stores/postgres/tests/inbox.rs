@@ -4,9 +4,8 @@
 
 use std::sync::Arc;
 
-use oncely_conformance::inbox::{self, InboxDatabase, Inventory};
-use oncely_core::inbox::{Inbox, InboxClaim};
-use oncely_core::{Error, Fingerprint, Key, Result, Store, async_trait};
+use oncely_conformance::inbox::{self, InboxDatabase};
+use oncely_core::{Error, Key, Store};
 use oncely_postgres::PostgresStore;
 use oncely_postgres::inbox::PostgresInbox;
 use sqlx::postgres::PgPoolOptions;
@@ -29,19 +28,13 @@ impl Shop {
             .connect(&url)
             .await
             .unwrap();
-        sqlx::raw_sql(
-            "CREATE TABLE orders (id serial PRIMARY KEY, event_id text NOT NULL, item text NOT NULL); \
-             CREATE TABLE stock (item text PRIMARY KEY, qty integer NOT NULL); \
-             INSERT INTO stock VALUES ('apple', 100);",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
+        for ddl in inbox::INVENTORY_TABLES {
+            sqlx::query(ddl).execute(&pool).await.unwrap();
+        }
         Shop { pool, url }
     }
 }
 
-#[async_trait]
 impl InboxDatabase for Shop {
     type Tx = Transaction<'static, Postgres>;
 
@@ -49,34 +42,7 @@ impl InboxDatabase for Shop {
         self.pool.begin().await.unwrap()
     }
 
-    async fn claim(
-        &self,
-        tx: &mut Self::Tx,
-        inbox: &Inbox,
-        key: &Key,
-        fingerprint: Option<Fingerprint>,
-    ) -> Result<InboxClaim> {
-        inbox.claim(tx, key, fingerprint).await
-    }
-
-    async fn claim_many(
-        &self,
-        tx: &mut Self::Tx,
-        inbox: &Inbox,
-        items: &[(Key, Option<Fingerprint>)],
-    ) -> Result<Vec<InboxClaim>> {
-        inbox.claim_many(tx, items).await
-    }
-
-    async fn record_outcome(
-        &self,
-        tx: &mut Self::Tx,
-        inbox: &Inbox,
-        key: &Key,
-        outcome: &[u8],
-    ) -> Result<()> {
-        inbox.record_outcome(tx, key, outcome).await
-    }
+    oncely_conformance::sqlx_inbox_calls!(PostgresInbox, pool);
 
     async fn place_order(&self, tx: &mut Self::Tx, event: &Key) {
         sqlx::query("INSERT INTO orders (event_id, item) VALUES ($1, 'apple')")
@@ -84,36 +50,6 @@ impl InboxDatabase for Shop {
             .execute(&mut **tx)
             .await
             .unwrap();
-    }
-
-    async fn take_apple(&self, tx: &mut Self::Tx) {
-        sqlx::query("UPDATE stock SET qty = qty - 1 WHERE item = 'apple'")
-            .execute(&mut **tx)
-            .await
-            .unwrap();
-    }
-
-    async fn commit(&self, tx: Self::Tx) {
-        tx.commit().await.unwrap();
-    }
-
-    async fn rollback(&self, tx: Self::Tx) {
-        tx.rollback().await.unwrap();
-    }
-
-    async fn inventory(&self) -> Inventory {
-        let (orders, events, apples): (i64, i64, i32) = sqlx::query_as(
-            "SELECT count(*), count(DISTINCT event_id), \
-             (SELECT qty FROM stock WHERE item = 'apple') FROM orders",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap();
-        Inventory {
-            orders,
-            events,
-            apples: apples.into(),
-        }
     }
 
     async fn store(&self) -> Arc<dyn Store> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use oncely_conformance::inbox::{self, InboxDatabase, Inventory};
 use oncely_core::inbox::{Inbox, InboxClaim};
-use oncely_core::{Error, Fingerprint, Key, Oncely, Result, Scope, Store, async_trait};
+use oncely_core::{Error, Key, Oncely, Scope, Store};
 use oncely_sqlite::inbox::{self as sqlite_inbox, SqliteInbox};
 use oncely_sqlite::sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use oncely_sqlite::sqlx::{Sqlite, Transaction};
@@ -49,19 +49,13 @@ impl Shop {
         sqlite_inbox::migrate(&mut pool.acquire().await.unwrap())
             .await
             .unwrap();
-        sqlx::raw_sql(
-            "CREATE TABLE orders (id INTEGER PRIMARY KEY, event_id TEXT NOT NULL, item TEXT NOT NULL); \
-             CREATE TABLE stock (item TEXT PRIMARY KEY, qty INTEGER NOT NULL); \
-             INSERT INTO stock VALUES ('apple', 100);",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
+        for ddl in inbox::INVENTORY_TABLES {
+            sqlx::query(ddl).execute(&pool).await.unwrap();
+        }
         Shop { pool, path, dir }
     }
 }
 
-#[async_trait]
 impl InboxDatabase for Shop {
     type Tx = Transaction<'static, Sqlite>;
 
@@ -69,34 +63,7 @@ impl InboxDatabase for Shop {
         self.pool.begin_with("BEGIN IMMEDIATE").await.unwrap()
     }
 
-    async fn claim(
-        &self,
-        tx: &mut Self::Tx,
-        inbox: &Inbox,
-        key: &Key,
-        fingerprint: Option<Fingerprint>,
-    ) -> Result<InboxClaim> {
-        inbox.claim(tx, key, fingerprint).await
-    }
-
-    async fn claim_many(
-        &self,
-        tx: &mut Self::Tx,
-        inbox: &Inbox,
-        items: &[(Key, Option<Fingerprint>)],
-    ) -> Result<Vec<InboxClaim>> {
-        inbox.claim_many(tx, items).await
-    }
-
-    async fn record_outcome(
-        &self,
-        tx: &mut Self::Tx,
-        inbox: &Inbox,
-        key: &Key,
-        outcome: &[u8],
-    ) -> Result<()> {
-        inbox.record_outcome(tx, key, outcome).await
-    }
+    oncely_conformance::sqlx_inbox_calls!(SqliteInbox, pool);
 
     async fn place_order(&self, tx: &mut Self::Tx, event: &Key) {
         sqlx::query("INSERT INTO orders (event_id, item) VALUES (?1, 'apple')")
@@ -104,36 +71,6 @@ impl InboxDatabase for Shop {
             .execute(&mut **tx)
             .await
             .unwrap();
-    }
-
-    async fn take_apple(&self, tx: &mut Self::Tx) {
-        sqlx::query("UPDATE stock SET qty = qty - 1 WHERE item = 'apple'")
-            .execute(&mut **tx)
-            .await
-            .unwrap();
-    }
-
-    async fn commit(&self, tx: Self::Tx) {
-        tx.commit().await.unwrap();
-    }
-
-    async fn rollback(&self, tx: Self::Tx) {
-        tx.rollback().await.unwrap();
-    }
-
-    async fn inventory(&self) -> Inventory {
-        let (orders, events, apples): (i64, i64, i64) = sqlx::query_as(
-            "SELECT count(*), count(DISTINCT event_id), \
-             (SELECT qty FROM stock WHERE item = 'apple') FROM orders",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap();
-        Inventory {
-            orders,
-            events,
-            apples,
-        }
     }
 
     async fn store(&self) -> Arc<dyn Store> {
@@ -162,8 +99,7 @@ async fn a_deferred_transaction_that_read_first_fails_clearly_and_loses_nothing(
         inbox.claim(&mut tx, &key, None).await.unwrap(),
         InboxClaim::New
     );
-    db.place_order(&mut tx, &key).await;
-    db.take_apple(&mut tx).await;
+    db.sell_an_apple(&mut tx, &key).await;
     tx.commit().await.unwrap();
 
     // The stale snapshot cannot be upgraded to a writer: SQLite answers busy at once.
@@ -179,14 +115,7 @@ async fn a_deferred_transaction_that_read_first_fails_clearly_and_loses_nothing(
         InboxClaim::Duplicate(_)
     ));
     tx.rollback().await.unwrap();
-    assert_eq!(
-        db.inventory().await,
-        Inventory {
-            orders: 1,
-            events: 1,
-            apples: 99
-        }
-    );
+    assert_eq!(db.inventory().await, Inventory::ONE_ORDER);
 }
 
 async fn a_claim_on_a_fresh_file_applies_the_schema_the_store_then_accepts(db: Arc<Shop>) {
