@@ -240,6 +240,7 @@ suite!(
     a_batch_answers_in_order_and_rolls_back_whole,
     concurrent_batches_over_the_same_keys_place_each_order_once,
     a_batch_takes_over_an_expired_claim,
+    record_outcome_needs_the_key_completed_in_the_transaction,
 );
 
 /// One test per behaviour of the suite, then one per test of `own` (the database's own, over
@@ -641,4 +642,36 @@ async fn a_batch_takes_over_an_expired_claim<D: InboxDatabase>(db: Arc<D>) {
     assert_eq!(record.outcome(), Some(&b""[..]));
     assert_eq!(record.attempt, 2);
     assert_fenced(oncely.complete(&crashed, b"late").await);
+}
+
+async fn record_outcome_needs_the_key_completed_in_the_transaction<D: InboxDatabase>(db: Arc<D>) {
+    let scope = scope("payments");
+    let inbox = Inbox::new(scope.clone());
+    // Never claimed: the outcome would be lost, so it is an error.
+    let mut tx = db.begin().await;
+    let err = db
+        .record_outcome(&mut tx, &inbox, &key("never-claimed"), b"x")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("claim the key"), "{err}");
+    db.rollback(tx).await;
+    // Held by a claim made through the store, still in progress: not the inbox's to complete.
+    let oncely = Oncely::new(db.store().await);
+    let held = key("held-by-the-store");
+    let _claim = store_claim(&oncely, &scope, &held).await;
+    let mut tx = db.begin().await;
+    let err = db
+        .record_outcome(&mut tx, &inbox, &held, b"x")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("claim the key"), "{err}");
+    db.rollback(tx).await;
+    assert!(
+        !oncely
+            .get(&scope, &held)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_completed()
+    );
 }

@@ -69,8 +69,9 @@ pub trait InboxTransaction: Send {
     /// Overwrites the locked row of `record`'s key with `record`.
     async fn take_over(&mut self, record: &Record) -> Result<()>;
 
-    /// Sets the stored outcome of (scope, key).
-    async fn set_outcome(&mut self, scope: &Scope, key: &Key, outcome: &[u8]) -> Result<()>;
+    /// Sets the stored outcome of (scope, key) if its record is completed; answers whether it
+    /// was.
+    async fn set_outcome(&mut self, scope: &Scope, key: &Key, outcome: &[u8]) -> Result<bool>;
 }
 
 /// How often the key may vanish (purged, released) between insert and lock before giving up.
@@ -172,14 +173,26 @@ impl Inbox {
         Ok(outcomes.into_iter().map(InboxClaim::from).collect())
     }
 
-    /// Stores `outcome` with a key claimed as [`InboxClaim::New`] in the same transaction.
+    /// Stores `outcome` with a key claimed as [`InboxClaim::New`] in the same transaction. A key
+    /// with no completed record (never claimed, or held by a claim made through the store) is
+    /// an error: the outcome would be lost.
     pub async fn record_outcome_in<T: InboxTransaction + ?Sized>(
         &self,
         tx: &mut T,
         key: &Key,
         outcome: &[u8],
     ) -> Result<()> {
-        tx.set_outcome(&self.scope, key, outcome).await
+        if tx.set_outcome(&self.scope, key, outcome).await? {
+            return Ok(());
+        }
+        Err(Error::Backend {
+            store: "inbox (your transaction)".into(),
+            source: format!(
+                "no completed record of {}/{} to store an outcome with: claim the key in this transaction first",
+                self.scope, key
+            )
+            .into(),
+        })
     }
 }
 

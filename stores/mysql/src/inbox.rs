@@ -180,15 +180,18 @@ impl InboxTransaction for InboxTx<'_> {
         Ok(())
     }
 
-    async fn set_outcome(&mut self, scope: &Scope, key: &Key, outcome: &[u8]) -> Result<()> {
-        sqlx::query("UPDATE oncely_records SET outcome = ? WHERE scope = ? AND `key` = ?")
-            .bind(outcome)
-            .bind(scope.as_str().as_bytes())
-            .bind(key.as_str().as_bytes())
-            .execute(&mut *self.conn)
-            .await
-            .map_err(backend)?;
-        Ok(())
+    async fn set_outcome(&mut self, scope: &Scope, key: &Key, outcome: &[u8]) -> Result<bool> {
+        // sqlx asks for found rows, so an outcome equal to the stored one still counts.
+        let done = sqlx::query(
+            "UPDATE oncely_records SET outcome = ? WHERE scope = ? AND `key` = ? AND completed",
+        )
+        .bind(outcome)
+        .bind(scope.as_str().as_bytes())
+        .bind(key.as_str().as_bytes())
+        .execute(&mut *self.conn)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
     }
 }
 

@@ -173,15 +173,17 @@ impl InboxTransaction for InboxTx<'_> {
         self.write(TAKE_OVER_COMPLETED, record).await.map(drop)
     }
 
-    async fn set_outcome(&mut self, scope: &Scope, key: &Key, outcome: &[u8]) -> Result<()> {
-        sqlx::query("UPDATE oncely_records SET outcome = $3 WHERE scope = $1 AND key = $2")
-            .bind(scope.as_str().as_bytes())
-            .bind(key.as_str().as_bytes())
-            .bind(outcome)
-            .execute(&mut *self.0)
-            .await
-            .map_err(backend)?;
-        Ok(())
+    async fn set_outcome(&mut self, scope: &Scope, key: &Key, outcome: &[u8]) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE oncely_records SET outcome = $3 WHERE scope = $1 AND key = $2 AND completed",
+        )
+        .bind(scope.as_str().as_bytes())
+        .bind(key.as_str().as_bytes())
+        .bind(outcome)
+        .execute(&mut *self.0)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
     }
 }
 

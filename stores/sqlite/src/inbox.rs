@@ -225,7 +225,8 @@ impl InboxTransaction for InboxTx<'_> {
         Ok(())
     }
 
-    async fn set_outcome(&mut self, scope: &Scope, key: &Key, outcome: &[u8]) -> Result<()> {
+    async fn set_outcome(&mut self, scope: &Scope, key: &Key, outcome: &[u8]) -> Result<bool> {
+        // oncely_records holds completed records only (claims are in oncely_claims).
         let done = sqlx::query(UPDATE_OUTCOME)
             .bind(scope.as_str())
             .bind(StoredKey::of(key))
@@ -233,16 +234,7 @@ impl InboxTransaction for InboxTx<'_> {
             .execute(&mut *self.conn)
             .await
             .map_err(backend)?;
-        if done.rows_affected() != 1 {
-            return Err(Error::Backend {
-                store: STORE.into(),
-                source: format!(
-                    "no completed record of {scope}/{key} to store an outcome with: claim the key in this transaction first"
-                )
-                .into(),
-            });
-        }
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 }
 

@@ -192,22 +192,11 @@ async fn uuid_keys_of_the_inbox_and_the_store_are_both_packed_into_16_byte_blobs
     assert_eq!(stored, vec![("blob".into(), 16), ("blob".into(), 16)]);
 }
 
-async fn record_outcome_without_a_claim_is_an_error(db: Arc<Shop>) {
-    let inbox = Inbox::new(Scope::default());
-    let mut tx = db.begin().await;
-    let err = inbox
-        .record_outcome(&mut tx, &Key::new("never-claimed").unwrap(), b"x")
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("claim the key"), "{err}");
-}
-
 fn main() {
     let own = oncely_conformance::inbox_tests![
         a_deferred_transaction_that_read_first_fails_clearly_and_loses_nothing,
         a_claim_on_a_fresh_file_applies_the_schema_the_store_then_accepts,
         uuid_keys_of_the_inbox_and_the_store_are_both_packed_into_16_byte_blobs,
-        record_outcome_without_a_claim_is_an_error,
     ];
     inbox::main(inbox::trials("sqlite", Shop::fresh, own));
 }
