@@ -706,6 +706,12 @@ async fn a_gateway_killed_mid_storm_and_restarted_loses_no_completed_record_on_p
     storm_killed(&servers::postgres_url().await, dir.path()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_mid_storm_and_restarted_loses_no_completed_record_on_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    storm_killed(&servers::redis_url().await, dir.path()).await;
+}
+
 /// A storm (3,000 requests over 600 keys) through a gateway on `store` that is SIGKILLed once
 /// 500 answers have arrived, then restarted on the same store and upstream. Every key the
 /// client saw answered before the kill is a completed record: it replays that answer byte for
