@@ -136,6 +136,14 @@ where
     Ok(outcomes)
 }
 
+/// Whether a batch decided by [`claim_in_transaction`] wrote anything: only a `New` claim writes
+/// (an insert, or a takeover). A batch that wrote nothing (all duplicates, say: replays of
+/// answered requests) can end with a rollback, which answers the same (its decisions were made
+/// on rows it had locked) and skips the commit's synced log write.
+pub fn claimed_any(outcomes: &[ClaimOutcome]) -> bool {
+    outcomes.iter().any(|o| matches!(o, ClaimOutcome::New(_)))
+}
+
 fn id(req: &ClaimRequest) -> RecordId {
     (req.scope.clone(), req.key.clone())
 }

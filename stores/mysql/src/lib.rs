@@ -49,7 +49,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction};
+use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction, claimed_any};
 use oncely_core::group::DEFAULT_MAX_BATCH;
 use oncely_core::lifecycle::{check_holder, claim_lost, complete_record, decide_version};
 use oncely_core::url::{count_param, flag_param, redact_password};
@@ -613,7 +613,12 @@ impl Store for MySqlStore {
             };
             match claim_in_transaction(&mut claim_tx, &self.url, requests, now).await {
                 Ok(outcomes) => {
-                    tx.commit().await.map_err(|e| self.err(e))?;
+                    if claimed_any(&outcomes) {
+                        tx.commit().await.map_err(|e| self.err(e))?;
+                    } else {
+                        // Row locks only: nothing to make durable.
+                        tx.rollback().await.map_err(|e| self.err(e))?;
+                    }
                     return Ok(outcomes);
                 }
                 Err(error) => match claim_tx.failed.take() {

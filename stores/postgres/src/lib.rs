@@ -45,7 +45,7 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
-use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction};
+use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction, claimed_any};
 use oncely_core::group::DEFAULT_MAX_BATCH;
 use oncely_core::lifecycle::{claim_lost, decide_version};
 use oncely_core::url::{count_param, flag_param, redact_password};
@@ -534,7 +534,12 @@ impl Store for PostgresStore {
             // then rolls one back whole (nothing was claimed), and it runs again.
             match claim_in_transaction(&mut claim_tx, &self.url, requests, now).await {
                 Ok(outcomes) => {
-                    tx.commit().await.map_err(|e| self.err(e))?;
+                    if claimed_any(&outcomes) {
+                        tx.commit().await.map_err(|e| self.err(e))?;
+                    } else {
+                        // Row locks only: nothing to make durable (no WAL flush for a replay).
+                        tx.rollback().await.map_err(|e| self.err(e))?;
+                    }
                     return Ok(outcomes);
                 }
                 Err(e) if deadlocked(&e) && tries < RETRIES => tries += 1,
