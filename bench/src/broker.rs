@@ -170,11 +170,7 @@ pub fn run(config: &BrokerConfig, progress: &dyn Progress) -> Result<Vec<BrokerR
     let naive_workload = workload.prefix(config.naive_events.min(config.events));
     // Two workers: the broker clients' connection tasks, the runner's tasks and the drivers
     // share them (SQLite's writer is a thread of its own).
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let runtime = crate::two_workers()?;
     runtime.block_on(async {
         let mut namespaces = config
             .store

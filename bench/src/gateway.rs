@@ -119,11 +119,7 @@ pub fn run(
     progress: &dyn Progress,
 ) -> Result<Vec<GatewayRun>, BenchError> {
     // Client, gateway and upstream share the two cores (with the store's server, if any).
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let runtime = crate::two_workers()?;
     runtime.block_on(async {
         let executions = Arc::new(AtomicU64::new(0));
         let upstream = start_upstream(executions.clone()).await?;

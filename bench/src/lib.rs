@@ -239,6 +239,16 @@ pub fn run(config: &BenchConfig, progress: &dyn Progress) -> Result<Vec<RunResul
     Ok(results)
 }
 
+/// A runtime of two workers: a benchmark's client shares the machine's two cores with what it
+/// measures (a server, a gateway, a broker).
+pub(crate) fn two_workers() -> Result<tokio::runtime::Runtime, BenchError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Other(e.to_string()))
+}
+
 /// The five contenders on a database server, each in a fresh namespace, all dropped after.
 fn run_server(
     config: &BenchConfig,
@@ -248,11 +258,7 @@ fn run_server(
     progress: &dyn Progress,
 ) -> Result<Vec<RunResult>, BenchError> {
     // The server shares the two cores: two workers drive the claimants and the drivers.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let runtime = two_workers()?;
     runtime.block_on(async {
         let mut namespaces = server::Namespaces::new(config.store, &config.url);
         let results = async {
@@ -320,11 +326,7 @@ fn run_redis(
     preload: &Workload,
     progress: &dyn Progress,
 ) -> Result<Vec<RunResult>, BenchError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| BenchError::Other(e.to_string()))?;
+    let runtime = two_workers()?;
     // oncely's own parameters go to oncely's store only; the baselines take the bare server.
     let prefixes = fresh::RedisPrefixes::new(&config.url);
     let driver_url = &prefixes.driver_url;
