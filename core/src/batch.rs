@@ -136,6 +136,48 @@ where
     Ok(outcomes)
 }
 
+/// Answers, from rows read without a lock, the requests whose key has a completed, live record:
+/// a duplicate (or a conflict of fingerprints), decided as a claim would decide it. Such a record
+/// changes only once it expires, so the answer needs no lock and no write: a replay costs a
+/// read. Returns each request's answer where there is one, and the requests left to claim, in
+/// order; [`merge_settled`] puts their outcomes back in place.
+pub fn settle_by_read(
+    requests: &[ClaimRequest],
+    found: &HashMap<RecordId, Record>,
+    now: Timestamp,
+) -> (Vec<Option<ClaimOutcome>>, Vec<ClaimRequest>) {
+    let mut settled = Vec::with_capacity(requests.len());
+    let mut rest = Vec::new();
+    for req in requests {
+        let answer = found
+            .get(&id(req))
+            .filter(|record| record.is_completed())
+            .map(|record| decide_claim(Some(record), req, now))
+            .filter(|decision| decision.write.is_none())
+            .map(|decision| decision.outcome);
+        if answer.is_none() {
+            rest.push(req.clone());
+        }
+        settled.push(answer);
+    }
+    (settled, rest)
+}
+
+/// The answers of [`settle_by_read`] with `claimed`, the outcomes of the requests it left, in
+/// their places.
+pub fn merge_settled(
+    settled: Vec<Option<ClaimOutcome>>,
+    claimed: Vec<ClaimOutcome>,
+) -> Vec<ClaimOutcome> {
+    let mut claimed = claimed.into_iter();
+    settled
+        .into_iter()
+        .map(|answer| {
+            answer.unwrap_or_else(|| claimed.next().expect("one outcome per request left"))
+        })
+        .collect()
+}
+
 /// Whether a batch decided by [`claim_in_transaction`] wrote anything: only a `New` claim writes
 /// (an insert, or a takeover). A batch that wrote nothing (all duplicates, say: replays of
 /// answered requests) can end with a rollback, which answers the same (its decisions were made
@@ -146,4 +188,82 @@ pub fn claimed_any(outcomes: &[ClaimOutcome]) -> bool {
 
 fn id(req: &ClaimRequest) -> RecordId {
     (req.scope.clone(), req.key.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{Fingerprint, RecordState};
+
+    fn request(key: &str, fingerprint: &[u8]) -> ClaimRequest {
+        ClaimRequest::new(
+            Scope::default(),
+            Key::new(key).unwrap(),
+            Some(Fingerprint::of_bytes(fingerprint)),
+            Duration::from_secs(30),
+        )
+    }
+
+    fn record(key: &str, completed: bool, expires_at: i64) -> (RecordId, Record) {
+        let id = (Scope::default(), Key::new(key).unwrap());
+        let state = if completed {
+            RecordState::Completed {
+                outcome: b"done".to_vec(),
+            }
+        } else {
+            RecordState::InProgress
+        };
+        let record = Record {
+            scope: id.0.clone(),
+            key: id.1.clone(),
+            state,
+            fingerprint: Some(Fingerprint::of_bytes(b"a")),
+            token: 7,
+            attempt: 1,
+            created_at: Timestamp::from_millis(0),
+            expires_at: Timestamp::from_millis(expires_at),
+        };
+        (id, record)
+    }
+
+    #[test]
+    fn only_live_completed_records_are_answered_by_a_read() {
+        let now = Timestamp::from_millis(1_000);
+        let found: HashMap<RecordId, Record> = [
+            record("done", true, 2_000),
+            record("held", false, 2_000),
+            record("expired", true, 500),
+        ]
+        .into_iter()
+        .collect();
+        let requests = [
+            request("done", b"a"),
+            request("held", b"a"),
+            request("new", b"a"),
+            request("done", b"other"),
+            request("expired", b"a"),
+        ];
+        let (settled, rest) = settle_by_read(&requests, &found, now);
+        assert!(matches!(settled[0], Some(ClaimOutcome::Duplicate(_))));
+        assert!(matches!(settled[3], Some(ClaimOutcome::Conflict { .. })));
+        let left: Vec<&str> = rest.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(left, ["held", "new", "expired"]);
+
+        // The claimed outcomes go back in the places of the requests left.
+        let claimed = vec![
+            ClaimOutcome::InProgress {
+                retry_after: Duration::from_secs(1),
+            },
+            decide_claim(None, &rest[1], now).outcome,
+            decide_claim(None, &rest[2], now).outcome,
+        ];
+        let merged = merge_settled(settled, claimed);
+        assert!(matches!(merged[0], ClaimOutcome::Duplicate(_)));
+        assert!(matches!(merged[1], ClaimOutcome::InProgress { .. }));
+        assert!(matches!(merged[2], ClaimOutcome::New(_)));
+        assert!(matches!(merged[3], ClaimOutcome::Conflict { .. }));
+        assert!(matches!(merged[4], ClaimOutcome::New(_)));
+    }
 }

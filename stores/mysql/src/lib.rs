@@ -49,7 +49,10 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction, claimed_any};
+use oncely_core::batch::{
+    ClaimTransaction, RecordId, Taken, claim_in_transaction, claimed_any, merge_settled,
+    settle_by_read,
+};
 use oncely_core::group::DEFAULT_MAX_BATCH;
 use oncely_core::lifecycle::{check_holder, claim_lost, complete_record, decide_version};
 use oncely_core::url::{count_param, flag_param, redact_password};
@@ -262,6 +265,29 @@ impl MySqlStore {
             store: self.url.clone(),
             source: detail.into(),
         }
+    }
+
+    /// The records of the requests' keys, read without a lock (a consistent read).
+    async fn read_many(&self, requests: &[ClaimRequest]) -> Result<HashMap<RecordId, Record>> {
+        let ids: Vec<(&[u8], &[u8])> = requests
+            .iter()
+            .map(|r| (r.scope.as_str().as_bytes(), r.key.as_str().as_bytes()))
+            .collect();
+        let mut ids = padded(&ids);
+        ids.sort_unstable();
+        let (condition, values) = rows_of(&ids);
+        let select = format!("SELECT {COLUMNS} FROM oncely_records WHERE {condition}");
+        let mut query = sqlx::query(AssertSqlSafe(select));
+        for value in values {
+            query = query.bind(value);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(|e| self.err(e))?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let record = self.record(row)?;
+            found.insert((record.scope.clone(), record.key.clone()), record);
+        }
+        Ok(found)
     }
 
     fn record(&self, row: &MySqlRow) -> Result<Record> {
@@ -603,6 +629,11 @@ impl Store for MySqlStore {
         requests: &[ClaimRequest],
         now: Timestamp,
     ) -> Result<Vec<ClaimOutcome>> {
+        // Keys already done are answered from a plain read: no transaction, no lock, no write.
+        let (settled, requests) = settle_by_read(requests, &self.read_many(requests).await?, now);
+        if requests.is_empty() {
+            return Ok(merge_settled(settled, Vec::new()));
+        }
         let mut tries = 0;
         loop {
             let mut tx = self.begin().await?;
@@ -611,7 +642,7 @@ impl Store for MySqlStore {
                 store: &self.url,
                 failed: None,
             };
-            match claim_in_transaction(&mut claim_tx, &self.url, requests, now).await {
+            match claim_in_transaction(&mut claim_tx, &self.url, &requests, now).await {
                 Ok(outcomes) => {
                     if claimed_any(&outcomes) {
                         tx.commit().await.map_err(|e| self.err(e))?;
@@ -619,7 +650,7 @@ impl Store for MySqlStore {
                         // Row locks only: nothing to make durable.
                         tx.rollback().await.map_err(|e| self.err(e))?;
                     }
-                    return Ok(outcomes);
+                    return Ok(merge_settled(settled, outcomes));
                 }
                 Err(error) => match claim_tx.failed.take() {
                     Some(e) if is(&e, DEADLOCK) && tries < RETRIES => {

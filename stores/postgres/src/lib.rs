@@ -45,7 +45,10 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
-use oncely_core::batch::{ClaimTransaction, Taken, claim_in_transaction, claimed_any};
+use oncely_core::batch::{
+    ClaimTransaction, RecordId, Taken, claim_in_transaction, claimed_any, merge_settled,
+    settle_by_read,
+};
 use oncely_core::group::DEFAULT_MAX_BATCH;
 use oncely_core::lifecycle::{claim_lost, decide_version};
 use oncely_core::url::{count_param, flag_param, redact_password};
@@ -223,6 +226,32 @@ impl PostgresStore {
 
     fn err(&self, e: sqlx::Error) -> Error {
         error(&self.url, e)
+    }
+
+    /// The records of the requests' keys, read without a lock or a transaction.
+    async fn read_many(&self, requests: &[ClaimRequest]) -> Result<HashMap<RecordId, Record>> {
+        let rows = sqlx::query(SELECT_MANY)
+            .bind(
+                requests
+                    .iter()
+                    .map(|r| r.scope.as_str().as_bytes())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                requests
+                    .iter()
+                    .map(|r| r.key.as_str().as_bytes())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let record = self.record(row)?;
+            found.insert((record.scope.clone(), record.key.clone()), record);
+        }
+        Ok(found)
     }
 
     fn record(&self, row: &PgRow) -> Result<Record> {
@@ -522,6 +551,11 @@ impl Store for PostgresStore {
         if self.partitioned.is_some() {
             return self.partitioned_claim_many(requests, now).await;
         }
+        // Keys already done are answered from a plain read: no transaction, no lock, no write.
+        let (settled, requests) = settle_by_read(requests, &self.read_many(requests).await?, now);
+        if requests.is_empty() {
+            return Ok(merge_settled(settled, Vec::new()));
+        }
         let mut tries = 0;
         loop {
             let mut tx = self.begin().await?;
@@ -532,15 +566,15 @@ impl Store for PostgresStore {
             // Fresh keys are inserted, then existing ones locked: each pass is in key order, but
             // two concurrent batches can still wait on each other across the passes. PostgreSQL
             // then rolls one back whole (nothing was claimed), and it runs again.
-            match claim_in_transaction(&mut claim_tx, &self.url, requests, now).await {
+            match claim_in_transaction(&mut claim_tx, &self.url, &requests, now).await {
                 Ok(outcomes) => {
                     if claimed_any(&outcomes) {
                         tx.commit().await.map_err(|e| self.err(e))?;
                     } else {
-                        // Row locks only: nothing to make durable (no WAL flush for a replay).
+                        // Row locks only: nothing to make durable (no WAL flush).
                         tx.rollback().await.map_err(|e| self.err(e))?;
                     }
-                    return Ok(outcomes);
+                    return Ok(merge_settled(settled, outcomes));
                 }
                 Err(e) if deadlocked(&e) && tries < RETRIES => tries += 1,
                 Err(e) => return Err(e),
