@@ -115,3 +115,16 @@ pub enum Error {
 
 /// `Result` with oncely's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A driver's error as a store reports it: [`Error::Unavailable`] when the store could not
+    /// be reached (`unreachable`: I/O, pool, TLS), else [`Error::Backend`].
+    pub fn driver(store: impl Into<String>, unreachable: bool, source: BoxError) -> Error {
+        let store = store.into();
+        if unreachable {
+            Error::Unavailable { store, source }
+        } else {
+            Error::Backend { store, source }
+        }
+    }
+}

@@ -245,19 +245,7 @@ impl MySqlStore {
     }
 
     fn err(&self, e: sqlx::Error) -> Error {
-        match e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_) => Error::Unavailable {
-                store: self.url.clone(),
-                source: e.into(),
-            },
-            other => Error::Backend {
-                store: self.url.clone(),
-                source: other.into(),
-            },
-        }
+        Error::driver(&self.url, unreachable(&e), e.into())
     }
 
     fn backend(&self, detail: String) -> Error {
@@ -268,7 +256,11 @@ impl MySqlStore {
     }
 
     /// The records of the requests' keys, read without a lock (a consistent read).
-    async fn read_many(&self, requests: &[ClaimRequest]) -> Result<HashMap<RecordId, Record>> {
+    async fn read_many(
+        &self,
+        conn: &mut MySqlConnection,
+        requests: &[ClaimRequest],
+    ) -> Result<HashMap<RecordId, Record>> {
         let ids: Vec<(&[u8], &[u8])> = requests
             .iter()
             .map(|r| (r.scope.as_str().as_bytes(), r.key.as_str().as_bytes()))
@@ -281,7 +273,7 @@ impl MySqlStore {
         for value in values {
             query = query.bind(value);
         }
-        let rows = query.fetch_all(&self.pool).await.map_err(|e| self.err(e))?;
+        let rows = query.fetch_all(conn).await.map_err(|e| self.err(e))?;
         let mut found = HashMap::with_capacity(rows.len());
         for row in &rows {
             let record = self.record(row)?;
@@ -465,6 +457,17 @@ fn padded<T: Copy>(items: &[T]) -> Vec<T> {
     padded
 }
 
+/// Whether `e` says the server could not be reached, rather than answering with an error.
+pub(crate) fn unreachable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+    )
+}
+
 /// A condition matching the rows of `ids`, sorted (so rows of one scope are adjacent), and the
 /// values to bind to it in order: `(scope = ? AND `key` IN (?, ...)) OR ...`, one group per
 /// scope. MariaDB reads that as ranges of the primary key; the row constructor
@@ -629,14 +632,17 @@ impl Store for MySqlStore {
         requests: &[ClaimRequest],
         now: Timestamp,
     ) -> Result<Vec<ClaimOutcome>> {
-        // Keys already done are answered from a plain read: no transaction, no lock, no write.
-        let (settled, requests) = settle_by_read(requests, &self.read_many(requests).await?, now);
-        if requests.is_empty() {
-            return Ok(merge_settled(settled, Vec::new()));
-        }
         let mut tries = 0;
         loop {
             let mut tx = self.begin().await?;
+            // Keys already done are answered from a plain read: no lock, no write. On the
+            // transaction's connection: one connection per batch, whatever runtime it was made on.
+            let found = self.read_many(&mut tx, requests).await?;
+            let (settled, requests) = settle_by_read(requests, &found, now);
+            if requests.is_empty() {
+                tx.rollback().await.map_err(|e| self.err(e))?;
+                return Ok(merge_settled(settled, Vec::new()));
+            }
             let mut claim_tx = ClaimTx {
                 conn: &mut tx,
                 store: &self.url,

@@ -35,7 +35,7 @@ use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, MySql, MySqlConnection, Row};
 
-use crate::MySqlStore;
+use crate::{MySqlStore, unreachable};
 
 /// The outbox on a MySQL transaction: `outbox.enqueue(&mut tx, &message)`.
 #[async_trait]
@@ -138,20 +138,7 @@ impl MySqlOutboxStore {
     }
 
     fn err(&self, what: &str, e: sqlx::Error) -> Error {
-        let source = format!("{what}: {e}").into();
-        match e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_) => Error::Unavailable {
-                store: self.url.clone(),
-                source,
-            },
-            _ => Error::Backend {
-                store: self.url.clone(),
-                source,
-            },
-        }
+        Error::driver(&self.url, unreachable(&e), format!("{what}: {e}").into())
     }
 
     fn row(&self, row: &MySqlRow) -> Result<OutboxRow> {

@@ -228,8 +228,12 @@ impl PostgresStore {
         error(&self.url, e)
     }
 
-    /// The records of the requests' keys, read without a lock or a transaction.
-    async fn read_many(&self, requests: &[ClaimRequest]) -> Result<HashMap<RecordId, Record>> {
+    /// The records of the requests' keys, read without a lock.
+    async fn read_many(
+        &self,
+        conn: &mut PgConnection,
+        requests: &[ClaimRequest],
+    ) -> Result<HashMap<RecordId, Record>> {
         let rows = sqlx::query(SELECT_MANY)
             .bind(
                 requests
@@ -243,7 +247,7 @@ impl PostgresStore {
                     .map(|r| r.key.as_str().as_bytes())
                     .collect::<Vec<_>>(),
             )
-            .fetch_all(&self.pool)
+            .fetch_all(conn)
             .await
             .map_err(|e| self.err(e))?;
         let mut found = HashMap::with_capacity(rows.len());
@@ -412,19 +416,18 @@ pub(crate) fn record_from_row(row: &PgRow) -> std::result::Result<Record, String
 
 /// A driver error as the store reports it; `store` names the store (its URL).
 pub(crate) fn error(store: &str, e: sqlx::Error) -> Error {
-    match e {
+    Error::driver(store, unreachable(&e), e.into())
+}
+
+/// Whether `e` says the server could not be reached, rather than answering with an error.
+pub(crate) fn unreachable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
         sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_) => Error::Unavailable {
-            store: store.to_owned(),
-            source: e.into(),
-        },
-        other => Error::Backend {
-            store: store.to_owned(),
-            source: other.into(),
-        },
-    }
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+    )
 }
 
 /// A claim batch's transaction; the statements are PostgreSQL's, the orchestration the core's.
@@ -551,14 +554,17 @@ impl Store for PostgresStore {
         if self.partitioned.is_some() {
             return self.partitioned_claim_many(requests, now).await;
         }
-        // Keys already done are answered from a plain read: no transaction, no lock, no write.
-        let (settled, requests) = settle_by_read(requests, &self.read_many(requests).await?, now);
-        if requests.is_empty() {
-            return Ok(merge_settled(settled, Vec::new()));
-        }
         let mut tries = 0;
         loop {
             let mut tx = self.begin().await?;
+            // Keys already done are answered from a plain read: no lock, no write. On the
+            // transaction's connection: one connection per batch, whatever runtime it was made on.
+            let found = self.read_many(&mut tx, requests).await?;
+            let (settled, requests) = settle_by_read(requests, &found, now);
+            if requests.is_empty() {
+                tx.rollback().await.map_err(|e| self.err(e))?;
+                return Ok(merge_settled(settled, Vec::new()));
+            }
             let mut claim_tx = ClaimTx {
                 conn: &mut tx,
                 store: &self.url,

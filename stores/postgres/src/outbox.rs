@@ -62,7 +62,7 @@ use oncely_core::{Error, Result, async_trait};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
-use crate::PostgresStore;
+use crate::{PostgresStore, unreachable};
 
 /// The outbox on a PostgreSQL transaction: `outbox.enqueue(&mut tx, &message)`. See the module
 /// docs.
@@ -182,20 +182,7 @@ impl PostgresOutboxStore {
     }
 
     fn err(&self, what: &str, e: sqlx::Error) -> Error {
-        let source = format!("{what}: {e}").into();
-        match e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_) => Error::Unavailable {
-                store: self.url.clone(),
-                source,
-            },
-            _ => Error::Backend {
-                store: self.url.clone(),
-                source,
-            },
-        }
+        Error::driver(&self.url, unreachable(&e), format!("{what}: {e}").into())
     }
 
     fn row(&self, row: &PgRow) -> Result<OutboxRow> {

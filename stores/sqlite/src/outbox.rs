@@ -288,19 +288,11 @@ impl SqliteOutboxStore {
     }
 
     fn err(&self, what: &str, e: sqlx::Error) -> Error {
-        let source = format!("{what}: {e}").into();
-        match e {
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-                Error::Unavailable {
-                    store: self.url.clone(),
-                    source,
-                }
-            }
-            _ => Error::Backend {
-                store: self.url.clone(),
-                source,
-            },
-        }
+        let unreachable = matches!(
+            e,
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+        );
+        Error::driver(&self.url, unreachable, format!("{what}: {e}").into())
     }
 
     fn row(&self, row: &SqliteRow) -> Result<OutboxRow> {
