@@ -29,8 +29,10 @@ use crate::stop::Stop;
 pub struct ConsumeArgs {
     /// The broker and what to consume:
     /// nats://[USER:PASS@]HOST[:PORT]/STREAM/CONSUMER[?OPTIONS] (a durable JetStream pull
-    /// consumer, created if missing) or amqp://[USER:PASS@]HOST[:PORT][/VHOST]/QUEUE[?OPTIONS]
-    /// (an existing RabbitMQ queue; VHOST %2f is the default vhost).
+    /// consumer, created if missing), amqp://[USER:PASS@]HOST[:PORT][/VHOST]/QUEUE[?OPTIONS]
+    /// (an existing RabbitMQ queue; VHOST %2f is the default vhost) or
+    /// kafka://HOST[:PORT][,HOST...]/TOPIC?group=NAME[&OPTIONS] (an existing topic, read by a
+    /// consumer group, in order per partition).
     #[arg(long, value_name = "URL")]
     from: String,
 
@@ -44,14 +46,14 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "URL")]
     deliver: String,
 
-    /// Namespace of the keys in the store [default: the queue (RabbitMQ) or STREAM/CONSUMER
-    /// (NATS)]. Give two consumers of one flow the same scope to deduplicate between them.
+    /// Namespace of the keys in the store [default: the queue (RabbitMQ), STREAM/CONSUMER
+    /// (NATS) or TOPIC/GROUP (Kafka)]. Give two consumers of one flow the same scope to deduplicate between them.
     #[arg(long, value_name = "NAME", value_parser = crate::parse_scope)]
     scope: Option<Scope>,
 
     /// Where messages that failed every attempt go, with their error in the Oncely-Error
-    /// header: a RabbitMQ queue (declared if missing) or a NATS subject [default: QUEUE.dlq,
-    /// or STREAM.dlq kept in the stream STREAM_DLQ]. Same as dlq=NAME in the --from URL.
+    /// header: a RabbitMQ queue (declared if missing), a NATS subject or a Kafka topic (created
+    /// if missing) [default: QUEUE.dlq; STREAM.dlq kept in the stream STREAM_DLQ; TOPIC.dlq]. Same as dlq=NAME in the --from URL.
     #[arg(long, value_name = "NAME")]
     dlq: Option<String>,
 
@@ -166,9 +168,10 @@ fn with_dlq(from: &str, dlq: Option<&str>) -> Result<String> {
         );
     }
     if dlq.is_empty() {
-        bail!("--dlq is empty: name a queue (RabbitMQ) or a subject (NATS)");
+        bail!("--dlq is empty: name a queue (RabbitMQ), a subject (NATS) or a topic (Kafka)");
     }
-    // RabbitMQ's URL percent-decodes the name; a NATS subject has nothing to encode.
+    // RabbitMQ's URL percent-decodes the name; a NATS subject or Kafka topic has nothing to
+    // encode.
     let dlq = if from.starts_with("amqp") {
         encode(dlq)
     } else {
@@ -198,6 +201,10 @@ fn default_scope(source: &AnySource) -> Result<Scope> {
     let name = match source {
         AnySource::Nats(source) => format!("{}/{}", source.stream(), source.consumer_name()),
         AnySource::Amqp(source) => source.queue().to_owned(),
+        AnySource::Kafka(source) => {
+            let options = source.options();
+            format!("{}/{}", options.topic, options.group)
+        }
         #[allow(unreachable_patterns)]
         _ => bail!("this broker has no default scope: give --scope"),
     };

@@ -92,6 +92,9 @@ enum Command {
     ///   oncely --store sqlite:/var/lib/oncely/emails.db consume \
     ///       --from amqp://guest:guest@127.0.0.1:5672/%2f/emails --key /emailId \
     ///       --deliver http://127.0.0.1:8080/send --concurrency 8 --max-attempts 10
+    ///
+    ///   oncely consume --from 'kafka://127.0.0.1:9092/orders?group=billing' --key message-id \
+    ///       --deliver http://127.0.0.1:8080/orders --concurrency 4
     #[command(verbatim_doc_comment)]
     Consume(consume::ConsumeArgs),
     /// Put the Idempotency-Key header in front of any HTTP service: a reverse proxy to --upstream

@@ -20,8 +20,10 @@ pub struct RelayArgs {
     outbox: String,
 
     /// Where to publish: nats://[USER:PASS@]HOST[:PORT][/SUBJECT] (JetStream; a stream must
-    /// capture the subject) or amqp://[USER:PASS@]HOST[:PORT][/VHOST]/ROUTING_KEY[?exchange=NAME]
-    /// (RabbitMQ; without exchange the routing key is a queue). The subject or routing key is
+    /// capture the subject), amqp://[USER:PASS@]HOST[:PORT][/VHOST]/ROUTING_KEY[?exchange=NAME]
+    /// (RabbitMQ; without exchange the routing key is a queue) or
+    /// kafka://HOST[:PORT][,HOST...][/TOPIC] (the idempotent producer; the row's aggregate is
+    /// the Kafka key, its id the Oncely-Message-Id header). The subject, routing key or topic is
     /// for rows that name no destination of their own.
     #[arg(long, env = "ONCELY_RELAY_TO", value_name = "URL")]
     to: String,

@@ -74,7 +74,44 @@ struct Parts {
     payload: Vec<u8>,
     headers: Vec<(String, String)>,
     message_id: Option<String>,
+    ordering_key: Option<String>,
+    position: Option<Position>,
     source: String,
+}
+
+/// Where a message sits in a partitioned log (a Kafka topic partition), as its consumer group
+/// reads it: what a handler stores with its effect when the consumer's offsets live in the
+/// same database ([`OffsetStore`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// The consumer group reading it.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The message's offset in the partition.
+    pub offset: i64,
+}
+
+impl Position {
+    /// The offset to resume from once this message is done: the next one.
+    pub fn next_offset(&self) -> i64 {
+        self.offset + 1
+    }
+}
+
+/// Consumer offsets kept in your own database, written by your handler in the transaction of
+/// its effect (so the effect and "this message is consumed" commit together) and read back by
+/// the consumer when a partition is assigned to it, to start exactly after the last effect.
+///
+/// The SQL stores implement it (`oncely_postgres::offsets::PostgresOffsets`, ...); their `save`
+/// takes your transaction.
+#[async_trait]
+pub trait OffsetStore: Send + Sync + 'static {
+    /// The next offset to read of each partition of `topic` that `group` has stored, as
+    /// `(partition, offset)`.
+    async fn load(&self, group: &str, topic: &str) -> crate::Result<Vec<(i32, i64)>>;
 }
 
 impl Message {
@@ -84,6 +121,8 @@ impl Message {
             payload,
             headers: Vec::new(),
             message_id: None,
+            ordering_key: None,
+            position: None,
             source: source.into(),
         }))
     }
@@ -91,6 +130,19 @@ impl Message {
     /// With the broker's (or producer's) message id.
     pub fn with_message_id(mut self, id: impl Into<String>) -> Self {
         Arc::make_mut(&mut self.0).message_id = Some(id.into());
+        self
+    }
+
+    /// With an ordering key: messages of one key keep their order (the Kafka record key, the
+    /// SQS FIFO message group). The outbox relay sets it to the row's aggregate.
+    pub fn with_ordering_key(mut self, key: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.0).ordering_key = Some(key.into());
+        self
+    }
+
+    /// With where it sits in a partitioned log.
+    pub fn with_position(mut self, position: Position) -> Self {
+        Arc::make_mut(&mut self.0).position = Some(position);
         self
     }
 
@@ -126,6 +178,16 @@ impl Message {
         self.0.message_id.as_deref()
     }
 
+    /// The ordering key, if it has one (see [`with_ordering_key`](Self::with_ordering_key)).
+    pub fn ordering_key(&self) -> Option<&str> {
+        self.0.ordering_key.as_deref()
+    }
+
+    /// Where it sits in a partitioned log, for consumers of one (Kafka).
+    pub fn position(&self) -> Option<&Position> {
+        self.0.position.as_ref()
+    }
+
     /// Where it was consumed from.
     pub fn source(&self) -> &str {
         &self.0.source
@@ -138,6 +200,8 @@ impl fmt::Debug for Message {
             .field("source", &self.0.source)
             .field("message_id", &self.0.message_id)
             .field("headers", &self.0.headers)
+            .field("ordering_key", &self.0.ordering_key)
+            .field("position", &self.0.position)
             .field("payload_len", &self.0.payload.len())
             .finish()
     }

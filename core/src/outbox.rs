@@ -216,14 +216,15 @@ pub struct OutboxRow {
 }
 
 impl OutboxRow {
-    /// The message to publish: payload, headers, and [`message_id`]`(origin, id)`. Its source is
-    /// the destination (empty for the default).
+    /// The message to publish: payload, headers, [`message_id`]`(origin, id)`, and the
+    /// aggregate as its ordering key. Its source is the destination (empty for the default).
     pub fn message(&self, origin: &str) -> Message {
         let mut message = Message::new(
             self.payload.clone(),
             self.destination.clone().unwrap_or_default(),
         )
-        .with_message_id(message_id(origin, self.id));
+        .with_message_id(message_id(origin, self.id))
+        .with_ordering_key(&self.aggregate);
         for (name, value) in &self.headers {
             message = message.with_header(name, value);
         }

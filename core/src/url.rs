@@ -1,5 +1,7 @@
 //! Store URLs: what every server store does with its connection string before the driver sees it.
 
+use std::time::Duration;
+
 use crate::{Error, Result};
 
 /// Removes `name=value` from a URL's query; answers the URL and the value, so a store can take
@@ -75,6 +77,34 @@ pub fn flag_param(url: &str, name: &str, default: bool) -> Result<(String, bool)
         }
     };
     Ok((rest, flag))
+}
+
+/// A positive duration as URL parameters write it: `250ms`, `30s`, `5m`, `1h`. The error names
+/// the parameter `name` and says what is accepted.
+///
+/// ```
+/// # use std::time::Duration;
+/// assert_eq!(oncely_core::url::parse_duration("ack_wait", "5m"), Ok(Duration::from_secs(300)));
+/// assert!(oncely_core::url::parse_duration("ack_wait", "5").is_err());
+/// ```
+pub fn parse_duration(name: &str, value: &str) -> Result<Duration, String> {
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let wait = number.parse::<u64>().ok().and_then(|n| match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    });
+    match wait {
+        Some(wait) if !wait.is_zero() => Ok(wait),
+        _ => Err(format!(
+            "{name} must be a positive duration like 500ms, 30s, 5m or 1h, not `{value}`"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,10 @@
 //! order twice and never loses one: the redelivery finds the record and is acked as a
 //! duplicate, or finds nothing and does the work.
 //!
+//! A message read from Kafka also carries its position (topic, partition, offset): it is saved
+//! in the same transaction ([`oncely_postgres::offsets`]), so a consumer that keeps its offsets
+//! here resumes exactly after the last committed effect.
+//!
 //! `orders.order_id` is deliberately *not* unique: the database does not hide a double apply,
 //! so the proofs (`tests/`) can see one if it ever happens.
 //!
@@ -20,6 +24,7 @@ use oncely::rabbitmq::lapin;
 use oncely_core::consumer::{Handled, Handler, HandlerError, Message};
 use oncely_core::{Error, Fingerprint, Key, Scope, async_trait};
 use oncely_postgres::inbox::{Inbox, InboxClaim, PostgresInbox};
+use oncely_postgres::offsets::PostgresOffsets;
 use sqlx::PgPool;
 
 /// The items the example stocks.
@@ -125,7 +130,16 @@ impl Handler for ReserveInventory {
             .map_err(store_error)?
         {
             InboxClaim::New => {}
-            InboxClaim::Duplicate(_) => return Ok(Handled::Duplicate),
+            InboxClaim::Duplicate(_) => {
+                // Consumed all the same: a consumer keeping its offsets here moves past it.
+                if let Some(position) = message.position() {
+                    PostgresOffsets::save(&mut tx, position)
+                        .await
+                        .map_err(store_error)?;
+                    tx.commit().await.map_err(db_error)?;
+                }
+                return Ok(Handled::Duplicate);
+            }
             InboxClaim::InProgress { retry_after } => {
                 return Ok(Handled::InProgress { retry_after });
             }
@@ -159,6 +173,12 @@ impl Handler for ReserveInventory {
             .record_outcome(&mut tx, key, b"reserved")
             .await
             .map_err(store_error)?;
+        // A Kafka consumer's offset commits with the effect (oncely_postgres::offsets).
+        if let Some(position) = message.position() {
+            PostgresOffsets::save(&mut tx, position)
+                .await
+                .map_err(store_error)?;
+        }
         tx.commit().await.map_err(db_error)?;
         Ok(Handled::Done)
     }

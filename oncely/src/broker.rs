@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `nats://[USER:PASS@]HOST[:PORT]/STREAM/CONSUMER[?dlq=SUBJECT&ack_wait=30s&...]` | NATS JetStream | `oncely-nats` |
 //! | `amqp://[USER:PASS@]HOST[:PORT][/VHOST]/QUEUE[?dlq=Q&prefetch=N]` | RabbitMQ | `oncely-rabbitmq` |
+//! | `kafka://HOST[:PORT][,HOST[:PORT]...]/TOPIC?group=NAME[&dlq=TOPIC&...]` | Kafka | `oncely-kafka` |
 //!
 //! Each broker crate's docs list every option.
 //!
@@ -34,7 +35,7 @@ use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
 pub enum ConnectError {
     /// No broker of this build takes the URL's scheme.
     #[error(
-        "no broker for `{url}`: use nats://HOST/STREAM/CONSUMER (NATS JetStream) or amqp://HOST/QUEUE (RabbitMQ)"
+        "no broker for `{url}`: use nats://HOST/STREAM/CONSUMER (NATS JetStream), amqp://HOST/QUEUE (RabbitMQ) or kafka://HOST/TOPIC?group=NAME (Kafka)"
     )]
     UnknownScheme {
         /// The URL, password redacted.
@@ -48,6 +49,10 @@ pub enum ConnectError {
     #[cfg(feature = "rabbitmq")]
     #[error(transparent)]
     Amqp(#[from] oncely_rabbitmq::AmqpError),
+    /// Kafka refused or the URL is invalid.
+    #[cfg(feature = "kafka")]
+    #[error(transparent)]
+    Kafka(#[from] oncely_kafka::Error),
 }
 
 /// A source on any broker of this build.
@@ -60,6 +65,9 @@ pub enum AnySource {
     /// A RabbitMQ queue.
     #[cfg(feature = "rabbitmq")]
     Amqp(Box<oncely_rabbitmq::AmqpSource>),
+    /// A Kafka consumer group member.
+    #[cfg(feature = "kafka")]
+    Kafka(Box<oncely_kafka::KafkaSource>),
 }
 
 /// A delivery from any broker of this build.
@@ -72,6 +80,9 @@ pub enum AnyDelivery {
     /// From RabbitMQ.
     #[cfg(feature = "rabbitmq")]
     Amqp(oncely_rabbitmq::AmqpDelivery),
+    /// From Kafka.
+    #[cfg(feature = "kafka")]
+    Kafka(oncely_kafka::KafkaDelivery),
 }
 
 /// Opens a source from its URL (see the module docs for the forms).
@@ -85,6 +96,10 @@ pub async fn connect(url: &str) -> Result<AnySource, ConnectError> {
         #[cfg(feature = "rabbitmq")]
         "amqp" | "amqps" => Ok(AnySource::Amqp(Box::new(
             oncely_rabbitmq::AmqpSource::connect(url).await?,
+        ))),
+        #[cfg(feature = "kafka")]
+        "kafka" => Ok(AnySource::Kafka(Box::new(
+            oncely_kafka::KafkaSource::connect(url).await?,
         ))),
         _ => Err(ConnectError::UnknownScheme {
             url: oncely_core::url::redact_password(url),
@@ -100,6 +115,8 @@ macro_rules! each {
             AnyDelivery::Nats($inner) => $body,
             #[cfg(feature = "rabbitmq")]
             AnyDelivery::Amqp($inner) => $body,
+            #[cfg(feature = "kafka")]
+            AnyDelivery::Kafka($inner) => $body,
         }
     };
 }
@@ -114,6 +131,8 @@ impl Source for AnySource {
             AnySource::Nats(source) => source.next().await.map(|d| d.map(AnyDelivery::Nats)),
             #[cfg(feature = "rabbitmq")]
             AnySource::Amqp(source) => source.next().await.map(|d| d.map(AnyDelivery::Amqp)),
+            #[cfg(feature = "kafka")]
+            AnySource::Kafka(source) => source.next().await.map(|d| d.map(AnyDelivery::Kafka)),
         }
     }
 }

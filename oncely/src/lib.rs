@@ -47,11 +47,14 @@ pub use oncely_core::*;
 /// ([`consumer`]).
 pub use oncely_consumer::{Consumer, Report as ConsumerReport};
 
-#[cfg(any(feature = "nats", feature = "rabbitmq"))]
+#[cfg(any(feature = "nats", feature = "rabbitmq", feature = "kafka"))]
 pub mod broker;
 
 #[cfg(feature = "relay")]
 pub mod relay;
+/// The Kafka source for the consumer runner and the relay's Kafka producer.
+#[cfg(feature = "kafka")]
+pub use oncely_kafka as kafka;
 /// The NATS JetStream source for the consumer runner.
 #[cfg(feature = "nats")]
 pub use oncely_nats as nats;

@@ -14,8 +14,9 @@
 //! |---|---|---|
 //! | `nats://[USER:PASS@]HOST[:PORT][/SUBJECT]` | JetStream, `Nats-Msg-Id` = the row's id, waits for the stream's ack | `oncely-nats` |
 //! | `amqp://[USER:PASS@]HOST[:PORT][/VHOST]/ROUTING_KEY[?exchange=NAME]` | RabbitMQ, persistent, `message_id` = the row's id, publisher confirms | `oncely-rabbitmq` |
+//! | `kafka://HOST[:PORT][,HOST[:PORT]...][/TOPIC]` | Kafka, the idempotent producer with acks from all in-sync replicas, key = the row's aggregate, `Oncely-Message-Id` header = the row's id | `oncely-kafka` |
 //!
-//! A row's own destination (subject / routing key) replaces the URL's.
+//! A row's own destination (subject / routing key / topic) replaces the URL's.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -52,7 +53,7 @@ pub enum RelayConnectError {
     },
     /// No broker of this build takes the URL.
     #[error(
-        "no broker for `{url}`: use nats://HOST[:PORT]/SUBJECT (NATS JetStream) or amqp://HOST[/VHOST]/QUEUE[?exchange=NAME] (RabbitMQ)"
+        "no broker for `{url}`: use nats://HOST[:PORT]/SUBJECT (NATS JetStream), amqp://HOST[/VHOST]/QUEUE[?exchange=NAME] (RabbitMQ) or kafka://HOST[:PORT]/TOPIC (Kafka)"
     )]
     UnknownBroker {
         /// The URL, password redacted.
@@ -69,6 +70,10 @@ pub enum RelayConnectError {
     #[cfg(feature = "rabbitmq")]
     #[error(transparent)]
     Amqp(#[from] oncely_rabbitmq::AmqpError),
+    /// Kafka refused or the URL is invalid.
+    #[cfg(feature = "kafka")]
+    #[error(transparent)]
+    Kafka(#[from] oncely_kafka::Error),
 }
 
 /// The outbox table of the database at `url` (PostgreSQL, MySQL/MariaDB or SQLite), migrated
@@ -193,6 +198,10 @@ pub async fn connect_publisher(url: &str) -> Result<Box<dyn Publisher>, RelayCon
         return Ok(Box::new(
             oncely_rabbitmq::AmqpPublisher::connect(url).await?,
         ));
+    }
+    #[cfg(feature = "kafka")]
+    if url.starts_with("kafka://") {
+        return Ok(Box::new(oncely_kafka::KafkaPublisher::connect(url).await?));
     }
     Err(RelayConnectError::UnknownBroker {
         url: redact_password(url),

@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod inbox;
+pub mod offsets;
 pub mod outbox;
 pub mod partitions;
 
@@ -64,6 +65,7 @@ use sqlx::{Postgres, Row, Transaction};
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_records.sql")),
     (2, include_str!("../migrations/0002_outbox.sql")),
+    (3, include_str!("../migrations/0003_offsets.sql")),
 ];
 
 /// Connections in the store's pool.

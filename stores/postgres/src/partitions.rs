@@ -108,6 +108,8 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     ),
     // The outbox is the same table in both layouts.
     (2, include_str!("../migrations/0002_outbox.sql")),
+    // So are the consumer offsets.
+    (3, include_str!("../migrations/0003_offsets.sql")),
 ];
 
 /// The advisory lock every migration takes (see [`PostgresStore::migrate`]).

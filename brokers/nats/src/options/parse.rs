@@ -1,8 +1,6 @@
 //! `nats://[user:password@]HOST[:PORT]/STREAM/CONSUMER[?OPTIONS]` into [`NatsOptions`].
 
-use std::time::Duration;
-
-use oncely_core::url::redact_password;
+use oncely_core::url::{parse_duration, redact_password};
 
 use super::{DEFAULT_PORT, NatsOptions};
 use crate::Error;
@@ -65,7 +63,7 @@ pub(crate) fn parse(url: &str) -> Result<NatsOptions, Error> {
                 options.create_dead_letter_stream = flag(name, value).map_err(invalid)?
             }
             "create" => options.create_consumer = flag(name, value).map_err(invalid)?,
-            "ack_wait" => options.ack_wait = Some(duration(name, value).map_err(invalid)?),
+            "ack_wait" => options.ack_wait = Some(parse_duration(name, value).map_err(invalid)?),
             "max_ack_pending" => {
                 let max = count(name, value).map_err(invalid)?;
                 options.max_ack_pending = Some(i64::try_from(max).unwrap_or(i64::MAX));
@@ -136,30 +134,10 @@ fn count(name: &str, value: &str) -> Result<usize, String> {
     }
 }
 
-/// `250ms`, `30s`, `5m`, `1h`.
-fn duration(name: &str, value: &str) -> Result<Duration, String> {
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let wait = number.parse::<u64>().ok().and_then(|n| match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
-    });
-    match wait {
-        Some(wait) if !wait.is_zero() => Ok(wait),
-        _ => Err(format!(
-            "{name} must be a positive duration like 500ms, 30s, 5m or 1h, not `{value}`"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn the_cli_form_parses_with_its_defaults() {
@@ -207,11 +185,11 @@ mod tests {
 
     #[test]
     fn durations_take_a_unit() {
-        assert_eq!(duration("d", "250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(duration("d", "5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(duration("d", "2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("d", "250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("d", "5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("d", "2h"), Ok(Duration::from_secs(7200)));
         for bad in ["30", "0s", "s", "1d", "-1s", ""] {
-            assert!(duration("d", bad).is_err(), "{bad}");
+            assert!(parse_duration("d", bad).is_err(), "{bad}");
         }
     }
 
