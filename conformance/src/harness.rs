@@ -39,3 +39,55 @@ pub fn panic_text(err: tokio::task::JoinError) -> String {
         Err(e) => e.to_string(),
     }
 }
+
+/// One test over a fresh database of a suite's harness type `D` (the inbox's, the offsets').
+pub type Test<D> = fn(std::sync::Arc<D>) -> crate::TestFuture;
+
+/// A list of [`Test`]s for [`database_trials`], each named after its function:
+/// `async fn name(db: Arc<D>)`. For a suite, or a database's own tests beside it.
+#[macro_export]
+macro_rules! database_tests {
+    ($($name:ident),* $(,)?) => {
+        vec![$((
+            stringify!($name),
+            (|d| Box::pin($name(d)) as $crate::TestFuture) as $crate::harness::Test<_>,
+        )),*]
+    };
+}
+
+/// One trial per test of `tests`, each named `<backend>::<name>` and run on a database `fresh`
+/// makes, on a runtime of its own: the way the database suites ([`crate::inbox`],
+/// [`crate::offsets`]) become test binaries.
+pub fn database_trials<D, F, Fut>(
+    backend: &str,
+    fresh: F,
+    tests: Vec<(&'static str, Test<D>)>,
+) -> Vec<libtest_mimic::Trial>
+where
+    D: Send + Sync + 'static,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = D> + Send + 'static,
+{
+    let fresh = std::sync::Arc::new(fresh);
+    tests
+        .into_iter()
+        .map(|(name, test)| {
+            let fresh = fresh.clone();
+            libtest_mimic::Trial::test(format!("{backend}::{name}"), move || {
+                runtime().block_on(async move {
+                    let database = std::sync::Arc::new(fresh().await);
+                    tokio::spawn(test(database))
+                        .await
+                        .map_err(|e| panic_text(e).into())
+                })
+            })
+            .with_kind(backend.to_owned())
+        })
+        .collect()
+}
+
+/// Runs `trials` as a test binary (`cargo test` arguments such as a name filter work) and
+/// exits with its status.
+pub fn run_trials(trials: Vec<libtest_mimic::Trial>) -> ! {
+    libtest_mimic::run(&libtest_mimic::Arguments::from_args(), trials).exit()
+}

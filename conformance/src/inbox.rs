@@ -17,15 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Trial;
 use oncely_core::inbox::{Inbox, InboxClaim};
 use oncely_core::{
     ClaimOutcome, Error, Fingerprint, Key, LostReason, ManualClock, Oncely, Result, Scope, Store,
 };
 use tokio::sync::Barrier;
 
-use crate::TestFuture;
-use crate::harness::{panic_text, runtime};
+use crate::harness::{database_trials, run_trials};
 use crate::suite::{fp, key, scope};
 
 /// The inventory example's tables, in SQL every database takes: `orders`, and `stock` with 100
@@ -207,17 +206,14 @@ macro_rules! sqlx_inbox_calls {
 }
 
 /// One behaviour (or one database's own test) over a fresh database.
-pub type Test<D> = fn(Arc<D>) -> TestFuture;
+pub type Test<D> = crate::harness::Test<D>;
 
 /// A list of tests for [`trials`], each named after its function: `async fn name(db: Arc<D>)`.
 /// For a database's own tests, beside the suite's.
 #[macro_export]
 macro_rules! inbox_tests {
     ($($name:ident),* $(,)?) => {
-        vec![$((
-            stringify!($name),
-            (|d| Box::pin($name(d)) as $crate::TestFuture) as $crate::inbox::Test<_>,
-        )),*]
+        $crate::database_tests![$($name),*]
     };
 }
 
@@ -251,29 +247,13 @@ where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = D> + Send + 'static,
 {
-    let fresh = Arc::new(fresh);
-    all::<D>()
-        .into_iter()
-        .chain(own)
-        .map(|(name, test)| {
-            let fresh = fresh.clone();
-            Trial::test(format!("{backend}::{name}"), move || {
-                runtime().block_on(async move {
-                    let database = Arc::new(fresh().await);
-                    tokio::spawn(test(database))
-                        .await
-                        .map_err(|e| panic_text(e).into())
-                })
-            })
-            .with_kind(backend.to_owned())
-        })
-        .collect()
+    database_trials(backend, fresh, all::<D>().into_iter().chain(own).collect())
 }
 
 /// Runs `trials` as a test binary (`cargo test` arguments such as a name filter work) and
 /// exits with its status.
 pub fn main(trials: Vec<Trial>) -> ! {
-    libtest_mimic::run(&Arguments::from_args(), trials).exit()
+    run_trials(trials)
 }
 
 /// A claim made through the store, outside any transaction.

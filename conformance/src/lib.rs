@@ -20,7 +20,8 @@
 //! release / get / advance-clock / purge through the store and through a small reference model
 //! written independently of the core's rules, and fails on the first disagreement.
 //!
-//! The SQL stores' transactional inbox has a suite of its own, run the same way: [`inbox`].
+//! The SQL stores' transactional inbox has a suite of its own, run the same way: [`inbox`]; so
+//! do their consumer offsets: [`offsets`].
 
 #![warn(missing_docs)]
 
@@ -38,6 +39,7 @@ use oncely_core::Store;
 pub mod harness;
 pub mod inbox;
 pub mod model;
+pub mod offsets;
 pub mod servers;
 pub mod suite;
 

@@ -19,7 +19,8 @@
 //!   decides each item by the rule every store shares and writes them back in one statement.
 //! - **Versioned migrations**, applied on first use under `GET_LOCK`, or by you from
 //!   `migrations/` (open with `?oncely_migrate=false`).
-//! - **Claims inside your transaction**: [`inbox`].
+//! - **Claims inside your transaction**: [`inbox`]; consumer offsets saved with the effect:
+//!   [`offsets`].
 //!
 //! Why READ COMMITTED: under REPEATABLE READ (InnoDB's default) the inserts would also lock the
 //! gaps between keys, and concurrent batches of neighbouring keys would deadlock far more often.
@@ -39,6 +40,7 @@
 #![warn(missing_docs)]
 
 pub mod inbox;
+pub mod offsets;
 pub mod outbox;
 
 /// The sqlx this crate is built on, so your transactions are the inbox's type.
@@ -70,6 +72,7 @@ use sqlx::{AssertSqlSafe, Connection, Row, Transaction};
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_records.sql")),
     (2, include_str!("../migrations/0002_outbox.sql")),
+    (3, include_str!("../migrations/0003_offsets.sql")),
 ];
 
 /// The MySQL/MariaDB store. See the crate docs.

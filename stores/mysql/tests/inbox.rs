@@ -13,8 +13,7 @@ use oncely_conformance::inbox::{self, InboxDatabase};
 use oncely_core::{Error, Key, Store};
 use oncely_mysql::MySqlStore;
 use oncely_mysql::inbox::MySqlInbox;
-use sqlx::mysql::{MySqlDatabaseError, MySqlPoolOptions};
-use sqlx::{Executor, MySql, MySqlPool, Transaction};
+use sqlx::{MySql, MySqlPool, Transaction};
 
 /// A fresh database with the inventory example's tables (InnoDB), whose connections run their
 /// transactions at one isolation level; and its URL.
@@ -31,35 +30,7 @@ impl Shop {
         // Opening the store applies oncely's schema.
         MySqlStore::connect(&url).await.expect("connect");
         // Enough connections for every delivery of the suite's storm at once.
-        let pool = MySqlPoolOptions::new()
-            .max_connections(70)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    // The inventory tables too are transactional, whatever the server's default.
-                    conn.execute("SET SESSION default_storage_engine = InnoDB")
-                        .await?;
-                    let set = format!("SET SESSION TRANSACTION ISOLATION LEVEL {isolation}");
-                    conn.execute(sqlx::AssertSqlSafe(set)).await.map(drop)
-                })
-            })
-            .connect(&url)
-            .await
-            .unwrap();
-        // Each connection runs at that level (MariaDB names it tx_isolation, MySQL 8 only
-        // transaction_isolation).
-        let mut conn = pool.acquire().await.unwrap();
-        let level: String = match sqlx::query_scalar("SELECT @@transaction_isolation")
-            .fetch_one(&mut *conn)
-            .await
-        {
-            Ok(level) => level,
-            Err(_) => sqlx::query_scalar("SELECT @@tx_isolation")
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap(),
-        };
-        assert_eq!(level, isolation.replace(' ', "-"));
-        drop(conn);
+        let pool = support::pool(&url, isolation, 70).await;
         for ddl in inbox::INVENTORY_TABLES {
             sqlx::query(ddl).execute(&pool).await.unwrap();
         }
@@ -89,12 +60,7 @@ impl InboxDatabase for Shop {
     }
 
     fn is_deadlock(&self, error: &Error) -> bool {
-        // ER_LOCK_DEADLOCK: InnoDB rolled the victim's transaction back.
-        matches!(error, Error::Backend { source, .. }
-            if source.downcast_ref::<sqlx::Error>()
-                .and_then(sqlx::Error::as_database_error)
-                .and_then(|e| e.try_downcast_ref::<MySqlDatabaseError>())
-                .is_some_and(|e| e.number() == 1213))
+        support::is_deadlock(error)
     }
 }
 

@@ -2,6 +2,8 @@
 //! loopback: each test on a fresh schema holding oncely's tables and the inventory example's,
 //! through a pool of real connections. `ONCELY_TEST_POSTGRES` overrides the server URL.
 
+mod support;
+
 use std::sync::Arc;
 
 use oncely_conformance::inbox::{self, InboxDatabase};
@@ -57,12 +59,7 @@ impl InboxDatabase for Shop {
     }
 
     fn is_deadlock(&self, error: &Error) -> bool {
-        // SQLSTATE 40P01: deadlock_detected.
-        matches!(error, Error::Backend { source, .. }
-            if source.downcast_ref::<sqlx::Error>()
-                .and_then(sqlx::Error::as_database_error)
-                .and_then(|e| e.code())
-                .is_some_and(|code| code == "40P01"))
+        support::is_deadlock(error)
     }
 }
 

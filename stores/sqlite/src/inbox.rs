@@ -81,11 +81,13 @@
 use oncely_core::inbox::InboxTransaction;
 pub use oncely_core::inbox::{Inbox, InboxClaim};
 use oncely_core::{Error, Fingerprint, Key, Record, Result, Scope, async_trait};
-use sqlx::sqlite::SqliteConnection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{AssertSqlSafe, Connection, Row};
 
-use crate::MIGRATIONS;
 use crate::ops::{SELECT_CLAIM, SELECT_DONE, StoredKey, StoredRow, Table, decode};
+use crate::{MIGRATIONS, SqliteOptions};
 
 const STORE: &str = "sqlite (your transaction)";
 
@@ -285,6 +287,31 @@ pub async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
     tx.commit().await.map_err(unavailable)
 }
 
+/// A pool of two connections on the file `options` name (created if missing), with its busy
+/// timeout and `synchronous=FULL`, migrated as [`migrate`] does unless `options.migrate` is
+/// false: what the outbox and the offsets open. `what` names the opener in errors.
+pub(crate) async fn open_pool(options: &SqliteOptions, what: &str) -> Result<SqlitePool> {
+    let unavailable = |e: sqlx::Error| Error::Unavailable {
+        store: options.url(),
+        source: format!("opening {what}: {e}").into(),
+    };
+    let connect = SqliteConnectOptions::new()
+        .filename(&options.path)
+        .create_if_missing(true)
+        .busy_timeout(options.busy_timeout)
+        .synchronous(SqliteSynchronous::Full);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(connect)
+        .await
+        .map_err(unavailable)?;
+    if options.migrate {
+        let mut conn = pool.acquire().await.map_err(unavailable)?;
+        migrate(&mut conn).await?;
+    }
+    Ok(pool)
+}
+
 /// Applies the migrations newer than the file's `user_version`, in the current transaction.
 pub(crate) async fn apply_migrations(conn: &mut SqliteConnection) -> Result<()> {
     let unavailable = |e: sqlx::Error| Error::Unavailable {
@@ -393,6 +420,16 @@ pub(crate) fn is_missing_schema(e: &sqlx::Error) -> bool {
         .is_some_and(|db| db.message().contains("no such table: oncely_"))
 }
 
+/// A driver error of a pool the crate opened on the file `url` (the outbox's, the offsets'),
+/// while doing `what`: [`Error::Unavailable`] if the file could not be reached.
+pub(crate) fn driver(url: &str, what: &str, e: sqlx::Error) -> Error {
+    let unreachable = matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+    );
+    Error::driver(url, unreachable, format!("{what}: {e}").into())
+}
+
 pub(crate) fn backend(e: sqlx::Error) -> Error {
     // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes in the high bits.
     let busy = e
@@ -417,7 +454,7 @@ impl std::fmt::Display for Busy {
             "{}: this transaction could not take SQLite's write lock (another connection holds \
              it, or committed since this transaction's snapshot; a deferred transaction that read \
              before claiming cannot wait for it); nothing was recorded. Roll back and retry, and \
-             begin transactions that claim or enqueue with BEGIN IMMEDIATE \
+             begin transactions that claim, enqueue or save offsets with BEGIN IMMEDIATE \
              (pool.begin_with(\"BEGIN IMMEDIATE\")) so the lock is taken, waiting on the busy \
              timeout, before anything is read",
             self.0

@@ -17,6 +17,8 @@
 //!   key inside your own sqlx transaction, so the record and the effect commit together.
 //! - **Transactional outbox**: [`outbox`] enqueues messages in your own sqlx transaction, and
 //!   `oncely relay --outbox sqlite:PATH` publishes them to NATS JetStream or RabbitMQ.
+//! - **Consumer offsets**: [`offsets`] saves a Kafka message's position in your own sqlx
+//!   transaction, with its effect.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely_core::Result<()> {
@@ -44,6 +46,7 @@
 #![warn(missing_docs)]
 
 pub mod inbox;
+pub mod offsets;
 mod ops;
 mod options;
 pub mod outbox;
@@ -70,6 +73,7 @@ pub use sqlx;
 pub const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../migrations/0001_records.sql")),
     (2, include_str!("../migrations/0002_outbox.sql")),
+    (3, include_str!("../migrations/0003_offsets.sql")),
 ];
 
 /// The SQLite store. See the crate docs.

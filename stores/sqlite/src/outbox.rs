@@ -63,14 +63,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use oncely_core::outbox::{Outbox, OutboxMessage};
 use oncely_core::outbox::{OutboxBatch, OutboxId, OutboxRow, OutboxStore, OutboxTransaction};
 use oncely_core::{Error, Result, async_trait};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Connection, Row};
 
 use crate::SqliteOptions;
-use crate::inbox::{apply_migrations, backend, is_missing_schema};
+use crate::inbox::{apply_migrations, backend, driver, is_missing_schema, open_pool};
 
 /// How long a relay's lease on the outbox lasts without renewal, unless told otherwise: how long
 /// a relay that died holds up the others.
@@ -229,7 +226,8 @@ impl std::fmt::Debug for SqliteOutboxStore {
     }
 }
 
-fn now_ms() -> i64 {
+/// Now, in ms since the Unix epoch, as the tables store time.
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -246,26 +244,8 @@ impl SqliteOutboxStore {
 
     /// Opens the file `options` name, as [`connect`](Self::connect) does.
     pub async fn open(options: SqliteOptions) -> Result<Self> {
-        let url = options.url();
-        let unavailable = |e: sqlx::Error| Error::Unavailable {
-            store: url.clone(),
-            source: format!("opening the outbox: {e}").into(),
-        };
-        let connect = SqliteConnectOptions::new()
-            .filename(&options.path)
-            .create_if_missing(true)
-            .busy_timeout(options.busy_timeout)
-            .synchronous(SqliteSynchronous::Full);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(connect)
-            .await
-            .map_err(unavailable)?;
-        if options.migrate {
-            let mut conn = pool.acquire().await.map_err(unavailable)?;
-            crate::inbox::migrate(&mut conn).await?;
-        }
-        Ok(Self::from_pool(pool, &url))
+        let pool = open_pool(&options, "the outbox").await?;
+        Ok(Self::from_pool(pool, &options.url()))
     }
 
     /// The outbox of the file `pool` is open on, as it is (no migration). `url` is only used in
@@ -288,11 +268,7 @@ impl SqliteOutboxStore {
     }
 
     fn err(&self, what: &str, e: sqlx::Error) -> Error {
-        let unreachable = matches!(
-            e,
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-        );
-        Error::driver(&self.url, unreachable, format!("{what}: {e}").into())
+        driver(&self.url, what, e)
     }
 
     fn row(&self, row: &SqliteRow) -> Result<OutboxRow> {

@@ -1,0 +1,78 @@
+//! The consumer offsets suite (`oncely_conformance::offsets`) against the MySQL/MariaDB server on
+//! loopback, with handlers' transactions under both isolation levels users run InnoDB with:
+//! REPEATABLE READ (its default) as `mysql::*`, and READ COMMITTED as `mysql-read-committed::*`.
+//! Each test on a fresh database, migrated by `MySqlOffsets::connect`, through a pool of real
+//! connections. `ONCELY_TEST_MYSQL` overrides the server URL.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use oncely_conformance::offsets::{self, OffsetsDatabase};
+use oncely_core::consumer::{OffsetStore, Position};
+use oncely_core::{Error, Result};
+use oncely_mysql::offsets::MySqlOffsets;
+use sqlx::{MySql, MySqlPool, Transaction};
+
+/// A fresh database: the handlers' pool, at one isolation level, and the consumer's offsets.
+struct Consumer {
+    pool: MySqlPool,
+    offsets: MySqlOffsets,
+}
+
+impl Consumer {
+    async fn fresh(isolation: &'static str) -> Consumer {
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, Ordering::SeqCst);
+        let url = support::fresh_database(&format!("oncely_offsets_{n}")).await;
+        // Connecting applies oncely's schema.
+        let offsets = MySqlOffsets::connect(&url).await.expect("connect");
+        // A connection for every transaction of the suite's concurrent saves.
+        let pool = support::pool(&url, isolation, 40).await;
+        Consumer { pool, offsets }
+    }
+}
+
+impl OffsetsDatabase for Consumer {
+    type Tx = Transaction<'static, MySql>;
+
+    async fn begin(&self) -> Self::Tx {
+        self.pool.begin().await.unwrap()
+    }
+
+    async fn save(&self, tx: &mut Self::Tx, position: &Position) -> Result<()> {
+        MySqlOffsets::save(tx, position).await
+    }
+
+    async fn commit(&self, tx: Self::Tx) {
+        tx.commit().await.unwrap();
+    }
+
+    async fn rollback(&self, tx: Self::Tx) {
+        tx.rollback().await.unwrap();
+    }
+
+    fn offsets(&self) -> &dyn OffsetStore {
+        &self.offsets
+    }
+
+    fn is_deadlock(&self, error: &Error) -> bool {
+        support::is_deadlock(error)
+    }
+}
+
+fn main() {
+    // Databases of earlier runs of this test binary go first.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(support::drop_databases("oncely_offsets_"));
+    let mut trials = offsets::trials("mysql", || Consumer::fresh("REPEATABLE READ"), Vec::new());
+    trials.extend(offsets::trials(
+        "mysql-read-committed",
+        || Consumer::fresh("READ COMMITTED"),
+        Vec::new(),
+    ));
+    offsets::main(trials);
+}
