@@ -1,10 +1,19 @@
 //! `oncely relay` end to end: real processes from PostgreSQL, MySQL/MariaDB and SQLite outboxes
-//! to NATS JetStream and RabbitMQ, stopped with SIGTERM or SIGINT.
+//! to NATS JetStream, RabbitMQ and Kafka (a Kafka-protocol broker at `ONCELY_KAFKA_BROKERS`,
+//! default 127.0.0.1:9092), stopped with SIGTERM or SIGINT.
 
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use oncely::kafka::MESSAGE_ID_HEADER;
+use oncely::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use oncely::kafka::rdkafka::client::DefaultClientContext;
+use oncely::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use oncely::kafka::rdkafka::message::Headers;
+use oncely::kafka::rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use oncely::nats::async_nats::{self, jetstream};
+use oncely::outbox::{OutboxStore, message_id};
 use oncely::postgres::outbox::{Outbox, OutboxMessage, PostgresOutbox, PostgresOutboxStore};
 use oncely::postgres::sqlx::{self, PgPool};
 
@@ -102,24 +111,204 @@ async fn relay_publishes_the_committed_rows_and_stops_on_sigterm_with_a_summary(
 }
 
 #[test]
-fn relay_refuses_an_unknown_broker_in_one_line() {
-    let out = Command::new(BIN)
-        .args([
-            "relay",
-            "--outbox",
-            "postgres://nobody@127.0.0.1:1/x",
-            "--to",
-            "kafka://h/t",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with("error: connecting to the broker: no broker for `kafka://h/t`"),
-        "{stderr}"
+fn relay_refuses_an_unknown_broker_and_a_missing_topic_in_one_line() {
+    let missing = format!(
+        "kafka://{}/oncely.cli.relay.missing.{}",
+        kafka_brokers(),
+        std::process::id()
     );
+    for (to, needle) in [
+        ("sqs://h/t", "no broker for `sqs://h/t`".to_owned()),
+        (
+            missing.as_str(),
+            format!(
+                "no Kafka topic oncely.cli.relay.missing.{} at {}",
+                std::process::id(),
+                kafka_brokers()
+            ),
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args([
+                "relay",
+                "--outbox",
+                "postgres://nobody@127.0.0.1:1/x",
+                "--to",
+                to,
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: connecting to the broker: {needle}")),
+            "{stderr}"
+        );
+    }
+}
+
+fn kafka_brokers() -> String {
+    std::env::var("ONCELY_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+fn kafka_config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", kafka_brokers())
+        .set("log_level", "3");
+    config
+}
+
+/// `(partition, offset, key, Oncely-Message-Id)` of every record of `topic` (blocking): its
+/// partitions read from the beginning until nothing more comes for half a second. Not up to the
+/// high watermark: tansu (0.6) answers the base offset of a partition's last produce batch plus
+/// one, short of the records after the first of a last batch of several.
+fn read_kafka_topic(topic: &str) -> Vec<(i32, i64, String, String)> {
+    let consumer: BaseConsumer = kafka_config()
+        .set("group.id", format!("{topic}.reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for partition in metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions())
+    {
+        tpl.add_partition_offset(topic, partition.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut records = Vec::new();
+    let mut last_read = Instant::now();
+    while last_read.elapsed() < Duration::from_millis(500) {
+        let Some(read) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let read = read.unwrap();
+        last_read = Instant::now();
+        let key = String::from_utf8_lossy(read.key().unwrap_or_default()).into_owned();
+        let id = read
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == MESSAGE_ID_HEADER))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        records.push((read.partition(), read.offset(), key, id));
+    }
+    records.sort();
+    records
+}
+
+#[tokio::test]
+async fn relay_takes_a_postgres_outbox_to_a_kafka_topic_keyed_by_aggregate() {
+    let pid = std::process::id();
+    let schema = format!("oncely_cli_relay_kafka_{pid}");
+    let admin = PgPool::connect(&postgres()).await.unwrap();
+    let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE; CREATE SCHEMA \"{schema}\";");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let outbox_url = format!("{}?options=-csearch_path%3D{schema}", postgres());
+    let origin = PostgresOutboxStore::connect(&outbox_url)
+        .await
+        .unwrap()
+        .origin()
+        .await
+        .unwrap();
+    let pool = PgPool::connect(&outbox_url).await.unwrap();
+
+    // Topics are not created by producing to them: three partitions, the time in the name.
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let topic = format!("oncely.cli.relay.{pid}.{millis}");
+    let kafka: AdminClient<DefaultClientContext> = kafka_config().create().unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let created = kafka
+        .create_topics(
+            [&NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await
+        .expect("Kafka at ONCELY_KAFKA_BROKERS (start tansu)");
+    for result in created {
+        result.unwrap();
+    }
+
+    let mut tx = pool.begin().await.unwrap();
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in 0..20 {
+        let aggregate = format!("order-{}", n % 5);
+        let message = OutboxMessage::new(&aggregate, vec![b'k'; n]);
+        let id = Outbox::new().enqueue(&mut tx, &message).await.unwrap();
+        expected
+            .entry(aggregate)
+            .or_default()
+            .push(message_id(&origin, id));
+    }
+    tx.commit().await.unwrap();
+
+    let child = Command::new(BIN)
+        .args(["relay", "--outbox", &outbox_url, "--to"])
+        .arg(format!("kafka://{}/{topic}", kafka_brokers()))
+        .args(["--batch", "7"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let unsent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if unsent == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{unsent} rows unsent after 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(
+        stderr.starts_with("relay: published 20, failed 0, purged 0 in "),
+        "one summary line: {stderr}"
+    );
+
+    let reader = topic.clone();
+    let records = tokio::task::spawn_blocking(move || read_kafka_topic(&reader))
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 20, "{records:?}");
+    // Keyed by aggregate: each aggregate's rows in one partition, in id order there.
+    let mut arrived: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut partition_of: BTreeMap<String, i32> = BTreeMap::new();
+    for (partition, _, key, id) in &records {
+        let first = *partition_of.entry(key.clone()).or_insert(*partition);
+        assert_eq!(first, *partition, "{key} in two partitions: {records:?}");
+        arrived.entry(key.clone()).or_default().push(id.clone());
+    }
+    assert_eq!(arrived, expected, "keys = aggregates, ids in order");
+
+    kafka.delete_topics(&[&topic], &options).await.ok();
+    let ddl = format!("DROP SCHEMA \"{schema}\" CASCADE");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&admin)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

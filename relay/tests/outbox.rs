@@ -1,4 +1,5 @@
-//! The outbox and its relay against the real servers: PostgreSQL, NATS JetStream, RabbitMQ.
+//! The outbox and its relay against the real servers: PostgreSQL, NATS JetStream, RabbitMQ,
+//! Kafka (tansu).
 
 mod support;
 
@@ -43,6 +44,20 @@ async fn rabbitmq_two_relays_at_once_publish_each_row_once_in_order_per_aggregat
 async fn nats_two_relays_at_once_publish_each_row_once_in_order_per_aggregate() {
     let (store, pool) = outbox("two_nats").await;
     let destination = Destination::nats("two").await;
+    scenarios::two_relays_keep_each_aggregate_in_order(store, &pool, destination).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_committed_is_published_and_rolled_back_never_is() {
+    let (store, pool) = outbox("commit_kafka").await;
+    let destination = Destination::kafka("commit").await;
+    scenarios::committed_is_published_and_rolled_back_never_is(store, &pool, destination).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_two_relays_at_once_publish_each_row_once_in_order_per_aggregate() {
+    let (store, pool) = outbox("two_kafka").await;
+    let destination = Destination::kafka("two").await;
     scenarios::two_relays_keep_each_aggregate_in_order(store, &pool, destination).await;
 }
 

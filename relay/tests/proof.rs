@@ -1,5 +1,5 @@
-//! The kill -9 proof of the outbox relay: PostgreSQL to NATS JetStream and to RabbitMQ, MariaDB
-//! to RabbitMQ, and SQLite to NATS JetStream and to RabbitMQ.
+//! The kill -9 proof of the outbox relay: PostgreSQL to NATS JetStream, to RabbitMQ and to Kafka,
+//! MariaDB to RabbitMQ and to Kafka, and SQLite to NATS JetStream, to RabbitMQ and to Kafka.
 //!
 //! 5,000 rows over 50 aggregates are enqueued in 50 transactions while two relay *processes*
 //! (this test binary, started again as `relay_child`) publish them; about ten times, at random
@@ -9,6 +9,10 @@
 //! - nothing else did;
 //! - each aggregate's rows, duplicates removed by message id (first copy kept), arrived in
 //!   enqueue order; after that dedup each row is there exactly once.
+//! - on Kafka (a topic of three partitions, each read back from the beginning to its high
+//!   watermark, and on past it: see `support::read_topic`; the message id from the
+//!   `Oncely-Message-Id` header): each record's key is its row's aggregate, and all of an
+//!   aggregate's records are in one partition, where the order above is their offset order.
 //!
 //! `ONCELY_PROOF_SEED` replays a run's kill schedule and aggregate choice.
 
@@ -51,6 +55,8 @@ async fn relay_child() {
         .expect("a SIGTERM handler");
     let publisher: Box<dyn oncely_core::outbox::Publisher> = if to.starts_with("nats") {
         Box::new(oncely_nats::NatsPublisher::connect(&to).await.unwrap())
+    } else if to.starts_with("kafka") {
+        Box::new(oncely_kafka::KafkaPublisher::connect(&to).await.unwrap())
     } else {
         Box::new(oncely_rabbitmq::AmqpPublisher::connect(&to).await.unwrap())
     };
@@ -219,7 +225,17 @@ async fn survives_kill_9(destination: Destination, name: &str) {
         stop(relay);
     }
 
-    let delivered = check_delivery(&destination.read_all().await, &expected);
+    let messages = destination.read_all().await;
+    let delivered = check_delivery(&messages, &expected);
+    let partitions = destination.check_placement(&messages);
+    if let Destination::Kafka { .. } = destination {
+        // 50 aggregates' keys over 3 partitions: none is left empty.
+        assert_eq!(partitions, support::KAFKA_PARTITIONS as usize);
+        eprintln!(
+            "relay kill -9 proof ({name}): each record keyed by its aggregate, each aggregate in \
+             one of {partitions} partitions"
+        );
+    }
     eprintln!(
         "relay kill -9 proof ({name}): {ROWS} rows over {AGGREGATES} aggregates, {kills} kills, \
          {} messages read ({} duplicate copies: re-published after a kill and kept by the broker), {} distinct, all in order per \
@@ -263,4 +279,19 @@ async fn sqlite_to_nats_relays_killed_at_random_lose_nothing_and_keep_each_aggre
 async fn sqlite_to_rabbitmq_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order()
 {
     survives_kill_9(Destination::rabbit("proof_sqlite").await, "sqlite_rabbitmq").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_kafka_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
+    survives_kill_9(Destination::kafka("proof").await, "kafka").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_to_kafka_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
+    survives_kill_9(Destination::kafka("proof_mysql").await, "mysql_kafka").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_to_kafka_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
+    survives_kill_9(Destination::kafka("proof_sqlite").await, "sqlite_kafka").await;
 }

@@ -1,6 +1,6 @@
-//! The outbox on SQLite and its relay, against the real brokers (NATS JetStream, RabbitMQ), on
-//! files in temporary directories: the shared scenarios, and the lease that lets one relay at a
-//! time publish a file's outbox.
+//! The outbox on SQLite and its relay, against the real brokers (NATS JetStream, RabbitMQ,
+//! Kafka), on files in temporary directories: the shared scenarios, and the lease that lets one
+//! relay at a time publish a file's outbox.
 
 mod support;
 
@@ -53,6 +53,20 @@ async fn sqlite_to_rabbitmq_two_relays_at_once_publish_each_row_once_in_order_pe
 async fn sqlite_to_nats_two_relays_at_once_publish_each_row_once_in_order_per_aggregate() {
     let (store, pool, _dir) = outbox().await;
     let destination = Destination::nats("sqlite_two").await;
+    scenarios::two_relays_keep_each_aggregate_in_order(store, &pool, destination).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_to_kafka_committed_is_published_and_rolled_back_never_is() {
+    let (store, pool, _dir) = outbox().await;
+    let destination = Destination::kafka("sqlite_commit").await;
+    scenarios::committed_is_published_and_rolled_back_never_is(store, &pool, destination).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_to_kafka_two_relays_at_once_publish_each_row_once_in_order_per_aggregate() {
+    let (store, pool, _dir) = outbox().await;
+    let destination = Destination::kafka("sqlite_two").await;
     scenarios::two_relays_keep_each_aggregate_in_order(store, &pool, destination).await;
 }
 

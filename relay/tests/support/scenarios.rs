@@ -58,12 +58,14 @@ pub async fn committed_is_published_and_rolled_back_never_is<S: OutboxStore + 's
     );
     assert_eq!(messages[1].payload(), b"order-1#2");
     assert_eq!(messages[1].header("Trace"), Some("t-9"), "headers travel");
+    destination.check_placement(&messages);
     assert_eq!(service.count(true).await, 2, "both marked sent");
     destination.remove().await;
 }
 
-/// Two relays on one outbox while rows keep coming: every row once (RabbitMQ keeps every copy,
-/// so a double publish would show), each aggregate in order.
+/// Two relays on one outbox while rows keep coming: every row once (RabbitMQ and Kafka keep
+/// every copy, so a double publish would show), each aggregate in order (on Kafka: keyed by its
+/// aggregate, in one partition).
 pub async fn two_relays_keep_each_aggregate_in_order<S: OutboxStore + Clone + 'static>(
     store: S,
     service: &dyn Service,
@@ -104,11 +106,13 @@ pub async fn two_relays_keep_each_aggregate_in_order<S: OutboxStore + Clone + 's
         published += report.published;
     }
     assert_eq!(published, 400);
-    let delivered = check_delivery(&destination.read_all().await, &expected);
+    let messages = destination.read_all().await;
+    let delivered = check_delivery(&messages, &expected);
     assert_eq!(
         delivered.total, 400,
         "no row published twice: {delivered:?}"
     );
+    destination.check_placement(&messages);
     destination.remove().await;
 }
 
