@@ -22,6 +22,7 @@ use anyhow::{Context, bail};
 use oncely::nats::async_nats;
 use oncely::rabbitmq::lapin;
 use oncely_core::consumer::{Handled, Handler, HandlerError, Message};
+use oncely_core::outbox::Publisher as _;
 use oncely_core::{Error, Fingerprint, Key, Scope, async_trait};
 use oncely_postgres::inbox::{Inbox, InboxClaim, PostgresInbox};
 use oncely_postgres::offsets::PostgresOffsets;
@@ -185,8 +186,10 @@ impl Handler for ReserveInventory {
 }
 
 /// Publishes `payloads` to `nats://HOST[:PORT]/STREAM` (subject `<stream in lower case>.in`,
-/// the stream created if missing) or `amqp://[USER:PASS@]HOST[:PORT]/QUEUE` (the default
-/// exchange, the queue declared durable if missing), each confirmed by the broker.
+/// the stream created if missing), `amqp://[USER:PASS@]HOST[:PORT]/QUEUE` (the default
+/// exchange, the queue declared durable if missing) or `kafka://HOST[:PORT]/TOPIC` (created
+/// with three partitions if missing; each message keyed by its `orderId`), each confirmed by
+/// the broker.
 pub async fn publish(to: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
     let (scheme, rest) = to
         .split_once("://")
@@ -248,7 +251,19 @@ pub async fn publish(to: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
             }
             connection.close(200, "done".into()).await?;
         }
-        other => bail!("unknown scheme `{other}`: use nats:// or amqp://"),
+        "kafka" => {
+            // Three partitions, each order's copies keyed by its id: one order, one partition.
+            oncely::kafka::create_topic(server, name, 3).await?;
+            let publisher =
+                oncely::kafka::KafkaPublisher::open(server, Some(name.to_owned())).await?;
+            for payload in payloads {
+                let order: serde_json::Value = serde_json::from_slice(payload)?;
+                let id = order["orderId"].as_str().unwrap_or_default().to_owned();
+                let message = Message::new(payload.clone(), name).with_ordering_key(id);
+                publisher.publish(None, &message).await?;
+            }
+        }
+        other => bail!("unknown scheme `{other}`: use nats://, amqp:// or kafka://"),
     }
     Ok(())
 }

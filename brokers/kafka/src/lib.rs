@@ -440,6 +440,19 @@ pub(crate) fn kafka_headers<'a>(
     headers
 }
 
+/// Creates `topic` on `brokers` (`host:port[,host:port...]`) with `partitions` partitions and
+/// the brokers' default replication, unless it exists. Kafka keeps one key's messages in one
+/// partition; partitions are what consumers of one group share out.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), oncely_kafka::Error> {
+/// oncely_kafka::create_topic("127.0.0.1:9092", "orders", 3).await?;
+/// # Ok(()) }
+/// ```
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), Error> {
+    ensure_topic(brokers, topic, Some(partitions)).await
+}
+
 /// Checks that `topic` exists; creates it with `create` partitions (and the broker's
 /// replication) if missing and asked to.
 pub(crate) async fn ensure_topic(
@@ -478,7 +491,7 @@ pub(crate) async fn ensure_topic(
     Ok(())
 }
 
-async fn topic_exists(brokers: &str, topic: &str) -> Result<bool, Error> {
+pub(crate) async fn topic_exists(brokers: &str, topic: &str) -> Result<bool, Error> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     // Metadata requests block: off the runtime.
     tokio::task::spawn_blocking(move || {
@@ -532,11 +545,14 @@ impl ConsumerContext for GroupContext {
                 self.start_at_stored_offsets(tpl, &topic);
                 self.shared.partitions.assign(&partitions);
                 tracing::debug!(?partitions, "partitions assigned");
-                if cooperative {
+                let assigned = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
                     consumer.assign(tpl)
-                }
+                };
+                // librdkafka keeps a partition paused by the application across a revocation
+                // and a new assignment; its queue here starts empty and unpaused.
+                assigned.and_then(|()| consumer.resume(tpl))
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked = self

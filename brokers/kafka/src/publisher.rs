@@ -1,12 +1,17 @@
 //! [`KafkaPublisher`]: produces that wait for the brokers' acks, for the outbox relay.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use oncely_core::async_trait;
 use oncely_core::consumer::{BrokerError, Message};
 use oncely_core::outbox::Publisher;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::options::locate;
-use crate::{BROKER, Error, MESSAGE_ID_HEADER, PRODUCE_TIMEOUT, ensure_topic, kafka_headers};
+use crate::{
+    BROKER, Error, MESSAGE_ID_HEADER, PRODUCE_TIMEOUT, ensure_topic, kafka_headers, topic_exists,
+};
 
 /// Produces outbox rows to Kafka, as the relay (`oncely-relay`) asks: with the idempotent
 /// producer (`enable.idempotence`, acks from all in-sync replicas), the row's aggregate as the
@@ -17,7 +22,8 @@ use crate::{BROKER, Error, MESSAGE_ID_HEADER, PRODUCE_TIMEOUT, ensure_topic, kaf
 ///
 /// `kafka://HOST[:PORT][,HOST[:PORT]...][/TOPIC]` (port 9092 by default). `TOPIC` is where
 /// rows without a destination go; a row's own destination is a topic too. Connecting checks
-/// that the default topic exists: topics are not created here.
+/// that the default topic exists: topics are not created here. A row whose own destination is
+/// a topic that does not exist is refused at once (each topic is looked up once).
 ///
 /// The idempotent producer drops its *own* retries; a row produced again by a relay that
 /// crashed between the ack and marking the row sent is a second record with the same
@@ -33,6 +39,9 @@ pub struct KafkaPublisher {
     producer: FutureProducer,
     brokers: String,
     topic: Option<String>,
+    /// Topics seen to exist. A produce to a missing one would wait out the producer's queue
+    /// timeout (30 s) before failing, holding up the relay's whole batch: it is refused at once.
+    known: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -63,14 +72,40 @@ impl KafkaPublisher {
     /// A publisher to `brokers` (`host:port[,host:port...]`), with `topic` as the default
     /// destination. Checks that it exists.
     pub async fn open(brokers: &str, topic: Option<String>) -> Result<Self, Error> {
+        let mut known = HashSet::new();
         if let Some(topic) = &topic {
             ensure_topic(brokers, topic, None).await?;
+            known.insert(topic.clone());
         }
         Ok(KafkaPublisher {
             producer: crate::idempotent_producer(brokers)?,
             brokers: brokers.to_owned(),
             topic,
+            known: Arc::new(Mutex::new(known)),
         })
+    }
+
+    /// Fails at once if `topic` does not exist.
+    async fn check(&self, topic: &str) -> Result<(), BrokerError> {
+        if self.known.lock().expect("never poisoned").contains(topic) {
+            return Ok(());
+        }
+        let what = || format!("produce to {topic}");
+        match topic_exists(&self.brokers, topic).await {
+            Ok(true) => {
+                self.known
+                    .lock()
+                    .expect("never poisoned")
+                    .insert(topic.to_owned());
+                Ok(())
+            }
+            Ok(false) => Err(BrokerError::new(
+                BROKER,
+                what(),
+                format!("no topic {topic} at {}: create it", self.brokers),
+            )),
+            Err(error) => Err(BrokerError::new(BROKER, what(), error)),
+        }
     }
 }
 
@@ -89,6 +124,7 @@ impl Publisher for KafkaPublisher {
                      (kafka://HOST/TOPIC)",
             )
         })?;
+        self.check(topic).await?;
         let id = message.message_id().map(|id| (MESSAGE_ID_HEADER, id));
         let mut record = FutureRecord::<str, [u8]>::to(topic)
             .payload(message.payload())

@@ -8,17 +8,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use oncely_broker_suite::{Broker, Channel};
-use oncely_core::consumer::Message;
-use oncely_core::{BoxError, async_trait};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use oncely_broker_suite::libtest_mimic::Trial;
+use oncely_broker_suite::{Broker, Channel, proof};
+use oncely_conformance::harness::{panic_text, runtime};
+use oncely_consumer::Consumer;
+use oncely_core::consumer::{
+    Delivery, Handler, KeySource, Message, OncelyHandler, Position, Source,
+};
+use oncely_core::{BoxError, Key, Oncely, Scope, async_trait};
 use oncely_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use oncely_kafka::rdkafka::client::DefaultClientContext;
-use oncely_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use oncely_kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
 use oncely_kafka::rdkafka::message::{Header, Headers, OwnedHeaders};
 use oncely_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use oncely_kafka::rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use oncely_kafka::{KafkaOptions, KafkaSource, MESSAGE_ID_HEADER};
 use oncely_postgres::offsets::PostgresOffsets;
+use tokio::sync::{Notify, Semaphore};
 
 const PARTITIONS: i32 = 3;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,6 +89,8 @@ impl Broker for Kafka {
         let producer = config(&self.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            // Each publish waits for its ack: no point lingering for a batch.
+            .set("linger.ms", "0")
             .create()?;
         Ok(Topic {
             brokers: self.brokers.clone(),
@@ -191,7 +202,9 @@ impl Channel for Topic {
     }
 }
 
-/// Every message of `topic`, read from the beginning to the end as it is now.
+/// Every message of `topic`, read from the beginning to the end as it is now: past the high
+/// watermark too, until nothing comes for a second (tansu 0.6 answers the base offset of a
+/// partition's last produce batch plus one, short of a batch's later records).
 fn read_all(brokers: &str, topic: &str) -> Result<Vec<Message>, BoxError> {
     let consumer: BaseConsumer = config(brokers)
         .set("group.id", format!("{topic}-reader"))
@@ -206,8 +219,9 @@ fn read_all(brokers: &str, topic: &str) -> Result<Vec<Message>, BoxError> {
     }
     consumer.assign(&tpl)?;
     let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut quiet_since = std::time::Instant::now();
     let mut messages = Vec::new();
-    while left > 0 {
+    while left > 0 || quiet_since.elapsed() < Duration::from_secs(1) {
         if std::time::Instant::now() > deadline {
             return Err(format!("{left} messages of {topic} not read in {TIMEOUT:?}").into());
         }
@@ -224,24 +238,346 @@ fn read_all(brokers: &str, topic: &str) -> Result<Vec<Message>, BoxError> {
         }
         messages.push(message);
         left -= 1;
+        quiet_since = std::time::Instant::now();
     }
     Ok(messages)
 }
 
+/// Set for the consumer processes of the proof whose offsets are committed to Kafka.
+const COMMITTED_ENV: &str = "ONCELY_KAFKA_PROOF_COMMITTED";
+
 /// A consumer of `url`. The kill -9 proof's consumers keep their offsets in the proof's
 /// PostgreSQL database, saved with each order by the inventory example, and start each
-/// assigned partition there: the "offsets with the effect" mode.
+/// assigned partition there (the "offsets with the effect" mode); those of the second proof
+/// ([`COMMITTED_ENV`]) commit them to Kafka after the effect.
 async fn open(url: String) -> Result<KafkaSource, BoxError> {
     let options: KafkaOptions = url.parse()?;
-    match std::env::var(oncely_broker_suite::proof::CHILD_POSTGRES_ENV) {
-        Ok(postgres) => {
+    match std::env::var(proof::CHILD_POSTGRES_ENV) {
+        Ok(postgres) if std::env::var_os(COMMITTED_ENV).is_none() => {
             let offsets = PostgresOffsets::connect(&postgres).await?;
             Ok(KafkaSource::offsets(options, Arc::new(offsets)).await?)
         }
-        Err(_) => Ok(KafkaSource::connect_with(options).await?),
+        _ => Ok(KafkaSource::connect_with(options).await?),
     }
 }
 
 fn main() {
-    oncely_broker_suite::main("kafka", || async { Kafka::connect().await }, open);
+    let kafka_only = vec![
+        trial("order_per_key_holds_across_rebalances", |kafka| {
+            Box::pin(order_per_key_holds_across_rebalances(kafka))
+        }),
+        trial(
+            "a_partition_starts_at_the_offset_stored_with_the_effects",
+            |kafka| {
+                Box::pin(a_partition_starts_at_the_offset_stored_with_the_effects(
+                    kafka,
+                ))
+            },
+        ),
+        trial(
+            "a_partition_paused_when_full_resumes_after_rebalances",
+            |kafka| Box::pin(a_partition_paused_when_full_resumes_after_rebalances(kafka)),
+        ),
+        trial("kill9_proof_with_offsets_committed_to_kafka", |kafka| {
+            Box::pin(kill9_proof_with_offsets_committed_to_kafka(kafka))
+        }),
+    ];
+    oncely_broker_suite::run(
+        "kafka",
+        || async { Kafka::connect().await },
+        open,
+        kafka_only,
+    )
+    .exit();
+}
+
+type KafkaTest = fn(Kafka) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+fn trial(name: &'static str, test: KafkaTest) -> Trial {
+    Trial::test(format!("kafka::{name}"), move || {
+        runtime().block_on(async move {
+            let kafka = Kafka::connect().await;
+            tokio::spawn(test(kafka))
+                .await
+                .map_err(|e| panic_text(e).into())
+        })
+    })
+    .with_kind("kafka")
+}
+
+/// Counts effects in the order they happen.
+#[derive(Clone, Default)]
+struct Applied(Arc<Mutex<Vec<(String, u32)>>>);
+
+impl Applied {
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    async fn until(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while self.len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {n} effects",
+                self.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+struct Running {
+    stop: Arc<Notify>,
+    task: tokio::task::JoinHandle<oncely_consumer::Report>,
+}
+
+impl Running {
+    fn start<H: Handler>(consumer: &Consumer<H>, source: KafkaSource) -> Self {
+        let stop = Arc::new(Notify::new());
+        let (consumer, stopped) = (consumer.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            consumer
+                .run(source, async move { stopped.notified().await })
+                .await
+                .expect("the consumer runs until stopped")
+        });
+        Running { stop, task }
+    }
+
+    async fn stop(self) -> oncely_consumer::Report {
+        self.stop.notify_one();
+        self.task.await.expect("the consumer task")
+    }
+}
+
+/// 12 accounts x 40 events, each account's events under one Kafka key (so in one partition),
+/// plus 60 re-published copies; one consumer, then a second joining mid-run (a rebalance),
+/// then the first leaving (another). Every event applied once, and each account's events in
+/// the order they were produced, whoever held the partition.
+async fn order_per_key_holds_across_rebalances(kafka: Kafka) {
+    let topic = kafka.channel("rebalance").await.unwrap();
+    let (accounts, events) = (12, 40u32);
+    let event = |account: usize, seq: u32| {
+        Message::new(
+            serde_json::json!({"account": format!("acct-{account}"), "seq": seq})
+                .to_string()
+                .into_bytes(),
+            "",
+        )
+        .with_ordering_key(format!("acct-{account}"))
+        .with_header("Event-Id", format!("acct-{account}-{seq}"))
+    };
+    for seq in 0..events {
+        for account in 0..accounts {
+            topic.publish(&event(account, seq)).await.unwrap();
+        }
+    }
+    for n in 0..60 {
+        topic
+            .publish(&event(n % accounts, (n as u32 * 7) % events))
+            .await
+            .unwrap();
+    }
+    let applied = Applied::default();
+    let oncely = Oncely::new(Arc::new(oncely_memory::MemoryStore::default()));
+    let handler = OncelyHandler::new(oncely, Scope::default(), {
+        let applied = applied.clone();
+        move |_key: Key, message: Message| {
+            let applied = applied.clone();
+            async move {
+                let json: serde_json::Value = serde_json::from_slice(message.payload()).unwrap();
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                let account = json["account"].as_str().unwrap().to_owned();
+                let seq = json["seq"].as_u64().unwrap() as u32;
+                applied.0.lock().unwrap().push((account, seq));
+                Ok::<_, BoxError>(Vec::new())
+            }
+        }
+    });
+    let consumer = Consumer::new(handler, KeySource::Header("Event-Id".into())).concurrency(8);
+    let first = Running::start(&consumer, topic.consumer().await.unwrap());
+    applied.until(100).await;
+    let second = Running::start(&consumer, topic.consumer().await.unwrap());
+    applied.until(300).await;
+    let first = first.stop().await;
+    let total = accounts * events as usize;
+    applied.until(total).await;
+    // The re-published copies come last: wait until they are settled too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while consumer.report().done + consumer.report().duplicates < (total + 60) as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all settled: {:?}",
+            consumer.report()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = second.stop().await;
+    assert!(
+        first.done > 0 && second.done > 0,
+        "both consumers worked: {first:?} {second:?}"
+    );
+
+    let applied = applied.0.lock().unwrap().clone();
+    assert_eq!(applied.len(), total, "each event applied once");
+    let mut last: HashMap<String, u32> = HashMap::new();
+    for (account, seq) in applied {
+        if let Some(before) = last.insert(account.clone(), seq) {
+            assert!(
+                seq == before + 1,
+                "{account}: event {seq} applied after event {before}"
+            );
+        }
+    }
+    until_settled(&topic).await;
+}
+
+async fn until_settled(topic: &Topic) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = topic.unsettled().await.unwrap();
+        if left == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} messages uncommitted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A consumer with its offsets in PostgreSQL starts a partition at the stored offset, not at
+/// the group's committed one (none here) nor at the beginning.
+async fn a_partition_starts_at_the_offset_stored_with_the_effects(kafka: Kafka) {
+    let topic = kafka.channel("stored_offsets").await.unwrap();
+    for n in 0..10 {
+        let record = FutureRecord::<str, [u8]>::to(&topic.topic)
+            .partition(1)
+            .payload(b"{}");
+        topic
+            .producer
+            .send(record, TIMEOUT)
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let _ = n;
+    }
+    let postgres = proof::fresh_schema("oncely_kafka_stored_offsets").await;
+    let offsets = PostgresOffsets::connect(&postgres).await.unwrap();
+    let pool = oncely_postgres::sqlx::PgPool::connect(&postgres)
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let options = topic.options();
+    let done = Position {
+        group: options.group.clone(),
+        topic: options.topic.clone(),
+        partition: 1,
+        offset: 6,
+    };
+    PostgresOffsets::save(&mut tx, &done).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut source = KafkaSource::offsets(options, Arc::new(offsets))
+        .await
+        .unwrap();
+    let mut offsets_read = Vec::new();
+    while offsets_read.len() < 3 {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), source.next())
+            .await
+            .expect("a delivery")
+            .expect("the source is open")
+            .expect("no error");
+        assert_eq!(delivery.partition(), 1);
+        offsets_read.push(delivery.offset());
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(
+        offsets_read,
+        vec![7, 8, 9],
+        "started after the stored offset"
+    );
+}
+
+/// More messages in one partition than the source queues (so it pauses the partition's
+/// fetching) while the handler is stuck; then a second member joins and leaves, so the
+/// partition is revoked and assigned again. librdkafka keeps a partition paused across that;
+/// the source must resume it, or the partition stalls for good.
+async fn a_partition_paused_when_full_resumes_after_rebalances(kafka: Kafka) {
+    const MESSAGES: usize = 1_300; // above the source's queue limit per partition (1,000)
+    let topic = kafka.channel("paused").await.unwrap();
+    for n in 0..MESSAGES {
+        let record = FutureRecord::<str, [u8]>::to(&topic.topic)
+            .partition(0)
+            .payload(b"{}")
+            .headers(OwnedHeaders::new().insert(Header {
+                key: "Event-Id",
+                value: Some(&format!("e-{n}")),
+            }));
+        topic
+            .producer
+            .send(record, TIMEOUT)
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let applied = Applied::default();
+    let oncely = Oncely::new(Arc::new(oncely_memory::MemoryStore::default()));
+    let handler = OncelyHandler::new(oncely, Scope::default(), {
+        let (gate, applied) = (gate.clone(), applied.clone());
+        move |key: Key, _: Message| {
+            let (gate, applied) = (gate.clone(), applied.clone());
+            async move {
+                drop(gate.acquire().await.unwrap());
+                applied.0.lock().unwrap().push((key.to_string(), 0));
+                Ok::<_, BoxError>(Vec::new())
+            }
+        }
+    });
+    let consumer = Consumer::new(handler, KeySource::Header("Event-Id".into()));
+    let options = topic.options().revoke_wait(Duration::from_millis(500));
+    let first = Running::start(
+        &consumer,
+        KafkaSource::connect_with(options.clone()).await.unwrap(),
+    );
+    // The first member fetches past its queue limit while its handler waits at the gate.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = Running::start(&consumer, KafkaSource::connect_with(options).await.unwrap());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    second.stop().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    gate.add_permits(Semaphore::MAX_PERMITS);
+    applied.until(MESSAGES).await;
+    first.stop().await;
+    let keys: std::collections::HashSet<String> = applied
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(keys.len(), MESSAGES, "every message applied");
+    assert_eq!(applied.len(), MESSAGES, "none twice");
+}
+
+/// The kill -9 proof again, with the consumers' offsets committed to Kafka after the effect
+/// (the default mode): the dedup records absorb what a crash redelivers.
+async fn kill9_proof_with_offsets_committed_to_kafka(kafka: Kafka) {
+    let channel = kafka.channel("proof_committed").await.unwrap();
+    let postgres = proof::fresh_schema("oncely_proof_kafka_committed").await;
+    let exe = std::env::current_exe().expect("this test binary");
+    let spawn = |source: &str, postgres: &str| {
+        std::process::Command::new(&exe)
+            .env(proof::CHILD_SOURCE_ENV, source)
+            .env(proof::CHILD_POSTGRES_ENV, postgres)
+            .env(COMMITTED_ENV, "1")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("a consumer process")
+    };
+    let report = proof::run(&channel, &postgres, proof::ProofConfig::default(), spawn).await;
+    eprintln!("kill -9 proof, offsets committed to Kafka: {report:?}");
 }

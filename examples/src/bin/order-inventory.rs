@@ -1,4 +1,4 @@
-//! Order placed -> inventory reserved, over NATS JetStream or RabbitMQ, with PostgreSQL.
+//! Order placed -> inventory reserved, over NATS JetStream, RabbitMQ or Kafka, with PostgreSQL.
 //!
 //! ```sh
 //! PG=postgres://postgres@127.0.0.1:5432/test
@@ -7,12 +7,20 @@
 //! cargo run -p oncely-examples --bin order-inventory -- consume --from nats://127.0.0.1:4222/ORDERS/inventory --postgres $PG
 //! ```
 //!
-//! `publish` creates the stream (`ORDERS`, subject `orders.in`) or the queue if missing;
-//! for RabbitMQ use `--to amqp://127.0.0.1:5672/orders` and
-//! `--from amqp://guest:guest@127.0.0.1:5672/orders`.
+//! `publish` creates the stream (`ORDERS`, subject `orders.in`), the queue or the topic if
+//! missing; for RabbitMQ use `--to amqp://127.0.0.1:5672/orders` and
+//! `--from amqp://guest:guest@127.0.0.1:5672/orders`; for Kafka `--to kafka://127.0.0.1:9092/orders`
+//! and `--from 'kafka://127.0.0.1:9092/orders?group=inventory'`. The Kafka consumer keeps its
+//! offsets in PostgreSQL, saved with each order (`oncely_postgres::offsets`), and starts each
+//! partition it is given there.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
+use oncely::broker::AnySource;
+use oncely::kafka::KafkaSource;
+use oncely::postgres::offsets::PostgresOffsets;
 use oncely::{Consumer, Scope};
 use oncely_examples::{ITEMS, ReserveInventory, publish, setup};
 use sqlx::postgres::PgPoolOptions;
@@ -39,7 +47,8 @@ enum Command {
     },
     /// Publishes orders, some of them twice (same orderId, as a producer retry would).
     Publish {
-        /// `nats://HOST[:PORT]/STREAM` or `amqp://[USER:PASS@]HOST[:PORT]/QUEUE`.
+        /// `nats://HOST[:PORT]/STREAM`, `amqp://[USER:PASS@]HOST[:PORT]/QUEUE` or
+        /// `kafka://HOST[:PORT]/TOPIC`.
         #[arg(long)]
         to: String,
         /// Distinct orders.
@@ -51,7 +60,8 @@ enum Command {
     },
     /// Reserves inventory for each order until Ctrl-C.
     Consume {
-        /// `nats://HOST/STREAM/CONSUMER` or `amqp://USER:PASS@HOST/QUEUE`.
+        /// `nats://HOST/STREAM/CONSUMER`, `amqp://USER:PASS@HOST/QUEUE` or
+        /// `kafka://HOST/TOPIC?group=NAME`.
         #[arg(long)]
         from: String,
         /// PostgreSQL URL.
@@ -92,12 +102,20 @@ async fn main() -> anyhow::Result<()> {
             postgres,
             concurrency,
         } => {
-            let source = oncely::broker::connect(&from).await?;
             let pool = PgPoolOptions::new()
                 .max_connections(concurrency as u32 + 2)
                 .connect(&postgres)
                 .await
                 .with_context(|| format!("PostgreSQL at {postgres}"))?;
+            let source = if from.starts_with("kafka://") {
+                // Offsets kept with the orders: each partition resumes after its last order.
+                let offsets = PostgresOffsets::from_pool(pool.clone(), &postgres);
+                AnySource::Kafka(Box::new(
+                    KafkaSource::offsets(from.parse()?, Arc::new(offsets)).await?,
+                ))
+            } else {
+                oncely::broker::connect(&from).await?
+            };
             let handler = ReserveInventory::new(pool.clone(), Scope::new("inventory")?);
             let consumer = Consumer::new(handler, "/orderId".parse()?).concurrency(concurrency);
             eprintln!("consuming {from}; Ctrl-C to stop");
