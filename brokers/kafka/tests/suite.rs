@@ -12,12 +12,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use oncely_broker_suite::libtest_mimic::Trial;
-use oncely_broker_suite::{Broker, Channel, proof};
+use oncely_broker_suite::{Broker, Channel, Running, proof};
 use oncely_conformance::harness::{panic_text, runtime};
 use oncely_consumer::Consumer;
-use oncely_core::consumer::{
-    Delivery, Handler, KeySource, Message, OncelyHandler, Position, Source,
-};
+use oncely_core::consumer::{Delivery, KeySource, Message, OncelyHandler, Position, Source};
 use oncely_core::{BoxError, Key, Oncely, Scope, async_trait};
 use oncely_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use oncely_kafka::rdkafka::client::DefaultClientContext;
@@ -27,7 +25,7 @@ use oncely_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use oncely_kafka::rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use oncely_kafka::{KafkaOptions, KafkaSource, MESSAGE_ID_HEADER};
 use oncely_postgres::offsets::PostgresOffsets;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 const PARTITIONS: i32 = 3;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -327,30 +325,6 @@ impl Applied {
     }
 }
 
-struct Running {
-    stop: Arc<Notify>,
-    task: tokio::task::JoinHandle<oncely_consumer::Report>,
-}
-
-impl Running {
-    fn start<H: Handler>(consumer: &Consumer<H>, source: KafkaSource) -> Self {
-        let stop = Arc::new(Notify::new());
-        let (consumer, stopped) = (consumer.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            consumer
-                .run(source, async move { stopped.notified().await })
-                .await
-                .expect("the consumer runs until stopped")
-        });
-        Running { stop, task }
-    }
-
-    async fn stop(self) -> oncely_consumer::Report {
-        self.stop.notify_one();
-        self.task.await.expect("the consumer task")
-    }
-}
-
 /// 12 accounts x 40 events, each account's events under one Kafka key (so in one partition),
 /// plus 60 re-published copies; one consumer, then a second joining mid-run (a rebalance),
 /// then the first leaving (another). Every event applied once, and each account's events in
@@ -396,9 +370,9 @@ async fn order_per_key_holds_across_rebalances(kafka: Kafka) {
         }
     });
     let consumer = Consumer::new(handler, KeySource::Header("Event-Id".into())).concurrency(8);
-    let first = Running::start(&consumer, topic.consumer().await.unwrap());
+    let first = Running::spawn(&consumer, topic.consumer().await.unwrap());
     applied.until(100).await;
-    let second = Running::start(&consumer, topic.consumer().await.unwrap());
+    let second = Running::spawn(&consumer, topic.consumer().await.unwrap());
     applied.until(300).await;
     let first = first.stop().await;
     let total = accounts * events as usize;
@@ -539,13 +513,13 @@ async fn a_partition_paused_when_full_resumes_after_rebalances(kafka: Kafka) {
     });
     let consumer = Consumer::new(handler, KeySource::Header("Event-Id".into()));
     let options = topic.options().revoke_wait(Duration::from_millis(500));
-    let first = Running::start(
+    let first = Running::spawn(
         &consumer,
         KafkaSource::connect_with(options.clone()).await.unwrap(),
     );
     // The first member fetches past its queue limit while its handler waits at the gate.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let second = Running::start(&consumer, KafkaSource::connect_with(options).await.unwrap());
+    let second = Running::spawn(&consumer, KafkaSource::connect_with(options).await.unwrap());
     tokio::time::sleep(Duration::from_secs(4)).await;
     second.stop().await;
     tokio::time::sleep(Duration::from_secs(2)).await;

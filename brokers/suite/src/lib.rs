@@ -308,30 +308,35 @@ fn store_handler(effects: Effects) -> impl Handler {
     })
 }
 
-/// A running consumer: stop it with [`Running::stop`].
-struct Running {
+/// A consumer running on a task of its own: stop it with [`Running::stop`].
+pub struct Running {
     stop: Arc<Notify>,
     task: tokio::task::JoinHandle<Report>,
 }
 
 impl Running {
-    async fn stop(self) -> Report {
+    /// Runs `consumer` over `source` until stopped; panics if the run fails.
+    pub fn spawn<H: Handler, S: Source>(consumer: &Consumer<H>, source: S) -> Self {
+        let stop = Arc::new(Notify::new());
+        let (consumer, stopped) = (consumer.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            consumer
+                .run(source, async move { stopped.notified().await })
+                .await
+                .expect("the consumer runs until stopped")
+        });
+        Running { stop, task }
+    }
+
+    /// Stops it gracefully; answers what this run settled.
+    pub async fn stop(self) -> Report {
         self.stop.notify_one();
         self.task.await.expect("the consumer task")
     }
 }
 
 async fn start<C: Channel, H: Handler>(channel: &C, consumer: &Consumer<H>) -> Running {
-    let source = channel.consumer().await.expect("a consumer");
-    let stop = Arc::new(Notify::new());
-    let (consumer, stopped) = (consumer.clone(), stop.clone());
-    let task = tokio::spawn(async move {
-        consumer
-            .run(source, async move { stopped.notified().await })
-            .await
-            .expect("the consumer runs until stopped")
-    });
-    Running { stop, task }
+    Running::spawn(consumer, channel.consumer().await.expect("a consumer"))
 }
 
 /// Waits until `done(report)` holds for the consumer, or fails the test with what it saw.
