@@ -1,40 +1,63 @@
 //! The broker benchmark (`oncely bench --broker URL`): messages per second through
-//! consume + claim + effect + ack on a real NATS JetStream or RabbitMQ, oncely's consumer
+//! consume + claim + effect + ack on a real NATS JetStream, RabbitMQ or Kafka, oncely's consumer
 //! runner against the naive per-message pattern, in the same run.
 //!
 //! **Workload.** [`BrokerConfig::events`] messages (S8's workload: 36-character UUID keys,
 //! [`BrokerConfig::duplicate_ratio`] of them re-publishes of an earlier key, clustered within
 //! the 10,000 before). Each payload is `{"eventId":"<key>"}`, so a re-publish is byte-for-byte
 //! the original. Every contender gets a fresh stream (NATS: `ONCELY_BENCH_<pid>_<n>_<contender>`
-//! with a durable pull consumer and a dead-letter stream of its own) or queue (RabbitMQ:
-//! `oncely.bench.<pid>.<n>.<contender>` and its `.dlq`, both with `x-expires` of 10 minutes),
-//! filled and confirmed by the broker **before** the clock starts, and deleted at the end (NATS
-//! streams a crashed run left are deleted by the next run, RabbitMQ's expire by themselves). The
-//! measured phase is consumption only.
+//! with a durable pull consumer and a dead-letter stream of its own), queue (RabbitMQ:
+//! `oncely.bench.<pid>.<n>.<contender>` and its `.dlq`, both with `x-expires` of 10 minutes) or
+//! topic (Kafka: `oncely.bench.<pid>.<n>.<contender>` with [`KAFKA_PARTITIONS`] partitions, the
+//! event key as the Kafka key so a re-publish shares its original's partition, a consumer group
+//! named as the topic, and the `.dlq` topic the source makes), filled and confirmed by the broker
+//! **before** the clock starts (Kafka: the idempotent producer, acks from all in-sync replicas,
+//! every delivery report awaited), and deleted at the end (NATS streams and Kafka topics a
+//! crashed run left are deleted by the next run, RabbitMQ's expire by themselves; the Kafka
+//! consumer groups stay). The measured phase is consumption only.
 //!
-//! **oncely.** [`oncely::Consumer`] over the broker's source (`oncely::broker::connect`), with
-//! an [`OncelyHandler`] (key `/eventId`, payload fingerprint on, oncely's default lease) over a
-//! fresh store of the kind `--store` names (SQLite: an empty file under the bench directory;
-//! PostgreSQL / MySQL: a fresh schema / database on that server, dropped after). The effect is an
-//! in-process counter. [`BrokerConfig::concurrency`] deliveries in flight; the source's read-ahead
-//! follows it (NATS `batch=<concurrency>`, `max_ack_pending` at least twice it; RabbitMQ
-//! `prefetch=<2 x concurrency>`). The clock runs from the consumer's start until the last
-//! message's ack is confirmed.
+//! **Kafka's partitions.** Kafka's parallelism is per partition: the source hands out one message
+//! per partition at a time (order per partition), so on Kafka oncely has at most
+//! [`KAFKA_PARTITIONS`] (8) deliveries in flight, and concurrency above that is unused. Eight is
+//! a common partition count for a topic of this size and is what a two-core machine can use; a
+//! re-publish never meets its original in flight there (same key, same partition, one at a
+//! time).
 //!
-//! **naive.** One message at a time from the same kind of source (the URL's defaults), per
-//! message: parse the JSON, check-then-insert the key on the same kind of store in its own
-//! transaction (`SELECT EXISTS` then `INSERT` on a `processed_events` table: the store
-//! benchmark's naive pattern, one connection), the effect if the key was new, then the ack
-//! (awaited). On the first [`BrokerConfig::naive_events`] messages only.
+//! **oncely.** [`oncely::Consumer`] over the broker's source (`oncely::broker::connect`; Kafka:
+//! `oncely::kafka::KafkaSource`, offsets committed every `commit_interval`, 200 ms, after the
+//! acks, and when it leaves the group), with an [`OncelyHandler`] (key `/eventId`, payload
+//! fingerprint on, oncely's default lease) over a fresh store of the kind `--store` names
+//! (SQLite: an empty file under the bench directory; PostgreSQL / MySQL: a fresh schema /
+//! database on that server, dropped after). The effect is an in-process counter.
+//! [`BrokerConfig::concurrency`] deliveries in flight (Kafka: at most one per partition); the
+//! source's read-ahead follows it (NATS `batch=<concurrency>`, `max_ack_pending` at least twice
+//! it; RabbitMQ `prefetch=<2 x concurrency>`; Kafka: the source's own per-partition fetching).
+//! The clock runs from the consumer's start until the last message's ack is confirmed (Kafka:
+//! from the first message handed out, see below).
+//!
+//! **naive.** One message at a time from the same kind of source (the URL's defaults; Kafka: a
+//! plain rdkafka consumer in the group named as the topic, auto-commit off), per message: parse
+//! the JSON, check-then-insert the key on the same kind of store in its own transaction
+//! (`SELECT EXISTS` then `INSERT` on a `processed_events` table: the store benchmark's naive
+//! pattern, one connection), the effect if the key was new, then the ack (awaited; Kafka: the
+//! offset after the message committed synchronously). On the first
+//! [`BrokerConfig::naive_events`] messages only.
 //!
 //! **Figures.** Messages per second; p50 / p99 of a message's time from the source handing its
 //! delivery to the consumer (for oncely: to the runner, which takes one only when a slot is
 //! free) until its ack is confirmed, every acked delivery timed. A delivery given back (the
 //! contract's "in progress elsewhere": a re-publish that arrived while its original was still
 //! being handled) is counted under `redelivered` and timed again from its next delivery, so
-//! the wait it had is in the elapsed time and not in the percentiles. The run fails unless every
-//! message is acked, the broker holds nothing unsettled after, nothing was dead-lettered and the
-//! effects applied equal the distinct keys.
+//! the wait it had is in the elapsed time and not in the percentiles. On Kafka the clock of
+//! both contenders starts when the first message is handed out: a Kafka consumer joins its
+//! group (a rebalance round, about a second on tansu) before it gets anything, once per
+//! consumer and not per message. The run fails unless every message is acked, the broker holds
+//! nothing unsettled after, nothing was dead-lettered and the effects applied equal the
+//! distinct keys. On Kafka "unsettled" is, per partition, the distance between the group's
+//! committed offset (read once the consumer has left) and the partition's end: the offset after
+//! the last message the producer's delivery reports returned, or the high watermark if further
+//! (tansu answers the base offset of a partition's last produce batch plus one, short of the end
+//! when that batch held several records, so the watermark alone cannot tell).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -44,6 +67,7 @@ use std::time::{Duration, Instant};
 use oncely::consumer::{
     BrokerError, DeadLetter, Delivery, KeySource, Message, OncelyHandler, Source,
 };
+use oncely::kafka::rdkafka;
 use oncely::nats::async_nats;
 use oncely::rabbitmq::lapin;
 use oncely::{Consumer, Oncely, Scope, async_trait};
@@ -60,7 +84,8 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(120);
 /// What the broker benchmark runs.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
-    /// `nats://[USER:PASS@]HOST[:PORT]` or `amqp://[USER:PASS@]HOST[:PORT][/VHOST]`.
+    /// `nats://[USER:PASS@]HOST[:PORT]`, `amqp://[USER:PASS@]HOST[:PORT][/VHOST]` or
+    /// `kafka://HOST[:PORT][,HOST[:PORT]...]`.
     pub broker: String,
     /// The store kind oncely and the naive pattern use (SQLite, PostgreSQL or MySQL).
     pub store: StoreKind,
@@ -72,7 +97,8 @@ pub struct BrokerConfig {
     pub events: usize,
     /// Share of messages that re-publish an earlier key.
     pub duplicate_ratio: f64,
-    /// oncely's deliveries in flight.
+    /// oncely's deliveries in flight (on Kafka at most one per partition:
+    /// [`KAFKA_PARTITIONS`]).
     pub concurrency: usize,
     /// Messages through the naive pattern (the first of the workload).
     pub naive_events: usize,
@@ -127,6 +153,8 @@ enum Broker {
     Nats(String),
     /// `amqp://[USER:PASS@]HOST[:PORT][/VHOST]`, as lapin takes it.
     Amqp(String),
+    /// The bootstrap brokers, `HOST:PORT[,HOST:PORT...]`, as librdkafka takes them.
+    Kafka(String),
 }
 
 impl Broker {
@@ -141,9 +169,16 @@ impl Broker {
         match url.split_once("://") {
             Some(("nats", rest)) if rest.split('/').count() == 1 => Ok(Broker::Nats(url.into())),
             Some(("amqp", rest)) if rest.split('/').count() <= 2 => Ok(Broker::Amqp(url.into())),
+            // The consumer URL's parser fills in the default port of each broker.
+            Some(("kafka", rest)) if !rest.is_empty() && !rest.contains('/') => {
+                format!("{url}/topic?group=bench")
+                    .parse::<oncely::kafka::KafkaOptions>()
+                    .map(|options| Broker::Kafka(options.brokers))
+                    .map_err(|e| BenchError::Other(format!("--broker: {e}")))
+            }
             _ => Err(BenchError::Other(format!(
-                "--broker takes nats://HOST[:PORT] or amqp://[USER:PASS@]HOST[:PORT][/VHOST], \
-                 not `{}`",
+                "--broker takes nats://HOST[:PORT], amqp://[USER:PASS@]HOST[:PORT][/VHOST] or \
+                 kafka://HOST[:PORT][,HOST[:PORT]...], not `{}`",
                 oncely::url::redact_password(url)
             ))),
         }
@@ -227,6 +262,13 @@ enum Channel {
         queue: String,
         dlq: String,
     },
+    Kafka {
+        brokers: String,
+        topic: String,
+        /// Per partition, the offset after the last message produced to it, from the
+        /// producer's delivery reports (tansu's high watermark can fall short of it).
+        produced: Vec<i64>,
+    },
 }
 
 const NATS_PREFIX: &str = "ONCELY_BENCH_";
@@ -235,6 +277,14 @@ const NATS_CONSUMER: &str = "bench";
 const AMQP_EXPIRES_MS: i32 = 10 * 60 * 1000;
 /// Publishes awaiting their confirmation at once while filling.
 const PUBLISH_WINDOW: usize = 1000;
+/// The name of a RabbitMQ queue or Kafka topic of the benchmark, before `<pid>.<n>.<contender>`.
+const BENCH_PREFIX: &str = "oncely.bench.";
+/// Partitions of a Kafka bench topic. Kafka's parallelism is per partition: the source hands out
+/// one message per partition at a time, so on Kafka oncely has at most this many deliveries in
+/// flight, whatever its concurrency.
+pub const KAFKA_PARTITIONS: i32 = 8;
+/// How long a Kafka metadata, offsets or admin request may take.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Channel {
     async fn create(broker: &Broker, contender: &str) -> Result<Channel, BenchError> {
@@ -281,7 +331,7 @@ impl Channel {
                                 oncely::url::redact_password(server)
                             ))
                         })?;
-                let queue = format!("oncely.bench.{pid}.{n}.{contender}");
+                let queue = format!("{BENCH_PREFIX}{pid}.{n}.{contender}");
                 let dlq = format!("{queue}.dlq");
                 let channel = connection
                     .create_channel()
@@ -313,11 +363,27 @@ impl Channel {
                     dlq,
                 })
             }
+            Broker::Kafka(brokers) => {
+                remove_leftover_topics(brokers).await;
+                let topic = format!("{BENCH_PREFIX}{pid}.{n}.{contender}");
+                oncely::kafka::create_topic(brokers, &topic, KAFKA_PARTITIONS)
+                    .await
+                    .map_err(|e| other("create the Kafka topic")(&e))?;
+                Ok(Channel::Kafka {
+                    brokers: brokers.clone(),
+                    topic,
+                    produced: vec![0; KAFKA_PARTITIONS as usize],
+                })
+            }
         }
     }
 
     /// Publishes the workload's messages, every one confirmed by the broker.
-    async fn fill(&self, workload: &Workload, progress: &dyn Progress) -> Result<(), BenchError> {
+    async fn fill(
+        &mut self,
+        workload: &Workload,
+        progress: &dyn Progress,
+    ) -> Result<(), BenchError> {
         progress.start("publish", workload.len() as u64);
         match self {
             Channel::Nats {
@@ -391,9 +457,62 @@ impl Channel {
                     .await
                     .map_err(|e| other("AMQP channel")(&e))?;
             }
+            Channel::Kafka {
+                brokers,
+                topic,
+                produced,
+            } => {
+                use rdkafka::producer::{FutureProducer, FutureRecord};
+                // The relay's producer: acks from all in-sync replicas, no duplicates from its
+                // own retries. The event key is the Kafka key, so a re-publish shares a
+                // partition with its original.
+                let producer: FutureProducer = kafka_config(brokers)
+                    .set("enable.idempotence", "true")
+                    .set("acks", "all")
+                    .create()
+                    .map_err(|e| other("Kafka producer")(&e))?;
+                for chunk in workload.keys().chunks(PUBLISH_WINDOW) {
+                    let mut reports = Vec::with_capacity(chunk.len());
+                    for key in chunk {
+                        let body = payload(key);
+                        let record = FutureRecord::<str, [u8]>::to(topic)
+                            .key(key.as_str())
+                            .payload(&body);
+                        reports.push(
+                            producer
+                                .send_result(record)
+                                .map_err(|(e, _)| other("Kafka produce")(&e))?,
+                        );
+                    }
+                    for report in reports {
+                        let delivered = report
+                            .await
+                            .map_err(|e| other("Kafka produce")(&e))?
+                            .map_err(|(e, _)| other("Kafka produce")(&e))?;
+                        let partition = usize::try_from(delivered.partition).map_err(|_| {
+                            BenchError::Other(format!(
+                                "Kafka delivered to partition {}",
+                                delivered.partition
+                            ))
+                        })?;
+                        if partition >= produced.len() {
+                            produced.resize(partition + 1, 0);
+                        }
+                        produced[partition] = produced[partition].max(delivered.offset + 1);
+                    }
+                    progress.advance(chunk.len() as u64);
+                }
+            }
         }
         progress.finish();
         Ok(())
+    }
+
+    /// Whether the clock starts when the first delivery is handed out rather than when the
+    /// consumer starts: on Kafka, whose consumer joins its group (a rebalance round, about a
+    /// second) before the first message, once per consumer and not per message.
+    fn clock_from_first_delivery(&self) -> bool {
+        matches!(self, Channel::Kafka { .. })
     }
 
     /// The source URL, with read-ahead for `concurrency` deliveries in flight (`None`: the
@@ -423,6 +542,11 @@ impl Channel {
                     url.push_str(&format!("&prefetch={}", 2 * c));
                 }
                 url
+            }
+            // No read-ahead to set: the source fetches per partition and hands out one message
+            // per partition at a time.
+            Channel::Kafka { brokers, topic, .. } => {
+                format!("kafka://{brokers}/{topic}?group={topic}")
             }
         }
     }
@@ -502,6 +626,17 @@ impl Channel {
                     .map_err(|e| other("AMQP channel")(&e))?;
                 Ok((u64::from(declared.message_count()), u64::from(dead)))
             }
+            Channel::Kafka {
+                brokers,
+                topic,
+                produced,
+            } => {
+                let (brokers, topic, produced) = (brokers.clone(), topic.clone(), produced.clone());
+                // Offset and watermark requests block: off the runtime.
+                tokio::task::spawn_blocking(move || kafka_leftovers(&brokers, &topic, &produced))
+                    .await
+                    .map_err(|e| other("Kafka offsets")(&e))?
+            }
         }
     }
 
@@ -545,9 +680,126 @@ impl Channel {
                     .await
                     .map_err(|e| other("AMQP close")(&e))?;
             }
+            Channel::Kafka { brokers, topic, .. } => {
+                let dlq = format!("{topic}.dlq");
+                delete_topics(&brokers, &[topic.as_str(), dlq.as_str()]).await?;
+            }
         }
         Ok(())
     }
+}
+
+/// A librdkafka configuration with the bootstrap brokers, logging errors only.
+fn kafka_config(brokers: &str) -> rdkafka::ClientConfig {
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("log_level", "3");
+    config
+}
+
+/// For a Kafka topic whose partitions end at `produced`: the messages the group (named as the
+/// topic) has not committed, and the dead letters in `<topic>.dlq`.
+///
+/// A partition's end is the producer's (the offset after the last delivery report) or its high
+/// watermark, whichever is further: tansu's watermark can stop at the base offset of the last
+/// produce batch plus one. Any committed offset other than the end counts its distance.
+fn kafka_leftovers(brokers: &str, topic: &str, produced: &[i64]) -> Result<(u64, u64), BenchError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = kafka_config(brokers)
+        .set("group.id", topic)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| other("Kafka consumer")(&e))?;
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for partition in 0..produced.len() {
+        partitions.add_partition(topic, partition as i32);
+    }
+    let committed = consumer
+        .committed_offsets(partitions, KAFKA_TIMEOUT)
+        .map_err(|e| other("Kafka committed offsets")(&e))?;
+    let mut unsettled = 0;
+    for (partition, &end) in (0i32..).zip(produced) {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, KAFKA_TIMEOUT)
+            .map_err(|e| other("Kafka watermarks")(&e))?;
+        let end = end.max(high);
+        let done = match committed
+            .find_partition(topic, partition)
+            .map(|e| e.offset())
+        {
+            Some(rdkafka::Offset::Offset(offset)) => offset,
+            _ => 0,
+        };
+        unsettled += end.abs_diff(done);
+    }
+    // Created by the source on first use; absent if it never got that far (and for the naive
+    // consumer). Non-zero when anything was produced to it, although tansu may undercount.
+    let dead = match consumer.fetch_watermarks(&format!("{topic}.dlq"), 0, KAFKA_TIMEOUT) {
+        Ok((low, high)) => high.saturating_sub(low).max(0) as u64,
+        Err(_) => 0,
+    };
+    Ok((unsettled, dead))
+}
+
+/// Deletes Kafka topics; topics that do not exist are no error.
+async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), BenchError> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> = kafka_config(brokers)
+        .create()
+        .map_err(|e| other("Kafka admin")(&e))?;
+    let options = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
+    let results = admin
+        .delete_topics(topics, &options)
+        .await
+        .map_err(|e| other("delete the Kafka topics")(&e))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => {
+                return Err(BenchError::Other(format!(
+                    "delete the Kafka topic {topic}: {code}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the Kafka bench topics of earlier runs whose process is gone.
+async fn remove_leftover_topics(brokers: &str) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let owned = brokers.to_owned();
+    let stale = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = kafka_config(&owned).create().ok()?;
+        let metadata = consumer.fetch_metadata(None, KAFKA_TIMEOUT).ok()?;
+        Some(
+            metadata
+                .topics()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .filter(|name| {
+                    name.strip_prefix(BENCH_PREFIX)
+                        .is_some_and(|rest| gone(rest.split('.').next().unwrap_or_default()))
+                })
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    if !stale.is_empty() {
+        let names: Vec<&str> = stale.iter().map(String::as_str).collect();
+        delete_topics(brokers, &names).await.ok();
+    }
+}
+
+/// Whether the process `pid` that made a bench stream or topic is gone.
+fn gone(pid: &str) -> bool {
+    pid != std::process::id().to_string() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Deletes the bench streams of earlier runs whose process is gone.
@@ -559,10 +811,7 @@ async fn remove_leftover_streams(context: &async_nats::jetstream::Context) {
         let Some(rest) = name.strip_prefix(NATS_PREFIX) else {
             continue;
         };
-        let pid = rest.split('_').next().unwrap_or_default();
-        if pid != std::process::id().to_string()
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        {
+        if gone(rest.split('_').next().unwrap_or_default()) {
             stale.push(name);
         }
     }
@@ -578,6 +827,8 @@ struct Tally {
     latencies: Mutex<Vec<Duration>>,
     acks_at: Mutex<Vec<Instant>>,
     all_acked: tokio::sync::Notify,
+    /// When the source handed out its first delivery.
+    first_taken: std::sync::OnceLock<Instant>,
 }
 
 impl Tally {
@@ -588,6 +839,7 @@ impl Tally {
             latencies: Mutex::new(Vec::with_capacity(target)),
             acks_at: Mutex::new(Vec::with_capacity(target)),
             all_acked: tokio::sync::Notify::new(),
+            first_taken: std::sync::OnceLock::new(),
         }
     }
 
@@ -623,10 +875,14 @@ impl<S: Source> Source for Timed<S> {
 
     async fn next(&mut self) -> Option<Result<Self::Delivery, BrokerError>> {
         let next = self.inner.next().await?;
-        Some(next.map(|inner| TimedDelivery {
-            inner,
-            taken: Instant::now(),
-            tally: self.tally.clone(),
+        Some(next.map(|inner| {
+            let taken = Instant::now();
+            self.tally.first_taken.get_or_init(|| taken);
+            TimedDelivery {
+                inner,
+                taken,
+                tally: self.tally.clone(),
+            }
         }))
     }
 }
@@ -663,7 +919,7 @@ async fn run_oncely(
     workload: &Workload,
     progress: &dyn Progress,
 ) -> Result<BrokerRun, BenchError> {
-    let channel = Channel::create(broker, "oncely").await?;
+    let mut channel = Channel::create(broker, "oncely").await?;
     let result = async {
         channel.fill(workload, progress).await?;
         let concurrency = config.concurrency.max(1);
@@ -729,6 +985,10 @@ async fn run_oncely(
                 workload.len()
             )));
         }
+        let started = match (channel.clock_from_first_delivery(), tally.first_taken.get()) {
+            (true, Some(first)) => *first,
+            _ => started,
+        };
         let mut acks_at = std::mem::take(&mut *tally.acks_at.lock().unwrap());
         acks_at.sort_unstable();
         let elapsed = acks_at.last().map_or(Duration::ZERO, |t| *t - started);
@@ -813,39 +1073,22 @@ async fn run_naive(
     workload: &Workload,
     progress: &dyn Progress,
 ) -> Result<BrokerRun, BenchError> {
-    let channel = Channel::create(broker, "naive").await?;
+    let mut channel = Channel::create(broker, "naive").await?;
     let result = async {
         channel.fill(workload, progress).await?;
-        let mut conn = NaiveConn::open(store, config.store, config.page_size).await?;
-        let mut source = oncely::broker::connect(&channel.source_url(None))
-            .await
-            .map_err(|e| other("broker")(&e))?;
-        progress.start("naive", workload.len() as u64);
-        let mut latencies = Vec::with_capacity(workload.len());
-        let mut effects = 0u64;
-        let started = Instant::now();
-        for _ in 0..workload.len() {
-            let delivery = tokio::time::timeout(STALL_LIMIT, source.next())
-                .await
-                .map_err(|_| BenchError::Other(format!("naive: no delivery for {STALL_LIMIT:?}")))?
-                .ok_or_else(|| BenchError::Other("naive: the source ended".into()))?
-                .map_err(|e| other("naive: receive")(&e))?;
-            let taken = Instant::now();
-            let json: serde_json::Value = serde_json::from_slice(delivery.message().payload())
-                .map_err(|e| other("naive: payload")(&e))?;
-            let key = json["eventId"]
-                .as_str()
-                .ok_or_else(|| BenchError::Other("naive: a payload without eventId".into()))?;
-            if conn.check_then_insert(key).await? {
-                effects += 1;
+        let conn = NaiveConn::open(store, config.store, config.page_size).await?;
+        let (elapsed, mut latencies, effects) = match &channel {
+            Channel::Kafka { brokers, topic, .. } => {
+                let source = PlainKafka::subscribe(brokers, topic)?;
+                naive_loop(source, conn, workload, true, progress).await?
             }
-            delivery.ack().await.map_err(|e| other("naive: ack")(&e))?;
-            latencies.push(taken.elapsed());
-            progress.advance(1);
-        }
-        let elapsed = started.elapsed();
-        progress.finish();
-        drop(source);
+            _ => {
+                let source = oncely::broker::connect(&channel.source_url(None))
+                    .await
+                    .map_err(|e| other("broker")(&e))?;
+                naive_loop(source, conn, workload, false, progress).await?
+            }
+        };
         let (unsettled, dead) = channel.leftovers().await?;
         latencies.sort_unstable();
         let run = BrokerRun {
@@ -869,6 +1112,137 @@ async fn run_naive(
     let run = result?;
     deleted?;
     Ok(run)
+}
+
+/// The naive pattern over `source`, one message at a time: the elapsed time, each message's
+/// delivery-to-ack time and the effects applied. The clock starts before the first receive, or
+/// with `from_first_delivery` when the first delivery is handed out. The source is dropped
+/// before it answers.
+async fn naive_loop<S: Source>(
+    mut source: S,
+    mut conn: NaiveConn,
+    workload: &Workload,
+    from_first_delivery: bool,
+    progress: &dyn Progress,
+) -> Result<(Duration, Vec<Duration>, u64), BenchError> {
+    progress.start("naive", workload.len() as u64);
+    let mut latencies = Vec::with_capacity(workload.len());
+    let mut effects = 0u64;
+    let mut started = Instant::now();
+    for n in 0..workload.len() {
+        let delivery = tokio::time::timeout(STALL_LIMIT, source.next())
+            .await
+            .map_err(|_| BenchError::Other(format!("naive: no delivery for {STALL_LIMIT:?}")))?
+            .ok_or_else(|| BenchError::Other("naive: the source ended".into()))?
+            .map_err(|e| other("naive: receive")(&e))?;
+        let taken = Instant::now();
+        if n == 0 && from_first_delivery {
+            started = taken;
+        }
+        let json: serde_json::Value = serde_json::from_slice(delivery.message().payload())
+            .map_err(|e| other("naive: payload")(&e))?;
+        let key = json["eventId"]
+            .as_str()
+            .ok_or_else(|| BenchError::Other("naive: a payload without eventId".into()))?;
+        if conn.check_then_insert(key).await? {
+            effects += 1;
+        }
+        delivery.ack().await.map_err(|e| other("naive: ack")(&e))?;
+        latencies.push(taken.elapsed());
+        progress.advance(1);
+    }
+    let elapsed = started.elapsed();
+    progress.finish();
+    drop(source);
+    Ok((elapsed, latencies, effects))
+}
+
+/// The Kafka consumer people write without oncely: a plain rdkafka consumer in the group named
+/// as the topic (auto-commit off, from the earliest offset), each message's offset committed
+/// synchronously (`CommitMode::Sync`) when it is acked.
+struct PlainKafka {
+    consumer: Arc<rdkafka::consumer::StreamConsumer>,
+}
+
+/// A message from [`PlainKafka`], and where it was.
+struct PlainKafkaDelivery {
+    consumer: Arc<rdkafka::consumer::StreamConsumer>,
+    message: Message,
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+impl PlainKafka {
+    fn subscribe(brokers: &str, topic: &str) -> Result<Self, BenchError> {
+        use rdkafka::consumer::Consumer as _;
+        let consumer: rdkafka::consumer::StreamConsumer = kafka_config(brokers)
+            .set("group.id", topic)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e| other("Kafka consumer")(&e))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| other("Kafka subscribe")(&e))?;
+        Ok(PlainKafka {
+            consumer: Arc::new(consumer),
+        })
+    }
+}
+
+#[async_trait]
+impl Source for PlainKafka {
+    type Delivery = PlainKafkaDelivery;
+
+    async fn next(&mut self) -> Option<Result<PlainKafkaDelivery, BrokerError>> {
+        use rdkafka::Message as _;
+        Some(match self.consumer.recv().await {
+            Ok(m) => Ok(PlainKafkaDelivery {
+                consumer: self.consumer.clone(),
+                message: Message::new(m.payload().unwrap_or_default().to_vec(), m.topic()),
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                offset: m.offset(),
+            }),
+            Err(e) => Err(BrokerError::new(oncely::kafka::BROKER, "receive", e)),
+        })
+    }
+}
+
+#[async_trait]
+impl Delivery for PlainKafkaDelivery {
+    fn message(&self) -> &Message {
+        &self.message
+    }
+
+    async fn ack(&self) -> Result<(), BrokerError> {
+        use rdkafka::consumer::{CommitMode, Consumer as _};
+        let mut next = rdkafka::TopicPartitionList::new();
+        next.add_partition_offset(
+            &self.topic,
+            self.partition,
+            rdkafka::Offset::Offset(self.offset + 1),
+        )
+        .and_then(|()| self.consumer.commit(&next, CommitMode::Sync))
+        .map_err(|e| BrokerError::new(oncely::kafka::BROKER, "commit", e))
+    }
+
+    async fn redeliver(&self, _after: Duration) -> Result<(), BrokerError> {
+        Err(BrokerError::new(
+            oncely::kafka::BROKER,
+            "redeliver",
+            "the naive consumer never gives a message back",
+        ))
+    }
+
+    async fn dead_letter(&self, _letter: &DeadLetter) -> Result<(), BrokerError> {
+        Err(BrokerError::new(
+            oncely::kafka::BROKER,
+            "dead-letter",
+            "the naive consumer never dead-letters",
+        ))
+    }
 }
 
 /// Fails the benchmark unless every message was acked, nothing is left at the broker, nothing
@@ -968,6 +1342,16 @@ mod tests {
         assert!(Broker::parse("nats://h/STREAM/consumer").is_err());
         assert!(Broker::parse("amqp://h/vhost/queue").is_err());
         assert!(Broker::parse("nats://h?batch=1").is_err());
-        assert!(Broker::parse("kafka://h").is_err());
+        assert!(matches!(
+            Broker::parse("kafka://127.0.0.1"),
+            Ok(Broker::Kafka(b)) if b == "127.0.0.1:9092"
+        ));
+        assert!(matches!(
+            Broker::parse("kafka://a:9093,b/"),
+            Ok(Broker::Kafka(b)) if b == "a:9093,b:9092"
+        ));
+        assert!(Broker::parse("kafka://h/topic").is_err());
+        assert!(Broker::parse("kafka://").is_err());
+        assert!(Broker::parse("sqs://h").is_err());
     }
 }

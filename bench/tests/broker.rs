@@ -1,6 +1,7 @@
 //! `oncely bench --broker` end to end on a small workload, against the NATS JetStream at
-//! `ONCELY_NATS_URL` (`nats://127.0.0.1:4222`) and the RabbitMQ at `ONCELY_AMQP_URL`
-//! (`amqp://guest:guest@127.0.0.1:5672`), with a fresh SQLite store. No timing is asserted:
+//! `ONCELY_NATS_URL` (`nats://127.0.0.1:4222`), the RabbitMQ at `ONCELY_AMQP_URL`
+//! (`amqp://guest:guest@127.0.0.1:5672`) and the Kafka-protocol broker at
+//! `ONCELY_KAFKA_BROKERS` (`127.0.0.1:9092`), with a fresh SQLite store. No timing is asserted:
 //! only that every message is settled and the effect ran once per distinct key.
 
 use oncely_bench::broker::{self, BrokerConfig};
@@ -56,4 +57,10 @@ fn rabbitmq_every_message_settled_and_one_effect_per_key() {
     let url = std::env::var("ONCELY_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into());
     run_and_check(config(url, "amqp"));
+}
+
+#[test]
+fn kafka_every_message_settled_and_one_effect_per_key() {
+    let brokers = std::env::var("ONCELY_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    run_and_check(config(format!("kafka://{brokers}"), "kafka"));
 }

@@ -3,7 +3,8 @@
 //! (never on the store itself: on PostgreSQL and MySQL, fresh schemas or databases on the server
 //! it names, dropped after).
 //!
-//! `--broker nats://HOST[:PORT]` or `--broker amqp://[USER:PASS@]HOST[:PORT]` measures instead
+//! `--broker nats://HOST[:PORT]`, `--broker amqp://[USER:PASS@]HOST[:PORT]` or
+//! `--broker kafka://HOST[:PORT]` measures instead
 //! messages per second through consume + claim + effect + ack on that broker: oncely's consumer
 //! runner against the naive one-message-at-a-time consumer ([`oncely_bench::broker`]).
 //!
@@ -70,19 +71,21 @@ pub struct BenchArgs {
     purge_batch: usize,
 
     /// Instead: messages/s through consume + claim + effect + ack on a broker, oncely's
-    /// consumer against the naive per-message consumer. nats://HOST[:PORT] (JetStream) or
-    /// amqp://[USER:PASS@]HOST[:PORT][/VHOST] (RabbitMQ).
+    /// consumer against the naive per-message consumer. nats://HOST[:PORT] (JetStream),
+    /// amqp://[USER:PASS@]HOST[:PORT][/VHOST] (RabbitMQ) or kafka://HOST[:PORT] (Kafka).
     ///
     /// --events messages (default 20000), --duplicates of them re-publishes of an earlier key,
-    /// payload {"eventId":"<uuid>"}, published and confirmed into a fresh stream or queue per
-    /// contender (deleted after) before the clock starts. oncely: oncely::Consumer with an
-    /// OncelyHandler (key /eventId) on a fresh store of the kind --store names (sqlite:,
-    /// postgres://, mysql://), the effect an in-process counter, --concurrency deliveries in
-    /// flight (default 64; NATS batch=N, RabbitMQ prefetch=2N). naive: one message at a time,
-    /// SELECT EXISTS then INSERT in its own transaction on the same kind of store, the effect,
-    /// then the ack, on the first --naive-events messages. Reports messages/s and p50/p99 from
-    /// delivery to confirmed ack; fails unless every message is acked and settled at the
-    /// broker, none dead-lettered, and the effects equal the distinct keys.
+    /// payload {"eventId":"<uuid>"}, published and confirmed into a fresh stream, queue or
+    /// topic (Kafka: 8 partitions, the event key as the Kafka key) per contender (deleted
+    /// after) before the clock starts. oncely: oncely::Consumer with an OncelyHandler (key
+    /// /eventId) on a fresh store of the kind --store names (sqlite:, postgres://, mysql://),
+    /// the effect an in-process counter, --concurrency deliveries in flight (default 64; NATS
+    /// batch=N, RabbitMQ prefetch=2N; Kafka: at most one per partition, so 8). naive: one
+    /// message at a time, SELECT EXISTS then INSERT in its own transaction on the same kind of
+    /// store, the effect, then the ack (Kafka: a synchronous offset commit), on the first
+    /// --naive-events messages. Reports messages/s and p50/p99 from delivery to confirmed ack;
+    /// fails unless every message is acked and settled at the broker (Kafka: committed to the
+    /// end of every partition), none dead-lettered, and the effects equal the distinct keys.
     #[arg(
         long,
         value_name = "URL",
@@ -286,8 +289,8 @@ fn run_broker(
     writeln!(
         out,
         "{} messages, {:.0} % re-publishes of an earlier key, payload {{\"eventId\":\"<36-char \
-         UUID>\"}}, broker {}, store {}; oncely: {} deliveries in flight, lease {:?}, effect an \
-         in-process counter; naive: one message at a time, check-then-insert per message",
+         UUID>\"}}, broker {}, store {}; oncely: {} deliveries in flight{}, lease {:?}, effect \
+         an in-process counter; naive: one message at a time, check-then-insert per message",
         config.events,
         config.duplicate_ratio * 100.0,
         oncely::url::redact_password(&config.broker),
@@ -307,6 +310,14 @@ fn run_broker(
             ),
         },
         config.concurrency,
+        if config.broker.starts_with("kafka:") {
+            format!(
+                " (Kafka: at most one per partition, {} partitions)",
+                oncely_bench::broker::KAFKA_PARTITIONS
+            )
+        } else {
+            String::new()
+        },
         config.lease,
     )?;
     write!(out, "{}", oncely_bench::broker::format_table(&results))?;

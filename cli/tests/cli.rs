@@ -956,13 +956,18 @@ fn purge_leaves_the_store_alone_while_another_instance_purges() {
     assert_eq!(purge(dir.path()).stdout(), "purged 1 records\n");
 }
 
-/// `oncely bench --broker` through the binary, on both brokers on loopback: the table, every
-/// contender's effects equal to its distinct keys, and no store file where --store points.
+/// `oncely bench --broker` through the binary, on the three brokers on loopback (Kafka: tansu):
+/// the table, every contender's effects equal to its distinct keys, and no store file where
+/// --store points.
 #[test]
 fn bench_broker_reports_both_contenders_with_one_effect_per_key() {
     let dir = tempfile::tempdir().unwrap();
     let bench_dir = dir.path().join("bench-files");
-    for broker in ["nats://127.0.0.1:4222", "amqp://guest:guest@127.0.0.1:5672"] {
+    for broker in [
+        "nats://127.0.0.1:4222",
+        "amqp://guest:guest@127.0.0.1:5672",
+        "kafka://127.0.0.1:9092",
+    ] {
         let run = oncely(
             dir.path(),
             &[
