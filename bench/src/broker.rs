@@ -12,7 +12,7 @@
 //! event key as the Kafka key so a re-publish shares its original's partition, a consumer group
 //! named as the topic, and the `.dlq` topic the source makes), filled and confirmed by the broker
 //! **before** the clock starts (Kafka: the idempotent producer, acks from all in-sync replicas,
-//! every delivery report awaited), and deleted at the end (NATS streams and Kafka topics a
+//! one record per produce batch, every delivery report awaited), and deleted at the end (NATS streams and Kafka topics a
 //! crashed run left are deleted by the next run, RabbitMQ's expire by themselves; the Kafka
 //! consumer groups stay). The measured phase is consumption only.
 //!
@@ -466,9 +466,13 @@ impl Channel {
                 // The relay's producer: acks from all in-sync replicas, no duplicates from its
                 // own retries. The event key is the Kafka key, so a re-publish shares a
                 // partition with its original.
+                // One record per produce batch: tansu serves a fetch only below its high
+                // watermark (the last batch's base offset + 1), so a consumer paused and resumed
+                // inside a batch of several records would wait for ever for the rest of it.
                 let producer: FutureProducer = kafka_config(brokers)
                     .set("enable.idempotence", "true")
                     .set("acks", "all")
+                    .set("batch.num.messages", "1")
                     .create()
                     .map_err(|e| other("Kafka producer")(&e))?;
                 for chunk in workload.keys().chunks(PUBLISH_WINDOW) {
