@@ -47,13 +47,15 @@ pub struct ConsumeArgs {
     deliver: String,
 
     /// Namespace of the keys in the store [default: the queue (RabbitMQ), STREAM/CONSUMER
-    /// (NATS) or TOPIC/GROUP (Kafka)]. Give two consumers of one flow the same scope to deduplicate between them.
+    /// (NATS) or TOPIC/GROUP (Kafka)]. Give two consumers of one flow the same scope to
+    /// deduplicate between them.
     #[arg(long, value_name = "NAME", value_parser = crate::parse_scope)]
     scope: Option<Scope>,
 
     /// Where messages that failed every attempt go, with their error in the Oncely-Error
     /// header: a RabbitMQ queue (declared if missing), a NATS subject or a Kafka topic (created
-    /// if missing) [default: QUEUE.dlq; STREAM.dlq kept in the stream STREAM_DLQ; TOPIC.dlq]. Same as dlq=NAME in the --from URL.
+    /// if missing) [default: QUEUE.dlq; STREAM.dlq kept in the stream STREAM_DLQ; TOPIC.dlq].
+    /// Same as dlq=NAME in the --from URL.
     #[arg(long, value_name = "NAME")]
     dlq: Option<String>,
 
