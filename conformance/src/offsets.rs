@@ -59,6 +59,34 @@ pub trait OffsetsDatabase: Send + Sync + 'static {
     fn is_deadlock(&self, error: &Error) -> bool;
 }
 
+/// The [`OffsetsDatabase`] calls that are the same for every sqlx database: `save` through the
+/// store's `$offsets::save`, commit, rollback, and the `offsets` field as the [`OffsetStore`].
+/// The harness writes `begin` (SQLite begins with `BEGIN IMMEDIATE`) and `is_deadlock`.
+#[macro_export]
+macro_rules! sqlx_offsets_calls {
+    ($offsets:ty) => {
+        async fn save(
+            &self,
+            tx: &mut Self::Tx,
+            position: &::oncely_core::consumer::Position,
+        ) -> ::oncely_core::Result<()> {
+            <$offsets>::save(&mut **tx, position).await
+        }
+
+        async fn commit(&self, tx: Self::Tx) {
+            tx.commit().await.unwrap();
+        }
+
+        async fn rollback(&self, tx: Self::Tx) {
+            tx.rollback().await.unwrap();
+        }
+
+        fn offsets(&self) -> &dyn ::oncely_core::consumer::OffsetStore {
+            &self.offsets
+        }
+    };
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         /// Every behaviour of the suite, by name.

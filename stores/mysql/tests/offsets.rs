@@ -9,8 +9,7 @@ mod support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use oncely_conformance::offsets::{self, OffsetsDatabase};
-use oncely_core::consumer::{OffsetStore, Position};
-use oncely_core::{Error, Result};
+use oncely_core::Error;
 use oncely_mysql::offsets::MySqlOffsets;
 use sqlx::{MySql, MySqlPool, Transaction};
 
@@ -40,21 +39,7 @@ impl OffsetsDatabase for Consumer {
         self.pool.begin().await.unwrap()
     }
 
-    async fn save(&self, tx: &mut Self::Tx, position: &Position) -> Result<()> {
-        MySqlOffsets::save(tx, position).await
-    }
-
-    async fn commit(&self, tx: Self::Tx) {
-        tx.commit().await.unwrap();
-    }
-
-    async fn rollback(&self, tx: Self::Tx) {
-        tx.rollback().await.unwrap();
-    }
-
-    fn offsets(&self) -> &dyn OffsetStore {
-        &self.offsets
-    }
+    oncely_conformance::sqlx_offsets_calls!(MySqlOffsets);
 
     fn is_deadlock(&self, error: &Error) -> bool {
         support::is_deadlock(error)

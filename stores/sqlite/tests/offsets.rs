@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oncely_conformance::offsets::{self, OffsetsDatabase};
+use oncely_core::Error;
 use oncely_core::consumer::{OffsetStore, Position};
-use oncely_core::{Error, Result};
 use oncely_sqlite::offsets::SqliteOffsets;
 use oncely_sqlite::sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use oncely_sqlite::sqlx::{self, Sqlite, Transaction};
@@ -56,21 +56,7 @@ impl OffsetsDatabase for Consumer {
         self.pool.begin_with("BEGIN IMMEDIATE").await.unwrap()
     }
 
-    async fn save(&self, tx: &mut Self::Tx, position: &Position) -> Result<()> {
-        SqliteOffsets::save(tx, position).await
-    }
-
-    async fn commit(&self, tx: Self::Tx) {
-        tx.commit().await.unwrap();
-    }
-
-    async fn rollback(&self, tx: Self::Tx) {
-        tx.rollback().await.unwrap();
-    }
-
-    fn offsets(&self) -> &dyn OffsetStore {
-        &self.offsets
-    }
+    oncely_conformance::sqlx_offsets_calls!(SqliteOffsets);
 
     fn is_deadlock(&self, _: &Error) -> bool {
         // One writer at a time, the others wait on the lock: SQLite has no deadlock victims.
