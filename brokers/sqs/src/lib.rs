@@ -1,0 +1,460 @@
+//! # oncely-sqs (work in progress: issue 7)
+//!
+//! Amazon SQS as a source for the oncely consumer runner. Not in the workspace yet: the broker
+//! suite against moto (`moto_server`), the relay's publisher and the CLI wiring are still to do.
+//!
+//! How the contract maps onto SQS:
+//!
+//! | the runner asks | on SQS |
+//! |---|---|
+//! | ack | `DeleteMessage` (batched, up to 10 per call) |
+//! | redeliver after `d` | `ChangeMessageVisibility` to `d` |
+//! | in progress | `ChangeMessageVisibility` back to the full visibility timeout |
+//! | dead letter | `SendMessage` of a copy to the dead-letter queue, then delete |
+//!
+//! A message received more than `max_receives` times (`ApproximateReceiveCount`: consumers
+//! that died holding it) is dead-lettered on receipt, with that as its error.
+
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::{Credentials, Region};
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
+use oncely_core::async_trait;
+use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
+use oncely_core::url::{parse_duration, redact_password};
+use tokio::sync::mpsc;
+
+/// The broker's name in [`BrokerError`]s.
+pub const BROKER: &str = "sqs";
+/// The message attribute carrying a message's stable id (the relay's row id).
+pub const MESSAGE_ID_ATTRIBUTE: &str = "Oncely-Message-Id";
+
+/// Setting a source up failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL cannot be used.
+    #[error("invalid SQS URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// SQS refused or could not be reached.
+    #[error("SQS at {endpoint}: {what}: {source}")]
+    Sqs {
+        /// The endpoint.
+        endpoint: String,
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: oncely_core::BoxError,
+    },
+}
+
+/// `sqs[+http]://HOST[:PORT]/QUEUE[?region=..&dlq=..&visibility=30s&wait=20s&max_receives=10]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqsOptions {
+    /// `https://HOST[:PORT]` (`sqs://`) or `http://HOST[:PORT]` (`sqs+http://`, emulators).
+    pub endpoint: String,
+    /// The queue's name.
+    pub queue: String,
+    /// The region signed for (`region=`, else `AWS_REGION`, else `us-east-1`).
+    pub region: String,
+    /// The dead-letter queue; `None` for `<QUEUE>-dlq` (`<NAME>-dlq.fifo` for a FIFO queue).
+    pub dead_letter_queue: Option<String>,
+    /// How long a received message stays invisible to other consumers.
+    pub visibility: Duration,
+    /// Long polling: how long a receive waits for a message (at most 20 s).
+    pub wait: Duration,
+    /// Receives after which a message is dead-lettered on receipt.
+    pub max_receives: u32,
+}
+
+impl std::str::FromStr for SqsOptions {
+    type Err = Error;
+
+    fn from_str(url: &str) -> Result<Self, Error> {
+        let invalid = |reason: String| Error::InvalidUrl {
+            url: redact_password(url),
+            reason,
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| invalid("expected sqs://HOST/QUEUE".into()))?;
+        let tls = match scheme {
+            "sqs" => true,
+            "sqs+http" => false,
+            other => {
+                return Err(invalid(format!(
+                    "the scheme must be sqs or sqs+http, not `{other}`"
+                )));
+            }
+        };
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (host, queue) = location
+            .split_once('/')
+            .filter(|(h, q)| !h.is_empty() && !q.is_empty() && !q.contains('/'))
+            .ok_or_else(|| invalid("expected sqs://HOST[:PORT]/QUEUE".into()))?;
+        let mut options = SqsOptions {
+            endpoint: format!("{}://{host}", if tls { "https" } else { "http" }),
+            queue: queue.to_owned(),
+            region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+            dead_letter_queue: None,
+            visibility: Duration::from_secs(30),
+            wait: Duration::from_secs(20),
+            max_receives: 10,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "region" => options.region = value.to_owned(),
+                "dlq" => options.dead_letter_queue = Some(value.to_owned()),
+                "visibility" => {
+                    options.visibility = parse_duration(name, value).map_err(invalid)?
+                }
+                "wait" => {
+                    options.wait = parse_duration(name, value)
+                        .map_err(invalid)?
+                        .min(Duration::from_secs(20))
+                }
+                "max_receives" => {
+                    options.max_receives =
+                        value.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                            invalid(format!("max_receives must be at least 1, not `{value}`"))
+                        })?
+                }
+                other => return Err(invalid(format!("unknown option `{other}`"))),
+            }
+        }
+        Ok(options)
+    }
+}
+
+impl SqsOptions {
+    /// The dead-letter queue's name.
+    pub fn dead_letter_queue_or_default(&self) -> String {
+        match (&self.dead_letter_queue, self.queue.strip_suffix(".fifo")) {
+            (Some(name), _) => name.clone(),
+            (None, Some(base)) => format!("{base}-dlq.fifo"),
+            (None, None) => format!("{}-dlq", self.queue),
+        }
+    }
+}
+
+/// An SQS client for `options`: rustls with ring, credentials from `AWS_ACCESS_KEY_ID` /
+/// `AWS_SECRET_ACCESS_KEY` (`AWS_SESSION_TOKEN`), or `test`/`test` for a plain-HTTP emulator.
+pub fn client(options: &SqsOptions) -> Result<Client, Error> {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let credentials = match (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) {
+        (Ok(id), Ok(secret)) => Credentials::new(
+            id,
+            secret,
+            std::env::var("AWS_SESSION_TOKEN").ok(),
+            None,
+            "env",
+        ),
+        _ if options.endpoint.starts_with("http://") => {
+            Credentials::new("test", "test", None, None, "emulator")
+        }
+        _ => {
+            return Err(Error::Sqs {
+                endpoint: options.endpoint.clone(),
+                what: "credentials".into(),
+                source: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+            });
+        }
+    };
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version_latest()
+        .region(Region::new(options.region.clone()))
+        .credentials_provider(credentials)
+        .endpoint_url(&options.endpoint)
+        .http_client(http)
+        .build();
+    Ok(Client::from_conf(config))
+}
+
+struct Shared {
+    client: Client,
+    queue_url: String,
+    dead_letter_url: String,
+    options: SqsOptions,
+}
+
+/// A consumer of one SQS queue, as a [`Source`] for the runner.
+pub struct SqsSource {
+    shared: Arc<Shared>,
+    received: mpsc::Receiver<Result<SqsDelivery, BrokerError>>,
+    receiver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SqsSource {
+    fn drop(&mut self) {
+        self.receiver.abort();
+        // Received and never handed out: visible to other consumers again now, not after the
+        // visibility timeout.
+        self.received.close();
+        let mut waiting = Vec::new();
+        while let Ok(Ok(delivery)) = self.received.try_recv() {
+            waiting.push(delivery);
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for delivery in waiting {
+                    let _ = delivery.redeliver(Duration::ZERO).await;
+                }
+            });
+        }
+    }
+}
+
+impl SqsSource {
+    /// Consumes the queue `url` names.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url.parse()?).await
+    }
+
+    /// Consumes the queue `options` name; the dead-letter queue must exist.
+    pub async fn connect_with(options: SqsOptions) -> Result<Self, Error> {
+        let client = client(&options)?;
+        let url_of = |name: String| {
+            let client = client.clone();
+            let endpoint = options.endpoint.clone();
+            async move {
+                client
+                    .get_queue_url()
+                    .queue_name(&name)
+                    .send()
+                    .await
+                    .map_err(|e| Error::Sqs {
+                        endpoint,
+                        what: format!("the queue {name}"),
+                        source: e.into(),
+                    })
+                    .map(|o| o.queue_url().unwrap_or_default().to_owned())
+            }
+        };
+        let queue_url = url_of(options.queue.clone()).await?;
+        let dead_letter_url = url_of(options.dead_letter_queue_or_default()).await?;
+        let shared = Arc::new(Shared {
+            client,
+            queue_url,
+            dead_letter_url,
+            options,
+        });
+        let (tx, received) = mpsc::channel(10);
+        let receiver = tokio::spawn(receive(shared.clone(), tx));
+        Ok(SqsSource {
+            shared,
+            received,
+            receiver,
+        })
+    }
+
+    /// The options it was started with.
+    pub fn options(&self) -> &SqsOptions {
+        &self.shared.options
+    }
+}
+
+/// Long-polls the queue into `tx` until the source is dropped.
+async fn receive(shared: Arc<Shared>, tx: mpsc::Sender<Result<SqsDelivery, BrokerError>>) {
+    loop {
+        // Receive no more than there is room for: a message waiting here is invisible to others.
+        let room = match tx.reserve_many(10).await {
+            Ok(permits) => permits.len(),
+            Err(_) => return,
+        };
+        let o = &shared.options;
+        let received = shared
+            .client
+            .receive_message()
+            .queue_url(&shared.queue_url)
+            .max_number_of_messages(room as i32)
+            .wait_time_seconds(o.wait.as_secs() as i32)
+            .visibility_timeout(o.visibility.as_secs().max(1) as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await;
+        let messages = match received {
+            Ok(output) => output.messages.unwrap_or_default(),
+            Err(error) => {
+                if tx
+                    .send(Err(BrokerError::new(BROKER, "receive", error)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for received in messages {
+            let delivery = SqsDelivery::new(shared.clone(), received);
+            if delivery.receives > o.max_receives {
+                let letter = DeadLetter {
+                    error: format!(
+                        "received {} times without being settled (max_receives {})",
+                        delivery.receives, o.max_receives
+                    ),
+                    attempts: 0,
+                    key: None,
+                    source: delivery.message.source().to_owned(),
+                };
+                if delivery.dead_letter(&letter).await.is_ok() {
+                    let _ = delivery.ack().await;
+                }
+                continue;
+            }
+            if tx.send(Ok(delivery)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Source for SqsSource {
+    type Delivery = SqsDelivery;
+
+    async fn next(&mut self) -> Option<Result<SqsDelivery, BrokerError>> {
+        self.received.recv().await
+    }
+}
+
+/// One message from an [`SqsSource`].
+pub struct SqsDelivery {
+    shared: Arc<Shared>,
+    message: Message,
+    receipt: String,
+    receives: u32,
+    group: Option<String>,
+    attributes: HashMap<String, MessageAttributeValue>,
+}
+
+impl SqsDelivery {
+    fn new(shared: Arc<Shared>, received: aws_sdk_sqs::types::Message) -> Self {
+        let system = received.attributes.clone().unwrap_or_default();
+        let attributes = received.message_attributes.clone().unwrap_or_default();
+        let mut message = Message::new(
+            received.body.clone().unwrap_or_default().into_bytes(),
+            shared.options.queue.clone(),
+        );
+        let group = system
+            .get(&MessageSystemAttributeName::MessageGroupId)
+            .cloned();
+        if let Some(group) = &group {
+            message = message.with_ordering_key(group.clone());
+        }
+        let mut id = received.message_id.clone();
+        for (name, value) in &attributes {
+            if let Some(text) = value.string_value() {
+                if name.eq_ignore_ascii_case(MESSAGE_ID_ATTRIBUTE) {
+                    id = Some(text.to_owned());
+                }
+                message = message.with_header(name.clone(), text);
+            }
+        }
+        if let Some(id) = id {
+            message = message.with_message_id(id);
+        }
+        let receives = system
+            .get(&MessageSystemAttributeName::ApproximateReceiveCount)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        SqsDelivery {
+            shared,
+            message,
+            receipt: received.receipt_handle.unwrap_or_default(),
+            receives,
+            group,
+            attributes,
+        }
+    }
+
+    async fn visible_after(&self, after: Duration, what: &str) -> Result<(), BrokerError> {
+        self.shared
+            .client
+            .change_message_visibility()
+            .queue_url(&self.shared.queue_url)
+            .receipt_handle(&self.receipt)
+            .visibility_timeout(after.as_secs().min(12 * 3600) as i32)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| BrokerError::new(BROKER, what, e))
+    }
+}
+
+#[async_trait]
+impl Delivery for SqsDelivery {
+    fn message(&self) -> &Message {
+        &self.message
+    }
+
+    async fn ack(&self) -> Result<(), BrokerError> {
+        self.shared
+            .client
+            .delete_message()
+            .queue_url(&self.shared.queue_url)
+            .receipt_handle(&self.receipt)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| BrokerError::new(BROKER, "delete", e))
+    }
+
+    async fn redeliver(&self, after: Duration) -> Result<(), BrokerError> {
+        self.visible_after(after, "change visibility").await
+    }
+
+    async fn in_progress(&self) -> Result<(), BrokerError> {
+        self.visible_after(self.shared.options.visibility, "extend visibility")
+            .await
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
+        let mut attributes = self.attributes.clone();
+        for (name, value) in letter.headers() {
+            let value = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .map_err(|e| BrokerError::new(BROKER, "dead-letter attributes", e))?;
+            attributes.insert(name.to_owned(), value);
+        }
+        let mut send = self
+            .shared
+            .client
+            .send_message()
+            .queue_url(&self.shared.dead_letter_url)
+            .message_body(String::from_utf8_lossy(self.message.payload()))
+            .set_message_attributes(Some(attributes));
+        if self.shared.dead_letter_url.ends_with(".fifo") {
+            send = send
+                .message_group_id(self.group.clone().unwrap_or_else(|| "dead-letters".into()))
+                .message_deduplication_id(self.message.message_id().unwrap_or("none"));
+        }
+        send.send()
+            .await
+            .map(drop)
+            .map_err(|e| BrokerError::new(BROKER, "send to the dead-letter queue", e))
+    }
+}
