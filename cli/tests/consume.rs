@@ -662,11 +662,7 @@ fn kafka_brokers() -> String {
 }
 
 fn kafka_config() -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", kafka_brokers())
-        .set("log_level", "3");
-    config
+    oncely::kafka::client_config(&kafka_brokers())
 }
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);

@@ -153,11 +153,7 @@ fn kafka_brokers() -> String {
 }
 
 fn kafka_config() -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", kafka_brokers())
-        .set("log_level", "3");
-    config
+    oncely::kafka::client_config(&kafka_brokers())
 }
 
 /// `(partition, offset, key, Oncely-Message-Id)` of every record of `topic` (blocking): its

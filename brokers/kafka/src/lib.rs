@@ -175,8 +175,15 @@ impl std::fmt::Debug for KafkaSource {
     }
 }
 
-/// A librdkafka configuration with the bootstrap brokers and nothing else.
-pub(crate) fn client_config(brokers: &str) -> ClientConfig {
+/// A librdkafka configuration with the bootstrap brokers (`host:port[,host:port...]`) and
+/// librdkafka's own log cut to errors: the start of every client here, and of your own
+/// producers, consumers or admin clients beside a source.
+///
+/// ```
+/// let config = oncely_kafka::client_config("127.0.0.1:9092");
+/// assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+/// ```
+pub fn client_config(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)

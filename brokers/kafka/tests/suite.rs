@@ -22,8 +22,8 @@ use oncely_kafka::rdkafka::client::DefaultClientContext;
 use oncely_kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
 use oncely_kafka::rdkafka::message::{Header, Headers, OwnedHeaders};
 use oncely_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
-use oncely_kafka::rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
-use oncely_kafka::{KafkaOptions, KafkaSource, MESSAGE_ID_HEADER};
+use oncely_kafka::rdkafka::{Message as _, Offset, TopicPartitionList};
+use oncely_kafka::{KafkaOptions, KafkaSource, MESSAGE_ID_HEADER, client_config};
 use oncely_postgres::offsets::PostgresOffsets;
 use tokio::sync::Semaphore;
 
@@ -40,14 +40,6 @@ struct Topic {
     brokers: String,
     topic: String,
     producer: FutureProducer,
-}
-
-fn config(brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("log_level", "3");
-    config
 }
 
 impl Kafka {
@@ -73,7 +65,7 @@ impl Broker for Kafka {
     async fn channel(&self, test: &str) -> Result<Topic, BoxError> {
         let n = self.made.fetch_add(1, Ordering::SeqCst);
         let topic = format!("oncely-suite-{}-{n}-{test}", self.run);
-        let admin: AdminClient<DefaultClientContext> = config(&self.brokers).create()?;
+        let admin: AdminClient<DefaultClientContext> = client_config(&self.brokers).create()?;
         let new = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1));
         let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
         for result in admin.create_topics([&new], &options).await.map_err(|e| {
@@ -84,7 +76,7 @@ impl Broker for Kafka {
         })? {
             result.map_err(|(name, code)| format!("creating topic {name}: {code}"))?;
         }
-        let producer = config(&self.brokers)
+        let producer = client_config(&self.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             // Each publish waits for its ack: no point lingering for a batch.
@@ -103,6 +95,19 @@ impl Topic {
         KafkaOptions::new(&self.brokers, &self.topic, &self.topic)
             .session_timeout(Duration::from_secs(6))
             .commit_interval(Duration::from_millis(50))
+    }
+
+    /// Produces `{}` with `headers` straight to `partition`, confirmed.
+    async fn produce_to(&self, partition: i32, headers: OwnedHeaders) {
+        let record = FutureRecord::<str, [u8]>::to(&self.topic)
+            .partition(partition)
+            .payload(b"{}")
+            .headers(headers);
+        self.producer
+            .send(record, TIMEOUT)
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
     }
 
     fn dead_letter_topic(&self) -> String {
@@ -169,7 +174,8 @@ impl Channel for Topic {
     async fn unsettled(&self) -> Result<u64, BoxError> {
         let (brokers, topic) = (self.brokers.clone(), self.topic.clone());
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = config(&brokers).set("group.id", &topic).create()?;
+            let consumer: BaseConsumer =
+                client_config(&brokers).set("group.id", &topic).create()?;
             let marks = Topic::watermarks(&consumer, &topic)?;
             let mut tpl = TopicPartitionList::new();
             for (partition, _, _) in &marks {
@@ -204,7 +210,7 @@ impl Channel for Topic {
 /// watermark too, until nothing comes for a second (tansu 0.6 answers the base offset of a
 /// partition's last produce batch plus one, short of a batch's later records).
 fn read_all(brokers: &str, topic: &str) -> Result<Vec<Message>, BoxError> {
-    let consumer: BaseConsumer = config(brokers)
+    let consumer: BaseConsumer = client_config(brokers)
         .set("group.id", format!("{topic}-reader"))
         .set("enable.auto.commit", "false")
         .create()?;
@@ -426,17 +432,8 @@ async fn until_settled(topic: &Topic) {
 /// the group's committed one (none here) nor at the beginning.
 async fn a_partition_starts_at_the_offset_stored_with_the_effects(kafka: Kafka) {
     let topic = kafka.channel("stored_offsets").await.unwrap();
-    for n in 0..10 {
-        let record = FutureRecord::<str, [u8]>::to(&topic.topic)
-            .partition(1)
-            .payload(b"{}");
-        topic
-            .producer
-            .send(record, TIMEOUT)
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-        let _ = n;
+    for _ in 0..10 {
+        topic.produce_to(1, OwnedHeaders::new()).await;
     }
     let postgres = proof::fresh_schema("oncely_kafka_stored_offsets").await;
     let offsets = PostgresOffsets::connect(&postgres).await.unwrap();
@@ -483,19 +480,11 @@ async fn a_partition_paused_when_full_resumes_after_rebalances(kafka: Kafka) {
     const MESSAGES: usize = 1_300; // above the source's queue limit per partition (1,000)
     let topic = kafka.channel("paused").await.unwrap();
     for n in 0..MESSAGES {
-        let record = FutureRecord::<str, [u8]>::to(&topic.topic)
-            .partition(0)
-            .payload(b"{}")
-            .headers(OwnedHeaders::new().insert(Header {
-                key: "Event-Id",
-                value: Some(&format!("e-{n}")),
-            }));
-        topic
-            .producer
-            .send(record, TIMEOUT)
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "Event-Id",
+            value: Some(&format!("e-{n}")),
+        });
+        topic.produce_to(0, headers).await;
     }
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let applied = Applied::default();

@@ -57,11 +57,7 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 const KAFKA_QUIET: Duration = Duration::from_secs(1);
 
 fn kafka_config() -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", kafka_brokers())
-        .set("log_level", "3");
-    config
+    oncely_kafka::client_config(&kafka_brokers())
 }
 
 /// Drops and recreates `schema`; answers a URL whose connections work in it.
