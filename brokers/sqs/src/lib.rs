@@ -18,9 +18,11 @@
 #![warn(missing_docs)]
 
 mod options;
+mod publisher;
 mod source;
 
 pub use options::{Error, SqsOptions, client};
+pub use publisher::SqsPublisher;
 pub use source::{SqsDelivery, SqsSource};
 
 /// The broker's name in [`BrokerError`](oncely_core::consumer::BrokerError)s.

@@ -5,7 +5,8 @@ use aws_sdk_sqs::config::{Credentials, Region};
 use oncely_core::url::{parse_duration, redact_password};
 use std::time::Duration;
 
-/// Setting a source up failed.
+/// Setting a source or publisher up failed, or a message cannot go to SQS as it is (the source
+/// of the [`BrokerError`](oncely_core::consumer::BrokerError) a publish answers).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -27,6 +28,33 @@ pub enum Error {
         /// The client's error.
         #[source]
         source: oncely_core::BoxError,
+    },
+    /// The queue does not exist (queues are not created here).
+    #[error("no queue {queue} at {endpoint}: create it")]
+    NoQueue {
+        /// The queue's name.
+        queue: String,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// The payload is not UTF-8: SQS message bodies are text, and a lossy conversion would
+    /// change the data. Nothing was sent.
+    #[error(
+        "the payload for {queue} is not UTF-8 (invalid at byte {valid_up_to}): SQS bodies are text; encode it (base64, JSON) before it is enqueued"
+    )]
+    NotUtf8 {
+        /// The queue it was for.
+        queue: String,
+        /// The length of its valid UTF-8 prefix.
+        valid_up_to: usize,
+    },
+    /// The message's headers cannot be SQS message attributes. Nothing was sent.
+    #[error("a message for {queue} cannot be sent: {reason}")]
+    Unsendable {
+        /// The queue it was for.
+        queue: String,
+        /// Why.
+        reason: String,
     },
 }
 
@@ -53,6 +81,18 @@ impl std::str::FromStr for SqsOptions {
     type Err = Error;
 
     fn from_str(url: &str) -> Result<Self, Error> {
+        SqsOptions::parse(url, true)
+    }
+}
+
+impl SqsOptions {
+    /// As [`str::parse`], but the queue may be left out: `sqs[+http]://HOST[:PORT][/QUEUE]`,
+    /// `queue` empty when it is. What a publisher takes (rows name their own queues).
+    pub fn parse_queue_optional(url: &str) -> Result<Self, Error> {
+        SqsOptions::parse(url, false)
+    }
+
+    fn parse(url: &str, need_queue: bool) -> Result<Self, Error> {
         let invalid = |reason: String| Error::InvalidUrl {
             url: redact_password(url),
             reason,
@@ -70,10 +110,10 @@ impl std::str::FromStr for SqsOptions {
             }
         };
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (host, queue) = location
-            .split_once('/')
-            .filter(|(h, q)| !h.is_empty() && !q.is_empty() && !q.contains('/'))
-            .ok_or_else(|| invalid("expected sqs://HOST[:PORT]/QUEUE".into()))?;
+        let (host, queue) = location.split_once('/').unwrap_or((location, ""));
+        if host.is_empty() || queue.contains('/') || (need_queue && queue.is_empty()) {
+            return Err(invalid("expected sqs://HOST[:PORT]/QUEUE".into()));
+        }
         let mut options = SqsOptions {
             endpoint: format!("{}://{host}", if tls { "https" } else { "http" }),
             queue: queue.to_owned(),
@@ -107,9 +147,7 @@ impl std::str::FromStr for SqsOptions {
         }
         Ok(options)
     }
-}
 
-impl SqsOptions {
     /// The dead-letter queue's name.
     pub fn dead_letter_queue_or_default(&self) -> String {
         match (&self.dead_letter_queue, self.queue.strip_suffix(".fifo")) {
@@ -158,4 +196,25 @@ pub fn client(options: &SqsOptions) -> Result<Client, Error> {
         .http_client(http)
         .build();
     Ok(Client::from_conf(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publisher_url_may_leave_the_queue_out_and_a_source_url_may_not() {
+        for url in ["sqs+http://127.0.0.1:5999", "sqs+http://127.0.0.1:5999/"] {
+            let options = SqsOptions::parse_queue_optional(url).unwrap();
+            assert_eq!(options.endpoint, "http://127.0.0.1:5999");
+            assert_eq!(options.queue, "");
+            assert!(url.parse::<SqsOptions>().is_err(), "{url}");
+        }
+        let options = SqsOptions::parse_queue_optional("sqs://sqs.example/orders.fifo").unwrap();
+        assert_eq!(options.endpoint, "https://sqs.example");
+        assert_eq!(options.queue, "orders.fifo");
+        for bad in ["sqs://", "sqs:///q", "sqs://h/a/b", "http://h/q"] {
+            assert!(SqsOptions::parse_queue_optional(bad).is_err(), "{bad}");
+        }
+    }
 }
