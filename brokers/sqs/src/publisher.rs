@@ -140,9 +140,7 @@ impl SqsPublisher {
                     Error::Sqs {
                         endpoint: self.endpoint.clone(),
                         what: format!("looking up the queue {queue}"),
-                        source: aws_sdk_sqs::error::DisplayErrorContext(error)
-                            .to_string()
-                            .into(),
+                        source: describe(&error).into(),
                     }
                 });
             }
@@ -195,6 +193,22 @@ fn attributes(
         attributes.insert(name.to_owned(), value);
     }
     Ok(attributes)
+}
+
+/// `error` and its causes on one line (`dispatch failure: io error: ... Connection refused`):
+/// the SDK's own message is only the first of them.
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = error.source();
+    }
+    line
 }
 
 /// `id` if SQS takes it as a `MessageGroupId` or `MessageDeduplicationId` (1 to 128 ASCII
@@ -255,13 +269,10 @@ impl Publisher for SqsPublisher {
                 send = send.message_deduplication_id(fifo_id(id));
             }
         }
-        send.send().await.map(drop).map_err(|e| {
-            BrokerError::new(
-                BROKER,
-                what(),
-                aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
-            )
-        })
+        send.send()
+            .await
+            .map(drop)
+            .map_err(|e| BrokerError::new(BROKER, what(), describe(&e)))
     }
 }
 
