@@ -30,9 +30,10 @@ pub struct ConsumeArgs {
     /// The broker and what to consume:
     /// nats://[USER:PASS@]HOST[:PORT]/STREAM/CONSUMER[?OPTIONS] (a durable JetStream pull
     /// consumer, created if missing), amqp://[USER:PASS@]HOST[:PORT][/VHOST]/QUEUE[?OPTIONS]
-    /// (an existing RabbitMQ queue; VHOST %2f is the default vhost) or
+    /// (an existing RabbitMQ queue; VHOST %2f is the default vhost),
     /// kafka://HOST[:PORT][,HOST...]/TOPIC?group=NAME[&OPTIONS] (an existing topic, read by a
-    /// consumer group, in order per partition).
+    /// consumer group, in order per partition) or sqs://HOST[:PORT]/QUEUE[?OPTIONS] (an
+    /// existing SQS queue over HTTPS; sqs+http://HOST:PORT/QUEUE for an emulator).
     #[arg(long, value_name = "URL")]
     from: String,
 
@@ -46,16 +47,17 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "URL")]
     deliver: String,
 
-    /// Namespace of the keys in the store [default: the queue (RabbitMQ), STREAM/CONSUMER
+    /// Namespace of the keys in the store [default: the queue (RabbitMQ, SQS), STREAM/CONSUMER
     /// (NATS) or TOPIC/GROUP (Kafka)]. Give two consumers of one flow the same scope to
     /// deduplicate between them.
     #[arg(long, value_name = "NAME", value_parser = crate::parse_scope)]
     scope: Option<Scope>,
 
     /// Where messages that failed every attempt go, with their error in the Oncely-Error
-    /// header: a RabbitMQ queue (declared if missing), a NATS subject or a Kafka topic (created
-    /// if missing) [default: QUEUE.dlq; STREAM.dlq kept in the stream STREAM_DLQ; TOPIC.dlq].
-    /// Same as dlq=NAME in the --from URL.
+    /// header: a RabbitMQ queue (declared if missing), a NATS subject, a Kafka topic (created
+    /// if missing) or an SQS queue (which must exist) [default: QUEUE.dlq; STREAM.dlq kept in
+    /// the stream STREAM_DLQ; TOPIC.dlq; QUEUE-dlq, NAME-dlq.fifo for NAME.fifo]. Same as
+    /// dlq=NAME in the --from URL.
     #[arg(long, value_name = "NAME")]
     dlq: Option<String>,
 
@@ -170,10 +172,10 @@ fn with_dlq(from: &str, dlq: Option<&str>) -> Result<String> {
         );
     }
     if dlq.is_empty() {
-        bail!("--dlq is empty: name a queue (RabbitMQ), a subject (NATS) or a topic (Kafka)");
+        bail!("--dlq is empty: name a queue (RabbitMQ, SQS), a subject (NATS) or a topic (Kafka)");
     }
-    // RabbitMQ's URL percent-decodes the name; a NATS subject or Kafka topic has nothing to
-    // encode.
+    // RabbitMQ's URL percent-decodes the name; a NATS subject, Kafka topic or SQS queue name
+    // has nothing to encode.
     let dlq = if from.starts_with("amqp") {
         encode(dlq)
     } else {
@@ -207,6 +209,7 @@ fn default_scope(source: &AnySource) -> Result<Scope> {
             let options = source.options();
             format!("{}/{}", options.topic, options.group)
         }
+        AnySource::Sqs(source) => source.options().queue.clone(),
         #[allow(unreachable_patterns)]
         _ => bail!("this broker has no default scope: give --scope"),
     };

@@ -58,7 +58,7 @@ enum Command {
     /// Lines that are not JSON or have no usable key are reported as `line N: reason` on stderr,
     /// never dropped silently. Ends with `read N, passed N, duplicates N, rejected N` on stderr.
     Dedup(dedup::DedupArgs),
-    /// POST each message from NATS or RabbitMQ to an HTTP handler, once per key
+    /// POST each message from NATS, RabbitMQ, Kafka or SQS to an HTTP handler, once per key
     ///
     /// An idempotent consumer for a handler in any language. For each message: take its key
     /// (--key) and claim it in the store; a key already done is a duplicate, acked without a
@@ -95,6 +95,9 @@ enum Command {
     ///
     ///   oncely consume --from 'kafka://127.0.0.1:9092/orders?group=billing' --key message-id \
     ///       --deliver http://127.0.0.1:8080/orders --concurrency 4
+    ///
+    ///   oncely consume --from 'sqs://sqs.eu-west-1.amazonaws.com/orders.fifo?region=eu-west-1' \
+    ///       --key message-id --deliver http://127.0.0.1:8080/orders
     #[command(verbatim_doc_comment)]
     Consume(consume::ConsumeArgs),
     /// Put the Idempotency-Key header in front of any HTTP service: a reverse proxy to --upstream
@@ -156,8 +159,9 @@ enum Command {
     /// Publish the transactional outbox to a broker, in order per aggregate, until SIGINT/SIGTERM.
     ///
     /// Reads the rows your transactions enqueued in oncely_outbox, publishes each with a stable
-    /// message id (NATS: Nats-Msg-Id; RabbitMQ: message_id), waits for the broker's confirm,
-    /// then marks it sent. At least once: a relay killed in between publishes the row again
+    /// message id (NATS: Nats-Msg-Id; RabbitMQ: message_id; Kafka and SQS: an
+    /// Oncely-Message-Id header or attribute), waits for the broker's confirm, then marks it
+    /// sent. At least once: a relay killed in between publishes the row again
     /// with the same id. Several relays may run on one outbox: each aggregate is held by one at
     /// a time. Ignores --store. Ends with `relay: published N, failed N, purged N in Ts`.
     Relay(relay::RelayArgs),

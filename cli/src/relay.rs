@@ -21,10 +21,13 @@ pub struct RelayArgs {
 
     /// Where to publish: nats://[USER:PASS@]HOST[:PORT][/SUBJECT] (JetStream; a stream must
     /// capture the subject), amqp://[USER:PASS@]HOST[:PORT][/VHOST]/ROUTING_KEY[?exchange=NAME]
-    /// (RabbitMQ; without exchange the routing key is a queue) or
+    /// (RabbitMQ; without exchange the routing key is a queue),
     /// kafka://HOST[:PORT][,HOST...][/TOPIC] (the idempotent producer; the row's aggregate is
-    /// the Kafka key, its id the Oncely-Message-Id header). The subject, routing key or topic is
-    /// for rows that name no destination of their own.
+    /// the Kafka key, its id the Oncely-Message-Id header) or sqs://HOST[:PORT][/QUEUE] (SQS
+    /// over HTTPS, sqs+http://HOST:PORT[/QUEUE] for an emulator; existing queues; the row's id
+    /// in the Oncely-Message-Id attribute; on a .fifo queue its aggregate is the message group
+    /// and its id the deduplication id). The subject, routing key, topic or queue is for rows
+    /// that name no destination of their own.
     #[arg(long, env = "ONCELY_RELAY_TO", value_name = "URL")]
     to: String,
 

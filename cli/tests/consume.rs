@@ -52,6 +52,10 @@ fn amqp_server() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+fn sqs_server() -> String {
+    std::env::var("ONCELY_SQS_URL").unwrap_or_else(|_| "sqs+http://127.0.0.1:5999".into())
+}
+
 fn unique(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -996,13 +1000,13 @@ fn https_handlers_and_unknown_brokers_are_refused_in_one_line() {
         (
             vec![
                 "--from",
-                "sqs://127.0.0.1:9324/orders",
+                "pulsar://127.0.0.1:6650/orders",
                 "--key",
                 "/id",
                 "--deliver",
                 "http://127.0.0.1:9/h",
             ],
-            "no broker for `sqs://127.0.0.1:9324/orders`",
+            "no broker for `pulsar://127.0.0.1:6650/orders`",
         ),
         (
             vec![
@@ -1047,6 +1051,9 @@ fn unreachable_brokers_and_missing_queues_are_one_clear_line() {
         kafka_brokers(),
         unique("oncely.cli.missing.")
     );
+    let missing_sqs_queue = unique("oncely-cli-missing-");
+    let missing_sqs = format!("{}/{missing_sqs_queue}", sqs_server());
+    let missing_sqs_needle = format!("the queue {missing_sqs_queue}");
     for (from, needle) in [
         (
             "amqp://guest:guest@127.0.0.1:1/q",
@@ -1059,6 +1066,11 @@ fn unreachable_brokers_and_missing_queues_are_one_clear_line() {
             "Kafka unreachable at 127.0.0.1:1",
         ),
         (missing_topic.as_str(), "no Kafka topic oncely.cli.missing."),
+        (
+            "sqs+http://127.0.0.1:1/q",
+            "SQS at http://127.0.0.1:1: the queue q: dispatch failure",
+        ),
+        (missing_sqs.as_str(), missing_sqs_needle.as_str()),
     ] {
         let args = [
             "--from",

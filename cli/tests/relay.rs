@@ -111,14 +111,24 @@ async fn relay_publishes_the_committed_rows_and_stops_on_sigterm_with_a_summary(
 }
 
 #[test]
-fn relay_refuses_an_unknown_broker_and_a_missing_topic_in_one_line() {
+fn relay_refuses_an_unknown_broker_and_a_missing_topic_or_queue_in_one_line() {
     let missing = format!(
         "kafka://{}/oncely.cli.relay.missing.{}",
         kafka_brokers(),
         std::process::id()
     );
+    let missing_queue = format!("oncely-cli-relay-missing-{}", std::process::id());
+    let sqs = sqs_server();
+    let missing_sqs = format!("{sqs}/{missing_queue}");
     for (to, needle) in [
-        ("sqs://h/t", "no broker for `sqs://h/t`".to_owned()),
+        ("pulsar://h/t", "no broker for `pulsar://h/t`".to_owned()),
+        (
+            missing_sqs.as_str(),
+            format!(
+                "no queue {missing_queue} at {}: create it",
+                sqs.replace("sqs+http://", "http://")
+            ),
+        ),
         (
             missing.as_str(),
             format!(
@@ -146,6 +156,10 @@ fn relay_refuses_an_unknown_broker_and_a_missing_topic_in_one_line() {
             "{stderr}"
         );
     }
+}
+
+fn sqs_server() -> String {
+    std::env::var("ONCELY_SQS_URL").unwrap_or_else(|_| "sqs+http://127.0.0.1:5999".to_owned())
 }
 
 fn kafka_brokers() -> String {

@@ -5,6 +5,7 @@
 //! | `nats://[USER:PASS@]HOST[:PORT]/STREAM/CONSUMER[?dlq=SUBJECT&ack_wait=30s&...]` | NATS JetStream | `oncely-nats` |
 //! | `amqp://[USER:PASS@]HOST[:PORT][/VHOST]/QUEUE[?dlq=Q&prefetch=N]` | RabbitMQ | `oncely-rabbitmq` |
 //! | `kafka://HOST[:PORT][,HOST[:PORT]...]/TOPIC?group=NAME[&dlq=TOPIC&...]` | Kafka | `oncely-kafka` |
+//! | `sqs://HOST[:PORT]/QUEUE[?dlq=QUEUE&visibility=30s&...]` (HTTPS), `sqs+http://HOST:PORT/QUEUE[?...]` (emulators) | Amazon SQS | `oncely-sqs` |
 //!
 //! Each broker crate's docs list every option.
 //!
@@ -35,7 +36,7 @@ use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
 pub enum ConnectError {
     /// No broker of this build takes the URL's scheme.
     #[error(
-        "no broker for `{url}`: use nats://HOST/STREAM/CONSUMER (NATS JetStream), amqp://HOST/QUEUE (RabbitMQ) or kafka://HOST/TOPIC?group=NAME (Kafka)"
+        "no broker for `{url}`: use nats://HOST/STREAM/CONSUMER (NATS JetStream), amqp://HOST/QUEUE (RabbitMQ), kafka://HOST/TOPIC?group=NAME (Kafka) or sqs://HOST/QUEUE (SQS; sqs+http:// for emulators)"
     )]
     UnknownScheme {
         /// The URL, password redacted.
@@ -53,10 +54,13 @@ pub enum ConnectError {
     #[cfg(feature = "kafka")]
     #[error(transparent)]
     Kafka(#[from] oncely_kafka::Error),
+    /// SQS refused or the URL is invalid.
+    #[cfg(feature = "sqs")]
+    #[error(transparent)]
+    Sqs(#[from] oncely_sqs::Error),
 }
 
 /// A source on any broker of this build.
-#[derive(Debug)]
 #[non_exhaustive]
 pub enum AnySource {
     /// A durable JetStream consumer.
@@ -68,10 +72,12 @@ pub enum AnySource {
     /// A Kafka consumer group member.
     #[cfg(feature = "kafka")]
     Kafka(Box<oncely_kafka::KafkaSource>),
+    /// An SQS queue.
+    #[cfg(feature = "sqs")]
+    Sqs(Box<oncely_sqs::SqsSource>),
 }
 
 /// A delivery from any broker of this build.
-#[derive(Debug)]
 #[non_exhaustive]
 pub enum AnyDelivery {
     /// From NATS JetStream.
@@ -83,6 +89,40 @@ pub enum AnyDelivery {
     /// From Kafka.
     #[cfg(feature = "kafka")]
     Kafka(oncely_kafka::KafkaDelivery),
+    /// From SQS.
+    #[cfg(feature = "sqs")]
+    Sqs(oncely_sqs::SqsDelivery),
+}
+
+// By hand: the SQS types have no Debug of their own (their options, their message instead).
+impl std::fmt::Debug for AnySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            #[cfg(feature = "nats")]
+            AnySource::Nats(source) => f.debug_tuple("Nats").field(source).finish(),
+            #[cfg(feature = "rabbitmq")]
+            AnySource::Amqp(source) => f.debug_tuple("Amqp").field(source).finish(),
+            #[cfg(feature = "kafka")]
+            AnySource::Kafka(source) => f.debug_tuple("Kafka").field(source).finish(),
+            #[cfg(feature = "sqs")]
+            AnySource::Sqs(source) => f.debug_tuple("Sqs").field(source.options()).finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AnyDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            #[cfg(feature = "nats")]
+            AnyDelivery::Nats(delivery) => f.debug_tuple("Nats").field(delivery).finish(),
+            #[cfg(feature = "rabbitmq")]
+            AnyDelivery::Amqp(delivery) => f.debug_tuple("Amqp").field(delivery).finish(),
+            #[cfg(feature = "kafka")]
+            AnyDelivery::Kafka(delivery) => f.debug_tuple("Kafka").field(delivery).finish(),
+            #[cfg(feature = "sqs")]
+            AnyDelivery::Sqs(delivery) => f.debug_tuple("Sqs").field(delivery.message()).finish(),
+        }
+    }
 }
 
 /// Opens a source from its URL (see the module docs for the forms).
@@ -101,6 +141,10 @@ pub async fn connect(url: &str) -> Result<AnySource, ConnectError> {
         "kafka" => Ok(AnySource::Kafka(Box::new(
             oncely_kafka::KafkaSource::connect(url).await?,
         ))),
+        #[cfg(feature = "sqs")]
+        "sqs" | "sqs+http" => Ok(AnySource::Sqs(Box::new(
+            oncely_sqs::SqsSource::connect(url).await?,
+        ))),
         _ => Err(ConnectError::UnknownScheme {
             url: oncely_core::url::redact_password(url),
         }),
@@ -117,6 +161,8 @@ macro_rules! each {
             AnyDelivery::Amqp($inner) => $body,
             #[cfg(feature = "kafka")]
             AnyDelivery::Kafka($inner) => $body,
+            #[cfg(feature = "sqs")]
+            AnyDelivery::Sqs($inner) => $body,
         }
     };
 }
@@ -133,6 +179,8 @@ impl Source for AnySource {
             AnySource::Amqp(source) => source.next().await.map(|d| d.map(AnyDelivery::Amqp)),
             #[cfg(feature = "kafka")]
             AnySource::Kafka(source) => source.next().await.map(|d| d.map(AnyDelivery::Kafka)),
+            #[cfg(feature = "sqs")]
+            AnySource::Sqs(source) => source.next().await.map(|d| d.map(AnyDelivery::Sqs)),
         }
     }
 }

@@ -47,7 +47,12 @@ pub use oncely_core::*;
 /// ([`consumer`]).
 pub use oncely_consumer::{Consumer, Report as ConsumerReport};
 
-#[cfg(any(feature = "nats", feature = "rabbitmq", feature = "kafka"))]
+#[cfg(any(
+    feature = "nats",
+    feature = "rabbitmq",
+    feature = "kafka",
+    feature = "sqs"
+))]
 pub mod broker;
 
 #[cfg(feature = "relay")]
@@ -61,6 +66,9 @@ pub use oncely_nats as nats;
 /// The RabbitMQ source for the consumer runner.
 #[cfg(feature = "rabbitmq")]
 pub use oncely_rabbitmq as rabbitmq;
+/// The Amazon SQS source for the consumer runner and the relay's SQS publisher.
+#[cfg(feature = "sqs")]
+pub use oncely_sqs as sqs;
 
 /// The in-memory store.
 #[cfg(feature = "memory")]

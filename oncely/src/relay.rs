@@ -15,8 +15,9 @@
 //! | `nats://[USER:PASS@]HOST[:PORT][/SUBJECT]` | JetStream, `Nats-Msg-Id` = the row's id, waits for the stream's ack | `oncely-nats` |
 //! | `amqp://[USER:PASS@]HOST[:PORT][/VHOST]/ROUTING_KEY[?exchange=NAME]` | RabbitMQ, persistent, `message_id` = the row's id, publisher confirms | `oncely-rabbitmq` |
 //! | `kafka://HOST[:PORT][,HOST[:PORT]...][/TOPIC]` | Kafka, the idempotent producer with acks from all in-sync replicas, key = the row's aggregate, `Oncely-Message-Id` header = the row's id | `oncely-kafka` |
+//! | `sqs://HOST[:PORT][/QUEUE][?region=R]` (HTTPS), `sqs+http://HOST:PORT[/QUEUE]` (emulators) | Amazon SQS, one `SendMessage` per row, `Oncely-Message-Id` attribute = the row's id; on a `.fifo` queue `MessageGroupId` = the row's aggregate and `MessageDeduplicationId` = its id | `oncely-sqs` |
 //!
-//! A row's own destination (subject / routing key / topic) replaces the URL's.
+//! A row's own destination (subject / routing key / topic / queue) replaces the URL's.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -53,7 +54,7 @@ pub enum RelayConnectError {
     },
     /// No broker of this build takes the URL.
     #[error(
-        "no broker for `{url}`: use nats://HOST[:PORT]/SUBJECT (NATS JetStream), amqp://HOST[/VHOST]/QUEUE[?exchange=NAME] (RabbitMQ) or kafka://HOST[:PORT]/TOPIC (Kafka)"
+        "no broker for `{url}`: use nats://HOST[:PORT]/SUBJECT (NATS JetStream), amqp://HOST[/VHOST]/QUEUE[?exchange=NAME] (RabbitMQ), kafka://HOST[:PORT]/TOPIC (Kafka) or sqs://HOST[:PORT]/QUEUE (SQS; sqs+http:// for emulators)"
     )]
     UnknownBroker {
         /// The URL, password redacted.
@@ -74,6 +75,10 @@ pub enum RelayConnectError {
     #[cfg(feature = "kafka")]
     #[error(transparent)]
     Kafka(#[from] oncely_kafka::Error),
+    /// SQS refused or the URL is invalid.
+    #[cfg(feature = "sqs")]
+    #[error(transparent)]
+    Sqs(#[from] oncely_sqs::Error),
 }
 
 /// The outbox table of the database at `url` (PostgreSQL, MySQL/MariaDB or SQLite), migrated
@@ -202,6 +207,10 @@ pub async fn connect_publisher(url: &str) -> Result<Box<dyn Publisher>, RelayCon
     #[cfg(feature = "kafka")]
     if url.starts_with("kafka://") {
         return Ok(Box::new(oncely_kafka::KafkaPublisher::connect(url).await?));
+    }
+    #[cfg(feature = "sqs")]
+    if url.starts_with("sqs://") || url.starts_with("sqs+http://") {
+        return Ok(Box::new(oncely_sqs::SqsPublisher::connect(url).await?));
     }
     Err(RelayConnectError::UnknownBroker {
         url: redact_password(url),
