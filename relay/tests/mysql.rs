@@ -1,5 +1,5 @@
 //! The outbox on MySQL/MariaDB and its relay, against the real servers (MariaDB; RabbitMQ and
-//! Kafka, which keep every copy, so a double publish would show).
+//! Kafka, which keep every copy, so a double publish would show; an SQS FIFO queue).
 
 mod support;
 
@@ -60,6 +60,20 @@ async fn mysql_to_kafka_committed_is_published_and_rolled_back_never_is() {
 async fn mysql_to_kafka_two_relays_at_once_publish_each_row_once_in_order_per_aggregate() {
     let (store, pool) = outbox("two_kafka").await;
     let destination = Destination::kafka("mysql_two").await;
+    scenarios::two_relays_keep_each_aggregate_in_order(store, &pool, destination).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_to_sqs_fifo_committed_is_published_and_rolled_back_never_is() {
+    let (store, pool) = outbox("commit_sqs").await;
+    let destination = Destination::sqs_fifo("mysql_commit").await;
+    scenarios::committed_is_published_and_rolled_back_never_is(store, &pool, destination).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_to_sqs_fifo_two_relays_at_once_publish_each_row_once_in_order_per_aggregate() {
+    let (store, pool) = outbox("two_sqs").await;
+    let destination = Destination::sqs_fifo("mysql_two").await;
     scenarios::two_relays_keep_each_aggregate_in_order(store, &pool, destination).await;
 }
 

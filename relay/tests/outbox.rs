@@ -1,5 +1,5 @@
 //! The outbox and its relay against the real servers: PostgreSQL, NATS JetStream, RabbitMQ,
-//! Kafka (tansu).
+//! Kafka (tansu), SQS (moto).
 
 mod support;
 
@@ -59,6 +59,61 @@ async fn kafka_two_relays_at_once_publish_each_row_once_in_order_per_aggregate()
     let (store, pool) = outbox("two_kafka").await;
     let destination = Destination::kafka("two").await;
     scenarios::two_relays_keep_each_aggregate_in_order(store, &pool, destination).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_fifo_committed_is_published_and_rolled_back_never_is() {
+    let (store, pool) = outbox("commit_sqs").await;
+    let destination = Destination::sqs_fifo("commit").await;
+    scenarios::committed_is_published_and_rolled_back_never_is(store, &pool, destination).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_fifo_two_relays_at_once_publish_each_row_once_in_order_per_aggregate() {
+    let (store, pool) = outbox("two_sqs").await;
+    let destination = Destination::sqs_fifo("two").await;
+    scenarios::two_relays_keep_each_aggregate_in_order(store, &pool, destination).await;
+}
+
+/// On a standard queue (no groups, no dedup window) each row's id travels as its
+/// `Oncely-Message-Id` attribute, for consumers to dedup by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_standard_queue_carries_each_rows_id_as_its_message_attribute() {
+    let (store, pool) = outbox("standard_sqs").await;
+    let origin = store.origin().await.unwrap();
+    let destination = Destination::sqs_standard("standard").await;
+    let messages: Vec<_> = (0..6)
+        .map(|n| event(&format!("order-{}", n % 2), n))
+        .collect();
+    let ids = support::Service::enqueue(&pool, &messages, true).await;
+    let report = scenarios::relay_until_sent(store, destination.publisher().await, &pool).await;
+    assert_eq!(report.published, 6, "{report:?}");
+    let read = destination.read_all().await;
+    let mut got: Vec<(String, String, Vec<u8>)> = read
+        .iter()
+        .map(|m| {
+            (
+                m.message_id().expect("the id attribute").to_owned(),
+                m.header(oncely_sqs::MESSAGE_ID_ATTRIBUTE)
+                    .unwrap()
+                    .to_owned(),
+                m.payload().to_vec(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String, Vec<u8>)> = ids
+        .iter()
+        .zip(&messages)
+        .map(|(id, message)| {
+            let id = message_id(&origin, *id);
+            (id.clone(), id, message.payload().to_vec())
+        })
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+    destination.check_placement(&read);
+    destination.remove().await;
 }
 
 /// A row the broker refuses (routed nowhere) stays unsent and holds back the rest of its

@@ -1,7 +1,8 @@
-//! The kill -9 proof of the outbox relay: PostgreSQL to NATS JetStream, to RabbitMQ and to Kafka,
-//! MariaDB to RabbitMQ and to Kafka, and SQLite to NATS JetStream, to RabbitMQ and to Kafka.
+//! The kill -9 proof of the outbox relay: PostgreSQL to NATS JetStream, to RabbitMQ, to Kafka and
+//! to SQS, MariaDB to RabbitMQ, to Kafka and to SQS, and SQLite to NATS JetStream, to RabbitMQ, to
+//! Kafka and to SQS.
 //!
-//! 5,000 rows over 50 aggregates are enqueued in 50 transactions while two relay *processes*
+//! 5,000 rows (500 to SQS: see [`SQS_ROWS`]) over 50 aggregates are enqueued in 50 transactions while two relay *processes*
 //! (this test binary, started again as `relay_child`) publish them; about ten times, at random
 //! moments, one of them is killed with SIGKILL and started again. In the end:
 //!
@@ -13,6 +14,12 @@
 //!   watermark, and on past it: see `support::read_topic`; the message id from the
 //!   `Oncely-Message-Id` header): each record's key is its row's aggregate, and all of an
 //!   aggregate's records are in one partition, where the order above is their offset order.
+//! - on SQS (a FIFO queue, emptied ten messages a receive while the relays run, each receive
+//!   deleted before the next: see `support::drain_queue`; the message id from the
+//!   `Oncely-Message-Id` attribute): each message's group is its row's aggregate and its
+//!   deduplication id its row's id, and the order above is each group's order. SQS drops a
+//!   copy re-sent within five minutes by its deduplication id; moto only while the first copy
+//!   is still on the queue, so re-published copies do arrive here.
 //!
 //! `ONCELY_PROOF_SEED` replays a run's kill schedule and aggregate choice.
 
@@ -42,6 +49,14 @@ const AGGREGATES: usize = 50;
 const TRANSACTIONS: usize = 50;
 const KILLS: usize = 10;
 const RELAYS: usize = 2;
+/// The rows of the SQS proofs, a tenth of [`ROWS`]: moto (the SQS-compatible server the tests
+/// use) is a Python server answering a few dozen `SendMessage`s a second at best, one at a time
+/// (and fewer on a busy machine), so 5,000 rows would take minutes. The kills come while these
+/// are still being published, as they do for 5,000.
+const SQS_ROWS: usize = 500;
+/// The relays' batch on SQS: small enough to be published well within the SQLite lease (2 s)
+/// at moto's pace. On the other brokers, 25.
+const SQS_BATCH: usize = 5;
 
 /// A relay process of the proof: runs only when started by the proof (its environment set),
 /// until SIGTERM or SIGKILL.
@@ -53,10 +68,13 @@ async fn relay_child() {
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("a SIGTERM handler");
+    let batch = if to.starts_with("sqs") { SQS_BATCH } else { 25 };
     let publisher: Box<dyn oncely_core::outbox::Publisher> = if to.starts_with("nats") {
         Box::new(oncely_nats::NatsPublisher::connect(&to).await.unwrap())
     } else if to.starts_with("kafka") {
         Box::new(oncely_kafka::KafkaPublisher::connect(&to).await.unwrap())
+    } else if to.starts_with("sqs") {
+        Box::new(oncely_sqs::SqsPublisher::connect(&to).await.unwrap())
     } else {
         Box::new(oncely_rabbitmq::AmqpPublisher::connect(&to).await.unwrap())
     };
@@ -65,16 +83,16 @@ async fn relay_child() {
     };
     let report = if outbox.starts_with("mysql") {
         let store = MySqlOutboxStore::connect(&outbox).await.unwrap();
-        child_relay(store, publisher).run(stop).await
+        child_relay(store, publisher, batch).run(stop).await
     } else if outbox.starts_with("sqlite:") {
         // A short lease: a killed holder is replaced within 2 s.
         let store = SqliteOutboxStore::connect(&outbox).await.unwrap();
-        child_relay(store.lease(Duration::from_secs(2)), publisher)
+        child_relay(store.lease(Duration::from_secs(2)), publisher, batch)
             .run(stop)
             .await
     } else {
         let store = PostgresOutboxStore::connect(&outbox).await.unwrap();
-        child_relay(store, publisher).run(stop).await
+        child_relay(store, publisher, batch).run(stop).await
     };
     report.unwrap();
 }
@@ -82,9 +100,10 @@ async fn relay_child() {
 fn child_relay<S: OutboxStore>(
     store: S,
     publisher: Box<dyn oncely_core::outbox::Publisher>,
+    batch: usize,
 ) -> Relay<S, Box<dyn oncely_core::outbox::Publisher>> {
     Relay::new(store, publisher)
-        .batch(25)
+        .batch(batch)
         .poll_interval(Duration::from_millis(20))
         .on_error(|e| eprintln!("relay child {}: {e}", std::process::id()))
 }
@@ -134,6 +153,10 @@ fn stop(child: &mut Child) {
 }
 
 async fn survives_kill_9(destination: Destination, name: &str) {
+    let rows = match &destination {
+        Destination::Sqs { .. } => SQS_ROWS,
+        _ => ROWS,
+    };
     // The pid in the name: a relay left over from an earlier run can never reach this schema.
     let schema = format!("oncely_relay_proof_{name}_{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
@@ -164,7 +187,7 @@ async fn survives_kill_9(destination: Destination, name: &str) {
         .unwrap_or_else(|| fastrand::u64(..));
     eprintln!("relay kill -9 proof ({name}): seed {seed} (ONCELY_PROOF_SEED={seed} replays it)");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let picks: Vec<usize> = (0..ROWS).map(|_| rng.usize(..AGGREGATES)).collect();
+    let picks: Vec<usize> = (0..rows).map(|_| rng.usize(..AGGREGATES)).collect();
 
     let started = Instant::now();
     let to = destination.url();
@@ -176,7 +199,7 @@ async fn survives_kill_9(destination: Destination, name: &str) {
         let origin = origin.clone();
         tokio::spawn(async move {
             let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for chunk in picks.chunks(ROWS / TRANSACTIONS) {
+            for chunk in picks.chunks(rows / TRANSACTIONS) {
                 let messages: Vec<OutboxMessage> = chunk
                     .iter()
                     .enumerate()
@@ -237,7 +260,7 @@ async fn survives_kill_9(destination: Destination, name: &str) {
         );
     }
     eprintln!(
-        "relay kill -9 proof ({name}): {ROWS} rows over {AGGREGATES} aggregates, {kills} kills, \
+        "relay kill -9 proof ({name}): {rows} rows over {AGGREGATES} aggregates, {kills} kills, \
          {} messages read ({} duplicate copies: re-published after a kill and kept by the broker), {} distinct, all in order per \
          aggregate; settled in {:.1}s",
         delivered.total,
@@ -245,7 +268,7 @@ async fn survives_kill_9(destination: Destination, name: &str) {
         delivered.distinct,
         settled.as_secs_f64()
     );
-    assert_eq!(delivered.distinct, ROWS);
+    assert_eq!(delivered.distinct, rows);
     destination.remove().await;
     drop(service);
     if name.starts_with("mysql") {
@@ -294,4 +317,19 @@ async fn mysql_to_kafka_relays_killed_at_random_lose_nothing_and_keep_each_aggre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_to_kafka_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
     survives_kill_9(Destination::kafka("proof_sqlite").await, "sqlite_kafka").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_sqs_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
+    survives_kill_9(Destination::sqs_fifo("proof").await, "sqs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_to_sqs_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
+    survives_kill_9(Destination::sqs_fifo("proof-mysql").await, "mysql_sqs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_to_sqs_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
+    survives_kill_9(Destination::sqs_fifo("proof-sqlite").await, "sqlite_sqs").await;
 }

@@ -1,5 +1,5 @@
 //! The outbox on SQLite and its relay, against the real brokers (NATS JetStream, RabbitMQ,
-//! Kafka), on files in temporary directories: the shared scenarios, and the lease that lets one
+//! Kafka, SQS), on files in temporary directories: the shared scenarios, and the lease that lets one
 //! relay at a time publish a file's outbox.
 
 mod support;
@@ -67,6 +67,20 @@ async fn sqlite_to_kafka_committed_is_published_and_rolled_back_never_is() {
 async fn sqlite_to_kafka_two_relays_at_once_publish_each_row_once_in_order_per_aggregate() {
     let (store, pool, _dir) = outbox().await;
     let destination = Destination::kafka("sqlite_two").await;
+    scenarios::two_relays_keep_each_aggregate_in_order(store, &pool, destination).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_to_sqs_fifo_committed_is_published_and_rolled_back_never_is() {
+    let (store, pool, _dir) = outbox().await;
+    let destination = Destination::sqs_fifo("sqlite_commit").await;
+    scenarios::committed_is_published_and_rolled_back_never_is(store, &pool, destination).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_to_sqs_fifo_two_relays_at_once_publish_each_row_once_in_order_per_aggregate() {
+    let (store, pool, _dir) = outbox().await;
+    let destination = Destination::sqs_fifo("sqlite_two").await;
     scenarios::two_relays_keep_each_aggregate_in_order(store, &pool, destination).await;
 }
 

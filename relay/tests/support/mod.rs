@@ -1,6 +1,6 @@
 //! What the relay's test binaries share: a fresh PostgreSQL schema per test, and a fresh
 //! destination on each real broker (a JetStream stream, a RabbitMQ queue, a Kafka topic of
-//! several partitions), read back whole; the service side of each database ([`Service`]), and
+//! several partitions, an SQS queue, FIFO or standard), read back whole; the service side of each database ([`Service`]), and
 //! the scenarios every outbox passes ([`scenarios`]).
 
 #![allow(dead_code)] // each test binary uses part of it
@@ -11,6 +11,8 @@ mod service;
 pub use service::Service;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -26,6 +28,7 @@ use oncely_rabbitmq::lapin::options::{BasicGetOptions, QueueDeclareOptions, Queu
 use oncely_rabbitmq::lapin::types::{AMQPValue, FieldTable};
 use oncely_rabbitmq::lapin::{Connection, ConnectionProperties};
 use oncely_rabbitmq::{AmqpPublisher, message};
+use oncely_sqs::{MESSAGE_ID_ATTRIBUTE, SqsOptions, SqsPublisher};
 use sqlx::PgPool;
 
 pub fn postgres_server() -> String {
@@ -46,6 +49,20 @@ pub fn amqp_server() -> String {
 pub fn kafka_brokers() -> String {
     std::env::var("ONCELY_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
+
+/// The SQS-compatible server (`.ci/run` starts moto there).
+pub fn sqs_server() -> String {
+    std::env::var("ONCELY_SQS_URL").unwrap_or_else(|_| "sqs+http://127.0.0.1:5999".to_owned())
+}
+
+fn sqs_client() -> aws_sdk_sqs::Client {
+    let options = SqsOptions::parse_queue_optional(&sqs_server()).unwrap();
+    oncely_sqs::client(&options).unwrap()
+}
+
+/// The pseudo-header [`Destination::read_all`] puts an SQS message's `MessageDeduplicationId`
+/// in, for [`Destination::check_placement`].
+const SQS_DEDUPLICATION_ID: &str = "Test-Sqs-Deduplication-Id";
 
 /// The partitions of each test's Kafka topic: several, so that keying by aggregate matters.
 pub const KAFKA_PARTITIONS: i32 = 3;
@@ -133,6 +150,17 @@ pub enum Destination {
     },
     /// A topic of [`KAFKA_PARTITIONS`] partitions.
     Kafka { topic: String },
+    /// An SQS queue: FIFO (its name ends in `.fifo`) or standard, emptied as messages arrive
+    /// (see [`drain_queue`]).
+    Sqs {
+        client: aws_sdk_sqs::Client,
+        queue: String,
+        queue_url: String,
+        /// Set when the test reads: the drainer ends once a receive started after it is empty.
+        finish: Arc<AtomicBool>,
+        /// What the drainer read, once it ends.
+        drainer: std::sync::Mutex<Option<tokio::task::JoinHandle<Vec<Message>>>>,
+    },
 }
 
 impl Destination {
@@ -212,12 +240,63 @@ impl Destination {
         Destination::Kafka { topic }
     }
 
+    /// A new FIFO queue `oncely-relay-<name>-<pid>-<millis>.fifo` (no content-based dedup: the
+    /// relay's dedup id is the row's id). The time in the name: a relay left over from an
+    /// earlier run with this pid can never reach it.
+    pub async fn sqs_fifo(name: &str) -> Self {
+        Self::sqs(name, true).await
+    }
+
+    /// A new standard queue `oncely-relay-<name>-<pid>-<millis>`.
+    pub async fn sqs_standard(name: &str) -> Self {
+        Self::sqs(name, false).await
+    }
+
+    async fn sqs(name: &str, fifo: bool) -> Self {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let mut queue = format!("oncely-relay-{name}-{}-{millis}", std::process::id());
+        let client = sqs_client();
+        let mut create = client.create_queue();
+        if fifo {
+            queue.push_str(".fifo");
+            create = create
+                .attributes(QueueAttributeName::FifoQueue, "true")
+                .attributes(QueueAttributeName::ContentBasedDeduplication, "false");
+        }
+        let created = create.queue_name(&queue).send().await.unwrap_or_else(|e| {
+            panic!(
+                "SQS at {}: {e:?} (start moto_server, or set ONCELY_SQS_URL)",
+                sqs_server()
+            )
+        });
+        let queue_url = created.queue_url.unwrap();
+        let finish = Arc::new(AtomicBool::new(false));
+        let drainer = tokio::spawn(drain_queue(
+            client.clone(),
+            queue.clone(),
+            queue_url.clone(),
+            finish.clone(),
+        ));
+        Destination::Sqs {
+            client,
+            queue,
+            queue_url,
+            finish,
+            drainer: std::sync::Mutex::new(Some(drainer)),
+        }
+    }
+
     /// The `--to` URL of `oncely relay` for this destination.
     pub fn url(&self) -> String {
         match self {
             Destination::Nats { subject, .. } => format!("{}/{subject}", nats_server()),
             Destination::Rabbit { queue, .. } => format!("{}/{queue}", amqp_server()),
             Destination::Kafka { topic } => format!("kafka://{}/{topic}", kafka_brokers()),
+            Destination::Sqs { queue, .. } => format!("{}/{queue}", sqs_server()),
         }
     }
 
@@ -233,11 +312,13 @@ impl Destination {
             Destination::Kafka { .. } => {
                 Box::new(KafkaPublisher::connect(&self.url()).await.unwrap())
             }
+            Destination::Sqs { .. } => Box::new(SqsPublisher::connect(&self.url()).await.unwrap()),
         }
     }
 
     /// Every message it holds, in the order the broker stored them (a queue is emptied; a
-    /// topic is read partition after partition, each in offset order).
+    /// topic is read partition after partition, each in offset order; an SQS queue in the order
+    /// its receives answered, each message group in order on a FIFO queue).
     pub async fn read_all(&self) -> Vec<Message> {
         match self {
             Destination::Nats {
@@ -283,6 +364,13 @@ impl Destination {
                     .await
                     .unwrap()
             }
+            Destination::Sqs {
+                finish, drainer, ..
+            } => {
+                finish.store(true, Ordering::SeqCst);
+                let drainer = drainer.lock().unwrap().take();
+                drainer.expect("read once").await.unwrap()
+            }
         }
     }
 
@@ -291,7 +379,22 @@ impl Destination {
     /// all records of one aggregate are in one partition (that they are in order there is
     /// [`check_delivery`]'s, as `read_all` keeps each partition's offset order). Answers the
     /// number of partitions holding records (1 on the other brokers, which check nothing).
+    ///
+    /// On an SQS FIFO queue: each message's group is its row's aggregate and its deduplication
+    /// id its row's id; on a standard queue, no message has a group.
     pub fn check_placement(&self, messages: &[Message]) -> usize {
+        if let Destination::Sqs { queue, .. } = self {
+            for m in messages {
+                if queue.ends_with(".fifo") {
+                    let aggregate = m.header("Aggregate").expect("the test's Aggregate header");
+                    assert_eq!(m.ordering_key(), Some(aggregate), "the group of {m:?}");
+                    assert_eq!(m.header(SQS_DEDUPLICATION_ID), m.message_id(), "{m:?}");
+                } else {
+                    assert_eq!(m.ordering_key(), None, "no group on a standard queue");
+                }
+            }
+            return 1;
+        }
         let Destination::Kafka { topic } = self else {
             return 1;
         };
@@ -337,7 +440,100 @@ impl Destination {
                 let options = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
                 let _ = admin.delete_topics(&[&topic], &options).await;
             }
+            Destination::Sqs {
+                client,
+                queue_url,
+                drainer,
+                ..
+            } => {
+                if let Some(drainer) = drainer.into_inner().unwrap() {
+                    drainer.abort();
+                }
+                let _ = client.delete_queue().queue_url(&queue_url).send().await;
+            }
         }
+    }
+}
+
+/// Every message of the SQS queue, taken for good as it arrives, from the queue's creation until
+/// a receive started after `finish` was set answers nothing: received ten at a time (a long
+/// visibility timeout: nothing comes back while this reads), each receive's messages deleted
+/// before the next (on a FIFO queue a message group stays locked while one of its messages is
+/// in flight). On a FIFO queue each group's messages come in order across receives. Its group
+/// is a message's ordering key, its `Oncely-Message-Id` attribute its message id, its String
+/// attributes its headers, and its deduplication id the [`SQS_DEDUPLICATION_ID`] header.
+///
+/// Why while the relays run, not once at the end: moto counts a queue's messages (each one's
+/// visibility, from the clock) several times on every `SendMessage`, so sends slow down as the
+/// queue fills (a FIFO queue of 1,000 messages: ~0.2 s a send). Moto's FIFO deduplication only
+/// looks at messages still on the queue, so a row re-published after a kill arrives twice here,
+/// as on the brokers that keep every copy.
+async fn drain_queue(
+    client: aws_sdk_sqs::Client,
+    queue: String,
+    queue_url: String,
+    finish: Arc<AtomicBool>,
+) -> Vec<Message> {
+    use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+    let (queue, queue_url) = (queue.as_str(), queue_url.as_str());
+    let mut messages = Vec::new();
+    loop {
+        let last = finish.load(Ordering::SeqCst);
+        let received = client
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .visibility_timeout(300)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("receiving from {queue}: {e:?}"))
+            .messages
+            .unwrap_or_default();
+        if received.is_empty() {
+            if last {
+                return messages;
+            }
+            continue;
+        }
+        let mut receipts = Vec::new();
+        for (n, got) in received.into_iter().enumerate() {
+            let mut m = Message::new(got.body.clone().unwrap_or_default().into_bytes(), queue);
+            let system = got.attributes.clone().unwrap_or_default();
+            if let Some(group) = system.get(&MessageSystemAttributeName::MessageGroupId) {
+                m = m.with_ordering_key(group.clone());
+            }
+            if let Some(dedup) = system.get(&MessageSystemAttributeName::MessageDeduplicationId) {
+                m = m.with_header(SQS_DEDUPLICATION_ID, dedup.clone());
+            }
+            for (name, value) in got.message_attributes.clone().unwrap_or_default() {
+                let Some(text) = value.string_value() else {
+                    continue;
+                };
+                if name == MESSAGE_ID_ATTRIBUTE {
+                    m = m.with_message_id(text);
+                }
+                m = m.with_header(name, text);
+            }
+            messages.push(m);
+            receipts.push(
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(n.to_string())
+                    .receipt_handle(got.receipt_handle.unwrap_or_default())
+                    .build()
+                    .unwrap(),
+            );
+        }
+        let deleted = client
+            .delete_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(receipts))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("deleting from {queue}: {e:?}"));
+        assert!(deleted.failed.is_empty(), "{:?}", deleted.failed);
     }
 }
 

@@ -64,8 +64,9 @@ pub async fn committed_is_published_and_rolled_back_never_is<S: OutboxStore + 's
 }
 
 /// Two relays on one outbox while rows keep coming: every row once (RabbitMQ and Kafka keep
-/// every copy, so a double publish would show), each aggregate in order (on Kafka: keyed by its
-/// aggregate, in one partition).
+/// every copy, so a double publish would show; an SQS FIFO queue drops a copy by its
+/// deduplication id, so there the relays' own count shows it), each aggregate in order (on
+/// Kafka: keyed by its aggregate, in one partition; on SQS: its message group).
 pub async fn two_relays_keep_each_aggregate_in_order<S: OutboxStore + Clone + 'static>(
     store: S,
     service: &dyn Service,
