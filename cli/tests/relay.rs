@@ -1,6 +1,7 @@
 //! `oncely relay` end to end: real processes from PostgreSQL, MySQL/MariaDB and SQLite outboxes
-//! to NATS JetStream, RabbitMQ and Kafka (a Kafka-protocol broker at `ONCELY_KAFKA_BROKERS`,
-//! default 127.0.0.1:9092), stopped with SIGTERM or SIGINT.
+//! to NATS JetStream, RabbitMQ, Kafka (a Kafka-protocol broker at `ONCELY_KAFKA_BROKERS`,
+//! default 127.0.0.1:9092) and SQS (an SQS-compatible server at `ONCELY_SQS_URL`, default
+//! sqs+http://127.0.0.1:5999), stopped with SIGTERM or SIGINT.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -314,6 +315,154 @@ async fn relay_takes_a_postgres_outbox_to_a_kafka_topic_keyed_by_aggregate() {
     assert_eq!(arrived, expected, "keys = aggregates, ids in order");
 
     kafka.delete_topics(&[&topic], &options).await.ok();
+    let ddl = format!("DROP SCHEMA \"{schema}\" CASCADE");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn relay_takes_a_postgres_outbox_to_an_sqs_fifo_queue_grouped_by_aggregate() {
+    use aws_sdk_sqs::types::{MessageSystemAttributeName as System, QueueAttributeName};
+
+    let pid = std::process::id();
+    let schema = format!("oncely_cli_relay_sqs_{pid}");
+    let admin = PgPool::connect(&postgres()).await.unwrap();
+    let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE; CREATE SCHEMA \"{schema}\";");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let outbox_url = format!("{}?options=-csearch_path%3D{schema}", postgres());
+    let origin = PostgresOutboxStore::connect(&outbox_url)
+        .await
+        .unwrap()
+        .origin()
+        .await
+        .unwrap();
+    let pool = PgPool::connect(&outbox_url).await.unwrap();
+
+    // Queues are not created by sending to them: a FIFO queue, the time in its name.
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let queue = format!("oncely-cli-relay-{pid}-{millis}.fifo");
+    let options = oncely::sqs::SqsOptions::parse_queue_optional(&sqs_server()).unwrap();
+    let client = oncely::sqs::client(&options).unwrap();
+    let queue_url = client
+        .create_queue()
+        .queue_name(&queue)
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .attributes(QueueAttributeName::ContentBasedDeduplication, "false")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("SQS at {}: {e:?} (start moto_server)", sqs_server()))
+        .queue_url
+        .unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in 0..20 {
+        let aggregate = format!("order-{}", n % 5);
+        let message = OutboxMessage::new(&aggregate, format!("{n}").into_bytes());
+        let id = Outbox::new().enqueue(&mut tx, &message).await.unwrap();
+        expected
+            .entry(aggregate)
+            .or_default()
+            .push(message_id(&origin, id));
+    }
+    tx.commit().await.unwrap();
+
+    let child = Command::new(BIN)
+        .args(["relay", "--outbox", &outbox_url, "--to"])
+        .arg(format!("{}/{queue}", sqs_server()))
+        .args(["--batch", "7"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let unsent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if unsent == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{unsent} rows unsent after 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(
+        stderr.starts_with("relay: published 20, failed 0, purged 0 in "),
+        "one summary line: {stderr}"
+    );
+
+    // Read back ten at a time, each receive deleted before the next (a message group stays
+    // locked while one of its messages is in flight): each group in order.
+    let mut arrived: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut read = 0;
+    loop {
+        let received = client
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .visibility_timeout(60)
+            .message_system_attribute_names(System::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        if received.is_empty() {
+            break;
+        }
+        for got in received {
+            read += 1;
+            let system = got.attributes.clone().unwrap_or_default();
+            let id = got
+                .message_attributes
+                .as_ref()
+                .and_then(|a| a.get(oncely::sqs::MESSAGE_ID_ATTRIBUTE))
+                .and_then(|v| v.string_value())
+                .expect("the row's id attribute")
+                .to_owned();
+            assert_eq!(
+                system.get(&System::MessageDeduplicationId),
+                Some(&id),
+                "the dedup id is the row's id"
+            );
+            let group = system[&System::MessageGroupId].clone();
+            arrived.entry(group).or_default().push(id);
+            client
+                .delete_message()
+                .queue_url(&queue_url)
+                .receipt_handle(got.receipt_handle.unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(read, 20);
+    assert_eq!(arrived, expected, "groups = aggregates, ids in order");
+
+    client
+        .delete_queue()
+        .queue_url(&queue_url)
+        .send()
+        .await
+        .ok();
     let ddl = format!("DROP SCHEMA \"{schema}\" CASCADE");
     sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
         .execute(&admin)
