@@ -3,14 +3,22 @@
 //!
 //! Each test gets its own queue and dead-letter queue, `oncely-suite-<pid>-<time>-<n>-<test>`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
-use oncely_broker_suite::{Broker, Channel};
-use oncely_core::consumer::Message;
-use oncely_core::{BoxError, async_trait};
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
+use oncely_broker_suite::libtest_mimic::Trial;
+use oncely_broker_suite::{Broker, Channel, Running};
+use oncely_conformance::harness::{panic_text, runtime};
+use oncely_consumer::Consumer;
+use oncely_core::consumer::{Handled, Handler, HandlerError, KeySource, Message};
+use oncely_core::{BoxError, Key, async_trait};
 use oncely_sqs::{MESSAGE_ID_ATTRIBUTE, SqsOptions, SqsSource};
+
+/// How deep the proof lets its queue get (see [`Queue::publish_batch`]).
+const MAX_DEPTH: u64 = 200;
 
 struct Sqs {
     server: String,
@@ -22,7 +30,10 @@ struct Queue {
     url: String,
     client: aws_sdk_sqs::Client,
     queue_url: String,
+    fifo: bool,
     dead_letter_url: String,
+    /// Every dead letter read so far, by SQS message id: reading hides a letter for a while.
+    letters: std::sync::Mutex<HashMap<String, Message>>,
 }
 
 impl Sqs {
@@ -46,10 +57,27 @@ impl Broker for Sqs {
     type Channel = Queue;
 
     async fn channel(&self, test: &str) -> Result<Queue, BoxError> {
+        self.queue(test, false).await
+    }
+}
+
+impl Sqs {
+    /// A FIFO queue and its FIFO dead-letter queue.
+    async fn fifo_channel(&self, test: &str) -> Result<Queue, BoxError> {
+        self.queue(test, true).await
+    }
+
+    async fn queue(&self, test: &str, fifo: bool) -> Result<Queue, BoxError> {
         let n = self.made.fetch_add(1, Ordering::SeqCst);
         let name = format!("oncely-suite-{}-{n}-{}", self.run, test.replace('_', "-"));
-        let name: String = name.chars().take(70).collect();
-        let url = format!("{}/{name}?visibility=5s&wait=1s", self.server);
+        let mut name: String = name.chars().take(70).collect();
+        if fifo {
+            name.push_str(".fifo");
+        }
+        // The proof's consumers are killed holding messages: those come back after the
+        // visibility timeout, long enough that heartbeats (every third of it) stay few.
+        let visibility = if test == "proof" { 20 } else { 5 };
+        let url = format!("{}/{name}?visibility={visibility}s&wait=1s", self.server);
         let options: SqsOptions = url.parse()?;
         let client = oncely_sqs::client(&options)?;
         let mut urls = Vec::new();
@@ -57,10 +85,14 @@ impl Broker for Sqs {
             options.queue.clone(),
             options.dead_letter_queue_or_default(),
         ] {
-            let created = client
-                .create_queue()
-                .queue_name(&queue)
-                .attributes(QueueAttributeName::VisibilityTimeout, "5")
+            let mut create = client.create_queue().queue_name(&queue).attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility.to_string(),
+            );
+            if fifo {
+                create = create.attributes(QueueAttributeName::FifoQueue, "true");
+            }
+            let created = create
                 .send()
                 .await
                 .map_err(|e| format!("no SQS at {}: {e} (start moto_server)", self.server))?;
@@ -69,8 +101,10 @@ impl Broker for Sqs {
         Ok(Queue {
             url,
             client,
+            fifo,
             dead_letter_url: urls.pop().unwrap(),
             queue_url: urls.pop().unwrap(),
+            letters: Default::default(),
         })
     }
 }
@@ -83,26 +117,84 @@ fn attribute(value: &str) -> MessageAttributeValue {
         .unwrap()
 }
 
+fn attributes_of(message: &Message) -> Option<HashMap<String, MessageAttributeValue>> {
+    let mut attributes: HashMap<String, MessageAttributeValue> = message
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.clone(), attribute(v)))
+        .collect();
+    if let Some(id) = message.message_id() {
+        attributes.insert(MESSAGE_ID_ATTRIBUTE.into(), attribute(id));
+    }
+    (!attributes.is_empty()).then_some(attributes)
+}
+
 #[async_trait]
 impl Channel for Queue {
     type Source = SqsSource;
 
     async fn publish(&self, message: &Message) -> Result<(), BoxError> {
-        let mut attributes: HashMap<String, MessageAttributeValue> = message
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.clone(), attribute(v)))
-            .collect();
-        if let Some(id) = message.message_id() {
-            attributes.insert(MESSAGE_ID_ATTRIBUTE.into(), attribute(id));
-        }
         self.client
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(String::from_utf8_lossy(message.payload()))
-            .set_message_attributes((!attributes.is_empty()).then_some(attributes))
+            .set_message_attributes(attributes_of(message))
             .send()
             .await?;
+        Ok(())
+    }
+
+    /// moto scans the whole queue on every send, receive and delete: the proof keeps it short
+    /// by consuming while it publishes, and publishing no faster than the consumers keep up.
+    fn consume_while_publishing(&self) -> bool {
+        true
+    }
+
+    /// `SendMessageBatch`, ten a request, eight requests at a time (one on a FIFO queue), once
+    /// no more than
+    /// [`MAX_DEPTH`] messages are waiting.
+    async fn publish_batch(&self, messages: &[Message]) -> Result<(), BoxError> {
+        while self.count(&self.queue_url, true).await? > MAX_DEPTH {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let mut requests = tokio::task::JoinSet::new();
+        for (n, batch) in messages.chunks(10).enumerate() {
+            // A FIFO queue keeps the order batches arrive in: one at a time.
+            if requests.len() >= if self.fifo { 1 } else { 8 } {
+                requests.join_next().await.unwrap()??;
+            }
+            let entries = batch
+                .iter()
+                .enumerate()
+                .map(|(i, message)| {
+                    let mut entry = SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(String::from_utf8_lossy(message.payload()))
+                        .set_message_attributes(attributes_of(message));
+                    if self.fifo {
+                        entry = entry
+                            .set_message_group_id(message.ordering_key().map(Into::into))
+                            .set_message_deduplication_id(message.message_id().map(Into::into));
+                    }
+                    entry.build()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let send = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries));
+            requests.spawn(async move {
+                let sent = send.send().await?;
+                match sent.failed().first() {
+                    Some(failed) => Err(format!("batch {n}: {failed:?}").into()),
+                    None => Ok::<(), BoxError>(()),
+                }
+            });
+        }
+        while let Some(done) = requests.join_next().await {
+            done??;
+        }
         Ok(())
     }
 
@@ -111,19 +203,23 @@ impl Channel for Queue {
     }
 
     async fn dead_letters(&self) -> Result<Vec<Message>, BoxError> {
-        let total = self.count(&self.dead_letter_url, false).await?;
-        let mut seen: HashMap<String, Message> = HashMap::new();
+        let total = self.count(&self.dead_letter_url, true).await?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while (seen.len() as u64) < total {
-            if std::time::Instant::now() > deadline {
-                return Err(format!("read {} of {total} dead letters", seen.len()).into());
+        loop {
+            let read = self.letters.lock().unwrap().len() as u64;
+            if read >= total {
+                break;
             }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("read {read} of {total} dead letters").into());
+            }
+            // Hidden for a while once read, so that the next receive gets the next ones.
             let got = self
                 .client
                 .receive_message()
                 .queue_url(&self.dead_letter_url)
                 .max_number_of_messages(10)
-                .visibility_timeout(0)
+                .visibility_timeout(2)
                 .message_attribute_names("All")
                 .send()
                 .await?;
@@ -133,10 +229,11 @@ impl Channel for Queue {
                 for (name, value) in m.message_attributes().into_iter().flatten() {
                     message = message.with_header(name, value.string_value().unwrap_or_default());
                 }
-                seen.insert(m.message_id().unwrap_or_default().to_owned(), message);
+                let id = m.message_id().unwrap_or_default().to_owned();
+                self.letters.lock().unwrap().insert(id, message);
             }
         }
-        Ok(seen.into_values().collect())
+        Ok(self.letters.lock().unwrap().values().cloned().collect())
     }
 
     async fn unsettled(&self) -> Result<u64, BoxError> {
@@ -173,10 +270,107 @@ impl Queue {
     }
 }
 
+/// Records each (group, seq) applied, in the order applied; gives the first delivery of each
+/// group's event 3 back (store unavailable), so that event's group must wait for it.
+#[derive(Clone, Default)]
+struct InOrder {
+    applied: Arc<Mutex<Vec<(String, u32)>>>,
+    given_back: Arc<Mutex<HashSet<String>>>,
+}
+
+#[async_trait]
+impl Handler for InOrder {
+    async fn handle(&self, _: &Key, message: &Message) -> Result<Handled, HandlerError> {
+        let json: serde_json::Value = serde_json::from_slice(message.payload()).unwrap();
+        let group = json["group"].as_str().unwrap().to_owned();
+        let seq = json["seq"].as_u64().unwrap() as u32;
+        if seq == 3 && self.given_back.lock().unwrap().insert(group.clone()) {
+            return Err(HandlerError::unavailable("given back once, on purpose"));
+        }
+        // Long enough that a later event of the group, handled side by side, would overtake.
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(1..15))).await;
+        self.applied.lock().unwrap().push((group, seq));
+        Ok(Handled::Done)
+    }
+}
+
+/// A FIFO queue: 8 groups x 25 events, two consumers of eight handlers each. Each group's
+/// events are applied once each and in the order sent, though the runner handles deliveries
+/// side by side and one event of each group is given back once.
+async fn a_fifo_queue_keeps_each_group_in_order(sqs: Sqs) {
+    let queue = sqs.fifo_channel("fifo-order").await.unwrap();
+    let (groups, events) = (8, 25u32);
+    let mut messages = Vec::new();
+    for seq in 0..events {
+        for group in 0..groups {
+            let body = serde_json::json!({"group": format!("g{group}"), "seq": seq});
+            messages.push(
+                Message::new(body.to_string().into_bytes(), "")
+                    .with_ordering_key(format!("g{group}"))
+                    .with_message_id(format!("g{group}-{seq}")),
+            );
+        }
+    }
+    queue.publish_batch(&messages).await.unwrap();
+    let handler = InOrder::default();
+    let consumer = Consumer::new(handler.clone(), KeySource::MessageId)
+        .concurrency(8)
+        .unavailable_backoff(Duration::from_millis(200));
+    let first = Running::spawn(&consumer, queue.consumer().await.unwrap());
+    let second = Running::spawn(&consumer, queue.consumer().await.unwrap());
+    let total = (groups * events) as usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while handler.applied.lock().unwrap().len() < total {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {total} applied",
+            handler.applied.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.stop().await;
+    second.stop().await;
+    let applied = handler.applied.lock().unwrap().clone();
+    assert_eq!(applied.len(), total, "each event applied once");
+    let mut next: HashMap<String, u32> = HashMap::new();
+    for (group, seq) in applied {
+        let expected = next.entry(group.clone()).or_insert(0);
+        assert_eq!(
+            seq, *expected,
+            "{group}: event {seq} applied when {expected} was due"
+        );
+        *expected += 1;
+    }
+    assert_eq!(
+        handler.given_back.lock().unwrap().len(),
+        groups as usize,
+        "event 3 of every group was given back once"
+    );
+}
+
+type SqsTest = fn(Sqs) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+fn trial(name: &'static str, test: SqsTest) -> Trial {
+    Trial::test(format!("sqs::{name}"), move || {
+        runtime().block_on(async move {
+            let sqs = Sqs::connect().await;
+            tokio::spawn(test(sqs))
+                .await
+                .map_err(|e| panic_text(e).into())
+        })
+    })
+    .with_kind("sqs")
+}
+
 fn main() {
-    oncely_broker_suite::main(
+    let sqs_only = vec![trial("a_fifo_queue_keeps_each_group_in_order", |sqs| {
+        Box::pin(a_fifo_queue_keeps_each_group_in_order(sqs))
+    })];
+    oncely_broker_suite::run(
         "sqs",
         || async { Sqs::connect().await },
         |url| async move { Ok(SqsSource::connect(&url).await?) },
-    );
+        sqs_only,
+    )
+    .exit();
 }

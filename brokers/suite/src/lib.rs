@@ -80,6 +80,22 @@ pub trait Channel: Send + Sync + 'static {
     /// the broker to confirm it.
     async fn publish(&self, message: &Message) -> Result<(), BoxError>;
 
+    /// Publishes `messages` like [`publish`](Self::publish), for brokers with a batch call
+    /// (SQS takes ten a request); not necessarily in order. One by one unless overridden.
+    async fn publish_batch(&self, messages: &[Message]) -> Result<(), BoxError> {
+        for message in messages {
+            self.publish(message).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the kill -9 proof starts its consumers before publishing, and publishes while
+    /// they run and are killed, rather than after: for servers that slow down with a queue's
+    /// depth (moto's SQS scans every message of the queue on each call).
+    fn consume_while_publishing(&self) -> bool {
+        false
+    }
+
     /// One more consumer of the destination; several compete for its messages.
     async fn consumer(&self) -> Result<Self::Source, BoxError>;
 

@@ -147,11 +147,10 @@ pub async fn run<C: Channel>(
         let at = rng.usize(stream.len() / 10..=stream.len());
         stream.insert(at, again);
     }
-    for order in &stream {
-        channel
-            .publish(&order.message())
-            .await
-            .expect("publish an order");
+    let messages: Vec<Message> = stream.iter().map(|order| order.message()).collect();
+    let together = channel.consume_while_publishing();
+    if !together {
+        publish(channel, &messages).await;
     }
 
     let source_url = channel.source_url();
@@ -160,14 +159,22 @@ pub async fn run<C: Channel>(
         .map(|_| spawn(&source_url, postgres_url))
         .collect();
     let pool = PgPool::connect(postgres_url).await.expect("PostgreSQL");
-    let mut kills = 0;
-    while kills < config.kills {
-        tokio::time::sleep(Duration::from_millis(rng.u64(50..700))).await;
-        let victim = rng.usize(..children.len());
-        kill9(&mut children[victim]);
-        kills += 1;
-        children[victim] = spawn(&source_url, postgres_url);
-    }
+    let killing = async {
+        let mut kills = 0;
+        while kills < config.kills {
+            tokio::time::sleep(Duration::from_millis(rng.u64(50..700))).await;
+            let victim = rng.usize(..children.len());
+            kill9(&mut children[victim]);
+            kills += 1;
+            children[victim] = spawn(&source_url, postgres_url);
+        }
+        kills
+    };
+    let kills = if together {
+        tokio::join!(publish(channel, &messages), killing).1
+    } else {
+        killing.await
+    };
     // Every good order applied and every poison order dead-lettered...
     loop {
         for child in &mut children {
@@ -273,6 +280,12 @@ pub async fn run<C: Channel>(
         dead_letters: letters.len(),
         kills,
         elapsed: settled,
+    }
+}
+
+async fn publish<C: Channel>(channel: &C, messages: &[Message]) {
+    for chunk in messages.chunks(100) {
+        channel.publish_batch(chunk).await.expect("publish orders");
     }
 }
 
