@@ -1,6 +1,6 @@
 //! The broker benchmark (`oncely bench --broker URL`): messages per second through
-//! consume + claim + effect + ack on a real NATS JetStream, RabbitMQ or Kafka, oncely's consumer
-//! runner against the naive per-message pattern, in the same run.
+//! consume + claim + effect + ack on a real NATS JetStream, RabbitMQ, Kafka or SQS, oncely's
+//! consumer runner against the naive per-message pattern, in the same run.
 //!
 //! **Workload.** [`BrokerConfig::events`] messages (S8's workload: 36-character UUID keys,
 //! [`BrokerConfig::duplicate_ratio`] of them re-publishes of an earlier key, clustered within
@@ -22,6 +22,23 @@
 //! a common partition count for a topic of this size and is what a two-core machine can use; a
 //! re-publish never meets its original in flight there (same key, same partition, one at a
 //! time).
+//!
+//! **SQS.** `sqs://HOST[:PORT]` (`sqs+http://` for an emulator). Every contender gets a fresh
+//! standard queue `oncely-bench-<pid>-<n>-<contender>` and its `-dlq` (deleted at the end; those
+//! of a crashed run by the next one), filled before the clock by `SendMessageBatch` (ten
+//! messages a request, four requests at once, every entry's answer checked). The source URL
+//! adds `wait=1s` (long polls of a second). The source receives up to ten messages ahead
+//! whatever the concurrency and deletes acked messages in batches of up to ten; the naive
+//! consumer's ack is one `DeleteMessage` per message, awaited. "Unsettled" is the queue's
+//! visible, in-flight and delayed messages after the consumer is gone; dead letters are the
+//! `-dlq`'s messages. **The default size is small on purpose** ([`DEFAULT_SQS_EVENTS`], 1,000
+//! messages; naive [`DEFAULT_SQS_NAIVE_EVENTS`], 500): the SQS server this is run against
+//! (moto, a Python emulator) reads every message of a queue on each request, so a request
+//! costs time in proportion to the queue's depth, and filling the whole workload first (so that
+//! only consumption is timed) makes the queue as deep as the workload. At 1,000 messages a run
+//! takes about half a minute; the figures then measure moto (a queue starting 1,000 deep, then
+//! draining) far more than oncely, and say little about real SQS (network round trips of
+//! milliseconds, no depth cost).
 //!
 //! **oncely.** [`oncely::Consumer`] over the broker's source (`oncely::broker::connect`; Kafka:
 //! `oncely::kafka::KafkaSource`, offsets committed every `commit_interval`, 200 ms, after the
@@ -76,7 +93,7 @@ use crate::{BenchError, Progress, StoreKind, Workload, format_duration, percenti
 
 /// Deliveries in flight for oncely by default.
 pub const DEFAULT_CONCURRENCY: usize = 64;
-/// Messages by default.
+/// Messages by default (SQS: [`DEFAULT_SQS_EVENTS`], see [`default_events`]).
 pub const DEFAULT_EVENTS: usize = 20_000;
 /// How long the run may go without a single ack before it is declared stuck.
 pub const STALL_LIMIT: Duration = Duration::from_secs(120);
@@ -84,8 +101,8 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(120);
 /// What the broker benchmark runs.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
-    /// `nats://[USER:PASS@]HOST[:PORT]`, `amqp://[USER:PASS@]HOST[:PORT][/VHOST]` or
-    /// `kafka://HOST[:PORT][,HOST[:PORT]...]`.
+    /// `nats://[USER:PASS@]HOST[:PORT]`, `amqp://[USER:PASS@]HOST[:PORT][/VHOST]`,
+    /// `kafka://HOST[:PORT][,HOST[:PORT]...]` or `sqs[+http]://HOST[:PORT]`.
     pub broker: String,
     /// The store kind oncely and the naive pattern use (SQLite, PostgreSQL or MySQL).
     pub store: StoreKind,
@@ -155,6 +172,8 @@ enum Broker {
     Amqp(String),
     /// The bootstrap brokers, `HOST:PORT[,HOST:PORT...]`, as librdkafka takes them.
     Kafka(String),
+    /// `sqs://HOST[:PORT]` or `sqs+http://HOST[:PORT]`, and its options (queue empty).
+    Sqs(String, Box<oncely::sqs::SqsOptions>),
 }
 
 impl Broker {
@@ -176,9 +195,14 @@ impl Broker {
                     .map(|options| Broker::Kafka(options.brokers))
                     .map_err(|e| BenchError::Other(format!("--broker: {e}")))
             }
+            Some(("sqs" | "sqs+http", rest)) if !rest.is_empty() && !rest.contains('/') => {
+                oncely::sqs::SqsOptions::parse_queue_optional(url)
+                    .map(|options| Broker::Sqs(url.into(), Box::new(options)))
+                    .map_err(|e| BenchError::Other(format!("--broker: {e}")))
+            }
             _ => Err(BenchError::Other(format!(
-                "--broker takes nats://HOST[:PORT], amqp://[USER:PASS@]HOST[:PORT][/VHOST] or \
-                 kafka://HOST[:PORT][,HOST[:PORT]...], not `{}`",
+                "--broker takes nats://HOST[:PORT], amqp://[USER:PASS@]HOST[:PORT][/VHOST], \
+                 kafka://HOST[:PORT][,HOST[:PORT]...] or sqs[+http]://HOST[:PORT], not `{}`",
                 oncely::url::redact_password(url)
             ))),
         }
@@ -269,6 +293,14 @@ enum Channel {
         /// producer's delivery reports (tansu's high watermark can fall short of it).
         produced: Vec<i64>,
     },
+    Sqs {
+        client: aws_sdk_sqs::Client,
+        /// `sqs[+http]://HOST[:PORT]`, as given.
+        server: String,
+        queue: String,
+        queue_url: String,
+        dlq_url: String,
+    },
 }
 
 const NATS_PREFIX: &str = "ONCELY_BENCH_";
@@ -283,6 +315,29 @@ const BENCH_PREFIX: &str = "oncely.bench.";
 /// one message per partition at a time, so on Kafka oncely has at most this many deliveries in
 /// flight, whatever its concurrency.
 pub const KAFKA_PARTITIONS: i32 = 8;
+/// The name of an SQS queue of the benchmark (SQS names take no dots), before
+/// `<pid>-<n>-<contender>`; its dead-letter queue is the name and `-dlq`.
+const SQS_PREFIX: &str = "oncely-bench-";
+/// SQS's most messages per SendMessageBatch.
+const SQS_BATCH: usize = 10;
+/// SendMessageBatch requests in flight at once while filling.
+const SQS_BATCHES_IN_FLIGHT: usize = 4;
+/// Messages by default on SQS: moto, the emulator it is tested with, reads every message of a
+/// queue on each request, so a request's cost grows with the queue's depth. See the module docs.
+pub const DEFAULT_SQS_EVENTS: usize = 1_000;
+/// Messages through the naive pattern by default on SQS (one DeleteMessage per message).
+pub const DEFAULT_SQS_NAIVE_EVENTS: usize = 500;
+
+/// The default message count for `broker` (a `--broker` URL): [`DEFAULT_SQS_EVENTS`] on SQS,
+/// [`DEFAULT_EVENTS`] otherwise.
+pub fn default_events(broker: &str) -> usize {
+    if broker.starts_with("sqs") {
+        DEFAULT_SQS_EVENTS
+    } else {
+        DEFAULT_EVENTS
+    }
+}
+
 /// How long a Kafka metadata, offsets or admin request may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -373,6 +428,37 @@ impl Channel {
                     brokers: brokers.clone(),
                     topic,
                     produced: vec![0; KAFKA_PARTITIONS as usize],
+                })
+            }
+            Broker::Sqs(server, options) => {
+                let client = oncely::sqs::client(options).map_err(|e| other("SQS client")(&e))?;
+                remove_leftover_queues(&client).await;
+                let queue = format!("{SQS_PREFIX}{pid}-{n}-{contender}");
+                let dlq = format!("{queue}-dlq");
+                let mut urls = Vec::with_capacity(2);
+                for name in [&queue, &dlq] {
+                    let made = client
+                        .create_queue()
+                        .queue_name(name)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            BenchError::Other(format!(
+                                "create the SQS queue {name} at {}: {}",
+                                options.endpoint,
+                                sqs_error(&e)
+                            ))
+                        })?;
+                    urls.push(made.queue_url().unwrap_or_default().to_owned());
+                }
+                let dlq_url = urls.pop().unwrap_or_default();
+                let queue_url = urls.pop().unwrap_or_default();
+                Ok(Channel::Sqs {
+                    client,
+                    server: server.clone(),
+                    queue,
+                    queue_url,
+                    dlq_url,
                 })
             }
         }
@@ -507,6 +593,52 @@ impl Channel {
                     progress.advance(chunk.len() as u64);
                 }
             }
+            Channel::Sqs {
+                client, queue_url, ..
+            } => {
+                use futures_util::StreamExt;
+                // SendMessageBatch, ten messages a request, a few requests at once; a batch
+                // answers each entry, and any entry refused fails the run.
+                let batches = workload.keys().chunks(SQS_BATCH).map(|chunk| {
+                    let entries = chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(n, key)| {
+                            aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                                .id(n.to_string())
+                                .message_body(String::from_utf8_lossy(&payload(key)))
+                                .build()
+                                .expect("id and body are set")
+                        })
+                        .collect::<Vec<_>>();
+                    let request = client
+                        .send_message_batch()
+                        .queue_url(queue_url.as_str())
+                        .set_entries(Some(entries));
+                    async move { (chunk.len(), request.send().await) }
+                });
+                let mut sent =
+                    futures_util::stream::iter(batches).buffer_unordered(SQS_BATCHES_IN_FLIGHT);
+                while let Some((len, answer)) = sent.next().await {
+                    let answer = answer.map_err(|e| {
+                        BenchError::Other(format!("SQS SendMessageBatch: {}", sqs_error(&e)))
+                    })?;
+                    if let Some(failed) = answer.failed().first() {
+                        return Err(BenchError::Other(format!(
+                            "SQS refused a message: {}: {}",
+                            failed.code(),
+                            failed.message().unwrap_or_default()
+                        )));
+                    }
+                    if answer.successful().len() != len {
+                        return Err(BenchError::Other(format!(
+                            "SQS answered {} of {len} messages of a batch",
+                            answer.successful().len()
+                        )));
+                    }
+                    progress.advance(len as u64);
+                }
+            }
         }
         progress.finish();
         Ok(())
@@ -552,6 +684,10 @@ impl Channel {
             Channel::Kafka { brokers, topic, .. } => {
                 format!("kafka://{brokers}/{topic}?group={topic}")
             }
+            // Nothing to set either: the source receives up to ten messages ahead, whatever
+            // the runner's concurrency. Receives wait a second at most (long polls on moto
+            // spin its CPU for their whole wait when nothing is there).
+            Channel::Sqs { server, queue, .. } => format!("{server}/{queue}?wait=1s"),
         }
     }
 
@@ -641,6 +777,17 @@ impl Channel {
                     .await
                     .map_err(|e| other("Kafka offsets")(&e))?
             }
+            // The source gives back what it received and never handed out when it is dropped
+            // (visible again at once); acks are deletes the source awaited.
+            Channel::Sqs {
+                client,
+                queue_url,
+                dlq_url,
+                ..
+            } => Ok((
+                sqs_count(client, queue_url, true).await?,
+                sqs_count(client, dlq_url, false).await?,
+            )),
         }
     }
 
@@ -688,8 +835,92 @@ impl Channel {
                 let dlq = format!("{topic}.dlq");
                 delete_topics(&brokers, &[topic.as_str(), dlq.as_str()]).await?;
             }
+            Channel::Sqs {
+                client,
+                queue,
+                queue_url,
+                dlq_url,
+                ..
+            } => {
+                for url in [queue_url, dlq_url] {
+                    client
+                        .delete_queue()
+                        .queue_url(&url)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            BenchError::Other(format!(
+                                "delete the SQS queue {queue}: {}",
+                                sqs_error(&e)
+                            ))
+                        })?;
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// An SQS SDK error on one line, with its causes.
+fn sqs_error(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    line
+}
+
+/// Messages in an SQS queue: visible ones, and with `all` also those received and not deleted
+/// (in flight) and delayed.
+async fn sqs_count(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    all: bool,
+) -> Result<u64, BenchError> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let mut names = vec![A::ApproximateNumberOfMessages];
+    if all {
+        names.extend([
+            A::ApproximateNumberOfMessagesNotVisible,
+            A::ApproximateNumberOfMessagesDelayed,
+        ]);
+    }
+    let answer = client
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .set_attribute_names(Some(names.clone()))
+        .send()
+        .await
+        .map_err(|e| BenchError::Other(format!("SQS queue attributes: {}", sqs_error(&e))))?;
+    let attributes = answer.attributes();
+    Ok(names
+        .iter()
+        .filter_map(|name| attributes.and_then(|a| a.get(name)))
+        .filter_map(|value| value.parse::<u64>().ok())
+        .sum())
+}
+
+/// Deletes the SQS bench queues of earlier runs whose process is gone.
+async fn remove_leftover_queues(client: &aws_sdk_sqs::Client) {
+    let Ok(listed) = client
+        .list_queues()
+        .queue_name_prefix(SQS_PREFIX)
+        .send()
+        .await
+    else {
+        return;
+    };
+    for url in listed.queue_urls() {
+        let name = url.rsplit('/').next().unwrap_or_default();
+        let pid = name
+            .strip_prefix(SQS_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .unwrap_or_default();
+        if !pid.is_empty() && gone(pid) {
+            client.delete_queue().queue_url(url).send().await.ok();
+        }
     }
 }
 
@@ -1356,6 +1587,16 @@ mod tests {
         ));
         assert!(Broker::parse("kafka://h/topic").is_err());
         assert!(Broker::parse("kafka://").is_err());
-        assert!(Broker::parse("sqs://h").is_err());
+        assert!(matches!(
+            Broker::parse("sqs+http://127.0.0.1:5999/"),
+            Ok(Broker::Sqs(u, o)) if u == "sqs+http://127.0.0.1:5999" && o.endpoint == "http://127.0.0.1:5999"
+        ));
+        assert!(matches!(
+            Broker::parse("sqs://sqs.eu-west-1.amazonaws.com"),
+            Ok(Broker::Sqs(..))
+        ));
+        assert!(Broker::parse("sqs+http://h/queue").is_err());
+        assert!(Broker::parse("sqs://").is_err());
+        assert!(Broker::parse("pulsar://h").is_err());
     }
 }

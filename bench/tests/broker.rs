@@ -1,7 +1,8 @@
 //! `oncely bench --broker` end to end on a small workload, against the NATS JetStream at
 //! `ONCELY_NATS_URL` (`nats://127.0.0.1:4222`), the RabbitMQ at `ONCELY_AMQP_URL`
 //! (`amqp://guest:guest@127.0.0.1:5672`) and the Kafka-protocol broker at
-//! `ONCELY_KAFKA_BROKERS` (`127.0.0.1:9092`), with a fresh SQLite store. No timing is asserted:
+//! `ONCELY_KAFKA_BROKERS` (`127.0.0.1:9092`) and the SQS-compatible server (moto) at
+//! `ONCELY_SQS_URL` (`sqs+http://127.0.0.1:5999`), with a fresh SQLite store. No timing is asserted:
 //! only that every message is settled and the effect ran once per distinct key.
 
 use oncely_bench::broker::{self, BrokerConfig};
@@ -63,4 +64,11 @@ fn rabbitmq_every_message_settled_and_one_effect_per_key() {
 fn kafka_every_message_settled_and_one_effect_per_key() {
     let brokers = std::env::var("ONCELY_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     run_and_check(config(format!("kafka://{brokers}"), "kafka"));
+}
+
+#[test]
+fn sqs_every_message_settled_and_one_effect_per_key() {
+    let url =
+        std::env::var("ONCELY_SQS_URL").unwrap_or_else(|_| "sqs+http://127.0.0.1:5999".into());
+    run_and_check(config(url, "sqs"));
 }

@@ -3,8 +3,8 @@
 //! (never on the store itself: on PostgreSQL and MySQL, fresh schemas or databases on the server
 //! it names, dropped after).
 //!
-//! `--broker nats://HOST[:PORT]`, `--broker amqp://[USER:PASS@]HOST[:PORT]` or
-//! `--broker kafka://HOST[:PORT]` measures instead
+//! `--broker nats://HOST[:PORT]`, `--broker amqp://[USER:PASS@]HOST[:PORT]`,
+//! `--broker kafka://HOST[:PORT]` or `--broker sqs[+http]://HOST[:PORT]` measures instead
 //! messages per second through consume + claim + effect + ack on that broker: oncely's consumer
 //! runner against the naive one-message-at-a-time consumer ([`oncely_bench::broker`]).
 //!
@@ -24,7 +24,7 @@ use oncely_bench::{BenchConfig, Progress, StoreKind, format_table, store_kind};
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Events through oncely, through the batched limit and through oncely's batch API
-    /// [default: 1000000; with --broker: 20000 messages].
+    /// [default: 1000000; with --broker: 20000 messages, on SQS 1000].
     #[arg(long, value_name = "N")]
     events: Option<usize>,
 
@@ -37,9 +37,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
 
-    /// Events through the naive pattern (one synced transaction each, so it is sampled).
-    #[arg(long, value_name = "N", default_value_t = 5_000)]
-    naive_events: usize,
+    /// Events through the naive pattern (one synced transaction each, so it is sampled)
+    /// [default: 5000; with an SQS --broker: 500].
+    #[arg(long, value_name = "N")]
+    naive_events: Option<usize>,
 
     /// Distinct keys stored in every contender's store before measuring.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -72,19 +73,21 @@ pub struct BenchArgs {
 
     /// Instead: messages/s through consume + claim + effect + ack on a broker, oncely's
     /// consumer against the naive per-message consumer. nats://HOST[:PORT] (JetStream),
-    /// amqp://[USER:PASS@]HOST[:PORT][/VHOST] (RabbitMQ) or kafka://HOST[:PORT] (Kafka).
+    /// amqp://[USER:PASS@]HOST[:PORT][/VHOST] (RabbitMQ), kafka://HOST[:PORT] (Kafka) or
+    /// sqs://HOST[:PORT] (SQS; sqs+http:// for an emulator such as moto).
     ///
-    /// --events messages (default 20000), --duplicates of them re-publishes of an earlier key,
-    /// payload {"eventId":"<uuid>"}, published and confirmed into a fresh stream, queue or
-    /// topic (Kafka: 8 partitions, the event key as the Kafka key) per contender (deleted
-    /// after) before the clock starts. oncely: oncely::Consumer with an OncelyHandler (key
-    /// /eventId) on a fresh store of the kind --store names (sqlite:, postgres://, mysql://),
-    /// the effect an in-process counter, --concurrency deliveries in flight (default 64; NATS
-    /// batch=N, RabbitMQ prefetch=2N; Kafka: at most one per partition, so 8). naive: one
-    /// message at a time, SELECT EXISTS then INSERT in its own transaction on the same kind of
-    /// store, the effect, then the ack (Kafka: a synchronous offset commit), on the first
-    /// --naive-events messages. Reports messages/s and p50/p99 from delivery to confirmed ack;
-    /// fails unless every message is acked and settled at the broker (Kafka: committed to the
+    /// --events messages (default 20000; SQS: 1000, naive 500), --duplicates of them re-publishes
+    /// of an earlier key, payload {"eventId":"<uuid>"}, published and confirmed into a fresh
+    /// stream, queue or topic (Kafka: 8 partitions, the event key as the Kafka key; SQS: a standard
+    /// queue and its -dlq, filled by SendMessageBatch) per contender (deleted after) before the
+    /// clock starts. oncely: oncely::Consumer with an OncelyHandler (key /eventId) on a fresh store
+    /// of the kind --store names (sqlite:, postgres://, mysql://), the effect an in-process
+    /// counter, --concurrency deliveries in flight (default 64; NATS batch=N, RabbitMQ prefetch=2N;
+    /// Kafka: at most one per partition, so 8; SQS: receives of up to 10 ahead, deletes batched by
+    /// 10). naive: one message at a time, SELECT EXISTS then INSERT in its own transaction on the
+    /// same kind of store, the effect, then the ack (Kafka: a synchronous offset commit), on the
+    /// first --naive-events messages. Reports messages/s and p50/p99 from delivery to confirmed
+    /// ack; fails unless every message is acked and settled at the broker (Kafka: committed to the
     /// end of every partition), none dead-lettered, and the effects equal the distinct keys.
     #[arg(
         long,
@@ -185,7 +188,7 @@ pub fn run(
         events: args.events.unwrap_or(1_000_000),
         duplicate_ratio: args.duplicates,
         concurrency: args.concurrency.unwrap_or(1024),
-        naive_events: args.naive_events,
+        naive_events: args.naive_events.unwrap_or(5_000),
         preload: args.preload,
         seed: args.seed,
         page_size: args.page_size,
@@ -267,20 +270,27 @@ fn run_broker(
             oncely::url::redact_password(store_url)
         ),
     };
+    let sqs = broker.starts_with("sqs");
     let config = oncely_bench::broker::BrokerConfig {
+        events: args
+            .events
+            .unwrap_or_else(|| oncely_bench::broker::default_events(&broker)),
+        naive_events: args.naive_events.unwrap_or(if sqs {
+            oncely_bench::broker::DEFAULT_SQS_NAIVE_EVENTS
+        } else {
+            5_000
+        }),
         broker,
         store,
         store_url: store_url.to_owned(),
         dir: args
             .dir
             .unwrap_or_else(|| std::env::temp_dir().join("oncely-bench")),
-        events: args.events.unwrap_or(oncely_bench::broker::DEFAULT_EVENTS),
         duplicate_ratio: args.duplicates,
         concurrency: args
             .concurrency
             .unwrap_or(oncely_bench::broker::DEFAULT_CONCURRENCY)
             .max(1),
-        naive_events: args.naive_events,
         seed: args.seed,
         page_size: args.page_size,
         lease: args.lease,

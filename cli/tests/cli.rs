@@ -956,7 +956,8 @@ fn purge_leaves_the_store_alone_while_another_instance_purges() {
     assert_eq!(purge(dir.path()).stdout(), "purged 1 records\n");
 }
 
-/// `oncely bench --broker` through the binary, on the three brokers on loopback (Kafka: tansu):
+/// `oncely bench --broker` through the binary, on the four brokers on loopback (Kafka: tansu,
+/// SQS: moto):
 /// the table, every contender's effects equal to its distinct keys, and no store file where
 /// --store points.
 #[test]
@@ -967,6 +968,7 @@ fn bench_broker_reports_both_contenders_with_one_effect_per_key() {
         "nats://127.0.0.1:4222",
         "amqp://guest:guest@127.0.0.1:5672",
         "kafka://127.0.0.1:9092",
+        "sqs+http://127.0.0.1:5999",
     ] {
         let run = oncely(
             dir.path(),
