@@ -188,7 +188,9 @@ impl Handler for ReserveInventory {
 /// Publishes `payloads` to `nats://HOST[:PORT]/STREAM` (subject `<stream in lower case>.in`,
 /// the stream created if missing), `amqp://[USER:PASS@]HOST[:PORT]/QUEUE` (the default
 /// exchange, the queue declared durable if missing) or `kafka://HOST[:PORT]/TOPIC` (created
-/// with three partitions if missing; each message keyed by its `orderId`), each confirmed by
+/// with three partitions if missing; each message keyed by its `orderId`) or
+/// `sqs[+http]://HOST[:PORT]/QUEUE` (a standard queue, created with its dead-letter queue
+/// `QUEUE-dlq` if missing; sent by SendMessageBatch, ten messages a request), each confirmed by
 /// the broker.
 pub async fn publish(to: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
     let (scheme, rest) = to
@@ -263,7 +265,64 @@ pub async fn publish(to: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
                 publisher.publish(None, &message).await?;
             }
         }
-        other => bail!("unknown scheme `{other}`: use nats://, amqp:// or kafka://"),
+        "sqs" | "sqs+http" => publish_sqs(to, payloads).await?,
+        other => bail!("unknown scheme `{other}`: use nats://, amqp://, kafka:// or sqs://"),
+    }
+    Ok(())
+}
+
+/// [`publish`] to SQS: the queue and its dead-letter queue created if missing (the consumer
+/// needs both), then the payloads, ten a SendMessageBatch. A standard queue only: a FIFO
+/// queue's deduplication would drop the very re-publishes the example is about.
+async fn publish_sqs(to: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
+    let options: oncely::sqs::SqsOptions = to.parse()?;
+    if options.queue.ends_with(".fifo") {
+        bail!("publish to a standard queue: a FIFO queue drops re-publishes by their dedup id");
+    }
+    let client = oncely::sqs::client(&options)?;
+    for name in [
+        options.queue.clone(),
+        options.dead_letter_queue_or_default(),
+    ] {
+        client
+            .create_queue()
+            .queue_name(&name)
+            .send()
+            .await
+            .with_context(|| format!("create the SQS queue {name} at {}", options.endpoint))?;
+    }
+    let queue_url = client
+        .get_queue_url()
+        .queue_name(&options.queue)
+        .send()
+        .await?
+        .queue_url()
+        .unwrap_or_default()
+        .to_owned();
+    for chunk in payloads.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(n, payload)| {
+                Ok(aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(n.to_string())
+                    .message_body(String::from_utf8(payload.clone())?)
+                    .build()?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let sent = client
+            .send_message_batch()
+            .queue_url(&queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await?;
+        if let Some(failed) = sent.failed().first() {
+            bail!(
+                "SQS refused a message: {}: {}",
+                failed.code(),
+                failed.message().unwrap_or_default()
+            );
+        }
     }
     Ok(())
 }

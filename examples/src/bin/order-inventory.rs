@@ -1,4 +1,5 @@
-//! Order placed -> inventory reserved, over NATS JetStream, RabbitMQ or Kafka, with PostgreSQL.
+//! Order placed -> inventory reserved, over NATS JetStream, RabbitMQ, Kafka or SQS, with
+//! PostgreSQL.
 //!
 //! ```sh
 //! PG=postgres://postgres@127.0.0.1:5432/test
@@ -12,7 +13,11 @@
 //! `--from amqp://guest:guest@127.0.0.1:5672/orders`; for Kafka `--to kafka://127.0.0.1:9092/orders`
 //! and `--from 'kafka://127.0.0.1:9092/orders?group=inventory'`. The Kafka consumer keeps its
 //! offsets in PostgreSQL, saved with each order (`oncely_postgres::offsets`), and starts each
-//! partition it is given there.
+//! partition it is given there. For SQS (here moto, an emulator, over plain HTTP)
+//! `--to sqs+http://127.0.0.1:5999/orders` (the queue and its dead-letter queue `orders-dlq`
+//! are created if missing) and `--from 'sqs+http://127.0.0.1:5999/orders?wait=1s'`; against
+//! AWS `sqs://sqs.REGION.amazonaws.com/orders?region=REGION` with credentials in
+//! `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -47,8 +52,8 @@ enum Command {
     },
     /// Publishes orders, some of them twice (same orderId, as a producer retry would).
     Publish {
-        /// `nats://HOST[:PORT]/STREAM`, `amqp://[USER:PASS@]HOST[:PORT]/QUEUE` or
-        /// `kafka://HOST[:PORT]/TOPIC`.
+        /// `nats://HOST[:PORT]/STREAM`, `amqp://[USER:PASS@]HOST[:PORT]/QUEUE`,
+        /// `kafka://HOST[:PORT]/TOPIC` or `sqs[+http]://HOST[:PORT]/QUEUE`.
         #[arg(long)]
         to: String,
         /// Distinct orders.
@@ -60,8 +65,8 @@ enum Command {
     },
     /// Reserves inventory for each order until Ctrl-C.
     Consume {
-        /// `nats://HOST/STREAM/CONSUMER`, `amqp://USER:PASS@HOST/QUEUE` or
-        /// `kafka://HOST/TOPIC?group=NAME`.
+        /// `nats://HOST/STREAM/CONSUMER`, `amqp://USER:PASS@HOST/QUEUE`,
+        /// `kafka://HOST/TOPIC?group=NAME` or `sqs[+http]://HOST[:PORT]/QUEUE`.
         #[arg(long)]
         from: String,
         /// PostgreSQL URL.
