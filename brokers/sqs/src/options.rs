@@ -2,6 +2,7 @@
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Credentials, Region};
+use aws_sdk_sqs::error::ProvideErrorMetadata;
 use oncely_core::url::{parse_duration, redact_password};
 use std::time::Duration;
 
@@ -196,6 +197,51 @@ pub fn client(options: &SqsOptions) -> Result<Client, Error> {
         .http_client(http)
         .build();
     Ok(Client::from_conf(config))
+}
+
+/// The URL of the queue named `queue` (`GetQueueUrl`); [`Error::NoQueue`] if there is none.
+pub(crate) async fn queue_url(
+    client: &Client,
+    endpoint: &str,
+    queue: &str,
+) -> Result<String, Error> {
+    match client.get_queue_url().queue_name(queue).send().await {
+        Ok(output) => Ok(output.queue_url.unwrap_or_default()),
+        Err(error) => {
+            let missing = error
+                .as_service_error()
+                .is_some_and(|e| e.is_queue_does_not_exist())
+                || error.code() == Some("AWS.SimpleQueueService.NonExistentQueue");
+            Err(if missing {
+                Error::NoQueue {
+                    queue: queue.to_owned(),
+                    endpoint: endpoint.to_owned(),
+                }
+            } else {
+                Error::Sqs {
+                    endpoint: endpoint.to_owned(),
+                    what: format!("looking up the queue {queue}"),
+                    source: describe(&error).into(),
+                }
+            })
+        }
+    }
+}
+
+/// `error` and its causes on one line (`dispatch failure: io error: ... Connection refused`):
+/// the SDK's own message is only the first of them.
+pub(crate) fn describe(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = error.source();
+    }
+    line
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use oncely_core::async_trait;
 use oncely_core::consumer::{BrokerError, Message};
@@ -123,28 +122,7 @@ impl SqsPublisher {
         if let Some(url) = self.urls.lock().expect("never poisoned").get(queue) {
             return Ok(url.clone());
         }
-        let answer = self.client.get_queue_url().queue_name(queue).send().await;
-        let url = match answer {
-            Ok(output) => output.queue_url.unwrap_or_default(),
-            Err(error) => {
-                let missing = error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_queue_does_not_exist())
-                    || error.code() == Some("AWS.SimpleQueueService.NonExistentQueue");
-                return Err(if missing {
-                    Error::NoQueue {
-                        queue: queue.to_owned(),
-                        endpoint: self.endpoint.clone(),
-                    }
-                } else {
-                    Error::Sqs {
-                        endpoint: self.endpoint.clone(),
-                        what: format!("looking up the queue {queue}"),
-                        source: describe(&error).into(),
-                    }
-                });
-            }
-        };
+        let url = crate::options::queue_url(&self.client, &self.endpoint, queue).await?;
         self.urls
             .lock()
             .expect("never poisoned")
@@ -193,22 +171,6 @@ fn attributes(
         attributes.insert(name.to_owned(), value);
     }
     Ok(attributes)
-}
-
-/// `error` and its causes on one line (`dispatch failure: io error: ... Connection refused`):
-/// the SDK's own message is only the first of them.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        let text = error.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = error.source();
-    }
-    line
 }
 
 /// `id` if SQS takes it as a `MessageGroupId` or `MessageDeduplicationId` (1 to 128 ASCII
@@ -272,7 +234,7 @@ impl Publisher for SqsPublisher {
         send.send()
             .await
             .map(drop)
-            .map_err(|e| BrokerError::new(BROKER, what(), describe(&e)))
+            .map_err(|e| BrokerError::new(BROKER, what(), crate::options::describe(&e)))
     }
 }
 

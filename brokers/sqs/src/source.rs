@@ -14,6 +14,7 @@ use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::AbortHandle;
 
+use crate::options::queue_url as queue_url_of;
 use crate::{BROKER, Error, MESSAGE_ID_ATTRIBUTE, SqsOptions, client};
 
 /// SQS takes at most this many entries per batch call and messages per receive.
@@ -123,6 +124,16 @@ pub struct SqsSource {
     receiver: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for SqsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsSource")
+            .field("queue_url", &self.shared.queue_url)
+            .field("dead_letter_url", &self.shared.dead_letter_url)
+            .field("fifo", &self.shared.fifo)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for SqsSource {
     fn drop(&mut self) {
         self.receiver.abort();
@@ -155,25 +166,9 @@ impl SqsSource {
     /// Consumes the queue `options` name; the dead-letter queue must exist.
     pub async fn connect_with(options: SqsOptions) -> Result<Self, Error> {
         let client = client(&options)?;
-        let url_of = |name: String| {
-            let client = client.clone();
-            let endpoint = options.endpoint.clone();
-            async move {
-                client
-                    .get_queue_url()
-                    .queue_name(&name)
-                    .send()
-                    .await
-                    .map_err(|e| Error::Sqs {
-                        endpoint,
-                        what: format!("the queue {name}"),
-                        source: e.into(),
-                    })
-                    .map(|o| o.queue_url().unwrap_or_default().to_owned())
-            }
-        };
-        let queue_url = url_of(options.queue.clone()).await?;
-        let dead_letter_url = url_of(options.dead_letter_queue_or_default()).await?;
+        let queue_url = queue_url_of(&client, &options.endpoint, &options.queue).await?;
+        let dead_letter_queue = options.dead_letter_queue_or_default();
+        let dead_letter_url = queue_url_of(&client, &options.endpoint, &dead_letter_queue).await?;
         let (deletes, pending) = mpsc::unbounded_channel();
         tokio::spawn(delete_in_batches(
             client.clone(),
@@ -378,6 +373,17 @@ pub struct SqsDelivery {
     attributes: HashMap<String, MessageAttributeValue>,
     heartbeat: AbortHandle,
     settled: AtomicBool,
+}
+
+impl std::fmt::Debug for SqsDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsDelivery")
+            .field("message", &self.message)
+            .field("sqs_id", &self.sqs_id)
+            .field("receives", &self.receives)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for SqsDelivery {

@@ -348,6 +348,53 @@ async fn a_fifo_queue_keeps_each_group_in_order(sqs: Sqs) {
     );
 }
 
+/// Counts calls; each takes `takes`.
+#[derive(Clone)]
+struct Slow {
+    calls: Arc<AtomicUsize>,
+    takes: Duration,
+}
+
+#[async_trait]
+impl Handler for Slow {
+    async fn handle(&self, _: &Key, _: &Message) -> Result<Handled, HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.takes).await;
+        Ok(Handled::Done)
+    }
+}
+
+/// A handler taking 12 s on a queue whose visibility timeout is 5 s, two consumers: the message
+/// does not come back while it runs (the source extends its visibility), so the handler runs
+/// once, and it is deleted after.
+async fn a_long_handler_keeps_its_message_invisible(sqs: Sqs) {
+    let queue = sqs.channel("long-handler").await.unwrap();
+    queue
+        .publish(&Message::new(b"{}".to_vec(), "").with_message_id("long-1"))
+        .await
+        .unwrap();
+    let handler = Slow {
+        calls: Arc::default(),
+        takes: Duration::from_secs(12),
+    };
+    // The runner's own progress reports come too late to matter: the source's do it.
+    let consumer = Consumer::new(handler.clone(), KeySource::MessageId)
+        .progress_every(Duration::from_secs(60));
+    let first = Running::spawn(&consumer, queue.consumer().await.unwrap());
+    let second = Running::spawn(&consumer, queue.consumer().await.unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while consumer.report().done < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "not done in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One more visibility timeout: a copy that had come back would be handled meanwhile.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    first.stop().await;
+    second.stop().await;
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1, "handled once");
+    assert_eq!(queue.unsettled().await.unwrap(), 0, "deleted");
+}
+
 type SqsTest = fn(Sqs) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 fn trial(name: &'static str, test: SqsTest) -> Trial {
@@ -363,9 +410,14 @@ fn trial(name: &'static str, test: SqsTest) -> Trial {
 }
 
 fn main() {
-    let sqs_only = vec![trial("a_fifo_queue_keeps_each_group_in_order", |sqs| {
-        Box::pin(a_fifo_queue_keeps_each_group_in_order(sqs))
-    })];
+    let sqs_only = vec![
+        trial("a_fifo_queue_keeps_each_group_in_order", |sqs| {
+            Box::pin(a_fifo_queue_keeps_each_group_in_order(sqs))
+        }),
+        trial("a_long_handler_keeps_its_message_invisible", |sqs| {
+            Box::pin(a_long_handler_keeps_its_message_invisible(sqs))
+        }),
+    ];
     oncely_broker_suite::run(
         "sqs",
         || async { Sqs::connect().await },
