@@ -1334,7 +1334,8 @@ fn unreachable_brokers_and_missing_queues_are_one_clear_line() {
     );
     let missing_sqs_queue = unique("oncely-cli-missing-");
     let missing_sqs = format!("{}/{missing_sqs_queue}", sqs_server());
-    let missing_sqs_needle = format!("the queue {missing_sqs_queue}");
+    let endpoint = sqs_server().replacen("sqs+http://", "http://", 1);
+    let missing_sqs_needle = format!("no queue {missing_sqs_queue} at {endpoint}: create it");
     for (from, needle) in [
         (
             "amqp://guest:guest@127.0.0.1:1/q",
@@ -1349,7 +1350,7 @@ fn unreachable_brokers_and_missing_queues_are_one_clear_line() {
         (missing_topic.as_str(), "no Kafka topic oncely.cli.missing."),
         (
             "sqs+http://127.0.0.1:1/q",
-            "SQS at http://127.0.0.1:1: the queue q: dispatch failure",
+            "SQS at http://127.0.0.1:1: looking up the queue q: dispatch failure: io error",
         ),
         (missing_sqs.as_str(), missing_sqs_needle.as_str()),
     ] {
