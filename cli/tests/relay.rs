@@ -267,37 +267,12 @@ async fn relay_takes_a_postgres_outbox_to_a_kafka_topic_keyed_by_aggregate() {
     }
     tx.commit().await.unwrap();
 
-    let child = Command::new(BIN)
-        .args(["relay", "--outbox", &outbox_url, "--to"])
-        .arg(format!("kafka://{}/{topic}", kafka_brokers()))
-        .args(["--batch", "7"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let unsent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        if unsent == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{unsent} rows unsent after 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "{:?}: {stderr}", out.status);
-    assert!(
-        stderr.starts_with("relay: published 20, failed 0, purged 0 in "),
-        "one summary line: {stderr}"
-    );
+    relay_until_all_sent(
+        &pool,
+        &outbox_url,
+        &format!("kafka://{}/{topic}", kafka_brokers()),
+    )
+    .await;
 
     let reader = topic.clone();
     let records = tokio::task::spawn_blocking(move || read_kafka_topic(&reader))
@@ -375,37 +350,7 @@ async fn relay_takes_a_postgres_outbox_to_an_sqs_fifo_queue_grouped_by_aggregate
     }
     tx.commit().await.unwrap();
 
-    let child = Command::new(BIN)
-        .args(["relay", "--outbox", &outbox_url, "--to"])
-        .arg(format!("{}/{queue}", sqs_server()))
-        .args(["--batch", "7"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let unsent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        if unsent == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{unsent} rows unsent after 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "{:?}: {stderr}", out.status);
-    assert!(
-        stderr.starts_with("relay: published 20, failed 0, purged 0 in "),
-        "one summary line: {stderr}"
-    );
+    relay_until_all_sent(&pool, &outbox_url, &format!("{}/{queue}", sqs_server())).await;
 
     // Read back ten at a time, each receive deleted before the next (a message group stays
     // locked while one of its messages is in flight): each group in order.
@@ -647,4 +592,40 @@ async fn relay_takes_a_sqlite_outbox_to_nats() {
         .unwrap();
     assert_eq!(info.state.messages, 12);
     context.delete_stream(&stream).await.unwrap();
+}
+
+/// Runs `oncely relay --to <to>` over the outbox until no row of it is unsent (30 s at most),
+/// stops it with SIGTERM and checks its summary: 20 published, none failed.
+async fn relay_until_all_sent(pool: &PgPool, outbox_url: &str, to: &str) {
+    let child = Command::new(BIN)
+        .args(["relay", "--outbox", outbox_url, "--to"])
+        .arg(to)
+        .args(["--batch", "7"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let unsent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if unsent == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{unsent} rows unsent after 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(
+        stderr.starts_with("relay: published 20, failed 0, purged 0 in "),
+        "one summary line: {stderr}"
+    );
 }
