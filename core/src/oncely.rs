@@ -194,6 +194,81 @@ impl Oncely {
         self.store.release(claim).await
     }
 
+    /// Renews `claim`'s lease: no other delivery can take the key over for another
+    /// [`lease`](Oncely::lease) from now. `claim.lease_until` is updated.
+    ///
+    /// Fails with [`Error::ClaimLost`] if the key was taken over (the lease ran out first),
+    /// completed or released: the holder must then stop and not complete.
+    #[tracing::instrument(name = "oncely.extend", level = "debug", skip_all,
+        fields(scope = %claim.scope, key = %claim.key, attempt = claim.attempt))]
+    pub async fn extend(&self, claim: &mut Claim) -> Result<()> {
+        let lease_until = self.now().saturating_add(self.lease);
+        self.store.extend(claim, lease_until).await?;
+        claim.lease_until = claim.lease_until.max(lease_until);
+        Ok(())
+    }
+
+    /// Runs `work` while keeping `claim`'s lease alive, so a handler slower than its lease is
+    /// not taken over while it runs: the lease is renewed ([`extend`](Oncely::extend)) every
+    /// third of the lease until `work` ends.
+    ///
+    /// If a renewal finds the claim lost (a pause longer than the lease let another delivery
+    /// take the key over), `work` is dropped at its next `.await` and the answer is
+    /// [`Error::ClaimLost`]: its outcome must not be stored. A renewal that fails otherwise (the
+    /// store is briefly unreachable) is logged and tried again at the next third; if none
+    /// succeeds before the lease ends, the claim may be taken over and the next renewal reports
+    /// it lost.
+    ///
+    /// Crash-safe by construction: a holder that dies stops renewing, and the key is taken over
+    /// one lease after its last renewal. Needs a Tokio runtime with its time driver.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely_core::Result<()> {
+    /// use std::time::Duration;
+    /// use oncely_core::{ClaimOutcome, Key, Oncely, Scope};
+    /// let store = std::sync::Arc::new(oncely_memory::MemoryStore::default());
+    /// let oncely = Oncely::new(store).with_lease(Duration::from_millis(60));
+    /// let (scope, key) = (Scope::default(), Key::new("export-2026-12")?);
+    ///
+    /// let Some(mut claim) = oncely.claim(&scope, &key, None).await?.into_new() else {
+    ///     unreachable!("the first claim is new")
+    /// };
+    /// // Work three leases long: without renewal, a redelivery would take the key over.
+    /// let rival = oncely.clone();
+    /// let work = async {
+    ///     tokio::time::sleep(Duration::from_millis(90)).await;
+    ///     let redelivery = rival.claim(&scope, &key, None).await.unwrap();
+    ///     assert!(matches!(redelivery, ClaimOutcome::InProgress { .. }));
+    ///     tokio::time::sleep(Duration::from_millis(90)).await;
+    ///     b"exported".to_vec()
+    /// };
+    /// let outcome = oncely.renewing(&mut claim, work).await?;
+    /// oncely.complete(&claim, &outcome).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn renewing<F: Future>(&self, claim: &mut Claim, work: F) -> Result<F::Output> {
+        let every = (self.lease / 3).max(Duration::from_millis(1));
+        let renewals = async {
+            loop {
+                tokio::time::sleep(every).await;
+                match self.extend(claim).await {
+                    Ok(()) => {}
+                    Err(lost @ Error::ClaimLost { .. }) => return lost,
+                    Err(error) => {
+                        tracing::warn!(scope = %claim.scope, key = %claim.key, %error,
+                            "could not renew the lease; trying again at the next third of it");
+                    }
+                }
+            }
+        };
+        let work = std::pin::pin!(work);
+        let renewals = std::pin::pin!(renewals);
+        match futures_select(work, renewals).await {
+            Either::Left(output) => Ok(output),
+            Either::Right(lost) => Err(lost),
+        }
+    }
+
     /// The live record for (scope, key): `None` if there is none or it expired.
     pub async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
         let now = self.now();
@@ -316,8 +391,13 @@ impl Oncely {
     /// # }
     /// ```
     ///
+    /// While the handler runs, the claim's lease is renewed (see [`renewing`](Oncely::renewing)),
+    /// so a handler slower than its lease is not run a second time by a redelivery. If a
+    /// renewal finds the key taken over anyway, the handler is dropped and the answer is
+    /// `RunError::Store(Error::ClaimLost)`.
+    ///
     /// If the future returned by `run` is dropped while the handler runs, the claim is left to
-    /// its lease: the next delivery after the lease takes it over.
+    /// its lease (no longer renewed): the next delivery after the lease takes it over.
     pub async fn run<F, Fut, E>(
         &self,
         scope: &Scope,
@@ -345,7 +425,13 @@ impl Oncely {
             }
             ClaimOutcome::Conflict { stored } => return Err(RunError::Conflict { stored }),
         };
-        match catch_unwind(handler()).await {
+        let mut claim = claim;
+        let worked = match self.renewing(&mut claim, catch_unwind(handler())).await {
+            Ok(worked) => worked,
+            // Another delivery holds the key now: it runs (or ran) the work; ours is not stored.
+            Err(lost) => return Err(RunError::Store(lost)),
+        };
+        match worked {
             Ok(Ok(outcome)) => {
                 self.complete(&claim, &outcome)
                     .await
@@ -454,4 +540,23 @@ pub enum RunError<E> {
     /// The store failed, or the claim was lost before it could be completed.
     #[error(transparent)]
     Store(Error),
+}
+
+enum Either<L, R> {
+    Left(L),
+    Right(R),
+}
+
+/// The first of two futures to finish, the other dropped; the left one is polled first.
+async fn futures_select<L: Future, R: Future>(
+    mut left: std::pin::Pin<&mut L>,
+    mut right: std::pin::Pin<&mut R>,
+) -> Either<L::Output, R::Output> {
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(out) = left.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Either::Left(out));
+        }
+        right.as_mut().poll(cx).map(Either::Right)
+    })
+    .await
 }

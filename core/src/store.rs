@@ -68,6 +68,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Gives up a held claim so the next delivery gets `New`.
     async fn release(&self, claim: &Claim) -> Result<()>;
 
+    /// Renews a held claim's lease: the in-progress record's deadline becomes `lease_until`.
+    ///
+    /// Fenced like [`complete`](Store::complete): only the current holder (same token) of a
+    /// record still in progress may extend it; otherwise it fails with
+    /// [`Error::ClaimLost`](crate::Error::ClaimLost) and changes nothing. A holder whose lease
+    /// ran out may still extend as long as nobody took the key over, as it may still complete.
+    async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()> {
+        let _ = lease_until;
+        Err(crate::Error::Backend {
+            store: format!("{self:?}"),
+            source: format!(
+                "this store cannot renew the lease of {}/{} (no `extend`)",
+                claim.scope, claim.key
+            )
+            .into(),
+        })
+    }
+
     /// The record stored for (scope, key), expired or not.
     async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>>;
 

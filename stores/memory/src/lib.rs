@@ -195,6 +195,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()> {
+        self.lock().held(claim)?.expires_at = lease_until;
+        Ok(())
+    }
+
     async fn release(&self, claim: &Claim) -> Result<()> {
         let mut state = self.lock();
         state.held(claim)?;
