@@ -19,8 +19,8 @@ use crate::{
 /// - `claim_many` is atomic per request: among any number of concurrent claims of one
 ///   (scope, key), at most one is `New` while its lease is live. Requests in one batch are
 ///   decided in order, so a key twice in one batch is `New` then `InProgress`.
-/// - `complete` and `release` succeed only for the current holder (same token); otherwise
-///   they fail with [`Error::ClaimLost`](crate::Error::ClaimLost) and change nothing.
+/// - `complete`, `release` and `extend` succeed only for the current holder (same token);
+///   otherwise they fail with [`Error::ClaimLost`](crate::Error::ClaimLost) and change nothing.
 /// - a record whose `expires_at` is before `now` counts as absent.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -74,17 +74,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// record still in progress may extend it; otherwise it fails with
     /// [`Error::ClaimLost`](crate::Error::ClaimLost) and changes nothing. A holder whose lease
     /// ran out may still extend as long as nobody took the key over, as it may still complete.
-    async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()> {
-        let _ = lease_until;
-        Err(crate::Error::Backend {
-            store: format!("{self:?}"),
-            source: format!(
-                "this store cannot renew the lease of {}/{} (no `extend`)",
-                claim.scope, claim.key
-            )
-            .into(),
-        })
-    }
+    async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()>;
 
     /// The record stored for (scope, key), expired or not.
     async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>>;

@@ -85,6 +85,9 @@ impl Store for Slow {
     async fn release(&self, claim: &Claim) -> Result<()> {
         self.inner.release(claim).await
     }
+    async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()> {
+        self.inner.extend(claim, lease_until).await
+    }
     async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
         self.inner.get(scope, key).await
     }

@@ -208,6 +208,10 @@ impl Store for Switchable {
         self.check()?;
         self.inner.release(claim).await
     }
+    async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> oncely::Result<()> {
+        self.check()?;
+        self.inner.extend(claim, lease_until).await
+    }
     async fn get(&self, scope: &Scope, key: &Key) -> oncely::Result<Option<Record>> {
         self.check()?;
         self.inner.get(scope, key).await

@@ -388,7 +388,7 @@ impl MySqlStore {
         Ok(Ok(results))
     }
 
-    /// Runs a guarded single-row write of `claim` (complete or release); if it changed nothing,
+    /// Runs a guarded single-row write of `claim` (release or extend); if it changed nothing,
     /// answers why the claim is no longer held.
     async fn guarded(
         &self,
@@ -700,6 +700,20 @@ impl Store for MySqlStore {
         let query = sqlx::query(
             "DELETE FROM oncely_records WHERE scope = ? AND `key` = ? AND token = ? AND NOT completed",
         )
+        .bind(claim.scope.as_str().as_bytes())
+        .bind(claim.key.as_str().as_bytes())
+        .bind(claim.token as i64);
+        self.guarded(query, claim).await
+    }
+
+    /// The connection reports rows matched, not changed (`CLIENT_FOUND_ROWS`, set by sqlx): a
+    /// renewal to the deadline already stored still counts as done, not as lost.
+    async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()> {
+        let query = sqlx::query(
+            "UPDATE oncely_records SET expires_at = ? \
+             WHERE scope = ? AND `key` = ? AND token = ? AND NOT completed",
+        )
+        .bind(lease_until.as_millis())
         .bind(claim.scope.as_str().as_bytes())
         .bind(claim.key.as_str().as_bytes())
         .bind(claim.token as i64);

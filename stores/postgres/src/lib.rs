@@ -641,6 +641,31 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(|e| self.err(e))
     }
 
+    /// One guarded `UPDATE`, in both layouts; in the partitioned one, under the key's advisory
+    /// lock like every write of a key (the new `expires_at` may move the row to another
+    /// partition).
+    async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()> {
+        let mut tx = self.begin().await?;
+        if self.partitioned.is_some() {
+            self.lock_key(&mut tx, claim).await?;
+        }
+        let done = sqlx::query(
+            "UPDATE oncely_records SET expires_at = $4 \
+             WHERE scope = $1 AND key = $2 AND token = $3 AND NOT completed",
+        )
+        .bind(claim.scope.as_str().as_bytes())
+        .bind(claim.key.as_str().as_bytes())
+        .bind(claim.token as i64)
+        .bind(lease_until.as_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        if done.rows_affected() != 1 {
+            return Err(self.lost(&mut tx, claim).await?);
+        }
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+
     async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
         let mut tx = self.begin().await?;
         let record = self.select(&mut tx, scope, key, false).await?;

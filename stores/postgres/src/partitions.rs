@@ -33,16 +33,17 @@
 //!
 //! PostgreSQL only enforces a unique constraint on a partitioned table if it includes the
 //! partition key, so the database would accept one (scope, key) in two partitions. The store does
-//! not rely on a constraint: every write of a key (claim, takeover, complete, release) first takes
-//! `pg_advisory_xact_lock` on a 64-bit hash of (scope, key), for a batch in ascending hash order
-//! (so batches cannot deadlock; a hash collision only makes two keys wait for each other), and
-//! only then reads the key across all partitions (`SELECT ... FOR UPDATE`, which also keeps purge
-//! off the row) and inserts or rewrites it. Complete and release stay guarded by the holder's
-//! token (fencing), as in the default layout.
+//! not rely on a constraint: every write of a key (claim, takeover, complete, release, extend)
+//! first takes `pg_advisory_xact_lock` on a 64-bit hash of (scope, key), for a batch in ascending
+//! hash order (so batches cannot deadlock; a hash collision only makes two keys wait for each
+//! other), and only then reads the key across all partitions (`SELECT ... FOR UPDATE`, which also
+//! keeps purge off the row) and inserts or rewrites it. Complete, release and extend (a lease
+//! renewal) stay guarded by the holder's token (fencing), as in the default layout.
 //!
-//! Completing a record or taking it over moves its `expires_at` forward, and PostgreSQL moves the
-//! row into the partition of its new `expires_at`. So a partition whose upper bound is at or before
-//! purge's cut-off holds only records that expired before it, whatever happened to them.
+//! Completing a record, renewing its lease or taking it over moves its `expires_at`, and
+//! PostgreSQL moves the row into the partition of its new `expires_at`. So a partition whose
+//! upper bound is at or before purge's cut-off holds only records that expired before it,
+//! whatever happened to them.
 //!
 //! # Purge
 //!

@@ -13,9 +13,9 @@
 //!
 //! ## How it works
 //!
-//! - **Atomic by Lua.** `claim_many`, `complete`, `release` and `apply_if_newer` each run as one
-//!   server-side script (EVALSHA, loaded on first use), so the read-decide-write of S2's rules
-//!   happens with no other client in between. The scripts implement the rules of
+//! - **Atomic by Lua.** `claim_many`, `complete`, `release`, `extend` and `apply_if_newer` each
+//!   run as one server-side script (EVALSHA, loaded on first use), so the read-decide-write of
+//!   S2's rules happens with no other client in between. The scripts implement the rules of
 //!   [`oncely_core::lifecycle`]; the answers are built on the client by those very functions.
 //! - **One slot per scope.** Every key of a scope carries the scope as its hash tag
 //!   (`oncely:{orders}:r:evt-1`), so each script touches one slot and works unchanged on Redis
@@ -46,11 +46,12 @@
 //! scripts with exact integer comparison. Redis's native TTL plays no part in that decision: it
 //! is set on each record only as a backstop, so memory is reclaimed even if nobody runs purge.
 //! It is *relative*: `expires_at - now + grace` (a claim) or `expires_at - claimed_at + grace`
-//! (a completion, whose `now` the store is not told; `claimed_at` is earlier, so that is
-//! longer, never shorter). A record can therefore vanish natively only `grace` after it expired
-//! by the caller's clock, provided the caller's clock does not run slower than the Redis
-//! server's by more than `grace` over the record's life. A vanished expired record answers as
-//! purged: the next claim is `New` (attempt 1), its old holder gets `ClaimLost(Missing)`.
+//! (a completion or a lease renewal, whose `now` the store is not told; `claimed_at` is
+//! earlier, so that is longer, never shorter). A record can therefore vanish natively only
+//! `grace` after it expired by the caller's clock, provided the caller's clock does not run
+//! slower than the Redis server's by more than `grace` over the record's life. A vanished
+//! expired record answers as purged: the next claim is `New` (attempt 1), its old holder gets
+//! `ClaimLost(Missing)`.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -102,8 +103,8 @@ pub use url::{DEFAULT_PREFIX, DEFAULT_TTL_GRACE};
 
 use keys::Layout;
 use scripts::{
-    CLAIM_SCRIPT, COMPLETE_MANY_SCRIPT, COMPLETE_SCRIPT, PURGE_SCRIPT, RELEASE_SCRIPT,
-    STATS_SCRIPT, VERSION_SCRIPT,
+    CLAIM_SCRIPT, COMPLETE_MANY_SCRIPT, COMPLETE_SCRIPT, EXTEND_SCRIPT, PURGE_SCRIPT,
+    RELEASE_SCRIPT, STATS_SCRIPT, VERSION_SCRIPT,
 };
 use url::Target;
 
@@ -657,6 +658,23 @@ impl Store for RedisStore {
             .key(self.layout.completed_index(scope))
             .arg(claim.token.to_string())
             .arg(claim.key.as_str())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        self.held(claim, &answer)
+    }
+
+    async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()> {
+        // As in `complete`: the store is not told `now`, and `claimed_at` is no later, so the
+        // native TTL is no shorter than the lease left.
+        let span = lease_until.as_millis() as i128 - claim.claimed_at.as_millis() as i128;
+        let answer: String = EXTEND_SCRIPT
+            .key(self.layout.record(&claim.scope, &claim.key))
+            .key(self.layout.expiry_index(claim.scope.as_str()))
+            .arg(claim.token.to_string())
+            .arg(lease_until.as_millis().to_string())
+            .arg(claim.key.as_str())
+            .arg(self.native_ttl(span))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.err(e))?;

@@ -149,6 +149,26 @@ redis.call('ZREM', KEYS[3], ARGV[2])
 return 'ok'
 "#;
 
+/// Renews a held claim's lease: [`COMPLETE`]'s check, then the new deadline.
+///
+/// KEYS: record, expiry index. ARGV: token, lease_until, key, native TTL in ms (`''` = none).
+/// Answers like [`COMPLETE`]. The native TTL is set again, as a claim sets it, so the backstop
+/// never removes a record before the deadline it was renewed to.
+const EXTEND: &str = r#"
+local h = redis.call('HMGET', KEYS[1], 's', 't')
+if not h[1] then return 'missing' end
+if h[2] ~= ARGV[1] then return 'taken' end
+if h[1] == 'd' then return 'done' end
+redis.call('HSET', KEYS[1], 'e', ARGV[2])
+if ARGV[4] == '' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return 'ok'
+"#;
+
 /// Removes up to ARGV[2] records of one scope whose expires_at < ARGV[1], oldest first.
 ///
 /// KEYS: expiry index, completed index. ARGV: expired_before, batch size, the scope's record
@@ -202,6 +222,7 @@ pub(crate) static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CLAIM
 pub(crate) static COMPLETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(COMPLETE));
 pub(crate) static COMPLETE_MANY_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(COMPLETE_MANY));
 pub(crate) static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RELEASE));
+pub(crate) static EXTEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(EXTEND));
 pub(crate) static PURGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PURGE));
 pub(crate) static STATS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(STATS));
 pub(crate) static VERSION_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(VERSION));

@@ -124,6 +124,71 @@ async fn native_expiry_is_relative_to_the_callers_clock_plus_grace() {
 }
 
 #[tokio::test]
+async fn renewal_moves_the_native_expiry_and_the_expiry_index_with_the_deadline() {
+    let prefix = support::fresh_prefix();
+    let store = open(&support::with_param(
+        &support::server(),
+        &format!("prefix={prefix}"),
+    ))
+    .await;
+    let grace = DEFAULT_TTL_GRACE.as_millis() as i64;
+    let record = record_key(&prefix, "s", "k");
+    let now = Timestamp::from_millis(1_000);
+    let claim = store
+        .claim(&request("s", "k", Duration::from_secs(30)), now)
+        .await
+        .unwrap()
+        .into_new()
+        .unwrap();
+    // Renewed to ten minutes after the claim: Redis must not drop it before then (plus grace).
+    let ten_minutes = 600_000;
+    let lease_until = Timestamp::from_millis(1_000 + ten_minutes);
+    store.extend(&claim, lease_until).await.unwrap();
+    let ttl = pttl(&record).await;
+    assert!(
+        (ten_minutes + grace - 5_000..=ten_minutes + grace).contains(&ttl),
+        "{ttl}"
+    );
+    let score: f64 = redis::cmd("ZSCORE")
+        .arg(format!("{prefix}:{{s}}:x"))
+        .arg("k")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    assert_eq!(score, lease_until.as_millis() as f64);
+    // Past the first lease, the index counts it live and purge leaves it alone.
+    let later = Timestamp::from_millis(1_000 + 60_000);
+    let stats = store.stats(later).await.unwrap();
+    assert_eq!((stats.records, stats.in_progress, stats.expired), (1, 1, 0));
+    assert_eq!(store.purge(later, 10).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .get(&claim.scope, &claim.key)
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at,
+        lease_until
+    );
+
+    // With the backstop off, a renewal leaves the record without a TTL.
+    let prefix = support::fresh_prefix();
+    let store = open(&support::with_param(
+        &support::server(),
+        &format!("prefix={prefix}&ttl_grace=off"),
+    ))
+    .await;
+    let claim = store
+        .claim(&request("s", "k", Duration::from_secs(30)), now)
+        .await
+        .unwrap()
+        .into_new()
+        .unwrap();
+    store.extend(&claim, lease_until).await.unwrap();
+    assert_eq!(pttl(&record_key(&prefix, "s", "k")).await, -1);
+}
+
+#[tokio::test]
 async fn complete_many_across_scopes_answers_in_order_and_keeps_ttls_and_indexes() {
     let prefix = support::fresh_prefix();
     let store = open(&support::with_param(

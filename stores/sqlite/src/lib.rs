@@ -183,6 +183,18 @@ impl Store for SqliteStore {
         self.call(|reply| Job::Release { claim, reply }).await
     }
 
+    /// Through the writer like any other job, so a renewal shares a commit (and its sync) with
+    /// whatever else is queued.
+    async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()> {
+        let claim = claim.clone();
+        self.call(|reply| Job::Extend {
+            claim,
+            lease_until,
+            reply,
+        })
+        .await
+    }
+
     async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
         let (scope, key) = (scope.clone(), key.clone());
         self.call(|reply| Job::Get { scope, key, reply }).await

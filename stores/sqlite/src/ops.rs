@@ -34,6 +34,9 @@ const INSERT_DONE: &str = "INSERT OR REPLACE INTO oncely_records \
      (scope, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 const RELEASE: &str = "DELETE FROM oncely_claims WHERE scope = ?1 AND key = ?2 AND token = ?3";
+// Only oncely_claims holds in-progress records, so the token alone fences a renewal.
+const EXTEND: &str =
+    "UPDATE oncely_claims SET expires_at = ?4 WHERE scope = ?1 AND key = ?2 AND token = ?3";
 const PURGE_CLAIMS: &str = "DELETE FROM oncely_claims WHERE (scope, key) IN \
      (SELECT scope, key FROM oncely_claims WHERE expires_at < ?1 LIMIT ?2)";
 const PURGE_DONE: &str = "DELETE FROM oncely_records WHERE (scope, key) IN \
@@ -85,11 +88,23 @@ pub(crate) fn apply(tx: &Transaction<'_>, job: &Job, url: &str) -> Result<Answer
                     ])
                 })
                 .map_err(sql)?;
-            Answer::Done(if changed == 1 {
-                Ok(())
-            } else {
-                Err(lost(tx, claim, url)?)
-            })
+            Answer::Done(held(tx, claim, changed, url)?)
+        }
+        Job::Extend {
+            claim, lease_until, ..
+        } => {
+            let changed = tx
+                .prepare_cached(EXTEND)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        claim.scope.as_str(),
+                        StoredKey::of(&claim.key),
+                        claim.token as i64,
+                        lease_until.as_millis()
+                    ])
+                })
+                .map_err(sql)?;
+            Answer::Done(held(tx, claim, changed, url)?)
         }
         Job::Get { scope, key, .. } => {
             Answer::Record(select(tx, scope, key, url)?.map(|(record, _)| record))
@@ -312,6 +327,16 @@ pub(crate) fn decode(
         attempt,
         created_at: Timestamp::from_millis(created_at),
         expires_at: Timestamp::from_millis(expires_at),
+    })
+}
+
+/// The answer of a guarded statement of `claim` (release, extend) that changed `changed` rows:
+/// done, or why the claim is no longer held.
+fn held(tx: &Transaction<'_>, claim: &Claim, changed: usize, url: &str) -> Result<Result<()>> {
+    Ok(if changed == 1 {
+        Ok(())
+    } else {
+        Err(lost(tx, claim, url)?)
     })
 }
 

@@ -37,6 +37,11 @@ pub(crate) enum Job {
         claim: Claim,
         reply: Reply<()>,
     },
+    Extend {
+        claim: Claim,
+        lease_until: Timestamp,
+        reply: Reply<()>,
+    },
     Get {
         scope: Scope,
         key: Key,
@@ -239,7 +244,7 @@ fn deliver(job: Job, answer: Result<Answer>) {
     match job {
         Job::Claim { reply, .. } => send!(reply, Claims),
         Job::CompleteMany { reply, .. } => send!(reply, Completions),
-        Job::Complete { reply, .. } | Job::Release { reply, .. } => {
+        Job::Complete { reply, .. } | Job::Release { reply, .. } | Job::Extend { reply, .. } => {
             let _ = reply.send(answer.and_then(|a| match a {
                 Answer::Done(done) => done,
                 _ => unreachable!("each job kind has one answer kind"),
