@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use oncely::{Claim, ClaimOutcome, CompositeKey, Error, Key, Oncely, Scope};
+use oncely::{Claim, ClaimOutcome, CompositeKey, Error, JsonKeyError, Key, Oncely, Scope};
 use tokio::task::JoinSet;
 
 use crate::duration;
@@ -258,7 +258,9 @@ fn write_line(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The key of one raw input line, or why the line is rejected.
+/// The key of one raw input line, or why the line is rejected. Read from the line's text, so a
+/// number is keyed exactly as written (never rounded through f64), and the string `"42"` and the
+/// number `42` are two keys (see `CompositeKey`).
 fn key_of(spec: &CompositeKey, bytes: &[u8]) -> Result<Key, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err("blank line".into());
@@ -266,11 +268,11 @@ fn key_of(spec: &CompositeKey, bytes: &[u8]) -> Result<Key, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 ({e})"))?;
     let text = text.strip_suffix('\n').unwrap_or(text);
     let text = text.strip_suffix('\r').unwrap_or(text);
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+    spec.extract_json(text.as_bytes()).map_err(|e| match e {
         // Each input line is one JSON text, so serde's "line 1" would only confuse.
-        format!("not JSON: {e}").replace(" at line 1 column ", " at column ")
-    })?;
-    spec.extract(&value).map_err(|e| e.to_string())
+        JsonKeyError::NotJson(_) => e.to_string().replace(" at line 1 column ", " at column "),
+        JsonKeyError::Extract(e) => e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -307,6 +309,26 @@ mod tests {
             key_of(&spec, b"{\"eventId\":\"\xff\"}")
                 .unwrap_err()
                 .starts_with("not UTF-8")
+        );
+    }
+
+    #[test]
+    fn numbers_are_keyed_exactly_and_apart_from_strings() {
+        for n in [
+            "18446744073709551616",
+            "18446744073709551617",
+            "100000000000000000000001",
+            "100000000000000000000002",
+        ] {
+            assert_eq!(key(&format!("{{\"eventId\":{n}}}\n")), Ok(n.to_owned()));
+        }
+        assert_eq!(key("{\"eventId\":42}\n"), Ok("42".into()));
+        assert_eq!(key("{\"eventId\":\"42\"}\n"), Ok("\"42\"".into()));
+        let spec = CompositeKey::parse("/orderId,/paymentId").unwrap();
+        let line = b"{\"orderId\":100000000000000000000001,\"paymentId\":\"42\"}\n";
+        assert_eq!(
+            key_of(&spec, line).unwrap().as_str(),
+            "[100000000000000000000001,\"42\"]"
         );
     }
 

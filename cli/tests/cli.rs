@@ -232,6 +232,99 @@ fn scopes_are_kept_apart_and_composite_keys_combine_fields() {
     assert_eq!(inspect.code, 0, "{}", inspect.stderr);
 }
 
+/// A number is keyed by its exact value, never rounded through f64, and the string "42" is not
+/// the number 42: every distinct event passes, only true duplicates are dropped.
+#[test]
+fn dedup_keys_big_numbers_exactly_and_strings_apart_from_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let distinct = [
+        r#"{"eventId":18446744073709551616,"n":1}"#,
+        r#"{"eventId":18446744073709551617,"n":2}"#,
+        r#"{"eventId":100000000000000000000001,"n":3}"#,
+        r#"{"eventId":100000000000000000000002,"n":4}"#,
+        r#"{"eventId":"42","n":5}"#,
+        r#"{"eventId":42,"n":6}"#,
+        r#"{"eventId":"evt-1","n":7}"#,
+    ];
+    let duplicates = [
+        r#"{"eventId":18446744073709551616,"n":8}"#,
+        r#"{"n":9, "eventId": 18446744073709551617}"#,
+        r#"{"eventId":100000000000000000000001,"n":10}"#,
+        r#"{"eventId":100000000000000000000002,"n":11}"#,
+        r#"{"eventId":"42","n":12}"#,
+        r#"{"eventId": 42, "n":13}"#,
+        r#"{"eventId":"evt-1","n":14}"#,
+    ];
+    let input: String = distinct
+        .iter()
+        .chain(&duplicates)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let first = dedup(dir.path(), &[], input.as_bytes());
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.stdout().lines().collect::<Vec<_>>(), distinct);
+    assert_eq!(
+        first.last_stderr_line(),
+        "read 14, passed 7, duplicates 7, rejected 0"
+    );
+    let again = dedup(dir.path(), &[], input.as_bytes());
+    assert!(again.stdout.is_empty(), "{}", again.stdout());
+    assert_eq!(
+        again.last_stderr_line(),
+        "read 14, passed 0, duplicates 14, rejected 0"
+    );
+    // The stored keys: every digit, and the string quoted so it is not the number's key.
+    for (key, found) in [
+        ("18446744073709551616", true),
+        ("18446744073709551617", true),
+        ("100000000000000000000001", true),
+        ("100000000000000000000002", true),
+        ("42", true),
+        ("\"42\"", true),
+        ("evt-1", true),
+        ("1.8446744073709552e+19", false),
+    ] {
+        let inspect = oncely(dir.path(), &["--store", &store, "inspect", key], b"");
+        assert_eq!(inspect.code == 0, found, "{key}: {}", inspect.stderr);
+    }
+
+    // Composite business keys from JSON pointers: the same, field by field.
+    let distinct = [
+        r#"{"orderId":100000000000000000000001,"paymentId":18446744073709551616}"#,
+        r#"{"orderId":100000000000000000000001,"paymentId":18446744073709551617}"#,
+        r#"{"orderId":100000000000000000000002,"paymentId":18446744073709551616}"#,
+        r#"{"orderId":"42","paymentId":1}"#,
+        r#"{"orderId":42,"paymentId":1}"#,
+    ];
+    let duplicates = [
+        r#"{"paymentId":18446744073709551617,"orderId":100000000000000000000001}"#,
+        r#"{"orderId":42,"paymentId":1}"#,
+        r#"{"orderId":"42","paymentId":1}"#,
+    ];
+    let input: String = distinct
+        .iter()
+        .chain(&duplicates)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let args = [
+        "--store",
+        &store,
+        "dedup",
+        "--key",
+        "/orderId,/paymentId",
+        "--scope",
+        "payments",
+    ];
+    let run = oncely(dir.path(), &args, input.as_bytes());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout().lines().collect::<Vec<_>>(), distinct);
+    assert_eq!(
+        run.last_stderr_line(),
+        "read 8, passed 5, duplicates 3, rejected 0"
+    );
+}
+
 #[test]
 fn store_comes_from_oncely_store_and_memory_forgets_between_runs() {
     let dir = tempfile::tempdir().unwrap();

@@ -54,7 +54,7 @@ use async_trait::async_trait;
 use crate::{
     BoxError, CompositeKey, Fingerprint, Key, KeyError, Oncely, RunError, RunOutcome, Scope,
 };
-use crate::{ExtractError, KeySpecError};
+use crate::{ExtractError, JsonKeyError, KeySpecError};
 
 /// Header carrying the error of a dead-lettered message.
 pub const ERROR_HEADER: &str = "Oncely-Error";
@@ -213,8 +213,8 @@ impl fmt::Debug for Message {
 /// |---|---|
 /// | `header:NAME` | the value of header `NAME` |
 /// | `message-id` | the broker's message id (`Nats-Msg-Id`, AMQP `message_id`) |
-/// | `/a` or `/a,/b` | fields of the JSON payload ([`CompositeKey`]) |
-/// | `payload-hash` | SHA-256 of the payload's canonical JSON, or of its bytes if not JSON |
+/// | `/a` or `/a,/b` | fields of the JSON payload, numbers exact ([`CompositeKey::extract_json`]) |
+/// | `payload-hash` | SHA-256 of the payload's canonical JSON (numbers exact), else of its bytes |
 ///
 /// ```
 /// use oncely_core::consumer::{KeySource, Message};
@@ -301,16 +301,15 @@ impl KeySource {
             }
             KeySource::MessageId => Key::new(message.message_id().ok_or(NoKey::MissingMessageId)?)
                 .map_err(NoKey::Invalid),
-            KeySource::Json(spec) => {
-                let payload: serde_json::Value = serde_json::from_slice(message.payload())
-                    .map_err(|e| NoKey::NotJson(e.to_string()))?;
-                Ok(spec.extract(&payload)?)
-            }
+            // From the payload's text, so every number in it is exact.
+            KeySource::Json(spec) => match spec.extract_json(message.payload()) {
+                Ok(key) => Ok(key),
+                Err(JsonKeyError::NotJson(e)) => Err(NoKey::NotJson(e.to_string())),
+                Err(JsonKeyError::Extract(e)) => Err(NoKey::Extract(e)),
+            },
             KeySource::PayloadHash => {
-                let digest = match serde_json::from_slice::<serde_json::Value>(message.payload()) {
-                    Ok(json) => Fingerprint::of_json(&json),
-                    Err(_) => Fingerprint::of_bytes(message.payload()),
-                };
+                let digest = Fingerprint::of_json_text(message.payload())
+                    .unwrap_or_else(|_| Fingerprint::of_bytes(message.payload()));
                 Ok(Key::new(digest.to_hex()).expect("a 64-char hex digest is a valid key"))
             }
         }
@@ -609,6 +608,7 @@ pub enum Settled {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn key_sources_parse_and_print_back() {
@@ -638,6 +638,34 @@ mod tests {
         assert_eq!(
             KeySource::MessageId.key_of(&message),
             Err(NoKey::MissingMessageId)
+        );
+    }
+
+    #[test]
+    fn json_keys_keep_big_numbers_exact_and_strings_apart_from_numbers() {
+        let key = |spec: &str, payload: &str| {
+            let source: KeySource = spec.parse().unwrap();
+            source
+                .key_of(&Message::new(payload.as_bytes().to_vec(), "q"))
+                .unwrap()
+        };
+        let distinct = [
+            r#"{"id":18446744073709551616}"#,
+            r#"{"id":18446744073709551617}"#,
+            r#"{"id":100000000000000000000001}"#,
+            r#"{"id":100000000000000000000002}"#,
+            r#"{"id":"42"}"#,
+            r#"{"id":42}"#,
+        ];
+        for spec in ["/id", "payload-hash"] {
+            let keys: HashSet<Key> = distinct.iter().map(|p| key(spec, p)).collect();
+            assert_eq!(keys.len(), distinct.len(), "{spec}: {keys:?}");
+        }
+        assert_eq!(key("/id", distinct[1]).as_str(), "18446744073709551617");
+        assert_eq!(key("/id", r#"{ "id" : 42 }"#), key("/id", distinct[5]));
+        assert_eq!(
+            key("/a,/b", r#"{"a":100000000000000000000001,"b":"42"}"#).as_str(),
+            r#"[100000000000000000000001,"42"]"#
         );
     }
 

@@ -4,7 +4,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::canonical::canonical_json;
+use crate::canonical::{canonical_json, canonical_json_text};
 
 /// A SHA-256 digest of the payload a key arrived with.
 ///
@@ -43,8 +43,18 @@ impl Fingerprint {
     }
 
     /// Digest of the canonical form of a JSON value (sorted keys, no insignificant whitespace).
+    /// A `Value` may have rounded numbers beyond 64-bit integers and `f64`:
+    /// [`of_json_text`](Self::of_json_text) keeps them exact.
     pub fn of_json(value: &serde_json::Value) -> Self {
         Self::of_bytes(canonical_json(value).as_bytes())
+    }
+
+    /// Digest of the canonical form of a JSON text as received, every number exact
+    /// ([`canonical_json_text`](crate::canonical_json_text)): the same as
+    /// [`of_json`](Self::of_json) of the parsed value wherever that value kept its numbers exact.
+    /// Fails, as `serde_json::from_slice` does, on what is not one JSON text.
+    pub fn of_json_text(text: &[u8]) -> Result<Self, serde_json::Error> {
+        Ok(Self::of_bytes(canonical_json_text(text)?.as_bytes()))
     }
 
     /// Wraps a digest read back from a store.
@@ -100,6 +110,24 @@ mod tests {
             Fingerprint::of_parts([b"ab".as_slice(), b"c"]),
             Fingerprint::of_parts([b"a".as_slice(), b"bc"])
         );
+    }
+
+    #[test]
+    fn json_text_keeps_big_numbers_apart_and_agrees_with_a_value_elsewhere() {
+        let of = |text: &str| Fingerprint::of_json_text(text.as_bytes()).unwrap();
+        assert_ne!(
+            of(r#"{"n":18446744073709551616}"#),
+            of(r#"{"n":18446744073709551617}"#)
+        );
+        assert_ne!(
+            of(r#"{"n":100000000000000000000001}"#),
+            of(r#"{"n":100000000000000000000002}"#)
+        );
+        assert_ne!(of(r#"{"n":"42"}"#), of(r#"{"n":42}"#));
+        let text = r#"{ "b": [1, 2.50, -3e-2], "a": "x" }"#;
+        let value: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(of(text), Fingerprint::of_json(&value));
+        assert!(Fingerprint::of_json_text(b"{").is_err());
     }
 
     #[test]

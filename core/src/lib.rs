@@ -65,7 +65,7 @@ mod strategy;
 mod time;
 pub mod url;
 
-pub use canonical::canonical_json;
+pub use canonical::{canonical_json, canonical_json_text};
 pub use error::{BoxError, Error, KeyError, LostReason, Result};
 pub use fingerprint::Fingerprint;
 pub use group::GroupCommit;
@@ -79,7 +79,7 @@ pub use record::{
     VersionCheck, new_token,
 };
 pub use store::Store;
-pub use strategy::{CompositeKey, ExtractError, KeySpecError, payload_hash_key};
+pub use strategy::{CompositeKey, ExtractError, JsonKeyError, KeySpecError, payload_hash_key};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 
 /// Re-exported so stores implement [`Store`] with the same macro version.
