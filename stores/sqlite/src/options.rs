@@ -39,6 +39,11 @@ pub const DEFAULT_WAL_AUTOCHECKPOINT: u32 = 10_000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SqliteOptions {
     /// The database file (`:memory:` for a private in-memory database).
+    ///
+    /// The store's connection is opened with `SQLITE_OPEN_URI`, so this may also be a SQLite URI
+    /// filename, such as `file:/var/lib/app/oncely.db?vfs=NAME` to run the store on a VFS you
+    /// registered (`tests/durability.rs` runs it on a power-loss simulator that way). Set it on
+    /// the struct: a `sqlite:` URL reads the `?` as the start of its own parameters.
     pub path: PathBuf,
     /// Most operations committed in one transaction.
     pub max_batch: usize,
