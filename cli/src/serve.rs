@@ -36,9 +36,11 @@ use tower::{Layer as _, Service as _};
 use crate::stop::Stop;
 use crate::{duration, size};
 
+mod connections;
 mod counts;
 mod proxy;
 
+use connections::{Limits, Watch, Watched};
 use counts::{CountOnDrop, Counts, Outcome, serve_metrics};
 use proxy::{Forwarded, Peer, Proxy, Upstream, parse_upstream, upstream_failed};
 
@@ -136,6 +138,27 @@ pub struct ServeArgs {
     /// and its key released. Bytes, or KiB, MiB, GiB.
     #[arg(long, env = "ONCELY_MAX_RESPONSE", value_name = "SIZE", default_value = "1MiB", value_parser = size::parse)]
     max_response: usize,
+
+    /// How long a client gets to send a request's line and headers: from the connection's
+    /// opening for its first request, from the first byte for each later one. Then the
+    /// connection is closed, so a client that sends half a request (or dribbles it) does not
+    /// hold it.
+    #[arg(long, env = "ONCELY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = connections::parse_timeout)]
+    header_timeout: Duration,
+
+    /// How long a keep-alive connection may wait for its next request, with nothing in
+    /// progress, before it is closed; a request in progress is never cut by it. 75s: longer
+    /// than the 60s idle timeout of common load balancers in front (AWS ALB, nginx's upstream
+    /// keepalive), so they close first and never send onto a connection being closed.
+    #[arg(long, env = "ONCELY_IDLE_TIMEOUT", value_name = "DURATION", default_value = "75s", value_parser = connections::parse_timeout)]
+    idle_timeout: Duration,
+
+    /// The most connections served at once (the default is a cautious bound on memory and file
+    /// descriptors); more clients wait in the kernel's listen backlog (128) until one closes, and past that their connects go unanswered (and are retried by
+    /// the client's kernel). Each connection takes a file descriptor, and one more to the
+    /// upstream while it forwards: keep the open-file limit (ulimit -n) above twice this.
+    #[arg(long, env = "ONCELY_MAX_CONNECTIONS", value_name = "N", default_value = "1024", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
 }
 
 /// How much longer than `--timeout` a key's claim is held: the upstream's answer, and the
@@ -218,7 +241,7 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     let graceful = GracefulShutdown::new();
     gateway
         .clone()
-        .serve(listener, &graceful, stop.first())
+        .serve(listener, &graceful, stop.first(), Limits::of(&args))
         .await;
     let grace = GRACE.max(args.timeout);
     eprintln!(
@@ -273,13 +296,14 @@ impl InProcess {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr().context("the bound address")?;
+        let limits = Limits::of(&args);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(async move {
             let graceful = GracefulShutdown::new();
             let until = async {
                 let _ = stopped.await;
             };
-            gateway.serve(listener, &graceful, until).await;
+            gateway.serve(listener, &graceful, until, limits).await;
             graceful.shutdown().await;
         });
         Ok(InProcess { addr, stop, served })
@@ -319,15 +343,30 @@ impl Gateway {
 
     /// Serves the connections `listener` accepts, each watched by `graceful`, until `until`
     /// resolves; then the listener is closed (the connections go on until `graceful` ends them).
+    /// At most `limits.max_connections` at once, each closed past its header or idle timeout
+    /// ([`connections`]).
     async fn serve(
         self,
         listener: TcpListener,
         graceful: &GracefulShutdown,
         until: impl Future<Output = ()>,
+        limits: Limits,
     ) {
-        let http = hyper::server::conn::http1::Builder::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        // The header timeout is ours: hyper's would also cut idle keep-alive connections.
+        http.header_read_timeout(None);
+        let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
         let mut until = std::pin::pin!(until);
         loop {
+            // Each connection holds a permit until it closes. With none left nothing is
+            // accepted: new clients wait in the listen backlog.
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break, // never closed
+                },
+                _ = &mut until => break,
+            };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -345,11 +384,20 @@ impl Gateway {
                 let gateway = gateway.clone();
                 async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
             });
-            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            let watch = Watch::new(limits.timeouts);
+            let connection = graceful.watch(http.serve_connection(
+                TokioIo::new(Watched::new(stream, watch.clone())),
+                watch.service(service),
+            ));
             tokio::spawn(async move {
-                // A client that goes away mid-request is its own business; the layer releases
-                // the key of a request it abandons.
-                let _ = connection.await;
+                tokio::select! {
+                    // A client that goes away mid-request is its own business; the layer
+                    // releases the key of a request it abandons.
+                    _ = connection => {}
+                    // No request in progress: dropping the connection closes it.
+                    () = watch.expired() => {}
+                }
+                drop(permit);
             });
         }
     }
