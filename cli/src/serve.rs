@@ -4,10 +4,13 @@
 //! `oncely_http::IdempotencyLayer` in front of it: requests the layer applies to are claimed,
 //! executed once upstream and their response stored; retries get the stored response. Every
 //! request the layer lets through is forwarded (method, path and query, headers minus
-//! hop-by-hop ones plus `X-Forwarded-*`, body) and its response streamed back ([`proxy`]). An
-//! upstream that cannot be reached answers 502 problem+json (504 past `--timeout`), and the key
-//! is released so a retry executes. What happened to each request is counted ([`counts`]) for
-//! the summary line and `--metrics-addr`.
+//! hop-by-hop ones plus `X-Forwarded-*`, body) and its response streamed back ([`proxy`]). A
+//! keyed request runs to its end whatever its client does (the layer runs it on a task of its
+//! own): past `--timeout` the client gets 504 and the answer, when it comes, is stored for the
+//! retry. An upstream that cannot be reached answers 502 problem+json and the key is released;
+//! one that fails after the request was sent answers 502 and the key is held until its lease
+//! ends. What happened to each request is counted ([`counts`]) for the summary line and
+//! `--metrics-addr`.
 //!
 //! SIGINT or SIGTERM stops accepting connections and lets requests in flight finish (up to
 //! [`GRACE`], or `--timeout` if longer); then the summary goes to stderr and the exit status is 0.
@@ -42,7 +45,9 @@ mod proxy;
 
 use connections::{Limits, Watch, Watched};
 use counts::{CountOnDrop, Counts, Outcome, serve_metrics};
-use proxy::{Forwarded, Peer, Proxy, Upstream, parse_upstream, upstream_failed};
+use proxy::{
+    Forwarded, Peer, Proxy, Upstream, parse_upstream, upstream_failed, upstream_timed_out,
+};
 
 /// How long requests in flight get to finish after SIGINT or SIGTERM, at least: `--timeout`
 /// if it is longer.
@@ -90,9 +95,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     in_flight_wait: Option<Duration>,
 
-    /// How long the upstream gets to start its response; then the answer is 504 and the key
-    /// released. A key's claim is held for --timeout + 30s, so no retry executes while the
-    /// first request may still be running.
+    /// How long a client waits for the upstream to start its response; then it gets 504. A
+    /// keyed request is not abandoned: the gateway waits on for the upstream's answer, holding
+    /// the key (retries get 409), for 20-30s more (the rest of its 30s lease, renewed until
+    /// --timeout), and stores the answer if it comes, for the retry. Only then, with no answer,
+    /// may a retry execute again. A request without a key just gets 504.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration::parse)]
     timeout: Duration,
 
@@ -161,9 +168,10 @@ pub struct ServeArgs {
     max_connections: u32,
 }
 
-/// How much longer than `--timeout` a key's claim is held: the upstream's answer, and the
-/// response's body, arrive before the lease ends.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// A key's lease: renewed every third of it while the gateway waits for the upstream, up to
+/// `--timeout`; then it runs out unless the answer comes first. So a key is held at most this
+/// long after the gateway died, or after `--timeout` with no answer.
+const LEASE: Duration = Duration::from_secs(30);
 
 /// The `--methods` list.
 #[derive(Clone, Debug)]
@@ -209,6 +217,7 @@ fn layer(oncely: Oncely, args: &ServeArgs) -> IdempotencyLayer {
         )
         .max_body(args.max_body)
         .max_response(args.max_response)
+        .response_timeout(args.timeout)
 }
 
 /// Runs `oncely serve` until SIGINT or SIGTERM; `store` is the global `--store` URL.
@@ -256,9 +265,13 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
         );
         std::process::exit(130);
     });
-    let finished = tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_ok();
+    // Then the keyed requests whose clients left: their responses are still to be stored.
+    let running = gateway.service.running();
+    let drained = async {
+        graceful.shutdown().await;
+        running.finished().await;
+    };
+    let finished = tokio::time::timeout(grace, drained).await.is_ok();
     if !finished {
         eprintln!(
             "warning: requests still in flight after {}s were cut off; their keys are held \
@@ -320,6 +333,8 @@ impl InProcess {
 #[derive(Clone)]
 struct Gateway {
     service: oncely_http::IdempotencyService<Proxy>,
+    /// `--timeout`, for the requests the layer does not hold (it applies it to the others).
+    timeout: Duration,
     methods: Arc<Vec<Method>>,
     counts: Arc<Counts>,
 }
@@ -327,15 +342,14 @@ struct Gateway {
 impl Gateway {
     /// The layer the flags configure, over a proxy to `upstream`, on the store at `store`.
     async fn open(store: &str, args: &ServeArgs, upstream: Upstream) -> Result<Gateway> {
-        let oncely = Oncely::new(oncely::connect(store).await?)
-            .with_lease(args.timeout.saturating_add(LEASE_MARGIN));
+        let oncely = Oncely::new(oncely::connect(store).await?).with_lease(LEASE);
         let proxy = Proxy {
             client: Client::builder(TokioExecutor::new()).build_http(),
             upstream: Arc::new(upstream),
-            timeout: args.timeout,
         };
         Ok(Gateway {
             service: layer(oncely, args).layer(proxy),
+            timeout: args.timeout,
             methods: Arc::new(args.methods.0.clone()),
             counts: Arc::new(Counts::default()),
         })
@@ -391,8 +405,8 @@ impl Gateway {
             ));
             tokio::spawn(async move {
                 tokio::select! {
-                    // A client that goes away mid-request is its own business; the layer
-                    // releases the key of a request it abandons.
+                    // A client that goes away mid-request is its own business: the layer runs
+                    // a keyed request that reached the upstream to its end anyway.
                     _ = connection => {}
                     // No request in progress: dropping the connection closes it.
                     () = watch.expired() => {}
@@ -415,13 +429,30 @@ impl Gateway {
         let keyed = self.methods.contains(request.method())
             && request.headers().contains_key(IDEMPOTENCY_KEY);
         let counted = CountOnDrop::start(self.counts.clone());
-        let result = self.service.call(request).await;
+        let call = self.service.call(request);
+        // The layer answers a keyed request's client at --timeout and waits on for the upstream
+        // itself; any other request is simply cut off.
+        let result = if keyed {
+            call.await
+        } else {
+            match tokio::time::timeout(self.timeout, call).await {
+                Ok(result) => result,
+                Err(_) => {
+                    counted.done(Outcome::UpstreamFailed);
+                    return upstream_timed_out(self.timeout);
+                }
+            }
+        };
         let keyed = keyed && !forwarded.failed_open();
         let forwarded = forwarded.forwarded();
         let (outcome, response) = match result {
-            Err(failed) => (Outcome::UpstreamFailed, upstream_failed(&failed)),
+            Err(failed) => (Outcome::UpstreamFailed, upstream_failed(&failed, LEASE)),
             Ok(response) => {
                 let outcome = match () {
+                    // The layer's 504: no answer within --timeout, the request still running.
+                    _ if forwarded && keyed && is_layer_timeout(&response) => {
+                        Outcome::UpstreamFailed
+                    }
                     _ if forwarded && keyed => Outcome::Executed,
                     _ if forwarded => Outcome::PassedThrough,
                     _ if response.headers().contains_key(IDEMPOTENT_REPLAYED) => Outcome::Replayed,
@@ -438,6 +469,15 @@ impl Gateway {
         counted.done(outcome);
         response
     }
+}
+
+/// Whether `response` is the layer's own 504 (a problem), not the upstream's.
+fn is_layer_timeout<B: hyper::body::Body>(response: &Response<B>) -> bool {
+    response.status() == StatusCode::GATEWAY_TIMEOUT
+        && response
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .is_some_and(|v| v == oncely_http::PROBLEM_JSON)
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ type Boxed<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
 /// The response of an [`IdempotencyService`](crate::IdempotencyService): the inner
 /// service's, a replay, or the layer's own problem.
 ///
-/// Dropping it while the inner service runs releases the key's claim on a spawned Tokio task
-/// (without a runtime, the claim is left to its lease, after which a retry takes it over).
+/// Dropping it does not stop a keyed request that reached the inner service: that runs on its
+/// own task, and its response is stored for the retry.
 pub struct ResponseFuture<T, E> {
     inner: Boxed<T, E>,
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::{HeaderName, Method, header};
 use oncely_core::Oncely;
 
-use crate::IdempotencyService;
+use crate::{IdempotencyService, Running};
 
 /// How long a stored response is replayed by default: 24 hours, as Stripe does.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -18,6 +18,44 @@ pub const DEFAULT_MAX_RESPONSE: usize = 1024 * 1024;
 
 /// The response headers never stored by default: `Set-Cookie` (a session is not replayed).
 pub const DEFAULT_DENY_HEADERS: [HeaderName; 1] = [header::SET_COOKIE];
+
+/// The longest `Retry-After` a 409 says while a key's first request is in flight: a hint of
+/// when to look again, not the whole lease (most first requests finish long before their lease
+/// ends, and clients such as urllib3 obey `Retry-After`).
+pub const IN_FLIGHT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// An inner service's error meaning the request never reached anything that could act on it
+/// (the upstream refused the connection, a request could not be built): the layer releases the
+/// key, so a retry executes.
+///
+/// Return it from the inner service, as its error type or boxed in tower's `BoxError`. Any
+/// other error leaves the outcome unknown (the request may have been executed), so the layer
+/// keeps the key held until its lease ends rather than risk a second execution.
+///
+/// ```
+/// use oncely_http::NotSent;
+/// let error = NotSent::new("connection refused by 127.0.0.1:9000");
+/// assert_eq!(error.to_string(), "the request was not sent: connection refused by 127.0.0.1:9000");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the request was not sent: {reason}")]
+pub struct NotSent {
+    reason: String,
+}
+
+impl NotSent {
+    /// The error, with why the request could not be sent.
+    pub fn new(reason: impl Into<String>) -> Self {
+        NotSent {
+            reason: reason.into(),
+        }
+    }
+
+    /// Why the request could not be sent.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
 
 /// Put in the extensions of a request the layer passes to the inner service unprotected
 /// because the store could not be reached and the layer [fails open](IdempotencyLayer::fail_open):
@@ -58,6 +96,8 @@ pub(crate) struct Config {
     pub(crate) store_server_errors: bool,
     pub(crate) deny_headers: Vec<HeaderName>,
     pub(crate) fail_open: bool,
+    pub(crate) response_timeout: Option<Duration>,
+    pub(crate) running: Running,
 }
 
 impl IdempotencyLayer {
@@ -66,9 +106,10 @@ impl IdempotencyLayer {
     /// retention `oncely` was built with), 409 while in flight, 5xx not stored, `Set-Cookie`
     /// not stored, and 503 when the store is down.
     ///
-    /// The claim's lease is `oncely`'s ([`Oncely::with_lease`], 30 s by default): set it above
-    /// the slowest response the upstream gives, or a retry after the lease runs out executes
-    /// again while the first is still running.
+    /// The claim's lease is `oncely`'s ([`Oncely::with_lease`], 30 s by default); it is renewed
+    /// while the inner service runs, so it bounds how long a key stays held after its process
+    /// died, not how long a request may take. Needs a Tokio runtime: each keyed request runs on
+    /// a task of its own, so a client that leaves cannot cancel it.
     pub fn new(oncely: Oncely) -> Self {
         IdempotencyLayer {
             config: Arc::new(Config {
@@ -83,6 +124,8 @@ impl IdempotencyLayer {
                 store_server_errors: false,
                 deny_headers: DEFAULT_DENY_HEADERS.to_vec(),
                 fail_open: false,
+                response_timeout: None,
+                running: Running::default(),
             }),
         }
     }
@@ -143,8 +186,8 @@ impl IdempotencyLayer {
     }
 
     /// Whether 5xx responses are stored and replayed like any other (`true`, as Stripe does)
-    /// or release the key so the client can retry (`false`, the default). An upstream that
-    /// fails without a response always releases the key.
+    /// or release the key so the client can retry (`false`, the default). An inner service
+    /// that fails without a response releases the key only with [`NotSent`].
     pub fn store_server_errors(self, store: bool) -> Self {
         self.set(|c| c.store_server_errors = store)
     }
@@ -161,6 +204,26 @@ impl IdempotencyLayer {
     /// (fail open: availability over exactly-once), marked with [`FailedOpen`] in its extensions.
     pub fn fail_open(self, open: bool) -> Self {
         self.set(|c| c.fail_open = open)
+    }
+}
+
+impl IdempotencyLayer {
+    /// How long a client waits for the inner service's response (default: as long as it
+    /// takes). Past it the client gets 504 (`urn:oncely:http:response-timeout`) while the
+    /// request runs on: its key stays held, the response is stored when it comes (within the
+    /// claim's lease) and a retry gets it. The lease is renewed until the timeout, then left to
+    /// run out, so a request that never answers frees its key one lease after the timeout.
+    ///
+    /// Use it instead of a timeout layer *inside* this one, which would drop the request's
+    /// future: a dropped future cannot stop an effect that already left the process.
+    pub fn response_timeout(self, timeout: Duration) -> Self {
+        self.set(|c| c.response_timeout = Some(timeout))
+    }
+
+    /// The keyed requests of this layer (and of every service it wraps) still running: wait
+    /// for them at shutdown (see [`Running`]).
+    pub fn running(&self) -> Running {
+        self.config.running.clone()
     }
 }
 

@@ -20,7 +20,7 @@
 //! | a new key | executed; the response stored (status, headers, body) and sent |
 //! | a key already answered | the stored response, byte for byte, with `Idempotent-Replayed: true` |
 //! | a key already used with another method, path, body or [fingerprint header](IdempotencyLayer::fingerprint_headers) | 422 |
-//! | a key whose first request is still in flight | 409 with `Retry-After`, or a bounded [wait](InFlight::Wait) |
+//! | a key whose first request is still in flight | 409 with `Retry-After: 1` ([`IN_FLIGHT_RETRY_AFTER`]), or a bounded [wait](InFlight::Wait) |
 //! | a store that cannot be reached | 503 (or passed through with [`fail_open`](IdempotencyLayer::fail_open)) |
 //!
 //! What is stored, and for how long:
@@ -28,9 +28,10 @@
 //! - the status, the headers minus hop-by-hop ones and a [deny-list](IdempotencyLayer::deny_headers)
 //!   (`Set-Cookie` by default: a session is not replayed), the body and any trailers, in the
 //!   [versioned binary format](stored) of [`stored::StoredResponse`];
-//! - a 5xx response, or an upstream that fails without one, *releases* the key so a retry runs
-//!   again ([`store_server_errors`](IdempotencyLayer::store_server_errors) stores 5xx, as Stripe
-//!   does);
+//! - a 5xx response *releases* the key so a retry runs again
+//!   ([`store_server_errors`](IdempotencyLayer::store_server_errors) stores 5xx, as Stripe
+//!   does); an inner service that fails without a response releases it only if it says the
+//!   request was [not sent](NotSent) (see below);
 //! - a response over [`max_response`](IdempotencyLayer::max_response) (1 MiB) is passed through
 //!   as it streams, and its key released;
 //! - a stored response is replayed for the [retention](IdempotencyLayer::retention) (24 h).
@@ -79,16 +80,29 @@
 //!
 //! ## Failure and cancellation
 //!
-//! The claim on a key is a lease (the [`Oncely`](oncely_core::Oncely)'s, 30 s unless set with
-//! `with_lease`): keep it above your slowest response. If the client goes away, or a timeout
-//! drops the request while the inner service runs, the layer releases the key on a spawned
-//! Tokio task, so a retry executes; where no runtime is present, the key is held until the lease
-//! ends, then a retry takes it over. It never stays stuck beyond its lease.
+//! The rule everywhere: **a key is released only when the request provably had no effect;
+//! while it may still be executing the key stays in progress; when the outcome is unknown it
+//! stays held until its lease ends.** Concretely:
 //!
-//! An upstream whose response was sent but could not be stored (the store went down meanwhile)
-//! answers normally and the key is released: a retry then executes again. Exactly-once across
-//! that window needs the effect and the record in one transaction: see the transactional inbox
-//! of the SQL stores.
+//! | what happens | the key | a retry with it gets |
+//! |---|---|---|
+//! | the client leaves (or a timeout drops the future) before the body arrived | never claimed | an execution |
+//! | the client leaves after the request reached the inner service | the request runs on, on its own task; its response is stored | 409 (`Retry-After: 1`) while it runs, then the stored response |
+//! | no response within [`response_timeout`](IdempotencyLayer::response_timeout) | held; the request runs on for the rest of its lease and its response is stored if it comes | 504 first, then 409, then the stored response |
+//! | the inner service fails with [`NotSent`] (it never reached the upstream) | released | an execution |
+//! | the inner service fails with any other error (a connection lost after sending) | held until its lease ends: it may have executed | 409, then an execution after the lease |
+//! | a 5xx response (unless [stored](IdempotencyLayer::store_server_errors)) or a panic | released | an execution |
+//! | the response cannot be stored (the store went down meanwhile) | held until its lease ends | 409, then an execution after the lease |
+//!
+//! Each keyed request runs on a Tokio task of its own (so the layer needs a Tokio runtime, as
+//! axum and hyper have): a dropped future cannot stop an effect that already left the process,
+//! so the layer does not pretend it did. While the inner service runs, the claim's lease (the
+//! [`Oncely`](oncely_core::Oncely)'s, 30 s unless set with `with_lease`) is renewed every third
+//! of it, so a slow request is never executed twice; a process that dies stops renewing, and
+//! its keys are free one lease later.
+//!
+//! Exactly-once across the window between the effect and the stored response needs the effect
+//! and the record in one transaction: see the transactional inbox of the SQL stores.
 
 #![warn(missing_docs)]
 
@@ -97,6 +111,7 @@ mod future;
 mod layer;
 mod problem;
 mod request;
+mod running;
 mod service;
 pub mod stored;
 
@@ -104,8 +119,9 @@ pub use body::Body;
 pub use future::ResponseFuture;
 pub use layer::{
     DEFAULT_DENY_HEADERS, DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE, DEFAULT_RETENTION, FailedOpen,
-    IdempotencyLayer, InFlight,
+    IN_FLIGHT_RETRY_AFTER, IdempotencyLayer, InFlight, NotSent,
 };
 pub use problem::PROBLEM_JSON;
 pub use request::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, MAX_KEY_LEN};
+pub use running::Running;
 pub use service::IdempotencyService;

@@ -16,15 +16,35 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub(crate) enum Problem {
     KeyMissing,
     KeyEmpty,
-    KeyTooLong { len: usize },
+    KeyTooLong {
+        len: usize,
+    },
     KeyNotVisibleAscii,
-    KeyRepeated { count: usize },
-    BodyTooLarge { limit: usize },
-    BodyUnreadable { reason: String },
-    InFlight { retry_after: Duration },
+    KeyRepeated {
+        count: usize,
+    },
+    BodyTooLarge {
+        limit: usize,
+    },
+    BodyUnreadable {
+        reason: String,
+    },
+    InFlight {
+        retry_after: Duration,
+    },
     Mismatch,
     StoreUnavailable,
-    StoredUnreadable { reason: String },
+    StoredUnreadable {
+        reason: String,
+    },
+    /// No response within the configured time; the request runs on and its key stays held.
+    StillRunning {
+        waited: Duration,
+    },
+    /// The inner service panicked; its key was released.
+    Panicked,
+    /// The claim's lease was taken over while the request ran; its response was not stored.
+    ClaimLost,
 }
 
 impl Problem {
@@ -40,7 +60,10 @@ impl Problem {
             Problem::InFlight { .. } => StatusCode::CONFLICT,
             Problem::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Problem::StoredUnreadable { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Problem::StoredUnreadable { .. } | Problem::Panicked | Problem::ClaimLost => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Problem::StillRunning { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -58,6 +81,9 @@ impl Problem {
             Problem::Mismatch => "idempotency-key-reused",
             Problem::StoreUnavailable => "store-unavailable",
             Problem::StoredUnreadable { .. } => "stored-response-unreadable",
+            Problem::StillRunning { .. } => "response-timeout",
+            Problem::Panicked => "handler-panicked",
+            Problem::ClaimLost => "claim-lost",
         }
     }
 
@@ -74,6 +100,9 @@ impl Problem {
             Problem::Mismatch => "Idempotency-Key reused with a different request",
             Problem::StoreUnavailable => "Idempotency store unavailable",
             Problem::StoredUnreadable { .. } => "Stored response could not be read",
+            Problem::StillRunning { .. } => "The request is still running",
+            Problem::Panicked => "The request failed",
+            Problem::ClaimLost => "The request lost its Idempotency-Key",
         }
     }
 
@@ -123,6 +152,23 @@ impl Problem {
                 "the response stored for this Idempotency-Key could not be decoded ({reason}); \
                  it was not replayed"
             ),
+            Problem::StillRunning { waited } => format!(
+                "no response within {} ms; the request is still running and will not be \
+                 executed again: retry with the same Idempotency-Key to get its response once \
+                 it is done (409 until then)",
+                waited.as_millis()
+            ),
+            Problem::Panicked => {
+                "the handler panicked; nothing was stored, so a retry with the same \
+                 Idempotency-Key executes the request again"
+                    .into()
+            }
+            Problem::ClaimLost => {
+                "the request ran longer than its Idempotency-Key's lease could be held (the \
+                 store could not renew it) and another request took the key over; this \
+                 response was not stored"
+                    .into()
+            }
         }
     }
 
@@ -145,6 +191,9 @@ impl Problem {
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after_secs(*retry_after)),
                 );
+            }
+            Problem::StillRunning { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             }
             Problem::StoreUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));

@@ -1,16 +1,20 @@
 //! [`IdempotencyService`]: claim, execute once, store, replay.
 
+use std::any::Any;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
-use oncely_core::{Claim, ClaimOutcome, Oncely, Record};
+use oncely_core::panic::catch_unwind;
+use oncely_core::{BoxError, Claim, ClaimOutcome, Fingerprint, Key, Oncely, Record, Scope};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::body::{Collected, collect_limited};
-use crate::layer::{Config, FailedOpen, InFlight};
+use crate::layer::{Config, FailedOpen, IN_FLIGHT_RETRY_AFTER, InFlight, NotSent};
 use crate::problem::Problem;
 use crate::request::{IDEMPOTENT_REPLAYED, principal_scope, read_key, request_fingerprint};
 use crate::stored::StoredResponse;
@@ -30,6 +34,11 @@ pub struct IdempotencyService<S> {
 impl<S> IdempotencyService<S> {
     pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
         IdempotencyService { inner, config }
+    }
+
+    /// The keyed requests still running (see [`Running`](crate::Running)).
+    pub fn running(&self) -> crate::Running {
+        self.config.running.clone()
     }
 
     /// The inner service.
@@ -75,10 +84,13 @@ async fn handle<S, ReqB, ResB>(
     request: Request<ReqB>,
 ) -> Result<Response<Body<ResB>>, S::Error>
 where
-    S: tower::Service<Request<Body<ReqB>>, Response = Response<ResB>>,
-    ReqB: http_body::Body<Data = Bytes>,
-    ReqB::Error: std::fmt::Display,
-    ResB: http_body::Body<Data = Bytes>,
+    S: tower::Service<Request<Body<ReqB>>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: http_body::Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: std::fmt::Display + Send,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Send,
 {
     if !config.methods.contains(request.method()) {
         return pass_through(&mut inner, request.map(Body::stream)).await;
@@ -91,6 +103,7 @@ where
     };
 
     // The body is part of the fingerprint: buffer it, within the limit, and send it on after.
+    // A client that leaves while it arrives leaves nothing behind: no key was claimed yet.
     let (parts, body) = request.into_parts();
     let (data, trailers) = match collect_limited(Box::pin(body), config.max_body).await {
         Collected::Complete { data, trailers } => (data, trailers),
@@ -111,65 +124,229 @@ where
     let fingerprint = request_fingerprint(&config.fingerprint_headers, &parts, &data);
     let request = Request::from_parts(parts, Body::buffered(data, trailers));
 
-    let oncely = &config.oncely;
-    let claim = match claim(oncely, config.in_flight, &scope, &key, fingerprint).await {
-        Ok(ClaimOutcome::New(claim)) => claim,
-        Ok(ClaimOutcome::Duplicate(record)) => return Ok(replay(&record)),
-        Ok(ClaimOutcome::InProgress { retry_after }) => {
-            return Ok(Problem::InFlight { retry_after }.into_response());
-        }
-        Ok(ClaimOutcome::Conflict { .. }) => return Ok(Problem::Mismatch.into_response()),
-        Err(error) if config.fail_open => {
-            tracing::warn!(%scope, %key, %error,
-                "idempotency store unavailable; passing the request through unprotected (fail open)");
-            let mut request = request;
-            request.extensions_mut().insert(FailedOpen);
-            return pass_through(&mut inner, request).await;
-        }
-        Err(error) => {
-            tracing::warn!(%scope, %key, %error,
-                "idempotency store unavailable; answering 503 (fail closed)");
-            return Ok(Problem::StoreUnavailable.into_response());
-        }
+    // From here on the request runs on a task of its own: once it reached the inner service,
+    // its completion must not depend on the client staying (the effect may be in another
+    // process, which a dropped future cannot stop). The client's future only waits for the
+    // answer; the task stores the response whether or not anyone is still waiting.
+    let (answer, answered) = oneshot::channel();
+    let keyed = Keyed {
+        config,
+        scope,
+        key,
+        fingerprint,
+        answer: Some(answer),
     };
+    let running = keyed.config.running.start();
+    tokio::spawn(async move {
+        keyed.run(inner, request).await;
+        drop(running);
+    });
+    match answered.await {
+        Ok(answer) => answer,
+        // The task ended without answering: it panicked outside the inner service (the inner
+        // service's own panics are caught and answered). Its claim is left to its lease.
+        Err(_) => Ok(Problem::Panicked.into_response()),
+    }
+}
 
-    let guard = ClaimGuard::new(oncely.clone(), claim);
-    let response = match inner.call(request).await {
-        Ok(response) => response,
-        Err(error) => {
-            guard.release().await;
-            return Err(error);
+/// A keyed request on its own task: claim, execute, store, and answer whoever still waits.
+struct Keyed<T, E> {
+    config: Arc<Config>,
+    scope: Scope,
+    key: Key,
+    fingerprint: Fingerprint,
+    answer: Option<oneshot::Sender<Result<T, E>>>,
+}
+
+impl<ResB, E> Keyed<Response<Body<ResB>>, E>
+where
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Send,
+    E: Send + 'static,
+{
+    fn answer(&mut self, answer: Result<Response<Body<ResB>>, E>) {
+        if let Some(sender) = self.answer.take() {
+            // The client may be gone: then the answer (already stored, if storable) is dropped.
+            let _ = sender.send(answer);
         }
-    };
-    if response.status().is_server_error() && !config.store_server_errors {
-        guard.release().await;
-        return Ok(response.map(Body::stream));
     }
 
-    let (parts, body) = response.into_parts();
-    match collect_limited(Box::pin(body), config.max_response).await {
-        Collected::Complete { data, trailers } => {
-            let stored = StoredResponse {
-                status: parts.status,
-                headers: storable_headers(&parts.headers, &config.deny_headers),
-                body: data.clone(),
-                trailers: trailers.clone(),
-            };
-            guard.complete(&stored.encode()).await;
-            Ok(Response::from_parts(parts, Body::buffered(data, trailers)))
+    fn client_gone(&self) -> bool {
+        self.answer.as_ref().is_none_or(oneshot::Sender::is_closed)
+    }
+
+    async fn run<S, ReqB>(mut self, mut inner: S, mut request: Request<Body<ReqB>>)
+    where
+        S: tower::Service<Request<Body<ReqB>>, Response = Response<ResB>, Error = E>,
+        S::Future: Send + 'static,
+        ReqB: http_body::Body<Data = Bytes> + Send,
+        ReqB::Error: Send,
+    {
+        let config = self.config.clone();
+        let oncely = &config.oncely;
+        let claim = match self.claim().await {
+            Ok(ClaimOutcome::New(claim)) => claim,
+            Ok(ClaimOutcome::Duplicate(record)) => return self.answer(Ok(replay(&record))),
+            Ok(ClaimOutcome::InProgress { retry_after }) => {
+                // A hint of when to look again, not the whole lease: most first requests are
+                // done long before their lease ends, and clients obey Retry-After.
+                let retry_after = retry_after.min(IN_FLIGHT_RETRY_AFTER);
+                return self.answer(Ok(Problem::InFlight { retry_after }.into_response()));
+            }
+            Ok(ClaimOutcome::Conflict { .. }) => {
+                return self.answer(Ok(Problem::Mismatch.into_response()));
+            }
+            Err(error) if config.fail_open => {
+                let (scope, key) = (&self.scope, &self.key);
+                tracing::warn!(%scope, %key, %error,
+                    "idempotency store unavailable; passing the request through unprotected (fail open)");
+                if self.client_gone() {
+                    return;
+                }
+                request.extensions_mut().insert(FailedOpen);
+                let response = pass_through(&mut inner, request).await;
+                return self.answer(response);
+            }
+            Err(error) => {
+                let (scope, key) = (&self.scope, &self.key);
+                tracing::warn!(%scope, %key, %error,
+                    "idempotency store unavailable; answering 503 (fail closed)");
+                return self.answer(Ok(Problem::StoreUnavailable.into_response()));
+            }
+        };
+        let mut guard = ClaimGuard::new(oncely.clone(), claim);
+        if self.client_gone() {
+            // Nothing was sent on: give the key back so the client's retry executes.
+            return guard.release().await;
         }
-        Collected::TooLarge { prefix, rest } => {
+
+        let call = std::pin::pin!(catch_unwind(inner.call(request)));
+        let Some(result) = self.call_holding(&mut guard, call).await else {
+            return;
+        };
+        let response = match result {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                if was_not_sent(&error) {
+                    guard.release().await;
+                } else {
+                    guard.hold("the inner service failed without a response");
+                }
+                return self.answer(Err(error));
+            }
+            Err(panic) => {
+                tracing::error!(scope = %self.scope, key = %self.key, %panic,
+                    "the inner service panicked; its key is released");
+                guard.release().await;
+                return self.answer(Ok(Problem::Panicked.into_response()));
+            }
+        };
+        if response.status().is_server_error() && !config.store_server_errors {
             guard.release().await;
-            Ok(Response::from_parts(
-                parts,
-                Body::prefixed_pinned(prefix, rest),
-            ))
+            return self.answer(Ok(response.map(Body::stream)));
         }
-        Collected::Failed { prefix, error } => {
-            guard.release().await;
-            Ok(Response::from_parts(parts, Body::failed(prefix, error)))
+
+        let (parts, body) = response.into_parts();
+        let answer = match collect_limited(Box::pin(body), config.max_response).await {
+            Collected::Complete { data, trailers } => {
+                let stored = StoredResponse {
+                    status: parts.status,
+                    headers: storable_headers(&parts.headers, &config.deny_headers),
+                    body: data.clone(),
+                    trailers: trailers.clone(),
+                };
+                guard.complete(&stored.encode()).await;
+                Response::from_parts(parts, Body::buffered(data, trailers))
+            }
+            Collected::TooLarge { prefix, rest } => {
+                guard.release().await;
+                Response::from_parts(parts, Body::prefixed_pinned(prefix, rest))
+            }
+            Collected::Failed { prefix, error } => {
+                guard.release().await;
+                Response::from_parts(parts, Body::failed(prefix, error))
+            }
+        };
+        self.answer(Ok(answer));
+    }
+
+    /// Claims the key; with [`InFlight::Wait`], polls while another request holds it, up to
+    /// the configured time, or until the client goes away.
+    async fn claim(&self) -> oncely_core::Result<ClaimOutcome> {
+        let (oncely, scope, key) = (&self.config.oncely, &self.scope, &self.key);
+        let fingerprint = Some(self.fingerprint);
+        let outcome = oncely.claim(scope, key, fingerprint).await?;
+        let InFlight::Wait(max_wait) = self.config.in_flight else {
+            return Ok(outcome);
+        };
+        let deadline = Instant::now() + max_wait;
+        let mut pause = Duration::from_millis(10);
+        let mut outcome = outcome;
+        while let ClaimOutcome::InProgress { retry_after } = outcome {
+            let now = Instant::now();
+            if now >= deadline || self.client_gone() {
+                return Ok(ClaimOutcome::InProgress { retry_after });
+            }
+            tokio::time::sleep(pause.min(retry_after).min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+            outcome = oncely.claim(scope, key, fingerprint).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Awaits the inner service's answer while holding the claim: renewing its lease, and,
+    /// past the configured response timeout, answering the client 504 and waiting on for the
+    /// rest of the lease, unrenewed. `None` when there is nothing more to do: the lease ended
+    /// with no answer, or the claim was lost (the client was answered).
+    async fn call_holding<F: Future>(
+        &mut self,
+        guard: &mut ClaimGuard,
+        mut call: std::pin::Pin<&mut F>,
+    ) -> Option<F::Output> {
+        let oncely = self.config.oncely.clone();
+        let claim = guard.claim.as_mut().expect("a new guard holds its claim");
+        let held = match self.config.response_timeout {
+            None => oncely.renewing(claim, call.as_mut()).await.map(Some),
+            Some(limit) => oncely
+                .renewing(claim, tokio::time::timeout(limit, call.as_mut()))
+                .await
+                .map(Result::ok),
+        };
+        match held {
+            Ok(Some(output)) => Some(output),
+            Ok(None) => {
+                let waited = self.config.response_timeout.unwrap_or_default();
+                self.answer(Ok(Problem::StillRunning { waited }.into_response()));
+                // The inner service may still be executing: the key stays held (no release)
+                // and the answer, if it comes within the lease, is stored for the retry.
+                let rest = oncely.now().until(claim.lease_until);
+                match tokio::time::timeout(rest, call).await {
+                    Ok(output) => Some(output),
+                    Err(_) => {
+                        guard.hold("no response within the claim's lease");
+                        None
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(scope = %self.scope, key = %self.key, %error,
+                    "the claim was lost while the request ran; its response is not stored");
+                guard.abandon();
+                self.answer(Ok(Problem::ClaimLost.into_response()));
+                None
+            }
         }
     }
+}
+
+/// Whether the inner service's error says the request never reached anything that could act
+/// on it: [`NotSent`], itself or boxed (tower's `BoxError`).
+fn was_not_sent<E: 'static>(error: &E) -> bool {
+    let error: &dyn Any = error;
+    error.is::<NotSent>()
+        || error
+            .downcast_ref::<BoxError>()
+            .is_some_and(|boxed| boxed.is::<NotSent>())
 }
 
 async fn pass_through<S, ReqB, ResB>(
@@ -182,34 +359,6 @@ where
     ResB: http_body::Body,
 {
     Ok(inner.call(request).await?.map(Body::stream))
-}
-
-/// Claims the key; with [`InFlight::Wait`], polls while another request holds it, up to the
-/// configured time.
-async fn claim(
-    oncely: &Oncely,
-    in_flight: InFlight,
-    scope: &oncely_core::Scope,
-    key: &oncely_core::Key,
-    fingerprint: oncely_core::Fingerprint,
-) -> oncely_core::Result<ClaimOutcome> {
-    let outcome = oncely.claim(scope, key, Some(fingerprint)).await?;
-    let InFlight::Wait(max_wait) = in_flight else {
-        return Ok(outcome);
-    };
-    let deadline = Instant::now() + max_wait;
-    let mut pause = Duration::from_millis(10);
-    let mut outcome = outcome;
-    while let ClaimOutcome::InProgress { retry_after } = outcome {
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(ClaimOutcome::InProgress { retry_after });
-        }
-        tokio::time::sleep(pause.min(retry_after).min(deadline - now)).await;
-        pause = (pause * 2).min(Duration::from_millis(250));
-        outcome = oncely.claim(scope, key, Some(fingerprint)).await?;
-    }
-    Ok(outcome)
 }
 
 /// The stored response, as it was first sent, marked `Idempotent-Replayed: true`.
@@ -266,12 +415,11 @@ fn storable_headers(headers: &HeaderMap, deny: &[HeaderName]) -> HeaderMap {
     kept
 }
 
-/// A held claim that is completed or released exactly once, even if the request is dropped.
+/// A held claim that is completed, released or deliberately held exactly once.
 ///
-/// If the future driving the request is dropped (the client went away, a timeout layer fired)
-/// before the claim was completed or released, `Drop` releases it on a spawned Tokio task, so
-/// a retry can execute. Without a runtime the claim stays until its lease runs out, after which
-/// a retry takes it over; it never stays stuck longer.
+/// It lives on the request's own task, which the client cannot cancel; dropping it unfinished
+/// (the runtime shutting down) leaves the claim to its lease: the outcome is unknown, so the
+/// key is not given back early.
 struct ClaimGuard {
     oncely: Oncely,
     claim: Option<Claim>,
@@ -286,49 +434,51 @@ impl ClaimGuard {
     }
 
     /// Stores the response. A failure is logged: the effect happened and the client gets the
-    /// response; a retry then finds the key released or its lease run out and executes again.
-    async fn complete(mut self, outcome: &[u8]) {
-        let Some(claim) = self.claim.as_ref() else {
+    /// response; the key stays held until its lease ends (the effect is done, so it is not
+    /// given back early), then a retry executes again.
+    async fn complete(&mut self, outcome: &[u8]) {
+        let Some(claim) = self.claim.take() else {
             return;
         };
-        if let Err(error) = self.oncely.complete(claim, outcome).await {
+        if let Err(error) = self.oncely.complete(&claim, outcome).await {
             tracing::warn!(scope = %claim.scope, key = %claim.key, %error,
-                "could not store the response; a retry with this key will execute again");
-            // Give the key back now rather than at the end of its lease.
-            return self.release().await;
+                "could not store the response; the key is held until its lease ends, then a \
+                 retry with it executes again");
         }
-        self.claim = None;
     }
 
-    /// Gives the key back so a retry executes.
-    async fn release(mut self) {
-        let Some(claim) = self.claim.as_ref() else {
+    /// Gives the key back so a retry executes: only when the effect provably did not happen,
+    /// or failed in a way the inner service reported.
+    async fn release(&mut self) {
+        let Some(claim) = self.claim.take() else {
             return;
         };
-        if let Err(error) = self.oncely.release(claim).await {
+        if let Err(error) = self.oncely.release(&claim).await {
             tracing::warn!(scope = %claim.scope, key = %claim.key, %error,
                 "could not release the key; a retry executes once its lease runs out");
         }
+    }
+
+    /// Leaves the key held until its lease ends: the effect may have happened.
+    fn hold(&mut self, why: &str) {
+        if let Some(claim) = self.claim.take() {
+            tracing::warn!(scope = %claim.scope, key = %claim.key, lease_until = %claim.lease_until,
+                "{why}; the request may have executed, so its key is held until its lease ends");
+        }
+    }
+
+    /// Forgets a claim that is no longer ours.
+    fn abandon(&mut self) {
         self.claim = None;
     }
 }
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        let Some(claim) = self.claim.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if let Some(claim) = self.claim.take() {
             tracing::warn!(scope = %claim.scope, key = %claim.key,
-                "request dropped outside a Tokio runtime; its key is held until its lease runs out");
-            return;
-        };
-        let oncely = self.oncely.clone();
-        runtime.spawn(async move {
-            if let Err(error) = oncely.release(&claim).await {
-                tracing::warn!(scope = %claim.scope, key = %claim.key, %error,
-                    "could not release the key of a dropped request; it is held until its lease runs out");
-            }
-        });
+                "a keyed request's task ended unfinished (runtime shutting down?); its key is \
+                 held until its lease ends");
+        }
     }
 }

@@ -129,6 +129,14 @@ async fn slow(State(up): State<Shared>, headers: HeaderMap) -> (StatusCode, Stri
     (StatusCode::CREATED, format!("slow {n}"))
 }
 
+/// 201 after 600 ms. The execution is recorded at receipt, before the handler awaits anything,
+/// so dropping the request's future cannot undo it: as with an effect in another process.
+async fn effect_first(State(up): State<Shared>, headers: HeaderMap) -> (StatusCode, String) {
+    let n = up.record("/effect-first", &headers);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    (StatusCode::CREATED, format!("effect {n}"))
+}
+
 /// 500 the first time per key, 201 after.
 async fn flaky(State(up): State<Shared>, headers: HeaderMap) -> (StatusCode, String) {
     up.record("/flaky", &headers);
@@ -160,6 +168,7 @@ fn app(up: Shared) -> Router {
         .route("/charges", post(charge).get(list))
         .route("/refunds", post(refund))
         .route("/slow", post(slow))
+        .route("/effect-first", post(effect_first))
         .route("/flaky", post(flaky))
         .route("/big", post(big))
         .route("/storm", post(storm))
@@ -294,6 +303,8 @@ struct Options {
     clock: Option<ManualClock>,
     /// Serve with a plain hyper connection instead of `axum::serve`.
     hyper: bool,
+    /// The claim's lease (`Oncely`'s default if none).
+    lease: Option<Duration>,
 }
 
 async fn open_store(kind: StoreKind, dir: &tempfile::TempDir) -> Arc<Switchable> {
@@ -319,6 +330,9 @@ async fn start_with(
     let mut oncely = Oncely::new(store.clone());
     if let Some(clock) = options.clock {
         oncely = oncely.with_clock(clock);
+    }
+    if let Some(lease) = options.lease {
+        oncely = oncely.with_lease(lease);
     }
     let upstream = Shared::default();
     let layer = configure(IdempotencyLayer::new(oncely));
@@ -448,9 +462,12 @@ per_store!(
     key_header_reaches_the_upstream_unchanged,
     concurrent_requests_execute_each_key_exactly_once,
     retention_ends_the_replay_then_the_key_is_new,
-    a_dropped_request_releases_its_key,
+    a_dropped_request_runs_on_and_its_response_is_replayed,
+    a_response_timeout_answers_504_and_the_request_runs_on,
+    a_handler_slower_than_its_lease_runs_once,
     plugs_into_a_plain_hyper_server,
-    upstream_failure_releases_the_key_and_a_retry_executes,
+    an_inner_service_never_reached_releases_the_key,
+    an_inner_service_failing_after_the_send_holds_the_key_for_its_lease,
     same_key_other_fingerprint_header_gets_422,
 );
 
@@ -580,7 +597,8 @@ async fn same_key_in_flight_gets_409_with_retry_after(kind: StoreKind) {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    // A hint of when the first is likely done, not the 30 s left on its lease.
+    assert_eq!(retry_after, 1);
 
     let first = first.await.unwrap();
     assert_eq!(first.status, StatusCode::CREATED);
@@ -807,7 +825,7 @@ async fn retention_ends_the_replay_then_the_key_is_new(kind: StoreKind) {
         let clock = ManualClock::new(Timestamp::from_millis(1_800_000_000_000));
         let options = Options {
             clock: Some(clock.clone()),
-            hyper: false,
+            ..Options::default()
         };
         let server = start_with(kind, options, |l| match configure {
             Some(retention) => l.retention(retention),
@@ -827,45 +845,111 @@ async fn retention_ends_the_replay_then_the_key_is_new(kind: StoreKind) {
     }
 }
 
-async fn a_dropped_request_releases_its_key(kind: StoreKind) {
+async fn a_dropped_request_runs_on_and_its_response_is_replayed(kind: StoreKind) {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(kind, &dir).await;
-    // A lease far longer than the test: only the drop guard can give the key back in time.
     let oncely = Oncely::new(store).with_lease(Duration::from_secs(300));
     let upstream = Shared::default();
-    let mut service = tower::Layer::layer(&IdempotencyLayer::new(oncely), app(upstream.clone()));
+    let layer = IdempotencyLayer::new(oncely);
+    let running = layer.running();
+    let mut service = tower::Layer::layer(&layer, app(upstream.clone()));
     let request = || {
-        Request::post("/slow")
+        Request::post("/effect-first")
             .header("idempotency-key", "k-1")
             .body(Full::new(Bytes::from_static(b"{}")))
             .unwrap()
     };
-
-    // A timeout drops the request while the slow handler runs.
-    std::future::poll_fn(|cx| tower::Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx))
+    let mut send = async |cut_after: Option<Duration>| {
+        std::future::poll_fn(|cx| {
+            tower::Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx)
+        })
         .await
         .unwrap();
-    let dropped = tokio::time::timeout(
-        Duration::from_millis(100),
-        tower::Service::call(&mut service, request()),
-    )
-    .await;
-    assert!(dropped.is_err(), "the request was cut short");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+        let call = tower::Service::call(&mut service, request());
+        let response = match cut_after {
+            // The client gives up (a timeout, a closed connection) while the handler runs.
+            Some(cut) => match tokio::time::timeout(cut, call).await {
+                Err(_) => return None,
+                Ok(response) => response.unwrap(),
+            },
+            None => call.await.unwrap(),
+        };
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Some((parts, body))
+    };
 
-    // The retry is not told 409: the key was released, so it executes.
-    std::future::poll_fn(|cx| tower::Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx))
+    assert!(send(Some(Duration::from_millis(150))).await.is_none());
+    assert_eq!(upstream.calls("/effect-first", "k-1"), 1, "the effect ran");
+    // The request runs on: a retry meanwhile is told to come back in a second ...
+    let (parts, _) = send(None).await.unwrap();
+    assert_eq!(parts.status, StatusCode::CONFLICT);
+    assert_eq!(parts.headers[header::RETRY_AFTER], "1");
+    // ... and once it is done, gets its response, without a second execution.
+    assert!(running.count() >= 1, "the first runs on with no client");
+    tokio::time::timeout(Duration::from_secs(5), running.finished())
         .await
         .unwrap();
-    let retry = tower::Service::call(&mut service, request()).await.unwrap();
-    assert_eq!(retry.status(), StatusCode::CREATED);
-    assert_eq!(upstream.calls("/slow", "k-1"), 1);
+    let (parts, body) = send(None).await.unwrap();
+    assert_eq!(parts.status, StatusCode::CREATED);
+    assert_eq!(parts.headers["idempotent-replayed"], "true");
+    assert_eq!(body, "effect 1");
+    assert_eq!(upstream.calls("/effect-first", "k-1"), 1);
+}
+
+async fn a_response_timeout_answers_504_and_the_request_runs_on(kind: StoreKind) {
+    let server = start(kind, |l| l.response_timeout(Duration::from_millis(100))).await;
+    let first = server.post("/effect-first", "k-1", "{}").await;
+    assert_eq!(
+        first.problem(StatusCode::GATEWAY_TIMEOUT),
+        "urn:oncely:http:response-timeout"
+    );
+    server
+        .post("/effect-first", "k-1", "{}")
+        .await
+        .problem(StatusCode::CONFLICT);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let replayed = server.post("/effect-first", "k-1", "{}").await;
+    assert!(replayed.replayed(), "{replayed:?}");
+    assert_eq!(replayed.status, StatusCode::CREATED);
+    assert_eq!(replayed.text(), "effect 1");
+    assert_eq!(server.upstream.calls("/effect-first", "k-1"), 1);
+}
+
+async fn a_handler_slower_than_its_lease_runs_once(kind: StoreKind) {
+    // The handler takes 600 ms, three leases: only renewal keeps the retries out.
+    let options = Options {
+        lease: Some(Duration::from_millis(200)),
+        ..Options::default()
+    };
+    let server = Arc::new(start_with(kind, options, |l| l).await);
+    let first = tokio::spawn({
+        let server = server.clone();
+        async move { server.post("/effect-first", "k-1", "{}").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut conflicts = 0;
+    while !first.is_finished() {
+        let retry = server.post("/effect-first", "k-1", "{}").await;
+        if retry.replayed() {
+            break;
+        }
+        retry.problem(StatusCode::CONFLICT);
+        conflicts += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = first.await.unwrap();
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(conflicts >= 5, "retries while the first ran: {conflicts}");
+    let replayed = server.post("/effect-first", "k-1", "{}").await;
+    assert_eq!(replayed.body, first.body);
+    assert_eq!(server.upstream.calls("/effect-first", "k-1"), 1);
 }
 
 async fn plugs_into_a_plain_hyper_server(kind: StoreKind) {
     let options = Options {
-        clock: None,
         hyper: true,
+        ..Options::default()
     };
     let server = start_with(kind, options, |l| l.require_key(true)).await;
     let first = server.post("/charges", "k-1", "{}").await;
@@ -880,15 +964,16 @@ async fn plugs_into_a_plain_hyper_server(kind: StoreKind) {
     assert_eq!(server.upstream.total(), 1);
 }
 
-/// An upstream that fails without a response the first time (a reset connection), then answers.
-#[derive(Clone, Default)]
+/// An inner service that fails without a response the first time, with `error`, then answers.
+#[derive(Clone)]
 struct FailsFirst {
     calls: Arc<AtomicUsize>,
+    error: fn() -> oncely::BoxError,
 }
 
 impl tower::Service<Request<oncely_http::Body<Full<Bytes>>>> for FailsFirst {
     type Response = http::Response<Full<Bytes>>;
-    type Error = std::io::Error;
+    type Error = oncely::BoxError;
     type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
 
     fn poll_ready(
@@ -901,10 +986,7 @@ impl tower::Service<Request<oncely_http::Body<Full<Bytes>>>> for FailsFirst {
     fn call(&mut self, _: Request<oncely_http::Body<Full<Bytes>>>) -> Self::Future {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         std::future::ready(if n == 1 {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "upstream reset the connection",
-            ))
+            Err((self.error)())
         } else {
             Ok(http::Response::new(Full::new(Bytes::from(format!(
                 "answer {n}"
@@ -913,30 +995,63 @@ impl tower::Service<Request<oncely_http::Body<Full<Bytes>>>> for FailsFirst {
     }
 }
 
-async fn upstream_failure_releases_the_key_and_a_retry_executes(kind: StoreKind) {
-    let dir = tempfile::tempdir().unwrap();
-    let oncely = Oncely::new(open_store(kind, &dir).await);
-    let upstream = FailsFirst::default();
-    let mut service = tower::Layer::layer(&IdempotencyLayer::new(oncely), upstream.clone());
-    let mut send = async || {
-        let request = Request::post("/charges")
-            .header("idempotency-key", "k-1")
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .unwrap();
-        std::future::poll_fn(|cx| {
-            tower::Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx)
-        })
+/// Sends one keyed request to a layer over `FailsFirst`: its error, or (replayed, body).
+async fn send_to_fails_first(
+    service: &mut oncely_http::IdempotencyService<FailsFirst>,
+) -> Result<(StatusCode, bool, Bytes), oncely::BoxError> {
+    let request = Request::post("/charges")
+        .header("idempotency-key", "k-1")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    std::future::poll_fn(|cx| tower::Service::<Request<Full<Bytes>>>::poll_ready(service, cx))
         .await
         .unwrap();
-        let response = tower::Service::call(&mut service, request).await?;
-        let replayed = response.headers().contains_key("idempotent-replayed");
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        Ok::<_, std::io::Error>((replayed, body))
+    let response = tower::Service::call(service, request).await?;
+    let status = response.status();
+    let replayed = response.headers().contains_key("idempotent-replayed");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Ok((status, replayed, body))
+}
+
+async fn an_inner_service_never_reached_releases_the_key(kind: StoreKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let oncely = Oncely::new(open_store(kind, &dir).await);
+    let upstream = FailsFirst {
+        calls: Arc::default(),
+        error: || oncely_http::NotSent::new("connection refused").into(),
     };
-    let failed = send().await.unwrap_err();
-    assert_eq!(failed.kind(), std::io::ErrorKind::ConnectionReset);
-    assert_eq!(send().await.unwrap(), (false, Bytes::from("answer 2")));
-    assert_eq!(send().await.unwrap(), (true, Bytes::from("answer 2")));
+    let mut service = tower::Layer::layer(&IdempotencyLayer::new(oncely), upstream.clone());
+    let failed = send_to_fails_first(&mut service).await.unwrap_err();
+    assert!(failed.is::<oncely_http::NotSent>(), "{failed}");
+    let ok = StatusCode::OK;
+    let answer = Bytes::from("answer 2");
+    let send = send_to_fails_first(&mut service).await.unwrap();
+    assert_eq!(send, (ok, false, answer.clone()));
+    let send = send_to_fails_first(&mut service).await.unwrap();
+    assert_eq!(send, (ok, true, answer));
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 2);
+}
+
+async fn an_inner_service_failing_after_the_send_holds_the_key_for_its_lease(kind: StoreKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let lease = Duration::from_millis(400);
+    let oncely = Oncely::new(open_store(kind, &dir).await).with_lease(lease);
+    // A connection reset after the request went out: it may have been executed.
+    let upstream = FailsFirst {
+        calls: Arc::default(),
+        error: || std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset").into(),
+    };
+    let mut service = tower::Layer::layer(&IdempotencyLayer::new(oncely), upstream.clone());
+    let failed = send_to_fails_first(&mut service).await.unwrap_err();
+    assert!(failed.is::<std::io::Error>(), "{failed}");
+    // No release: a retry within the lease does not execute.
+    let (status, _, _) = send_to_fails_first(&mut service).await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
+    // The lease ran out with no answer: now a retry executes.
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let send = send_to_fails_first(&mut service).await.unwrap();
+    assert_eq!(send, (StatusCode::OK, false, Bytes::from("answer 2")));
     assert_eq!(upstream.calls.load(Ordering::SeqCst), 2);
 }
 

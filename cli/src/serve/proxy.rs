@@ -11,7 +11,8 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use oncely_http::{Body, FailedOpen, PROBLEM_JSON};
+use oncely::BoxError;
+use oncely_http::{Body, FailedOpen, NotSent, PROBLEM_JSON};
 
 /// Checks `--upstream`: `http://HOST[:PORT][/PREFIX]`, no query.
 pub(super) fn parse_upstream(text: &str) -> Result<Upstream> {
@@ -51,22 +52,21 @@ pub(super) struct Upstream {
     pub(super) base: String,
 }
 
-/// Why the upstream gave no response.
+/// The upstream gave no response after the request was sent (the connection broke, or the
+/// upstream closed it): it may have executed the request. A failure *before* the request was
+/// sent is [`NotSent`] instead.
 #[derive(Debug)]
 pub(super) struct UpstreamFailed {
-    /// No response within `--timeout` (504), rather than no connection or a broken one (502).
-    timed_out: bool,
     reason: String,
 }
 
-impl UpstreamFailed {
-    fn new(reason: String) -> Self {
-        UpstreamFailed {
-            timed_out: false,
-            reason,
-        }
+impl std::fmt::Display for UpstreamFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
     }
 }
+
+impl std::error::Error for UpstreamFailed {}
 
 /// Put in a request's extensions by the gateway; the proxy marks it when it forwards the
 /// request, and whether the layer let it through unprotected ([`FailedOpen`]).
@@ -91,32 +91,33 @@ impl Forwarded {
 }
 
 /// The innermost service: forwards a request to the upstream and streams the response back.
+///
+/// It has no timeout of its own: the layer answers a keyed request's client at `--timeout` and
+/// waits on for the upstream in the background; the gateway bounds other requests.
 #[derive(Clone, Debug)]
 pub(super) struct Proxy {
     pub(super) client: Client<HttpConnector, Body<Incoming>>,
     pub(super) upstream: Arc<Upstream>,
-    /// How long the upstream gets to start its response.
-    pub(super) timeout: Duration,
 }
 
 impl tower::Service<Request<Body<Incoming>>> for Proxy {
     type Response = Response<Incoming>;
-    type Error = UpstreamFailed;
+    /// [`NotSent`] or [`UpstreamFailed`].
+    type Error = BoxError;
     type Future = std::pin::Pin<
-        Box<dyn Future<Output = Result<Response<Incoming>, UpstreamFailed>> + Send + 'static>,
+        Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send + 'static>,
     >;
 
     fn poll_ready(
         &mut self,
         _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), UpstreamFailed>> {
+    ) -> std::task::Poll<Result<(), BoxError>> {
         std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<Body<Incoming>>) -> Self::Future {
         let client = self.client.clone();
         let upstream = self.upstream.clone();
-        let timeout = self.timeout;
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             if let Some(forwarded) = parts.extensions.remove::<Forwarded>() {
@@ -125,21 +126,23 @@ impl tower::Service<Request<Body<Incoming>>> for Proxy {
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             parts.uri = format!("{}{path}", upstream.base)
                 .parse()
-                .map_err(|e| UpstreamFailed::new(format!("cannot build the upstream URL: {e}")))?;
+                .map_err(|e| NotSent::new(format!("cannot build the upstream URL: {e}")))?;
             // The client's HTTP version for the answer; HTTP/1.1 to the upstream.
             let version = std::mem::replace(&mut parts.version, Version::HTTP_11);
             remove_hop_by_hop(&mut parts.headers);
             let peer = parts.extensions.remove::<Peer>();
             add_forwarded_headers(&mut parts.headers, peer);
-            let sent = client.request(Request::from_parts(parts, body));
-            let response = match tokio::time::timeout(timeout, sent).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(error)) => return Err(UpstreamFailed::new(error_chain(&error))),
-                Err(_) => {
+            let response = match client.request(Request::from_parts(parts, body)).await {
+                Ok(response) => response,
+                // No connection, so nothing was sent: a retry may safely execute.
+                Err(error) if error.is_connect() => {
+                    return Err(NotSent::new(error_chain(&error)).into());
+                }
+                Err(error) => {
                     return Err(UpstreamFailed {
-                        timed_out: true,
-                        reason: format!("no response within {}", crate::deliver::humane(timeout)),
-                    });
+                        reason: error_chain(&error),
+                    }
+                    .into());
                 }
             };
             let (mut parts, body) = response.into_parts();
@@ -223,32 +226,58 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The 502 (or 504) the gateway answers when the upstream gave no response (in time).
-pub(super) fn upstream_failed(failed: &UpstreamFailed) -> Response<Body<Incoming>> {
-    let reason = &failed.reason;
-    let (status, json) = if failed.timed_out {
-        let json = serde_json::json!({
-            "type": "urn:oncely:http:upstream-timeout",
-            "title": "Upstream timed out",
-            "status": 504,
-            "detail": format!(
-                "the upstream gave no response ({reason}); it may still execute the request, \
-                 and a retry with the same Idempotency-Key executes it again"
-            ),
-        });
-        (StatusCode::GATEWAY_TIMEOUT, json)
+/// The 502 the gateway answers when the upstream gave no response; what a retry gets depends
+/// on whether the request was sent (`held`: the key's claim is kept until `held` ends).
+pub(super) fn upstream_failed(error: &BoxError, held: Duration) -> Response<Body<Incoming>> {
+    let detail = if let Some(not_sent) = error.downcast_ref::<NotSent>() {
+        format!(
+            "the upstream could not be reached ({}); the request was not sent, so a retry with \
+             the same Idempotency-Key executes it",
+            not_sent.reason()
+        )
     } else {
-        let json = serde_json::json!({
-            "type": "urn:oncely:http:upstream-unavailable",
-            "title": "Upstream unavailable",
-            "status": 502,
-            "detail": format!(
-                "the upstream gave no response ({reason}); a retry with the same \
-                 Idempotency-Key executes the request"
-            ),
-        });
-        (StatusCode::BAD_GATEWAY, json)
+        format!(
+            "the upstream gave no response ({error}) after the request was sent, so it may \
+             have executed it; the Idempotency-Key is held for up to {} (a retry gets 409 \
+             until then, then executes the request)",
+            crate::deliver::humane(held)
+        )
     };
+    timeout_or_failure(
+        StatusCode::BAD_GATEWAY,
+        "upstream-unavailable",
+        "Upstream unavailable",
+        detail,
+    )
+}
+
+/// The 504 the gateway answers when an unkeyed request gets no response within `--timeout`.
+pub(super) fn upstream_timed_out(timeout: Duration) -> Response<Body<Incoming>> {
+    let detail = format!(
+        "the upstream gave no response within {}; the request had no Idempotency-Key, so a \
+         retry may execute it again",
+        crate::deliver::humane(timeout)
+    );
+    timeout_or_failure(
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream-timeout",
+        "Upstream timed out",
+        detail,
+    )
+}
+
+fn timeout_or_failure(
+    status: StatusCode,
+    slug: &str,
+    title: &str,
+    detail: String,
+) -> Response<Body<Incoming>> {
+    let json = serde_json::json!({
+        "type": format!("urn:oncely:http:{slug}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
     let mut response = Response::new(Body::buffered(Bytes::from(json.to_string()), None));
     *response.status_mut() = status;
     response
