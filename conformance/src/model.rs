@@ -39,6 +39,8 @@ pub enum Op {
     Complete { handle: usize, outcome: u8 },
     /// Release the `handle`-th granted claim.
     Release { handle: usize },
+    /// Renew the `handle`-th granted claim's lease to `lease_ms` from now.
+    Extend { handle: usize, lease_ms: u64 },
     /// Read a slot's record.
     Get { slot: usize },
     /// Move the clock.
@@ -55,6 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(items, lease_ms)| Op::ClaimMany { items, lease_ms }),
         3 => (0usize..16, any::<u8>()).prop_map(|(handle, outcome)| Op::Complete { handle, outcome }),
         2 => (0usize..16).prop_map(|handle| Op::Release { handle }),
+        2 => (0usize..16, 1u64..5_000).prop_map(|(handle, lease_ms)| Op::Extend { handle, lease_ms }),
         1 => (0..SLOTS).prop_map(|slot| Op::Get { slot }),
         3 => prop_oneof![0u64..3_000, Just(RETENTION_MS as u64), 0u64..120_000].prop_map(|ms| Op::Advance { ms }),
         1 => (0usize..4).prop_map(|limit| Op::Purge { limit }),
@@ -287,6 +290,21 @@ async fn replay(store: Arc<dyn Store>, ops: &[Op]) -> Result<(), TestCaseError> 
                     model.records.remove(slot);
                 }
                 check_eq(step, "release", got, want)?;
+            }
+            Op::Extend { handle, lease_ms } => {
+                if handles.is_empty() {
+                    continue;
+                }
+                let holder = handle % handles.len();
+                let (slot, claim) = &handles[holder];
+                let lease_until = clock.now().saturating_add(Duration::from_millis(*lease_ms));
+                let got = lost_reason(store.extend(claim, lease_until).await)?;
+                let want = model.holder_check(*slot, holder);
+                if want.is_ok() {
+                    let r = model.records.get_mut(slot).expect("checked");
+                    r.expires_at = model.now + *lease_ms as i64;
+                }
+                check_eq(step, "extend", got, want)?;
             }
             Op::Get { slot } => {
                 let (scope, key) = slot_ids(*slot);
