@@ -36,6 +36,7 @@ use libtest_mimic::{Arguments, Conclusion, Trial};
 pub use libtest_mimic;
 use oncely_core::Store;
 
+pub mod boundaries;
 pub mod harness;
 pub mod inbox;
 pub mod model;
@@ -75,7 +76,7 @@ pub fn run(backend: &str, factory: impl StoreFactory, extra: Vec<Trial>) -> Conc
     quiet_panics(suite::INTENDED_PANIC);
     let factory: Arc<dyn StoreFactory> = Arc::new(factory);
     let mut trials = Vec::new();
-    for (name, test) in suite::all() {
+    for (name, test) in suite::all().into_iter().chain(boundaries::all()) {
         let factory = factory.clone();
         trials.push(
             Trial::test(format!("{backend}::{name}"), move || {

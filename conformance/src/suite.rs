@@ -792,29 +792,118 @@ async fn version_guard_applies_only_newer_versions(store: Arc<dyn Store>) {
         oncely.apply_if_newer(&s, &key("zero"), 0).await.unwrap(),
         VersionCheck::Stale { current: 0 }
     );
-    // Concurrent updates: each version is applied by exactly one caller, and the highest wins.
-    let applied = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for v in (1..=40u64).chain(1..=40) {
-        let (oncely, applied) = (oncely.clone(), applied.clone());
-        tasks.push(tokio::spawn(async move {
-            if let VersionCheck::Applied { .. } = oncely
-                .apply_if_newer(&Scope::default(), &key("race"), v)
-                .await
-                .unwrap()
-            {
-                applied.fetch_add(1, Ordering::SeqCst);
+    version_guard_under_concurrency(&oncely).await;
+}
+
+/// Concurrent callers of the version guard. A read-then-write that is not atomic lets two
+/// callers apply over the same stored version; each check below sees that.
+async fn version_guard_under_concurrency(oncely: &Oncely) {
+    const RACERS: usize = 8;
+    const ROUNDS: u64 = 20;
+    const VERSIONS: u64 = 40;
+    let race = |entity: &'static str, versions: Vec<u64>| {
+        let barrier = Arc::new(Barrier::new(versions.len()));
+        let tasks: Vec<_> = versions
+            .into_iter()
+            .map(|v| {
+                let (oncely, barrier) = (oncely.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let check = oncely
+                        .apply_if_newer(&Scope::default(), &key(entity), v)
+                        .await
+                        .unwrap();
+                    (v, check)
+                })
+            })
+            .collect();
+        async move {
+            let mut checks = Vec::new();
+            for t in tasks {
+                checks.push(t.await.unwrap());
             }
-        }));
+            checks
+        }
+    };
+
+    // Rounds of callers racing to apply one version, each round's above the last: in every
+    // round exactly one caller applies it, over the previous round's, and the others are stale.
+    for v in 1..=ROUNDS {
+        let checks = race("rounds", vec![v; RACERS]).await;
+        let applied: Vec<_> = checks
+            .iter()
+            .filter(|(_, c)| matches!(c, VersionCheck::Applied { .. }))
+            .collect();
+        let previous = (v > 1).then(|| v - 1);
+        assert_eq!(
+            applied,
+            [&(v, VersionCheck::Applied { previous })],
+            "round {v}: exactly one of {RACERS} callers applies version {v}: {checks:?}"
+        );
+        assert!(
+            checks
+                .iter()
+                .all(|(_, c)| matches!(c, VersionCheck::Applied { .. })
+                    || *c == VersionCheck::Stale { current: v }),
+            "round {v}: {checks:?}"
+        );
     }
-    for t in tasks {
-        t.await.unwrap();
+
+    // Every version at once, each sent by three callers, in a scrambled order: each version is
+    // applied at most once, the applied ones form one chain (each applied over the one applied
+    // just before it, so none was lost), and the chain ends at the highest version.
+    let versions: Vec<u64> = (0..3)
+        .flat_map(|pass| (0..VERSIONS).map(move |i| (i * (7 + 2 * pass) + pass) % VERSIONS + 1))
+        .collect();
+    let checks = race("storm", versions).await;
+    let mut applied: Vec<(u64, Option<u64>)> = checks
+        .iter()
+        .filter_map(|(v, c)| match c {
+            VersionCheck::Applied { previous } => Some((*v, *previous)),
+            VersionCheck::Stale { .. } => None,
+        })
+        .collect();
+    applied.sort();
+    let mut per_version: HashMap<u64, usize> = HashMap::new();
+    for (v, _) in &applied {
+        *per_version.entry(*v).or_default() += 1;
     }
-    assert!((1..=40).contains(&applied.load(Ordering::SeqCst)));
-    assert_eq!(
-        oncely.apply_if_newer(&s, &key("race"), 40).await.unwrap(),
-        VersionCheck::Stale { current: 40 }
+    assert!(
+        per_version.values().all(|&n| n == 1),
+        "a version applied more than once: {applied:?}"
     );
+    let mut before = None;
+    for &(v, previous) in &applied {
+        assert_eq!(
+            previous, before,
+            "version {v} applied over {previous:?}, but the version applied before it was \
+             {before:?}: {applied:?}"
+        );
+        before = Some(v);
+    }
+    assert_eq!(
+        before,
+        Some(VERSIONS),
+        "the highest version is applied: {applied:?}"
+    );
+    for (v, check) in &checks {
+        if let VersionCheck::Stale { current } = check {
+            assert!(
+                current >= v && per_version.contains_key(current),
+                "{v} answered {check:?}: {applied:?}"
+            );
+        }
+    }
+    for entity in ["rounds", "storm"] {
+        let highest = if entity == "rounds" { ROUNDS } else { VERSIONS };
+        assert_eq!(
+            oncely
+                .apply_if_newer(&Scope::default(), &key(entity), highest)
+                .await
+                .unwrap(),
+            VersionCheck::Stale { current: highest }
+        );
+    }
 }
 
 async fn run_executes_once_then_replays(store: Arc<dyn Store>) {
@@ -1049,34 +1138,74 @@ async fn concurrent_single_claims_of_many_keys_grant_each_key_once(store: Arc<dy
     }
 }
 
+/// Which of a late complete and a takeover of the same claim reached the store first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Won {
+    Complete,
+    Takeover,
+}
+
+/// The holder of an expired lease completes while another delivery claims the key: exactly one
+/// of them wins. Each order is first forced (one call strictly after the other) so that both
+/// outcomes are checked whatever the scheduling; then the two race for real, with the head start
+/// given to each side in turn, every round's pair of answers checked, until both orders have
+/// happened in the races too (a race that only ever went one way would prove nothing).
 async fn complete_racing_a_takeover_never_both_succeed(store: Arc<dyn Store>) {
+    // At least this many races; more, up to the cap, while one order has not happened yet.
+    const RACES: usize = 60;
+    const MAX_RACES: usize = 300;
     let (oncely, clock) = setup(store);
     let s = Scope::default();
-    let (mut completed_first, mut taken_over_first) = (0, 0);
-    for round in 0..40 {
+    let mut races: HashMap<Won, usize> = HashMap::new();
+    for round in 0..MAX_RACES + 2 {
+        if round >= RACES + 2 && races.len() == 2 {
+            break;
+        }
         let k = key(&format!("race-{round}"));
         let holder = expect_new(oncely.claim(&s, &k, None).await.unwrap());
         clock.advance(LEASE + Duration::from_millis(1));
-        let barrier = Arc::new(Barrier::new(2));
-        let completing = {
-            let (oncely, barrier, holder) = (oncely.clone(), barrier.clone(), holder.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                oncely.complete(&holder, b"by holder").await
-            })
+        let (completed, claimed) = match round {
+            0 => {
+                let completed = oncely.complete(&holder, b"by holder").await;
+                (completed, oncely.claim(&s, &k, None).await.unwrap())
+            }
+            1 => {
+                let claimed = oncely.claim(&s, &k, None).await.unwrap();
+                (oncely.complete(&holder, b"by holder").await, claimed)
+            }
+            _ => {
+                // 0: no head start, 1: the complete starts a little earlier, 2: the claim does.
+                let head_start = round % 3;
+                let barrier = Arc::new(Barrier::new(2));
+                let completing = {
+                    let (oncely, barrier, holder) =
+                        (oncely.clone(), barrier.clone(), holder.clone());
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        if head_start == 2 {
+                            tokio::task::yield_now().await;
+                        }
+                        oncely.complete(&holder, b"by holder").await
+                    })
+                };
+                let claiming = {
+                    let (oncely, barrier, k) = (oncely.clone(), barrier.clone(), k.clone());
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        if head_start == 1 {
+                            tokio::task::yield_now().await;
+                        }
+                        oncely.claim(&Scope::default(), &k, None).await.unwrap()
+                    })
+                };
+                (completing.await.unwrap(), claiming.await.unwrap())
+            }
         };
-        let claiming = {
-            let (oncely, barrier, k) = (oncely.clone(), barrier.clone(), k.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                oncely.claim(&Scope::default(), &k, None).await.unwrap()
-            })
-        };
-        let (completed, claimed) = (completing.await.unwrap(), claiming.await.unwrap());
-        match (completed, claimed) {
+        let won = match (completed, claimed) {
             (Ok(()), ClaimOutcome::Duplicate(rec)) => {
-                assert_eq!(rec.outcome(), Some(&b"by holder"[..]));
-                completed_first += 1;
+                assert_eq!(rec.outcome(), Some(&b"by holder"[..]), "round {round}");
+                assert_eq!(rec.token, holder.token, "round {round}");
+                Won::Complete
             }
             (
                 Err(Error::ClaimLost {
@@ -1085,15 +1214,29 @@ async fn complete_racing_a_takeover_never_both_succeed(store: Arc<dyn Store>) {
                 }),
                 ClaimOutcome::New(c),
             ) => {
-                assert_ne!(c.token, holder.token);
-                taken_over_first += 1;
+                assert_ne!(c.token, holder.token, "round {round}");
+                assert_eq!(c.attempt, 2, "round {round}");
+                let rec = oncely.get(&s, &k).await.unwrap().unwrap();
+                assert!(!rec.is_completed(), "round {round}: {rec:?}");
+                assert_eq!(rec.token, c.token, "round {round}");
+                Won::Takeover
             }
             (completed, claimed) => {
                 panic!("round {round}: complete={completed:?} claim={claimed:?}")
             }
+        };
+        match round {
+            0 => assert_eq!(won, Won::Complete, "the complete made first"),
+            1 => assert_eq!(won, Won::Takeover, "the takeover made first"),
+            _ => *races.entry(won).or_insert(0) += 1,
         }
     }
-    assert_eq!(completed_first + taken_over_first, 40);
+    assert_eq!(
+        races.len(),
+        2,
+        "in {} real races one order never happened: {races:?}",
+        races.values().sum::<usize>()
+    );
 }
 
 async fn duplicate_storm_runs_the_effect_once(store: Arc<dyn Store>) {
