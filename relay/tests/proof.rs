@@ -3,8 +3,9 @@
 //! Kafka and to SQS.
 //!
 //! 5,000 rows (500 to SQS: see [`SQS_ROWS`]) over 50 aggregates are enqueued in 50 transactions while two relay *processes*
-//! (this test binary, started again as `relay_child`) publish them; about ten times, at random
-//! moments, one of them is killed with SIGKILL and started again. In the end:
+//! (this test binary, started again with the relay's environment set: see [`main`]) publish
+//! them; about ten times, at random moments, one of them is killed with SIGKILL and started
+//! again. In the end:
 //!
 //! - every row reached the broker (the destination is read back whole);
 //! - nothing else did;
@@ -22,6 +23,10 @@
 //!   is still on the queue, so re-published copies do arrive here.
 //!
 //! `ONCELY_PROOF_SEED` replays a run's kill schedule and aggregate choice.
+//!
+//! A test binary without libtest's harness (`harness = false`): its `main` is either a relay
+//! process of a proof, when started by one, or the list of proofs, so no test stands in for the
+//! relay process and passes while doing nothing in a normal run.
 
 mod support;
 
@@ -29,6 +34,8 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Trial};
 
 use oncely_core::outbox::{OutboxMessage, OutboxStore, message_id};
 use oncely_mysql::outbox::MySqlOutboxStore;
@@ -58,14 +65,124 @@ const SQS_ROWS: usize = 500;
 /// at moto's pace. On the other brokers, 25.
 const SQS_BATCH: usize = 5;
 
-/// A relay process of the proof: runs only when started by the proof (its environment set),
-/// until SIGTERM or SIGKILL.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_child() {
-    let (Ok(outbox), Ok(to)) = (std::env::var(CHILD_OUTBOX_ENV), std::env::var(CHILD_TO_ENV))
-    else {
+/// The brokers a proof relays to.
+#[derive(Clone, Copy)]
+enum Broker {
+    Nats,
+    RabbitMq,
+    Kafka,
+    SqsFifo,
+}
+
+/// Each proof: its test name, the broker and the name of the destination made on it, and the
+/// proof's name for [`survives_kill_9`] (which also chooses the outbox's database by it).
+const PROOFS: &[(&str, Broker, &str, &str)] = &[
+    (
+        "nats_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order",
+        Broker::Nats,
+        "proof",
+        "nats",
+    ),
+    (
+        "mysql_to_rabbitmq_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order",
+        Broker::RabbitMq,
+        "proof_mysql",
+        "mysql_rabbitmq",
+    ),
+    (
+        "rabbitmq_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order",
+        Broker::RabbitMq,
+        "proof",
+        "rabbitmq",
+    ),
+    (
+        "sqlite_to_nats_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order",
+        Broker::Nats,
+        "proof_sqlite",
+        "sqlite_nats",
+    ),
+    (
+        "sqlite_to_rabbitmq_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order",
+        Broker::RabbitMq,
+        "proof_sqlite",
+        "sqlite_rabbitmq",
+    ),
+    (
+        "postgres_to_kafka_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order",
+        Broker::Kafka,
+        "proof",
+        "kafka",
+    ),
+    (
+        "mysql_to_kafka_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order",
+        Broker::Kafka,
+        "proof_mysql",
+        "mysql_kafka",
+    ),
+    (
+        "sqlite_to_kafka_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order",
+        Broker::Kafka,
+        "proof_sqlite",
+        "sqlite_kafka",
+    ),
+    (
+        "postgres_to_sqs_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order",
+        Broker::SqsFifo,
+        "proof",
+        "sqs",
+    ),
+    (
+        "mysql_to_sqs_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order",
+        Broker::SqsFifo,
+        "proof-mysql",
+        "mysql_sqs",
+    ),
+    (
+        "sqlite_to_sqs_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order",
+        Broker::SqsFifo,
+        "proof-sqlite",
+        "sqlite_sqs",
+    ),
+];
+
+/// Started by a proof (its environment set), this binary is one of its relay processes;
+/// otherwise it runs the proofs as tests (`cargo test` arguments such as a name filter work).
+fn main() {
+    if let (Ok(outbox), Ok(to)) = (std::env::var(CHILD_OUTBOX_ENV), std::env::var(CHILD_TO_ENV)) {
+        runtime().block_on(relay_process(outbox, to));
         return;
-    };
+    }
+    let trials = PROOFS
+        .iter()
+        .map(|&(test, broker, destination, name)| {
+            Trial::test(test, move || {
+                runtime().block_on(async move {
+                    let destination = match broker {
+                        Broker::Nats => Destination::nats(destination).await,
+                        Broker::RabbitMq => Destination::rabbit(destination).await,
+                        Broker::Kafka => Destination::kafka(destination).await,
+                        Broker::SqsFifo => Destination::sqs_fifo(destination).await,
+                    };
+                    survives_kill_9(destination, name).await;
+                });
+                Ok(())
+            })
+        })
+        .collect();
+    libtest_mimic::run(&Arguments::from_args(), trials).exit()
+}
+
+/// The runtime of a proof, and of a relay process: two workers, as `#[tokio::test]` had them.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// A relay process of a proof: relays from `outbox` to `to` until SIGTERM or SIGKILL.
+async fn relay_process(outbox: String, to: String) {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("a SIGTERM handler");
     let batch = if to.starts_with("sqs") { SQS_BATCH } else { 25 };
@@ -110,7 +227,6 @@ fn child_relay<S: OutboxStore>(
 
 fn spawn(outbox: &str, to: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "relay_child", "--nocapture", "--test-threads=1"])
         .env(CHILD_OUTBOX_ENV, outbox)
         .env(CHILD_TO_ENV, to)
         .stdout(Stdio::null())
@@ -276,60 +392,4 @@ async fn survives_kill_9(destination: Destination, name: &str) {
     } else if !name.starts_with("sqlite") {
         support::drop_schema(&schema).await;
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
-    survives_kill_9(Destination::nats("proof").await, "nats").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_to_rabbitmq_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
-    survives_kill_9(Destination::rabbit("proof_mysql").await, "mysql_rabbitmq").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rabbitmq_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
-    survives_kill_9(Destination::rabbit("proof").await, "rabbitmq").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_to_nats_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
-    survives_kill_9(Destination::nats("proof_sqlite").await, "sqlite_nats").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_to_rabbitmq_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order()
-{
-    survives_kill_9(Destination::rabbit("proof_sqlite").await, "sqlite_rabbitmq").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_to_kafka_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
-    survives_kill_9(Destination::kafka("proof").await, "kafka").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_to_kafka_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
-    survives_kill_9(Destination::kafka("proof_mysql").await, "mysql_kafka").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_to_kafka_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
-    survives_kill_9(Destination::kafka("proof_sqlite").await, "sqlite_kafka").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_to_sqs_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
-    survives_kill_9(Destination::sqs_fifo("proof").await, "sqs").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_to_sqs_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
-    survives_kill_9(Destination::sqs_fifo("proof-mysql").await, "mysql_sqs").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_to_sqs_relays_killed_at_random_lose_nothing_and_keep_each_aggregate_in_order() {
-    survives_kill_9(Destination::sqs_fifo("proof-sqlite").await, "sqlite_sqs").await;
 }
