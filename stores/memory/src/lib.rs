@@ -156,6 +156,33 @@ impl State {
         }
     }
 
+    /// Checks that the keys `requests` would add fit, sweeping expired records if they do not.
+    fn make_room(
+        &mut self,
+        requests: &[ClaimRequest],
+        now: Timestamp,
+        capacity: usize,
+    ) -> Result<()> {
+        let fits = |state: &State| {
+            let mut new = hashbrown::HashSet::new();
+            for req in requests {
+                if !state.records.contains_key(&id(&req.scope, &req.key)) {
+                    new.insert((req.scope.as_str(), req.key.as_str()));
+                }
+            }
+            state.records.len() + new.len() <= capacity
+        };
+        if fits(self) {
+            return Ok(());
+        }
+        self.records.retain(|_, r| !r.is_expired(now));
+        if fits(self) {
+            Ok(())
+        } else {
+            Err(Error::StoreFull { capacity })
+        }
+    }
+
     fn held(&mut self, claim: &Claim) -> Result<&mut Record> {
         let held = self.records.get_mut(&id(&claim.scope, &claim.key));
         check_holder(held.as_deref().map(|r| &**r), claim).map_err(|reason| lost(claim, reason))?;
@@ -179,6 +206,9 @@ impl Store for MemoryStore {
         now: Timestamp,
     ) -> Result<Vec<ClaimOutcome>> {
         let mut state = self.lock();
+        // All or nothing: a batch that does not fit fails before it writes, so no key of it is
+        // left claimed by nobody.
+        state.make_room(requests, now, self.capacity)?;
         requests
             .iter()
             .map(|req| state.claim_one(req, now, self.capacity))

@@ -243,3 +243,25 @@ async fn concurrent_claims_at_capacity_grant_exactly_the_capacity_and_evict_noth
         (CAPACITY as u64, 0, CAPACITY as u64, 0)
     );
 }
+
+#[tokio::test]
+async fn a_batch_that_does_not_fit_claims_none_of_its_keys() {
+    let store = MemoryStore::with_capacity(4);
+    let now = Timestamp::from_millis(1_000);
+    let lease = Duration::from_secs(30);
+    let request =
+        |key: &str| ClaimRequest::new(Scope::default(), Key::new(key).unwrap(), None, lease);
+    store.claim(&request("a"), now).await.unwrap();
+    // "b", "b" and "c" need two places; three are left, so this fits ...
+    let fits = [request("b"), request("b"), request("c")];
+    assert_eq!(store.claim_many(&fits, now).await.unwrap().len(), 3);
+    // ... and this does not (two new keys, one place): nothing of it is written, not even "d",
+    // which alone would fit.
+    let too_many = [request("d"), request("a"), request("e")];
+    let full = store.claim_many(&too_many, now).await.unwrap_err();
+    assert!(matches!(full, Error::StoreFull { capacity: 4 }), "{full}");
+    for key in ["d", "e"] {
+        let record = store.get(&Scope::default(), &Key::new(key).unwrap()).await;
+        assert_eq!(record.unwrap(), None, "{key} was claimed by a failed batch");
+    }
+}
