@@ -4,8 +4,11 @@
 //! claimed in the store through `OncelyHandler`, and only a new key is POSTed to `--deliver`.
 //! A 2xx answer completes the claim (its body, capped, is the stored outcome) and the message
 //! is acked; anything else is a failed attempt, retried with backoff, then dead-lettered. A
-//! duplicate is acked without a request. SIGINT or SIGTERM stops taking messages, lets the
-//! deliveries in flight finish, and prints the summary.
+//! failure after which the handler may still have run (no answer within `--timeout`, the
+//! connection lost once the request was sent) keeps the key held until its lease ends, so the
+//! retries find it in progress and no second POST goes out before then. A duplicate is acked
+//! without a request. SIGINT or SIGTERM stops taking messages, lets the deliveries in flight
+//! finish, and prints the summary.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -77,13 +80,20 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = duration::parse)]
     ttl: Duration,
 
-    /// How long one POST may take, answer included, before the attempt counts as failed.
+    /// How long one POST may take, answer included, before the attempt counts as failed. A
+    /// handler that got the request but did not answer in time may still be running: its key
+    /// stays held, and the message is POSTed again only once the key's lease (--timeout + 30s)
+    /// ends.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration::parse)]
     timeout: Duration,
 }
 
-/// How much longer than `--timeout` a claim is held: the request ends before the lease does,
-/// so no other consumer takes the key over while its POST is still running.
+/// How much longer than `--timeout` a claim's lease is. The lease is renewed every third while
+/// the POST runs, so it is not what bounds the POST; it bounds how long a key stays held once
+/// nobody renews it: after a POST whose outcome is unknown (no answer within `--timeout`, the
+/// connection lost after sending), for two thirds of the lease to all of it, so a handler
+/// that is only slow has this margin to finish before a redelivery POSTs again; and after
+/// this process died mid-POST.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// clap value parser for `--key`: the runner's key sources, with every form in the error.

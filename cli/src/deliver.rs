@@ -2,6 +2,11 @@
 //!
 //! Plain `http://` only: this build carries no TLS stack. A handler behind HTTPS is reached
 //! through a local proxy or sidecar.
+//!
+//! A failed POST says whether the handler may have run ([`send`](Deliverer::send)): when
+//! nothing was sent (no connection), the failure is plain and the key is released for a retry;
+//! once the request may have reached the handler (no answer in time, the connection lost),
+//! it is an [`OutcomeUnknown`], which keeps the key held until its lease ends.
 
 use std::error::Error as _;
 use std::fmt;
@@ -12,10 +17,10 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper::{Request, Uri};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::TokioExecutor;
-use oncely::Key;
 use oncely::consumer::Message;
+use oncely::{BoxError, Key, OutcomeUnknown};
 
 /// The key header the handler receives, as in the HTTP layer (S4).
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -121,25 +126,53 @@ impl Deliverer {
     }
 
     /// Sends `request`. A 2xx answer gives its body (at most [`OUTCOME_CAP`] bytes); anything
-    /// else is the error text the runner retries with and dead-letters with.
-    pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Vec<u8>, String> {
+    /// else is the error the runner retries with and dead-letters with:
+    ///
+    /// - nothing was sent (no connection could be made, or the request was given back unsent):
+    ///   a plain error, so the key is released and the retry POSTs again;
+    /// - the handler answered, but not 2xx: a plain error too, as it said it failed;
+    /// - the request may have reached the handler and no answer came (`--timeout` passed once
+    ///   a connection was had, or the connection was lost): [`OutcomeUnknown`], so the key stays
+    ///   held until its lease ends and no retry POSTs again meanwhile.
+    pub async fn send(&self, mut request: Request<Full<Bytes>>) -> Result<Vec<u8>, BoxError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let timed_out = || {
-            format!(
-                "handler at {} did not answer within {} (--timeout)",
-                self.url,
-                humane(self.timeout)
-            )
-        };
+        // Set once the client has a connection for the request, right before writing it.
+        let connection = capture_connection(&mut request);
         let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
-            Err(_) => return Err(timed_out()),
+            Err(_) if connection.connection_metadata().is_none() => {
+                return Err(format!(
+                    "handler at {} unreachable: no connection within {} (--timeout)",
+                    self.url,
+                    humane(self.timeout)
+                )
+                .into());
+            }
+            Err(_) => {
+                return Err(OutcomeUnknown::new(format!(
+                    "handler at {} did not answer within {} (--timeout)",
+                    self.url,
+                    humane(self.timeout)
+                ))
+                .into());
+            }
             Ok(Err(error)) => {
                 // The client's own text ("client error (Connect)") says less than its source.
                 let cause = error.source().map_or_else(|| chain(&error), chain);
-                return Err(if error.is_connect() {
-                    format!("handler at {} unreachable: {cause}", self.url)
+                if error.is_connect() {
+                    return Err(format!("handler at {} unreachable: {cause}", self.url).into());
+                }
+                let failed = format!("request to handler at {} failed: {cause}", self.url);
+                // A request the connection gave back before writing it (hyper's "canceled"),
+                // or one that never had a connection, was not sent.
+                let unsent = connection.connection_metadata().is_none()
+                    || error
+                        .source()
+                        .and_then(|e| e.downcast_ref::<hyper::Error>())
+                        .is_some_and(hyper::Error::is_canceled);
+                return Err(if unsent {
+                    failed.into()
                 } else {
-                    format!("request to handler at {} failed: {cause}", self.url)
+                    OutcomeUnknown::new(failed).into()
                 });
             }
             Ok(Ok(response)) => response,
@@ -163,10 +196,11 @@ impl Deliverer {
             Ok(Ok(bytes)) | Ok(Err(bytes)) => String::from_utf8_lossy(&bytes).trim().to_owned(),
             Err(_) => String::new(),
         };
+        // The handler answered that it failed: a plain failure, the key released for a retry.
         Err(if quoted.is_empty() {
-            format!("handler answered {status}")
+            format!("handler answered {status}").into()
         } else {
-            format!("handler answered {status}: {quoted}")
+            format!("handler answered {status}: {quoted}").into()
         })
     }
 }
@@ -259,6 +293,80 @@ mod tests {
         let request = deliverer.request(&key, &raw).unwrap();
         assert_eq!(request.headers()[CONTENT_TYPE], "application/octet-stream");
         assert!(!request.headers().contains_key(MESSAGE_ID));
+    }
+
+    /// A handler on a fresh port that reads one request, then does `then` with the connection.
+    fn one_request_then(then: impl FnOnce(std::net::TcpStream) + Send + 'static) -> Uri {
+        use std::io::{BufRead, BufReader};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = parse_url(&format!("http://{}/h", listener.local_addr().unwrap())).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            then(stream);
+        });
+        url
+    }
+
+    async fn post(url: Uri, timeout: Duration) -> Result<Vec<u8>, BoxError> {
+        let deliverer = Deliverer::new(url, timeout);
+        let message = Message::new(Vec::new(), "q");
+        let request = deliverer
+            .request(&Key::new("k").unwrap(), &message)
+            .unwrap();
+        deliverer.send(request).await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_a_request_that_may_have_reached_the_handler_has_an_unknown_outcome() {
+        let timeout = Duration::from_millis(300);
+        // Nothing listens: nothing was sent.
+        let down = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            parse_url(&format!("http://{}/h", listener.local_addr().unwrap())).unwrap()
+        };
+        let refused = post(down, timeout).await.unwrap_err();
+        assert!(!OutcomeUnknown::is_in(&refused), "{refused}");
+        assert!(refused.to_string().contains("unreachable"), "{refused}");
+
+        // The handler answered that it failed.
+        let answered = one_request_then(|mut stream| {
+            use std::io::Write;
+            let _ = stream
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy");
+        });
+        let failed = post(answered, timeout).await.unwrap_err();
+        assert!(!OutcomeUnknown::is_in(&failed), "{failed}");
+        assert_eq!(
+            failed.to_string(),
+            "handler answered 503 Service Unavailable: busy"
+        );
+
+        // The handler got the request and says nothing within the timeout.
+        let (hold, held) = std::sync::mpsc::channel();
+        let silent = one_request_then(move |stream| hold.send(stream).unwrap());
+        let timed_out = post(silent, timeout).await.unwrap_err();
+        assert!(OutcomeUnknown::is_in(&timed_out), "{timed_out}");
+        assert!(
+            timed_out
+                .to_string()
+                .contains("did not answer within 300ms (--timeout); outcome unknown"),
+            "{timed_out}"
+        );
+        drop(held);
+
+        // The handler got the request and the connection broke.
+        let closed = one_request_then(drop);
+        let lost = post(closed, timeout).await.unwrap_err();
+        assert!(OutcomeUnknown::is_in(&lost), "{lost}");
+        assert!(
+            lost.to_string().starts_with("request to handler at "),
+            "{lost}"
+        );
     }
 
     #[test]

@@ -70,15 +70,22 @@ enum Command {
     ///   Oncely-Source: <the subject or queue it came from>
     ///
     /// A 2xx answer means done: the key is recorded (with up to 64 KiB of the answer's body)
-    /// and the message acked. Anything else (another status, no connection, no answer within
-    /// --timeout) is a failed attempt: the key is released and the message retried with
-    /// backoff; after --max-attempts it goes to the dead-letter destination (--dlq) with the
-    /// error in its Oncely-Error header, e.g. `handler answered 500 Internal Server Error:
-    /// <first 200 bytes of the body>`, and is acked. Nothing is acked unprocessed.
+    /// and the message acked. Another status, or no connection, is a failed attempt: the key
+    /// is released and the message retried with backoff; after --max-attempts it goes to the
+    /// dead-letter destination (--dlq) with the error in its Oncely-Error header, e.g.
+    /// `handler answered 500 Internal Server Error: <first 200 bytes of the body>`, and is
+    /// acked. Nothing is acked unprocessed.
     ///
-    /// A handler may still see a key twice: if it answers after --timeout, or if this process
-    /// dies between its answer and the record (the key is retried once its claim, held for
-    /// --timeout + 30s, runs out). The Idempotency-Key header is there for it to notice.
+    /// No answer within --timeout once connected to the handler, or the connection lost after
+    /// sending, is an unknown outcome: the handler may have run, or still be running, so its
+    /// key stays held until its claim's lease (--timeout + 30s, renewed while the POST runs)
+    /// runs out. Until then the retries find the key in progress and give the message back to
+    /// the broker, using up no attempts; after it, the message is POSTed again.
+    ///
+    /// So a handler sees a key again only after it answered other than 2xx, after an unknown
+    /// outcome once the lease ran out, or if this process died (or the store failed) between
+    /// sending the request and recording the key, once the lease ran out. The
+    /// Idempotency-Key header is there for it to notice.
     ///
     /// SIGINT or SIGTERM stops taking messages and lets those in flight finish; then
     /// `consumed N: done N, duplicates N, redelivered N, dead-lettered N` goes to stderr and

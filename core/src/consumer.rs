@@ -378,7 +378,8 @@ impl<H: Handler + ?Sized> Handler for Arc<H> {
 }
 
 /// The handler for effects outside the store: claim the key, run `work`, complete with its
-/// outcome, or release the key if it fails or panics (see [`Oncely::run`]).
+/// outcome, or release the key if it fails or panics (see [`Oncely::run`]), unless its error
+/// says the outcome is unknown.
 ///
 /// The payload's fingerprint goes with the claim, so a key reused with a different payload is
 /// [`HandlerError::Rejected`] (dead-lettered) rather than silently treated as a duplicate;
@@ -387,6 +388,15 @@ impl<H: Handler + ?Sized> Handler for Arc<H> {
 /// A crash after `work`'s effect and before the completion leaves the claim to its lease; the
 /// redelivery after it runs `work` again. If that matters, keep the effect in the store's
 /// database and use the transactional inbox.
+///
+/// When `work` cannot tell whether its effect happened (it called another process and the
+/// answer never came), it fails with [`OutcomeUnknown`](crate::OutcomeUnknown) (itself or
+/// boxed): the key is then **not** released. The failure is still
+/// [`HandlerError::Failed`], one attempt, but the runner's next attempt finds the key
+/// [`Handled::InProgress`] and gives the message back to the broker without counting an
+/// attempt, again each time it returns, until the lease ends; then a redelivery takes the key
+/// over and runs `work` again. So nothing runs it twice within a lease, and the message is not
+/// dead-lettered for it (unless `max_attempts` is 1, which leaves no attempt after the first).
 pub struct OncelyHandler<F> {
     oncely: Oncely,
     scope: Scope,
@@ -426,7 +436,7 @@ impl<F, Fut, E> Handler for OncelyHandler<F>
 where
     F: Fn(Key, Message) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<u8>, E>> + Send,
-    E: Into<BoxError> + Send,
+    E: Into<BoxError> + Send + 'static,
 {
     async fn handle(&self, key: &Key, message: &Message) -> Result<Handled, HandlerError> {
         let fingerprint = self

@@ -5,6 +5,74 @@ use crate::{Key, Scope};
 /// A boxed error from a store's driver.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// The work may have had its effect, and there is no telling: return it from the handler of
+/// [`Oncely::run`](crate::Oncely::run) so that the claim is **not** released.
+///
+/// An ordinary error from the handler releases the key, so the next delivery runs the work
+/// again: right when the handler knows its effect did not happen. When the work is a call to
+/// another process (a POST that timed out, a connection lost after the request was sent), it
+/// may have happened, or may still be happening. Then return `OutcomeUnknown` (the error
+/// itself, or boxed as a [`BoxError`]): the key stays held, as `InProgress`, until its lease
+/// ends, and only then may a redelivery take it over and run the work again.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use oncely_core::{Key, Oncely, OutcomeUnknown, RunError, Scope};
+/// let oncely = Oncely::new(std::sync::Arc::new(oncely_memory::MemoryStore::default()));
+/// let (scope, key) = (Scope::default(), Key::new("charge-order-7")?);
+///
+/// // The payment provider did not answer in time: the charge may have gone through.
+/// let charge = || async { Err::<Vec<u8>, _>(OutcomeUnknown::new("no answer within 10s")) };
+/// let first = oncely.run(&scope, &key, None, charge).await;
+/// assert!(matches!(first, Err(RunError::Handler(ref e)) if e.to_string().starts_with("no answer")));
+///
+/// // The key is still held: a retry does not charge again before the lease ends.
+/// let again = || async { Ok::<_, OutcomeUnknown>(b"charged".to_vec()) };
+/// let retry = oncely.run(&scope, &key, None, again).await;
+/// assert!(matches!(retry, Err(RunError::InProgress { .. })));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{cause}; outcome unknown, so the key stays held until its lease ends")]
+pub struct OutcomeUnknown {
+    cause: BoxError,
+}
+
+impl OutcomeUnknown {
+    /// The outcome of the work is unknown because of `cause` (a message or an error).
+    pub fn new(cause: impl Into<BoxError>) -> Self {
+        OutcomeUnknown {
+            cause: cause.into(),
+        }
+    }
+
+    /// What made the outcome unknown.
+    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.cause
+    }
+
+    /// Whether `error` is an `OutcomeUnknown`: the value itself, or one boxed as a
+    /// [`BoxError`] (or a `Box<dyn Error>`, with or without `Send`). An error that merely
+    /// wraps one, or an `anyhow::Error`, does not count.
+    pub fn is_in<E: std::any::Any>(error: &E) -> bool {
+        use std::error::Error as StdError;
+        let any: &dyn std::any::Any = error;
+        if any.is::<OutcomeUnknown>() {
+            return true;
+        }
+        if let Some(boxed) = any.downcast_ref::<BoxError>() {
+            return boxed.is::<OutcomeUnknown>();
+        }
+        if let Some(boxed) = any.downcast_ref::<Box<dyn StdError + Send + 'static>>() {
+            return boxed.is::<OutcomeUnknown>();
+        }
+        if let Some(boxed) = any.downcast_ref::<Box<dyn StdError + 'static>>() {
+            return boxed.is::<OutcomeUnknown>();
+        }
+        false
+    }
+}
+
 /// A key or scope that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {

@@ -66,7 +66,7 @@ mod time;
 pub mod url;
 
 pub use canonical::{canonical_json, canonical_json_text};
-pub use error::{BoxError, Error, KeyError, LostReason, Result};
+pub use error::{BoxError, Error, KeyError, LostReason, OutcomeUnknown, Result};
 pub use fingerprint::Fingerprint;
 pub use group::GroupCommit;
 pub use key::{Key, MAX_KEY_BYTES, MAX_SCOPE_BYTES, Scope};

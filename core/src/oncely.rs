@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::panic::catch_unwind;
 use crate::{
-    Claim, ClaimOutcome, ClaimRequest, Clock, Completion, Error, Fingerprint, Key, Record, Result,
-    Scope, Store, StoreStats, SystemClock, Timestamp, VersionCheck,
+    Claim, ClaimOutcome, ClaimRequest, Clock, Completion, Error, Fingerprint, Key, OutcomeUnknown,
+    Record, Result, Scope, Store, StoreStats, SystemClock, Timestamp, VersionCheck,
 };
 
 /// Default lease: long enough for most handlers, short enough that a crash costs little.
@@ -372,7 +372,8 @@ impl Oncely {
         self.store.apply_if_newer(scope, entity, version).await
     }
 
-    /// Claim -> handler -> complete, or release if the handler fails or panics.
+    /// Claim -> handler -> complete, or release if the handler fails or panics, unless its
+    /// error says the outcome is unknown ([`OutcomeUnknown`]).
     ///
     /// The handler returns the outcome bytes to store; a duplicate gets them back as
     /// [`RunOutcome::Replayed`] without running the handler.
@@ -398,6 +399,15 @@ impl Oncely {
     ///
     /// If the future returned by `run` is dropped while the handler runs, the claim is left to
     /// its lease (no longer renewed): the next delivery after the lease takes it over.
+    ///
+    /// A handler's error releases the key, so the next delivery runs the handler again: the
+    /// handler reports that its effect did not happen. When it cannot know (it called another
+    /// process and the answer never came), its error is [`OutcomeUnknown`], itself or boxed as
+    /// a [`BoxError`](crate::BoxError): then the claim is **kept**, no longer renewed, and
+    /// `run` answers `RunError::Handler(err)` all the same. Until the lease ends (at most one
+    /// lease after the error, at least two thirds of one, as it was renewed every third), the
+    /// key is `InProgress`, so no retry runs the handler meanwhile; then a redelivery takes it
+    /// over and runs it again.
     pub async fn run<F, Fut, E>(
         &self,
         scope: &Scope,
@@ -408,6 +418,7 @@ impl Oncely {
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<u8>, E>>,
+        E: 'static,
     {
         let claim = match self
             .claim(scope, key, fingerprint)
@@ -437,6 +448,13 @@ impl Oncely {
                     .await
                     .map_err(RunError::Store)?;
                 Ok(RunOutcome::Executed(outcome))
+            }
+            Ok(Err(err)) if OutcomeUnknown::is_in(&err) => {
+                // The effect may have happened (or be happening): the key stays held, and only
+                // a redelivery after the lease runs the handler again.
+                tracing::debug!(scope = %claim.scope, key = %claim.key,
+                    "outcome unknown; the claim is kept until its lease ends");
+                Err(RunError::Handler(err))
             }
             Ok(Err(err)) => {
                 // The handler's error is what the caller needs; a failed release only means the
@@ -519,8 +537,9 @@ impl RunOutcome {
 /// Why [`Oncely::run`] did not produce an outcome.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError<E> {
-    /// The handler failed; the claim was released so a redelivery can retry.
-    #[error("handler failed (claim released for retry): {0}")]
+    /// The handler failed. The claim was released so a redelivery can retry, unless the error
+    /// is an [`OutcomeUnknown`]: then the claim is kept until its lease ends.
+    #[error("handler failed: {0}")]
     Handler(E),
     /// The handler panicked; the claim was released.
     #[error("handler panicked (claim released for retry): {0}")]
