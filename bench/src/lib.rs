@@ -1,6 +1,6 @@
 //! # oncely-bench
 //!
-//! SPEC S8's benchmark. N events (default 1,000,000) with 10 % redeliveries and 36-character
+//! The benchmark. N events (default 1,000,000) with 10 % redeliveries and 36-character
 //! UUID keys go through oncely's claim + complete; the same events then go through the naive
 //! pattern (per event, in its own transaction: `SELECT EXISTS`, then `INSERT`), through the
 //! store's own batched limit (a plain batched insert that ignores existing keys, 1,000 per

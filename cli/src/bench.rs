@@ -1,5 +1,5 @@
-//! `oncely bench`: SPEC S8's benchmark, oncely (single calls, and its batch API) against the
-//! naive pattern and the store's own batched limit, on fresh stores of the kind `--store` names
+//! `oncely bench`: the benchmark (README, Benchmarks), oncely (single calls, and its batch API)
+//! against the naive pattern and the store's own batched limit, on fresh stores of the kind `--store` names
 //! (never on the store itself: on PostgreSQL and MySQL, fresh schemas or databases on the server
 //! it names, dropped after).
 //!

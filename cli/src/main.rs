@@ -35,7 +35,8 @@ use oncely::{Key, KeyError, Oncely, Scope};
 #[derive(Parser, Debug)]
 #[command(name = "oncely", version)]
 struct Cli {
-    /// Store URL: sqlite:PATH (embedded, durable) or memory: (this process only).
+    /// Store URL: sqlite:PATH (embedded, durable), postgres://..., mysql://... (MariaDB too),
+    /// redis://... (redis+cluster://... for a Cluster) or memory: (this process only).
     #[arg(
         long,
         global = true,
@@ -119,21 +120,27 @@ enum Command {
     ///                           and sent
     ///   a key already answered  the stored response, byte for byte, Idempotent-Replayed: true
     ///   the same key, another method, path or body                        422
-    ///   the same key while its first request is still in flight           409, Retry-After
+    ///   the same key while its first request is still in flight           409, Retry-After: 1
     ///                           (or, with --in-flight-wait, its response once it is ready)
     ///   no key                  passed through (400 with --require-key)
     ///   a malformed key (empty, over 255 characters, not visible ASCII)   400
     ///   a body over --max-body (1 MiB)                                    413
     ///   the store cannot be reached                                       503, nothing forwarded
     ///                           (with --fail-open: forwarded unprotected, as if it had no key)
-    ///   the upstream cannot be reached                                    502, the key released
-    ///   no response head from the upstream within --timeout               504, the key released
+    ///   the upstream refused the connection (nothing was sent)           502, the key released
+    ///   the upstream failed after the request was sent                    502, the key held
+    ///   no response head from the upstream within --timeout               504, the key held
+    ///
+    /// Once a keyed request was sent upstream its client no longer matters: if it hangs up,
+    /// or gets 504 at --timeout, the gateway still waits for the answer (for the rest of the
+    /// key's 30s lease, renewed until --timeout) and stores it; retries get 409, then that
+    /// answer. A retry executes the request again only after the lease ran out with no answer
+    /// (no answer within --timeout + 20-30s, an upstream that failed after the request was
+    /// sent, or a gateway killed mid-request).
     ///
     /// A 5xx from the upstream is sent but not stored: the key is released so a retry executes
     /// (--store-server-errors stores and replays it). Set-Cookie, and each --deny-header, is
-    /// never stored. Errors are application/problem+json (RFC 9457). A key's
-    /// claim is held for --timeout + 30s, so no retry executes while its first request may
-    /// still be running; after a 504 the upstream may still finish the first one.
+    /// never stored. Errors are application/problem+json (RFC 9457).
     ///
     /// Prints the bound address on stderr at start. SIGINT or SIGTERM stops accepting
     /// connections and lets requests in flight finish (up to 30s, or --timeout if longer;

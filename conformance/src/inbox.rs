@@ -1,4 +1,4 @@
-//! The transactional inbox suite (SPEC S3): one set of behaviours, run against every SQL
+//! The transactional inbox suite: one set of behaviours, run against every SQL
 //! store's inbox on a real server.
 //!
 //! A store crate implements [`InboxDatabase`] for a fresh database holding oncely's tables and

@@ -1,6 +1,6 @@
 //! The model test: random histories applied to the store and to a reference model must agree.
 //!
-//! The model is deliberately naive and written from SPEC S2 directly, not from
+//! The model is deliberately naive and written from the lifecycle rules as README states them, not from
 //! `oncely_core::lifecycle`, so a bug in the shared rules shows up here too.
 
 use std::collections::HashMap;

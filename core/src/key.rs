@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::error::KeyError;
 
-/// The longest key accepted, in bytes (SPEC S1). Longer keys are rejected, never truncated.
+/// The longest key accepted, in bytes. Longer keys are rejected, never truncated.
 pub const MAX_KEY_BYTES: usize = 512;
 
 /// The longest scope accepted, in bytes.

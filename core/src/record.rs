@@ -179,7 +179,7 @@ pub struct Completion {
     pub expires_at: Timestamp,
 }
 
-/// What a claim answers: exactly one of four things (SPEC S2).
+/// What a claim answers: exactly one of four things.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// Nobody did this yet (or a previous holder's lease ran out): do the work, then

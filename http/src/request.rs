@@ -27,7 +27,8 @@ pub(crate) fn read_key(headers: &HeaderMap) -> Result<Option<Key>, Problem> {
     if bytes.is_empty() {
         return Err(Problem::KeyEmpty);
     }
-    // Visible ASCII (VCHAR, 0x21-0x7E), as SPEC S4 asks: no space, control or non-ASCII byte.
+    // Visible ASCII (VCHAR, 0x21-0x7E), as README's HTTP section states: no space, control or
+    // non-ASCII byte.
     // HTTP trims the value's surrounding whitespace, so an inner space is the only one seen.
     if !bytes.iter().all(u8::is_ascii_graphic) {
         return Err(Problem::KeyNotVisibleAscii);

@@ -16,7 +16,7 @@ use crate::{BenchError, Latencies, Progress};
 /// Connections the naive pattern uses on a server: a typical pool.
 pub const NAIVE_CONNECTIONS: usize = 8;
 /// Connections the batched limit uses on a server: the fastest of 1, 2, 4 and 8 measured here
-/// for PostgreSQL (SPEC S10), kept for MySQL too.
+/// for PostgreSQL (measured on this machine kind), kept for MySQL too.
 pub const LIMIT_CONNECTIONS: usize = 4;
 /// Keys per transaction of the batched limit.
 pub const LIMIT_BATCH: usize = 1000;

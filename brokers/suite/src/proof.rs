@@ -1,4 +1,4 @@
-//! The kill -9 proof (SPEC S7), the same for every broker.
+//! The kill -9 proof, the same for every broker.
 //!
 //! 20,000 `OrderPlaced` messages, of which 20 % re-publish an earlier order (same key, same
 //! payload) and 20 are poison (an item that does not exist), go into one destination. Consumer
