@@ -135,6 +135,10 @@ impl Topic {
 impl Channel for Topic {
     type Source = KafkaSource;
 
+    fn rebalances_lazily(&self) -> bool {
+        true
+    }
+
     async fn publish(&self, message: &Message) -> Result<(), BoxError> {
         let mut headers = OwnedHeaders::new();
         for (key, value) in message.headers() {

@@ -96,6 +96,14 @@ pub trait Channel: Send + Sync + 'static {
         false
     }
 
+    /// Whether the broker may leave work unassigned for minutes after a member was killed,
+    /// so that the kill -9 proof, seeing no progress, restarts a consumer (gracefully) to make
+    /// it rebalance: tansu, the Kafka-protocol broker the tests use, does (real Kafka does
+    /// not). For every other broker a stall fails the proof at its deadline.
+    fn rebalances_lazily(&self) -> bool {
+        false
+    }
+
     /// One more consumer of the destination; several compete for its messages.
     async fn consumer(&self) -> Result<Self::Source, BoxError>;
 

@@ -92,6 +92,9 @@ pub struct ProofReport {
     pub dead_letters: usize,
     /// SIGKILLs done.
     pub kills: usize,
+    /// Consumers restarted gracefully because nothing progressed (only on brokers that
+    /// [rebalance lazily](crate::Channel::rebalances_lazily)).
+    pub nudges: usize,
     /// Wall time from the first consumer start to everything settled.
     pub elapsed: Duration,
 }
@@ -176,6 +179,8 @@ pub async fn run<C: Channel>(
         killing.await
     };
     // Every good order applied and every poison order dead-lettered...
+    let mut progress = (0, Instant::now());
+    let mut nudges = 0;
     loop {
         for child in &mut children {
             if let Some(status) = child.try_wait().expect("child status") {
@@ -189,6 +194,24 @@ pub async fn run<C: Channel>(
         let letters = dead_letter_keys(&channel.dead_letters().await.expect("dead letters"));
         if applied as usize == good.len() && letters.len() == poison.len() {
             break;
+        }
+        // A liveness aid, not part of what is proven: tansu can leave a partition unassigned
+        // for minutes after a member was SIGKILLed (real Kafka rebalances). With no progress
+        // for a while, one consumer is stopped gracefully and started again, so the group
+        // rebalances; nothing is killed, so this cannot hide a lost or doubled order.
+        let done = applied as usize + letters.len();
+        if done != progress.0 {
+            progress = (done, Instant::now());
+        } else if channel.rebalances_lazily() && progress.1.elapsed() > STALL {
+            let nudged = nudges % children.len();
+            eprintln!(
+                "kill -9 proof: no progress for {STALL:?} at {applied} applied: restarting \
+                 consumer {nudged} so the group rebalances"
+            );
+            stop(&mut children[nudged]);
+            children[nudged] = spawn(&source_url, postgres_url);
+            nudges += 1;
+            progress.1 = Instant::now();
         }
         assert!(
             started.elapsed() < config.deadline,
@@ -279,6 +302,7 @@ pub async fn run<C: Channel>(
         applied: applied.len(),
         dead_letters: letters.len(),
         kills,
+        nudges,
         elapsed: settled,
     }
 }
@@ -340,6 +364,10 @@ fn dead_letter_keys(letters: &[Message]) -> BTreeMap<String, usize> {
     }
     keys
 }
+
+/// How long the proof waits without progress before it restarts a consumer (see `run`): well
+/// past the session timeouts the suites use, so a broker that rebalances does so first.
+const STALL: Duration = Duration::from_secs(45);
 
 fn kill9(child: &mut Child) {
     let _ = child.kill(); // SIGKILL on Unix
