@@ -182,7 +182,7 @@ impl Broker {
         if url.contains('?') {
             return Err(BenchError::Other(format!(
                 "--broker takes the server only ({}); the benchmark sets the options",
-                oncely::url::redact_password(url)
+                oncely::backend::url::redact_password(url)
             )));
         }
         match url.split_once("://") {
@@ -203,7 +203,7 @@ impl Broker {
             _ => Err(BenchError::Other(format!(
                 "--broker takes nats://HOST[:PORT], amqp://[USER:PASS@]HOST[:PORT][/VHOST], \
                  kafka://HOST[:PORT][,HOST[:PORT]...] or sqs[+http]://HOST[:PORT], not `{}`",
-                oncely::url::redact_password(url)
+                oncely::backend::url::redact_password(url)
             ))),
         }
     }
@@ -351,7 +351,7 @@ impl Channel {
                 let client = async_nats::connect(server.as_str()).await.map_err(|e| {
                     BenchError::Other(format!(
                         "no NATS server at {}: {e}",
-                        oncely::url::redact_password(server)
+                        oncely::backend::url::redact_password(server)
                     ))
                 })?;
                 let context = async_nats::jetstream::new(client);
@@ -383,7 +383,7 @@ impl Channel {
                         .map_err(|e| {
                             BenchError::Other(format!(
                                 "no RabbitMQ at {}: {e}",
-                                oncely::url::redact_password(server)
+                                oncely::backend::url::redact_password(server)
                             ))
                         })?;
                 let queue = format!("{BENCH_PREFIX}{pid}.{n}.{contender}");

@@ -68,7 +68,7 @@ pub(crate) struct RedisPrefixes {
 
 impl RedisPrefixes {
     pub(crate) fn new(url: &str) -> Self {
-        let (server, _) = oncely::url::take_param(url, "prefix");
+        let (server, _) = oncely::backend::url::take_param(url, "prefix");
         let driver_url = server
             .split_once('?')
             .map_or(server.as_str(), |(base, _)| base)

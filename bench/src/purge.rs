@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use oncely::{ClaimOutcome, ClaimRequest, Clock, Oncely, PurgeRun, Scope, Store, SystemClock};
+use oncely::backend::ClaimRequest;
+use oncely::{ClaimOutcome, Clock, Oncely, PurgeRun, Scope, Store, SystemClock};
 
 use crate::{BenchError, Progress, Workload};
 

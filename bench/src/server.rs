@@ -92,7 +92,7 @@ impl Namespaces {
         let unreachable = |e: sqlx::Error| {
             BenchError::Other(format!(
                 "cannot reach the server at {}: {e}",
-                oncely::url::redact_password(&self.base)
+                oncely::backend::url::redact_password(&self.base)
             ))
         };
         match self.kind {

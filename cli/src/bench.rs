@@ -152,7 +152,7 @@ pub fn run(
             bail!(
                 "oncely bench --gateway measures memory:, sqlite:, postgres://, mysql:// and \
                  redis:// stores; `{}` is none of them",
-                oncely::url::redact_password(store_url)
+                oncely::backend::url::redact_password(store_url)
             );
         };
         let config = oncely_bench::gateway::GatewayConfig {
@@ -218,7 +218,7 @@ pub fn run(
                 "redis (fresh key prefixes on {}; oncely concurrency {}, naive {} connections \
                  one SET NX at a time, limit {} connections x {} SET NX pipelined, \
                  oncely batch {} callers x {} events per claim_many)",
-                oncely::url::redact_password(store_url),
+                oncely::backend::url::redact_password(store_url),
                 config.concurrency,
                 oncely_bench::baseline::NAIVE_CONNECTIONS,
                 oncely_bench::baseline::LIMIT_CONNECTIONS,
@@ -235,7 +235,7 @@ pub fn run(
                 } else {
                     "mysql"
                 },
-                oncely::url::redact_password(store_url),
+                oncely::backend::url::redact_password(store_url),
                 config.concurrency,
                 oncely_bench::baseline::NAIVE_CONNECTIONS,
                 oncely_bench::baseline::LIMIT_CONNECTIONS,
@@ -267,7 +267,7 @@ fn run_broker(
         _ => bail!(
             "oncely bench --broker measures sqlite:, postgres:// and mysql:// stores; \
              `{}` is none of them",
-            oncely::url::redact_password(store_url)
+            oncely::backend::url::redact_password(store_url)
         ),
     };
     let sqs = broker.starts_with("sqs");
@@ -303,7 +303,7 @@ fn run_broker(
          an in-process counter; naive: one message at a time, check-then-insert per message",
         config.events,
         config.duplicate_ratio * 100.0,
-        oncely::url::redact_password(&config.broker),
+        oncely::backend::url::redact_password(&config.broker),
         match store {
             StoreKind::Sqlite => format!(
                 "sqlite (fresh files, WAL, synchronous=FULL, page_size={})",
@@ -316,7 +316,7 @@ fn run_broker(
                 } else {
                     "mysql"
                 },
-                oncely::url::redact_password(store_url)
+                oncely::backend::url::redact_password(store_url)
             ),
         },
         config.concurrency,

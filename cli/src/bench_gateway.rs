@@ -43,7 +43,7 @@ pub fn run(
 ) -> Result<std::process::ExitCode> {
     let results =
         oncely_bench::gateway::run(&config, &Serve, progress).context("gateway benchmark")?;
-    let url = oncely::url::redact_password(&config.store_url);
+    let url = oncely::backend::url::redact_password(&config.store_url);
     let stores = match config.store {
         StoreKind::Memory => "memory".to_owned(),
         StoreKind::Sqlite => format!("sqlite (new files in {})", config.dir.display()),

@@ -122,7 +122,7 @@ pub async fn run(store: &str, args: ConsumeArgs) -> Result<ExitCode> {
     };
     eprintln!(
         "consuming {} into {url} (scope {scope}); stop with Ctrl-C or SIGTERM",
-        oncely::url::redact_password(&args.from),
+        oncely::backend::url::redact_password(&args.from),
     );
 
     let deliverer = Deliverer::new(url, args.timeout);
@@ -134,10 +134,7 @@ pub async fn run(store: &str, args: ConsumeArgs) -> Result<ExitCode> {
         }
     };
     let handler = KeysAsHeaders(OncelyHandler::new(oncely, scope, work));
-    let retry = RetryPolicy {
-        max_attempts: args.max_attempts,
-        ..RetryPolicy::default()
-    };
+    let retry = RetryPolicy::default().with_max_attempts(args.max_attempts);
     let consumer = Consumer::new(handler, args.key)
         .concurrency(args.concurrency as usize)
         .retry(retry);

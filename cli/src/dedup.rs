@@ -271,7 +271,7 @@ fn key_of(spec: &CompositeKey, bytes: &[u8]) -> Result<Key, String> {
     spec.extract_json(text.as_bytes()).map_err(|e| match e {
         // Each input line is one JSON text, so serde's "line 1" would only confuse.
         JsonKeyError::NotJson(_) => e.to_string().replace(" at line 1 column ", " at column "),
-        JsonKeyError::Extract(e) => e.to_string(),
+        _ => e.to_string(),
     })
 }
 

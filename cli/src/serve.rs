@@ -244,7 +244,7 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     eprintln!(
         "listening on http://{bound}, forwarding to {} (store {}); stop with Ctrl-C or SIGTERM",
         gateway.service.get_ref().upstream.base,
-        oncely::url::redact_password(store),
+        oncely::backend::url::redact_password(store),
     );
 
     let graceful = GracefulShutdown::new();

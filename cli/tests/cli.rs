@@ -1027,8 +1027,8 @@ fn purge_leaves_the_store_alone_while_another_instance_purges() {
     let holder = runtime.block_on(async { Oncely::new(oncely::connect(&store).await.unwrap()) });
     let lock = runtime
         .block_on(holder.claim(
-            &Scope::new(oncely::PURGE_SCOPE).unwrap(),
-            &Key::new(oncely::PURGE_KEY).unwrap(),
+            &Scope::new(oncely::backend::PURGE_SCOPE).unwrap(),
+            &Key::new(oncely::backend::PURGE_KEY).unwrap(),
             None,
         ))
         .unwrap()

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use oncely::backend::OutboxStore;
 use oncely::kafka::MESSAGE_ID_HEADER;
 use oncely::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use oncely::kafka::rdkafka::client::DefaultClientContext;
@@ -14,7 +15,7 @@ use oncely::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use oncely::kafka::rdkafka::message::Headers;
 use oncely::kafka::rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use oncely::nats::async_nats::{self, jetstream};
-use oncely::outbox::{OutboxStore, message_id};
+use oncely::outbox::message_id;
 use oncely::postgres::outbox::{Outbox, OutboxMessage, PostgresOutbox, PostgresOutboxStore};
 use oncely::postgres::sqlx::{self, PgPool};
 

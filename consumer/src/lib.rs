@@ -138,12 +138,7 @@ impl<H: Handler> Consumer<H> {
 
     /// Attempts and backoff for failing handlers.
     pub fn retry(self, policy: RetryPolicy) -> Self {
-        self.configure(|c| {
-            c.retry = RetryPolicy {
-                max_attempts: policy.max_attempts.max(1),
-                ..policy
-            }
-        })
+        self.configure(|c| c.retry = policy.with_max_attempts(policy.max_attempts.max(1)))
     }
 
     /// How long a message waits before redelivery when the handler reports its store

@@ -271,6 +271,7 @@ impl fmt::Display for KeySource {
 
 /// Why a message gave no key. Such a message can never be handled: it is dead-lettered at once.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NoKey {
     /// The header is absent.
     #[error("no `{0}` header")]
@@ -473,8 +474,18 @@ where
 /// assert_eq!(policy.backoff_after(1), Duration::from_millis(100));
 /// assert_eq!(policy.backoff_after(3), Duration::from_millis(400));
 /// assert_eq!(policy.backoff_after(30), Duration::from_secs(10));
+///
+/// let quick = RetryPolicy::default()
+///     .with_max_attempts(3)
+///     .with_backoff(Duration::from_millis(10), Duration::from_millis(50));
+/// assert_eq!(quick.max_attempts, 3);
+/// assert_eq!(quick.backoff_after(4), Duration::from_millis(50));
 /// ```
+///
+/// It may gain fields (`#[non_exhaustive]`): start from [`RetryPolicy::default`] and use the
+/// setters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Attempts before the message is dead-lettered, at least 1.
     pub max_attempts: u32,
@@ -495,6 +506,20 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// This policy with `max_attempts` attempts before a message is dead-lettered (the runner
+    /// counts 0 as 1).
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// This policy waiting `initial` after the first failure, doubling up to `max`.
+    pub fn with_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_backoff = initial;
+        self.max_backoff = max;
+        self
+    }
+
     /// The wait after failed attempt number `attempt` (1-based): doubling from
     /// `initial_backoff`, capped at `max_backoff`.
     pub fn backoff_after(&self, attempt: u32) -> Duration {

@@ -75,6 +75,7 @@ impl OutcomeUnknown {
 
 /// A key or scope that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
     /// Empty keys would make every keyless message a duplicate of the first.
     #[error("{what} is empty")]
@@ -96,6 +97,7 @@ pub enum KeyError {
 
 /// Why a claim can no longer complete or release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LostReason {
     /// The lease ran out and another delivery took the key over (fencing).
     TakenOver,
@@ -119,6 +121,7 @@ impl std::fmt::Display for LostReason {
 
 /// Everything that can go wrong in oncely.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The key or scope is not usable.
     #[error("invalid {0}")]

@@ -536,6 +536,7 @@ impl RunOutcome {
 
 /// Why [`Oncely::run`] did not produce an outcome.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RunError<E> {
     /// The handler failed. The claim was released so a redelivery can retry, unless the error
     /// is an [`OutcomeUnknown`]: then the claim is kept until its lease ends.

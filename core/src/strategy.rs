@@ -64,6 +64,7 @@ pub struct CompositeKey {
 
 /// A key specification that cannot be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeySpecError {
     /// Nothing was given.
     #[error(
@@ -77,6 +78,7 @@ pub enum KeySpecError {
 
 /// Why a payload gave no key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExtractError {
     /// The pointer names no field in the payload.
     #[error("missing key field {0}")]
@@ -91,6 +93,7 @@ pub enum ExtractError {
 
 /// Why a JSON text gave no key ([`CompositeKey::extract_json`]).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JsonKeyError {
     /// The text is not one JSON value; serde_json's error.
     #[error("not JSON: {0}")]

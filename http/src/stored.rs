@@ -54,6 +54,7 @@ pub struct StoredResponse {
 
 /// Why stored bytes are not a response this version can replay.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The bytes do not start with the magic: not written by this layer.
     #[error("not a stored HTTP response (bad magic)")]

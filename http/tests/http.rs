@@ -21,9 +21,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use oncely::backend::ClaimRequest;
 use oncely::{
-    Claim, ClaimOutcome, ClaimRequest, Error, Key, ManualClock, Oncely, Record, Scope, Store,
-    StoreStats, Timestamp, VersionCheck, async_trait,
+    Claim, ClaimOutcome, Error, Key, ManualClock, Oncely, Record, Scope, Store, StoreStats,
+    Timestamp, VersionCheck, async_trait,
 };
 use oncely_http::{IdempotencyLayer, InFlight};
 

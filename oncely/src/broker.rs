@@ -33,6 +33,7 @@ use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
 
 /// Why a broker URL could not be opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// No broker of this build takes the URL's scheme.
     #[error(

@@ -8,8 +8,18 @@
 //! in a store before the work and its outcome after, so a redelivery is recognised and answered
 //! from the record instead of repeating the effect.
 //!
-//! This crate is the front door: the contract from [`oncely_core`] re-exported, and
-//! [`connect`], which opens any store from a URL.
+//! This crate is the front door: what an application uses, and [`connect`], which opens any
+//! store from a URL.
+//!
+//! | where | what |
+//! |---|---|
+//! | the crate root | [`Oncely`] and its answers ([`ClaimOutcome`], [`RunOutcome`], ...), [`Key`] and [`Scope`], [`Fingerprint`], keys from JSON ([`CompositeKey`]), [`Error`], clocks, the [`Consumer`] runner, [`connect`] |
+//! | [`consumer`] | the consumer contract: [`Handler`](consumer::Handler), [`OncelyHandler`](consumer::OncelyHandler), [`Message`](consumer::Message), [`KeySource`](consumer::KeySource), [`RetryPolicy`](consumer::RetryPolicy), ... |
+//! | [`inbox`], [`outbox`] | the transactional inbox and outbox (each SQL store crate adds their statements: `sqlite::inbox`, ...) |
+//! | `broker`, `relay` | a source or an outbox relay opened from a URL (features `nats`, `rabbitmq`, `kafka`, `sqs`, `relay`) |
+//! | `memory`, `sqlite`, `postgres`, `mysql`, `redis`; `nats`, `rabbitmq`, `kafka`, `sqs` | each store's and broker's own crate (one feature each) |
+//! | `testing` | prove a handler idempotent and crash-safe (feature `testing`) |
+//! | [`backend`] | what a store or broker of your own implements, and the rules every store shares |
 //!
 //! | URL | store | crate |
 //! |---|---|---|
@@ -41,11 +51,57 @@
 
 use std::sync::Arc;
 
-pub use oncely_core::*;
+// Claims and their answers.
+pub use oncely_core::{
+    Claim, ClaimOutcome, DEFAULT_LEASE, DEFAULT_RETENTION, Oncely, PurgeRun, Record, RecordState,
+    RunError, RunOutcome, StoreStats, VersionCheck,
+};
+// Keys, scopes and fingerprints.
+pub use oncely_core::{
+    Fingerprint, Key, KeyError, MAX_KEY_BYTES, MAX_SCOPE_BYTES, Scope, canonical_json,
+    canonical_json_text,
+};
+// Keys from JSON payloads.
+pub use oncely_core::{CompositeKey, ExtractError, JsonKeyError, KeySpecError, payload_hash_key};
+// Errors.
+pub use oncely_core::{BoxError, Error, LostReason, OutcomeUnknown, Result};
+// Time.
+pub use oncely_core::{Clock, ManualClock, SystemClock, Timestamp};
+// What `connect` answers, and the macro a `consumer::Handler` is implemented with.
+pub use oncely_core::{Store, async_trait};
 
 /// The consumer runner: drives a broker's deliveries through the consumer contract
 /// ([`consumer`]).
 pub use oncely_consumer::{Consumer, Report as ConsumerReport};
+
+pub mod backend;
+
+/// The consumer contract: what the runner ([`Consumer`]) does with each delivery, and the
+/// handler it calls (see [`oncely_core::consumer`] for the rules).
+pub mod consumer {
+    pub use oncely_consumer::{Consumer, MAX_RECEIVE_ERRORS, Report};
+    pub use oncely_core::consumer::{
+        ATTEMPTS_HEADER, BrokerError, DeadLetter, Delivery, ERROR_HEADER, Handled, Handler,
+        HandlerError, KEY_HEADER, KeySource, Message, NoKey, OffsetStore, OncelyHandler, Position,
+        RetryPolicy, SOURCE_HEADER, Settled, Source,
+    };
+}
+
+/// The transactional inbox: a claim taken inside your own database transaction, so the effect
+/// and its record commit together (see [`oncely_core::inbox`]). Each SQL store crate adds the
+/// statements: `sqlite::inbox`, `postgres::inbox`, `mysql::inbox`.
+pub mod inbox {
+    pub use oncely_core::inbox::{Inbox, InboxClaim};
+}
+
+/// The transactional outbox: messages enqueued in your own database transaction and published
+/// by a relay (see [`oncely_core::outbox`]). Each SQL store crate adds the statements:
+/// `postgres::outbox`, `mysql::outbox`, `sqlite::outbox`.
+pub mod outbox {
+    pub use oncely_core::outbox::{
+        MAX_DESTINATION_BYTES, Outbox, OutboxId, OutboxMessage, message_id,
+    };
+}
 
 #[cfg(any(
     feature = "nats",

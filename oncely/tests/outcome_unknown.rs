@@ -36,11 +36,11 @@ async fn an_unknown_outcome_is_redelivered_unattempted_until_the_lease_ends_then
     };
     let handler = OncelyHandler::new(oncely, Scope::new("orders").unwrap(), work);
     // Two attempts: the one whose outcome is unknown, and the one that finds the key held.
-    let consumer = Consumer::new(handler, "/orderId".parse().unwrap()).retry(RetryPolicy {
-        max_attempts: 2,
-        initial_backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(1),
-    });
+    let consumer = Consumer::new(handler, "/orderId".parse().unwrap()).retry(
+        RetryPolicy::default()
+            .with_max_attempts(2)
+            .with_backoff(Duration::from_millis(1), Duration::from_millis(1)),
+    );
     let broker = TestBroker::new();
     broker.publish(Message::new(br#"{"orderId": "o-1"}"#.to_vec(), "orders"));
 

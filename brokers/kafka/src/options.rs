@@ -33,6 +33,7 @@ pub const DEFAULT_REVOKE_WAIT: Duration = Duration::from_secs(30);
 /// # Ok::<(), oncely_kafka::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KafkaOptions {
     /// The bootstrap brokers, as librdkafka takes them: `host:port[,host:port...]`.
     pub brokers: String,

@@ -61,6 +61,7 @@ pub enum Error {
 
 /// `sqs[+http]://HOST[:PORT]/QUEUE[?region=..&dlq=..&visibility=30s&wait=20s&max_receives=10]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SqsOptions {
     /// `https://HOST[:PORT]` (`sqs://`) or `http://HOST[:PORT]` (`sqs+http://`, emulators).
     pub endpoint: String,

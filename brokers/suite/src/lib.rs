@@ -296,11 +296,9 @@ fn by_event_id() -> KeySource {
 }
 
 fn fast_retry(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy {
-        max_attempts,
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(100),
-    }
+    RetryPolicy::default()
+        .with_max_attempts(max_attempts)
+        .with_backoff(Duration::from_millis(20), Duration::from_millis(100))
 }
 
 /// Counts effects per key, like a table of applied orders would.
@@ -728,11 +726,9 @@ async fn shutdown_gives_back_a_message_waiting_to_retry<C: Channel>(channel: C) 
     let handler = Arc::new(AlwaysFails {
         calls: AtomicUsize::new(0),
     });
-    let slow_retry = RetryPolicy {
-        max_attempts: 5,
-        initial_backoff: Duration::from_secs(30),
-        max_backoff: Duration::from_secs(30),
-    };
+    let slow_retry = RetryPolicy::default()
+        .with_max_attempts(5)
+        .with_backoff(Duration::from_secs(30), Duration::from_secs(30));
     let consumer = Consumer::new(handler.clone(), by_event_id()).retry(slow_retry);
     let running = start(&channel, &consumer).await;
     channel.publish(&event("r-1", 1)).await.unwrap();

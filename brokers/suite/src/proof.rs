@@ -324,11 +324,11 @@ pub async fn consume<S: Source>(source: S, postgres_url: &str) {
     let handler = ReserveInventory::new(pool, Scope::new("orders").unwrap());
     let consumer = Consumer::new(handler, "/orderId".parse().unwrap())
         .concurrency(16)
-        .retry(RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(50),
-        });
+        .retry(
+            RetryPolicy::default()
+                .with_max_attempts(3)
+                .with_backoff(Duration::from_millis(10), Duration::from_millis(50)),
+        );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("a SIGTERM handler");
     consumer

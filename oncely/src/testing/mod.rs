@@ -221,6 +221,7 @@ impl fmt::Display for Phase {
 
 /// Why a check failed: the phase, and what was expected against what happened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NotIdempotent<E: fmt::Debug> {
     /// One delivery left the effect as it was: the comparison would prove nothing.
     #[error(
@@ -442,11 +443,11 @@ async fn compare<S: Scenario>(
 
 /// The runner as the checks use it: retries quick, so a failing handler is reported at once.
 fn consumer<H: Handler>(handler: H, keys: &KeySource) -> Consumer<H> {
-    Consumer::new(handler, keys.clone()).retry(RetryPolicy {
-        max_attempts: 3,
-        initial_backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(10),
-    })
+    Consumer::new(handler, keys.clone()).retry(
+        RetryPolicy::default()
+            .with_max_attempts(3)
+            .with_backoff(Duration::from_millis(1), Duration::from_millis(10)),
+    )
 }
 
 /// Runs `consumers` over `broker` until every message is acked, letting time pass (by the

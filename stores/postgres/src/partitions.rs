@@ -161,6 +161,7 @@ impl Granularity {
 
 /// The partitioned layout's settings: `?oncely_partitions=...&oncely_partitions_ahead=N`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Partitioning {
     /// How wide one partition is.
     pub granularity: Granularity,

@@ -37,6 +37,7 @@ pub const DEFAULT_WAL_AUTOCHECKPOINT: u32 = 10_000;
 /// # Ok::<(), oncely_core::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SqliteOptions {
     /// The database file (`:memory:` for a private in-memory database).
     ///

@@ -30,6 +30,7 @@ pub const DEFAULT_BATCH: usize = 32;
 /// # Ok::<(), oncely_nats::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NatsOptions {
     /// The server, as async-nats takes it: `nats://[user:password@]host:port`.
     pub server: String,
