@@ -911,118 +911,34 @@ mod powerloss {
         }
     }
 
-    unsafe extern "C" fn x_access(
-        vfs: *mut ffi::sqlite3_vfs,
-        name: *const c_char,
-        flags: c_int,
-        out: *mut c_int,
-    ) -> c_int {
-        // SAFETY: passed through to the wrapped VFS, with itself as its VFS.
-        unsafe {
-            let unix = unix(vfs);
-            ((*unix).xAccess.expect("unix xAccess"))(unix, name, flags, out)
-        }
-    }
-
-    unsafe extern "C" fn x_full_pathname(
-        vfs: *mut ffi::sqlite3_vfs,
-        name: *const c_char,
-        n: c_int,
-        out: *mut c_char,
-    ) -> c_int {
-        // SAFETY: passed through to the wrapped VFS, with itself as its VFS.
-        unsafe {
-            let unix = unix(vfs);
-            ((*unix).xFullPathname.expect("unix xFullPathname"))(unix, name, n, out)
-        }
-    }
-
-    unsafe extern "C" fn x_dl_open(vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> *mut c_void {
-        // SAFETY: passed through to the wrapped VFS, with itself as its VFS.
-        unsafe {
-            let unix = unix(vfs);
-            ((*unix).xDlOpen.expect("unix xDlOpen"))(unix, name)
-        }
-    }
-
-    unsafe extern "C" fn x_dl_error(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) {
-        // SAFETY: passed through to the wrapped VFS, with itself as its VFS.
-        unsafe {
-            let unix = unix(vfs);
-            ((*unix).xDlError.expect("unix xDlError"))(unix, n, out)
-        }
+    /// Defines VFS methods that only pass the call through to the wrapped unix VFS, with itself
+    /// as its VFS: `fn x_sleep => xSleep(micros: c_int) -> c_int;` defines `x_sleep`, calling
+    /// the unix VFS's `xSleep` with `micros`.
+    macro_rules! pass_through {
+        ($(fn $name:ident => $method:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {$(
+            unsafe extern "C" fn $name(vfs: *mut ffi::sqlite3_vfs, $($arg: $ty),*) $(-> $ret)? {
+                // SAFETY: passed through to the wrapped VFS, with itself as its VFS.
+                unsafe {
+                    let unix = unix(vfs);
+                    ((*unix).$method.expect(concat!("unix ", stringify!($method))))(unix, $($arg),*)
+                }
+            }
+        )*};
     }
 
     type DlSym = unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *mut c_void, *const c_char);
 
-    unsafe extern "C" fn x_dl_sym(
-        vfs: *mut ffi::sqlite3_vfs,
-        handle: *mut c_void,
-        symbol: *const c_char,
-    ) -> Option<DlSym> {
-        // SAFETY: passed through to the wrapped VFS, with itself as its VFS.
-        unsafe {
-            let unix = unix(vfs);
-            ((*unix).xDlSym.expect("unix xDlSym"))(unix, handle, symbol)
-        }
-    }
-
-    unsafe extern "C" fn x_dl_close(vfs: *mut ffi::sqlite3_vfs, handle: *mut c_void) {
-        // SAFETY: passed through to the wrapped VFS, with itself as its VFS.
-        unsafe {
-            let unix = unix(vfs);
-            ((*unix).xDlClose.expect("unix xDlClose"))(unix, handle)
-        }
-    }
-
-    unsafe extern "C" fn x_randomness(
-        vfs: *mut ffi::sqlite3_vfs,
-        n: c_int,
-        out: *mut c_char,
-    ) -> c_int {
-        // SAFETY: passed through to the wrapped VFS, with itself as its VFS.
-        unsafe {
-            let unix = unix(vfs);
-            ((*unix).xRandomness.expect("unix xRandomness"))(unix, n, out)
-        }
-    }
-
-    unsafe extern "C" fn x_sleep(vfs: *mut ffi::sqlite3_vfs, micros: c_int) -> c_int {
-        // SAFETY: passed through to the wrapped VFS, with itself as its VFS.
-        unsafe {
-            let unix = unix(vfs);
-            ((*unix).xSleep.expect("unix xSleep"))(unix, micros)
-        }
-    }
-
-    unsafe extern "C" fn x_current_time(vfs: *mut ffi::sqlite3_vfs, out: *mut f64) -> c_int {
-        // SAFETY: passed through to the wrapped VFS, with itself as its VFS.
-        unsafe {
-            let unix = unix(vfs);
-            ((*unix).xCurrentTime.expect("unix xCurrentTime"))(unix, out)
-        }
-    }
-
-    unsafe extern "C" fn x_get_last_error(
-        vfs: *mut ffi::sqlite3_vfs,
-        n: c_int,
-        out: *mut c_char,
-    ) -> c_int {
-        // SAFETY: passed through to the wrapped VFS, with itself as its VFS.
-        unsafe {
-            let unix = unix(vfs);
-            ((*unix).xGetLastError.expect("unix xGetLastError"))(unix, n, out)
-        }
-    }
-
-    unsafe extern "C" fn x_current_time_int64(
-        vfs: *mut ffi::sqlite3_vfs,
-        out: *mut ffi::sqlite3_int64,
-    ) -> c_int {
-        // SAFETY: passed through to the wrapped VFS, with itself as its VFS.
-        unsafe {
-            let unix = unix(vfs);
-            ((*unix).xCurrentTimeInt64.expect("unix xCurrentTimeInt64"))(unix, out)
-        }
+    pass_through! {
+        fn x_access => xAccess(name: *const c_char, flags: c_int, out: *mut c_int) -> c_int;
+        fn x_full_pathname => xFullPathname(name: *const c_char, n: c_int, out: *mut c_char) -> c_int;
+        fn x_dl_open => xDlOpen(name: *const c_char) -> *mut c_void;
+        fn x_dl_error => xDlError(n: c_int, out: *mut c_char);
+        fn x_dl_sym => xDlSym(handle: *mut c_void, symbol: *const c_char) -> Option<DlSym>;
+        fn x_dl_close => xDlClose(handle: *mut c_void);
+        fn x_randomness => xRandomness(n: c_int, out: *mut c_char) -> c_int;
+        fn x_sleep => xSleep(micros: c_int) -> c_int;
+        fn x_current_time => xCurrentTime(out: *mut f64) -> c_int;
+        fn x_get_last_error => xGetLastError(n: c_int, out: *mut c_char) -> c_int;
+        fn x_current_time_int64 => xCurrentTimeInt64(out: *mut ffi::sqlite3_int64) -> c_int;
     }
 }
