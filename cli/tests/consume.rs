@@ -1397,30 +1397,10 @@ fn a_handler_that_is_down_or_silent_fails_its_attempts_and_the_error_says_which(
             ),
         ),
     ];
-    let mut runs = Vec::new();
-    for (url, timeout, attempts, _) in &cases {
-        let rabbit = rt.block_on(async {
-            let rabbit = Rabbit::new().await;
-            rabbit.publish("m-0", &order("k", 1)).await;
-            rabbit
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let from = format!("{}/{}?dlq={}", amqp_server(), rabbit.queue, rabbit.dlq);
-        let args = [
-            "--from",
-            &from,
-            "--key",
-            "/id",
-            "--deliver",
-            url,
-            "--max-attempts",
-            attempts,
-            "--timeout",
-            timeout,
-        ];
-        let child = spawn_consume(dir.path(), &args);
-        runs.push((rabbit, dir, child));
-    }
+    let runs: Vec<_> = cases
+        .iter()
+        .map(|(url, timeout, attempts, _)| deliver_one(&rt, "k", url, attempts, timeout))
+        .collect();
     for ((rabbit, _dir, child), (_, _, attempts, error)) in runs.into_iter().zip(&cases) {
         let letters = rt.block_on(async {
             let deadline = Instant::now() + PATIENCE;
@@ -1445,6 +1425,38 @@ fn a_handler_that_is_down_or_silent_fails_its_attempts_and_the_error_says_which(
         );
         assert_eq!(letters[0].header(ATTEMPTS_HEADER), Some(*attempts));
     }
+}
+
+/// Publishes one order keyed `key` to a fresh queue, then starts `oncely consume` delivering it
+/// to `url` with `--max-attempts attempts` and `--timeout timeout`.
+fn deliver_one(
+    rt: &tokio::runtime::Runtime,
+    key: &str,
+    url: &str,
+    attempts: &str,
+    timeout: &str,
+) -> (Rabbit, tempfile::TempDir, Child) {
+    let rabbit = rt.block_on(async {
+        let rabbit = Rabbit::new().await;
+        rabbit.publish("m-0", &order(key, 1)).await;
+        rabbit
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let from = format!("{}/{}?dlq={}", amqp_server(), rabbit.queue, rabbit.dlq);
+    let args = [
+        "--from",
+        &from,
+        "--key",
+        "/id",
+        "--deliver",
+        url,
+        "--max-attempts",
+        attempts,
+        "--timeout",
+        timeout,
+    ];
+    let child = spawn_consume(dir.path(), &args);
+    (rabbit, dir, child)
 }
 
 /// A handler in this process that records each request as it arrives, then does `then` with
@@ -1535,26 +1547,7 @@ fn a_handler_that_answers_too_late_or_hangs_up_is_posted_once_while_its_key_is_h
     ];
     let mut runs = Vec::new();
     for url in &urls {
-        let rabbit = rt.block_on(async {
-            let rabbit = Rabbit::new().await;
-            rabbit.publish("m-0", &order("slow", 1)).await;
-            rabbit
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let from = format!("{}/{}?dlq={}", amqp_server(), rabbit.queue, rabbit.dlq);
-        let args = [
-            "--from",
-            &from,
-            "--key",
-            "/id",
-            "--deliver",
-            url,
-            "--max-attempts",
-            "2",
-            "--timeout",
-            "300ms",
-        ];
-        let child = spawn_consume(dir.path(), &args);
+        let (rabbit, dir, child) = deliver_one(&rt, "slow", url, "2", "300ms");
         runs.push((rabbit, dir, KillOnPanic::new(&child), child));
     }
     for received in &handlers {
