@@ -9,9 +9,9 @@ use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -22,8 +22,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-const BIN: &str = env!("CARGO_BIN_EXE_oncely");
-const PATIENCE: Duration = Duration::from_secs(30);
+mod support;
+
+use support::{BIN, Gateway, PATIENCE};
 
 /// The PostgreSQL and Redis servers under test: each storm gets a schema (PostgreSQL) or a key
 /// prefix (Redis) of its own, named `<PREFIX>_<run start, Unix s>_<pid>_<n>`; a run first drops
@@ -147,73 +148,7 @@ async fn upstream() -> (String, Executions, tokio::task::JoinHandle<()>) {
 // ---------------------------------------------------------------------------------------------
 // The gateway process.
 
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<Vec<String>>>,
-    ended: mpsc::Receiver<()>,
-}
-
 impl Gateway {
-    /// A gateway on the SQLite store `dir/o.db`.
-    fn start(dir: &Path, upstream: &str, extra: &[&str]) -> Gateway {
-        let store = format!("sqlite:{}", dir.join("o.db").display());
-        Gateway::start_on(&store, dir, upstream, extra)
-    }
-
-    /// A gateway on the store at `store` (a `--store` URL), run in `dir`.
-    fn start_on(store: &str, dir: &Path, upstream: &str, extra: &[&str]) -> Gateway {
-        Gateway::start_with_env(store, dir, upstream, extra, &[])
-    }
-
-    /// [`Gateway::start_on`], with these environment variables set.
-    fn start_with_env(
-        store: &str,
-        dir: &Path,
-        upstream: &str,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Gateway {
-        let mut child = Command::new(BIN)
-            .args(["--store", store, "serve", "--upstream", upstream])
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .current_dir(dir)
-            .env_remove("ONCELY_STORE")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = mpsc::channel();
-        let (end_tx, ended) = mpsc::channel();
-        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in lines {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("listening on http://") {
-                    let addr = rest.split(',').next().unwrap().to_owned();
-                    let _ = addr_tx.send(addr);
-                }
-                log.lock().unwrap().push(line);
-            }
-            let _ = end_tx.send(());
-        });
-        let addr = match addr_rx.recv_timeout(PATIENCE) {
-            Ok(addr) => addr.parse().unwrap(),
-            Err(_) => panic!("no bound address on stderr: {:?}", stderr.lock().unwrap()),
-        };
-        Gateway {
-            child,
-            addr,
-            stderr,
-            ended,
-        }
-    }
-
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -246,13 +181,6 @@ impl Gateway {
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(libc::SIGKILL)
         );
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

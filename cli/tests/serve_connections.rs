@@ -9,14 +9,14 @@
 //! timeout and well after it (within 5 s of a 1 s timeout, 8 s of a 3 s one).
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_oncely");
-const PATIENCE: Duration = Duration::from_secs(30);
+mod support;
+
+use support::{BIN, Gateway, PATIENCE};
+
 /// How long an upstream request to /slow takes.
 const SLOW: Duration = Duration::from_millis(2500);
 
@@ -83,51 +83,7 @@ fn serve_upstream(mut stream: TcpStream) {
 // ---------------------------------------------------------------------------------------------
 // The gateway process.
 
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
 impl Gateway {
-    /// `oncely serve` on the SQLite store `dir/o.db` in front of `upstream`, with `extra` flags.
-    fn start(dir: &Path, upstream: &str, extra: &[&str]) -> Gateway {
-        let store = format!("sqlite:{}", dir.join("o.db").display());
-        let mut child = Command::new(BIN)
-            .args(["--store", &store, "serve", "--upstream", upstream])
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .current_dir(dir)
-            .env_remove("ONCELY_STORE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = mpsc::channel();
-        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in lines {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("listening on http://") {
-                    let _ = addr_tx.send(rest.split(',').next().unwrap().to_owned());
-                }
-                log.lock().unwrap().push(line);
-            }
-        });
-        let addr = match addr_rx.recv_timeout(PATIENCE) {
-            Ok(addr) => addr.parse().unwrap(),
-            Err(_) => panic!("no bound address on stderr: {:?}", stderr.lock().unwrap()),
-        };
-        Gateway {
-            child,
-            addr,
-            stderr,
-        }
-    }
-
     fn connect(&self) -> TcpStream {
         TcpStream::connect(self.addr).unwrap()
     }
@@ -137,19 +93,24 @@ impl Gateway {
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Raw clients.
 
 fn get(stream: &mut TcpStream, path: &str) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n");
     stream.write_all(request.as_bytes()).unwrap();
+}
+
+/// GETs `path` and reads the response (within [`PATIENCE`]): its body if it is a 200, else what
+/// came instead.
+fn get_ok(stream: &mut TcpStream, path: &str) -> Result<String, String> {
+    get(stream, path);
+    let (status, body) = response(stream, PATIENCE)?;
+    if status.contains(" 200 ") {
+        Ok(body)
+    } else {
+        Err(format!("answered {status}: {body:?}"))
+    }
 }
 
 /// Reads one response (Content-Length or chunked) within `within`: its status line and body.
@@ -240,9 +201,7 @@ fn a_half_sent_or_dribbled_request_head_is_closed_after_the_header_timeout() {
     // A request answered, then half of the next one (its header timeout runs from its first
     // byte; the idle timeout would be 30 s).
     let mut half_later = gateway.connect();
-    get(&mut half_later, "/first");
-    let (status, _) = response(&mut half_later, PATIENCE).unwrap();
-    assert!(status.contains(" 200 "), "{status}");
+    get_ok(&mut half_later, "/first").unwrap();
     let half_later_start = Instant::now();
     half_later.write_all(b"GET /second HTTP/1.1\r\n").unwrap();
     // A byte every 100 ms, never done.
@@ -279,9 +238,7 @@ fn a_half_sent_or_dribbled_request_head_is_closed_after_the_header_timeout() {
 
     // The gateway itself is unharmed.
     let mut fine = gateway.connect();
-    get(&mut fine, "/");
-    let (status, body) = response(&mut fine, PATIENCE).unwrap();
-    assert!(status.contains(" 200 "), "{status} {:?}", gateway.log());
+    let body = get_ok(&mut fine, "/").unwrap_or_else(|e| panic!("{e} {:?}", gateway.log()));
     assert_eq!(body, "upstream answered /");
 }
 
@@ -294,16 +251,12 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_not_the_header
         &["--header-timeout", "1s", "--idle-timeout", "3s"],
     );
     let mut client = gateway.connect();
-    get(&mut client, "/first");
-    let (status, _) = response(&mut client, PATIENCE).unwrap();
-    assert!(status.contains(" 200 "), "{status}");
+    get_ok(&mut client, "/first").unwrap();
 
     // Idle past the header timeout but within the idle timeout: the connection still serves.
     std::thread::sleep(Duration::from_millis(1500));
-    get(&mut client, "/second");
-    let (status, body) = response(&mut client, PATIENCE)
+    let body = get_ok(&mut client, "/second")
         .unwrap_or_else(|e| panic!("an idle connection was cut before --idle-timeout: {e}"));
-    assert!(status.contains(" 200 "), "{status}");
     assert_eq!(body, "upstream answered /second");
 
     // Then idle for good: closed after about 3 s.
@@ -327,11 +280,9 @@ fn a_request_in_progress_is_not_cut_by_the_idle_or_header_timeout() {
     let mut client = gateway.connect();
     let start = Instant::now();
     // The upstream answers after 2.5 s, past both timeouts.
-    get(&mut client, "/slow");
-    let (status, body) = response(&mut client, PATIENCE)
+    let body = get_ok(&mut client, "/slow")
         .unwrap_or_else(|e| panic!("a request in progress was cut: {e}"));
     assert!(start.elapsed() >= SLOW);
-    assert!(status.contains(" 200 "), "{status}");
     assert_eq!(body, "upstream answered /slow");
     // Idle once it is answered.
     let closed = closed_within(&mut client, Instant::now(), Duration::from_secs(5));
@@ -346,9 +297,7 @@ fn past_max_connections_a_client_waits_until_one_closes() {
     let mut first = gateway.connect();
     let mut second = gateway.connect();
     for client in [&mut first, &mut second] {
-        get(client, "/");
-        let (status, _) = response(client, PATIENCE).unwrap();
-        assert!(status.contains(" 200 "), "{status}");
+        get_ok(client, "/").unwrap();
     }
 
     // A third connects (the kernel's backlog takes it) but is not served.
@@ -367,9 +316,7 @@ fn past_max_connections_a_client_waits_until_one_closes() {
     assert!(status.contains(" 200 "), "{status}");
     assert_eq!(body, "upstream answered /third");
     // The second is still served.
-    get(&mut second, "/again");
-    let (status, _) = response(&mut second, PATIENCE).unwrap();
-    assert!(status.contains(" 200 "), "{status}");
+    get_ok(&mut second, "/again").unwrap();
 }
 
 #[test]
