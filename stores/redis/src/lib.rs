@@ -97,7 +97,9 @@ const CLAIM_BATCHES_IN_FLIGHT: usize = 4;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, ScriptInvocation, Value,
+};
 
 pub use url::{DEFAULT_PREFIX, DEFAULT_TTL_GRACE};
 
@@ -286,6 +288,12 @@ impl RedisStore {
             store: self.url.clone(),
             detail: detail.into(),
         }
+    }
+
+    /// The native TTL of a record `claim` holds until `until` (completed or its lease renewed):
+    /// the store is not told `now`, and `claimed_at` is no later, so the TTL is no shorter.
+    fn native_ttl_since_claim(&self, claim: &Claim, until: Timestamp) -> String {
+        self.native_ttl(until.as_millis() as i128 - claim.claimed_at.as_millis() as i128)
     }
 
     /// The native TTL for a record that expires `span_ms` after the moment it is written:
@@ -486,6 +494,16 @@ impl RedisStore {
     }
 
     /// Maps a guarded script's answer: `ok`, or why the claim is no longer held.
+    /// Runs a script that answers whether `claim` still held its key (`ok`, `missing`, `taken`
+    /// or `done`): `Ok` if it did, else [`Error::ClaimLost`].
+    async fn run_held(&self, claim: &Claim, script: &ScriptInvocation<'_>) -> Result<()> {
+        let answer: String = script
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        self.held(claim, &answer)
+    }
+
     fn held(&self, claim: &Claim, answer: &str) -> Result<()> {
         let reason = match answer {
             "ok" => return Ok(()),
@@ -596,21 +614,19 @@ impl Store for RedisStore {
 
     async fn complete(&self, claim: &Claim, outcome: &[u8], expires_at: Timestamp) -> Result<()> {
         let scope = claim.scope.as_str();
-        // The store is not told `now`; `claimed_at` is no later, so the TTL is no shorter.
-        let span = expires_at.as_millis() as i128 - claim.claimed_at.as_millis() as i128;
-        let answer: String = COMPLETE_SCRIPT
-            .key(self.layout.record(&claim.scope, &claim.key))
-            .key(self.layout.expiry_index(scope))
-            .key(self.layout.completed_index(scope))
-            .arg(claim.token.to_string())
-            .arg(outcome)
-            .arg(expires_at.as_millis().to_string())
-            .arg(claim.key.as_str())
-            .arg(self.native_ttl(span))
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.err(e))?;
-        self.held(claim, &answer)
+        self.run_held(
+            claim,
+            COMPLETE_SCRIPT
+                .key(self.layout.record(&claim.scope, &claim.key))
+                .key(self.layout.expiry_index(scope))
+                .key(self.layout.completed_index(scope))
+                .arg(claim.token.to_string())
+                .arg(outcome)
+                .arg(expires_at.as_millis().to_string())
+                .arg(claim.key.as_str())
+                .arg(self.native_ttl_since_claim(claim, expires_at)),
+        )
+        .await
     }
 
     /// One script per scope (one slot each) and 16 MiB of outcomes, all in flight at once, as
@@ -652,33 +668,30 @@ impl Store for RedisStore {
 
     async fn release(&self, claim: &Claim) -> Result<()> {
         let scope = claim.scope.as_str();
-        let answer: String = RELEASE_SCRIPT
-            .key(self.layout.record(&claim.scope, &claim.key))
-            .key(self.layout.expiry_index(scope))
-            .key(self.layout.completed_index(scope))
-            .arg(claim.token.to_string())
-            .arg(claim.key.as_str())
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.err(e))?;
-        self.held(claim, &answer)
+        self.run_held(
+            claim,
+            RELEASE_SCRIPT
+                .key(self.layout.record(&claim.scope, &claim.key))
+                .key(self.layout.expiry_index(scope))
+                .key(self.layout.completed_index(scope))
+                .arg(claim.token.to_string())
+                .arg(claim.key.as_str()),
+        )
+        .await
     }
 
     async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()> {
-        // As in `complete`: the store is not told `now`, and `claimed_at` is no later, so the
-        // native TTL is no shorter than the lease left.
-        let span = lease_until.as_millis() as i128 - claim.claimed_at.as_millis() as i128;
-        let answer: String = EXTEND_SCRIPT
-            .key(self.layout.record(&claim.scope, &claim.key))
-            .key(self.layout.expiry_index(claim.scope.as_str()))
-            .arg(claim.token.to_string())
-            .arg(lease_until.as_millis().to_string())
-            .arg(claim.key.as_str())
-            .arg(self.native_ttl(span))
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.err(e))?;
-        self.held(claim, &answer)
+        self.run_held(
+            claim,
+            EXTEND_SCRIPT
+                .key(self.layout.record(&claim.scope, &claim.key))
+                .key(self.layout.expiry_index(claim.scope.as_str()))
+                .arg(claim.token.to_string())
+                .arg(lease_until.as_millis().to_string())
+                .arg(claim.key.as_str())
+                .arg(self.native_ttl_since_claim(claim, lease_until)),
+        )
+        .await
     }
 
     async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {

@@ -18,6 +18,14 @@ async fn open(url: &str) -> RedisStore {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A store under a fresh key prefix, with these further URL parameters (`&name=value...`);
+/// the prefix too.
+async fn open_fresh(params: &str) -> (String, RedisStore) {
+    let prefix = support::fresh_prefix();
+    let url = support::with_param(&support::server(), &format!("prefix={prefix}{params}"));
+    (prefix, open(&url).await)
+}
+
 /// A direct connection, to look at what the store wrote.
 async fn raw() -> redis::aio::MultiplexedConnection {
     redis::Client::open(support::server().as_str())
@@ -79,12 +87,7 @@ async fn unreachable_server_is_unavailable_with_a_hint_and_no_password() {
 
 #[tokio::test]
 async fn native_expiry_is_relative_to_the_callers_clock_plus_grace() {
-    let prefix = support::fresh_prefix();
-    let store = open(&support::with_param(
-        &support::server(),
-        &format!("prefix={prefix}"),
-    ))
-    .await;
+    let (prefix, store) = open_fresh("").await;
     let grace = DEFAULT_TTL_GRACE.as_millis() as i64;
     // A caller whose clock is decades off Redis's: the TTL depends only on the lease.
     let now = Timestamp::from_millis(1_000);
@@ -108,12 +111,7 @@ async fn native_expiry_is_relative_to_the_callers_clock_plus_grace() {
     );
 
     // With the backstop off, records carry no TTL at all.
-    let prefix = support::fresh_prefix();
-    let store = open(&support::with_param(
-        &support::server(),
-        &format!("prefix={prefix}&ttl_grace=off"),
-    ))
-    .await;
+    let (prefix, store) = open_fresh("&ttl_grace=off").await;
     let claim = store.claim(&req, now).await.unwrap().into_new().unwrap();
     assert_eq!(pttl(&record_key(&prefix, "s", "k")).await, -1);
     store
@@ -125,12 +123,7 @@ async fn native_expiry_is_relative_to_the_callers_clock_plus_grace() {
 
 #[tokio::test]
 async fn renewal_moves_the_native_expiry_and_the_expiry_index_with_the_deadline() {
-    let prefix = support::fresh_prefix();
-    let store = open(&support::with_param(
-        &support::server(),
-        &format!("prefix={prefix}"),
-    ))
-    .await;
+    let (prefix, store) = open_fresh("").await;
     let grace = DEFAULT_TTL_GRACE.as_millis() as i64;
     let record = record_key(&prefix, "s", "k");
     let now = Timestamp::from_millis(1_000);
@@ -172,12 +165,7 @@ async fn renewal_moves_the_native_expiry_and_the_expiry_index_with_the_deadline(
     );
 
     // With the backstop off, a renewal leaves the record without a TTL.
-    let prefix = support::fresh_prefix();
-    let store = open(&support::with_param(
-        &support::server(),
-        &format!("prefix={prefix}&ttl_grace=off"),
-    ))
-    .await;
+    let (prefix, store) = open_fresh("&ttl_grace=off").await;
     let claim = store
         .claim(&request("s", "k", Duration::from_secs(30)), now)
         .await
@@ -190,12 +178,7 @@ async fn renewal_moves_the_native_expiry_and_the_expiry_index_with_the_deadline(
 
 #[tokio::test]
 async fn complete_many_across_scopes_answers_in_order_and_keeps_ttls_and_indexes() {
-    let prefix = support::fresh_prefix();
-    let store = open(&support::with_param(
-        &support::server(),
-        &format!("prefix={prefix}"),
-    ))
-    .await;
+    let (prefix, store) = open_fresh("").await;
     let grace = DEFAULT_TTL_GRACE.as_millis() as i64;
     let now = Timestamp::from_millis(1_000);
     let lease = Duration::from_secs(30);
