@@ -58,8 +58,9 @@ use oncely_core::{
     Result, Scope, Store, StoreStats, Timestamp, VersionCheck, async_trait,
 };
 use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 /// The schema migrations, in order: `(version, sql)`.
 pub const MIGRATIONS: &[(i32, &str)] = &[
@@ -381,6 +382,40 @@ impl PostgresStore {
         let existing = self.select(tx, &claim.scope, &claim.key, false).await?;
         Ok(claim_lost(&self.url, existing.as_ref(), claim))
     }
+
+    /// Runs `write` (from [`guarded`]) in a transaction of its own; in the partitioned layout
+    /// under the key's advisory lock first, as every write of a key. If it changed no row, the
+    /// claim was lost: [`Error::ClaimLost`], with the reason read in the same transaction.
+    async fn write_guarded(
+        &self,
+        claim: &Claim,
+        write: Query<'static, Postgres, PgArguments>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        if self.partitioned.is_some() {
+            // No unique index serializes the key across partitions: its advisory lock does (and
+            // a takeover moving the row cannot then race this write).
+            self.lock_key(&mut tx, claim).await?;
+        }
+        let done = write.execute(&mut *tx).await.map_err(|e| self.err(e))?;
+        if done.rows_affected() != 1 {
+            return Err(self.lost(&mut tx, claim).await?);
+        }
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+}
+
+/// `statement` (a `DELETE` or `UPDATE` of `oncely_records`) on `claim`'s record, guarded by its
+/// token (fencing) and not yet completed: `$1`, `$2` and `$3` are bound to the scope, key and
+/// token, further parameters (from `$4`) are the caller's to bind. Run by
+/// [`PostgresStore::write_guarded`].
+fn guarded(statement: &str, claim: &Claim) -> Query<'static, Postgres, PgArguments> {
+    sqlx::query(AssertSqlSafe(format!(
+        "{statement} WHERE scope = $1 AND key = $2 AND token = $3 AND NOT completed"
+    )))
+    .bind(claim.scope.as_str().as_bytes())
+    .bind(claim.key.as_str().as_bytes())
+    .bind(claim.token as i64)
 }
 
 /// Whether a store error is a deadlock PostgreSQL broke by rolling this transaction back.
@@ -623,47 +658,17 @@ impl Store for PostgresStore {
     }
 
     async fn release(&self, claim: &Claim) -> Result<()> {
-        let mut tx = self.begin().await?;
-        if self.partitioned.is_some() {
-            // No unique index serializes the key across partitions: its advisory lock does.
-            self.lock_key(&mut tx, claim).await?;
-        }
-        let done = sqlx::query("DELETE FROM oncely_records WHERE scope = $1 AND key = $2 AND token = $3 AND NOT completed")
-            .bind(claim.scope.as_str().as_bytes())
-            .bind(claim.key.as_str().as_bytes())
-            .bind(claim.token as i64)
-            .execute(&mut *tx)
+        self.write_guarded(claim, guarded("DELETE FROM oncely_records", claim))
             .await
-            .map_err(|e| self.err(e))?;
-        if done.rows_affected() != 1 {
-            return Err(self.lost(&mut tx, claim).await?);
-        }
-        tx.commit().await.map_err(|e| self.err(e))
     }
 
     /// One guarded `UPDATE`, in both layouts; in the partitioned one, under the key's advisory
     /// lock like every write of a key (the new `expires_at` may move the row to another
     /// partition).
     async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()> {
-        let mut tx = self.begin().await?;
-        if self.partitioned.is_some() {
-            self.lock_key(&mut tx, claim).await?;
-        }
-        let done = sqlx::query(
-            "UPDATE oncely_records SET expires_at = $4 \
-             WHERE scope = $1 AND key = $2 AND token = $3 AND NOT completed",
-        )
-        .bind(claim.scope.as_str().as_bytes())
-        .bind(claim.key.as_str().as_bytes())
-        .bind(claim.token as i64)
-        .bind(lease_until.as_millis())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?;
-        if done.rows_affected() != 1 {
-            return Err(self.lost(&mut tx, claim).await?);
-        }
-        tx.commit().await.map_err(|e| self.err(e))
+        let update = guarded("UPDATE oncely_records SET expires_at = $4", claim)
+            .bind(lease_until.as_millis());
+        self.write_guarded(claim, update).await
     }
 
     async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {

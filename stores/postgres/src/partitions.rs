@@ -97,7 +97,7 @@ use oncely_core::{
 };
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
-use crate::PostgresStore;
+use crate::{PostgresStore, guarded};
 
 /// The schema migrations of the partitioned layout, in order: `(version, sql)`. Version numbers
 /// are shared with [`crate::MIGRATIONS`]: version N of either layout brings a schema to the same
@@ -754,25 +754,13 @@ impl PostgresStore {
         outcome: &[u8],
         expires_at: Timestamp,
     ) -> Result<()> {
-        let mut tx = self.begin().await?;
-        // The key's lock first: a takeover moving the row cannot then race this update.
-        self.lock_key(&mut tx, claim).await?;
-        let done = sqlx::query(
-            "UPDATE oncely_records SET completed = true, outcome = $4, expires_at = $5 \
-             WHERE scope = $1 AND key = $2 AND token = $3 AND NOT completed",
+        let update = guarded(
+            "UPDATE oncely_records SET completed = true, outcome = $4, expires_at = $5",
+            claim,
         )
-        .bind(claim.scope.as_str().as_bytes())
-        .bind(claim.key.as_str().as_bytes())
-        .bind(claim.token as i64)
         .bind(outcome)
-        .bind(expires_at.as_millis())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?;
-        if done.rows_affected() != 1 {
-            return Err(self.lost(&mut tx, claim).await?);
-        }
-        tx.commit().await.map_err(|e| self.err(e))
+        .bind(expires_at.as_millis());
+        self.write_guarded(claim, update).await
     }
 
     pub(crate) async fn partitioned_purge(
