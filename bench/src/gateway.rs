@@ -5,8 +5,9 @@
 //! read whole and answered `200` with a [`RESPONSE_BYTES`]-byte JSON body (a payment charge),
 //! each execution counted.
 //!
-//! **Gateway.** Started in this process by the caller ([`Gateway`]), with `oncely serve`'s own
-//! code and defaults, on a fresh store of the kind `--store` names for each contender (a new
+//! **Gateway.** `oncely serve`'s, [`oncely_http::gateway::Gateway`], started in this process
+//! with its defaults (`oncely serve`'s) on a loopback port, on a fresh store of the kind
+//! `--store` names for each contender (a new
 //! SQLite file, a fresh PostgreSQL schema or MySQL database dropped after, a Redis key prefix
 //! removed after, or `memory:`), so contenders never see each other's keys and the store the URL
 //! names is never written.
@@ -37,6 +38,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use oncely_http::IdempotencyLayer;
+use oncely_http::gateway::{Gateway, GatewayOptions};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::fresh::FreshStores;
@@ -68,21 +71,41 @@ pub struct GatewayConfig {
     pub seed: u64,
 }
 
-/// Starts and stops the gateway under test: `oncely serve`'s, which lives in the binary.
-pub trait Gateway: Sync {
-    /// A running gateway.
-    type Running: Send;
+/// A gateway serving in this process: `oncely serve`'s, with its defaults.
+struct Running {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<()>,
+}
 
-    /// Starts a gateway on the store at `store_url`, forwarding to `upstream`
-    /// (`http://ADDR`), listening on a loopback port; answers that port's address.
-    fn start(
-        &self,
-        store_url: &str,
-        upstream: &str,
-    ) -> impl Future<Output = Result<(SocketAddr, Self::Running), BenchError>> + Send;
+impl Running {
+    /// Starts a gateway on the store at `store_url`, forwarding to `upstream` (`http://ADDR`),
+    /// listening on a loopback port.
+    async fn start(store_url: &str, upstream: &str) -> Result<Running, BenchError> {
+        let failed =
+            |e: &dyn std::fmt::Display| BenchError::Other(format!("starting the gateway: {e}"));
+        let store = oncely::connect(store_url).await.map_err(|e| failed(&e))?;
+        let layer = IdempotencyLayer::new(oncely::Oncely::new(store));
+        let gateway = Gateway::new(layer, GatewayOptions::new(upstream)).map_err(|e| failed(&e))?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| failed(&e))?;
+        let addr = listener.local_addr().map_err(|e| failed(&e))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let until = async {
+            let _ = stopped.await;
+        };
+        let served = tokio::spawn(async move {
+            gateway.serve(listener, until).await;
+        });
+        Ok(Running { addr, stop, served })
+    }
 
-    /// Stops it once its clients are gone.
-    fn stop(&self, running: Self::Running) -> impl Future<Output = ()> + Send;
+    /// Stops accepting and waits for the open connections to finish their requests.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.served.await;
+    }
 }
 
 /// The figures of one contender.
@@ -113,25 +136,14 @@ impl GatewayRun {
 
 /// Runs the four contenders and answers their figures in order: direct, pass-through, first
 /// execution, replay.
-pub fn run(
-    config: &GatewayConfig,
-    gateway: &impl Gateway,
-    progress: &dyn Progress,
-) -> Result<Vec<GatewayRun>, BenchError> {
+pub fn run(config: &GatewayConfig, progress: &dyn Progress) -> Result<Vec<GatewayRun>, BenchError> {
     // Client, gateway and upstream share the two cores (with the store's server, if any).
     let runtime = crate::two_workers()?;
     runtime.block_on(async {
         let executions = Arc::new(AtomicU64::new(0));
         let upstream = start_upstream(executions.clone()).await?;
         let mut stores = FreshStores::new(config.store, &config.store_url, &config.dir);
-        let results = contenders(
-            config,
-            gateway,
-            &upstream,
-            &executions,
-            &mut stores,
-            progress,
-        );
+        let results = contenders(config, &upstream, &executions, &mut stores, progress);
         let results = results.await;
         let removed = stores.remove_all().await;
         let results = results?;
@@ -143,7 +155,6 @@ pub fn run(
 /// The contenders, each on a store of its own from `stores`.
 async fn contenders(
     config: &GatewayConfig,
-    gateway: &impl Gateway,
     upstream: &str,
     executions: &AtomicU64,
     stores: &mut FreshStores,
@@ -175,7 +186,8 @@ async fn contenders(
         let store = stores
             .fresh(&format!("gateway_{}", name.replace([' ', '-'], "_")))
             .await?;
-        let (addr, running) = gateway.start(&store, upstream).await?;
+        let running = Running::start(&store, upstream).await?;
+        let addr = running.addr;
         let keys = salt.map(keys);
         let measured = async {
             if expect == Expect::Replayed {
@@ -187,7 +199,7 @@ async fn contenders(
                 .await
         }
         .await;
-        gateway.stop(running).await;
+        running.stop().await;
         results.push(measured?);
     }
     Ok(results)

@@ -8,8 +8,8 @@
 //! messages per second through consume + claim + effect + ack on that broker: oncely's consumer
 //! runner against the naive one-message-at-a-time consumer ([`oncely_bench::broker`]).
 //!
-//! `--gateway` measures what `oncely serve` adds to a request against calling the upstream
-//! directly ([`crate::bench_gateway`]).
+//! `--gateway` measures what `oncely serve`'s gateway (`oncely_http::gateway`) adds to a request
+//! against calling the upstream directly ([`oncely_bench::gateway`]).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -168,7 +168,7 @@ pub fn run(
                 .max(1),
             seed: args.seed,
         };
-        return crate::bench_gateway::run(config, &Bar::new(), out);
+        return run_gateway(config, out);
     }
     if let Some(broker) = args.broker.clone() {
         return run_broker(store_url, broker, args, out);
@@ -251,6 +251,34 @@ pub fn run(
         },
     )?;
     write!(out, "{}", format_table(&results))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `oncely bench --gateway`: the gateway benchmark on fresh stores of the kind
+/// `config.store_url` names, and its table.
+fn run_gateway(
+    config: oncely_bench::gateway::GatewayConfig,
+    out: &mut impl Write,
+) -> Result<std::process::ExitCode> {
+    let results = oncely_bench::gateway::run(&config, &Bar::new()).context("gateway benchmark")?;
+    let url = oncely::backend::url::redact_password(&config.store_url);
+    let stores = match config.store {
+        StoreKind::Memory => "memory".to_owned(),
+        StoreKind::Sqlite => format!("sqlite (new files in {})", config.dir.display()),
+        StoreKind::Postgres => format!("postgres (fresh schemas on {url})"),
+        StoreKind::Mysql => format!("mysql (fresh databases on {url})"),
+        StoreKind::Redis => format!("redis (fresh key prefixes on {url})"),
+    };
+    writeln!(
+        out,
+        "{} POSTs per contender from {} keep-alive connections, {}-byte JSON answers from an \
+         upstream in this process; gateway: oncely serve's defaults, store {stores}, one per \
+         contender",
+        config.requests,
+        config.concurrency,
+        oncely_bench::gateway::RESPONSE_BYTES,
+    )?;
+    write!(out, "{}", oncely_bench::gateway::format_table(&results))?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

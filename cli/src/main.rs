@@ -7,7 +7,6 @@
 //! modules.
 
 mod bench;
-mod bench_gateway;
 mod bench_purge;
 mod consume;
 mod dedup;

@@ -1,57 +1,26 @@
-//! `oncely serve`: the Idempotency-Key gateway (S4) in front of any HTTP service.
+//! `oncely serve`: the Idempotency-Key gateway in front of any HTTP service.
 //!
-//! A streaming reverse proxy (hyper server, hyper-util's pooled client, plain http only) with
-//! `oncely_http::IdempotencyLayer` in front of it: requests the layer applies to are claimed,
-//! executed once upstream and their response stored; retries get the stored response. Every
-//! request the layer lets through is forwarded (method, path and query, headers minus
-//! hop-by-hop ones plus `X-Forwarded-*`, body) and its response streamed back ([`proxy`]). A
-//! keyed request runs to its end whatever its client does (the layer runs it on a task of its
-//! own): past `--timeout` the client gets 504 and the answer, when it comes, is stored for the
-//! retry. An upstream that cannot be reached answers 502 problem+json and the key is released;
-//! one that fails after the request was sent answers 502 and the key is held until its lease
-//! ends. What happened to each request is counted ([`counts`]) for the summary line and
-//! `--metrics-addr`.
-//!
-//! SIGINT or SIGTERM stops accepting connections and lets requests in flight finish (up to
-//! [`GRACE`], or `--timeout` if longer); then the summary goes to stderr and the exit status is 0.
+//! The gateway is `oncely_http::gateway` (a streaming reverse proxy with
+//! `oncely_http::IdempotencyLayer` in front of it); this module maps the flags to its options
+//! and runs it as a process: SIGINT or SIGTERM stops accepting connections and lets requests in
+//! flight finish (up to its grace, 30s, or `--timeout` if longer), a second signal stops at
+//! once; then the summary goes to stderr and the exit status is 0.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow};
 use clap::Args;
-use hyper::body::Incoming;
+use hyper::Method;
 use hyper::header::HeaderName;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
 use oncely::Oncely;
-use oncely_http::{
-    Body, DEFAULT_DENY_HEADERS, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer, InFlight,
-};
+use oncely_http::gateway::{Gateway, GatewayError, GatewayOptions};
+use oncely_http::{DEFAULT_DENY_HEADERS, IdempotencyLayer, InFlight};
 use tokio::net::TcpListener;
-use tower::{Layer as _, Service as _};
 
 use crate::stop::Stop;
 use crate::{duration, size};
-
-mod connections;
-mod counts;
-mod proxy;
-
-use connections::{Limits, Watch, Watched};
-use counts::{CountOnDrop, Counts, Outcome, serve_metrics};
-use proxy::{
-    Forwarded, Peer, Proxy, Upstream, parse_upstream, upstream_failed, upstream_timed_out,
-};
-
-/// How long requests in flight get to finish after SIGINT or SIGTERM, at least: `--timeout`
-/// if it is longer.
-pub const GRACE: Duration = Duration::from_secs(30);
 
 /// Arguments of `oncely serve`.
 #[derive(Args, Debug)]
@@ -150,14 +119,14 @@ pub struct ServeArgs {
     /// opening for its first request, from the first byte for each later one. Then the
     /// connection is closed, so a client that sends half a request (or dribbles it) does not
     /// hold it.
-    #[arg(long, env = "ONCELY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = connections::parse_timeout)]
+    #[arg(long, env = "ONCELY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
     header_timeout: Duration,
 
     /// How long a keep-alive connection may wait for its next request, with nothing in
     /// progress, before it is closed; a request in progress is never cut by it. 75s: longer
     /// than the 60s idle timeout of common load balancers in front (AWS ALB, nginx's upstream
     /// keepalive), so they close first and never send onto a connection being closed.
-    #[arg(long, env = "ONCELY_IDLE_TIMEOUT", value_name = "DURATION", default_value = "75s", value_parser = connections::parse_timeout)]
+    #[arg(long, env = "ONCELY_IDLE_TIMEOUT", value_name = "DURATION", default_value = "75s", value_parser = parse_timeout)]
     idle_timeout: Duration,
 
     /// The most connections served at once (the default is a cautious bound on memory and file
@@ -217,18 +186,46 @@ fn layer(oncely: Oncely, args: &ServeArgs) -> IdempotencyLayer {
         )
         .max_body(args.max_body)
         .max_response(args.max_response)
-        .response_timeout(args.timeout)
+}
+
+/// A duration longer than zero (a zero timeout would close every connection at once).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match duration::parse(text) {
+        Ok(duration) if duration.is_zero() => Err("it must be longer than 0s".into()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// The gateway's options as the flags set them.
+fn options(args: &ServeArgs) -> GatewayOptions {
+    let mut options = GatewayOptions::new(args.upstream.clone());
+    options.timeout = args.timeout;
+    options.header_timeout = args.header_timeout;
+    options.idle_timeout = args.idle_timeout;
+    options.max_connections = args.max_connections as usize;
+    options
+}
+
+/// A refused option, in the words of the flag that set it.
+fn flag_error(error: GatewayError) -> anyhow::Error {
+    match error {
+        GatewayError::Upstream { url, reason } => anyhow!("--upstream `{url}`: {reason}"),
+        GatewayError::ZeroDuration { option } => {
+            anyhow!("--{} must be longer than 0s", option.replace('_', "-"))
+        }
+        other => anyhow!("{other}"),
+    }
 }
 
 /// Runs `oncely serve` until SIGINT or SIGTERM; `store` is the global `--store` URL.
 pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
-    let upstream = parse_upstream(&args.upstream)?;
-    if args.timeout.is_zero() {
-        bail!("--timeout must be longer than 0s");
-    }
+    let options = options(&args);
+    options.check().map_err(flag_error)?;
     // Signals first: a signal during the setup must not kill the process half-way.
     let mut stop = Stop::install()?;
-    let gateway = Gateway::open(store, &args, upstream).await?;
+    let oncely = Oncely::new(oncely::connect(store).await?).with_lease(LEASE);
+    let gateway = Gateway::new(layer(oncely, &args), options).map_err(flag_error)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -239,40 +236,34 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot listen on {addr} for --metrics-addr"))?;
         let bound = metrics.local_addr().context("the metrics address")?;
         eprintln!("metrics on http://{bound}/metrics");
-        tokio::spawn(serve_metrics(metrics, gateway.counts.clone()));
+        tokio::spawn(gateway.counts().serve_metrics(metrics));
     }
     eprintln!(
         "listening on http://{bound}, forwarding to {} (store {}); stop with Ctrl-C or SIGTERM",
-        gateway.service.get_ref().upstream.base,
+        gateway.upstream(),
         oncely::backend::url::redact_password(store),
     );
 
-    let graceful = GracefulShutdown::new();
-    gateway
-        .clone()
-        .serve(listener, &graceful, stop.first(), Limits::of(&args))
-        .await;
-    let grace = GRACE.max(args.timeout);
-    eprintln!(
-        "stopping: no new connections; finishing the requests in flight for up to {}s \
-         (a second signal stops at once)",
-        grace.as_secs()
-    );
-    tokio::spawn(async move {
-        stop.second().await;
+    let grace = gateway.grace();
+    let shutdown = async move {
+        stop.first().await;
         eprintln!(
-            "error: stopped at once; the keys of unfinished requests are held until their lease ends"
+            "stopping: no new connections; finishing the requests in flight for up to {}s \
+             (a second signal stops at once)",
+            grace.as_secs()
         );
-        std::process::exit(130);
-    });
-    // Then the keyed requests whose clients left: their responses are still to be stored.
-    let running = gateway.service.running();
-    let drained = async {
-        graceful.shutdown().await;
-        running.finished().await;
+        tokio::spawn(async move {
+            stop.second().await;
+            eprintln!(
+                "error: stopped at once; the keys of unfinished requests are held until their lease ends"
+            );
+            std::process::exit(130);
+        });
     };
-    let finished = tokio::time::timeout(grace, drained).await.is_ok();
-    if !finished {
+    // It waits for the keyed requests whose clients left too: their responses are still to be
+    // stored.
+    let served = gateway.serve(listener, shutdown).await;
+    if !served.drained {
         eprintln!(
             "warning: requests still in flight after {}s were cut off; their keys are held \
              until their lease ends",
@@ -280,204 +271,8 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
         );
     }
     // Last, as in every command: a script reads the summary from the last line.
-    eprintln!("{}", gateway.counts.summary());
+    eprintln!("{}", served.counts.summary());
     Ok(ExitCode::SUCCESS)
-}
-
-/// `oncely serve`'s gateway running in this process, as `oncely bench --gateway` measures it:
-/// the same code, configured by the same flags.
-pub struct InProcess {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    served: tokio::task::JoinHandle<()>,
-}
-
-impl InProcess {
-    /// Starts the gateway on the store at `store`, configured by `flags`: what follows `serve`
-    /// on the command line (`--upstream URL` at least; `--listen` defaults to 127.0.0.1:8080).
-    pub async fn start(store: &str, flags: &[&str]) -> Result<InProcess> {
-        #[derive(clap::Parser)]
-        struct Serve {
-            #[command(flatten)]
-            args: ServeArgs,
-        }
-        let Serve { args } =
-            clap::Parser::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))?;
-        let gateway = Gateway::open(store, &args, parse_upstream(&args.upstream)?).await?;
-        let listener = TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let addr = listener.local_addr().context("the bound address")?;
-        let limits = Limits::of(&args);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(async move {
-            let graceful = GracefulShutdown::new();
-            let until = async {
-                let _ = stopped.await;
-            };
-            gateway.serve(listener, &graceful, until, limits).await;
-            graceful.shutdown().await;
-        });
-        Ok(InProcess { addr, stop, served })
-    }
-
-    /// Stops accepting and waits for the open connections to finish their requests.
-    pub async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.served.await;
-    }
-}
-
-/// The layer over the proxy, and the counts of what happened to each request.
-#[derive(Clone)]
-struct Gateway {
-    service: oncely_http::IdempotencyService<Proxy>,
-    /// `--timeout`, for the requests the layer does not hold (it applies it to the others).
-    timeout: Duration,
-    methods: Arc<Vec<Method>>,
-    counts: Arc<Counts>,
-}
-
-impl Gateway {
-    /// The layer the flags configure, over a proxy to `upstream`, on the store at `store`.
-    async fn open(store: &str, args: &ServeArgs, upstream: Upstream) -> Result<Gateway> {
-        let oncely = Oncely::new(oncely::connect(store).await?).with_lease(LEASE);
-        let proxy = Proxy {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            upstream: Arc::new(upstream),
-        };
-        Ok(Gateway {
-            service: layer(oncely, args).layer(proxy),
-            timeout: args.timeout,
-            methods: Arc::new(args.methods.0.clone()),
-            counts: Arc::new(Counts::default()),
-        })
-    }
-
-    /// Serves the connections `listener` accepts, each watched by `graceful`, until `until`
-    /// resolves; then the listener is closed (the connections go on until `graceful` ends them).
-    /// At most `limits.max_connections` at once, each closed past its header or idle timeout
-    /// ([`connections`]).
-    async fn serve(
-        self,
-        listener: TcpListener,
-        graceful: &GracefulShutdown,
-        until: impl Future<Output = ()>,
-        limits: Limits,
-    ) {
-        let mut http = hyper::server::conn::http1::Builder::new();
-        // The header timeout is ours: hyper's would also cut idle keep-alive connections.
-        http.header_read_timeout(None);
-        let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-        let mut until = std::pin::pin!(until);
-        loop {
-            // Each connection holds a permit until it closes. With none left nothing is
-            // accepted: new clients wait in the listen backlog.
-            let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break, // never closed
-                },
-                _ = &mut until => break,
-            };
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    // Out of file descriptors and the like: keep serving the connections we
-                    // have.
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = &mut until => break,
-            };
-            let gateway = self.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
-            });
-            let watch = Watch::new(limits.timeouts);
-            let connection = graceful.watch(http.serve_connection(
-                TokioIo::new(Watched::new(stream, watch.clone())),
-                watch.service(service),
-            ));
-            tokio::spawn(async move {
-                tokio::select! {
-                    // A client that goes away mid-request is its own business: the layer runs
-                    // a keyed request that reached the upstream to its end anyway.
-                    _ = connection => {}
-                    // No request in progress: dropping the connection closes it.
-                    () = watch.expired() => {}
-                }
-                drop(permit);
-            });
-        }
-    }
-
-    async fn handle(
-        mut self,
-        mut request: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<Body<Incoming>> {
-        let forwarded = Forwarded::default();
-        request.extensions_mut().insert(forwarded.clone());
-        request.extensions_mut().insert(Peer(peer));
-        // With a key on a method it applies to, a request the layer forwards was claimed,
-        // unless the store was down and the layer failed open (then it is passed through).
-        let keyed = self.methods.contains(request.method())
-            && request.headers().contains_key(IDEMPOTENCY_KEY);
-        let counted = CountOnDrop::start(self.counts.clone());
-        let call = self.service.call(request);
-        // The layer answers a keyed request's client at --timeout and waits on for the upstream
-        // itself; any other request is simply cut off.
-        let result = if keyed {
-            call.await
-        } else {
-            match tokio::time::timeout(self.timeout, call).await {
-                Ok(result) => result,
-                Err(_) => {
-                    counted.done(Outcome::UpstreamFailed);
-                    return upstream_timed_out(self.timeout);
-                }
-            }
-        };
-        let keyed = keyed && !forwarded.failed_open();
-        let forwarded = forwarded.forwarded();
-        let (outcome, response) = match result {
-            Err(failed) => (Outcome::UpstreamFailed, upstream_failed(&failed, LEASE)),
-            Ok(response) => {
-                let outcome = match () {
-                    // The layer's 504: no answer within --timeout, the request still running.
-                    _ if forwarded && keyed && is_layer_timeout(&response) => {
-                        Outcome::UpstreamFailed
-                    }
-                    _ if forwarded && keyed => Outcome::Executed,
-                    _ if forwarded => Outcome::PassedThrough,
-                    _ if response.headers().contains_key(IDEMPOTENT_REPLAYED) => Outcome::Replayed,
-                    _ => match response.status() {
-                        StatusCode::CONFLICT => Outcome::InFlight,
-                        StatusCode::UNPROCESSABLE_ENTITY => Outcome::Mismatch,
-                        StatusCode::SERVICE_UNAVAILABLE => Outcome::StoreUnavailable,
-                        _ => Outcome::Rejected,
-                    },
-                };
-                (outcome, response)
-            }
-        };
-        counted.done(outcome);
-        response
-    }
-}
-
-/// Whether `response` is the layer's own 504 (a problem), not the upstream's.
-fn is_layer_timeout<B: hyper::body::Body>(response: &Response<B>) -> bool {
-    response.status() == StatusCode::GATEWAY_TIMEOUT
-        && response
-            .headers()
-            .get(hyper::header::CONTENT_TYPE)
-            .is_some_and(|v| v == oncely_http::PROBLEM_JSON)
 }
 
 #[cfg(test)]
@@ -490,5 +285,12 @@ mod tests {
         assert_eq!(methods, vec![Method::POST, Method::PUT]);
         assert!(parse_methods(",").is_err());
         assert!(parse_methods("PO ST").is_err());
+    }
+
+    #[test]
+    fn a_timeout_is_a_duration_longer_than_zero() {
+        assert_eq!(parse_timeout("1s"), Ok(Duration::from_secs(1)));
+        assert!(parse_timeout("0s").unwrap_err().contains("longer than 0s"));
+        assert!(parse_timeout("30").unwrap_err().contains("e.g. 500ms"));
     }
 }

@@ -130,6 +130,12 @@ impl IdempotencyLayer {
         }
     }
 
+    /// What the layer is configured with.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
     fn set(mut self, change: impl FnOnce(&mut Config)) -> Self {
         change(Arc::make_mut(&mut self.config));
         self

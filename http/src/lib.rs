@@ -103,11 +103,25 @@
 //!
 //! Exactly-once across the window between the effect and the stored response needs the effect
 //! and the record in one transaction: see the transactional inbox of the SQL stores.
+//!
+//! ## In front of any HTTP service: the gateway
+//!
+//! With the feature `gateway` (`oncely-http = { version = "0.1", features = ["gateway"] }`),
+//! the module `gateway` has the layer over a streaming reverse proxy, served on a Tokio
+//! `TcpListener`: the gateway `oncely serve` runs, for a service in any language.
+//! `GatewayOptions::new(upstream)` holds the upstream URL, the response timeout, the connection
+//! limits and the shutdown grace; the `Idempotency-Key` semantics are the [`IdempotencyLayer`]
+//! given to `Gateway::new(layer, options)`; `gateway.serve(listener, shutdown).await` serves
+//! until `shutdown` resolves, lets the requests in flight finish and answers what happened to
+//! each (a summary line, Prometheus text). The module's docs have an example.
 
 #![warn(missing_docs)]
 
 mod body;
 mod future;
+#[cfg(feature = "gateway")]
+pub mod gateway;
+mod hop;
 mod layer;
 mod problem;
 mod request;

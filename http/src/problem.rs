@@ -45,6 +45,23 @@ pub(crate) enum Problem {
     Panicked,
     /// The claim's lease was taken over while the request ran; its response was not stored.
     ClaimLost,
+    /// The gateway's upstream could not be reached: the request was not sent.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    UpstreamNotSent {
+        reason: String,
+    },
+    /// The gateway's upstream gave no response after the request was sent; its key is held
+    /// for up to `held`.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    UpstreamFailed {
+        reason: String,
+        held: Duration,
+    },
+    /// The gateway's upstream gave no response within `timeout` to a request without a key.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    UpstreamTimedOut {
+        timeout: Duration,
+    },
 }
 
 impl Problem {
@@ -63,7 +80,12 @@ impl Problem {
             Problem::StoredUnreadable { .. } | Problem::Panicked | Problem::ClaimLost => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            Problem::StillRunning { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Problem::StillRunning { .. } | Problem::UpstreamTimedOut { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Problem::UpstreamNotSent { .. } | Problem::UpstreamFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -84,6 +106,10 @@ impl Problem {
             Problem::StillRunning { .. } => "response-timeout",
             Problem::Panicked => "handler-panicked",
             Problem::ClaimLost => "claim-lost",
+            Problem::UpstreamNotSent { .. } | Problem::UpstreamFailed { .. } => {
+                "upstream-unavailable"
+            }
+            Problem::UpstreamTimedOut { .. } => "upstream-timeout",
         }
     }
 
@@ -103,6 +129,10 @@ impl Problem {
             Problem::StillRunning { .. } => "The request is still running",
             Problem::Panicked => "The request failed",
             Problem::ClaimLost => "The request lost its Idempotency-Key",
+            Problem::UpstreamNotSent { .. } | Problem::UpstreamFailed { .. } => {
+                "Upstream unavailable"
+            }
+            Problem::UpstreamTimedOut { .. } => "Upstream timed out",
         }
     }
 
@@ -169,6 +199,21 @@ impl Problem {
                  response was not stored"
                     .into()
             }
+            Problem::UpstreamNotSent { reason } => format!(
+                "the upstream could not be reached ({reason}); the request was not sent, so a \
+                 retry with the same Idempotency-Key executes it"
+            ),
+            Problem::UpstreamFailed { reason, held } => format!(
+                "the upstream gave no response ({reason}) after the request was sent, so it may \
+                 have executed it; the Idempotency-Key is held for up to {} (a retry gets 409 \
+                 until then, then executes the request)",
+                humane(*held)
+            ),
+            Problem::UpstreamTimedOut { timeout } => format!(
+                "the upstream gave no response within {}; the request had no Idempotency-Key, \
+                 so a retry may execute it again",
+                humane(*timeout)
+            ),
         }
     }
 
@@ -208,4 +253,13 @@ impl Problem {
 fn retry_after_secs(d: Duration) -> u64 {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     secs.max(1)
+}
+
+/// `30s`, or `1500ms` when it is not whole seconds.
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+fn humane(d: Duration) -> String {
+    match d.as_millis() {
+        millis if millis.is_multiple_of(1000) => format!("{}s", millis / 1000),
+        millis => format!("{millis}ms"),
+    }
 }

@@ -7,13 +7,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
+use http::{HeaderValue, Request, Response};
 use oncely_core::panic::catch_unwind;
 use oncely_core::{BoxError, Claim, ClaimOutcome, Fingerprint, Key, Oncely, Record, Scope};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::body::{Collected, collect_limited};
+use crate::hop::remove_hop_by_hop;
 use crate::layer::{Config, FailedOpen, IN_FLIGHT_RETRY_AFTER, InFlight, NotSent};
 use crate::problem::Problem;
 use crate::request::{IDEMPOTENT_REPLAYED, principal_scope, read_key, request_fingerprint};
@@ -249,9 +250,12 @@ where
         let (parts, body) = response.into_parts();
         let answer = match collect_limited(Box::pin(body), config.max_response).await {
             Collected::Complete { data, trailers } => {
+                // What is worth storing: all but hop-by-hop headers and the deny-list.
+                let mut headers = parts.headers.clone();
+                remove_hop_by_hop(&mut headers, &config.deny_headers);
                 let stored = StoredResponse {
                     status: parts.status,
-                    headers: storable_headers(&parts.headers, &config.deny_headers),
+                    headers,
                     body: data.clone(),
                     trailers: trailers.clone(),
                 };
@@ -381,38 +385,6 @@ fn replay<B: http_body::Body>(record: &Record) -> Response<Body<B>> {
         .headers_mut()
         .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     response
-}
-
-/// Headers that describe one connection, never the response (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// The response headers worth storing: all but hop-by-hop ones (and those `Connection` names)
-/// and the deny-list.
-fn storable_headers(headers: &HeaderMap, deny: &[HeaderName]) -> HeaderMap {
-    let named_by_connection: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    let mut kept = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if HOP_BY_HOP.contains(name) || named_by_connection.contains(name) || deny.contains(name) {
-            continue;
-        }
-        kept.append(name.clone(), value.clone());
-    }
-    kept
 }
 
 /// A held claim that is completed, released or deliberately held exactly once.

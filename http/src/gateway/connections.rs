@@ -1,7 +1,8 @@
-//! Bounds on `oncely serve`'s connections: how long a client gets to send a request's line and
-//! headers (`--header-timeout`), how long a keep-alive connection may sit idle between requests
-//! (`--idle-timeout`), and how many connections are served at once (`--max-connections`, a
-//! semaphore in the accept loop).
+//! Bounds on the gateway's connections: how long a client gets to send a request's line and
+//! headers ([`header_timeout`](super::GatewayOptions::header_timeout)), how long a keep-alive
+//! connection may sit idle between requests ([`idle_timeout`](super::GatewayOptions::idle_timeout)),
+//! and how many connections are served at once
+//! ([`max_connections`](super::GatewayOptions::max_connections), a semaphore in the accept loop).
 //!
 //! Both timeouts are kept here rather than by hyper: hyper 1's `header_read_timeout` starts as
 //! soon as a keep-alive connection is idle, so it bounds the idle wait and the next head
@@ -11,12 +12,13 @@
 //! in and go out; its service ([`Watch::service`]) when a request starts (hyper has read its
 //! head) and when it ends (the last frame of its response was handed to hyper, or the request
 //! was dropped). While a request is in progress nothing here times out: a slow upstream is
-//! `--timeout`'s business. Otherwise the connection waits for one of two things:
+//! the [timeout](super::GatewayOptions::timeout)'s business. Otherwise the connection waits for
+//! one of two things:
 //!
 //! - idle: no request in progress and nothing received since the last response (nor anything
-//!   sent since, as hyper flushes its end): closed `--idle-timeout` after the last of these;
-//! - a head: the rest of a request's line and headers, closed if they are not all in
-//!   `--header-timeout` after the connection opened (the first request) or after the request's
+//!   sent since, as hyper flushes its end): closed the idle timeout after the last of these;
+//! - a head: the rest of a request's line and headers, closed if they are not all in the
+//!   header timeout after the connection opened (the first request) or after the request's
 //!   first byte came in (later ones). More bytes do not extend it, so a client dribbling its
 //!   headers is closed as one that stopped.
 //!
@@ -36,42 +38,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::ServeArgs;
-
-/// The connection flags.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Limits {
-    pub(super) timeouts: Timeouts,
-    /// At most this many connections are served at once.
-    pub(super) max_connections: usize,
-}
-
-impl Limits {
-    pub(super) fn of(args: &ServeArgs) -> Limits {
-        Limits {
-            timeouts: Timeouts {
-                header: args.header_timeout,
-                idle: args.idle_timeout,
-            },
-            max_connections: args.max_connections as usize,
-        }
-    }
-}
-
-/// `--header-timeout` and `--idle-timeout`.
+/// The header and the idle timeout.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Timeouts {
     pub(super) header: Duration,
     pub(super) idle: Duration,
-}
-
-/// A duration longer than zero (a zero timeout would close every connection at once).
-pub(super) fn parse_timeout(text: &str) -> Result<Duration, String> {
-    match crate::duration::parse(text) {
-        Ok(duration) if duration.is_zero() => Err("it must be longer than 0s".into()),
-        Ok(duration) => Ok(duration),
-        Err(error) => Err(error.to_string()),
-    }
 }
 
 /// What a connection without a request in progress waits for.
@@ -365,12 +336,5 @@ mod tests {
         assert!(!expired_after(&watch, Duration::from_millis(2900)).await);
         watch.received();
         assert!(expired_after(&watch, Duration::from_millis(200)).await);
-    }
-
-    #[test]
-    fn a_timeout_is_a_duration_longer_than_zero() {
-        assert_eq!(parse_timeout("1s"), Ok(Duration::from_secs(1)));
-        assert!(parse_timeout("0s").unwrap_err().contains("longer than 0s"));
-        assert!(parse_timeout("30").unwrap_err().contains("e.g. 500ms"));
     }
 }

@@ -5,18 +5,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Result;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use oncely::BoxError;
-use oncely_http::{Body, FailedOpen, NotSent, PROBLEM_JSON};
+use oncely_core::BoxError;
 
-/// Checks `--upstream`: `http://HOST[:PORT][/PREFIX]`, no query.
-pub(super) fn parse_upstream(text: &str) -> Result<Upstream> {
-    let bad = |why: &str| anyhow::anyhow!("--upstream `{text}`: {why}");
+use super::GatewayError;
+use crate::hop::remove_hop_by_hop;
+use crate::problem::Problem;
+use crate::{Body, FailedOpen, NotSent};
+
+/// Checks the upstream URL: `http://HOST[:PORT][/PREFIX]`, no query.
+pub(super) fn parse_upstream(text: &str) -> Result<Upstream, GatewayError> {
+    let bad = |why: &str| GatewayError::Upstream {
+        url: text.to_owned(),
+        reason: why.to_owned(),
+    };
     let uri: Uri = text
         .parse()
         .map_err(|e| bad(&format!("not a URL ({e}); use http://HOST[:PORT]")))?;
@@ -55,18 +61,11 @@ pub(super) struct Upstream {
 /// The upstream gave no response after the request was sent (the connection broke, or the
 /// upstream closed it): it may have executed the request. A failure *before* the request was
 /// sent is [`NotSent`] instead.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
 pub(super) struct UpstreamFailed {
     reason: String,
 }
-
-impl std::fmt::Display for UpstreamFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-impl std::error::Error for UpstreamFailed {}
 
 /// Put in a request's extensions by the gateway; the proxy marks it when it forwards the
 /// request, and whether the layer let it through unprotected ([`FailedOpen`]).
@@ -92,7 +91,7 @@ impl Forwarded {
 
 /// The innermost service: forwards a request to the upstream and streams the response back.
 ///
-/// It has no timeout of its own: the layer answers a keyed request's client at `--timeout` and
+/// It has no timeout of its own: the layer answers a keyed request's client at the timeout and
 /// waits on for the upstream in the background; the gateway bounds other requests.
 #[derive(Clone, Debug)]
 pub(super) struct Proxy {
@@ -129,7 +128,7 @@ impl tower::Service<Request<Body<Incoming>>> for Proxy {
                 .map_err(|e| NotSent::new(format!("cannot build the upstream URL: {e}")))?;
             // The client's HTTP version for the answer; HTTP/1.1 to the upstream.
             let version = std::mem::replace(&mut parts.version, Version::HTTP_11);
-            remove_hop_by_hop(&mut parts.headers);
+            remove_hop_by_hop(&mut parts.headers, &[]);
             let peer = parts.extensions.remove::<Peer>();
             add_forwarded_headers(&mut parts.headers, peer);
             let response = match client.request(Request::from_parts(parts, body)).await {
@@ -148,7 +147,7 @@ impl tower::Service<Request<Body<Incoming>>> for Proxy {
             let (mut parts, body) = response.into_parts();
             // An HTTP/1.0 upstream (Python's http.server) must not make the answer HTTP/1.0.
             parts.version = version;
-            remove_hop_by_hop(&mut parts.headers);
+            remove_hop_by_hop(&mut parts.headers, &[]);
             Ok(Response::from_parts(parts, body))
         })
     }
@@ -198,92 +197,24 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     line
 }
 
-/// Headers that describe one connection, never the message (RFC 9110 7.6.1), and those the
-/// `Connection` header names.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-}
-
 /// The 502 the gateway answers when the upstream gave no response; what a retry gets depends
 /// on whether the request was sent (`held`: the key's claim is kept until `held` ends).
 pub(super) fn upstream_failed(error: &BoxError, held: Duration) -> Response<Body<Incoming>> {
-    let detail = if let Some(not_sent) = error.downcast_ref::<NotSent>() {
-        format!(
-            "the upstream could not be reached ({}); the request was not sent, so a retry with \
-             the same Idempotency-Key executes it",
-            not_sent.reason()
-        )
-    } else {
-        format!(
-            "the upstream gave no response ({error}) after the request was sent, so it may \
-             have executed it; the Idempotency-Key is held for up to {} (a retry gets 409 \
-             until then, then executes the request)",
-            crate::deliver::humane(held)
-        )
-    };
-    timeout_or_failure(
-        StatusCode::BAD_GATEWAY,
-        "upstream-unavailable",
-        "Upstream unavailable",
-        detail,
-    )
+    match error.downcast_ref::<NotSent>() {
+        Some(not_sent) => Problem::UpstreamNotSent {
+            reason: not_sent.reason().to_owned(),
+        },
+        None => Problem::UpstreamFailed {
+            reason: error.to_string(),
+            held,
+        },
+    }
+    .into_response()
 }
 
-/// The 504 the gateway answers when an unkeyed request gets no response within `--timeout`.
+/// The 504 the gateway answers when a request without a key gets no response within `timeout`.
 pub(super) fn upstream_timed_out(timeout: Duration) -> Response<Body<Incoming>> {
-    let detail = format!(
-        "the upstream gave no response within {}; the request had no Idempotency-Key, so a \
-         retry may execute it again",
-        crate::deliver::humane(timeout)
-    );
-    timeout_or_failure(
-        StatusCode::GATEWAY_TIMEOUT,
-        "upstream-timeout",
-        "Upstream timed out",
-        detail,
-    )
-}
-
-fn timeout_or_failure(
-    status: StatusCode,
-    slug: &str,
-    title: &str,
-    detail: String,
-) -> Response<Body<Incoming>> {
-    let json = serde_json::json!({
-        "type": format!("urn:oncely:http:{slug}"),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    let mut response = Response::new(Body::buffered(Bytes::from(json.to_string()), None));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    response
+    Problem::UpstreamTimedOut { timeout }.into_response()
 }
 
 #[cfg(test)]
@@ -305,21 +236,6 @@ mod tests {
         let query = parse_upstream("http://svc/?a=1").unwrap_err().to_string();
         assert!(query.contains("query"), "{query}");
         assert!(parse_upstream("svc:80").is_err());
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
-        headers.insert("x-hop", HeaderValue::from_static("1"));
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        remove_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert!(headers.contains_key(header::CONTENT_TYPE));
     }
 
     #[test]

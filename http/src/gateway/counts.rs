@@ -1,4 +1,4 @@
-//! What happened to each request: the summary line's counts and the Prometheus metrics.
+//! [`Counts`]: what happened to each request, for the summary line and the Prometheus metrics.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,9 +12,10 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-/// What happened to one request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Outcome {
+/// What happened to one request the [`Gateway`](super::Gateway) answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
     /// Claimed and forwarded; the upstream answered.
     Executed,
     /// The stored response, replayed by the layer.
@@ -27,8 +28,8 @@ pub(super) enum Outcome {
     Rejected,
     /// 503: the store could not be reached.
     StoreUnavailable,
-    /// 502 or 504: the upstream gave no response, or none within `--timeout` (a claimed key
-    /// was released).
+    /// 502 or 504: the upstream gave no response, or none within the
+    /// [timeout](super::GatewayOptions::timeout).
     UpstreamFailed,
     /// Forwarded without a key, or with a method the layer does not apply to.
     PassedThrough,
@@ -37,7 +38,8 @@ pub(super) enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 9] = [
+    /// Every outcome, in the summary line's order.
+    pub const ALL: [Outcome; 9] = [
         Outcome::Executed,
         Outcome::Replayed,
         Outcome::InFlight,
@@ -64,8 +66,9 @@ impl Outcome {
         }
     }
 
-    /// Its `outcome` label in the metrics.
-    fn label(self) -> &'static str {
+    /// Its `outcome` label in the metrics: `executed`, `replayed`, `in_flight`, `key_reused`,
+    /// `rejected`, `store_unavailable`, `upstream_failed`, `passed_through`, `abandoned`.
+    pub fn label(self) -> &'static str {
         match self {
             Outcome::Executed => "executed",
             Outcome::Replayed => "replayed",
@@ -110,20 +113,30 @@ impl Histogram {
     }
 }
 
+/// How many requests a [`Gateway`](super::Gateway) answered with each [`Outcome`], and how
+/// long they took: for a summary line and Prometheus metrics.
+///
+/// Cheap to clone; clones share the counts, which go on as the gateway serves.
+#[derive(Clone, Debug, Default)]
+pub struct Counts(Arc<ByOutcome>);
+
 #[derive(Debug, Default)]
-pub(super) struct Counts {
-    by_outcome: [Histogram; Outcome::ALL.len()],
-}
+struct ByOutcome([Histogram; Outcome::ALL.len()]);
 
 impl Counts {
-    fn count(&self, outcome: Outcome) -> u64 {
-        self.by_outcome[outcome.index()]
-            .count
-            .load(Ordering::SeqCst)
+    fn histogram(&self, outcome: Outcome) -> &Histogram {
+        &self.0.0[outcome.index()]
     }
 
-    /// `requests N: executed N, replayed N, ...`: every count, in one line.
-    pub(super) fn summary(&self) -> String {
+    /// How many requests had `outcome` so far.
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.histogram(outcome).count.load(Ordering::SeqCst)
+    }
+
+    /// `requests N: executed N, replayed N, in flight (409) N, key reused (422) N, rejected N,
+    /// store unavailable (503) N, upstream failed (502/504) N, passed through N, abandoned N`:
+    /// every count, in one line (`oncely serve`'s last).
+    pub fn summary(&self) -> String {
         let total: u64 = Outcome::ALL.iter().map(|&o| self.count(o)).sum();
         let parts: Vec<String> = Outcome::ALL
             .iter()
@@ -132,8 +145,11 @@ impl Counts {
         format!("requests {total}: {}", parts.join(", "))
     }
 
-    /// The Prometheus text exposition format (version 0.0.4).
-    fn prometheus(&self) -> String {
+    /// The counts in the Prometheus text exposition format (version 0.0.4):
+    /// `oncely_serve_requests_total` and the latency histogram
+    /// `oncely_serve_request_duration_seconds` (until the response was ready), by `outcome`
+    /// ([`Outcome::label`]).
+    pub fn prometheus(&self) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
         out.push_str(
@@ -154,7 +170,7 @@ impl Counts {
              # TYPE oncely_serve_request_duration_seconds histogram\n",
         );
         for outcome in Outcome::ALL {
-            let histogram = &self.by_outcome[outcome.index()];
+            let histogram = self.histogram(outcome);
             let label = outcome.label();
             let count = histogram.count.load(Ordering::SeqCst);
             let mut cumulative = 0;
@@ -180,14 +196,14 @@ impl Counts {
 
 /// Counts a request once: with its outcome, or as abandoned if its future is dropped first.
 pub(super) struct CountOnDrop {
-    counts: Arc<Counts>,
+    counts: Counts,
     started: Instant,
     outcome: Outcome,
 }
 
 impl CountOnDrop {
     /// Starts timing a request; dropped without [`done`](Self::done), it counts as abandoned.
-    pub(super) fn start(counts: Arc<Counts>) -> Self {
+    pub(super) fn start(counts: Counts) -> Self {
         CountOnDrop {
             counts,
             started: Instant::now(),
@@ -202,38 +218,43 @@ impl CountOnDrop {
 
 impl Drop for CountOnDrop {
     fn drop(&mut self) {
-        self.counts.by_outcome[self.outcome.index()].observe(self.started.elapsed());
+        self.counts
+            .histogram(self.outcome)
+            .observe(self.started.elapsed());
     }
 }
 
-/// Serves `GET /metrics` on `listener` (Prometheus text); every other path is 404.
-pub(super) async fn serve_metrics(listener: TcpListener, counts: Arc<Counts>) {
-    let http = hyper::server::conn::http1::Builder::new();
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let counts = counts.clone();
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let counts = counts.clone();
-            async move {
-                let response = if request.uri().path() == "/metrics" {
-                    Response::builder()
-                        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                        .body(Full::new(Bytes::from(counts.prometheus())))
-                } else {
-                    Response::builder()
-                        .status(StatusCode::NOT_FOUND)
-                        .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
-                };
-                Ok::<_, Infallible>(response.unwrap_or_default())
-            }
-        });
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+impl Counts {
+    /// Serves `GET /metrics` on `listener`, the [Prometheus text](Counts::prometheus) (every
+    /// other path is 404), until the future is dropped.
+    pub async fn serve_metrics(self, listener: TcpListener) {
+        let http = hyper::server::conn::http1::Builder::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let counts = self.clone();
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let counts = counts.clone();
+                async move {
+                    let response = if request.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(counts.prometheus())))
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
+                    };
+                    Ok::<_, Infallible>(response.unwrap_or_default())
+                }
+            });
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+        }
     }
 }
 
@@ -245,10 +266,12 @@ mod tests {
     fn the_summary_names_every_count() {
         let counts = Counts::default();
         for outcome in [Outcome::Executed, Outcome::Executed] {
-            counts.by_outcome[outcome.index()].observe(Duration::from_millis(3));
+            counts.histogram(outcome).observe(Duration::from_millis(3));
         }
         for _ in 0..3 {
-            counts.by_outcome[Outcome::Replayed.index()].observe(Duration::from_millis(30));
+            counts
+                .histogram(Outcome::Replayed)
+                .observe(Duration::from_millis(30));
         }
         assert_eq!(
             counts.summary(),
@@ -261,7 +284,7 @@ mod tests {
     #[test]
     fn metrics_are_cumulative_histograms_by_outcome() {
         let counts = Counts::default();
-        let executed = &counts.by_outcome[Outcome::Executed.index()];
+        let executed = counts.histogram(Outcome::Executed);
         executed.observe(Duration::from_millis(3));
         executed.observe(Duration::from_millis(30));
         executed.observe(Duration::from_secs(60));
