@@ -127,12 +127,8 @@ async fn renewal_moves_the_native_expiry_and_the_expiry_index_with_the_deadline(
     let grace = DEFAULT_TTL_GRACE.as_millis() as i64;
     let record = record_key(&prefix, "s", "k");
     let now = Timestamp::from_millis(1_000);
-    let claim = store
-        .claim(&request("s", "k", Duration::from_secs(30)), now)
-        .await
-        .unwrap()
-        .into_new()
-        .unwrap();
+    let req = request("s", "k", Duration::from_secs(30));
+    let claim = store.claim(&req, now).await.unwrap().into_new().unwrap();
     // Renewed to ten minutes after the claim: Redis must not drop it before then (plus grace).
     let ten_minutes = 600_000;
     let lease_until = Timestamp::from_millis(1_000 + ten_minutes);
@@ -166,12 +162,7 @@ async fn renewal_moves_the_native_expiry_and_the_expiry_index_with_the_deadline(
 
     // With the backstop off, a renewal leaves the record without a TTL.
     let (prefix, store) = open_fresh("&ttl_grace=off").await;
-    let claim = store
-        .claim(&request("s", "k", Duration::from_secs(30)), now)
-        .await
-        .unwrap()
-        .into_new()
-        .unwrap();
+    let claim = store.claim(&req, now).await.unwrap().into_new().unwrap();
     store.extend(&claim, lease_until).await.unwrap();
     assert_eq!(pttl(&record_key(&prefix, "s", "k")).await, -1);
 }
