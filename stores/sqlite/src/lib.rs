@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 pub mod inbox;
+mod job;
 pub mod offsets;
 mod ops;
 mod options;
@@ -61,10 +62,11 @@ use oncely_core::{
 };
 use tokio::sync::oneshot;
 
+use job::Job;
 pub use options::{
     DEFAULT_CACHE_MIB, DEFAULT_PAGE_SIZE, DEFAULT_WAL_AUTOCHECKPOINT, SqliteOptions,
 };
-use writer::{Job, Writer};
+use writer::Writer;
 
 /// The sqlx the [`inbox`] is built on, so your transactions are the inbox's type.
 pub use sqlx;

@@ -12,7 +12,7 @@ use oncely_core::{
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, ToSql, Transaction, params};
 
-use crate::writer::{Answer, Job, backend};
+use crate::job::{Answer, Job};
 
 pub(crate) const SELECT_CLAIM: &str = "SELECT token, attempt, fingerprint, created_at, expires_at \
      FROM oncely_claims WHERE scope = ?1 AND key = ?2";
@@ -46,6 +46,14 @@ const COUNT_DONE: &str = "SELECT count(*), coalesce(sum(expires_at >= ?1), 0) FR
 const SELECT_VERSION: &str = "SELECT version FROM oncely_versions WHERE scope = ?1 AND entity = ?2";
 const UPSERT_VERSION: &str = "INSERT INTO oncely_versions (scope, entity, version) VALUES (?1, ?2, ?3) \
      ON CONFLICT (scope, entity) DO UPDATE SET version = excluded.version";
+
+/// A failed statement on the store at `url`, as `Error::Backend`.
+pub(crate) fn backend(url: &str, e: rusqlite::Error) -> Error {
+    Error::Backend {
+        store: url.to_owned(),
+        source: e.into(),
+    }
+}
 
 /// Which table a record was read from.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -3,77 +3,12 @@
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use oncely_core::{
-    Claim, ClaimOutcome, ClaimRequest, Completion, Error, Key, Record, Result, Scope, StoreStats,
-    Timestamp, VersionCheck,
-};
+use oncely_core::{Error, Result};
 use rusqlite::{Connection, TransactionBehavior};
-use tokio::sync::oneshot;
 
-use crate::ops;
+use crate::job::{Answer, Job};
+use crate::ops::{self, backend};
 use crate::{MIGRATIONS, SqliteOptions};
-
-type Reply<T> = oneshot::Sender<Result<T>>;
-
-/// One queued operation and where its answer goes.
-pub(crate) enum Job {
-    Claim {
-        requests: Vec<ClaimRequest>,
-        now: Timestamp,
-        reply: Reply<Vec<ClaimOutcome>>,
-    },
-    Complete {
-        claim: Claim,
-        outcome: Vec<u8>,
-        expires_at: Timestamp,
-        reply: Reply<()>,
-    },
-    /// A whole `complete_many` batch, in one transaction.
-    CompleteMany {
-        items: Vec<Completion>,
-        reply: Reply<Vec<Result<()>>>,
-    },
-    Release {
-        claim: Claim,
-        reply: Reply<()>,
-    },
-    Extend {
-        claim: Claim,
-        lease_until: Timestamp,
-        reply: Reply<()>,
-    },
-    Get {
-        scope: Scope,
-        key: Key,
-        reply: Reply<Option<Record>>,
-    },
-    Purge {
-        expired_before: Timestamp,
-        limit: usize,
-        reply: Reply<usize>,
-    },
-    Stats {
-        now: Timestamp,
-        reply: Reply<StoreStats>,
-    },
-    Version {
-        scope: Scope,
-        entity: Key,
-        version: u64,
-        reply: Reply<VersionCheck>,
-    },
-}
-
-/// A job's answer, held until its transaction commits.
-pub(crate) enum Answer {
-    Claims(Vec<ClaimOutcome>),
-    Done(Result<()>),
-    Completions(Vec<Result<()>>),
-    Record(Option<Record>),
-    Count(usize),
-    Stats(StoreStats),
-    Version(VersionCheck),
-}
 
 pub(crate) struct Writer {
     conn: Connection,
@@ -254,13 +189,6 @@ fn deliver(job: Job, answer: Result<Answer>) {
         Job::Purge { reply, .. } => send!(reply, Count),
         Job::Stats { reply, .. } => send!(reply, Stats),
         Job::Version { reply, .. } => send!(reply, Version),
-    }
-}
-
-pub(crate) fn backend(url: &str, e: rusqlite::Error) -> Error {
-    Error::Backend {
-        store: url.to_owned(),
-        source: e.into(),
     }
 }
 
