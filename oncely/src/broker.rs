@@ -50,7 +50,7 @@ pub enum ConnectError {
     /// RabbitMQ refused or the URL is invalid.
     #[cfg(feature = "rabbitmq")]
     #[error(transparent)]
-    Amqp(#[from] oncely_rabbitmq::AmqpError),
+    Amqp(#[from] oncely_rabbitmq::Error),
     /// Kafka refused or the URL is invalid.
     #[cfg(feature = "kafka")]
     #[error(transparent)]

@@ -70,7 +70,7 @@ pub enum RelayConnectError {
     /// RabbitMQ refused or the URL is invalid.
     #[cfg(feature = "rabbitmq")]
     #[error(transparent)]
-    Amqp(#[from] oncely_rabbitmq::AmqpError),
+    Amqp(#[from] oncely_rabbitmq::Error),
     /// Kafka refused or the URL is invalid.
     #[cfg(feature = "kafka")]
     #[error(transparent)]

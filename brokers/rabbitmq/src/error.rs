@@ -5,7 +5,7 @@
 /// which the runner handles.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum AmqpError {
+pub enum Error {
     /// The URL is not `amqp://[USER:PASSWORD@]HOST[:PORT][/VHOST]/QUEUE[?dlq=NAME&prefetch=N]`.
     #[error("invalid AMQP URL `{url}`: {reason}")]
     InvalidUrl {
@@ -52,9 +52,9 @@ pub enum AmqpError {
     },
 }
 
-impl AmqpError {
-    pub(crate) fn setup(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> AmqpError {
+impl Error {
+    pub(crate) fn setup(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> Error {
         let what = what.into();
-        move |source| AmqpError::Setup { what, source }
+        move |source| Error::Setup { what, source }
     }
 }

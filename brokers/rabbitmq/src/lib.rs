@@ -81,7 +81,7 @@ mod options;
 mod publisher;
 mod source;
 
-pub use error::AmqpError;
+pub use error::Error;
 pub use options::{AmqpOptions, AmqpUrl, DEFAULT_MAX_REDELIVERY_WAIT, DEFAULT_PREFETCH};
 pub use publisher::AmqpPublisher;
 pub use source::{AmqpDelivery, AmqpSource};

@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::AmqpError;
+use crate::Error;
 
 mod parse;
 
@@ -119,7 +119,7 @@ impl AmqpOptions {
 ///
 /// let err = "amqp://guest:secret@rabbit/".parse::<AmqpUrl>().unwrap_err();
 /// assert!(err.to_string().contains("guest:***@rabbit"), "{err}");
-/// # Ok::<(), oncely_rabbitmq::AmqpError>(())
+/// # Ok::<(), oncely_rabbitmq::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct AmqpUrl {
@@ -151,9 +151,9 @@ impl AmqpUrl {
 }
 
 impl FromStr for AmqpUrl {
-    type Err = AmqpError;
+    type Err = Error;
 
-    fn from_str(url: &str) -> Result<Self, AmqpError> {
+    fn from_str(url: &str) -> Result<Self, Error> {
         parse::parse(url)
     }
 }

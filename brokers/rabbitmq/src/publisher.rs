@@ -9,7 +9,7 @@ use oncely_core::outbox::Publisher;
 use oncely_core::url::{redact_password, take_param};
 
 use crate::message::to_amqp;
-use crate::{AmqpError, AmqpUrl};
+use crate::{Error, AmqpUrl};
 
 const BROKER: &str = "amqp";
 
@@ -32,7 +32,7 @@ const BROKER: &str = "amqp";
 /// message-id`).
 ///
 /// ```no_run
-/// # async fn example() -> Result<(), oncely_rabbitmq::AmqpError> {
+/// # async fn example() -> Result<(), oncely_rabbitmq::Error> {
 /// let publisher = oncely_rabbitmq::AmqpPublisher::connect("amqp://guest:guest@127.0.0.1:5672/%2f/orders").await?;
 /// # Ok(()) }
 /// ```
@@ -53,10 +53,10 @@ impl std::fmt::Debug for AmqpPublisher {
 
 impl AmqpPublisher {
     /// Connects as `url` says (see the type's docs) and opens a channel with confirms.
-    pub async fn connect(url: &str) -> Result<Self, AmqpError> {
+    pub async fn connect(url: &str) -> Result<Self, Error> {
         let (rest, exchange) = take_param(url, "exchange");
         let parsed: AmqpUrl = rest.parse().map_err(|e| match e {
-            AmqpError::InvalidUrl { reason, .. } => AmqpError::InvalidUrl {
+            Error::InvalidUrl { reason, .. } => Error::InvalidUrl {
                 url: redact_password(url),
                 reason: reason.replace(
                     "queue",
@@ -69,7 +69,7 @@ impl AmqpPublisher {
             ConnectionProperties::default().with_connection_name("oncely-relay".into());
         let connection = Connection::connect(parsed.connection_url(), properties)
             .await
-            .map_err(|source| AmqpError::Connect {
+            .map_err(|source| Error::Connect {
                 url: parsed.redacted_connection(),
                 source,
             })?;
@@ -83,15 +83,15 @@ impl AmqpPublisher {
         connection: &Connection,
         exchange: String,
         routing_key: String,
-    ) -> Result<Self, AmqpError> {
+    ) -> Result<Self, Error> {
         let channel = connection
             .create_channel()
             .await
-            .map_err(AmqpError::setup("opening a channel"))?;
+            .map_err(Error::setup("opening a channel"))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(AmqpError::setup("enabling publisher confirms"))?;
+            .map_err(Error::setup("enabling publisher confirms"))?;
         Ok(AmqpPublisher {
             channel,
             exchange,

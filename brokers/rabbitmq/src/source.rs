@@ -18,7 +18,7 @@ use oncely_core::async_trait;
 use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
 
 use crate::message::{PERSISTENT, from_amqp, long_string};
-use crate::{AmqpError, AmqpOptions, AmqpUrl};
+use crate::{Error, AmqpOptions, AmqpUrl};
 
 /// Gives one delivery back to its queue.
 const REQUEUE: BasicNackOptions = BasicNackOptions {
@@ -56,22 +56,22 @@ impl AmqpSource {
     /// Connects to the URL (see [`AmqpUrl`] for its form) and starts consuming its queue.
     ///
     /// ```no_run
-    /// # async fn example() -> Result<(), oncely_rabbitmq::AmqpError> {
+    /// # async fn example() -> Result<(), oncely_rabbitmq::Error> {
     /// use oncely_rabbitmq::AmqpSource;
     ///
     /// let source = AmqpSource::connect("amqp://guest:guest@127.0.0.1:5672/%2f/orders?prefetch=16").await?;
     /// # Ok(()) }
     /// ```
-    pub async fn connect(url: &str) -> Result<Self, AmqpError> {
+    pub async fn connect(url: &str) -> Result<Self, Error> {
         Self::connect_url(&url.parse()?).await
     }
 
     /// Connects to a parsed [`AmqpUrl`] and starts consuming its queue.
-    pub async fn connect_url(url: &AmqpUrl) -> Result<Self, AmqpError> {
+    pub async fn connect_url(url: &AmqpUrl) -> Result<Self, Error> {
         let properties = ConnectionProperties::default().with_connection_name("oncely".into());
         let connection = Connection::connect(url.connection_url(), properties)
             .await
-            .map_err(|source| AmqpError::Connect {
+            .map_err(|source| Error::Connect {
                 url: url.redacted_connection(),
                 source,
             })?;
@@ -86,7 +86,7 @@ impl AmqpSource {
     pub async fn with_connection(
         connection: &Connection,
         options: AmqpOptions,
-    ) -> Result<Self, AmqpError> {
+    ) -> Result<Self, Error> {
         let queue = options.queue_name().to_owned();
         let dead_letter_queue = options.dead_letter_queue_name();
         let queue_name = short(&queue)?;
@@ -96,13 +96,13 @@ impl AmqpSource {
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(AmqpError::setup("enabling publisher confirms"))?;
+            .map_err(Error::setup("enabling publisher confirms"))?;
 
         let channel = open(connection).await?;
         channel
             .basic_qos(options.prefetch_count(), BasicQosOptions::default())
             .await
-            .map_err(AmqpError::setup("setting the prefetch (basic.qos)"))?;
+            .map_err(Error::setup("setting the prefetch (basic.qos)"))?;
         let consumer = channel
             .basic_consume(
                 queue_name,
@@ -111,7 +111,7 @@ impl AmqpSource {
                 FieldTable::default(),
             )
             .await
-            .map_err(AmqpError::setup(format!("consuming queue `{queue}`")))?;
+            .map_err(Error::setup(format!("consuming queue `{queue}`")))?;
         Ok(AmqpSource {
             consumer,
             _channel: channel,
@@ -342,15 +342,15 @@ fn dead_letter_properties(original: &BasicProperties, headers: FieldTable) -> Ba
     properties
 }
 
-async fn open(connection: &Connection) -> Result<Channel, AmqpError> {
+async fn open(connection: &Connection) -> Result<Channel, Error> {
     connection
         .create_channel()
         .await
-        .map_err(AmqpError::setup("opening a channel"))
+        .map_err(Error::setup("opening a channel"))
 }
 
-fn short(name: &str) -> Result<ShortString, AmqpError> {
-    ShortString::try_new(name).map_err(|_| AmqpError::InvalidQueueName {
+fn short(name: &str) -> Result<ShortString, Error> {
+    ShortString::try_new(name).map_err(|_| Error::InvalidQueueName {
         queue: name.to_owned(),
     })
 }
@@ -361,9 +361,9 @@ async fn ensure_queues(
     connection: &Connection,
     queue: &str,
     dead_letter_queue: &str,
-) -> Result<(), AmqpError> {
+) -> Result<(), Error> {
     if !exists(connection, queue).await? {
-        return Err(AmqpError::QueueNotFound {
+        return Err(Error::QueueNotFound {
             queue: queue.to_owned(),
         });
     }
@@ -376,7 +376,7 @@ async fn ensure_queues(
                 FieldTable::default(),
             )
             .await
-            .map_err(AmqpError::setup(format!(
+            .map_err(Error::setup(format!(
                 "declaring dead-letter queue `{dead_letter_queue}`"
             )))?;
         let _ = channel.close(200, "OK".into()).await;
@@ -384,7 +384,7 @@ async fn ensure_queues(
     Ok(())
 }
 
-async fn exists(connection: &Connection, queue: &str) -> Result<bool, AmqpError> {
+async fn exists(connection: &Connection, queue: &str) -> Result<bool, Error> {
     let channel = open(connection).await?;
     let declared = channel
         .queue_declare(
@@ -399,7 +399,7 @@ async fn exists(connection: &Connection, queue: &str) -> Result<bool, AmqpError>
             Ok(true)
         }
         Err(error) if not_found(&error) => Ok(false),
-        Err(error) => Err(AmqpError::Setup {
+        Err(error) => Err(Error::Setup {
             what: format!("checking queue `{queue}`"),
             source: error,
         }),

@@ -20,7 +20,7 @@ use oncely_rabbitmq::lapin::types::{AMQPValue, FieldTable};
 use oncely_rabbitmq::lapin::{
     self, BasicProperties, Confirmation, Connection, ConnectionProperties,
 };
-use oncely_rabbitmq::{AmqpError, AmqpSource, message};
+use oncely_rabbitmq::{Error, AmqpSource, message};
 
 /// How long an unused test queue lives on the server.
 const EXPIRES_MS: i32 = 5 * 60 * 1000;
@@ -194,12 +194,12 @@ async fn dead_letter_keeps_the_properties_but_not_the_expiration(rabbit: Rabbit)
 async fn setup_errors_name_the_queue_and_hide_the_password(rabbit: Rabbit) {
     let missing = format!("{}/oncely.suite.no-such-queue", rabbit.base);
     match AmqpSource::connect(&missing).await {
-        Err(AmqpError::QueueNotFound { queue }) => assert_eq!(queue, "oncely.suite.no-such-queue"),
+        Err(Error::QueueNotFound { queue }) => assert_eq!(queue, "oncely.suite.no-such-queue"),
         other => panic!("expected QueueNotFound, got {other:?}"),
     }
     let wrong = "amqp://guest:not-the-password@127.0.0.1:5672/%2f/orders";
     match AmqpSource::connect(wrong).await {
-        Err(error @ AmqpError::Connect { .. }) => {
+        Err(error @ Error::Connect { .. }) => {
             let text = error.to_string();
             assert!(!text.contains("not-the-password"), "{text}");
             assert!(text.contains("guest:***@127.0.0.1"), "{text}");

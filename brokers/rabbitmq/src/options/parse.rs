@@ -5,13 +5,13 @@ use std::str::FromStr;
 use oncely_core::url::{redact_password, take_param};
 
 use super::{AmqpOptions, AmqpUrl};
-use crate::AmqpError;
+use crate::Error;
 
 /// The longest name AMQP allows for a queue, in bytes.
 const MAX_NAME: usize = 255;
 
-pub(super) fn parse(url: &str) -> Result<AmqpUrl, AmqpError> {
-    let invalid = |reason: String| AmqpError::InvalidUrl {
+pub(super) fn parse(url: &str) -> Result<AmqpUrl, Error> {
+    let invalid = |reason: String| Error::InvalidUrl {
         url: redact_password(url),
         reason,
     };
@@ -156,7 +156,7 @@ mod tests {
 
     fn reason(url: &str) -> String {
         match url.parse::<AmqpUrl>() {
-            Err(AmqpError::InvalidUrl { url, reason }) => {
+            Err(Error::InvalidUrl { url, reason }) => {
                 assert!(!url.contains("secret"), "the password is redacted: {url}");
                 reason
             }
