@@ -1,6 +1,7 @@
-//! The S2 rules, written once. Every store that keeps records it can read back (memory, SQLite,
-//! and the slow paths of the SQL stores) calls these functions inside its own atomic section, so
-//! the rules cannot drift between backends. The conformance suite checks the ones that cannot.
+//! The record lifecycle rules (claim, complete, release, expiry; README "Concepts"), written
+//! once. Every store that keeps records it can read back (memory, SQLite, and the slow paths of
+//! the SQL stores) calls these functions inside its own atomic section, so the rules cannot drift
+//! between backends. The conformance suite checks the ones that cannot.
 
 use std::time::Duration;
 

@@ -13,7 +13,7 @@ use crate::{
 /// Stores never read a clock: the caller passes `now`, so one injectable clock drives every
 /// lease and retention decision, and tests move time instead of sleeping.
 ///
-/// Every implementation must pass `oncely-conformance`, which checks S2's guarantees with
+/// Every implementation must pass `oncely-conformance`, which checks the lifecycle's guarantees with
 /// real concurrency. The short version of the contract:
 ///
 /// - `claim_many` is atomic per request: among any number of concurrent claims of one
