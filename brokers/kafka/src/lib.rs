@@ -116,11 +116,13 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 use tokio::sync::mpsc as async_mpsc;
 
 mod error;
+mod fresh;
 mod options;
 mod partitions;
 mod publisher;
 
 pub use error::Error;
+pub use fresh::{FreshDestination, FreshOptions, fresh_destination};
 pub use options::{
     DEFAULT_COMMIT_INTERVAL, DEFAULT_PORT, DEFAULT_REVOKE_WAIT, DEFAULT_SESSION_TIMEOUT,
     KafkaOptions,

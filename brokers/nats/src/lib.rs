@@ -108,11 +108,13 @@ use oncely_core::async_trait;
 use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
 
 mod error;
+mod fresh;
 mod options;
 mod publisher;
 
 pub use async_nats;
 pub use error::Error;
+pub use fresh::{FreshDestination, FreshOptions, fresh_destination};
 pub use options::{DEFAULT_ACK_WAIT, DEFAULT_BATCH, DEFAULT_PORT, NatsOptions};
 pub use publisher::NatsPublisher;
 

@@ -76,12 +76,14 @@
 #![warn(missing_docs)]
 
 mod error;
+mod fresh;
 pub mod message;
 mod options;
 mod publisher;
 mod source;
 
 pub use error::Error;
+pub use fresh::{FreshDestination, FreshOptions, fresh_destination};
 pub use options::{AmqpOptions, AmqpUrl, DEFAULT_MAX_REDELIVERY_WAIT, DEFAULT_PREFETCH};
 pub use publisher::AmqpPublisher;
 pub use source::{AmqpDelivery, AmqpSource};

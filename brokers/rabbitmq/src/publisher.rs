@@ -9,7 +9,7 @@ use oncely_core::outbox::Publisher;
 use oncely_core::url::{redact_password, take_param};
 
 use crate::message::to_amqp;
-use crate::{Error, AmqpUrl};
+use crate::{AmqpUrl, Error};
 
 const BROKER: &str = "amqp";
 

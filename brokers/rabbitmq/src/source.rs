@@ -18,7 +18,7 @@ use oncely_core::async_trait;
 use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
 
 use crate::message::{PERSISTENT, from_amqp, long_string};
-use crate::{Error, AmqpOptions, AmqpUrl};
+use crate::{AmqpOptions, AmqpUrl, Error};
 
 /// Gives one delivery back to its queue.
 const REQUEUE: BasicNackOptions = BasicNackOptions {

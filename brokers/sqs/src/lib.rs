@@ -33,10 +33,12 @@
 
 #![warn(missing_docs)]
 
+mod fresh;
 mod options;
 mod publisher;
 mod source;
 
+pub use fresh::{FreshDestination, FreshOptions, fresh_destination};
 pub use options::{Error, SqsOptions, client};
 pub use publisher::SqsPublisher;
 pub use source::{SqsDelivery, SqsSource};

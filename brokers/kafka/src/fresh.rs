@@ -1,0 +1,159 @@
+//! [`fresh_destination`]: a new, uniquely named topic for one test or benchmark run.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::{Error, SETUP_TIMEOUT, client_config, create_topic};
+
+/// Partitions of a fresh topic unless set otherwise.
+const DEFAULT_PARTITIONS: i32 = 3;
+
+/// What [`fresh_destination`] makes: its name's prefix (which run made it), a label (what it
+/// is for), and how the topic is set up.
+#[derive(Debug, Clone)]
+pub struct FreshOptions {
+    prefix: String,
+    label: String,
+    partitions: i32,
+}
+
+impl FreshOptions {
+    /// A topic named `<prefix><pid>-<millis>-<n>-<label>` (the label's characters other than
+    /// letters, digits, `-` and `_` become `-`). Keep one prefix per kind of caller: leftovers
+    /// are found by it.
+    pub fn new(prefix: impl Into<String>, label: &str) -> Self {
+        FreshOptions {
+            prefix: prefix.into(),
+            label: label.to_owned(),
+            partitions: DEFAULT_PARTITIONS,
+        }
+    }
+
+    /// The topic's partitions: at most this many consumers of one group get messages side by
+    /// side. 3 by default.
+    pub fn partitions(mut self, partitions: i32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+}
+
+/// The topic [`fresh_destination`] made, and the dead-letter topic a source on it uses by
+/// default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreshDestination {
+    /// The topic.
+    pub topic: String,
+    /// `<topic>.dlq`, which a [`KafkaSource`](crate::KafkaSource) creates by default (not made
+    /// here).
+    pub dead_letter_topic: String,
+}
+
+/// Creates a new topic on the Kafka brokers `brokers` (`host:port[,host:port...]`), named
+/// uniquely (this process, the time, a counter; topics outlive a run, so a name is never
+/// reused): for tests and benchmarks that need a destination of their own on a real broker.
+///
+/// First, once per process and prefix, it deletes the topics with this prefix that a process
+/// now gone made (a run that ended before deleting its own).
+///
+/// ```no_run
+/// # async fn example() -> Result<(), oncely_kafka::Error> {
+/// use oncely_kafka::{FreshOptions, fresh_destination};
+///
+/// let options = FreshOptions::new("my-tests-", "orders").partitions(8);
+/// let fresh = fresh_destination("127.0.0.1:9092", &options).await?;
+/// let url = format!("kafka://127.0.0.1:9092/{}?group=billing", fresh.topic);
+/// # let _ = url; Ok(()) }
+/// ```
+pub async fn fresh_destination(
+    brokers: &str,
+    options: &FreshOptions,
+) -> Result<FreshDestination, Error> {
+    if first_use_of(&options.prefix) {
+        remove_leftovers(brokers, &options.prefix).await;
+    }
+    let topic = unique_name(&options.prefix, &options.label);
+    create_topic(brokers, &topic, options.partitions).await?;
+    Ok(FreshDestination {
+        dead_letter_topic: format!("{topic}.dlq"),
+        topic,
+    })
+}
+
+/// `<prefix><pid>-<millis>-<n>-<label>`: unique across processes on one host (the pid), runs
+/// (the time) and calls in this process (the counter).
+fn unique_name(prefix: &str, label: &str) -> String {
+    static MADE: AtomicUsize = AtomicUsize::new(0);
+    let n = MADE.fetch_add(1, Ordering::Relaxed);
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let label: String = label
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' => c,
+            _ => '-',
+        })
+        .collect();
+    format!("{prefix}{}-{millis}-{n}-{label}", std::process::id())
+}
+
+/// Whether this is the first call for `prefix` in this process: leftovers are looked for once.
+fn first_use_of(prefix: &str) -> bool {
+    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    seen.get_or_insert_with(HashSet::new)
+        .insert(prefix.to_owned())
+}
+
+/// Whether `name` (made by [`unique_name`] with `prefix`) belongs to a process that is gone.
+fn made_by_a_gone_process(name: &str, prefix: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.split('-').next())
+    else {
+        return false;
+    };
+    !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && pid != std::process::id().to_string()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Deletes the topics (and their dead-letter topics) under `prefix` whose process is gone; a
+/// failure leaves them.
+async fn remove_leftovers(brokers: &str, prefix: &str) {
+    let (owned, prefix) = (brokers.to_owned(), prefix.to_owned());
+    // Metadata requests block: off the runtime.
+    let stale = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client_config(&owned).create().ok()?;
+        let metadata = consumer.fetch_metadata(None, SETUP_TIMEOUT).ok()?;
+        Some(
+            metadata
+                .topics()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .filter(|name| made_by_a_gone_process(name, &prefix))
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    if stale.is_empty() {
+        return;
+    }
+    let Ok(admin) = client_config(brokers).create::<AdminClient<DefaultClientContext>>() else {
+        return;
+    };
+    let names: Vec<&str> = stale.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(SETUP_TIMEOUT));
+    admin.delete_topics(&names, &options).await.ok();
+}
