@@ -1,4 +1,5 @@
-//! Store URLs: which server(s), and oncely's own query parameters.
+//! Options, and parsing them from a store URL: which server(s), and oncely's own query
+//! parameters.
 
 use std::time::Duration;
 

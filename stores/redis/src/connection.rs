@@ -1,0 +1,112 @@
+//! The connection: one server (reconnecting on failure) or a cluster, behind one type.
+
+use std::time::Duration;
+
+use oncely_core::{Error, Result};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
+
+use crate::options::Target;
+
+/// How long a command may take before it is reported as unavailable. Generous: a 1 MiB outcome
+/// on a busy two-core machine is well under it, a dead server is well over it.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One server (reconnecting on failure) or a cluster: both behind the redis crate's
+/// connection trait, so every command and script is written once.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Connection {
+    /// Connects to `target`; `shown` (its URL without the password) names it in errors.
+    ///
+    /// A server that cannot be reached is reported at once as [`Error::Unavailable`].
+    pub(crate) async fn open(target: &Target, shown: &str) -> Result<Self> {
+        let invalid = |e: RedisError| Error::InvalidUrl {
+            url: shown.to_owned(),
+            reason: e.to_string(),
+        };
+        let unavailable = |e: RedisError| Error::Unavailable {
+            store: shown.to_owned(),
+            source: format!("{e} (is Redis running? see README \"Stores\")").into(),
+        };
+        let conn = match target {
+            Target::Single(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(invalid)?;
+                // One direct connection first: a refused connection or a bad password is then
+                // reported at once and as itself, not after the manager's reconnect backoff.
+                let mut probe = client
+                    .get_multiplexed_async_connection_with_config(
+                        &AsyncConnectionConfig::new()
+                            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                            .set_response_timeout(Some(CONNECT_TIMEOUT)),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                redis::cmd("PING")
+                    .query_async::<()>(&mut probe)
+                    .await
+                    .map_err(unavailable)?;
+                drop(probe);
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(3);
+                Connection::Single(
+                    ConnectionManager::new_with_config(client, config)
+                        .await
+                        .map_err(unavailable)?,
+                )
+            }
+            Target::Cluster(nodes) => {
+                let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .retries(3)
+                    .build()
+                    .map_err(invalid)?;
+                let mut conn = client.get_async_connection().await.map_err(unavailable)?;
+                redis::cmd("PING")
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                Connection::Cluster(conn)
+            }
+        };
+        Ok(conn)
+    }
+}

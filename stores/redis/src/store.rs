@@ -1,0 +1,574 @@
+//! The store: claims, completions and the rest as scripts, one call per scope.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::future::try_join_all;
+use oncely_core::group::DEFAULT_MAX_BATCH;
+use oncely_core::lifecycle::decide_claim;
+use oncely_core::lifecycle::decide_version;
+use oncely_core::{
+    Claim, ClaimOutcome, ClaimRequest, Completion, Error, GroupCommit, Key, LostReason, Record,
+    Result, Scope, Store, StoreStats, Timestamp, VersionCheck, async_trait,
+};
+use redis::{RedisError, ScriptInvocation, Value};
+
+use crate::connection::Connection;
+use crate::keys::Layout;
+use crate::options;
+use crate::reply::{bytes, decode_record, parse};
+use crate::scripts::{
+    CLAIM_SCRIPT, COMPLETE_MANY_SCRIPT, COMPLETE_SCRIPT, EXTEND_SCRIPT, PURGE_SCRIPT,
+    RELEASE_SCRIPT, STATS_SCRIPT, VERSION_SCRIPT,
+};
+
+/// Claim batches on their way to the server at once. Single completes are not coalesced: each
+/// is one short script, and the multiplexed connection already pipelines concurrent ones.
+/// `complete_many` sends one script per scope and [`COMPLETE_CHUNK_BYTES`] of outcomes.
+const CLAIM_BATCHES_IN_FLIGHT: usize = 4;
+
+/// How many records one purge script call removes at most: small, so a purge never holds the
+/// server (single-threaded for commands) long enough to delay claims noticeably.
+const PURGE_BATCH: usize = 128;
+
+/// Outcome bytes one `complete_many` script call carries at most (a single larger outcome goes
+/// alone): well under Redis's 1 GiB query buffer limit, and short enough not to hold the
+/// single-threaded server long.
+const COMPLETE_CHUNK_BYTES: usize = 16 << 20;
+
+/// Native TTLs longer than this (about 100 years) are not set at all: Redis rejects expiry
+/// times that overflow, and such a record needs no backstop.
+const MAX_NATIVE_TTL_MS: i128 = 100 * 365 * 24 * 3600 * 1000;
+
+/// How long a scope counts as registered before a claim adds it to the registry again.
+const REREGISTER_AFTER: Duration = Duration::from_secs(300);
+
+/// The Redis store. See the crate docs.
+pub struct RedisStore {
+    conn: Connection,
+    layout: Layout,
+    ttl_grace_ms: Option<i128>,
+    url: String,
+    /// Scopes this process registered, and when: a claim adds its scope once per
+    /// [`REREGISTER_AFTER`], so a registry lost to a `FLUSHDB` or a failover is soon whole again.
+    known_scopes: Mutex<HashMap<Scope, Instant>>,
+    /// Concurrent single claims go to the server as one script per scope and batch.
+    group: GroupCommit,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to the server or cluster a URL names (see the crate docs for the forms).
+    ///
+    /// A server that cannot be reached is reported at once as [`Error::Unavailable`], with the
+    /// password removed from the URL shown.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts = options::parse(url)?;
+        let conn = Connection::open(&opts.target, &opts.shown).await?;
+        Ok(RedisStore {
+            conn,
+            layout: Layout::new(&opts.prefix),
+            ttl_grace_ms: opts.ttl_grace.map(|g| g.as_millis() as i128),
+            group: GroupCommit::new(&opts.shown, CLAIM_BATCHES_IN_FLIGHT, DEFAULT_MAX_BATCH),
+            url: opts.shown,
+            known_scopes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether this store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Connection::Cluster(_))
+    }
+
+    fn err(&self, e: RedisError) -> Error {
+        // No route to a node is the cluster's way of saying a server is down.
+        let no_node = e.kind() == redis::ErrorKind::ClusterConnectionNotFound;
+        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || no_node {
+            let hint = if e.is_connection_refusal() {
+                " (is Redis running? see README \"Stores\")"
+            } else {
+                ""
+            };
+            Error::Unavailable {
+                store: self.url.clone(),
+                source: format!("{e}{hint}").into(),
+            }
+        } else {
+            Error::Backend {
+                store: self.url.clone(),
+                source: e.into(),
+            }
+        }
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> Error {
+        Error::Corrupt {
+            store: self.url.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The native TTL of a record `claim` holds until `until` (completed or its lease renewed):
+    /// the store is not told `now`, and `claimed_at` is no later, so the TTL is no shorter.
+    fn native_ttl_since_claim(&self, claim: &Claim, until: Timestamp) -> String {
+        self.native_ttl(until.as_millis() as i128 - claim.claimed_at.as_millis() as i128)
+    }
+
+    /// The native TTL for a record that expires `span_ms` after the moment it is written:
+    /// the span plus the grace, or `""` for none (backstop off, or too far out to matter).
+    fn native_ttl(&self, span_ms: i128) -> String {
+        match self.ttl_grace_ms {
+            Some(grace) => {
+                let ttl = span_ms.max(0) + grace;
+                if ttl > MAX_NATIVE_TTL_MS {
+                    String::new()
+                } else {
+                    ttl.to_string()
+                }
+            }
+            None => String::new(),
+        }
+    }
+
+    /// Adds scopes this process has not registered yet to the registry. Done *before* their
+    /// records are written, so purge and stats can always find a scope that has records.
+    async fn register(&self, scopes: &[&Scope]) -> Result<()> {
+        let missing: Vec<&Scope> = {
+            let known = self.known_scopes.lock().expect("scope cache");
+            scopes
+                .iter()
+                .copied()
+                .filter(|s| {
+                    known
+                        .get(*s)
+                        .is_none_or(|at| at.elapsed() > REREGISTER_AFTER)
+                })
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut sadd = redis::cmd("SADD");
+        sadd.arg(self.layout.registry());
+        for scope in &missing {
+            sadd.arg(scope.as_str());
+        }
+        sadd.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        let at = Instant::now();
+        self.known_scopes
+            .lock()
+            .expect("scope cache")
+            .extend(missing.into_iter().map(|s| (s.clone(), at)));
+        Ok(())
+    }
+
+    /// Every registered scope, read in pages so a large registry never blocks the server.
+    async fn scopes(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let mut cursor = 0u64;
+        let mut seen = HashSet::new();
+        loop {
+            let (next, page): (u64, Vec<Vec<u8>>) = redis::cmd("SSCAN")
+                .arg(self.layout.registry())
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.err(e))?;
+            for scope in page {
+                let scope = String::from_utf8(scope)
+                    .map_err(|_| self.corrupt("a registered scope is not UTF-8"))?;
+                seen.insert(scope);
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(seen.into_iter().collect())
+    }
+
+    /// Claims the requests at `idx` (all of `scope`) in one script call, in order.
+    async fn claim_scope(
+        &self,
+        scope: &Scope,
+        idx: &[usize],
+        requests: &[ClaimRequest],
+        now: Timestamp,
+    ) -> Result<Vec<ClaimOutcome>> {
+        let mut call = CLAIM_SCRIPT.prepare_invoke();
+        call.key(self.layout.expiry_index(scope.as_str()))
+            .key(self.layout.completed_index(scope.as_str()))
+            .arg(now.as_millis().to_string());
+        for &i in idx {
+            let req = &requests[i];
+            let lease_until = now.saturating_add(req.lease);
+            call.key(self.layout.record(scope, &req.key))
+                .arg(req.key.as_str())
+                .arg(req.fingerprint.as_ref().map_or(&[][..], |f| f.as_bytes()))
+                .arg(req.token.to_string())
+                .arg(lease_until.as_millis().to_string())
+                .arg(self.native_ttl(lease_until.as_millis() as i128 - now.as_millis() as i128));
+        }
+        let reply: Vec<Value> = call
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        if reply.len() != idx.len() * 8 {
+            return Err(self.corrupt(format!(
+                "claim script answered {} values for {} requests",
+                reply.len(),
+                idx.len()
+            )));
+        }
+        idx.iter()
+            .zip(reply.chunks(8))
+            .map(|(&i, answer)| self.claim_answer(&requests[i], answer, now))
+            .collect()
+    }
+
+    /// Completes the items at `idx` (all of `scope`) in one script call, in order.
+    async fn complete_scope(
+        &self,
+        scope: &Scope,
+        idx: &[usize],
+        items: &[Completion],
+    ) -> Result<Vec<Result<()>>> {
+        let mut call = COMPLETE_MANY_SCRIPT.prepare_invoke();
+        call.key(self.layout.expiry_index(scope.as_str()))
+            .key(self.layout.completed_index(scope.as_str()));
+        for &i in idx {
+            let Completion {
+                claim,
+                outcome,
+                expires_at,
+            } = &items[i];
+            // As in `complete`: `claimed_at` is no later than now, so the TTL is no shorter.
+            let span = expires_at.as_millis() as i128 - claim.claimed_at.as_millis() as i128;
+            call.key(self.layout.record(&claim.scope, &claim.key))
+                .arg(claim.token.to_string())
+                .arg(&outcome[..])
+                .arg(expires_at.as_millis().to_string())
+                .arg(claim.key.as_str())
+                .arg(self.native_ttl(span));
+        }
+        let answers: Vec<String> = call
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        if answers.len() != idx.len() {
+            return Err(self.corrupt(format!(
+                "complete script answered {} values for {} items",
+                answers.len(),
+                idx.len()
+            )));
+        }
+        Ok(idx
+            .iter()
+            .zip(&answers)
+            .map(|(&i, answer)| self.held(&items[i].claim, answer))
+            .collect())
+    }
+
+    /// Turns one request's 8 script values into its outcome.
+    fn claim_answer(
+        &self,
+        req: &ClaimRequest,
+        v: &[Value],
+        now: Timestamp,
+    ) -> Result<ClaimOutcome> {
+        let fields: Vec<Option<&[u8]>> = v.iter().map(bytes).collect();
+        match fields[0] {
+            Some(b"n") => {
+                let attempt = parse(fields[4], "attempt").map_err(|d| self.corrupt(d))?;
+                Ok(ClaimOutcome::New(Claim {
+                    scope: req.scope.clone(),
+                    key: req.key.clone(),
+                    token: req.token,
+                    attempt,
+                    fingerprint: req.fingerprint,
+                    claimed_at: now,
+                    lease_until: now.saturating_add(req.lease),
+                }))
+            }
+            Some(b"r") => {
+                let live = decode_record(&req.scope, &req.key, &fields[1..])
+                    .map_err(|d| self.corrupt(d))?;
+                // The script found the record live; the shared rules now say what that means.
+                let decision = decide_claim(Some(&live), req, now);
+                if decision.write.is_some() {
+                    return Err(self.corrupt(format!(
+                        "claim script kept {}/{} as live, but it expired at {}",
+                        req.scope, req.key, live.expires_at
+                    )));
+                }
+                Ok(decision.outcome)
+            }
+            _ => Err(self.corrupt("claim script answered an unknown kind")),
+        }
+    }
+
+    /// Maps a guarded script's answer: `ok`, or why the claim is no longer held.
+    /// Runs a script that answers whether `claim` still held its key (`ok`, `missing`, `taken`
+    /// or `done`): `Ok` if it did, else [`Error::ClaimLost`].
+    async fn run_held(&self, claim: &Claim, script: &ScriptInvocation<'_>) -> Result<()> {
+        let answer: String = script
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        self.held(claim, &answer)
+    }
+
+    fn held(&self, claim: &Claim, answer: &str) -> Result<()> {
+        let reason = match answer {
+            "ok" => return Ok(()),
+            "missing" => LostReason::Missing,
+            "taken" => LostReason::TakenOver,
+            "done" => LostReason::AlreadyCompleted,
+            other => return Err(self.corrupt(format!("script answered `{other}`"))),
+        };
+        Err(Error::ClaimLost {
+            scope: claim.scope.clone(),
+            key: claim.key.clone(),
+            reason,
+        })
+    }
+}
+
+/// Indexes grouped by scope, scopes in first-seen order, each group in the given order.
+fn by_scope<'a>(scopes: impl Iterator<Item = &'a Scope>) -> Vec<(&'a Scope, Vec<usize>)> {
+    let mut groups: Vec<(&Scope, Vec<usize>)> = Vec::new();
+    let mut group_of: HashMap<&Scope, usize> = HashMap::new();
+    for (i, scope) in scopes.enumerate() {
+        let g = *group_of.entry(scope).or_insert_with(|| {
+            groups.push((scope, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    groups
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn claim_many(
+        &self,
+        requests: &[ClaimRequest],
+        now: Timestamp,
+    ) -> Result<Vec<ClaimOutcome>> {
+        let groups = by_scope(requests.iter().map(|req| &req.scope));
+        let scopes: Vec<&Scope> = groups.iter().map(|(s, _)| *s).collect();
+        self.register(&scopes).await?;
+        // One script per scope (one slot each), all in flight at once: the multiplexed
+        // connection pipelines them, and on a cluster each goes to its scope's node.
+        let answers = try_join_all(
+            groups
+                .iter()
+                .map(|(scope, idx)| self.claim_scope(scope, idx, requests, now)),
+        )
+        .await?;
+        let mut outcomes: Vec<Option<ClaimOutcome>> = vec![None; requests.len()];
+        for ((_, idx), answer) in groups.iter().zip(answers) {
+            for (&i, outcome) in idx.iter().zip(answer) {
+                outcomes[i] = Some(outcome);
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.expect("every request is in one group"))
+            .collect())
+    }
+
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<ClaimOutcome> {
+        self.group.claim(self, request, now).await
+    }
+
+    async fn complete(&self, claim: &Claim, outcome: &[u8], expires_at: Timestamp) -> Result<()> {
+        let scope = claim.scope.as_str();
+        self.run_held(
+            claim,
+            COMPLETE_SCRIPT
+                .key(self.layout.record(&claim.scope, &claim.key))
+                .key(self.layout.expiry_index(scope))
+                .key(self.layout.completed_index(scope))
+                .arg(claim.token.to_string())
+                .arg(outcome)
+                .arg(expires_at.as_millis().to_string())
+                .arg(claim.key.as_str())
+                .arg(self.native_ttl_since_claim(claim, expires_at)),
+        )
+        .await
+    }
+
+    /// One script per scope (one slot each) and 16 MiB of outcomes, all in flight at once, as
+    /// in `claim_many`. Each script is atomic; with items of several scopes (or more than 16 MiB
+    /// of outcomes), an outer error may come after some scripts ran.
+    async fn complete_many(&self, items: &[Completion]) -> Result<Vec<Result<()>>> {
+        let mut groups: Vec<(&Scope, Vec<usize>)> = Vec::new();
+        for (scope, idx) in by_scope(items.iter().map(|item| &item.claim.scope)) {
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            for i in idx {
+                let len = items[i].outcome.len();
+                if !chunk.is_empty() && bytes + len > COMPLETE_CHUNK_BYTES {
+                    groups.push((scope, std::mem::take(&mut chunk)));
+                    bytes = 0;
+                }
+                chunk.push(i);
+                bytes += len;
+            }
+            groups.push((scope, chunk));
+        }
+        let answers = try_join_all(
+            groups
+                .iter()
+                .map(|(scope, idx)| self.complete_scope(scope, idx, items)),
+        )
+        .await?;
+        let mut results: Vec<Option<Result<()>>> = (0..items.len()).map(|_| None).collect();
+        for ((_, idx), answer) in groups.iter().zip(answers) {
+            for (&i, result) in idx.iter().zip(answer) {
+                results[i] = Some(result);
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every item is in one group"))
+            .collect())
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<()> {
+        let scope = claim.scope.as_str();
+        self.run_held(
+            claim,
+            RELEASE_SCRIPT
+                .key(self.layout.record(&claim.scope, &claim.key))
+                .key(self.layout.expiry_index(scope))
+                .key(self.layout.completed_index(scope))
+                .arg(claim.token.to_string())
+                .arg(claim.key.as_str()),
+        )
+        .await
+    }
+
+    async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()> {
+        self.run_held(
+            claim,
+            EXTEND_SCRIPT
+                .key(self.layout.record(&claim.scope, &claim.key))
+                .key(self.layout.expiry_index(claim.scope.as_str()))
+                .arg(claim.token.to_string())
+                .arg(lease_until.as_millis().to_string())
+                .arg(claim.key.as_str())
+                .arg(self.native_ttl_since_claim(claim, lease_until)),
+        )
+        .await
+    }
+
+    async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
+        let fields: Vec<Value> = redis::cmd("HMGET")
+            .arg(self.layout.record(scope, key))
+            .arg(&["s", "f", "t", "a", "c", "e", "o"])
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        let fields: Vec<Option<&[u8]>> = fields.iter().map(bytes).collect();
+        if fields.len() != 7 {
+            return Err(self.corrupt("HMGET answered the wrong number of fields"));
+        }
+        if fields[0].is_none() {
+            return Ok(None);
+        }
+        decode_record(scope, key, &fields)
+            .map(Some)
+            .map_err(|d| self.corrupt(d))
+    }
+
+    async fn purge(&self, expired_before: Timestamp, limit: usize) -> Result<usize> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let before = expired_before.as_millis().to_string();
+        let mut purged = 0;
+        for scope in self.scopes().await? {
+            loop {
+                let want = (limit - purged).min(PURGE_BATCH);
+                if want == 0 {
+                    return Ok(purged);
+                }
+                let (removed, looked_at): (usize, usize) = PURGE_SCRIPT
+                    .key(self.layout.expiry_index(&scope))
+                    .key(self.layout.completed_index(&scope))
+                    .arg(&before)
+                    .arg(want)
+                    .arg(self.layout.records(&scope))
+                    .invoke_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| self.err(e))?;
+                purged += removed;
+                if looked_at < want || removed == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(purged)
+    }
+
+    async fn stats(&self, now: Timestamp) -> Result<StoreStats> {
+        let now_arg = now.as_millis().to_string();
+        let mut stats = StoreStats::default();
+        for scope in self.scopes().await? {
+            let (records, live, live_completed): (u64, u64, u64) = STATS_SCRIPT
+                .key(self.layout.expiry_index(&scope))
+                .key(self.layout.completed_index(&scope))
+                .arg(&now_arg)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| self.err(e))?;
+            stats.records += records;
+            stats.completed += live_completed;
+            stats.in_progress += live.saturating_sub(live_completed);
+            stats.expired += records.saturating_sub(live);
+        }
+        Ok(stats)
+    }
+
+    async fn apply_if_newer(
+        &self,
+        scope: &Scope,
+        entity: &Key,
+        version: u64,
+    ) -> Result<VersionCheck> {
+        let (applied, previous): (u8, Option<String>) = VERSION_SCRIPT
+            .key(self.layout.version(scope, entity))
+            .arg(version.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        let previous = previous
+            .map(|p| {
+                p.parse::<u64>()
+                    .map_err(|_| self.corrupt(format!("stored version `{p}` is not a u64")))
+            })
+            .transpose()?;
+        // The script applied iff the version is newer; the shared rule builds the answer.
+        let check = decide_version(previous, version);
+        if matches!(check, VersionCheck::Applied { .. }) != (applied == 1) {
+            return Err(self.corrupt(format!(
+                "version script and rule disagree on {version} over {previous:?}"
+            )));
+        }
+        Ok(check)
+    }
+}
