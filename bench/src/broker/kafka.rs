@@ -1,7 +1,7 @@
 //! The broker benchmark on Kafka: each contender reads a fresh topic
-//! `oncely.bench.<pid>.<n>.<contender>` of [`KAFKA_PARTITIONS`] partitions in a consumer group
-//! named as the topic; oncely's source makes the `.dlq` topic. The naive contender is a plain
-//! rdkafka consumer ([`PlainKafka`]).
+//! ([`oncely::kafka::fresh_destination`], `oncely.bench.<pid>-<millis>-<n>-<contender>`) of
+//! [`KAFKA_PARTITIONS`] partitions in a consumer group named as the topic; oncely's source makes
+//! the `.dlq` topic. The naive contender is a plain rdkafka consumer ([`PlainKafka`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use oncely::async_trait;
 use oncely::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
 use oncely::kafka::rdkafka;
 
-use super::{BENCH_PREFIX, Channel, PUBLISH_WINDOW, Unique, gone, other, payload, unsupported};
+use super::{BENCH_PREFIX, Channel, PUBLISH_WINDOW, other, payload, unsupported};
 use crate::{BenchError, Progress, Workload};
 
 /// Partitions of a Kafka bench topic. Kafka's parallelism is per partition: the source hands out
@@ -49,16 +49,15 @@ impl Channel for Topic {
             .map_err(|e| BenchError::Other(format!("--broker: {e}")))
     }
 
-    async fn create(brokers: &String, unique: &Unique<'_>) -> Result<Self, BenchError> {
-        remove_leftover_topics(brokers).await;
-        let Unique { pid, n, contender } = unique;
-        let topic = format!("{BENCH_PREFIX}{pid}.{n}.{contender}");
-        oncely::kafka::create_topic(brokers, &topic, KAFKA_PARTITIONS)
+    async fn create(brokers: &String, contender: &str) -> Result<Self, BenchError> {
+        let options =
+            oncely::kafka::FreshOptions::new(BENCH_PREFIX, contender).partitions(KAFKA_PARTITIONS);
+        let fresh = oncely::kafka::fresh_destination(brokers, &options)
             .await
             .map_err(|e| other("create the Kafka topic")(&e))?;
         Ok(Topic {
             brokers: brokers.clone(),
-            topic,
+            topic: fresh.topic,
             produced: vec![0; KAFKA_PARTITIONS as usize],
         })
     }
@@ -227,35 +226,6 @@ async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), BenchError>
         }
     }
     Ok(())
-}
-
-/// Deletes the Kafka bench topics of earlier runs whose process is gone.
-async fn remove_leftover_topics(brokers: &str) {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let owned = brokers.to_owned();
-    let stale = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = kafka_config(&owned).create().ok()?;
-        let metadata = consumer.fetch_metadata(None, KAFKA_TIMEOUT).ok()?;
-        Some(
-            metadata
-                .topics()
-                .iter()
-                .map(|t| t.name().to_owned())
-                .filter(|name| {
-                    name.strip_prefix(BENCH_PREFIX)
-                        .is_some_and(|rest| gone(rest.split('.').next().unwrap_or_default()))
-                })
-                .collect::<Vec<_>>(),
-        )
-    })
-    .await
-    .ok()
-    .flatten()
-    .unwrap_or_default();
-    if !stale.is_empty() {
-        let names: Vec<&str> = stale.iter().map(String::as_str).collect();
-        delete_topics(brokers, &names).await.ok();
-    }
 }
 
 /// The Kafka consumer people write without oncely: a plain rdkafka consumer in the group named

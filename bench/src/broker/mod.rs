@@ -5,16 +5,17 @@
 //! **Workload.** [`BrokerConfig::events`] messages (S8's workload: 36-character UUID keys,
 //! [`BrokerConfig::duplicate_ratio`] of them re-publishes of an earlier key, clustered within
 //! the 10,000 before). Each payload is `{"eventId":"<key>"}`, so a re-publish is byte-for-byte
-//! the original. Every contender gets a fresh stream (NATS: `ONCELY_BENCH_<pid>_<n>_<contender>`
-//! with a durable pull consumer and a dead-letter stream of its own), queue (RabbitMQ:
-//! `oncely.bench.<pid>.<n>.<contender>` and its `.dlq`, both with `x-expires` of 10 minutes) or
-//! topic (Kafka: `oncely.bench.<pid>.<n>.<contender>` with [`KAFKA_PARTITIONS`] partitions, the
-//! event key as the Kafka key so a re-publish shares its original's partition, a consumer group
-//! named as the topic, and the `.dlq` topic the source makes), filled and confirmed by the broker
-//! **before** the clock starts (Kafka: the idempotent producer, acks from all in-sync replicas,
-//! one record per produce batch, every delivery report awaited), and deleted at the end (NATS streams and Kafka topics a
-//! crashed run left are deleted by the next run, RabbitMQ's expire by themselves; the Kafka
-//! consumer groups stay). The measured phase is consumption only.
+//! the original. Every contender gets a fresh stream, queue or topic from its broker crate's
+//! `fresh_destination`, named `<prefix><pid>-<millis>-<n>-<contender>` (NATS:
+//! `ONCELY_BENCH_...` with a durable pull consumer and a dead-letter stream of its own; RabbitMQ:
+//! `oncely.bench....` and its `.dlq`, both with `x-expires` of 10 minutes; Kafka:
+//! `oncely.bench....` with [`KAFKA_PARTITIONS`] partitions, the event key as the Kafka key so a
+//! re-publish shares its original's partition, a consumer group named as the topic, and the
+//! `.dlq` topic the source makes), filled and confirmed by the broker **before** the clock starts
+//! (Kafka: the idempotent producer, acks from all in-sync replicas, one record per produce batch,
+//! every delivery report awaited), and deleted at the end (NATS streams, Kafka topics and SQS
+//! queues a crashed run left are deleted by the next run, RabbitMQ's expire by themselves; the
+//! Kafka consumer groups stay). The measured phase is consumption only.
 //!
 //! **Kafka's partitions.** Kafka's parallelism is per partition: the source hands out one message
 //! per partition at a time (order per partition), so on Kafka oncely has at most
@@ -24,8 +25,8 @@
 //! time).
 //!
 //! **SQS.** `sqs://HOST[:PORT]` (`sqs+http://` for an emulator). Every contender gets a fresh
-//! standard queue `oncely-bench-<pid>-<n>-<contender>` and its `-dlq` (deleted at the end; those
-//! of a crashed run by the next one), filled before the clock by `SendMessageBatch` (ten
+//! standard queue `oncely-bench-<pid>-<millis>-<n>-<contender>` and its `-dlq` (deleted at the
+//! end; those of a crashed run by the next one), filled before the clock by `SendMessageBatch` (ten
 //! messages a request, four requests at once, every entry's answer checked). The source URL
 //! adds `wait=1s` (long polls of a second). The source receives up to ten messages ahead
 //! whatever the concurrency and deletes acked messages in batches of up to ten; the naive
@@ -42,8 +43,9 @@
 //!
 //! **oncely.** [`oncely::Consumer`] over the broker's source (`oncely::broker::connect`; Kafka:
 //! `oncely::kafka::KafkaSource`, offsets committed every `commit_interval`, 200 ms, after the
-//! acks, and when it leaves the group), with an [`OncelyHandler`](oncely::consumer::OncelyHandler) (key `/eventId`, payload
-//! fingerprint on, oncely's default lease) over a fresh store of the kind `--store` names
+//! acks, and when it leaves the group), with an
+//! [`OncelyHandler`](oncely::consumer::OncelyHandler) (key `/eventId`, payload fingerprint on,
+//! oncely's default lease) over a fresh store of the kind `--store` names
 //! (SQLite: an empty file under the bench directory; PostgreSQL / MySQL: a fresh schema /
 //! database on that server, dropped after). The effect is an in-process counter.
 //! [`BrokerConfig::concurrency`] deliveries in flight (Kafka: at most one per partition); the
@@ -77,7 +79,6 @@
 //! when that batch held several records, so the watermark alone cannot tell).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use oncely::consumer::Source;
@@ -202,7 +203,8 @@ fn other(what: &str) -> impl Fn(&dyn std::fmt::Display) -> BenchError + '_ {
 
 /// Publishes awaiting their confirmation at once while filling.
 const PUBLISH_WINDOW: usize = 1000;
-/// The name of a RabbitMQ queue or Kafka topic of the benchmark, before `<pid>.<n>.<contender>`.
+/// The name of a RabbitMQ queue or Kafka topic of the benchmark, before
+/// `<pid>-<millis>-<n>-<contender>`.
 const BENCH_PREFIX: &str = "oncely.bench.";
 
 /// The default message count for `broker` (a `--broker` URL): [`DEFAULT_SQS_EVENTS`] on SQS,
@@ -213,15 +215,6 @@ pub fn default_events(broker: &str) -> usize {
     } else {
         DEFAULT_EVENTS
     }
-}
-
-/// What sets a fresh stream, queue or topic of the benchmark apart from every other: the process
-/// that made it (so that the next run can delete what a crashed one left), how many this process
-/// made before, and the contender it is for.
-struct Unique<'a> {
-    pid: u32,
-    n: usize,
-    contender: &'a str,
 }
 
 /// One broker's part of the benchmark: a fresh destination (a NATS stream, a RabbitMQ queue, a
@@ -241,9 +234,9 @@ trait Channel: Sized {
     /// `://`), refusing anything more than the server.
     fn server(url: &str, rest: &str) -> Result<Self::Server, BenchError>;
 
-    /// A fresh stream or queue at `server`, named after `unique`; leftovers of earlier runs
-    /// whose process is gone are deleted first.
-    async fn create(server: &Self::Server, unique: &Unique<'_>) -> Result<Self, BenchError>;
+    /// A fresh stream, queue or topic at `server` for `contender`, made by the broker crate's
+    /// `fresh_destination` (which first deletes what runs whose process is gone left).
+    async fn create(server: &Self::Server, contender: &str) -> Result<Self, BenchError>;
 
     /// Publishes the workload's messages, every one confirmed by the broker, advancing
     /// `progress` as they are.
@@ -270,17 +263,6 @@ trait Channel: Sized {
 
     /// Deletes the stream or queue and its dead letters.
     async fn delete(self) -> Result<(), BenchError>;
-}
-
-/// A fresh destination on `server` for `contender`, filled with `workload`.
-async fn fresh_channel<C: Channel>(server: &C::Server, contender: &str) -> Result<C, BenchError> {
-    static MADE: AtomicUsize = AtomicUsize::new(0);
-    let unique = Unique {
-        pid: std::process::id(),
-        n: MADE.fetch_add(1, Ordering::Relaxed),
-        contender,
-    };
-    C::create(server, &unique).await
 }
 
 /// Publishes the workload's messages to `channel` (the `publish` phase).
@@ -369,11 +351,6 @@ fn run_on<C: Channel>(
 
 fn payload(key: &oncely::Key) -> Vec<u8> {
     format!("{{\"eventId\":\"{key}\"}}").into_bytes()
-}
-
-/// Whether the process `pid` that made a bench stream or topic is gone.
-fn gone(pid: &str) -> bool {
-    pid != std::process::id().to_string() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Fails the benchmark unless every message was acked, nothing is left at the broker, nothing

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use oncely::consumer::{Delivery, Source};
 
-use super::{BrokerConfig, BrokerRun, Channel, STALL_LIMIT, check, fill, fresh_channel, other};
+use super::{BrokerConfig, BrokerRun, Channel, STALL_LIMIT, check, fill, other};
 use crate::{BenchError, Progress, StoreKind, Workload, percentile};
 
 /// Where the naive pattern keeps its processed-events table.
@@ -62,7 +62,7 @@ pub(super) async fn run_naive<C: Channel>(
     workload: &Workload,
     progress: &dyn Progress,
 ) -> Result<BrokerRun, BenchError> {
-    let mut channel = fresh_channel::<C>(server, "naive").await?;
+    let mut channel = C::create(server, "naive").await?;
     let result = async {
         fill(&mut channel, workload, progress).await?;
         let conn = NaiveConn::open(store, config.store, config.page_size).await?;

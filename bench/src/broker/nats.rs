@@ -1,15 +1,15 @@
 //! The broker benchmark on NATS JetStream: each contender reads a fresh stream
-//! `ONCELY_BENCH_<pid>_<n>_<CONTENDER>` through a durable pull consumer, with a dead-letter
-//! stream of its own.
+//! ([`oncely::nats::fresh_destination`], `ONCELY_BENCH_<pid>-<millis>-<n>-<contender>`) through a
+//! durable pull consumer, with a dead-letter stream of its own.
 
 use std::time::Duration;
 
 use oncely::nats::async_nats;
 
-use super::{Channel, PUBLISH_WINDOW, Unique, gone, other, payload, unsupported};
+use super::{Channel, PUBLISH_WINDOW, other, payload, unsupported};
 use crate::{BenchError, Progress, Workload};
 
-/// The name of a bench stream, before `<pid>_<n>_<CONTENDER>`.
+/// The name of a bench stream, before `<pid>-<millis>-<n>-<contender>`.
 const NATS_PREFIX: &str = "ONCELY_BENCH_";
 /// The durable consumer the sources read the stream through.
 const NATS_CONSUMER: &str = "bench";
@@ -22,7 +22,9 @@ pub(super) struct Stream {
     dlq_stream: String,
     /// The server URL, as async-nats takes it.
     server: String,
-    subject_prefix: String,
+    /// The one subject the stream captures.
+    subject: String,
+    dlq_subject: String,
 }
 
 impl Channel for Stream {
@@ -36,7 +38,7 @@ impl Channel for Stream {
         }
     }
 
-    async fn create(server: &String, unique: &Unique<'_>) -> Result<Self, BenchError> {
+    async fn create(server: &String, contender: &str) -> Result<Self, BenchError> {
         let client = async_nats::connect(server.as_str()).await.map_err(|e| {
             BenchError::Other(format!(
                 "no NATS server at {}: {e}",
@@ -44,26 +46,19 @@ impl Channel for Stream {
             ))
         })?;
         let context = async_nats::jetstream::new(client);
-        remove_leftover_streams(&context).await;
-        let Unique { pid, n, contender } = unique;
-        let stream = format!("{NATS_PREFIX}{pid}_{n}_{}", contender.to_uppercase());
-        let subject_prefix = format!("oncely.bench.{pid}.{n}.{contender}");
-        context
-            .create_stream(async_nats::jetstream::stream::Config {
-                name: stream.clone(),
-                subjects: vec![format!("{subject_prefix}.in")],
-                // A safety net: messages of a run that died before deleting expire.
-                max_age: Duration::from_secs(3600),
-                ..Default::default()
-            })
+        // A safety net: messages of a run that died before deleting expire.
+        let options = oncely::nats::FreshOptions::new(NATS_PREFIX, contender)
+            .max_age(Duration::from_secs(3600));
+        let fresh = oncely::nats::fresh_destination(server, &options)
             .await
-            .map_err(|e| other("create the NATS stream")(&e))?;
+            .map_err(|e| BenchError::Other(e.to_string()))?;
         Ok(Stream {
             context,
-            dlq_stream: format!("{stream}_DLQ"),
-            stream,
+            stream: fresh.stream,
+            dlq_stream: fresh.dead_letter_stream,
             server: server.clone(),
-            subject_prefix,
+            subject: fresh.subject,
+            dlq_subject: fresh.dead_letter_subject,
         })
     }
 
@@ -72,13 +67,12 @@ impl Channel for Stream {
         workload: &Workload,
         progress: &dyn Progress,
     ) -> Result<(), BenchError> {
-        let subject = format!("{}.in", self.subject_prefix);
         for chunk in workload.keys().chunks(PUBLISH_WINDOW) {
             let mut acks = Vec::with_capacity(chunk.len());
             for key in chunk {
                 acks.push(
                     self.context
-                        .publish(subject.clone(), payload(key).into())
+                        .publish(self.subject.clone(), payload(key).into())
                         .await
                         .map_err(|e| other("NATS publish")(&e))?,
                 );
@@ -96,12 +90,11 @@ impl Channel for Stream {
             stream,
             dlq_stream,
             server,
-            subject_prefix,
+            dlq_subject,
             ..
         } = self;
-        let mut url = format!(
-            "{server}/{stream}/{NATS_CONSUMER}?dlq={subject_prefix}.dlq&dlq_stream={dlq_stream}"
-        );
+        let mut url =
+            format!("{server}/{stream}/{NATS_CONSUMER}?dlq={dlq_subject}&dlq_stream={dlq_stream}");
         if let Some(c) = concurrency {
             url.push_str(&format!("&batch={c}&max_ack_pending={}", (2 * c).max(1000)));
         }
@@ -139,24 +132,6 @@ impl Channel for Stream {
         // Created by the source on first use; absent if it never got that far.
         self.context.delete_stream(&self.dlq_stream).await.ok();
         Ok(())
-    }
-}
-
-/// Deletes the bench streams of earlier runs whose process is gone.
-async fn remove_leftover_streams(context: &async_nats::jetstream::Context) {
-    use futures_util::StreamExt;
-    let mut names = context.stream_names();
-    let mut stale = Vec::new();
-    while let Some(Ok(name)) = names.next().await {
-        let Some(rest) = name.strip_prefix(NATS_PREFIX) else {
-            continue;
-        };
-        if gone(rest.split('_').next().unwrap_or_default()) {
-            stale.push(name);
-        }
-    }
-    for name in stale {
-        context.delete_stream(&name).await.ok();
     }
 }
 

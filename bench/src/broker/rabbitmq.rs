@@ -1,15 +1,16 @@
 //! The broker benchmark on RabbitMQ: each contender reads a fresh durable queue
-//! `oncely.bench.<pid>.<n>.<contender>`, with its `.dlq`, both expiring by themselves.
+//! ([`oncely::rabbitmq::fresh_destination`], `oncely.bench.<pid>-<millis>-<n>-<contender>`),
+//! with its `.dlq`, both expiring by themselves.
 
 use std::time::{Duration, Instant};
 
 use oncely::rabbitmq::lapin;
 
-use super::{BENCH_PREFIX, Channel, PUBLISH_WINDOW, Unique, other, payload, unsupported};
+use super::{BENCH_PREFIX, Channel, PUBLISH_WINDOW, other, payload, unsupported};
 use crate::{BenchError, Progress, Workload};
 
 /// RabbitMQ deletes a bench queue this long after its last use.
-const AMQP_EXPIRES_MS: i32 = 10 * 60 * 1000;
+const AMQP_EXPIRES: Duration = Duration::from_secs(10 * 60);
 
 /// A fresh queue (and dead-letter queue) holding the workload's messages.
 pub(super) struct Queues {
@@ -31,7 +32,7 @@ impl Channel for Queues {
         }
     }
 
-    async fn create(server: &String, unique: &Unique<'_>) -> Result<Self, BenchError> {
+    async fn create(server: &String, contender: &str) -> Result<Self, BenchError> {
         let connection = lapin::Connection::connect(server, lapin::ConnectionProperties::default())
             .await
             .map_err(|e| {
@@ -40,32 +41,12 @@ impl Channel for Queues {
                     oncely::backend::url::redact_password(server)
                 ))
             })?;
-        let Unique { pid, n, contender } = unique;
-        let queue = format!("{BENCH_PREFIX}{pid}.{n}.{contender}");
-        let dlq = format!("{queue}.dlq");
-        let channel = connection
-            .create_channel()
+        let options =
+            oncely::rabbitmq::FreshOptions::new(BENCH_PREFIX, contender).expires(AMQP_EXPIRES);
+        let fresh = oncely::rabbitmq::fresh_destination(server, &options)
             .await
-            .map_err(|e| other("AMQP channel")(&e))?;
-        let mut arguments = lapin::types::FieldTable::default();
-        arguments.insert(
-            "x-expires".into(),
-            lapin::types::AMQPValue::LongInt(AMQP_EXPIRES_MS),
-        );
-        for name in [&queue, &dlq] {
-            channel
-                .queue_declare(
-                    name.as_str().into(),
-                    lapin::options::QueueDeclareOptions::durable(),
-                    arguments.clone(),
-                )
-                .await
-                .map_err(|e| other("declare the bench queue")(&e))?;
-        }
-        channel
-            .close(200, "OK".into())
-            .await
-            .map_err(|e| other("AMQP channel")(&e))?;
+            .map_err(|e| BenchError::Other(e.to_string()))?;
+        let (queue, dlq) = (fresh.queue, fresh.dead_letter_queue);
         Ok(Queues {
             connection,
             server: server.clone(),

@@ -11,7 +11,7 @@ use oncely::consumer::{
 };
 use oncely::{Consumer, Oncely, Scope, async_trait};
 
-use super::{BrokerConfig, BrokerRun, Channel, STALL_LIMIT, check, fill, fresh_channel, other};
+use super::{BrokerConfig, BrokerRun, Channel, STALL_LIMIT, check, fill, other};
 use crate::{BenchError, Progress, Workload, percentile};
 
 /// Acked deliveries, their delivery-to-ack times and the instant of the last ack.
@@ -114,7 +114,7 @@ pub(super) async fn run_oncely<C: Channel>(
     workload: &Workload,
     progress: &dyn Progress,
 ) -> Result<BrokerRun, BenchError> {
-    let mut channel = fresh_channel::<C>(server, "oncely").await?;
+    let mut channel = C::create(server, "oncely").await?;
     let result = async {
         fill(&mut channel, workload, progress).await?;
         let concurrency = config.concurrency.max(1);

@@ -1,11 +1,12 @@
 //! The broker benchmark on SQS: each contender reads a fresh standard queue
-//! `oncely-bench-<pid>-<n>-<contender>`, with its `-dlq`, filled by `SendMessageBatch`.
+//! ([`oncely::sqs::fresh_destination`], `oncely-bench-<pid>-<millis>-<n>-<contender>`), with its
+//! `-dlq`, filled by `SendMessageBatch`.
 
-use super::{Channel, Unique, gone, payload, unsupported};
+use super::{Channel, payload, unsupported};
 use crate::{BenchError, Progress, Workload};
 
 /// The name of an SQS queue of the benchmark (SQS names take no dots), before
-/// `<pid>-<n>-<contender>`; its dead-letter queue is the name and `-dlq`.
+/// `<pid>-<millis>-<n>-<contender>`; its dead-letter queue is the name and `-dlq`.
 const SQS_PREFIX: &str = "oncely-bench-";
 /// SQS's most messages per SendMessageBatch.
 const SQS_BATCH: usize = 10;
@@ -50,37 +51,21 @@ impl Channel for Queues {
             .map_err(|e| BenchError::Other(format!("--broker: {e}")))
     }
 
-    async fn create(server: &Endpoint, unique: &Unique<'_>) -> Result<Self, BenchError> {
-        let options = &server.options;
-        let client = oncely::sqs::client(options).map_err(|e| super::other("SQS client")(&e))?;
-        remove_leftover_queues(&client).await;
-        let Unique { pid, n, contender } = unique;
-        let queue = format!("{SQS_PREFIX}{pid}-{n}-{contender}");
-        let dlq = format!("{queue}-dlq");
-        let mut urls = Vec::with_capacity(2);
-        for name in [&queue, &dlq] {
-            let made = client
-                .create_queue()
-                .queue_name(name)
-                .send()
-                .await
-                .map_err(|e| {
-                    BenchError::Other(format!(
-                        "create the SQS queue {name} at {}: {}",
-                        options.endpoint,
-                        sqs_error(&e)
-                    ))
-                })?;
-            urls.push(made.queue_url().unwrap_or_default().to_owned());
-        }
-        let dlq_url = urls.pop().unwrap_or_default();
-        let queue_url = urls.pop().unwrap_or_default();
+    async fn create(server: &Endpoint, contender: &str) -> Result<Self, BenchError> {
+        let client =
+            oncely::sqs::client(&server.options).map_err(|e| super::other("SQS client")(&e))?;
+        let fresh = oncely::sqs::fresh_destination(
+            &server.url,
+            &oncely::sqs::FreshOptions::new(SQS_PREFIX, contender),
+        )
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?;
         Ok(Queues {
             client,
             server: server.url.clone(),
-            queue,
-            queue_url,
-            dlq_url,
+            queue: fresh.queue,
+            queue_url: fresh.queue_url,
+            dlq_url: fresh.dead_letter_queue_url,
         })
     }
 
@@ -210,28 +195,6 @@ async fn sqs_count(
         .filter_map(|name| attributes.and_then(|a| a.get(name)))
         .filter_map(|value| value.parse::<u64>().ok())
         .sum())
-}
-
-/// Deletes the SQS bench queues of earlier runs whose process is gone.
-async fn remove_leftover_queues(client: &aws_sdk_sqs::Client) {
-    let Ok(listed) = client
-        .list_queues()
-        .queue_name_prefix(SQS_PREFIX)
-        .send()
-        .await
-    else {
-        return;
-    };
-    for url in listed.queue_urls() {
-        let name = url.rsplit('/').next().unwrap_or_default();
-        let pid = name
-            .strip_prefix(SQS_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .unwrap_or_default();
-        if !pid.is_empty() && gone(pid) {
-            client.delete_queue().queue_url(url).send().await.ok();
-        }
-    }
 }
 
 #[cfg(test)]
