@@ -1,12 +1,10 @@
 // The shared conformance suite and model test, against the MySQL/MariaDB server on loopback.
 // Each test gets a database of its own. `ONCELY_TEST_MYSQL` overrides the server URL.
 
-mod support;
-
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use oncely_conformance::libtest_mimic::Trial;
+use oncely_conformance::servers;
 use oncely_mysql::MySqlStore;
 
 fn main() {
@@ -15,23 +13,13 @@ fn main() {
         // MySQL's way of reading a batch back (insert, then SELECT), on MariaDB: the
         // `read_back_with_select` test binary, which is this file again.
         oncely_mysql::read_back_with_select();
-        ("mysql-select", "oncely_sel_")
+        ("mysql-select", "oncely_sel")
     } else {
-        ("mysql", "oncely_conf_")
+        ("mysql", "oncely_conf")
     };
-    // Databases of earlier runs of this test binary go first.
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(support::drop_databases(prefix));
-    let counter = Arc::new(AtomicUsize::new(0));
-    let factory = move || {
-        let n = counter.fetch_add(1, Ordering::SeqCst);
-        async move {
-            let url = support::fresh_database(&format!("{prefix}{n}")).await;
-            Arc::new(MySqlStore::connect(&url).await.expect("connect")) as _
-        }
+    let factory = move || async move {
+        let url = servers::mysql_url(prefix).await;
+        Arc::new(MySqlStore::connect(&url).await.expect("connect")) as _
     };
     let path = Trial::test(
         format!("{backend}::batches_are_read_back_the_way_the_server_allows"),
@@ -39,7 +27,7 @@ fn main() {
             tokio::runtime::Runtime::new()
                 .unwrap()
                 .block_on(async move {
-                    let url = support::fresh_database(&format!("{prefix}path")).await;
+                    let url = servers::mysql_url(prefix).await;
                     let store = MySqlStore::connect(&url).await.expect("connect");
                     let oncely = oncely_core::Oncely::new(Arc::new(store));
                     let scope = oncely_core::Scope::default();

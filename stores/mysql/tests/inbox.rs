@@ -7,7 +7,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use oncely_conformance::inbox::{self, InboxDatabase};
 use oncely_core::{Error, Key, Store};
@@ -24,9 +23,7 @@ struct Shop {
 
 impl Shop {
     async fn fresh(isolation: &'static str) -> Shop {
-        static MADE: AtomicUsize = AtomicUsize::new(0);
-        let n = MADE.fetch_add(1, Ordering::SeqCst);
-        let url = support::fresh_database(&format!("oncely_inbox_{n}")).await;
+        let url = oncely_conformance::servers::mysql_url("oncely_inbox").await;
         // Opening the store applies oncely's schema.
         MySqlStore::connect(&url).await.expect("connect");
         // Enough connections for every delivery of the suite's storm at once.
@@ -65,12 +62,6 @@ impl InboxDatabase for Shop {
 }
 
 fn main() {
-    // Databases of earlier runs of this test binary go first.
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(support::drop_databases("oncely_inbox_"));
     let mut trials = inbox::trials("mysql", || Shop::fresh("REPEATABLE READ"), Vec::new());
     trials.extend(inbox::trials(
         "mysql-read-committed",

@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use oncely_conformance::offsets::{self, OffsetsDatabase};
 use oncely_core::Error;
 use oncely_mysql::offsets::MySqlOffsets;
@@ -21,9 +19,7 @@ struct Consumer {
 
 impl Consumer {
     async fn fresh(isolation: &'static str) -> Consumer {
-        static MADE: AtomicUsize = AtomicUsize::new(0);
-        let n = MADE.fetch_add(1, Ordering::SeqCst);
-        let url = support::fresh_database(&format!("oncely_offsets_{n}")).await;
+        let url = oncely_conformance::servers::mysql_url("oncely_offsets").await;
         // Connecting applies oncely's schema.
         let offsets = MySqlOffsets::connect(&url).await.expect("connect");
         // A connection for every transaction of the suite's concurrent saves.
@@ -47,12 +43,6 @@ impl OffsetsDatabase for Consumer {
 }
 
 fn main() {
-    // Databases of earlier runs of this test binary go first.
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(support::drop_databases("oncely_offsets_"));
     let mut trials = offsets::trials("mysql", || Consumer::fresh("REPEATABLE READ"), Vec::new());
     trials.extend(offsets::trials(
         "mysql-read-committed",

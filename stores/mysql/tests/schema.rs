@@ -1,14 +1,14 @@
 //! The schema: applied on first use, or by the user from the shipped SQL with
 //! `oncely_migrate=false`.
 
+use oncely_conformance::servers;
 use oncely_core::{ClaimOutcome, Key, Oncely, Scope};
 use oncely_mysql::{MIGRATIONS, MySqlStore};
 use sqlx::MySqlPool;
 
-mod support;
-
+/// A URL naming a fresh, empty database; `name` says which test's it is.
 async fn fresh_database(name: &str) -> String {
-    support::fresh_database(&format!("oncely_schema_{name}")).await
+    servers::mysql_url(&format!("oncely_schema_{name}")).await
 }
 
 #[tokio::test]
@@ -90,7 +90,7 @@ async fn migrations_apply_once_however_many_instances_start_together() {
 
 #[tokio::test]
 async fn a_bad_migrate_flag_is_a_clear_error() {
-    let err = MySqlStore::connect(&format!("{}/test?oncely_migrate=maybe", support::server()))
+    let err = MySqlStore::connect(&format!("{}?oncely_migrate=maybe", servers::mysql()))
         .await
         .unwrap_err();
     assert!(

@@ -12,13 +12,11 @@ use oncely_postgres::PostgresStore;
 use oncely_postgres::partitions::MIGRATIONS;
 use sqlx::PgPool;
 
-mod support;
-
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// A URL in a fresh, empty schema.
+/// A URL in a fresh, empty schema; `name` says which test's it is.
 async fn fresh_schema(name: &str) -> String {
-    support::fresh_schema(&format!("oncely_part_{name}")).await
+    oncely_conformance::servers::postgres_url(&format!("oncely_part_{name}")).await
 }
 
 /// An hourly store in a fresh schema, its partitions prepared around `ManualClock`'s start

@@ -1,15 +1,14 @@
 //! The schema: applied on first use, or by the user from the shipped SQL with
 //! `oncely_migrate=false`.
 
+use oncely_conformance::servers;
 use oncely_core::{ClaimOutcome, Key, Oncely, Scope};
 use oncely_postgres::{MIGRATIONS, PostgresStore};
 use sqlx::PgPool;
 
-mod support;
-
-/// A URL whose connections work in a fresh, empty schema.
+/// A URL whose connections work in a fresh, empty schema; `name` says which test's it is.
 async fn fresh_schema(name: &str) -> String {
-    support::fresh_schema(&format!("oncely_schema_{name}")).await
+    servers::postgres_url(&format!("oncely_schema_{name}")).await
 }
 
 #[tokio::test]
@@ -79,7 +78,7 @@ async fn migrations_apply_once_however_many_instances_start_together() {
 
 #[tokio::test]
 async fn a_bad_migrate_flag_is_a_clear_error() {
-    let err = PostgresStore::connect(&format!("{}?oncely_migrate=maybe", support::server()))
+    let err = PostgresStore::connect(&format!("{}?oncely_migrate=maybe", servers::postgres()))
         .await
         .unwrap_err();
     assert!(

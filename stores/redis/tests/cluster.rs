@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oncely_conformance::libtest_mimic::{Failed, Trial};
+use oncely_conformance::servers;
 use oncely_core::{ClaimOutcome, ClaimRequest, Clock, Key, ManualClock, Oncely, Scope, Store};
 use oncely_redis::RedisStore;
 
@@ -116,7 +117,7 @@ fn main() {
     let conclusion = {
         let factory_cluster = cluster.clone();
         let factory = move || {
-            let url = factory_cluster.url(&support::fresh_prefix());
+            let url = factory_cluster.url(&servers::fresh_name("oncely_cluster"));
             async move {
                 Arc::new(
                     RedisStore::connect(&url)
@@ -210,7 +211,7 @@ fn multi_scope_batch_spans_nodes_and_answers_in_request_order(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     Box::pin(async move {
         let scopes = scopes_on_every_node(&cluster);
-        let prefix = support::fresh_prefix();
+        let prefix = servers::fresh_name("oncely_cluster");
         let store: Arc<dyn Store> =
             Arc::new(RedisStore::connect(&cluster.url(&prefix)).await.unwrap());
         let clock = ManualClock::default();

@@ -7,10 +7,14 @@ mod support;
 use std::net::TcpListener;
 use std::time::Duration;
 
+use oncely_conformance::servers;
 use oncely_core::{
     ClaimOutcome, ClaimRequest, Error, Key, LostReason, Scope, Store, Timestamp, VersionCheck,
 };
 use oncely_redis::{DEFAULT_TTL_GRACE, RedisStore};
+
+/// This binary's key prefixes start with it.
+const PREFIX: &str = "oncely_redis";
 
 async fn open(url: &str) -> RedisStore {
     RedisStore::connect(url)
@@ -21,18 +25,18 @@ async fn open(url: &str) -> RedisStore {
 /// A store under a fresh key prefix, with these further URL parameters (`&name=value...`);
 /// the prefix too.
 async fn open_fresh(params: &str) -> (String, RedisStore) {
-    let prefix = support::fresh_prefix();
-    let url = support::with_param(&support::server(), &format!("prefix={prefix}{params}"));
+    let prefix = servers::redis_prefix(PREFIX).await;
+    let url = support::with_param(&servers::redis(), &format!("prefix={prefix}{params}"));
     (prefix, open(&url).await)
 }
 
 /// A direct connection, to look at what the store wrote.
 async fn raw() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(support::server().as_str())
+    redis::Client::open(servers::redis().as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
-        .unwrap_or_else(|e| panic!("Redis at {}: {e}", support::server()))
+        .unwrap_or_else(|e| panic!("Redis at {}: {e}", servers::redis()))
 }
 
 fn request(scope: &str, key: &str, lease: Duration) -> ClaimRequest {
@@ -235,7 +239,7 @@ async fn complete_many_across_scopes_answers_in_order_and_keeps_ttls_and_indexes
 
 #[tokio::test]
 async fn tokens_timestamps_and_versions_at_their_limits_are_exact() {
-    let store = open(&support::fresh_url()).await;
+    let store = open(&servers::redis_url(PREFIX).await).await;
     // Lua numbers are doubles: u64::MAX and u64::MAX - 1 are one double, yet two tokens.
     let mut req = request("s", "max", Duration::from_secs(30));
     req.token = u64::MAX;
@@ -328,7 +332,7 @@ async fn tokens_timestamps_and_versions_at_their_limits_are_exact() {
 
 #[tokio::test]
 async fn scripts_are_loaded_again_after_a_script_flush() {
-    let store = open(&support::fresh_url()).await;
+    let store = open(&servers::redis_url(PREFIX).await).await;
     let now = Timestamp::from_millis(1_000);
     store
         .claim(&request("s", "a", Duration::from_secs(1)), now)
@@ -350,8 +354,8 @@ async fn scripts_are_loaded_again_after_a_script_flush() {
 #[tokio::test]
 async fn prefixes_keep_stores_apart() {
     let (a, b) = (
-        open(&support::fresh_url()).await,
-        open(&support::fresh_url()).await,
+        open(&servers::redis_url(PREFIX).await).await,
+        open(&servers::redis_url(PREFIX).await).await,
     );
     let now = Timestamp::from_millis(1_000);
     let req = request("s", "k", Duration::from_secs(30));
@@ -368,7 +372,7 @@ async fn prefixes_keep_stores_apart() {
 
 #[tokio::test]
 async fn purge_walks_a_large_backlog_in_small_batches() {
-    let store = open(&support::fresh_url()).await;
+    let store = open(&servers::redis_url(PREFIX).await).await;
     let now = Timestamp::from_millis(1_000_000);
     let requests: Vec<ClaimRequest> = (0..300)
         .map(|i| request("s", &format!("k{i}"), Duration::from_secs(1)))
@@ -383,8 +387,8 @@ async fn purge_walks_a_large_backlog_in_small_batches() {
 
 #[tokio::test]
 async fn a_database_number_selects_the_database() {
-    let prefix = support::fresh_prefix();
-    let url = with_database(&support::server(), 3, &format!("prefix={prefix}"));
+    let prefix = servers::redis_prefix(PREFIX).await;
+    let url = with_database(&servers::redis(), 3, &format!("prefix={prefix}"));
     let store = open(&url).await;
     store
         .claim(
