@@ -20,11 +20,12 @@
 //! assert!(matches!(oncely.claim(&Scope::default(), &key, None).await?, ClaimOutcome::Duplicate(_)));
 //! # Ok(()) }
 //! ```
-//!
-//! [`Store`]: oncely_core::Store
-//! [`Error::StoreFull`]: oncely_core::Error::StoreFull
 
 #![warn(missing_docs)]
+
+// What the crate docs link to.
+#[cfg(doc)]
+use oncely_core::{Error, Store};
 
 mod store;
 

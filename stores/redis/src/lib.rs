@@ -69,10 +69,12 @@
 //! assert!(!out.was_replayed());
 //! # Ok(()) }
 //! ```
-//!
-//! [`Store`]: oncely_core::Store
 
 #![warn(missing_docs)]
+
+// What the crate docs link to.
+#[cfg(doc)]
+use oncely_core::Store;
 
 mod connection;
 mod keys;
