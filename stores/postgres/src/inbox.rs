@@ -33,7 +33,9 @@ pub use oncely_core::inbox::{Inbox, InboxClaim};
 use oncely_core::{Error, Fingerprint, Key, Record, Result, Scope, async_trait};
 use sqlx::PgConnection;
 
-use crate::{ClaimTx, LOCK_ONE, record_from_row};
+use crate::claim_tx::ClaimTx;
+use crate::driver::record_from_row;
+use crate::store::LOCK_ONE;
 
 const STORE: &str = "postgres (your transaction)";
 

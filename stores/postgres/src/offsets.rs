@@ -29,7 +29,8 @@ use oncely_core::url::redact_password;
 use oncely_core::{Result, async_trait};
 use sqlx::{PgConnection, PgPool};
 
-use crate::{PostgresStore, error};
+use crate::PostgresStore;
+use crate::driver::error;
 
 // Never backwards: a late commit of an earlier owner of the partition cannot move it back.
 const SAVE: &str = "INSERT INTO oncely_offsets (consumer_group, topic, partition, next_offset) \

@@ -62,7 +62,8 @@ use oncely_core::{Error, Result, async_trait};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
-use crate::{PostgresStore, unreachable};
+use crate::PostgresStore;
+use crate::driver::unreachable;
 
 /// The outbox on a PostgreSQL transaction: `outbox.enqueue(&mut tx, &message)`. See the module
 /// docs.
