@@ -2,10 +2,9 @@
 //! `ONCELY_KAFKA_BROKERS` (`127.0.0.1:9092` by default; `.ci/run` starts tansu there).
 //!
 //! Each test gets its own topic of three partitions, its dead-letter topic and its consumer
-//! group, named `oncely-suite-<pid>-<time>-<n>-<test>`.
+//! group, named `oncely-suite-<pid>-<time>-<n>-<test>` ([`oncely_kafka::fresh_destination`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use std::collections::HashMap;
@@ -17,13 +16,13 @@ use oncely_conformance::harness::{panic_text, runtime};
 use oncely_consumer::Consumer;
 use oncely_core::consumer::{Delivery, KeySource, Message, OncelyHandler, Position, Source};
 use oncely_core::{BoxError, Key, Oncely, Scope, async_trait};
-use oncely_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use oncely_kafka::rdkafka::client::DefaultClientContext;
 use oncely_kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
 use oncely_kafka::rdkafka::message::{Header, Headers, OwnedHeaders};
 use oncely_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use oncely_kafka::rdkafka::{Message as _, Offset, TopicPartitionList};
-use oncely_kafka::{KafkaOptions, KafkaSource, MESSAGE_ID_HEADER, client_config};
+use oncely_kafka::{
+    FreshOptions, KafkaOptions, KafkaSource, MESSAGE_ID_HEADER, client_config, fresh_destination,
+};
 use oncely_postgres::offsets::PostgresOffsets;
 use tokio::sync::Semaphore;
 
@@ -32,8 +31,6 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Kafka {
     brokers: String,
-    run: String,
-    made: AtomicUsize,
 }
 
 struct Topic {
@@ -46,15 +43,7 @@ impl Kafka {
     async fn connect() -> Self {
         let brokers =
             std::env::var("ONCELY_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis();
-        Kafka {
-            brokers,
-            run: format!("{}-{millis}", std::process::id()),
-            made: AtomicUsize::new(0),
-        }
+        Kafka { brokers }
     }
 }
 
@@ -63,19 +52,15 @@ impl Broker for Kafka {
     type Channel = Topic;
 
     async fn channel(&self, test: &str) -> Result<Topic, BoxError> {
-        let n = self.made.fetch_add(1, Ordering::SeqCst);
-        let topic = format!("oncely-suite-{}-{n}-{test}", self.run);
-        let admin: AdminClient<DefaultClientContext> = client_config(&self.brokers).create()?;
-        let new = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1));
-        let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
-        for result in admin.create_topics([&new], &options).await.map_err(|e| {
-            format!(
-                "no Kafka broker at {}: {e} (start tansu, or set ONCELY_KAFKA_BROKERS)",
-                self.brokers
-            )
-        })? {
-            result.map_err(|(name, code)| format!("creating topic {name}: {code}"))?;
-        }
+        let options = FreshOptions::new("oncely-suite-", test).partitions(PARTITIONS);
+        let fresh = fresh_destination(&self.brokers, &options)
+            .await
+            .map_err(|e| {
+                format!(
+                    "no Kafka broker at {}: {e} (start tansu, or set ONCELY_KAFKA_BROKERS)",
+                    self.brokers
+                )
+            })?;
         let producer = client_config(&self.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -84,7 +69,7 @@ impl Broker for Kafka {
             .create()?;
         Ok(Topic {
             brokers: self.brokers.clone(),
-            topic,
+            topic: fresh.topic,
             producer,
         })
     }
@@ -439,7 +424,7 @@ async fn a_partition_starts_at_the_offset_stored_with_the_effects(kafka: Kafka) 
     for _ in 0..10 {
         topic.produce_to(1, OwnedHeaders::new()).await;
     }
-    let postgres = proof::fresh_schema("oncely_kafka_stored_offsets").await;
+    let postgres = oncely_conformance::servers::postgres_url("oncely_kafka_stored_offsets").await;
     let offsets = PostgresOffsets::connect(&postgres).await.unwrap();
     let pool = oncely_postgres::sqlx::PgPool::connect(&postgres)
         .await
@@ -534,7 +519,7 @@ async fn a_partition_paused_when_full_resumes_after_rebalances(kafka: Kafka) {
 /// (the default mode): the dedup records absorb what a crash redelivers.
 async fn kill9_proof_with_offsets_committed_to_kafka(kafka: Kafka) {
     let channel = kafka.channel("proof_committed").await.unwrap();
-    let postgres = proof::fresh_schema("oncely_proof_kafka_committed").await;
+    let postgres = oncely_conformance::servers::postgres_url("oncely_proof_kafka_committed").await;
     let exe = std::env::current_exe().expect("this test binary");
     let spawn = |source: &str, postgres: &str| {
         std::process::Command::new(&exe)

@@ -1,21 +1,20 @@
 //! Setting a source up against the NATS server at `ONCELY_NATS_URL` (`nats://127.0.0.1:4222`
 //! by default, with JetStream): what the URL creates, and each refusal saying what to do.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 use async_nats::jetstream::{self, Context};
-use futures_util::TryStreamExt;
 use oncely_core::consumer::{DeadLetter, Delivery, Source};
-use oncely_nats::{Error, NatsSource};
+use oncely_nats::{Error, FreshOptions, NatsSource, fresh_destination};
 
 fn server() -> String {
     std::env::var("ONCELY_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
-/// A fresh stream capturing `<name>.in`, deleted (with its dead-letter stream) on drop.
+/// A fresh stream capturing `<name>.in` ([`oncely_nats::fresh_destination`]); streams of earlier
+/// runs whose process is gone are deleted by the first.
 struct Fresh {
     context: Context,
     name: String,
@@ -23,28 +22,29 @@ struct Fresh {
 
 impl Fresh {
     async fn new(test: &str) -> Fresh {
-        Self::capturing(test, |name| vec![format!("{name}.in")]).await
+        let fresh = fresh_destination(&server(), &FreshOptions::new("ONCELY_TEST_", test))
+            .await
+            .expect("a fresh stream (is nats-server running with -js?)");
+        let client = async_nats::connect(server().as_str()).await.expect("nats");
+        Fresh {
+            context: jetstream::new(client),
+            name: fresh.stream,
+        }
     }
 
+    /// A fresh stream capturing `subjects(name)` instead.
     async fn capturing(test: &str, subjects: impl Fn(&str) -> Vec<String>) -> Fresh {
-        static MADE: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "ONCELY_TEST_{}_{}_{test}",
-            std::process::id(),
-            MADE.fetch_add(1, Ordering::SeqCst)
-        );
-        let client = async_nats::connect(server().as_str()).await.expect("nats");
-        let context = jetstream::new(client);
-        remove_leftovers(&context).await;
-        context
-            .create_stream(jetstream::stream::Config {
-                name: name.clone(),
-                subjects: subjects(&name),
+        let fresh = Self::new(test).await;
+        fresh
+            .context
+            .update_stream(jetstream::stream::Config {
+                name: fresh.name.clone(),
+                subjects: subjects(&fresh.name),
                 ..Default::default()
             })
             .await
-            .expect("create stream");
-        Fresh { context, name }
+            .expect("update stream");
+        fresh
     }
 
     fn url(&self, rest: &str) -> String {
@@ -58,23 +58,6 @@ impl Fresh {
             .unwrap()
             .await
             .unwrap();
-    }
-}
-
-/// Deletes the streams of earlier runs whose process is gone (a test's runtime ends before it
-/// could delete its own).
-async fn remove_leftovers(context: &Context) {
-    let names: Vec<String> = context.stream_names().try_collect().await.expect("streams");
-    for name in names {
-        let Some(rest) = name.strip_prefix("ONCELY_TEST_") else {
-            continue;
-        };
-        let pid = rest.split('_').next().unwrap_or_default();
-        if pid != std::process::id().to_string()
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        {
-            context.delete_stream(&name).await.ok();
-        }
     }
 }
 

@@ -1,21 +1,19 @@
 //! The broker behaviour suite against the NATS server at `ONCELY_NATS_URL`
 //! (`nats://127.0.0.1:4222` by default), which must run with JetStream (`nats-server -js`).
 //!
-//! Each test gets its own stream, durable consumer and dead-letter stream, named
-//! `ONCELY_SUITE_<pid>_<n>_<test>`; streams an earlier run of this binary left behind (its
-//! process gone) are deleted at start.
+//! Each test gets its own stream (from [`oncely_nats::fresh_destination`], named
+//! `ONCELY_SUITE_<pid>-<millis>-<n>-<test>`), durable consumer and dead-letter stream; streams
+//! an earlier run of this binary left behind (its process gone) are deleted at the first.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::{self, Context};
-use futures_util::TryStreamExt;
 use oncely_broker_suite::{Broker, Channel};
 use oncely_core::consumer::Message;
 use oncely_core::{BoxError, async_trait};
-use oncely_nats::{NatsOptions, NatsSource};
+use oncely_nats::{FreshOptions, NatsOptions, NatsSource};
 
 const PREFIX: &str = "ONCELY_SUITE_";
 
@@ -23,7 +21,6 @@ const PREFIX: &str = "ONCELY_SUITE_";
 /// the runtime that made it: every channel connects anew.
 struct Nats {
     server: String,
-    made: AtomicUsize,
 }
 
 async fn connect(server: &str) -> Context {
@@ -39,30 +36,9 @@ impl Nats {
     async fn connect() -> Self {
         let server =
             std::env::var("ONCELY_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-        remove_leftovers(&connect(&server).await).await;
-        Nats {
-            server,
-            made: AtomicUsize::new(0),
-        }
-    }
-}
-
-/// Deletes the streams of earlier runs whose process is gone.
-async fn remove_leftovers(context: &Context) {
-    let names: Vec<String> = context
-        .stream_names()
-        .try_collect()
-        .await
-        .expect("list streams (is JetStream enabled?)");
-    for name in names {
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let pid = rest.split('_').next().unwrap_or_default();
-        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if pid != std::process::id().to_string() && !alive {
-            context.delete_stream(&name).await.ok();
-        }
+        // Fail fast, with the reason, when the server is not there.
+        connect(&server).await;
+        Nats { server }
     }
 }
 
@@ -71,35 +47,28 @@ impl Broker for Nats {
     type Channel = NatsChannel;
 
     async fn channel(&self, test: &str) -> Result<NatsChannel, BoxError> {
-        let n = self.made.fetch_add(1, Ordering::SeqCst);
-        let pid = std::process::id();
-        let stream = format!("{PREFIX}{pid}_{n}_{test}");
-        let subject = format!("oncely.suite.{pid}.{n}.in");
+        let fresh =
+            oncely_nats::fresh_destination(&self.server, &FreshOptions::new(PREFIX, test)).await?;
         let context = connect(&self.server).await;
-        context
-            .create_stream(jetstream::stream::Config {
-                name: stream.clone(),
-                subjects: vec![subject.clone()],
-                ..Default::default()
-            })
-            .await?;
-        let options = NatsOptions::new(self.server.as_str(), stream.as_str(), "runner")
-            .dead_letter_subject(format!("oncely.suite.{pid}.{n}.dlq"))
-            .dead_letter_stream(format!("{stream}_DLQ"))
+        let options = NatsOptions::new(self.server.as_str(), fresh.stream.as_str(), "runner")
+            .dead_letter_subject(fresh.dead_letter_subject.as_str())
+            .dead_letter_stream(fresh.dead_letter_stream.as_str())
             .ack_wait(ACK_WAIT);
         // Creates the durable consumer and the dead-letter stream; a source never polled sends
         // no pull request.
         drop(NatsSource::open(context.clone(), &options).await?);
         let source_url = format!(
-            "{}/{stream}/runner?dlq={}&dlq_stream={stream}_DLQ&ack_wait={}s",
+            "{}/{}/runner?dlq={}&dlq_stream={}&ack_wait={}s",
             self.server.trim_end_matches('/'),
-            options.dead_letter_subject_or_default(),
+            fresh.stream,
+            fresh.dead_letter_subject,
+            fresh.dead_letter_stream,
             ACK_WAIT.as_secs()
         );
         Ok(NatsChannel {
             context,
             options,
-            subject,
+            subject: fresh.subject,
             source_url,
         })
     }

@@ -1,12 +1,11 @@
 //! The broker behaviour suite against the RabbitMQ server at `ONCELY_AMQP_URL`
 //! (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
 //!
-//! Each test gets a fresh durable queue and dead-letter queue named after it, this process and
-//! a counter. Both carry `x-expires`, so RabbitMQ deletes them a few minutes after their last
+//! Each test gets a fresh durable queue and dead-letter queue named after it, this process, the
+//! time and a counter ([`oncely_rabbitmq::fresh_destination`]). Both carry `x-expires`, so RabbitMQ deletes them a few minutes after their last
 //! use: queues left by earlier runs (or a crashed one) clean themselves up.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use oncely_broker_suite::libtest_mimic::Trial;
@@ -20,10 +19,10 @@ use oncely_rabbitmq::lapin::types::{AMQPValue, FieldTable};
 use oncely_rabbitmq::lapin::{
     self, BasicProperties, Confirmation, Connection, ConnectionProperties,
 };
-use oncely_rabbitmq::{Error, AmqpSource, message};
+use oncely_rabbitmq::{AmqpSource, Error, FreshOptions, fresh_destination, message};
 
 /// How long an unused test queue lives on the server.
-const EXPIRES_MS: i32 = 5 * 60 * 1000;
+const EXPIRES: Duration = Duration::from_secs(5 * 60);
 
 /// How long `unsettled` waits for stopped consumers' channels to close.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
@@ -227,32 +226,17 @@ impl Broker for Rabbit {
     type Channel = Queue;
 
     async fn channel(&self, test: &str) -> Result<Queue, BoxError> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let queue = format!("oncely.suite.{test}.{}.{n}", std::process::id());
-        let dlq = format!("{queue}.dlq");
+        let options = FreshOptions::new("oncely.suite.", test).expires(EXPIRES);
+        let fresh = fresh_destination(&self.base, &options).await?;
         let connection = Connection::connect(&self.base, ConnectionProperties::default()).await?;
-        let setup = connection.create_channel().await?;
-        let mut arguments = FieldTable::default();
-        arguments.insert("x-expires".into(), AMQPValue::LongInt(EXPIRES_MS));
-        for name in [&queue, &dlq] {
-            setup
-                .queue_declare(
-                    name.as_str().into(),
-                    QueueDeclareOptions::durable(),
-                    arguments.clone(),
-                )
-                .await?;
-        }
-        setup.close(200, "OK".into()).await?;
         let publisher = connection.create_channel().await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok(Queue {
             base: self.base.clone(),
-            queue,
-            dlq,
+            queue: fresh.queue,
+            dlq: fresh.dead_letter_queue,
             connection,
             publisher,
         })

@@ -2,16 +2,19 @@
 //! (`sqs+http://127.0.0.1:5999` by default: moto's `moto_server`): what a message looks like
 //! on the queue, read back with the SDK and with [`SqsSource`], and what is refused.
 //!
-//! Each test makes its own queues, `oncely-pub-<pid>-<time>-<n>[.fifo]`, and deletes them.
+//! Each test makes its own queues, `oncely-pub-<pid>-<time>-<n>-publisher[.fifo]` and their
+//! dead-letter queues ([`oncely_sqs::fresh_destination`]), and deletes them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use oncely_core::consumer::{BrokerError, Delivery, Message, Source};
 use oncely_core::outbox::Publisher;
-use oncely_sqs::{Error, MESSAGE_ID_ATTRIBUTE, SqsOptions, SqsPublisher, SqsSource};
+use oncely_sqs::{
+    Error, FreshOptions, MESSAGE_ID_ATTRIBUTE, SqsOptions, SqsPublisher, SqsSource,
+    fresh_destination,
+};
 
 fn server() -> String {
     std::env::var("ONCELY_SQS_URL").unwrap_or_else(|_| "sqs+http://127.0.0.1:5999".into())
@@ -25,32 +28,22 @@ fn client() -> aws_sdk_sqs::Client {
 struct Queue {
     name: String,
     url: String,
+    dead_letter_url: String,
 }
 
 impl Queue {
     async fn new(fifo: bool) -> Queue {
-        static MADE: AtomicUsize = AtomicUsize::new(0);
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis();
-        let n = MADE.fetch_add(1, Ordering::SeqCst);
-        let mut name = format!("oncely-pub-{}-{millis}-{n}", std::process::id());
-        let mut create = client().create_queue();
+        let mut options = FreshOptions::new("oncely-pub-", "publisher");
         if fifo {
-            name.push_str(".fifo");
-            create = create
-                .attributes(QueueAttributeName::FifoQueue, "true")
-                .attributes(QueueAttributeName::ContentBasedDeduplication, "false");
+            options = options.fifo();
         }
-        let created = create
-            .queue_name(&name)
-            .send()
+        let fresh = fresh_destination(&server(), &options)
             .await
-            .unwrap_or_else(|e| panic!("no SQS at {}: {e:?} (start moto_server)", server()));
+            .unwrap_or_else(|e| panic!("no SQS at {}: {e} (start moto_server)", server()));
         Queue {
-            name,
-            url: created.queue_url.unwrap(),
+            name: fresh.queue,
+            url: fresh.queue_url,
+            dead_letter_url: fresh.dead_letter_queue_url,
         }
     }
 
@@ -90,7 +83,9 @@ impl Queue {
     }
 
     async fn delete(self) {
-        let _ = client().delete_queue().queue_url(&self.url).send().await;
+        for url in [&self.url, &self.dead_letter_url] {
+            let _ = client().delete_queue().queue_url(url).send().await;
+        }
     }
 }
 

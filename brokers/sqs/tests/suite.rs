@@ -1,7 +1,8 @@
 //! The broker behaviour suite and the kill -9 proof against the SQS-compatible server at
 //! `ONCELY_SQS_URL` (`sqs+http://127.0.0.1:5999` by default: moto's `moto_server`).
 //!
-//! Each test gets its own queue and dead-letter queue, `oncely-suite-<pid>-<time>-<n>-<test>`.
+//! Each test gets its own queue and dead-letter queue, `oncely-suite-<pid>-<time>-<n>-<test>`
+//! ([`oncely_sqs::fresh_destination`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,15 +16,13 @@ use oncely_conformance::harness::{panic_text, runtime};
 use oncely_consumer::Consumer;
 use oncely_core::consumer::{Handled, Handler, HandlerError, KeySource, Message};
 use oncely_core::{BoxError, Key, async_trait};
-use oncely_sqs::{MESSAGE_ID_ATTRIBUTE, SqsOptions, SqsSource};
+use oncely_sqs::{FreshOptions, MESSAGE_ID_ATTRIBUTE, SqsSource, fresh_destination};
 
 /// How deep the proof lets its queue get (see [`Queue::publish_batch`]).
 const MAX_DEPTH: u64 = 200;
 
 struct Sqs {
     server: String,
-    run: String,
-    made: AtomicUsize,
 }
 
 struct Queue {
@@ -40,15 +39,7 @@ impl Sqs {
     async fn connect() -> Self {
         let server =
             std::env::var("ONCELY_SQS_URL").unwrap_or_else(|_| "sqs+http://127.0.0.1:5999".into());
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis();
-        Sqs {
-            server,
-            run: format!("{}-{millis}", std::process::id()),
-            made: AtomicUsize::new(0),
-        }
+        Sqs { server }
     }
 }
 
@@ -68,42 +59,28 @@ impl Sqs {
     }
 
     async fn queue(&self, test: &str, fifo: bool) -> Result<Queue, BoxError> {
-        let n = self.made.fetch_add(1, Ordering::SeqCst);
-        let name = format!("oncely-suite-{}-{n}-{}", self.run, test.replace('_', "-"));
-        let mut name: String = name.chars().take(70).collect();
-        if fifo {
-            name.push_str(".fifo");
-        }
         // The proof's consumers are killed holding messages: those come back after the
         // visibility timeout, long enough that heartbeats (every third of it) stay few.
         let visibility = if test == "proof" { 20 } else { 5 };
-        let url = format!("{}/{name}?visibility={visibility}s&wait=1s", self.server);
-        let options: SqsOptions = url.parse()?;
-        let client = oncely_sqs::client(&options)?;
-        let mut urls = Vec::new();
-        for queue in [
-            options.queue.clone(),
-            options.dead_letter_queue_or_default(),
-        ] {
-            let mut create = client.create_queue().queue_name(&queue).attributes(
-                QueueAttributeName::VisibilityTimeout,
-                visibility.to_string(),
-            );
-            if fifo {
-                create = create.attributes(QueueAttributeName::FifoQueue, "true");
-            }
-            let created = create
-                .send()
-                .await
-                .map_err(|e| format!("no SQS at {}: {e} (start moto_server)", self.server))?;
-            urls.push(created.queue_url().unwrap_or_default().to_owned());
+        let mut options = FreshOptions::new("oncely-suite-", &test.replace('_', "-"))
+            .visibility_timeout(Duration::from_secs(visibility));
+        if fifo {
+            options = options.fifo();
         }
+        let fresh = fresh_destination(&self.server, &options)
+            .await
+            .map_err(|e| format!("no SQS at {}: {e} (start moto_server)", self.server))?;
+        let url = format!(
+            "{}/{}?visibility={visibility}s&wait=1s",
+            self.server, fresh.queue
+        );
+        let client = oncely_sqs::client(&url.parse()?)?;
         Ok(Queue {
             url,
             client,
             fifo,
-            dead_letter_url: urls.pop().unwrap(),
-            queue_url: urls.pop().unwrap(),
+            dead_letter_url: fresh.dead_letter_queue_url,
+            queue_url: fresh.queue_url,
             letters: Default::default(),
         })
     }

@@ -56,6 +56,7 @@ use tokio::sync::Notify;
 
 pub use libtest_mimic;
 
+mod inventory;
 pub mod proof;
 
 /// A broker under test: hands out fresh channels.
@@ -206,14 +207,14 @@ where
             .with_kind(name.to_owned()),
         );
     }
-    let schema = format!("oncely_proof_{name}");
+    let schema_prefix = format!("oncely_proof_{name}");
     trials.push(
         Trial::test(
             format!("{name}::kill9_consumers_still_apply_every_order_exactly_once"),
             move || {
                 runtime().block_on(async move {
                     let channel = broker.channel("proof").await.map_err(|e| e.to_string())?;
-                    let postgres = proof::fresh_schema(&schema).await;
+                    let postgres = oncely_conformance::servers::postgres_url(&schema_prefix).await;
                     let exe = std::env::current_exe().expect("this test binary");
                     let spawn = |source: &str, postgres: &str| {
                         std::process::Command::new(&exe)

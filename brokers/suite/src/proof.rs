@@ -2,8 +2,9 @@
 //!
 //! 20,000 `OrderPlaced` messages, of which 20 % re-publish an earlier order (same key, same
 //! payload) and 20 are poison (an item that does not exist), go into one destination. Consumer
-//! *processes* running the inventory example ([`oncely_examples::ReserveInventory`]: the order
-//! row, the stock decrement and the dedup record in one PostgreSQL transaction) are killed
+//! *processes* running the inventory consumer (the crate's `inventory` module, a copy of the
+//! runnable example's: the order row, the stock decrement and the dedup record in one
+//! PostgreSQL transaction) are killed
 //! with SIGKILL at random moments and restarted. In the end:
 //!
 //! - every order was applied exactly once: one row per order, none twice, none missing, and
@@ -23,10 +24,10 @@ use std::time::{Duration, Instant};
 use oncely_consumer::Consumer;
 use oncely_core::Scope;
 use oncely_core::consumer::{ERROR_HEADER, KEY_HEADER, Message, RetryPolicy, Source};
-use oncely_examples::ReserveInventory;
 use sqlx::PgPool;
 
 use crate::Channel;
+use crate::inventory::{ITEMS, POISON_ITEM, ReserveInventory};
 
 /// The environment variable that makes a proof test binary run as a consumer of this URL.
 pub const CHILD_SOURCE_ENV: &str = "ONCELY_PROOF_SOURCE";
@@ -63,7 +64,6 @@ impl Default for ProofConfig {
     }
 }
 
-use oncely_examples::ITEMS;
 const STOCK: i64 = 1_000_000_000;
 
 /// One order: its key, item and quantity.
@@ -108,9 +108,9 @@ pub async fn run<C: Channel>(
     config: ProofConfig,
     spawn: impl Fn(&str, &str) -> Child,
 ) -> ProofReport {
-    oncely_examples::setup(postgres_url, &ITEMS, STOCK)
+    crate::inventory::setup(postgres_url, &ITEMS, STOCK)
         .await
-        .expect("the example's tables");
+        .expect("the inventory tables");
     // A new seed each run, printed, so a failure can be replayed with ONCELY_PROOF_SEED.
     let seed = std::env::var("ONCELY_PROOF_SEED")
         .ok()
@@ -125,7 +125,7 @@ pub async fn run<C: Channel>(
         .map(|n| Order {
             id: format!("o-{n:06}"),
             item: if config.poison > 0 && n % stride == stride / 2 {
-                oncely_examples::POISON_ITEM
+                POISON_ITEM
             } else {
                 ITEMS[n % ITEMS.len()]
             },
@@ -134,14 +134,11 @@ pub async fn run<C: Channel>(
         .collect();
     let poison: BTreeSet<String> = orders
         .iter()
-        .filter(|o| o.item == oncely_examples::POISON_ITEM)
+        .filter(|o| o.item == POISON_ITEM)
         .map(|o| o.id.clone())
         .collect();
     assert_eq!(poison.len(), config.poison, "the proof's own poison count");
-    let good: Vec<&Order> = orders
-        .iter()
-        .filter(|o| o.item != oncely_examples::POISON_ITEM)
-        .collect();
+    let good: Vec<&Order> = orders.iter().filter(|o| o.item != POISON_ITEM).collect();
 
     // Every order once, in order; then re-publishes of random good orders, spread through.
     let mut stream: Vec<&Order> = orders.iter().collect();
@@ -337,23 +334,6 @@ pub async fn consume<S: Source>(source: S, postgres_url: &str) {
         })
         .await
         .expect("the consumer runs until stopped");
-}
-
-/// Drops and recreates `schema` on the PostgreSQL server under test (`ONCELY_TEST_POSTGRES`,
-/// or the one on loopback); answers a URL whose connections work in it.
-pub async fn fresh_schema(schema: &str) -> String {
-    let server = std::env::var("ONCELY_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let admin = PgPool::connect(&server)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {server}: {e}"));
-    let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE; CREATE SCHEMA \"{schema}\";");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(&admin)
-        .await
-        .expect("a fresh schema");
-    admin.close().await;
-    format!("{server}?options=-csearch_path%3D{schema}")
 }
 
 fn dead_letter_keys(letters: &[Message]) -> BTreeMap<String, usize> {
