@@ -34,7 +34,9 @@ pub use oncely_core::inbox::{Inbox, InboxClaim};
 use oncely_core::{Error, Fingerprint, Key, Record, Result, Scope, async_trait};
 use sqlx::MySqlConnection;
 
-use crate::{ClaimTx, LOCK_ONE, insert_or_lock, record_from_row};
+use crate::claim_tx::{ClaimTx, insert_or_lock};
+use crate::driver::record_from_row;
+use crate::store::LOCK_ONE;
 
 const STORE: &str = "mysql (your transaction)";
 

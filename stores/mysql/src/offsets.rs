@@ -37,7 +37,8 @@ use oncely_core::url::redact_password;
 use oncely_core::{Error, Result, async_trait};
 use sqlx::{MySqlConnection, MySqlPool};
 
-use crate::{MySqlStore, unreachable};
+use crate::MySqlStore;
+use crate::driver::unreachable;
 
 // Never backwards: a late commit of an earlier owner of the partition cannot move it back.
 // `next_offset` on the right is the stored row's, VALUES(next_offset) the one being saved.

@@ -35,7 +35,8 @@ use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, MySql, MySqlConnection, Row};
 
-use crate::{MySqlStore, unreachable};
+use crate::MySqlStore;
+use crate::driver::unreachable;
 
 /// The outbox on a MySQL transaction: `outbox.enqueue(&mut tx, &message)`.
 #[async_trait]
