@@ -9,7 +9,8 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::{Error, SETUP_TIMEOUT, client_config, create_topic};
+use crate::client::SETUP_TIMEOUT;
+use crate::{Error, client_config, create_topic};
 
 /// Partitions of a fresh topic unless set otherwise.
 const DEFAULT_PARTITIONS: i32 = 3;

@@ -8,10 +8,10 @@ use oncely_core::consumer::{BrokerError, Message};
 use oncely_core::outbox::Publisher;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::client::{PRODUCE_TIMEOUT, ensure_topic, idempotent_producer, topic_exists};
+use crate::message::kafka_headers;
 use crate::options::locate;
-use crate::{
-    BROKER, Error, MESSAGE_ID_HEADER, PRODUCE_TIMEOUT, ensure_topic, kafka_headers, topic_exists,
-};
+use crate::{BROKER, Error, MESSAGE_ID_HEADER};
 
 /// Produces outbox rows to Kafka, as the relay (`oncely-relay`) asks: with the idempotent
 /// producer (`enable.idempotence`, acks from all in-sync replicas), the row's aggregate as the
@@ -78,7 +78,7 @@ impl KafkaPublisher {
             known.insert(topic.clone());
         }
         Ok(KafkaPublisher {
-            producer: crate::idempotent_producer(brokers)?,
+            producer: idempotent_producer(brokers)?,
             brokers: brokers.to_owned(),
             topic,
             known: Arc::new(Mutex::new(known)),
