@@ -2,6 +2,9 @@
 
 use oncely_core::BoxError;
 
+/// The broker's name in [`BrokerError`](oncely_core::consumer::BrokerError)s.
+pub const BROKER: &str = "nats";
+
 /// Setting up a [`NatsSource`](crate::NatsSource) failed. Failures while consuming are
 /// [`BrokerError`](oncely_core::consumer::BrokerError)s, which the runner handles.
 #[derive(Debug, thiserror::Error)]
