@@ -674,16 +674,22 @@ pub(crate) fn format_duration(d: Duration) -> String {
     }
 }
 
-/// Parses a store kind from `memory`, `sqlite` or a store URL (`postgres://`, `postgresql://`,
-/// `mysql://`, `mariadb://`).
+/// The store kind a store URL names (`memory:`, `sqlite:PATH`, `postgres://`, `mysql://`,
+/// `redis://`, with the schemes of [`oncely::StoreKind`]), or a bare `memory` or `sqlite`;
+/// `None` for a store the bench does not measure (a Redis Cluster).
 pub fn store_kind(url: &str) -> Option<StoreKind> {
-    let scheme = url.split(':').next().unwrap_or_default();
-    match scheme {
-        "memory" => Some(StoreKind::Memory),
-        "sqlite" => Some(StoreKind::Sqlite),
-        "postgres" | "postgresql" if url.contains("://") => Some(StoreKind::Postgres),
-        "mysql" | "mariadb" if url.contains("://") => Some(StoreKind::Mysql),
-        "redis" if url.contains("://") => Some(StoreKind::Redis),
+    let kind = match oncely::backend::url::scheme(url) {
+        Some(scheme) => oncely::StoreKind::from_scheme(scheme)?,
+        // The example's shorthand for the stores that need no URL.
+        None => oncely::StoreKind::from_scheme(url)
+            .filter(|kind| matches!(kind, oncely::StoreKind::Memory | oncely::StoreKind::Sqlite))?,
+    };
+    match kind {
+        oncely::StoreKind::Memory => Some(StoreKind::Memory),
+        oncely::StoreKind::Sqlite => Some(StoreKind::Sqlite),
+        oncely::StoreKind::Postgres => Some(StoreKind::Postgres),
+        oncely::StoreKind::MySql => Some(StoreKind::Mysql),
+        oncely::StoreKind::Redis => Some(StoreKind::Redis),
         _ => None,
     }
 }

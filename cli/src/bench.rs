@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use oncely::BrokerKind;
 use oncely_bench::{BenchConfig, Progress, StoreKind, format_table, store_kind};
 
 /// Arguments of `oncely bench`.
@@ -121,7 +122,7 @@ pub struct BenchArgs {
 
     /// With --broker: oncely's lease. A re-publish that arrives while its original is in
     /// flight is given back and comes again when the lease runs out.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::duration::parse, requires = "broker")]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = oncely::duration::parse, requires = "broker")]
     lease: std::time::Duration,
 }
 
@@ -298,7 +299,8 @@ fn run_broker(
             oncely::backend::url::redact_password(store_url)
         ),
     };
-    let sqs = broker.starts_with("sqs");
+    let broker_kind = BrokerKind::from_url(&broker).ok();
+    let sqs = broker_kind == Some(BrokerKind::Sqs);
     let config = oncely_bench::broker::BrokerConfig {
         events: args
             .events
@@ -348,7 +350,7 @@ fn run_broker(
             ),
         },
         config.concurrency,
-        if config.broker.starts_with("kafka:") {
+        if broker_kind == Some(BrokerKind::Kafka) {
             format!(
                 " (Kafka: at most one per partition, {} partitions)",
                 oncely_bench::broker::KAFKA_PARTITIONS

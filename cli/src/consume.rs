@@ -21,10 +21,9 @@ use oncely::broker::{self, AnySource};
 use oncely::consumer::{
     Handled, Handler, HandlerError, KeySource, Message, OncelyHandler, RetryPolicy,
 };
-use oncely::{Consumer, ConsumerReport, Key, Oncely, Scope, async_trait};
+use oncely::{BrokerKind, Consumer, ConsumerReport, Key, Oncely, Scope, async_trait, duration};
 
 use crate::deliver::{self, Deliverer};
-use crate::duration;
 use crate::stop::Stop;
 
 /// Arguments of `oncely consume`.
@@ -183,7 +182,7 @@ fn with_dlq(from: &str, dlq: Option<&str>) -> Result<String> {
     }
     // RabbitMQ's URL percent-decodes the name; a NATS subject, Kafka topic or SQS queue name
     // has nothing to encode.
-    let dlq = if from.starts_with("amqp") {
+    let dlq = if BrokerKind::from_url(from) == Ok(BrokerKind::RabbitMq) {
         encode(dlq)
     } else {
         dlq.to_owned()

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use oncely::{Claim, ClaimOutcome, CompositeKey, Error, JsonKeyError, Key, Oncely, Scope};
+use oncely::{
+    Claim, ClaimOutcome, CompositeKey, Error, JsonKeyError, Key, Oncely, Scope, duration,
+};
 use tokio::task::JoinSet;
 
-use crate::duration;
 use crate::input::{self, Line};
-
 /// Arguments of `oncely dedup`.
 #[derive(Args, Debug)]
 pub struct DedupArgs {

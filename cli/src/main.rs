@@ -11,7 +11,6 @@ mod bench_purge;
 mod consume;
 mod dedup;
 mod deliver;
-mod duration;
 mod input;
 mod inspect;
 mod purge;

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use oncely::{Oncely, PurgeRun};
-
-use crate::duration;
+use oncely::{Oncely, PurgeRun, duration};
 
 /// Arguments of `oncely purge`.
 #[derive(Args, Debug)]

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use oncely::duration;
 use oncely::relay::{self, Relay};
-
-use crate::duration;
 
 /// Arguments of `oncely relay`.
 #[derive(Args, Debug)]

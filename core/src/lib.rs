@@ -50,6 +50,7 @@
 pub mod batch;
 mod canonical;
 pub mod consumer;
+pub mod duration;
 mod error;
 mod fingerprint;
 pub mod group;

@@ -1,4 +1,5 @@
-//! Store URLs: what every server store does with its connection string before the driver sees it.
+//! Store and broker URLs: their scheme, and what a store or broker does with its connection string
+//! before the driver sees it (its own parameters taken out, passwords kept out of messages).
 
 use std::time::Duration;
 
@@ -79,32 +80,34 @@ pub fn flag_param(url: &str, name: &str, default: bool) -> Result<(String, bool)
     Ok((rest, flag))
 }
 
-/// A positive duration as URL parameters write it: `250ms`, `30s`, `5m`, `1h`. The error names
-/// the parameter `name` and says what is accepted.
+/// A positive duration as URL parameters write it, in the grammar of [`crate::duration`]:
+/// `250ms`, `30s`, `5m`, `1h`, `7d`, `1h30m`. The error names the parameter `name` and says what
+/// is accepted.
 ///
 /// ```
 /// # use std::time::Duration;
 /// assert_eq!(oncely_core::url::parse_duration("ack_wait", "5m"), Ok(Duration::from_secs(300)));
 /// assert!(oncely_core::url::parse_duration("ack_wait", "5").is_err());
+/// assert!(oncely_core::url::parse_duration("ack_wait", "0s").is_err());
 /// ```
 pub fn parse_duration(name: &str, value: &str) -> Result<Duration, String> {
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let wait = number.parse::<u64>().ok().and_then(|n| match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
-    });
-    match wait {
-        Some(wait) if !wait.is_zero() => Ok(wait),
-        _ => Err(format!(
-            "{name} must be a positive duration like 500ms, 30s, 5m or 1h, not `{value}`"
-        )),
-    }
+    crate::duration::parse_positive(value).map_err(|_| {
+        format!("{name} must be a positive duration like 500ms, 30s, 5m or 1h, not `{value}`")
+    })
+}
+
+/// The scheme of a URL: what comes before its first `:` (`postgres` in
+/// `postgres://db/app`, `sqlite` in `sqlite:oncely.db`); `None` if it has no `:`. Every
+/// dispatch on a URL (which store, which broker) takes the scheme with this one function.
+///
+/// ```
+/// use oncely_core::url::scheme;
+/// assert_eq!(scheme("redis+cluster://h1:7000,h2:7000"), Some("redis+cluster"));
+/// assert_eq!(scheme("sqlite:oncely.db"), Some("sqlite"));
+/// assert_eq!(scheme("oncely.db"), None);
+/// ```
+pub fn scheme(url: &str) -> Option<&str> {
+    url.split_once(':').map(|(scheme, _)| scheme)
 }
 
 #[cfg(test)]

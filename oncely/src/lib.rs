@@ -13,7 +13,7 @@
 //!
 //! | where | what |
 //! |---|---|
-//! | the crate root | [`Oncely`] and its answers ([`ClaimOutcome`], [`RunOutcome`], ...), [`Key`] and [`Scope`], [`Fingerprint`], keys from JSON ([`CompositeKey`]), [`Error`], clocks, the [`Consumer`] runner, [`connect`] |
+//! | the crate root | [`Oncely`] and its answers ([`ClaimOutcome`], [`RunOutcome`], ...), [`Key`] and [`Scope`], [`Fingerprint`], keys from JSON ([`CompositeKey`]), [`Error`], clocks, the [`Consumer`] runner, [`connect`], the store or broker a URL names ([`StoreKind`], [`BrokerKind`]), [`duration`]s |
 //! | [`consumer`] | the consumer contract: [`Handler`](consumer::Handler), [`OncelyHandler`](consumer::OncelyHandler), [`Message`](consumer::Message), [`KeySource`](consumer::KeySource), [`RetryPolicy`](consumer::RetryPolicy), ... |
 //! | [`inbox`], [`outbox`] | the transactional inbox and outbox (each SQL store crate adds their statements: `sqlite::inbox`, ...) |
 //! | `broker`, `relay` | a source or an outbox relay opened from a URL (features `nats`, `rabbitmq`, `kafka`, `sqs`, `relay`) |
@@ -75,6 +75,13 @@ pub use oncely_core::{Store, async_trait};
 pub use oncely_consumer::{Consumer, Report as ConsumerReport};
 
 pub mod backend;
+mod scheme;
+
+pub use scheme::{BrokerKind, SchemeError, StoreKind};
+
+/// Durations as oncely writes them, in command-line flags and URL options alike (`500ms`,
+/// `90s`, `15m`, `24h`, `7d`, `1h30m`).
+pub use oncely_core::duration;
 
 /// The consumer contract: what the runner ([`Consumer`]) does with each delivery, and the
 /// handler it calls (see [`oncely_core::consumer`] for the rules).
@@ -150,20 +157,6 @@ pub mod testing;
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 
-/// Every scheme oncely has or plans a store for, whether or not this build includes it.
-const KNOWN_SCHEMES: &[&str] = &[
-    "memory",
-    "sqlite",
-    "postgres",
-    "postgresql",
-    "mysql",
-    "mariadb",
-    "redis",
-    "rediss",
-    "redis+cluster",
-    "redis+unix",
-];
-
 /// The store used when none is given: `sqlite:oncely.db` in the working directory.
 pub const DEFAULT_STORE_URL: &str = "sqlite:oncely.db";
 
@@ -172,13 +165,17 @@ pub const DEFAULT_STORE_URL: &str = "sqlite:oncely.db";
 /// A URL this build cannot open is an [`Error::InvalidUrl`] naming the schemes it can; a store
 /// that cannot be opened is an [`Error::Unavailable`].
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
-    let (scheme, rest) = url
-        .split_once(':')
-        .ok_or_else(|| invalid(url, &format!("it has no scheme ({})", supported())))?;
-    match scheme {
+    let kind = StoreKind::from_url(url).map_err(|error| {
+        let reason = match error {
+            SchemeError::Unknown { scheme } => format!("unknown store scheme `{scheme}`"),
+            other => other.to_string(),
+        };
+        invalid(url, &with_supported(&reason))
+    })?;
+    match kind {
         #[cfg(feature = "memory")]
-        "memory" => {
-            let capacity = match query_param(rest, "capacity") {
+        StoreKind::Memory => {
+            let capacity = match query_param(url, "capacity") {
                 Some(v) => v
                     .parse()
                     .map_err(|_| invalid(url, "capacity must be a whole number"))?,
@@ -189,59 +186,35 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
             )))
         }
         #[cfg(feature = "sqlite")]
-        "sqlite" => {
+        StoreKind::Sqlite => {
             let options: oncely_sqlite::SqliteOptions = url.parse()?;
             Ok(Arc::new(oncely_sqlite::SqliteStore::open(options)?))
         }
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Arc::new(
+        StoreKind::Postgres => Ok(Arc::new(
             oncely_postgres::PostgresStore::connect(url).await?,
         )),
         #[cfg(feature = "mysql")]
-        "mysql" | "mariadb" => Ok(Arc::new(oncely_mysql::MySqlStore::connect(url).await?)),
+        StoreKind::MySql => Ok(Arc::new(oncely_mysql::MySqlStore::connect(url).await?)),
         #[cfg(feature = "redis")]
-        "redis" | "redis+cluster" | "redis+unix" | "rediss" | "rediss+cluster" => {
+        StoreKind::Redis | StoreKind::RedisCluster => {
             Ok(Arc::new(oncely_redis::RedisStore::connect(url).await?))
         }
-        // Known stores this build leaves out: a disabled feature, or one not written yet.
-        known if KNOWN_SCHEMES.contains(&known) => Err(invalid(
-            url,
-            &format!(
-                "the `{scheme}` store is not in this build ({})",
-                supported()
-            ),
-        )),
+        // A store this build leaves out (its feature is off); unreachable in a full build.
+        #[allow(unreachable_patterns)]
         _ => Err(invalid(
             url,
-            &format!("unknown store scheme `{scheme}` ({})", supported()),
+            &with_supported(&format!(
+                "the `{}` store is not in this build",
+                oncely_core::url::scheme(url).unwrap_or_default()
+            )),
         )),
     }
-}
-
-fn supported() -> String {
-    let mut schemes = Vec::new();
-    if cfg!(feature = "memory") {
-        schemes.push("memory:");
-    }
-    if cfg!(feature = "sqlite") {
-        schemes.push("sqlite:PATH");
-    }
-    if cfg!(feature = "postgres") {
-        schemes.push("postgres://...");
-    }
-    if cfg!(feature = "mysql") {
-        schemes.push("mysql://...");
-    }
-    if cfg!(feature = "redis") {
-        schemes.push("redis://...");
-        schemes.push("redis+cluster://...");
-    }
-    format!("supported: {}", schemes.join(", "))
 }
 
 #[cfg_attr(not(feature = "memory"), allow(dead_code))]
-fn query_param<'a>(rest: &'a str, name: &str) -> Option<&'a str> {
-    let (_, query) = rest.split_once('?')?;
+fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = url.split_once('?')?;
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
@@ -251,9 +224,19 @@ fn query_param<'a>(rest: &'a str, name: &str) -> Option<&'a str> {
 
 fn invalid(url: &str, reason: &str) -> Error {
     Error::InvalidUrl {
-        url: url.to_owned(),
+        url: oncely_core::url::redact_password(url),
         reason: reason.to_owned(),
     }
+}
+
+/// `reason`, followed by the stores this build opens.
+fn with_supported(reason: &str) -> String {
+    let supported: Vec<&str> = StoreKind::ALL
+        .into_iter()
+        .filter(|kind| kind.is_built())
+        .map(StoreKind::url_form)
+        .collect();
+    format!("{reason} (supported: {})", supported.join(", "))
 }
 
 #[cfg(test)]
