@@ -5,32 +5,16 @@ mod support;
 
 use std::time::Duration;
 
+use oncely_conformance::servers;
 use oncely_core::outbox::OutboxStore;
 use oncely_mysql::outbox::{MySqlOutbox, MySqlOutboxStore, Outbox};
-use oncely_mysql::sqlx::{self, MySqlPool};
+use oncely_mysql::sqlx::MySqlPool;
 use support::Destination;
 use support::scenarios::{self, event};
 
-fn server() -> String {
-    std::env::var("ONCELY_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
-}
-
 /// A migrated outbox in a fresh database: the relay's store and a pool for the "service".
 async fn outbox(name: &str) -> (MySqlOutboxStore, MySqlPool) {
-    let name = format!("oncely_relay_{name}");
-    let admin = MySqlPool::connect(&format!("{}/test", server()))
-        .await
-        .unwrap_or_else(|e| panic!("MariaDB at {}: {e}", server()));
-    for ddl in [
-        format!("DROP DATABASE IF EXISTS `{name}`"),
-        format!("CREATE DATABASE `{name}`"),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-            .execute(&admin)
-            .await
-            .unwrap();
-    }
-    let url = format!("{}/{name}", server());
+    let url = servers::mysql_url(&format!("oncely_relay_{name}")).await;
     let store = MySqlOutboxStore::connect(&url).await.unwrap();
     (store, MySqlPool::connect(&url).await.unwrap())
 }

@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use oncely_conformance::servers;
 use oncely_core::outbox::{OutboxStore, message_id};
 use oncely_postgres::outbox::{Outbox, OutboxMessage, PostgresOutbox, PostgresOutboxStore};
 use oncely_relay::Relay;
@@ -14,7 +15,7 @@ use support::scenarios::{self, event};
 
 /// A migrated outbox in a fresh schema: the relay's store and a pool for the "service".
 async fn outbox(name: &str) -> (PostgresOutboxStore, PgPool) {
-    let url = support::fresh_schema(&format!("oncely_relay_{name}")).await;
+    let url = servers::postgres_url(&format!("oncely_relay_{name}")).await;
     let store = PostgresOutboxStore::connect(&url).await.unwrap();
     (store, PgPool::connect(&url).await.unwrap())
 }
@@ -187,7 +188,7 @@ async fn enqueue_refuses_an_empty_aggregate_and_an_unmigrated_schema_says_so() {
     );
     drop(tx);
 
-    let bare = PgPool::connect(&support::fresh_schema("oncely_relay_bare").await)
+    let bare = PgPool::connect(&servers::postgres_url("oncely_relay_bare").await)
         .await
         .unwrap();
     let mut tx = bare.begin().await.unwrap();

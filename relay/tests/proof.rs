@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Trial};
 
+use oncely_conformance::servers;
 use oncely_core::outbox::{OutboxMessage, OutboxStore, message_id};
 use oncely_mysql::outbox::MySqlOutboxStore;
 use oncely_mysql::sqlx::MySqlPool;
@@ -273,17 +274,18 @@ async fn survives_kill_9(destination: Destination, name: &str) {
         Destination::Sqs { .. } => SQS_ROWS,
         _ => ROWS,
     };
-    // The pid in the name: a relay left over from an earlier run can never reach this schema.
-    let schema = format!("oncely_relay_proof_{name}_{}", std::process::id());
+    // A fresh schema or database, its name this run's (the pid among others): a relay left
+    // over from an earlier run can never reach it.
+    let prefix = format!("oncely_relay_proof_{name}");
     let dir = tempfile::tempdir().unwrap();
     let (outbox_url, origin, service): (String, String, Arc<dyn Service>) =
         if name.starts_with("mysql") {
-            let url = support::fresh_mysql_database(&schema).await;
+            let url = servers::mysql_url(&prefix).await;
             let store = MySqlOutboxStore::connect(&url).await.unwrap();
             let pool = MySqlPool::connect(&url).await.unwrap();
             (url, store.origin().await.unwrap(), Arc::new(pool))
         } else if name.starts_with("sqlite") {
-            let path = dir.path().join(format!("{schema}.db"));
+            let path = dir.path().join(format!("{prefix}.db"));
             let url = format!("sqlite:{}", path.display());
             let store = SqliteOutboxStore::connect(&url).await.unwrap();
             let options = SqliteConnectOptions::new()
@@ -292,7 +294,7 @@ async fn survives_kill_9(destination: Destination, name: &str) {
             let pool = SqlitePool::connect_with(options).await.unwrap();
             (url, store.origin().await.unwrap(), Arc::new(pool))
         } else {
-            let url = support::fresh_schema(&schema).await;
+            let url = servers::postgres_url(&prefix).await;
             let store = PostgresOutboxStore::connect(&url).await.unwrap();
             let pool = PgPool::connect(&url).await.unwrap();
             (url, store.origin().await.unwrap(), Arc::new(pool))
@@ -386,10 +388,6 @@ async fn survives_kill_9(destination: Destination, name: &str) {
     );
     assert_eq!(delivered.distinct, rows);
     destination.remove().await;
+    // The schema or database stays until a later run sweeps it up (see `servers`).
     drop(service);
-    if name.starts_with("mysql") {
-        support::drop_mysql_database(&schema).await;
-    } else if !name.starts_with("sqlite") {
-        support::drop_schema(&schema).await;
-    }
 }

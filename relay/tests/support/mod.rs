@@ -1,5 +1,5 @@
-//! What the relay's test binaries share: a fresh PostgreSQL schema per test, and a fresh
-//! destination on each real broker (a JetStream stream, a RabbitMQ queue, a Kafka topic of
+//! What the relay's test binaries share (beyond a fresh PostgreSQL schema or MySQL database
+//! per test, from `oncely_conformance::servers`): a fresh destination on each real broker (a JetStream stream, a RabbitMQ queue, a Kafka topic of
 //! several partitions, an SQS queue, FIFO or standard), read back whole; the service side of each database ([`Service`]), and
 //! the scenarios every outbox passes ([`scenarios`]).
 
@@ -29,12 +29,6 @@ use oncely_rabbitmq::lapin::types::{AMQPValue, FieldTable};
 use oncely_rabbitmq::lapin::{Connection, ConnectionProperties};
 use oncely_rabbitmq::{AmqpPublisher, message};
 use oncely_sqs::{MESSAGE_ID_ATTRIBUTE, SqsOptions, SqsPublisher};
-use sqlx::PgPool;
-
-pub fn postgres_server() -> String {
-    std::env::var("ONCELY_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
 
 pub fn nats_server() -> String {
     std::env::var("ONCELY_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
@@ -75,64 +69,6 @@ const KAFKA_QUIET: Duration = Duration::from_secs(1);
 
 fn kafka_config() -> ClientConfig {
     oncely_kafka::client_config(&kafka_brokers())
-}
-
-/// Drops and recreates `schema`; answers a URL whose connections work in it.
-pub async fn fresh_schema(schema: &str) -> String {
-    let admin = PgPool::connect(&postgres_server())
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {}: {e}", postgres_server()));
-    let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE; CREATE SCHEMA \"{schema}\";");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    format!("{}?options=-csearch_path%3D{schema}", postgres_server())
-}
-
-/// Drops `schema`.
-pub async fn drop_schema(schema: &str) {
-    let admin = PgPool::connect(&postgres_server()).await.unwrap();
-    let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-}
-
-fn mysql_server() -> String {
-    std::env::var("ONCELY_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
-}
-
-async fn mysql_ddl(ddl: &[String]) {
-    use oncely_mysql::sqlx as my;
-    let admin = my::MySqlPool::connect(&format!("{}/test", mysql_server()))
-        .await
-        .unwrap_or_else(|e| panic!("MariaDB at {}: {e}", mysql_server()));
-    for statement in ddl {
-        my::raw_sql(my::AssertSqlSafe(statement.clone()))
-            .execute(&admin)
-            .await
-            .unwrap();
-    }
-    admin.close().await;
-}
-
-/// Drops and recreates the MySQL database `name`; answers its URL.
-pub async fn fresh_mysql_database(name: &str) -> String {
-    mysql_ddl(&[
-        format!("DROP DATABASE IF EXISTS `{name}`"),
-        format!("CREATE DATABASE `{name}`"),
-    ])
-    .await;
-    format!("{}/{name}", mysql_server())
-}
-
-/// Drops the MySQL database `name`.
-pub async fn drop_mysql_database(name: &str) {
-    mysql_ddl(&[format!("DROP DATABASE IF EXISTS `{name}`")]).await;
 }
 
 /// A destination on a real broker, fresh for one test.
