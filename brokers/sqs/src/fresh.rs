@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::QueueAttributeName;
 
-use crate::options::describe;
+use crate::error::describe;
 use crate::{Error, SqsOptions, client};
 
 /// The longest queue name SQS takes.

@@ -33,17 +33,14 @@
 
 #![warn(missing_docs)]
 
+mod error;
 mod fresh;
 mod options;
 mod publisher;
 mod source;
 
+pub use error::{BROKER, Error};
 pub use fresh::{FreshDestination, FreshOptions, fresh_destination};
-pub use options::{Error, SqsOptions, client};
-pub use publisher::SqsPublisher;
+pub use options::{SqsOptions, client};
+pub use publisher::{MESSAGE_ID_ATTRIBUTE, SqsPublisher};
 pub use source::{SqsDelivery, SqsSource};
-
-/// The broker's name in [`BrokerError`](oncely_core::consumer::BrokerError)s.
-pub const BROKER: &str = "sqs";
-/// The message attribute carrying a message's stable id (the relay's row id).
-pub const MESSAGE_ID_ATTRIBUTE: &str = "Oncely-Message-Id";

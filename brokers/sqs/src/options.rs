@@ -1,63 +1,14 @@
-//! [`SqsOptions`] (the `sqs://` URL), the [`Error`] of setting up, and the SDK [`client`].
+//! [`SqsOptions`] (the `sqs://` URL, parsed in `parse`) and the SDK [`client`].
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Credentials, Region};
 use aws_sdk_sqs::error::ProvideErrorMetadata;
-use oncely_core::url::{parse_duration, redact_password};
 use std::time::Duration;
 
-/// Setting a source or publisher up failed, or a message cannot go to SQS as it is (the source
-/// of the [`BrokerError`](oncely_core::consumer::BrokerError) a publish answers).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The URL cannot be used.
-    #[error("invalid SQS URL `{url}`: {reason}")]
-    InvalidUrl {
-        /// The URL.
-        url: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// SQS refused or could not be reached.
-    #[error("SQS at {endpoint}: {what}: {source}")]
-    Sqs {
-        /// The endpoint.
-        endpoint: String,
-        /// What was being done.
-        what: String,
-        /// The client's error.
-        #[source]
-        source: oncely_core::BoxError,
-    },
-    /// The queue does not exist (queues are not created here).
-    #[error("no queue {queue} at {endpoint}: create it")]
-    NoQueue {
-        /// The queue's name.
-        queue: String,
-        /// The endpoint.
-        endpoint: String,
-    },
-    /// The payload is not UTF-8: SQS message bodies are text, and a lossy conversion would
-    /// change the data. Nothing was sent.
-    #[error(
-        "the payload for {queue} is not UTF-8 (invalid at byte {valid_up_to}): SQS bodies are text; encode it (base64, JSON) before it is enqueued"
-    )]
-    NotUtf8 {
-        /// The queue it was for.
-        queue: String,
-        /// The length of its valid UTF-8 prefix.
-        valid_up_to: usize,
-    },
-    /// The message's headers cannot be SQS message attributes. Nothing was sent.
-    #[error("a message for {queue} cannot be sent: {reason}")]
-    Unsendable {
-        /// The queue it was for.
-        queue: String,
-        /// Why.
-        reason: String,
-    },
-}
+use crate::Error;
+use crate::error::describe;
+
+mod parse;
 
 /// `sqs[+http]://HOST[:PORT]/QUEUE[?region=..&dlq=..&visibility=30s&wait=20s&max_receives=10]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,7 +34,7 @@ impl std::str::FromStr for SqsOptions {
     type Err = Error;
 
     fn from_str(url: &str) -> Result<Self, Error> {
-        SqsOptions::parse(url, true)
+        parse::parse(url, true)
     }
 }
 
@@ -91,63 +42,7 @@ impl SqsOptions {
     /// As [`str::parse`], but the queue may be left out: `sqs[+http]://HOST[:PORT][/QUEUE]`,
     /// `queue` empty when it is. What a publisher takes (rows name their own queues).
     pub fn parse_queue_optional(url: &str) -> Result<Self, Error> {
-        SqsOptions::parse(url, false)
-    }
-
-    fn parse(url: &str, need_queue: bool) -> Result<Self, Error> {
-        let invalid = |reason: String| Error::InvalidUrl {
-            url: redact_password(url),
-            reason,
-        };
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| invalid("expected sqs://HOST/QUEUE".into()))?;
-        let tls = match scheme {
-            "sqs" => true,
-            "sqs+http" => false,
-            other => {
-                return Err(invalid(format!(
-                    "the scheme must be sqs or sqs+http, not `{other}`"
-                )));
-            }
-        };
-        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (host, queue) = location.split_once('/').unwrap_or((location, ""));
-        if host.is_empty() || queue.contains('/') || (need_queue && queue.is_empty()) {
-            return Err(invalid("expected sqs://HOST[:PORT]/QUEUE".into()));
-        }
-        let mut options = SqsOptions {
-            endpoint: format!("{}://{host}", if tls { "https" } else { "http" }),
-            queue: queue.to_owned(),
-            region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
-            dead_letter_queue: None,
-            visibility: Duration::from_secs(30),
-            wait: Duration::from_secs(20),
-            max_receives: 10,
-        };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match name {
-                "region" => options.region = value.to_owned(),
-                "dlq" => options.dead_letter_queue = Some(value.to_owned()),
-                "visibility" => {
-                    options.visibility = parse_duration(name, value).map_err(invalid)?
-                }
-                "wait" => {
-                    options.wait = parse_duration(name, value)
-                        .map_err(invalid)?
-                        .min(Duration::from_secs(20))
-                }
-                "max_receives" => {
-                    options.max_receives =
-                        value.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                            invalid(format!("max_receives must be at least 1, not `{value}`"))
-                        })?
-                }
-                other => return Err(invalid(format!("unknown option `{other}`"))),
-            }
-        }
-        Ok(options)
+        parse::parse(url, false)
     }
 
     /// The dead-letter queue's name.
@@ -225,43 +120,6 @@ pub(crate) async fn queue_url(
                     source: describe(&error).into(),
                 }
             })
-        }
-    }
-}
-
-/// `error` and its causes on one line (`dispatch failure: io error: ... Connection refused`):
-/// the SDK's own message is only the first of them.
-pub(crate) fn describe(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        let text = error.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = error.source();
-    }
-    line
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_publisher_url_may_leave_the_queue_out_and_a_source_url_may_not() {
-        for url in ["sqs+http://127.0.0.1:5999", "sqs+http://127.0.0.1:5999/"] {
-            let options = SqsOptions::parse_queue_optional(url).unwrap();
-            assert_eq!(options.endpoint, "http://127.0.0.1:5999");
-            assert_eq!(options.queue, "");
-            assert!(url.parse::<SqsOptions>().is_err(), "{url}");
-        }
-        let options = SqsOptions::parse_queue_optional("sqs://sqs.example/orders.fifo").unwrap();
-        assert_eq!(options.endpoint, "https://sqs.example");
-        assert_eq!(options.queue, "orders.fifo");
-        for bad in ["sqs://", "sqs:///q", "sqs://h/a/b", "http://h/q"] {
-            assert!(SqsOptions::parse_queue_optional(bad).is_err(), "{bad}");
         }
     }
 }

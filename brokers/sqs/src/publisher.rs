@@ -11,7 +11,11 @@ use oncely_core::consumer::{BrokerError, Message};
 use oncely_core::outbox::Publisher;
 use sha2::{Digest, Sha256};
 
-use crate::{BROKER, Error, MESSAGE_ID_ATTRIBUTE, SqsOptions, client};
+use crate::error::describe;
+use crate::{BROKER, Error, SqsOptions, client};
+
+/// The message attribute carrying a message's stable id (the relay's row id).
+pub const MESSAGE_ID_ATTRIBUTE: &str = "Oncely-Message-Id";
 
 /// The most message attributes SQS takes on one message.
 const MAX_ATTRIBUTES: usize = 10;
@@ -234,7 +238,7 @@ impl Publisher for SqsPublisher {
         send.send()
             .await
             .map(drop)
-            .map_err(|e| BrokerError::new(BROKER, what(), crate::options::describe(&e)))
+            .map_err(|e| BrokerError::new(BROKER, what(), describe(&e)))
     }
 }
 
