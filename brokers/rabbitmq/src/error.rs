@@ -1,5 +1,8 @@
 //! What can go wrong before the first delivery: the URL, the connection, the queues.
 
+/// The broker's name in [`BrokerError`](oncely_core::consumer::BrokerError)s.
+pub const BROKER: &str = "amqp";
+
 /// Setting up an [`AmqpSource`](crate::AmqpSource) failed. Failures after that (receiving,
 /// acking, publishing a dead letter) are [`BrokerError`](oncely_core::consumer::BrokerError)s,
 /// which the runner handles.

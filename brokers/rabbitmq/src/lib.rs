@@ -82,7 +82,7 @@ mod options;
 mod publisher;
 mod source;
 
-pub use error::Error;
+pub use error::{BROKER, Error};
 pub use fresh::{FreshDestination, FreshOptions, fresh_destination};
 pub use options::{AmqpOptions, AmqpUrl, DEFAULT_MAX_REDELIVERY_WAIT, DEFAULT_PREFETCH};
 pub use publisher::AmqpPublisher;

@@ -9,9 +9,7 @@ use oncely_core::outbox::Publisher;
 use oncely_core::url::{redact_password, take_param};
 
 use crate::message::to_amqp;
-use crate::{AmqpUrl, Error};
-
-const BROKER: &str = "amqp";
+use crate::{AmqpUrl, BROKER, Error};
 
 /// Publishes outbox rows to RabbitMQ, as the relay (`oncely-relay`) asks: each message
 /// persistent, with the AMQP `message_id` property set to its stable id and its headers as AMQP

@@ -18,16 +18,13 @@ use oncely_core::async_trait;
 use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
 
 use crate::message::{PERSISTENT, from_amqp, long_string};
-use crate::{AmqpOptions, AmqpUrl, Error};
+use crate::{AmqpOptions, AmqpUrl, BROKER, Error};
 
 /// Gives one delivery back to its queue.
 const REQUEUE: BasicNackOptions = BasicNackOptions {
     multiple: false,
     requeue: true,
 };
-
-/// The broker name in [`BrokerError`]s.
-const BROKER: &str = "amqp";
 
 /// A RabbitMQ queue as a [`Source`] for the runner.
 ///
