@@ -1,0 +1,240 @@
+//! `oncely dedup`: what passes, what is rejected, scopes and keys.
+
+use std::collections::HashSet;
+
+use crate::{dedup, example, oncely, sqlite_url};
+
+/// What `python3 scripts/gen-events.py` prints for examples/events.jsonl.
+const EXAMPLE_SUMMARY: &str = "read 1104, passed 1000, duplicates 100, rejected 4";
+
+#[test]
+fn example_gives_the_generators_counts_and_a_rerun_passes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dedup(dir.path(), &[], &example());
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.last_stderr_line(), EXAMPLE_SUMMARY);
+    assert_eq!(first.stdout().lines().count(), 1000);
+
+    let second = dedup(dir.path(), &[], &example());
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(
+        second.last_stderr_line(),
+        "read 1104, passed 0, duplicates 1100, rejected 4"
+    );
+    assert!(second.stdout.is_empty());
+}
+
+#[test]
+fn output_is_exactly_the_first_occurrence_of_each_key_in_input_order() {
+    let input = example();
+    let mut seen = HashSet::new();
+    let mut expected = Vec::new();
+    for line in input.split_inclusive(|&b| b == b'\n') {
+        let id = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("eventId")?.as_str().map(str::to_owned));
+        if let Some(id) = id.filter(|id| !id.is_empty())
+            && seen.insert(id)
+        {
+            expected.extend_from_slice(line);
+        }
+    }
+    assert_eq!(seen.len(), 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let run = dedup(dir.path(), &["--batch", "64"], &input);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout == expected,
+        "output differs from first occurrences"
+    );
+}
+
+#[test]
+fn rejected_lines_are_reported_by_number_and_written_verbatim() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!("{{\"eventId\":\"{}\"}}\n", "x".repeat(513));
+    let mut input = Vec::new();
+    input.extend_from_slice(b"{\"eventId\":\"a\"}\n"); // 1 passed
+    input.extend_from_slice(b"not json\n"); // 2
+    input.extend_from_slice(b"\n"); // 3 blank
+    input.extend_from_slice(b"{\"other\":1}\r\n"); // 4 missing key
+    input.extend_from_slice(b"{\"eventId\":\"\"}\n"); // 5 empty key
+    input.extend_from_slice(b"{\"eventId\":null}\n"); // 6 null key
+    input.extend_from_slice(b"{\"eventId\":\"\xff\"}\n"); // 7 not UTF-8
+    input.extend_from_slice(long.as_bytes()); // 8 key too long
+    input.extend_from_slice(b"{\"eventId\":\"a\"}\n"); // 9 duplicate
+    input.extend_from_slice(b"[1,"); // 10 not JSON, no final newline
+    let rejects = dir.path().join("rejects.jsonl");
+    let run = dedup(
+        dir.path(),
+        &["--rejects", rejects.to_str().unwrap()],
+        &input,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout(), "{\"eventId\":\"a\"}\n");
+    let reported: Vec<&str> = run.stderr.lines().collect();
+    let expected_prefixes = [
+        "line 2: not JSON",
+        "line 3: blank line",
+        "line 4: missing key field /eventId",
+        "line 5: key is empty",
+        "line 6: key field /eventId is null",
+        "line 7: not UTF-8",
+        "line 8: key is 513 bytes",
+        "line 10: not JSON",
+        "read 10, passed 1, duplicates 1, rejected 8",
+    ];
+    assert_eq!(reported.len(), expected_prefixes.len(), "{}", run.stderr);
+    for (line, prefix) in reported.iter().zip(expected_prefixes) {
+        assert!(
+            line.starts_with(prefix),
+            "{line:?} does not start with {prefix:?}"
+        );
+    }
+    let mut want = Vec::new();
+    want.extend_from_slice(b"not json\n\n{\"other\":1}\r\n{\"eventId\":\"\"}\n");
+    want.extend_from_slice(b"{\"eventId\":null}\n{\"eventId\":\"\xff\"}\n");
+    want.extend_from_slice(long.as_bytes());
+    want.extend_from_slice(b"[1,\n");
+    assert!(
+        std::fs::read(&rejects).unwrap() == want,
+        "rejects file differs"
+    );
+}
+
+#[test]
+fn strict_exits_1_only_when_something_was_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let rejected = dedup(dir.path(), &["--strict"], b"{\"eventId\":\"a\"}\nbad\n");
+    assert_eq!(rejected.code, 1, "{}", rejected.stderr);
+    assert_eq!(rejected.stdout(), "{\"eventId\":\"a\"}\n");
+    let clean = dedup(dir.path(), &["--strict"], b"{\"eventId\":\"b\"}\n");
+    assert_eq!(clean.code, 0, "{}", clean.stderr);
+    let lenient = dedup(dir.path(), &[], b"bad\n");
+    assert_eq!(lenient.code, 0, "{}", lenient.stderr);
+}
+
+#[test]
+fn scopes_are_kept_apart_and_composite_keys_combine_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let input = b"{\"order\":1,\"step\":\"paid\"}\n{\"order\":1,\"step\":\"shipped\"}\n{\"step\":\"paid\",\"order\":1}\n";
+    let run = |scope: &str| {
+        let args = [
+            "--store",
+            &store,
+            "dedup",
+            "--key",
+            "/order,/step",
+            "--scope",
+            scope,
+        ];
+        oncely(dir.path(), &args, input)
+    };
+    let a = run("a");
+    assert_eq!(
+        a.stdout(),
+        "{\"order\":1,\"step\":\"paid\"}\n{\"order\":1,\"step\":\"shipped\"}\n"
+    );
+    assert_eq!(a.stdout(), run("b").stdout());
+    assert!(run("a").stdout.is_empty());
+    let inspect = oncely(
+        dir.path(),
+        &["--store", &store, "inspect", "--scope", "b", "[1,\"paid\"]"],
+        b"",
+    );
+    assert_eq!(inspect.code, 0, "{}", inspect.stderr);
+}
+
+/// A number is keyed by its exact value, never rounded through f64, and the string "42" is not
+/// the number 42: every distinct event passes, only true duplicates are dropped.
+#[test]
+fn dedup_keys_big_numbers_exactly_and_strings_apart_from_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_url(dir.path());
+    let distinct = [
+        r#"{"eventId":18446744073709551616,"n":1}"#,
+        r#"{"eventId":18446744073709551617,"n":2}"#,
+        r#"{"eventId":100000000000000000000001,"n":3}"#,
+        r#"{"eventId":100000000000000000000002,"n":4}"#,
+        r#"{"eventId":"42","n":5}"#,
+        r#"{"eventId":42,"n":6}"#,
+        r#"{"eventId":"evt-1","n":7}"#,
+    ];
+    let duplicates = [
+        r#"{"eventId":18446744073709551616,"n":8}"#,
+        r#"{"n":9, "eventId": 18446744073709551617}"#,
+        r#"{"eventId":100000000000000000000001,"n":10}"#,
+        r#"{"eventId":100000000000000000000002,"n":11}"#,
+        r#"{"eventId":"42","n":12}"#,
+        r#"{"eventId": 42, "n":13}"#,
+        r#"{"eventId":"evt-1","n":14}"#,
+    ];
+    let input: String = distinct
+        .iter()
+        .chain(&duplicates)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let first = dedup(dir.path(), &[], input.as_bytes());
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.stdout().lines().collect::<Vec<_>>(), distinct);
+    assert_eq!(
+        first.last_stderr_line(),
+        "read 14, passed 7, duplicates 7, rejected 0"
+    );
+    let again = dedup(dir.path(), &[], input.as_bytes());
+    assert!(again.stdout.is_empty(), "{}", again.stdout());
+    assert_eq!(
+        again.last_stderr_line(),
+        "read 14, passed 0, duplicates 14, rejected 0"
+    );
+    // The stored keys: every digit, and the string quoted so it is not the number's key.
+    for (key, found) in [
+        ("18446744073709551616", true),
+        ("18446744073709551617", true),
+        ("100000000000000000000001", true),
+        ("100000000000000000000002", true),
+        ("42", true),
+        ("\"42\"", true),
+        ("evt-1", true),
+        ("1.8446744073709552e+19", false),
+    ] {
+        let inspect = oncely(dir.path(), &["--store", &store, "inspect", key], b"");
+        assert_eq!(inspect.code == 0, found, "{key}: {}", inspect.stderr);
+    }
+
+    // Composite business keys from JSON pointers: the same, field by field.
+    let distinct = [
+        r#"{"orderId":100000000000000000000001,"paymentId":18446744073709551616}"#,
+        r#"{"orderId":100000000000000000000001,"paymentId":18446744073709551617}"#,
+        r#"{"orderId":100000000000000000000002,"paymentId":18446744073709551616}"#,
+        r#"{"orderId":"42","paymentId":1}"#,
+        r#"{"orderId":42,"paymentId":1}"#,
+    ];
+    let duplicates = [
+        r#"{"paymentId":18446744073709551617,"orderId":100000000000000000000001}"#,
+        r#"{"orderId":42,"paymentId":1}"#,
+        r#"{"orderId":"42","paymentId":1}"#,
+    ];
+    let input: String = distinct
+        .iter()
+        .chain(&duplicates)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let args = [
+        "--store",
+        &store,
+        "dedup",
+        "--key",
+        "/orderId,/paymentId",
+        "--scope",
+        "payments",
+    ];
+    let run = oncely(dir.path(), &args, input.as_bytes());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout().lines().collect::<Vec<_>>(), distinct);
+    assert_eq!(
+        run.last_stderr_line(),
+        "read 8, passed 5, duplicates 3, rejected 0"
+    );
+}

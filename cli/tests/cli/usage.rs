@@ -1,0 +1,148 @@
+//! Where the store comes from, clear errors for bad stores, flags and files, and help.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::{BIN, assert_one_clear_error, dedup, oncely};
+
+#[test]
+fn store_comes_from_oncely_store_and_memory_forgets_between_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let mut child = Command::new(BIN)
+            .args(["dedup", "--key", "/eventId"])
+            .current_dir(dir.path())
+            .env("ONCELY_STORE", "memory:")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"{\"eventId\":\"a\"}\n{\"eventId\":\"a\"}\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stderr).unwrap()
+    };
+    assert_eq!(
+        run().trim_end(),
+        "read 2, passed 1, duplicates 1, rejected 0"
+    );
+    assert_eq!(
+        run().trim_end(),
+        "read 2, passed 1, duplicates 1, rejected 0"
+    );
+    assert!(!dir.path().join("oncely.db").exists(), "default store used");
+}
+
+#[test]
+fn a_bad_store_url_is_one_clear_line_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in [
+        &["dedup", "--key", "/eventId"][..],
+        &["inspect", "k"],
+        &["purge"],
+        &["stats"],
+    ] {
+        let mut args = vec!["--store", "nope:x"];
+        args.extend_from_slice(command);
+        let run = oncely(dir.path(), &args, b"{\"eventId\":\"a\"}\n");
+        assert_one_clear_error(&run, "nope:x");
+        assert!(run.stderr.contains("supported"), "{}", run.stderr);
+        assert!(run.stdout.is_empty());
+    }
+}
+
+#[test]
+fn a_directory_or_a_text_file_as_the_store_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_db = dir.path().join("notes.txt");
+    std::fs::write(
+        &not_a_db,
+        "these are not the records you are looking for\n".repeat(100),
+    )
+    .unwrap();
+    let missing_dir = dir.path().join("no/such/dir/oncely.db");
+    for (path, needle) in [
+        (dir.path(), "unable to open"),
+        (not_a_db.as_path(), "not a database"),
+        (missing_dir.as_path(), "unable to open"),
+    ] {
+        let store = format!("sqlite:{}", path.display());
+        let run = oncely(
+            dir.path(),
+            &["--store", &store, "dedup", "--key", "/eventId"],
+            b"{\"eventId\":\"a\"}\n",
+        );
+        assert_one_clear_error(&run, needle);
+        assert!(run.stdout.is_empty(), "a line passed without a store");
+    }
+}
+
+#[test]
+fn bad_flags_and_unwritable_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dedup(
+        dir.path(),
+        &["--rejects", "/nonexistent-dir/rejects.jsonl"],
+        b"",
+    );
+    assert_one_clear_error(&run, "cannot create rejects file");
+
+    for (args, needle) in [
+        (
+            &["dedup", "--key", "/eventId", "--ttl", "7w"][..],
+            "unknown unit",
+        ),
+        (&["dedup", "--key", "/eventId", "--lease", "30"], "no unit"),
+        (&["dedup", "--key", "eventId"], "not a JSON pointer"),
+        (&["dedup", "--key", "/eventId", "--batch", "0"], "--batch"),
+        (&["purge", "--older-than", "soon"], "not a duration"),
+        (&["inspect", ""], "key is empty"),
+        (&["dedup"], "--key"),
+    ] {
+        let run = oncely(dir.path(), args, b"");
+        assert_eq!(
+            run.code, 2,
+            "clap's usage error for {args:?}: {}",
+            run.stderr
+        );
+        assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(needle),
+            "{needle:?} not in {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("panicked"));
+    }
+}
+
+#[test]
+fn every_command_has_help() {
+    let dir = tempfile::tempdir().unwrap();
+    for (command, needle) in [
+        (&[][..], "dedup"),
+        (&["dedup"], "--rejects"),
+        (&["consume"], "Idempotency-Key"),
+        (&["inspect"], "--scope"),
+        (&["purge"], "--older-than"),
+        (&["stats"], "--json"),
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let run = oncely(dir.path(), &args, b"");
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let help = run.stdout();
+        assert!(
+            help.contains("Usage: oncely") && help.contains(needle),
+            "{help}"
+        );
+        assert!(
+            help.contains("--store"),
+            "the global --store is shown: {help}"
+        );
+    }
+}
