@@ -22,7 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use oncely::consumer::Message;
 use oncely::{BoxError, Key, OutcomeUnknown};
 
-/// The key header the handler receives, as in the HTTP layer (S4).
+/// The key header the handler receives, as in the HTTP layer (`oncely_http`).
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// The broker's message id, when it has one.
 pub const MESSAGE_ID: HeaderName = HeaderName::from_static("oncely-message-id");

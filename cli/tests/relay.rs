@@ -1,15 +1,18 @@
 //! `oncely relay` end to end: real processes from PostgreSQL, MySQL/MariaDB and SQLite outboxes
 //! to NATS JetStream, RabbitMQ, Kafka (a Kafka-protocol broker at `ONCELY_KAFKA_BROKERS`,
 //! default 127.0.0.1:9092) and SQS (an SQS-compatible server at `ONCELY_SQS_URL`, default
-//! sqs+http://127.0.0.1:5999), stopped with SIGTERM or SIGINT.
+//! sqs+http://127.0.0.1:5999), stopped with SIGTERM or SIGINT. Each test's outbox is a fresh
+//! schema or database from `oncely_conformance::servers`, its stream, queue or topic a fresh one
+//! from the broker crate's `fresh_destination`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use oncely::backend::OutboxStore;
 use oncely::kafka::MESSAGE_ID_HEADER;
-use oncely::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use oncely::kafka::rdkafka::admin::{AdminClient, AdminOptions};
 use oncely::kafka::rdkafka::client::DefaultClientContext;
 use oncely::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use oncely::kafka::rdkafka::message::Headers;
@@ -18,73 +21,107 @@ use oncely::nats::async_nats::{self, jetstream};
 use oncely::outbox::message_id;
 use oncely::postgres::outbox::{Outbox, OutboxMessage, PostgresOutbox, PostgresOutboxStore};
 use oncely::postgres::sqlx::{self, PgPool};
+use oncely_conformance::servers;
 
 const BIN: &str = env!("CARGO_BIN_EXE_oncely");
-
-fn postgres() -> String {
-    std::env::var("ONCELY_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
+/// The schemas and databases of these tests.
+const PREFIX: &str = "oncely_cli_relay";
+/// The rows of an outbox not yet published, in every dialect.
+const UNSENT: &str = "SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL";
 
 fn nats() -> String {
     std::env::var("ONCELY_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
-#[tokio::test]
-async fn relay_publishes_the_committed_rows_and_stops_on_sigterm_with_a_summary() {
-    let pid = std::process::id();
-    let schema = format!("oncely_cli_relay_{pid}");
-    let admin = PgPool::connect(&postgres()).await.unwrap();
-    let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE; CREATE SCHEMA \"{schema}\";");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(&admin)
+/// A fresh NATS stream: `(stream, the subject it captures)`.
+async fn nats_stream(label: &str) -> (String, String) {
+    let options = oncely::nats::FreshOptions::new("ONCELY_CLI_RELAY_", label);
+    let fresh = oncely::nats::fresh_destination(&nats(), &options)
         .await
-        .unwrap();
-    let outbox_url = format!("{}?options=-csearch_path%3D{schema}", postgres());
-    PostgresOutboxStore::connect(&outbox_url).await.unwrap();
-    let pool = PgPool::connect(&outbox_url).await.unwrap();
+        .expect("NATS with JetStream at ONCELY_NATS_URL (start nats-server -js)");
+    (fresh.stream, fresh.subject)
+}
 
+/// The number of messages in the NATS stream `stream`, which is then deleted.
+async fn count_and_delete_stream(stream: &str) -> u64 {
     let context = jetstream::new(async_nats::connect(nats()).await.unwrap());
-    let stream = format!("ONCELY_CLI_RELAY_{pid}");
-    let subject = format!("oncely.cli.relay.{pid}");
-    context
-        .create_stream(jetstream::stream::Config {
-            name: stream.clone(),
-            subjects: vec![subject.clone()],
-            ..Default::default()
-        })
+    let info = context
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .get_info()
         .await
         .unwrap();
+    context.delete_stream(stream).await.unwrap();
+    info.state.messages
+}
 
+/// A fresh PostgreSQL outbox: its URL, its origin (the prefix of its message ids) and a pool.
+async fn postgres_outbox() -> (String, String, PgPool) {
+    let outbox_url = servers::postgres_url(PREFIX).await;
+    let origin = PostgresOutboxStore::connect(&outbox_url)
+        .await
+        .unwrap()
+        .origin()
+        .await
+        .unwrap();
+    let pool = PgPool::connect(&outbox_url).await.unwrap();
+    (outbox_url, origin, pool)
+}
+
+/// Enqueues `count` rows of five aggregates (`order-0` .. `order-4`) in one transaction and
+/// answers each aggregate's message ids in order.
+async fn enqueue_orders(
+    pool: &PgPool,
+    origin: &str,
+    count: usize,
+) -> BTreeMap<String, Vec<String>> {
     let mut tx = pool.begin().await.unwrap();
-    for n in 0..20 {
-        let message = OutboxMessage::new(format!("order-{}", n % 3), vec![b'x'; n]);
-        Outbox::new().enqueue(&mut tx, &message).await.unwrap();
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in 0..count {
+        let aggregate = format!("order-{}", n % 5);
+        let message = OutboxMessage::new(&aggregate, format!("{n}").into_bytes());
+        let id = Outbox::new().enqueue(&mut tx, &message).await.unwrap();
+        expected
+            .entry(aggregate)
+            .or_default()
+            .push(message_id(origin, id));
     }
     tx.commit().await.unwrap();
+    expected
+}
 
+/// Runs `oncely relay --outbox <outbox_url> --to <to> <args>` until `unsent` reads no row left
+/// (30 s at most), stops it with `signal` (`-TERM`, `-INT`) and checks its summary, the last
+/// line of its stderr: `published` rows, none failed.
+async fn relay_until_all_sent<F, Fut>(
+    outbox_url: &str,
+    to: &str,
+    args: &[&str],
+    signal: &str,
+    published: usize,
+    mut unsent: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = i64>,
+{
     let child = Command::new(BIN)
-        .args(["relay", "--outbox", &outbox_url, "--to"])
-        .arg(format!("{}/{subject}", nats()))
-        .args(["--batch", "7", "--retention", "1h"])
+        .args(["relay", "--outbox", outbox_url, "--to", to])
+        .args(args)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let unsent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        if unsent == 0 {
+        let left = unsent().await;
+        if left == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{unsent} rows unsent after 30 s");
+        assert!(Instant::now() < deadline, "{left} rows unsent after 30 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     let out = child.wait_with_output().unwrap();
@@ -92,24 +129,26 @@ async fn relay_publishes_the_committed_rows_and_stops_on_sigterm_with_a_summary(
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("relay: published 20, failed 0, purged 0 in "),
+        last.starts_with(&format!(
+            "relay: published {published}, failed 0, purged 0 in "
+        )),
         "one summary line: {stderr}"
     );
+}
 
-    let info = context
-        .get_stream(&stream)
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap();
-    assert_eq!(info.state.messages, 20);
-    context.delete_stream(&stream).await.unwrap();
-    let ddl = format!("DROP SCHEMA \"{schema}\" CASCADE");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(&admin)
-        .await
-        .unwrap();
+#[tokio::test]
+async fn relay_publishes_the_committed_rows_and_stops_on_sigterm_with_a_summary() {
+    let (outbox_url, origin, pool) = postgres_outbox().await;
+    let (stream, subject) = nats_stream("postgres").await;
+    enqueue_orders(&pool, &origin, 20).await;
+
+    let to = format!("{}/{subject}", nats());
+    let pool = &pool;
+    let unsent = || async move { sqlx::query_scalar(UNSENT).fetch_one(pool).await.unwrap() };
+    let args = ["--batch", "7", "--retention", "1h"];
+    relay_until_all_sent(&outbox_url, &to, &args, "-TERM", 20, unsent).await;
+
+    assert_eq!(count_and_delete_stream(&stream).await, 20);
 }
 
 #[test]
@@ -219,61 +258,19 @@ fn read_kafka_topic(topic: &str) -> Vec<(i32, i64, String, String)> {
 
 #[tokio::test]
 async fn relay_takes_a_postgres_outbox_to_a_kafka_topic_keyed_by_aggregate() {
-    let pid = std::process::id();
-    let schema = format!("oncely_cli_relay_kafka_{pid}");
-    let admin = PgPool::connect(&postgres()).await.unwrap();
-    let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE; CREATE SCHEMA \"{schema}\";");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(&admin)
+    let (outbox_url, origin, pool) = postgres_outbox().await;
+    // Topics are not created by producing to them: three partitions.
+    let options = oncely::kafka::FreshOptions::new("oncely.cli.relay.", "kafka").partitions(3);
+    let topic = oncely::kafka::fresh_destination(&kafka_brokers(), &options)
         .await
-        .unwrap();
-    let outbox_url = format!("{}?options=-csearch_path%3D{schema}", postgres());
-    let origin = PostgresOutboxStore::connect(&outbox_url)
-        .await
-        .unwrap()
-        .origin()
-        .await
-        .unwrap();
-    let pool = PgPool::connect(&outbox_url).await.unwrap();
+        .expect("Kafka at ONCELY_KAFKA_BROKERS (start tansu)")
+        .topic;
+    let expected = enqueue_orders(&pool, &origin, 20).await;
 
-    // Topics are not created by producing to them: three partitions, the time in the name.
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    let topic = format!("oncely.cli.relay.{pid}.{millis}");
-    let kafka: AdminClient<DefaultClientContext> = kafka_config().create().unwrap();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let created = kafka
-        .create_topics(
-            [&NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
-            &options,
-        )
-        .await
-        .expect("Kafka at ONCELY_KAFKA_BROKERS (start tansu)");
-    for result in created {
-        result.unwrap();
-    }
-
-    let mut tx = pool.begin().await.unwrap();
-    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for n in 0..20 {
-        let aggregate = format!("order-{}", n % 5);
-        let message = OutboxMessage::new(&aggregate, vec![b'k'; n]);
-        let id = Outbox::new().enqueue(&mut tx, &message).await.unwrap();
-        expected
-            .entry(aggregate)
-            .or_default()
-            .push(message_id(&origin, id));
-    }
-    tx.commit().await.unwrap();
-
-    relay_until_all_sent(
-        &pool,
-        &outbox_url,
-        &format!("kafka://{}/{topic}", kafka_brokers()),
-    )
-    .await;
+    let to = format!("kafka://{}/{topic}", kafka_brokers());
+    let pool = &pool;
+    let unsent = || async move { sqlx::query_scalar(UNSENT).fetch_one(pool).await.unwrap() };
+    relay_until_all_sent(&outbox_url, &to, &["--batch", "7"], "-TERM", 20, unsent).await;
 
     let reader = topic.clone();
     let records = tokio::task::spawn_blocking(move || read_kafka_topic(&reader))
@@ -290,68 +287,31 @@ async fn relay_takes_a_postgres_outbox_to_a_kafka_topic_keyed_by_aggregate() {
     }
     assert_eq!(arrived, expected, "keys = aggregates, ids in order");
 
-    kafka.delete_topics(&[&topic], &options).await.ok();
-    let ddl = format!("DROP SCHEMA \"{schema}\" CASCADE");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(&admin)
-        .await
-        .unwrap();
+    let admin: AdminClient<DefaultClientContext> = kafka_config().create().unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    admin.delete_topics(&[&topic], &options).await.ok();
 }
 
 #[tokio::test]
 async fn relay_takes_a_postgres_outbox_to_an_sqs_fifo_queue_grouped_by_aggregate() {
-    use aws_sdk_sqs::types::{MessageSystemAttributeName as System, QueueAttributeName};
+    use aws_sdk_sqs::types::MessageSystemAttributeName as System;
 
-    let pid = std::process::id();
-    let schema = format!("oncely_cli_relay_sqs_{pid}");
-    let admin = PgPool::connect(&postgres()).await.unwrap();
-    let ddl = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE; CREATE SCHEMA \"{schema}\";");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(&admin)
+    let (outbox_url, origin, pool) = postgres_outbox().await;
+    // Queues are not created by sending to them: a FIFO queue.
+    let options = oncely::sqs::FreshOptions::new("oncely-cli-relay-", "sqs").fifo();
+    let fresh = oncely::sqs::fresh_destination(&sqs_server(), &options)
         .await
-        .unwrap();
-    let outbox_url = format!("{}?options=-csearch_path%3D{schema}", postgres());
-    let origin = PostgresOutboxStore::connect(&outbox_url)
-        .await
-        .unwrap()
-        .origin()
-        .await
-        .unwrap();
-    let pool = PgPool::connect(&outbox_url).await.unwrap();
+        .unwrap_or_else(|e| panic!("SQS at {}: {e} (start moto_server)", sqs_server()));
+    let client =
+        oncely::sqs::client(&oncely::sqs::SqsOptions::parse_queue_optional(&sqs_server()).unwrap())
+            .unwrap();
+    let queue_url = fresh.queue_url.clone();
+    let expected = enqueue_orders(&pool, &origin, 20).await;
 
-    // Queues are not created by sending to them: a FIFO queue, the time in its name.
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    let queue = format!("oncely-cli-relay-{pid}-{millis}.fifo");
-    let options = oncely::sqs::SqsOptions::parse_queue_optional(&sqs_server()).unwrap();
-    let client = oncely::sqs::client(&options).unwrap();
-    let queue_url = client
-        .create_queue()
-        .queue_name(&queue)
-        .attributes(QueueAttributeName::FifoQueue, "true")
-        .attributes(QueueAttributeName::ContentBasedDeduplication, "false")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("SQS at {}: {e:?} (start moto_server)", sqs_server()))
-        .queue_url
-        .unwrap();
-
-    let mut tx = pool.begin().await.unwrap();
-    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for n in 0..20 {
-        let aggregate = format!("order-{}", n % 5);
-        let message = OutboxMessage::new(&aggregate, format!("{n}").into_bytes());
-        let id = Outbox::new().enqueue(&mut tx, &message).await.unwrap();
-        expected
-            .entry(aggregate)
-            .or_default()
-            .push(message_id(&origin, id));
-    }
-    tx.commit().await.unwrap();
-
-    relay_until_all_sent(&pool, &outbox_url, &format!("{}/{queue}", sqs_server())).await;
+    let to = format!("{}/{}", sqs_server(), fresh.queue);
+    let pool = &pool;
+    let unsent = || async move { sqlx::query_scalar(UNSENT).fetch_one(pool).await.unwrap() };
+    relay_until_all_sent(&outbox_url, &to, &["--batch", "7"], "-TERM", 20, unsent).await;
 
     // Read back ten at a time, each receive deleted before the next (a message group stays
     // locked while one of its messages is in flight): each group in order.
@@ -403,17 +363,9 @@ async fn relay_takes_a_postgres_outbox_to_an_sqs_fifo_queue_grouped_by_aggregate
     assert_eq!(read, 20);
     assert_eq!(arrived, expected, "groups = aggregates, ids in order");
 
-    client
-        .delete_queue()
-        .queue_url(&queue_url)
-        .send()
-        .await
-        .ok();
-    let ddl = format!("DROP SCHEMA \"{schema}\" CASCADE");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(&admin)
-        .await
-        .unwrap();
+    for queue_url in [&fresh.queue_url, &fresh.dead_letter_queue_url] {
+        client.delete_queue().queue_url(queue_url).send().await.ok();
+    }
 }
 
 #[tokio::test]
@@ -424,39 +376,17 @@ async fn relay_takes_a_mysql_outbox_to_a_rabbitmq_queue() {
     use oncely::rabbitmq::lapin::types::FieldTable;
     use oncely::rabbitmq::lapin::{Connection, ConnectionProperties};
 
-    let pid = std::process::id();
-    let mysql = std::env::var("ONCELY_TEST_MYSQL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned());
-    let database = format!("oncely_cli_relay_{pid}");
-    let admin = MySqlPool::connect(&format!("{mysql}/test")).await.unwrap();
-    for ddl in [
-        format!("DROP DATABASE IF EXISTS `{database}`"),
-        format!("CREATE DATABASE `{database}`"),
-    ] {
-        my::raw_sql(my::AssertSqlSafe(ddl))
-            .execute(&admin)
-            .await
-            .unwrap();
-    }
-    let outbox_url = format!("{mysql}/{database}");
+    let outbox_url = servers::mysql_url(PREFIX).await;
     MySqlOutboxStore::connect(&outbox_url).await.unwrap();
     let pool = MySqlPool::connect(&outbox_url).await.unwrap();
 
     let amqp = std::env::var("ONCELY_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-    let queue = format!("oncely.cli.relay.{pid}");
-    let connection = Connection::connect(&amqp, ConnectionProperties::default())
+    let options = oncely::rabbitmq::FreshOptions::new("oncely.cli.relay.", "mysql");
+    let queue = oncely::rabbitmq::fresh_destination(&amqp, &options)
         .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        .expect("RabbitMQ at ONCELY_AMQP_URL")
+        .queue;
 
     let mut tx = pool.begin().await.unwrap();
     for n in 0..5 {
@@ -467,36 +397,15 @@ async fn relay_takes_a_mysql_outbox_to_a_rabbitmq_queue() {
     }
     tx.commit().await.unwrap();
 
-    let child = Command::new(BIN)
-        .args(["relay", "--outbox", &outbox_url, "--to"])
-        .arg(format!("{amqp}/{queue}"))
-        .stderr(Stdio::piped())
-        .spawn()
+    let to = format!("{amqp}/{queue}");
+    let pool = &pool;
+    let unsent = || async move { my::query_scalar(UNSENT).fetch_one(pool).await.unwrap() };
+    relay_until_all_sent(&outbox_url, &to, &[], "-INT", 5, unsent).await;
+
+    let connection = Connection::connect(&amqp, ConnectionProperties::default())
+        .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let unsent: i64 =
-            my::query_scalar("SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        if unsent == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{unsent} rows unsent after 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "{:?}: {stderr}", out.status);
-    assert!(
-        stderr.starts_with("relay: published 5, failed 0, purged 0 in "),
-        "{stderr}"
-    );
+    let channel = connection.create_channel().await.unwrap();
     let declared = channel
         .queue_declare(
             queue.as_str().into(),
@@ -510,10 +419,6 @@ async fn relay_takes_a_mysql_outbox_to_a_rabbitmq_queue() {
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
-    my::raw_sql(my::AssertSqlSafe(format!("DROP DATABASE `{database}`")))
-        .execute(&admin)
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
@@ -522,7 +427,6 @@ async fn relay_takes_a_sqlite_outbox_to_nats() {
     use oncely::sqlite::sqlx::SqlitePool;
     use oncely::sqlite::sqlx::sqlite::SqliteConnectOptions;
 
-    let pid = std::process::id();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.db");
     let outbox_url = format!("sqlite:{}", path.display());
@@ -531,18 +435,7 @@ async fn relay_takes_a_sqlite_outbox_to_nats() {
         .filename(&path)
         .busy_timeout(Duration::from_secs(5));
     let pool = SqlitePool::connect_with(options).await.unwrap();
-
-    let context = jetstream::new(async_nats::connect(nats()).await.unwrap());
-    let stream = format!("ONCELY_CLI_RELAY_SQLITE_{pid}");
-    let subject = format!("oncely.cli.relay.sqlite.{pid}");
-    context
-        .create_stream(jetstream::stream::Config {
-            name: stream.clone(),
-            subjects: vec![subject.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (stream, subject) = nats_stream("sqlite").await;
 
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
     for n in 0..12 {
@@ -553,80 +446,10 @@ async fn relay_takes_a_sqlite_outbox_to_nats() {
     }
     tx.commit().await.unwrap();
 
-    let child = Command::new(BIN)
-        .args(["relay", "--outbox", &outbox_url, "--to"])
-        .arg(format!("{}/{subject}", nats()))
-        .args(["--batch", "5"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let unsent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        if unsent == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{unsent} rows unsent after 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "{:?}: {stderr}", out.status);
-    assert!(
-        stderr.starts_with("relay: published 12, failed 0, purged 0 in "),
-        "{stderr}"
-    );
-    let info = context
-        .get_stream(&stream)
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap();
-    assert_eq!(info.state.messages, 12);
-    context.delete_stream(&stream).await.unwrap();
-}
+    let to = format!("{}/{subject}", nats());
+    let pool = &pool;
+    let unsent = || async move { sqlx::query_scalar(UNSENT).fetch_one(pool).await.unwrap() };
+    relay_until_all_sent(&outbox_url, &to, &["--batch", "5"], "-TERM", 12, unsent).await;
 
-/// Runs `oncely relay --to <to>` over the outbox until no row of it is unsent (30 s at most),
-/// stops it with SIGTERM and checks its summary: 20 published, none failed.
-async fn relay_until_all_sent(pool: &PgPool, outbox_url: &str, to: &str) {
-    let child = Command::new(BIN)
-        .args(["relay", "--outbox", outbox_url, "--to"])
-        .arg(to)
-        .args(["--batch", "7"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let unsent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL")
-                .fetch_one(pool)
-                .await
-                .unwrap();
-        if unsent == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{unsent} rows unsent after 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "{:?}: {stderr}", out.status);
-    assert!(
-        stderr.starts_with("relay: published 20, failed 0, purged 0 in "),
-        "one summary line: {stderr}"
-    );
+    assert_eq!(count_and_delete_stream(&stream).await, 12);
 }

@@ -2,7 +2,7 @@
 //! consume + claim + effect + ack on a real NATS JetStream, RabbitMQ, Kafka or SQS, oncely's
 //! consumer runner against the naive per-message pattern, in the same run.
 //!
-//! **Workload.** [`BrokerConfig::events`] messages (S8's workload: 36-character UUID keys,
+//! **Workload.** [`BrokerConfig::events`] messages (the store benchmark's workload: 36-character UUID keys,
 //! [`BrokerConfig::duplicate_ratio`] of them re-publishes of an earlier key, clustered within
 //! the 10,000 before). Each payload is `{"eventId":"<key>"}`, so a re-publish is byte-for-byte
 //! the original. Every contender gets a fresh stream, queue or topic from its broker crate's
@@ -81,6 +81,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use oncely::BrokerKind;
 use oncely::consumer::Source;
 
 use crate::{BenchError, Progress, StoreKind, Workload, format_duration};
@@ -210,7 +211,7 @@ const BENCH_PREFIX: &str = "oncely.bench.";
 /// The default message count for `broker` (a `--broker` URL): [`DEFAULT_SQS_EVENTS`] on SQS,
 /// [`DEFAULT_EVENTS`] otherwise.
 pub fn default_events(broker: &str) -> usize {
-    if broker.starts_with("sqs") {
+    if BrokerKind::from_url(broker) == Ok(BrokerKind::Sqs) {
         DEFAULT_SQS_EVENTS
     } else {
         DEFAULT_EVENTS
@@ -290,11 +291,11 @@ pub fn run(config: &BrokerConfig, progress: &dyn Progress) -> Result<Vec<BrokerR
     }
     // The one place that picks the broker.
     let url = broker_url(&config.broker)?;
-    match url.split_once("://").map(|(scheme, _)| scheme) {
-        Some("nats") => run_on::<nats::Stream>(config, progress),
-        Some("amqp") => run_on::<rabbitmq::Queues>(config, progress),
-        Some("kafka") => run_on::<kafka::Topic>(config, progress),
-        Some("sqs" | "sqs+http") => run_on::<sqs::Queues>(config, progress),
+    match BrokerKind::from_url(url) {
+        Ok(BrokerKind::Nats) => run_on::<nats::Stream>(config, progress),
+        Ok(BrokerKind::RabbitMq) => run_on::<rabbitmq::Queues>(config, progress),
+        Ok(BrokerKind::Kafka) => run_on::<kafka::Topic>(config, progress),
+        Ok(BrokerKind::Sqs) => run_on::<sqs::Queues>(config, progress),
         _ => Err(unsupported(url)),
     }
 }

@@ -1,5 +1,5 @@
 //! The server-side Lua scripts. Each runs atomically on the node that owns its scope's slot, so
-//! every read-decide-write of the S2 lifecycle happens without another client in between.
+//! every read-decide-write of the record lifecycle happens without another client in between.
 //!
 //! Conventions shared by all of them:
 //! - every key a script touches carries its scope's hash tag, so a script never crosses a slot
