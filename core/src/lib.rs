@@ -53,6 +53,7 @@ pub mod consumer;
 pub mod duration;
 mod error;
 mod fingerprint;
+pub mod fresh;
 pub mod group;
 pub mod inbox;
 mod key;

@@ -1,189 +1,17 @@
-//! Order placed -> inventory reserved: a broker consumer whose effect lives in PostgreSQL.
-//!
-//! Each `OrderPlaced` message reserves stock: one row in `orders`, and `stock.qty` goes down
-//! by the order's quantity. Both writes and the dedup record commit in **one** transaction
-//! (the transactional inbox, [`oncely_postgres::inbox`]), so a consumer killed at any moment -
-//! after the commit and before the ack, in the middle of the transaction - never applies an
-//! order twice and never loses one: the redelivery finds the record and is acked as a
-//! duplicate, or finds nothing and does the work.
-//!
-//! A message read from Kafka also carries its position (topic, partition, offset): it is saved
-//! in the same transaction ([`oncely_postgres::offsets`]), so a consumer that keeps its offsets
-//! here resumes exactly after the last committed effect.
-//!
-//! `orders.order_id` is deliberately *not* unique: the database does not hide a double apply,
-//! so the proofs (`tests/`) can see one if it ever happens.
-//!
-//! The message: `{"orderId": "o-1", "item": "apple", "qty": 2}`; `"item": "poison"` is an
-//! order for an item that does not exist, which fails every time and ends in the dead-letter
-//! queue.
+//! What the runnable examples share: the order-inventory consumer ([`ReserveInventory`], its
+//! tables made by [`setup`]; a broker consumer whose effect lives in PostgreSQL, in one
+//! transaction with its dedup record) and [`publish`], which puts orders on any broker.
 
 use anyhow::{Context, bail};
+use oncely::BrokerKind;
 use oncely::nats::async_nats;
 use oncely::rabbitmq::lapin;
-use oncely_core::consumer::{Handled, Handler, HandlerError, Message};
+use oncely_core::consumer::Message;
 use oncely_core::outbox::Publisher as _;
-use oncely_core::{Error, Fingerprint, Key, Scope, async_trait};
-use oncely_postgres::inbox::{Inbox, InboxClaim, PostgresInbox};
-use oncely_postgres::offsets::PostgresOffsets;
-use sqlx::PgPool;
 
-/// The items the example stocks.
-pub const ITEMS: [&str; 3] = ["apple", "pear", "plum"];
+mod inventory;
 
-/// The item that does not exist: its orders always fail.
-pub const POISON_ITEM: &str = "poison";
-
-/// Creates the example's tables (and oncely's) and sets the stock of `items` to `qty` each.
-pub async fn setup(url: &str, items: &[&str], qty: i64) -> anyhow::Result<()> {
-    oncely_postgres::PostgresStore::connect(url).await?;
-    let pool = PgPool::connect(url).await?;
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS orders (\
-             order_id text NOT NULL, item text NOT NULL, qty bigint NOT NULL, \
-             placed_at timestamptz NOT NULL DEFAULT now()); \
-         CREATE TABLE IF NOT EXISTS stock (item text PRIMARY KEY, qty bigint NOT NULL);",
-    )
-    .execute(&pool)
-    .await?;
-    for item in items {
-        sqlx::query(
-            "INSERT INTO stock (item, qty) VALUES ($1, $2) \
-             ON CONFLICT (item) DO UPDATE SET qty = EXCLUDED.qty",
-        )
-        .bind(item)
-        .bind(qty)
-        .execute(&pool)
-        .await?;
-    }
-    pool.close().await;
-    Ok(())
-}
-
-/// Reserves inventory for each order, once per key, in one transaction with the dedup record.
-#[derive(Clone, Debug)]
-pub struct ReserveInventory {
-    pool: PgPool,
-    inbox: Inbox,
-}
-
-impl ReserveInventory {
-    /// The handler over `pool`, recording keys in `scope`.
-    pub fn new(pool: PgPool, scope: Scope) -> Self {
-        ReserveInventory {
-            pool,
-            inbox: Inbox::new(scope),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Order {
-    order_id: String,
-    item: String,
-    qty: i64,
-}
-
-fn parse(message: &Message) -> Result<Order, HandlerError> {
-    let json: serde_json::Value =
-        serde_json::from_slice(message.payload()).map_err(HandlerError::rejected)?;
-    let field = |name: &str| {
-        json.get(name)
-            .ok_or_else(|| HandlerError::rejected(format!("order without `{name}`")))
-    };
-    Ok(Order {
-        order_id: field("orderId")?.as_str().unwrap_or_default().to_owned(),
-        item: field("item")?.as_str().unwrap_or_default().to_owned(),
-        qty: field("qty")?
-            .as_i64()
-            .ok_or_else(|| HandlerError::rejected("`qty` is not an integer"))?,
-    })
-}
-
-// A store that cannot be reached is an outage, not the message's fault; anything else the
-// database says (a deadlock, a serialization failure) is worth another attempt.
-fn store_error(error: Error) -> HandlerError {
-    match error {
-        Error::Unavailable { .. } => HandlerError::unavailable(error),
-        other => HandlerError::failed(other),
-    }
-}
-
-fn db_error(error: sqlx::Error) -> HandlerError {
-    match error {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-            HandlerError::unavailable(error)
-        }
-        other => HandlerError::failed(other),
-    }
-}
-
-#[async_trait]
-impl Handler for ReserveInventory {
-    async fn handle(&self, key: &Key, message: &Message) -> Result<Handled, HandlerError> {
-        let order = parse(message)?;
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let fingerprint = Some(Fingerprint::of_bytes(message.payload()));
-        match self
-            .inbox
-            .claim(&mut tx, key, fingerprint)
-            .await
-            .map_err(store_error)?
-        {
-            InboxClaim::New => {}
-            InboxClaim::Duplicate(_) => {
-                // Consumed all the same: a consumer keeping its offsets here moves past it.
-                if let Some(position) = message.position() {
-                    PostgresOffsets::save(&mut tx, position)
-                        .await
-                        .map_err(store_error)?;
-                    tx.commit().await.map_err(db_error)?;
-                }
-                return Ok(Handled::Duplicate);
-            }
-            InboxClaim::InProgress { retry_after } => {
-                return Ok(Handled::InProgress { retry_after });
-            }
-            InboxClaim::Conflict { .. } => {
-                return Err(HandlerError::rejected(format!(
-                    "order key `{key}` was already used with a different order"
-                )));
-            }
-        }
-        sqlx::query("INSERT INTO orders (order_id, item, qty) VALUES ($1, $2, $3)")
-            .bind(&order.order_id)
-            .bind(&order.item)
-            .bind(order.qty)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let reserved = sqlx::query("UPDATE stock SET qty = qty - $2 WHERE item = $1")
-            .bind(&order.item)
-            .bind(order.qty)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        if reserved.rows_affected() == 0 {
-            // Rolled back with the transaction: the order is not placed, the key stays free.
-            return Err(HandlerError::failed(format!(
-                "no stock row for item `{}`",
-                order.item
-            )));
-        }
-        self.inbox
-            .record_outcome(&mut tx, key, b"reserved")
-            .await
-            .map_err(store_error)?;
-        // A Kafka consumer's offset commits with the effect (oncely_postgres::offsets).
-        if let Some(position) = message.position() {
-            PostgresOffsets::save(&mut tx, position)
-                .await
-                .map_err(store_error)?;
-        }
-        tx.commit().await.map_err(db_error)?;
-        Ok(Handled::Done)
-    }
-}
+pub use inventory::{ITEMS, POISON_ITEM, ReserveInventory, setup};
 
 /// Publishes `payloads` to `nats://HOST[:PORT]/STREAM` (subject `<stream in lower case>.in`,
 /// the stream created if missing), `amqp://[USER:PASS@]HOST[:PORT]/QUEUE` (the default
@@ -199,8 +27,8 @@ pub async fn publish(to: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
     let (server, name) = rest
         .rsplit_once('/')
         .context("the URL ends with /STREAM or /QUEUE")?;
-    match scheme {
-        "nats" => {
+    match BrokerKind::from_url(to)? {
+        BrokerKind::Nats if scheme == "nats" => {
             let client = async_nats::connect(server).await?;
             let jetstream = async_nats::jetstream::new(client);
             let subject = subject_of(name);
@@ -218,7 +46,7 @@ pub async fn publish(to: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
                     .await?;
             }
         }
-        "amqp" => {
+        BrokerKind::RabbitMq if scheme == "amqp" => {
             let url = format!("amqp://{server}");
             let connection =
                 lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
@@ -253,7 +81,7 @@ pub async fn publish(to: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
             }
             connection.close(200, "done".into()).await?;
         }
-        "kafka" => {
+        BrokerKind::Kafka => {
             // Three partitions, each order's copies keyed by its id: one order, one partition.
             oncely::kafka::create_topic(server, name, 3).await?;
             let publisher =
@@ -265,8 +93,8 @@ pub async fn publish(to: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
                 publisher.publish(None, &message).await?;
             }
         }
-        "sqs" | "sqs+http" => publish_sqs(to, payloads).await?,
-        other => bail!("unknown scheme `{other}`: use nats://, amqp://, kafka:// or sqs://"),
+        BrokerKind::Sqs => publish_sqs(to, payloads).await?,
+        _ => bail!("`{to}`: use nats://, amqp://, kafka:// or sqs[+http]://"),
     }
     Ok(())
 }

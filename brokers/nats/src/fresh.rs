@@ -1,12 +1,10 @@
 //! [`fresh_destination`]: a new, uniquely named JetStream stream for one test or benchmark run.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, Context};
 use futures_util::StreamExt;
+use oncely_core::fresh::{first_use_of, made_by_a_gone_process, unique_name};
 use oncely_core::url::redact_password;
 
 use crate::Error;
@@ -106,47 +104,6 @@ pub async fn fresh_destination(
         stream,
         subject,
     })
-}
-
-/// `<prefix><pid>-<millis>-<n>-<label>`: unique across processes on one host (the pid), runs
-/// (the time) and calls in this process (the counter).
-fn unique_name(prefix: &str, label: &str) -> String {
-    static MADE: AtomicUsize = AtomicUsize::new(0);
-    let n = MADE.fetch_add(1, Ordering::Relaxed);
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let label: String = label
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' => c,
-            _ => '-',
-        })
-        .collect();
-    format!("{prefix}{}-{millis}-{n}-{label}", std::process::id())
-}
-
-/// Whether this is the first call for `prefix` in this process: leftovers are looked for once.
-fn first_use_of(prefix: &str) -> bool {
-    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    seen.get_or_insert_with(HashSet::new)
-        .insert(prefix.to_owned())
-}
-
-/// Whether `name` (made by [`unique_name`] with `prefix`) belongs to a process that is gone.
-fn made_by_a_gone_process(name: &str, prefix: &str) -> bool {
-    let Some(pid) = name
-        .strip_prefix(prefix)
-        .and_then(|rest| rest.split('-').next())
-    else {
-        return false;
-    };
-    !pid.is_empty()
-        && pid.bytes().all(|b| b.is_ascii_digit())
-        && pid != std::process::id().to_string()
-        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Deletes the streams (and their dead-letter streams) under `prefix` whose process is gone.

@@ -1,12 +1,12 @@
 //! [`fresh_destination`]: a new, uniquely named queue (and dead-letter queue) for one test or
 //! benchmark run.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
+use oncely_core::fresh::unique_name;
 use oncely_core::url::redact_password;
 
 use crate::Error;
@@ -102,23 +102,4 @@ pub async fn fresh_destination(
         queue,
         dead_letter_queue,
     })
-}
-
-/// `<prefix><pid>-<millis>-<n>-<label>`: unique across processes on one host (the pid), runs
-/// (the time) and calls in this process (the counter).
-fn unique_name(prefix: &str, label: &str) -> String {
-    static MADE: AtomicUsize = AtomicUsize::new(0);
-    let n = MADE.fetch_add(1, Ordering::Relaxed);
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let label: String = label
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' => c,
-            _ => '-',
-        })
-        .collect();
-    format!("{prefix}{}-{millis}-{n}-{label}", std::process::id())
 }

@@ -56,6 +56,8 @@ use tokio::sync::Notify;
 
 pub use libtest_mimic;
 
+// The example's own file, compiled here: the suite does not depend on the examples crate.
+#[path = "../../../examples/src/inventory.rs"]
 mod inventory;
 pub mod proof;
 

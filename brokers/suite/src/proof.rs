@@ -2,8 +2,8 @@
 //!
 //! 20,000 `OrderPlaced` messages, of which 20 % re-publish an earlier order (same key, same
 //! payload) and 20 are poison (an item that does not exist), go into one destination. Consumer
-//! *processes* running the inventory consumer (the crate's `inventory` module, a copy of the
-//! runnable example's: the order row, the stock decrement and the dedup record in one
+//! *processes* running the inventory consumer (the runnable example's, `examples/src/inventory.rs`,
+//! compiled into this crate: the order row, the stock decrement and the dedup record in one
 //! PostgreSQL transaction) are killed
 //! with SIGKILL at random moments and restarted. In the end:
 //!

@@ -82,7 +82,9 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup { postgres, stock } => {
-            setup(&postgres, &ITEMS, stock).await?;
+            setup(&postgres, &ITEMS, stock)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
             println!("stocked {} items with {stock} units each", ITEMS.len());
         }
         Command::Publish {

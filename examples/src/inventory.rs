@@ -1,17 +1,23 @@
-//! Order placed -> inventory reserved: the consumer the kill -9 proof runs in its child
-//! processes, its effect in PostgreSQL (the same as the runnable example's, in `examples/`: the
-//! suite keeps its own copy so it does not build every broker to test one).
+//! Order placed -> inventory reserved: a broker consumer whose effect lives in PostgreSQL.
+//! The runnable example (`order-inventory`) runs it, and so do the kill -9 proof's consumer
+//! processes (`brokers/suite` compiles this very file, so testing one broker does not build the
+//! examples crate and every broker with it).
 //!
 //! Each `OrderPlaced` message (`{"orderId": "o-1", "item": "apple", "qty": 2}`) reserves stock:
 //! one row in `orders`, and `stock.qty` goes down by the order's quantity. Both writes and the
 //! dedup record commit in **one** transaction (the transactional inbox,
-//! [`oncely_postgres::inbox`]), so a consumer killed at any moment never applies an order twice
-//! and never loses one. A message read from Kafka also carries its position, saved in the same
-//! transaction ([`oncely_postgres::offsets`]).
+//! [`oncely_postgres::inbox`]), so a consumer killed at any moment - after the commit and
+//! before the ack, in the middle of the transaction - never applies an order twice and never
+//! loses one: the redelivery finds the record and is acked as a duplicate, or finds nothing and
+//! does the work.
+//!
+//! A message read from Kafka also carries its position (topic, partition, offset): it is saved
+//! in the same transaction ([`oncely_postgres::offsets`]), so a consumer that keeps its offsets
+//! here resumes exactly after the last committed effect.
 //!
 //! `orders.order_id` is deliberately *not* unique: the database does not hide a double apply,
-//! so the proof can see one if it ever happens. `"item": "poison"` fails every time and ends
-//! in the dead-letter destination.
+//! so the proofs can see one if it ever happens. `"item": "poison"` is an order for an item
+//! that does not exist, which fails every time and ends in the dead-letter destination.
 
 use oncely_core::consumer::{Handled, Handler, HandlerError, Message};
 use oncely_core::{BoxError, Error, Fingerprint, Key, Scope, async_trait};
@@ -19,13 +25,13 @@ use oncely_postgres::inbox::{Inbox, InboxClaim, PostgresInbox};
 use oncely_postgres::offsets::PostgresOffsets;
 use sqlx::PgPool;
 
-/// The items the proof stocks.
+/// The items the example stocks.
 pub const ITEMS: [&str; 3] = ["apple", "pear", "plum"];
 
 /// The item that does not exist: its orders always fail.
 pub const POISON_ITEM: &str = "poison";
 
-/// Creates the proof's tables (and oncely's) and sets the stock of `items` to `qty` each.
+/// Creates the example's tables (and oncely's) and sets the stock of `items` to `qty` each.
 pub async fn setup(url: &str, items: &[&str], qty: i64) -> Result<(), BoxError> {
     oncely_postgres::PostgresStore::connect(url).await?;
     let pool = PgPool::connect(url).await?;
