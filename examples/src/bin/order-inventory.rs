@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
                 .connect(&postgres)
                 .await
                 .with_context(|| format!("PostgreSQL at {postgres}"))?;
-            let source = if from.starts_with("kafka://") {
+            let source = if oncely::BrokerKind::from_url(&from) == Ok(oncely::BrokerKind::Kafka) {
                 // Offsets kept with the orders: each partition resumes after its last order.
                 let offsets = PostgresOffsets::from_pool(pool.clone(), &postgres);
                 AnySource::Kafka(Box::new(
