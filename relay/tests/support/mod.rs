@@ -17,15 +17,14 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use oncely_core::consumer::{Message, Position};
-use oncely_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use oncely_kafka::rdkafka::admin::{AdminClient, AdminOptions};
 use oncely_kafka::rdkafka::client::DefaultClientContext;
 use oncely_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use oncely_kafka::rdkafka::message::Headers;
 use oncely_kafka::rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use oncely_kafka::{KafkaPublisher, MESSAGE_ID_HEADER};
 use oncely_nats::{NatsPublisher, async_nats};
-use oncely_rabbitmq::lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
-use oncely_rabbitmq::lapin::types::{AMQPValue, FieldTable};
+use oncely_rabbitmq::lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use oncely_rabbitmq::lapin::{Connection, ConnectionProperties};
 use oncely_rabbitmq::{AmqpPublisher, message};
 use oncely_sqs::{MESSAGE_ID_ATTRIBUTE, SqsOptions, SqsPublisher};
@@ -100,127 +99,89 @@ pub enum Destination {
 }
 
 impl Destination {
-    /// A new stream `ONCELY_RELAY_<name>_<pid>` on subject `oncely.relay.<name>.<pid>`.
+    /// A new stream capturing one subject ([`oncely_nats::fresh_destination`], named
+    /// `ONCELY_RELAY_<pid>-<millis>-<n>-<name>`).
     pub async fn nats(name: &str) -> Self {
-        let client = async_nats::connect(nats_server())
+        let options = oncely_nats::FreshOptions::new("ONCELY_RELAY_", name);
+        let fresh = oncely_nats::fresh_destination(&nats_server(), &options)
             .await
             .unwrap_or_else(|e| panic!("NATS at {}: {e} (nats-server -js)", nats_server()));
-        let context = jetstream::new(client);
-        let pid = std::process::id();
-        let stream = format!("ONCELY_RELAY_{name}_{pid}");
-        let subject = format!("oncely.relay.{name}.{pid}");
-        let _ = context.delete_stream(&stream).await;
-        context
-            .create_stream(jetstream::stream::Config {
-                name: stream.clone(),
-                subjects: vec![subject.clone()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let client = async_nats::connect(nats_server()).await.unwrap();
         Destination::Nats {
-            context,
-            stream,
-            subject,
+            context: jetstream::new(client),
+            stream: fresh.stream,
+            subject: fresh.subject,
         }
     }
 
-    /// A new durable queue `oncely.relay.<name>.<pid>`, deleted by the server 10 minutes after
-    /// its last use.
+    /// A new durable queue ([`oncely_rabbitmq::fresh_destination`], named
+    /// `oncely.relay.<pid>-<millis>-<n>-<name>`), deleted by the server 10 minutes after its
+    /// last use.
     pub async fn rabbit(name: &str) -> Self {
-        let connection = Connection::connect(&amqp_server(), ConnectionProperties::default())
+        let options = oncely_rabbitmq::FreshOptions::new("oncely.relay.", name);
+        let queue = oncely_rabbitmq::fresh_destination(&amqp_server(), &options)
             .await
-            .unwrap_or_else(|e| panic!("RabbitMQ at {}: {e}", amqp_server()));
-        let queue = format!("oncely.relay.{name}.{}", std::process::id());
-        let channel = connection.create_channel().await.unwrap();
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-        let mut arguments = FieldTable::default();
-        arguments.insert("x-expires".into(), AMQPValue::LongInt(600_000));
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                arguments,
-            )
+            .unwrap_or_else(|e| panic!("RabbitMQ at {}: {e}", amqp_server()))
+            .queue;
+        let connection = Connection::connect(&amqp_server(), ConnectionProperties::default())
             .await
             .unwrap();
         Destination::Rabbit { connection, queue }
     }
 
-    /// A new topic `oncely.relay.<name>.<pid>.<millis>` of [`KAFKA_PARTITIONS`] partitions
-    /// (topics are not created by producing to them). The time in the name: a relay left over
-    /// from an earlier run with this pid can never reach it.
+    /// A new topic of [`KAFKA_PARTITIONS`] partitions ([`oncely_kafka::fresh_destination`],
+    /// named `oncely.relay.<pid>-<millis>-<n>-<name>`; topics are not created by producing to
+    /// them). The time in the name: a relay left over from an earlier run with this pid can
+    /// never reach it.
     pub async fn kafka(name: &str) -> Self {
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis();
-        let topic = format!("oncely.relay.{name}.{}.{millis}", std::process::id());
-        let admin: AdminClient<DefaultClientContext> = kafka_config().create().unwrap();
-        let new = NewTopic::new(&topic, KAFKA_PARTITIONS, TopicReplication::Fixed(1));
-        let options = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
-        let results = admin
-            .create_topics([&new], &options)
+        let options =
+            oncely_kafka::FreshOptions::new("oncely.relay.", name).partitions(KAFKA_PARTITIONS);
+        let topic = oncely_kafka::fresh_destination(&kafka_brokers(), &options)
             .await
             .unwrap_or_else(|e| {
                 panic!(
                     "Kafka at {}: {e} (start tansu, or set ONCELY_KAFKA_BROKERS)",
                     kafka_brokers()
                 )
-            });
-        for result in results {
-            result.unwrap_or_else(|(name, code)| panic!("creating topic {name}: {code}"));
-        }
+            })
+            .topic;
         Destination::Kafka { topic }
     }
 
-    /// A new FIFO queue `oncely-relay-<name>-<pid>-<millis>.fifo` (no content-based dedup: the
-    /// relay's dedup id is the row's id). The time in the name: a relay left over from an
-    /// earlier run with this pid can never reach it.
+    /// A new FIFO queue ([`oncely_sqs::fresh_destination`], named
+    /// `oncely-relay-<pid>-<millis>-<n>-<name>.fifo`; no content-based dedup: the relay's dedup
+    /// id is the row's id). The time in the name: a relay left over from an earlier run with
+    /// this pid can never reach it.
     pub async fn sqs_fifo(name: &str) -> Self {
-        Self::sqs(name, true).await
+        Self::sqs(oncely_sqs::FreshOptions::new("oncely-relay-", name).fifo()).await
     }
 
-    /// A new standard queue `oncely-relay-<name>-<pid>-<millis>`.
+    /// A new standard queue `oncely-relay-<pid>-<millis>-<n>-<name>`.
     pub async fn sqs_standard(name: &str) -> Self {
-        Self::sqs(name, false).await
+        Self::sqs(oncely_sqs::FreshOptions::new("oncely-relay-", name)).await
     }
 
-    async fn sqs(name: &str, fifo: bool) -> Self {
-        use aws_sdk_sqs::types::QueueAttributeName;
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis();
-        let mut queue = format!("oncely-relay-{name}-{}-{millis}", std::process::id());
+    async fn sqs(options: oncely_sqs::FreshOptions) -> Self {
+        let fresh = oncely_sqs::fresh_destination(&sqs_server(), &options)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "SQS at {}: {e} (start moto_server, or set ONCELY_SQS_URL)",
+                    sqs_server()
+                )
+            });
         let client = sqs_client();
-        let mut create = client.create_queue();
-        if fifo {
-            queue.push_str(".fifo");
-            create = create
-                .attributes(QueueAttributeName::FifoQueue, "true")
-                .attributes(QueueAttributeName::ContentBasedDeduplication, "false");
-        }
-        let created = create.queue_name(&queue).send().await.unwrap_or_else(|e| {
-            panic!(
-                "SQS at {}: {e:?} (start moto_server, or set ONCELY_SQS_URL)",
-                sqs_server()
-            )
-        });
-        let queue_url = created.queue_url.unwrap();
         let finish = Arc::new(AtomicBool::new(false));
         let drainer = tokio::spawn(drain_queue(
             client.clone(),
-            queue.clone(),
-            queue_url.clone(),
+            fresh.queue.clone(),
+            fresh.queue_url.clone(),
             finish.clone(),
         ));
         Destination::Sqs {
             client,
-            queue,
-            queue_url,
+            queue: fresh.queue,
+            queue_url: fresh.queue_url,
             finish,
             drainer: std::sync::Mutex::new(Some(drainer)),
         }
