@@ -110,6 +110,28 @@ pub fn scheme(url: &str) -> Option<&str> {
     url.split_once(':').map(|(scheme, _)| scheme)
 }
 
+/// The hint after a store that could not be reached: about TLS when the driver's error is about
+/// a certificate or a handshake, otherwise whether `server` (`"PostgreSQL"`, ...) is running.
+///
+/// ```
+/// use oncely_core::url::unreachable_hint;
+/// assert!(unreachable_hint("Connection refused", "Redis").contains("is Redis running?"));
+/// assert!(unreachable_hint("invalid peer certificate: UnknownIssuer", "Redis").contains("TLS"));
+/// ```
+pub fn unreachable_hint(error: &str, server: &str) -> String {
+    let lower = error.to_ascii_lowercase();
+    if ["certificate", "tls", "handshake", "ssl"]
+        .iter()
+        .any(|word| lower.contains(word))
+    {
+        "(TLS: check the server's certificate and the roots the URL trusts; see README \
+         \"Connecting to managed services: TLS\")"
+            .to_owned()
+    } else {
+        format!("(is {server} running? see README \"Stores\")")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use oncely_core::batch::{
 };
 use oncely_core::group::DEFAULT_MAX_BATCH;
 use oncely_core::lifecycle::{check_holder, claim_lost, complete_record, decide_version};
-use oncely_core::url::redact_password;
+use oncely_core::url::{redact_password, unreachable_hint};
 use oncely_core::{
     Claim, ClaimOutcome, ClaimRequest, Completion, Error, GroupCommit, Key, Record, Result, Scope,
     Store, StoreStats, Timestamp, VersionCheck, async_trait,
@@ -70,7 +70,7 @@ impl MySqlStore {
         let shown = redact_password(url);
         let unavailable = |e: sqlx::Error| Error::Unavailable {
             store: shown.clone(),
-            source: format!("{e} (is MySQL/MariaDB running? see README \"Stores\")").into(),
+            source: format!("{e} {}", unreachable_hint(&e.to_string(), "MySQL/MariaDB")).into(),
         };
         // One direct connection first: a refused connection, a bad password or a missing
         // database is reported at once and as itself, not as a pool timing out.

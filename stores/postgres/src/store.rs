@@ -9,7 +9,7 @@ use oncely_core::batch::{
 };
 use oncely_core::group::DEFAULT_MAX_BATCH;
 use oncely_core::lifecycle::{claim_lost, decide_version};
-use oncely_core::url::redact_password;
+use oncely_core::url::{redact_password, unreachable_hint};
 use oncely_core::{
     Claim, ClaimOutcome, ClaimRequest, Completion, Error, GroupCommit, Key, Record, Result, Scope,
     Store, StoreStats, Timestamp, VersionCheck, async_trait,
@@ -102,7 +102,7 @@ impl PostgresStore {
         let shown = redact_password(url);
         let unavailable = |e: sqlx::Error| Error::Unavailable {
             store: shown.clone(),
-            source: format!("{e} (is PostgreSQL running? see README \"Stores\")").into(),
+            source: format!("{e} {}", unreachable_hint(&e.to_string(), "PostgreSQL")).into(),
         };
         // One direct connection first: a refused connection or a bad password is then reported
         // at once and as itself, not as a pool timing out after retrying for half a minute.

@@ -1,7 +1,9 @@
 //! The connection: one server (reconnecting on failure) or a cluster, behind one type.
 
+use std::path::Path;
 use std::time::Duration;
 
+use oncely_core::url::unreachable_hint;
 use oncely_core::{Error, Result};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -55,18 +57,38 @@ impl Connection {
     /// Connects to `target`; `shown` (its URL without the password) names it in errors.
     ///
     /// A server that cannot be reached is reported at once as [`Error::Unavailable`].
-    pub(crate) async fn open(target: &Target, shown: &str) -> Result<Self> {
+    /// `tls_root`, with a `rediss://` target, replaces the system's roots (see
+    /// [`Options::tls_root`](crate::options::Options::tls_root)).
+    pub(crate) async fn open(
+        target: &Target,
+        tls_root: Option<&Path>,
+        shown: &str,
+    ) -> Result<Self> {
         let invalid = |e: RedisError| Error::InvalidUrl {
             url: shown.to_owned(),
             reason: e.to_string(),
         };
         let unavailable = |e: RedisError| Error::Unavailable {
             store: shown.to_owned(),
-            source: format!("{e} (is Redis running? see README \"Stores\")").into(),
+            source: format!("{e} {}", unreachable_hint(&e.to_string(), "Redis")).into(),
         };
         let conn = match target {
             Target::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(invalid)?;
+                let client = match tls_root {
+                    None => redis::Client::open(url.as_str()),
+                    Some(path) => {
+                        let root = std::fs::read(path).map_err(|e| Error::InvalidUrl {
+                            url: shown.to_owned(),
+                            reason: format!("cacert: cannot read {}: {e}", path.display()),
+                        })?;
+                        let certificates = redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(root),
+                        };
+                        redis::Client::build_with_tls(url.as_str(), certificates)
+                    }
+                }
+                .map_err(invalid)?;
                 // One direct connection first: a refused connection or a bad password is then
                 // reported at once and as itself, not after the manager's reconnect backoff.
                 let mut probe = client

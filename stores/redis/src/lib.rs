@@ -33,12 +33,18 @@
 //! | URL | meaning |
 //! |---|---|
 //! | `redis://[user:password@]host[:port][/db]` | one server (database `db`, default 0) |
+//! | `rediss://[user:password@]host[:port][/db][?cacert=PATH]` | one server over TLS |
 //! | `redis+unix:///path/redis.sock` | one server over a Unix socket |
 //! | `redis+cluster://[user:password@]h1:p1,h2:p2,...` | a Redis Cluster, from any of its nodes |
 //!
 //! Query parameters: `prefix=NAME` puts every key under `NAME` (default `oncely`; no braces), so
 //! several applications or test runs share one Redis; `ttl_grace=SECONDS|off` sets the expiry
-//! backstop's grace (default 3600). TLS (`rediss://`) is not built in.
+//! backstop's grace (default 3600).
+//!
+//! TLS: `rediss://[user:password@]host[:port]` reaches one server over TLS (rustls), verified
+//! against the system's roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` replace them, as for OpenSSL)
+//! or, with `cacert=PATH`, against the PEM roots in that file alone. A Redis Cluster over TLS
+//! (`rediss+cluster://`) is not built yet.
 //!
 //! ## Expiry
 //!

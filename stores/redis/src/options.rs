@@ -1,6 +1,7 @@
 //! Options, and parsing them from a store URL: which server(s), and oncely's own query
 //! parameters.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use oncely_core::Error;
@@ -14,7 +15,8 @@ pub const DEFAULT_TTL_GRACE: Duration = Duration::from_secs(3600);
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
-    /// One server: a URL the redis crate understands (`redis://`, `redis+unix://`, `unix://`).
+    /// One server: a URL the redis crate understands (`redis://`, `rediss://` for TLS,
+    /// `redis+unix://`, `unix://`).
     Single(String),
     /// A Redis Cluster: one `redis://` URL per seed node.
     Cluster(Vec<String>),
@@ -28,13 +30,16 @@ pub(crate) struct Options {
     pub prefix: String,
     /// Native expiry backstop: `None` when `ttl_grace=off`.
     pub ttl_grace: Option<Duration>,
+    /// `cacert=PATH` (with `rediss://`): the PEM roots a TLS server's certificate must chain to,
+    /// instead of the system's.
+    pub tls_root: Option<PathBuf>,
     /// The URL with any password replaced, for messages.
     pub shown: String,
 }
 
-const ACCEPTED: &str = "expected redis://[user:password@]host[:port][/db], \
+const ACCEPTED: &str = "expected redis://[user:password@]host[:port][/db] (rediss:// for TLS), \
      redis+cluster://[user:password@]host:port,host:port,..., redis+unix:///path or unix:///path, \
-     with optional ?prefix=NAME&ttl_grace=SECONDS|off";
+     with optional ?prefix=NAME&ttl_grace=SECONDS|off (and cacert=PATH with rediss://)";
 
 /// Parses a store URL. See the crate docs for the forms.
 pub(crate) fn parse(url: &str) -> Result<Options, Error> {
@@ -49,6 +54,7 @@ pub(crate) fn parse(url: &str) -> Result<Options, Error> {
     };
     let mut prefix = DEFAULT_PREFIX.to_owned();
     let mut ttl_grace = Some(DEFAULT_TTL_GRACE);
+    let mut tls_root = None;
     // Parameters that are not ours are the redis crate's own (`protocol=resp3`, ...).
     let mut passed = Vec::new();
     for pair in query.into_iter().flat_map(|q| q.split('&')) {
@@ -72,6 +78,7 @@ pub(crate) fn parse(url: &str) -> Result<Options, Error> {
                     )));
                 }
             },
+            Some(("cacert", path)) if !path.is_empty() => tls_root = Some(PathBuf::from(path)),
             Some(("cluster", _)) => {
                 return Err(invalid(
                     "for a Redis Cluster use redis+cluster://host:port,host:port,...".to_owned(),
@@ -90,12 +97,20 @@ pub(crate) fn parse(url: &str) -> Result<Options, Error> {
         return Err(invalid(ACCEPTED.to_owned()));
     };
     let target = match scheme {
-        "redis" | "redis+unix" | "unix" => Target::Single(format!("{base}{passed}")),
-        "redis+cluster" => Target::Cluster(cluster_nodes(rest, &passed).map_err(invalid)?),
-        "rediss" | "rediss+cluster" => {
+        "rediss" => Target::Single(format!("{base}{passed}")),
+        "redis" | "redis+unix" | "unix" if tls_root.is_none() => {
+            Target::Single(format!("{base}{passed}"))
+        }
+        "redis" | "redis+unix" | "unix" | "redis+cluster" if tls_root.is_some() => {
             return Err(invalid(
-                "TLS (rediss://) is not built into oncely-redis; reach Redis over a \
-                 TLS-terminating proxy such as stunnel, or over a private network with redis://"
+                "cacert= is for TLS: use rediss://host:port?cacert=PATH".to_owned(),
+            ));
+        }
+        "redis+cluster" => Target::Cluster(cluster_nodes(rest, &passed).map_err(invalid)?),
+        "rediss+cluster" => {
+            return Err(invalid(
+                "TLS to a Redis Cluster (rediss+cluster://) is not built yet; rediss:// reaches \
+                 one server over TLS"
                     .to_owned(),
             ));
         }
@@ -105,6 +120,7 @@ pub(crate) fn parse(url: &str) -> Result<Options, Error> {
         target,
         prefix,
         ttl_grace,
+        tls_root,
         shown,
     })
 }
@@ -196,7 +212,8 @@ mod tests {
         for (url, says) in [
             ("redis+cluster://h1:1,h2:2/3", "only database 0"),
             ("redis+cluster://h1:1,,h2:2", "empty node"),
-            ("rediss://h:6380", "TLS"),
+            ("rediss+cluster://h1:1,h2:2", "not built yet"),
+            ("redis://h?cacert=/ca.pem", "cacert= is for TLS"),
             ("redis://h?cluster=true", "redis+cluster://"),
             ("redis://h?prefix=a{b}", "prefix"),
             ("redis://h?prefix=", "prefix"),
@@ -222,9 +239,12 @@ mod tests {
         );
         assert_eq!(redact("redis://:s3cret@db"), "redis://:***@db");
         assert_eq!(redact("redis://db:6379"), "redis://db:6379");
-        match parse("rediss://app:s3cret@db") {
+        let tls = parse("rediss://app:s3cret@db:6380?cacert=/etc/ca.pem").unwrap();
+        assert_eq!(tls.shown, "rediss://app:***@db:6380?cacert=/etc/ca.pem");
+        assert_eq!(tls.tls_root, Some(PathBuf::from("/etc/ca.pem")));
+        match parse("rediss+cluster://app:s3cret@db:1,db:2") {
             Err(e) => assert!(!e.to_string().contains("s3cret"), "{e}"),
-            Ok(_) => panic!("rediss accepted"),
+            Ok(_) => panic!("rediss+cluster accepted"),
         }
     }
 }

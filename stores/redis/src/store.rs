@@ -72,7 +72,7 @@ impl RedisStore {
     /// password removed from the URL shown.
     pub async fn connect(url: &str) -> Result<Self> {
         let opts = options::parse(url)?;
-        let conn = Connection::open(&opts.target, &opts.shown).await?;
+        let conn = Connection::open(&opts.target, opts.tls_root.as_deref(), &opts.shown).await?;
         Ok(RedisStore {
             conn,
             layout: Layout::new(&opts.prefix),

@@ -1,0 +1,195 @@
+//! Redis over TLS: the shared conformance suite through `rediss://` to a TLS `redis-server` this
+//! binary starts on free loopback ports, with certificates it makes with `openssl` (a CA, and a
+//! server certificate for 127.0.0.1 that the CA signed), plus what only TLS shows: a wrong root
+//! is refused in one line, a plain client cannot use the TLS port, and without `cacert=` the
+//! system's roots are the ones `SSL_CERT_FILE` names.
+//!
+//! Needs `redis-server` built with TLS (Debian's is) and `openssl` on PATH.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use oncely_conformance::libtest_mimic::{Failed, Trial};
+use oncely_conformance::servers;
+use oncely_redis::RedisStore;
+
+/// Runs `openssl` with `args` in `dir`; fails with its output if it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl on PATH");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`<name>.pem`, `<name>.key`) in `dir`.
+fn make_ca(dir: &Path, name: &str) -> PathBuf {
+    let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
+    let subject = format!("/CN=oncely test {name}");
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", &subject,
+            "-keyout", &key, "-out", &cert,
+        ],
+    );
+    dir.join(cert)
+}
+
+/// `server.pem` and `server.key` in `dir`: a certificate for 127.0.0.1 and localhost that the CA
+/// `ca` (made by [`make_ca`] in `dir`) signed.
+fn make_server_certificate(dir: &Path, ca: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = make_ca(dir.path(), "ca");
+    let other_ca = make_ca(dir.path(), "other-ca");
+    make_server_certificate(dir.path(), "ca");
+    // The system's roots are what SSL_CERT_FILE names: our CA alone (and no directory).
+    let empty = dir.path().join("no-roots");
+    std::fs::create_dir(&empty).unwrap();
+    // SAFETY: no other thread exists yet; the server and the tests start below.
+    unsafe {
+        std::env::set_var("SSL_CERT_FILE", &ca);
+        std::env::set_var("SSL_CERT_DIR", &empty);
+    }
+
+    let ports = support::free_ports(2);
+    let (plain, tls) = (ports[0], ports[1]);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let node = support::Node::start(
+        dir.path(),
+        plain,
+        &[
+            "--tls-port",
+            &tls.to_string(),
+            "--tls-cert-file",
+            &path("server.pem"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let base = format!("rediss://127.0.0.1:{tls}");
+    let cacert = format!("cacert={}", ca.display());
+
+    let suite_base = format!("{base}?{cacert}");
+    let factory = move || {
+        let url = format!("{suite_base}&prefix={}", servers::fresh_name("oncely_tls"));
+        async move {
+            Arc::new(
+                RedisStore::connect(&url)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ) as _
+        }
+    };
+    let extra = vec![
+        trial(
+            "a_root_that_did_not_sign_the_server_is_refused_in_one_line",
+            format!("{base}?cacert={}", other_ca.display()),
+            |url| async move {
+                let error = RedisStore::connect(&url)
+                    .await
+                    .err()
+                    .ok_or("connected with a root that signed nothing")?
+                    .to_string();
+                eprintln!("{error}");
+                check(!error.contains('\n'), &format!("one line: {error}"))?;
+                check(
+                    error.contains("certificate") || error.contains("UnknownIssuer"),
+                    &format!("says why: {error}"),
+                )
+            },
+        ),
+        trial(
+            "without_cacert_the_roots_are_those_ssl_cert_file_names",
+            format!("{base}?prefix={}", servers::fresh_name("oncely_tls")),
+            |url| async move {
+                RedisStore::connect(&url)
+                    .await
+                    .map(drop)
+                    .map_err(|e| Failed::from(format!("SSL_CERT_FILE's CA: {e}")))
+            },
+        ),
+        trial(
+            "a_plain_client_cannot_use_the_tls_port",
+            format!("redis://127.0.0.1:{tls}"),
+            |url| async move {
+                check(
+                    RedisStore::connect(&url).await.is_err(),
+                    "plain redis:// to the TLS port connected",
+                )
+            },
+        ),
+    ];
+    let conclusion = oncely_conformance::run("redis-tls", factory, extra);
+    drop(node);
+    conclusion.exit()
+}
+
+fn check(ok: bool, what: &str) -> Result<(), Failed> {
+    if ok { Ok(()) } else { Err(what.into()) }
+}
+
+fn trial<F, Fut>(name: &str, url: String, test: F) -> Trial
+where
+    F: FnOnce(String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), Failed>>,
+{
+    Trial::test(format!("redis-tls::{name}"), move || {
+        tokio::runtime::Runtime::new()?.block_on(test(url))
+    })
+}
