@@ -45,7 +45,8 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "SPEC", value_parser = parse_key_source)]
     key: KeySource,
 
-    /// The handler: each new message is POSTed to this plain http:// URL (no https).
+    /// The handler: each new message is POSTed to this http:// or https:// URL (https verified
+    /// against the system's roots; SSL_CERT_FILE replaces them).
     #[arg(long, value_name = "URL")]
     deliver: String,
 
@@ -124,7 +125,7 @@ pub async fn run(store: &str, args: ConsumeArgs) -> Result<ExitCode> {
         oncely::backend::url::redact_password(&args.from),
     );
 
-    let deliverer = Deliverer::new(url, args.timeout);
+    let deliverer = Deliverer::new(url, args.timeout)?;
     let work = move |key: Key, message: Message| {
         let deliverer = deliverer.clone();
         async move {

@@ -1,7 +1,7 @@
 //! The HTTP half of `oncely consume`: POST one message to the handler URL and read its answer.
 //!
-//! Plain `http://` only: this build carries no TLS stack. A handler behind HTTPS is reached
-//! through a local proxy or sidecar.
+//! `http://` or `https://` (rustls; the system's roots, which `SSL_CERT_FILE` and `SSL_CERT_DIR`
+//! replace, as for OpenSSL).
 //!
 //! A failed POST says whether the handler may have run ([`send`](Deliverer::send)): when
 //! nothing was sent (no connection), the failure is plain and the key is released for a retry;
@@ -17,10 +17,11 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper::{Request, Uri};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
+use hyper_util::client::legacy::connect::capture_connection;
 use hyper_util::rt::TokioExecutor;
 use oncely::consumer::Message;
 use oncely::{BoxError, Key, OutcomeUnknown};
+use oncely_http::gateway::client::{self, Connector};
 
 /// The key header the handler receives, as in the HTTP layer (`oncely_http`).
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -53,16 +54,10 @@ pub fn parse_url(text: &str) -> Result<Uri, BadUrl> {
         .parse()
         .map_err(|e| bad(&format!("not a URL ({e}); use http://HOST[:PORT]/PATH")))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(bad(
-                "https is not supported (this build has no TLS stack); deliver to a plain \
-                 http:// URL, e.g. a handler on localhost or a local TLS-terminating proxy",
-            ));
-        }
+        Some("http" | "https") => {}
         Some(other) => {
             return Err(bad(&format!(
-                "scheme `{other}` is not supported; use http://HOST[:PORT]/PATH"
+                "scheme `{other}` is not supported; use http://HOST[:PORT]/PATH or https://"
             )));
         }
         None => return Err(bad("no scheme; use http://HOST[:PORT]/PATH")),
@@ -76,21 +71,23 @@ pub fn parse_url(text: &str) -> Result<Uri, BadUrl> {
 /// POSTs messages to one handler URL, pooling connections.
 #[derive(Clone, Debug)]
 pub struct Deliverer {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     url: Uri,
     timeout: Duration,
 }
 
 impl Deliverer {
     /// A deliverer to `url` (checked by [`parse_url`]) whose every attempt, answer included,
-    /// must finish within `timeout`.
-    pub fn new(url: Uri, timeout: Duration) -> Self {
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Deliverer {
-            client,
+    /// must finish within `timeout`. An `https://` URL is verified against the system's roots
+    /// (`SSL_CERT_FILE` / `SSL_CERT_DIR` replace them); a machine with none is an error here.
+    pub fn new(url: Uri, timeout: Duration) -> Result<Self, BadUrl> {
+        let connector = client::connector(url.scheme_str() == Some("https"))
+            .map_err(|e| BadUrl(format!("--deliver `{url}`: {e}")))?;
+        Ok(Deliverer {
+            client: Client::builder(TokioExecutor::new()).build(connector),
             url,
             timeout,
-        }
+        })
     }
 
     /// The request for `message` under `key`: the payload as the body, with the headers the
@@ -255,13 +252,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_plain_http_urls_with_a_host_are_taken() {
+    fn only_http_and_https_urls_with_a_host_are_taken() {
         assert!(parse_url("http://127.0.0.1:8080/hook").is_ok());
         assert!(parse_url("http://handler").is_ok());
-        let https = parse_url("https://example.com/hook")
-            .unwrap_err()
-            .to_string();
-        assert!(https.contains("https is not supported"), "{https}");
+        assert!(parse_url("https://example.com/hook").is_ok());
         for (url, needle) in [
             ("ftp://x/y", "scheme `ftp`"),
             ("localhost:8080/hook", "use http://"),
@@ -278,7 +272,8 @@ mod tests {
         let deliverer = Deliverer::new(
             parse_url("http://127.0.0.1:9/h").unwrap(),
             Duration::from_secs(1),
-        );
+        )
+        .unwrap();
         let key = Key::new("k-1").unwrap();
         let json = Message::new(br#"{"a":1}"#.to_vec(), "orders").with_message_id("m-1");
         let request = deliverer.request(&key, &json).unwrap();
@@ -313,7 +308,7 @@ mod tests {
     }
 
     async fn post(url: Uri, timeout: Duration) -> Result<Vec<u8>, BoxError> {
-        let deliverer = Deliverer::new(url, timeout);
+        let deliverer = Deliverer::new(url, timeout).unwrap();
         let message = Message::new(Vec::new(), "q");
         let request = deliverer
             .request(&Key::new("k").unwrap(), &message)

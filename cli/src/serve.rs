@@ -25,8 +25,9 @@ use crate::stop::Stop;
 /// Arguments of `oncely serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// The service to protect: a plain http://HOST[:PORT][/PREFIX] URL (no https). Each
-    /// request's path and query are appended to it.
+    /// The service to protect: an http[s]://HOST[:PORT][/PREFIX] URL (https verified against
+    /// the system's roots; SSL_CERT_FILE replaces them). Each request's path and query are
+    /// appended to it.
     #[arg(long, value_name = "URL")]
     upstream: String,
 

@@ -37,6 +37,7 @@ pub use libtest_mimic;
 use oncely_core::Store;
 
 pub mod boundaries;
+pub mod certs;
 pub mod harness;
 pub mod inbox;
 pub mod model;

@@ -174,3 +174,61 @@ fn rabbitmq_each_key_is_posted_once_and_the_failing_one_is_dead_lettered() {
     );
     assert_eq!(letter.message_id(), Some("m-3"));
 }
+
+/// `--deliver https://...`: the handler's certificate is verified against the roots
+/// `SSL_CERT_FILE` names (here a CA the test made), and each key is POSTed once over TLS.
+#[test]
+fn an_https_handler_gets_each_key_once_over_verified_tls() {
+    use crate::https_handler::HttpsUpstream;
+
+    let rt = runtime();
+    let rabbit = rt.block_on(Rabbit::new());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = oncely_conformance::certs::make_ca(dir.path(), "ca");
+    let (cert, key) =
+        oncely_conformance::certs::make_server_certificate(dir.path(), "ca", "handler");
+    let handler = HttpsUpstream::start(&cert, &key);
+    rt.block_on(async {
+        for (i, id) in ["a", "b", "a", "last"].iter().enumerate() {
+            rabbit.publish(&format!("m-{i}"), &order(id, 1)).await;
+        }
+    });
+
+    let store = format!("sqlite:{}", dir.path().join("o.db").display());
+    let from = format!("{}/{}", amqp_server(), rabbit.queue);
+    let deliver = format!("{}/hook", handler.url());
+    let child = std::process::Command::new(crate::BIN)
+        .args([
+            "--store", &store, "consume", "--from", &from, "--key", "/id",
+        ])
+        .args([
+            "--deliver",
+            &deliver,
+            "--dlq",
+            &rabbit.dlq,
+            "--timeout",
+            "5s",
+        ])
+        .current_dir(dir.path())
+        .env_remove("ONCELY_STORE")
+        .env("SSL_CERT_FILE", &ca)
+        .env("SSL_CERT_DIR", "/nonexistent")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the last key's POST", || {
+        handler.executions(&ca).contains("\"last\"")
+    });
+    let output = terminate(child);
+    assert_summary_and_exit_0(
+        &output,
+        "consumed 4: done 3, duplicates 1, redelivered 0, dead-lettered 0",
+    );
+    assert_eq!(
+        handler.executions(&ca),
+        r#"{"a": 1, "b": 1, "last": 1}"#,
+        "each key POSTed once"
+    );
+}

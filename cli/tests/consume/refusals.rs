@@ -7,7 +7,7 @@ use crate::process::{assert_one_clear_error, run_to_end, runtime, spawn_consume_
 use crate::{amqp_server, kafka_brokers, sqs_server};
 
 #[test]
-fn https_handlers_and_unknown_brokers_are_refused_in_one_line() {
+fn bad_handler_urls_and_unknown_brokers_are_refused_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let amqp = format!("{}/q", amqp_server());
     for (args, needle) in [
@@ -18,9 +18,9 @@ fn https_handlers_and_unknown_brokers_are_refused_in_one_line() {
                 "--key",
                 "/id",
                 "--deliver",
-                "https://example.com/hook",
+                "ftp://example.com/hook",
             ],
-            "https is not supported",
+            "scheme `ftp` is not supported",
         ),
         (
             vec![

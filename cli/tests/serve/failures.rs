@@ -1,13 +1,12 @@
 //! Upstreams that are down, slow, die or speak HTTP/1.0, and clients that hang up.
 
-use std::process::{Command, Output, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::StatusCode;
 use tokio::net::TcpListener;
 
-use crate::support::{BIN, Gateway};
+use crate::support::Gateway;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_is_down_is_502_and_a_retry_executes_once_it_is_back() {
@@ -170,28 +169,4 @@ async fn an_http10_upstream_is_answered_in_the_clients_version() {
         assert_eq!(answer.replayed(), replayed);
         assert_eq!(&answer.body[..], b"ok");
     }
-}
-
-#[test]
-fn an_https_upstream_is_refused_in_one_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let output: Output = Command::new(BIN)
-        .args([
-            "--store",
-            "memory:",
-            "serve",
-            "--upstream",
-            "https://example.com",
-        ])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with("error: --upstream `https://example.com`: https is not supported"),
-        "{stderr}"
-    );
 }

@@ -11,6 +11,7 @@ mod client;
 mod failures;
 mod flags;
 mod gateway;
+mod https;
 mod process;
 mod replay;
 mod storm;

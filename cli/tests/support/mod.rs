@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
+pub mod https;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_oncely");
 pub const PATIENCE: Duration = Duration::from_secs(30);
 

@@ -62,6 +62,7 @@ use crate::{
     Running,
 };
 
+pub mod client;
 mod connections;
 mod counts;
 mod proxy;
@@ -93,8 +94,9 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GatewayOptions {
-    /// The service to protect: a plain `http://HOST[:PORT][/PREFIX]` URL (no https, no query).
-    /// Each request's path and query are appended to it.
+    /// The service to protect: an `http[s]://HOST[:PORT][/PREFIX]` URL (no query; `https://`
+    /// is verified against the system's roots, see [`client`]). Each request's path and query
+    /// are appended to it.
     pub upstream: String,
     /// How long a client waits for the upstream to start its response (default 30 s); then it
     /// gets 504. It is the layer's [response timeout](IdempotencyLayer::response_timeout): a
@@ -129,8 +131,8 @@ impl GatewayOptions {
         }
     }
 
-    /// Checks the options as [`Gateway::new`] does, without a store: the upstream is a plain
-    /// `http://` URL, the timeouts are longer than zero and at least one connection is served.
+    /// Checks the options as [`Gateway::new`] does, without a store: the upstream is an
+    /// `http://` or `https://` URL, the timeouts are longer than zero and at least one connection is served.
     pub fn check(&self) -> Result<(), GatewayError> {
         self.checked().map(drop)
     }
@@ -157,7 +159,8 @@ impl GatewayOptions {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GatewayError {
-    /// The upstream is not a plain `http://HOST[:PORT][/PREFIX]` URL.
+    /// The upstream is not an `http[s]://HOST[:PORT][/PREFIX]` URL, or an `https://` one on a
+    /// machine with no trusted roots.
     #[error("upstream `{url}`: {reason}")]
     Upstream {
         /// The URL given.
@@ -216,8 +219,14 @@ impl Gateway {
         let upstream = options.checked()?;
         let config = layer.config();
         let (methods, lease) = (Arc::new(config.methods.clone()), config.oncely.lease());
+        let connector = client::connector(upstream.base.starts_with("https://")).map_err(|e| {
+            GatewayError::Upstream {
+                url: options.upstream.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         let proxy = Proxy {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
             upstream: Arc::new(upstream),
         };
         Ok(Gateway {
@@ -411,11 +420,12 @@ mod tests {
     fn options_are_checked_before_a_store_is_needed() {
         let options = GatewayOptions::new("http://127.0.0.1:3000/api/");
         assert_eq!(options.check(), Ok(()));
-        let https = GatewayOptions::new("https://example.com").check();
+        assert_eq!(GatewayOptions::new("https://example.com").check(), Ok(()));
+        let ftp = GatewayOptions::new("ftp://example.com").check();
         assert!(
-            matches!(&https, Err(GatewayError::Upstream { url, reason })
-                if url == "https://example.com" && reason.starts_with("https is not supported")),
-            "{https:?}"
+            matches!(&ftp, Err(GatewayError::Upstream { url, reason })
+                if url == "ftp://example.com" && reason.contains("scheme `ftp`")),
+            "{ftp:?}"
         );
         let mut zero = options.clone();
         zero.idle_timeout = Duration::ZERO;

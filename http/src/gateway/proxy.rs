@@ -9,7 +9,6 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use oncely_core::BoxError;
 
 use super::GatewayError;
@@ -17,7 +16,7 @@ use crate::hop::remove_hop_by_hop;
 use crate::problem::Problem;
 use crate::{Body, FailedOpen, NotSent};
 
-/// Checks the upstream URL: `http://HOST[:PORT][/PREFIX]`, no query.
+/// Checks the upstream URL: `http[s]://HOST[:PORT][/PREFIX]`, no query.
 pub(super) fn parse_upstream(text: &str) -> Result<Upstream, GatewayError> {
     let bad = |why: &str| GatewayError::Upstream {
         url: text.to_owned(),
@@ -26,21 +25,15 @@ pub(super) fn parse_upstream(text: &str) -> Result<Upstream, GatewayError> {
     let uri: Uri = text
         .parse()
         .map_err(|e| bad(&format!("not a URL ({e}); use http://HOST[:PORT]")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(bad(
-                "https is not supported (this build has no TLS stack); put the gateway in \
-                 front of a plain http:// service, e.g. on localhost",
-            ));
-        }
+    let scheme = match uri.scheme_str() {
+        Some(scheme @ ("http" | "https")) => scheme,
         Some(other) => {
             return Err(bad(&format!(
-                "scheme `{other}` is not supported; use http://HOST[:PORT]"
+                "scheme `{other}` is not supported; use http://HOST[:PORT] or https://"
             )));
         }
         None => return Err(bad("no scheme; use http://HOST[:PORT]")),
-    }
+    };
     let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
         return Err(bad("no host; use http://HOST[:PORT]"));
     };
@@ -48,11 +41,11 @@ pub(super) fn parse_upstream(text: &str) -> Result<Upstream, GatewayError> {
         return Err(bad("a query is not supported; each request brings its own"));
     }
     Ok(Upstream {
-        base: format!("http://{authority}{}", uri.path().trim_end_matches('/')),
+        base: format!("{scheme}://{authority}{}", uri.path().trim_end_matches('/')),
     })
 }
 
-/// The upstream as `http://AUTHORITY[/PREFIX]`, without a trailing slash.
+/// The upstream as `http[s]://AUTHORITY[/PREFIX]`, without a trailing slash.
 #[derive(Debug)]
 pub(super) struct Upstream {
     pub(super) base: String,
@@ -95,7 +88,7 @@ impl Forwarded {
 /// waits on for the upstream in the background; the gateway bounds other requests.
 #[derive(Clone, Debug)]
 pub(super) struct Proxy {
-    pub(super) client: Client<HttpConnector, Body<Incoming>>,
+    pub(super) client: Client<super::client::Connector, Body<Incoming>>,
     pub(super) upstream: Arc<Upstream>,
 }
 
@@ -231,8 +224,10 @@ mod tests {
             parse_upstream("http://svc:9000/api/").unwrap().base,
             "http://svc:9000/api"
         );
-        let https = parse_upstream("https://svc").unwrap_err().to_string();
-        assert!(https.contains("https is not supported"), "{https}");
+        assert_eq!(
+            parse_upstream("https://svc:8443/api/").unwrap().base,
+            "https://svc:8443/api"
+        );
         let query = parse_upstream("http://svc/?a=1").unwrap_err().to_string();
         assert!(query.contains("query"), "{query}");
         assert!(parse_upstream("svc:80").is_err());

@@ -8,92 +8,17 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use oncely_conformance::libtest_mimic::{Failed, Trial};
-use oncely_conformance::servers;
+use oncely_conformance::{certs, servers};
 use oncely_redis::RedisStore;
-
-/// Runs `openssl` with `args` in `dir`; fails with its output if it fails.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl on PATH");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA (`<name>.pem`, `<name>.key`) in `dir`.
-fn make_ca(dir: &Path, name: &str) -> PathBuf {
-    let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
-    let subject = format!("/CN=oncely test {name}");
-    openssl(
-        dir,
-        &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", &subject,
-            "-keyout", &key, "-out", &cert,
-        ],
-    );
-    dir.join(cert)
-}
-
-/// `server.pem` and `server.key` in `dir`: a certificate for 127.0.0.1 and localhost that the CA
-/// `ca` (made by [`make_ca`] in `dir`) signed.
-fn make_server_certificate(dir: &Path, ca: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.pem",
-        ],
-    );
-}
 
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let ca = make_ca(dir.path(), "ca");
-    let other_ca = make_ca(dir.path(), "other-ca");
-    make_server_certificate(dir.path(), "ca");
+    let ca = certs::make_ca(dir.path(), "ca");
+    let other_ca = certs::make_ca(dir.path(), "other-ca");
+    let (server_cert, server_key) = certs::make_server_certificate(dir.path(), "ca", "server");
     // The system's roots are what SSL_CERT_FILE names: our CA alone (and no directory).
     let empty = dir.path().join("no-roots");
     std::fs::create_dir(&empty).unwrap();
@@ -113,9 +38,9 @@ fn main() {
             "--tls-port",
             &tls.to_string(),
             "--tls-cert-file",
-            &path("server.pem"),
+            server_cert.to_str().unwrap(),
             "--tls-key-file",
-            &path("server.key"),
+            server_key.to_str().unwrap(),
             "--tls-ca-cert-file",
             &path("ca.pem"),
             "--tls-auth-clients",
