@@ -30,13 +30,24 @@ pub fn take_param(url: &str, name: &str) -> (String, Option<String>) {
     (url, value)
 }
 
-/// The URL with any password replaced by `***`, for messages and logs.
+/// The URL with any password replaced by `***`, for messages and logs. On NATS (`nats://`,
+/// `tls://`) a user name alone is a token, a secret too, so it is replaced as well.
+///
+/// ```
+/// use oncely_core::url::redact_password;
+/// assert_eq!(redact_password("postgres://app:s3cret@db/app"), "postgres://app:***@db/app");
+/// assert_eq!(redact_password("postgres://app@db/app"), "postgres://app@db/app");
+/// assert_eq!(redact_password("nats://s3cret-token@h:4222"), "nats://***@h:4222");
+/// ```
 pub fn redact_password(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             match userinfo.split_once(':') {
                 Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None if matches!(&url[..scheme_end], "nats" | "tls") => {
+                    format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+                }
                 None => url.to_owned(),
             }
         }

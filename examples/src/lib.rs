@@ -29,7 +29,7 @@ pub async fn publish(to: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
         .context("the URL ends with /STREAM or /QUEUE")?;
     match BrokerKind::from_url(to)? {
         BrokerKind::Nats if scheme == "nats" => {
-            let client = async_nats::connect(server).await?;
+            let client = oncely::nats::connect(&format!("nats://{server}")).await?;
             let jetstream = async_nats::jetstream::new(client);
             let subject = subject_of(name);
             jetstream

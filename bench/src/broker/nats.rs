@@ -39,12 +39,9 @@ impl Channel for Stream {
     }
 
     async fn create(server: &String, contender: &str) -> Result<Self, BenchError> {
-        let client = async_nats::connect(server.as_str()).await.map_err(|e| {
-            BenchError::Other(format!(
-                "no NATS server at {}: {e}",
-                oncely::backend::url::redact_password(server)
-            ))
-        })?;
+        let client = oncely::nats::connect(server)
+            .await
+            .map_err(|e| BenchError::Other(e.to_string()))?;
         let context = async_nats::jetstream::new(client);
         // A safety net: messages of a run that died before deleting expire.
         let options = oncely::nats::FreshOptions::new(NATS_PREFIX, contender)

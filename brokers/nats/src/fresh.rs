@@ -73,12 +73,7 @@ pub async fn fresh_destination(
     options: &FreshOptions,
 ) -> Result<FreshDestination, Error> {
     let shown = redact_password(server);
-    let client = async_nats::connect(server)
-        .await
-        .map_err(|e| Error::Unreachable {
-            server: shown.clone(),
-            source: e.into(),
-        })?;
+    let client = crate::connect(server).await?;
     let context = jetstream::new(client);
     if first_use_of(&options.prefix) {
         remove_leftovers(&context, &options.prefix).await;

@@ -93,6 +93,7 @@
 
 #![warn(missing_docs)]
 
+mod client;
 mod error;
 mod fresh;
 mod options;
@@ -100,6 +101,7 @@ mod publisher;
 mod source;
 
 pub use async_nats;
+pub use client::connect;
 pub use error::{BROKER, Error};
 pub use fresh::{FreshDestination, FreshOptions, fresh_destination};
 pub use options::{DEFAULT_ACK_WAIT, DEFAULT_BATCH, DEFAULT_PORT, NatsOptions};

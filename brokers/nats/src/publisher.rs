@@ -52,14 +52,7 @@ impl NatsPublisher {
     /// Connects as `url` says (see the type's docs).
     pub async fn connect(url: &str) -> Result<Self, Error> {
         let (server, subject) = parse(url)?;
-        let shown = redact_password(&server);
-        let client =
-            async_nats::connect(server.as_str())
-                .await
-                .map_err(|e| Error::Unreachable {
-                    server: shown.clone(),
-                    source: e.into(),
-                })?;
+        let client = crate::connect(&server).await?;
         Self::open(jetstream::new(client), subject).await
     }
 

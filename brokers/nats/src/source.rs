@@ -101,12 +101,7 @@ impl NatsSource {
 
     /// Connects to `options.server` and [`open`](Self::open)s the source.
     pub async fn connect_with(options: NatsOptions) -> Result<Self, Error> {
-        let client = async_nats::connect(options.server.as_str())
-            .await
-            .map_err(|e| Error::Unreachable {
-                server: options.shown_server(),
-                source: e.into(),
-            })?;
+        let client = crate::connect(&options.server).await?;
         Self::open(jetstream::new(client), &options).await
     }
 
