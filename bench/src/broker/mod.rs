@@ -2,9 +2,9 @@
 //! consume + claim + effect + ack on a real NATS JetStream, RabbitMQ, Kafka or SQS, oncely's
 //! consumer runner against the naive per-message pattern, in the same run.
 //!
-//! **Workload.** [`BrokerConfig::events`] messages (the store benchmark's workload: 36-character UUID keys,
-//! [`BrokerConfig::duplicate_ratio`] of them re-publishes of an earlier key, clustered within
-//! the 10,000 before). Each payload is `{"eventId":"<key>"}`, so a re-publish is byte-for-byte
+//! **Workload.** [`BrokerConfig::events`] messages (the store benchmark's workload:
+//! 36-character UUID keys, [`BrokerConfig::duplicate_ratio`] of them re-publishes of an earlier
+//! key, clustered within the 10,000 before). Each payload is `{"eventId":"<key>"}`, so a re-publish is byte-for-byte
 //! the original. Every contender gets a fresh stream, queue or topic from its broker crate's
 //! `fresh_destination`, named `<prefix><pid>-<millis>-<n>-<contender>` (NATS:
 //! `ONCELY_BENCH_...` with a durable pull consumer and a dead-letter stream of its own; RabbitMQ:

@@ -132,7 +132,8 @@ impl GatewayOptions {
     }
 
     /// Checks the options as [`Gateway::new`] does, without a store: the upstream is an
-    /// `http://` or `https://` URL, the timeouts are longer than zero and at least one connection is served.
+    /// `http://` or `https://` URL, the timeouts are longer than zero and at least one
+    /// connection is served.
     pub fn check(&self) -> Result<(), GatewayError> {
         self.checked().map(drop)
     }

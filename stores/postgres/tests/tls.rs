@@ -10,7 +10,6 @@
 //! loader honours, as OpenSSL does) at an empty file and directory before anything connects.
 
 use std::future::Future;
-use std::process::Command;
 
 use oncely_conformance::servers;
 use oncely_postgres::PostgresStore;
@@ -88,22 +87,7 @@ async fn verify_ca_accepts_the_servers_own_root_and_refuses_another() {
 
     // A CA of our own, which signed nothing the server has.
     let dir = tempfile::tempdir().unwrap();
-    let (key, cert) = (dir.path().join("ca.key"), dir.path().join("ca.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=oncely test CA", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl makes a CA");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let cert = oncely_conformance::certs::make_ca(dir.path(), "ca");
     let url = url_with(&format!("sslmode=verify-ca&sslrootcert={}", cert.display())).await;
     let error = PostgresStore::connect(&url)
         .await

@@ -15,8 +15,9 @@
 //!
 //! - **Atomic by Lua.** `claim_many`, `complete`, `release`, `extend` and `apply_if_newer` each
 //!   run as one server-side script (EVALSHA, loaded on first use), so the read-decide-write of
-//!   the lifecycle's rules happens with no other client in between. The scripts implement the rules of
-//!   [`oncely_core::lifecycle`]; the answers are built on the client by those very functions.
+//!   the lifecycle's rules happens with no other client in between. The scripts implement the
+//!   rules of [`oncely_core::lifecycle`]; the answers are built on the client by those very
+//!   functions.
 //! - **One slot per scope.** Every key of a scope carries the scope as its hash tag
 //!   (`oncely:{orders}:r:evt-1`), so each script touches one slot and works unchanged on Redis
 //!   Cluster. A batch spanning several scopes becomes one script call per scope, sent together,

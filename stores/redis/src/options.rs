@@ -96,16 +96,13 @@ pub(crate) fn parse(url: &str) -> Result<Options, Error> {
     let Some((scheme, rest)) = base.split_once("://") else {
         return Err(invalid(ACCEPTED.to_owned()));
     };
+    if tls_root.is_some() && scheme != "rediss" {
+        return Err(invalid(
+            "cacert= is for TLS: use rediss://host:port?cacert=PATH".to_owned(),
+        ));
+    }
     let target = match scheme {
-        "rediss" => Target::Single(format!("{base}{passed}")),
-        "redis" | "redis+unix" | "unix" if tls_root.is_none() => {
-            Target::Single(format!("{base}{passed}"))
-        }
-        "redis" | "redis+unix" | "unix" | "redis+cluster" if tls_root.is_some() => {
-            return Err(invalid(
-                "cacert= is for TLS: use rediss://host:port?cacert=PATH".to_owned(),
-            ));
-        }
+        "redis" | "rediss" | "redis+unix" | "unix" => Target::Single(format!("{base}{passed}")),
         "redis+cluster" => Target::Cluster(cluster_nodes(rest, &passed).map_err(invalid)?),
         "rediss+cluster" => {
             return Err(invalid(
