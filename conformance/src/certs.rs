@@ -35,6 +35,17 @@ pub fn make_ca(dir: &Path, name: &str) -> PathBuf {
 /// A server's certificate and key in `dir` (`<name>.pem`, `<name>.key`), for 127.0.0.1 and
 /// localhost, signed by the CA `ca` that [`make_ca`] made in `dir`: `(certificate, key)`.
 pub fn make_server_certificate(dir: &Path, ca: &str, name: &str) -> (PathBuf, PathBuf) {
+    make_certificate_for(dir, ca, name, "IP:127.0.0.1,DNS:localhost")
+}
+
+/// As [`make_server_certificate`], for the names `alt_names` alone (openssl's
+/// `subjectAltName` syntax, e.g. `IP:127.0.0.1`): a test of a name that does not match.
+pub fn make_certificate_for(
+    dir: &Path,
+    ca: &str,
+    name: &str,
+    alt_names: &str,
+) -> (PathBuf, PathBuf) {
     let (cert, key, csr, ext) = (
         format!("{name}.pem"),
         format!("{name}.key"),
@@ -56,11 +67,8 @@ pub fn make_server_certificate(dir: &Path, ca: &str, name: &str) -> (PathBuf, Pa
             &csr,
         ],
     );
-    std::fs::write(
-        dir.join(&ext),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("extension file");
+    std::fs::write(dir.join(&ext), format!("subjectAltName={alt_names}\n"))
+        .expect("extension file");
     openssl(
         dir,
         &[

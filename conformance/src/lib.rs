@@ -42,6 +42,7 @@ pub mod harness;
 pub mod inbox;
 pub mod model;
 pub mod offsets;
+pub mod process;
 pub mod servers;
 pub mod suite;
 

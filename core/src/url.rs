@@ -122,7 +122,8 @@ pub fn scheme(url: &str) -> Option<&str> {
 }
 
 /// The hint after a store that could not be reached: about TLS when the driver's error is about
-/// a certificate or a handshake, otherwise whether `server` (`"PostgreSQL"`, ...) is running.
+/// a certificate or a handshake ([`TLS_HINT`]), otherwise whether `server` (`"PostgreSQL"`, ...)
+/// is running.
 ///
 /// ```
 /// use oncely_core::url::unreachable_hint;
@@ -130,17 +131,23 @@ pub fn scheme(url: &str) -> Option<&str> {
 /// assert!(unreachable_hint("invalid peer certificate: UnknownIssuer", "Redis").contains("TLS"));
 /// ```
 pub fn unreachable_hint(error: &str, server: &str) -> String {
-    let lower = error.to_ascii_lowercase();
-    if ["certificate", "tls", "handshake", "ssl"]
-        .iter()
-        .any(|word| lower.contains(word))
-    {
-        "(TLS: check the server's certificate and the roots the URL trusts; see README \
-         \"Connecting to managed services: TLS\")"
-            .to_owned()
+    if is_about_tls(error) {
+        TLS_HINT.to_owned()
     } else {
         format!("(is {server} running? see README \"Stores\")")
     }
+}
+
+/// The hint after a connection that failed for TLS (see [`is_about_tls`]).
+pub const TLS_HINT: &str = "(TLS: check the server's certificate and the roots the URL trusts; \
+                            see README \"Connecting to managed services: TLS\")";
+
+/// Whether a driver's error `text` is about TLS: a certificate, a handshake.
+pub fn is_about_tls(error: &str) -> bool {
+    let lower = error.to_ascii_lowercase();
+    ["certificate", "tls", "handshake", "ssl"]
+        .iter()
+        .any(|word| lower.contains(word))
 }
 
 #[cfg(test)]

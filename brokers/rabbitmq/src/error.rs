@@ -17,13 +17,13 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The server could not be reached or refused the login.
-    #[error(
-        "cannot connect to RabbitMQ at {url}: {source} (is RabbitMQ running there? are the user, password and vhost right?)"
-    )]
+    /// The server could not be reached, its certificate did not verify, or it refused the login.
+    #[error("cannot connect to RabbitMQ at {url}: {source} {hint}")]
     Connect {
         /// The URL, its password redacted.
         url: String,
+        /// What to check.
+        hint: &'static str,
         /// lapin's error.
         #[source]
         source: lapin::Error,
@@ -56,6 +56,19 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn connect(url: &crate::AmqpUrl, source: lapin::Error) -> Error {
+        let hint = if oncely_core::url::is_about_tls(&source.to_string()) {
+            oncely_core::url::TLS_HINT
+        } else {
+            "(is RabbitMQ running there? are the user, password and vhost right?)"
+        };
+        Error::Connect {
+            url: url.redacted_connection(),
+            hint,
+            source,
+        }
+    }
+
     pub(crate) fn setup(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> Error {
         let what = what.into();
         move |source| Error::Setup { what, source }

@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties};
 use oncely_core::fresh::unique_name;
-use oncely_core::url::redact_password;
 
 use crate::Error;
 
@@ -69,12 +67,7 @@ pub async fn fresh_destination(
     server: &str,
     options: &FreshOptions,
 ) -> Result<FreshDestination, Error> {
-    let connection = Connection::connect(server, ConnectionProperties::default())
-        .await
-        .map_err(|source| Error::Connect {
-            url: redact_password(server),
-            source,
-        })?;
+    let connection = crate::connect(server).await?;
     let queue = unique_name(&options.prefix, &options.label);
     let dead_letter_queue = format!("{queue}.dlq");
     let channel = connection

@@ -71,7 +71,6 @@
 //!   most [`AmqpOptions::max_redelivery_wait`], 10 s by default) and then nacks it.
 //! - **No "still working" signal.** A delivery stays unacked as long as the channel is open,
 //!   up to the server's `consumer_timeout` (30 minutes by default); keep handlers well under it.
-//! - **No TLS in this build** (`amqps://` is refused): lapin is built without a TLS stack.
 
 #![warn(missing_docs)]
 
@@ -84,7 +83,9 @@ mod source;
 
 pub use error::{BROKER, Error};
 pub use fresh::{FreshDestination, FreshOptions, fresh_destination};
-pub use options::{AmqpOptions, AmqpUrl, DEFAULT_MAX_REDELIVERY_WAIT, DEFAULT_PREFETCH};
+pub use options::{
+    AmqpOptions, AmqpUrl, DEFAULT_MAX_REDELIVERY_WAIT, DEFAULT_PREFETCH, connect, queue_url,
+};
 pub use publisher::AmqpPublisher;
 pub use source::{AmqpDelivery, AmqpSource};
 

@@ -2,8 +2,12 @@
 //! queue, the prefetch.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
+
+use lapin::tcp::OwnedTLSConfig;
+use lapin::{Connection, ConnectionProperties};
 
 use crate::Error;
 
@@ -96,7 +100,7 @@ impl AmqpOptions {
 
 /// A source URL taken apart: where to connect (for lapin) and what to consume.
 ///
-/// The form is `amqp://[USER:PASSWORD@]HOST[:PORT][/VHOST]/QUEUE[?dlq=NAME&prefetch=N]`:
+/// The form is `amqp[s]://[USER:PASSWORD@]HOST[:PORT][/VHOST]/QUEUE[?dlq=NAME&prefetch=N]`:
 ///
 /// - the **last path segment is the queue**; a segment before it is the vhost, percent-encoded
 ///   (`%2f` is the default vhost `/`). With one segment the vhost is `/`:
@@ -106,7 +110,11 @@ impl AmqpOptions {
 /// - other query parameters (`heartbeat`, `connection_timeout`, `frame_max`, `channel_max`)
 ///   go to lapin.
 ///
-/// Only `amqp://`: this build has no TLS stack (`amqps://` is refused with that reason).
+/// `amqps://` (port 5671 by default) is TLS, over rustls: the server's certificate is verified
+/// against the system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` replace them, as for OpenSSL)
+/// and, with `cacertfile=PATH` (RabbitMQ's own URI parameter), the PEM roots in that file too.
+/// There is no way to turn verification off; client certificates (`certfile`, `keyfile`) are
+/// refused as not built yet.
 ///
 /// ```
 /// use oncely_rabbitmq::AmqpUrl;
@@ -117,6 +125,9 @@ impl AmqpOptions {
 /// assert_eq!(url.options().prefetch_count(), 8);
 /// assert_eq!(url.to_string(), "amqp://guest:***@rabbit:5672/%2f/orders");
 ///
+/// let tls: AmqpUrl = "amqps://app:secret@mq.example.com/shop/orders?cacertfile=/etc/ssl/mq-ca.pem".parse()?;
+/// assert_eq!(tls.to_string(), "amqps://app:***@mq.example.com/shop/orders");
+///
 /// let err = "amqp://guest:secret@rabbit/".parse::<AmqpUrl>().unwrap_err();
 /// assert!(err.to_string().contains("guest:***@rabbit"), "{err}");
 /// # Ok::<(), oncely_rabbitmq::Error>(())
@@ -125,6 +136,8 @@ impl AmqpOptions {
 pub struct AmqpUrl {
     connection: String,
     options: AmqpOptions,
+    /// Extra roots to trust for `amqps://` (`cacertfile=`).
+    ca_file: Option<PathBuf>,
 }
 
 impl AmqpUrl {
@@ -148,6 +161,30 @@ impl AmqpUrl {
     pub(crate) fn redacted_connection(&self) -> String {
         oncely_core::url::redact_password(&self.connection)
     }
+
+    /// Opens a connection named `name` (shown in RabbitMQ's management UI): TLS for
+    /// `amqps://`, trusting the system's roots and `cacertfile=`'s.
+    pub(crate) async fn open(&self, name: &str) -> Result<Connection, Error> {
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let cert_chain = match &self.ca_file {
+            None => None,
+            Some(path) => Some(
+                std::fs::read_to_string(path).map_err(|e| Error::InvalidUrl {
+                    url: self.to_string(),
+                    reason: format!("cannot read cacertfile {}: {e}", path.display()),
+                })?,
+            ),
+        };
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain,
+        };
+        let connect = async {
+            let runtime = lapin::runtime::default_runtime()?;
+            Connection::connect_with_config(&self.connection, properties, tls, runtime).await
+        };
+        connect.await.map_err(|source| Error::connect(self, source))
+    }
 }
 
 impl FromStr for AmqpUrl {
@@ -156,6 +193,37 @@ impl FromStr for AmqpUrl {
     fn from_str(url: &str) -> Result<Self, Error> {
         parse::parse(url)
     }
+}
+
+/// Connects to the server `server` names, `amqp[s]://[USER:PASSWORD@]HOST[:PORT][/VHOST][?...]`
+/// (no queue), the way [`AmqpSource`](crate::AmqpSource) and
+/// [`AmqpPublisher`](crate::AmqpPublisher) do: TLS for `amqps://`, trusting the system's roots
+/// and `cacertfile=`'s (see [`AmqpUrl`]).
+///
+/// ```no_run
+/// # async fn example() -> Result<(), oncely_rabbitmq::Error> {
+/// let connection = oncely_rabbitmq::connect("amqps://app:secret@mq.example.com/shop").await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect(server: &str) -> Result<Connection, Error> {
+    queue_url(server, "-")
+        .parse::<AmqpUrl>()?
+        .open("oncely")
+        .await
+}
+
+/// The URL of the queue `queue` on `server` (`amqp[s]://...[/VHOST][?...]`): the queue's name,
+/// percent-encoded, as the last path segment, the query kept.
+///
+/// ```
+/// use oncely_rabbitmq::queue_url;
+/// assert_eq!(queue_url("amqp://h/%2f?heartbeat=5", "a/b"), "amqp://h/%2f/a%2Fb?heartbeat=5");
+/// ```
+pub fn queue_url(server: &str, queue: &str) -> String {
+    let (location, query) = server.split_once('?').unwrap_or((server, ""));
+    let sep = if query.is_empty() { "" } else { "?" };
+    let location = location.trim_end_matches('/');
+    format!("{location}/{}{sep}{query}", parse::encode(queue))
 }
 
 /// The connection with the queue, password redacted (the source's own parameters left out).

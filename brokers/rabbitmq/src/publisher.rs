@@ -2,7 +2,7 @@
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{Channel, Confirmation, Connection};
 use oncely_core::async_trait;
 use oncely_core::consumer::{BrokerError, Message};
 use oncely_core::outbox::Publisher;
@@ -63,14 +63,7 @@ impl AmqpPublisher {
             },
             other => other,
         })?;
-        let properties =
-            ConnectionProperties::default().with_connection_name("oncely-relay".into());
-        let connection = Connection::connect(parsed.connection_url(), properties)
-            .await
-            .map_err(|source| Error::Connect {
-                url: parsed.redacted_connection(),
-                source,
-            })?;
+        let connection = parsed.open("oncely-relay").await?;
         let routing_key = parsed.options().queue_name().to_owned();
         Self::with_connection(&connection, exchange.unwrap_or_default(), routing_key).await
     }

@@ -13,7 +13,7 @@ use lapin::options::{
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
+use lapin::{BasicProperties, Channel, Connection, ErrorKind};
 use oncely_core::async_trait;
 use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
 
@@ -65,13 +65,7 @@ impl AmqpSource {
 
     /// Connects to a parsed [`AmqpUrl`] and starts consuming its queue.
     pub async fn connect_url(url: &AmqpUrl) -> Result<Self, Error> {
-        let properties = ConnectionProperties::default().with_connection_name("oncely".into());
-        let connection = Connection::connect(url.connection_url(), properties)
-            .await
-            .map_err(|source| Error::Connect {
-                url: url.redacted_connection(),
-                source,
-            })?;
+        let connection = url.open("oncely").await?;
         // The source's channels hold the connection open; it closes when they are all gone.
         Self::with_connection(&connection, url.options().clone()).await
     }

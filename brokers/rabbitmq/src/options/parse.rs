@@ -1,4 +1,5 @@
-//! `amqp://[USER:PASSWORD@]HOST[:PORT][/VHOST]/QUEUE[?dlq=NAME&prefetch=N]`, taken apart.
+//! `amqp[s]://[USER:PASSWORD@]HOST[:PORT][/VHOST]/QUEUE[?dlq=NAME&prefetch=N&cacertfile=PATH]`,
+//! taken apart.
 
 use std::str::FromStr;
 
@@ -18,19 +19,28 @@ pub(super) fn parse(url: &str) -> Result<AmqpUrl, Error> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| invalid("expected amqp://HOST[:PORT][/VHOST]/QUEUE".into()))?;
-    match scheme {
-        "amqp" => {}
-        "amqps" => {
-            return Err(invalid(
-                "amqps:// needs TLS, which this build of oncely-rabbitmq does not include; \
-                 use amqp:// (on a trusted network or through a TLS-terminating proxy)"
-                    .into(),
-            ));
-        }
-        other => return Err(invalid(format!("the scheme must be amqp, not `{other}`"))),
+    if !matches!(scheme, "amqp" | "amqps") {
+        return Err(invalid(format!(
+            "the scheme must be amqp or amqps, not `{scheme}`"
+        )));
     }
 
     let (rest, dlq) = take_param(rest, "dlq");
+    // RabbitMQ's own URI parameter names for TLS.
+    let (rest, ca_file) = take_param(&rest, "cacertfile");
+    if ca_file.is_some() && scheme != "amqps" {
+        return Err(invalid(
+            "cacertfile= is for TLS: use amqps:// (or leave the parameter out)".into(),
+        ));
+    }
+    for unsupported in ["certfile", "keyfile", "verify"] {
+        if take_param(&rest, unsupported).1.is_some() {
+            return Err(invalid(format!(
+                "`{unsupported}=` is not supported: the server is always verified, and client \
+                 certificates are not built yet (authenticate with a user and password)"
+            )));
+        }
+    }
     let (rest, prefetch) = take_param(&rest, "prefetch");
     let (rest, queue_param) = take_param(&rest, "queue");
     if queue_param.is_some() {
@@ -99,7 +109,7 @@ pub(super) fn parse(url: &str) -> Result<AmqpUrl, Error> {
         }
     }
 
-    let mut connection = format!("amqp://{authority}");
+    let mut connection = format!("{scheme}://{authority}");
     if let Some(vhost) = vhost {
         connection.push('/');
         connection.push_str(vhost);
@@ -112,6 +122,7 @@ pub(super) fn parse(url: &str) -> Result<AmqpUrl, Error> {
     Ok(AmqpUrl {
         connection,
         options,
+        ca_file: ca_file.map(Into::into),
     })
 }
 
@@ -203,7 +214,9 @@ mod tests {
     fn invalid_urls_say_why_and_redact_the_password() {
         assert!(reason("amqp://u:secret@h/%2f/").contains("no queue"));
         assert!(reason("amqp://u:secret@h").contains("no queue"));
-        assert!(reason("amqps://u:secret@h/q").contains("TLS"));
+        assert!(reason("amqp://u:secret@h/q?cacertfile=/ca.pem").contains("amqps://"));
+        assert!(reason("amqps://u:secret@h/q?verify=verify_none").contains("always verified"));
+        assert!(reason("amqps://u:secret@h/q?certfile=/c.pem").contains("not built yet"));
         assert!(reason("http://u:secret@h/q").contains("scheme"));
         assert!(reason("amqp://u:secret@h/a/b/c").contains("two path segments"));
         assert!(reason("amqp://u:secret@h/q?prefetch=0").contains("prefetch"));

@@ -1,0 +1,158 @@
+//! RabbitMQ over TLS: the whole broker suite and RabbitMQ's own trials through `amqps://`, against
+//! a RabbitMQ node this binary starts with a TLS listener alone (no plain one) on a free loopback
+//! port, with a CA and a server certificate it makes with `openssl`.
+//!
+//! The system's roots are what `SSL_CERT_FILE` names: here a CA that did not sign the server. So
+//! the suite passes only if `cacertfile=` (RabbitMQ's URI parameter) adds the server's root, and
+//! a URL without it must be refused. Needs RabbitMQ's `rabbitmq-server` and `openssl`.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use oncely_broker_suite::libtest_mimic::{Failed, Trial};
+use oncely_conformance::certs;
+use oncely_conformance::process::{TestServer, free_port};
+use oncely_rabbitmq::{AmqpSource, queue_url};
+
+/// The server script itself: the `rabbitmq-server` on PATH switches to the `rabbitmq` user,
+/// who cannot read this test's files.
+const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
+/// A RabbitMQ node listening with TLS alone on `port`, its files in `dir`.
+fn start_node(dir: &Path, port: u16) -> TestServer {
+    let file = |name: &str| dir.join(name).display().to_string();
+    std::fs::write(
+        dir.join("rabbitmq.conf"),
+        format!(
+            "listeners.tcp = none\n\
+             listeners.ssl.default = 127.0.0.1:{port}\n\
+             ssl_options.cacertfile = {}\n\
+             ssl_options.certfile = {}\n\
+             ssl_options.keyfile = {}\n\
+             ssl_options.verify = verify_none\n\
+             ssl_options.fail_if_no_peer_cert = false\n\
+             loopback_users = none\n",
+            file("ca.pem"),
+            file("server.pem"),
+            file("server.key"),
+        ),
+    )
+    .expect("rabbitmq.conf");
+    std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
+    std::fs::write(dir.join("rabbitmq-env.conf"), "").expect("rabbitmq-env.conf");
+    let server = if Path::new(SERVER).exists() {
+        SERVER
+    } else {
+        "rabbitmq-server"
+    };
+    let mut command = Command::new(server);
+    command
+        .env(
+            "RABBITMQ_NODENAME",
+            format!("oncely-tls-{}@localhost", std::process::id()),
+        )
+        .env("RABBITMQ_CONFIG_FILE", file("rabbitmq.conf"))
+        // Not the machine's, which names the machine's node.
+        .env("RABBITMQ_CONF_ENV_FILE", file("rabbitmq-env.conf"))
+        .env("RABBITMQ_ENABLED_PLUGINS_FILE", file("enabled_plugins"))
+        .env("RABBITMQ_MNESIA_BASE", file("mnesia"))
+        .env("RABBITMQ_LOG_BASE", file("log"))
+        .env("RABBITMQ_LOGS", "-")
+        .env("RABBITMQ_DIST_PORT", free_port().to_string())
+        .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+        // The Erlang cookie is made in HOME.
+        .env("HOME", dir);
+    TestServer::start(
+        "rabbitmq-server (TLS)",
+        command,
+        &dir.join("rabbitmq.log"),
+        port,
+        Duration::from_secs(180),
+    )
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = certs::make_ca(dir.path(), "ca");
+    let other_ca = certs::make_ca(dir.path(), "other-ca");
+    certs::make_server_certificate(dir.path(), "ca", "server");
+    let empty = dir.path().join("no-roots");
+    std::fs::create_dir(&empty).unwrap();
+    // SAFETY: no other thread exists yet; the node and the tests start below.
+    unsafe {
+        std::env::set_var("SSL_CERT_FILE", &other_ca);
+        std::env::set_var("SSL_CERT_DIR", &empty);
+    }
+    let port = free_port();
+    let node = start_node(dir.path(), port);
+
+    let server = format!("amqps://guest:guest@127.0.0.1:{port}/%2f");
+    let base = format!("{server}?cacertfile={}", ca.display());
+    let extra = vec![
+        trial(
+            "without_cacertfile_the_system_roots_alone_decide_and_refuse_in_one_line",
+            queue_url(&server, "orders"),
+            |url| async move {
+                let error = refused(&url).await?;
+                check(
+                    error.contains("certificate") && error.contains("TLS"),
+                    &format!("says why, and what to check: {error}"),
+                )
+            },
+        ),
+        trial(
+            "a_plain_client_cannot_use_the_tls_port",
+            queue_url(
+                &format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+                "orders",
+            ),
+            |url| async move { refused(&url).await.map(drop) },
+        ),
+        trial(
+            "an_unreadable_cacertfile_is_named",
+            queue_url(&format!("{server}?cacertfile=/no/such/ca.pem"), "orders"),
+            |url| async move {
+                let error = refused(&url).await?;
+                check(
+                    error.contains("/no/such/ca.pem"),
+                    &format!("names the file: {error}"),
+                )
+            },
+        ),
+    ];
+    let conclusion = support::run("rabbitmq-tls", base, extra);
+    drop(node);
+    conclusion.exit()
+}
+
+/// The error connecting to `url` gives, which must be one line without the password.
+async fn refused(url: &str) -> Result<String, Failed> {
+    let error = match AmqpSource::connect(url).await {
+        Ok(_) => return Err("connected".into()),
+        Err(e) => e.to_string(),
+    };
+    eprintln!("{url}: {error}");
+    check(!error.contains('\n'), &format!("one line: {error}"))?;
+    check(
+        !error.contains("guest:guest"),
+        &format!("no password: {error}"),
+    )?;
+    Ok(error)
+}
+
+fn check(ok: bool, what: &str) -> Result<(), Failed> {
+    if ok { Ok(()) } else { Err(what.into()) }
+}
+
+fn trial<F, Fut>(name: &str, url: String, test: F) -> Trial
+where
+    F: FnOnce(String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), Failed>>,
+{
+    Trial::test(format!("rabbitmq-tls::{name}"), move || {
+        tokio::runtime::Runtime::new()?.block_on(test(url))
+    })
+}
