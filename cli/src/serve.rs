@@ -7,6 +7,7 @@
 //! once; then the summary goes to stderr and the exit status is 0.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use clap::Args;
 use hyper::Method;
 use hyper::header::HeaderName;
 use oncely::{Oncely, duration};
-use oncely_http::gateway::{Gateway, GatewayError, GatewayOptions};
+use oncely_http::gateway::{Gateway, GatewayError, GatewayOptions, ServerTls};
 use oncely_http::{DEFAULT_DENY_HEADERS, IdempotencyLayer, InFlight};
 use tokio::net::TcpListener;
 
@@ -34,6 +35,15 @@ pub struct ServeArgs {
     /// Where to listen, ADDR:PORT (port 0 picks a free one; the bound address is printed).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+
+    /// Listen with TLS (HTTPS): this PEM file's certificate, then any intermediates (a
+    /// "fullchain" file). Needs --tls-key. The upstream is told X-Forwarded-Proto: https.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert, a PEM file (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 
     /// Answer 400 to a request without Idempotency-Key (of the --methods) instead of passing
     /// it through unprotected.
@@ -189,14 +199,17 @@ fn layer(oncely: Oncely, args: &ServeArgs) -> IdempotencyLayer {
         .max_response(args.max_response)
 }
 
-/// The gateway's options as the flags set them.
-fn options(args: &ServeArgs) -> GatewayOptions {
+/// The gateway's options as the flags set them; the TLS files are read here.
+fn options(args: &ServeArgs) -> Result<GatewayOptions, GatewayError> {
     let mut options = GatewayOptions::new(args.upstream.clone());
     options.timeout = args.timeout;
     options.header_timeout = args.header_timeout;
     options.idle_timeout = args.idle_timeout;
     options.max_connections = args.max_connections as usize;
-    options
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        options.tls = Some(ServerTls::from_pem_files(cert, key)?);
+    }
+    Ok(options)
 }
 
 /// A refused option, in the words of the flag that set it.
@@ -206,14 +219,20 @@ fn flag_error(error: GatewayError) -> anyhow::Error {
         GatewayError::ZeroDuration { option } => {
             anyhow!("--{} must be longer than 0s", option.replace('_', "-"))
         }
+        GatewayError::Tls { file, reason } => anyhow!("--tls-cert/--tls-key `{file}`: {reason}"),
         other => anyhow!("{other}"),
     }
 }
 
 /// Runs `oncely serve` until SIGINT or SIGTERM; `store` is the global `--store` URL.
 pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
-    let options = options(&args);
+    let options = options(&args).map_err(flag_error)?;
     options.check().map_err(flag_error)?;
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     // Signals first: a signal during the setup must not kill the process half-way.
     let mut stop = Stop::install()?;
     let oncely = Oncely::new(oncely::connect(store).await?).with_lease(LEASE);
@@ -231,7 +250,7 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
         tokio::spawn(gateway.counts().serve_metrics(metrics));
     }
     eprintln!(
-        "listening on http://{bound}, forwarding to {} (store {}); stop with Ctrl-C or SIGTERM",
+        "listening on {scheme}://{bound}, forwarding to {} (store {}); stop with Ctrl-C or SIGTERM",
         gateway.upstream(),
         oncely::backend::url::redact_password(store),
     );

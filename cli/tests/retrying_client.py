@@ -6,6 +6,7 @@ up and retries), retries on 409, 502 and 503 for every method, honouring Retry-A
 one JSON line per key: its final status and body, or the error that ended its retries.
 
 Usage: retrying_client.py URL KEYS THREADS
+(an https:// URL is verified against the roots in REQUESTS_CA_BUNDLE, or certifi's)
 """
 
 import json
@@ -26,6 +27,7 @@ def session():
     )
     s = requests.Session()
     s.mount("http://", HTTPAdapter(max_retries=retry))
+    s.mount("https://", HTTPAdapter(max_retries=retry))
     return s
 
 

@@ -6,7 +6,7 @@ use crate::support::{Gateway, PATIENCE};
 
 impl Gateway {
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     /// SIGTERM; the exit status and everything printed on stderr.

@@ -1,14 +1,13 @@
 //! A key executes once and its response is replayed: keys required, scoped, waited for, too
 //! large to store, and a client that retries on its own.
 
-use std::process::Command;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
 
-use crate::client::{client, send};
+use crate::client::{client, one_execution_per_key, retrying_python_client, send};
 use crate::gateway::assert_summary_and_exit_0;
 use crate::support::Gateway;
 use crate::upstream::upstream;
@@ -131,44 +130,8 @@ async fn a_retrying_python_client_gets_one_execution_per_key_and_its_answer() {
     let dir = tempfile::tempdir().unwrap();
     let (upstream, executions, _task) = upstream().await;
     let gateway = Gateway::start(dir.path(), &upstream, &[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/retrying_client.py");
-    let url = gateway.url("/slow/charges");
-    // Python's requests with urllib3's Retry, as .ci/run installs them: no silent skip.
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args([script, &url, &KEYS.to_string(), "25"])
-            .output()
-            .expect("python3 runs")
-    })
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let answers: Vec<serde_json::Value> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    assert_eq!(answers.len(), KEYS, "{stderr}");
-    let mut replayed = 0;
-    for answer in &answers {
-        let key = answer["key"].as_str().unwrap();
-        assert_eq!(answer["status"], 201, "{answer}");
-        // One execution, so the answer is that execution's, whoever got it first.
-        assert_eq!(
-            executions.of(key),
-            1,
-            "{key} executed more than once: {answer}"
-        );
-        let body = answer["body"].as_str().unwrap();
-        assert!(body.contains(&format!("key={key} n=")), "{answer}");
-        replayed += usize::from(answer["replayed"] == true);
-    }
-    let total = executions.all().values().sum::<u64>();
-    eprintln!("{KEYS} keys: {total} upstream executions, {replayed} final answers replayed");
-    assert_eq!(total, KEYS as u64);
-    // The 0.3 s read timeout cuts every first attempt: the answers came from replays.
-    assert!(replayed > KEYS / 2, "only {replayed} replays");
+    let answers = retrying_python_client(gateway.url("/slow/charges"), KEYS, 25, &[]).await;
+    one_execution_per_key(&answers, &executions, KEYS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,10 +62,11 @@ pub fn start_upstream(
                             .to_owned()
                     };
                     let forwarded = format!(
-                        "host={} xff={} xfh={}",
+                        "host={} xff={} xfh={} xfp={}",
                         header("host"),
                         header("x-forwarded-for"),
-                        header("x-forwarded-host")
+                        header("x-forwarded-host"),
+                        header("x-forwarded-proto")
                     );
                     let body = request.into_body().collect().await.unwrap().to_bytes();
                     // Counted on arrival: a request the gateway gives up on still counts.

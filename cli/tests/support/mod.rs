@@ -20,6 +20,8 @@ pub struct Gateway {
     pub child: Child,
     /// The address it listens on, as it printed it.
     pub addr: SocketAddr,
+    /// `https` when it listens with TLS, else `http`, as it printed it.
+    pub scheme: String,
     /// Every line it printed on stderr so far.
     pub stderr: Arc<Mutex<Vec<String>>>,
     /// Receives once its stderr is closed.
@@ -66,21 +68,24 @@ impl Gateway {
         std::thread::spawn(move || {
             for line in lines {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("listening on http://") {
+                if let Some(rest) = line.strip_prefix("listening on ")
+                    && let Some((scheme, rest)) = rest.split_once("://")
+                {
                     let addr = rest.split(',').next().unwrap().to_owned();
-                    let _ = addr_tx.send(addr);
+                    let _ = addr_tx.send((scheme.to_owned(), addr));
                 }
                 log.lock().unwrap().push(line);
             }
             let _ = end_tx.send(());
         });
-        let addr = match addr_rx.recv_timeout(PATIENCE) {
-            Ok(addr) => addr.parse().unwrap(),
+        let (scheme, addr) = match addr_rx.recv_timeout(PATIENCE) {
+            Ok((scheme, addr)) => (scheme, addr.parse().unwrap()),
             Err(_) => panic!("no bound address on stderr: {:?}", stderr.lock().unwrap()),
         };
         Gateway {
             child,
             addr,
+            scheme,
             stderr,
             ended,
         }

@@ -66,8 +66,10 @@ pub mod client;
 mod connections;
 mod counts;
 mod proxy;
+mod tls;
 
 pub use counts::{Counts, Outcome};
+pub use tls::ServerTls;
 
 use connections::{Timeouts, Watch, Watched};
 use counts::CountOnDrop;
@@ -116,6 +118,10 @@ pub struct GatewayOptions {
     /// How long the requests in flight get to finish once [`Gateway::serve`]'s shutdown came
     /// (default 30 s; at least the [timeout](Self::timeout)).
     pub grace: Duration,
+    /// Listen with TLS, with this certificate and key (default: plain HTTP). The handshake
+    /// counts against the [header timeout](Self::header_timeout); the upstream is told
+    /// `X-Forwarded-Proto: https`.
+    pub tls: Option<ServerTls>,
 }
 
 impl GatewayOptions {
@@ -128,6 +134,7 @@ impl GatewayOptions {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             grace: DEFAULT_GRACE,
+            tls: None,
         }
     }
 
@@ -178,6 +185,14 @@ pub enum GatewayError {
     /// `max_connections` is zero.
     #[error("max_connections must be at least 1")]
     NoConnections,
+    /// The certificate or key to listen with could not be used.
+    #[error("TLS certificate or key `{file}`: {reason}")]
+    Tls {
+        /// The file.
+        file: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// The gateway: an [`IdempotencyLayer`] over a proxy to the upstream, served on a listener.
@@ -196,6 +211,7 @@ pub struct Gateway {
     max_connections: usize,
     grace: Duration,
     counts: Counts,
+    tls: Option<ServerTls>,
 }
 
 /// What [`Gateway::serve`] answers once it stopped.
@@ -242,6 +258,7 @@ impl Gateway {
             max_connections: options.max_connections,
             grace: options.grace.max(options.timeout),
             counts: Counts::default(),
+            tls: options.tls,
         })
     }
 
@@ -323,37 +340,68 @@ impl Gateway {
                 },
                 _ = &mut until => break,
             };
-            let gateway = self.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
-            });
-            let watch = Watch::new(self.timeouts);
-            let connection = graceful.watch(http.serve_connection(
-                TokioIo::new(Watched::new(stream, watch.clone())),
-                watch.service(service),
-            ));
+            let (gateway, http, watcher) = (self.clone(), http.clone(), graceful.watcher());
             tokio::spawn(async move {
-                tokio::select! {
-                    // A client that goes away mid-request is its own business: the layer runs
-                    // a keyed request that reached the upstream to its end anyway.
-                    _ = connection => {}
-                    // No request in progress: dropping the connection closes it.
-                    () = watch.expired() => {}
+                match gateway.tls.clone() {
+                    None => gateway.serve_connection(http, watcher, stream, peer).await,
+                    Some(tls) => {
+                        // A client that never finishes its handshake is one that never sends
+                        // its headers.
+                        let handshake = tls.acceptor.accept(stream);
+                        if let Ok(Ok(stream)) =
+                            tokio::time::timeout(gateway.timeouts.header, handshake).await
+                        {
+                            gateway.serve_connection(http, watcher, stream, peer).await;
+                        }
+                    }
                 }
                 drop(permit);
             });
         }
     }
 
+    /// Serves the requests of one connection, plain or TLS, until it closes, its client has
+    /// been idle too long, or shutdown ended it.
+    async fn serve_connection<S>(
+        self,
+        http: hyper::server::conn::http1::Builder,
+        graceful: hyper_util::server::graceful::Watcher,
+        stream: S,
+        peer: SocketAddr,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = Peer {
+            address: peer,
+            tls: self.tls.is_some(),
+        };
+        let gateway = self.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
+        });
+        let watch = Watch::new(self.timeouts);
+        let connection = graceful.watch(http.serve_connection(
+            TokioIo::new(Watched::new(stream, watch.clone())),
+            watch.service(service),
+        ));
+        tokio::select! {
+            // A client that goes away mid-request is its own business: the layer runs a keyed
+            // request that reached the upstream to its end anyway.
+            _ = connection => {}
+            // No request in progress: dropping the connection closes it.
+            () = watch.expired() => {}
+        }
+    }
+
     async fn handle(
         mut self,
         mut request: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Peer,
     ) -> Response<Body<Incoming>> {
         let forwarded = Forwarded::default();
         request.extensions_mut().insert(forwarded.clone());
-        request.extensions_mut().insert(Peer(peer));
+        request.extensions_mut().insert(peer);
         // With a key on a method it applies to, a request the layer forwards was claimed,
         // unless the store was down and the layer failed open (then it is passed through).
         let keyed = self.methods.contains(request.method())

@@ -148,24 +148,28 @@ impl tower::Service<Request<Body<Incoming>>> for Proxy {
 
 /// The address of the client a request came from.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Peer(pub(super) SocketAddr);
+pub(super) struct Peer {
+    pub(super) address: SocketAddr,
+    /// Whether the client reached the gateway over TLS.
+    pub(super) tls: bool,
+}
 
 /// The headers a reverse proxy adds: `X-Forwarded-For` (the client's address appended to any
 /// the request brought), `X-Forwarded-Host` (the `Host` it asked for; the upstream gets its
-/// own name as `Host`, set by the client) and `X-Forwarded-Proto` (`http`, unless a proxy in
-/// front already said).
+/// own name as `Host`, set by the client) and `X-Forwarded-Proto` (`https` or `http`, as the
+/// client reached the gateway, unless a proxy in front already said).
 fn add_forwarded_headers(headers: &mut HeaderMap, peer: Option<Peer>) {
     const FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
     const HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
     const PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    if let Some(Peer(peer)) = peer {
+    if let Some(Peer { address, .. }) = peer {
         let mut chain: Vec<String> = headers
             .get_all(&FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .map(str::to_owned)
             .collect();
-        chain.push(peer.ip().to_string());
+        chain.push(address.ip().to_string());
         if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
             headers.insert(FOR, value);
         }
@@ -174,7 +178,12 @@ fn add_forwarded_headers(headers: &mut HeaderMap, peer: Option<Peer>) {
         headers.insert(HOST, host);
     }
     if !headers.contains_key(&PROTO) {
-        headers.insert(PROTO, HeaderValue::from_static("http"));
+        let proto = if peer.is_some_and(|peer| peer.tls) {
+            "https"
+        } else {
+            "http"
+        };
+        headers.insert(PROTO, HeaderValue::from_static(proto));
     }
 }
 
@@ -235,7 +244,10 @@ mod tests {
 
     #[test]
     fn forwarded_headers_extend_what_a_proxy_in_front_said() {
-        let peer = Some(Peer("10.0.0.7:5000".parse().unwrap()));
+        let peer = Some(Peer {
+            address: "10.0.0.7:5000".parse().unwrap(),
+            tls: false,
+        });
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("api.example.com"));
         add_forwarded_headers(&mut headers, peer);
