@@ -304,6 +304,7 @@ async fn relay_takes_a_postgres_outbox_to_an_sqs_fifo_queue_grouped_by_aggregate
         .unwrap_or_else(|e| panic!("SQS at {}: {e} (start moto_server)", sqs_server()));
     let client =
         oncely::sqs::client(&oncely::sqs::SqsOptions::parse_queue_optional(&sqs_server()).unwrap())
+            .await
             .unwrap();
     let queue_url = fresh.queue_url.clone();
     let expected = enqueue_orders(&pool, &origin, 20).await;

@@ -107,7 +107,7 @@ async fn publish_sqs(to: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
     if options.queue.ends_with(".fifo") {
         bail!("publish to a standard queue: a FIFO queue drops re-publishes by their dedup id");
     }
-    let client = oncely::sqs::client(&options)?;
+    let client = oncely::sqs::client(&options).await?;
     for name in [
         options.queue.clone(),
         options.dead_letter_queue_or_default(),

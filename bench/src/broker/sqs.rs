@@ -52,8 +52,9 @@ impl Channel for Queues {
     }
 
     async fn create(server: &Endpoint, contender: &str) -> Result<Self, BenchError> {
-        let client =
-            oncely::sqs::client(&server.options).map_err(|e| super::other("SQS client")(&e))?;
+        let client = oncely::sqs::client(&server.options)
+            .await
+            .map_err(|e| super::other("SQS client")(&e))?;
         let fresh = oncely::sqs::fresh_destination(
             &server.url,
             &oncely::sqs::FreshOptions::new(SQS_PREFIX, contender),

@@ -89,7 +89,7 @@ pub async fn fresh_destination(
     options: &FreshOptions,
 ) -> Result<FreshDestination, Error> {
     let mut endpoint = SqsOptions::parse_queue_optional(server)?;
-    let client = client(&endpoint)?;
+    let client = client(&endpoint).await?;
     if first_use_of(&options.prefix) {
         remove_leftovers(&client, &options.prefix).await;
     }

@@ -41,6 +41,6 @@ mod source;
 
 pub use error::{BROKER, Error};
 pub use fresh::{FreshDestination, FreshOptions, fresh_destination};
-pub use options::{SqsOptions, client};
+pub use options::{SqsOptions, client, credentials};
 pub use publisher::{MESSAGE_ID_ATTRIBUTE, SqsPublisher};
 pub use source::{SqsDelivery, SqsSource};

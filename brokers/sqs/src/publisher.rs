@@ -110,7 +110,7 @@ impl SqsPublisher {
     /// destination. Checks that it exists.
     pub async fn open(options: &SqsOptions) -> Result<Self, Error> {
         let publisher = SqsPublisher {
-            client: client(options)?,
+            client: client(options).await?,
             endpoint: options.endpoint.clone(),
             queue: Some(options.queue.clone()).filter(|q| !q.is_empty()),
             urls: Arc::default(),

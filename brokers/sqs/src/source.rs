@@ -165,7 +165,7 @@ impl SqsSource {
 
     /// Consumes the queue `options` name; the dead-letter queue must exist.
     pub async fn connect_with(options: SqsOptions) -> Result<Self, Error> {
-        let client = client(&options)?;
+        let client = client(&options).await?;
         let queue_url = queue_url_of(&client, &options.endpoint, &options.queue).await?;
         let dead_letter_queue = options.dead_letter_queue_or_default();
         let dead_letter_url = queue_url_of(&client, &options.endpoint, &dead_letter_queue).await?;

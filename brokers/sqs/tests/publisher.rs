@@ -20,8 +20,10 @@ fn server() -> String {
     std::env::var("ONCELY_SQS_URL").unwrap_or_else(|_| "sqs+http://127.0.0.1:5999".into())
 }
 
-fn client() -> aws_sdk_sqs::Client {
-    oncely_sqs::client(&SqsOptions::parse_queue_optional(&server()).unwrap()).unwrap()
+async fn client() -> aws_sdk_sqs::Client {
+    oncely_sqs::client(&SqsOptions::parse_queue_optional(&server()).unwrap())
+        .await
+        .unwrap()
 }
 
 /// A queue of this test run: made here, deleted by [`Queue::delete`].
@@ -50,7 +52,7 @@ impl Queue {
     /// Every message on the queue, taken for good: each receive's messages deleted before the
     /// next (a FIFO group stays locked while one of its messages is in flight).
     async fn take_all(&self) -> Vec<aws_sdk_sqs::types::Message> {
-        let client = client();
+        let client = client().await;
         let mut all = Vec::new();
         loop {
             let received = client
@@ -84,7 +86,7 @@ impl Queue {
 
     async fn delete(self) {
         for url in [&self.url, &self.dead_letter_url] {
-            let _ = client().delete_queue().queue_url(url).send().await;
+            let _ = client().await.delete_queue().queue_url(url).send().await;
         }
     }
 }

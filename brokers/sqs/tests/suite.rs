@@ -74,7 +74,7 @@ impl Sqs {
             "{}/{}?visibility={visibility}s&wait=1s",
             self.server, fresh.queue
         );
-        let client = oncely_sqs::client(&url.parse()?)?;
+        let client = oncely_sqs::client(&url.parse()?).await?;
         Ok(Queue {
             url,
             client,

@@ -26,7 +26,7 @@ struct Sqs {
 impl Sqs {
     async fn new() -> Sqs {
         let options = oncely::sqs::SqsOptions::parse_queue_optional(&sqs_server()).unwrap();
-        let client = oncely::sqs::client(&options).unwrap();
+        let client = oncely::sqs::client(&options).await.unwrap();
         let fresh = fresh_destination(
             &sqs_server(),
             &FreshOptions::new("oncely-cli-consume-", "orders"),

@@ -48,9 +48,9 @@ pub fn sqs_server() -> String {
     std::env::var("ONCELY_SQS_URL").unwrap_or_else(|_| "sqs+http://127.0.0.1:5999".to_owned())
 }
 
-fn sqs_client() -> aws_sdk_sqs::Client {
+async fn sqs_client() -> aws_sdk_sqs::Client {
     let options = SqsOptions::parse_queue_optional(&sqs_server()).unwrap();
-    oncely_sqs::client(&options).unwrap()
+    oncely_sqs::client(&options).await.unwrap()
 }
 
 /// The pseudo-header [`Destination::read_all`] puts an SQS message's `MessageDeduplicationId`
@@ -170,7 +170,7 @@ impl Destination {
                     sqs_server()
                 )
             });
-        let client = sqs_client();
+        let client = sqs_client().await;
         let finish = Arc::new(AtomicBool::new(false));
         let drainer = tokio::spawn(drain_queue(
             client.clone(),
