@@ -1,22 +1,68 @@
 //! Connecting to a NATS server named by a URL, credentials included: the NATS client takes the
-//! server's address only, so a URL's user and password (or token) are handed to it here.
+//! server's address only, so a URL's user and password (or token), credentials file or nkey
+//! seed file are handed to it here.
 
 use async_nats::{Client, ConnectOptions};
-use oncely_core::url::redact_password;
+use oncely_core::url::{redact_password, take_param};
 
 use crate::Error;
 
-/// Connects to `server` (`nats://[user:password@|token@]HOST[:PORT]`, or `tls://...`): a user
-/// and password, or a lone token, in the URL authenticate the connection, as `nats-server`'s
-/// `--user`/`--pass` and `--auth` expect. A refusal never shows the secret.
+/// The URL parameters [`connect`] takes: a credentials file and an nkey seed file.
+pub(crate) const CREDENTIAL_PARAMS: [&str; 2] = ["creds", "nkey"];
+
+/// Connects to `server` (`nats://[user:password@|token@]HOST[:PORT][?creds=PATH|?nkey=PATH]`,
+/// or `tls://...`), authenticating as the URL says, as `nats-server` and the `nats` CLI expect:
+///
+/// - a user and password, or a lone token, in the URL (`--user`/`--pass`, `--auth`);
+/// - `creds=PATH`: a credentials file (`.creds`: a user JWT and its nkey seed, as `nsc` and
+///   Synadia Cloud give them);
+/// - `nkey=PATH`: a file holding a user's nkey seed (`SU...`), as `nk -gen user` makes it.
+///
+/// A refusal never shows a secret; a file that cannot be used is named.
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), oncely_nats::Error> {
 /// let client = oncely_nats::connect("nats://app:s3cret@127.0.0.1:4222").await?;
-/// # let _ = client; Ok(()) }
+/// let cloud = oncely_nats::connect("tls://connect.ngs.global?creds=/etc/nats/app.creds").await?;
+/// # let _ = (client, cloud); Ok(()) }
 /// ```
 pub async fn connect(server: &str) -> Result<Client, Error> {
-    let (address, options) = split_credentials(server);
+    let invalid = |reason: String| Error::InvalidUrl {
+        url: redact_password(server),
+        reason,
+    };
+    let (rest, creds) = take_param(server, "creds");
+    let (rest, nkey) = take_param(&rest, "nkey");
+    if let Some((_, query)) = rest.split_once('?') {
+        return Err(invalid(format!(
+            "unknown connection option `{query}`; known: creds, nkey"
+        )));
+    }
+    let (address, mut options) = split_credentials(&rest);
+    match (creds, nkey) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("give creds= or nkey=, not both".into()));
+        }
+        (Some(path), None) => {
+            options = options
+                .credentials_file(&path)
+                .await
+                .map_err(|e| invalid(format!("credentials file {path}: {e}")))?;
+        }
+        (None, Some(path)) => {
+            let seed = std::fs::read_to_string(&path)
+                .map_err(|e| invalid(format!("nkey seed file {path}: {e}")))?;
+            let seed = seed.trim().to_owned();
+            // A user's seed; its text is never shown.
+            if !seed.starts_with("SU") {
+                return Err(invalid(format!(
+                    "nkey seed file {path}: not an nkey seed (SU...)"
+                )));
+            }
+            options = options.nkey(seed);
+        }
+        (None, None) => {}
+    }
     async_nats::connect_with_options(address.as_str(), options)
         .await
         .map_err(|e| Error::Unreachable {

@@ -37,6 +37,11 @@
 //! | `dlq_stream=NAME` | `STREAM_DLQ` | the stream created to keep them when no stream captures the subject |
 //! | `create_dlq=true\|false` | `true` | create that stream if missing; with `false` a missing one is an error |
 //! | `batch=N` | 32 | messages asked of the server per pull request |
+//! | `creds=PATH` | none | authenticate with a credentials file (`.creds`: user JWT and nkey seed) |
+//! | `nkey=PATH` | none | authenticate with the user nkey seed in this file |
+//!
+//! A user and password, or a lone token (`nats://TOKEN@HOST`), in the URL authenticate too
+//! (see [`connect`]).
 //!
 //! Setting up checks what it can: the stream exists; the consumer is a pull consumer with
 //! explicit acks; a stream captures the dead-letter subject, and it is not the consumed stream

@@ -107,8 +107,15 @@ fn parse(url: &str) -> Result<(String, Option<String>), Error> {
     if scheme != "nats" && scheme != "tls" {
         return Err(invalid("the scheme must be nats:// or tls://"));
     }
-    if rest.contains('?') {
-        return Err(invalid("a publisher URL takes no options"));
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let connection_only = query.split('&').filter(|p| !p.is_empty()).all(|pair| {
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        crate::client::CREDENTIAL_PARAMS.contains(&name)
+    });
+    if !connection_only {
+        return Err(invalid(
+            "a publisher URL takes no options but the connection's (creds=, nkey=)",
+        ));
     }
     let (authority, subject) = rest.split_once('/').unwrap_or((rest, ""));
     if authority.rsplit('@').next().unwrap_or_default().is_empty() {
@@ -118,7 +125,12 @@ fn parse(url: &str) -> Result<(String, Option<String>), Error> {
         return Err(invalid("a subject has no spaces"));
     }
     let subject = (!subject.is_empty()).then(|| subject.to_owned());
-    Ok((format!("{scheme}://{authority}"), subject))
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    Ok((format!("{scheme}://{authority}{query}"), subject))
 }
 
 #[async_trait]

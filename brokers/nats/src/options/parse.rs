@@ -7,7 +7,7 @@ use crate::Error;
 
 const ACCEPTED: &str = "expected nats://[user:password@]HOST[:PORT]/STREAM/CONSUMER \
      (or tls://...) with optional ?dlq=SUBJECT&dlq_stream=NAME&create_dlq=true|false\
-     &create=true|false&ack_wait=DURATION&max_ack_pending=N&batch=N";
+     &create=true|false&ack_wait=DURATION&max_ack_pending=N&batch=N&creds=PATH&nkey=PATH";
 
 pub(crate) fn parse(url: &str) -> Result<NatsOptions, Error> {
     let invalid = |reason: String| Error::InvalidUrl {
@@ -45,6 +45,7 @@ pub(crate) fn parse(url: &str) -> Result<NatsOptions, Error> {
     }
 
     let mut options = NatsOptions::new(server, stream, consumer);
+    let mut credentials = Vec::new();
     for pair in query.into_iter().flat_map(|q| q.split('&')) {
         if pair.is_empty() {
             continue;
@@ -69,8 +70,13 @@ pub(crate) fn parse(url: &str) -> Result<NatsOptions, Error> {
                 options.max_ack_pending = Some(i64::try_from(max).unwrap_or(i64::MAX));
             }
             "batch" => options.batch = count(name, value).map_err(invalid)?,
+            // For the connection: they travel with the server (see `connect`).
+            _ if crate::client::CREDENTIAL_PARAMS.contains(&name) => credentials.push(pair),
             _ => return Err(invalid(format!("unknown option `{name}`; {ACCEPTED}"))),
         }
+    }
+    if !credentials.is_empty() {
+        options.server = format!("{}?{}", options.server, credentials.join("&"));
     }
     Ok(options)
 }
@@ -169,6 +175,12 @@ mod tests {
         assert_eq!(options.max_ack_pending, Some(64));
         assert_eq!(options.batch, 8);
         assert_eq!(options.shown_server(), "tls://u:***@nats.example:4333");
+
+        // The credentials travel with the server, to `connect`.
+        let options =
+            parse("tls://nats.example/ORDERS/billing?creds=/etc/a.creds&batch=4").unwrap();
+        assert_eq!(options.server, "tls://nats.example:4222?creds=/etc/a.creds");
+        assert_eq!(options.batch, 4);
     }
 
     #[test]
