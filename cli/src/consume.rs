@@ -121,8 +121,9 @@ pub async fn run(store: &str, args: ConsumeArgs) -> Result<ExitCode> {
         None => default_scope(&source)?,
     };
     eprintln!(
-        "consuming {} into {url} (scope {scope}); stop with Ctrl-C or SIGTERM",
+        "consuming {} into {} (scope {scope}); stop with Ctrl-C or SIGTERM",
         oncely::backend::url::redact_password(&args.from),
+        oncely::backend::url::redact_password(&url.to_string()),
     );
 
     let deliverer = Deliverer::new(url, args.timeout)?;

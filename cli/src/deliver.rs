@@ -49,7 +49,12 @@ impl std::error::Error for BadUrl {}
 
 /// Checks a `--deliver` URL: `http://HOST[:PORT][/PATH]`.
 pub fn parse_url(text: &str) -> Result<Uri, BadUrl> {
-    let bad = |why: &str| BadUrl(format!("--deliver `{text}`: {why}"));
+    let bad = |why: &str| {
+        BadUrl(format!(
+            "--deliver `{}`: {why}",
+            oncely::backend::url::redact_password(text)
+        ))
+    };
     let uri: Uri = text
         .parse()
         .map_err(|e| bad(&format!("not a URL ({e}); use http://HOST[:PORT]/PATH")))?;

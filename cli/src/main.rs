@@ -39,6 +39,8 @@ struct Cli {
         long,
         global = true,
         env = "ONCELY_STORE",
+        // It may hold a password: --help names the variable, never its value.
+        hide_env_values = true,
         value_name = "URL",
         default_value = oncely::DEFAULT_STORE_URL
     )]

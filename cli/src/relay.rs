@@ -15,7 +15,12 @@ pub struct RelayArgs {
     /// sqlite:PATH (one relay at a time per file; others wait as standbys). The oncely_outbox
     /// table is created on first use unless the URL says oncely_migrate=false (migrate=false for
     /// SQLite).
-    #[arg(long, env = "ONCELY_OUTBOX", value_name = "URL")]
+    #[arg(
+        long,
+        env = "ONCELY_OUTBOX",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     outbox: String,
 
     /// Where to publish: nats://[USER:PASS@]HOST[:PORT][/SUBJECT] (JetStream; a stream must
@@ -27,7 +32,12 @@ pub struct RelayArgs {
     /// in the Oncely-Message-Id attribute; on a .fifo queue its aggregate is the message group
     /// and its id the deduplication id). The subject, routing key, topic or queue is for rows
     /// that name no destination of their own.
-    #[arg(long, env = "ONCELY_RELAY_TO", value_name = "URL")]
+    #[arg(
+        long,
+        env = "ONCELY_RELAY_TO",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     to: String,
 
     /// Rows per batch: one transaction, holding its aggregates while their rows are published.

@@ -146,3 +146,50 @@ fn every_command_has_help() {
         );
     }
 }
+
+#[test]
+fn secrets_in_the_environment_or_a_url_never_reach_help_or_errors() {
+    const SECRET: &str = "Sup3r-s3cret";
+    let dir = tempfile::tempdir().unwrap();
+    let url = |scheme: &str| format!("{scheme}://app:{SECRET}@127.0.0.1:1/x");
+    let env = [
+        ("ONCELY_STORE", url("postgres")),
+        ("ONCELY_OUTBOX", url("mysql")),
+        ("ONCELY_RELAY_TO", url("amqp")),
+    ];
+    let run = |args: &[&str]| {
+        let output = Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    for command in [
+        "dedup", "consume", "inspect", "purge", "stats", "serve", "relay", "bench",
+    ] {
+        let help = run(&[command, "--help"]);
+        assert!(help.contains("Usage: oncely"), "{help}");
+        assert!(
+            !help.contains(SECRET),
+            "`{command} --help` shows a secret: {help}"
+        );
+    }
+    // Connections that fail, with the secret in the environment or in a flag.
+    for args in [
+        &["stats"][..],
+        &["--store", &url("redis"), "stats"],
+        &["relay"],
+        &["relay", "--to", &url("nats")],
+    ] {
+        let text = run(args);
+        assert!(text.contains("error"), "{args:?}: {text}");
+        assert!(!text.contains(SECRET), "{args:?} shows a secret: {text}");
+    }
+}
