@@ -45,8 +45,19 @@ impl Channel for Topic {
         // The consumer URL's parser fills in the default port of each broker.
         format!("{url}/topic?group=bench")
             .parse::<oncely::kafka::KafkaOptions>()
-            .map(|options| options.brokers)
             .map_err(|e| BenchError::Other(format!("--broker: {e}")))
+            .and_then(|options| {
+                let brokers = options.cluster.brokers();
+                // The benchmark's own clients connect plainly: TLS or SASL would be dropped.
+                if options.cluster != oncely::kafka::Cluster::from(brokers) {
+                    return Err(BenchError::Other(
+                        "--broker: the Kafka benchmark runs against plain brokers only (no \
+                         TLS, no SASL)"
+                            .into(),
+                    ));
+                }
+                Ok(brokers.to_owned())
+            })
     }
 
     async fn create(brokers: &String, contender: &str) -> Result<Self, BenchError> {

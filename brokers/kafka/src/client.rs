@@ -10,7 +10,63 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
 
-use crate::Error;
+use crate::{Cluster, Error};
+
+/// A client context that keeps the first error librdkafka reported: a failed TLS handshake, a
+/// refused login. A request's own error only says that no broker could be reached.
+#[derive(Default)]
+pub(crate) struct LastError(std::sync::Mutex<Vec<String>>);
+
+impl LastError {
+    fn keep(&self, reason: &str) {
+        let mut reasons = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if reasons.is_empty() {
+            reasons.push(reason.replace(['\r', '\n'], " "));
+        }
+    }
+}
+
+impl rdkafka::ClientContext for LastError {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        tracing::debug!(?level, facility, message, "librdkafka");
+        if (level as i32) <= (rdkafka::config::RDKafkaLogLevel::Error as i32) {
+            self.keep(message);
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "librdkafka");
+        self.keep(reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LastError {}
+
+/// [`Error::Unreachable`] for `error`, with the reason librdkafka last gave and what to check.
+pub(crate) fn unreachable(
+    cluster: &Cluster,
+    error: rdkafka::error::KafkaError,
+    context: &LastError,
+) -> Error {
+    let reasons = context.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let source = std::iter::once(error.to_string())
+        .chain(reasons)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let lower = source.to_ascii_lowercase();
+    let hint = if lower.contains("sasl") || lower.contains("authentication") {
+        "(check the user, the password and sasl.mechanism)"
+    } else if oncely_core::url::is_about_tls(&source) {
+        oncely_core::url::TLS_HINT
+    } else {
+        "(is the broker running?)"
+    };
+    Error::Unreachable {
+        brokers: cluster.to_string(),
+        hint,
+        source: source.into(),
+    }
+}
 
 /// How long a metadata or admin request may take while setting up.
 pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,26 +80,25 @@ pub(crate) const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// let config = oncely_kafka::client_config("127.0.0.1:9092");
 /// assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9092"));
 /// ```
+///
+/// For a cluster that needs TLS or SASL, [`Cluster::client_config`].
 pub fn client_config(brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        // librdkafka logs through the `log` crate; oncely logs through tracing.
-        .set("log_level", "3");
-    config
+    Cluster::from(brokers).client_config()
 }
 
 /// The idempotent producer: acks from all in-sync replicas, no duplicates from its own retries,
 /// order kept per partition.
-pub(crate) fn idempotent_producer(brokers: &str) -> Result<FutureProducer, Error> {
-    client_config(brokers)
+pub(crate) fn idempotent_producer(cluster: &Cluster) -> Result<FutureProducer, Error> {
+    cluster
+        .client_config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .create()
         .map_err(|e| Error::Client(e.into()))
 }
 
-/// Creates `topic` on `brokers` (`host:port[,host:port...]`) with `partitions` partitions and
+/// Creates `topic` on `cluster` (a [`Cluster`], or plain brokers `host:port[,host:port...]`)
+/// with `partitions` partitions and
 /// the brokers' default replication, unless it exists. Kafka keeps one key's messages in one
 /// partition; partitions are what consumers of one group share out.
 ///
@@ -52,27 +107,32 @@ pub(crate) fn idempotent_producer(brokers: &str) -> Result<FutureProducer, Error
 /// oncely_kafka::create_topic("127.0.0.1:9092", "orders", 3).await?;
 /// # Ok(()) }
 /// ```
-pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), Error> {
-    ensure_topic(brokers, topic, Some(partitions)).await
+pub async fn create_topic(
+    cluster: impl Into<Cluster>,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), Error> {
+    ensure_topic(&cluster.into(), topic, Some(partitions)).await
 }
 
 /// Checks that `topic` exists; creates it with `create` partitions (and the broker's
 /// replication) if missing and asked to.
 pub(crate) async fn ensure_topic(
-    brokers: &str,
+    cluster: &Cluster,
     topic: &str,
     create: Option<i32>,
 ) -> Result<(), Error> {
-    if topic_exists(brokers, topic).await? {
+    if topic_exists(cluster, topic).await? {
         return Ok(());
     }
     let Some(partitions) = create else {
         return Err(Error::NoTopic {
             topic: topic.to_owned(),
-            brokers: brokers.to_owned(),
+            brokers: cluster.to_string(),
         });
     };
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+    let admin: AdminClient<DefaultClientContext> = cluster
+        .client_config()
         .create()
         .map_err(|e| Error::Client(e.into()))?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
@@ -94,19 +154,23 @@ pub(crate) async fn ensure_topic(
     Ok(())
 }
 
-pub(crate) async fn topic_exists(brokers: &str, topic: &str) -> Result<bool, Error> {
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+pub(crate) async fn topic_exists(cluster: &Cluster, topic: &str) -> Result<bool, Error> {
+    let (cluster, topic) = (cluster.clone(), topic.to_owned());
     // Metadata requests block: off the runtime.
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = client_config(&brokers)
+        let consumer: BaseConsumer<LastError> = cluster
+            .client_config()
             .set("allow.auto.create.topics", "false")
-            .create()
+            .create_with_context(LastError::default())
             .map_err(|e| Error::Client(e.into()))?;
         let metadata = consumer
             .fetch_metadata(Some(&topic), SETUP_TIMEOUT)
-            .map_err(|e| Error::Unreachable {
-                brokers: brokers.clone(),
-                source: e.into(),
+            .map_err(|e| {
+                // Its logs and error events (why no broker let it in) arrive on polls.
+                for _ in 0..5 {
+                    let _ = consumer.poll(Duration::from_millis(20));
+                }
+                unreachable(&cluster, e, consumer.context())
             })?;
         Ok(metadata
             .topics()

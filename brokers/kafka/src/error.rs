@@ -19,11 +19,13 @@ pub enum Error {
         /// What is wrong, and what is accepted.
         reason: String,
     },
-    /// No broker answered.
-    #[error("Kafka unreachable at {brokers}: {source} (is the broker running?)")]
+    /// No broker answered, or none let the client in (TLS, SASL).
+    #[error("Kafka unreachable at {brokers}: {source} {hint}")]
     Unreachable {
         /// The bootstrap brokers.
         brokers: String,
+        /// What to check.
+        hint: &'static str,
         /// The client's error.
         #[source]
         source: BoxError,

@@ -6,7 +6,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::client::SETUP_TIMEOUT;
-use crate::{Error, client_config, create_topic};
+use crate::{Cluster, Error, create_topic};
 
 /// Partitions of a fresh topic unless set otherwise.
 const DEFAULT_PARTITIONS: i32 = 3;
@@ -68,14 +68,15 @@ pub struct FreshDestination {
 /// # let _ = url; Ok(()) }
 /// ```
 pub async fn fresh_destination(
-    brokers: &str,
+    cluster: impl Into<Cluster>,
     options: &FreshOptions,
 ) -> Result<FreshDestination, Error> {
+    let cluster = cluster.into();
     if first_use_of(&options.prefix) {
-        remove_leftovers(brokers, &options.prefix).await;
+        remove_leftovers(&cluster, &options.prefix).await;
     }
     let topic = unique_name(&options.prefix, &options.label);
-    create_topic(brokers, &topic, options.partitions).await?;
+    create_topic(&cluster, &topic, options.partitions).await?;
     Ok(FreshDestination {
         dead_letter_topic: format!("{topic}.dlq"),
         topic,
@@ -84,11 +85,11 @@ pub async fn fresh_destination(
 
 /// Deletes the topics (and their dead-letter topics) under `prefix` whose process is gone; a
 /// failure leaves them.
-async fn remove_leftovers(brokers: &str, prefix: &str) {
-    let (owned, prefix) = (brokers.to_owned(), prefix.to_owned());
+async fn remove_leftovers(cluster: &Cluster, prefix: &str) {
+    let (owned, prefix) = (cluster.clone(), prefix.to_owned());
     // Metadata requests block: off the runtime.
     let stale = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = client_config(&owned).create().ok()?;
+        let consumer: BaseConsumer = owned.client_config().create().ok()?;
         let metadata = consumer.fetch_metadata(None, SETUP_TIMEOUT).ok()?;
         Some(
             metadata
@@ -106,7 +107,10 @@ async fn remove_leftovers(brokers: &str, prefix: &str) {
     if stale.is_empty() {
         return;
     }
-    let Ok(admin) = client_config(brokers).create::<AdminClient<DefaultClientContext>>() else {
+    let Ok(admin) = cluster
+        .client_config()
+        .create::<AdminClient<DefaultClientContext>>()
+    else {
         return;
     };
     let names: Vec<&str> = stale.iter().map(String::as_str).collect();

@@ -58,6 +58,16 @@
 //! | `commit_interval=200ms` | 200 ms | how often settled offsets are committed |
 //! | `revoke_wait=30s` | 30 s | how long a revocation waits for messages in flight |
 //!
+//! **TLS and SASL** take librdkafka's own names, so a managed cluster's settings paste in
+//! ([`Cluster`]): `security.protocol` (`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`),
+//! `sasl.mechanism` (`PLAIN` - the default with SASL -, `SCRAM-SHA-256`, `SCRAM-SHA-512`),
+//! `ssl.ca.location`, `ssl.certificate.location`, `ssl.key.location`. The user and password come
+//! from the URL (`kafka://USER:PASSWORD@HOST/...`, which alone means `SASL_SSL`) or, to keep them
+//! out of process lists, from [`USERNAME_VARIABLE`] and [`PASSWORD_VARIABLE`]. The broker's
+//! certificate and name are always verified (OpenSSL, built in). For example, Confluent Cloud:
+//! `kafka://pkc-1.eu-west-1.aws.confluent.cloud:9092/orders?group=billing&security.protocol=SASL_SSL`
+//! with the API key and secret in `ONCELY_KAFKA_USERNAME` and `ONCELY_KAFKA_PASSWORD`.
+//!
 //! The topic must exist. A message's Kafka key becomes its
 //! [`ordering_key`](oncely_core::consumer::Message::ordering_key), its headers its headers, and
 //! the [`MESSAGE_ID_HEADER`] header (set by the relay) its message id, so `--key message-id`
@@ -96,6 +106,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod cluster;
 mod error;
 mod fresh;
 mod message;
@@ -105,6 +116,7 @@ mod publisher;
 mod source;
 
 pub use client::{client_config, create_topic};
+pub use cluster::{Cluster, PASSWORD_VARIABLE, USERNAME_VARIABLE};
 pub use error::{BROKER, Error};
 pub use fresh::{FreshDestination, FreshOptions, fresh_destination};
 pub use message::MESSAGE_ID_HEADER;

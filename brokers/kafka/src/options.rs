@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::Error;
+use crate::{Cluster, Error};
 
 mod parse;
 
@@ -37,8 +37,8 @@ pub const DEFAULT_REVOKE_WAIT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KafkaOptions {
-    /// The bootstrap brokers, as librdkafka takes them: `host:port[,host:port...]`.
-    pub brokers: String,
+    /// The cluster: the bootstrap brokers (`host:port[,host:port...]`) and how to connect.
+    pub cluster: Cluster,
     /// The topic to consume.
     pub topic: String,
     /// The consumer group.
@@ -58,14 +58,15 @@ pub struct KafkaOptions {
 }
 
 impl KafkaOptions {
-    /// Consumes `topic` from `brokers` in `group`, with the defaults.
+    /// Consumes `topic` from `cluster` (a [`Cluster`], or plain `host:port[,...]` brokers) in
+    /// `group`, with the defaults.
     pub fn new(
-        brokers: impl Into<String>,
+        cluster: impl Into<Cluster>,
         topic: impl Into<String>,
         group: impl Into<String>,
     ) -> Self {
         KafkaOptions {
-            brokers: brokers.into(),
+            cluster: cluster.into(),
             topic: topic.into(),
             group: group.into(),
             dead_letter_topic: None,

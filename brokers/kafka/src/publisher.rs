@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::client::{PRODUCE_TIMEOUT, ensure_topic, idempotent_producer, topic_exists};
 use crate::message::kafka_headers;
 use crate::options::locate;
-use crate::{BROKER, Error, MESSAGE_ID_HEADER};
+use crate::{BROKER, Cluster, Error, MESSAGE_ID_HEADER};
 
 /// Produces outbox rows to Kafka, as the relay (`oncely-relay`) asks: with the idempotent
 /// producer (`enable.idempotence`, acks from all in-sync replicas), the row's aggregate as the
@@ -37,7 +37,7 @@ use crate::{BROKER, Error, MESSAGE_ID_HEADER};
 #[derive(Clone)]
 pub struct KafkaPublisher {
     producer: FutureProducer,
-    brokers: String,
+    cluster: Cluster,
     topic: Option<String>,
     /// Topics seen to exist. A produce to a missing one would wait out the producer's queue
     /// timeout (30 s) before failing, holding up the relay's whole batch: it is refused at once.
@@ -47,7 +47,7 @@ pub struct KafkaPublisher {
 impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaPublisher")
-            .field("brokers", &self.brokers)
+            .field("cluster", &self.cluster)
             .field("topic", &self.topic)
             .finish_non_exhaustive()
     }
@@ -56,30 +56,32 @@ impl std::fmt::Debug for KafkaPublisher {
 impl KafkaPublisher {
     /// Connects as `url` says (see the type's docs).
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let (brokers, topic, query) = locate(url).map_err(|reason| Error::InvalidUrl {
-            url: url.to_owned(),
+        let shown = oncely_core::url::redact_password(url);
+        let (cluster, topic, query) = locate(url).map_err(|reason| Error::InvalidUrl {
+            url: shown.clone(),
             reason,
         })?;
         if !query.is_empty() {
             return Err(Error::InvalidUrl {
-                url: url.to_owned(),
-                reason: format!("a publisher takes no options, not `{query}`"),
+                url: shown,
+                reason: format!("a publisher takes no options but the connection's, not `{query}`"),
             });
         }
-        Self::open(&brokers, topic).await
+        Self::open(cluster, topic).await
     }
 
-    /// A publisher to `brokers` (`host:port[,host:port...]`), with `topic` as the default
-    /// destination. Checks that it exists.
-    pub async fn open(brokers: &str, topic: Option<String>) -> Result<Self, Error> {
+    /// A publisher to `cluster` (a [`Cluster`], or plain brokers `host:port[,host:port...]`),
+    /// with `topic` as the default destination. Checks that it exists.
+    pub async fn open(cluster: impl Into<Cluster>, topic: Option<String>) -> Result<Self, Error> {
+        let cluster = cluster.into();
         let mut known = HashSet::new();
         if let Some(topic) = &topic {
-            ensure_topic(brokers, topic, None).await?;
+            ensure_topic(&cluster, topic, None).await?;
             known.insert(topic.clone());
         }
         Ok(KafkaPublisher {
-            producer: idempotent_producer(brokers)?,
-            brokers: brokers.to_owned(),
+            producer: idempotent_producer(&cluster)?,
+            cluster,
             topic,
             known: Arc::new(Mutex::new(known)),
         })
@@ -91,7 +93,7 @@ impl KafkaPublisher {
             return Ok(());
         }
         let what = || format!("produce to {topic}");
-        match topic_exists(&self.brokers, topic).await {
+        match topic_exists(&self.cluster, topic).await {
             Ok(true) => {
                 self.known
                     .lock()
@@ -102,7 +104,7 @@ impl KafkaPublisher {
             Ok(false) => Err(BrokerError::new(
                 BROKER,
                 what(),
-                format!("no topic {topic} at {}: create it", self.brokers),
+                format!("no topic {topic} at {}: create it", self.cluster),
             )),
             Err(error) => Err(BrokerError::new(BROKER, what(), error)),
         }

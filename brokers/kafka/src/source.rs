@@ -15,9 +15,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use tokio::sync::mpsc as async_mpsc;
 
-use crate::client::{
-    PRODUCE_TIMEOUT, SETUP_TIMEOUT, client_config, ensure_topic, idempotent_producer,
-};
+use crate::client::{PRODUCE_TIMEOUT, SETUP_TIMEOUT, ensure_topic, idempotent_producer};
 use crate::message::{kafka_headers, message_of};
 use crate::partitions::{Handout, Partitions, Take};
 use crate::{BROKER, Error, KafkaOptions};
@@ -88,10 +86,10 @@ impl KafkaSource {
                 topic: dead_letter_topic,
             });
         }
-        ensure_topic(&options.brokers, &options.topic, None).await?;
+        ensure_topic(&options.cluster, &options.topic, None).await?;
         let create = options.create_dead_letter_topic.then_some(1);
-        ensure_topic(&options.brokers, &dead_letter_topic, create).await?;
-        let producer = idempotent_producer(&options.brokers)?;
+        ensure_topic(&options.cluster, &dead_letter_topic, create).await?;
+        let producer = idempotent_producer(&options.cluster)?;
         let shared = Arc::new(Shared {
             partitions: Partitions::default(),
             producer,
@@ -104,7 +102,9 @@ impl KafkaSource {
             runtime: tokio::runtime::Handle::current(),
         };
         let o = &shared.options;
-        let consumer: BaseConsumer<GroupContext> = client_config(&o.brokers)
+        let consumer: BaseConsumer<GroupContext> = o
+            .cluster
+            .client_config()
             .set("group.id", &o.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

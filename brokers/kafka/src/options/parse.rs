@@ -4,6 +4,7 @@
 use oncely_core::url::{parse_duration, redact_password, take_param};
 
 use super::{DEFAULT_PORT, KafkaOptions};
+use crate::Cluster;
 use crate::Error;
 
 /// `url` as options (see the [crate docs](crate)).
@@ -12,7 +13,7 @@ pub(super) fn parse(url: &str) -> Result<KafkaOptions, Error> {
         url: redact_password(url),
         reason,
     };
-    let (brokers, topic, query) = locate(url).map_err(invalid)?;
+    let (cluster, topic, query) = locate(url).map_err(invalid)?;
     let topic =
         topic.ok_or_else(|| invalid("no topic: kafka://HOST[:PORT]/TOPIC?group=NAME".into()))?;
     let rest = format!("x?{query}");
@@ -20,7 +21,7 @@ pub(super) fn parse(url: &str) -> Result<KafkaOptions, Error> {
     let group = group.filter(|g| !g.is_empty()).ok_or_else(|| {
         invalid("no consumer group: add ?group=NAME (members of one group share the topic)".into())
     })?;
-    let mut options = KafkaOptions::new(brokers, topic, group);
+    let mut options = KafkaOptions::new(cluster, topic, group);
     let (_, query) = rest.split_once('?').unwrap_or((&rest, ""));
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -39,7 +40,8 @@ pub(super) fn parse(url: &str) -> Result<KafkaOptions, Error> {
             _ => {
                 return Err(invalid(format!(
                     "unknown option `{name}`; known: group, dlq, create_dlq, session_timeout, \
-                     commit_interval, revoke_wait"
+                     commit_interval, revoke_wait, security.protocol, sasl.mechanism, \
+                     ssl.ca.location, ssl.certificate.location, ssl.key.location"
                 )));
             }
         }
@@ -55,9 +57,10 @@ fn flag(name: &str, value: &str) -> Result<bool, String> {
     }
 }
 
-/// `kafka://HOST[:PORT][,HOST[:PORT]...][/TOPIC][?QUERY]` taken apart: the bootstrap list (each
-/// host with its port), the topic if any, and the query.
-pub(crate) fn locate(url: &str) -> Result<(String, Option<String>, String), String> {
+/// `kafka://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]...][/TOPIC][?QUERY]` taken apart: the
+/// cluster (the bootstrap list, each host with its port, and the security settings of the
+/// credentials and the query), the topic if any, and the rest of the query.
+pub(crate) fn locate(url: &str) -> Result<(Cluster, Option<String>, String), String> {
     let rest = match url.split_once("://") {
         Some(("kafka", rest)) => rest,
         Some((other, _)) => return Err(format!("the scheme must be kafka, not `{other}`")),
@@ -68,9 +71,10 @@ pub(crate) fn locate(url: &str) -> Result<(String, Option<String>, String), Stri
         Some((hosts, topic)) => (hosts, Some(topic)),
         None => (location, None),
     };
-    if hosts.contains('@') {
-        return Err("credentials in the URL are not supported (SASL is not built in)".into());
-    }
+    let (userinfo, hosts) = match hosts.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, hosts),
+    };
     let mut brokers = Vec::new();
     for host in hosts.split(',') {
         if host.is_empty() {
@@ -93,7 +97,8 @@ pub(crate) fn locate(url: &str) -> Result<(String, Option<String>, String), Stri
         }
         Some(topic) => Some(topic.to_owned()),
     };
-    Ok((brokers.join(","), topic, query.to_owned()))
+    let (cluster, rest) = Cluster::with_security(brokers.join(","), userinfo, query)?;
+    Ok((cluster, topic, rest))
 }
 
 fn valid_topic(topic: &str) -> bool {
@@ -122,7 +127,7 @@ mod tests {
         let full: KafkaOptions = "kafka://a:1,b/t?group=g&dlq=t.failed&create_dlq=false&commit_interval=1s&revoke_wait=5s"
             .parse()
             .unwrap();
-        assert_eq!(full.brokers, "a:1,b:9092");
+        assert_eq!(full.cluster.brokers(), "a:1,b:9092");
         assert_eq!(full.dead_letter_topic_or_default(), "t.failed");
         assert!(!full.create_dead_letter_topic);
         assert_eq!(full.commit_interval, Duration::from_secs(1));
@@ -137,7 +142,10 @@ mod tests {
             ("kafka://h?group=g", "topic"),
             ("kafka://h/a/b?group=g", "topic name"),
             ("kafka://h:x/t?group=g", "port"),
-            ("kafka://u:p@h/t?group=g", "credentials"),
+            (
+                "kafka://u:p@h/t?group=g&security.protocol=SSL",
+                "credentials",
+            ),
             ("kafka://h/t?group=g&batch=3", "unknown option `batch`"),
             (
                 "kafka://h/t?group=g&session_timeout=10",
