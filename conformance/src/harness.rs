@@ -91,3 +91,19 @@ where
 pub fn run_trials(trials: Vec<libtest_mimic::Trial>) -> ! {
     libtest_mimic::run(&libtest_mimic::Arguments::from_args(), trials).exit()
 }
+
+/// `Ok` if `ok`, else a failure saying `what`: an assertion for a [`url_trial`].
+pub fn check(ok: bool, what: &str) -> Result<(), libtest_mimic::Failed> {
+    if ok { Ok(()) } else { Err(what.into()) }
+}
+
+/// A trial `<backend>::<name>` that runs the async `test` with `url`, on a runtime of its own.
+pub fn url_trial<F, Fut>(backend: &str, name: &str, url: String, test: F) -> libtest_mimic::Trial
+where
+    F: FnOnce(String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), libtest_mimic::Failed>>,
+{
+    libtest_mimic::Trial::test(format!("{backend}::{name}"), move || {
+        tokio::runtime::Runtime::new()?.block_on(test(url))
+    })
+}

@@ -121,6 +121,31 @@ pub fn scheme(url: &str) -> Option<&str> {
     url.split_once(':').map(|(scheme, _)| scheme)
 }
 
+/// Percent-decodes a URL part (`%40` is `@`); `None` if an escape is broken or the result is
+/// not UTF-8.
+///
+/// ```
+/// use oncely_core::url::percent_decode;
+/// assert_eq!(percent_decode("p%40ss%3Aword").as_deref(), Some("p@ss:word"));
+/// assert_eq!(percent_decode("100%"), None);
+/// ```
+pub fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = |at: usize| bytes.get(at).and_then(|&b| (b as char).to_digit(16));
+            out.push((hex(i + 1)? * 16 + hex(i + 2)?) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// The hint after a store that could not be reached: about TLS when the driver's error is about
 /// a certificate or a handshake ([`TLS_HINT`]), otherwise whether `server` (`"PostgreSQL"`, ...)
 /// is running.

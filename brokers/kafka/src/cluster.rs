@@ -256,29 +256,9 @@ impl fmt::Debug for Cluster {
     }
 }
 
-/// Percent-decodes a URL part (`%40` is `@`); kept as it is if it is not valid.
+/// Percent-decodes a URL's part (`%40` is `@`); kept as it is if it is not valid.
 fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).and_then(|&b| hex(b)),
-            bytes.get(i + 2).and_then(|&b| hex(b)),
-        ) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| text.to_owned())
+    oncely_core::url::percent_decode(text).unwrap_or_else(|| text.to_owned())
 }
 
 #[cfg(test)]

@@ -89,29 +89,9 @@ fn split_credentials(server: &str) -> (String, ConnectOptions) {
     (format!("{scheme}://{host}"), options)
 }
 
-/// Percent-decodes a URL's user or password (`%40` is `@`).
+/// Percent-decodes a URL's part (`%40` is `@`); kept as it is if it is not valid.
 fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).and_then(|&b| hex(b)),
-            bytes.get(i + 2).and_then(|&b| hex(b)),
-        ) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    oncely_core::url::percent_decode(text).unwrap_or_else(|| text.to_owned())
 }
 
 #[cfg(test)]

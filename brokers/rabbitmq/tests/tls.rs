@@ -12,8 +12,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use oncely_broker_suite::libtest_mimic::{Failed, Trial};
+use oncely_broker_suite::libtest_mimic::Failed;
 use oncely_conformance::certs;
+use oncely_conformance::harness::{check, url_trial};
 use oncely_conformance::process::{TestServer, free_port};
 use oncely_rabbitmq::{AmqpSource, queue_url};
 
@@ -92,7 +93,8 @@ fn main() {
     let server = format!("amqps://guest:guest@127.0.0.1:{port}/%2f");
     let base = format!("{server}?cacertfile={}", ca.display());
     let extra = vec![
-        trial(
+        url_trial(
+            "rabbitmq-tls",
             "without_cacertfile_the_system_roots_alone_decide_and_refuse_in_one_line",
             queue_url(&server, "orders"),
             |url| async move {
@@ -103,7 +105,8 @@ fn main() {
                 )
             },
         ),
-        trial(
+        url_trial(
+            "rabbitmq-tls",
             "a_plain_client_cannot_use_the_tls_port",
             queue_url(
                 &format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
@@ -111,7 +114,8 @@ fn main() {
             ),
             |url| async move { refused(&url).await.map(drop) },
         ),
-        trial(
+        url_trial(
+            "rabbitmq-tls",
             "an_unreadable_cacertfile_is_named",
             queue_url(&format!("{server}?cacertfile=/no/such/ca.pem"), "orders"),
             |url| async move {
@@ -141,18 +145,4 @@ async fn refused(url: &str) -> Result<String, Failed> {
         &format!("no password: {error}"),
     )?;
     Ok(error)
-}
-
-fn check(ok: bool, what: &str) -> Result<(), Failed> {
-    if ok { Ok(()) } else { Err(what.into()) }
-}
-
-fn trial<F, Fut>(name: &str, url: String, test: F) -> Trial
-where
-    F: FnOnce(String) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), Failed>>,
-{
-    Trial::test(format!("rabbitmq-tls::{name}"), move || {
-        tokio::runtime::Runtime::new()?.block_on(test(url))
-    })
 }

@@ -16,7 +16,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oncely_conformance::libtest_mimic::{Failed, Trial};
+use oncely_conformance::harness::{check, url_trial};
+use oncely_conformance::libtest_mimic::Failed;
 use oncely_conformance::process::{TestServer, free_port};
 use oncely_conformance::{certs, servers};
 use oncely_mysql::MySqlStore;
@@ -94,7 +95,8 @@ fn main() {
         }
     };
     let extra = vec![
-        trial(
+        url_trial(
+            "mysql-tls",
             "the_server_refuses_a_plain_connection",
             format!("{base}/mysql?ssl-mode=DISABLED"),
             // MariaDB answers "Access denied" (1045), the same user connecting over TLS is
@@ -105,7 +107,8 @@ fn main() {
                     .map(drop)
             },
         ),
-        trial(
+        url_trial(
+            "mysql-tls",
             "the_default_ssl_mode_takes_tls",
             format!("{base}/mysql"),
             |url| async move {
@@ -115,7 +118,8 @@ fn main() {
                     .map_err(|e| Failed::from(format!("PREFERRED, the default: {e}")))
             },
         ),
-        trial(
+        url_trial(
+            "mysql-tls",
             "verify_ca_refuses_a_root_that_did_not_sign_the_server_in_one_line",
             format!(
                 "{base}/mysql?ssl-mode=VERIFY_CA&ssl-ca={}",
@@ -126,7 +130,8 @@ fn main() {
                 check(error.contains("certificate"), &format!("says why: {error}"))
             },
         ),
-        trial(
+        url_trial(
+            "mysql-tls",
             "verify_identity_refuses_another_name_which_verify_ca_accepts",
             format!(
                 "mysql://root@localhost:{port}/mysql?ssl-ca={}",
@@ -176,18 +181,4 @@ async fn refused(url: &str, what: &str) -> Result<String, Failed> {
     eprintln!("{what}: {error}");
     check(!error.contains('\n'), &format!("one line: {error}"))?;
     Ok(error)
-}
-
-fn check(ok: bool, what: &str) -> Result<(), Failed> {
-    if ok { Ok(()) } else { Err(what.into()) }
-}
-
-fn trial<F, Fut>(name: &str, url: String, test: F) -> Trial
-where
-    F: FnOnce(String) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), Failed>>,
-{
-    Trial::test(format!("mysql-tls::{name}"), move || {
-        tokio::runtime::Runtime::new()?.block_on(test(url))
-    })
 }

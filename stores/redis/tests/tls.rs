@@ -10,7 +10,8 @@ mod support;
 
 use std::sync::Arc;
 
-use oncely_conformance::libtest_mimic::{Failed, Trial};
+use oncely_conformance::harness::{check, url_trial};
+use oncely_conformance::libtest_mimic::Failed;
 use oncely_conformance::{certs, servers};
 use oncely_redis::RedisStore;
 
@@ -62,7 +63,8 @@ fn main() {
         }
     };
     let extra = vec![
-        trial(
+        url_trial(
+            "redis-tls",
             "a_root_that_did_not_sign_the_server_is_refused_in_one_line",
             format!("{base}?cacert={}", other_ca.display()),
             |url| async move {
@@ -79,7 +81,8 @@ fn main() {
                 )
             },
         ),
-        trial(
+        url_trial(
+            "redis-tls",
             "without_cacert_the_roots_are_those_ssl_cert_file_names",
             format!("{base}?prefix={}", servers::fresh_name("oncely_tls")),
             |url| async move {
@@ -89,7 +92,8 @@ fn main() {
                     .map_err(|e| Failed::from(format!("SSL_CERT_FILE's CA: {e}")))
             },
         ),
-        trial(
+        url_trial(
+            "redis-tls",
             "a_plain_client_cannot_use_the_tls_port",
             format!("redis://127.0.0.1:{tls}"),
             |url| async move {
@@ -103,18 +107,4 @@ fn main() {
     let conclusion = oncely_conformance::run("redis-tls", factory, extra);
     drop(node);
     conclusion.exit()
-}
-
-fn check(ok: bool, what: &str) -> Result<(), Failed> {
-    if ok { Ok(()) } else { Err(what.into()) }
-}
-
-fn trial<F, Fut>(name: &str, url: String, test: F) -> Trial
-where
-    F: FnOnce(String) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), Failed>>,
-{
-    Trial::test(format!("redis-tls::{name}"), move || {
-        tokio::runtime::Runtime::new()?.block_on(test(url))
-    })
 }

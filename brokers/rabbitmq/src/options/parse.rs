@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use oncely_core::url::{redact_password, take_param};
+use oncely_core::url::{percent_decode as decode, redact_password, take_param};
 
 use super::{AmqpOptions, AmqpUrl};
 use crate::Error;
@@ -124,24 +124,6 @@ pub(super) fn parse(url: &str) -> Result<AmqpUrl, Error> {
         options,
         ca_file: ca_file.map(Into::into),
     })
-}
-
-/// Percent-decodes `text`; `None` if an escape is broken or the result is not UTF-8.
-pub(super) fn decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Percent-encodes what cannot stand in a path segment as it is.
