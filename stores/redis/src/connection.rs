@@ -74,19 +74,9 @@ impl Connection {
         };
         let conn = match target {
             Target::Single(url) => {
-                let client = match tls_root {
+                let client = match roots(tls_root, shown)? {
                     None => redis::Client::open(url.as_str()),
-                    Some(path) => {
-                        let root = std::fs::read(path).map_err(|e| Error::InvalidUrl {
-                            url: shown.to_owned(),
-                            reason: format!("cacert: cannot read {}: {e}", path.display()),
-                        })?;
-                        let certificates = redis::TlsCertificates {
-                            client_tls: None,
-                            root_cert: Some(root),
-                        };
-                        redis::Client::build_with_tls(url.as_str(), certificates)
-                    }
+                    Some(certificates) => redis::Client::build_with_tls(url.as_str(), certificates),
                 }
                 .map_err(invalid)?;
                 // One direct connection first: a refused connection or a bad password is then
@@ -115,12 +105,15 @@ impl Connection {
                 )
             }
             Target::Cluster(nodes) => {
-                let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+                let mut builder = ClusterClient::builder(nodes.iter().map(String::as_str))
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(RESPONSE_TIMEOUT)
-                    .retries(3)
-                    .build()
-                    .map_err(invalid)?;
+                    .retries(3);
+                // TLS itself comes from the nodes' rediss:// URLs; this only replaces the roots.
+                if let Some(certificates) = roots(tls_root, shown)? {
+                    builder = builder.certs(certificates);
+                }
+                let client = builder.build().map_err(invalid)?;
                 let mut conn = client.get_async_connection().await.map_err(unavailable)?;
                 redis::cmd("PING")
                     .query_async::<()>(&mut conn)
@@ -131,4 +124,19 @@ impl Connection {
         };
         Ok(conn)
     }
+}
+
+/// The roots `cacert=` names, read for the redis crate; `None` keeps the system's.
+fn roots(tls_root: Option<&Path>, shown: &str) -> Result<Option<redis::TlsCertificates>> {
+    let Some(path) = tls_root else {
+        return Ok(None);
+    };
+    let root = std::fs::read(path).map_err(|e| Error::InvalidUrl {
+        url: shown.to_owned(),
+        reason: format!("cacert: cannot read {}: {e}", path.display()),
+    })?;
+    Ok(Some(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root),
+    }))
 }

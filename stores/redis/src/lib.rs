@@ -37,15 +37,18 @@
 //! | `rediss://[user:password@]host[:port][/db][?cacert=PATH]` | one server over TLS |
 //! | `redis+unix:///path/redis.sock` | one server over a Unix socket |
 //! | `redis+cluster://[user:password@]h1:p1,h2:p2,...` | a Redis Cluster, from any of its nodes |
+//! | `rediss+cluster://[user:password@]h1:p1,...[?cacert=PATH]` | a Redis Cluster over TLS |
 //!
 //! Query parameters: `prefix=NAME` puts every key under `NAME` (default `oncely`; no braces), so
 //! several applications or test runs share one Redis; `ttl_grace=SECONDS|off` sets the expiry
 //! backstop's grace (default 3600).
 //!
-//! TLS: `rediss://[user:password@]host[:port]` reaches one server over TLS (rustls), verified
-//! against the system's roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` replace them, as for OpenSSL)
-//! or, with `cacert=PATH`, against the PEM roots in that file alone. A Redis Cluster over TLS
-//! (`rediss+cluster://`) is not built yet.
+//! TLS: `rediss://[user:password@]host[:port]` reaches one server over TLS (rustls), and
+//! `rediss+cluster://` every node of a cluster (the nodes must run with `tls-cluster yes`, so
+//! that they tell clients their TLS ports). Certificates are verified against the system's
+//! roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` replace them, as for OpenSSL) or, with
+//! `cacert=PATH`, against the PEM roots in that file alone; a node's certificate must name the
+//! address the cluster gives out for it (its IP unless `cluster-announce-hostname` is set).
 //!
 //! ## Expiry
 //!

@@ -18,7 +18,7 @@ pub(crate) enum Target {
     /// One server: a URL the redis crate understands (`redis://`, `rediss://` for TLS,
     /// `redis+unix://`, `unix://`).
     Single(String),
-    /// A Redis Cluster: one `redis://` URL per seed node.
+    /// A Redis Cluster: one `redis://` (or, over TLS, `rediss://`) URL per seed node.
     Cluster(Vec<String>),
 }
 
@@ -30,16 +30,17 @@ pub(crate) struct Options {
     pub prefix: String,
     /// Native expiry backstop: `None` when `ttl_grace=off`.
     pub ttl_grace: Option<Duration>,
-    /// `cacert=PATH` (with `rediss://`): the PEM roots a TLS server's certificate must chain to,
-    /// instead of the system's.
+    /// `cacert=PATH` (with `rediss://` or `rediss+cluster://`): the PEM roots a TLS server's
+    /// certificate must chain to, instead of the system's.
     pub tls_root: Option<PathBuf>,
     /// The URL with any password replaced, for messages.
     pub shown: String,
 }
 
 const ACCEPTED: &str = "expected redis://[user:password@]host[:port][/db] (rediss:// for TLS), \
-     redis+cluster://[user:password@]host:port,host:port,..., redis+unix:///path or unix:///path, \
-     with optional ?prefix=NAME&ttl_grace=SECONDS|off (and cacert=PATH with rediss://)";
+     redis+cluster://[user:password@]host:port,host:port,... (rediss+cluster:// for TLS), \
+     redis+unix:///path or unix:///path, with optional ?prefix=NAME&ttl_grace=SECONDS|off \
+     (and cacert=PATH over TLS)";
 
 /// Parses a store URL. See the crate docs for the forms.
 pub(crate) fn parse(url: &str) -> Result<Options, Error> {
@@ -96,20 +97,18 @@ pub(crate) fn parse(url: &str) -> Result<Options, Error> {
     let Some((scheme, rest)) = base.split_once("://") else {
         return Err(invalid(ACCEPTED.to_owned()));
     };
-    if tls_root.is_some() && scheme != "rediss" {
+    if tls_root.is_some() && !matches!(scheme, "rediss" | "rediss+cluster") {
         return Err(invalid(
-            "cacert= is for TLS: use rediss://host:port?cacert=PATH".to_owned(),
+            "cacert= is for TLS: use rediss://host:port?cacert=PATH \
+             (rediss+cluster://... for a cluster)"
+                .to_owned(),
         ));
     }
     let target = match scheme {
         "redis" | "rediss" | "redis+unix" | "unix" => Target::Single(format!("{base}{passed}")),
-        "redis+cluster" => Target::Cluster(cluster_nodes(rest, &passed).map_err(invalid)?),
+        "redis+cluster" => Target::Cluster(cluster_nodes("redis", rest, &passed).map_err(invalid)?),
         "rediss+cluster" => {
-            return Err(invalid(
-                "TLS to a Redis Cluster (rediss+cluster://) is not built yet; rediss:// reaches \
-                 one server over TLS"
-                    .to_owned(),
-            ));
+            Target::Cluster(cluster_nodes("rediss", rest, &passed).map_err(invalid)?)
         }
         _ => return Err(invalid(ACCEPTED.to_owned())),
     };
@@ -122,8 +121,8 @@ pub(crate) fn parse(url: &str) -> Result<Options, Error> {
     })
 }
 
-/// `[userinfo@]h1:p1,h2:p2[/0]` -> one `redis://` URL per node.
-fn cluster_nodes(rest: &str, passed: &str) -> Result<Vec<String>, String> {
+/// `[userinfo@]h1:p1,h2:p2[/0]` -> one `scheme://` URL per node.
+fn cluster_nodes(scheme: &str, rest: &str, passed: &str) -> Result<Vec<String>, String> {
     let (authority, path) = match rest.find('/') {
         // A slash inside the userinfo (a password) is not the path: look after the '@'.
         Some(_) => {
@@ -156,7 +155,7 @@ fn cluster_nodes(rest: &str, passed: &str) -> Result<Vec<String>, String> {
             } else {
                 format!("{host}:6379")
             };
-            Ok(format!("redis://{userinfo}{host}{passed}"))
+            Ok(format!("{scheme}://{userinfo}{host}{passed}"))
         })
         .collect::<Result<_, _>>()?;
     Ok(nodes)
@@ -205,12 +204,32 @@ mod tests {
     }
 
     #[test]
+    fn tls_cluster_url_gives_rediss_nodes_and_keeps_cacert() {
+        let opts =
+            parse("rediss+cluster://app:pw@h1:7000,h2:7001?cacert=/ca.pem&prefix=p").unwrap();
+        assert_eq!(
+            opts.target,
+            Target::Cluster(vec![
+                "rediss://app:pw@h1:7000".to_owned(),
+                "rediss://app:pw@h2:7001".to_owned(),
+            ])
+        );
+        assert_eq!(opts.tls_root, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(opts.prefix, "p");
+        assert_eq!(
+            opts.shown,
+            "rediss+cluster://app:***@h1:7000,h2:7001?cacert=/ca.pem&prefix=p"
+        );
+    }
+
+    #[test]
     fn unusable_urls_say_what_is_accepted() {
         for (url, says) in [
             ("redis+cluster://h1:1,h2:2/3", "only database 0"),
             ("redis+cluster://h1:1,,h2:2", "empty node"),
-            ("rediss+cluster://h1:1,h2:2", "not built yet"),
+            ("rediss+cluster://h1:1,h2:2/1", "only database 0"),
             ("redis://h?cacert=/ca.pem", "cacert= is for TLS"),
+            ("redis+cluster://h1:1?cacert=/ca.pem", "cacert= is for TLS"),
             ("redis://h?cluster=true", "redis+cluster://"),
             ("redis://h?prefix=a{b}", "prefix"),
             ("redis://h?prefix=", "prefix"),
@@ -239,9 +258,9 @@ mod tests {
         let tls = parse("rediss://app:s3cret@db:6380?cacert=/etc/ca.pem").unwrap();
         assert_eq!(tls.shown, "rediss://app:***@db:6380?cacert=/etc/ca.pem");
         assert_eq!(tls.tls_root, Some(PathBuf::from("/etc/ca.pem")));
-        match parse("rediss+cluster://app:s3cret@db:1,db:2") {
+        match parse("rediss+cluster://app:s3cret@db:1,db:2/5") {
             Err(e) => assert!(!e.to_string().contains("s3cret"), "{e}"),
-            Ok(_) => panic!("rediss+cluster accepted"),
+            Ok(_) => panic!("database 5 of a cluster accepted"),
         }
     }
 }

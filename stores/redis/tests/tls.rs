@@ -17,9 +17,9 @@ use oncely_redis::RedisStore;
 
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let ca = certs::make_ca(dir.path(), "ca");
+    let server = support::ServerTls::make(dir.path(), "ca");
+    let ca = server.ca.clone();
     let other_ca = certs::make_ca(dir.path(), "other-ca");
-    let (server_cert, server_key) = certs::make_server_certificate(dir.path(), "ca", "server");
     // The system's roots are what SSL_CERT_FILE names: our CA alone (and no directory).
     let empty = dir.path().join("no-roots");
     std::fs::create_dir(&empty).unwrap();
@@ -31,23 +31,9 @@ fn main() {
 
     let ports = support::free_ports(2);
     let (plain, tls) = (ports[0], ports[1]);
-    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let node = support::Node::start(
-        dir.path(),
-        plain,
-        &[
-            "--tls-port",
-            &tls.to_string(),
-            "--tls-cert-file",
-            server_cert.to_str().unwrap(),
-            "--tls-key-file",
-            server_key.to_str().unwrap(),
-            "--tls-ca-cert-file",
-            &path("ca.pem"),
-            "--tls-auth-clients",
-            "no",
-        ],
-    );
+    let args = server.args(tls);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let node = support::Node::start(dir.path(), plain, &args);
     let base = format!("rediss://127.0.0.1:{tls}");
     let cacert = format!("cacert={}", ca.display());
 

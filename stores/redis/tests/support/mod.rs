@@ -3,12 +3,54 @@
 
 #![allow(dead_code)] // each test binary uses part of it
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+pub mod cluster;
 
 /// `url` with `param` added to its query.
 pub fn with_param(url: &str, param: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}{param}")
+}
+
+/// A TLS server's certificate and key, and the CA that signed them (made by
+/// `oncely_conformance::certs`).
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl ServerTls {
+    /// Makes a CA named `ca` in `dir` and a certificate it signed for 127.0.0.1 and localhost.
+    pub fn make(dir: &std::path::Path, ca: &str) -> ServerTls {
+        let ca_path = oncely_conformance::certs::make_ca(dir, ca);
+        let (cert, key) = oncely_conformance::certs::make_server_certificate(dir, ca, "server");
+        ServerTls {
+            cert,
+            key,
+            ca: ca_path,
+        }
+    }
+
+    /// `redis-server` arguments for a TLS listener on `tls_port` that asks clients for no
+    /// certificate.
+    pub fn args(&self, tls_port: u16) -> Vec<String> {
+        let path = |p: &PathBuf| p.to_str().expect("UTF-8 temporary path").to_owned();
+        vec![
+            "--tls-port".to_owned(),
+            tls_port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path(&self.cert),
+            "--tls-key-file".to_owned(),
+            path(&self.key),
+            "--tls-ca-cert-file".to_owned(),
+            path(&self.ca),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ]
+    }
 }
 
 /// A `redis-server` run by a test; dropping it stops the server.
