@@ -164,13 +164,22 @@ pub fn unreachable_hint(error: &str, server: &str) -> String {
 }
 
 /// The hint after a connection that failed for TLS (see [`is_about_tls`]).
-pub const TLS_HINT: &str = "(TLS: check the server's certificate and the roots the URL trusts; \
-                            see README \"Connecting to managed services: TLS\")";
+pub const TLS_HINT: &str = "(TLS: check the server's certificate, the roots the URL trusts and \
+                            any client certificate it gives; see README \"Connecting to managed \
+                            services: TLS\")";
 
-/// Whether a driver's error `text` is about TLS: a certificate, a handshake.
+/// Whether a driver's error `text` is about TLS: a certificate, a handshake, an alert the peer
+/// sent (e.g. rustls' `received fatal alert: UnknownCA` when the server refuses the client's
+/// certificate).
+///
+/// ```
+/// use oncely_core::url::is_about_tls;
+/// assert!(is_about_tls("IO error: received fatal alert: UnknownCA"));
+/// assert!(!is_about_tls("Connection refused (os error 111)"));
+/// ```
 pub fn is_about_tls(error: &str) -> bool {
     let lower = error.to_ascii_lowercase();
-    ["certificate", "tls", "handshake", "ssl"]
+    ["certificate", "tls", "handshake", "ssl", "fatal alert"]
         .iter()
         .any(|word| lower.contains(word))
 }

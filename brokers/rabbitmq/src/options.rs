@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use lapin::tcp::OwnedTLSConfig;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties};
 
 use crate::Error;
@@ -113,8 +113,11 @@ impl AmqpOptions {
 /// `amqps://` (port 5671 by default) is TLS, over rustls: the server's certificate is verified
 /// against the system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` replace them, as for OpenSSL)
 /// and, with `cacertfile=PATH` (RabbitMQ's own URI parameter), the PEM roots in that file too.
-/// There is no way to turn verification off; client certificates (`certfile`, `keyfile`) are
-/// refused as not built yet.
+/// There is no way to turn verification off. A server that asks for a client certificate
+/// (`ssl_options.verify = verify_peer`) is given the one `certfile=PATH` (the PEM certificate,
+/// chain after it) and `keyfile=PATH` (its PEM private key, unencrypted) name; the user then
+/// still logs in with the password, or with the certificate's name where the server runs
+/// `rabbitmq_auth_mechanism_ssl` (the EXTERNAL mechanism is not offered by this client).
 ///
 /// ```
 /// use oncely_rabbitmq::AmqpUrl;
@@ -138,6 +141,8 @@ pub struct AmqpUrl {
     options: AmqpOptions,
     /// Extra roots to trust for `amqps://` (`cacertfile=`).
     ca_file: Option<PathBuf>,
+    /// The client certificate chain and its key (`certfile=`, `keyfile=`).
+    client_certificate: Option<(PathBuf, PathBuf)>,
 }
 
 impl AmqpUrl {
@@ -166,17 +171,25 @@ impl AmqpUrl {
     /// `amqps://`, trusting the system's roots and `cacertfile=`'s.
     pub(crate) async fn open(&self, name: &str) -> Result<Connection, Error> {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let read = |parameter: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| Error::InvalidUrl {
+                url: self.to_string(),
+                reason: format!("cannot read {parameter} {}: {e}", path.display()),
+            })
+        };
         let cert_chain = match &self.ca_file {
             None => None,
-            Some(path) => Some(
-                std::fs::read_to_string(path).map_err(|e| Error::InvalidUrl {
-                    url: self.to_string(),
-                    reason: format!("cannot read cacertfile {}: {e}", path.display()),
-                })?,
-            ),
+            Some(path) => Some(String::from_utf8_lossy(&read("cacertfile", path)?).into_owned()),
+        };
+        let identity = match &self.client_certificate {
+            None => None,
+            Some((cert, key)) => Some(OwnedIdentity::PKCS8 {
+                pem: read("certfile", cert)?,
+                key: read("keyfile", key)?,
+            }),
         };
         let tls = OwnedTLSConfig {
-            identity: None,
+            identity,
             cert_chain,
         };
         let connect = async {

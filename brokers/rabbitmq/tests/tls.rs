@@ -1,10 +1,12 @@
 //! RabbitMQ over TLS: the whole broker suite and RabbitMQ's own trials through `amqps://`, against
 //! a RabbitMQ node this binary starts with a TLS listener alone (no plain one) on a free loopback
-//! port, with a CA and a server certificate it makes with `openssl`.
+//! port that demands a client certificate, with a CA, a server and a client certificate it makes
+//! with `openssl`.
 //!
 //! The system's roots are what `SSL_CERT_FILE` names: here a CA that did not sign the server. So
-//! the suite passes only if `cacertfile=` (RabbitMQ's URI parameter) adds the server's root, and
-//! a URL without it must be refused. Needs RabbitMQ's `rabbitmq-server` and `openssl`.
+//! the suite passes only if `cacertfile=` (RabbitMQ's URI parameter) adds the server's root and
+//! `certfile=`/`keyfile=` give the client's certificate; a URL without either must be refused.
+//! Needs RabbitMQ's `rabbitmq-server` and `openssl`.
 
 mod support;
 
@@ -22,7 +24,8 @@ use oncely_rabbitmq::{AmqpSource, queue_url};
 /// who cannot read this test's files.
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 
-/// A RabbitMQ node listening with TLS alone on `port`, its files in `dir`.
+/// A RabbitMQ node listening with TLS alone on `port`, its files in `dir`, that accepts only
+/// clients with a certificate `ca.pem` signed.
 fn start_node(dir: &Path, port: u16) -> TestServer {
     let file = |name: &str| dir.join(name).display().to_string();
     std::fs::write(
@@ -33,8 +36,8 @@ fn start_node(dir: &Path, port: u16) -> TestServer {
              ssl_options.cacertfile = {}\n\
              ssl_options.certfile = {}\n\
              ssl_options.keyfile = {}\n\
-             ssl_options.verify = verify_none\n\
-             ssl_options.fail_if_no_peer_cert = false\n\
+             ssl_options.verify = verify_peer\n\
+             ssl_options.fail_if_no_peer_cert = true\n\
              loopback_users = none\n",
             file("ca.pem"),
             file("server.pem"),
@@ -80,6 +83,14 @@ fn main() {
     let ca = certs::make_ca(dir.path(), "ca");
     let other_ca = certs::make_ca(dir.path(), "other-ca");
     certs::make_server_certificate(dir.path(), "ca", "server");
+    let (client_cert, client_key) =
+        certs::make_certificate_for(dir.path(), "ca", "client", "DNS:oncely-client");
+    let (foreign_cert, foreign_key) = certs::make_certificate_for(
+        dir.path(),
+        "other-ca",
+        "foreign-client",
+        "DNS:oncely-client",
+    );
     let empty = dir.path().join("no-roots");
     std::fs::create_dir(&empty).unwrap();
     // SAFETY: no other thread exists yet; the node and the tests start below.
@@ -91,12 +102,16 @@ fn main() {
     let node = start_node(dir.path(), port);
 
     let server = format!("amqps://guest:guest@127.0.0.1:{port}/%2f");
-    let base = format!("{server}?cacertfile={}", ca.display());
+    let identity =
+        |cert: &Path, key: &Path| format!("certfile={}&keyfile={}", cert.display(), key.display());
+    let client = identity(&client_cert, &client_key);
+    let cacertfile = format!("cacertfile={}", ca.display());
+    let base = format!("{server}?{cacertfile}&{client}");
     let extra = vec![
         url_trial(
             "rabbitmq-tls",
             "without_cacertfile_the_system_roots_alone_decide_and_refuse_in_one_line",
-            queue_url(&server, "orders"),
+            queue_url(&format!("{server}?{client}"), "orders"),
             |url| async move {
                 let error = refused(&url).await?;
                 check(
@@ -113,6 +128,54 @@ fn main() {
                 "orders",
             ),
             |url| async move { refused(&url).await.map(drop) },
+        ),
+        url_trial(
+            "rabbitmq-tls",
+            "without_a_client_certificate_the_server_refuses_in_one_line",
+            queue_url(&format!("{server}?{cacertfile}"), "orders"),
+            |url| async move {
+                let error = refused(&url).await?;
+                check(
+                    error.contains("certificate") && error.contains("TLS"),
+                    &format!("says why, and what to check: {error}"),
+                )
+            },
+        ),
+        url_trial(
+            "rabbitmq-tls",
+            "a_client_certificate_from_another_ca_is_refused_in_one_line",
+            queue_url(
+                &format!(
+                    "{server}?{cacertfile}&{}",
+                    identity(&foreign_cert, &foreign_key)
+                ),
+                "orders",
+            ),
+            |url| async move {
+                let error = refused(&url).await?;
+                check(
+                    error.contains("TLS"),
+                    &format!("says what to check: {error}"),
+                )
+            },
+        ),
+        url_trial(
+            "rabbitmq-tls",
+            "an_unreadable_keyfile_is_named",
+            queue_url(
+                &format!(
+                    "{server}?{cacertfile}&certfile={}&keyfile=/no/such/client.key",
+                    client_cert.display()
+                ),
+                "orders",
+            ),
+            |url| async move {
+                let error = refused(&url).await?;
+                check(
+                    error.contains("/no/such/client.key"),
+                    &format!("names the file: {error}"),
+                )
+            },
         ),
         url_trial(
             "rabbitmq-tls",

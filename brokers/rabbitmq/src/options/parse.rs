@@ -1,5 +1,5 @@
-//! `amqp[s]://[USER:PASSWORD@]HOST[:PORT][/VHOST]/QUEUE[?dlq=NAME&prefetch=N&cacertfile=PATH]`,
-//! taken apart.
+//! `amqp[s]://[USER:PASSWORD@]HOST[:PORT][/VHOST]/QUEUE[?dlq=NAME&prefetch=N&cacertfile=PATH
+//! &certfile=PATH&keyfile=PATH]`, taken apart.
 
 use std::str::FromStr;
 
@@ -28,18 +28,36 @@ pub(super) fn parse(url: &str) -> Result<AmqpUrl, Error> {
     let (rest, dlq) = take_param(rest, "dlq");
     // RabbitMQ's own URI parameter names for TLS.
     let (rest, ca_file) = take_param(&rest, "cacertfile");
-    if ca_file.is_some() && scheme != "amqps" {
-        return Err(invalid(
-            "cacertfile= is for TLS: use amqps:// (or leave the parameter out)".into(),
-        ));
-    }
-    for unsupported in ["certfile", "keyfile", "verify"] {
-        if take_param(&rest, unsupported).1.is_some() {
+    let (rest, cert_file) = take_param(&rest, "certfile");
+    let (rest, key_file) = take_param(&rest, "keyfile");
+    for (name, given) in [
+        ("cacertfile", ca_file.is_some()),
+        ("certfile", cert_file.is_some()),
+        ("keyfile", key_file.is_some()),
+    ] {
+        if given && scheme != "amqps" {
             return Err(invalid(format!(
-                "`{unsupported}=` is not supported: the server is always verified, and client \
-                 certificates are not built yet (authenticate with a user and password)"
+                "{name}= is for TLS: use amqps:// (or leave the parameter out)"
             )));
         }
+    }
+    let client_certificate = match (cert_file, key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+        _ => {
+            return Err(invalid(
+                "a client certificate needs both certfile= (its PEM chain) and keyfile= (its PEM \
+                 private key)"
+                    .into(),
+            ));
+        }
+    };
+    if take_param(&rest, "verify").1.is_some() {
+        return Err(invalid(
+            "`verify=` is not supported: the server's certificate is always verified (add its \
+             root with cacertfile=)"
+                .into(),
+        ));
     }
     let (rest, prefetch) = take_param(&rest, "prefetch");
     let (rest, queue_param) = take_param(&rest, "queue");
@@ -123,6 +141,7 @@ pub(super) fn parse(url: &str) -> Result<AmqpUrl, Error> {
         connection,
         options,
         ca_file: ca_file.map(Into::into),
+        client_certificate,
     })
 }
 
@@ -198,7 +217,16 @@ mod tests {
         assert!(reason("amqp://u:secret@h").contains("no queue"));
         assert!(reason("amqp://u:secret@h/q?cacertfile=/ca.pem").contains("amqps://"));
         assert!(reason("amqps://u:secret@h/q?verify=verify_none").contains("always verified"));
-        assert!(reason("amqps://u:secret@h/q?certfile=/c.pem").contains("not built yet"));
+        assert!(reason("amqps://u:secret@h/q?certfile=/c.pem").contains("both certfile="));
+        assert!(reason("amqps://u:secret@h/q?keyfile=/k.pem").contains("both certfile="));
+        assert!(reason("amqp://u:secret@h/q?certfile=/c.pem&keyfile=/k.pem").contains("amqps://"));
+        assert!(reason("amqps://u:secret@h/q?verify=verify_none").contains("always verified"));
+        let with_certificate = parsed("amqps://u:secret@h/q?certfile=/c.pem&keyfile=/k.pem");
+        assert_eq!(
+            with_certificate.client_certificate,
+            Some(("/c.pem".into(), "/k.pem".into()))
+        );
+        assert_eq!(with_certificate.connection, "amqps://u:secret@h");
         assert!(reason("http://u:secret@h/q").contains("scheme"));
         assert!(reason("amqp://u:secret@h/a/b/c").contains("two path segments"));
         assert!(reason("amqp://u:secret@h/q?prefetch=0").contains("prefetch"));
