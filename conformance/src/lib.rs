@@ -45,6 +45,7 @@ pub mod offsets;
 pub mod process;
 pub mod servers;
 pub mod suite;
+pub mod tls_proxy;
 
 /// A boxed test body.
 pub type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -53,10 +53,16 @@ pub(crate) fn unreachable(
         .chain(reasons)
         .collect::<Vec<_>>()
         .join("; ");
-    let lower = source.to_ascii_lowercase();
-    let hint = if lower.contains("sasl") || lower.contains("authentication") {
+    // librdkafka names a connection by its protocol (`sasl_ssl://host:port/bootstrap`): that
+    // says how it connected, not what failed.
+    let lower = ["sasl_ssl://", "sasl_plaintext://", "ssl://"]
+        .iter()
+        .fold(source.to_ascii_lowercase(), |text, protocol| {
+            text.replace(protocol, "")
+        });
+    let hint = if lower.contains("sasl ") || lower.contains("authentication") {
         "(check the user, the password and sasl.mechanism)"
-    } else if oncely_core::url::is_about_tls(&source) {
+    } else if oncely_core::url::is_about_tls(&lower) {
         oncely_core::url::TLS_HINT
     } else {
         "(is the broker running?)"
