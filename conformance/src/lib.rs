@@ -38,6 +38,7 @@ use oncely_core::Store;
 
 pub mod boundaries;
 pub mod certs;
+pub mod faults;
 pub mod harness;
 pub mod inbox;
 pub mod model;

@@ -15,6 +15,47 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Spawns `command` so that the kernel kills it (SIGKILL) if this process dies first: a test
+/// that panics or is killed leaves no server or consumer process behind.
+///
+/// The kernel sends that signal when the *thread* that spawned the child ends, not the process:
+/// so every such child is spawned by one thread that lives as long as the process (a child
+/// spawned from a blocking-pool thread would otherwise be killed when that thread idles out).
+pub fn spawn_tied(mut command: Command) -> std::io::Result<Child> {
+    use std::sync::mpsc;
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: std::sync::OnceLock<std::sync::Mutex<mpsc::Sender<Request>>> =
+        std::sync::OnceLock::new();
+    // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("oncely-test-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in incoming {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("the spawner thread");
+        std::sync::Mutex::new(requests)
+    });
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((command, reply))
+        .expect("the spawner thread lives as long as the process");
+    answer
+        .recv()
+        .expect("the spawner thread lives as long as the process")
+}
+
 /// A server process a test started; dropping it kills the server and every process it started.
 pub struct TestServer {
     child: Child,
@@ -39,17 +80,16 @@ impl TestServer {
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("the server's log file"))
             .stderr(file);
-        // SAFETY: setpgid and prctl are async-signal-safe and touch nothing of the parent's.
+        // SAFETY: setpgid is async-signal-safe and touches nothing of the parent's.
         unsafe {
             command.pre_exec(|| {
                 libc::setpgid(0, 0);
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
+        let shown = format!("{command:?}");
+        let child =
+            spawn_tied(command).unwrap_or_else(|e| panic!("cannot start {name} ({shown}): {e}"));
         let server = TestServer {
             child,
             name: name.to_owned(),
@@ -75,6 +115,26 @@ impl TestServer {
     /// What the server wrote so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` to the server alone (not to what it started) and waits up to `within`
+    /// for it to exit: a server's own way of stopping (SIGINT, SIGTERM). Fails with the log if
+    /// it is still running; what it started is killed with it when the server is dropped.
+    pub fn stop_with(mut self, signal: libc::c_int, within: Duration) {
+        // SAFETY: a plain syscall on the process this server started.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, signal);
+        }
+        let deadline = Instant::now() + within;
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within {within:?} of signal {signal}; its log:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

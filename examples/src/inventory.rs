@@ -106,12 +106,12 @@ fn store_error(error: Error) -> HandlerError {
     }
 }
 
+// The same for the example's own statements: a server down or restarting is an outage.
 fn db_error(error: sqlx::Error) -> HandlerError {
-    match error {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-            HandlerError::unavailable(error)
-        }
-        other => HandlerError::failed(other),
+    if oncely_postgres::is_unavailable(&error) {
+        HandlerError::unavailable(error)
+    } else {
+        HandlerError::failed(error)
     }
 }
 

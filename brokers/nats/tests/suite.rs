@@ -45,6 +45,7 @@ impl Nats {
 #[async_trait]
 impl Broker for Nats {
     type Channel = NatsChannel;
+    const RUNS_STORE_FAULT_PROOFS: bool = true;
 
     async fn channel(&self, test: &str) -> Result<NatsChannel, BoxError> {
         let fresh =

@@ -67,6 +67,11 @@ pub trait Broker: Send + Sync + 'static {
     /// One test's destination.
     type Channel: Channel;
 
+    /// Whether this broker's suite also runs the store-fault proofs (the consumers' PostgreSQL
+    /// restarted under them). They fault the store, not the broker, so one broker runs them:
+    /// NATS, the quickest here.
+    const RUNS_STORE_FAULT_PROOFS: bool = false;
+
     /// A new, empty destination and dead-letter destination, unique to this call; `test`
     /// names the test, for a readable name on the server.
     async fn channel(&self, test: &str) -> Result<Self::Channel, BoxError>;
@@ -209,6 +214,7 @@ where
             .with_kind(name.to_owned()),
         );
     }
+    let store_faults_broker = B::RUNS_STORE_FAULT_PROOFS.then(|| broker.clone());
     let schema_prefix = format!("oncely_proof_{name}");
     trials.push(
         Trial::test(
@@ -217,17 +223,8 @@ where
                 runtime().block_on(async move {
                     let channel = broker.channel("proof").await.map_err(|e| e.to_string())?;
                     let postgres = oncely_conformance::servers::postgres_url(&schema_prefix).await;
-                    let exe = std::env::current_exe().expect("this test binary");
-                    let spawn = |source: &str, postgres: &str| {
-                        std::process::Command::new(&exe)
-                            .env(proof::CHILD_SOURCE_ENV, source)
-                            .env(proof::CHILD_POSTGRES_ENV, postgres)
-                            .stdout(std::process::Stdio::null())
-                            .spawn()
-                            .expect("a consumer process")
-                    };
                     let config = proof::ProofConfig::default();
-                    let report = proof::run(&channel, &postgres, config, spawn).await;
+                    let report = proof::run(&channel, &postgres, config, consumer_process).await;
                     eprintln!("kill -9 proof: {report:?}");
                     Ok(())
                 })
@@ -235,8 +232,79 @@ where
         )
         .with_kind(name.to_owned()),
     );
+    if let Some(broker) = store_faults_broker {
+        trials.push(
+            Trial::test(
+                format!("{name}::store_restarted_5_times_still_applies_every_order_exactly_once"),
+                move || {
+                    runtime().block_on(store_restarted_5_times(&*broker));
+                    Ok(())
+                },
+            )
+            .with_kind(name.to_owned()),
+        );
+    }
     trials.extend(extra);
     libtest_mimic::run(&args, trials)
+}
+
+/// A proof consumer: this test binary again, consuming `source` with effects at `postgres`.
+/// It dies with the test process, so a failed proof leaves no consumer behind.
+fn consumer_process(source: &str, postgres: &str) -> std::process::Child {
+    let mut command =
+        std::process::Command::new(std::env::current_exe().expect("this test binary"));
+    command
+        .env(proof::CHILD_SOURCE_ENV, source)
+        .env(proof::CHILD_POSTGRES_ENV, postgres)
+        .stdout(std::process::Stdio::null());
+    oncely_conformance::process::spawn_tied(command).expect("a consumer process")
+}
+
+/// The proof with the consumers' PostgreSQL (a server of the test's own) restarted 5 times
+/// while they work: crashed (SIGKILL, then crash recovery) and shut down in its own fast mode,
+/// in turn, each down for up to 3 s. No consumer is killed: what is proven is that an outage
+/// of the store loses and doubles nothing, and dead-letters no good order.
+async fn store_restarted_5_times<B: Broker>(broker: &B) {
+    use oncely_conformance::faults::{PostgresServer, Stop};
+    const RESTARTS: usize = 5;
+    let channel = broker
+        .channel("store-restarts")
+        .await
+        .expect("a channel for the proof");
+    let server = Arc::new(std::sync::Mutex::new(
+        tokio::task::spawn_blocking(PostgresServer::start)
+            .await
+            .expect("the test's PostgreSQL"),
+    ));
+    let postgres = server.lock().expect("never poisoned").url();
+    let restarting = server.clone();
+    let faults = async move {
+        for n in 0..RESTARTS {
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(300..2_000))).await;
+            let how = if n % 2 == 0 {
+                Stop::Crash
+            } else {
+                Stop::Graceful
+            };
+            let down = Duration::from_millis(fastrand::u64(100..3_000));
+            let server = restarting.clone();
+            tokio::task::spawn_blocking(move || {
+                server.lock().expect("never poisoned").restart(how, down)
+            })
+            .await
+            .expect("a restart");
+            eprintln!("store restarts: PostgreSQL {how:?} and up again after {down:?}");
+        }
+        RESTARTS
+    };
+    let config = proof::ProofConfig {
+        kills: 0,
+        ..proof::ProofConfig::default()
+    };
+    let report = proof::run_with(&channel, &postgres, config, consumer_process, faults).await;
+    eprintln!("store restarts proof: {report:?}");
+    assert_eq!(report.faults, RESTARTS);
+    drop(server);
 }
 
 type Test<C> = fn(C) -> Pin<Box<dyn Future<Output = ()> + Send>>;

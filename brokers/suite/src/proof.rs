@@ -92,6 +92,8 @@ pub struct ProofReport {
     pub dead_letters: usize,
     /// SIGKILLs done.
     pub kills: usize,
+    /// Faults the run's `faults` injected ([`run_with`]).
+    pub faults: usize,
     /// Consumers restarted gracefully because nothing progressed (only on brokers that
     /// [rebalance lazily](crate::Channel::rebalances_lazily)).
     pub nudges: usize,
@@ -107,6 +109,20 @@ pub async fn run<C: Channel>(
     postgres_url: &str,
     config: ProofConfig,
     spawn: impl Fn(&str, &str) -> Child,
+) -> ProofReport {
+    run_with(channel, postgres_url, config, spawn, async { 0 }).await
+}
+
+/// [`run`], with `faults` running beside the consumers from the moment they start (and beside
+/// the publishing, on brokers that publish while consuming): a future that breaks something
+/// around them - restarts their PostgreSQL, say - and returns how many faults it injected.
+/// The checks start once it is done, so it must leave everything running.
+pub async fn run_with<C: Channel>(
+    channel: &C,
+    postgres_url: &str,
+    config: ProofConfig,
+    spawn: impl Fn(&str, &str) -> Child,
+    faults: impl Future<Output = usize>,
 ) -> ProofReport {
     crate::inventory::setup(postgres_url, &ITEMS, STOCK)
         .await
@@ -158,7 +174,6 @@ pub async fn run<C: Channel>(
     let mut children: Vec<Child> = (0..config.consumers)
         .map(|_| spawn(&source_url, postgres_url))
         .collect();
-    let pool = PgPool::connect(postgres_url).await.expect("PostgreSQL");
     let killing = async {
         let mut kills = 0;
         while kills < config.kills {
@@ -170,11 +185,14 @@ pub async fn run<C: Channel>(
         }
         kills
     };
-    let kills = if together {
-        tokio::join!(publish(channel, &messages), killing).1
+    let ((), kills, faults) = if together {
+        tokio::join!(publish(channel, &messages), killing, faults)
     } else {
-        killing.await
+        let (kills, faults) = tokio::join!(killing, faults);
+        ((), kills, faults)
     };
+    // After the faults: a server they restarted is up again.
+    let pool = PgPool::connect(postgres_url).await.expect("PostgreSQL");
     // Every good order applied and every poison order dead-lettered...
     let mut progress = (0, Instant::now());
     let mut nudges = 0;
@@ -199,6 +217,26 @@ pub async fn run<C: Channel>(
         let done = applied as usize + letters.len();
         if done != progress.0 {
             progress = (done, Instant::now());
+        } else if progress.1.elapsed() > LOST_AFTER && channel.unsettled().await.ok() == Some(0) {
+            // Nothing left to deliver and no progress: what is missing was acked unapplied.
+            let applied: BTreeSet<String> = sqlx::query_scalar("SELECT order_id FROM orders")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+            let lost: Vec<&String> = good
+                .iter()
+                .map(|o| &o.id)
+                .filter(|id| !applied.contains(*id))
+                .take(10)
+                .collect();
+            panic!(
+                "orders lost: every message is settled, yet {} of {} good orders are applied \
+                 (missing, up to 10: {lost:?})",
+                applied.len(),
+                good.len()
+            );
         } else if channel.rebalances_lazily() && progress.1.elapsed() > STALL {
             let nudged = nudges % children.len();
             eprintln!(
@@ -299,6 +337,7 @@ pub async fn run<C: Channel>(
         applied: applied.len(),
         dead_letters: letters.len(),
         kills,
+        faults,
         nudges,
         elapsed: settled,
     }
@@ -348,6 +387,10 @@ fn dead_letter_keys(letters: &[Message]) -> BTreeMap<String, usize> {
 /// How long the proof waits without progress before it restarts a consumer (see `run`): well
 /// past the session timeouts the suites use, so a broker that rebalances does so first.
 const STALL: Duration = Duration::from_secs(45);
+
+/// How long the proof waits without progress, with nothing left unsettled, before it calls the
+/// missing orders lost.
+const LOST_AFTER: Duration = Duration::from_secs(20);
 
 fn kill9(child: &mut Child) {
     let _ = child.kill(); // SIGKILL on Unix

@@ -28,13 +28,34 @@ pub(crate) fn record_from_row(row: &MySqlRow) -> std::result::Result<Record, Str
     .into_record()
 }
 
-/// Whether `e` says the server could not be reached, rather than answering with an error.
-pub(crate) fn unreachable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
+/// Whether a driver error means MySQL/MariaDB could not be reached or is going down, rather
+/// than answering the statement with an error: an outage, for a later attempt, and no fault of
+/// the message or request being handled.
+///
+/// That is: the connection failed or broke, the pool had no connection in time, or the server
+/// said so itself - 1053 (server shutdown in progress), 1927 (connection killed) or SQLSTATE
+/// class 08 (connection exception). A handler whose effect is in MySQL maps these to
+/// `HandlerError::unavailable`.
+///
+/// ```
+/// assert!(oncely_mysql::is_unavailable(&sqlx::Error::PoolTimedOut));
+/// assert!(!oncely_mysql::is_unavailable(&sqlx::Error::RowNotFound));
+/// ```
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
         sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-    )
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            let number = db
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map(|e| e.number());
+            matches!(number, Some(1053 | 1927))
+                || db.code().is_some_and(|code| code.starts_with("08"))
+        }
+        _ => false,
+    }
 }
+
+pub(crate) use is_unavailable as unreachable;

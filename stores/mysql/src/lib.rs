@@ -54,6 +54,7 @@ mod store;
 
 #[doc(hidden)]
 pub use claim_tx::{read_back_with_select, reads_back_with_returning};
+pub use driver::is_unavailable;
 pub use store::MySqlStore;
 
 /// The sqlx this crate is built on, so your transactions are the inbox's type.

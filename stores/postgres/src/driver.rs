@@ -26,13 +26,31 @@ pub(crate) fn error(store: &str, e: sqlx::Error) -> Error {
     Error::driver(store, unreachable(&e), e.into())
 }
 
-/// Whether `e` says the server could not be reached, rather than answering with an error.
-pub(crate) fn unreachable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
+/// Whether a driver error means PostgreSQL could not be reached or is going down or coming up,
+/// rather than answering the statement with an error: an outage, for a later attempt, and no
+/// fault of the message or request being handled.
+///
+/// That is: the connection failed or broke, the pool had no connection in time, or the server
+/// said so itself - SQLSTATE class 08 (connection exception) and 57P01 to 57P03 (shut down by an
+/// administrator or a crash of another backend, "the database system is starting up"), which is
+/// what the sessions of a restarting server get. A handler whose effect is in PostgreSQL maps
+/// these to `HandlerError::unavailable` (see `examples/src/inventory.rs`).
+///
+/// ```
+/// assert!(oncely_postgres::is_unavailable(&sqlx::Error::PoolTimedOut));
+/// assert!(!oncely_postgres::is_unavailable(&sqlx::Error::RowNotFound));
+/// ```
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
         sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-    )
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
 }
+
+pub(crate) use is_unavailable as unreachable;

@@ -47,6 +47,7 @@ pub mod outbox;
 pub mod partitions;
 mod store;
 
+pub use driver::is_unavailable;
 pub use store::PostgresStore;
 
 /// The sqlx this crate is built on, so your transactions are the inbox's type.
