@@ -222,3 +222,129 @@ fn postgres_user() -> (u32, u32) {
     // SAFETY: non-null, as checked.
     unsafe { ((*entry).pw_uid, (*entry).pw_gid) }
 }
+
+/// What a [`FaultProxy`] does to the traffic through it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Bytes go through.
+    Up,
+    /// A partition: nothing goes through either way and new connections get no answer, but
+    /// nothing is closed either - as when packets are dropped. When the link comes back up,
+    /// connections that are still open go on where they stopped.
+    Partitioned,
+    /// Every connection is closed, and new ones are closed at once.
+    Cut,
+}
+
+/// A TCP proxy on a free loopback port in front of `127.0.0.1:upstream`, whose [`Link`] the test
+/// sets: a partition or a cut between the processes under test and a server, where network
+/// namespaces are not needed. Call from within a Tokio runtime; dropping it closes everything.
+pub struct FaultProxy {
+    port: u16,
+    link: tokio::sync::watch::Sender<Link>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Starts it, with the link up.
+    pub async fn start(upstream: u16) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let port = listener.local_addr().expect("its address").port();
+        let (link, watching) = tokio::sync::watch::channel(Link::Up);
+        let accepting = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(forward(client, upstream, watching.clone()));
+            }
+        });
+        FaultProxy {
+            port,
+            link,
+            accepting,
+        }
+    }
+
+    /// Its port on 127.0.0.1: give the processes under test this one.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sets the link for every connection, open and new.
+    pub fn set(&self, link: Link) {
+        self.link.send_replace(link);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        // Open connections see the cut and close.
+        self.link.send_replace(Link::Cut);
+    }
+}
+
+/// One connection through the proxy: waits out a partition before it even reaches the server.
+async fn forward(
+    client: tokio::net::TcpStream,
+    upstream: u16,
+    mut link: tokio::sync::watch::Receiver<Link>,
+) {
+    if wait_while_partitioned(&mut link).await == Link::Cut {
+        return;
+    }
+    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+        return;
+    };
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    // Either direction ending (a close, an error, a cut) ends both.
+    tokio::select! {
+        _ = pump(client_read, server_write, link.clone()) => {}
+        _ = pump(server_read, client_write, link) => {}
+    }
+}
+
+/// Copies `from` to `to` while the link is up; holds still while it is partitioned.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut link: tokio::sync::watch::Receiver<Link>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        if wait_while_partitioned(&mut link).await == Link::Cut {
+            return;
+        }
+        let read = tokio::select! {
+            read = from.read(&mut buffer) => read,
+            // A change of link interrupts the wait for bytes; the loop looks at it again.
+            _ = link.changed() => continue,
+        };
+        let n = match read {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Bytes read just as a partition began are held until it ends.
+        if wait_while_partitioned(&mut link).await == Link::Cut {
+            return;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits while the link is partitioned; answers what it is then (up or cut).
+async fn wait_while_partitioned(link: &mut tokio::sync::watch::Receiver<Link>) -> Link {
+    loop {
+        let now = *link.borrow_and_update();
+        if now != Link::Partitioned {
+            return now;
+        }
+        if link.changed().await.is_err() {
+            return Link::Cut;
+        }
+    }
+}

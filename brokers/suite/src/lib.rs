@@ -233,11 +233,25 @@ where
         .with_kind(name.to_owned()),
     );
     if let Some(broker) = store_faults_broker {
+        let partitioned = broker.clone();
         trials.push(
             Trial::test(
                 format!("{name}::store_restarted_5_times_still_applies_every_order_exactly_once"),
                 move || {
                     runtime().block_on(store_restarted_5_times(&*broker));
+                    Ok(())
+                },
+            )
+            .with_kind(name.to_owned()),
+        );
+        let schema_prefix = format!("oncely_partition_{name}");
+        trials.push(
+            Trial::test(
+                format!(
+                    "{name}::store_partitioned_20s_then_cut_still_applies_every_order_exactly_once"
+                ),
+                move || {
+                    runtime().block_on(store_partitioned(&*partitioned, &schema_prefix));
                     Ok(())
                 },
             )
@@ -305,6 +319,48 @@ async fn store_restarted_5_times<B: Broker>(broker: &B) {
     eprintln!("store restarts proof: {report:?}");
     assert_eq!(report.faults, RESTARTS);
     drop(server);
+}
+
+/// The proof with the consumers cut off from their PostgreSQL (the machine's, in a fresh
+/// schema, through a [`FaultProxy`]): a 20 s partition (nothing gets through, nothing is
+/// closed: queries hang, then go on), then a cut of 3 s (every connection closed, new ones
+/// too). No consumer is killed.
+async fn store_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
+    use oncely_conformance::faults::{FaultProxy, Link};
+    let channel = broker
+        .channel("store-partition")
+        .await
+        .expect("a channel for the proof");
+    let direct = oncely_conformance::servers::postgres_url(schema_prefix).await;
+    // postgres://user@host:PORT/db?...: the consumers go through the proxy instead.
+    let (before, after) = direct.split_once('@').expect("a user in the URL");
+    let (address, rest) = after.split_once('/').expect("a database in the URL");
+    let upstream: u16 = address
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or(5432);
+    let proxy = FaultProxy::start(upstream).await;
+    let postgres = format!("{before}@127.0.0.1:{}/{rest}", proxy.port());
+    let faults = async {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(500..2_000))).await;
+        proxy.set(Link::Partitioned);
+        eprintln!("store partition: the consumers cut off from PostgreSQL for 20 s");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        proxy.set(Link::Up);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        proxy.set(Link::Cut);
+        eprintln!("store partition: every connection to PostgreSQL cut for 3 s");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.set(Link::Up);
+        2
+    };
+    let config = proof::ProofConfig {
+        kills: 0,
+        ..proof::ProofConfig::default()
+    };
+    let report = proof::run_with(&channel, &postgres, config, consumer_process, faults).await;
+    eprintln!("store partition proof: {report:?}");
+    assert_eq!(report.faults, 2);
 }
 
 type Test<C> = fn(C) -> Pin<Box<dyn Future<Output = ()> + Send>>;

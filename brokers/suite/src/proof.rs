@@ -231,9 +231,22 @@ pub async fn run_with<C: Channel>(
                 .filter(|id| !applied.contains(*id))
                 .take(10)
                 .collect();
+            let letters = channel.dead_letters().await.expect("dead letters");
+            let wrongly: Vec<String> = letters
+                .iter()
+                .filter(|l| !poison.contains(l.header(KEY_HEADER).unwrap_or_default()))
+                .take(3)
+                .map(|l| {
+                    format!(
+                        "{}: {}",
+                        l.header(KEY_HEADER).unwrap_or_default(),
+                        l.header(ERROR_HEADER).unwrap_or_default()
+                    )
+                })
+                .collect();
             panic!(
                 "orders lost: every message is settled, yet {} of {} good orders are applied \
-                 (missing, up to 10: {lost:?})",
+                 (missing, up to 10: {lost:?}; good orders dead-lettered, up to 3: {wrongly:?})",
                 applied.len(),
                 good.len()
             );

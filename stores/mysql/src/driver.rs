@@ -32,7 +32,8 @@ pub(crate) fn record_from_row(row: &MySqlRow) -> std::result::Result<Record, Str
 /// than answering the statement with an error: an outage, for a later attempt, and no fault of
 /// the message or request being handled.
 ///
-/// That is: the connection failed or broke, the pool had no connection in time, or the server
+/// That is: the connection failed, broke or answered nonsense (as one closed mid-handshake by a
+/// proxy does), the pool had no connection in time, or the server
 /// said so itself - 1053 (server shutdown in progress), 1927 (connection killed) or SQLSTATE
 /// class 08 (connection exception). A handler whose effect is in MySQL maps these to
 /// `HandlerError::unavailable`.
@@ -46,7 +47,10 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_) => true,
+        | sqlx::Error::Tls(_)
+        // Bytes that make no sense: a connection broken mid-answer, or closed during the
+        // handshake by something in between.
+        | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
             let number = db
                 .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()

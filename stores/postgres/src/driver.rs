@@ -30,7 +30,8 @@ pub(crate) fn error(store: &str, e: sqlx::Error) -> Error {
 /// rather than answering the statement with an error: an outage, for a later attempt, and no
 /// fault of the message or request being handled.
 ///
-/// That is: the connection failed or broke, the pool had no connection in time, or the server
+/// That is: the connection failed, broke or answered nonsense (as one closed mid-handshake by a
+/// proxy does), the pool had no connection in time, or the server
 /// said so itself - SQLSTATE class 08 (connection exception) and 57P01 to 57P03 (shut down by an
 /// administrator or a crash of another backend, "the database system is starting up"), which is
 /// what the sessions of a restarting server get. A handler whose effect is in PostgreSQL maps
@@ -45,7 +46,10 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_) => true,
+        | sqlx::Error::Tls(_)
+        // Bytes that make no sense: a connection broken mid-answer, or closed during the
+        // handshake by something in between.
+        | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
         }),
