@@ -244,6 +244,23 @@ where
             )
             .with_kind(name.to_owned()),
         );
+        let broker_partitioned_broker = partitioned.clone();
+        let broker_schema_prefix = format!("oncely_broker_partition_{name}");
+        trials.push(
+            Trial::test(
+                format!(
+                    "{name}::broker_partitioned_20s_then_cut_still_applies_every_order_exactly_once"
+                ),
+                move || {
+                    runtime().block_on(broker_partitioned(
+                        &*broker_partitioned_broker,
+                        &broker_schema_prefix,
+                    ));
+                    Ok(())
+                },
+            )
+            .with_kind(name.to_owned()),
+        );
         let schema_prefix = format!("oncely_partition_{name}");
         trials.push(
             Trial::test(
@@ -332,15 +349,7 @@ async fn store_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
         .await
         .expect("a channel for the proof");
     let direct = oncely_conformance::servers::postgres_url(schema_prefix).await;
-    // postgres://user@host:PORT/db?...: the consumers go through the proxy instead.
-    let (before, after) = direct.split_once('@').expect("a user in the URL");
-    let (address, rest) = after.split_once('/').expect("a database in the URL");
-    let upstream: u16 = address
-        .rsplit_once(':')
-        .and_then(|(_, port)| port.parse().ok())
-        .unwrap_or(5432);
-    let proxy = FaultProxy::start(upstream).await;
-    let postgres = format!("{before}@127.0.0.1:{}/{rest}", proxy.port());
+    let (proxy, postgres) = through_proxy(&direct, 5432).await;
     let faults = async {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(500..2_000))).await;
         proxy.set(Link::Partitioned);
@@ -361,6 +370,63 @@ async fn store_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
     let report = proof::run_with(&channel, &postgres, config, consumer_process, faults).await;
     eprintln!("store partition proof: {report:?}");
     assert_eq!(report.faults, 2);
+}
+
+/// The proof with the consumers cut off from the broker (through a
+/// [`FaultProxy`](oncely_conformance::faults::FaultProxy); the proof itself publishes
+/// directly): a 20 s partition, then a 3 s cut. No consumer is killed, and none may give up.
+async fn broker_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
+    use oncely_conformance::faults::Link;
+    let channel = broker
+        .channel("broker-partition")
+        .await
+        .expect("a channel for the proof");
+    let postgres = oncely_conformance::servers::postgres_url(schema_prefix).await;
+    let (proxy, source) = through_proxy(&channel.source_url(), 0).await;
+    let spawn = move |_: &str, postgres: &str| consumer_process(&source, postgres);
+    let faults = async {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(500..2_000))).await;
+        proxy.set(Link::Partitioned);
+        eprintln!("broker partition: the consumers cut off from the broker for 20 s");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        proxy.set(Link::Up);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        proxy.set(Link::Cut);
+        eprintln!("broker partition: every connection to the broker cut for 3 s");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.set(Link::Up);
+        2
+    };
+    let config = proof::ProofConfig {
+        kills: 0,
+        ..proof::ProofConfig::default()
+    };
+    let report = proof::run_with(&channel, &postgres, config, spawn, faults).await;
+    eprintln!("broker partition proof: {report:?}");
+    assert_eq!(report.faults, 2);
+}
+
+/// A [`FaultProxy`](oncely_conformance::faults::FaultProxy) in front of the server `url`
+/// names (`scheme://[userinfo@]127.0.0.1[:port]/...`, `default_port` if it names none), and
+/// `url` pointed at the proxy instead.
+async fn through_proxy(
+    url: &str,
+    default_port: u16,
+) -> (oncely_conformance::faults::FaultProxy, String) {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (userinfo, rest) = match rest.split_once('@') {
+        Some((userinfo, rest)) if !userinfo.contains('/') => (format!("{userinfo}@"), rest),
+        _ => (String::new(), rest),
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (address, path) = rest.split_at(end);
+    let upstream = address
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or(default_port);
+    let proxy = oncely_conformance::faults::FaultProxy::start(upstream).await;
+    let through = format!("{scheme}://{userinfo}127.0.0.1:{}{path}", proxy.port());
+    (proxy, through)
 }
 
 type Test<C> = fn(C) -> Pin<Box<dyn Future<Output = ()> + Send>>;
