@@ -339,11 +339,11 @@ async fn store_restarted_5_times<B: Broker>(broker: &B) {
 }
 
 /// The proof with the consumers cut off from their PostgreSQL (the machine's, in a fresh
-/// schema, through a [`FaultProxy`]): a 20 s partition (nothing gets through, nothing is
+/// schema, through a [`FaultProxy`](oncely_conformance::faults::FaultProxy)): a 20 s partition (nothing gets through, nothing is
 /// closed: queries hang, then go on), then a cut of 3 s (every connection closed, new ones
 /// too). No consumer is killed.
 async fn store_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
-    use oncely_conformance::faults::{FaultProxy, Link};
+    use oncely_conformance::faults::Link;
     let channel = broker
         .channel("store-partition")
         .await
