@@ -343,26 +343,13 @@ async fn store_restarted_5_times<B: Broker>(broker: &B) {
 /// closed: queries hang, then go on), then a cut of 3 s (every connection closed, new ones
 /// too). No consumer is killed.
 async fn store_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
-    use oncely_conformance::faults::Link;
     let channel = broker
         .channel("store-partition")
         .await
         .expect("a channel for the proof");
     let direct = oncely_conformance::servers::postgres_url(schema_prefix).await;
     let (proxy, postgres) = through_proxy(&direct, 5432).await;
-    let faults = async {
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(500..2_000))).await;
-        proxy.set(Link::Partitioned);
-        eprintln!("store partition: the consumers cut off from PostgreSQL for 20 s");
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        proxy.set(Link::Up);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        proxy.set(Link::Cut);
-        eprintln!("store partition: every connection to PostgreSQL cut for 3 s");
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        proxy.set(Link::Up);
-        2
-    };
+    let faults = partition_then_cut(&proxy, "PostgreSQL");
     let config = proof::ProofConfig {
         kills: 0,
         ..proof::ProofConfig::default()
@@ -376,7 +363,6 @@ async fn store_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
 /// [`FaultProxy`](oncely_conformance::faults::FaultProxy); the proof itself publishes
 /// directly): a 20 s partition, then a 3 s cut. No consumer is killed, and none may give up.
 async fn broker_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
-    use oncely_conformance::faults::Link;
     let channel = broker
         .channel("broker-partition")
         .await
@@ -384,19 +370,7 @@ async fn broker_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
     let postgres = oncely_conformance::servers::postgres_url(schema_prefix).await;
     let (proxy, source) = through_proxy(&channel.source_url(), 0).await;
     let spawn = move |_: &str, postgres: &str| consumer_process(&source, postgres);
-    let faults = async {
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(500..2_000))).await;
-        proxy.set(Link::Partitioned);
-        eprintln!("broker partition: the consumers cut off from the broker for 20 s");
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        proxy.set(Link::Up);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        proxy.set(Link::Cut);
-        eprintln!("broker partition: every connection to the broker cut for 3 s");
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        proxy.set(Link::Up);
-        2
-    };
+    let faults = partition_then_cut(&proxy, "the broker");
     let config = proof::ProofConfig {
         kills: 0,
         ..proof::ProofConfig::default()
@@ -404,6 +378,23 @@ async fn broker_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
     let report = proof::run_with(&channel, &postgres, config, spawn, faults).await;
     eprintln!("broker partition proof: {report:?}");
     assert_eq!(report.faults, 2);
+}
+
+/// Soon after the consumers start: a 20 s partition through `proxy`, the link up for 2 s, then
+/// a 3 s cut; the link is up at the end. Two faults.
+async fn partition_then_cut(proxy: &oncely_conformance::faults::FaultProxy, server: &str) -> usize {
+    use oncely_conformance::faults::Link;
+    tokio::time::sleep(Duration::from_millis(fastrand::u64(500..2_000))).await;
+    proxy.set(Link::Partitioned);
+    eprintln!("partition: the consumers cut off from {server} for 20 s");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    proxy.set(Link::Up);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.set(Link::Cut);
+    eprintln!("partition: every connection to {server} cut for 3 s");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.set(Link::Up);
+    2
 }
 
 /// A [`FaultProxy`](oncely_conformance::faults::FaultProxy) in front of the server `url`

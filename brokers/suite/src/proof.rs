@@ -219,12 +219,7 @@ pub async fn run_with<C: Channel>(
             progress = (done, Instant::now());
         } else if progress.1.elapsed() > LOST_AFTER && channel.unsettled().await.ok() == Some(0) {
             // Nothing left to deliver and no progress: what is missing was acked unapplied.
-            let applied: BTreeSet<String> = sqlx::query_scalar("SELECT order_id FROM orders")
-                .fetch_all(&pool)
-                .await
-                .unwrap()
-                .into_iter()
-                .collect();
+            let applied = applied_orders(&pool).await;
             let lost: Vec<&String> = good
                 .iter()
                 .map(|o| &o.id)
@@ -301,12 +296,7 @@ pub async fn run_with<C: Channel>(
     .await
     .unwrap();
     assert!(twice.is_empty(), "orders applied more than once: {twice:?}");
-    let applied: BTreeSet<String> = sqlx::query_scalar("SELECT order_id FROM orders")
-        .fetch_all(&pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let applied = applied_orders(&pool).await;
     let expected: BTreeSet<String> = good.iter().map(|o| o.id.clone()).collect();
     assert_eq!(
         applied, expected,
@@ -386,6 +376,16 @@ pub async fn consume<S: Source>(source: S, postgres_url: &str) {
         })
         .await
         .expect("the consumer runs until stopped");
+}
+
+/// The orders applied so far, each once however often it was.
+async fn applied_orders(pool: &PgPool) -> BTreeSet<String> {
+    sqlx::query_scalar("SELECT order_id FROM orders")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 fn dead_letter_keys(letters: &[Message]) -> BTreeMap<String, usize> {

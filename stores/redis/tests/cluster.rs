@@ -8,25 +8,13 @@ mod support;
 
 use std::sync::Arc;
 
-use oncely_conformance::servers;
-use oncely_core::Store;
-use oncely_redis::RedisStore;
 use support::cluster::{self, Cluster};
 
 fn main() {
     let cluster = Arc::new(Cluster::start(None));
     let conclusion = {
-        let factory_cluster = cluster.clone();
-        let factory = move || {
-            let url = factory_cluster.url(&servers::fresh_name("oncely_cluster"));
-            async move {
-                Arc::new(
-                    RedisStore::connect(&url)
-                        .await
-                        .unwrap_or_else(|e| panic!("{e}")),
-                ) as Arc<dyn Store>
-            }
-        };
+        let urls = cluster.clone();
+        let factory = support::factory(move |prefix| urls.url(prefix), "oncely_cluster");
         let extra = cluster::trials(&cluster, "redis-cluster");
         oncely_conformance::run("redis-cluster", factory, extra)
     };

@@ -10,11 +10,7 @@ mod support;
 
 use std::sync::Arc;
 
-use oncely_conformance::harness::{check, url_trial};
-use oncely_conformance::libtest_mimic::Failed;
 use oncely_conformance::{certs, servers};
-use oncely_core::Store;
-use oncely_redis::RedisStore;
 use support::cluster::{self, Cluster};
 
 const KIND: &str = "redis-cluster-tls";
@@ -33,65 +29,16 @@ fn main() {
     }
     let cluster = Arc::new(Cluster::start(Some(&server)));
     let conclusion = {
-        let factory_cluster = cluster.clone();
-        let factory = move || {
-            let url = factory_cluster.url(&servers::fresh_name("oncely_cluster_tls"));
-            async move {
-                Arc::new(
-                    RedisStore::connect(&url)
-                        .await
-                        .unwrap_or_else(|e| panic!("{e}")),
-                ) as Arc<dyn Store>
-            }
-        };
+        let urls = cluster.clone();
+        let factory = support::factory(move |prefix| urls.url(prefix), "oncely_cluster_tls");
         let prefix = servers::fresh_name("oncely_cluster_tls");
         let mut extra = cluster::trials(&cluster, KIND);
-        extra.extend([
-            url_trial(
-                KIND,
-                "a_root_that_did_not_sign_the_nodes_is_refused_in_one_line",
-                format!(
-                    "{}&cacert={}",
-                    cluster.url_without_cacert(&prefix),
-                    other_ca.display()
-                ),
-                |url| async move {
-                    let error = RedisStore::connect(&url)
-                        .await
-                        .err()
-                        .ok_or("connected with a root that signed nothing")?
-                        .to_string();
-                    eprintln!("{error}");
-                    check(!error.contains('\n'), &format!("one line: {error}"))?;
-                    check(
-                        error.contains("certificate") || error.contains("UnknownIssuer"),
-                        &format!("says why: {error}"),
-                    )
-                },
-            ),
-            url_trial(
-                KIND,
-                "without_cacert_the_roots_are_those_ssl_cert_file_names",
-                cluster.url_without_cacert(&prefix),
-                |url| async move {
-                    RedisStore::connect(&url)
-                        .await
-                        .map(drop)
-                        .map_err(|e| Failed::from(format!("SSL_CERT_FILE's CA: {e}")))
-                },
-            ),
-            url_trial(
-                KIND,
-                "a_plain_client_cannot_use_the_tls_ports",
-                cluster.plain_url_to_tls_ports(&prefix),
-                |url| async move {
-                    check(
-                        RedisStore::connect(&url).await.is_err(),
-                        "plain redis+cluster:// to the TLS ports connected",
-                    )
-                },
-            ),
-        ]);
+        extra.extend(support::tls_trials(
+            KIND,
+            &cluster.url_without_cacert(&prefix),
+            &other_ca,
+            cluster.plain_url_to_tls_ports(&prefix),
+        ));
         oncely_conformance::run(KIND, factory, extra)
     };
     // The trials hold clones of the cluster; they are done, so this is the last one.

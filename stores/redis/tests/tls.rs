@@ -8,12 +8,7 @@
 
 mod support;
 
-use std::sync::Arc;
-
-use oncely_conformance::harness::{check, url_trial};
-use oncely_conformance::libtest_mimic::Failed;
 use oncely_conformance::{certs, servers};
-use oncely_redis::RedisStore;
 
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -35,61 +30,17 @@ fn main() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let node = support::Node::start(dir.path(), plain, &args);
     let base = format!("rediss://127.0.0.1:{tls}");
-    let cacert = format!("cacert={}", ca.display());
-
-    let suite_base = format!("{base}?{cacert}");
-    let factory = move || {
-        let url = format!("{suite_base}&prefix={}", servers::fresh_name("oncely_tls"));
-        async move {
-            Arc::new(
-                RedisStore::connect(&url)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}")),
-            ) as _
-        }
-    };
-    let extra = vec![
-        url_trial(
-            "redis-tls",
-            "a_root_that_did_not_sign_the_server_is_refused_in_one_line",
-            format!("{base}?cacert={}", other_ca.display()),
-            |url| async move {
-                let error = RedisStore::connect(&url)
-                    .await
-                    .err()
-                    .ok_or("connected with a root that signed nothing")?
-                    .to_string();
-                eprintln!("{error}");
-                check(!error.contains('\n'), &format!("one line: {error}"))?;
-                check(
-                    error.contains("certificate") || error.contains("UnknownIssuer"),
-                    &format!("says why: {error}"),
-                )
-            },
-        ),
-        url_trial(
-            "redis-tls",
-            "without_cacert_the_roots_are_those_ssl_cert_file_names",
-            format!("{base}?prefix={}", servers::fresh_name("oncely_tls")),
-            |url| async move {
-                RedisStore::connect(&url)
-                    .await
-                    .map(drop)
-                    .map_err(|e| Failed::from(format!("SSL_CERT_FILE's CA: {e}")))
-            },
-        ),
-        url_trial(
-            "redis-tls",
-            "a_plain_client_cannot_use_the_tls_port",
-            format!("redis://127.0.0.1:{tls}"),
-            |url| async move {
-                check(
-                    RedisStore::connect(&url).await.is_err(),
-                    "plain redis:// to the TLS port connected",
-                )
-            },
-        ),
-    ];
+    let suite_base = format!("{base}?cacert={}", ca.display());
+    let factory = support::factory(
+        move |prefix| format!("{suite_base}&prefix={prefix}"),
+        "oncely_tls",
+    );
+    let extra = support::tls_trials(
+        "redis-tls",
+        &format!("{base}?prefix={}", servers::fresh_name("oncely_tls")),
+        &other_ca,
+        format!("redis://127.0.0.1:{tls}"),
+    );
     let conclusion = oncely_conformance::run("redis-tls", factory, extra);
     drop(node);
     conclusion.exit()

@@ -149,3 +149,77 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     }
     ports
 }
+
+/// The suite's factory: a store on `url(fresh key prefix)` for each call.
+pub fn factory(
+    url: impl Fn(&str) -> String + Send + Sync + 'static,
+    prefix: &'static str,
+) -> impl oncely_conformance::StoreFactory {
+    move || {
+        let url = url(&oncely_conformance::servers::fresh_name(prefix));
+        async move {
+            std::sync::Arc::new(
+                oncely_redis::RedisStore::connect(&url)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ) as std::sync::Arc<dyn oncely_core::Store>
+        }
+    }
+}
+
+/// The TLS trials every `rediss` server passes, named under `kind`: `url` with `cacert=` set
+/// to `foreign_root` (a CA that signed nothing) is refused in one line saying why; `url` alone
+/// (the system's roots, which the test points at the server's CA) connects; `plain` (the TLS
+/// port, without TLS) is refused.
+pub fn tls_trials(
+    kind: &str,
+    url: &str,
+    foreign_root: &std::path::Path,
+    plain: String,
+) -> Vec<oncely_conformance::libtest_mimic::Trial> {
+    use oncely_conformance::harness::{check, url_trial};
+    use oncely_redis::RedisStore;
+    vec![
+        url_trial(
+            kind,
+            "a_root_that_did_not_sign_the_server_is_refused_in_one_line",
+            with_param(url, &format!("cacert={}", foreign_root.display())),
+            |url| async move {
+                let error = RedisStore::connect(&url)
+                    .await
+                    .err()
+                    .ok_or("connected with a root that signed nothing")?
+                    .to_string();
+                eprintln!("{error}");
+                check(!error.contains('\n'), &format!("one line: {error}"))?;
+                check(
+                    error.contains("certificate") || error.contains("UnknownIssuer"),
+                    &format!("says why: {error}"),
+                )
+            },
+        ),
+        url_trial(
+            kind,
+            "without_cacert_the_roots_are_those_ssl_cert_file_names",
+            url.to_owned(),
+            |url| async move {
+                RedisStore::connect(&url).await.map(drop).map_err(|e| {
+                    oncely_conformance::libtest_mimic::Failed::from(format!(
+                        "SSL_CERT_FILE's CA: {e}"
+                    ))
+                })
+            },
+        ),
+        url_trial(
+            kind,
+            "a_plain_client_cannot_use_the_tls_port",
+            plain,
+            |url| async move {
+                check(
+                    RedisStore::connect(&url).await.is_err(),
+                    "plain redis to the TLS port connected",
+                )
+            },
+        ),
+    ]
+}
