@@ -129,32 +129,23 @@ impl PostgresServer {
                 "max_connections=200",
             ]);
         let log = self.base.join(format!("postgres-{}.log", self.starts));
-        self.server = Some(TestServer::start(
+        let mut server = TestServer::start(
             "postgres (the test's own)",
             command,
             &log,
             self.port,
             Duration::from_secs(60),
-        ));
+        );
         // The port opens before the server takes sessions ("the database system is starting
         // up" while it recovers): up means pg_isready says it accepts connections.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = self
-                .command("pg_isready")
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .status()
-                .is_ok_and(|status| status.success());
-            if ready {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the test's PostgreSQL did not accept connections within 60 s; its log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut ready = self.command("pg_isready");
+        ready.args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        server.wait_until(
+            "accept sessions (pg_isready)",
+            Duration::from_secs(60),
+            |_| ready.status().is_ok_and(|status| status.success()),
+        );
+        self.server = Some(server);
     }
 
     /// Stops it `how`, leaves it down for `down`, and starts it again.

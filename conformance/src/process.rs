@@ -90,7 +90,7 @@ impl TestServer {
         let shown = format!("{command:?}");
         let child =
             spawn_tied(command).unwrap_or_else(|e| panic!("cannot start {name} ({shown}): {e}"));
-        let server = TestServer {
+        let mut server = TestServer {
             child,
             name: name.to_owned(),
             log: log.to_owned(),
@@ -99,16 +99,31 @@ impl TestServer {
         server
     }
 
-    fn wait_for_port(&self, port: u16, within: Duration) {
+    fn wait_for_port(&mut self, port: u16, within: Duration) {
+        self.wait_until(
+            &format!("accept connections on 127.0.0.1:{port}"),
+            within,
+            |_| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+    }
+
+    /// Polls `done` (given the server's process) until it holds; fails after `within`, saying
+    /// the server did not `what`, with its log.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        within: Duration,
+        mut done: impl FnMut(&mut Child) -> bool,
+    ) {
         let deadline = Instant::now() + within;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !done(&mut self.child) {
             assert!(
                 Instant::now() < deadline,
-                "{} did not accept connections on 127.0.0.1:{port} within {within:?}; its log:\n{}",
+                "{} did not {what} within {within:?}; its log:\n{}",
                 self.name,
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -125,16 +140,9 @@ impl TestServer {
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, signal);
         }
-        let deadline = Instant::now() + within;
-        while self.child.try_wait().ok().flatten().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop within {within:?} of signal {signal}; its log:\n{}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_until(&format!("stop on signal {signal}"), within, |child| {
+            child.try_wait().ok().flatten().is_some()
+        });
     }
 }
 

@@ -233,47 +233,35 @@ where
         .with_kind(name.to_owned()),
     );
     if let Some(broker) = store_faults_broker {
-        let partitioned = broker.clone();
-        trials.push(
-            Trial::test(
-                format!("{name}::store_restarted_5_times_still_applies_every_order_exactly_once"),
-                move || {
-                    runtime().block_on(store_restarted_5_times(&*broker));
-                    Ok(())
+        type FaultProof<B> = fn(Arc<B>, String) -> Pin<Box<dyn Future<Output = ()>>>;
+        let proofs: [(&str, FaultProof<B>); 3] = [
+            (
+                "store_restarted_5_times_still_applies_every_order_exactly_once",
+                |broker, _| Box::pin(async move { store_restarted_5_times(&*broker).await }),
+            ),
+            (
+                "store_partitioned_20s_then_cut_still_applies_every_order_exactly_once",
+                |broker, schema| {
+                    Box::pin(async move { store_partitioned(&*broker, &schema).await })
                 },
-            )
-            .with_kind(name.to_owned()),
-        );
-        let broker_partitioned_broker = partitioned.clone();
-        let broker_schema_prefix = format!("oncely_broker_partition_{name}");
-        trials.push(
-            Trial::test(
-                format!(
-                    "{name}::broker_partitioned_20s_then_cut_still_applies_every_order_exactly_once"
-                ),
-                move || {
-                    runtime().block_on(broker_partitioned(
-                        &*broker_partitioned_broker,
-                        &broker_schema_prefix,
-                    ));
-                    Ok(())
+            ),
+            (
+                "broker_partitioned_20s_then_cut_still_applies_every_order_exactly_once",
+                |broker, schema| {
+                    Box::pin(async move { broker_partitioned(&*broker, &schema).await })
                 },
-            )
-            .with_kind(name.to_owned()),
-        );
-        let schema_prefix = format!("oncely_partition_{name}");
-        trials.push(
-            Trial::test(
-                format!(
-                    "{name}::store_partitioned_20s_then_cut_still_applies_every_order_exactly_once"
-                ),
-                move || {
-                    runtime().block_on(store_partitioned(&*partitioned, &schema_prefix));
+            ),
+        ];
+        for (n, (test, proof)) in proofs.into_iter().enumerate() {
+            let (broker, schema) = (broker.clone(), format!("oncely_fault{n}_{name}"));
+            trials.push(
+                Trial::test(format!("{name}::{test}"), move || {
+                    runtime().block_on(proof(broker, schema));
                     Ok(())
-                },
-            )
-            .with_kind(name.to_owned()),
-        );
+                })
+                .with_kind(name.to_owned()),
+            );
+        }
     }
     trials.extend(extra);
     libtest_mimic::run(&args, trials)

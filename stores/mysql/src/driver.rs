@@ -61,5 +61,3 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         _ => false,
     }
 }
-
-pub(crate) use is_unavailable as unreachable;

@@ -38,7 +38,7 @@ use oncely_core::{Error, Result, async_trait};
 use sqlx::{MySqlConnection, MySqlPool};
 
 use crate::MySqlStore;
-use crate::driver::unreachable;
+use crate::driver::is_unavailable;
 
 // Never backwards: a late commit of an earlier owner of the partition cannot move it back.
 // `next_offset` on the right is the stored row's, VALUES(next_offset) the one being saved.
@@ -96,7 +96,7 @@ impl MySqlOffsets {
             .bind(position.next_offset())
             .execute(conn)
             .await
-            .map_err(|e| Error::driver("mysql (your transaction)", unreachable(&e), e.into()))?;
+            .map_err(|e| Error::driver("mysql (your transaction)", is_unavailable(&e), e.into()))?;
         Ok(())
     }
 }
@@ -111,7 +111,7 @@ impl OffsetStore for MySqlOffsets {
             .await
             .map_err(|e| {
                 let reading = format!("reading oncely_offsets (is the schema migrated?): {e}");
-                Error::driver(&self.url, unreachable(&e), reading.into())
+                Error::driver(&self.url, is_unavailable(&e), reading.into())
             })
     }
 }

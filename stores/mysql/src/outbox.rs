@@ -36,7 +36,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, MySql, MySqlConnection, Row};
 
 use crate::MySqlStore;
-use crate::driver::unreachable;
+use crate::driver::is_unavailable;
 
 /// The outbox on a MySQL transaction: `outbox.enqueue(&mut tx, &message)`.
 #[async_trait]
@@ -139,7 +139,7 @@ impl MySqlOutboxStore {
     }
 
     fn err(&self, what: &str, e: sqlx::Error) -> Error {
-        Error::driver(&self.url, unreachable(&e), format!("{what}: {e}").into())
+        Error::driver(&self.url, is_unavailable(&e), format!("{what}: {e}").into())
     }
 
     fn row(&self, row: &MySqlRow) -> Result<OutboxRow> {

@@ -20,7 +20,7 @@ use sqlx::{AssertSqlSafe, Connection, Row, Transaction};
 
 use crate::MIGRATIONS;
 use crate::claim_tx::ClaimTx;
-use crate::driver::{is, record_from_row, unreachable};
+use crate::driver::{is, is_unavailable, record_from_row};
 use crate::options::{self, GROUP_IN_FLIGHT};
 use crate::sql::{COLUMNS, bind_claim, groups, padded, rows_of};
 
@@ -159,7 +159,7 @@ impl MySqlStore {
     }
 
     fn err(&self, e: sqlx::Error) -> Error {
-        Error::driver(&self.url, unreachable(&e), e.into())
+        Error::driver(&self.url, is_unavailable(&e), e.into())
     }
 
     fn backend(&self, detail: String) -> Error {

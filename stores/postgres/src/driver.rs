@@ -23,7 +23,7 @@ pub(crate) fn record_from_row(row: &PgRow) -> std::result::Result<Record, String
 
 /// A driver error as the store reports it; `store` names the store (its URL).
 pub(crate) fn error(store: &str, e: sqlx::Error) -> Error {
-    Error::driver(store, unreachable(&e), e.into())
+    Error::driver(store, is_unavailable(&e), e.into())
 }
 
 /// Whether a driver error means PostgreSQL could not be reached or is going down or coming up,
@@ -56,5 +56,3 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         _ => false,
     }
 }
-
-pub(crate) use is_unavailable as unreachable;

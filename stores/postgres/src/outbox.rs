@@ -63,7 +63,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use crate::PostgresStore;
-use crate::driver::unreachable;
+use crate::driver::is_unavailable;
 
 /// The outbox on a PostgreSQL transaction: `outbox.enqueue(&mut tx, &message)`. See the module
 /// docs.
@@ -183,7 +183,7 @@ impl PostgresOutboxStore {
     }
 
     fn err(&self, what: &str, e: sqlx::Error) -> Error {
-        Error::driver(&self.url, unreachable(&e), format!("{what}: {e}").into())
+        Error::driver(&self.url, is_unavailable(&e), format!("{what}: {e}").into())
     }
 
     fn row(&self, row: &PgRow) -> Result<OutboxRow> {
