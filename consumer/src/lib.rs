@@ -54,8 +54,32 @@ use oncely_core::panic::catch_unwind;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// Consecutive receive errors after which [`Consumer::run`] gives up.
-pub const MAX_RECEIVE_ERRORS: u32 = 10;
+/// The longest [`Consumer::run`] waits before receiving again after a failed receive: the
+/// waits double from 100 ms up to this, each jittered.
+pub const MAX_RECEIVE_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The wait after the `failures`-th failed receive in a row: 100 ms doubling up to
+/// [`MAX_RECEIVE_BACKOFF`], then a random point in its upper half, so that consumers that lost
+/// the broker together do not all come back in the same instant.
+fn receive_backoff(failures: u32) -> Duration {
+    let ceiling = (Duration::from_millis(100) * 2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(MAX_RECEIVE_BACKOFF);
+    let half = ceiling / 2;
+    half + half.mul_f64(jitter())
+}
+
+/// A number in [0, 1), different in each process and call (no dependency for one random
+/// number: the standard library's randomly keyed hasher).
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_nanos() as u64),
+    );
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
 
 /// Runs a [`Handler`] over a broker's deliveries. Cheap to clone; clones share counters.
 pub struct Consumer<H> {
@@ -175,8 +199,10 @@ impl<H: Handler> Consumer<H> {
     /// Takes deliveries from `source` until it ends or `shutdown` resolves, then waits for the
     /// deliveries in flight to settle. Returns what was settled by this call.
     ///
-    /// Fails only when the source fails [`MAX_RECEIVE_ERRORS`] times in a row; what was in
-    /// flight is settled first.
+    /// A failed receive is logged and tried again after a backoff (see [`MAX_RECEIVE_BACKOFF`]),
+    /// for as long as it takes: a broker restarting or out of reach for minutes stops nothing.
+    /// Fails only on a [`permanent`](BrokerError::permanent) error of the source (a queue that
+    /// does not exist, credentials refused); what was in flight is settled first.
     pub async fn run<S: Source>(
         &self,
         mut source: S,
@@ -187,15 +213,19 @@ impl<H: Handler> Consumer<H> {
         let mut tasks = JoinSet::new();
         let mut receive_errors = 0;
         let mut failure = None;
-        tokio::pin!(shutdown);
+        // After a failed receive, the next waits for this; settlements and the shutdown don't.
+        let pause = tokio::time::sleep(Duration::ZERO);
+        let mut paused = false;
+        tokio::pin!(shutdown, pause);
         loop {
             // At capacity, only a settled delivery or the shutdown wakes the loop: the shutdown
             // must not wait for a handler slot (a delivery may be waiting out a long backoff).
-            let room = tasks.len() < self.inner.concurrency;
+            let room = tasks.len() < self.inner.concurrency && !paused;
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
                 joined = tasks.join_next(), if !tasks.is_empty() => self.joined(joined, &mut report),
+                _ = &mut pause, if paused => paused = false,
                 next = source.next(), if room => match next {
                     None => break,
                     Some(Ok(delivery)) => {
@@ -203,14 +233,17 @@ impl<H: Handler> Consumer<H> {
                         let (this, stopping) = (self.clone(), stopping.clone());
                         tasks.spawn(async move { this.settle(&delivery, stopping).await });
                     }
+                    Some(Err(error)) if error.is_permanent() => {
+                        tracing::error!(%error, "receiving failed for good; stopping");
+                        failure = Some(error);
+                        break;
+                    }
                     Some(Err(error)) => {
                         receive_errors += 1;
-                        tracing::warn!(%error, receive_errors, "receiving failed");
-                        if receive_errors >= MAX_RECEIVE_ERRORS {
-                            failure = Some(error);
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100) * receive_errors).await;
+                        let wait = receive_backoff(receive_errors);
+                        tracing::warn!(%error, receive_errors, ?wait, "receiving failed; will try again");
+                        pause.as_mut().reset(tokio::time::Instant::now() + wait);
+                        paused = true;
                     }
                 },
             }
@@ -418,5 +451,143 @@ async fn dead_letter<D: Delivery>(
             tracing::warn!(%error, "dead-letter publish failed; message given back");
             redeliver(delivery, on_failure).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use oncely_core::async_trait;
+
+    use super::*;
+
+    /// A source that plays a script: deliveries, errors, then its end.
+    struct Scripted(VecDeque<Result<&'static str, BrokerError>>);
+
+    struct Acked {
+        message: Message,
+        acks: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[async_trait]
+    impl Delivery for Acked {
+        fn message(&self) -> &Message {
+            &self.message
+        }
+        async fn ack(&self) -> Result<(), BrokerError> {
+            let id = self.message.message_id().unwrap_or_default().to_owned();
+            self.acks.lock().unwrap().push(id);
+            Ok(())
+        }
+        async fn redeliver(&self, _: Duration) -> Result<(), BrokerError> {
+            Ok(())
+        }
+        async fn dead_letter(&self, _: &DeadLetter) -> Result<(), BrokerError> {
+            Ok(())
+        }
+    }
+
+    struct Playing {
+        script: Scripted,
+        acks: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[async_trait]
+    impl Source for Playing {
+        type Delivery = Acked;
+        async fn next(&mut self) -> Option<Result<Acked, BrokerError>> {
+            let next = self.script.0.pop_front()?;
+            Some(next.map(|id| Acked {
+                message: Message::new(Vec::new(), "q").with_message_id(id),
+                acks: self.acks.clone(),
+            }))
+        }
+    }
+
+    struct Done;
+
+    #[async_trait]
+    impl Handler for Done {
+        async fn handle(&self, _: &Key, _: &Message) -> Result<Handled, HandlerError> {
+            Ok(Handled::Done)
+        }
+    }
+
+    fn lost() -> Result<&'static str, BrokerError> {
+        Err(BrokerError::new("test", "receive", "connection reset"))
+    }
+
+    fn play(script: Vec<Result<&'static str, BrokerError>>) -> (Playing, Arc<Mutex<Vec<String>>>) {
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let source = Playing {
+            script: Scripted(script.into()),
+            acks: acks.clone(),
+        };
+        (source, acks)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_receives_are_retried_for_as_long_as_they_fail() {
+        // Forty in a row: at the 30 s cap, about ten minutes of a broker out of reach.
+        let mut script = vec![Ok("a")];
+        script.extend((0..40).map(|_| lost()));
+        script.push(Ok("b"));
+        let (source, acks) = play(script);
+        let started = tokio::time::Instant::now();
+        let consumer = Consumer::new(Done, KeySource::MessageId);
+        let report = consumer.run(source, std::future::pending()).await.unwrap();
+        assert_eq!(report.done, 2);
+        assert_eq!(*acks.lock().unwrap(), ["a", "b"]);
+        let waited = started.elapsed();
+        assert!(
+            waited > Duration::from_secs(8 * 60) && waited < Duration::from_secs(21 * 60),
+            "waited {waited:?} in all"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_error_ends_the_run_after_what_was_received() {
+        let gone = BrokerError::permanent("test", "consuming queue q", "NOT_FOUND");
+        let (source, acks) = play(vec![Ok("a"), lost(), Err(gone), Ok("never")]);
+        let consumer = Consumer::new(Done, KeySource::MessageId);
+        let error = consumer
+            .run(source, std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(error.is_permanent());
+        assert_eq!(error.to_string(), "test: consuming queue q: NOT_FOUND");
+        assert_eq!(*acks.lock().unwrap(), ["a"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shutdown_does_not_wait_out_a_backoff() {
+        let mut script: Vec<_> = (0..20).map(|_| lost()).collect();
+        script.push(Ok("late"));
+        let (source, acks) = play(script);
+        let consumer = Consumer::new(Done, KeySource::MessageId);
+        // By 60 s the waits are at 30 s each; the shutdown comes in the middle of one.
+        let shutdown = tokio::time::sleep(Duration::from_secs(75));
+        let started = tokio::time::Instant::now();
+        consumer.run(source, shutdown).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(76));
+        assert!(acks.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn receive_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() {
+        for (failures, ceiling) in [(1, 100), (2, 200), (4, 800), (9, 25_600), (10, 30_000)] {
+            let ceiling = Duration::from_millis(ceiling);
+            let waits: Vec<Duration> = (0..200).map(|_| receive_backoff(failures)).collect();
+            assert!(waits.iter().all(|w| *w >= ceiling / 2 && *w <= ceiling));
+            let distinct: std::collections::HashSet<_> = waits.iter().collect();
+            assert!(
+                distinct.len() > 100,
+                "jittered: {} distinct",
+                distinct.len()
+            );
+        }
+        assert!(receive_backoff(u32::MAX) <= MAX_RECEIVE_BACKOFF);
     }
 }

@@ -566,6 +566,11 @@ fn one_line(text: &str) -> String {
 }
 
 /// A broker failed to receive, ack or publish.
+///
+/// Most failures pass: a connection drops, a server restarts, a request times out. A runner
+/// retries those with backoff. A few cannot pass by waiting (the queue does not exist, the
+/// credentials are refused): a source reports those as [`permanent`](Self::permanent), and the
+/// runner stops on them.
 #[derive(Debug, thiserror::Error)]
 #[error("{broker}: {what}: {source}")]
 pub struct BrokerError {
@@ -576,16 +581,44 @@ pub struct BrokerError {
     /// The broker client's error.
     #[source]
     pub source: BoxError,
+    permanent: bool,
 }
 
 impl BrokerError {
-    /// A failure of `broker` while doing `what`.
+    /// A failure of `broker` while doing `what`, which may pass: retrying later can succeed.
     pub fn new(broker: &'static str, what: impl Into<String>, source: impl Into<BoxError>) -> Self {
         BrokerError {
             broker,
             what: what.into(),
             source: source.into(),
+            permanent: false,
         }
+    }
+
+    /// A failure of `broker` while doing `what` that waiting will not mend: a destination
+    /// that does not exist, credentials or permissions refused, a setting the broker rejects.
+    ///
+    /// ```
+    /// use oncely_core::consumer::BrokerError;
+    ///
+    /// let gone = BrokerError::permanent("amqp", "consuming queue orders", "NOT_FOUND");
+    /// assert!(gone.is_permanent());
+    /// assert!(!BrokerError::new("amqp", "receive", "connection reset").is_permanent());
+    /// ```
+    pub fn permanent(
+        broker: &'static str,
+        what: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        BrokerError {
+            permanent: true,
+            ..BrokerError::new(broker, what, source)
+        }
+    }
+
+    /// Whether retrying cannot help (see [`permanent`](Self::permanent)).
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
     }
 }
 
@@ -622,6 +655,10 @@ pub trait Source: Send + 'static {
     type Delivery: Delivery;
 
     /// The next delivery; `None` when the consumer is closed for good.
+    ///
+    /// An error that may pass (a lost connection) is returned, not waited out: the runner
+    /// logs it and calls again after a backoff, and the source reconnects on that call if it
+    /// must. A [`permanent`](BrokerError::permanent) error ends the runner.
     async fn next(&mut self) -> Option<Result<Self::Delivery, BrokerError>>;
 }
 

@@ -86,7 +86,7 @@ pub use oncely_core::duration;
 /// The consumer contract: what the runner ([`Consumer`]) does with each delivery, and the
 /// handler it calls (see [`oncely_core::consumer`] for the rules).
 pub mod consumer {
-    pub use oncely_consumer::{Consumer, MAX_RECEIVE_ERRORS, Report};
+    pub use oncely_consumer::{Consumer, MAX_RECEIVE_BACKOFF, Report};
     pub use oncely_core::consumer::{
         ATTEMPTS_HEADER, BrokerError, DeadLetter, Delivery, ERROR_HEADER, Handled, Handler,
         HandlerError, KEY_HEADER, KeySource, Message, NoKey, OffsetStore, OncelyHandler, Position,

@@ -34,7 +34,23 @@ const REQUEUE: BasicNackOptions = BasicNackOptions {
 /// publisher confirms. Dropping it (the runner does when `Consumer::run`
 /// returns) closes its consuming channel, so whatever it still held unacked goes back to the
 /// queue at once.
+///
+/// A source that opened its own connection ([`connect`](Self::connect)) survives losing it (a
+/// restart of RabbitMQ, a network cut): [`next`](Source::next) reports the loss, and the next
+/// call connects again, until it can. What was delivered on the lost connection cannot be acked
+/// any more; RabbitMQ delivers it again. A queue deleted meanwhile, or a login refused, is a
+/// [`permanent`](BrokerError::permanent) error.
 pub struct AmqpSource {
+    /// `None` from a lost connection until it is opened again.
+    live: Option<Consuming>,
+    /// How to connect again, when the source opened its own connection.
+    reopen: Option<AmqpUrl>,
+    queue: String,
+    dead_letter_queue: String,
+}
+
+/// A consumer on one connection.
+struct Consuming {
     consumer: lapin::Consumer,
     // Kept so the consuming channel closes when the source is dropped, not before.
     _channel: Channel,
@@ -65,19 +81,61 @@ impl AmqpSource {
 
     /// Connects to a parsed [`AmqpUrl`] and starts consuming its queue.
     pub async fn connect_url(url: &AmqpUrl) -> Result<Self, Error> {
-        let connection = url.open("oncely").await?;
-        // The source's channels hold the connection open; it closes when they are all gone.
-        Self::with_connection(&connection, url.options().clone()).await
+        let live = Consuming::open(url).await?;
+        Ok(AmqpSource {
+            queue: live.shared.queue.clone(),
+            dead_letter_queue: live.shared.dead_letter_queue.clone(),
+            live: Some(live),
+            reopen: Some(url.clone()),
+        })
     }
 
     /// Consumes `options`' queue on an existing connection, on channels of its own (closed when
-    /// the source and its deliveries are dropped; the connection stays yours).
+    /// the source and its deliveries are dropped; the connection stays yours). Such a source
+    /// cannot connect again: when the connection is lost, its errors are reported and then it
+    /// ends.
     ///
     /// The queue must exist. The dead-letter queue is declared durable if it does not.
     pub async fn with_connection(
         connection: &Connection,
         options: AmqpOptions,
     ) -> Result<Self, Error> {
+        let live = Consuming::start(connection, options).await?;
+        Ok(AmqpSource {
+            queue: live.shared.queue.clone(),
+            dead_letter_queue: live.shared.dead_letter_queue.clone(),
+            live: Some(live),
+            reopen: None,
+        })
+    }
+
+    /// The queue consumed.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Where dead letters go.
+    pub fn dead_letter_queue(&self) -> &str {
+        &self.dead_letter_queue
+    }
+
+    /// The connection is lost: what the runner is told, and the source connects again at the
+    /// next call.
+    fn lost(&mut self, reason: impl Into<oncely_core::BoxError>) -> BrokerError {
+        self.live = None;
+        let what = format!("receiving from queue {} (will connect again)", self.queue);
+        BrokerError::new(BROKER, what, reason)
+    }
+}
+
+impl Consuming {
+    async fn open(url: &AmqpUrl) -> Result<Self, Error> {
+        let connection = url.open("oncely").await?;
+        // The channels hold the connection open; it closes when they are all gone.
+        Self::start(&connection, url.options().clone()).await
+    }
+
+    async fn start(connection: &Connection, options: AmqpOptions) -> Result<Self, Error> {
         let queue = options.queue_name().to_owned();
         let dead_letter_queue = options.dead_letter_queue_name();
         let queue_name = short(&queue)?;
@@ -103,7 +161,7 @@ impl AmqpSource {
             )
             .await
             .map_err(Error::setup(format!("consuming queue `{queue}`")))?;
-        Ok(AmqpSource {
+        Ok(Consuming {
             consumer,
             _channel: channel,
             shared: Arc::new(Shared {
@@ -114,23 +172,14 @@ impl AmqpSource {
             }),
         })
     }
-
-    /// The queue consumed.
-    pub fn queue(&self) -> &str {
-        &self.shared.queue
-    }
-
-    /// Where dead letters go.
-    pub fn dead_letter_queue(&self) -> &str {
-        &self.shared.dead_letter_queue
-    }
 }
 
 impl fmt::Debug for AmqpSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpSource")
-            .field("queue", &self.shared.queue)
-            .field("dead_letter_queue", &self.shared.dead_letter_queue)
+            .field("queue", &self.queue)
+            .field("dead_letter_queue", &self.dead_letter_queue)
+            .field("connected", &self.live.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -140,21 +189,58 @@ impl Source for AmqpSource {
     type Delivery = AmqpDelivery;
 
     /// Cancel-safe: the consumer stream lives in the source, and a delivery is only taken out
-    /// of it when this returns.
+    /// of it when this returns. A connection being opened again when the future is dropped is
+    /// dropped with it, and opened again at the next call.
     async fn next(&mut self) -> Option<Result<AmqpDelivery, BrokerError>> {
-        let delivery = match self.consumer.next().await? {
-            Ok(delivery) => delivery,
-            Err(error) => {
-                let what = format!("receiving from queue {}", self.shared.queue);
+        if self.live.is_none() {
+            let url = self.reopen.as_ref()?;
+            match Consuming::open(url).await {
+                Ok(live) => {
+                    tracing::info!(queue = %self.queue, "connected to RabbitMQ again");
+                    self.live = Some(live);
+                }
+                Err(error) => return Some(Err(reopen_failed(&self.queue, error))),
+            }
+        }
+        let live = self.live.as_mut()?;
+        let delivery = match live.consumer.next().await {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) if self.reopen.is_some() => return Some(Err(self.lost(error))),
+            Some(Err(error)) => {
+                let what = format!("receiving from queue {}", self.queue);
                 return Some(Err(BrokerError::new(BROKER, what, error)));
             }
+            None if self.reopen.is_some() => {
+                return Some(Err(self.lost(
+                    "the server closed the consuming channel or cancelled the consumer",
+                )));
+            }
+            None => return None,
         };
-        let message = from_amqp(&delivery.properties, &delivery.data, &self.shared.queue);
+        let shared = live.shared.clone();
+        let message = from_amqp(&delivery.properties, &delivery.data, &shared.queue);
         Some(Ok(AmqpDelivery {
             message,
             delivery,
-            shared: self.shared.clone(),
+            shared,
         }))
+    }
+}
+
+/// Connecting again failed: permanent when waiting cannot mend it (the queue is gone, the login
+/// is refused, a name is invalid), else to be tried again.
+fn reopen_failed(queue: &str, error: Error) -> BrokerError {
+    let what = format!("connecting again to consume queue {queue}");
+    let permanent = match &error {
+        Error::QueueNotFound { .. } | Error::InvalidQueueName { .. } | Error::InvalidUrl { .. } => {
+            true
+        }
+        Error::Connect { source, .. } | Error::Setup { source, .. } => refused(source),
+    };
+    if permanent {
+        BrokerError::permanent(BROKER, what, error)
+    } else {
+        BrokerError::new(BROKER, what, error)
     }
 }
 
@@ -395,6 +481,14 @@ async fn exists(connection: &Connection, queue: &str) -> Result<bool, Error> {
             source: error,
         }),
     }
+}
+
+/// The server refused the login or an operation (AMQP's 403).
+fn refused(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::ProtocolError(e) if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+    )
 }
 
 fn not_found(error: &lapin::Error) -> bool {

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
 };
@@ -225,11 +226,13 @@ async fn receive(shared: Arc<Shared>, tx: mpsc::Sender<Result<SqsDelivery, Broke
         let messages = match received {
             Ok(output) => output.messages.unwrap_or_default(),
             Err(error) => {
-                if tx
-                    .send(Err(BrokerError::new(BROKER, "receive", error)))
-                    .await
-                    .is_err()
-                {
+                let permanent = waiting_cannot_mend(error.code());
+                let error = if permanent {
+                    BrokerError::permanent(BROKER, "receive", error)
+                } else {
+                    BrokerError::new(BROKER, "receive", error)
+                };
+                if tx.send(Err(error)).await.is_err() || permanent {
                     return;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -460,6 +463,25 @@ impl SqsDelivery {
             self.shared.group_settled(group, given_back);
         }
     }
+}
+
+/// Whether an SQS error code says the queue or the credentials are wrong, which retrying does not
+/// mend (a throttle, a timeout or a server error may pass).
+fn waiting_cannot_mend(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "AWS.SimpleQueueService.NonExistentQueue"
+                | "QueueDoesNotExist"
+                | "AccessDenied"
+                | "AccessDeniedException"
+                | "InvalidClientTokenId"
+                | "UnrecognizedClientException"
+                | "SignatureDoesNotMatch"
+                | "InvalidSecurity"
+                | "KMS.AccessDeniedException"
+        )
+    )
 }
 
 /// Extends the message's visibility every third of the timeout until aborted.

@@ -372,6 +372,45 @@ async fn a_long_handler_keeps_its_message_invisible(sqs: Sqs) {
     assert_eq!(queue.unsettled().await.unwrap(), 0, "deleted");
 }
 
+/// A receive that fails is retried for as long as it fails, but a queue that does not exist is
+/// not coming back by waiting: the run ends with that error.
+async fn a_queue_deleted_under_the_consumer_stops_it_with_a_permanent_error(sqs: Sqs) {
+    let queue = sqs.queue("deleted", false).await.unwrap();
+    queue
+        .publish(&Message::new(b"{}".to_vec(), "").with_message_id("before"))
+        .await
+        .unwrap();
+    let consumer = Consumer::new(
+        Slow {
+            calls: Arc::default(),
+            takes: Duration::ZERO,
+        },
+        KeySource::MessageId,
+    );
+    let source = queue.consumer().await.unwrap();
+    let running = tokio::spawn({
+        let consumer = consumer.clone();
+        async move { consumer.run(source, std::future::pending()).await }
+    });
+    while consumer.report().done < 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    queue
+        .client
+        .delete_queue()
+        .queue_url(&queue.queue_url)
+        .send()
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the run ends within 30 s of the queue's deletion")
+        .unwrap();
+    let error = ended.expect_err("the run fails");
+    assert!(error.is_permanent(), "{error}");
+    assert!(error.to_string().contains("receive"), "{error}");
+}
+
 type SqsTest = fn(Sqs) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 fn trial(name: &'static str, test: SqsTest) -> Trial {
@@ -394,6 +433,10 @@ fn main() {
         trial("a_long_handler_keeps_its_message_invisible", |sqs| {
             Box::pin(a_long_handler_keeps_its_message_invisible(sqs))
         }),
+        trial(
+            "a_queue_deleted_under_the_consumer_stops_it_with_a_permanent_error",
+            |sqs| Box::pin(a_queue_deleted_under_the_consumer_stops_it_with_a_permanent_error(sqs)),
+        ),
     ];
     oncely_broker_suite::run(
         "sqs",
