@@ -1,11 +1,17 @@
 //! Faults a test injects around the processes under test, with the real mechanisms: a store
-//! server of the test's own that it stops, crashes and starts again while consumers use it.
+//! server of the test's own that it stops, crashes and starts again while consumers use it
+//! ([`PostgresServer`], [`MariaDbServer`], [`RedisServer`], each a [`Restartable`]), and a TCP
+//! proxy whose link it sets ([`FaultProxy`]).
 //!
 //! The machine's shared servers are never touched: other tests use them at the same time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+use std::sync::Arc;
+
+use oncely_core::{ClaimOutcome, Error, Key, Oncely, Scope, Store};
 
 use crate::process::{TestServer, free_port};
 
@@ -18,6 +24,295 @@ pub enum Stop {
     /// SIGKILL of the server and everything it started: a crash, then crash recovery on the
     /// next start.
     Crash,
+}
+
+/// A store server of the test's own that a test can take down and start again.
+pub trait Restartable: Send + 'static {
+    /// The URL a store connects to it with.
+    fn url(&self) -> String;
+
+    /// Takes it down `how`; nothing if it is down already.
+    fn stop(&mut self, how: Stop);
+
+    /// Starts it on the same data and port; returns once it serves.
+    fn start_again(&mut self);
+
+    /// Stops it `how`, leaves it down for `down`, and starts it again.
+    fn restart(&mut self, how: Stop, down: Duration) {
+        self.stop(how);
+        std::thread::sleep(down);
+        self.start_again();
+    }
+}
+
+/// The trial every store with a server runs against one of its own: while the server is down
+/// (shut down, then crashed), a claim is [`Error::Unavailable`], never a failed or granted
+/// claim; once it is back, the same store (not reconnected) works again and still has the
+/// record claimed before. `connect` makes the store from [`Restartable::url`].
+pub async fn a_restart_is_an_outage_and_the_store_works_again_after_it<S, F, Fut>(
+    mut server: S,
+    connect: F,
+) where
+    S: Restartable,
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Store>>,
+{
+    let oncely = Oncely::new(connect(server.url()).await);
+    let scope = Scope::new("orders").expect("a scope");
+    let key = |n: u32| Key::new(format!("o-{n}")).expect("a key");
+    assert!(matches!(
+        oncely
+            .claim(&scope, &key(1), None)
+            .await
+            .expect("a first claim"),
+        ClaimOutcome::New(_)
+    ));
+    for how in [Stop::Graceful, Stop::Crash] {
+        server = blocking(move || {
+            server.stop(how);
+            server
+        })
+        .await;
+        match oncely.claim(&scope, &key(2), None).await {
+            Err(error @ Error::Unavailable { .. }) => eprintln!("{how:?}: {error}"),
+            other => panic!("{how:?}: a claim while the server is down: {other:?}"),
+        }
+        server = blocking(move || {
+            server.start_again();
+            server
+        })
+        .await;
+        // The connections died with the server; new ones are made.
+        match oncely.claim(&scope, &key(1), None).await {
+            Ok(ClaimOutcome::InProgress { .. }) => {}
+            other => panic!("{how:?}: the record of before the restart: {other:?}"),
+        }
+    }
+    drop(server);
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("a blocking step")
+}
+
+/// A fresh temporary directory for a server of the test's own.
+fn server_dir(kind: &str) -> PathBuf {
+    let base = std::env::temp_dir().join(format!(
+        "oncely-{kind}-{}-{}",
+        std::process::id(),
+        crate::servers::fresh_name(kind)
+    ));
+    std::fs::create_dir_all(&base).expect("the server's directory");
+    base
+}
+
+/// Runs `command`, failing with its output if it fails.
+fn run_to_end(what: &str, command: &mut Command) {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run it: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A MariaDB server of the test's own (`mariadb-install-db` into a temporary directory, as
+/// Debian's `mariadb-server` package installs it), on a free loopback port, user `root` without
+/// a password, with a database `oncely`. Commits are durable as by default
+/// (`innodb_flush_log_at_trx_commit=1`). Dropping it kills it and removes its files.
+pub struct MariaDbServer {
+    base: PathBuf,
+    port: u16,
+    server: Option<TestServer>,
+    starts: usize,
+}
+
+impl MariaDbServer {
+    /// Makes a new data directory and starts the server on it.
+    pub fn start() -> MariaDbServer {
+        let base = server_dir("mariadb");
+        let mut server = MariaDbServer {
+            base,
+            port: free_port(),
+            server: None,
+            starts: 0,
+        };
+        run_to_end(
+            "mariadb-install-db (Debian: apt-get install mariadb-server)",
+            Command::new("mariadb-install-db")
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", server.data().display()))
+                .args([
+                    "--user=root",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ]),
+        );
+        server.start_again();
+        run_to_end(
+            "creating the test database",
+            server.client().args(["-e", "CREATE DATABASE oncely"]),
+        );
+        server
+    }
+
+    fn data(&self) -> PathBuf {
+        self.base.join("data")
+    }
+
+    fn client(&self) -> Command {
+        let mut client = Command::new("mariadb");
+        client.args(["--no-defaults", "-h", "127.0.0.1", "-u", "root"]);
+        client.arg(format!("--port={}", self.port));
+        client
+    }
+}
+
+impl Restartable for MariaDbServer {
+    /// `mysql://root@127.0.0.1:PORT/oncely`.
+    fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}/oncely", self.port)
+    }
+
+    fn stop(&mut self, how: Stop) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        match how {
+            // SIGTERM is mariadbd's orderly shutdown.
+            Stop::Graceful => server.stop_with(libc::SIGTERM, Duration::from_secs(60)),
+            Stop::Crash => drop(server),
+        }
+    }
+
+    fn start_again(&mut self) {
+        assert!(self.server.is_none(), "the server is running");
+        self.starts += 1;
+        // Debian puts it in /usr/sbin, which a user's PATH may not have.
+        let sbin = Path::new("/usr/sbin/mariadbd");
+        let mut command = Command::new(if sbin.exists() {
+            sbin
+        } else {
+            Path::new("mariadbd")
+        });
+        command
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", self.data().display()))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--socket={}", self.base.join("sock").display()))
+            .arg(format!("--pid-file={}", self.base.join("pid").display()))
+            .args(["--bind-address=127.0.0.1", "--user=root", "--skip-log-bin"]);
+        let log = self.base.join(format!("mariadb-{}.log", self.starts));
+        let mut server = TestServer::start(
+            "mariadb (the test's own)",
+            command,
+            &log,
+            self.port,
+            Duration::from_secs(60),
+        );
+        // The port opens before crash recovery is over: up means a query is answered.
+        let mut ping = self.client();
+        ping.args(["-e", "SELECT 1"]);
+        server.wait_until("answer a query", Duration::from_secs(60), |_| {
+            ping.output().is_ok_and(|out| out.status.success())
+        });
+        self.server = Some(server);
+    }
+}
+
+impl Drop for MariaDbServer {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// A Redis server of the test's own on a free loopback port, writing every command to its
+/// append-only file before it answers (`appendfsync always`), so what it acknowledged survives a
+/// crash. Dropping it kills it and removes its files.
+pub struct RedisServer {
+    base: PathBuf,
+    port: u16,
+    server: Option<TestServer>,
+    starts: usize,
+}
+
+impl RedisServer {
+    /// Starts it on an empty directory.
+    pub fn start() -> RedisServer {
+        let mut server = RedisServer {
+            base: server_dir("redis"),
+            port: free_port(),
+            server: None,
+            starts: 0,
+        };
+        server.start_again();
+        server
+    }
+}
+
+impl Restartable for RedisServer {
+    /// `redis://127.0.0.1:PORT`.
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self, how: Stop) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        match how {
+            // SIGTERM: Redis finishes writing its append-only file and exits.
+            Stop::Graceful => server.stop_with(libc::SIGTERM, Duration::from_secs(60)),
+            Stop::Crash => drop(server),
+        }
+    }
+
+    fn start_again(&mut self) {
+        assert!(self.server.is_none(), "the server is running");
+        self.starts += 1;
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&self.base);
+        let log = self.base.join(format!("redis-{}.log", self.starts));
+        let mut server = TestServer::start(
+            "redis (the test's own)",
+            command,
+            &log,
+            self.port,
+            Duration::from_secs(60),
+        );
+        // The port opens before the append-only file is loaded: up means it answers PING.
+        let mut ping = Command::new("redis-cli");
+        ping.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "PING"]);
+        server.wait_until("answer PING", Duration::from_secs(60), |_| {
+            ping.output()
+                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "PONG")
+        });
+        self.server = Some(server);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
 }
 
 /// A PostgreSQL server of the test's own (`initdb` into a temporary directory), on a free
@@ -83,11 +378,6 @@ impl PostgresServer {
         server
     }
 
-    /// The URL of its `postgres` database, as user `postgres`.
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
     /// Its port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
@@ -98,8 +388,30 @@ impl PostgresServer {
         self.server.is_some()
     }
 
+    fn data(&self) -> PathBuf {
+        self.base.join("data")
+    }
+
+    /// `program` from PostgreSQL's server programs, as the server's user.
+    fn command(&self, program: &str) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(self.bin.join(program));
+        if let Some((uid, gid)) = self.user {
+            command.uid(uid).gid(gid).env("HOME", &self.base);
+        }
+        command.current_dir(&self.base);
+        command
+    }
+}
+
+impl Restartable for PostgresServer {
+    /// The URL of its `postgres` database, as user `postgres`.
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
     /// Takes it down `how`; nothing if it is down already.
-    pub fn stop(&mut self, how: Stop) {
+    fn stop(&mut self, how: Stop) {
         let Some(server) = self.server.take() else {
             return;
         };
@@ -111,7 +423,7 @@ impl PostgresServer {
     }
 
     /// Starts it on the same data and port; waits until it accepts connections.
-    pub fn start_again(&mut self) {
+    fn start_again(&mut self) {
         assert!(self.server.is_none(), "the server is running");
         self.starts += 1;
         let mut command = self.command("postgres");
@@ -146,28 +458,6 @@ impl PostgresServer {
             |_| ready.status().is_ok_and(|status| status.success()),
         );
         self.server = Some(server);
-    }
-
-    /// Stops it `how`, leaves it down for `down`, and starts it again.
-    pub fn restart(&mut self, how: Stop, down: Duration) {
-        self.stop(how);
-        std::thread::sleep(down);
-        self.start_again();
-    }
-
-    fn data(&self) -> PathBuf {
-        self.base.join("data")
-    }
-
-    /// `program` from PostgreSQL's server programs, as the server's user.
-    fn command(&self, program: &str) -> Command {
-        use std::os::unix::process::CommandExt;
-        let mut command = Command::new(self.bin.join(program));
-        if let Some((uid, gid)) = self.user {
-            command.uid(uid).gid(gid).env("HOME", &self.base);
-        }
-        command.current_dir(&self.base);
-        command
     }
 }
 

@@ -287,7 +287,7 @@ fn consumer_process(source: &str, postgres: &str) -> std::process::Child {
 /// in turn, each down for up to 3 s. No consumer is killed: what is proven is that an outage
 /// of the store loses and doubles nothing, and dead-letters no good order.
 async fn store_restarted_5_times<B: Broker>(broker: &B) {
-    use oncely_conformance::faults::{PostgresServer, Stop};
+    use oncely_conformance::faults::{PostgresServer, Restartable, Stop};
     const RESTARTS: usize = 5;
     let channel = broker
         .channel("store-restarts")

@@ -3,8 +3,10 @@
 //! the claim, and the store works again once the server is back, without being reconnected.
 //! Against a server of the test's own ([`PostgresServer`]), which it shuts down and crashes.
 
-use oncely_conformance::faults::{PostgresServer, Stop};
-use oncely_core::{ClaimOutcome, Error, Key, Oncely, Scope};
+use std::sync::Arc;
+
+use oncely_conformance::faults::{self, PostgresServer, Restartable, Stop};
+use oncely_core::Store;
 use oncely_postgres::PostgresStore;
 use sqlx::Connection;
 
@@ -39,36 +41,9 @@ async fn sessions_of_a_server_shutting_down_are_told_it_is_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_reports_a_restart_as_unavailable_and_works_again_after_it() {
-    let mut server = blocking(PostgresServer::start).await;
-    let store = std::sync::Arc::new(PostgresStore::connect(&server.url()).await.unwrap());
-    let oncely = Oncely::new(store);
-    let scope = Scope::new("orders").unwrap();
-    let key = |n: u32| Key::new(format!("o-{n}")).unwrap();
-    assert!(matches!(
-        oncely.claim(&scope, &key(1), None).await.unwrap(),
-        ClaimOutcome::New(_)
-    ));
-
-    for how in [Stop::Graceful, Stop::Crash] {
-        server = blocking(move || {
-            server.stop(how);
-            server
-        })
-        .await;
-        match oncely.claim(&scope, &key(2), None).await {
-            Err(error @ Error::Unavailable { .. }) => eprintln!("{how:?}: {error}"),
-            other => panic!("{how:?}: a claim while the server is down: {other:?}"),
-        }
-        server = blocking(move || {
-            server.start_again();
-            server
-        })
-        .await;
-        // The pool's connections died with the server; new ones are made.
-        match oncely.claim(&scope, &key(1), None).await {
-            Ok(ClaimOutcome::InProgress { .. }) => {}
-            other => panic!("{how:?}: the record of before the restart: {other:?}"),
-        }
-    }
-    drop(server);
+    let server = blocking(PostgresServer::start).await;
+    faults::a_restart_is_an_outage_and_the_store_works_again_after_it(server, |url| async move {
+        Arc::new(PostgresStore::connect(&url).await.unwrap()) as Arc<dyn Store>
+    })
+    .await;
 }
