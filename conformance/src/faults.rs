@@ -315,6 +315,46 @@ impl Drop for RedisServer {
     }
 }
 
+/// A small filesystem of the test's own (a tmpfs of `bytes`, mounted on a fresh temporary
+/// directory), for a store to fill. Unmounted and removed on drop. Mounting needs root (or
+/// `CAP_SYS_ADMIN`); without it, [`mount`](Self::mount) fails saying so.
+pub struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `bytes`.
+    pub fn mount(bytes: u64) -> SmallDisk {
+        let dir = server_dir("disk");
+        run_to_end(
+            "mounting a small tmpfs (the test needs root or CAP_SYS_ADMIN)",
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+                .arg(&dir),
+        );
+        SmallDisk { dir }
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a file of `bytes` zeros into it (taking space the test gives back by deleting it).
+    pub fn fill(&self, name: &str, bytes: usize) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, vec![0u8; bytes]).expect("a filler file");
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A PostgreSQL server of the test's own (`initdb` into a temporary directory), on a free
 /// loopback port with trust authentication, that the test can stop and start again. Dropping
 /// it kills it and removes its files.

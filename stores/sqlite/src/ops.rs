@@ -47,12 +47,21 @@ const SELECT_VERSION: &str = "SELECT version FROM oncely_versions WHERE scope = 
 const UPSERT_VERSION: &str = "INSERT INTO oncely_versions (scope, entity, version) VALUES (?1, ?2, ?3) \
      ON CONFLICT (scope, entity) DO UPDATE SET version = excluded.version";
 
-/// A failed statement on the store at `url`, as `Error::Backend`.
+/// A failed statement on the store at `url`: `Error::Unavailable` when the file cannot be
+/// written or reached for now (a full disk, an I/O error, a lock held past the busy timeout),
+/// which passes without the caller doing anything different; `Error::Backend` otherwise.
 pub(crate) fn backend(url: &str, e: rusqlite::Error) -> Error {
-    Error::Backend {
-        store: url.to_owned(),
-        source: e.into(),
-    }
+    let outage = matches!(
+        e.sqlite_error_code(),
+        Some(
+            rusqlite::ErrorCode::DiskFull
+                | rusqlite::ErrorCode::SystemIoFailure
+                | rusqlite::ErrorCode::CannotOpen
+                | rusqlite::ErrorCode::DatabaseBusy
+                | rusqlite::ErrorCode::DatabaseLocked
+        )
+    );
+    Error::driver(url, outage, e.into())
 }
 
 /// Which table a record was read from.

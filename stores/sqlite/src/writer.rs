@@ -109,20 +109,23 @@ impl Writer {
             }
             Err(err) => {
                 // The transaction rolled back: nothing in this batch happened, and every caller
-                // is told so.
-                let message = err.to_string();
+                // is told so, with the same kind of error (an outage stays an outage).
                 for job in batch {
-                    deliver(
-                        job,
-                        Err(Error::Backend {
-                            store: url.clone(),
-                            source: message.clone().into(),
-                        }),
-                    );
+                    deliver(job, Err(for_each_caller(&err, &url)));
                 }
             }
         }
     }
+}
+
+/// `err`, which failed a whole batch, for one of its callers.
+fn for_each_caller(err: &Error, url: &str) -> Error {
+    let (unreachable, source) = match err {
+        Error::Unavailable { source, .. } => (true, source.to_string()),
+        Error::Backend { source, .. } => (false, source.to_string()),
+        other => (false, other.to_string()),
+    };
+    Error::driver(url, unreachable, source.into())
 }
 
 fn is_busy(err: &(dyn std::error::Error + 'static)) -> bool {
