@@ -146,6 +146,20 @@ const PROOFS: &[(&str, Broker, &str, &str)] = &[
     ),
 ];
 
+/// What a proof does to the relays' world while they publish.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// SIGKILL of a relay, [`KILLS`] times, each restarted.
+    Kills,
+    /// The outbox's PostgreSQL (a server of the test's own) restarted [`RESTARTS`] times, each
+    /// 0-25 ms after a transaction of rows was enqueued, so it lands while they are taken,
+    /// published and marked: crashed and shut down in turn. The relays are not killed.
+    DatabaseRestarts,
+}
+
+/// The database restarts of [`Fault::DatabaseRestarts`].
+const RESTARTS: usize = 3;
+
 /// Started by a proof (its environment set), this binary is one of its relay processes;
 /// otherwise it runs the proofs as tests (`cargo test` arguments such as a name filter work).
 fn main() {
@@ -153,9 +167,18 @@ fn main() {
         runtime().block_on(relay_process(outbox, to));
         return;
     }
+    let restarts = (
+        "postgres_restarted_3_times_mid_publish_to_nats_loses_nothing_and_keeps_each_aggregate_in_order",
+        Broker::Nats,
+        "proof_restarts",
+        "restarts_nats",
+        Fault::DatabaseRestarts,
+    );
     let trials = PROOFS
         .iter()
-        .map(|&(test, broker, destination, name)| {
+        .map(|&(test, broker, destination, name)| (test, broker, destination, name, Fault::Kills))
+        .chain([restarts])
+        .map(|(test, broker, destination, name, fault)| {
             Trial::test(test, move || {
                 runtime().block_on(async move {
                     let destination = match broker {
@@ -164,7 +187,7 @@ fn main() {
                         Broker::Kafka => Destination::kafka(destination).await,
                         Broker::SqsFifo => Destination::sqs_fifo(destination).await,
                     };
-                    survives_kill_9(destination, name).await;
+                    survives(destination, name, fault).await;
                 });
                 Ok(())
             })
@@ -235,6 +258,25 @@ fn spawn(outbox: &str, to: &str) -> Child {
         .expect("start a relay process")
 }
 
+/// The `n`-th restart of the proof's PostgreSQL: crashed or shut down in turn, down for up to
+/// 2 s. While it is down, the relays' takes and marks fail and are retried.
+async fn restart(
+    server: Arc<std::sync::Mutex<oncely_conformance::faults::PostgresServer>>,
+    n: usize,
+) {
+    use oncely_conformance::faults::{Restartable, Stop};
+    let how = if n.is_multiple_of(2) {
+        Stop::Crash
+    } else {
+        Stop::Graceful
+    };
+    let down = Duration::from_millis(fastrand::u64(100..2_000));
+    tokio::task::spawn_blocking(move || server.lock().unwrap().restart(how, down))
+        .await
+        .unwrap();
+    eprintln!("relay proof: the outbox's PostgreSQL {how:?}, up again after {down:?}");
+}
+
 /// The relay processes: killed if the proof fails, so none outlives it.
 struct Relays(Vec<Child>);
 
@@ -269,7 +311,7 @@ fn stop(child: &mut Child) {
     panic!("a relay did not stop within 10 s of SIGTERM");
 }
 
-async fn survives_kill_9(destination: Destination, name: &str) {
+async fn survives(destination: Destination, name: &str, fault: Fault) {
     let rows = match &destination {
         Destination::Sqs { .. } => SQS_ROWS,
         _ => ROWS,
@@ -278,8 +320,18 @@ async fn survives_kill_9(destination: Destination, name: &str) {
     // over from an earlier run can never reach it.
     let prefix = format!("oncely_relay_proof_{name}");
     let dir = tempfile::tempdir().unwrap();
+    let server = (fault == Fault::DatabaseRestarts).then(|| {
+        Arc::new(std::sync::Mutex::new(
+            oncely_conformance::faults::PostgresServer::start(),
+        ))
+    });
     let (outbox_url, origin, service): (String, String, Arc<dyn Service>) =
-        if name.starts_with("mysql") {
+        if let Some(server) = &server {
+            let url = oncely_conformance::faults::Restartable::url(&*server.lock().unwrap());
+            let store = PostgresOutboxStore::connect(&url).await.unwrap();
+            let pool = PgPool::connect(&url).await.unwrap();
+            (url, store.origin().await.unwrap(), Arc::new(pool))
+        } else if name.starts_with("mysql") {
             let url = servers::mysql_url(&prefix).await;
             let store = MySqlOutboxStore::connect(&url).await.unwrap();
             let pool = MySqlPool::connect(&url).await.unwrap();
@@ -311,13 +363,15 @@ async fn survives_kill_9(destination: Destination, name: &str) {
     let to = destination.url();
     let mut relays = Relays((0..RELAYS).map(|_| spawn(&outbox_url, &to)).collect());
 
-    // The service: enqueues while the relays run and die.
+    // The service: enqueues while the relays run and die, or while their database restarts.
     let enqueue = {
         let service = service.clone();
         let origin = origin.clone();
+        let server = server.clone();
         tokio::spawn(async move {
             let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for chunk in picks.chunks(rows / TRANSACTIONS) {
+            let restart_every = TRANSACTIONS / RESTARTS;
+            for (n, chunk) in picks.chunks(rows / TRANSACTIONS).enumerate() {
                 let messages: Vec<OutboxMessage> = chunk
                     .iter()
                     .enumerate()
@@ -334,6 +388,15 @@ async fn survives_kill_9(destination: Destination, name: &str) {
                         .or_default()
                         .push(message_id(&origin, id));
                 }
+                if let Some(server) = &server
+                    && n % restart_every == restart_every / 2
+                    && n / restart_every < RESTARTS
+                {
+                    // While the relays take, publish and mark this transaction's rows.
+                    let into = Duration::from_millis(fastrand::u64(0..25));
+                    tokio::time::sleep(into).await;
+                    restart(server.clone(), n / restart_every).await;
+                }
                 tokio::time::sleep(Duration::from_millis(60)).await;
             }
             expected
@@ -341,7 +404,7 @@ async fn survives_kill_9(destination: Destination, name: &str) {
     };
 
     let mut kills = 0;
-    while kills < KILLS {
+    while fault == Fault::Kills && kills < KILLS {
         tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
         let victim = rng.usize(..RELAYS);
         kill9(&mut relays.0[victim]);
