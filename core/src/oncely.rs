@@ -137,6 +137,39 @@ impl Oncely {
         self.store.complete(claim, outcome, expires_at).await
     }
 
+    /// [`complete`](Self::complete), retrying while the store is [unavailable](Error::Unavailable)
+    /// and the claim's lease lasts (waits of 50 ms doubling to 1 s): the work is done, and a
+    /// store that restarts or drops a connection for a moment must not leave the key to be
+    /// executed again once the lease ends. Other errors, and the last one when the lease ran
+    /// out, are returned.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use oncely_core::{ClaimOutcome, Key, Oncely, Scope};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely_core::Result<()> {
+    /// # let oncely = Oncely::new(Arc::new(oncely_memory::MemoryStore::default()));
+    /// # let (scope, key) = (Scope::new("charges").unwrap(), Key::new("c-1").unwrap());
+    /// if let ClaimOutcome::New(claim) = oncely.claim(&scope, &key, None).await? {
+    ///     // ... the charge is made ...
+    ///     oncely.complete_within_lease(&claim, b"charged").await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn complete_within_lease(&self, claim: &Claim, outcome: &[u8]) -> Result<()> {
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match self.complete(claim, outcome).await {
+                Err(Error::Unavailable { .. })
+                    if self.now().saturating_add(wait) < claim.lease_until =>
+                {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// Completes a batch of held claims, each with its outcome, in one round trip where the
     /// store allows it (one transaction on PostgreSQL and MySQL): the batch counterpart of
     /// [`complete`](Oncely::complete), with the same retention for every item.
@@ -444,7 +477,7 @@ impl Oncely {
         };
         match worked {
             Ok(Ok(outcome)) => {
-                self.complete(&claim, &outcome)
+                self.complete_within_lease(&claim, &outcome)
                     .await
                     .map_err(RunError::Store)?;
                 Ok(RunOutcome::Executed(outcome))

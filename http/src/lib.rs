@@ -92,7 +92,7 @@
 //! | the inner service fails with [`NotSent`] (it never reached the upstream) | released | an execution |
 //! | the inner service fails with any other error (a connection lost after sending) | held until its lease ends: it may have executed | 409, then an execution after the lease |
 //! | a 5xx response (unless [stored](IdempotencyLayer::store_server_errors)) or a panic | released | an execution |
-//! | the response cannot be stored (the store went down meanwhile) | held until its lease ends | 409, then an execution after the lease |
+//! | the store is down when the response is to be stored | stored once the store is back, if that is within the lease (the answer waits for it); else held until its lease ends | 409 while it waits, then the stored response (or, after the lease, an execution) |
 //!
 //! Each keyed request runs on a Tokio task of its own (so the layer needs a Tokio runtime, as
 //! axum and hyper have): a dropped future cannot stop an effect that already left the process,

@@ -405,14 +405,16 @@ impl ClaimGuard {
         }
     }
 
-    /// Stores the response. A failure is logged: the effect happened and the client gets the
-    /// response; the key stays held until its lease ends (the effect is done, so it is not
-    /// given back early), then a retry executes again.
+    /// Stores the response, waiting out a store that is unavailable for as long as the lease
+    /// lasts (the client's answer waits with it, so that its retry is a replay). A failure is
+    /// logged: the effect happened and the client gets the response; the key stays held until
+    /// its lease ends (the effect is done, so it is not given back early), then a retry
+    /// executes again.
     async fn complete(&mut self, outcome: &[u8]) {
         let Some(claim) = self.claim.take() else {
             return;
         };
-        if let Err(error) = self.oncely.complete(&claim, outcome).await {
+        if let Err(error) = self.oncely.complete_within_lease(&claim, outcome).await {
             tracing::warn!(scope = %claim.scope, key = %claim.key, %error,
                 "could not store the response; the key is held until its lease ends, then a \
                  retry with it executes again");

@@ -66,13 +66,14 @@ fn storm_order(requests: usize, keys: usize) -> Vec<usize> {
 }
 
 /// Sends the requests of `order` (key numbers) to `url`, at most `in_flight` at a time; a 409
-/// (the key's first request in flight) is retried after 25 ms. Each answer, or the error of a
-/// request the gateway never answered, goes to the returned channel with its key and the
-/// number of 409s before it.
+/// (the key's first request in flight), or an answer in `also_retried`, is retried after
+/// 25 ms. Each answer, or the error of a request the gateway never answered, goes to the
+/// returned channel with its key and the number of retried answers before it.
 fn send_storm(
     url: String,
     order: Vec<usize>,
     in_flight: usize,
+    also_retried: &'static [StatusCode],
 ) -> tokio::sync::mpsc::UnboundedReceiver<(String, Option<Answer>, usize)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let client = client();
@@ -87,7 +88,10 @@ fn send_storm(
                 let mut conflicts = 0;
                 let answer = loop {
                     match try_send(&client, "POST", &url, Some(&key), &body).await {
-                        Ok(answer) if answer.status == StatusCode::CONFLICT => {
+                        Ok(answer)
+                            if answer.status == StatusCode::CONFLICT
+                                || also_retried.contains(&answer.status) =>
+                        {
                             assert!(answer.headers.contains_key("retry-after"));
                             conflicts += 1;
                             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -112,7 +116,7 @@ async fn storm(store: &str, dir: &Path) {
     let (upstream, executions, _task) = upstream().await;
     let gateway = Gateway::start_on(store, dir, &upstream, &[]);
     let started = Instant::now();
-    let mut answers = send_storm(gateway.url("/orders"), storm_order(REQUESTS, KEYS), 96);
+    let mut answers = send_storm(gateway.url("/orders"), storm_order(REQUESTS, KEYS), 96, &[]);
 
     let mut first: HashMap<String, Bytes> = HashMap::new();
     let mut fresh = 0;
@@ -189,7 +193,7 @@ async fn storm_killed(store: &str, dir: &Path) {
     const KILL_AFTER: usize = 500;
     let (upstream, executions, _task) = upstream().await;
     let gateway = Gateway::start_on(store, dir, &upstream, &["--timeout", "1s"]);
-    let mut answers = send_storm(gateway.url("/orders"), storm_order(REQUESTS, KEYS), 96);
+    let mut answers = send_storm(gateway.url("/orders"), storm_order(REQUESTS, KEYS), 96, &[]);
 
     let mut gateway = Some(gateway);
     let mut completed: HashMap<String, Answer> = HashMap::new();
@@ -296,5 +300,72 @@ async fn storm_killed(store: &str, dir: &Path) {
     eprintln!("the held keys were released after {:?}", waited.elapsed());
     assert!(executions.all().values().all(|&n| n <= 2));
     let (code, _) = gateway.terminate();
+    assert_eq!(code, Some(0));
+}
+
+/// A storm (4,000 requests over 800 keys) through a gateway whose PostgreSQL (the test's own)
+/// crashes once 500 answers have arrived and is down for a second, then is shut down and comes
+/// back once 2,000 have. The client retries a 503 (store unavailable) as it does a 409. Each
+/// key is executed exactly once and every request is answered with its key's one response:
+/// claims during the outage are refused before anything runs, and a response that could not be
+/// stored while the server was down is stored once it is back, within the claim's lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_through_a_store_that_restarts_executes_each_key_once() {
+    use oncely_conformance::faults::{PostgresServer, Restartable, Stop};
+    const REQUESTS: usize = 4_000;
+    const KEYS: usize = 800;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Arc::new(std::sync::Mutex::new(
+        tokio::task::spawn_blocking(PostgresServer::start)
+            .await
+            .unwrap(),
+    ));
+    let store = server.lock().unwrap().url();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start_on(&store, dir.path(), &upstream, &["--timeout", "5s"]);
+    let retried = &[StatusCode::SERVICE_UNAVAILABLE];
+    let mut answers = send_storm(
+        gateway.url("/orders"),
+        storm_order(REQUESTS, KEYS),
+        96,
+        retried,
+    );
+
+    let mut first: HashMap<String, Bytes> = HashMap::new();
+    let (mut received, mut restarts) = (0, Vec::new());
+    while let Some((key, answer, _)) = answers.recv().await {
+        received += 1;
+        let answer = answer.unwrap_or_else(|| panic!("{key}: no answer"));
+        assert_eq!(
+            answer.status,
+            StatusCode::CREATED,
+            "{key}: {}",
+            answer.text()
+        );
+        let body = first
+            .entry(key.clone())
+            .or_insert_with(|| answer.body.clone());
+        assert_eq!(*body, answer.body, "{key}: a different response");
+        for (at, how) in [(500, Stop::Crash), (2_000, Stop::Graceful)] {
+            if received == at {
+                let server = server.clone();
+                restarts.push(tokio::task::spawn_blocking(move || {
+                    server.lock().unwrap().restart(how, Duration::from_secs(1));
+                    eprintln!("storm: the store {how:?} and back after 1 s, at {at} answers");
+                }));
+            }
+        }
+    }
+    for restart in restarts {
+        restart.await.unwrap();
+    }
+    assert_eq!(received, REQUESTS);
+    assert_eq!(first.len(), KEYS);
+    let all = executions.all();
+    assert_eq!(all.len(), KEYS);
+    let twice: Vec<_> = all.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "executed more than once: {twice:?}");
+    let (code, summary) = gateway.terminate();
+    eprintln!("storm through restarts: {}", summary.join(" | "));
     assert_eq!(code, Some(0));
 }
