@@ -97,7 +97,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("a blocking step")
 }
 
-/// A fresh temporary directory for a server of the test's own.
+/// A fresh temporary directory for a server (or disk) of the test's own.
 fn server_dir(kind: &str) -> PathBuf {
     let base = std::env::temp_dir().join(format!(
         "oncely-{kind}-{}-{}",
@@ -121,26 +121,72 @@ fn run_to_end(what: &str, command: &mut Command) {
     );
 }
 
+/// What every server of the test's own has: a directory, a port, and the process while it
+/// runs. Dropping it kills the process and removes the directory.
+struct OwnServer {
+    kind: &'static str,
+    base: PathBuf,
+    port: u16,
+    process: Option<TestServer>,
+    starts: usize,
+}
+
+impl OwnServer {
+    fn new(kind: &'static str) -> OwnServer {
+        OwnServer {
+            kind,
+            base: server_dir(kind),
+            port: free_port(),
+            process: None,
+            starts: 0,
+        }
+    }
+
+    /// Takes it down `how`, `orderly` being the server's own signal for a clean shutdown.
+    fn stop(&mut self, how: Stop, orderly: libc::c_int) {
+        let Some(process) = self.process.take() else {
+            return;
+        };
+        match how {
+            Stop::Graceful => process.stop_with(orderly, Duration::from_secs(60)),
+            Stop::Crash => drop(process),
+        }
+    }
+
+    /// Starts `command` (its log in the directory) and waits until its port is open and then
+    /// `serves` holds: the port opens before a server is ready (recovery, loading its data).
+    fn launch(&mut self, command: Command, serves: &str, mut ready: impl FnMut() -> bool) {
+        assert!(self.process.is_none(), "the server is running");
+        self.starts += 1;
+        let log = self.base.join(format!("{}-{}.log", self.kind, self.starts));
+        let name = format!("{} (the test's own)", self.kind);
+        let mut process =
+            TestServer::start(&name, command, &log, self.port, Duration::from_secs(60));
+        process.wait_until(serves, Duration::from_secs(60), |_| ready());
+        self.process = Some(process);
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        drop(self.process.take());
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
 /// A MariaDB server of the test's own (`mariadb-install-db` into a temporary directory, as
 /// Debian's `mariadb-server` package installs it), on a free loopback port, user `root` without
 /// a password, with a database `oncely`. Commits are durable as by default
 /// (`innodb_flush_log_at_trx_commit=1`). Dropping it kills it and removes its files.
 pub struct MariaDbServer {
-    base: PathBuf,
-    port: u16,
-    server: Option<TestServer>,
-    starts: usize,
+    own: OwnServer,
 }
 
 impl MariaDbServer {
     /// Makes a new data directory and starts the server on it.
     pub fn start() -> MariaDbServer {
-        let base = server_dir("mariadb");
         let mut server = MariaDbServer {
-            base,
-            port: free_port(),
-            server: None,
-            starts: 0,
+            own: OwnServer::new("mariadb"),
         };
         run_to_end(
             "mariadb-install-db (Debian: apt-get install mariadb-server)",
@@ -162,13 +208,13 @@ impl MariaDbServer {
     }
 
     fn data(&self) -> PathBuf {
-        self.base.join("data")
+        self.own.base.join("data")
     }
 
     fn client(&self) -> Command {
         let mut client = Command::new("mariadb");
         client.args(["--no-defaults", "-h", "127.0.0.1", "-u", "root"]);
-        client.arg(format!("--port={}", self.port));
+        client.arg(format!("--port={}", self.own.port));
         client
     }
 }
@@ -176,23 +222,15 @@ impl MariaDbServer {
 impl Restartable for MariaDbServer {
     /// `mysql://root@127.0.0.1:PORT/oncely`.
     fn url(&self) -> String {
-        format!("mysql://root@127.0.0.1:{}/oncely", self.port)
+        format!("mysql://root@127.0.0.1:{}/oncely", self.own.port)
     }
 
     fn stop(&mut self, how: Stop) {
-        let Some(server) = self.server.take() else {
-            return;
-        };
-        match how {
-            // SIGTERM is mariadbd's orderly shutdown.
-            Stop::Graceful => server.stop_with(libc::SIGTERM, Duration::from_secs(60)),
-            Stop::Crash => drop(server),
-        }
+        // SIGTERM is mariadbd's orderly shutdown.
+        self.own.stop(how, libc::SIGTERM);
     }
 
     fn start_again(&mut self) {
-        assert!(self.server.is_none(), "the server is running");
-        self.starts += 1;
         // Debian puts it in /usr/sbin, which a user's PATH may not have.
         let sbin = Path::new("/usr/sbin/mariadbd");
         let mut command = Command::new(if sbin.exists() {
@@ -200,35 +238,19 @@ impl Restartable for MariaDbServer {
         } else {
             Path::new("mariadbd")
         });
+        let base = &self.own.base;
         command
             .arg("--no-defaults")
             .arg(format!("--datadir={}", self.data().display()))
-            .arg(format!("--port={}", self.port))
-            .arg(format!("--socket={}", self.base.join("sock").display()))
-            .arg(format!("--pid-file={}", self.base.join("pid").display()))
+            .arg(format!("--port={}", self.own.port))
+            .arg(format!("--socket={}", base.join("sock").display()))
+            .arg(format!("--pid-file={}", base.join("pid").display()))
             .args(["--bind-address=127.0.0.1", "--user=root", "--skip-log-bin"]);
-        let log = self.base.join(format!("mariadb-{}.log", self.starts));
-        let mut server = TestServer::start(
-            "mariadb (the test's own)",
-            command,
-            &log,
-            self.port,
-            Duration::from_secs(60),
-        );
-        // The port opens before crash recovery is over: up means a query is answered.
         let mut ping = self.client();
         ping.args(["-e", "SELECT 1"]);
-        server.wait_until("answer a query", Duration::from_secs(60), |_| {
+        self.own.launch(command, "answer a query", || {
             ping.output().is_ok_and(|out| out.status.success())
         });
-        self.server = Some(server);
-    }
-}
-
-impl Drop for MariaDbServer {
-    fn drop(&mut self) {
-        drop(self.server.take());
-        let _ = std::fs::remove_dir_all(&self.base);
     }
 }
 
@@ -236,20 +258,14 @@ impl Drop for MariaDbServer {
 /// append-only file before it answers (`appendfsync always`), so what it acknowledged survives a
 /// crash. Dropping it kills it and removes its files.
 pub struct RedisServer {
-    base: PathBuf,
-    port: u16,
-    server: Option<TestServer>,
-    starts: usize,
+    own: OwnServer,
 }
 
 impl RedisServer {
     /// Starts it on an empty directory.
     pub fn start() -> RedisServer {
         let mut server = RedisServer {
-            base: server_dir("redis"),
-            port: free_port(),
-            server: None,
-            starts: 0,
+            own: OwnServer::new("redis"),
         };
         server.start_again();
         server
@@ -259,26 +275,19 @@ impl RedisServer {
 impl Restartable for RedisServer {
     /// `redis://127.0.0.1:PORT`.
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://127.0.0.1:{}", self.own.port)
     }
 
     fn stop(&mut self, how: Stop) {
-        let Some(server) = self.server.take() else {
-            return;
-        };
-        match how {
-            // SIGTERM: Redis finishes writing its append-only file and exits.
-            Stop::Graceful => server.stop_with(libc::SIGTERM, Duration::from_secs(60)),
-            Stop::Crash => drop(server),
-        }
+        // SIGTERM: Redis finishes writing its append-only file and exits.
+        self.own.stop(how, libc::SIGTERM);
     }
 
     fn start_again(&mut self) {
-        assert!(self.server.is_none(), "the server is running");
-        self.starts += 1;
+        let port = self.own.port.to_string();
         let mut command = Command::new("redis-server");
         command
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--port", &port])
             .args([
                 "--appendonly",
                 "yes",
@@ -288,30 +297,13 @@ impl Restartable for RedisServer {
                 "",
             ])
             .arg("--dir")
-            .arg(&self.base);
-        let log = self.base.join(format!("redis-{}.log", self.starts));
-        let mut server = TestServer::start(
-            "redis (the test's own)",
-            command,
-            &log,
-            self.port,
-            Duration::from_secs(60),
-        );
-        // The port opens before the append-only file is loaded: up means it answers PING.
+            .arg(&self.own.base);
         let mut ping = Command::new("redis-cli");
-        ping.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "PING"]);
-        server.wait_until("answer PING", Duration::from_secs(60), |_| {
+        ping.args(["-h", "127.0.0.1", "-p", &port, "PING"]);
+        self.own.launch(command, "answer PING", || {
             ping.output()
                 .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "PONG")
         });
-        self.server = Some(server);
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        drop(self.server.take());
-        let _ = std::fs::remove_dir_all(&self.base);
     }
 }
 
@@ -362,12 +354,9 @@ impl Drop for SmallDisk {
 /// PostgreSQL refuses to run as root: when the test runs as root, the server runs as the
 /// `postgres` user (Debian's packages make it).
 pub struct PostgresServer {
-    base: PathBuf,
-    port: u16,
+    own: OwnServer,
     bin: PathBuf,
     user: Option<(u32, u32)>,
-    server: Option<TestServer>,
-    starts: usize,
 }
 
 impl PostgresServer {
@@ -375,28 +364,16 @@ impl PostgresServer {
     /// server programs are not installed.
     pub fn start() -> PostgresServer {
         let bin = postgres_bin();
-        let base = std::env::temp_dir().join(format!(
-            "oncely-postgres-{}-{}",
-            std::process::id(),
-            crate::servers::fresh_name("pg")
-        ));
-        std::fs::create_dir_all(&base).expect("the server's directory");
+        let own = OwnServer::new("postgres");
         let user = if unsafe { libc::geteuid() } == 0 {
             Some(postgres_user())
         } else {
             None
         };
         if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(&base, Some(uid), Some(gid)).expect("chown the directory");
+            std::os::unix::fs::chown(&own.base, Some(uid), Some(gid)).expect("chown the directory");
         }
-        let mut server = PostgresServer {
-            base,
-            port: free_port(),
-            bin,
-            user,
-            server: None,
-            starts: 0,
-        };
+        let mut server = PostgresServer { own, bin, user };
         let mut initdb = server.command("initdb");
         initdb.arg("-D").arg(server.data()).args([
             "-A",
@@ -407,29 +384,23 @@ impl PostgresServer {
             "UTF8",
             "--no-sync",
         ]);
-        let out = initdb.output().expect("initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_to_end("initdb", &mut initdb);
         server.start_again();
         server
     }
 
     /// Its port on 127.0.0.1.
     pub fn port(&self) -> u16 {
-        self.port
+        self.own.port
     }
 
     /// Whether it is running.
     pub fn is_up(&self) -> bool {
-        self.server.is_some()
+        self.own.process.is_some()
     }
 
     fn data(&self) -> PathBuf {
-        self.base.join("data")
+        self.own.base.join("data")
     }
 
     /// `program` from PostgreSQL's server programs, as the server's user.
@@ -437,9 +408,9 @@ impl PostgresServer {
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(self.bin.join(program));
         if let Some((uid, gid)) = self.user {
-            command.uid(uid).gid(gid).env("HOME", &self.base);
+            command.uid(uid).gid(gid).env("HOME", &self.own.base);
         }
-        command.current_dir(&self.base);
+        command.current_dir(&self.own.base);
         command
     }
 }
@@ -447,64 +418,36 @@ impl PostgresServer {
 impl Restartable for PostgresServer {
     /// The URL of its `postgres` database, as user `postgres`.
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.own.port)
     }
 
-    /// Takes it down `how`; nothing if it is down already.
     fn stop(&mut self, how: Stop) {
-        let Some(server) = self.server.take() else {
-            return;
-        };
-        match how {
-            // SIGINT is PostgreSQL's fast shutdown.
-            Stop::Graceful => server.stop_with(libc::SIGINT, Duration::from_secs(60)),
-            Stop::Crash => drop(server),
-        }
+        // SIGINT is PostgreSQL's fast shutdown.
+        self.own.stop(how, libc::SIGINT);
     }
 
-    /// Starts it on the same data and port; waits until it accepts connections.
     fn start_again(&mut self) {
-        assert!(self.server.is_none(), "the server is running");
-        self.starts += 1;
+        let port = self.own.port.to_string();
         let mut command = self.command("postgres");
         command
             .arg("-D")
             .arg(self.data())
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-k")
-            .arg(&self.base)
+            .args(["-p", &port, "-k"])
+            .arg(&self.own.base)
             .args([
                 "-c",
                 "listen_addresses=127.0.0.1",
                 "-c",
                 "max_connections=200",
             ]);
-        let log = self.base.join(format!("postgres-{}.log", self.starts));
-        let mut server = TestServer::start(
-            "postgres (the test's own)",
-            command,
-            &log,
-            self.port,
-            Duration::from_secs(60),
-        );
-        // The port opens before the server takes sessions ("the database system is starting
-        // up" while it recovers): up means pg_isready says it accepts connections.
+        // Up means pg_isready says it accepts sessions (not "the database system is starting
+        // up" while it recovers).
         let mut ready = self.command("pg_isready");
-        ready.args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()]);
-        server.wait_until(
-            "accept sessions (pg_isready)",
-            Duration::from_secs(60),
-            |_| ready.status().is_ok_and(|status| status.success()),
-        );
-        self.server = Some(server);
-    }
-}
-
-impl Drop for PostgresServer {
-    fn drop(&mut self) {
-        drop(self.server.take());
-        let _ = std::fs::remove_dir_all(&self.base);
+        ready.args(["-q", "-h", "127.0.0.1", "-p", &port]);
+        self.own
+            .launch(command, "accept sessions (pg_isready)", || {
+                ready.status().is_ok_and(|status| status.success())
+            });
     }
 }
 
@@ -555,6 +498,17 @@ pub enum Link {
     Partitioned,
     /// Every connection is closed, and new ones are closed at once.
     Cut,
+    /// Bytes go through `delay` late each way (a round trip of twice that), and of every
+    /// hundred reads `loss_percent` are held a further 200-400 ms, as a lost segment is until
+    /// TCP retransmits it (Linux waits at least 200 ms), with what follows it held behind.
+    /// Network namespaces with `tc netem` would do this below TCP; where the kernel has no
+    /// netem (this machine kind), the proxy does it above.
+    Slow {
+        /// One way.
+        delay: Duration,
+        /// Of 100 reads, how many are held as if lost once.
+        loss_percent: u8,
+    },
 }
 
 /// A TCP proxy on a free loopback port in front of `127.0.0.1:upstream`, whose [`Link`] the test
@@ -626,34 +580,71 @@ async fn forward(
     }
 }
 
-/// Copies `from` to `to` while the link is up; holds still while it is partitioned.
+/// Copies `from` to `to` while the link is up; holds still while it is partitioned. Bytes go
+/// through a delay line (a writer task), so that a slow link delays them without slowing the
+/// reads behind them.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut link: tokio::sync::watch::Receiver<Link>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        if wait_while_partitioned(&mut link).await == Link::Cut {
-            return;
+    let (line, mut due) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = async move {
+        while let Some((at, bytes)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
         }
-        let read = tokio::select! {
-            read = from.read(&mut buffer) => read,
-            // A change of link interrupts the wait for bytes; the loop looks at it again.
-            _ = link.changed() => continue,
-        };
-        let n = match read {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        // Bytes read just as a partition began are held until it ends.
-        if wait_while_partitioned(&mut link).await == Link::Cut {
-            return;
+    };
+    // Answers whether the link was cut (else the other side closed: what is due is written).
+    let reader = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        // In order: a chunk held as lost holds those behind it.
+        let mut last_due = tokio::time::Instant::now();
+        loop {
+            if wait_while_partitioned(&mut link).await == Link::Cut {
+                return true;
+            }
+            let read = tokio::select! {
+                read = from.read(&mut buffer) => read,
+                // A change of link interrupts the wait for bytes; the loop looks at it again.
+                _ = link.changed() => continue,
+            };
+            let n = match read {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            // Bytes read just as a partition began are held until it ends.
+            let now = wait_while_partitioned(&mut link).await;
+            let mut at = tokio::time::Instant::now();
+            match now {
+                Link::Cut => return true,
+                Link::Slow {
+                    delay,
+                    loss_percent,
+                } => {
+                    at += delay;
+                    if fastrand::u8(..100) < loss_percent {
+                        at += Duration::from_millis(fastrand::u64(200..400));
+                    }
+                }
+                Link::Up | Link::Partitioned => {}
+            }
+            last_due = last_due.max(at);
+            if line.send((last_due, buffer[..n].to_vec())).is_err() {
+                return false;
+            }
         }
-        if to.write_all(&buffer[..n]).await.is_err() {
-            return;
-        }
+    };
+    tokio::pin!(writer);
+    tokio::select! {
+        _ = &mut writer => {}
+        cut = reader => if !cut {
+            // The reader is gone with its end of the line: the writer ends once it is written.
+            writer.await;
+        },
     }
 }
 

@@ -380,34 +380,12 @@ async fn a_queue_deleted_under_the_consumer_stops_it_with_a_permanent_error(sqs:
         .publish(&Message::new(b"{}".to_vec(), "").with_message_id("before"))
         .await
         .unwrap();
-    let consumer = Consumer::new(
-        Slow {
-            calls: Arc::default(),
-            takes: Duration::ZERO,
-        },
-        KeySource::MessageId,
-    );
     let source = queue.consumer().await.unwrap();
-    let running = tokio::spawn({
-        let consumer = consumer.clone();
-        async move { consumer.run(source, std::future::pending()).await }
-    });
-    while consumer.report().done < 1 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    queue
-        .client
-        .delete_queue()
-        .queue_url(&queue.queue_url)
-        .send()
-        .await
-        .unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the run ends within 30 s of the queue's deletion")
-        .unwrap();
-    let error = ended.expect_err("the run fails");
-    assert!(error.is_permanent(), "{error}");
+    let error = oncely_broker_suite::run_until_its_destination_is_deleted(source, async {
+        let deleted = queue.client.delete_queue().queue_url(&queue.queue_url);
+        deleted.send().await.unwrap();
+    })
+    .await;
     assert!(error.to_string().contains("receive"), "{error}");
 }
 

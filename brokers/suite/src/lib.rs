@@ -249,6 +249,10 @@ where
             "store_partitioned_20s_then_cut_still_applies_every_order_exactly_once",
             |broker, schema| Box::pin(async move { store_partitioned(&*broker, &schema).await }),
         ));
+        fault_proofs.push((
+            "slow_lossy_links_still_apply_every_order_exactly_once",
+            |broker, schema| Box::pin(async move { slow_links(&*broker, &schema).await }),
+        ));
     }
     if B::CONSUMERS_REACH_IT_THROUGH_A_PROXY {
         fault_proofs.push((
@@ -353,6 +357,37 @@ async fn store_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
     let report = proof::run_with(&channel, &postgres, config, consumer_process, faults).await;
     eprintln!("store partition proof: {report:?}");
     assert_eq!(report.faults, 2);
+}
+
+/// The proof with the consumers reaching both their PostgreSQL and the broker over slow, lossy
+/// links (through [`FaultProxy`](oncely_conformance::faults::FaultProxy)s set to
+/// [`Link::Slow`](oncely_conformance::faults::Link::Slow): 100 ms each way, a 200 ms round
+/// trip, 5 % of reads held as if lost) from start to end. 1,000 messages (200 of them
+/// re-published), since each order takes a few round trips to its store. No consumer is killed.
+async fn slow_links<B: Broker>(broker: &B, schema_prefix: &str) {
+    use oncely_conformance::faults::Link;
+    let channel = broker
+        .channel("slow-links")
+        .await
+        .expect("a channel for the proof");
+    let direct = oncely_conformance::servers::postgres_url(schema_prefix).await;
+    let (store_proxy, postgres) = through_proxy(&direct, 5432).await;
+    let (broker_proxy, source) = through_proxy(&channel.source_url(), 0).await;
+    let slow = Link::Slow {
+        delay: Duration::from_millis(100),
+        loss_percent: 5,
+    };
+    store_proxy.set(slow);
+    broker_proxy.set(slow);
+    let spawn = move |_: &str, postgres: &str| consumer_process(&source, postgres);
+    let config = proof::ProofConfig {
+        messages: 1_000,
+        duplicates: 200,
+        kills: 0,
+        ..proof::ProofConfig::default()
+    };
+    let report = proof::run_with(&channel, &postgres, config, spawn, async { 1 }).await;
+    eprintln!("slow links proof: {report:?}");
 }
 
 /// The proof with the consumers cut off from the broker (through a
@@ -533,6 +568,40 @@ fn store_handler(effects: Effects) -> impl Handler {
             Ok::<_, BoxError>(Vec::new())
         }
     })
+}
+
+/// Runs a consumer over `source` until it has handled one delivery, then awaits `delete` (which
+/// deletes the destination under it); answers the error the run ended with. Fails the test if
+/// the run does not end within 30 s, or ends without an error: a destination that is gone is
+/// not coming back by waiting, so the broker's source must say so with a
+/// [`permanent`](oncely_core::consumer::BrokerError::permanent) error.
+pub async fn run_until_its_destination_is_deleted<S: Source>(
+    source: S,
+    delete: impl Future<Output = ()>,
+) -> oncely_core::consumer::BrokerError {
+    struct Done;
+    #[async_trait]
+    impl Handler for Done {
+        async fn handle(&self, _: &Key, _: &Message) -> Result<Handled, HandlerError> {
+            Ok(Handled::Done)
+        }
+    }
+    let consumer = Consumer::new(Done, KeySource::MessageId);
+    let running = tokio::spawn({
+        let consumer = consumer.clone();
+        async move { consumer.run(source, std::future::pending()).await }
+    });
+    while consumer.report().done < 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    delete.await;
+    let ended = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the run ends within 30 s of the destination's deletion")
+        .expect("the run's task");
+    let error = ended.expect_err("the run fails");
+    assert!(error.is_permanent(), "{error}");
+    error
 }
 
 /// A consumer running on a task of its own: stop it with [`Running::stop`].

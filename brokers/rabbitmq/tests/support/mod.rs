@@ -214,43 +214,20 @@ async fn setup_errors_name_the_queue_and_hide_the_password(rabbit: Rabbit) {
 /// coming back by waiting: the server cancels the consumer, the source connects again, finds
 /// no queue, and the run ends with that, after settling what it had.
 async fn a_queue_deleted_under_the_consumer_stops_it_with_a_permanent_error(rabbit: Rabbit) {
-    use oncely_broker_suite::Channel as _;
-    use oncely_consumer::Consumer;
-    use oncely_core::consumer::{Handled, Handler, HandlerError, KeySource};
-
-    struct Done;
-    #[async_trait]
-    impl Handler for Done {
-        async fn handle(&self, _: &oncely_core::Key, _: &Message) -> Result<Handled, HandlerError> {
-            Ok(Handled::Done)
-        }
-    }
-
     let queue = rabbit.channel("deleted").await.unwrap();
     queue
         .publish(&Message::new(b"{}".to_vec(), "").with_message_id("before"))
         .await
         .unwrap();
-    let consumer = Consumer::new(Done, KeySource::MessageId);
     let source = queue.consumer().await.unwrap();
-    let running = tokio::spawn({
-        let consumer = consumer.clone();
-        async move { consumer.run(source, std::future::pending()).await }
-    });
-    while consumer.report().done < 1 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let channel = queue.connection.create_channel().await.unwrap();
-    channel
-        .queue_delete(queue.queue.as_str().into(), Default::default())
-        .await
-        .unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the run ends within 30 s of the queue's deletion")
-        .unwrap();
-    let error = ended.expect_err("the run fails");
-    assert!(error.is_permanent(), "{error}");
+    let error = oncely_broker_suite::run_until_its_destination_is_deleted(source, async {
+        let channel = queue.connection.create_channel().await.unwrap();
+        channel
+            .queue_delete(queue.queue.as_str().into(), Default::default())
+            .await
+            .unwrap();
+    })
+    .await;
     let text = error.to_string();
     assert!(
         text.contains(&format!("queue `{}` does not exist", queue.queue)),
