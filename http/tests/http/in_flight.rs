@@ -141,30 +141,43 @@ async fn a_dropped_request_runs_on_and_its_response_is_replayed(kind: StoreKind)
             .body(Full::new(Bytes::from_static(b"{}")))
             .unwrap()
     };
-    let mut send = async |cut_after: Option<Duration>| {
+    let effect_ran = {
+        let upstream = upstream.clone();
+        move || {
+            let upstream = upstream.clone();
+            async move {
+                while upstream.calls("/effect-first", "k-1") == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    };
+    let mut send = async |cut_once_the_effect_ran: bool| {
         std::future::poll_fn(|cx| {
             tower::Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx)
         })
         .await
         .unwrap();
         let call = tower::Service::call(&mut service, request());
-        let response = match cut_after {
-            // The client gives up (a timeout, a closed connection) while the handler runs.
-            Some(cut) => match tokio::time::timeout(cut, call).await {
-                Err(_) => return None,
-                Ok(response) => response.unwrap(),
-            },
-            None => call.await.unwrap(),
+        let response = if cut_once_the_effect_ran {
+            // The client gives up (a timeout, a closed connection) while the handler runs:
+            // once the effect ran, whatever the store's pace (the handler runs 600 ms on).
+            tokio::select! {
+                response = call => response.unwrap(),
+                _ = tokio::time::timeout(Duration::from_secs(10), effect_ran()) => return None,
+            }
+        } else {
+            call.await.unwrap()
         };
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
         Some((parts, body))
     };
 
-    assert!(send(Some(Duration::from_millis(150))).await.is_none());
+    assert!(send(true).await.is_none());
     assert_eq!(upstream.calls("/effect-first", "k-1"), 1, "the effect ran");
     // The request runs on: a retry meanwhile is told to come back in a second ...
-    let (parts, _) = send(None).await.unwrap();
+    let (parts, _) = send(false).await.unwrap();
     assert_eq!(parts.status, StatusCode::CONFLICT);
     assert_eq!(parts.headers[header::RETRY_AFTER], "1");
     // ... and once it is done, gets its response, without a second execution.
@@ -172,7 +185,7 @@ async fn a_dropped_request_runs_on_and_its_response_is_replayed(kind: StoreKind)
     tokio::time::timeout(Duration::from_secs(5), running.finished())
         .await
         .unwrap();
-    let (parts, body) = send(None).await.unwrap();
+    let (parts, body) = send(false).await.unwrap();
     assert_eq!(parts.status, StatusCode::CREATED);
     assert_eq!(parts.headers["idempotent-replayed"], "true");
     assert_eq!(body, "effect 1");
@@ -199,20 +212,21 @@ async fn a_response_timeout_answers_504_and_the_request_runs_on(kind: StoreKind)
 }
 
 async fn a_handler_slower_than_its_lease_runs_once(kind: StoreKind) {
-    // The handler takes 600 ms, three leases: only renewal keeps the retries out.
+    // The handler takes 3 s, three leases: only renewal keeps the retries out. (A lease of
+    // 200 ms under a 600 ms handler was too tight for a busy machine: a renewal every 67 ms.)
     let options = Options {
-        lease: Some(Duration::from_millis(200)),
+        lease: Some(Duration::from_secs(1)),
         ..Options::default()
     };
     let server = Arc::new(start_with(kind, options, |l| l).await);
     let first = tokio::spawn({
         let server = server.clone();
-        async move { server.post("/effect-first", "k-1", "{}").await }
+        async move { server.post("/effect-slow", "k-1", "{}").await }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut conflicts = 0;
     while !first.is_finished() {
-        let retry = server.post("/effect-first", "k-1", "{}").await;
+        let retry = server.post("/effect-slow", "k-1", "{}").await;
         if retry.replayed() {
             break;
         }
@@ -223,7 +237,7 @@ async fn a_handler_slower_than_its_lease_runs_once(kind: StoreKind) {
     let first = first.await.unwrap();
     assert_eq!(first.status, StatusCode::CREATED);
     assert!(conflicts >= 5, "retries while the first ran: {conflicts}");
-    let replayed = server.post("/effect-first", "k-1", "{}").await;
+    let replayed = server.post("/effect-slow", "k-1", "{}").await;
     assert_eq!(replayed.body, first.body);
-    assert_eq!(server.upstream.calls("/effect-first", "k-1"), 1);
+    assert_eq!(server.upstream.calls("/effect-slow", "k-1"), 1);
 }

@@ -96,6 +96,13 @@ async fn effect_first(State(up): State<Shared>, headers: HeaderMap) -> (StatusCo
     (StatusCode::CREATED, format!("effect {n}"))
 }
 
+/// [`effect_first`]'s, for 3 s.
+async fn effect_slow(State(up): State<Shared>, headers: HeaderMap) -> (StatusCode, String) {
+    let n = up.record("/effect-slow", &headers);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    (StatusCode::CREATED, format!("effect {n}"))
+}
+
 /// 500 the first time per key, 201 after.
 async fn flaky(State(up): State<Shared>, headers: HeaderMap) -> (StatusCode, String) {
     up.record("/flaky", &headers);
@@ -128,6 +135,7 @@ pub fn app(up: Shared) -> Router {
         .route("/refunds", post(refund))
         .route("/slow", post(slow))
         .route("/effect-first", post(effect_first))
+        .route("/effect-slow", post(effect_slow))
         .route("/flaky", post(flaky))
         .route("/big", post(big))
         .route("/storm", post(storm))
