@@ -265,13 +265,7 @@ fn successors(model: &Model, world: &World) -> Vec<World> {
                         };
                         next.push(w);
                         // Or it never left (the upstream refused the connection): released.
-                        let mut w = world.clone();
-                        if held {
-                            w.record = None;
-                            w.granted = None;
-                        }
-                        finish(&mut w);
-                        next.push(w);
+                        next.push(released(world, d, held));
                     }
                     (Effect::Outside, true) => {
                         // Answered: complete, fenced.
@@ -298,13 +292,7 @@ fn successors(model: &Model, world: &World) -> Vec<World> {
                         finish(&mut w);
                         next.push(w);
                         // Or the transaction fails before its effect: released.
-                        let mut w = world.clone();
-                        if held {
-                            w.record = None;
-                            w.granted = None;
-                        }
-                        finish(&mut w);
-                        next.push(w);
+                        next.push(released(world, d, held));
                     }
                 }
             }
@@ -312,6 +300,18 @@ fn successors(model: &Model, world: &World) -> Vec<World> {
         }
     }
     next
+}
+
+/// Delivery `d` gives the key back, fenced like complete (a release by a holder that lost the
+/// key changes nothing), and is done with it.
+fn released(world: &World, d: usize, held: bool) -> World {
+    let mut w = world.clone();
+    if held {
+        w.record = None;
+        w.granted = None;
+    }
+    w.deliveries[d].phase = Phase::Finished;
+    w
 }
 
 /// Delivery `d` claims the key, by the store's rule.
