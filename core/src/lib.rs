@@ -82,7 +82,7 @@ pub use record::{
 };
 pub use store::Store;
 pub use strategy::{CompositeKey, ExtractError, JsonKeyError, KeySpecError, payload_hash_key};
-pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use time::{CLOCK_RESYNC, Clock, ManualClock, SystemClock, Timestamp};
 
 /// Re-exported so stores implement [`Store`] with the same macro version.
 pub use async_trait::async_trait;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::panic::catch_unwind;
+use crate::time::{Measure, StoreOffset};
 use crate::{
     Claim, ClaimOutcome, ClaimRequest, Clock, Completion, Error, Fingerprint, Key, OutcomeUnknown,
     Record, Result, Scope, Store, StoreStats, SystemClock, Timestamp, VersionCheck,
@@ -18,6 +19,12 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The claim -> complete / release lifecycle over a store.
 ///
 /// Cheap to clone; clones share the store and the clock.
+///
+/// Leases are decided by the store's clock where the store has one
+/// ([`Store::server_time`]: PostgreSQL, MySQL, Redis): the host's clock corrected by the offset
+/// measured at the first claim and again every [`CLOCK_RESYNC`](crate::CLOCK_RESYNC), to within
+/// half a round trip. Otherwise a host whose clock runs ahead would see other hosts' live leases
+/// as run out and execute their keys again. An offset over a second is logged as a warning.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely_core::Result<()> {
@@ -43,9 +50,14 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub struct Oncely {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    /// `None`: the clock is taken as it is.
+    follow: Option<Arc<StoreOffset>>,
     lease: Duration,
     retention: Duration,
 }
+
+/// An offset to the store's clock above this is logged: the hosts' clocks need looking at.
+const SKEW_WARNING: i64 = 1_000;
 
 impl Oncely {
     /// The lifecycle over `store`, with the system clock, [`DEFAULT_LEASE`] and [`DEFAULT_RETENTION`].
@@ -53,14 +65,25 @@ impl Oncely {
         Oncely {
             store,
             clock: Arc::new(SystemClock),
+            follow: Some(Arc::default()),
             lease: DEFAULT_LEASE,
             retention: DEFAULT_RETENTION,
         }
     }
 
-    /// Uses `clock` for every lease and retention decision (a [`ManualClock`](crate::ManualClock) in tests).
+    /// Uses `clock`, as it is, for every lease and retention decision: nothing corrects it to
+    /// the store's clock (a [`ManualClock`](crate::ManualClock) in tests).
     pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Arc::new(clock);
+        self.follow = None;
+        self
+    }
+
+    /// Uses `clock` as this host's clock, corrected to the store's as the system clock is (see
+    /// [`Oncely`]): how a test gives one instance a clock that is off.
+    pub fn with_host_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self.follow = Some(Arc::default());
         self
     }
 
@@ -91,9 +114,41 @@ impl Oncely {
         self.retention
     }
 
-    /// Now, by this instance's clock.
+    /// Now, by this instance's clock: corrected to the store's by the offset last measured.
     pub fn now(&self) -> Timestamp {
-        self.clock.now()
+        let host = self.clock.now();
+        match &self.follow {
+            Some(follow) => {
+                Timestamp::from_millis(host.as_millis().saturating_add(follow.offset()))
+            }
+            None => host,
+        }
+    }
+
+    /// [`now`](Self::now), after measuring the offset to the store's clock if it is due: before
+    /// the first decision, then every [`CLOCK_RESYNC`](crate::CLOCK_RESYNC).
+    async fn synced_now(&self) -> Result<Timestamp> {
+        let Some(follow) = &self.follow else {
+            return Ok(self.clock.now());
+        };
+        let due = follow.due(self.clock.now());
+        if matches!(due, Measure::No) {
+            return Ok(self.now());
+        }
+        let before = self.clock.now();
+        match self.store.server_time().await {
+            Ok(server) => {
+                let offset = follow.record(before, server, self.clock.now());
+                if offset.abs() > SKEW_WARNING {
+                    tracing::warn!(offset_ms = offset, store = ?self.store,
+                        "this host's clock is off the store's; leases are decided by the store's");
+                }
+            }
+            Err(error) if matches!(due, Measure::First) => return Err(error),
+            // The offset measured before serves until the next try.
+            Err(error) => tracing::debug!(%error, "could not read the store's clock"),
+        }
+        Ok(self.now())
     }
 
     /// Claims (scope, key). See [`ClaimOutcome`] for the four answers.
@@ -106,7 +161,10 @@ impl Oncely {
         fingerprint: Option<Fingerprint>,
     ) -> Result<ClaimOutcome> {
         let request = ClaimRequest::new(scope.clone(), key.clone(), fingerprint, self.lease);
-        let outcome = self.store.claim(&request, self.now()).await;
+        let outcome = match self.synced_now().await {
+            Ok(now) => self.store.claim(&request, now).await,
+            Err(error) => Err(error),
+        };
         tracing::Span::current().record("outcome", outcome_name(&outcome));
         outcome
     }
@@ -124,7 +182,8 @@ impl Oncely {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        self.store.claim_many(&requests, self.now()).await
+        let now = self.synced_now().await?;
+        self.store.claim_many(&requests, now).await
     }
 
     /// Records the work of `claim` as done with `outcome`, replayed to duplicates until retention ends.
@@ -304,7 +363,7 @@ impl Oncely {
 
     /// The live record for (scope, key): `None` if there is none or it expired.
     pub async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
-        let now = self.now();
+        let now = self.synced_now().await?;
         Ok(self
             .store
             .get(scope, key)
@@ -314,7 +373,7 @@ impl Oncely {
 
     /// Removes at most `limit` records that expired more than `older_than` ago.
     pub async fn purge(&self, older_than: Duration, limit: usize) -> Result<usize> {
-        let before = self.now().saturating_sub(older_than);
+        let before = self.synced_now().await?.saturating_sub(older_than);
         self.store.purge(before, limit).await
     }
 
@@ -341,7 +400,7 @@ impl Oncely {
         let (scope, key) = purge_lock();
         let lease = PURGE_LEASE;
         let request = ClaimRequest::new(scope, key, None, lease);
-        let claim = match self.store.claim(&request, self.now()).await? {
+        let claim = match self.store.claim(&request, self.synced_now().await?).await? {
             ClaimOutcome::New(claim) => claim,
             ClaimOutcome::InProgress { retry_after } => {
                 return Ok(PurgeRun::AnotherPurger { retry_after });
@@ -380,7 +439,7 @@ impl Oncely {
 
     /// What the store holds now.
     pub async fn stats(&self) -> Result<StoreStats> {
-        self.store.stats(self.now()).await
+        self.store.stats(self.synced_now().await?).await
     }
 
     /// The version guard: stores `version` for `entity` if it is strictly greater than the one

@@ -10,8 +10,9 @@ use crate::{
 /// Where records live. One trait for every backend; [`Oncely`](crate::Oncely) builds the
 /// lifecycle on top of it.
 ///
-/// Stores never read a clock: the caller passes `now`, so one injectable clock drives every
-/// lease and retention decision, and tests move time instead of sleeping.
+/// Stores never read a clock to decide: the caller passes `now`, so one injectable clock drives
+/// every lease and retention decision, and tests move time instead of sleeping. A store many
+/// hosts share tells that clock its own time ([`server_time`](Store::server_time)).
 ///
 /// Every implementation must pass `oncely-conformance`, which checks the lifecycle's guarantees with
 /// real concurrency. The short version of the contract:
@@ -84,6 +85,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Counts of what the store holds at `now`.
     async fn stats(&self, now: Timestamp) -> Result<StoreStats>;
+
+    /// The store server's clock, read now, for stores that many hosts share: leases are decided
+    /// by it (see [`Oncely`](crate::Oncely)), so hosts whose clocks disagree agree on them.
+    ///
+    /// The default, `None`, is for stores whose clients all run on one host and share its clock
+    /// (in memory, SQLite).
+    async fn server_time(&self) -> Result<Option<Timestamp>> {
+        Ok(None)
+    }
 
     /// Stores `version` for (scope, entity) if it is greater than the stored one, atomically.
     async fn apply_if_newer(

@@ -3,10 +3,16 @@
 //! Every lease and retention decision is taken against [`Clock::now`], and the clock is passed
 //! to the stores rather than read inside them. Tests move a [`ManualClock`] instead of sleeping,
 //! so a 7-day retention is tested in microseconds.
+//!
+//! Hosts disagree about the time, so an [`Oncely`](crate::Oncely) on a store that many hosts
+//! share (PostgreSQL, MySQL, Redis) reads the store server's clock
+//! ([`Store::server_time`](crate::Store::server_time)) and decides by it: its own clock plus the
+//! offset it measured, measured again every [`CLOCK_RESYNC`]. Two gateways whose clocks are 30 s
+//! apart then still agree on when a lease ends.
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
@@ -117,5 +123,87 @@ impl Default for ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// How often an [`Oncely`](crate::Oncely) that follows its store's clock measures the offset
+/// to it again: a clock stepped by NTP is followed within this long.
+pub const CLOCK_RESYNC: Duration = Duration::from_secs(30);
+
+/// The offset from a host's clock to its store server's, shared by an instance's clones.
+#[derive(Debug, Default)]
+pub(crate) struct StoreOffset {
+    /// Server minus host, in ms.
+    offset: AtomicI64,
+    /// Host time (ms) of the next measurement.
+    next: AtomicI64,
+    measured: AtomicBool,
+    /// The store has no clock of its own: its clients share the host's.
+    host_only: AtomicBool,
+}
+
+/// What the caller of [`StoreOffset::due`] is to do.
+pub(crate) enum Measure {
+    /// Nothing: the offset is fresh (or there is none to take).
+    No,
+    /// Measure before deciding anything: there is no offset yet.
+    First,
+    /// Measure again; the current offset may be used meanwhile.
+    Again,
+}
+
+impl StoreOffset {
+    pub(crate) fn offset(&self) -> i64 {
+        self.offset.load(Ordering::Acquire)
+    }
+
+    /// Whether to measure at host time `now`. Of concurrent callers once an offset exists, one
+    /// is told to measure again, the others go on with the offset they have.
+    pub(crate) fn due(&self, now: Timestamp) -> Measure {
+        if self.host_only.load(Ordering::Acquire) {
+            return Measure::No;
+        }
+        if !self.measured.load(Ordering::Acquire) {
+            return Measure::First;
+        }
+        let next = self.next.load(Ordering::Acquire);
+        if now.0 >= next
+            && self
+                .next
+                .compare_exchange(
+                    next,
+                    now.0.saturating_add(duration_millis(CLOCK_RESYNC)),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
+            return Measure::Again;
+        }
+        Measure::No
+    }
+
+    /// Records a reading of the server's clock taken between host times `before` and `after`
+    /// (`None`: the store has no clock of its own). Answers the offset.
+    pub(crate) fn record(
+        &self,
+        before: Timestamp,
+        server: Option<Timestamp>,
+        after: Timestamp,
+    ) -> i64 {
+        let Some(server) = server else {
+            self.host_only.store(true, Ordering::Release);
+            return 0;
+        };
+        // The server read its clock somewhere in the round trip: its middle is the best guess.
+        let midpoint = before.0 + (after.0 - before.0) / 2;
+        let offset = server.0 - midpoint;
+        self.offset.store(offset, Ordering::Release);
+        self.next.store(
+            after.0.saturating_add(duration_millis(CLOCK_RESYNC)),
+            Ordering::Release,
+        );
+        self.measured.store(true, Ordering::Release);
+        offset
     }
 }

@@ -8,6 +8,7 @@
 mod support;
 
 mod client;
+mod clock;
 mod failures;
 mod flags;
 mod gateway;

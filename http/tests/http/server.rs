@@ -59,6 +59,10 @@ impl Switchable {
 
 #[async_trait]
 impl Store for Switchable {
+    async fn server_time(&self) -> oncely::Result<Option<Timestamp>> {
+        self.check()?;
+        self.inner.server_time().await
+    }
     async fn claim_many(
         &self,
         requests: &[ClaimRequest],

@@ -472,6 +472,16 @@ impl Store for MySqlStore {
         Ok(done.rows_affected() as usize)
     }
 
+    /// `NOW(3)` in UTC seconds, whatever the session's time zone.
+    async fn server_time(&self) -> Result<Option<Timestamp>> {
+        let millis: i64 =
+            sqlx::query_scalar("SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+        Ok(Some(Timestamp::from_millis(millis)))
+    }
+
     async fn stats(&self, now: Timestamp) -> Result<StoreStats> {
         let now = now.as_millis();
         let row = sqlx::query(

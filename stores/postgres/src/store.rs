@@ -497,6 +497,16 @@ impl Store for PostgresStore {
         Ok(done.rows_affected() as usize)
     }
 
+    /// `clock_timestamp()`: the time the server reads it, not its transaction's start.
+    async fn server_time(&self) -> Result<Option<Timestamp>> {
+        let millis: i64 =
+            sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+        Ok(Some(Timestamp::from_millis(millis)))
+    }
+
     async fn stats(&self, now: Timestamp) -> Result<StoreStats> {
         // A partitioned table's size is the sum of its partitions'.
         let row = sqlx::query(if self.partitioned.is_some() {

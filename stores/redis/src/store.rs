@@ -525,6 +525,15 @@ impl Store for RedisStore {
         Ok(purged)
     }
 
+    /// `TIME`: seconds and microseconds by the server's clock.
+    async fn server_time(&self) -> Result<Option<Timestamp>> {
+        let (secs, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(Some(Timestamp::from_millis(secs * 1_000 + micros / 1_000)))
+    }
+
     async fn stats(&self, now: Timestamp) -> Result<StoreStats> {
         let now_arg = now.as_millis().to_string();
         let mut stats = StoreStats::default();
