@@ -250,6 +250,10 @@ where
             |broker, schema| Box::pin(async move { store_partitioned(&*broker, &schema).await }),
         ));
         fault_proofs.push((
+            "consumers_paused_past_their_ack_wait_still_apply_every_order_exactly_once",
+            |broker, schema| Box::pin(async move { consumers_paused(&*broker, &schema).await }),
+        ));
+        fault_proofs.push((
             "slow_lossy_links_still_apply_every_order_exactly_once",
             |broker, schema| Box::pin(async move { slow_links(&*broker, &schema).await }),
         ));
@@ -357,6 +361,26 @@ async fn store_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
     let report = proof::run_with(&channel, &postgres, config, consumer_process, faults).await;
     eprintln!("store partition proof: {report:?}");
     assert_eq!(report.faults, 2);
+}
+
+/// The proof with a consumer frozen (SIGSTOP, as by a long GC pause or a stalled VM) for 8 s,
+/// longer than the broker waits for an ack, 3 times: its unacked messages go to the other
+/// consumer while it sleeps, and it wakes (SIGCONT) in the middle of work another has taken over,
+/// with transactions open. No consumer is killed.
+async fn consumers_paused<B: Broker>(broker: &B, schema_prefix: &str) {
+    let channel = broker
+        .channel("pauses")
+        .await
+        .expect("a channel for the proof");
+    let postgres = oncely_conformance::servers::postgres_url(schema_prefix).await;
+    let config = proof::ProofConfig {
+        kills: 0,
+        pauses: 3,
+        ..proof::ProofConfig::default()
+    };
+    let report = proof::run(&channel, &postgres, config, consumer_process).await;
+    eprintln!("pause proof: {report:?}");
+    assert_eq!(report.pauses, 3);
 }
 
 /// The proof with the consumers reaching both their PostgreSQL and the broker over slow, lossy

@@ -45,6 +45,11 @@ pub struct ProofConfig {
     pub poison: usize,
     /// SIGKILLs.
     pub kills: usize,
+    /// SIGSTOPs, after the kills: a consumer frozen for [`pause`](Self::pause) (as by a long GC
+    /// pause or a VM stall) while the others go on, then woken with SIGCONT.
+    pub pauses: usize,
+    /// How long each pause lasts.
+    pub pause: Duration,
     /// Consumer processes running at once.
     pub consumers: usize,
     /// How long the whole run may take before the proof fails.
@@ -58,6 +63,8 @@ impl Default for ProofConfig {
             duplicates: 4_000,
             poison: 20,
             kills: 20,
+            pauses: 0,
+            pause: Duration::from_secs(8),
             consumers: 2,
             deadline: Duration::from_secs(600),
         }
@@ -92,6 +99,8 @@ pub struct ProofReport {
     pub dead_letters: usize,
     /// SIGKILLs done.
     pub kills: usize,
+    /// SIGSTOPs done (each followed by its SIGCONT).
+    pub pauses: usize,
     /// Faults the run's `faults` injected ([`run_with`]).
     pub faults: usize,
     /// Consumers restarted gracefully because nothing progressed (only on brokers that
@@ -183,9 +192,21 @@ pub async fn run_with<C: Channel>(
             kills += 1;
             children[victim] = spawn(&source_url, postgres_url);
         }
-        kills
+        for _ in 0..config.pauses {
+            tokio::time::sleep(Duration::from_millis(rng.u64(300..2_000))).await;
+            let victim = &children[rng.usize(..children.len())];
+            signal(victim, "-STOP");
+            eprintln!(
+                "kill -9 proof: consumer {} paused for {:?}",
+                victim.id(),
+                config.pause
+            );
+            tokio::time::sleep(config.pause).await;
+            signal(victim, "-CONT");
+        }
+        (kills, config.pauses)
     };
-    let ((), kills, faults) = if together {
+    let ((), (kills, pauses), faults) = if together {
         tokio::join!(publish(channel, &messages), killing, faults)
     } else {
         let (kills, faults) = tokio::join!(killing, faults);
@@ -340,6 +361,7 @@ pub async fn run_with<C: Channel>(
         applied: applied.len(),
         dead_letters: letters.len(),
         kills,
+        pauses,
         faults,
         nudges,
         elapsed: settled,
@@ -408,6 +430,18 @@ const LOST_AFTER: Duration = Duration::from_secs(20);
 fn kill9(child: &mut Child) {
     let _ = child.kill(); // SIGKILL on Unix
     let _ = child.wait();
+}
+
+fn signal(child: &Child, signal: &str) {
+    let sent = Command::new("kill")
+        .arg(signal)
+        .arg(child.id().to_string())
+        .status();
+    assert!(
+        sent.is_ok_and(|s| s.success()),
+        "kill {signal} {}",
+        child.id()
+    );
 }
 
 fn stop(child: &mut Child) {
