@@ -1,6 +1,7 @@
 //! Faults a test injects around the processes under test, with the real mechanisms: a store
 //! server of the test's own that it stops, crashes and starts again while consumers use it
-//! ([`PostgresServer`], [`MariaDbServer`], [`RedisServer`], each a [`Restartable`]), and a TCP
+//! ([`PostgresServer`], [`MariaDbServer`], [`RedisServer`], each a [`Restartable`]), a broker
+//! of its own to restart in the same way ([`NatsServer`]), and a TCP
 //! proxy whose link it sets ([`FaultProxy`]).
 //!
 //! The machine's shared servers are never touched: other tests use them at the same time.
@@ -26,9 +27,10 @@ pub enum Stop {
     Crash,
 }
 
-/// A store server of the test's own that a test can take down and start again.
+/// A server of the test's own (a store's or a broker's) that a test can take down and start
+/// again.
 pub trait Restartable: Send + 'static {
-    /// The URL a store connects to it with.
+    /// The URL a client connects to it with.
     fn url(&self) -> String;
 
     /// Takes it down `how`; nothing if it is down already.
@@ -304,6 +306,45 @@ impl Restartable for RedisServer {
             ping.output()
                 .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "PONG")
         });
+    }
+}
+
+/// A NATS server with JetStream of the test's own on a free loopback port, its streams in files
+/// (`-sd`) so they outlive a restart. Dropping it kills it and removes its files.
+pub struct NatsServer {
+    own: OwnServer,
+}
+
+impl NatsServer {
+    /// Starts it on an empty directory.
+    pub fn start() -> NatsServer {
+        let mut server = NatsServer {
+            own: OwnServer::new("nats"),
+        };
+        server.start_again();
+        server
+    }
+}
+
+impl Restartable for NatsServer {
+    /// `nats://127.0.0.1:PORT`.
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.own.port)
+    }
+
+    fn stop(&mut self, how: Stop) {
+        // SIGTERM: the server closes its clients and its stream files, then exits.
+        self.own.stop(how, libc::SIGTERM);
+    }
+
+    fn start_again(&mut self) {
+        let mut command = Command::new("nats-server");
+        command
+            .args(["-a", "127.0.0.1", "-p", &self.own.port.to_string(), "-js"])
+            .arg("-sd")
+            .arg(self.own.base.join("jetstream"));
+        // JetStream has recovered its streams before the server takes clients.
+        self.own.launch(command, "take clients", || true);
     }
 }
 

@@ -11,6 +11,7 @@ use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::{self, Context};
 use oncely_broker_suite::{Broker, Channel};
+use oncely_conformance::faults::{NatsServer, Restartable};
 use oncely_core::consumer::Message;
 use oncely_core::{BoxError, async_trait};
 use oncely_nats::{FreshOptions, NatsOptions, NatsSource};
@@ -46,6 +47,18 @@ impl Nats {
 impl Broker for Nats {
     type Channel = NatsChannel;
     const RUNS_STORE_FAULT_PROOFS: bool = true;
+    const RUNS_RESTART_PROOF: bool = true;
+
+    async fn own_server() -> Option<(Self, Box<dyn Restartable>)> {
+        let server = tokio::task::spawn_blocking(NatsServer::start)
+            .await
+            .expect("the test's NATS server");
+        let nats = Nats {
+            server: server.url(),
+        };
+        connect(&nats.server).await;
+        Some((nats, Box::new(server)))
+    }
 
     async fn channel(&self, test: &str) -> Result<NatsChannel, BoxError> {
         let fresh =

@@ -78,6 +78,19 @@ pub trait Broker: Send + Sync + 'static {
     /// broker that tells its clients where to connect next (Kafka's advertised listeners).
     const CONSUMERS_REACH_IT_THROUGH_A_PROXY: bool = true;
 
+    /// Whether the suite restarts the broker itself under the consumers (3 times, crashed and
+    /// shut down in turn): then [`own_server`](Self::own_server) starts one.
+    const RUNS_RESTART_PROOF: bool = false;
+
+    /// A server of the test's own for this broker, which the restart proof takes down and
+    /// starts again, and this broker on it. `None` where the suite does not do that.
+    async fn own_server() -> Option<(Self, Box<dyn oncely_conformance::faults::Restartable>)>
+    where
+        Self: Sized,
+    {
+        None
+    }
+
     /// A new, empty destination and dead-letter destination, unique to this call; `test`
     /// names the test, for a readable name on the server.
     async fn channel(&self, test: &str) -> Result<Self::Channel, BoxError>;
@@ -258,6 +271,12 @@ where
             |broker, schema| Box::pin(async move { slow_links(&*broker, &schema).await }),
         ));
     }
+    if B::RUNS_RESTART_PROOF {
+        fault_proofs.push((
+            "broker_restarted_3_times_still_applies_every_order_exactly_once",
+            |_, schema| Box::pin(async move { broker_restarted_3_times::<B>(&schema).await }),
+        ));
+    }
     if B::CONSUMERS_REACH_IT_THROUGH_A_PROXY {
         fault_proofs.push((
             "broker_partitioned_20s_then_cut_still_applies_every_order_exactly_once",
@@ -335,6 +354,54 @@ async fn store_restarted_5_times<B: Broker>(broker: &B) {
     };
     let report = proof::run_with(&channel, &postgres, config, consumer_process, faults).await;
     eprintln!("store restarts proof: {report:?}");
+    assert_eq!(report.faults, RESTARTS);
+    drop(server);
+}
+
+/// The proof on a broker server of the test's own ([`Broker::own_server`]), restarted 3 times
+/// while the consumers work: crashed (SIGKILL), shut down, crashed, each down for up to 3 s.
+/// Their PostgreSQL is the machine's, in a fresh schema. No consumer is killed, and none may
+/// give up.
+async fn broker_restarted_3_times<B: Broker>(schema_prefix: &str) {
+    use oncely_conformance::faults::Stop;
+    const RESTARTS: usize = 3;
+    let (broker, server) = B::own_server()
+        .await
+        .expect("a broker that runs the restart proof starts a server of its own");
+    let channel = broker
+        .channel("broker-restarts")
+        .await
+        .expect("a channel for the proof");
+    let postgres = oncely_conformance::servers::postgres_url(schema_prefix).await;
+    let server = Arc::new(std::sync::Mutex::new(server));
+    let restarting = server.clone();
+    let watched = postgres.clone();
+    let faults = async move {
+        until_consuming(&watched).await;
+        for n in 0..RESTARTS {
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(300..2_000))).await;
+            let how = if n % 2 == 0 {
+                Stop::Crash
+            } else {
+                Stop::Graceful
+            };
+            let down = Duration::from_millis(fastrand::u64(100..3_000));
+            let server = restarting.clone();
+            tokio::task::spawn_blocking(move || {
+                server.lock().expect("never poisoned").restart(how, down)
+            })
+            .await
+            .expect("a restart");
+            eprintln!("broker restarts: the broker {how:?} and up again after {down:?}");
+        }
+        RESTARTS
+    };
+    let config = proof::ProofConfig {
+        kills: 0,
+        ..proof::ProofConfig::default()
+    };
+    let report = proof::run_with(&channel, &postgres, config, consumer_process, faults).await;
+    eprintln!("broker restarts proof: {report:?}");
     assert_eq!(report.faults, RESTARTS);
     drop(server);
 }
