@@ -314,47 +314,22 @@ fn consumer_process(source: &str, postgres: &str) -> std::process::Child {
 /// in turn, each down for up to 3 s. No consumer is killed: what is proven is that an outage
 /// of the store loses and doubles nothing, and dead-letters no good order.
 async fn store_restarted_5_times<B: Broker>(broker: &B) {
-    use oncely_conformance::faults::{PostgresServer, Restartable, Stop};
-    const RESTARTS: usize = 5;
+    use oncely_conformance::faults::{PostgresServer, Restartable};
     let channel = broker
         .channel("store-restarts")
         .await
         .expect("a channel for the proof");
-    let server = Arc::new(std::sync::Mutex::new(
+    let server: Box<dyn Restartable> = Box::new(
         tokio::task::spawn_blocking(PostgresServer::start)
             .await
             .expect("the test's PostgreSQL"),
-    ));
-    let postgres = server.lock().expect("never poisoned").url();
-    let restarting = server.clone();
-    let watched = postgres.clone();
-    let faults = async move {
-        until_consuming(&watched).await;
-        for n in 0..RESTARTS {
-            tokio::time::sleep(Duration::from_millis(fastrand::u64(300..2_000))).await;
-            let how = if n % 2 == 0 {
-                Stop::Crash
-            } else {
-                Stop::Graceful
-            };
-            let down = Duration::from_millis(fastrand::u64(100..3_000));
-            let server = restarting.clone();
-            tokio::task::spawn_blocking(move || {
-                server.lock().expect("never poisoned").restart(how, down)
-            })
-            .await
-            .expect("a restart");
-            eprintln!("store restarts: PostgreSQL {how:?} and up again after {down:?}");
-        }
-        RESTARTS
-    };
-    let config = proof::ProofConfig {
-        kills: 0,
-        ..proof::ProofConfig::default()
-    };
-    let report = proof::run_with(&channel, &postgres, config, consumer_process, faults).await;
+    );
+    let postgres = server.url();
+    let server = Arc::new(std::sync::Mutex::new(server));
+    let faults = restarts_in_turn(server.clone(), postgres.clone(), 5, "PostgreSQL");
+    let report = proof::run_with(&channel, &postgres, no_kills(), consumer_process, faults).await;
     eprintln!("store restarts proof: {report:?}");
-    assert_eq!(report.faults, RESTARTS);
+    assert_eq!(report.faults, 5);
     drop(server);
 }
 
@@ -363,8 +338,6 @@ async fn store_restarted_5_times<B: Broker>(broker: &B) {
 /// Their PostgreSQL is the machine's, in a fresh schema. No consumer is killed, and none may
 /// give up.
 async fn broker_restarted_3_times<B: Broker>(schema_prefix: &str) {
-    use oncely_conformance::faults::Stop;
-    const RESTARTS: usize = 3;
     let (broker, server) = B::own_server()
         .await
         .expect("a broker that runs the restart proof starts a server of its own");
@@ -374,36 +347,52 @@ async fn broker_restarted_3_times<B: Broker>(schema_prefix: &str) {
         .expect("a channel for the proof");
     let postgres = oncely_conformance::servers::postgres_url(schema_prefix).await;
     let server = Arc::new(std::sync::Mutex::new(server));
-    let restarting = server.clone();
-    let watched = postgres.clone();
-    let faults = async move {
-        until_consuming(&watched).await;
-        for n in 0..RESTARTS {
-            tokio::time::sleep(Duration::from_millis(fastrand::u64(300..2_000))).await;
-            let how = if n % 2 == 0 {
-                Stop::Crash
-            } else {
-                Stop::Graceful
-            };
-            let down = Duration::from_millis(fastrand::u64(100..3_000));
-            let server = restarting.clone();
-            tokio::task::spawn_blocking(move || {
-                server.lock().expect("never poisoned").restart(how, down)
-            })
-            .await
-            .expect("a restart");
-            eprintln!("broker restarts: the broker {how:?} and up again after {down:?}");
-        }
-        RESTARTS
-    };
-    let config = proof::ProofConfig {
+    let faults = restarts_in_turn(server.clone(), postgres.clone(), 3, "the broker");
+    let report = proof::run_with(&channel, &postgres, no_kills(), consumer_process, faults).await;
+    eprintln!("broker restarts proof: {report:?}");
+    assert_eq!(report.faults, 3);
+    drop(server);
+}
+
+/// The proof's settings when something other than the consumers is faulted.
+fn no_kills() -> proof::ProofConfig {
+    proof::ProofConfig {
         kills: 0,
         ..proof::ProofConfig::default()
-    };
-    let report = proof::run_with(&channel, &postgres, config, consumer_process, faults).await;
-    eprintln!("broker restarts proof: {report:?}");
-    assert_eq!(report.faults, RESTARTS);
-    drop(server);
+    }
+}
+
+/// A server the proof restarts, shared with the thread that restarts it.
+type SharedServer = Arc<std::sync::Mutex<Box<dyn oncely_conformance::faults::Restartable>>>;
+
+/// Once the consumers (their effects at `postgres`) have applied an order: `server` crashed,
+/// shut down, crashed... `restarts` times, 0.3-2 s apart, each down for up to 3 s, and up at
+/// the end. Answers how many restarts.
+async fn restarts_in_turn(
+    server: SharedServer,
+    postgres: String,
+    restarts: usize,
+    what: &'static str,
+) -> usize {
+    use oncely_conformance::faults::Stop;
+    until_consuming(&postgres).await;
+    for n in 0..restarts {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(300..2_000))).await;
+        let how = if n % 2 == 0 {
+            Stop::Crash
+        } else {
+            Stop::Graceful
+        };
+        let down = Duration::from_millis(fastrand::u64(100..3_000));
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || {
+            server.lock().expect("never poisoned").restart(how, down)
+        })
+        .await
+        .expect("a restart");
+        eprintln!("restarts: {what} {how:?} and up again after {down:?}");
+    }
+    restarts
 }
 
 /// The proof with the consumers cut off from their PostgreSQL (the machine's, in a fresh
@@ -421,10 +410,7 @@ async fn store_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
         until_consuming(&direct).await;
         partition_then_cut(&proxy, "PostgreSQL").await
     };
-    let config = proof::ProofConfig {
-        kills: 0,
-        ..proof::ProofConfig::default()
-    };
+    let config = no_kills();
     let report = proof::run_with(&channel, &postgres, config, consumer_process, faults).await;
     eprintln!("store partition proof: {report:?}");
     assert_eq!(report.faults, 2);
@@ -496,10 +482,7 @@ async fn broker_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
         until_consuming(&postgres).await;
         partition_then_cut(&proxy, "the broker").await
     };
-    let config = proof::ProofConfig {
-        kills: 0,
-        ..proof::ProofConfig::default()
-    };
+    let config = no_kills();
     let report = proof::run_with(&channel, &postgres, config, spawn, faults).await;
     eprintln!("broker partition proof: {report:?}");
     assert_eq!(report.faults, 2);
