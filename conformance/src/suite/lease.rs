@@ -93,8 +93,9 @@ async fn hosts_whose_clocks_are_30_s_apart_agree_on_a_lease(store: Arc<dyn Store
         (&ahead, &by_behind),
     ] {
         match taker.claim(&s, key, None).await.unwrap() {
+            // Each host's offset is measured to within half a round trip: a few ms either way.
             ClaimOutcome::InProgress { retry_after } => assert!(
-                retry_after > lease / 2 && retry_after <= lease,
+                retry_after > lease / 2 && retry_after <= lease + Duration::from_secs(1),
                 "{key}: {retry_after:?} left of a {lease:?} lease just taken"
             ),
             other => panic!("{key}: a live lease must hold, got {other:?}"),
