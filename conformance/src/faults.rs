@@ -1,7 +1,7 @@
 //! Faults a test injects around the processes under test, with the real mechanisms: a store
 //! server of the test's own that it stops, crashes and starts again while consumers use it
 //! ([`PostgresServer`], [`MariaDbServer`], [`RedisServer`], each a [`Restartable`]), a broker
-//! of its own to restart in the same way ([`NatsServer`]), and a TCP
+//! of its own to restart in the same way ([`NatsServer`], [`RabbitMqServer`]), and a TCP
 //! proxy whose link it sets ([`FaultProxy`]).
 //!
 //! The machine's shared servers are never touched: other tests use them at the same time.
@@ -123,6 +123,10 @@ fn run_to_end(what: &str, command: &mut Command) {
     );
 }
 
+/// How long a server of the test's own may take to start: a RabbitMQ node on a busy machine
+/// takes over a minute.
+const STARTS_WITHIN: Duration = Duration::from_secs(180);
+
 /// What every server of the test's own has: a directory, a port, and the process while it
 /// runs. Dropping it kills the process and removes the directory.
 struct OwnServer {
@@ -162,9 +166,8 @@ impl OwnServer {
         self.starts += 1;
         let log = self.base.join(format!("{}-{}.log", self.kind, self.starts));
         let name = format!("{} (the test's own)", self.kind);
-        let mut process =
-            TestServer::start(&name, command, &log, self.port, Duration::from_secs(60));
-        process.wait_until(serves, Duration::from_secs(60), |_| ready());
+        let mut process = TestServer::start(&name, command, &log, self.port, STARTS_WITHIN);
+        process.wait_until(serves, STARTS_WITHIN, |_| ready());
         self.process = Some(process);
     }
 }
@@ -344,6 +347,90 @@ impl Restartable for NatsServer {
             .arg("-sd")
             .arg(self.own.base.join("jetstream"));
         // JetStream has recovered its streams before the server takes clients.
+        self.own.launch(command, "take clients", || true);
+    }
+}
+
+/// A RabbitMQ node of the test's own on a free loopback port, with its own node name, Erlang
+/// cookie, database and logs under a temporary directory, user `guest` allowed from anywhere.
+/// Durable queues and persistent messages outlive a restart. Dropping it kills it and removes
+/// its files.
+pub struct RabbitMqServer {
+    own: OwnServer,
+    node: String,
+    listeners: String,
+}
+
+/// The node's start script itself: the `rabbitmq-server` on PATH (Debian's wrapper) switches
+/// to the `rabbitmq` user, who cannot read a test's files.
+const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
+impl RabbitMqServer {
+    /// Starts a node with a plain AMQP listener.
+    pub fn start() -> RabbitMqServer {
+        Self::start_with(|port| format!("listeners.tcp.default = 127.0.0.1:{port}\n"))
+    }
+
+    /// Starts a node whose listeners are the `rabbitmq.conf` lines `listeners` gives for its
+    /// port: a TLS listener alone, say.
+    pub fn start_with(listeners: impl FnOnce(u16) -> String) -> RabbitMqServer {
+        let own = OwnServer::new("rabbitmq");
+        let mut server = RabbitMqServer {
+            node: format!(
+                "{}@localhost",
+                own.base.file_name().expect("a name").display()
+            ),
+            listeners: listeners(own.port),
+            own,
+        };
+        server.start_again();
+        server
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.own.port
+    }
+}
+
+impl Restartable for RabbitMqServer {
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f` (for a plain listener).
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.own.port)
+    }
+
+    fn stop(&mut self, how: Stop) {
+        // SIGTERM: the start script stops the node in order (`rabbitmqctl stop`).
+        self.own.stop(how, libc::SIGTERM);
+    }
+
+    fn start_again(&mut self) {
+        let base = &self.own.base;
+        let file = |name: &str| base.join(name).display().to_string();
+        let config = format!("{}loopback_users = none\n", self.listeners);
+        std::fs::write(base.join("rabbitmq.conf"), config).expect("rabbitmq.conf");
+        std::fs::write(base.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
+        std::fs::write(base.join("rabbitmq-env.conf"), "").expect("rabbitmq-env.conf");
+        let script = Path::new(RABBITMQ_SERVER);
+        let mut command = Command::new(if script.exists() {
+            script
+        } else {
+            Path::new("rabbitmq-server")
+        });
+        command
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_CONFIG_FILE", file("rabbitmq.conf"))
+            // Not the machine's, which names the machine's node.
+            .env("RABBITMQ_CONF_ENV_FILE", file("rabbitmq-env.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", file("enabled_plugins"))
+            .env("RABBITMQ_MNESIA_BASE", file("mnesia"))
+            .env("RABBITMQ_LOG_BASE", file("log"))
+            .env("RABBITMQ_LOGS", "-")
+            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            // The Erlang cookie is made in HOME.
+            .env("HOME", base);
+        // The listener opens once the node has recovered its queues.
         self.own.launch(command, "take clients", || true);
     }
 }

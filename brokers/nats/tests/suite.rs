@@ -47,9 +47,11 @@ impl Nats {
 impl Broker for Nats {
     type Channel = NatsChannel;
     const RUNS_STORE_FAULT_PROOFS: bool = true;
-    const RUNS_RESTART_PROOF: bool = true;
+    fn runs_restart_proof(&self) -> bool {
+        true
+    }
 
-    async fn own_server() -> Option<(Self, Box<dyn Restartable>)> {
+    async fn own_server(&self) -> Option<(Self, Box<dyn Restartable>)> {
         let server = tokio::task::spawn_blocking(NatsServer::start)
             .await
             .expect("the test's NATS server");

@@ -11,25 +11,18 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 use oncely_broker_suite::libtest_mimic::Failed;
 use oncely_conformance::certs;
+use oncely_conformance::faults::RabbitMqServer;
 use oncely_conformance::harness::{check, url_trial};
-use oncely_conformance::process::{TestServer, free_port};
 use oncely_rabbitmq::{AmqpSource, queue_url};
 
-/// The server script itself: the `rabbitmq-server` on PATH switches to the `rabbitmq` user,
-/// who cannot read this test's files.
-const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
-
-/// A RabbitMQ node listening with TLS alone on `port`, its files in `dir`, that accepts only
+/// A RabbitMQ node listening with TLS alone, its certificates in `dir`, that accepts only
 /// clients with a certificate `ca.pem` signed.
-fn start_node(dir: &Path, port: u16) -> TestServer {
+fn start_node(dir: &Path) -> RabbitMqServer {
     let file = |name: &str| dir.join(name).display().to_string();
-    std::fs::write(
-        dir.join("rabbitmq.conf"),
+    RabbitMqServer::start_with(|port| {
         format!(
             "listeners.tcp = none\n\
              listeners.ssl.default = 127.0.0.1:{port}\n\
@@ -37,45 +30,12 @@ fn start_node(dir: &Path, port: u16) -> TestServer {
              ssl_options.certfile = {}\n\
              ssl_options.keyfile = {}\n\
              ssl_options.verify = verify_peer\n\
-             ssl_options.fail_if_no_peer_cert = true\n\
-             loopback_users = none\n",
+             ssl_options.fail_if_no_peer_cert = true\n",
             file("ca.pem"),
             file("server.pem"),
             file("server.key"),
-        ),
-    )
-    .expect("rabbitmq.conf");
-    std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
-    std::fs::write(dir.join("rabbitmq-env.conf"), "").expect("rabbitmq-env.conf");
-    let server = if Path::new(SERVER).exists() {
-        SERVER
-    } else {
-        "rabbitmq-server"
-    };
-    let mut command = Command::new(server);
-    command
-        .env(
-            "RABBITMQ_NODENAME",
-            format!("oncely-tls-{}@localhost", std::process::id()),
         )
-        .env("RABBITMQ_CONFIG_FILE", file("rabbitmq.conf"))
-        // Not the machine's, which names the machine's node.
-        .env("RABBITMQ_CONF_ENV_FILE", file("rabbitmq-env.conf"))
-        .env("RABBITMQ_ENABLED_PLUGINS_FILE", file("enabled_plugins"))
-        .env("RABBITMQ_MNESIA_BASE", file("mnesia"))
-        .env("RABBITMQ_LOG_BASE", file("log"))
-        .env("RABBITMQ_LOGS", "-")
-        .env("RABBITMQ_DIST_PORT", free_port().to_string())
-        .env("ERL_EPMD_ADDRESS", "127.0.0.1")
-        // The Erlang cookie is made in HOME.
-        .env("HOME", dir);
-    TestServer::start(
-        "rabbitmq-server (TLS)",
-        command,
-        &dir.join("rabbitmq.log"),
-        port,
-        Duration::from_secs(180),
-    )
+    })
 }
 
 fn main() {
@@ -98,8 +58,8 @@ fn main() {
         std::env::set_var("SSL_CERT_FILE", &other_ca);
         std::env::set_var("SSL_CERT_DIR", &empty);
     }
-    let port = free_port();
-    let node = start_node(dir.path(), port);
+    let node = start_node(dir.path());
+    let port = node.port();
 
     let server = format!("amqps://guest:guest@127.0.0.1:{port}/%2f");
     let identity =
@@ -172,7 +132,7 @@ fn main() {
             },
         ),
     ];
-    let conclusion = support::run("rabbitmq-tls", base, extra);
+    let conclusion = support::run("rabbitmq-tls", base, false, extra);
     drop(node);
     conclusion.exit()
 }

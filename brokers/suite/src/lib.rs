@@ -79,12 +79,16 @@ pub trait Broker: Send + Sync + 'static {
     const CONSUMERS_REACH_IT_THROUGH_A_PROXY: bool = true;
 
     /// Whether the suite restarts the broker itself under the consumers (3 times, crashed and
-    /// shut down in turn): then [`own_server`](Self::own_server) starts one.
-    const RUNS_RESTART_PROOF: bool = false;
+    /// shut down in turn): then [`own_server`](Self::own_server) starts one. A method, not a
+    /// constant: one broker's suite runs against several servers (RabbitMQ plain and with
+    /// TLS), and one of them is enough for this proof.
+    fn runs_restart_proof(&self) -> bool {
+        false
+    }
 
     /// A server of the test's own for this broker, which the restart proof takes down and
     /// starts again, and this broker on it. `None` where the suite does not do that.
-    async fn own_server() -> Option<(Self, Box<dyn oncely_conformance::faults::Restartable>)>
+    async fn own_server(&self) -> Option<(Self, Box<dyn oncely_conformance::faults::Restartable>)>
     where
         Self: Sized,
     {
@@ -271,10 +275,12 @@ where
             |broker, schema| Box::pin(async move { slow_links(&*broker, &schema).await }),
         ));
     }
-    if B::RUNS_RESTART_PROOF {
+    if faults_broker.runs_restart_proof() {
         fault_proofs.push((
             "broker_restarted_3_times_still_applies_every_order_exactly_once",
-            |_, schema| Box::pin(async move { broker_restarted_3_times::<B>(&schema).await }),
+            |broker, schema| {
+                Box::pin(async move { broker_restarted_3_times(&*broker, &schema).await })
+            },
         ));
     }
     if B::CONSUMERS_REACH_IT_THROUGH_A_PROXY {
@@ -337,8 +343,9 @@ async fn store_restarted_5_times<B: Broker>(broker: &B) {
 /// while the consumers work: crashed (SIGKILL), shut down, crashed, each down for up to 3 s.
 /// Their PostgreSQL is the machine's, in a fresh schema. No consumer is killed, and none may
 /// give up.
-async fn broker_restarted_3_times<B: Broker>(schema_prefix: &str) {
-    let (broker, server) = B::own_server()
+async fn broker_restarted_3_times<B: Broker>(broker: &B, schema_prefix: &str) {
+    let (broker, server) = broker
+        .own_server()
         .await
         .expect("a broker that runs the restart proof starts a server of its own");
     let channel = broker

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use oncely_broker_suite::libtest_mimic::{Conclusion, Trial};
 use oncely_broker_suite::{Broker, Channel};
+use oncely_conformance::faults::{RabbitMqServer, Restartable};
 use oncely_core::consumer::{DeadLetter, Delivery, ERROR_HEADER, Message, SOURCE_HEADER, Source};
 use oncely_core::{BoxError, async_trait};
 use oncely_rabbitmq::lapin::options::{
@@ -28,7 +29,9 @@ const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The broker suite and this broker's own trials, plus `extra`, against the server at `base`
 /// (`amqp[s]://USER:PASSWORD@HOST:PORT/VHOST`), reported as `name`.
-pub fn run(name: &str, base: String, extra: Vec<Trial>) -> Conclusion {
+/// `restart_proof`: whether it also runs the broker restart proof, on a plain node of its own
+/// (one suite runs it: what is proven does not depend on the listener).
+pub fn run(name: &str, base: String, restart_proof: bool, extra: Vec<Trial>) -> Conclusion {
     let mut trials = own_trials(name, &base);
     trials.extend(extra);
     oncely_broker_suite::run(
@@ -40,7 +43,10 @@ pub fn run(name: &str, base: String, extra: Vec<Trial>) -> Conclusion {
                     "no RabbitMQ at {base}: {error} (start it with `rabbitmq-server -detached`)"
                 );
             }
-            Rabbit { base }
+            Rabbit {
+                base,
+                restart_proof,
+            }
         },
         |url| async move { Ok(AmqpSource::connect(&url).await?) },
         trials,
@@ -80,7 +86,10 @@ fn own_trials(name: &str, base: &str) -> Vec<Trial> {
                     .enable_all()
                     .build()
                     .expect("tokio runtime");
-                runtime.block_on(body(Rabbit { base }));
+                runtime.block_on(body(Rabbit {
+                    base,
+                    restart_proof: false,
+                }));
                 Ok(())
             })
             .with_kind("rabbitmq")
@@ -238,6 +247,16 @@ async fn a_queue_deleted_under_the_consumer_stops_it_with_a_permanent_error(rabb
 /// The server; each test connects anew, in its own runtime.
 struct Rabbit {
     base: String,
+    /// Whether this suite runs the broker restart proof (on a node of its own).
+    restart_proof: bool,
+}
+
+impl Queue {
+    /// A new connection for one of the proof's checks: the channel's own died if the server
+    /// restarted since (the restart proof).
+    async fn checking_connection(&self) -> Result<Connection, BoxError> {
+        Ok(oncely_rabbitmq::connect(&self.base).await?)
+    }
 }
 
 /// One test's queue `queue` and its dead-letter queue `<queue>.dlq`.
@@ -252,6 +271,21 @@ struct Queue {
 #[async_trait]
 impl Broker for Rabbit {
     type Channel = Queue;
+
+    fn runs_restart_proof(&self) -> bool {
+        self.restart_proof
+    }
+
+    async fn own_server(&self) -> Option<(Self, Box<dyn Restartable>)> {
+        let server = tokio::task::spawn_blocking(RabbitMqServer::start)
+            .await
+            .expect("the test's RabbitMQ node");
+        let rabbit = Rabbit {
+            base: server.url(),
+            restart_proof: false,
+        };
+        Some((rabbit, Box::new(server)))
+    }
 
     async fn channel(&self, test: &str) -> Result<Queue, BoxError> {
         let options = FreshOptions::new("oncely.suite.", test).expires(EXPIRES);
@@ -309,7 +343,8 @@ impl Channel for Queue {
     /// Takes every dead letter with `basic.get`, unacked, then closes the channel: the server
     /// puts them all back, in order, so a later call sees them again.
     async fn dead_letters(&self) -> Result<Vec<Message>, BoxError> {
-        let channel = self.connection.create_channel().await?;
+        let connection = self.checking_connection().await?;
+        let channel = connection.create_channel().await?;
         let mut letters = Vec::new();
         while let Some(got) = channel
             .basic_get(self.dlq.as_str().into(), BasicGetOptions { no_ack: false })
@@ -330,7 +365,8 @@ impl Channel for Queue {
     /// everything unsettled: this waits for stopped consumers' channels to close (which puts
     /// their unacked messages back), and fails if consumers remain.
     async fn unsettled(&self) -> Result<u64, BoxError> {
-        let channel = self.connection.create_channel().await?;
+        let connection = self.checking_connection().await?;
+        let channel = connection.create_channel().await?;
         let deadline = tokio::time::Instant::now() + CLOSE_PATIENCE;
         let declared = loop {
             let declared = channel
