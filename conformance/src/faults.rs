@@ -1,8 +1,8 @@
 //! Faults a test injects around the processes under test, with the real mechanisms: a store
 //! server of the test's own that it stops, crashes and starts again while consumers use it
 //! ([`PostgresServer`], [`MariaDbServer`], [`RedisServer`], each a [`Restartable`]), a broker
-//! of its own to restart in the same way ([`NatsServer`], [`RabbitMqServer`]), and a TCP
-//! proxy whose link it sets ([`FaultProxy`]).
+//! of its own to restart in the same way ([`NatsServer`], [`RabbitMqServer`],
+//! [`TansuServer`]), and a TCP proxy whose link it sets ([`FaultProxy`]).
 //!
 //! The machine's shared servers are never touched: other tests use them at the same time.
 
@@ -431,6 +431,53 @@ impl Restartable for RabbitMqServer {
             // The Erlang cookie is made in HOME.
             .env("HOME", base);
         // The listener opens once the node has recovered its queues.
+        self.own.launch(command, "take clients", || true);
+    }
+}
+
+/// A tansu broker (Kafka protocol) of the test's own on a free loopback port, advertising that
+/// port, its topics, messages and consumer groups' offsets in an SQLite file
+/// (`--storage-engine sqlite://`) so they outlive a restart. Needs tansu built with its
+/// `libsql` feature (README's test command installs it so). Dropping it kills it and removes
+/// its files.
+pub struct TansuServer {
+    own: OwnServer,
+}
+
+impl TansuServer {
+    /// Starts it on an empty directory.
+    pub fn start() -> TansuServer {
+        let mut server = TansuServer {
+            own: OwnServer::new("tansu"),
+        };
+        server.start_again();
+        server
+    }
+}
+
+impl Restartable for TansuServer {
+    /// `127.0.0.1:PORT`: Kafka clients take a list of bootstrap servers, not a URL.
+    fn url(&self) -> String {
+        format!("127.0.0.1:{}", self.own.port)
+    }
+
+    fn stop(&mut self, how: Stop) {
+        // SIGTERM: the broker stops taking requests and closes its storage.
+        self.own.stop(how, libc::SIGTERM);
+    }
+
+    fn start_again(&mut self) {
+        let listener = format!("tcp://127.0.0.1:{}", self.own.port);
+        let mut command = Command::new("tansu");
+        command
+            .arg("broker")
+            .args(["--listener-url", &listener])
+            // Clients connect where the broker says it is: here, not the default 9092.
+            .args(["--advertised-listener-url", &listener])
+            // A relative path: the URL's is taken from the working directory.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.own.base);
+        // It opens its storage before it listens.
         self.own.launch(command, "take clients", || true);
     }
 }

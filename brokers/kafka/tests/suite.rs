@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use oncely_broker_suite::libtest_mimic::Trial;
 use oncely_broker_suite::{Broker, Channel, Running, proof};
+use oncely_conformance::faults::{Restartable, TansuServer};
 use oncely_conformance::harness::{panic_text, runtime};
 use oncely_consumer::Consumer;
 use oncely_core::consumer::{Delivery, KeySource, Message, OncelyHandler, Position, Source};
@@ -52,6 +53,20 @@ impl Broker for Kafka {
     type Channel = Topic;
     // tansu advertises its own address: a proxy in front of its bootstrap would be bypassed.
     const CONSUMERS_REACH_IT_THROUGH_A_PROXY: bool = false;
+
+    fn runs_restart_proof(&self) -> bool {
+        true
+    }
+
+    async fn own_server(&self) -> Option<(Self, Box<dyn Restartable>)> {
+        let server = tokio::task::spawn_blocking(TansuServer::start)
+            .await
+            .expect("the test's tansu");
+        let kafka = Kafka {
+            brokers: server.url(),
+        };
+        Some((kafka, Box::new(server)))
+    }
 
     async fn channel(&self, test: &str) -> Result<Topic, BoxError> {
         let options = FreshOptions::new("oncely-suite-", test).partitions(PARTITIONS);
