@@ -251,14 +251,6 @@ struct Rabbit {
     restart_proof: bool,
 }
 
-impl Queue {
-    /// A new connection for one of the proof's checks: the channel's own died if the server
-    /// restarted since (the restart proof).
-    async fn checking_connection(&self) -> Result<Connection, BoxError> {
-        Ok(oncely_rabbitmq::connect(&self.base).await?)
-    }
-}
-
 /// One test's queue `queue` and its dead-letter queue `<queue>.dlq`.
 struct Queue {
     base: String,
@@ -266,6 +258,14 @@ struct Queue {
     dlq: String,
     connection: Connection,
     publisher: lapin::Channel,
+}
+
+impl Queue {
+    /// A new connection for one of the proof's checks: the channel's own died if the server
+    /// restarted since (the restart proof).
+    async fn checking_connection(&self) -> Result<Connection, BoxError> {
+        Ok(oncely_rabbitmq::connect(&self.base).await?)
+    }
 }
 
 #[async_trait]
