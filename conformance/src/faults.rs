@@ -442,16 +442,35 @@ impl Restartable for RabbitMqServer {
 /// its files.
 pub struct TansuServer {
     own: OwnServer,
+    advertised: Option<u16>,
 }
 
 impl TansuServer {
     /// Starts it on an empty directory.
     pub fn start() -> TansuServer {
+        TansuServer::start_with(None)
+    }
+
+    /// Starts it telling its clients to connect at `127.0.0.1:advertised`, not at its own port:
+    /// a [`FaultProxy`] there ([`FaultProxy::start_on`]) then carries every connection a Kafka
+    /// client makes after its first, which a proxy in front of the bootstrap address alone
+    /// would not (the clients would go where the broker says it is).
+    pub fn start_advertising(advertised: u16) -> TansuServer {
+        TansuServer::start_with(Some(advertised))
+    }
+
+    fn start_with(advertised: Option<u16>) -> TansuServer {
         let mut server = TansuServer {
             own: OwnServer::new("tansu"),
+            advertised,
         };
         server.start_again();
         server
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.own.port
     }
 }
 
@@ -468,12 +487,16 @@ impl Restartable for TansuServer {
 
     fn start_again(&mut self) {
         let listener = format!("tcp://127.0.0.1:{}", self.own.port);
+        let advertised = format!(
+            "tcp://127.0.0.1:{}",
+            self.advertised.unwrap_or(self.own.port)
+        );
         let mut command = Command::new("tansu");
         command
             .arg("broker")
             .args(["--listener-url", &listener])
-            // Clients connect where the broker says it is: here, not the default 9092.
-            .args(["--advertised-listener-url", &listener])
+            // Clients connect where the broker says it is: not the default 9092.
+            .args(["--advertised-listener-url", &advertised])
             // A relative path: the URL's is taken from the working directory.
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(&self.own.base);
@@ -698,7 +721,13 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts it, with the link up.
     pub async fn start(upstream: u16) -> FaultProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        FaultProxy::start_on(0, upstream).await
+    }
+
+    /// Starts it on `127.0.0.1:port` (0: a free one), with the link up: for a server told
+    /// beforehand where its clients reach it ([`TansuServer::start_advertising`]).
+    pub async fn start_on(port: u16, upstream: u16) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("a loopback port");
         let port = listener.local_addr().expect("its address").port();

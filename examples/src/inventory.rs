@@ -19,11 +19,11 @@
 //! so the proofs can see one if it ever happens. `"item": "poison"` is an order for an item
 //! that does not exist, which fails every time and ends in the dead-letter destination.
 
-use oncely_core::consumer::{Handled, Handler, HandlerError, Message};
-use oncely_core::{BoxError, Error, Fingerprint, Key, Scope, async_trait};
+use oncely_core::consumer::{Handled, Handler, HandlerError, Message, OncelyHandler};
+use oncely_core::{BoxError, Error, Fingerprint, Key, Oncely, Scope, async_trait};
 use oncely_postgres::inbox::{Inbox, InboxClaim, PostgresInbox};
 use oncely_postgres::offsets::PostgresOffsets;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 /// The items the example stocks.
 pub const ITEMS: [&str; 3] = ["apple", "pear", "plum"];
@@ -147,26 +147,7 @@ impl Handler for ReserveInventory {
                 )));
             }
         }
-        sqlx::query("INSERT INTO orders (order_id, item, qty) VALUES ($1, $2, $3)")
-            .bind(&order.order_id)
-            .bind(&order.item)
-            .bind(order.qty)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let reserved = sqlx::query("UPDATE stock SET qty = qty - $2 WHERE item = $1")
-            .bind(&order.item)
-            .bind(order.qty)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        if reserved.rows_affected() == 0 {
-            // Rolled back with the transaction: the order is not placed, the key stays free.
-            return Err(HandlerError::failed(format!(
-                "no stock row for item `{}`",
-                order.item
-            )));
-        }
+        reserve(&mut tx, &order).await?;
         self.inbox
             .record_outcome(&mut tx, key, b"reserved")
             .await
@@ -180,4 +161,49 @@ impl Handler for ReserveInventory {
         tx.commit().await.map_err(db_error)?;
         Ok(Handled::Done)
     }
+}
+
+/// The effect: the order's row, and its quantity taken from the item's stock, in `tx`. An
+/// unknown item fails it, and the caller's transaction rolls back with it.
+async fn reserve(tx: &mut PgConnection, order: &Order) -> Result<(), HandlerError> {
+    sqlx::query("INSERT INTO orders (order_id, item, qty) VALUES ($1, $2, $3)")
+        .bind(&order.order_id)
+        .bind(&order.item)
+        .bind(order.qty)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    let reserved = sqlx::query("UPDATE stock SET qty = qty - $2 WHERE item = $1")
+        .bind(&order.item)
+        .bind(order.qty)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    if reserved.rows_affected() == 0 {
+        // Rolled back with the transaction: the order is not placed, the key stays free.
+        return Err(HandlerError::failed(format!(
+            "no stock row for item `{}`",
+            order.item
+        )));
+    }
+    Ok(())
+}
+
+/// The same effect with its dedup records in another store - the `Oncely` passed, on MySQL,
+/// Redis or any store: the key claimed there, the order reserved in its own transaction here,
+/// then the key completed there ([`OncelyHandler`]). Unlike [`ReserveInventory`], a consumer
+/// killed between the commit here and the completion there leaves the key to its lease, and
+/// the redelivery after it reserves the order again; nothing else doubles it. The store-restart
+/// proofs run it with each store restarted under it.
+pub fn reserve_with_store(pool: PgPool, oncely: Oncely, scope: Scope) -> impl Handler {
+    OncelyHandler::new(oncely, scope, move |_key, message: Message| {
+        let pool = pool.clone();
+        async move {
+            let order = parse(&message).map_err(BoxError::from)?;
+            let mut tx = pool.begin().await?;
+            reserve(&mut tx, &order).await.map_err(BoxError::from)?;
+            tx.commit().await?;
+            Ok::<_, BoxError>(b"reserved".to_vec())
+        }
+    })
 }

@@ -11,7 +11,7 @@ use oncely_core::outbox::Publisher as _;
 
 mod inventory;
 
-pub use inventory::{ITEMS, POISON_ITEM, ReserveInventory, setup};
+pub use inventory::{ITEMS, POISON_ITEM, ReserveInventory, reserve_with_store, setup};
 
 /// Publishes `payloads` to `nats://HOST[:PORT]/STREAM` (subject `<stream in lower case>.in`,
 /// the stream created if missing), `amqp://[USER:PASS@]HOST[:PORT]/QUEUE` (the default

@@ -18,6 +18,7 @@ use oncely_consumer::Consumer;
 use oncely_core::consumer::{Delivery, KeySource, Message, OncelyHandler, Position, Source};
 use oncely_core::{BoxError, Key, Oncely, Scope, async_trait};
 use oncely_kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use oncely_kafka::rdkafka::error::RDKafkaErrorCode;
 use oncely_kafka::rdkafka::message::{Header, Headers, OwnedHeaders};
 use oncely_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use oncely_kafka::rdkafka::{Message as _, Offset, TopicPartitionList};
@@ -53,6 +54,7 @@ impl Broker for Kafka {
     type Channel = Topic;
     // tansu advertises its own address: a proxy in front of its bootstrap would be bypassed.
     const CONSUMERS_REACH_IT_THROUGH_A_PROXY: bool = false;
+    const PARTITION_PROOF_ADVERTISES_THE_PROXY: bool = true;
 
     fn runs_restart_proof(&self) -> bool {
         true
@@ -66,6 +68,21 @@ impl Broker for Kafka {
             brokers: server.url(),
         };
         Some((kafka, Box::new(server)))
+    }
+
+    async fn own_server_advertising(
+        &self,
+        advertised: u16,
+    ) -> Option<(Self, Box<dyn Restartable>, u16)> {
+        let server =
+            tokio::task::spawn_blocking(move || TansuServer::start_advertising(advertised))
+                .await
+                .expect("the test's tansu");
+        let kafka = Kafka {
+            brokers: format!("127.0.0.1:{advertised}"),
+        };
+        let port = server.port();
+        Some((kafka, Box::new(server), port))
     }
 
     async fn channel(&self, test: &str) -> Result<Topic, BoxError> {
@@ -238,7 +255,21 @@ fn read_all(brokers: &str, topic: &str) -> Result<Vec<Message>, BoxError> {
         let Some(read) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
-        let read = read?;
+        let read = match read {
+            Ok(read) => read,
+            // A broker just restarted: librdkafka reconnects by itself, within the deadline.
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure
+                    )
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut message = Message::new(read.payload().unwrap_or_default().to_vec(), topic);
         if let Some(headers) = read.headers() {
             for header in headers.iter() {

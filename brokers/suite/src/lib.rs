@@ -78,6 +78,11 @@ pub trait Broker: Send + Sync + 'static {
     /// broker that tells its clients where to connect next (Kafka's advertised listeners).
     const CONSUMERS_REACH_IT_THROUGH_A_PROXY: bool = true;
 
+    /// For a broker that tells its clients where to connect next, whether the partition proof
+    /// runs on a server of the test's own that advertises the proxy's address instead
+    /// ([`own_server_advertising`](Self::own_server_advertising)).
+    const PARTITION_PROOF_ADVERTISES_THE_PROXY: bool = false;
+
     /// Whether the suite restarts the broker itself under the consumers (3 times, crashed and
     /// shut down in turn): then [`own_server`](Self::own_server) starts one. A method, not a
     /// constant: one broker's suite runs against several servers (RabbitMQ plain and with
@@ -89,6 +94,19 @@ pub trait Broker: Send + Sync + 'static {
     /// A server of the test's own for this broker, which the restart proof takes down and
     /// starts again, and this broker on it. `None` where the suite does not do that.
     async fn own_server(&self) -> Option<(Self, Box<dyn oncely_conformance::faults::Restartable>)>
+    where
+        Self: Sized,
+    {
+        None
+    }
+
+    /// A server of the test's own that tells its clients to connect at `127.0.0.1:advertised`
+    /// (where the partition proof puts its proxy), this broker on it, and the port the server
+    /// listens on. `None` where the suite does not do that.
+    async fn own_server_advertising(
+        &self,
+        _advertised: u16,
+    ) -> Option<(Self, Box<dyn oncely_conformance::faults::Restartable>, u16)>
     where
         Self: Sized,
     {
@@ -263,6 +281,28 @@ where
             |broker, _| Box::pin(async move { store_restarted_5_times(&*broker).await }),
         ));
         fault_proofs.push((
+            "mariadb_claims_restarted_5_times_still_applies_every_order_exactly_once",
+            |broker, schema| {
+                Box::pin(async move {
+                    let start = || -> Box<dyn oncely_conformance::faults::Restartable> {
+                        Box::new(oncely_conformance::faults::MariaDbServer::start())
+                    };
+                    claims_store_restarted_5_times(&*broker, &schema, start, "MariaDB").await
+                })
+            },
+        ));
+        fault_proofs.push((
+            "redis_claims_restarted_5_times_still_applies_every_order_exactly_once",
+            |broker, schema| {
+                Box::pin(async move {
+                    let start = || -> Box<dyn oncely_conformance::faults::Restartable> {
+                        Box::new(oncely_conformance::faults::RedisServer::start())
+                    };
+                    claims_store_restarted_5_times(&*broker, &schema, start, "Redis").await
+                })
+            },
+        ));
+        fault_proofs.push((
             "store_partitioned_20s_then_cut_still_applies_every_order_exactly_once",
             |broker, schema| Box::pin(async move { store_partitioned(&*broker, &schema).await }),
         ));
@@ -283,7 +323,7 @@ where
             },
         ));
     }
-    if B::CONSUMERS_REACH_IT_THROUGH_A_PROXY {
+    if B::CONSUMERS_REACH_IT_THROUGH_A_PROXY || B::PARTITION_PROOF_ADVERTISES_THE_PROXY {
         fault_proofs.push((
             "broker_partitioned_20s_then_cut_still_applies_every_order_exactly_once",
             |broker, schema| Box::pin(async move { broker_partitioned(&*broker, &schema).await }),
@@ -306,12 +346,22 @@ where
 /// A proof consumer: this test binary again, consuming `source` with effects at `postgres`.
 /// It dies with the test process, so a failed proof leaves no consumer behind.
 fn consumer_process(source: &str, postgres: &str) -> std::process::Child {
+    consumer_process_with(source, postgres, |_| {})
+}
+
+/// [`consumer_process`], its command set further by `more` (an environment variable).
+fn consumer_process_with(
+    source: &str,
+    postgres: &str,
+    more: impl FnOnce(&mut std::process::Command),
+) -> std::process::Child {
     let mut command =
         std::process::Command::new(std::env::current_exe().expect("this test binary"));
     command
         .env(proof::CHILD_SOURCE_ENV, source)
         .env(proof::CHILD_POSTGRES_ENV, postgres)
         .stdout(std::process::Stdio::null());
+    more(&mut command);
     oncely_conformance::process::spawn_tied(command).expect("a consumer process")
 }
 
@@ -335,6 +385,40 @@ async fn store_restarted_5_times<B: Broker>(broker: &B) {
     let faults = restarts_in_turn(server.clone(), postgres.clone(), 5, "PostgreSQL");
     let report = proof::run_with(&channel, &postgres, no_kills(), consumer_process, faults).await;
     eprintln!("store restarts proof: {report:?}");
+    assert_eq!(report.faults, 5);
+    drop(server);
+}
+
+/// The proof with the consumers' dedup records in another store - MariaDB or Redis, a server
+/// of the test's own - restarted 5 times while they work (crashed and shut down in turn, each
+/// down for up to 3 s), their effects in the machine's PostgreSQL apart (the inventory
+/// example's `reserve_with_store`). No consumer is killed: a completion the store missed
+/// while down must be made once it is back, within the claim's lease, or the re-published
+/// copies of that order would apply it again.
+async fn claims_store_restarted_5_times<B: Broker>(
+    broker: &B,
+    schema_prefix: &str,
+    start: fn() -> Box<dyn oncely_conformance::faults::Restartable>,
+    what: &'static str,
+) {
+    let channel = broker
+        .channel("claims-restarts")
+        .await
+        .expect("a channel for the proof");
+    let postgres = oncely_conformance::servers::postgres_url(schema_prefix).await;
+    let server = tokio::task::spawn_blocking(start)
+        .await
+        .expect("the test's store server");
+    let claims = server.url();
+    let server = Arc::new(std::sync::Mutex::new(server));
+    let spawn = move |source: &str, postgres: &str| {
+        consumer_process_with(source, postgres, |command| {
+            command.env(proof::CHILD_CLAIMS_ENV, &claims);
+        })
+    };
+    let faults = restarts_in_turn(server.clone(), postgres.clone(), 5, what);
+    let report = proof::run_with(&channel, &postgres, no_kills(), spawn, faults).await;
+    eprintln!("{what} restarts proof: {report:?}");
     assert_eq!(report.faults, 5);
     drop(server);
 }
@@ -478,6 +562,9 @@ async fn slow_links<B: Broker>(broker: &B, schema_prefix: &str) {
 /// [`FaultProxy`](oncely_conformance::faults::FaultProxy); the proof itself publishes
 /// directly): a 20 s partition, then a 3 s cut. No consumer is killed, and none may give up.
 async fn broker_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
+    if !B::CONSUMERS_REACH_IT_THROUGH_A_PROXY {
+        return broker_partitioned_behind_its_advertised_proxy(broker, schema_prefix).await;
+    }
     let channel = broker
         .channel("broker-partition")
         .await
@@ -493,6 +580,35 @@ async fn broker_partitioned<B: Broker>(broker: &B, schema_prefix: &str) {
     let report = proof::run_with(&channel, &postgres, config, spawn, faults).await;
     eprintln!("broker partition proof: {report:?}");
     assert_eq!(report.faults, 2);
+}
+
+/// [`broker_partitioned`] for a broker that tells its clients where it is: on a server of the
+/// test's own that advertises the proxy's port, so that every connection goes through it - the
+/// consumers', and the proof's own publisher and readers too (they publish before the faults,
+/// and read again once the link is up).
+async fn broker_partitioned_behind_its_advertised_proxy<B: Broker>(
+    broker: &B,
+    schema_prefix: &str,
+) {
+    let advertised = oncely_conformance::process::free_port();
+    let (broker, server, port) = broker
+        .own_server_advertising(advertised)
+        .await
+        .expect("a broker whose partition proof advertises the proxy starts a server of its own");
+    let proxy = oncely_conformance::faults::FaultProxy::start_on(advertised, port).await;
+    let channel = broker
+        .channel("broker-partition")
+        .await
+        .expect("a channel for the proof");
+    let postgres = oncely_conformance::servers::postgres_url(schema_prefix).await;
+    let faults = async {
+        until_consuming(&postgres).await;
+        partition_then_cut(&proxy, "the broker").await
+    };
+    let report = proof::run_with(&channel, &postgres, no_kills(), consumer_process, faults).await;
+    eprintln!("broker partition proof: {report:?}");
+    assert_eq!(report.faults, 2);
+    drop(server);
 }
 
 /// Waits until the proof's consumers have applied an order: they are connected to their broker

@@ -22,17 +22,21 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use oncely_consumer::Consumer;
-use oncely_core::Scope;
-use oncely_core::consumer::{ERROR_HEADER, KEY_HEADER, Message, RetryPolicy, Source};
+use oncely_core::consumer::{ERROR_HEADER, Handler, KEY_HEADER, Message, RetryPolicy, Source};
+use oncely_core::{Oncely, Scope, Store};
 use sqlx::PgPool;
 
 use crate::Channel;
-use crate::inventory::{ITEMS, POISON_ITEM, ReserveInventory};
+use crate::inventory::{ITEMS, POISON_ITEM, ReserveInventory, reserve_with_store};
 
 /// The environment variable that makes a proof test binary run as a consumer of this URL.
 pub const CHILD_SOURCE_ENV: &str = "ONCELY_PROOF_SOURCE";
 /// The environment variable giving a consumer child its PostgreSQL URL.
 pub const CHILD_POSTGRES_ENV: &str = "ONCELY_PROOF_POSTGRES";
+/// The environment variable giving a consumer child a store (`mysql://`, `redis://`) for its
+/// dedup records: then it claims keys there and reserves orders in PostgreSQL apart
+/// (`reserve_with_store`), rather than in the transactional inbox.
+pub const CHILD_CLAIMS_ENV: &str = "ONCELY_PROOF_CLAIMS";
 
 /// The proof's size.
 #[derive(Clone, Copy, Debug)]
@@ -227,7 +231,21 @@ pub async fn run_with<C: Channel>(
             .fetch_one(&pool)
             .await
             .unwrap();
-        let letters = dead_letter_keys(&channel.dead_letters().await.expect("dead letters"));
+        // A broker the faults restarted may refuse a read or two while its clients reconnect;
+        // the loop asks again (the final count below may not fail).
+        let letters = match channel.dead_letters().await {
+            Ok(letters) => dead_letter_keys(&letters),
+            Err(e) => {
+                eprintln!("kill -9 proof: dead letters not read yet: {e}");
+                assert!(
+                    started.elapsed() < config.deadline,
+                    "dead letters unreadable after {:?}: {e}",
+                    config.deadline
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         if applied as usize == good.len() && letters.len() == poison.len() {
             break;
         }
@@ -382,7 +400,14 @@ pub async fn consume<S: Source>(source: S, postgres_url: &str) {
         .connect(postgres_url)
         .await
         .expect("PostgreSQL");
-    let handler = ReserveInventory::new(pool, Scope::new("orders").unwrap());
+    let scope = Scope::new("orders").unwrap();
+    let handler: std::sync::Arc<dyn Handler> = match std::env::var(CHILD_CLAIMS_ENV) {
+        Ok(claims) => {
+            let oncely = Oncely::new(claims_store(&claims).await);
+            std::sync::Arc::new(reserve_with_store(pool, oncely, scope))
+        }
+        Err(_) => std::sync::Arc::new(ReserveInventory::new(pool, scope)),
+    };
     let consumer = Consumer::new(handler, "/orderId".parse().unwrap())
         .concurrency(16)
         .retry(
@@ -398,6 +423,31 @@ pub async fn consume<S: Source>(source: S, postgres_url: &str) {
         })
         .await
         .expect("the consumer runs until stopped");
+}
+
+/// The store a consumer child keeps its dedup records in, by `url`'s scheme. Waits for it: a
+/// child started while the proof has it down comes up once it is back.
+async fn claims_store(url: &str) -> std::sync::Arc<dyn Store> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let store: oncely_core::Result<std::sync::Arc<dyn Store>> = match url.split_once("://") {
+            Some(("mysql", _)) => oncely_mysql::MySqlStore::connect(url)
+                .await
+                .map(|s| std::sync::Arc::new(s) as _),
+            Some(("redis", _)) => oncely_redis::RedisStore::connect(url)
+                .await
+                .map(|s| std::sync::Arc::new(s) as _),
+            _ => panic!("no store for {url} in the proof"),
+        };
+        match store {
+            Ok(store) => return store,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("proof consumer: the claims store is not up yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the claims store {url}: {e}"),
+        }
+    }
 }
 
 /// The orders applied so far, each once however often it was.

@@ -24,10 +24,11 @@ use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
 use oncely::broker::AnySource;
+use oncely::consumer::Handler;
 use oncely::kafka::KafkaSource;
 use oncely::postgres::offsets::PostgresOffsets;
-use oncely::{Consumer, Scope};
-use oncely_examples::{ITEMS, ReserveInventory, publish, setup};
+use oncely::{Consumer, Oncely, Scope};
+use oncely_examples::{ITEMS, ReserveInventory, publish, reserve_with_store, setup};
 use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
@@ -75,6 +76,11 @@ enum Command {
         /// Orders handled at once.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Keeps the dedup records in this store (`mysql://...`, `redis://...`, any URL
+        /// `oncely::connect` takes) rather than in PostgreSQL with the orders: each key is
+        /// claimed there, the order reserved here, then the key completed there.
+        #[arg(long)]
+        claims: Option<String>,
     },
 }
 
@@ -108,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
             from,
             postgres,
             concurrency,
+            claims,
         } => {
             let pool = PgPoolOptions::new()
                 .max_connections(concurrency as u32 + 2)
@@ -123,7 +130,14 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 oncely::broker::connect(&from).await?
             };
-            let handler = ReserveInventory::new(pool.clone(), Scope::new("inventory")?);
+            let scope = Scope::new("inventory")?;
+            let handler: Arc<dyn Handler> = match claims {
+                Some(url) => {
+                    let store = oncely::connect(&url).await?;
+                    Arc::new(reserve_with_store(pool.clone(), Oncely::new(store), scope))
+                }
+                None => Arc::new(ReserveInventory::new(pool.clone(), scope)),
+            };
             let consumer = Consumer::new(handler, "/orderId".parse()?).concurrency(concurrency);
             eprintln!("consuming {from}; Ctrl-C to stop");
             let stop = async {

@@ -65,6 +65,23 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// Whether the server answered that it cannot serve yet: still loading its data after a
+/// restart (`LOADING`), or a cluster or replica between masters (`TRYAGAIN`, `CLUSTERDOWN`,
+/// `MASTERDOWN`). An outage like a refused connection: a completion that meets one is retried
+/// while its lease lasts, where a `Backend` error would leave the key to run again after it.
+fn not_ready(e: &RedisError) -> bool {
+    use redis::ServerErrorKind;
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+        )
+    )
+}
+
 impl RedisStore {
     /// Connects to the server or cluster a URL names (see the crate docs for the forms).
     ///
@@ -91,7 +108,12 @@ impl RedisStore {
     fn err(&self, e: RedisError) -> Error {
         // No route to a node is the cluster's way of saying a server is down.
         let no_node = e.kind() == redis::ErrorKind::ClusterConnectionNotFound;
-        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || no_node {
+        if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || no_node
+            || not_ready(&e)
+        {
             let hint = if e.is_connection_refusal() {
                 " (is Redis running? see README \"Stores\")"
             } else {
