@@ -47,6 +47,9 @@
 //! busy timeout that ran out), the claim fails with [`Error::Backend`] saying so and naming
 //! `BEGIN IMMEDIATE`: nothing was recorded; roll back and retry the whole transaction.
 //!
+//! A full disk, an I/O error or a file that cannot be opened is [`Error::Unavailable`]: an
+//! outage, as in the store. Roll back; the same transaction succeeds once there is space.
+//!
 //! # Schema
 //!
 //! The inbox uses the store's tables (`migrations/`, tracked in `PRAGMA user_version`). Run
@@ -431,12 +434,23 @@ pub(crate) fn driver(url: &str, what: &str, e: sqlx::Error) -> Error {
 }
 
 pub(crate) fn backend(e: sqlx::Error) -> Error {
-    // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes in the high bits.
-    let busy = e
+    // The primary result code; extended codes carry it in the low byte.
+    let code = e
         .as_database_error()
         .and_then(|db| db.code())
         .and_then(|code| code.parse::<i32>().ok())
-        .is_some_and(|code| matches!(code & 0xff, 5 | 6));
+        .map(|code| code & 0xff);
+    // SQLITE_IOERR (10), SQLITE_FULL (13), SQLITE_CANTOPEN (14): the file cannot be written
+    // for now, an outage as in the store (`ops::backend`); the caller rolls back and the
+    // message comes back later, no attempt counted.
+    if matches!(code, Some(10 | 13 | 14)) {
+        return Error::Unavailable {
+            store: STORE.into(),
+            source: Box::new(e),
+        };
+    }
+    // SQLITE_BUSY (5) and SQLITE_LOCKED (6): this transaction did not take the write lock.
+    let busy = matches!(code, Some(5 | 6));
     Error::Backend {
         store: STORE.into(),
         source: if busy { Box::new(Busy(e)) } else { Box::new(e) },
