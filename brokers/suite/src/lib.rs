@@ -303,6 +303,10 @@ where
             },
         ));
         fault_proofs.push((
+            "a_consumer_30s_ahead_still_applies_every_order_exactly_once",
+            |broker, schema| Box::pin(async move { consumer_clock_ahead(&*broker, &schema).await }),
+        ));
+        fault_proofs.push((
             "store_partitioned_20s_then_cut_still_applies_every_order_exactly_once",
             |broker, schema| Box::pin(async move { store_partitioned(&*broker, &schema).await }),
         ));
@@ -421,6 +425,50 @@ async fn claims_store_restarted_5_times<B: Broker>(
     eprintln!("{what} restarts proof: {report:?}");
     assert_eq!(report.faults, 5);
     drop(server);
+}
+
+/// The proof with one consumer's clock 30 s ahead (libfaketime, `LD_PRELOAD`), the records in
+/// Redis (a server of the test's own, whose clock decides leases) and each re-published order
+/// right after its original, so that copies meet their originals in flight in another
+/// consumer. The consumer ahead must take the others' claims for live - its `Oncely` measures
+/// its offset to Redis's clock - or it would take them over and reserve those orders again.
+async fn consumer_clock_ahead<B: Broker>(broker: &B, schema_prefix: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: apt-get install libfaketime (scripts/test does)"
+    );
+    let channel = broker
+        .channel("clock-ahead")
+        .await
+        .expect("a channel for the proof");
+    let postgres = oncely_conformance::servers::postgres_url(schema_prefix).await;
+    let redis = tokio::task::spawn_blocking(oncely_conformance::faults::RedisServer::start)
+        .await
+        .expect("the test's Redis");
+    let claims = oncely_conformance::faults::Restartable::url(&redis);
+    let first = AtomicBool::new(true);
+    let spawn = move |source: &str, postgres: &str| {
+        let ahead = first.swap(false, Ordering::SeqCst);
+        consumer_process_with(source, postgres, |command| {
+            command.env(proof::CHILD_CLAIMS_ENV, &claims);
+            if ahead {
+                command
+                    .env("LD_PRELOAD", LIBFAKETIME)
+                    .env("FAKETIME", "+30s")
+                    // Tokio's timers run on the monotonic clock: only the wall clock is off.
+                    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            }
+        })
+    };
+    let config = proof::ProofConfig {
+        copies_next_to_originals: true,
+        ..no_kills()
+    };
+    let report = proof::run_with(&channel, &postgres, config, spawn, async { 0 }).await;
+    eprintln!("clock ahead proof: {report:?}");
+    drop(redis);
 }
 
 /// The proof on a broker server of the test's own ([`Broker::own_server`]), restarted 3 times

@@ -58,6 +58,10 @@ pub struct ProofConfig {
     pub consumers: usize,
     /// How long the whole run may take before the proof fails.
     pub deadline: Duration,
+    /// Whether each re-publish goes right after its original rather than anywhere later, so
+    /// that copies meet their originals in flight in another consumer: for the proofs about
+    /// leases (a consumer whose clock is off).
+    pub copies_next_to_originals: bool,
 }
 
 impl Default for ProofConfig {
@@ -71,6 +75,7 @@ impl Default for ProofConfig {
             pause: Duration::from_secs(8),
             consumers: 2,
             deadline: Duration::from_secs(600),
+            copies_next_to_originals: false,
         }
     }
 }
@@ -169,12 +174,24 @@ pub async fn run_with<C: Channel>(
     assert_eq!(poison.len(), config.poison, "the proof's own poison count");
     let good: Vec<&Order> = orders.iter().filter(|o| o.item != POISON_ITEM).collect();
 
-    // Every order once, in order; then re-publishes of random good orders, spread through.
+    // Every order once, in order; then re-publishes of random good orders, spread through
+    // (or each right after its original).
     let mut stream: Vec<&Order> = orders.iter().collect();
-    for _ in 0..config.duplicates {
-        let again = good[rng.usize(..good.len())];
-        let at = rng.usize(stream.len() / 10..=stream.len());
-        stream.insert(at, again);
+    if config.copies_next_to_originals {
+        let mut copies: BTreeMap<&str, usize> = BTreeMap::new();
+        for _ in 0..config.duplicates {
+            *copies.entry(&good[rng.usize(..good.len())].id).or_default() += 1;
+        }
+        stream = orders
+            .iter()
+            .flat_map(|o| std::iter::repeat_n(o, 1 + copies.get(o.id.as_str()).unwrap_or(&0)))
+            .collect();
+    } else {
+        for _ in 0..config.duplicates {
+            let again = good[rng.usize(..good.len())];
+            let at = rng.usize(stream.len() / 10..=stream.len());
+            stream.insert(at, again);
+        }
     }
     let messages: Vec<Message> = stream.iter().map(|order| order.message()).collect();
     let together = channel.consume_while_publishing();
