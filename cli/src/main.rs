@@ -139,8 +139,9 @@ enum Command {
     /// sent, or a gateway killed mid-request).
     ///
     /// A 5xx from the upstream is sent but not stored: the key is released so a retry executes
-    /// (--store-server-errors stores and replays it). Set-Cookie, and each --deny-header, is
-    /// never stored. Errors are application/problem+json (RFC 9457).
+    /// (--store-server-errors stores and replays it); so are 408, 409, 425 and 429, while
+    /// other 4xx are stored (--store-status lists the statuses to store instead, --error-ttl
+    /// keeps errors for less time). Set-Cookie, and each --deny-header, is never stored. Errors are application/problem+json (RFC 9457).
     ///
     /// Prints the bound address on stderr at start. SIGINT or SIGTERM stops accepting
     /// connections and lets requests in flight finish (up to 30s, or --timeout if longer;

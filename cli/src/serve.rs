@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
-use hyper::Method;
 use hyper::header::HeaderName;
+use hyper::{Method, StatusCode};
 use oncely::{Oncely, duration};
 use oncely_http::gateway::{Gateway, GatewayError, GatewayOptions, ServerTls};
 use oncely_http::{DEFAULT_DENY_HEADERS, IdempotencyLayer, InFlight};
@@ -92,6 +92,22 @@ pub struct ServeArgs {
     /// retry executes again.
     #[arg(long, env = "ONCELY_STORE_SERVER_ERRORS")]
     store_server_errors: bool,
+
+    /// Store and replay responses with these statuses only (repeat, or separate with commas);
+    /// any other releases the key. Default: every status but 5xx and 408, 409, 425, 429.
+    #[arg(
+        long = "store-status",
+        env = "ONCELY_STORE_STATUSES",
+        value_name = "CODE",
+        value_delimiter = ',',
+        value_parser = parse_status
+    )]
+    store_statuses: Vec<StatusCode>,
+
+    /// How long a stored error response (4xx, or 5xx with --store-server-errors) is replayed,
+    /// when shorter than --ttl.
+    #[arg(long, env = "ONCELY_ERROR_TTL", value_name = "DURATION", value_parser = duration::parse)]
+    error_ttl: Option<Duration>,
 
     /// A response header never stored, so never replayed, besides Set-Cookie (always left
     /// out). Repeat, or separate with commas, for several.
@@ -172,13 +188,29 @@ fn parse_methods(text: &str) -> Result<Methods, String> {
     Ok(Methods(methods))
 }
 
+fn parse_status(text: &str) -> Result<StatusCode, String> {
+    text.trim()
+        .parse::<u16>()
+        .ok()
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .filter(|status| (100..600).contains(&status.as_u16()))
+        .ok_or_else(|| format!("`{text}` is not an HTTP status (100-599)"))
+}
+
 fn parse_header_name(text: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(text.as_bytes()).map_err(|_| format!("`{text}` is not a header name"))
 }
 
 /// The Idempotency-Key layer as the flags configure it, over `oncely`'s store.
 fn layer(oncely: Oncely, args: &ServeArgs) -> IdempotencyLayer {
-    IdempotencyLayer::new(oncely)
+    let mut layer = IdempotencyLayer::new(oncely);
+    if !args.store_statuses.is_empty() {
+        layer = layer.store_statuses(args.store_statuses.iter().copied());
+    }
+    if let Some(error_ttl) = args.error_ttl {
+        layer = layer.error_retention(error_ttl);
+    }
+    layer
         .retention(args.ttl)
         .require_key(args.require_key)
         .methods(args.methods.0.clone())

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, Method, header};
+use http::{HeaderName, Method, StatusCode, header};
 use oncely_core::Oncely;
 
 use crate::{IdempotencyService, Running};
@@ -18,6 +18,17 @@ pub const DEFAULT_MAX_RESPONSE: usize = 1024 * 1024;
 
 /// The response headers never stored by default: `Set-Cookie` (a session is not replayed).
 pub const DEFAULT_DENY_HEADERS: [HeaderName; 1] = [header::SET_COOKIE];
+
+/// The 4xx statuses whose responses release the key rather than being stored, unless
+/// [`IdempotencyLayer::store_statuses`] says otherwise: 408 Request Timeout, 409 Conflict,
+/// 425 Too Early and 429 Too Many Requests say "not now", not "never", so the client's retry
+/// must run again. (5xx release it too, unless [stored](IdempotencyLayer::store_server_errors).)
+pub const RELEASING_CLIENT_ERRORS: [StatusCode; 4] = [
+    StatusCode::REQUEST_TIMEOUT,
+    StatusCode::CONFLICT,
+    StatusCode::TOO_EARLY,
+    StatusCode::TOO_MANY_REQUESTS,
+];
 
 /// The longest `Retry-After` a 409 says while a key's first request is in flight: a hint of
 /// when to look again, not the whole lease (most first requests finish long before their lease
@@ -94,6 +105,8 @@ pub(crate) struct Config {
     pub(crate) max_response: usize,
     pub(crate) in_flight: InFlight,
     pub(crate) store_server_errors: bool,
+    pub(crate) stored_statuses: Option<Vec<StatusCode>>,
+    pub(crate) error_retention: Option<Duration>,
     pub(crate) deny_headers: Vec<HeaderName>,
     pub(crate) fail_open: bool,
     pub(crate) response_timeout: Option<Duration>,
@@ -122,6 +135,8 @@ impl IdempotencyLayer {
                 max_response: DEFAULT_MAX_RESPONSE,
                 in_flight: InFlight::Conflict,
                 store_server_errors: false,
+                stored_statuses: None,
+                error_retention: None,
                 deny_headers: DEFAULT_DENY_HEADERS.to_vec(),
                 fail_open: false,
                 response_timeout: None,
@@ -198,6 +213,29 @@ impl IdempotencyLayer {
         self.set(|c| c.store_server_errors = store)
     }
 
+    /// Stores and replays responses with these statuses only; any other releases the key, so
+    /// a retry executes again. Replaces the default rule: every status is stored but 5xx
+    /// (see [`store_server_errors`](Self::store_server_errors)) and
+    /// [`RELEASING_CLIENT_ERRORS`].
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// # let oncely = oncely::Oncely::new(std::sync::Arc::new(oncely::memory::MemoryStore::default()));
+    /// // Only successes are replayed; a 4xx lets the client fix the request and retry the key.
+    /// let layer = oncely_http::IdempotencyLayer::new(oncely)
+    ///     .store_statuses([StatusCode::OK, StatusCode::CREATED, StatusCode::ACCEPTED]);
+    /// ```
+    pub fn store_statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        let statuses = statuses.into_iter().collect();
+        self.set(|c| c.stored_statuses = Some(statuses))
+    }
+
+    /// How long a stored error response (4xx, or 5xx when stored) is replayed, when it should
+    /// be shorter than [`retention`](Self::retention) (default: the same).
+    pub fn error_retention(self, retention: Duration) -> Self {
+        self.set(|c| c.error_retention = Some(retention))
+    }
+
     /// Response headers never stored, so never replayed (default: `Set-Cookie`). Hop-by-hop
     /// headers are never stored either. Replaces the list: include `Set-Cookie` to keep it.
     pub fn deny_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
@@ -210,6 +248,24 @@ impl IdempotencyLayer {
     /// (fail open: availability over exactly-once), marked with [`FailedOpen`] in its extensions.
     pub fn fail_open(self, open: bool) -> Self {
         self.set(|c| c.fail_open = open)
+    }
+}
+
+impl Config {
+    /// Whether a response with `status` is stored and replayed; if not, its key is released.
+    pub(crate) fn stores(&self, status: StatusCode) -> bool {
+        match &self.stored_statuses {
+            Some(statuses) => statuses.contains(&status),
+            None if status.is_server_error() => self.store_server_errors,
+            None => !RELEASING_CLIENT_ERRORS.contains(&status),
+        }
+    }
+
+    /// How long a stored response with `status` is replayed, where it differs from the
+    /// retention `oncely` has.
+    pub(crate) fn retention_of(&self, status: StatusCode) -> Option<Duration> {
+        let error = status.is_client_error() || status.is_server_error();
+        self.error_retention.filter(|_| error)
     }
 }
 

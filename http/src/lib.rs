@@ -30,7 +30,11 @@
 //!   [versioned binary format](stored) of [`stored::StoredResponse`];
 //! - a 5xx response *releases* the key so a retry runs again
 //!   ([`store_server_errors`](IdempotencyLayer::store_server_errors) stores 5xx, as Stripe
-//!   does); an inner service that fails without a response releases it only if it says the
+//!   does), and so do 408, 409, 425 and 429 ([`RELEASING_CLIENT_ERRORS`]: "not now", not
+//!   "never"); other 4xx are stored and replayed, for a shorter
+//!   [`error_retention`](IdempotencyLayer::error_retention) if set;
+//!   [`store_statuses`](IdempotencyLayer::store_statuses) lists the statuses to store instead;
+//!   an inner service that fails without a response releases it only if it says the
 //!   request was [not sent](NotSent) (see below);
 //! - a response over [`max_response`](IdempotencyLayer::max_response) (1 MiB) is passed through
 //!   as it streams, and its key released;
@@ -91,7 +95,7 @@
 //! | no response within [`response_timeout`](IdempotencyLayer::response_timeout) | held; the request runs on for the rest of its lease and its response is stored if it comes | 504 first, then 409, then the stored response |
 //! | the inner service fails with [`NotSent`] (it never reached the upstream) | released | an execution |
 //! | the inner service fails with any other error (a connection lost after sending) | held until its lease ends: it may have executed | 409, then an execution after the lease |
-//! | a 5xx response (unless [stored](IdempotencyLayer::store_server_errors)) or a panic | released | an execution |
+//! | a 5xx response (unless [stored](IdempotencyLayer::store_server_errors)), a 408, 409, 425 or 429, or a panic | released | an execution |
 //! | the store is down when the response is to be stored | stored once the store is back, if that is within the lease (the answer waits for it); else held until its lease ends | 409 while it waits, then the stored response (or, after the lease, an execution) |
 //!
 //! Each keyed request runs on a Tokio task of its own (so the layer needs a Tokio runtime, as
@@ -133,7 +137,7 @@ pub use body::Body;
 pub use future::ResponseFuture;
 pub use layer::{
     DEFAULT_DENY_HEADERS, DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE, DEFAULT_RETENTION, FailedOpen,
-    IN_FLIGHT_RETRY_AFTER, IdempotencyLayer, InFlight, NotSent,
+    IN_FLIGHT_RETRY_AFTER, IdempotencyLayer, InFlight, NotSent, RELEASING_CLIENT_ERRORS,
 };
 pub use problem::PROBLEM_JSON;
 pub use request::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, MAX_KEY_LEN};

@@ -20,6 +20,9 @@ pub(crate) enum Problem {
         len: usize,
     },
     KeyNotVisibleAscii,
+    KeyNotSfString {
+        why: String,
+    },
     KeyRepeated {
         count: usize,
     },
@@ -71,6 +74,7 @@ impl Problem {
             | Problem::KeyEmpty
             | Problem::KeyTooLong { .. }
             | Problem::KeyNotVisibleAscii
+            | Problem::KeyNotSfString { .. }
             | Problem::KeyRepeated { .. }
             | Problem::BodyUnreadable { .. } => StatusCode::BAD_REQUEST,
             Problem::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -96,6 +100,7 @@ impl Problem {
             Problem::KeyEmpty
             | Problem::KeyTooLong { .. }
             | Problem::KeyNotVisibleAscii
+            | Problem::KeyNotSfString { .. }
             | Problem::KeyRepeated { .. } => "idempotency-key-malformed",
             Problem::BodyTooLarge { .. } => "request-too-large",
             Problem::BodyUnreadable { .. } => "request-body-unreadable",
@@ -119,6 +124,7 @@ impl Problem {
             Problem::KeyEmpty
             | Problem::KeyTooLong { .. }
             | Problem::KeyNotVisibleAscii
+            | Problem::KeyNotSfString { .. }
             | Problem::KeyRepeated { .. } => "Idempotency-Key is malformed",
             Problem::BodyTooLarge { .. } => "Request body too large",
             Problem::BodyUnreadable { .. } => "Request body could not be read",
@@ -153,6 +159,10 @@ impl Problem {
                  control characters or non-ASCII bytes)"
                     .into()
             }
+            Problem::KeyNotSfString { why } => format!(
+                "the Idempotency-Key starts with a quote, so it must be an RFC 8941 string \
+                 (\"...\", escaping only \\\" and \\\\), and {why}"
+            ),
             Problem::KeyRepeated { count } => {
                 format!("the Idempotency-Key header was sent {count} times; send it exactly once")
             }

@@ -24,14 +24,22 @@ pub(crate) fn read_key(headers: &HeaderMap) -> Result<Option<Key>, Problem> {
         return Err(Problem::KeyRepeated { count: extra + 1 });
     }
     let bytes = value.as_bytes();
+    let unquoted;
+    let bytes = if bytes.first() == Some(&b'"') {
+        // An RFC 8941 string, as the IETF draft sends it: the key is its content.
+        unquoted = unquote(bytes)?;
+        &unquoted[..]
+    } else {
+        // A bare token, as most clients send it: visible ASCII (VCHAR, 0x21-0x7E), as
+        // README's HTTP section states: no space, control or non-ASCII byte. HTTP trims the
+        // value's surrounding whitespace, so an inner space is the only one seen.
+        if !bytes.iter().all(u8::is_ascii_graphic) {
+            return Err(Problem::KeyNotVisibleAscii);
+        }
+        bytes
+    };
     if bytes.is_empty() {
         return Err(Problem::KeyEmpty);
-    }
-    // Visible ASCII (VCHAR, 0x21-0x7E), as README's HTTP section states: no space, control or
-    // non-ASCII byte.
-    // HTTP trims the value's surrounding whitespace, so an inner space is the only one seen.
-    if !bytes.iter().all(u8::is_ascii_graphic) {
-        return Err(Problem::KeyNotVisibleAscii);
     }
     if bytes.len() > MAX_KEY_LEN {
         return Err(Problem::KeyTooLong { len: bytes.len() });
@@ -39,6 +47,40 @@ pub(crate) fn read_key(headers: &HeaderMap) -> Result<Option<Key>, Problem> {
     let text = std::str::from_utf8(bytes).map_err(|_| Problem::KeyNotVisibleAscii)?;
     // At most 255 ASCII bytes: within every limit of `Key`.
     Key::new(text).map(Some).map_err(|_| Problem::KeyEmpty)
+}
+
+/// The content of an RFC 8941 sf-string (`"..."`, with `\"` and `\\` its only escapes, and
+/// printable ASCII, space included, between the quotes).
+fn unquote(quoted: &[u8]) -> Result<Vec<u8>, Problem> {
+    let malformed = |why: &str| Problem::KeyNotSfString {
+        why: why.to_owned(),
+    };
+    let inner = match quoted {
+        [b'"', inner @ .., b'"'] if quoted.len() >= 2 => inner,
+        _ => return Err(malformed("it has no closing quote")),
+    };
+    let mut content = Vec::with_capacity(inner.len());
+    let mut chars = inner.iter();
+    while let Some(&c) = chars.next() {
+        match c {
+            b'\\' => match chars.next() {
+                Some(&escaped @ (b'"' | b'\\')) => content.push(escaped),
+                _ => {
+                    return Err(malformed(
+                        "a backslash may escape only a quote or a backslash",
+                    ));
+                }
+            },
+            b'"' => return Err(malformed("a quote inside it must be escaped")),
+            b' '..=b'~' => content.push(c),
+            _ => {
+                return Err(malformed(
+                    "only printable ASCII may stand between its quotes",
+                ));
+            }
+        }
+    }
+    Ok(content)
 }
 
 /// The principal's scope: `http:` and the SHA-256 of the configured headers' names and values,
@@ -124,6 +166,35 @@ mod tests {
             read_key(&headers(&[(k, b"a"), (k, b"a")])),
             Err(Problem::KeyRepeated { count: 2 })
         );
+    }
+
+    #[test]
+    fn a_quoted_key_is_an_rfc_8941_string_whose_content_is_the_key() {
+        let k = &IDEMPOTENCY_KEY;
+        let key = |value: &[u8]| read_key(&headers(&[(k, value)]));
+        let text = |value: &[u8]| key(value).unwrap().unwrap().as_str().to_owned();
+        // The draft's own example, and a bare form: one key.
+        assert_eq!(
+            text(br#""8e03978e-40d5-43e8-bc93-6894a57f9324""#),
+            "8e03978e-40d5-43e8-bc93-6894a57f9324"
+        );
+        assert_eq!(text(br#""k-1""#), text(b"k-1"));
+        // Escapes, and a space, which only a string may hold.
+        assert_eq!(text(br#""a \"b\" \\ c""#), r#"a "b" \ c"#);
+        assert_eq!(key(b"\"\""), Err(Problem::KeyEmpty));
+        for bad in [&b"\"abc"[..], b"\"", b"\"a\"b\"", b"\"a\\b\"", b"\"a\tb\""] {
+            assert!(
+                matches!(key(bad), Err(Problem::KeyNotSfString { .. })),
+                "{:?}: {:?}",
+                String::from_utf8_lossy(bad),
+                key(bad)
+            );
+        }
+        // The limit is on the key, not on its quotes.
+        let longest = format!("\"{}\"", "x".repeat(MAX_KEY_LEN));
+        assert!(key(longest.as_bytes()).is_ok());
+        let over = format!("\"{}\"", "x".repeat(MAX_KEY_LEN + 1));
+        assert_eq!(key(over.as_bytes()), Err(Problem::KeyTooLong { len: 256 }));
     }
 
     #[test]

@@ -242,7 +242,7 @@ where
                 return self.answer(Ok(Problem::Panicked.into_response()));
             }
         };
-        if response.status().is_server_error() && !config.store_server_errors {
+        if !config.stores(response.status()) {
             guard.release().await;
             return self.answer(Ok(response.map(Body::stream)));
         }
@@ -259,7 +259,8 @@ where
                     body: data.clone(),
                     trailers: trailers.clone(),
                 };
-                guard.complete(&stored.encode()).await;
+                let retention = config.retention_of(parts.status);
+                guard.complete(&stored.encode(), retention).await;
                 Response::from_parts(parts, Body::buffered(data, trailers))
             }
             Collected::TooLarge { prefix, rest } => {
@@ -410,11 +411,16 @@ impl ClaimGuard {
     /// logged: the effect happened and the client gets the response; the key stays held until
     /// its lease ends (the effect is done, so it is not given back early), then a retry
     /// executes again.
-    async fn complete(&mut self, outcome: &[u8]) {
+    /// `retention`, if given, replaces the one `oncely` keeps records for.
+    async fn complete(&mut self, outcome: &[u8], retention: Option<Duration>) {
         let Some(claim) = self.claim.take() else {
             return;
         };
-        if let Err(error) = self.oncely.complete_within_lease(&claim, outcome).await {
+        let oncely = match retention {
+            Some(retention) => self.oncely.clone().with_retention(retention),
+            None => self.oncely.clone(),
+        };
+        if let Err(error) = oncely.complete_within_lease(&claim, outcome).await {
             tracing::warn!(scope = %claim.scope, key = %claim.key, %error,
                 "could not store the response; the key is held until its lease ends, then a \
                  retry with it executes again");

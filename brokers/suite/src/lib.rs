@@ -284,10 +284,8 @@ where
             "mariadb_claims_restarted_5_times_still_applies_every_order_exactly_once",
             |broker, schema| {
                 Box::pin(async move {
-                    let start = || -> Box<dyn oncely_conformance::faults::Restartable> {
-                        Box::new(oncely_conformance::faults::MariaDbServer::start())
-                    };
-                    claims_store_restarted_5_times(&*broker, &schema, start, "MariaDB").await
+                    use oncely_conformance::faults::MariaDbServer;
+                    claims_store_restarted_5_times(&*broker, &schema, MariaDbServer::start).await
                 })
             },
         ));
@@ -295,10 +293,8 @@ where
             "redis_claims_restarted_5_times_still_applies_every_order_exactly_once",
             |broker, schema| {
                 Box::pin(async move {
-                    let start = || -> Box<dyn oncely_conformance::faults::Restartable> {
-                        Box::new(oncely_conformance::faults::RedisServer::start())
-                    };
-                    claims_store_restarted_5_times(&*broker, &schema, start, "Redis").await
+                    use oncely_conformance::faults::RedisServer;
+                    claims_store_restarted_5_times(&*broker, &schema, RedisServer::start).await
                 })
             },
         ));
@@ -399,20 +395,25 @@ async fn store_restarted_5_times<B: Broker>(broker: &B) {
 /// example's `reserve_with_store`). No consumer is killed: a completion the store missed
 /// while down must be made once it is back, within the claim's lease, or the re-published
 /// copies of that order would apply it again.
-async fn claims_store_restarted_5_times<B: Broker>(
-    broker: &B,
-    schema_prefix: &str,
-    start: fn() -> Box<dyn oncely_conformance::faults::Restartable>,
-    what: &'static str,
-) {
+async fn claims_store_restarted_5_times<B, S>(broker: &B, schema_prefix: &str, start: fn() -> S)
+where
+    B: Broker,
+    S: oncely_conformance::faults::Restartable + 'static,
+{
+    let what = std::any::type_name::<S>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("the store");
     let channel = broker
         .channel("claims-restarts")
         .await
         .expect("a channel for the proof");
     let postgres = oncely_conformance::servers::postgres_url(schema_prefix).await;
-    let server = tokio::task::spawn_blocking(start)
-        .await
-        .expect("the test's store server");
+    let server: Box<dyn oncely_conformance::faults::Restartable> = Box::new(
+        tokio::task::spawn_blocking(start)
+            .await
+            .expect("the test's store server"),
+    );
     let claims = server.url();
     let server = Arc::new(std::sync::Mutex::new(server));
     let spawn = move |source: &str, postgres: &str| {

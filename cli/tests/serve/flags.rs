@@ -167,6 +167,33 @@ async fn a_5xx_releases_the_key_and_with_store_server_errors_it_is_replayed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_releases_the_key_a_422_is_replayed_and_store_status_lists_what_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let client = client();
+    // Twice with one key to /status/CODE: (executions, the second replayed).
+    let twice = |gateway: &Gateway, code: u16, key: &'static str| {
+        let (client, url) = (client.clone(), gateway.url(&format!("/status/{code}")));
+        let executions = executions.clone();
+        async move {
+            let first = send(&client, "POST", &url, Some(key), "A").await;
+            assert_eq!(first.status.as_u16(), code);
+            let second = send(&client, "POST", &url, Some(key), "A").await;
+            (executions.of(key), second.replayed())
+        }
+    };
+    let default = Gateway::start(dir.path(), &upstream, &[]);
+    assert_eq!(twice(&default, 429, "a-429").await, (2, false));
+    assert_eq!(twice(&default, 422, "a-422").await, (1, true));
+    drop(default);
+
+    let listed = Gateway::start(dir.path(), &upstream, &["--store-status", "201,429"]);
+    assert_eq!(twice(&listed, 429, "b-429").await, (1, true));
+    assert_eq!(twice(&listed, 422, "b-422").await, (2, false));
+    assert_eq!(twice(&listed, 201, "b-201").await, (1, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deny_header_is_sent_but_never_replayed_and_set_cookie_stays_denied() {
     let dir = tempfile::tempdir().unwrap();
     let (upstream, _executions, _task) = upstream().await;

@@ -84,7 +84,14 @@ pub fn start_upstream(
                         // Over the 1 MiB the gateway stores.
                         text = text.repeat(2 * 1024 * 1024 / text.len() + 1);
                     }
-                    let status = if path.starts_with("/fail") {
+                    // `/status/429` answers 429, and so on.
+                    let named = path
+                        .strip_prefix("/status/")
+                        .and_then(|code| code.parse().ok())
+                        .and_then(|code| StatusCode::from_u16(code).ok());
+                    let status = if let Some(named) = named {
+                        named
+                    } else if path.starts_with("/fail") {
                         StatusCode::INTERNAL_SERVER_ERROR
                     } else if method == hyper::Method::POST {
                         StatusCode::CREATED

@@ -14,6 +14,8 @@ per_store!(
     key_over_255_characters_gets_400,
     key_not_visible_ascii_gets_400,
     key_sent_twice_gets_400,
+    a_quoted_key_and_its_bare_form_are_one_key,
+    a_malformed_quoted_key_gets_400,
     same_key_other_body_gets_422,
     same_key_other_path_gets_422,
     same_key_other_fingerprint_header_gets_422,
@@ -101,6 +103,23 @@ async fn key_sent_twice_gets_400(kind: StoreKind) {
         &[("idempotency-key", b"k-1"), ("idempotency-key", b"k-1")],
     )
     .await;
+}
+
+async fn a_quoted_key_and_its_bare_form_are_one_key(kind: StoreKind) {
+    let server = start(kind, |l| l).await;
+    // As the IETF draft sends it (an RFC 8941 string), then as most clients do.
+    let quoted = server.post("/charges", "\"k-1\"", "{}").await;
+    assert_eq!(quoted.status, StatusCode::CREATED);
+    assert!(!quoted.replayed());
+    let bare = server.post("/charges", "k-1", "{}").await;
+    assert!(bare.replayed());
+    assert_eq!(bare.body, quoted.body);
+    assert_eq!(server.upstream.total(), 1);
+}
+
+async fn a_malformed_quoted_key_gets_400(kind: StoreKind) {
+    malformed(kind, &[("idempotency-key", b"\"k-1")]).await;
+    malformed(kind, &[("idempotency-key", b"\"k\\-1\"")]).await;
 }
 
 async fn same_key_other_body_gets_422(kind: StoreKind) {

@@ -13,6 +13,9 @@ use crate::server::{Options, start, start_with};
 per_store!(
     server_error_releases_the_key_and_a_retry_executes,
     server_error_is_stored_when_configured,
+    not_now_statuses_release_the_key_and_other_client_errors_are_replayed,
+    only_the_listed_statuses_are_stored_when_listed,
+    error_responses_are_replayed_for_their_own_retention,
     oversize_response_is_passed_through_and_released,
     oversize_request_gets_413,
     retention_ends_the_replay_then_the_key_is_new,
@@ -43,6 +46,80 @@ async fn server_error_is_stored_when_configured(kind: StoreKind) {
     assert_eq!(retry.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(retry.text(), "boom");
     assert_eq!(server.upstream.calls("/flaky", "k-1"), 1);
+}
+
+/// Two requests with one key (its own: a key is bound to its path) to `/status/{code}`: how
+/// many executions, and whether the second was a replay.
+async fn twice(server: &crate::server::Server, code: u16) -> (usize, bool) {
+    let (path, key) = (format!("/status/{code}"), format!("k-{code}"));
+    let first = server.post(&path, &key, "{}").await;
+    assert_eq!(first.status.as_u16(), code);
+    let second = server.post(&path, &key, "{}").await;
+    assert_eq!(second.status.as_u16(), code);
+    (server.upstream.calls(&path, &key), second.replayed())
+}
+
+async fn not_now_statuses_release_the_key_and_other_client_errors_are_replayed(kind: StoreKind) {
+    let server = start(kind, |l| l).await;
+    // "Not now": the retry runs again.
+    for code in [408, 409, 425, 429, 500, 503] {
+        assert_eq!(twice(&server, code).await, (2, false), "{code}");
+    }
+    // The same request would fail the same way: replayed, as successes are.
+    for code in [200, 201, 202, 400, 404, 422] {
+        assert_eq!(twice(&server, code).await, (1, true), "{code}");
+    }
+}
+
+async fn only_the_listed_statuses_are_stored_when_listed(kind: StoreKind) {
+    let server = start(kind, |l| {
+        l.store_statuses([StatusCode::CREATED, StatusCode::SERVICE_UNAVAILABLE])
+    })
+    .await;
+    for code in [201, 503] {
+        assert_eq!(twice(&server, code).await, (1, true), "{code}");
+    }
+    for code in [200, 422, 429] {
+        assert_eq!(twice(&server, code).await, (2, false), "{code}");
+    }
+}
+
+async fn error_responses_are_replayed_for_their_own_retention(kind: StoreKind) {
+    let clock = ManualClock::new(Timestamp::from_millis(1_800_000_000_000));
+    let options = Options {
+        clock: Some(clock.clone()),
+        ..Options::default()
+    };
+    let server = start_with(kind, options, |l| {
+        l.error_retention(Duration::from_secs(3600))
+    })
+    .await;
+    for code in [201, 422] {
+        let first = server
+            .post(&format!("/status/{code}"), &format!("k-{code}"), "{}")
+            .await;
+        assert!(!first.replayed());
+    }
+    clock.advance(Duration::from_secs(3540));
+    for code in [201, 422] {
+        let replay = server
+            .post(&format!("/status/{code}"), &format!("k-{code}"), "{}")
+            .await;
+        assert!(replay.replayed(), "{code} replayed within the hour");
+    }
+    clock.advance(Duration::from_secs(120));
+    let success = server.post("/status/201", "k-201", "{}").await;
+    assert!(
+        success.replayed(),
+        "a success is kept for the retention (24 h)"
+    );
+    let error = server.post("/status/422", "k-422", "{}").await;
+    assert!(
+        !error.replayed(),
+        "an error is kept for the error retention"
+    );
+    assert_eq!(server.upstream.calls("/status/422", "k-422"), 2);
+    assert_eq!(server.upstream.calls("/status/201", "k-201"), 1);
 }
 
 async fn oversize_response_is_passed_through_and_released(kind: StoreKind) {

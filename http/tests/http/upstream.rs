@@ -129,6 +129,20 @@ async fn storm(State(up): State<Shared>, headers: HeaderMap) -> (StatusCode, Str
     (StatusCode::CREATED, format!("execution {n}"))
 }
 
+/// The status the path names (`/status/429`), with a body naming the execution: one path per
+/// status, so each counts its own executions.
+async fn status(
+    State(up): State<Shared>,
+    axum::extract::Path(code): axum::extract::Path<u16>,
+    headers: HeaderMap,
+) -> (StatusCode, String) {
+    let n = up.record(&format!("/status/{code}"), &headers);
+    (
+        StatusCode::from_u16(code).unwrap(),
+        format!("execution {n}"),
+    )
+}
+
 pub fn app(up: Shared) -> Router {
     Router::new()
         .route("/charges", post(charge).get(list))
@@ -139,5 +153,6 @@ pub fn app(up: Shared) -> Router {
         .route("/flaky", post(flaky))
         .route("/big", post(big))
         .route("/storm", post(storm))
+        .route("/status/{code}", post(status))
         .with_state(up)
 }
