@@ -164,7 +164,7 @@ enum Command {
     /// The flags from --fail-open on can also be set in the environment (ONCELY_FAIL_OPEN=true,
     /// ONCELY_DENY_HEADERS=X-Request-Id,X-Trace, ONCELY_MAX_BODY=64KiB, ...); a flag wins.
     #[command(verbatim_doc_comment)]
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Show the stored record of one key, expired or not.
     Inspect(inspect::InspectArgs),
     /// Remove expired records.
@@ -224,7 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         // Connects the broker before the store: its errors come first and create no file.
         Command::Consume(args) => consume::run(&cli.store, args).await,
-        Command::Serve(args) => serve::run(&cli.store, args).await,
+        Command::Serve(args) => serve::run(&cli.store, *args).await,
         Command::Inspect(args) => inspect::run(&open().await?, args, &mut stdout).await,
         Command::Purge(args) => purge::run(&open().await?, args, &mut stdout).await,
         Command::Stats(args) => stats::run(&open().await?, args, &mut stdout).await,

@@ -104,6 +104,12 @@ pub struct ServeArgs {
     )]
     store_statuses: Vec<StatusCode>,
 
+    /// What goes before each error's slug in the `type` of the gateway's problem+json
+    /// answers (default urn:oncely:http:): a URL makes each type link to its documentation,
+    /// e.g. https://docs.example.com/errors/ gives .../errors/idempotency-key-malformed.
+    #[arg(long, env = "ONCELY_PROBLEM_TYPE_BASE", value_name = "URL")]
+    problem_type_base: Option<String>,
+
     /// How long a stored error response (4xx, or 5xx with --store-server-errors) is replayed,
     /// when shorter than --ttl.
     #[arg(long, env = "ONCELY_ERROR_TTL", value_name = "DURATION", value_parser = duration::parse)]
@@ -209,6 +215,9 @@ fn layer(oncely: Oncely, args: &ServeArgs) -> IdempotencyLayer {
     }
     if let Some(error_ttl) = args.error_ttl {
         layer = layer.error_retention(error_ttl);
+    }
+    if let Some(base) = &args.problem_type_base {
+        layer = layer.problem_type_base(base.clone());
     }
     layer
         .retention(args.ttl)

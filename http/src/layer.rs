@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::{HeaderName, Method, StatusCode, header};
 use oncely_core::Oncely;
 
+use crate::problem::DEFAULT_PROBLEM_TYPE_BASE;
 use crate::{IdempotencyService, Running};
 
 /// How long a stored response is replayed by default: 24 hours, as Stripe does.
@@ -107,6 +108,7 @@ pub(crate) struct Config {
     pub(crate) store_server_errors: bool,
     pub(crate) stored_statuses: Option<Vec<StatusCode>>,
     pub(crate) error_retention: Option<Duration>,
+    pub(crate) problem_type_base: String,
     pub(crate) deny_headers: Vec<HeaderName>,
     pub(crate) fail_open: bool,
     pub(crate) response_timeout: Option<Duration>,
@@ -137,6 +139,7 @@ impl IdempotencyLayer {
                 store_server_errors: false,
                 stored_statuses: None,
                 error_retention: None,
+                problem_type_base: DEFAULT_PROBLEM_TYPE_BASE.to_owned(),
                 deny_headers: DEFAULT_DENY_HEADERS.to_vec(),
                 fail_open: false,
                 response_timeout: None,
@@ -234,6 +237,21 @@ impl IdempotencyLayer {
     /// be shorter than [`retention`](Self::retention) (default: the same).
     pub fn error_retention(self, retention: Duration) -> Self {
         self.set(|c| c.error_retention = Some(retention))
+    }
+
+    /// What goes before each problem's slug in the `type` of the layer's
+    /// `application/problem+json` answers (default [`DEFAULT_PROBLEM_TYPE_BASE`],
+    /// `urn:oncely:http:`): with a URL, each error type links to its documentation.
+    ///
+    /// ```
+    /// # let oncely = oncely::Oncely::new(std::sync::Arc::new(oncely::memory::MemoryStore::default()));
+    /// // A malformed key's type: https://docs.example.com/errors/idempotency-key-malformed
+    /// let layer = oncely_http::IdempotencyLayer::new(oncely)
+    ///     .problem_type_base("https://docs.example.com/errors/");
+    /// ```
+    pub fn problem_type_base(self, base: impl Into<String>) -> Self {
+        let base = base.into();
+        self.set(|c| c.problem_type_base = base)
     }
 
     /// Response headers never stored, so never replayed (default: `Set-Cookie`). Hop-by-hop

@@ -46,7 +46,8 @@
 //! The key header itself reaches the inner service unchanged.
 //!
 //! Every answer of the layer's own is `application/problem+json` (RFC 9457) with `type`
-//! (`urn:oncely:http:...`), `title`, `status` and `detail`.
+//! (`urn:oncely:http:...`, or a URL of yours with
+//! [`problem_type_base`](IdempotencyLayer::problem_type_base)), `title`, `status` and `detail`.
 //!
 //! ## With axum
 //!
@@ -139,7 +140,7 @@ pub use layer::{
     DEFAULT_DENY_HEADERS, DEFAULT_MAX_BODY, DEFAULT_MAX_RESPONSE, DEFAULT_RETENTION, FailedOpen,
     IN_FLIGHT_RETRY_AFTER, IdempotencyLayer, InFlight, NotSent, RELEASING_CLIENT_ERRORS,
 };
-pub use problem::PROBLEM_JSON;
+pub use problem::{DEFAULT_PROBLEM_TYPE_BASE, PROBLEM_JSON};
 pub use request::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, MAX_KEY_LEN};
 pub use running::Running;
 pub use service::IdempotencyService;

@@ -10,8 +10,12 @@ use crate::Body;
 /// The media type of every error the layer answers with.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// What goes before a problem's slug in its `type` unless the layer is given another base
+/// ([`IdempotencyLayer::problem_type_base`](crate::IdempotencyLayer::problem_type_base)).
+pub const DEFAULT_PROBLEM_TYPE_BASE: &str = "urn:oncely:http:";
+
 /// Why the layer answered instead of the inner service. Each is one RFC 9457 problem type,
-/// `urn:oncely:http:` followed by [`Problem::slug`].
+/// the configured base (`urn:oncely:http:` by default) followed by [`Problem::slug`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Problem {
     KeyMissing,
@@ -228,10 +232,11 @@ impl Problem {
     }
 
     /// The response: status, `application/problem+json`, and `Retry-After` where it applies.
-    pub(crate) fn into_response<B: http_body::Body>(self) -> Response<Body<B>> {
+    /// `type_base` goes before the slug in `type` ([`DEFAULT_PROBLEM_TYPE_BASE`] unless set).
+    pub(crate) fn into_response<B: http_body::Body>(self, type_base: &str) -> Response<Body<B>> {
         let status = self.status();
         let json = serde_json::json!({
-            "type": format!("urn:oncely:http:{}", self.slug()),
+            "type": format!("{type_base}{}", self.slug()),
             "title": self.title(),
             "status": status.as_u16(),
             "detail": self.detail(),

@@ -98,9 +98,11 @@ where
     }
     let key = match read_key(request.headers()) {
         Ok(Some(key)) => key,
-        Ok(None) if config.require_key => return Ok(Problem::KeyMissing.into_response()),
+        Ok(None) if config.require_key => {
+            return Ok(Problem::KeyMissing.into_response(&config.problem_type_base));
+        }
         Ok(None) => return pass_through(&mut inner, request.map(Body::stream)).await,
-        Err(problem) => return Ok(problem.into_response()),
+        Err(problem) => return Ok(problem.into_response(&config.problem_type_base)),
     };
 
     // The body is part of the fingerprint: buffer it, within the limit, and send it on after.
@@ -112,13 +114,13 @@ where
             return Ok(Problem::BodyTooLarge {
                 limit: config.max_body,
             }
-            .into_response());
+            .into_response(&config.problem_type_base));
         }
         Collected::Failed { error, .. } => {
             return Ok(Problem::BodyUnreadable {
                 reason: error.to_string(),
             }
-            .into_response());
+            .into_response(&config.problem_type_base));
         }
     };
     let scope = principal_scope(&config.principal_headers, &parts.headers);
@@ -130,6 +132,7 @@ where
     // process, which a dropped future cannot stop). The client's future only waits for the
     // answer; the task stores the response whether or not anyone is still waiting.
     let (answer, answered) = oneshot::channel();
+    let type_base = config.problem_type_base.clone();
     let keyed = Keyed {
         config,
         scope,
@@ -146,7 +149,7 @@ where
         Ok(answer) => answer,
         // The task ended without answering: it panicked outside the inner service (the inner
         // service's own panics are caught and answered). Its claim is left to its lease.
-        Err(_) => Ok(Problem::Panicked.into_response()),
+        Err(_) => Ok(Problem::Panicked.into_response(&type_base)),
     }
 }
 
@@ -187,15 +190,21 @@ where
         let oncely = &config.oncely;
         let claim = match self.claim().await {
             Ok(ClaimOutcome::New(claim)) => claim,
-            Ok(ClaimOutcome::Duplicate(record)) => return self.answer(Ok(replay(&record))),
+            Ok(ClaimOutcome::Duplicate(record)) => {
+                return self.answer(Ok(replay(&record, &config.problem_type_base)));
+            }
             Ok(ClaimOutcome::InProgress { retry_after }) => {
                 // A hint of when to look again, not the whole lease: most first requests are
                 // done long before their lease ends, and clients obey Retry-After.
                 let retry_after = retry_after.min(IN_FLIGHT_RETRY_AFTER);
-                return self.answer(Ok(Problem::InFlight { retry_after }.into_response()));
+                return self.answer(Ok(
+                    Problem::InFlight { retry_after }.into_response(&config.problem_type_base)
+                ));
             }
             Ok(ClaimOutcome::Conflict { .. }) => {
-                return self.answer(Ok(Problem::Mismatch.into_response()));
+                return self.answer(Ok(
+                    Problem::Mismatch.into_response(&config.problem_type_base)
+                ));
             }
             Err(error) if config.fail_open => {
                 let (scope, key) = (&self.scope, &self.key);
@@ -212,7 +221,9 @@ where
                 let (scope, key) = (&self.scope, &self.key);
                 tracing::warn!(%scope, %key, %error,
                     "idempotency store unavailable; answering 503 (fail closed)");
-                return self.answer(Ok(Problem::StoreUnavailable.into_response()));
+                return self.answer(Ok(
+                    Problem::StoreUnavailable.into_response(&config.problem_type_base)
+                ));
             }
         };
         let mut guard = ClaimGuard::new(oncely.clone(), claim);
@@ -239,7 +250,9 @@ where
                 tracing::error!(scope = %self.scope, key = %self.key, %panic,
                     "the inner service panicked; its key is released");
                 guard.release().await;
-                return self.answer(Ok(Problem::Panicked.into_response()));
+                return self.answer(Ok(
+                    Problem::Panicked.into_response(&config.problem_type_base)
+                ));
             }
         };
         if !config.stores(response.status()) {
@@ -321,7 +334,9 @@ where
             Ok(Some(output)) => Some(output),
             Ok(None) => {
                 let waited = self.config.response_timeout.unwrap_or_default();
-                self.answer(Ok(Problem::StillRunning { waited }.into_response()));
+                self.answer(Ok(
+                    Problem::StillRunning { waited }.into_response(&self.config.problem_type_base)
+                ));
                 // The inner service may still be executing: the key stays held (no release)
                 // and the answer, if it comes within the lease, is stored for the retry.
                 let rest = oncely.now().until(claim.lease_until);
@@ -337,7 +352,9 @@ where
                 tracing::error!(scope = %self.scope, key = %self.key, %error,
                     "the claim was lost while the request ran; its response is not stored");
                 guard.abandon();
-                self.answer(Ok(Problem::ClaimLost.into_response()));
+                self.answer(Ok(
+                    Problem::ClaimLost.into_response(&self.config.problem_type_base)
+                ));
                 None
             }
         }
@@ -367,7 +384,7 @@ where
 }
 
 /// The stored response, as it was first sent, marked `Idempotent-Replayed: true`.
-fn replay<B: http_body::Body>(record: &Record) -> Response<Body<B>> {
+fn replay<B: http_body::Body>(record: &Record, type_base: &str) -> Response<Body<B>> {
     let stored = match StoredResponse::decode(record.outcome().unwrap_or_default()) {
         Ok(stored) => stored,
         Err(error) => {
@@ -376,7 +393,7 @@ fn replay<B: http_body::Body>(record: &Record) -> Response<Body<B>> {
             return Problem::StoredUnreadable {
                 reason: error.to_string(),
             }
-            .into_response();
+            .into_response(type_base);
         }
     };
     let mut response = Response::new(Body::buffered(stored.body, stored.trailers));

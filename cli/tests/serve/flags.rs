@@ -302,3 +302,26 @@ fn a_size_that_is_not_one_is_refused_with_the_accepted_forms() {
     );
     assert!(!dir.path().join("oncely.db").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn problem_types_start_with_the_problem_type_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let base = "https://docs.example.com/errors/";
+    let gateway = Gateway::start(dir.path(), &down, &["--problem-type-base", base]);
+    let client = client();
+    // One problem the layer answers, one the gateway's proxy does.
+    let malformed = send(&client, "POST", &gateway.url("/pay"), Some("\"k"), "A").await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    let unavailable = send(&client, "POST", &gateway.url("/pay"), Some("k"), "A").await;
+    assert_eq!(unavailable.status, StatusCode::BAD_GATEWAY);
+    for (answer, slug) in [
+        (malformed, "idempotency-key-malformed"),
+        (unavailable, "upstream-unavailable"),
+    ] {
+        let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(json["type"], format!("{base}{slug}"), "{json}");
+    }
+}

@@ -207,6 +207,8 @@ pub struct Gateway {
     timeout: Duration,
     /// The claim's lease: how long a key is held when the outcome is unknown.
     lease: Duration,
+    /// The layer's problem type base, for the gateway's own problems.
+    problem_type_base: Arc<str>,
     timeouts: Timeouts,
     max_connections: usize,
     grace: Duration,
@@ -236,6 +238,7 @@ impl Gateway {
         let upstream = options.checked()?;
         let config = layer.config();
         let (methods, lease) = (Arc::new(config.methods.clone()), config.oncely.lease());
+        let problem_type_base = Arc::from(config.problem_type_base.as_str());
         let connector = client::connector(upstream.base.starts_with("https://")).map_err(|e| {
             GatewayError::Upstream {
                 url: options.upstream.clone(),
@@ -251,6 +254,7 @@ impl Gateway {
             methods,
             timeout: options.timeout,
             lease,
+            problem_type_base,
             timeouts: Timeouts {
                 header: options.header_timeout,
                 idle: options.idle_timeout,
@@ -417,7 +421,7 @@ impl Gateway {
                 Ok(result) => result,
                 Err(_) => {
                     counted.done(Outcome::UpstreamFailed);
-                    return upstream_timed_out(self.timeout);
+                    return upstream_timed_out(self.timeout, &self.problem_type_base);
                 }
             }
         };
@@ -426,7 +430,7 @@ impl Gateway {
         let (outcome, response) = match result {
             Err(failed) => (
                 Outcome::UpstreamFailed,
-                upstream_failed(&failed, self.lease),
+                upstream_failed(&failed, self.lease, &self.problem_type_base),
             ),
             Ok(response) => {
                 let outcome = match () {

@@ -201,7 +201,11 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// The 502 the gateway answers when the upstream gave no response; what a retry gets depends
 /// on whether the request was sent (`held`: the key's claim is kept until `held` ends).
-pub(super) fn upstream_failed(error: &BoxError, held: Duration) -> Response<Body<Incoming>> {
+pub(super) fn upstream_failed(
+    error: &BoxError,
+    held: Duration,
+    type_base: &str,
+) -> Response<Body<Incoming>> {
     match error.downcast_ref::<NotSent>() {
         Some(not_sent) => Problem::UpstreamNotSent {
             reason: not_sent.reason().to_owned(),
@@ -211,12 +215,12 @@ pub(super) fn upstream_failed(error: &BoxError, held: Duration) -> Response<Body
             held,
         },
     }
-    .into_response()
+    .into_response(type_base)
 }
 
 /// The 504 the gateway answers when a request without a key gets no response within `timeout`.
-pub(super) fn upstream_timed_out(timeout: Duration) -> Response<Body<Incoming>> {
-    Problem::UpstreamTimedOut { timeout }.into_response()
+pub(super) fn upstream_timed_out(timeout: Duration, type_base: &str) -> Response<Body<Incoming>> {
+    Problem::UpstreamTimedOut { timeout }.into_response(type_base)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ per_store!(
     key_sent_twice_gets_400,
     a_quoted_key_and_its_bare_form_are_one_key,
     a_malformed_quoted_key_gets_400,
+    problem_types_start_with_the_configured_base,
     same_key_other_body_gets_422,
     same_key_other_path_gets_422,
     same_key_other_fingerprint_header_gets_422,
@@ -226,4 +227,18 @@ async fn key_header_reaches_the_upstream_unchanged(kind: StoreKind) {
     let reply = server.post("/charges", key, "{}").await;
     let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(json["key"], key);
+}
+
+async fn problem_types_start_with_the_configured_base(kind: StoreKind) {
+    let server = start(kind, |l| {
+        l.problem_type_base("https://docs.example.com/errors/")
+    })
+    .await;
+    let reply = server
+        .send(Method::POST, "/charges", &[("idempotency-key", b"")], "{}")
+        .await;
+    assert_eq!(
+        reply.problem(StatusCode::BAD_REQUEST),
+        "https://docs.example.com/errors/idempotency-key-malformed"
+    );
 }
