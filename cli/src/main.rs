@@ -23,7 +23,7 @@ mod stop;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use oncely::{Key, KeyError, Oncely, Scope};
 
 /// Exactly-once effect over at-least-once delivery.
@@ -199,6 +199,19 @@ enum Command {
     /// replay) against calling an upstream directly, both in this process, on fresh stores of
     /// the kind --store names.
     Bench(bench::BenchArgs),
+    /// Print the shell completion script for SHELL.
+    ///
+    ///   bash:       oncely completions bash > /etc/bash_completion.d/oncely
+    ///   zsh:        oncely completions zsh > "${fpath[1]}/_oncely"
+    ///   fish:       oncely completions fish > ~/.config/fish/completions/oncely.fish
+    ///   PowerShell: oncely completions powershell >> $PROFILE
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `oncely man > oncely.1; man ./oncely.1`.
+    Man,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -229,6 +242,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Purge(args) => purge::run(&open().await?, args, &mut stdout).await,
         Command::Stats(args) => stats::run(&open().await?, args, &mut stdout).await,
         Command::Relay(args) => relay::run(args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "oncely", &mut stdout);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut stdout)?;
+            Ok(ExitCode::SUCCESS)
+        }
         // Fresh stores and runtimes of its own: the benchmark never opens --store itself.
         Command::Bench(args) => {
             let store = cli.store.clone();

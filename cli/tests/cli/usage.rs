@@ -193,3 +193,60 @@ fn secrets_in_the_environment_or_a_url_never_reach_help_or_errors() {
         assert!(!text.contains(SECRET), "{args:?} shows a secret: {text}");
     }
 }
+
+#[test]
+fn completions_for_every_shell_and_a_man_page() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let run = oncely(dir.path(), &["completions", shell], b"");
+        assert_eq!(run.code, 0, "{shell}: {}", run.stderr);
+        let script = run.stdout();
+        for word in ["serve", "consume", "relay", "--store", "--upstream"] {
+            assert!(script.contains(word), "{shell}'s script completes {word}");
+        }
+    }
+    // Bash runs its script: `oncely se<TAB>` offers serve, `oncely serve --store-s<TAB>` its
+    // two flags.
+    let script = dir.path().join("oncely.bash");
+    std::fs::write(
+        &script,
+        oncely(dir.path(), &["completions", "bash"], b"").stdout,
+    )
+    .unwrap();
+    let complete = |words: &str| {
+        let line = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+             _oncely oncely \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; \
+             echo \"${{COMPREPLY[@]}}\"",
+            script.display()
+        );
+        let out = Command::new("bash").args(["-c", &line]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    assert_eq!(complete("oncely se"), "serve");
+    assert_eq!(
+        complete("oncely serve --store-s"),
+        "--store-server-errors --store-status"
+    );
+
+    let man = oncely(dir.path(), &["man"], b"");
+    assert_eq!(man.code, 0, "{}", man.stderr);
+    let page = man.stdout();
+    assert!(page.contains(".TH oncely 1"), "{page}");
+    for command in ["serve", "consume", "relay", "completions"] {
+        assert!(page.contains(command), "the page names {command}");
+    }
+
+    let unknown = oncely(dir.path(), &["completions", "tcsh"], b"");
+    assert_eq!(unknown.code, 2);
+    assert!(
+        unknown.stderr.contains("possible values"),
+        "{}",
+        unknown.stderr
+    );
+}
