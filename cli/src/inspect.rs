@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use oncely::{Key, Oncely, Record, RecordState, Scope};
+use oncely_http::stored::StoredResponse;
 use serde_json::json;
 
 use crate::rfc3339;
@@ -17,9 +18,8 @@ pub struct InspectArgs {
     #[arg(long, value_name = "NAME", default_value = "default", value_parser = crate::parse_scope)]
     scope: Scope,
 
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: crate::output::OutputArgs,
 
     /// The key, as stored: the field's text, or a JSON array for a composite key.
     #[arg(value_parser = crate::parse_key)]
@@ -42,7 +42,7 @@ pub async fn run(oncely: &Oncely, args: InspectArgs, out: &mut impl Write) -> Re
         return Ok(ExitCode::FAILURE);
     };
     let expired = record.is_expired(oncely.now());
-    let text = if args.json {
+    let text = if args.output.is_json() {
         format!("{}\n", as_json(&record, expired))
     } else {
         as_text(&record, expired)
@@ -62,15 +62,17 @@ fn as_text(record: &Record, expired: bool) -> String {
         ),
         RecordState::Completed { .. } => "completed".to_owned(),
     };
-    let outcome = match record.outcome() {
-        None => "-".to_owned(),
-        Some([]) => "0 bytes".to_owned(),
-        Some(bytes) => format!("{} bytes: {}", bytes.len(), preview(bytes)),
+    let response = record.outcome().and_then(http_response);
+    let outcome = match (record.outcome(), &response) {
+        (Some(bytes), Some(_)) => format!("an HTTP response, {} bytes stored", bytes.len()),
+        (None, _) => "-".to_owned(),
+        (Some([]), _) => "0 bytes".to_owned(),
+        (Some(bytes), None) => format!("{} bytes: {}", bytes.len(), preview(bytes)),
     };
     let fingerprint = record
         .fingerprint
         .map_or_else(|| "-".to_owned(), |f| f.to_hex());
-    format!(
+    let mut text = format!(
         "scope        {}\nkey          {}\nstate        {state}\nattempt      {}\n\
          fingerprint  {fingerprint}\ncreated      {}\nexpires      {}\noutcome      {outcome}\n",
         record.scope,
@@ -78,7 +80,63 @@ fn as_text(record: &Record, expired: bool) -> String {
         record.attempt,
         rfc3339::format(record.created_at),
         rfc3339::format(record.expires_at),
-    )
+    );
+    if let Some(response) = response {
+        text.push_str(&response_as_text(&response));
+    }
+    text
+}
+
+/// The outcome as the HTTP response the layer and `oncely serve` store, if it is one (the
+/// stored format starts with a magic, so nothing else decodes as one).
+fn http_response(outcome: &[u8]) -> Option<StoredResponse> {
+    StoredResponse::decode(outcome).ok()
+}
+
+/// Status, headers, trailers, then the body after a blank line, as text (lossy UTF-8).
+fn response_as_text(response: &StoredResponse) -> String {
+    let mut text = format!("status       {}\n", response.status);
+    for (name, value) in &response.headers {
+        text.push_str(&format!(
+            "header       {name}: {}\n",
+            lossy(value.as_bytes())
+        ));
+    }
+    for (name, value) in response.trailers.iter().flatten() {
+        text.push_str(&format!(
+            "trailer      {name}: {}\n",
+            lossy(value.as_bytes())
+        ));
+    }
+    text.push_str(&format!("body         {} bytes\n", response.body.len()));
+    if !response.body.is_empty() {
+        text.push('\n');
+        text.push_str(&lossy(&response.body));
+        if !response.body.ends_with(b"\n") {
+            text.push('\n');
+        }
+    }
+    text
+}
+
+fn response_as_json(response: &StoredResponse) -> serde_json::Value {
+    let pairs = |headers: &hyper::HeaderMap| {
+        headers
+            .iter()
+            .map(|(name, value)| json!([name.as_str(), lossy(value.as_bytes())]))
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "status": response.status.as_u16(),
+        "headers": pairs(&response.headers),
+        "trailers": response.trailers.as_ref().map(pairs),
+        "body": lossy(&response.body),
+        "body_bytes": response.body.len(),
+    })
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn as_json(record: &Record, expired: bool) -> serde_json::Value {
@@ -98,6 +156,7 @@ fn as_json(record: &Record, expired: bool) -> serde_json::Value {
         "expires_at": rfc3339::format(record.expires_at),
         "outcome_bytes": outcome.map(<[u8]>::len),
         "outcome_preview": outcome.map(|bytes| head(bytes).0),
+        "response": outcome.and_then(http_response).as_ref().map(response_as_json),
     })
 }
 

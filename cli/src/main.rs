@@ -13,6 +13,7 @@ mod dedup;
 mod deliver;
 mod input;
 mod inspect;
+mod output;
 mod purge;
 mod relay;
 mod rfc3339;

@@ -11,15 +11,14 @@ use serde_json::json;
 /// Arguments of `oncely stats`.
 #[derive(Args, Debug)]
 pub struct StatsArgs {
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: crate::output::OutputArgs,
 }
 
 /// Runs `oncely stats`.
 pub async fn run(oncely: &Oncely, args: StatsArgs, out: &mut impl Write) -> Result<ExitCode> {
     let stats = oncely.stats().await.context("reading store statistics")?;
-    let text = if args.json {
+    let text = if args.output.is_json() {
         let value = json!({
             "records": stats.records,
             "in_progress": stats.in_progress,

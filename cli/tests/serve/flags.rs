@@ -325,3 +325,48 @@ async fn problem_types_start_with_the_problem_type_base() {
         assert_eq!(json["type"], format!("{base}{slug}"), "{json}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_shows_a_stored_response_as_status_headers_and_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, _executions, _task) = upstream().await;
+    let store = format!("sqlite:{}", dir.path().join("o.db").display());
+    let gateway = Gateway::start_on(&store, dir.path(), &upstream, &[]);
+    let first = send(&client(), "POST", &gateway.url("/orders"), Some("i-1"), "A").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let inspect = |format: &str| {
+        let out = Command::new(BIN)
+            .args([
+                "--store", &store, "inspect", "--scope", "http", "--output", format, "i-1",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let text = inspect("text");
+    assert!(text.contains("status       201 Created\n"), "{text}");
+    assert!(text.contains("header       x-upstream: yes\n"), "{text}");
+    // Set-Cookie was not stored, so it is not shown.
+    assert!(!text.to_lowercase().contains("set-cookie"), "{text}");
+    let body = String::from_utf8(first.body.to_vec()).unwrap();
+    assert!(text.ends_with(&format!("\n\n{body}\n")), "{text}");
+
+    let json: serde_json::Value = serde_json::from_str(&inspect("json")).unwrap();
+    let response = &json["response"];
+    assert_eq!(response["status"], 201);
+    assert_eq!(response["body"], body);
+    assert_eq!(response["body_bytes"], body.len());
+    assert!(
+        response["headers"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(["x-upstream", "yes"])),
+        "{response}"
+    );
+}
