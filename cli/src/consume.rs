@@ -86,6 +86,9 @@ pub struct ConsumeArgs {
     /// ends.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration::parse)]
     timeout: Duration,
+
+    #[command(flatten)]
+    purge: crate::purging::PurgeArgs,
 }
 
 /// How much longer than `--timeout` a claim's lease is. The lease is renewed every third while
@@ -116,6 +119,7 @@ pub async fn run(store: &str, args: ConsumeArgs) -> Result<ExitCode> {
     let oncely = Oncely::new(oncely::connect(store).await?)
         .with_retention(args.ttl)
         .with_lease(args.timeout.saturating_add(LEASE_MARGIN));
+    let _purging = args.purge.start(&oncely);
     let scope = match args.scope {
         Some(scope) => scope,
         None => default_scope(&source)?,

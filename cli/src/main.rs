@@ -15,6 +15,7 @@ mod input;
 mod inspect;
 mod output;
 mod purge;
+mod purging;
 mod relay;
 mod rfc3339;
 mod serve;

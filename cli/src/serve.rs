@@ -93,6 +93,9 @@ pub struct ServeArgs {
     #[arg(long, env = "ONCELY_STORE_SERVER_ERRORS")]
     store_server_errors: bool,
 
+    #[command(flatten)]
+    purge: crate::purging::PurgeArgs,
+
     /// Store and replay responses with these statuses only (repeat, or separate with commas);
     /// any other releases the key. Default: every status but 5xx and 408, 409, 425, 429.
     #[arg(
@@ -277,6 +280,7 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     // Signals first: a signal during the setup must not kill the process half-way.
     let mut stop = Stop::install()?;
     let oncely = Oncely::new(oncely::connect(store).await?).with_lease(LEASE);
+    let _purging = args.purge.start(&oncely);
     let gateway = Gateway::new(layer(oncely, &args), options).map_err(flag_error)?;
     let listener = TcpListener::bind(args.listen)
         .await

@@ -437,6 +437,46 @@ impl Oncely {
         Ok(PurgeRun::Done { purged, finished })
     }
 
+    /// Purges in the background: every `every`, [`purge_all`](Self::purge_all) of the records
+    /// that expired (in batches of `batch`), as long as the returned future runs. Spawn it, or
+    /// select on it with your service: a store then stays bounded without a cron job. With
+    /// several instances on one store, one purges at a time (the purge lock) and the others
+    /// find it taken and wait for the next turn. A store error is logged and the next turn
+    /// tries again; the future never ends on its own.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// # let oncely = oncely_core::Oncely::new(std::sync::Arc::new(oncely_memory::MemoryStore::default()));
+    /// let purging = tokio::spawn(oncely.clone().purge_every(Duration::from_secs(600), 10_000));
+    /// // ... serve ...
+    /// purging.abort();
+    /// # }
+    /// ```
+    pub async fn purge_every(self, every: Duration, batch: usize) {
+        loop {
+            tokio::time::sleep(every).await;
+            // A run stops at half the lock's lease: the rest follows at once.
+            loop {
+                match self.purge_all(Duration::ZERO, batch).await {
+                    Ok(PurgeRun::Done { purged, finished }) => {
+                        if purged > 0 {
+                            tracing::info!(purged, "purged expired records");
+                        }
+                        if finished {
+                            break;
+                        }
+                    }
+                    Ok(PurgeRun::AnotherPurger { .. }) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "could not purge expired records; trying again in {every:?}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// What the store holds now.
     pub async fn stats(&self) -> Result<StoreStats> {
         self.store.stats(self.synced_now().await?).await

@@ -370,3 +370,52 @@ async fn inspect_shows_a_stored_response_as_status_headers_and_body() {
         "{response}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_responses_are_purged_in_the_background_while_requests_come() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, _executions, _task) = upstream().await;
+    let client = client();
+    for (purge_every, purged) in [("1s", true), ("off", false)] {
+        let store = format!(
+            "sqlite:{}",
+            dir.path().join(format!("{purge_every}.db")).display()
+        );
+        let gateway = Gateway::start_on(
+            &store,
+            dir.path(),
+            &upstream,
+            &["--ttl", "1s", "--purge-every", purge_every],
+        );
+        let url = gateway.url("/orders");
+        for n in 0..30 {
+            let key = format!("old-{n}");
+            send(&client, "POST", &url, Some(&key), "A").await;
+        }
+        // Under load: a request every 100 ms while the first 30 expire and the purge runs.
+        for n in 0..30 {
+            let key = format!("new-{n}");
+            send(&client, "POST", &url, Some(&key), "A").await;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let out = Command::new(BIN)
+            .args(["--store", &store, "stats", "--output", "json"])
+            .output()
+            .unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let records = stats["records"].as_u64().unwrap();
+        let old_left = Command::new(BIN)
+            .args(["--store", &store, "inspect", "--scope", "http", "old-0"])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        if purged {
+            assert!(records < 60, "--purge-every {purge_every}: {stats}");
+            assert!(!old_left, "the first, long expired, is purged");
+        } else {
+            assert_eq!(records, 60, "--purge-every off keeps them: {stats}");
+            assert!(old_left);
+        }
+    }
+}
