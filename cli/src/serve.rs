@@ -16,6 +16,7 @@ use clap::Args;
 use hyper::header::HeaderName;
 use hyper::{Method, StatusCode};
 use oncely::{Oncely, duration};
+use oncely_http::gateway::ops::OpsServer;
 use oncely_http::gateway::{Gateway, GatewayError, GatewayOptions, ServerTls};
 use oncely_http::{DEFAULT_DENY_HEADERS, IdempotencyLayer, InFlight};
 use tokio::net::TcpListener;
@@ -292,7 +293,10 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot listen on {addr} for --metrics-addr"))?;
         let bound = metrics.local_addr().context("the metrics address")?;
         eprintln!("metrics on http://{bound}/metrics");
-        tokio::spawn(gateway.counts().serve_metrics(metrics));
+        eprintln!("health on http://{bound}/healthz and /readyz");
+        let (counts, ready) = (gateway.counts(), gateway.clone());
+        let ops = OpsServer::new(move || counts.prometheus()).ready_when(move || ready.ready());
+        tokio::spawn(ops.serve(metrics));
     }
     eprintln!(
         "listening on {scheme}://{bound}, forwarding to {} (store {}); stop with Ctrl-C or SIGTERM",

@@ -42,6 +42,12 @@ impl<S> IdempotencyService<S> {
         self.config.running.clone()
     }
 
+    /// The lifecycle the layer claims keys with.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn oncely(&self) -> &Oncely {
+        &self.config.oncely
+    }
+
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner

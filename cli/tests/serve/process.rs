@@ -141,3 +141,70 @@ async fn a_second_signal_exits_at_once_with_130() {
         "{stderr:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_the_store_or_the_upstream_is_down() {
+    use oncely_conformance::faults::{FaultProxy, Link};
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, _executions, upstream_task) = upstream().await;
+    // The store through a proxy the test cuts.
+    let direct = crate::servers::postgres_url().await;
+    let proxy = FaultProxy::start(5432).await;
+    let store = direct.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port()));
+    assert_ne!(store, direct, "{direct}");
+    let gateway = Gateway::start_on(
+        &store,
+        dir.path(),
+        &upstream,
+        &["--metrics-addr", "127.0.0.1:0"],
+    );
+    let base = gateway
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("health on ")?
+                .strip_suffix("/healthz and /readyz")
+        })
+        .map(str::to_owned)
+        .expect("the health address on stderr");
+    let client = client();
+    let get = |path: &str| {
+        let (client, url) = (client.clone(), format!("{base}{path}"));
+        async move { send(&client, "GET", &url, None, "").await }
+    };
+    // Polls /readyz until it answers `status`, for up to 15 s: its body.
+    let readyz_becomes = |status: StatusCode| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let answer = get("/readyz").await;
+            if answer.status == status {
+                return answer.text();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz still {} ({}), not {status}",
+                answer.status,
+                answer.text()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(get("/healthz").await.status, StatusCode::OK);
+    readyz_becomes(StatusCode::OK).await;
+
+    proxy.set(Link::Cut);
+    let why = readyz_becomes(StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(why.contains("the store"), "{why}");
+    // Alive all the same: a restart would not bring the store back.
+    assert_eq!(get("/healthz").await.status, StatusCode::OK);
+    proxy.set(Link::Up);
+    readyz_becomes(StatusCode::OK).await;
+
+    upstream_task.abort();
+    let why = readyz_becomes(StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(why.contains("the upstream"), "{why}");
+    let (code, _) = gateway.terminate();
+    assert_eq!(code, Some(0));
+}

@@ -1,15 +1,9 @@
 //! [`Counts`]: what happened to each request, for the summary line and the Prometheus metrics.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::header;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 /// What happened to one request the [`Gateway`](super::Gateway) answered.
@@ -225,36 +219,13 @@ impl Drop for CountOnDrop {
 }
 
 impl Counts {
-    /// Serves `GET /metrics` on `listener`, the [Prometheus text](Counts::prometheus) (every
-    /// other path is 404), until the future is dropped.
+    /// Serves `GET /metrics` on `listener`, the [Prometheus text](Counts::prometheus), with
+    /// `/healthz` and `/readyz` (always ready: see [`OpsServer`](super::ops::OpsServer) for a
+    /// readiness check), until the future is dropped.
     pub async fn serve_metrics(self, listener: TcpListener) {
-        let http = hyper::server::conn::http1::Builder::new();
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let counts = self.clone();
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let counts = counts.clone();
-                async move {
-                    let response = if request.uri().path() == "/metrics" {
-                        Response::builder()
-                            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(counts.prometheus())))
-                    } else {
-                        Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
-                    };
-                    Ok::<_, Infallible>(response.unwrap_or_default())
-                }
-            });
-            let connection = http.serve_connection(TokioIo::new(stream), service);
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-        }
+        super::ops::OpsServer::new(move || self.prometheus())
+            .serve(listener)
+            .await
     }
 }
 

@@ -65,6 +65,7 @@ use crate::{
 pub mod client;
 mod connections;
 mod counts;
+pub mod ops;
 mod proxy;
 mod tls;
 
@@ -269,6 +270,19 @@ impl Gateway {
     /// The upstream requests go to, as `http://AUTHORITY[/PREFIX]`.
     pub fn upstream(&self) -> &str {
         &self.service.get_ref().upstream.base
+    }
+
+    /// Whether the gateway can do its work: its store answers and a connection to the
+    /// upstream opens (for `/readyz`, see [`ops::OpsServer::ready_when`]).
+    pub fn ready(&self) -> impl Future<Output = Result<(), String>> + Send + use<> {
+        let oncely = self.service.oncely().clone();
+        let authority = self.service.get_ref().upstream.authority.clone();
+        async move {
+            ops::store_ready(&oncely).await?;
+            ops::reachable(&authority)
+                .await
+                .map_err(|why| format!("the upstream: {why}"))
+        }
     }
 
     /// How long the requests in flight get to finish after shutdown: the

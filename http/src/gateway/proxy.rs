@@ -40,8 +40,12 @@ pub(super) fn parse_upstream(text: &str) -> Result<Upstream, GatewayError> {
     if uri.query().is_some() {
         return Err(bad("a query is not supported; each request brings its own"));
     }
+    let port = authority
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
     Ok(Upstream {
         base: format!("{scheme}://{authority}{}", uri.path().trim_end_matches('/')),
+        authority: format!("{}:{port}", authority.host()),
     })
 }
 
@@ -49,6 +53,8 @@ pub(super) fn parse_upstream(text: &str) -> Result<Upstream, GatewayError> {
 #[derive(Debug)]
 pub(super) struct Upstream {
     pub(super) base: String,
+    /// `HOST:PORT`, the port explicit: where a connection goes.
+    pub(super) authority: String,
 }
 
 /// The upstream gave no response after the request was sent (the connection broke, or the
