@@ -23,6 +23,8 @@ use oncely::consumer::{
 };
 use oncely::{BrokerKind, Consumer, ConsumerReport, Key, Oncely, Scope, async_trait, duration};
 
+use oncely_http::gateway::ops::{OpsServer, store_ready};
+
 use crate::deliver::{self, Deliverer};
 use crate::stop::Stop;
 
@@ -89,6 +91,11 @@ pub struct ConsumeArgs {
 
     #[command(flatten)]
     purge: crate::purging::PurgeArgs,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (deliveries by how they were settled),
+    /// with /healthz and /readyz (503 while the store cannot be reached).
+    #[arg(long, env = "ONCELY_METRICS_ADDR", value_name = "HOST:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// How much longer than `--timeout` a claim's lease is. The lease is renewed every third while
@@ -120,6 +127,7 @@ pub async fn run(store: &str, args: ConsumeArgs) -> Result<ExitCode> {
         .with_retention(args.ttl)
         .with_lease(args.timeout.saturating_add(LEASE_MARGIN));
     let _purging = args.purge.start(&oncely);
+    let ready = oncely.clone();
     let scope = match args.scope {
         Some(scope) => scope,
         None => default_scope(&source)?,
@@ -143,6 +151,21 @@ pub async fn run(store: &str, args: ConsumeArgs) -> Result<ExitCode> {
     let consumer = Consumer::new(handler, args.key)
         .concurrency(args.concurrency as usize)
         .retry(retry);
+
+    if let Some(addr) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for --metrics-addr"))?;
+        let bound = listener.local_addr().context("the metrics address")?;
+        eprintln!("metrics on http://{bound}/metrics");
+        eprintln!("health on http://{bound}/healthz and /readyz");
+        let counted = consumer.clone();
+        let ops = OpsServer::new(move || counted.report().prometheus()).ready_when(move || {
+            let oncely = ready.clone();
+            async move { store_ready(&oncely).await }
+        });
+        tokio::spawn(ops.serve(listener));
+    }
 
     let stopped = Arc::new(AtomicBool::new(false));
     let shutdown = {

@@ -130,6 +130,35 @@ pub struct Report {
     pub unsettled: u64,
 }
 
+impl Report {
+    /// The counts in Prometheus text: `oncely_consumer_deliveries_total`, labelled by how each
+    /// delivery was settled (`done`, `duplicate`, `given_back`, `dead_lettered`,
+    /// `unsettled`).
+    ///
+    /// ```
+    /// let report = oncely_consumer::Report { done: 3, ..Default::default() };
+    /// assert!(report.prometheus().contains("oncely_consumer_deliveries_total{settlement=\"done\"} 3\n"));
+    /// ```
+    pub fn prometheus(&self) -> String {
+        let mut text = String::from(
+            "# HELP oncely_consumer_deliveries_total Deliveries settled, by how.\n\
+             # TYPE oncely_consumer_deliveries_total counter\n",
+        );
+        for (settlement, count) in [
+            ("done", self.done),
+            ("duplicate", self.duplicates),
+            ("given_back", self.redelivered),
+            ("dead_lettered", self.dead_lettered),
+            ("unsettled", self.unsettled),
+        ] {
+            text.push_str(&format!(
+                "oncely_consumer_deliveries_total{{settlement=\"{settlement}\"}} {count}\n"
+            ));
+        }
+        text
+    }
+}
+
 impl<H: Handler> Consumer<H> {
     /// A consumer running `handler` on each message's key from `keys`, one delivery at a
     /// time, with the default [`RetryPolicy`].

@@ -10,8 +10,8 @@ use oncely::nats::{FreshOptions, fresh_destination};
 
 use crate::handler::Handler;
 use crate::process::{
-    assert_each_key_posted_once, assert_summary_and_exit_0, runtime, spawn_consume, terminate,
-    wait_for,
+    assert_each_key_posted_once, assert_summary_and_exit_0, http_get, runtime, spawn_consume,
+    terminate, wait_for,
 };
 use crate::{FAILING, PATIENCE, nats_server, order};
 
@@ -103,9 +103,13 @@ fn nats_each_key_is_posted_once_and_the_failing_one_is_dead_lettered() {
     });
 
     let from = format!("{}/{}/bridge", nats_server(), nats.name);
+    let metrics_port = oncely_conformance::process::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let child = spawn_consume(
         dir.path(),
         &[
+            "--metrics-addr",
+            &metrics_addr,
             "--from",
             &from,
             "--key",
@@ -142,6 +146,27 @@ fn nats_each_key_is_posted_once_and_the_failing_one_is_dead_lettered() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
+    // Scraped while it runs, the counters say what the test published.
+    let expected = [
+        "oncely_consumer_deliveries_total{settlement=\"done\"} 3",
+        "oncely_consumer_deliveries_total{settlement=\"duplicate\"} 2",
+        "oncely_consumer_deliveries_total{settlement=\"dead_lettered\"} 1",
+    ];
+    let mut scrape = String::new();
+    wait_for("the metrics to count every delivery", || {
+        scrape = http_get(metrics_port, "/metrics").unwrap_or_default();
+        expected
+            .iter()
+            .all(|line| scrape.lines().any(|l| l == *line))
+    });
+    assert!(
+        scrape.starts_with("HTTP/1.0 200") || scrape.starts_with("HTTP/1.1 200"),
+        "{scrape}"
+    );
+    for path in ["/healthz", "/readyz"] {
+        let answer = http_get(metrics_port, path).unwrap();
+        assert!(answer.contains(" 200 "), "{path}: {answer}");
+    }
     let output = terminate(child);
     rt.block_on(nats.delete());
     assert_summary_and_exit_0(
