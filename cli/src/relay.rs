@@ -1,12 +1,17 @@
 //! `oncely relay`: publish an outbox to a broker until SIGINT or SIGTERM.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use oncely::backend::OutboxStore;
 use oncely::duration;
-use oncely::relay::{self, Relay};
+use oncely::outbox::Backlog;
+use oncely::relay::{self, AnyOutbox, Relay, RelayProgress};
+use oncely_http::gateway::ops::OpsServer;
 
 /// Arguments of `oncely relay`.
 #[derive(Args, Debug)]
@@ -48,7 +53,16 @@ pub struct RelayArgs {
     /// Delete sent rows once they are older than this (90s, 15m, 24h, 7d).
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = duration::parse)]
     retention: Duration,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (rows published, failed and purged;
+    /// the backlog and its oldest row's age), with /healthz and /readyz (503 while the outbox's
+    /// database cannot be reached).
+    #[arg(long, env = "ONCELY_METRICS_ADDR", value_name = "HOST:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
+
+/// How often the backlog shown at /metrics is counted again.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the relay until SIGINT or SIGTERM, then prints `relay: published N, failed N, purged N
 /// in Ts` on stderr. Failures while running (database or broker down, a refused publish) are
@@ -61,15 +75,66 @@ pub async fn run(args: RelayArgs) -> Result<ExitCode> {
     let outbox = relay::connect_outbox(&args.outbox)
         .await
         .context("opening the outbox")?;
-    let report = Relay::new(outbox, publisher)
+    let relay = Relay::new(outbox.clone(), publisher)
         .batch(args.batch as usize)
         .retention(args.retention)
-        .on_error(|e| eprintln!("warning: {}", e.to_string().replace(['\r', '\n'], " ")))
-        .run(shutdown()?)
-        .await
-        .context("relaying")?;
+        .on_error(|e| eprintln!("warning: {}", e.to_string().replace(['\r', '\n'], " ")));
+    let _ops = match args.metrics_addr {
+        Some(addr) => Some(serve_ops(addr, outbox, relay.progress()).await?),
+        None => None,
+    };
+    let report = relay.run(shutdown()?).await.context("relaying")?;
     eprintln!("relay: {report}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The metrics and health endpoints on `addr`, the backlog counted every second: the tasks
+/// stop when the answer is dropped.
+async fn serve_ops(addr: SocketAddr, outbox: AnyOutbox, progress: RelayProgress) -> Result<Tasks> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for --metrics-addr"))?;
+    let bound = listener.local_addr().context("the metrics address")?;
+    eprintln!("metrics on http://{bound}/metrics");
+    eprintln!("health on http://{bound}/healthz and /readyz");
+    let backlog: Arc<Mutex<Option<Backlog>>> = Arc::default();
+    let counting = tokio::spawn({
+        let (outbox, backlog) = (outbox.clone(), backlog.clone());
+        async move {
+            loop {
+                let counted = outbox.backlog().await.ok();
+                *backlog.lock().expect("never poisoned") = counted;
+                tokio::time::sleep(BACKLOG_EVERY).await;
+            }
+        }
+    });
+    let metrics = move || {
+        progress
+            .report()
+            .prometheus(*backlog.lock().expect("never poisoned"))
+    };
+    let ops = OpsServer::new(metrics).ready_when(move || {
+        let outbox = outbox.clone();
+        async move {
+            outbox
+                .backlog()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("the outbox: {e}"))
+        }
+    });
+    Ok(Tasks(vec![counting, tokio::spawn(ops.serve(listener))]))
+}
+
+/// Tasks aborted when dropped.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -23,6 +23,11 @@ use oncely::postgres::outbox::{Outbox, OutboxMessage, PostgresOutbox, PostgresOu
 use oncely::postgres::sqlx::{self, PgPool};
 use oncely_conformance::servers;
 
+#[path = "support/http_get.rs"]
+mod http_get;
+
+use http_get::http_get;
+
 const BIN: &str = env!("CARGO_BIN_EXE_oncely");
 /// The schemas and databases of these tests.
 const PREFIX: &str = "oncely_cli_relay";
@@ -453,4 +458,73 @@ async fn relay_takes_a_sqlite_outbox_to_nats() {
     relay_until_all_sent(&outbox_url, &to, &["--batch", "5"], "-TERM", 12, unsent).await;
 
     assert_eq!(count_and_delete_stream(&stream).await, 12);
+}
+
+/// A relay's `--metrics-addr`, scraped while it runs: its counts reach what was enqueued
+/// and its backlog empties; `/readyz` answers 200.
+#[tokio::test]
+async fn relay_metrics_count_what_was_published_and_the_backlog_empties() {
+    use oncely::sqlite::outbox::{SqliteOutbox, SqliteOutboxStore};
+    use oncely::sqlite::sqlx::SqlitePool;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let outbox_url = format!("sqlite:{}", path.display());
+    SqliteOutboxStore::connect(&outbox_url).await.unwrap();
+    let pool = SqlitePool::connect(&outbox_url).await.unwrap();
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    for n in 0..12 {
+        let message = OutboxMessage::new(format!("order-{}", n % 4), vec![b'm'; n]);
+        SqliteOutbox::enqueue(&Outbox::new(), &mut tx, &message)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let (stream, subject) = nats_stream("metrics").await;
+
+    let port = oncely_conformance::process::free_port();
+    let child = Command::new(BIN)
+        .args(["relay", "--outbox", &outbox_url, "--to"])
+        .arg(format!("{}/{subject}", nats()))
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed however the test ends: a relay left running would hold the test's output open.
+    let relay = KillOnDrop(child);
+    let expect = [
+        "oncely_relay_rows_total{result=\"published\"} 12",
+        "oncely_relay_rows_total{result=\"failed\"} 0",
+        "oncely_relay_backlog_rows 0",
+        "oncely_relay_oldest_unsent_seconds 0",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = tokio::task::spawn_blocking(move || http_get(port, "/metrics"))
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        if expect.iter().all(|l| text.lines().any(|t| t == *l)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{expect:?} not in\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = tokio::task::spawn_blocking(move || http_get(port, "/readyz"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ready.contains(" 200 "), "{ready}");
+    drop(relay);
+    assert_eq!(count_and_delete_stream(&stream).await, 12);
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

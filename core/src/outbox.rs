@@ -249,6 +249,31 @@ pub trait OutboxStore: Send + Sync {
 
     /// Deletes at most `limit` rows sent longer than `retention` ago; answers how many.
     async fn purge(&self, retention: std::time::Duration, limit: usize) -> Result<u64>;
+
+    /// The rows waiting to be sent: how many, and how long the oldest has waited (by the
+    /// database's clock).
+    async fn backlog(&self) -> Result<Backlog>;
+}
+
+/// What waits in an outbox ([`OutboxStore::backlog`]): what a relay has still to publish.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Rows not sent yet.
+    pub unsent: u64,
+    /// How long the oldest of them has waited; `None` when there is none.
+    pub oldest: Option<std::time::Duration>,
+}
+
+impl Backlog {
+    /// From a count and the oldest row's age in seconds (as SQL answers them).
+    pub fn from_count_and_age(unsent: i64, oldest_secs: Option<f64>) -> Backlog {
+        Backlog {
+            unsent: unsent.max(0) as u64,
+            oldest: oldest_secs
+                .filter(|_| unsent > 0)
+                .map(|secs| std::time::Duration::from_secs_f64(secs.max(0.0))),
+        }
+    }
 }
 
 /// A batch of rows a relay holds: publish them, then [`finish`](Self::finish) with the ids the

@@ -106,7 +106,7 @@ pub mod inbox {
 /// `postgres::outbox`, `mysql::outbox`, `sqlite::outbox`.
 pub mod outbox {
     pub use oncely_core::outbox::{
-        MAX_DESTINATION_BYTES, Outbox, OutboxId, OutboxMessage, message_id,
+        Backlog, MAX_DESTINATION_BYTES, Outbox, OutboxId, OutboxMessage, message_id,
     };
 }
 

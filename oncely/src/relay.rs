@@ -30,14 +30,14 @@
 //! ```
 
 pub use oncely_relay::{
-    DEFAULT_BATCH, DEFAULT_POLL_INTERVAL, DEFAULT_RETENTION, Relay, RelayError, RelayReport,
-    publish_in_order,
+    DEFAULT_BATCH, DEFAULT_POLL_INTERVAL, DEFAULT_RETENTION, Relay, RelayError, RelayProgress,
+    RelayReport, publish_in_order,
 };
 
 use std::time::Duration;
 
 use oncely_core::async_trait;
-use oncely_core::outbox::{OutboxBatch, OutboxId, OutboxRow, OutboxStore, Publisher};
+use oncely_core::outbox::{Backlog, OutboxBatch, OutboxId, OutboxRow, OutboxStore, Publisher};
 use oncely_core::url::redact_password;
 
 use crate::{BrokerKind, StoreKind};
@@ -165,6 +165,16 @@ impl OutboxStore for AnyOutbox {
             AnyOutbox::MySql(s) => s.purge(retention, limit).await,
             #[cfg(feature = "sqlite")]
             AnyOutbox::Sqlite(s) => s.purge(retention, limit).await,
+        }
+    }
+
+    async fn backlog(&self) -> oncely_core::Result<Backlog> {
+        match self {
+            AnyOutbox::Postgres(s) => s.backlog().await,
+            #[cfg(feature = "mysql")]
+            AnyOutbox::MySql(s) => s.backlog().await,
+            #[cfg(feature = "sqlite")]
+            AnyOutbox::Sqlite(s) => s.backlog().await,
         }
     }
 }

@@ -138,6 +138,66 @@ pub struct Relay<S, P> {
     retention: Duration,
     poll_interval: Duration,
     on_error: ErrorSink,
+    progress: RelayProgress,
+}
+
+/// What a running [`Relay`] has done so far, readable while it runs (for metrics): a handle
+/// from [`Relay::progress`]. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct RelayProgress(Arc<std::sync::Mutex<RelayReport>>);
+
+impl RelayProgress {
+    /// The counts so far (`elapsed` is zero until the relay stops).
+    pub fn report(&self) -> RelayReport {
+        self.0.lock().expect("never poisoned").clone()
+    }
+
+    fn set(&self, report: &RelayReport) {
+        *self.0.lock().expect("never poisoned") = report.clone();
+    }
+}
+
+impl RelayReport {
+    /// The counts, and the outbox's `backlog` where known, in Prometheus text:
+    /// `oncely_relay_rows_total` by `result` (`published`, `failed`, `unmarked`, `purged`),
+    /// `oncely_relay_backlog_rows` and `oncely_relay_oldest_unsent_seconds`.
+    ///
+    /// ```
+    /// use oncely_core::outbox::Backlog;
+    /// let report = oncely_relay::RelayReport { published: 7, ..Default::default() };
+    /// let text = report.prometheus(Some(Backlog { unsent: 2, oldest: None }));
+    /// assert!(text.contains("oncely_relay_rows_total{result=\"published\"} 7\n"));
+    /// assert!(text.contains("oncely_relay_backlog_rows 2\n"));
+    /// ```
+    pub fn prometheus(&self, backlog: Option<oncely_core::outbox::Backlog>) -> String {
+        let mut text = String::from(
+            "# HELP oncely_relay_rows_total Outbox rows, by what the relay did with them.\n\
+             # TYPE oncely_relay_rows_total counter\n",
+        );
+        for (result, count) in [
+            ("published", self.published),
+            ("failed", self.failed),
+            ("unmarked", self.unmarked),
+            ("purged", self.purged),
+        ] {
+            text.push_str(&format!(
+                "oncely_relay_rows_total{{result=\"{result}\"}} {count}\n"
+            ));
+        }
+        if let Some(backlog) = backlog {
+            text.push_str(&format!(
+                "# HELP oncely_relay_backlog_rows Rows waiting to be sent.\n\
+                 # TYPE oncely_relay_backlog_rows gauge\n\
+                 oncely_relay_backlog_rows {}\n\
+                 # HELP oncely_relay_oldest_unsent_seconds How long the oldest unsent row has waited.\n\
+                 # TYPE oncely_relay_oldest_unsent_seconds gauge\n\
+                 oncely_relay_oldest_unsent_seconds {}\n",
+                backlog.unsent,
+                backlog.oldest.map_or(0.0, |age| age.as_secs_f64()),
+            ));
+        }
+        text
+    }
 }
 
 impl<S, P> std::fmt::Debug for Relay<S, P> {
@@ -161,7 +221,13 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             retention: DEFAULT_RETENTION,
             poll_interval: DEFAULT_POLL_INTERVAL,
             on_error: Arc::new(|error| tracing::warn!(%error, "outbox relay")),
+            progress: RelayProgress::default(),
         }
+    }
+
+    /// A handle on what this relay has done so far, to read while it runs.
+    pub fn progress(&self) -> RelayProgress {
+        self.progress.clone()
     }
 
     /// At most `n` rows per batch (at least 1). A batch is one store transaction held while its
@@ -217,6 +283,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             let wait = match self.step(&origin, &mut report).await {
                 Ok(Step::Full) => {
                     backoff = Duration::ZERO;
+                    self.progress.set(&report);
                     continue;
                 }
                 Ok(Step::Idle) => {
@@ -229,12 +296,14 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                     backoff
                 }
             };
+            self.progress.set(&report);
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(wait) => {}
             }
         }
         report.elapsed = started.elapsed();
+        self.progress.set(&report);
         Ok(report)
     }
 

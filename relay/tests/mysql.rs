@@ -106,3 +106,9 @@ async fn mysql_sent_rows_are_purged_after_the_retention_and_unsent_ones_never() 
     let (store, pool) = outbox("purge").await;
     scenarios::sent_rows_are_purged_after_the_retention_and_unsent_ones_never(&store, &pool).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_the_backlog_counts_unsent_rows_and_the_oldest_ones_wait() {
+    let (store, pool) = outbox("backlog").await;
+    scenarios::the_backlog_counts_unsent_rows_and_the_oldest_ones_wait(&store, &pool).await;
+}

@@ -175,6 +175,12 @@ async fn sent_rows_are_purged_after_the_retention_and_unsent_ones_never() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_counts_unsent_rows_and_the_oldest_ones_wait() {
+    let (store, pool) = outbox("backlog").await;
+    scenarios::the_backlog_counts_unsent_rows_and_the_oldest_ones_wait(&store, &pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_refuses_an_empty_aggregate_and_an_unmigrated_schema_says_so() {
     let (_store, pool) = outbox("refuse").await;
     let mut tx = pool.begin().await.unwrap();

@@ -90,6 +90,12 @@ async fn sqlite_sent_rows_are_purged_after_the_retention_and_unsent_ones_never()
     scenarios::sent_rows_are_purged_after_the_retention_and_unsent_ones_never(&store, &pool).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_backlog_counts_unsent_rows_and_the_oldest_ones_wait() {
+    let (store, pool, _dir) = outbox().await;
+    scenarios::the_backlog_counts_unsent_rows_and_the_oldest_ones_wait(&store, &pool).await;
+}
+
 /// One relay at a time: a second waits while the first holds the lease, and takes over once it
 /// has expired; the first, fenced out, can neither mark its rows sent nor take another batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 mod handler;
 mod handler_failures;
+#[path = "../support/http_get.rs"]
+mod http_get;
 #[path = "../support/https.rs"]
 mod https_handler;
 mod kafka;

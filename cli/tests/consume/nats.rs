@@ -9,9 +9,10 @@ use oncely::nats::async_nats::{self, HeaderMap, jetstream};
 use oncely::nats::{FreshOptions, fresh_destination};
 
 use crate::handler::Handler;
+use crate::http_get::http_get;
 use crate::process::{
-    assert_each_key_posted_once, assert_summary_and_exit_0, http_get, runtime, spawn_consume,
-    terminate, wait_for,
+    assert_each_key_posted_once, assert_summary_and_exit_0, runtime, spawn_consume, terminate,
+    wait_for,
 };
 use crate::{FAILING, PATIENCE, nats_server, order};
 

@@ -144,3 +144,28 @@ pub async fn sent_rows_are_purged_after_the_retention_and_unsent_ones_never<S: O
         "the recent sent row and the unsent one stay"
     );
 }
+
+/// [`OutboxStore::backlog`]: the rows not sent yet, and how long the oldest has waited, by the
+/// database's clock.
+pub async fn the_backlog_counts_unsent_rows_and_the_oldest_ones_wait<S: OutboxStore>(
+    store: &S,
+    service: &dyn Service,
+) {
+    let empty = store.backlog().await.unwrap();
+    assert_eq!((empty.unsent, empty.oldest), (0, None));
+    let messages: Vec<_> = (0..5).map(|n| event("b", n)).collect();
+    let ids = service.enqueue(&messages, true).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let waiting = store.backlog().await.unwrap();
+    assert_eq!(waiting.unsent, 5);
+    let oldest = waiting.oldest.expect("an age");
+    assert!(
+        oldest >= Duration::from_secs(1) && oldest < Duration::from_secs(60),
+        "{oldest:?}"
+    );
+    service.mark_sent(&ids[..3], Duration::ZERO).await;
+    assert_eq!(store.backlog().await.unwrap().unsent, 2);
+    service.mark_sent(&ids[3..], Duration::ZERO).await;
+    let sent = store.backlog().await.unwrap();
+    assert_eq!((sent.unsent, sent.oldest), (0, None));
+}

@@ -27,8 +27,10 @@
 
 use std::time::Duration;
 
+use oncely_core::outbox::{
+    Backlog, OutboxBatch, OutboxId, OutboxRow, OutboxStore, OutboxTransaction,
+};
 pub use oncely_core::outbox::{Outbox, OutboxMessage};
-use oncely_core::outbox::{OutboxBatch, OutboxId, OutboxRow, OutboxStore, OutboxTransaction};
 use oncely_core::url::redact_password;
 use oncely_core::{Error, Result, async_trait};
 use sqlx::mysql::{MySqlPool, MySqlRow};
@@ -103,6 +105,9 @@ const TAKE_AGGREGATES: &str = "SELECT aggregate FROM (\
      LIMIT ?";
 const PURGE: &str = "DELETE FROM oncely_outbox WHERE sent_at < NOW(6) - INTERVAL ? MICROSECOND \
      ORDER BY sent_at LIMIT ?";
+const BACKLOG: &str = "SELECT count(*), \
+     CAST(TIMESTAMPDIFF(MICROSECOND, min(created_at), NOW(6)) / 1e6 AS DOUBLE) \
+     FROM oncely_outbox WHERE sent_at IS NULL";
 
 /// The outbox table of a MySQL/MariaDB database, as relays read it. Cheap to clone.
 #[derive(Clone)]
@@ -261,6 +266,14 @@ impl OutboxStore for MySqlOutboxStore {
             .await
             .map_err(|e| self.err("purging sent rows of oncely_outbox", e))?;
         Ok(done.rows_affected())
+    }
+
+    async fn backlog(&self) -> Result<Backlog> {
+        let (unsent, oldest): (i64, Option<f64>) = sqlx::query_as(BACKLOG)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err("counting unsent rows of oncely_outbox", e))?;
+        Ok(Backlog::from_count_and_age(unsent, oldest))
     }
 }
 

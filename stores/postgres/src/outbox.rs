@@ -55,8 +55,10 @@
 
 use std::time::Duration;
 
+use oncely_core::outbox::{
+    Backlog, OutboxBatch, OutboxId, OutboxRow, OutboxStore, OutboxTransaction,
+};
 pub use oncely_core::outbox::{Outbox, OutboxMessage};
-use oncely_core::outbox::{OutboxBatch, OutboxId, OutboxRow, OutboxStore, OutboxTransaction};
 use oncely_core::url::redact_password;
 use oncely_core::{Error, Result, async_trait};
 use sqlx::postgres::{PgPool, PgRow};
@@ -132,6 +134,9 @@ const MARK_SENT: &str =
 const PURGE: &str = "DELETE FROM oncely_outbox WHERE id IN (\
          SELECT id FROM oncely_outbox WHERE sent_at < now() - make_interval(secs => $1) \
          ORDER BY sent_at LIMIT $2)";
+const BACKLOG: &str = "SELECT count(*), \
+     extract(epoch FROM clock_timestamp() - min(created_at))::float8 \
+     FROM oncely_outbox WHERE sent_at IS NULL";
 
 /// The outbox table of a PostgreSQL database, as relays read it: an
 /// [`OutboxStore`]. Cheap to clone.
@@ -285,6 +290,14 @@ impl OutboxStore for PostgresOutboxStore {
             .await
             .map_err(|e| self.err("purging sent rows of oncely_outbox", e))?;
         Ok(done.rows_affected())
+    }
+
+    async fn backlog(&self) -> Result<Backlog> {
+        let (unsent, oldest): (i64, Option<f64>) = sqlx::query_as(BACKLOG)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err("counting unsent rows of oncely_outbox", e))?;
+        Ok(Backlog::from_count_and_age(unsent, oldest))
     }
 }
 

@@ -60,8 +60,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use oncely_core::outbox::{
+    Backlog, OutboxBatch, OutboxId, OutboxRow, OutboxStore, OutboxTransaction,
+};
 pub use oncely_core::outbox::{Outbox, OutboxMessage};
-use oncely_core::outbox::{OutboxBatch, OutboxId, OutboxRow, OutboxStore, OutboxTransaction};
 use oncely_core::{Error, Result, async_trait};
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Connection, Row};
@@ -140,6 +142,8 @@ const MARK_SENT: &str = "UPDATE oncely_outbox SET sent_at = ?1 \
      WHERE id IN (SELECT value FROM json_each(?2)) AND sent_at IS NULL";
 const PURGE: &str = "DELETE FROM oncely_outbox WHERE id IN (\
          SELECT id FROM oncely_outbox WHERE sent_at < ?1 ORDER BY sent_at LIMIT ?2)";
+const BACKLOG: &str = "SELECT count(*), (?1 - min(created_at)) / 1000.0 \
+     FROM oncely_outbox WHERE sent_at IS NULL";
 
 /// The outbox table of a SQLite file, as a relay reads it: an [`OutboxStore`]. See the module
 /// docs for how relays share it.
@@ -430,6 +434,15 @@ impl OutboxStore for SqliteOutboxStore {
             .await
             .map_err(|e| self.err("purging sent rows of oncely_outbox", e))?;
         Ok(done.rows_affected())
+    }
+
+    async fn backlog(&self) -> Result<Backlog> {
+        let (unsent, oldest): (i64, Option<f64>) = sqlx::query_as(BACKLOG)
+            .bind(now_ms())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err("counting unsent rows of oncely_outbox", e))?;
+        Ok(Backlog::from_count_and_age(unsent, oldest))
     }
 }
 
