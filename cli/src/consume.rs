@@ -153,12 +153,7 @@ pub async fn run(store: &str, args: ConsumeArgs) -> Result<ExitCode> {
         .retry(retry);
 
     if let Some(addr) = args.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for --metrics-addr"))?;
-        let bound = listener.local_addr().context("the metrics address")?;
-        eprintln!("metrics on http://{bound}/metrics");
-        eprintln!("health on http://{bound}/healthz and /readyz");
+        let listener = crate::ops::listen(addr).await?;
         let counted = consumer.clone();
         let ops = OpsServer::new(move || counted.report().prometheus()).ready_when(move || {
             let oncely = ready.clone();

@@ -13,6 +13,7 @@ mod dedup;
 mod deliver;
 mod input;
 mod inspect;
+mod ops;
 mod output;
 mod purge;
 mod purging;

@@ -91,12 +91,7 @@ pub async fn run(args: RelayArgs) -> Result<ExitCode> {
 /// The metrics and health endpoints on `addr`, the backlog counted every second: the tasks
 /// stop when the answer is dropped.
 async fn serve_ops(addr: SocketAddr, outbox: AnyOutbox, progress: RelayProgress) -> Result<Tasks> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for --metrics-addr"))?;
-    let bound = listener.local_addr().context("the metrics address")?;
-    eprintln!("metrics on http://{bound}/metrics");
-    eprintln!("health on http://{bound}/healthz and /readyz");
+    let listener = crate::ops::listen(addr).await?;
     let backlog: Arc<Mutex<Option<Backlog>>> = Arc::default();
     let counting = tokio::spawn({
         let (outbox, backlog) = (outbox.clone(), backlog.clone());

@@ -288,12 +288,7 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr().context("the bound address")?;
     if let Some(addr) = args.metrics_addr {
-        let metrics = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for --metrics-addr"))?;
-        let bound = metrics.local_addr().context("the metrics address")?;
-        eprintln!("metrics on http://{bound}/metrics");
-        eprintln!("health on http://{bound}/healthz and /readyz");
+        let metrics = crate::ops::listen(addr).await?;
         let (counts, ready) = (gateway.counts(), gateway.clone());
         let ops = OpsServer::new(move || counts.prometheus()).ready_when(move || ready.ready());
         tokio::spawn(ops.serve(metrics));
