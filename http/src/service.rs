@@ -439,9 +439,13 @@ impl ClaimGuard {
         let Some(claim) = self.claim.take() else {
             return;
         };
+        let with_retention;
         let oncely = match retention {
-            Some(retention) => self.oncely.clone().with_retention(retention),
-            None => self.oncely.clone(),
+            Some(retention) => {
+                with_retention = self.oncely.clone().with_retention(retention);
+                &with_retention
+            }
+            None => &self.oncely,
         };
         if let Err(error) = oncely.complete_within_lease(&claim, outcome).await {
             tracing::warn!(scope = %claim.scope, key = %claim.key, %error,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use oncely_consumer::Consumer;
 use oncely_core::consumer::{ERROR_HEADER, Handler, KEY_HEADER, Message, RetryPolicy, Source};
-use oncely_core::{Oncely, Scope, Store};
+use oncely_core::{Oncely, Scope};
 use sqlx::PgPool;
 
 use crate::Channel;
@@ -444,19 +444,10 @@ pub async fn consume<S: Source>(source: S, postgres_url: &str) {
 
 /// The store a consumer child keeps its dedup records in, by `url`'s scheme. Waits for it: a
 /// child started while the proof has it down comes up once it is back.
-async fn claims_store(url: &str) -> std::sync::Arc<dyn Store> {
+async fn claims_store(url: &str) -> std::sync::Arc<dyn oncely_core::Store> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let store: oncely_core::Result<std::sync::Arc<dyn Store>> = match url.split_once("://") {
-            Some(("mysql", _)) => oncely_mysql::MySqlStore::connect(url)
-                .await
-                .map(|s| std::sync::Arc::new(s) as _),
-            Some(("redis", _)) => oncely_redis::RedisStore::connect(url)
-                .await
-                .map(|s| std::sync::Arc::new(s) as _),
-            _ => panic!("no store for {url} in the proof"),
-        };
-        match store {
+        match oncely::connect(url).await {
             Ok(store) => return store,
             Err(e) if Instant::now() < deadline => {
                 eprintln!("proof consumer: the claims store is not up yet: {e}");
