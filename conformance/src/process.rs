@@ -7,12 +7,37 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (free when asked; a server started at once takes it).
+/// A free TCP port on 127.0.0.1 (free when asked; a server started at once takes it), below
+/// the kernel's ephemeral range where it can.
+///
+/// A server the test restarts keeps its port while it is down, and its clients keep connecting
+/// to it: a port in the ephemeral range can meanwhile become the local end of an outgoing
+/// connection - a client's own connection to the very port it dials (TCP's self-connect) - and
+/// the server, started again, cannot bind it. No port is handed out twice by one process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOWEST: u16 = 10_000;
+    if ephemeral_low > LOWEST + 1_000 {
+        for _ in 0..1_000 {
+            let port = fastrand::u16(LOWEST..ephemeral_low);
+            if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
+                return port;
+            }
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free loopback port")
-        .port()
+        .port();
+    given.insert(port);
+    port
 }
 
 /// Spawns `command` so that the kernel kills it (SIGKILL) if this process dies first: a test
@@ -100,10 +125,21 @@ impl TestServer {
     }
 
     fn wait_for_port(&mut self, port: u16, within: Duration) {
+        let name = self.name.clone();
+        let log = self.log.clone();
         self.wait_until(
             &format!("accept connections on 127.0.0.1:{port}"),
             within,
-            |_| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            |child| {
+                // One that exited (a port it could not bind, say) fails now, with its log.
+                if let Some(status) = child.try_wait().ok().flatten() {
+                    panic!(
+                        "{name} exited ({status}) before it listened on 127.0.0.1:{port}; its log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            },
         );
     }
 
@@ -148,6 +184,13 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed while it ran: what the server said last may be why.
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("the last lines of {}'s log ({}):\n{tail}", self.name, self.log.display());
+        }
         // The whole group: the process started, and what it started.
         let group = self.child.id() as libc::pid_t;
         // SAFETY: a plain syscall on a process group this server leads.
