@@ -11,6 +11,7 @@ mod bench_purge;
 mod consume;
 mod dedup;
 mod deliver;
+mod forget;
 mod input;
 mod inspect;
 mod ops;
@@ -170,6 +171,22 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Show the stored record of one key, expired or not.
     Inspect(inspect::InspectArgs),
+    /// Remove records, so that the next delivery of their keys runs the work again
+    ///
+    /// A completed record goes at once. One still in progress is kept, unless --force: its
+    /// holder may still be doing the work, so the next delivery would run it a second time.
+    /// One line per key says what became of it (forgot, kept, absent), then
+    /// `forgot N, held N, absent N` on stderr; the exit status is 1 if a record was kept.
+    ///
+    /// Examples:
+    ///
+    ///   oncely forget --scope payments order-7 order-9
+    ///
+    ///   oncely --store postgres://127.0.0.1/app forget --scope emails --from bad-keys.txt
+    ///
+    ///   grep -o 'order-[0-9]*' incident.log | oncely forget --from - --force
+    #[command(verbatim_doc_comment)]
+    Forget(forget::ForgetArgs),
     /// Remove expired records.
     Purge(purge::PurgeArgs),
     /// Count the records in the store.
@@ -241,6 +258,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // Connects the broker before the store: its errors come first and create no file.
         Command::Consume(args) => consume::run(&cli.store, args).await,
         Command::Serve(args) => serve::run(&cli.store, *args).await,
+        Command::Forget(args) => {
+            forget::run(&open().await?, args, std::io::stdin().lock(), &mut stdout).await
+        }
         Command::Inspect(args) => inspect::run(&open().await?, args, &mut stdout).await,
         Command::Purge(args) => purge::run(&open().await?, args, &mut stdout).await,
         Command::Stats(args) => stats::run(&open().await?, args, &mut stdout).await,

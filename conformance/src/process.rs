@@ -189,7 +189,11 @@ impl Drop for TestServer {
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
             let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-            eprintln!("the last lines of {}'s log ({}):\n{tail}", self.name, self.log.display());
+            eprintln!(
+                "the last lines of {}'s log ({}):\n{tail}",
+                self.name,
+                self.log.display()
+            );
         }
         // The whole group: the process started, and what it started.
         let group = self.child.id() as libc::pid_t;

@@ -77,8 +77,8 @@ pub use oncely::{
     RunError, RunOutcome,
 };
 pub use record::{
-    Claim, ClaimOutcome, ClaimRequest, Completion, Record, RecordRow, RecordState, StoreStats,
-    VersionCheck, new_token,
+    Claim, ClaimOutcome, ClaimRequest, Completion, ForgetOutcome, Record, RecordRow, RecordState,
+    StoreStats, VersionCheck, new_token,
 };
 pub use store::Store;
 pub use strategy::{CompositeKey, ExtractError, JsonKeyError, KeySpecError, payload_hash_key};

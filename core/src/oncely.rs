@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::panic::catch_unwind;
 use crate::time::{Measure, StoreOffset};
 use crate::{
-    Claim, ClaimOutcome, ClaimRequest, Clock, Completion, Error, Fingerprint, Key, OutcomeUnknown,
-    Record, Result, Scope, Store, StoreStats, SystemClock, Timestamp, VersionCheck,
+    Claim, ClaimOutcome, ClaimRequest, Clock, Completion, Error, Fingerprint, ForgetOutcome, Key,
+    OutcomeUnknown, Record, Result, Scope, Store, StoreStats, SystemClock, Timestamp, VersionCheck,
 };
 
 /// Default lease: long enough for most handlers, short enough that a crash costs little.
@@ -369,6 +369,61 @@ impl Oncely {
             .get(scope, key)
             .await?
             .filter(|rec| !rec.is_expired(now)))
+    }
+
+    /// Removes the record of (scope, key), so that the next delivery of the key runs the work
+    /// again: a mistake corrected, a poisoned answer dropped.
+    ///
+    /// A completed record goes at once. An in-progress one goes only with `force`: its holder
+    /// may still be doing the work, and its effect may then happen twice (its completion fails
+    /// with [`Error::ClaimLost`](crate::Error::ClaimLost)). Without `force` it stays and the
+    /// answer is [`ForgetOutcome::Held`]. The record removed is the one decided on: one claimed
+    /// anew meanwhile is decided on again.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely_core::Result<()> {
+    /// use oncely_core::{ClaimOutcome, ForgetOutcome, Key, Oncely, Scope};
+    /// # let oncely = Oncely::new(std::sync::Arc::new(oncely_memory::MemoryStore::default()));
+    /// let (scope, key) = (Scope::default(), Key::new("order-7")?);
+    /// let claim = oncely.claim(&scope, &key, None).await?.into_new().expect("a first claim");
+    /// oncely.complete(&claim, b"charged").await?;
+    ///
+    /// assert_eq!(oncely.forget(&scope, &key, false).await?, ForgetOutcome::Completed);
+    /// assert!(matches!(oncely.claim(&scope, &key, None).await?, ClaimOutcome::New(_)));
+    /// // In progress now: kept unless forced.
+    /// assert!(matches!(oncely.forget(&scope, &key, false).await?, ForgetOutcome::Held { .. }));
+    /// assert_eq!(oncely.forget(&scope, &key, true).await?, ForgetOutcome::InProgress);
+    /// assert_eq!(oncely.forget(&scope, &key, false).await?, ForgetOutcome::Absent);
+    /// # Ok(()) }
+    /// ```
+    #[tracing::instrument(name = "oncely.forget", level = "info", skip_all,
+        fields(%scope, %key, force, outcome))]
+    pub async fn forget(&self, scope: &Scope, key: &Key, force: bool) -> Result<ForgetOutcome> {
+        // Each turn of the loop means the record changed between the read and the removal: a
+        // new claim took the key (the only change of token), so decide again on that one.
+        loop {
+            let now = self.synced_now().await?;
+            let Some(record) = self.store.get(scope, key).await? else {
+                tracing::Span::current().record("outcome", "absent");
+                return Ok(ForgetOutcome::Absent);
+            };
+            let answer = if record.is_expired(now) {
+                ForgetOutcome::Absent
+            } else if record.is_completed() {
+                ForgetOutcome::Completed
+            } else if force {
+                ForgetOutcome::InProgress
+            } else {
+                tracing::Span::current().record("outcome", "held");
+                return Ok(ForgetOutcome::Held {
+                    lease_until: record.expires_at,
+                });
+            };
+            if self.store.forget(scope, key, record.token).await? {
+                tracing::Span::current().record("outcome", answer.kind());
+                return Ok(answer);
+            }
+        }
     }
 
     /// Removes at most `limit` records that expired more than `older_than` ago.

@@ -219,6 +219,41 @@ impl ClaimOutcome {
     }
 }
 
+/// What [`Oncely::forget`](crate::Oncely::forget) did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForgetOutcome {
+    /// A completed record was removed: the next delivery of the key runs the work again.
+    Completed,
+    /// An in-progress record was removed, as asked (`force`): the next delivery runs the work
+    /// again, while its holder may still be doing it. That holder's completion then fails
+    /// ([`Error::ClaimLost`](crate::Error::ClaimLost)), but its effect may already have happened.
+    InProgress,
+    /// A holder's claim is in progress and `force` was not given: nothing was removed.
+    Held {
+        /// The holder's lease deadline.
+        lease_until: Timestamp,
+    },
+    /// No live record: nothing to forget (an expired one, if any, was removed).
+    Absent,
+}
+
+impl ForgetOutcome {
+    /// A short name for output and logs: `completed`, `in_progress`, `held`, `absent`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ForgetOutcome::Completed => "completed",
+            ForgetOutcome::InProgress => "in_progress",
+            ForgetOutcome::Held { .. } => "held",
+            ForgetOutcome::Absent => "absent",
+        }
+    }
+
+    /// Whether a record the key had was removed.
+    pub fn removed(&self) -> bool {
+        matches!(self, ForgetOutcome::Completed | ForgetOutcome::InProgress)
+    }
+}
+
 /// What the version guard answers (see [`Oncely::apply_if_newer`](crate::Oncely::apply_if_newer)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VersionCheck {

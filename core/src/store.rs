@@ -77,6 +77,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// ran out may still extend as long as nobody took the key over, as it may still complete.
     async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()>;
 
+    /// Removes the record of (scope, key), in progress or completed, if its fencing token is
+    /// still `token`; answers whether it did.
+    ///
+    /// What [`Oncely::forget`](crate::Oncely::forget) builds on: it reads the record, decides,
+    /// then removes exactly the record it read. A record claimed anew in between carries another
+    /// token and stays. A holder whose in-progress record was removed so can no longer complete,
+    /// release or extend it ([`Error::ClaimLost`](crate::Error::ClaimLost)).
+    async fn forget(&self, scope: &Scope, key: &Key, token: u64) -> Result<bool>;
+
     /// The record stored for (scope, key), expired or not.
     async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>>;
 

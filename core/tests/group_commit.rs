@@ -88,6 +88,9 @@ impl Store for Slow {
     async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()> {
         self.inner.extend(claim, lease_until).await
     }
+    async fn forget(&self, scope: &Scope, key: &Key, token: u64) -> Result<bool> {
+        self.inner.forget(scope, key, token).await
+    }
     async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
         self.inner.get(scope, key).await
     }

@@ -8,6 +8,7 @@ use std::thread;
 
 mod bench;
 mod dedup;
+mod forget;
 mod processes;
 mod records;
 mod usage;

@@ -9,7 +9,7 @@ use oncely::{ClaimOutcome, Key, Oncely, Scope};
 use crate::{dedup, oncely, sqlite_url};
 
 /// Claims `key` in `store` from this process and leaves it in progress, as a crashed run would.
-fn hold(store: &str, key: &str, lease: Duration) {
+pub(crate) fn hold(store: &str, key: &str, lease: Duration) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,5 +1,5 @@
 //! The behaviour suite: each test a plain async function over a fresh store, named for the
-//! guarantee it proves. One file per behaviour: a claim's answers, release, lease
+//! guarantee it proves. One file per behaviour: a claim's answers, release, forget, lease
 //! takeover, completion and retention, `claim_many`, expiry and purge, what keys and outcomes round-trip,
 //! stats, the version guard, `Oncely::run`, real concurrency, and lease renewal. Each file
 //! lists its tests with `tests!`; [`all`] runs the files in that order.
@@ -46,6 +46,7 @@ mod claim;
 mod complete;
 mod concurrency;
 mod expiry;
+mod forget;
 mod keys;
 mod lease;
 mod release;
@@ -59,6 +60,7 @@ pub fn all() -> Vec<(&'static str, Test)> {
     [
         claim::all(),
         release::all(),
+        forget::all(),
         lease::all(),
         complete::all(),
         batch::all(),

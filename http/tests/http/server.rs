@@ -88,6 +88,10 @@ impl Store for Switchable {
         self.check()?;
         self.inner.extend(claim, lease_until).await
     }
+    async fn forget(&self, scope: &Scope, key: &Key, token: u64) -> oncely::Result<bool> {
+        self.check()?;
+        self.inner.forget(scope, key, token).await
+    }
     async fn get(&self, scope: &Scope, key: &Key) -> oncely::Result<Option<Record>> {
         self.check()?;
         self.inner.get(scope, key).await

@@ -214,6 +214,16 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn forget(&self, scope: &Scope, key: &Key, token: u64) -> Result<bool> {
+        let mut state = self.lock();
+        let id = id(scope, key);
+        if state.records.get(&id).is_some_and(|r| r.token == token) {
+            state.records.remove(&id);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
         Ok(self
             .lock()

@@ -413,6 +413,18 @@ impl Store for MySqlStore {
         self.guarded(query, claim).await
     }
 
+    async fn forget(&self, scope: &Scope, key: &Key, token: u64) -> Result<bool> {
+        let done =
+            sqlx::query("DELETE FROM oncely_records WHERE scope = ? AND `key` = ? AND token = ?")
+                .bind(scope.as_str().as_bytes())
+                .bind(key.as_str().as_bytes())
+                .bind(token as i64)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// The connection reports rows matched, not changed (`CLIENT_FOUND_ROWS`, set by sqlx): a
     /// renewal to the deadline already stored still counts as done, not as lost.
     async fn extend(&self, claim: &Claim, lease_until: Timestamp) -> Result<()> {

@@ -344,7 +344,7 @@ impl PostgresStore {
         if self.partitioned.is_some() {
             // No unique index serializes the key across partitions: its advisory lock does (and
             // a takeover moving the row cannot then race this write).
-            self.lock_key(&mut tx, claim).await?;
+            self.lock_key(&mut tx, &claim.scope, &claim.key).await?;
         }
         let done = write.execute(&mut *tx).await.map_err(|e| self.err(e))?;
         if done.rows_affected() != 1 {
@@ -471,6 +471,24 @@ impl Store for PostgresStore {
         let update = guarded("UPDATE oncely_records SET expires_at = $4", claim)
             .bind(lease_until.as_millis());
         self.write_guarded(claim, update).await
+    }
+
+    /// In the partitioned layout under the key's advisory lock, like every write of a key.
+    async fn forget(&self, scope: &Scope, key: &Key, token: u64) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        if self.partitioned.is_some() {
+            self.lock_key(&mut tx, scope, key).await?;
+        }
+        let done =
+            sqlx::query("DELETE FROM oncely_records WHERE scope = $1 AND key = $2 AND token = $3")
+                .bind(scope.as_str().as_bytes())
+                .bind(key.as_str().as_bytes())
+                .bind(token as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {

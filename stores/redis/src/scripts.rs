@@ -149,6 +149,17 @@ redis.call('ZREM', KEYS[3], ARGV[2])
 return 'ok'
 "#;
 
+/// Removes a record, in progress or completed, if its token is still ARGV[1].
+///
+/// KEYS: record, expiry index, completed index. ARGV: token, key. Answers 1 if it removed it.
+const FORGET: &str = r#"
+if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
+"#;
+
 /// Renews a held claim's lease: [`COMPLETE`]'s check, then the new deadline.
 ///
 /// KEYS: record, expiry index. ARGV: token, lease_until, key, native TTL in ms (`''` = none).
@@ -222,6 +233,7 @@ pub(crate) static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CLAIM
 pub(crate) static COMPLETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(COMPLETE));
 pub(crate) static COMPLETE_MANY_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(COMPLETE_MANY));
 pub(crate) static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RELEASE));
+pub(crate) static FORGET_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FORGET));
 pub(crate) static EXTEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(EXTEND));
 pub(crate) static PURGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PURGE));
 pub(crate) static STATS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(STATS));

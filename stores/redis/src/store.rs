@@ -19,8 +19,8 @@ use crate::keys::Layout;
 use crate::options;
 use crate::reply::{bytes, decode_record, parse};
 use crate::scripts::{
-    CLAIM_SCRIPT, COMPLETE_MANY_SCRIPT, COMPLETE_SCRIPT, EXTEND_SCRIPT, PURGE_SCRIPT,
-    RELEASE_SCRIPT, STATS_SCRIPT, VERSION_SCRIPT,
+    CLAIM_SCRIPT, COMPLETE_MANY_SCRIPT, COMPLETE_SCRIPT, EXTEND_SCRIPT, FORGET_SCRIPT,
+    PURGE_SCRIPT, RELEASE_SCRIPT, STATS_SCRIPT, VERSION_SCRIPT,
 };
 
 /// Claim batches on their way to the server at once. Single completes are not coalesced: each
@@ -496,6 +496,19 @@ impl Store for RedisStore {
                 .arg(self.native_ttl_since_claim(claim, lease_until)),
         )
         .await
+    }
+
+    async fn forget(&self, scope: &Scope, key: &Key, token: u64) -> Result<bool> {
+        let removed: i64 = FORGET_SCRIPT
+            .key(self.layout.record(scope, key))
+            .key(self.layout.expiry_index(scope.as_str()))
+            .key(self.layout.completed_index(scope.as_str()))
+            .arg(token.to_string())
+            .arg(key.as_str())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(removed == 1)
     }
 
     async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {

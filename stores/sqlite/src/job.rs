@@ -38,6 +38,12 @@ pub(crate) enum Job {
         lease_until: Timestamp,
         reply: Reply<()>,
     },
+    Forget {
+        scope: Scope,
+        key: Key,
+        token: u64,
+        reply: Reply<bool>,
+    },
     Get {
         scope: Scope,
         key: Key,
@@ -66,6 +72,7 @@ pub(crate) enum Answer {
     Done(Result<()>),
     Completions(Vec<Result<()>>),
     Record(Option<Record>),
+    Forgotten(bool),
     Count(usize),
     Stats(StoreStats),
     Version(VersionCheck),

@@ -33,6 +33,7 @@ const TAKE_CLAIM: &str = "DELETE FROM oncely_claims WHERE scope = ?1 AND key = ?
 const INSERT_DONE: &str = "INSERT OR REPLACE INTO oncely_records \
      (scope, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const FORGET_DONE: &str = "DELETE FROM oncely_records WHERE scope = ?1 AND key = ?2 AND token = ?3";
 const RELEASE: &str = "DELETE FROM oncely_claims WHERE scope = ?1 AND key = ?2 AND token = ?3";
 // Only oncely_claims holds in-progress records, so the token alone fences a renewal.
 const EXTEND: &str =
@@ -122,6 +123,21 @@ pub(crate) fn apply(tx: &Transaction<'_>, job: &Job, url: &str) -> Result<Answer
                 })
                 .map_err(sql)?;
             Answer::Done(held(tx, claim, changed, url)?)
+        }
+        Job::Forget {
+            scope, key, token, ..
+        } => {
+            // The record is in one table or the other: in progress, or completed.
+            let mut removed = 0;
+            for statement in [RELEASE, FORGET_DONE] {
+                removed += tx
+                    .prepare_cached(statement)
+                    .and_then(|mut s| {
+                        s.execute(params![scope.as_str(), StoredKey::of(key), *token as i64])
+                    })
+                    .map_err(sql)?;
+            }
+            Answer::Forgotten(removed == 1)
         }
         Job::Get { scope, key, .. } => {
             Answer::Record(select(tx, scope, key, url)?.map(|(record, _)| record))

@@ -132,6 +132,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn forget(&self, scope: &Scope, key: &Key, token: u64) -> Result<bool> {
+        let (scope, key) = (scope.clone(), key.clone());
+        self.call(|reply| Job::Forget {
+            scope,
+            key,
+            token,
+            reply,
+        })
+        .await
+    }
+
     async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
         let (scope, key) = (scope.clone(), key.clone());
         self.call(|reply| Job::Get { scope, key, reply }).await

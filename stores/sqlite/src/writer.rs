@@ -189,6 +189,7 @@ fn deliver(job: Job, answer: Result<Answer>) {
             }));
         }
         Job::Get { reply, .. } => send!(reply, Record),
+        Job::Forget { reply, .. } => send!(reply, Forgotten),
         Job::Purge { reply, .. } => send!(reply, Count),
         Job::Stats { reply, .. } => send!(reply, Stats),
         Job::Version { reply, .. } => send!(reply, Version),

@@ -161,10 +161,11 @@ impl PostgresStore {
     pub(crate) async fn lock_key(
         &self,
         tx: &mut Transaction<'static, Postgres>,
-        claim: &Claim,
+        scope: &Scope,
+        key: &Key,
     ) -> Result<()> {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(key_lock(&claim.scope, &claim.key))
+            .bind(key_lock(scope, key))
             .execute(&mut **tx)
             .await
             .map_err(|e| self.err(e))?;
