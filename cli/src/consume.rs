@@ -154,8 +154,8 @@ pub async fn run(store: &str, args: ConsumeArgs) -> Result<ExitCode> {
 
     if let Some(addr) = args.metrics_addr {
         let listener = crate::ops::listen(addr).await?;
-        let counted = consumer.clone();
-        let ops = OpsServer::new(move || counted.report().prometheus()).ready_when(move || {
+        let metrics = crate::ops::recorder();
+        let ops = OpsServer::new(move || metrics.render()).ready_when(move || {
             let oncely = ready.clone();
             async move { store_ready(&oncely).await }
         });

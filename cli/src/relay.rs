@@ -2,15 +2,14 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use oncely::backend::OutboxStore;
 use oncely::duration;
-use oncely::outbox::Backlog;
-use oncely::relay::{self, AnyOutbox, Relay, RelayProgress};
+use oncely::relay::{self, AnyOutbox, Relay};
 use oncely_http::gateway::ops::OpsServer;
 
 /// Arguments of `oncely relay`.
@@ -80,7 +79,7 @@ pub async fn run(args: RelayArgs) -> Result<ExitCode> {
         .retention(args.retention)
         .on_error(|e| eprintln!("warning: {}", e.to_string().replace(['\r', '\n'], " ")));
     let _ops = match args.metrics_addr {
-        Some(addr) => Some(serve_ops(addr, outbox, relay.progress()).await?),
+        Some(addr) => Some(serve_ops(addr, outbox).await?),
         None => None,
     };
     let report = relay.run(shutdown()?).await.context("relaying")?;
@@ -90,24 +89,21 @@ pub async fn run(args: RelayArgs) -> Result<ExitCode> {
 
 /// The metrics and health endpoints on `addr`, the backlog counted every second: the tasks
 /// stop when the answer is dropped.
-async fn serve_ops(addr: SocketAddr, outbox: AnyOutbox, progress: RelayProgress) -> Result<Tasks> {
+async fn serve_ops(addr: SocketAddr, outbox: AnyOutbox) -> Result<Tasks> {
     let listener = crate::ops::listen(addr).await?;
-    let backlog: Arc<Mutex<Option<Backlog>>> = Arc::default();
     let counting = tokio::spawn({
-        let (outbox, backlog) = (outbox.clone(), backlog.clone());
+        let outbox = outbox.clone();
         async move {
             loop {
-                let counted = outbox.backlog().await.ok();
-                *backlog.lock().expect("never poisoned") = counted;
+                if let Ok(backlog) = outbox.backlog().await {
+                    relay::record_backlog(backlog);
+                }
                 tokio::time::sleep(BACKLOG_EVERY).await;
             }
         }
     });
-    let metrics = move || {
-        progress
-            .report()
-            .prometheus(*backlog.lock().expect("never poisoned"))
-    };
+    let library = crate::ops::recorder();
+    let metrics = move || library.render();
     let ops = OpsServer::new(metrics).ready_when(move || {
         let outbox = outbox.clone();
         async move {

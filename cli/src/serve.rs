@@ -290,7 +290,9 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     if let Some(addr) = args.metrics_addr {
         let metrics = crate::ops::listen(addr).await?;
         let (counts, ready) = (gateway.counts(), gateway.clone());
-        let ops = OpsServer::new(move || counts.prometheus()).ready_when(move || ready.ready());
+        let library = crate::ops::recorder();
+        let ops = OpsServer::new(move || counts.prometheus() + &library.render())
+            .ready_when(move || ready.ready());
         tokio::spawn(ops.serve(metrics));
     }
     eprintln!(

@@ -130,33 +130,21 @@ pub struct Report {
     pub unsettled: u64,
 }
 
-impl Report {
-    /// The counts in Prometheus text: `oncely_consumer_deliveries_total`, labelled by how each
-    /// delivery was settled (`done`, `duplicate`, `given_back`, `dead_lettered`,
-    /// `unsettled`).
-    ///
-    /// ```
-    /// let report = oncely_consumer::Report { done: 3, ..Default::default() };
-    /// assert!(report.prometheus().contains("oncely_consumer_deliveries_total{settlement=\"done\"} 3\n"));
-    /// ```
-    pub fn prometheus(&self) -> String {
-        let mut text = String::from(
-            "# HELP oncely_consumer_deliveries_total Deliveries settled, by how.\n\
-             # TYPE oncely_consumer_deliveries_total counter\n",
-        );
-        for (settlement, count) in [
-            ("done", self.done),
-            ("duplicate", self.duplicates),
-            ("given_back", self.redelivered),
-            ("dead_lettered", self.dead_lettered),
-            ("unsettled", self.unsettled),
-        ] {
-            text.push_str(&format!(
-                "oncely_consumer_deliveries_total{{settlement=\"{settlement}\"}} {count}\n"
-            ));
-        }
-        text
-    }
+/// Deliveries settled, by `settlement` (`done`, `duplicate`, `given_back`, `dead_lettered`,
+/// `unsettled`): a counter of the [`metrics`](https://docs.rs/metrics) facade.
+pub const DELIVERIES: &str = "oncely_consumer_deliveries_total";
+/// Each handler call's duration in seconds, by `result`: what it answered (`done`,
+/// `duplicate`, `in_progress`), `error`, or `panic`.
+pub const HANDLER_SECONDS: &str = "oncely_consumer_handler_seconds";
+
+/// Registers the consumer's metrics' help text with the installed recorder.
+pub fn describe() {
+    metrics::describe_counter!(DELIVERIES, "Deliveries settled, by how.");
+    metrics::describe_histogram!(
+        HANDLER_SECONDS,
+        metrics::Unit::Seconds,
+        "Each handler call's duration, by result."
+    );
 }
 
 impl<H: Handler> Consumer<H> {
@@ -297,6 +285,8 @@ impl<H: Handler> Consumer<H> {
                 // `settle` catches the handler's panics; this is a bug in a broker's settlement.
                 tracing::error!(%error, "a delivery's task failed; the broker will redeliver it");
                 self.inner.counts.unsettled.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(DELIVERIES, "settlement" => Settled::Unsettled.label())
+                    .increment(1);
                 Settled::Unsettled
             }
         };
@@ -330,6 +320,7 @@ impl<H: Handler> Consumer<H> {
             Settled::Unsettled => &c.unsettled,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(DELIVERIES, "settlement" => settled.label()).increment(1);
         settled
     }
 
@@ -396,8 +387,19 @@ impl<H: Handler> Consumer<H> {
     /// One call of the handler, its panic turned into a failure, with the message kept alive
     /// at the broker while it runs.
     async fn attempt<D: Delivery>(&self, delivery: &D, key: &Key) -> Result<Handled, HandlerError> {
+        let started = std::time::Instant::now();
         let handled = catch_unwind(self.inner.handler.handle(key, delivery.message()));
-        match self.keep_alive(delivery, handled).await {
+        let handled = self.keep_alive(delivery, handled).await;
+        let result = match &handled {
+            Ok(Ok(Handled::Done)) => "done",
+            Ok(Ok(Handled::Duplicate)) => "duplicate",
+            Ok(Ok(Handled::InProgress { .. })) => "in_progress",
+            Ok(Err(_)) => "error",
+            Err(_) => "panic",
+        };
+        metrics::histogram!(HANDLER_SECONDS, "result" => result)
+            .record(started.elapsed().as_secs_f64());
+        match handled {
             Ok(result) => result,
             Err(panic) => Err(HandlerError::failed(format!("handler panicked: {panic}"))),
         }

@@ -677,6 +677,20 @@ pub enum Settled {
     Unsettled,
 }
 
+impl Settled {
+    /// A short name for metrics and logs: `done`, `duplicate`, `given_back`, `dead_lettered`,
+    /// `unsettled`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Settled::Done => "done",
+            Settled::Duplicate => "duplicate",
+            Settled::Redelivered => "given_back",
+            Settled::DeadLettered => "dead_lettered",
+            Settled::Unsettled => "unsettled",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

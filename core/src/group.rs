@@ -93,6 +93,7 @@ impl GroupCommit {
             .submit((request.clone(), now), |batch| async move {
                 let now = batch.iter().map(|(_, now)| *now).max().unwrap_or(now);
                 let requests: Vec<ClaimRequest> = batch.into_iter().map(|(r, _)| r).collect();
+                crate::telemetry::grouped("claim", requests.len());
                 let outcomes = store.claim_many(&requests, now).await?;
                 Ok(outcomes.into_iter().map(Ok).collect())
             })
@@ -114,10 +115,10 @@ impl GroupCommit {
             expires_at,
         };
         self.completes
-            .submit(
-                item,
-                |batch| async move { store.complete_many(&batch).await },
-            )
+            .submit(item, |batch| async move {
+                crate::telemetry::grouped("complete", batch.len());
+                store.complete_many(&batch).await
+            })
             .await
     }
 }

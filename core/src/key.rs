@@ -71,6 +71,11 @@ impl Scope {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The scope as a metric label, sharing its text rather than copying it.
+    pub(crate) fn shared(&self) -> metrics::SharedString {
+        metrics::SharedString::from(self.0.clone())
+    }
 }
 
 impl Default for Scope {

@@ -64,6 +64,7 @@ pub mod panic;
 mod record;
 mod store;
 mod strategy;
+pub mod telemetry;
 mod time;
 pub mod url;
 

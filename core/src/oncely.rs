@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::panic::catch_unwind;
+use crate::telemetry;
 use crate::time::{Measure, StoreOffset};
 use crate::{
     Claim, ClaimOutcome, ClaimRequest, Clock, Completion, Error, Fingerprint, ForgetOutcome, Key,
@@ -136,7 +137,7 @@ impl Oncely {
             return Ok(self.now());
         }
         let before = self.clock.now();
-        match self.store.server_time().await {
+        match telemetry::timed("server_time", self.store.server_time()).await {
             Ok(server) => {
                 let offset = follow.record(before, server, self.clock.now());
                 if offset.abs() > SKEW_WARNING {
@@ -162,9 +163,12 @@ impl Oncely {
     ) -> Result<ClaimOutcome> {
         let request = ClaimRequest::new(scope.clone(), key.clone(), fingerprint, self.lease);
         let outcome = match self.synced_now().await {
-            Ok(now) => self.store.claim(&request, now).await,
+            Ok(now) => telemetry::timed("claim", self.store.claim(&request, now)).await,
             Err(error) => Err(error),
         };
+        if let Ok(outcome) = &outcome {
+            telemetry::claimed(scope, outcome);
+        }
         tracing::Span::current().record("outcome", outcome_name(&outcome));
         outcome
     }
@@ -183,7 +187,12 @@ impl Oncely {
             return Ok(Vec::new());
         }
         let now = self.synced_now().await?;
-        self.store.claim_many(&requests, now).await
+        let outcomes =
+            telemetry::timed("claim_many", self.store.claim_many(&requests, now)).await?;
+        for (request, outcome) in requests.iter().zip(&outcomes) {
+            telemetry::claimed(&request.scope, outcome);
+        }
+        Ok(outcomes)
     }
 
     /// Records the work of `claim` as done with `outcome`, replayed to duplicates until retention ends.
@@ -193,7 +202,7 @@ impl Oncely {
         fields(scope = %claim.scope, key = %claim.key, attempt = claim.attempt))]
     pub async fn complete(&self, claim: &Claim, outcome: &[u8]) -> Result<()> {
         let expires_at = self.now().saturating_add(self.retention);
-        self.store.complete(claim, outcome, expires_at).await
+        telemetry::timed("complete", self.store.complete(claim, outcome, expires_at)).await
     }
 
     /// [`complete`](Self::complete), retrying while the store is [unavailable](Error::Unavailable)
@@ -276,14 +285,18 @@ impl Oncely {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        self.store.complete_many(&items).await
+        let results = telemetry::timed("complete_many", self.store.complete_many(&items)).await?;
+        for error in results.iter().filter_map(|r| r.as_ref().err()) {
+            telemetry::failed("complete", error);
+        }
+        Ok(results)
     }
 
     /// Gives the key back after a failure, so the next delivery gets `New` and can retry.
     #[tracing::instrument(name = "oncely.release", level = "debug", skip_all,
         fields(scope = %claim.scope, key = %claim.key, attempt = claim.attempt))]
     pub async fn release(&self, claim: &Claim) -> Result<()> {
-        self.store.release(claim).await
+        telemetry::timed("release", self.store.release(claim)).await
     }
 
     /// Renews `claim`'s lease: no other delivery can take the key over for another
@@ -295,7 +308,8 @@ impl Oncely {
         fields(scope = %claim.scope, key = %claim.key, attempt = claim.attempt))]
     pub async fn extend(&self, claim: &mut Claim) -> Result<()> {
         let lease_until = self.now().saturating_add(self.lease);
-        self.store.extend(claim, lease_until).await?;
+        telemetry::timed("extend", self.store.extend(claim, lease_until)).await?;
+        telemetry::renewed(&claim.scope);
         claim.lease_until = claim.lease_until.max(lease_until);
         Ok(())
     }
@@ -364,9 +378,7 @@ impl Oncely {
     /// The live record for (scope, key): `None` if there is none or it expired.
     pub async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
         let now = self.synced_now().await?;
-        Ok(self
-            .store
-            .get(scope, key)
+        Ok(telemetry::timed("get", self.store.get(scope, key))
             .await?
             .filter(|rec| !rec.is_expired(now)))
     }
@@ -403,9 +415,8 @@ impl Oncely {
         // new claim took the key (the only change of token), so decide again on that one.
         loop {
             let now = self.synced_now().await?;
-            let Some(record) = self.store.get(scope, key).await? else {
-                tracing::Span::current().record("outcome", "absent");
-                return Ok(ForgetOutcome::Absent);
+            let Some(record) = telemetry::timed("get", self.store.get(scope, key)).await? else {
+                return Ok(forgotten(ForgetOutcome::Absent));
             };
             let answer = if record.is_expired(now) {
                 ForgetOutcome::Absent
@@ -414,14 +425,12 @@ impl Oncely {
             } else if force {
                 ForgetOutcome::InProgress
             } else {
-                tracing::Span::current().record("outcome", "held");
-                return Ok(ForgetOutcome::Held {
+                return Ok(forgotten(ForgetOutcome::Held {
                     lease_until: record.expires_at,
-                });
+                }));
             };
-            if self.store.forget(scope, key, record.token).await? {
-                tracing::Span::current().record("outcome", answer.kind());
-                return Ok(answer);
+            if telemetry::timed("forget", self.store.forget(scope, key, record.token)).await? {
+                return Ok(forgotten(answer));
             }
         }
     }
@@ -429,7 +438,9 @@ impl Oncely {
     /// Removes at most `limit` records that expired more than `older_than` ago.
     pub async fn purge(&self, older_than: Duration, limit: usize) -> Result<usize> {
         let before = self.synced_now().await?.saturating_sub(older_than);
-        self.store.purge(before, limit).await
+        let purged = telemetry::timed("purge", self.store.purge(before, limit)).await?;
+        metrics::counter!(telemetry::PURGED).increment(purged as u64);
+        Ok(purged)
     }
 
     /// Removes every record that expired more than `older_than` ago, in batches of `batch`,
@@ -455,7 +466,8 @@ impl Oncely {
         let (scope, key) = purge_lock();
         let lease = PURGE_LEASE;
         let request = ClaimRequest::new(scope, key, None, lease);
-        let claim = match self.store.claim(&request, self.synced_now().await?).await? {
+        let now = self.synced_now().await?;
+        let claim = match telemetry::timed("claim", self.store.claim(&request, now)).await? {
             ClaimOutcome::New(claim) => claim,
             ClaimOutcome::InProgress { retry_after } => {
                 return Ok(PurgeRun::AnotherPurger { retry_after });
@@ -489,6 +501,7 @@ impl Oncely {
             }
         };
         self.release(&claim).await?;
+        metrics::counter!(telemetry::PURGE_RUNS).increment(1);
         Ok(PurgeRun::Done { purged, finished })
     }
 
@@ -534,7 +547,8 @@ impl Oncely {
 
     /// What the store holds now.
     pub async fn stats(&self) -> Result<StoreStats> {
-        self.store.stats(self.synced_now().await?).await
+        let now = self.synced_now().await?;
+        telemetry::timed("stats", self.store.stats(now)).await
     }
 
     /// The version guard: stores `version` for `entity` if it is strictly greater than the one
@@ -556,7 +570,11 @@ impl Oncely {
         entity: &Key,
         version: u64,
     ) -> Result<VersionCheck> {
-        self.store.apply_if_newer(scope, entity, version).await
+        telemetry::timed(
+            "apply_if_newer",
+            self.store.apply_if_newer(scope, entity, version),
+        )
+        .await
     }
 
     /// Claim -> handler -> complete, or release if the handler fails or panics, unless its
@@ -766,4 +784,11 @@ async fn futures_select<L: Future, R: Future>(
         right.as_mut().poll(cx).map(Either::Right)
     })
     .await
+}
+
+/// Records what a forget did, on its span and in [`telemetry::FORGOTTEN`], and answers it.
+fn forgotten(outcome: ForgetOutcome) -> ForgetOutcome {
+    tracing::Span::current().record("outcome", outcome.kind());
+    metrics::counter!(telemetry::FORGOTTEN, "outcome" => outcome.kind()).increment(1);
+    outcome
 }

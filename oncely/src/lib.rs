@@ -82,11 +82,16 @@ pub use scheme::{BrokerKind, SchemeError, StoreKind};
 /// Durations as oncely writes them, in command-line flags and URL options alike (`500ms`,
 /// `90s`, `15m`, `24h`, `7d`, `1h30m`).
 pub use oncely_core::duration;
+/// The metrics the library records through the `metrics` facade, and their names (the
+/// consumer's and the relay's are in [`consumer`] and [`relay`]).
+pub use oncely_core::telemetry;
 
 /// The consumer contract: what the runner ([`Consumer`]) does with each delivery, and the
 /// handler it calls (see [`oncely_core::consumer`] for the rules).
 pub mod consumer {
-    pub use oncely_consumer::{Consumer, MAX_RECEIVE_BACKOFF, Report};
+    pub use oncely_consumer::{
+        Consumer, DELIVERIES, HANDLER_SECONDS, MAX_RECEIVE_BACKOFF, Report, describe,
+    };
     pub use oncely_core::consumer::{
         ATTEMPTS_HEADER, BrokerError, DeadLetter, Delivery, ERROR_HEADER, Handled, Handler,
         HandlerError, KEY_HEADER, KeySource, Message, NoKey, OffsetStore, OncelyHandler, Position,

@@ -30,8 +30,9 @@
 //! ```
 
 pub use oncely_relay::{
-    DEFAULT_BATCH, DEFAULT_POLL_INTERVAL, DEFAULT_RETENTION, Relay, RelayError, RelayProgress,
-    RelayReport, publish_in_order,
+    BACKLOG_ROWS, DEFAULT_BATCH, DEFAULT_POLL_INTERVAL, DEFAULT_RETENTION, OLDEST_UNSENT_SECONDS,
+    PUBLISH_SECONDS, ROWS, Relay, RelayError, RelayProgress, RelayReport, describe,
+    publish_in_order, record_backlog,
 };
 
 use std::time::Duration;

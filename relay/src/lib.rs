@@ -157,47 +157,39 @@ impl RelayProgress {
     }
 }
 
-impl RelayReport {
-    /// The counts, and the outbox's `backlog` where known, in Prometheus text:
-    /// `oncely_relay_rows_total` by `result` (`published`, `failed`, `unmarked`, `purged`),
-    /// `oncely_relay_backlog_rows` and `oncely_relay_oldest_unsent_seconds`.
-    ///
-    /// ```
-    /// use oncely_core::outbox::Backlog;
-    /// let report = oncely_relay::RelayReport { published: 7, ..Default::default() };
-    /// let text = report.prometheus(Some(Backlog { unsent: 2, oldest: None }));
-    /// assert!(text.contains("oncely_relay_rows_total{result=\"published\"} 7\n"));
-    /// assert!(text.contains("oncely_relay_backlog_rows 2\n"));
-    /// ```
-    pub fn prometheus(&self, backlog: Option<oncely_core::outbox::Backlog>) -> String {
-        let mut text = String::from(
-            "# HELP oncely_relay_rows_total Outbox rows, by what the relay did with them.\n\
-             # TYPE oncely_relay_rows_total counter\n",
-        );
-        for (result, count) in [
-            ("published", self.published),
-            ("failed", self.failed),
-            ("unmarked", self.unmarked),
-            ("purged", self.purged),
-        ] {
-            text.push_str(&format!(
-                "oncely_relay_rows_total{{result=\"{result}\"}} {count}\n"
-            ));
-        }
-        if let Some(backlog) = backlog {
-            text.push_str(&format!(
-                "# HELP oncely_relay_backlog_rows Rows waiting to be sent.\n\
-                 # TYPE oncely_relay_backlog_rows gauge\n\
-                 oncely_relay_backlog_rows {}\n\
-                 # HELP oncely_relay_oldest_unsent_seconds How long the oldest unsent row has waited.\n\
-                 # TYPE oncely_relay_oldest_unsent_seconds gauge\n\
-                 oncely_relay_oldest_unsent_seconds {}\n",
-                backlog.unsent,
-                backlog.oldest.map_or(0.0, |age| age.as_secs_f64()),
-            ));
-        }
-        text
-    }
+/// Outbox rows, by what the relay did with them (`result`: `published`, `failed`, `unmarked`,
+/// `purged`): a counter of the [`metrics`](https://docs.rs/metrics) facade, like the others here.
+pub const ROWS: &str = "oncely_relay_rows_total";
+/// Each publish's duration in seconds, by `result` (`ok`, `error`).
+pub const PUBLISH_SECONDS: &str = "oncely_relay_publish_seconds";
+/// Rows waiting to be sent (see [`record_backlog`]).
+pub const BACKLOG_ROWS: &str = "oncely_relay_backlog_rows";
+/// How long the oldest unsent row has waited, in seconds (see [`record_backlog`]).
+pub const OLDEST_UNSENT_SECONDS: &str = "oncely_relay_oldest_unsent_seconds";
+
+/// Registers the relay's metrics' help text with the installed recorder.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(ROWS, "Outbox rows, by what the relay did with them.");
+    describe_histogram!(PUBLISH_SECONDS, Unit::Seconds, "Each publish's duration.");
+    describe_gauge!(BACKLOG_ROWS, "Rows waiting to be sent.");
+    describe_gauge!(
+        OLDEST_UNSENT_SECONDS,
+        Unit::Seconds,
+        "How long the oldest unsent row has waited."
+    );
+}
+
+/// Sets the backlog gauges from a count of the outbox ([`OutboxStore::backlog`]): a relay
+/// does not count it itself (a count is a query), so whoever serves the metrics does, as
+/// often as it likes.
+pub fn record_backlog(backlog: oncely_core::outbox::Backlog) {
+    metrics::gauge!(BACKLOG_ROWS).set(backlog.unsent as f64);
+    metrics::gauge!(OLDEST_UNSENT_SECONDS).set(backlog.oldest.map_or(0.0, |age| age.as_secs_f64()));
+}
+
+fn rows(result: &'static str, n: u64) {
+    metrics::counter!(ROWS, "result" => result).increment(n);
 }
 
 impl<S, P> std::fmt::Debug for Relay<S, P> {
@@ -276,7 +268,10 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             if last_purge.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
                 last_purge = Some(Instant::now());
                 match self.purge().await {
-                    Ok(n) => report.purged += n,
+                    Ok(n) => {
+                        report.purged += n;
+                        rows("purged", n);
+                    }
                     Err(e) => (self.on_error)(&e),
                 }
             }
@@ -326,12 +321,16 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         };
         let full = batch.rows().len() >= self.batch;
         let (sent, failure) = publish_in_order(&self.publisher, origin, batch.rows()).await;
-        report.failed += failure.as_ref().map_or(0, |(n, _)| *n);
+        let failed = failure.as_ref().map_or(0, |(n, _)| *n);
+        report.failed += failed;
+        rows("failed", failed);
         if let Err(e) = batch.finish(&sent).await {
             report.unmarked += sent.len() as u64;
+            rows("unmarked", sent.len() as u64);
             return Err(e.into());
         }
         report.published += sent.len() as u64;
+        rows("published", sent.len() as u64);
         report.batches += 1;
         match failure {
             Some((_, e)) => Err(e.into()),
@@ -369,10 +368,14 @@ pub async fn publish_in_order<P: Publisher + ?Sized>(
         let mut sent = Vec::with_capacity(lane.len());
         for row in lane {
             let message = row.message(origin);
-            if let Err(e) = publisher
+            let started = Instant::now();
+            let published = publisher
                 .publish(row.destination.as_deref(), &message)
-                .await
-            {
+                .await;
+            let result = if published.is_ok() { "ok" } else { "error" };
+            metrics::histogram!(PUBLISH_SECONDS, "result" => result)
+                .record(started.elapsed().as_secs_f64());
+            if let Err(e) = published {
                 return (sent, Some(e));
             }
             sent.push(row.id);

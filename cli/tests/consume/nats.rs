@@ -152,14 +152,30 @@ fn nats_each_key_is_posted_once_and_the_failing_one_is_dead_lettered() {
         "oncely_consumer_deliveries_total{settlement=\"done\"} 3",
         "oncely_consumer_deliveries_total{settlement=\"duplicate\"} 2",
         "oncely_consumer_deliveries_total{settlement=\"dead_lettered\"} 1",
+        // The handler (claim, POST, complete): 3 done, 2 duplicates, the failing key twice 500.
+        "oncely_consumer_handler_seconds_count{result=\"done\"} 3",
+        "oncely_consumer_handler_seconds_count{result=\"duplicate\"} 2",
+        "oncely_consumer_handler_seconds_count{result=\"error\"} 2",
     ];
+    // The claims under them (the library's metrics): 5 new (one per POST), 2 duplicates.
+    let claims = [("new", 5), ("duplicate", 2)];
     let mut scrape = String::new();
     wait_for("the metrics to count every delivery", || {
         scrape = http_get(metrics_port, "/metrics").unwrap_or_default();
         expected
             .iter()
             .all(|line| scrape.lines().any(|l| l == *line))
+            && claims.iter().all(|(outcome, n)| {
+                scrape.lines().any(|l| {
+                    l.starts_with("oncely_claims_total{")
+                        && l.ends_with(&format!("outcome=\"{outcome}\"}} {n}"))
+                })
+            })
     });
+    assert!(
+        scrape.contains("oncely_store_call_seconds_bucket{operation=\"claim\""),
+        "{scrape}"
+    );
     assert!(
         scrape.starts_with("HTTP/1.0 200") || scrape.starts_with("HTTP/1.1 200"),
         "{scrape}"
