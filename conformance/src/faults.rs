@@ -443,26 +443,31 @@ impl Restartable for RabbitMqServer {
 pub struct TansuServer {
     own: OwnServer,
     advertised: Option<u16>,
+    storage: &'static str,
 }
 
 impl TansuServer {
     /// Starts it on an empty directory.
     pub fn start() -> TansuServer {
-        TansuServer::start_with(None)
+        TansuServer::start_with(None, "sqlite://tansu.db")
     }
 
     /// Starts it telling its clients to connect at `127.0.0.1:advertised`, not at its own port:
     /// a [`FaultProxy`] there ([`FaultProxy::start_on`]) then carries every connection a Kafka
     /// client makes after its first, which a proxy in front of the bootstrap address alone
     /// would not (the clients would go where the broker says it is).
+    ///
+    /// Its data is kept in memory: tansu 0.6's SQLite engine stops serving when a client leaves
+    /// during a request, which a partition provokes, and this one is never restarted.
     pub fn start_advertising(advertised: u16) -> TansuServer {
-        TansuServer::start_with(Some(advertised))
+        TansuServer::start_with(Some(advertised), "memory://tansu/")
     }
 
-    fn start_with(advertised: Option<u16>) -> TansuServer {
+    fn start_with(advertised: Option<u16>, storage: &'static str) -> TansuServer {
         let mut server = TansuServer {
             own: OwnServer::new("tansu"),
             advertised,
+            storage,
         };
         server.start_again();
         server
@@ -497,8 +502,8 @@ impl Restartable for TansuServer {
             .args(["--listener-url", &listener])
             // Clients connect where the broker says it is: not the default 9092.
             .args(["--advertised-listener-url", &advertised])
-            // A relative path: the URL's is taken from the working directory.
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            // A relative SQLite path is taken from the working directory.
+            .args(["--storage-engine", self.storage])
             .current_dir(&self.own.base);
         // It opens its storage before it listens.
         self.own.launch(command, "take clients", || true);
