@@ -8,6 +8,7 @@
 
 mod bench;
 mod bench_purge;
+mod config;
 mod consume;
 mod dedup;
 mod deliver;
@@ -49,6 +50,11 @@ struct Cli {
         default_value = oncely::DEFAULT_STORE_URL
     )]
     store: String,
+
+    /// A TOML file of settings: any flag by its long name, at the top level or under
+    /// [serve], [consume]...; a flag given, then its ONCELY_* variable, win over the file.
+    #[arg(long, global = true, env = "ONCELY_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -236,7 +242,7 @@ enum Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     init_log();
     match run(cli).await {
         Ok(code) => code,
@@ -283,6 +289,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?
         }
     }
+}
+
+/// The command line, with every flag's `ONCELY_*` variable and `--config`'s file (see `config`).
+/// A config file that cannot be used is one `error: ...` line and exit 2, as a bad flag is.
+fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut command = config::with_env(Cli::command());
+    if let Some(path) = config::path(&args) {
+        command = config::with_file(command, &path, &args).unwrap_or_else(|message| {
+            eprintln!("error: {message}");
+            std::process::exit(2)
+        });
+    }
+    let matches = command.get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// `tracing` to stderr, filtered by `RUST_LOG`; without it, oncely's own warnings and errors
@@ -344,6 +366,63 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+        config::with_env(Cli::command()).debug_assert();
+    }
+
+    /// README's example config file is accepted, and gives `serve` and `consume` their flags.
+    #[test]
+    fn the_readme_config_example_is_accepted() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("# oncely.toml:")
+            .expect("README's config example");
+        let example = &readme[start..];
+        let example = &example[..example.find("```").expect("the end of the block")];
+        let dir = std::env::temp_dir().join(format!("oncely-readme-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("oncely.toml");
+        std::fs::write(&path, example).unwrap();
+        for (sub, flag, value) in [
+            ("serve", "upstream", "http://127.0.0.1:3000"),
+            ("consume", "deliver", "http://127.0.0.1:8080/orders"),
+        ] {
+            let args: Vec<std::ffi::OsString> = ["oncely", sub].map(Into::into).to_vec();
+            let command = config::with_file(config::with_env(Cli::command()), &path, &args)
+                .expect("README's example is a valid config");
+            let matches = command
+                .try_get_matches_from(&args)
+                .expect("every required flag set");
+            let (_, sub_matches) = matches.subcommand().unwrap();
+            let got = sub_matches.get_raw(flag).unwrap().next().unwrap();
+            assert_eq!(got, value, "{sub} --{flag}");
+            assert_eq!(
+                matches.get_one::<String>("store").map(String::as_str),
+                Some("postgres://oncely@db.internal/oncely")
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_flag_of_every_command_has_its_variable() {
+        let command = config::with_env(Cli::command());
+        let mut checked = 0;
+        for sub in std::iter::once(&command).chain(command.get_subcommands()) {
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if ["help", "version", "config"].contains(&long) {
+                    continue;
+                }
+                assert!(
+                    arg.get_env()
+                        .is_some_and(|v| v.to_string_lossy().starts_with("ONCELY_")),
+                    "`oncely {} --{long}` has no ONCELY_* variable",
+                    sub.get_name()
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 50, "only {checked} flags");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 
 mod bench;
+mod config;
 mod dedup;
 mod forget;
 mod processes;
