@@ -89,11 +89,13 @@ pub async fn run(
         counts: Counts::default(),
         noted_line: None,
     };
+    let counter = crate::progress::Counter::new("lines read");
     while let Some(lines) = lines.next_batch(batch).await {
-        dedup
-            .batch(lines.context("reading standard input")?)
-            .await?;
+        let lines = lines.context("reading standard input")?;
+        counter.add(lines.len() as u64);
+        dedup.batch(lines).await?;
     }
+    drop(counter);
     let Counts {
         read,
         passed,

@@ -17,6 +17,7 @@ mod input;
 mod inspect;
 mod ops;
 mod output;
+mod progress;
 mod purge;
 mod purging;
 mod relay;

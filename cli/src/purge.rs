@@ -27,9 +27,12 @@ pub struct PurgeArgs {
 /// another holds it, this one says so on stderr and purges nothing.
 pub async fn run(oncely: &Oncely, args: PurgeArgs, out: &mut impl Write) -> Result<ExitCode> {
     let mut total = 0;
+    let counter = crate::progress::Counter::new("purged");
     loop {
         match oncely
-            .purge_all(args.older_than, args.batch as usize)
+            .purge_all_reporting(args.older_than, args.batch as usize, |n| {
+                counter.add(n as u64)
+            })
             .await
             .context("purging expired records")?
         {
@@ -47,6 +50,7 @@ pub async fn run(oncely: &Oncely, args: PurgeArgs, out: &mut impl Write) -> Resu
             }
         }
     }
+    drop(counter);
     writeln!(out, "purged {total} records").context("writing standard output")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! `oncely relay`: publish an outbox to a broker until SIGINT or SIGTERM.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -79,10 +80,15 @@ pub async fn run(args: RelayArgs) -> Result<ExitCode> {
         .retention(args.retention)
         .on_error(|e| eprintln!("warning: {}", e.to_string().replace(['\r', '\n'], " ")));
     let _ops = match args.metrics_addr {
-        Some(addr) => Some(serve_ops(addr, outbox).await?),
+        Some(addr) => Some(serve_ops(addr, outbox.clone()).await?),
         None => None,
     };
+    // Catching up, on a terminal: the rows published so far and the backlog left.
+    let shown = std::io::stderr()
+        .is_terminal()
+        .then(|| Tasks(vec![tokio::spawn(show_progress(outbox, relay.progress()))]));
     let report = relay.run(shutdown()?).await.context("relaying")?;
+    drop(shown);
     eprintln!("relay: {report}");
     Ok(ExitCode::SUCCESS)
 }
@@ -117,6 +123,18 @@ async fn serve_ops(addr: SocketAddr, outbox: AnyOutbox) -> Result<Tasks> {
     Ok(Tasks(vec![counting, tokio::spawn(ops.serve(listener))]))
 }
 
+/// Redraws the rows published and the backlog every second, until aborted.
+async fn show_progress(outbox: AnyOutbox, progress: relay::RelayProgress) {
+    let counter = crate::progress::Counter::new("published");
+    loop {
+        if let Ok(backlog) = outbox.backlog().await {
+            counter.say(format!("published (backlog {})", backlog.unsent));
+        }
+        counter.set(progress.report().published);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Tasks aborted when dropped.
 struct Tasks(Vec<tokio::task::JoinHandle<()>>);
 
@@ -128,15 +146,8 @@ impl Drop for Tasks {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
+/// Completes on the first stop signal (see `stop`).
 fn shutdown() -> Result<impl std::future::Future<Output = ()> + Send> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
+    let mut stop = crate::stop::Stop::install()?;
+    Ok(async move { stop.first().await })
 }

@@ -463,6 +463,17 @@ impl Oncely {
     /// # Ok(()) }
     /// ```
     pub async fn purge_all(&self, older_than: Duration, batch: usize) -> Result<PurgeRun> {
+        self.purge_all_reporting(older_than, batch, |_| {}).await
+    }
+
+    /// [`purge_all`](Self::purge_all), calling `progress` with the number removed after each
+    /// batch (for a progress display).
+    pub async fn purge_all_reporting(
+        &self,
+        older_than: Duration,
+        batch: usize,
+        mut progress: impl FnMut(usize) + Send,
+    ) -> Result<PurgeRun> {
         let (scope, key) = purge_lock();
         let lease = PURGE_LEASE;
         let request = ClaimRequest::new(scope, key, None, lease);
@@ -493,6 +504,7 @@ impl Oncely {
                 }
             };
             purged += removed;
+            progress(removed);
             if removed < batch {
                 break true;
             }

@@ -238,3 +238,42 @@ fn dedup_keys_big_numbers_exactly_and_strings_apart_from_numbers() {
         "read 8, passed 5, duplicates 3, rejected 0"
     );
 }
+
+/// On a terminal (a pty of `script`'s), a slow input shows its progress on stderr, cleared
+/// before the summary; elsewhere (every other test's pipe) stderr holds the summary alone.
+#[test]
+fn progress_is_drawn_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::sqlite_url(dir.path());
+    let out = dir.path().join("out.jsonl");
+    let pipeline = format!(
+        "(echo '{{\"eventId\":\"a\"}}'; sleep 1; echo '{{\"eventId\":\"b\"}}') | {} --store {store} dedup --key /eventId > {}",
+        crate::BIN,
+        out.display()
+    );
+    let run = std::process::Command::new("script")
+        .args(["-qec", &pipeline, "/dev/null"])
+        .env_remove("ONCELY_STORE")
+        .output()
+        .expect("script (util-linux) runs the command on a pty");
+    let terminal = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{terminal}");
+    assert!(terminal.contains("lines read: 1 ("), "{terminal}");
+    assert!(
+        terminal
+            .trim_end()
+            .ends_with("read 2, passed 2, duplicates 0, rejected 0"),
+        "{terminal}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "{\"eventId\":\"a\"}\n{\"eventId\":\"b\"}\n"
+    );
+
+    let piped = crate::oncely(
+        dir.path(),
+        &["--store", &store, "dedup", "--key", "/eventId"],
+        b"{\"eventId\":\"c\"}\n",
+    );
+    assert_eq!(piped.stderr, "read 1, passed 1, duplicates 0, rejected 0\n");
+}
