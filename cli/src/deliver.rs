@@ -8,6 +8,7 @@
 //! once the request may have reached the handler (no answer in time, the connection lost),
 //! it is an [`OutcomeUnknown`], which keeps the key held until its lease ends.
 
+use oncely::trace::{TRACEPARENT, TRACESTATE, TraceParent};
 use std::error::Error as _;
 use std::fmt;
 use std::time::Duration;
@@ -122,6 +123,22 @@ impl Deliverer {
         for (name, value) in optional {
             if let Some(Ok(value)) = value.map(|v| HeaderValue::from_bytes(v.as_bytes())) {
                 headers.insert(name, value);
+            }
+        }
+        // The message's trace goes on to the handler, its parent this delivery (W3C Trace
+        // Context); a malformed traceparent is dropped, and its tracestate with it.
+        if let Some(parent) = message
+            .header(TRACEPARENT)
+            .and_then(|v| v.parse::<TraceParent>().ok())
+        {
+            let child = HeaderValue::from_str(&parent.child().to_string())
+                .expect("a traceparent is plain ASCII");
+            headers.insert(TRACEPARENT, child);
+            if let Some(Ok(state)) = message
+                .header(TRACESTATE)
+                .map(|v| HeaderValue::from_bytes(v.as_bytes()))
+            {
+                headers.insert(TRACESTATE, state);
             }
         }
         Ok(request)

@@ -302,8 +302,9 @@ impl<H: Handler> Consumer<H> {
 
     /// Settles one delivery by the contract and counts it. `stopping` turning true cuts a
     /// retry's backoff short: the delivery is given back at once.
-    #[tracing::instrument(name = "oncely.delivery", level = "debug", skip_all,
-        fields(source = delivery.message().source(), settled))]
+    #[tracing::instrument(name = "oncely.delivery", level = "info", skip_all,
+        fields(source = delivery.message().source(), trace_id = trace_id(delivery.message()),
+            settled))]
     pub async fn settle<D: Delivery>(
         &self,
         delivery: &D,
@@ -483,6 +484,16 @@ async fn dead_letter<D: Delivery>(
             redeliver(delivery, on_failure).await
         }
     }
+}
+
+/// The trace id of a message's `traceparent` header, for its delivery span (see
+/// [`oncely_core::trace`]); none if absent or malformed.
+fn trace_id(message: &oncely_core::consumer::Message) -> Option<String> {
+    message
+        .header(oncely_core::trace::TRACEPARENT)?
+        .parse::<oncely_core::trace::TraceParent>()
+        .ok()
+        .map(|parent| parent.trace_id())
 }
 
 #[cfg(test)]

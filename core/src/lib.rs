@@ -66,6 +66,7 @@ mod store;
 mod strategy;
 pub mod telemetry;
 mod time;
+pub mod trace;
 pub mod url;
 
 pub use canonical::{canonical_json, canonical_json_text};

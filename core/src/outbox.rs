@@ -30,6 +30,7 @@
 //! by one relay at a time, so relays running side by side never interleave one aggregate's
 //! rows. Different aggregates are published concurrently and in no particular order.
 
+use crate::trace::{TRACEPARENT, TRACESTATE, TraceParent};
 use async_trait::async_trait;
 
 use crate::consumer::{BrokerError, Message};
@@ -80,6 +81,16 @@ impl OutboxMessage {
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
+    }
+
+    /// Carrying the trace of the work that wrote it: `traceparent` (and `tracestate`, if any)
+    /// as headers, which the relay publishes with the message (see [`crate::trace`]).
+    pub fn traced(self, traceparent: &TraceParent, tracestate: Option<&str>) -> Self {
+        let message = self.with_header(TRACEPARENT, traceparent.to_string());
+        match tracestate {
+            Some(state) => message.with_header(TRACESTATE, state),
+            None => message,
+        }
     }
 
     /// The aggregate.

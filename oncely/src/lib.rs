@@ -85,6 +85,8 @@ pub use oncely_core::duration;
 /// The metrics the library records through the `metrics` facade, and their names (the
 /// consumer's and the relay's are in [`consumer`] and [`relay`]).
 pub use oncely_core::telemetry;
+/// W3C Trace Context: how a trace crosses oncely.
+pub use oncely_core::trace;
 
 /// The consumer contract: what the runner ([`Consumer`]) does with each delivery, and the
 /// handler it calls (see [`oncely_core::consumer`] for the rules).

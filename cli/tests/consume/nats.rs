@@ -40,6 +40,9 @@ impl Nats {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", message_id);
         headers.insert("Event-Id", event_id);
+        // A trace per key (W3C Trace Context), which the handler's request must carry on.
+        headers.insert("traceparent", traceparent(event_id).as_str());
+        headers.insert("tracestate", "oncely=test");
         self.context
             .publish_with_headers(
                 format!("{}.in", self.name),
@@ -203,6 +206,24 @@ fn nats_each_key_is_posted_once_and_the_failing_one_is_dead_lettered() {
         Some("application/octet-stream")
     );
     assert_eq!(by_key("e-3").header("oncely-message-id"), Some("m-2"));
+    // Each request carries its message's trace, with this delivery as the parent.
+    for request in &received {
+        let sent = traceparent(request.key());
+        let got = request.header("traceparent").expect("a traceparent");
+        let (sent, got): (Vec<&str>, Vec<&str>) =
+            (sent.split('-').collect(), got.split('-').collect());
+        assert_eq!(
+            (got[0], got[1], got[3]),
+            (sent[0], sent[1], sent[3]),
+            "{got:?}"
+        );
+        assert_ne!(
+            got[2], sent[2],
+            "the parent is the delivery, not the publisher"
+        );
+        assert_eq!(got[2].len(), 16);
+        assert_eq!(request.header("tracestate"), Some("oncely=test"));
+    }
     assert_eq!(
         by_key("e-3").header("oncely-source"),
         Some(format!("{}.in", nats.name).as_str())
@@ -218,4 +239,10 @@ fn nats_each_key_is_posted_once_and_the_failing_one_is_dead_lettered() {
         header(ERROR_HEADER).as_deref(),
         Some("handler answered 500 Internal Server Error: boom: always-fails cannot be handled")
     );
+}
+
+/// The `traceparent` the test publishes `event_id` with: a trace id of its own per key.
+fn traceparent(event_id: &str) -> String {
+    let hex: String = event_id.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("00-{hex:0>32}-00f067aa0ba902b7-01")
 }
