@@ -2,39 +2,11 @@
 //! which wins over the file; a file that cannot be used is one clear error.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use crate::BIN;
-
-/// Runs oncely in `dir` with `env` (and no ONCELY_* from this process), `input` on stdin.
+/// Runs oncely in `dir` with `env`, `input` on stdin: its exit code, stdout and stderr.
 fn run(dir: &Path, args: &[&str], env: &[(&str, &str)], input: &str) -> (i32, String, String) {
-    use std::io::Write;
-    let mut command = Command::new(BIN);
-    command.args(args).current_dir(dir);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("ONCELY_") {
-            command.env_remove(name);
-        }
-    }
-    command.envs(env.iter().copied());
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let run = crate::oncely_with_env(dir, args, env, input.as_bytes());
+    (run.code, run.stdout(), run.stderr)
 }
 
 /// The scope the key `a` was recorded in, by asking each candidate.

@@ -33,10 +33,22 @@ impl Run {
 }
 
 fn oncely(dir: &Path, args: &[&str], stdin: &[u8]) -> Run {
-    let mut child = Command::new(BIN)
+    oncely_with_env(dir, args, &[], stdin)
+}
+
+/// [`oncely`] with `env` set, and none of this process's `ONCELY_*` variables (every flag
+/// reads one).
+fn oncely_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Run {
+    let mut command = Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ONCELY_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
         .args(args)
         .current_dir(dir)
-        .env_remove("ONCELY_STORE")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
