@@ -51,6 +51,12 @@ pub struct DedupArgs {
     /// Exit with status 1 if any line was rejected.
     #[arg(long)]
     strict: bool,
+
+    /// Serve Prometheus metrics (the library's: claims, store calls...) at
+    /// http://ADDR/metrics while it runs, with /healthz and /readyz (503 while the store
+    /// cannot be reached): for a long dedup of a stream.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// How often a key held by another run is claimed again while waiting for it.
@@ -76,6 +82,10 @@ pub async fn run(
         Some(path) => Some(BufWriter::new(File::create(path).with_context(|| {
             format!("cannot create rejects file {}", path.display())
         })?)),
+        None => None,
+    };
+    let _ops = match args.metrics_addr {
+        Some(addr) => Some(serve_ops(addr, oncely.clone()).await?),
         None => None,
     };
     let batch = args.batch as usize;
@@ -108,6 +118,18 @@ pub async fn run(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The metrics and health endpoints on `addr`, until the answer is dropped.
+async fn serve_ops(addr: std::net::SocketAddr, oncely: Oncely) -> Result<crate::ops::Serving> {
+    use oncely_http::gateway::ops::{OpsServer, store_ready};
+    let listener = crate::ops::listen(addr).await?;
+    let metrics = crate::ops::recorder();
+    let ops = OpsServer::new(move || metrics.render()).ready_when(move || {
+        let oncely = oncely.clone();
+        async move { store_ready(&oncely).await }
+    });
+    Ok(crate::ops::Serving(tokio::spawn(ops.serve(listener))))
 }
 
 struct Dedup<W: Write> {

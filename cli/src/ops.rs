@@ -60,3 +60,12 @@ pub async fn listen(addr: SocketAddr) -> Result<TcpListener> {
     eprintln!("health on http://{bound}/healthz and /readyz");
     Ok(listener)
 }
+
+/// A served endpoint, stopped when dropped.
+pub struct Serving(pub tokio::task::JoinHandle<()>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

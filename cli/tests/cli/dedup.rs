@@ -277,3 +277,50 @@ fn progress_is_drawn_on_a_terminal_only() {
     );
     assert_eq!(piped.stderr, "read 1, passed 1, duplicates 0, rejected 0\n");
 }
+
+/// `dedup --metrics-addr`: scraped while it reads, the claims equal the keys written so far.
+#[test]
+fn dedup_serves_its_metrics_while_it_runs() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let port = oncely_conformance::process::free_port();
+    let store = crate::sqlite_url(dir.path());
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(crate::BIN)
+        .args([
+            "--store", &store, "dedup", "--key", "/eventId", "--batch", "1",
+        ])
+        .args(["--metrics-addr", &addr])
+        .env_remove("ONCELY_STORE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(b"{\"eventId\":\"a\"}\n{\"eventId\":\"b\"}\n{\"eventId\":\"a\"}\n")
+        .unwrap();
+    input.flush().unwrap();
+    let wanted = [
+        "oncely_claims_total{scope=\"default\",outcome=\"new\"} 2",
+        "oncely_claims_total{scope=\"default\",outcome=\"duplicate\"} 1",
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut scrape = String::new();
+    while !wanted.iter().all(|w| scrape.lines().any(|l| l == *w)) {
+        assert!(std::time::Instant::now() < deadline, "{scrape}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        scrape = crate::http_get::http_get(port, "/metrics").unwrap_or_default();
+    }
+    let ready = crate::http_get::http_get(port, "/readyz").unwrap();
+    assert!(ready.contains(" 200 "), "{ready}");
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some("read 3, passed 2, duplicates 1, rejected 0")
+    );
+}

@@ -10,6 +10,8 @@ mod bench;
 mod config;
 mod dedup;
 mod forget;
+#[path = "../support/http_get.rs"]
+mod http_get;
 mod processes;
 mod records;
 mod usage;
