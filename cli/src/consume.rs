@@ -21,6 +21,7 @@ use oncely::broker::{self, AnySource};
 use oncely::consumer::{
     Handled, Handler, HandlerError, KeySource, Message, OncelyHandler, RetryPolicy,
 };
+use oncely::trace::SpanKeys;
 use oncely::{BrokerKind, Consumer, ConsumerReport, Key, Oncely, Scope, async_trait, duration};
 
 use oncely_http::gateway::ops::{OpsServer, store_ready};
@@ -113,7 +114,7 @@ fn parse_key_source(spec: &str) -> Result<KeySource, String> {
 }
 
 /// Runs `oncely consume` until SIGINT or SIGTERM; `store` is the global `--store` URL.
-pub async fn run(store: &str, args: ConsumeArgs) -> Result<ExitCode> {
+pub async fn run(store: &str, span_keys: SpanKeys, args: ConsumeArgs) -> Result<ExitCode> {
     if args.timeout.is_zero() {
         bail!("--timeout must be longer than 0s");
     }
@@ -125,7 +126,8 @@ pub async fn run(store: &str, args: ConsumeArgs) -> Result<ExitCode> {
     let source = broker::connect(&from).await?;
     let oncely = Oncely::new(oncely::connect(store).await?)
         .with_retention(args.ttl)
-        .with_lease(args.timeout.saturating_add(LEASE_MARGIN));
+        .with_lease(args.timeout.saturating_add(LEASE_MARGIN))
+        .with_span_keys(span_keys);
     let _purging = args.purge.start(&oncely);
     let ready = oncely.clone();
     let scope = match args.scope {
@@ -149,6 +151,7 @@ pub async fn run(store: &str, args: ConsumeArgs) -> Result<ExitCode> {
     let handler = KeysAsHeaders(OncelyHandler::new(oncely, scope, work));
     let retry = RetryPolicy::default().with_max_attempts(args.max_attempts);
     let consumer = Consumer::new(handler, args.key)
+        .span_keys(span_keys)
         .concurrency(args.concurrency as usize)
         .retry(retry);
 

@@ -8,7 +8,7 @@
 //! once the request may have reached the handler (no answer in time, the connection lost),
 //! it is an [`OutcomeUnknown`], which keeps the key held until its lease ends.
 
-use oncely::trace::{TRACEPARENT, TRACESTATE, TraceParent};
+use oncely::trace::{TRACEPARENT, TRACESTATE};
 use std::error::Error as _;
 use std::fmt;
 use std::time::Duration;
@@ -125,15 +125,12 @@ impl Deliverer {
                 headers.insert(name, value);
             }
         }
-        // The message's trace goes on to the handler, its parent this delivery (W3C Trace
-        // Context); a malformed traceparent is dropped, and its tracestate with it.
-        if let Some(parent) = message
-            .header(TRACEPARENT)
-            .and_then(|v| v.parse::<TraceParent>().ok())
-        {
-            let child = HeaderValue::from_str(&parent.child().to_string())
-                .expect("a traceparent is plain ASCII");
-            headers.insert(TRACEPARENT, child);
+        // The message's trace goes on to the handler, its parent this delivery's span (W3C
+        // Trace Context), with its tracestate; none if the message came without one.
+        if let Some(onward) = oncely::consumer::current_trace() {
+            let value =
+                HeaderValue::from_str(&onward.to_string()).expect("a traceparent is plain ASCII");
+            headers.insert(TRACEPARENT, value);
             if let Some(Ok(state)) = message
                 .header(TRACESTATE)
                 .map(|v| HeaderValue::from_bytes(v.as_bytes()))

@@ -57,8 +57,35 @@ struct Cli {
     #[arg(long, global = true, env = "ONCELY_CONFIG", value_name = "FILE")]
     config: Option<std::path::PathBuf>,
 
+    /// How spans (the log with RUST_LOG, traces over OTLP) name keys: as they are, or hashed
+    /// (`sha256:` and 16 hex digits of the key's SHA-256) where keys carry personal data.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "plain",
+        value_name = "HOW"
+    )]
+    span_keys: SpanKeysArg,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--span-keys`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum SpanKeysArg {
+    Plain,
+    Hashed,
+}
+
+impl From<SpanKeysArg> for oncely::trace::SpanKeys {
+    fn from(arg: SpanKeysArg) -> Self {
+        match arg {
+            SpanKeysArg::Plain => oncely::trace::SpanKeys::Plain,
+            SpanKeysArg::Hashed => oncely::trace::SpanKeys::Hashed,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -243,8 +270,16 @@ enum Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = parse();
-    init_log();
+    let (cli, command) = parse();
+    let service = format!("oncely-{command}");
+    // Dropped last, after the command: sends the spans still queued.
+    let _exporter = match init_log(&service) {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {
@@ -256,15 +291,18 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // The store's own errors name the URL and what is wrong with it, so no extra context here.
-    let open = || async { anyhow::Ok(Oncely::new(oncely::connect(&cli.store).await?)) };
+    let span_keys = cli.span_keys.into();
+    let open = || async {
+        anyhow::Ok(Oncely::new(oncely::connect(&cli.store).await?).with_span_keys(span_keys))
+    };
     let mut stdout = std::io::stdout().lock();
     match cli.command {
         Command::Dedup(args) => {
             dedup::run(open().await?, args, std::io::stdin(), &mut stdout).await
         }
         // Connects the broker before the store: its errors come first and create no file.
-        Command::Consume(args) => consume::run(&cli.store, args).await,
-        Command::Serve(args) => serve::run(&cli.store, *args).await,
+        Command::Consume(args) => consume::run(&cli.store, span_keys, args).await,
+        Command::Serve(args) => serve::run(&cli.store, span_keys, *args).await,
         Command::Forget(args) => {
             forget::run(&open().await?, args, std::io::stdin().lock(), &mut stdout).await
         }
@@ -294,7 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The command line, with every flag's `ONCELY_*` variable and `--config`'s file (see `config`).
 /// A config file that cannot be used is one `error: ...` line and exit 2, as a bad flag is.
-fn parse() -> Cli {
+fn parse() -> (Cli, String) {
     use clap::FromArgMatches;
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut command = config::with_env(Cli::command());
@@ -305,16 +343,26 @@ fn parse() -> Cli {
         });
     }
     let matches = command.get_matches_from(args);
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    let name = matches.subcommand_name().unwrap_or_default().to_owned();
+    (
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()),
+        name,
+    )
 }
 
 /// `tracing` to stderr, filtered by `RUST_LOG`; without it, oncely's own warnings and errors
 /// only (a driver's log, e.g. lapin's on a missing queue, would repeat the one error line). Each
 /// span enabled is logged as it closes. Directives that do not parse are ignored rather than
 /// stopping the command.
-fn init_log() {
+///
+/// With an OTLP endpoint in the environment (`OTEL_EXPORTER_OTLP_ENDPOINT`, see
+/// `oncely_otlp`), oncely's spans at info and above are exported too, whatever `RUST_LOG` says,
+/// as the service `service`; the exporter answered sends what is left when dropped.
+fn init_log(service: &str) -> Result<Option<oncely_otlp::Exporter>, oncely_otlp::OtlpError> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::fmt::format::FmtSpan;
+    use tracing_subscriber::prelude::*;
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.trim().is_empty() => {
             EnvFilter::builder().parse_lossy(directives)
@@ -322,12 +370,24 @@ fn init_log() {
         // `oncely` covers every oncely_* crate.
         _ => EnvFilter::new("oncely=warn"),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // A span is logged when it closes, with its fields and how long it took.
         .with_span_events(FmtSpan::CLOSE)
-        .init();
+        .with_filter(filter);
+    let (otlp, exporter) = match oncely_otlp::OtlpConfig::from_env(service)? {
+        Some(config) => {
+            let (layer, exporter) = oncely_otlp::OtlpLayer::new(config)?;
+            let spans = Targets::new()
+                .with_target("oncely", LevelFilter::INFO)
+                // Its own warnings would be events in no span: nothing to export.
+                .with_target("oncely_otlp", LevelFilter::OFF);
+            (Some(layer.with_filter(spans)), Some(exporter))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(log).with(otlp).init();
+    Ok(exporter)
 }
 
 /// The error chain on one line: `outer: inner: root`.

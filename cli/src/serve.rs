@@ -15,6 +15,7 @@ use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use hyper::header::HeaderName;
 use hyper::{Method, StatusCode};
+use oncely::trace::SpanKeys;
 use oncely::{Oncely, duration};
 use oncely_http::gateway::ops::OpsServer;
 use oncely_http::gateway::{Gateway, GatewayError, GatewayOptions, ServerTls};
@@ -270,7 +271,7 @@ fn flag_error(error: GatewayError) -> anyhow::Error {
 }
 
 /// Runs `oncely serve` until SIGINT or SIGTERM; `store` is the global `--store` URL.
-pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
+pub async fn run(store: &str, span_keys: SpanKeys, args: ServeArgs) -> Result<ExitCode> {
     let options = options(&args).map_err(flag_error)?;
     options.check().map_err(flag_error)?;
     let scheme = if options.tls.is_some() {
@@ -280,7 +281,9 @@ pub async fn run(store: &str, args: ServeArgs) -> Result<ExitCode> {
     };
     // Signals first: a signal during the setup must not kill the process half-way.
     let mut stop = Stop::install()?;
-    let oncely = Oncely::new(oncely::connect(store).await?).with_lease(LEASE);
+    let oncely = Oncely::new(oncely::connect(store).await?)
+        .with_lease(LEASE)
+        .with_span_keys(span_keys);
     let _purging = args.purge.start(&oncely);
     let gateway = Gateway::new(layer(oncely, &args), options).map_err(flag_error)?;
     let listener = TcpListener::bind(args.listen)

@@ -21,6 +21,7 @@ use oncely::nats::async_nats::{self, jetstream};
 use oncely::outbox::message_id;
 use oncely::postgres::outbox::{Outbox, OutboxMessage, PostgresOutbox, PostgresOutboxStore};
 use oncely::postgres::sqlx::{self, PgPool};
+use oncely::trace::TraceParent;
 use oncely_conformance::servers;
 
 #[path = "support/http_get.rs"]
@@ -74,8 +75,8 @@ async fn postgres_outbox() -> (String, String, PgPool) {
     (outbox_url, origin, pool)
 }
 
-/// Enqueues `count` rows of five aggregates (`order-0` .. `order-4`) in one transaction and
-/// answers each aggregate's message ids in order.
+/// Enqueues `count` rows of five aggregates (`order-0` .. `order-4`) in one transaction, each
+/// in a trace of its own ([`row_trace`]), and answers each aggregate's message ids in order.
 async fn enqueue_orders(
     pool: &PgPool,
     origin: &str,
@@ -85,7 +86,8 @@ async fn enqueue_orders(
     let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for n in 0..count {
         let aggregate = format!("order-{}", n % 5);
-        let message = OutboxMessage::new(&aggregate, format!("{n}").into_bytes());
+        let message = OutboxMessage::new(&aggregate, format!("{n}").into_bytes())
+            .traced(&row_trace(n), Some(ROW_TRACESTATE));
         let id = Outbox::new().enqueue(&mut tx, &message).await.unwrap();
         expected
             .entry(aggregate)
@@ -94,6 +96,32 @@ async fn enqueue_orders(
     }
     tx.commit().await.unwrap();
     expected
+}
+
+/// The trace row `n` is written in: trace id and span id `n + 1`.
+fn row_trace(n: usize) -> TraceParent {
+    format!("00-{:032x}-{:016x}-01", n + 1, n + 1)
+        .parse()
+        .unwrap()
+}
+
+const ROW_TRACESTATE: &str = "oncely=relay";
+
+/// A published message of row `n` carries the row's trace, with the relay's publish as its
+/// parent, and the row's tracestate, as broker headers.
+fn assert_carries_row_trace(n: usize, traceparent: Option<&str>, tracestate: Option<&str>) {
+    let row = row_trace(n);
+    let got: TraceParent = traceparent
+        .unwrap_or_else(|| panic!("row {n} published without a traceparent"))
+        .parse()
+        .unwrap();
+    assert_eq!(got.trace_id(), row.trace_id(), "row {n}: the row's trace");
+    assert_ne!(
+        got.parent_id(),
+        row.parent_id(),
+        "row {n}: the relay's span as the parent"
+    );
+    assert_eq!(tracestate, Some(ROW_TRACESTATE), "row {n}");
 }
 
 /// Runs `oncely relay --outbox <outbox_url> --to <to> <args>` until `unsent` reads no row left
@@ -216,7 +244,9 @@ fn kafka_config() -> ClientConfig {
     oncely::kafka::client_config(&kafka_brokers())
 }
 
-/// `(partition, offset, key, Oncely-Message-Id)` of every record of `topic` (blocking): its
+/// `(partition, offset, key, Oncely-Message-Id)` of every record of `topic` (blocking), each
+/// checked to carry its row's trace ([`assert_carries_row_trace`], the payload is the row's
+/// number): its
 /// partitions read from the beginning until nothing more comes for half a second. Not up to the
 /// high watermark: tansu (0.6) answers the base offset of a partition's last produce batch plus
 /// one, short of the records after the first of a last batch of several.
@@ -255,6 +285,17 @@ fn read_kafka_topic(topic: &str) -> Vec<(i32, i64, String, String)> {
             .and_then(|h| h.value)
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
+        let header = |name: &str| {
+            read.headers()
+                .and_then(|h| h.iter().find(|h| h.key == name))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let n: usize = String::from_utf8_lossy(read.payload().unwrap_or_default())
+            .parse()
+            .unwrap();
+        let (traceparent, tracestate) = (header("traceparent"), header("tracestate"));
+        assert_carries_row_trace(n, traceparent.as_deref(), tracestate.as_deref());
         records.push((read.partition(), read.offset(), key, id));
     }
     records.sort();
@@ -357,6 +398,14 @@ async fn relay_takes_a_postgres_outbox_to_an_sqs_fifo_queue_grouped_by_aggregate
             );
             let group = system[&System::MessageGroupId].clone();
             arrived.entry(group).or_default().push(id);
+            let attribute = |name: &str| {
+                got.message_attributes
+                    .as_ref()
+                    .and_then(|a| a.get(name))
+                    .and_then(|v| v.string_value())
+            };
+            let n: usize = got.body.as_deref().unwrap().parse().unwrap();
+            assert_carries_row_trace(n, attribute("traceparent"), attribute("tracestate"));
             client
                 .delete_message()
                 .queue_url(&queue_url)
@@ -378,7 +427,9 @@ async fn relay_takes_a_postgres_outbox_to_an_sqs_fifo_queue_grouped_by_aggregate
 async fn relay_takes_a_mysql_outbox_to_a_rabbitmq_queue() {
     use oncely::mysql::outbox::{MySqlOutbox, MySqlOutboxStore};
     use oncely::mysql::sqlx::{self as my, MySqlPool};
-    use oncely::rabbitmq::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    use oncely::rabbitmq::lapin::options::{
+        BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions,
+    };
     use oncely::rabbitmq::lapin::types::FieldTable;
     use oncely::rabbitmq::lapin::{Connection, ConnectionProperties};
 
@@ -396,7 +447,8 @@ async fn relay_takes_a_mysql_outbox_to_a_rabbitmq_queue() {
 
     let mut tx = pool.begin().await.unwrap();
     for n in 0..5 {
-        let message = OutboxMessage::new(format!("order-{}", n % 2), vec![b'y'; n]);
+        let message = OutboxMessage::new(format!("order-{}", n % 2), vec![b'y'; n])
+            .traced(&row_trace(n), Some(ROW_TRACESTATE));
         MySqlOutbox::enqueue(&Outbox::new(), &mut tx, &message)
             .await
             .unwrap();
@@ -421,6 +473,23 @@ async fn relay_takes_a_mysql_outbox_to_a_rabbitmq_queue() {
         .await
         .unwrap();
     assert_eq!(declared.message_count(), 5);
+    for _ in 0..5 {
+        let got = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("a message");
+        let message = oncely::rabbitmq::message::from_amqp(
+            &got.delivery.properties,
+            &got.delivery.data,
+            &queue,
+        );
+        // The payload is `n` times `y`.
+        let n = message.payload().len();
+        let (traceparent, tracestate) =
+            (message.header("traceparent"), message.header("tracestate"));
+        assert_carries_row_trace(n, traceparent, tracestate);
+    }
     channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await

@@ -44,6 +44,7 @@ pub mod inbox;
 pub mod model;
 pub mod offsets;
 pub mod process;
+pub mod recorder;
 pub mod servers;
 pub mod suite;
 pub mod tls_proxy;

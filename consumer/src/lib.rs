@@ -51,8 +51,11 @@ pub use oncely_core::consumer::{
     RetryPolicy, Settled, Source,
 };
 use oncely_core::panic::catch_unwind;
+use oncely_core::trace::{Hop, SpanKeys, TRACEPARENT, TraceParent};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 /// The longest [`Consumer::run`] waits before receiving again after a failed receive: the
 /// waits double from 100 ms up to this, each jittered.
@@ -102,6 +105,7 @@ struct Inner<H> {
     unavailable_backoff: Duration,
     in_progress_recheck: Duration,
     progress_every: Duration,
+    span_keys: SpanKeys,
     gate: gate::KeyGate,
     counts: Counts,
 }
@@ -160,6 +164,7 @@ impl<H: Handler> Consumer<H> {
                 unavailable_backoff: Duration::from_secs(1),
                 in_progress_recheck: Duration::from_secs(1),
                 progress_every: Duration::from_secs(10),
+                span_keys: SpanKeys::Plain,
                 gate: gate::KeyGate::default(),
                 counts: Counts::default(),
             }),
@@ -193,6 +198,12 @@ impl<H: Handler> Consumer<H> {
     /// within this consumer do not need it: they wait for each other here.
     pub fn in_progress_recheck(self, wait: Duration) -> Self {
         self.configure(|c| c.in_progress_recheck = wait)
+    }
+
+    /// How the delivery span names a message's key: as it is (the default) or hashed (see
+    /// [`SpanKeys`]); give it the same as the handler's [`Oncely`](oncely_core::Oncely).
+    pub fn span_keys(self, span_keys: SpanKeys) -> Self {
+        self.configure(|c| c.span_keys = span_keys)
     }
 
     /// How often a running handler's message is reported in progress to the broker (10 s by
@@ -302,16 +313,36 @@ impl<H: Handler> Consumer<H> {
 
     /// Settles one delivery by the contract and counts it. `stopping` turning true cuts a
     /// retry's backoff short: the delivery is given back at once.
-    #[tracing::instrument(name = "oncely.delivery", level = "info", skip_all,
-        fields(source = delivery.message().source(), trace_id = trace_id(delivery.message()),
-            settled))]
+    ///
+    /// Its span, `oncely.delivery` (info), is a [`Hop`] of the message's trace (its
+    /// `traceparent` header), with the source, the key and how it was settled; the handler
+    /// runs inside it and finds the trace to send on in [`current_trace`].
     pub async fn settle<D: Delivery>(
         &self,
         delivery: &D,
         mut stopping: watch::Receiver<bool>,
     ) -> Settled {
-        let settled = self.decide_and_settle(delivery, &mut stopping).await;
-        tracing::Span::current().record("settled", tracing::field::debug(&settled));
+        let message = delivery.message();
+        let hop = Hop::after(message.header(TRACEPARENT));
+        let span = tracing::info_span!(
+            "oncely.delivery",
+            otel.kind = "consumer",
+            source = message.source(),
+            key = Empty,
+            settled = Empty,
+            trace_id = Empty,
+            span_id = Empty,
+            parent_span_id = Empty
+        );
+        hop.record(&span);
+        let settled = TRACE
+            .scope(
+                hop.onward(),
+                self.decide_and_settle(delivery, &mut stopping),
+            )
+            .instrument(span.clone())
+            .await;
+        span.record("settled", settled.label());
         let c = &self.inner.counts;
         let counter = match settled {
             Settled::Done => &c.done,
@@ -333,7 +364,11 @@ impl<H: Handler> Consumer<H> {
         let inner = &*self.inner;
         let message = delivery.message();
         let key = match inner.keys.key_of(message) {
-            Ok(key) => key,
+            Ok(key) => {
+                tracing::Span::current()
+                    .record("key", tracing::field::display(inner.span_keys.show(&key)));
+                key
+            }
             Err(error) => {
                 let error = format!("no key by `{}`: {error}", inner.keys);
                 return dead_letter(delivery, None, error, 0, inner.unavailable_backoff).await;
@@ -486,14 +521,24 @@ async fn dead_letter<D: Delivery>(
     }
 }
 
-/// The trace id of a message's `traceparent` header, for its delivery span (see
-/// [`oncely_core::trace`]); none if absent or malformed.
-fn trace_id(message: &oncely_core::consumer::Message) -> Option<String> {
-    message
-        .header(oncely_core::trace::TRACEPARENT)?
-        .parse::<oncely_core::trace::TraceParent>()
-        .ok()
-        .map(|parent| parent.trace_id())
+tokio::task_local! {
+    /// The trace the delivery being handled sends on (see [`current_trace`]).
+    static TRACE: Option<TraceParent>;
+}
+
+/// Within a handler that [`Consumer`] runs, the `traceparent` to send on with the calls it
+/// makes for the message: the message's trace, with the delivery's span as the parent. `None`
+/// when the message came without a (well-formed) `traceparent`, or outside a delivery. Like any
+/// task-local value, it is not seen by a task the handler spawns: read it first.
+///
+/// ```
+/// # async fn call_downstream(_: Option<String>) {}
+/// // In a handler: pass the trace on to the service it calls.
+/// let traceparent = oncely_consumer::current_trace().map(|t| t.to_string());
+/// # let _ = call_downstream(traceparent);
+/// ```
+pub fn current_trace() -> Option<TraceParent> {
+    TRACE.try_with(|trace| *trace).ok().flatten()
 }
 
 #[cfg(test)]

@@ -154,6 +154,24 @@ impl Message {
         self
     }
 
+    /// With the header `name` set to `value`: every header of that name (in any case) replaced
+    /// by this one, or it added.
+    ///
+    /// ```
+    /// use oncely_core::consumer::Message;
+    /// let message = Message::new(b"{}".to_vec(), "orders")
+    ///     .with_header("Traceparent", "old")
+    ///     .with_header_set("traceparent", "new");
+    /// assert_eq!(message.headers(), [("traceparent".to_owned(), "new".to_owned())]);
+    /// ```
+    pub fn with_header_set(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        let headers = &mut Arc::make_mut(&mut self.0).headers;
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+        headers.push((name, value.into()));
+        self
+    }
+
     /// The payload.
     pub fn payload(&self) -> &[u8] {
         &self.0.payload

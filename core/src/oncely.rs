@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::panic::catch_unwind;
 use crate::telemetry;
 use crate::time::{Measure, StoreOffset};
+use crate::trace::SpanKeys;
 use crate::{
     Claim, ClaimOutcome, ClaimRequest, Clock, Completion, Error, Fingerprint, ForgetOutcome, Key,
     OutcomeUnknown, Record, Result, Scope, Store, StoreStats, SystemClock, Timestamp, VersionCheck,
@@ -55,6 +56,7 @@ pub struct Oncely {
     follow: Option<Arc<StoreOffset>>,
     lease: Duration,
     retention: Duration,
+    span_keys: SpanKeys,
 }
 
 /// An offset to the store's clock above this is logged: the hosts' clocks need looking at.
@@ -69,6 +71,7 @@ impl Oncely {
             follow: Some(Arc::default()),
             lease: DEFAULT_LEASE,
             retention: DEFAULT_RETENTION,
+            span_keys: SpanKeys::Plain,
         }
     }
 
@@ -98,6 +101,18 @@ impl Oncely {
     pub fn with_retention(mut self, retention: Duration) -> Self {
         self.retention = retention;
         self
+    }
+
+    /// How spans name keys (the lifecycle's, and those of the HTTP layer and the consumer that
+    /// run on this instance): as they are (the default) or hashed. See [`SpanKeys`].
+    pub fn with_span_keys(mut self, span_keys: SpanKeys) -> Self {
+        self.span_keys = span_keys;
+        self
+    }
+
+    /// How spans name keys (see [`with_span_keys`](Self::with_span_keys)).
+    pub fn span_keys(&self) -> SpanKeys {
+        self.span_keys
     }
 
     /// The store underneath.
@@ -153,8 +168,8 @@ impl Oncely {
     }
 
     /// Claims (scope, key). See [`ClaimOutcome`] for the four answers.
-    #[tracing::instrument(name = "oncely.claim", level = "debug", skip_all,
-        fields(%scope, %key, outcome))]
+    #[tracing::instrument(name = "oncely.claim", level = "info", skip_all,
+        fields(%scope, key = %self.span_keys.show(key), outcome))]
     pub async fn claim(
         &self,
         scope: &Scope,
@@ -198,8 +213,8 @@ impl Oncely {
     /// Records the work of `claim` as done with `outcome`, replayed to duplicates until retention ends.
     ///
     /// Fails with [`Error::ClaimLost`] if the lease ran out and another delivery took the key over.
-    #[tracing::instrument(name = "oncely.complete", level = "debug", skip_all,
-        fields(scope = %claim.scope, key = %claim.key, attempt = claim.attempt))]
+    #[tracing::instrument(name = "oncely.complete", level = "info", skip_all,
+        fields(scope = %claim.scope, key = %self.span_keys.show(&claim.key), attempt = claim.attempt))]
     pub async fn complete(&self, claim: &Claim, outcome: &[u8]) -> Result<()> {
         let expires_at = self.now().saturating_add(self.retention);
         telemetry::timed("complete", self.store.complete(claim, outcome, expires_at)).await
@@ -293,8 +308,8 @@ impl Oncely {
     }
 
     /// Gives the key back after a failure, so the next delivery gets `New` and can retry.
-    #[tracing::instrument(name = "oncely.release", level = "debug", skip_all,
-        fields(scope = %claim.scope, key = %claim.key, attempt = claim.attempt))]
+    #[tracing::instrument(name = "oncely.release", level = "info", skip_all,
+        fields(scope = %claim.scope, key = %self.span_keys.show(&claim.key), attempt = claim.attempt))]
     pub async fn release(&self, claim: &Claim) -> Result<()> {
         telemetry::timed("release", self.store.release(claim)).await
     }
@@ -304,8 +319,8 @@ impl Oncely {
     ///
     /// Fails with [`Error::ClaimLost`] if the key was taken over (the lease ran out first),
     /// completed or released: the holder must then stop and not complete.
-    #[tracing::instrument(name = "oncely.extend", level = "debug", skip_all,
-        fields(scope = %claim.scope, key = %claim.key, attempt = claim.attempt))]
+    #[tracing::instrument(name = "oncely.extend", level = "info", skip_all,
+        fields(scope = %claim.scope, key = %self.span_keys.show(&claim.key), attempt = claim.attempt))]
     pub async fn extend(&self, claim: &mut Claim) -> Result<()> {
         let lease_until = self.now().saturating_add(self.lease);
         telemetry::timed("extend", self.store.extend(claim, lease_until)).await?;
@@ -409,7 +424,7 @@ impl Oncely {
     /// # Ok(()) }
     /// ```
     #[tracing::instrument(name = "oncely.forget", level = "info", skip_all,
-        fields(%scope, %key, force, outcome))]
+        fields(%scope, key = %self.span_keys.show(key), force, outcome))]
     pub async fn forget(&self, scope: &Scope, key: &Key, force: bool) -> Result<ForgetOutcome> {
         // Each turn of the loop means the record changed between the read and the removal: a
         // new claim took the key (the only change of token), so decide again on that one.

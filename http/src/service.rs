@@ -9,9 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use oncely_core::panic::catch_unwind;
+use oncely_core::trace::{Hop, TRACEPARENT};
 use oncely_core::{BoxError, Claim, ClaimOutcome, Fingerprint, Key, Oncely, Record, Scope};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::body::{Collected, collect_limited};
 use crate::hop::remove_hop_by_hop;
@@ -131,6 +134,8 @@ where
     };
     let scope = principal_scope(&config.principal_headers, &parts.headers);
     let fingerprint = request_fingerprint(&config.fingerprint_headers, &parts, &data);
+    let mut parts = parts;
+    let span = request_span(&config, &mut parts, &scope, &key);
     let request = Request::from_parts(parts, Body::buffered(data, trailers));
 
     // From here on the request runs on a task of its own: once it reached the inner service,
@@ -147,16 +152,47 @@ where
         answer: Some(answer),
     };
     let running = keyed.config.running.start();
-    tokio::spawn(async move {
-        keyed.run(inner, request).await;
-        drop(running);
-    });
+    tokio::spawn(
+        async move {
+            keyed.run(inner, request).await;
+            drop(running);
+        }
+        .instrument(span),
+    );
     match answered.await {
         Ok(answer) => answer,
         // The task ended without answering: it panicked outside the inner service (the inner
         // service's own panics are caught and answered). Its claim is left to its lease.
         Err(_) => Ok(Problem::Panicked.into_response(&type_base)),
     }
+}
+
+/// The span of a keyed request, `oncely.request` (info): a [`Hop`] of the request's trace,
+/// with the method, path, scope, key and the status answered. The request the inner service
+/// sees carries this span as its `traceparent` (when one came), so the trace goes on through
+/// the effect.
+fn request_span(
+    config: &Config,
+    parts: &mut http::request::Parts,
+    scope: &Scope,
+    key: &Key,
+) -> tracing::Span {
+    let hop = Hop::after(
+        parts
+            .headers
+            .get(TRACEPARENT)
+            .and_then(|value| value.to_str().ok()),
+    );
+    let span = tracing::info_span!("oncely.request", otel.kind = "server",
+        http.request.method = %parts.method, url.path = parts.uri.path(), %scope,
+        key = %config.oncely.span_keys().show(key), http.response.status_code = Empty,
+        trace_id = Empty, span_id = Empty, parent_span_id = Empty);
+    hop.record(&span);
+    if let Some(onward) = hop.onward() {
+        let value = HeaderValue::from_str(&onward.to_string()).expect("a traceparent is ASCII");
+        parts.headers.insert(TRACEPARENT, value);
+    }
+    span
 }
 
 /// A keyed request on its own task: claim, execute, store, and answer whoever still waits.
@@ -175,6 +211,10 @@ where
     E: Send + 'static,
 {
     fn answer(&mut self, answer: Result<Response<Body<ResB>>, E>) {
+        if let Ok(response) = &answer {
+            let status = response.status().as_u16();
+            tracing::Span::current().record("http.response.status_code", status);
+        }
         if let Some(sender) = self.answer.take() {
             // The client may be gone: then the answer (already stored, if storable) is dropped.
             let _ = sender.send(answer);

@@ -67,8 +67,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::join_all;
-use oncely_core::consumer::BrokerError;
+use oncely_core::consumer::{BrokerError, Message};
 use oncely_core::outbox::{OutboxBatch, OutboxId, OutboxRow, OutboxStore, Publisher};
+use oncely_core::trace::{Hop, TRACEPARENT};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 /// Rows per batch unless told otherwise.
 pub const DEFAULT_BATCH: usize = 100;
@@ -367,12 +370,14 @@ pub async fn publish_in_order<P: Publisher + ?Sized>(
     let lanes = by_aggregate.into_iter().map(|lane| async move {
         let mut sent = Vec::with_capacity(lane.len());
         for row in lane {
-            let message = row.message(origin);
+            let (message, span) = traced_message(row, origin);
             let started = Instant::now();
             let published = publisher
                 .publish(row.destination.as_deref(), &message)
+                .instrument(span.clone())
                 .await;
             let result = if published.is_ok() { "ok" } else { "error" };
+            span.record("result", result);
             metrics::histogram!(PUBLISH_SECONDS, "result" => result)
                 .record(started.elapsed().as_secs_f64());
             if let Err(e) = published {
@@ -394,6 +399,28 @@ pub async fn publish_in_order<P: Publisher + ?Sized>(
     }
     sent.sort_unstable();
     (sent, first_error.map(|e| (failures, e)))
+}
+
+/// The message of `row`, and its span, `oncely.publish` (info): a [`Hop`] of the trace the
+/// row was written in (its `traceparent` header), so the message goes out with this publish as
+/// its parent; a row without one goes out as it is.
+fn traced_message(row: &OutboxRow, origin: &str) -> (Message, tracing::Span) {
+    let caller = row
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(TRACEPARENT))
+        .map(|(_, value)| value.as_str());
+    let hop = Hop::after(caller);
+    let mut message = row.message(origin);
+    let span = tracing::info_span!("oncely.publish", otel.kind = "producer",
+        aggregate = %row.aggregate, message_id = message.message_id(),
+        destination = row.destination.as_deref(), result = Empty,
+        trace_id = Empty, span_id = Empty, parent_span_id = Empty);
+    hop.record(&span);
+    if let Some(onward) = hop.onward() {
+        message = message.with_header_set(TRACEPARENT, onward.to_string());
+    }
+    (message, span)
 }
 
 #[cfg(test)]
