@@ -44,7 +44,7 @@ impl Queue {
 }
 
 /// Sends the spans an [`OtlpLayer`](crate::OtlpLayer) queues, every
-/// [`every`](OtlpConfig::every) or [`MAX_BATCH`] spans, from a thread of its own (so a process
+/// [`every`](OtlpConfig::every) or 512 spans, from a thread of its own (so a process
 /// whose runtime is busy or ending still exports). A failed export is logged (a warning, once
 /// per run of failures) and its spans dropped: tracing never holds the work up.
 ///
