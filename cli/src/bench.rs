@@ -84,7 +84,7 @@ pub struct BenchArgs {
     /// clock starts. oncely: oncely::Consumer with an OncelyHandler (key /eventId) on a fresh store
     /// of the kind --store names (sqlite:, postgres://, mysql://), the effect an in-process
     /// counter, --concurrency deliveries in flight (default 64; NATS batch=N, RabbitMQ prefetch=2N;
-    /// Kafka: at most one per partition, so 8; SQS: receives of up to 10 ahead, deletes batched by
+    /// Kafka: one per key at a time; SQS: receives of up to 10 ahead, deletes batched by
     /// 10). naive: one message at a time, SELECT EXISTS then INSERT in its own transaction on the
     /// same kind of store, the effect, then the ack (Kafka: a synchronous offset commit), on the
     /// first --naive-events messages. Reports messages/s and p50/p99 from delivery to confirmed
@@ -352,7 +352,7 @@ fn run_broker(
         config.concurrency,
         if broker_kind == Some(BrokerKind::Kafka) {
             format!(
-                " (Kafka: at most one per partition, {} partitions)",
+                " (Kafka: one per key at a time, {} partitions)",
                 oncely_bench::broker::KAFKA_PARTITIONS
             )
         } else {

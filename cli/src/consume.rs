@@ -37,7 +37,7 @@ pub struct ConsumeArgs {
     /// consumer, created if missing), amqp://[USER:PASS@]HOST[:PORT][/VHOST]/QUEUE[?OPTIONS]
     /// (an existing RabbitMQ queue; VHOST %2f is the default vhost),
     /// kafka://HOST[:PORT][,HOST...]/TOPIC?group=NAME[&OPTIONS] (an existing topic, read by a
-    /// consumer group, in order per partition) or sqs://HOST[:PORT]/QUEUE[?OPTIONS] (an
+    /// consumer group, in order per key; ?order=partition for per partition) or sqs://HOST[:PORT]/QUEUE[?OPTIONS] (an
     /// existing SQS queue over HTTPS; sqs+http://HOST:PORT/QUEUE for an emulator).
     #[arg(long, value_name = "URL")]
     from: String,
@@ -67,7 +67,8 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "NAME")]
     dlq: Option<String>,
 
-    /// Messages handled at once. Order per key holds only at 1.
+    /// Messages handled at once. Order per key holds only at 1, except on Kafka, which keeps
+    /// each key's messages in order at any concurrency.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     concurrency: u32,

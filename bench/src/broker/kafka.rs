@@ -13,9 +13,8 @@ use oncely::kafka::rdkafka;
 use super::{BENCH_PREFIX, Channel, PUBLISH_WINDOW, other, payload, unsupported};
 use crate::{BenchError, Progress, Workload};
 
-/// Partitions of a Kafka bench topic. Kafka's parallelism is per partition: the source hands out
-/// one message per partition at a time, so on Kafka oncely has at most this many deliveries in
-/// flight, whatever its concurrency.
+/// Partitions of a Kafka bench topic. The source keeps order per Kafka key, so its deliveries in
+/// flight are bounded by the concurrency, not by this.
 pub const KAFKA_PARTITIONS: i32 = 8;
 
 /// How long a Kafka metadata, offsets or admin request may take.
@@ -130,8 +129,8 @@ impl Channel for Topic {
         Ok(())
     }
 
-    /// No read-ahead to set: the source fetches per partition and hands out one message per
-    /// partition at a time.
+    /// No read-ahead to set: the source fetches per partition and hands out up to the runner's
+    /// concurrency, one message per key at a time.
     fn source_url(&self, _concurrency: Option<usize>) -> String {
         let Topic { brokers, topic, .. } = self;
         format!("kafka://{brokers}/{topic}?group={topic}")

@@ -17,12 +17,11 @@
 //! queues a crashed run left are deleted by the next run, RabbitMQ's expire by themselves; the
 //! Kafka consumer groups stay). The measured phase is consumption only.
 //!
-//! **Kafka's partitions.** Kafka's parallelism is per partition: the source hands out one message
-//! per partition at a time (order per partition), so on Kafka oncely has at most
-//! [`KAFKA_PARTITIONS`] (8) deliveries in flight, and concurrency above that is unused. Eight is
-//! a common partition count for a topic of this size and is what a two-core machine can use; a
-//! re-publish never meets its original in flight there (same key, same partition, one at a
-//! time).
+//! **Kafka's partitions.** The source keeps order per Kafka key (`order=key`, its default):
+//! messages of other keys of one partition run side by side, up to the concurrency, and the
+//! offset committed is the first one not settled. Eight partitions are a common count for a
+//! topic of this size; a re-publish never meets its original in flight (same key, one at a
+//! time). The naive contender reads one message at a time, as that pattern does.
 //!
 //! **SQS.** `sqs://HOST[:PORT]` (`sqs+http://` for an emulator). Every contender gets a fresh
 //! standard queue `oncely-bench-<pid>-<millis>-<n>-<contender>` and its `-dlq` (deleted at the
@@ -48,7 +47,7 @@
 //! oncely's default lease) over a fresh store of the kind `--store` names
 //! (SQLite: an empty file under the bench directory; PostgreSQL / MySQL: a fresh schema /
 //! database on that server, dropped after). The effect is an in-process counter.
-//! [`BrokerConfig::concurrency`] deliveries in flight (Kafka: at most one per partition); the
+//! [`BrokerConfig::concurrency`] deliveries in flight (Kafka: at most one per key); the
 //! source's read-ahead follows it (NATS `batch=<concurrency>`, `max_ack_pending` at least twice
 //! it; RabbitMQ `prefetch=<2 x concurrency>`; Kafka: the source's own per-partition fetching).
 //! The clock runs from the consumer's start until the last message's ack is confirmed (Kafka:
@@ -119,8 +118,7 @@ pub struct BrokerConfig {
     pub events: usize,
     /// Share of messages that re-publish an earlier key.
     pub duplicate_ratio: f64,
-    /// oncely's deliveries in flight (on Kafka at most one per partition:
-    /// [`KAFKA_PARTITIONS`]).
+    /// oncely's deliveries in flight (on Kafka at most one per Kafka key).
     pub concurrency: usize,
     /// Messages through the naive pattern (the first of the workload).
     pub naive_events: usize,

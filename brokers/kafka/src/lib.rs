@@ -18,10 +18,14 @@
 //! | rejected, or no key | dead-letter at once |
 //! | store unavailable | back to the head of its partition after a delay, no attempt counted |
 //!
-//! **Order per partition.** One message per partition is handled at a time, and a message given
-//! back stays ahead of the rest of its partition: messages of one Kafka key (one partition) are
-//! handled in the order they were produced. Partitions are handled side by side, up to the
-//! runner's concurrency; more concurrency than assigned partitions is not used.
+//! **Order per key.** Messages of one Kafka key are handled one at a time, in the order they
+//! were produced, and a message given back stays ahead of the rest of its key; messages of
+//! other keys, of the same partition or another, run beside them up to the runner's
+//! concurrency (records without a key count as one key among themselves). The offset committed
+//! is the first one of the partition not yet settled, so a crash redelivers only messages that
+//! may be unfinished, and those after them that the dedup store answers as duplicates
+//! (Confluent's parallel consumer works the same way). `order=partition` handles one message
+//! of a partition at a time instead, as does the mode with offsets stored with the effect.
 //!
 //! **Offsets in two modes.**
 //! - *Committed to Kafka after the effect* (the default). A crash between the effect and the
@@ -57,6 +61,7 @@
 //! | `session_timeout=10s` | 10 s | how soon a crashed member's partitions go to the others |
 //! | `commit_interval=200ms` | 200 ms | how often settled offsets are committed |
 //! | `revoke_wait=30s` | 30 s | how long a revocation waits for messages in flight |
+//! | `order=key\|partition` | `key` | what is kept in order: each key's messages, or each partition's |
 //!
 //! **TLS and SASL** take librdkafka's own names, so a managed cluster's settings paste in
 //! ([`Cluster`]): `security.protocol` (`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`),
@@ -122,7 +127,7 @@ pub use fresh::{FreshDestination, FreshOptions, fresh_destination};
 pub use message::MESSAGE_ID_HEADER;
 pub use options::{
     DEFAULT_COMMIT_INTERVAL, DEFAULT_PORT, DEFAULT_REVOKE_WAIT, DEFAULT_SESSION_TIMEOUT,
-    KafkaOptions,
+    KafkaOptions, Order,
 };
 pub use publisher::KafkaPublisher;
 pub use rdkafka;

@@ -55,6 +55,25 @@ pub struct KafkaOptions {
     pub commit_interval: Duration,
     /// How long a revocation waits for messages in flight ([`DEFAULT_REVOKE_WAIT`]).
     pub revoke_wait: Duration,
+    /// What is handled in order ([`Order::Key`] by default).
+    pub order: Order,
+}
+
+/// What a [`KafkaSource`](crate::KafkaSource) keeps in order, which decides how many messages
+/// of one partition are in flight at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    /// The messages of one Kafka key, in the order they were produced; messages of other keys
+    /// in the same partition run beside them (up to the runner's concurrency). Records without
+    /// a key count as one key among themselves. Offsets are committed up to the first message
+    /// not yet settled, so a crash redelivers only what may be unfinished (and duplicates,
+    /// which the dedup store answers).
+    #[default]
+    Key,
+    /// All the messages of a partition, one at a time. Always so when offsets are stored with
+    /// the effect ([`KafkaSource::offsets`](crate::KafkaSource::offsets)): a stored offset
+    /// means every message before it is done.
+    Partition,
 }
 
 impl KafkaOptions {
@@ -74,7 +93,14 @@ impl KafkaOptions {
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
             revoke_wait: DEFAULT_REVOKE_WAIT,
+            order: Order::Key,
         }
+    }
+
+    /// What is handled in order (see [`Order`]).
+    pub fn order(mut self, order: Order) -> Self {
+        self.order = order;
+        self
     }
 
     /// Dead letters go to `topic`.

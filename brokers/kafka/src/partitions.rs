@@ -1,19 +1,23 @@
 //! What this consumer holds of each assigned partition: messages fetched and not handed out yet,
-//! the one message in flight, and the offset to commit next.
+//! the messages in flight, and the offset to commit next.
 //!
-//! One message per partition is in flight at a time, so a partition's messages are handled in
-//! order; partitions run side by side. A message given back (retry later, in progress
-//! elsewhere) returns to the head of its partition, so nothing behind it overtakes it.
+//! In [`Order::Key`], messages of one Kafka key are handled one at a time, in offset order, and
+//! messages of other keys of the same partition beside them; in [`Order::Partition`], one
+//! message of a partition at a time. Either way a message given back (retry later, in progress
+//! elsewhere) returns to its place in its partition, so nothing of its key behind it overtakes
+//! it, and the offset committed is the first one not settled: everything before it is done.
 //!
 //! Shared by the poll thread (which fetches, assigns, revokes and commits) and the runner's
 //! tasks (which take, ack and give back). A revocation waits here, on the poll thread, for the
 //! messages in flight of the revoked partitions to settle.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use oncely_core::consumer::Message;
+
+use crate::options::Order;
 
 /// Queued messages of one partition above which its fetching is paused.
 pub(crate) const PAUSE_ABOVE: usize = 1000;
@@ -31,6 +35,7 @@ pub(crate) struct Partitions {
 
 #[derive(Default)]
 struct State {
+    order: Order,
     parts: BTreeMap<i32, Part>,
     /// Bumped at every assignment: a settlement from before it belongs to an earlier owner.
     generation: u64,
@@ -41,12 +46,22 @@ struct State {
 
 struct Part {
     generation: u64,
+    /// Fetched and not handed out, in offset order.
     queue: VecDeque<Fetched>,
-    in_flight: Option<i64>,
-    /// The offset to commit (the one after the last settled message), until committed.
+    /// Handed out and not settled: offset -> what it is ordered by.
+    in_flight: BTreeMap<i64, OrderKey>,
+    /// The offset after the highest one settled.
+    settled_up_to: Option<i64>,
+    /// The offset to commit (the first one not settled), until committed.
     to_commit: Option<i64>,
+    /// The last offset put in `to_commit`: it only moves forward.
+    marked: Option<i64>,
     paused: bool,
 }
+
+/// What a message waits behind: the earlier messages with the same value. `None` for every
+/// message in [`Order::Partition`], and for records without a key in [`Order::Key`].
+type OrderKey = Option<String>;
 
 struct Fetched {
     offset: i64,
@@ -72,7 +87,34 @@ pub(crate) enum Take {
     Closed,
 }
 
+impl Part {
+    /// The first offset not settled, if it moved past the last one marked: to commit.
+    fn advance(&mut self) {
+        let first_unsettled = [
+            self.queue.front().map(|f| f.offset),
+            self.in_flight.keys().next().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .or(self.settled_up_to);
+        if let Some(offset) = first_unsettled
+            && self.marked.is_none_or(|m| offset > m)
+        {
+            self.marked = Some(offset);
+            self.to_commit = Some(offset);
+        }
+    }
+}
+
 impl Partitions {
+    /// Partitions handed out in `order`.
+    pub(crate) fn new(order: Order) -> Self {
+        let partitions = Partitions::default();
+        partitions.lock().order = order;
+        partitions
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
@@ -88,8 +130,10 @@ impl Partitions {
             state.parts.entry(partition).or_insert_with(|| Part {
                 generation,
                 queue: VecDeque::new(),
-                in_flight: None,
+                in_flight: BTreeMap::new(),
+                settled_up_to: None,
                 to_commit: None,
+                marked: None,
                 paused: false,
             });
         }
@@ -115,15 +159,16 @@ impl Partitions {
         pause
     }
 
-    /// The next message to handle: the head of a partition with nothing in flight, taking
-    /// partitions in turn.
+    /// The next message to handle: in each partition, the first queued one whose key has
+    /// nothing in flight and nothing queued ahead of it; partitions in turn.
     pub(crate) fn take(&self, now: Instant) -> Take {
         let mut state = self.lock();
         if state.closed {
             return Take::Closed;
         }
+        let order = state.order;
         let after = state.after;
-        let order: Vec<i32> = {
+        let turn: Vec<i32> = {
             let (later, first): (Vec<i32>, Vec<i32>) = state
                 .parts
                 .keys()
@@ -131,20 +176,14 @@ impl Partitions {
             later.into_iter().chain(first).collect()
         };
         let mut wake: Option<Instant> = None;
-        for partition in order {
+        for partition in turn {
             let part = state.parts.get_mut(&partition).expect("listed above");
-            if part.in_flight.is_some() {
-                continue;
-            }
-            let Some(head) = part.queue.front() else {
+            let Some(at) = first_ready(part, order, now, &mut wake) else {
                 continue;
             };
-            if let Some(at) = head.not_before.filter(|at| *at > now) {
-                wake = Some(wake.map_or(at, |w| w.min(at)));
-                continue;
-            }
-            let head = part.queue.pop_front().expect("has a head");
-            part.in_flight = Some(head.offset);
+            let head = part.queue.remove(at).expect("found above");
+            part.in_flight
+                .insert(head.offset, order_key(order, &head.message));
             let generation = part.generation;
             state.after = Some(partition);
             return Take::Ready(Handout {
@@ -157,15 +196,16 @@ impl Partitions {
         Take::Wait(wake)
     }
 
-    /// The message in flight at `offset` is done: the next offset is to be committed. False if
-    /// the partition changed hands since it was handed out (nothing is recorded then).
+    /// The message in flight at `offset` is done. False if the partition changed hands since
+    /// it was handed out (nothing is recorded then).
     pub(crate) fn ack(&self, partition: i32, generation: u64, offset: i64) -> bool {
         self.settle(partition, generation, offset, |part| {
-            part.to_commit = Some(offset + 1);
+            part.settled_up_to = Some(part.settled_up_to.map_or(offset + 1, |s| s.max(offset + 1)));
+            part.advance();
         })
     }
 
-    /// The message in flight goes back to the head of its partition, to be handed out again
+    /// The message in flight goes back to its place in its partition, to be handed out again
     /// after `after`. False if the partition changed hands.
     pub(crate) fn give_back(&self, handout: &Handout, after: Duration) -> bool {
         let not_before = Some(Instant::now() + after);
@@ -174,11 +214,15 @@ impl Partitions {
             handout.generation,
             handout.offset,
             |part| {
-                part.queue.push_front(Fetched {
-                    offset: handout.offset,
-                    message: handout.message.clone(),
-                    not_before,
-                });
+                let at = part.queue.partition_point(|f| f.offset < handout.offset);
+                part.queue.insert(
+                    at,
+                    Fetched {
+                        offset: handout.offset,
+                        message: handout.message.clone(),
+                        not_before,
+                    },
+                );
             },
         )
     }
@@ -192,8 +236,8 @@ impl Partitions {
     ) -> bool {
         let mut state = self.lock();
         let held = match state.parts.get_mut(&partition) {
-            Some(part) if part.generation == generation && part.in_flight == Some(offset) => {
-                part.in_flight = None;
+            Some(part) if part.generation == generation && part.in_flight.contains_key(&offset) => {
+                part.in_flight.remove(&offset);
                 then(part);
                 true
             }
@@ -259,7 +303,7 @@ impl Partitions {
                 state
                     .parts
                     .get(p)
-                    .is_some_and(|part| part.in_flight.is_some())
+                    .is_some_and(|part| !part.in_flight.is_empty())
             });
             let now = Instant::now();
             if !busy || now >= deadline {
@@ -277,8 +321,8 @@ impl Partitions {
                 if let Some(offset) = part.to_commit {
                     revoked.to_commit.push((*partition, offset));
                 }
-                if let Some(offset) = part.in_flight {
-                    revoked.released.push((*partition, offset));
+                for offset in part.in_flight.keys() {
+                    revoked.released.push((*partition, *offset));
                 }
             }
         }
@@ -298,6 +342,48 @@ impl Partitions {
     }
 }
 
+/// Where in `part`'s queue the first message ready to hand out is: its time has come, its key
+/// has nothing in flight, and no message of its key is queued ahead of it. A message waiting
+/// for its time sets `wake` to the earliest such time.
+fn first_ready(
+    part: &Part,
+    order: Order,
+    now: Instant,
+    wake: &mut Option<Instant>,
+) -> Option<usize> {
+    let mut blocked: HashSet<Option<&str>> =
+        part.in_flight.values().map(Option::as_deref).collect();
+    for (at, fetched) in part.queue.iter().enumerate() {
+        let key = order_key_ref(order, &fetched.message);
+        if blocked.contains(&key) {
+            continue;
+        }
+        match fetched.not_before.filter(|t| *t > now) {
+            Some(time) => {
+                *wake = Some(wake.map_or(time, |w| w.min(time)));
+                // The rest of its key waits behind it.
+                blocked.insert(key);
+            }
+            None => return Some(at),
+        }
+        if order == Order::Partition {
+            return None;
+        }
+    }
+    None
+}
+
+fn order_key(order: Order, message: &Message) -> OrderKey {
+    order_key_ref(order, message).map(str::to_owned)
+}
+
+fn order_key_ref(order: Order, message: &Message) -> Option<&str> {
+    match order {
+        Order::Key => message.ordering_key(),
+        Order::Partition => None,
+    }
+}
+
 /// What a revocation left.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Revoked {
@@ -314,6 +400,80 @@ mod tests {
 
     fn message(n: i64) -> Message {
         Message::new(n.to_string().into_bytes(), "t")
+    }
+
+    fn keyed(n: i64, key: &str) -> Message {
+        message(n).with_ordering_key(key)
+    }
+
+    fn handed(p: &Partitions) -> (i64, String) {
+        let h = ready(p);
+        (
+            h.offset,
+            h.message.ordering_key().unwrap_or_default().to_owned(),
+        )
+    }
+
+    #[test]
+    fn keys_run_beside_each_other_one_key_waits_its_turn_and_commits_stop_at_the_first_unsettled() {
+        let p = Partitions::new(Order::Key);
+        p.assign(&[0]);
+        for (offset, key) in [(0, "a"), (1, "b"), (2, "a"), (3, "c")] {
+            p.push(0, offset, keyed(offset, key));
+        }
+        assert_eq!(handed(&p), (0, "a".into()));
+        assert_eq!(handed(&p), (1, "b".into()));
+        assert_eq!(
+            handed(&p),
+            (3, "c".into()),
+            "offset 2 waits for key a's offset 0"
+        );
+        assert!(matches!(p.take(Instant::now()), Take::Wait(None)));
+        let generation = 1;
+        assert!(p.ack(0, generation, 1));
+        assert_eq!(p.to_commit(), vec![(0, 0)], "offset 0 is not settled yet");
+        assert!(p.ack(0, generation, 0));
+        assert_eq!(p.to_commit(), vec![(0, 2)], "offset 2 is queued");
+        assert_eq!(
+            handed(&p),
+            (2, "a".into()),
+            "key a's next, now that 0 is done"
+        );
+        assert!(p.ack(0, generation, 3));
+        assert_eq!(p.to_commit(), vec![], "2 is still in flight");
+        assert!(p.ack(0, generation, 2));
+        assert_eq!(p.to_commit(), vec![(0, 4)], "all settled");
+    }
+
+    #[test]
+    fn a_message_given_back_holds_its_key_behind_it_and_no_other() {
+        let p = Partitions::new(Order::Key);
+        p.assign(&[0]);
+        for (offset, key) in [(0, "a"), (1, "a"), (2, "b")] {
+            p.push(0, offset, keyed(offset, key));
+        }
+        let first = ready(&p);
+        assert!(p.give_back(&first, Duration::from_millis(200)));
+        assert_eq!(handed(&p), (2, "b".into()), "another key goes on");
+        let now = Instant::now();
+        match p.take(now) {
+            Take::Wait(Some(at)) => assert!(at > now),
+            other => panic!("offset 1 must not overtake offset 0 of key a: {other:?}"),
+        }
+        let again = ready_at(&p, now + Duration::from_millis(250));
+        assert_eq!(again.offset, 0);
+    }
+
+    #[test]
+    fn partition_order_hands_out_one_message_at_a_time_whatever_the_keys() {
+        let p = Partitions::new(Order::Partition);
+        p.assign(&[0]);
+        p.push(0, 0, keyed(0, "a"));
+        p.push(0, 1, keyed(1, "b"));
+        let first = ready(&p);
+        assert!(matches!(p.take(Instant::now()), Take::Wait(None)));
+        assert!(p.ack(0, first.generation, 0));
+        assert_eq!(ready(&p).offset, 1);
     }
 
     fn ready(partitions: &Partitions) -> Handout {

@@ -17,6 +17,7 @@ use tokio::sync::mpsc as async_mpsc;
 
 use crate::client::{PRODUCE_TIMEOUT, SETUP_TIMEOUT, ensure_topic, idempotent_producer};
 use crate::message::{kafka_headers, message_of};
+use crate::options::Order;
 use crate::partitions::{Handout, Partitions, Take};
 use crate::{BROKER, Error, KafkaOptions};
 
@@ -90,8 +91,13 @@ impl KafkaSource {
         let create = options.create_dead_letter_topic.then_some(1);
         ensure_topic(&options.cluster, &dead_letter_topic, create).await?;
         let producer = idempotent_producer(&options.cluster)?;
+        // A stored offset means "everything before it is done": one message per partition.
+        let order = match offsets {
+            Some(_) => Order::Partition,
+            None => options.order,
+        };
         let shared = Arc::new(Shared {
-            partitions: Partitions::default(),
+            partitions: Partitions::new(order),
             producer,
             options,
             dead_letter_topic,

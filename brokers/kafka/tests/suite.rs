@@ -317,6 +317,9 @@ fn main() {
         trial("order_per_key_holds_across_rebalances", |kafka| {
             Box::pin(order_per_key_holds_across_rebalances(kafka))
         }),
+        trial("keys_of_one_partition_run_side_by_side", |kafka| {
+            Box::pin(keys_of_one_partition_run_side_by_side(kafka))
+        }),
         trial(
             "a_partition_starts_at_the_offset_stored_with_the_effects",
             |kafka| {
@@ -458,6 +461,108 @@ async fn order_per_key_holds_across_rebalances(kafka: Kafka) {
         }
     }
     until_settled(&topic).await;
+}
+
+/// Six keys in one partition, two messages each, and a consumer of concurrency 6: handlers of
+/// different keys overlap (each waits, up to 5 s, for another to be running), those of one key
+/// never do, each key's messages run in order, and the partition is committed to its end.
+async fn keys_of_one_partition_run_side_by_side(kafka: Kafka) {
+    let topic = kafka.channel("side_by_side").await.unwrap();
+    let keys = 6;
+    for round in 0..2 {
+        for key in 0..keys {
+            let (kafka_key, event_id) = (format!("k{key}"), format!("k{key}-{round}"));
+            let payload = format!(r#"{{"key":"k{key}","round":{round}}}"#);
+            let record = FutureRecord::to(&topic.topic)
+                .partition(0)
+                .key(&kafka_key)
+                .payload(&payload)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "Event-Id",
+                    value: Some(&event_id),
+                }));
+            topic
+                .producer
+                .send(record, TIMEOUT)
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    }
+    #[derive(Default)]
+    struct Seen {
+        running: HashMap<String, u32>,
+        most_at_once: usize,
+        one_key_twice: bool,
+        order: Vec<String>,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let oncely = Oncely::new(Arc::new(oncely_memory::MemoryStore::default()));
+    let handler = OncelyHandler::new(oncely, Scope::default(), {
+        let seen = seen.clone();
+        move |key: Key, message: Message| {
+            let seen = seen.clone();
+            async move {
+                let kafka_key = message.ordering_key().unwrap().to_owned();
+                {
+                    let mut seen = seen.lock().unwrap();
+                    let running = seen.running.entry(kafka_key.clone()).or_default();
+                    *running += 1;
+                    let twice = *running > 1;
+                    seen.one_key_twice |= twice;
+                    let at_once = seen.running.values().filter(|n| **n > 0).count();
+                    seen.most_at_once = seen.most_at_once.max(at_once);
+                    seen.order.push(key.to_string());
+                }
+                // Gives another key the chance to start meanwhile (not a measure of speed).
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while tokio::time::Instant::now() < deadline {
+                    let running = seen
+                        .lock()
+                        .unwrap()
+                        .running
+                        .values()
+                        .filter(|n| **n > 0)
+                        .count();
+                    if running > 1 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                *seen.lock().unwrap().running.get_mut(&kafka_key).unwrap() -= 1;
+                Ok::<_, BoxError>(Vec::new())
+            }
+        }
+    });
+    let consumer = Consumer::new(handler, KeySource::Header("Event-Id".into())).concurrency(6);
+    let running = Running::spawn(&consumer, topic.consumer().await.unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while consumer.report().done < 2 * keys {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            consumer.report()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until_settled(&topic).await;
+    running.stop().await;
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.most_at_once > 1,
+        "messages of different keys in one partition ran one at a time"
+    );
+    assert!(!seen.one_key_twice, "two messages of one key ran at once");
+    for key in 0..keys {
+        let first = seen.order.iter().position(|k| *k == format!("k{key}-0"));
+        let second = seen.order.iter().position(|k| *k == format!("k{key}-1"));
+        assert!(
+            first < second,
+            "k{key}'s messages out of order: {:?}",
+            seen.order
+        );
+    }
 }
 
 async fn until_settled(topic: &Topic) {

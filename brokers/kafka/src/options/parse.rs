@@ -3,7 +3,7 @@
 
 use oncely_core::url::{parse_duration, redact_password, take_param};
 
-use super::{DEFAULT_PORT, KafkaOptions};
+use super::{DEFAULT_PORT, KafkaOptions, Order};
 use crate::Cluster;
 use crate::Error;
 
@@ -37,10 +37,21 @@ pub(super) fn parse(url: &str) -> Result<KafkaOptions, Error> {
                 options.commit_interval = parse_duration(name, value).map_err(invalid)?
             }
             "revoke_wait" => options.revoke_wait = parse_duration(name, value).map_err(invalid)?,
+            "order" => {
+                options.order = match value {
+                    "key" => Order::Key,
+                    "partition" => Order::Partition,
+                    _ => {
+                        return Err(invalid(format!(
+                            "order `{value}`: `key` or `partition` expected"
+                        )));
+                    }
+                }
+            }
             _ => {
                 return Err(invalid(format!(
                     "unknown option `{name}`; known: group, dlq, create_dlq, session_timeout, \
-                     commit_interval, revoke_wait, security.protocol, sasl.mechanism, \
+                     commit_interval, revoke_wait, order, security.protocol, sasl.mechanism, \
                      ssl.ca.location, ssl.certificate.location, ssl.key.location"
                 )));
             }
@@ -124,7 +135,7 @@ mod tests {
             options,
             KafkaOptions::new("127.0.0.1:9092", "orders", "billing")
         );
-        let full: KafkaOptions = "kafka://a:1,b/t?group=g&dlq=t.failed&create_dlq=false&commit_interval=1s&revoke_wait=5s"
+        let full: KafkaOptions = "kafka://a:1,b/t?group=g&dlq=t.failed&create_dlq=false&commit_interval=1s&revoke_wait=5s&order=partition"
             .parse()
             .unwrap();
         assert_eq!(full.cluster.brokers(), "a:1,b:9092");
@@ -132,6 +143,8 @@ mod tests {
         assert!(!full.create_dead_letter_topic);
         assert_eq!(full.commit_interval, Duration::from_secs(1));
         assert_eq!(full.revoke_wait, Duration::from_secs(5));
+        assert_eq!(full.order, Order::Partition);
+        assert_eq!(options.order, Order::Key, "by default");
     }
 
     #[test]
