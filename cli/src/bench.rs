@@ -87,9 +87,11 @@ pub struct BenchArgs {
     /// Kafka: one per key at a time; SQS: receives of up to 10 ahead, deletes batched by
     /// 10). naive: one message at a time, SELECT EXISTS then INSERT in its own transaction on the
     /// same kind of store, the effect, then the ack (Kafka: a synchronous offset commit), on the
-    /// first --naive-events messages. Reports messages/s and p50/p99 from delivery to confirmed
-    /// ack; fails unless every message is acked and settled at the broker (Kafka: committed to the
-    /// end of every partition), none dead-lettered, and the effects equal the distinct keys.
+    /// first --naive-events messages. raw: the same consumer and concurrency as oncely with a
+    /// handler that answers done at once, no store and no dedup (the broker's limit here).
+    /// Reports messages/s and p50/p99 from delivery to confirmed ack; fails unless every message
+    /// is acked and settled at the broker (Kafka: committed to the end of every partition), none
+    /// dead-lettered, and the effects equal the distinct keys (raw: the messages).
     #[arg(
         long,
         value_name = "URL",
@@ -283,8 +285,8 @@ fn run_gateway(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// `oncely bench --broker URL`: oncely's consumer against the naive one, on fresh streams or
-/// queues of that broker and fresh stores of the kind `store_url` names.
+/// `oncely bench --broker URL`: oncely's consumer against the naive one and the raw one, on
+/// fresh streams or queues of that broker and fresh stores of the kind `store_url` names.
 fn run_broker(
     store_url: &str,
     broker: String,

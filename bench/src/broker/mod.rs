@@ -53,6 +53,11 @@
 //! The clock runs from the consumer's start until the last message's ack is confirmed (Kafka:
 //! from the first message handed out, see below).
 //!
+//! **raw.** The same runner, source and concurrency as oncely's, with a handler that answers
+//! done at once: no store, no key, no dedup (the effect runs for every message, re-publishes
+//! too). Consuming and acking alone: the broker's limit here, which oncely's figure is read
+//! against.
+//!
 //! **naive.** One message at a time from the same kind of source (the URL's defaults; Kafka: a
 //! plain rdkafka consumer in the group named as the topic, auto-commit off), per message: parse
 //! the JSON, check-then-insert the key on the same kind of store in its own transaction
@@ -276,8 +281,8 @@ async fn fill<C: Channel>(
     Ok(())
 }
 
-/// Runs oncely, then the naive pattern, each on a fresh stream or queue and a fresh store, and
-/// answers their figures in that order.
+/// Runs oncely, the naive pattern, then raw, each on a fresh stream or queue (oncely and naive
+/// on a fresh store), and answers their figures in that order.
 pub fn run(config: &BrokerConfig, progress: &dyn Progress) -> Result<Vec<BrokerRun>, BenchError> {
     if !matches!(
         config.store,
@@ -335,7 +340,8 @@ fn run_on<C: Channel>(
             let naive =
                 naive::run_naive::<C>(&server, config, naive_store, &naive_workload, progress)
                     .await?;
-            Ok::<_, BenchError>(vec![oncely, naive])
+            let raw = runner::run_raw::<C>(&server, config, &workload, progress).await?;
+            Ok::<_, BenchError>(vec![oncely, naive, raw])
         }
         .await;
         let dropped = match &mut namespaces {
@@ -353,8 +359,9 @@ fn payload(key: &oncely::Key) -> Vec<u8> {
 }
 
 /// Fails the benchmark unless every message was acked, nothing is left at the broker, nothing
-/// was dead-lettered and the effect ran once per distinct key.
-fn check(run: &BrokerRun, acked: usize) -> Result<(), BenchError> {
+/// was dead-lettered and the effect ran `effects` times (once per distinct key; raw: once per
+/// message).
+fn check(run: &BrokerRun, acked: usize, effects: u64) -> Result<(), BenchError> {
     let mut wrong = Vec::new();
     if acked != run.messages {
         wrong.push(format!("{acked} of {} messages acked", run.messages));
@@ -368,9 +375,9 @@ fn check(run: &BrokerRun, acked: usize) -> Result<(), BenchError> {
     if run.dead_lettered != 0 {
         wrong.push(format!("{} messages dead-lettered", run.dead_lettered));
     }
-    if run.effects != run.distinct as u64 {
+    if run.effects != effects {
         wrong.push(format!(
-            "{} effects for {} distinct keys",
+            "{} effects for {} distinct keys (expected {effects})",
             run.effects, run.distinct
         ));
     }

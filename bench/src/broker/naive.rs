@@ -90,7 +90,7 @@ pub(super) async fn run_naive<C: Channel>(
             p99: percentile(&latencies, 0.99),
             before_waits: None,
         };
-        check(&run, latencies.len())?;
+        check(&run, latencies.len(), run.distinct as u64)?;
         Ok::<_, BenchError>(run)
     }
     .await;

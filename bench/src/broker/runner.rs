@@ -1,13 +1,15 @@
-//! The oncely contender of the broker benchmark: oncely's consumer runner ([`Consumer`] with an
-//! [`OncelyHandler`]) over the broker's source, every delivery timed from the moment the runner
-//! takes it until its ack is confirmed.
+//! The oncely and raw contenders of the broker benchmark: oncely's consumer runner
+//! ([`Consumer`]) over the broker's source, every delivery timed from the moment the runner takes
+//! it until its ack is confirmed. oncely's handler is an [`OncelyHandler`] on a store; raw's
+//! answers done at once, with no store: the broker's and the runner's own limit here.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oncely::consumer::{
-    BrokerError, DeadLetter, Delivery, KeySource, Message, OncelyHandler, Source,
+    BrokerError, DeadLetter, Delivery, Handled, Handler, HandlerError, KeySource, Message,
+    OncelyHandler, Source,
 };
 use oncely::{Consumer, Oncely, Scope, async_trait};
 
@@ -106,7 +108,8 @@ impl<D: Delivery> Delivery for TimedDelivery<D> {
     }
 }
 
-/// oncely's consumer runner over a fresh destination on `server`.
+/// oncely's consumer runner with an [`OncelyHandler`] on `store_url`, over a fresh destination
+/// on `server`.
 pub(super) async fn run_oncely<C: Channel>(
     server: &C::Server,
     config: &BrokerConfig,
@@ -114,21 +117,79 @@ pub(super) async fn run_oncely<C: Channel>(
     workload: &Workload,
     progress: &dyn Progress,
 ) -> Result<BrokerRun, BenchError> {
-    let mut channel = C::create(server, "oncely").await?;
+    let store = oncely::connect(store_url).await?;
+    let effects = Arc::new(AtomicU64::new(0));
+    let counter = effects.clone();
+    let handler = OncelyHandler::new(
+        Oncely::new(store).with_lease(config.lease),
+        Scope::default(),
+        move |_key: oncely::Key, _: Message| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(Ok::<_, std::convert::Infallible>(Vec::new()))
+        },
+    );
+    let expected = workload.distinct_keys() as u64;
+    run_runner::<C, _>(
+        server,
+        config,
+        workload,
+        progress,
+        ("oncely", expected),
+        handler,
+        effects,
+    )
+    .await
+}
+
+/// The runner with a handler that answers done at once, no store and no dedup (every message
+/// is an effect): consuming and acking alone.
+pub(super) async fn run_raw<C: Channel>(
+    server: &C::Server,
+    config: &BrokerConfig,
+    workload: &Workload,
+    progress: &dyn Progress,
+) -> Result<BrokerRun, BenchError> {
+    let effects = Arc::new(AtomicU64::new(0));
+    let handler = RawHandler(effects.clone());
+    let expected = workload.len() as u64;
+    run_runner::<C, _>(
+        server,
+        config,
+        workload,
+        progress,
+        ("raw", expected),
+        handler,
+        effects,
+    )
+    .await
+}
+
+/// Counts each message as an effect and answers done.
+struct RawHandler(Arc<AtomicU64>);
+
+#[async_trait]
+impl Handler for RawHandler {
+    async fn handle(&self, _: &oncely::Key, _: &Message) -> Result<Handled, HandlerError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(Handled::Done)
+    }
+}
+
+/// The runner calling `handler` over a fresh destination on `server`: the contender `name`,
+/// whose effects must come to `expected`.
+async fn run_runner<C: Channel, H: Handler>(
+    server: &C::Server,
+    config: &BrokerConfig,
+    workload: &Workload,
+    progress: &dyn Progress,
+    (name, expected): (&str, u64),
+    handler: H,
+    effects: Arc<AtomicU64>,
+) -> Result<BrokerRun, BenchError> {
+    let mut channel = C::create(server, name).await?;
     let result = async {
         fill(&mut channel, workload, progress).await?;
         let concurrency = config.concurrency.max(1);
-        let store = oncely::connect(store_url).await?;
-        let effects = Arc::new(AtomicU64::new(0));
-        let counter = effects.clone();
-        let handler = OncelyHandler::new(
-            Oncely::new(store).with_lease(config.lease),
-            Scope::default(),
-            move |_key: oncely::Key, _: Message| {
-                counter.fetch_add(1, Ordering::Relaxed);
-                std::future::ready(Ok::<_, std::convert::Infallible>(Vec::new()))
-            },
-        );
         let keys: KeySource = "/eventId".parse().expect("a valid key source");
         let consumer = Consumer::new(handler, keys).concurrency(concurrency);
         let source = oncely::broker::connect(&channel.source_url(Some(concurrency)))
@@ -139,7 +200,7 @@ pub(super) async fn run_oncely<C: Channel>(
             inner: source,
             tally: tally.clone(),
         };
-        progress.start("oncely", workload.len() as u64);
+        progress.start(name, workload.len() as u64);
         let stalled = Arc::new(Mutex::new(None));
         let started = Instant::now();
         let shutdown = {
@@ -176,7 +237,7 @@ pub(super) async fn run_oncely<C: Channel>(
         progress.finish();
         if let Some(acked) = *stalled.lock().unwrap() {
             return Err(BenchError::Other(format!(
-                "oncely: no ack for {STALL_LIMIT:?} with {acked} of {} messages acked",
+                "{name}: no ack for {STALL_LIMIT:?} with {acked} of {} messages acked",
                 workload.len()
             )));
         }
@@ -194,7 +255,7 @@ pub(super) async fn run_oncely<C: Channel>(
         let mut latencies = std::mem::take(&mut *tally.latencies.lock().unwrap());
         latencies.sort_unstable();
         let run = BrokerRun {
-            name: "oncely".into(),
+            name: name.into(),
             messages: workload.len(),
             distinct: workload.distinct_keys(),
             effects: effects.load(Ordering::Relaxed),
@@ -206,7 +267,7 @@ pub(super) async fn run_oncely<C: Channel>(
             p99: percentile(&latencies, 0.99),
             before_waits,
         };
-        check(&run, tally.count())?;
+        check(&run, tally.count(), expected)?;
         Ok::<_, BenchError>(run)
     }
     .await;

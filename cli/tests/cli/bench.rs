@@ -194,10 +194,10 @@ fn bench_purge_measures_claims_beside_a_purge_and_refuses_a_store_in_use() {
 
 /// `oncely bench --broker` through the binary, on the four brokers on loopback (Kafka: tansu,
 /// SQS: moto):
-/// the table, every contender's effects equal to its distinct keys, and no store file where
-/// --store points.
+/// the table, oncely's and naive's effects equal to their distinct keys, raw's to its messages,
+/// and no store file where --store points.
 #[test]
-fn bench_broker_reports_both_contenders_with_one_effect_per_key() {
+fn bench_broker_reports_every_contender_with_one_effect_per_key() {
     let dir = tempfile::tempdir().unwrap();
     let bench_dir = dir.path().join("bench-files");
     for broker in [
@@ -238,6 +238,17 @@ fn bench_broker_reports_both_contenders_with_one_effect_per_key() {
             assert_eq!(row[1], messages.to_string(), "{out}");
             assert_eq!(row[2], row[3], "effects equal distinct keys: {out}");
         }
+        let raw: Vec<&str> = out
+            .lines()
+            .find(|l| l.starts_with("raw "))
+            .unwrap_or_else(|| panic!("no raw row in {out}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            (raw[1], raw[3]),
+            ("300", "300"),
+            "an effect per message: {out}"
+        );
     }
     assert!(
         !dir.path().join("oncely.db").exists(),
