@@ -57,6 +57,7 @@ pub struct Oncely {
     lease: Duration,
     retention: Duration,
     span_keys: SpanKeys,
+    counters: Arc<telemetry::ClaimCounters>,
 }
 
 /// An offset to the store's clock above this is logged: the hosts' clocks need looking at.
@@ -72,6 +73,7 @@ impl Oncely {
             lease: DEFAULT_LEASE,
             retention: DEFAULT_RETENTION,
             span_keys: SpanKeys::Plain,
+            counters: Arc::default(),
         }
     }
 
@@ -152,7 +154,7 @@ impl Oncely {
             return Ok(self.now());
         }
         let before = self.clock.now();
-        match telemetry::timed("server_time", self.store.server_time()).await {
+        match telemetry::timed!("server_time", self.store.server_time()).await {
             Ok(server) => {
                 let offset = follow.record(before, server, self.clock.now());
                 if offset.abs() > SKEW_WARNING {
@@ -178,11 +180,11 @@ impl Oncely {
     ) -> Result<ClaimOutcome> {
         let request = ClaimRequest::new(scope.clone(), key.clone(), fingerprint, self.lease);
         let outcome = match self.synced_now().await {
-            Ok(now) => telemetry::timed("claim", self.store.claim(&request, now)).await,
+            Ok(now) => telemetry::timed!("claim", self.store.claim(&request, now)).await,
             Err(error) => Err(error),
         };
         if let Ok(outcome) = &outcome {
-            telemetry::claimed(scope, outcome);
+            self.counters.claimed(scope, outcome);
         }
         tracing::Span::current().record("outcome", outcome_name(&outcome));
         outcome
@@ -203,9 +205,9 @@ impl Oncely {
         }
         let now = self.synced_now().await?;
         let outcomes =
-            telemetry::timed("claim_many", self.store.claim_many(&requests, now)).await?;
+            telemetry::timed!("claim_many", self.store.claim_many(&requests, now)).await?;
         for (request, outcome) in requests.iter().zip(&outcomes) {
-            telemetry::claimed(&request.scope, outcome);
+            self.counters.claimed(&request.scope, outcome);
         }
         Ok(outcomes)
     }
@@ -217,7 +219,7 @@ impl Oncely {
         fields(scope = %claim.scope, key = %self.span_keys.show(&claim.key), attempt = claim.attempt))]
     pub async fn complete(&self, claim: &Claim, outcome: &[u8]) -> Result<()> {
         let expires_at = self.now().saturating_add(self.retention);
-        telemetry::timed("complete", self.store.complete(claim, outcome, expires_at)).await
+        telemetry::timed!("complete", self.store.complete(claim, outcome, expires_at)).await
     }
 
     /// [`complete`](Self::complete), retrying while the store is [unavailable](Error::Unavailable)
@@ -300,7 +302,7 @@ impl Oncely {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let results = telemetry::timed("complete_many", self.store.complete_many(&items)).await?;
+        let results = telemetry::timed!("complete_many", self.store.complete_many(&items)).await?;
         for error in results.iter().filter_map(|r| r.as_ref().err()) {
             telemetry::failed("complete", error);
         }
@@ -311,7 +313,7 @@ impl Oncely {
     #[tracing::instrument(name = "oncely.release", level = "info", skip_all,
         fields(scope = %claim.scope, key = %self.span_keys.show(&claim.key), attempt = claim.attempt))]
     pub async fn release(&self, claim: &Claim) -> Result<()> {
-        telemetry::timed("release", self.store.release(claim)).await
+        telemetry::timed!("release", self.store.release(claim)).await
     }
 
     /// Renews `claim`'s lease: no other delivery can take the key over for another
@@ -323,7 +325,7 @@ impl Oncely {
         fields(scope = %claim.scope, key = %self.span_keys.show(&claim.key), attempt = claim.attempt))]
     pub async fn extend(&self, claim: &mut Claim) -> Result<()> {
         let lease_until = self.now().saturating_add(self.lease);
-        telemetry::timed("extend", self.store.extend(claim, lease_until)).await?;
+        telemetry::timed!("extend", self.store.extend(claim, lease_until)).await?;
         telemetry::renewed(&claim.scope);
         claim.lease_until = claim.lease_until.max(lease_until);
         Ok(())
@@ -393,7 +395,7 @@ impl Oncely {
     /// The live record for (scope, key): `None` if there is none or it expired.
     pub async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
         let now = self.synced_now().await?;
-        Ok(telemetry::timed("get", self.store.get(scope, key))
+        Ok(telemetry::timed!("get", self.store.get(scope, key))
             .await?
             .filter(|rec| !rec.is_expired(now)))
     }
@@ -430,7 +432,7 @@ impl Oncely {
         // new claim took the key (the only change of token), so decide again on that one.
         loop {
             let now = self.synced_now().await?;
-            let Some(record) = telemetry::timed("get", self.store.get(scope, key)).await? else {
+            let Some(record) = telemetry::timed!("get", self.store.get(scope, key)).await? else {
                 return Ok(forgotten(ForgetOutcome::Absent));
             };
             let answer = if record.is_expired(now) {
@@ -444,7 +446,7 @@ impl Oncely {
                     lease_until: record.expires_at,
                 }));
             };
-            if telemetry::timed("forget", self.store.forget(scope, key, record.token)).await? {
+            if telemetry::timed!("forget", self.store.forget(scope, key, record.token)).await? {
                 return Ok(forgotten(answer));
             }
         }
@@ -453,7 +455,7 @@ impl Oncely {
     /// Removes at most `limit` records that expired more than `older_than` ago.
     pub async fn purge(&self, older_than: Duration, limit: usize) -> Result<usize> {
         let before = self.synced_now().await?.saturating_sub(older_than);
-        let purged = telemetry::timed("purge", self.store.purge(before, limit)).await?;
+        let purged = telemetry::timed!("purge", self.store.purge(before, limit)).await?;
         metrics::counter!(telemetry::PURGED).increment(purged as u64);
         Ok(purged)
     }
@@ -493,7 +495,7 @@ impl Oncely {
         let lease = PURGE_LEASE;
         let request = ClaimRequest::new(scope, key, None, lease);
         let now = self.synced_now().await?;
-        let claim = match telemetry::timed("claim", self.store.claim(&request, now)).await? {
+        let claim = match telemetry::timed!("claim", self.store.claim(&request, now)).await? {
             ClaimOutcome::New(claim) => claim,
             ClaimOutcome::InProgress { retry_after } => {
                 return Ok(PurgeRun::AnotherPurger { retry_after });
@@ -575,7 +577,7 @@ impl Oncely {
     /// What the store holds now.
     pub async fn stats(&self) -> Result<StoreStats> {
         let now = self.synced_now().await?;
-        telemetry::timed("stats", self.store.stats(now)).await
+        telemetry::timed!("stats", self.store.stats(now)).await
     }
 
     /// The version guard: stores `version` for `entity` if it is strictly greater than the one
@@ -597,7 +599,7 @@ impl Oncely {
         entity: &Key,
         version: u64,
     ) -> Result<VersionCheck> {
-        telemetry::timed(
+        telemetry::timed!(
             "apply_if_newer",
             self.store.apply_if_newer(scope, entity, version),
         )

@@ -4,6 +4,8 @@
 //! (`metrics-exporter-prometheus`, an OpenTelemetry bridge, statsd...). Without one, recording
 //! costs an atomic load. The `oncely` command installs a Prometheus recorder and serves it on
 //! `--metrics-addr`. [`describe`] gives each metric its help text for exporters that show one.
+//! Install the recorder at startup, before the first claim: an `Oncely` registers a scope's
+//! claim counters at that scope's first claim and keeps them.
 //!
 //! Names follow Prometheus conventions: counters end in `_total`, durations are histograms in
 //! seconds (`_seconds`). What each counts:
@@ -21,10 +23,12 @@
 //! | [`PURGED`] | | expired records removed |
 //! | [`FORGOTTEN`] | `outcome` (`completed`, `in_progress`, `held`, `absent`) | keys asked to be forgotten |
 
-use std::future::Future;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
-use crate::{ClaimOutcome, Error, Result, Scope};
+use metrics::Counter;
+
+use crate::{ClaimOutcome, Error, Scope};
 
 /// Claims answered, by `scope` and `outcome`.
 pub const CLAIMS: &str = "oncely_claims_total";
@@ -81,20 +85,24 @@ pub fn describe() {
     describe_counter!(FORGOTTEN, "Keys asked to be forgotten, by outcome.");
 }
 
-/// Times one store call and counts its failure by kind (a lost claim as such).
-pub(crate) async fn timed<T>(
-    operation: &'static str,
-    call: impl Future<Output = Result<T>>,
-) -> Result<T> {
-    let started = Instant::now();
-    let result = call.await;
-    metrics::histogram!(STORE_CALL_SECONDS, "operation" => operation)
-        .record(started.elapsed().as_secs_f64());
-    if let Err(error) = &result {
-        failed(operation, error);
-    }
-    result
+/// Times one store call and counts its failure by kind (a lost claim as such). The operation
+/// is a literal, so its histogram's key is built at compile time: nothing is allocated or hashed
+/// per call.
+macro_rules! timed {
+    ($operation:literal, $call:expr $(,)?) => {
+        async {
+            let started = ::std::time::Instant::now();
+            let result = $call.await;
+            ::metrics::histogram!("oncely_store_call_seconds", "operation" => $operation)
+                .record(started.elapsed().as_secs_f64());
+            if let Err(error) = &result {
+                $crate::telemetry::failed($operation, error);
+            }
+            result
+        }
+    };
 }
+pub(crate) use timed;
 
 /// Counts a failed store call.
 pub(crate) fn failed(operation: &'static str, error: &Error) {
@@ -112,15 +120,76 @@ pub(crate) fn failed(operation: &'static str, error: &Error) {
     metrics::counter!(STORE_ERRORS, "operation" => operation, "kind" => kind).increment(1);
 }
 
-/// Counts a claim's answer (and a takeover, for a new claim past the first attempt).
-pub(crate) fn claimed(scope: &Scope, outcome: &ClaimOutcome) {
-    let scope = scope.shared();
-    if let ClaimOutcome::New(claim) = outcome
-        && claim.attempt > 1
-    {
-        metrics::counter!(TAKEOVERS, "scope" => scope.clone()).increment(1);
+/// The claim counters of one [`Oncely`](crate::Oncely), per scope: registered with the
+/// recorder at a scope's first claim on it, then reused, because building a labelled key costs
+/// more than a claim on the memory store. A recorder installed after a scope's first claim
+/// (rather than at startup) does not see that scope's claims on that instance.
+#[derive(Default)]
+pub(crate) struct ClaimCounters {
+    scopes: RwLock<HashMap<Scope, Arc<ScopeCounters>>>,
+}
+
+/// Scopes whose counters one instance keeps; more (scopes made per client, say) are counted
+/// without the cache.
+const MAX_CACHED_SCOPES: usize = 4096;
+
+struct ScopeCounters {
+    new: Counter,
+    duplicate: Counter,
+    in_progress: Counter,
+    conflict: Counter,
+    takeovers: Counter,
+}
+
+impl ScopeCounters {
+    fn register(scope: &Scope) -> Self {
+        let of = |outcome: &'static str| metrics::counter!(CLAIMS, "scope" => scope.shared(), "outcome" => outcome);
+        ScopeCounters {
+            new: of("new"),
+            duplicate: of("duplicate"),
+            in_progress: of("in_progress"),
+            conflict: of("conflict"),
+            takeovers: metrics::counter!(TAKEOVERS, "scope" => scope.shared()),
+        }
     }
-    metrics::counter!(CLAIMS, "scope" => scope, "outcome" => outcome.kind()).increment(1);
+}
+
+impl std::fmt::Debug for ClaimCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimCounters").finish_non_exhaustive()
+    }
+}
+
+impl ClaimCounters {
+    /// Counts a claim's answer (and a takeover, for a new claim past the first attempt).
+    pub(crate) fn claimed(&self, scope: &Scope, outcome: &ClaimOutcome) {
+        let counters = self.of(scope);
+        let takeover = matches!(outcome, ClaimOutcome::New(claim) if claim.attempt > 1);
+        if takeover {
+            counters.takeovers.increment(1);
+        }
+        let counter = match outcome {
+            ClaimOutcome::New(_) => &counters.new,
+            ClaimOutcome::Duplicate(_) => &counters.duplicate,
+            ClaimOutcome::InProgress { .. } => &counters.in_progress,
+            ClaimOutcome::Conflict { .. } => &counters.conflict,
+        };
+        counter.increment(1);
+    }
+
+    fn of(&self, scope: &Scope) -> Arc<ScopeCounters> {
+        let read = self.scopes.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(counters) = read.get(scope) {
+            return counters.clone();
+        }
+        drop(read);
+        let counters = Arc::new(ScopeCounters::register(scope));
+        let mut write = self.scopes.write().unwrap_or_else(|p| p.into_inner());
+        if write.len() < MAX_CACHED_SCOPES {
+            write.insert(scope.clone(), counters.clone());
+        }
+        counters
+    }
 }
 
 /// Counts a renewed lease.
