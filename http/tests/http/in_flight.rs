@@ -223,7 +223,16 @@ async fn a_handler_slower_than_its_lease_runs_once(kind: StoreKind) {
         let server = server.clone();
         async move { server.post("/effect-slow", "k-1", "{}").await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The retries start once the first request reached the upstream: on a busy machine a fixed
+    // pause let a retry arrive first and become the execution.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.upstream.calls("/effect-slow", "k-1") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut conflicts = 0;
     while !first.is_finished() {
         let retry = server.post("/effect-slow", "k-1", "{}").await;
