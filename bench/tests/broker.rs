@@ -3,7 +3,8 @@
 //! (`amqp://guest:guest@127.0.0.1:5672`) and the Kafka-protocol broker at
 //! `ONCELY_KAFKA_BROKERS` (`127.0.0.1:9092`) and the SQS-compatible server (moto) at
 //! `ONCELY_SQS_URL` (`sqs+http://127.0.0.1:5999`), with a fresh SQLite store. No timing is asserted:
-//! only that every message is settled and the effect ran once per distinct key.
+//! only that every message is settled and the effect ran once per distinct key (raw: once per
+//! message, as it has no store).
 
 use oncely_bench::broker::{self, BrokerConfig};
 use oncely_bench::{NoProgress, StoreKind};
@@ -28,17 +29,23 @@ fn config(broker: String, name: &str) -> BrokerConfig {
 fn run_and_check(config: BrokerConfig) {
     let results = broker::run(&config, &NoProgress).unwrap();
     let _ = std::fs::remove_dir_all(&config.dir);
-    assert_eq!(results.len(), 2);
-    let (oncely, naive) = (&results[0], &results[1]);
+    assert_eq!(results.len(), 3);
+    let (oncely, naive, raw) = (&results[0], &results[1], &results[2]);
     assert_eq!(
-        (oncely.name.as_str(), naive.name.as_str()),
-        ("oncely", "naive")
+        (oncely.name.as_str(), naive.name.as_str(), raw.name.as_str()),
+        ("oncely", "naive", "raw")
     );
     assert_eq!(oncely.messages, 300);
     assert_eq!(naive.messages, 100);
+    assert_eq!(raw.messages, 300);
     for r in &results {
         assert!(r.distinct < r.messages, "the workload repeats keys: {r:?}");
-        assert_eq!(r.effects, r.distinct as u64, "{r:?}");
+        let effects = if r.name == "raw" {
+            r.messages
+        } else {
+            r.distinct
+        };
+        assert_eq!(r.effects, effects as u64, "{r:?}");
         assert_eq!(r.unsettled, 0, "{r:?}");
         assert_eq!(r.dead_lettered, 0, "{r:?}");
     }
