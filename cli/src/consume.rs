@@ -37,8 +37,9 @@ pub struct ConsumeArgs {
     /// consumer, created if missing), amqp://[USER:PASS@]HOST[:PORT][/VHOST]/QUEUE[?OPTIONS]
     /// (an existing RabbitMQ queue; VHOST %2f is the default vhost),
     /// kafka://HOST[:PORT][,HOST...]/TOPIC?group=NAME[&OPTIONS] (an existing topic, read by a
-    /// consumer group, in order per key; ?order=partition for per partition) or sqs://HOST[:PORT]/QUEUE[?OPTIONS] (an
-    /// existing SQS queue over HTTPS; sqs+http://HOST:PORT/QUEUE for an emulator).
+    /// consumer group, in order per key; &order=partition for per partition) or
+    /// sqs://HOST[:PORT]/QUEUE[?OPTIONS] (an existing SQS queue over HTTPS;
+    /// sqs+http://HOST:PORT/QUEUE for an emulator).
     #[arg(long, value_name = "URL")]
     from: String,
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use oncely_core::trace::{PARENT_SPAN_ID_FIELD, SPAN_ID_FIELD, TRACE_ID_FIELD};
+use oncely_core::trace::{PARENT_SPAN_ID_FIELD, SPAN_ID_FIELD, TRACE_ID_FIELD, TraceParent};
 use serde_json::{Value, json};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -41,9 +41,10 @@ impl OtlpLayer {
 
 /// What the layer keeps of a span until it closes.
 struct SpanData {
-    trace_id: [u8; 16],
-    span_id: [u8; 8],
-    parent: Option<[u8; 8]>,
+    /// W3C ids in lowercase hex, as OTLP's JSON writes them.
+    trace_id: String,
+    span_id: String,
+    parent: Option<String>,
     name: String,
     kind: u8,
     start: SystemTime,
@@ -63,12 +64,18 @@ where
         let inherited = span.parent().and_then(|parent| {
             let extensions = parent.extensions();
             let data = extensions.get::<SpanData>()?;
-            Some((data.trace_id, data.span_id))
+            Some((data.trace_id.clone(), data.span_id.clone()))
         });
+        // New ids as oncely's own hops draw them: a fresh trace, whose span id is this span's.
+        let fresh = TraceParent::root();
+        let (trace_id, parent) = match inherited {
+            Some((trace, parent)) => (trace, Some(parent)),
+            None => (fresh.trace_id(), None),
+        };
         let mut data = SpanData {
-            trace_id: inherited.map_or_else(trace_id, |(trace, _)| trace),
-            span_id: span_id(),
-            parent: inherited.map(|(_, parent)| parent),
+            trace_id,
+            span_id: fresh.parent_id(),
+            parent,
             name: attrs.metadata().name().to_owned(),
             kind: KIND_INTERNAL,
             start: SystemTime::now(),
@@ -117,8 +124,8 @@ where
             return;
         };
         let mut encoded = json!({
-            "traceId": hex(&data.trace_id),
-            "spanId": hex(&data.span_id),
+            "traceId": data.trace_id,
+            "spanId": data.span_id,
             "name": data.name,
             "kind": data.kind,
             "startTimeUnixNano": nanos(data.start),
@@ -133,7 +140,7 @@ where
             },
         });
         if let Some(parent) = data.parent {
-            encoded["parentSpanId"] = Value::from(hex(&parent));
+            encoded["parentSpanId"] = Value::from(parent);
         }
         self.queue.push(encoded);
     }
@@ -147,18 +154,20 @@ impl FieldsInto<'_> {
         let data = &mut *self.0;
         match field.name() {
             name if name == TRACE_ID_FIELD => {
-                if let Some(id) = unhex(&value) {
-                    data.trace_id = id;
+                if is_id(&value, 32) {
+                    data.trace_id = value;
                     // A hop's caller, if any, is recorded next: not the enclosing span.
                     data.parent = None;
                 }
             }
             name if name == SPAN_ID_FIELD => {
-                if let Some(id) = unhex(&value) {
-                    data.span_id = id;
+                if is_id(&value, 16) {
+                    data.span_id = value;
                 }
             }
-            name if name == PARENT_SPAN_ID_FIELD => data.parent = unhex(&value),
+            name if name == PARENT_SPAN_ID_FIELD => {
+                data.parent = is_id(&value, 16).then_some(value);
+            }
             "otel.kind" => data.kind = kind(&value),
             "otel.name" => data.name = value,
             "otel.status_code" if value.eq_ignore_ascii_case("error") => {
@@ -262,35 +271,12 @@ fn nanos(at: SystemTime) -> String {
         .to_string()
 }
 
-fn trace_id() -> [u8; 16] {
-    loop {
-        let id = fastrand::u128(..);
-        if id != 0 {
-            return id.to_be_bytes();
-        }
-    }
-}
-
-fn span_id() -> [u8; 8] {
-    loop {
-        let id = fastrand::u64(..);
-        if id != 0 {
-            return id.to_be_bytes();
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    (out != [0u8; N]).then_some(out)
+/// Whether `text` is a W3C id of `digits` lowercase hex digits, not all zero (as
+/// [`oncely_core::trace::Hop`] records them).
+fn is_id(text: &str, digits: usize) -> bool {
+    text.len() == digits
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && text.bytes().any(|b| b != b'0')
 }
