@@ -109,7 +109,7 @@ impl StoreKind {
 /// The figures of one contender.
 #[derive(Clone, Debug)]
 pub struct RunResult {
-    /// `oncely`, `naive`, `batched limit` or `oncely batch`.
+    /// `oncely`, `naive`, `powertools` (Redis), `batched limit` or `oncely batch`.
     pub name: String,
     /// Events processed.
     pub events: usize,
@@ -318,7 +318,7 @@ fn run_server(
     })
 }
 
-/// The four contenders on a Redis server, each under a key prefix of its own, all removed after.
+/// The five contenders on a Redis server, each under a key prefix of its own, all removed after.
 fn run_redis(
     config: &BenchConfig,
     workload: &Workload,
@@ -348,6 +348,14 @@ fn run_redis(
                 progress,
             )
             .await?;
+            let powertools = baseline::redis::powertools(
+                driver_url,
+                &prefixes.contender_prefix("powertools"),
+                workload,
+                preload,
+                progress,
+            )
+            .await?;
             let limit = baseline::redis::batched_limit(
                 driver_url,
                 &prefixes.contender_prefix("limit"),
@@ -358,7 +366,7 @@ fn run_redis(
             .await?;
             let batch =
                 run_oncely_batch(&prefixes.store_url("batch"), workload, preload, progress).await?;
-            Ok::<_, BenchError>(vec![oncely, naive, limit, batch])
+            Ok::<_, BenchError>(vec![oncely, naive, powertools, limit, batch])
         }
         .await;
         let forgotten = prefixes.forget().await;

@@ -219,10 +219,12 @@ pub fn run(
             ),
             StoreKind::Redis => format!(
                 "redis (fresh key prefixes on {}; oncely concurrency {}, naive {} connections \
-                 one SET NX at a time, limit {} connections x {} SET NX pipelined, \
+                 one SET NX at a time, powertools {} connections one SET NX PX then SET PX \
+                 (or GET) at a time, limit {} connections x {} SET NX pipelined, \
                  oncely batch {} callers x {} events per claim_many)",
                 oncely::backend::url::redact_password(store_url),
                 config.concurrency,
+                oncely_bench::baseline::NAIVE_CONNECTIONS,
                 oncely_bench::baseline::NAIVE_CONNECTIONS,
                 oncely_bench::baseline::LIMIT_CONNECTIONS,
                 oncely_bench::baseline::LIMIT_BATCH,

@@ -24,7 +24,7 @@
 //! | [`FORGOTTEN`] | `outcome` (`completed`, `in_progress`, `held`, `absent`) | keys asked to be forgotten |
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use metrics::Counter;
 
@@ -126,7 +126,10 @@ pub(crate) fn failed(operation: &'static str, error: &Error) {
 /// (rather than at startup) does not see that scope's claims on that instance.
 #[derive(Default)]
 pub(crate) struct ClaimCounters {
-    scopes: RwLock<HashMap<Scope, Arc<ScopeCounters>>>,
+    // foldhash, not SipHash: the lookup runs on every claim, and SipHash of a short scope cost
+    // about as much as a claim on the memory store (callgrind); it is seeded per process, so
+    // scopes cannot be chosen to collide.
+    scopes: RwLock<HashMap<Scope, ScopeCounters, foldhash::fast::RandomState>>,
 }
 
 /// Scopes whose counters one instance keeps; more (scopes made per client, say) are counted
@@ -163,32 +166,34 @@ impl std::fmt::Debug for ClaimCounters {
 impl ClaimCounters {
     /// Counts a claim's answer (and a takeover, for a new claim past the first attempt).
     pub(crate) fn claimed(&self, scope: &Scope, outcome: &ClaimOutcome) {
-        let counters = self.of(scope);
-        let takeover = matches!(outcome, ClaimOutcome::New(claim) if claim.attempt > 1);
-        if takeover {
-            counters.takeovers.increment(1);
+        {
+            let read = self.scopes.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(counters) = read.get(scope) {
+                counters.count(outcome);
+                return;
+            }
         }
-        let counter = match outcome {
-            ClaimOutcome::New(_) => &counters.new,
-            ClaimOutcome::Duplicate(_) => &counters.duplicate,
-            ClaimOutcome::InProgress { .. } => &counters.in_progress,
-            ClaimOutcome::Conflict { .. } => &counters.conflict,
-        };
-        counter.increment(1);
-    }
-
-    fn of(&self, scope: &Scope) -> Arc<ScopeCounters> {
-        let read = self.scopes.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(counters) = read.get(scope) {
-            return counters.clone();
-        }
-        drop(read);
-        let counters = Arc::new(ScopeCounters::register(scope));
+        let counters = ScopeCounters::register(scope);
+        counters.count(outcome);
         let mut write = self.scopes.write().unwrap_or_else(|p| p.into_inner());
         if write.len() < MAX_CACHED_SCOPES {
-            write.insert(scope.clone(), counters.clone());
+            write.entry(scope.clone()).or_insert(counters);
         }
-        counters
+    }
+}
+
+impl ScopeCounters {
+    fn count(&self, outcome: &ClaimOutcome) {
+        if matches!(outcome, ClaimOutcome::New(claim) if claim.attempt > 1) {
+            self.takeovers.increment(1);
+        }
+        let counter = match outcome {
+            ClaimOutcome::New(_) => &self.new,
+            ClaimOutcome::Duplicate(_) => &self.duplicate,
+            ClaimOutcome::InProgress { .. } => &self.in_progress,
+            ClaimOutcome::Conflict { .. } => &self.conflict,
+        };
+        counter.increment(1);
     }
 }
 

@@ -74,6 +74,78 @@ pub async fn naive(
     ))
 }
 
+/// How long the Powertools contender's in-progress record lives: the lease.
+pub const POWERTOOLS_LEASE_MS: u64 = 30_000;
+/// How long its completed record lives: the retention.
+pub const POWERTOOLS_RETENTION_MS: u64 = 3_600_000;
+
+/// What handlers on Redis do today, as AWS Lambda Powertools' Redis persistence layer does it,
+/// one command at a time per event on each of [`NAIVE_CONNECTIONS`] connections:
+/// `SET key in-progress-record NX PX lease`; if that set it, the effect, then `SET key
+/// completed-record PX retention`; if not, `GET key` to read what is there (done, or in
+/// progress elsewhere). A lease and an outcome like oncely's, but no fencing token: a holder
+/// whose lease ran out still overwrites the next holder's record.
+pub async fn powertools(
+    url: &str,
+    prefix: &str,
+    workload: &Workload,
+    preload: &Workload,
+    progress: &dyn Progress,
+) -> Result<RunResult, BenchError> {
+    let mut conns = connect(url, NAIVE_CONNECTIONS).await?;
+    preload_keys(&mut conns[0], prefix, preload, progress).await?;
+    progress.start("powertools", workload.len() as u64);
+    let keys = std::sync::Arc::new(workload.keys().to_vec());
+    let prefix = prefix.to_owned();
+    let driven = drive(conns, keys.len(), 1, progress, move |mut conn, i| {
+        let (keys, prefix) = (keys.clone(), prefix.clone());
+        async move {
+            let key = format!("{prefix}:{}", keys[i]);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let in_progress = format!(
+                r#"{{"status":"INPROGRESS","in_progress_expiration":{}}}"#,
+                now + POWERTOOLS_LEASE_MS
+            );
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(in_progress)
+                .arg("NX")
+                .arg("PX")
+                .arg(POWERTOOLS_LEASE_MS)
+                .query_async(&mut conn)
+                .await?;
+            if set.is_some() {
+                let completed = format!(
+                    r#"{{"status":"COMPLETED","expiration":{},"data":""}}"#,
+                    now + POWERTOOLS_RETENTION_MS
+                );
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(completed)
+                    .arg("PX")
+                    .arg(POWERTOOLS_RETENTION_MS)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+            } else {
+                let _existing: Option<Vec<u8>> =
+                    redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+            }
+            Ok((conn, usize::from(set.is_some())))
+        }
+    })
+    .await?;
+    Ok(summarize(
+        "powertools",
+        workload.len(),
+        driven.latencies,
+        driven.new,
+        driven.elapsed,
+        None,
+    ))
+}
+
 /// What Redis does at best for this job: `SET key 1 NX` pipelined, [`LIMIT_BATCH`] commands per
 /// round trip, on [`LIMIT_CONNECTIONS`] connections at once; no lease, outcome or expiry.
 pub async fn batched_limit(

@@ -44,7 +44,8 @@ end
 /// InProgress.
 const CLAIM: &str = r#"
 local now = ARGV[1]
-local out = {}
+local out, n = {}, 0
+local indexed = {}
 for i = 1, #KEYS - 2 do
   local rec = KEYS[2 + i]
   local base = 1 + 5 * (i - 1)
@@ -54,8 +55,8 @@ for i = 1, #KEYS - 2 do
   if h[1] and h[6] and not lt(h[6], now) then
     local o = false
     if h[1] == 'd' then o = redis.call('HGET', rec, 'o') end
-    for _, v in ipairs({'r', h[1], h[2], h[3], h[4], h[5], h[6]}) do out[#out + 1] = v end
-    out[#out + 1] = o
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 'r', h[1], h[2], h[3]
+    out[n + 5], out[n + 6], out[n + 7], out[n + 8] = h[4], h[5], h[6], o
   else
     local attempt = 1
     if h[1] then
@@ -71,43 +72,26 @@ for i = 1, #KEYS - 2 do
       redis.call('HSET', rec, 's', 'p', 'f', fp, 't', token, 'a', attempt, 'c', now, 'e', lease_until)
     end
     if ttl ~= '' then redis.call('PEXPIRE', rec, ttl) end
-    redis.call('ZADD', KEYS[1], lease_until, member)
-    for _, v in ipairs({'n', false, false, false, attempt, false, false, false}) do
-      out[#out + 1] = v
-    end
+    indexed[#indexed + 1] = lease_until
+    indexed[#indexed + 1] = member
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 'n', false, false, false
+    out[n + 5], out[n + 6], out[n + 7], out[n + 8] = attempt, false, false, false
   end
+  n = n + 8
 end
+zadd_all(KEYS[1], indexed)
 return out
 "#;
 
-/// Completes a held claim: `check_holder`'s rule, then the write.
-///
-/// KEYS: record, expiry index, completed index. ARGV: token, outcome, expires_at, key, native
-/// TTL in ms (`''` = none). Answers `ok`, or why the claim is not held: `missing`, `taken`
-/// (another token), `done` (already completed).
-const COMPLETE: &str = r#"
-local h = redis.call('HMGET', KEYS[1], 's', 't')
-if not h[1] then return 'missing' end
-if h[2] ~= ARGV[1] then return 'taken' end
-if h[1] == 'd' then return 'done' end
-redis.call('HSET', KEYS[1], 's', 'd', 'o', ARGV[2], 'e', ARGV[3])
-if ARGV[5] == '' then
-  redis.call('PERSIST', KEYS[1])
-else
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-return 'ok'
-"#;
-
-/// Completes a batch of held claims of one scope, in order, each by [`COMPLETE`]'s rule.
+/// Completes a batch of held claims of one scope, in order: single completes too, coalesced.
 ///
 /// KEYS: expiry index, completed index, then the record of each item. ARGV: per item token,
-/// outcome, expires_at, key, native TTL in ms (`''` = none). Answers one of `ok`, `missing`,
-/// `taken`, `done` per item, as [`COMPLETE`] would; one item's answer does not stop the others.
+/// outcome, expires_at, key, native TTL in ms (`''` = none). Answers per item `ok`, or why the
+/// claim is not held (`check_holder`'s rule): `missing`, `taken` (another token), `done`
+/// (already completed). One item's answer does not stop the others.
 const COMPLETE_MANY: &str = r#"
 local out = {}
+local indexed = {}
 for i = 1, #KEYS - 2 do
   local rec = KEYS[2 + i]
   local base = 5 * (i - 1)
@@ -127,17 +111,19 @@ for i = 1, #KEYS - 2 do
     else
       redis.call('PEXPIRE', rec, ttl)
     end
-    redis.call('ZADD', KEYS[1], expires_at, member)
-    redis.call('ZADD', KEYS[2], expires_at, member)
+    indexed[#indexed + 1] = expires_at
+    indexed[#indexed + 1] = member
     out[i] = 'ok'
   end
 end
+zadd_all(KEYS[1], indexed)
+zadd_all(KEYS[2], indexed)
 return out
 "#;
 
 /// Releases a held claim: the record goes, so the next delivery is New.
 ///
-/// KEYS: record, expiry index, completed index. ARGV: token, key. Answers like [`COMPLETE`].
+/// KEYS: record, expiry index, completed index. ARGV: token, key. Answers like [`COMPLETE_MANY`] does per item.
 const RELEASE: &str = r#"
 local h = redis.call('HMGET', KEYS[1], 's', 't')
 if not h[1] then return 'missing' end
@@ -160,10 +146,10 @@ redis.call('ZREM', KEYS[3], ARGV[2])
 return 1
 "#;
 
-/// Renews a held claim's lease: [`COMPLETE`]'s check, then the new deadline.
+/// Renews a held claim's lease: [`COMPLETE_MANY`]'s check, then the new deadline.
 ///
 /// KEYS: record, expiry index. ARGV: token, lease_until, key, native TTL in ms (`''` = none).
-/// Answers like [`COMPLETE`]. The native TTL is set again, as a claim sets it, so the backstop
+/// Answers like [`COMPLETE_MANY`] does per item. The native TTL is set again, as a claim sets it, so the backstop
 /// never removes a record before the deadline it was renewed to.
 const EXTEND: &str = r#"
 local h = redis.call('HMGET', KEYS[1], 's', 't')
@@ -225,12 +211,23 @@ redis.call('SET', KEYS[1], ARGV[1])
 return {1, current}
 "#;
 
+/// `ZADD key score member ...` of a flat list of pairs, in as few calls as Lua's stack allows:
+/// one call costs the server far more than one more pair in it. The scripts that index many
+/// records collect their pairs and add them once, at the end: no command in between reads the
+/// index, and one member never gets two scores in one script.
+const ZADD_ALL: &str = r#"
+local function zadd_all(key, pairs)
+  for i = 1, #pairs, 2000 do
+    redis.call('ZADD', key, unpack(pairs, i, math.min(i + 1999, #pairs)))
+  end
+end
+"#;
+
 fn script(body: &str) -> Script {
-    Script::new(&format!("{COMPARE}{body}"))
+    Script::new(&format!("{COMPARE}{ZADD_ALL}{body}"))
 }
 
 pub(crate) static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CLAIM));
-pub(crate) static COMPLETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(COMPLETE));
 pub(crate) static COMPLETE_MANY_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(COMPLETE_MANY));
 pub(crate) static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RELEASE));
 pub(crate) static FORGET_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FORGET));

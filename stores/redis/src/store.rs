@@ -19,14 +19,15 @@ use crate::keys::Layout;
 use crate::options;
 use crate::reply::{bytes, decode_record, parse};
 use crate::scripts::{
-    CLAIM_SCRIPT, COMPLETE_MANY_SCRIPT, COMPLETE_SCRIPT, EXTEND_SCRIPT, FORGET_SCRIPT,
-    PURGE_SCRIPT, RELEASE_SCRIPT, STATS_SCRIPT, VERSION_SCRIPT,
+    CLAIM_SCRIPT, COMPLETE_MANY_SCRIPT, EXTEND_SCRIPT, FORGET_SCRIPT, PURGE_SCRIPT, RELEASE_SCRIPT,
+    STATS_SCRIPT, VERSION_SCRIPT,
 };
 
-/// Claim batches on their way to the server at once. Single completes are not coalesced: each
-/// is one short script, and the multiplexed connection already pipelines concurrent ones.
-/// `complete_many` sends one script per scope and [`COMPLETE_CHUNK_BYTES`] of outcomes.
-const CLAIM_BATCHES_IN_FLIGHT: usize = 4;
+/// Batches of single calls on their way to the server at once, per kind (claims, completes).
+/// Concurrent single completes are coalesced like claims: a script call costs the server far
+/// more than one more item in a script's loop. `complete_many` sends one script per scope and
+/// [`COMPLETE_CHUNK_BYTES`] of outcomes.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// How many records one purge script call removes at most: small, so a purge never holds the
 /// server (single-threaded for commands) long enough to delay claims noticeably.
@@ -53,7 +54,7 @@ pub struct RedisStore {
     /// Scopes this process registered, and when: a claim adds its scope once per
     /// [`REREGISTER_AFTER`], so a registry lost to a `FLUSHDB` or a failover is soon whole again.
     known_scopes: Mutex<HashMap<Scope, Instant>>,
-    /// Concurrent single claims go to the server as one script per scope and batch.
+    /// Concurrent single claims and completes go to the server as one script per scope and batch.
     group: GroupCommit,
 }
 
@@ -94,7 +95,7 @@ impl RedisStore {
             conn,
             layout: Layout::new(&opts.prefix),
             ttl_grace_ms: opts.ttl_grace.map(|g| g.as_millis() as i128),
-            group: GroupCommit::new(&opts.shown, CLAIM_BATCHES_IN_FLIGHT, DEFAULT_MAX_BATCH),
+            group: GroupCommit::new(&opts.shown, BATCHES_IN_FLIGHT, DEFAULT_MAX_BATCH),
             url: opts.shown,
             known_scopes: Mutex::new(HashMap::new()),
         })
@@ -417,20 +418,7 @@ impl Store for RedisStore {
     }
 
     async fn complete(&self, claim: &Claim, outcome: &[u8], expires_at: Timestamp) -> Result<()> {
-        let scope = claim.scope.as_str();
-        self.run_held(
-            claim,
-            COMPLETE_SCRIPT
-                .key(self.layout.record(&claim.scope, &claim.key))
-                .key(self.layout.expiry_index(scope))
-                .key(self.layout.completed_index(scope))
-                .arg(claim.token.to_string())
-                .arg(outcome)
-                .arg(expires_at.as_millis().to_string())
-                .arg(claim.key.as_str())
-                .arg(self.native_ttl_since_claim(claim, expires_at)),
-        )
-        .await
+        self.group.complete(self, claim, outcome, expires_at).await
     }
 
     /// One script per scope (one slot each) and 16 MiB of outcomes, all in flight at once, as
