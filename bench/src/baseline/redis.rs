@@ -46,26 +46,53 @@ pub async fn naive(
     preload: &Workload,
     progress: &dyn Progress,
 ) -> Result<RunResult, BenchError> {
-    let mut conns = connect(url, NAIVE_CONNECTIONS).await?;
-    preload_keys(&mut conns[0], prefix, preload, progress).await?;
-    progress.start("naive", workload.len() as u64);
-    let keys = std::sync::Arc::new(workload.keys().to_vec());
-    let prefix = prefix.to_owned();
-    let driven = drive(conns, keys.len(), 1, progress, move |mut conn, i| {
-        let (keys, prefix) = (keys.clone(), prefix.clone());
-        async move {
+    let name = "naive";
+    one_at_a_time(
+        name,
+        url,
+        prefix,
+        workload,
+        preload,
+        progress,
+        |mut conn, key| async move {
             let set: Option<String> = redis::cmd("SET")
-                .arg(format!("{prefix}:{}", keys[i]))
+                .arg(key)
                 .arg(1)
                 .arg("NX")
                 .query_async(&mut conn)
                 .await?;
             Ok((conn, usize::from(set.is_some())))
-        }
+        },
+    )
+    .await
+}
+
+/// Runs `event(connection, prefixed key)` for each event of `workload`, one at a time on each of
+/// [`NAIVE_CONNECTIONS`] connections; `event` answers 1 for a new key, 0 for a duplicate.
+async fn one_at_a_time<F, Fut>(
+    name: &str,
+    url: &str,
+    prefix: &str,
+    workload: &Workload,
+    preload: &Workload,
+    progress: &dyn Progress,
+    event: F,
+) -> Result<RunResult, BenchError>
+where
+    F: Fn(MultiplexedConnection, String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(MultiplexedConnection, usize), BenchError>> + Send,
+{
+    let mut conns = connect(url, NAIVE_CONNECTIONS).await?;
+    preload_keys(&mut conns[0], prefix, preload, progress).await?;
+    progress.start(name, workload.len() as u64);
+    let keys = std::sync::Arc::new(workload.keys().to_vec());
+    let prefix = prefix.to_owned();
+    let driven = drive(conns, keys.len(), 1, progress, move |conn, i| {
+        event.clone()(conn, format!("{prefix}:{}", keys[i]))
     })
     .await?;
     Ok(summarize(
-        "naive",
+        name,
         workload.len(),
         driven.latencies,
         driven.new,
@@ -92,15 +119,15 @@ pub async fn powertools(
     preload: &Workload,
     progress: &dyn Progress,
 ) -> Result<RunResult, BenchError> {
-    let mut conns = connect(url, NAIVE_CONNECTIONS).await?;
-    preload_keys(&mut conns[0], prefix, preload, progress).await?;
-    progress.start("powertools", workload.len() as u64);
-    let keys = std::sync::Arc::new(workload.keys().to_vec());
-    let prefix = prefix.to_owned();
-    let driven = drive(conns, keys.len(), 1, progress, move |mut conn, i| {
-        let (keys, prefix) = (keys.clone(), prefix.clone());
-        async move {
-            let key = format!("{prefix}:{}", keys[i]);
+    let name = "powertools";
+    one_at_a_time(
+        name,
+        url,
+        prefix,
+        workload,
+        preload,
+        progress,
+        |mut conn, key| async move {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
@@ -133,17 +160,9 @@ pub async fn powertools(
                     redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
             }
             Ok((conn, usize::from(set.is_some())))
-        }
-    })
-    .await?;
-    Ok(summarize(
-        "powertools",
-        workload.len(),
-        driven.latencies,
-        driven.new,
-        driven.elapsed,
-        None,
-    ))
+        },
+    )
+    .await
 }
 
 /// What Redis does at best for this job: `SET key 1 NX` pipelined, [`LIMIT_BATCH`] commands per
