@@ -2,7 +2,8 @@
 //! server of the test's own that it stops, crashes and starts again while consumers use it
 //! ([`PostgresServer`], [`MariaDbServer`], [`RedisServer`], each a [`Restartable`]), a broker
 //! of its own to restart in the same way ([`NatsServer`], [`RabbitMqServer`],
-//! [`TansuServer`]), and a TCP proxy whose link it sets ([`FaultProxy`]).
+//! [`TansuServer`], its data on an [`S3Server`]), and a TCP proxy whose link it sets
+//! ([`FaultProxy`]).
 //!
 //! The machine's shared servers are never touched: other tests use them at the same time.
 
@@ -435,21 +436,30 @@ impl Restartable for RabbitMqServer {
     }
 }
 
-/// A tansu broker (Kafka protocol) of the test's own on a free loopback port, advertising that
-/// port, its topics, messages and consumer groups' offsets in an SQLite file
-/// (`--storage-engine sqlite://`) so they outlive a restart. Needs tansu built with its
-/// `libsql` feature (README's test command installs it so). Dropping it kills it and removes
-/// its files.
+/// A tansu broker (Kafka protocol) of the test's own on a free loopback port, its topics,
+/// messages and consumer groups' offsets on an S3 server of its own so that they outlive a
+/// restart ([`start_on_s3`](Self::start_on_s3)), or in memory behind a proxy
+/// ([`start_advertising`](Self::start_advertising)). Needs tansu built with its `dynostore`
+/// feature (README's test command installs it so). Dropping it kills it and removes its files.
 pub struct TansuServer {
     own: OwnServer,
     advertised: Option<u16>,
-    storage: &'static str,
+    storage: String,
+    /// The S3 server its `s3://` storage is on; dropped after the broker (field order).
+    object_store: Option<S3Server>,
 }
 
 impl TansuServer {
-    /// Starts it on an empty directory.
-    pub fn start() -> TansuServer {
-        TansuServer::start_with(None, "sqlite://tansu.db")
+    /// Starts it with its data in a bucket of an S3 server of its own ([`S3Server`], started
+    /// here, not restarted with the broker): tansu's object-store engine (`--storage-engine
+    /// s3://`, its `dynostore` feature), which writes a produce's records to the bucket before
+    /// it answers. Its messages and offsets outlive a crash of the broker as they would on a
+    /// disk, and unlike the SQLite engine it keeps serving when a client leaves during a
+    /// request.
+    pub fn start_on_s3() -> TansuServer {
+        let object_store = S3Server::start();
+        object_store.create_bucket("tansu");
+        TansuServer::start_with(None, "s3://tansu/".into(), Some(object_store))
     }
 
     /// Starts it telling its clients to connect at `127.0.0.1:advertised`, not at its own port:
@@ -460,14 +470,19 @@ impl TansuServer {
     /// Its data is kept in memory: tansu 0.6's SQLite engine stops serving when a client leaves
     /// during a request, which a partition provokes, and this one is never restarted.
     pub fn start_advertising(advertised: u16) -> TansuServer {
-        TansuServer::start_with(Some(advertised), "memory://tansu/")
+        TansuServer::start_with(Some(advertised), "memory://tansu/".into(), None)
     }
 
-    fn start_with(advertised: Option<u16>, storage: &'static str) -> TansuServer {
+    fn start_with(
+        advertised: Option<u16>,
+        storage: String,
+        object_store: Option<S3Server>,
+    ) -> TansuServer {
         let mut server = TansuServer {
             own: OwnServer::new("tansu"),
             advertised,
             storage,
+            object_store,
         };
         server.start_again();
         server
@@ -503,10 +518,67 @@ impl Restartable for TansuServer {
             // Clients connect where the broker says it is: not the default 9092.
             .args(["--advertised-listener-url", &advertised])
             // A relative SQLite path is taken from the working directory.
-            .args(["--storage-engine", self.storage])
+            .args(["--storage-engine", &self.storage])
             .current_dir(&self.own.base);
+        if let Some(object_store) = &self.object_store {
+            // object_store's S3 client reads these (`AmazonS3Builder::from_env`).
+            command
+                .env("AWS_ENDPOINT", object_store.endpoint())
+                .env("AWS_ALLOW_HTTP", "true")
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("AWS_DEFAULT_REGION", "us-east-1")
+                .env("AWS_REGION", "us-east-1");
+        }
         // It opens its storage before it listens.
         self.own.launch(command, "take clients", || true);
+    }
+}
+
+/// An S3 server of the test's own on a free loopback port: moto's (PyPI `moto[server]`, which
+/// README's test command installs for the SQS tests), serving from memory. It is the "disk" a
+/// broker of the test's own keeps its data on ([`TansuServer::start_on_s3`]): the broker is
+/// restarted, this is not. Dropping it kills it.
+pub struct S3Server {
+    own: OwnServer,
+}
+
+impl S3Server {
+    /// Starts it.
+    pub fn start() -> S3Server {
+        let mut own = OwnServer::new("s3");
+        let mut command = Command::new("python3");
+        command
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
+            .arg(own.port.to_string());
+        own.launch(command, "take requests", || true);
+        S3Server { own }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.own.port)
+    }
+
+    /// Creates `bucket` (S3's `CreateBucket`: `PUT /bucket`; moto asks for no signature).
+    pub fn create_bucket(&self, bucket: &str) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.own.port))
+            .expect("connecting to the S3 server");
+        let request = format!(
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n",
+            self.own.port
+        );
+        stream.write_all(request.as_bytes()).expect("CreateBucket");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("CreateBucket's answer");
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "CreateBucket {bucket}: {response}"
+        );
     }
 }
 

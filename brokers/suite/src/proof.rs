@@ -328,6 +328,9 @@ pub async fn run_with<C: Channel>(
     for child in &mut children {
         stop(child);
     }
+    // The drainer stays until it is done: a consumer stopped after a fixed while may not yet
+    // have joined its group on a slow broker, and a new one would start the join over.
+    let mut drain = None;
     loop {
         let unsettled = channel.unsettled().await.expect("unsettled");
         if unsettled == 0 {
@@ -338,8 +341,13 @@ pub async fn run_with<C: Channel>(
             "{unsettled} messages still unsettled after {:?}",
             config.deadline
         );
-        let mut drain = spawn(&source_url, postgres_url);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let drainer = drain.get_or_insert_with(|| spawn(&source_url, postgres_url));
+        if let Some(status) = drainer.try_wait().expect("drainer status") {
+            panic!("the draining consumer exited on its own: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if let Some(mut drain) = drain {
         stop(&mut drain);
     }
     let settled = started.elapsed();
