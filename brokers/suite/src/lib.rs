@@ -476,7 +476,6 @@ async fn consumer_clock_ahead<B: Broker>(broker: &B, schema_prefix: &str) {
     drop(redis);
 }
 
-/// The name of the broker restart proof's trial.
 /// The proof on a broker server of the test's own ([`Broker::own_server`]), restarted 3 times
 /// while the consumers work: crashed (SIGKILL), shut down, crashed, each down for up to 3 s.
 /// Their PostgreSQL is the machine's, in a fresh schema. No consumer is killed, and none may
