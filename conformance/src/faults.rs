@@ -517,7 +517,6 @@ impl Restartable for TansuServer {
             .args(["--listener-url", &listener])
             // Clients connect where the broker says it is: not the default 9092.
             .args(["--advertised-listener-url", &advertised])
-            // A relative SQLite path is taken from the working directory.
             .args(["--storage-engine", &self.storage])
             .current_dir(&self.own.base);
         if let Some(object_store) = &self.object_store {
