@@ -157,6 +157,14 @@ pub trait Channel: Send + Sync + 'static {
         false
     }
 
+    /// Whether [`unsettled`](Channel::unsettled) can count while consumers are on the
+    /// destination. RabbitMQ's `queue.declare` counts only ready messages, not those delivered
+    /// and unacked, so its count needs every consumer gone; the kill -9 proof then drains in
+    /// rounds, stopping its draining consumer before each count.
+    fn counts_unsettled_while_consuming(&self) -> bool {
+        true
+    }
+
     /// One more consumer of the destination; several compete for its messages.
     async fn consumer(&self) -> Result<Self::Source, BoxError>;
 

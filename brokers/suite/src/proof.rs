@@ -329,9 +329,21 @@ pub async fn run_with<C: Channel>(
         stop(child);
     }
     // The drainer stays until it is done: a consumer stopped after a fixed while may not yet
-    // have joined its group on a slow broker, and a new one would start the join over.
-    let mut drain = None;
+    // have joined its group on a slow broker, and a new one would start the join over. Where
+    // the count needs every consumer gone, the drainer is stopped before each count and the
+    // next one stays twice as long (up to 16 s), so a slow join is still reached.
+    let mut drain: Option<Child> = None;
+    let mut stay = Duration::from_secs(1);
     loop {
+        if let Some(drainer) = &mut drain {
+            if let Some(status) = drainer.try_wait().expect("drainer status") {
+                panic!("the draining consumer exited on its own: {status}");
+            }
+            if !channel.counts_unsettled_while_consuming() {
+                stop(drainer);
+                drain = None;
+            }
+        }
         let unsettled = channel.unsettled().await.expect("unsettled");
         if unsettled == 0 {
             break;
@@ -341,11 +353,16 @@ pub async fn run_with<C: Channel>(
             "{unsettled} messages still unsettled after {:?}",
             config.deadline
         );
-        let drainer = drain.get_or_insert_with(|| spawn(&source_url, postgres_url));
-        if let Some(status) = drainer.try_wait().expect("drainer status") {
-            panic!("the draining consumer exited on its own: {status}");
+        if drain.is_none() {
+            eprintln!("drain: {unsettled} messages unsettled, a draining consumer started");
+            drain = Some(spawn(&source_url, postgres_url));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        if channel.counts_unsettled_while_consuming() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        } else {
+            tokio::time::sleep(stay).await;
+            stay = (stay * 2).min(Duration::from_secs(16));
+        }
     }
     if let Some(mut drain) = drain {
         stop(&mut drain);

@@ -309,6 +309,10 @@ impl Broker for Rabbit {
 impl Channel for Queue {
     type Source = AmqpSource;
 
+    fn counts_unsettled_while_consuming(&self) -> bool {
+        false
+    }
+
     async fn publish(&self, message: &Message) -> Result<(), BoxError> {
         let options = BasicPublishOptions {
             mandatory: true,
