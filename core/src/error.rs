@@ -198,36 +198,4 @@ impl Error {
             Error::Backend { store, source }
         }
     }
-
-    /// The same error again, for another member of a batch that failed as a whole: each
-    /// caller gets its own. A driver's error (not `Clone`) becomes its text.
-    pub fn copy_for_batch(&self) -> Error {
-        match self {
-            Error::InvalidKey(e) => Error::InvalidKey(e.clone()),
-            Error::ClaimLost { scope, key, reason } => Error::ClaimLost {
-                scope: scope.clone(),
-                key: key.clone(),
-                reason: *reason,
-            },
-            Error::StoreFull { capacity } => Error::StoreFull {
-                capacity: *capacity,
-            },
-            Error::Unavailable { store, source } => Error::Unavailable {
-                store: store.clone(),
-                source: source.to_string().into(),
-            },
-            Error::Backend { store, source } => Error::Backend {
-                store: store.clone(),
-                source: source.to_string().into(),
-            },
-            Error::InvalidUrl { url, reason } => Error::InvalidUrl {
-                url: url.clone(),
-                reason: reason.clone(),
-            },
-            Error::Corrupt { store, detail } => Error::Corrupt {
-                store: store.clone(),
-                detail: detail.clone(),
-            },
-        }
-    }
 }

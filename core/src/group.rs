@@ -55,45 +55,16 @@ pub const DEFAULT_MAX_BATCH: usize = 1000;
 /// Cheap to clone; clones share the queues.
 #[derive(Clone)]
 pub struct GroupCommit {
-    queues: Queues,
-}
-
-#[derive(Clone)]
-enum Queues {
-    /// Claims and completes batch apart: each batch is one `claim_many` or `complete_many`.
-    Apart {
-        claims: Arc<Queue<(ClaimRequest, Timestamp), ClaimOutcome>>,
-        completes: Arc<Queue<Completion, ()>>,
-    },
-    /// Both join one queue: each batch is one `complete_and_claim_many`.
-    Shared(Arc<Queue<Call, Answer>>),
-}
-
-/// A call waiting in a shared queue.
-enum Call {
-    Claim(ClaimRequest, Timestamp),
-    Complete(Completion),
-}
-
-/// What a call of a shared queue is answered.
-enum Answer {
-    Claimed(ClaimOutcome),
-    Completed,
+    claims: Arc<Queue<(ClaimRequest, Timestamp), ClaimOutcome>>,
+    completes: Arc<Queue<Completion, ()>>,
 }
 
 impl std::fmt::Debug for GroupCommit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (store, max_in_flight, max_batch, shared) = match &self.queues {
-            Queues::Apart { claims, .. } => {
-                (&claims.store, claims.max_in_flight, claims.max_batch, false)
-            }
-            Queues::Shared(queue) => (&queue.store, queue.max_in_flight, queue.max_batch, true),
-        };
         f.debug_struct("GroupCommit")
-            .field("store", store)
-            .field("max_in_flight", &max_in_flight)
-            .field("max_batch", &max_batch)
-            .field("shared", &shared)
+            .field("store", &self.claims.store)
+            .field("max_in_flight", &self.claims.max_in_flight)
+            .field("max_batch", &self.claims.max_batch)
             .finish()
     }
 }
@@ -105,64 +76,32 @@ impl GroupCommit {
     pub fn new(store: &str, max_in_flight: usize, max_batch: usize) -> Self {
         let (max_in_flight, max_batch) = (max_in_flight.max(1), max_batch.max(1));
         GroupCommit {
-            queues: Queues::Apart {
-                claims: Arc::new(Queue::new(store, max_in_flight, max_batch)),
-                completes: Arc::new(Queue::new(store, max_in_flight, max_batch)),
-            },
-        }
-    }
-
-    /// Like [`new`](GroupCommit::new), but claims and completes wait in one queue, and each
-    /// batch is one [`Store::complete_and_claim_many`]: at most `max_in_flight` batches at once,
-    /// each of at most `max_batch` calls of either kind.
-    ///
-    /// For stores where that is one transaction: a handler's claim and another's completion
-    /// then share one commit (one log flush) instead of taking one each.
-    pub fn shared(store: &str, max_in_flight: usize, max_batch: usize) -> Self {
-        let (max_in_flight, max_batch) = (max_in_flight.max(1), max_batch.max(1));
-        GroupCommit {
-            queues: Queues::Shared(Arc::new(Queue::new(store, max_in_flight, max_batch))),
+            claims: Arc::new(Queue::new(store, max_in_flight, max_batch)),
+            completes: Arc::new(Queue::new(store, max_in_flight, max_batch)),
         }
     }
 
     /// Claims one key through `store`, in a [`Store::claim_many`] batch shared with concurrent
-    /// callers (a [`Store::complete_and_claim_many`] one if [`shared`](GroupCommit::shared)).
+    /// callers.
     pub async fn claim<S: Store + ?Sized>(
         &self,
         store: &S,
         request: &ClaimRequest,
         now: Timestamp,
     ) -> Result<ClaimOutcome> {
-        match &self.queues {
-            Queues::Apart { claims, .. } => {
-                claims
-                    .submit((request.clone(), now), |batch| async move {
-                        let now = batch.iter().map(|(_, now)| *now).max().unwrap_or(now);
-                        let requests: Vec<ClaimRequest> =
-                            batch.into_iter().map(|(r, _)| r).collect();
-                        crate::telemetry::grouped("claim", requests.len());
-                        let outcomes = store.claim_many(&requests, now).await?;
-                        Ok(outcomes.into_iter().map(Ok).collect())
-                    })
-                    .await
-            }
-            Queues::Shared(queue) => {
-                match queue
-                    .submit(Call::Claim(request.clone(), now), |batch| {
-                        run_shared(store, &queue.store, batch)
-                    })
-                    .await?
-                {
-                    Answer::Claimed(outcome) => Ok(outcome),
-                    Answer::Completed => unreachable!("a claim is answered an outcome"),
-                }
-            }
-        }
+        self.claims
+            .submit((request.clone(), now), |batch| async move {
+                let now = batch.iter().map(|(_, now)| *now).max().unwrap_or(now);
+                let requests: Vec<ClaimRequest> = batch.into_iter().map(|(r, _)| r).collect();
+                crate::telemetry::grouped("claim", requests.len());
+                let outcomes = store.claim_many(&requests, now).await?;
+                Ok(outcomes.into_iter().map(Ok).collect())
+            })
+            .await
     }
 
     /// Completes one claim through `store`, in a [`Store::complete_many`] batch shared with
-    /// concurrent callers (a [`Store::complete_and_claim_many`] one if
-    /// [`shared`](GroupCommit::shared)).
+    /// concurrent callers.
     pub async fn complete<S: Store + ?Sized>(
         &self,
         store: &S,
@@ -175,98 +114,13 @@ impl GroupCommit {
             outcome: outcome.to_vec(),
             expires_at,
         };
-        match &self.queues {
-            Queues::Apart { completes, .. } => {
-                completes
-                    .submit(item, |batch| async move {
-                        crate::telemetry::grouped("complete", batch.len());
-                        store.complete_many(&batch).await
-                    })
-                    .await
-            }
-            Queues::Shared(queue) => queue
-                .submit(Call::Complete(item), |batch| {
-                    run_shared(store, &queue.store, batch)
-                })
-                .await
-                .map(|_| ()),
-        }
+        self.completes
+            .submit(item, |batch| async move {
+                crate::telemetry::grouped("complete", batch.len());
+                store.complete_many(&batch).await
+            })
+            .await
     }
-}
-
-/// Runs a shared batch: its completions, then its claims (decided at the latest `now` among
-/// them), in one `complete_and_claim_many`; answers each call in the batch's order.
-async fn run_shared<S: Store + ?Sized>(
-    store: &S,
-    name: &str,
-    batch: Vec<Call>,
-) -> Result<Vec<Result<Answer>>> {
-    let mut items = Vec::new();
-    let mut requests = Vec::new();
-    let mut now = None;
-    let kinds: Vec<bool> = batch
-        .into_iter()
-        .map(|call| match call {
-            Call::Claim(request, at) => {
-                now = Some(now.map_or(at, |n: Timestamp| n.max(at)));
-                requests.push(request);
-                true
-            }
-            Call::Complete(item) => {
-                items.push(item);
-                false
-            }
-        })
-        .collect();
-    if !items.is_empty() {
-        crate::telemetry::grouped("complete", items.len());
-    }
-    if !requests.is_empty() {
-        crate::telemetry::grouped("claim", requests.len());
-    }
-    let now = now.unwrap_or(Timestamp::from_millis(0));
-    let (completed, claimed) = store.complete_and_claim_many(&items, &requests, now).await;
-    let mut completed = answers(completed, items.len(), name, "completions")?;
-    let mut claimed = answers(
-        claimed.map(|o| o.into_iter().map(Ok).collect()),
-        requests.len(),
-        name,
-        "claims",
-    )?;
-    Ok(kinds
-        .into_iter()
-        .map(|is_claim| {
-            if is_claim {
-                claimed.next().expect("counted").map(Answer::Claimed)
-            } else {
-                completed
-                    .next()
-                    .expect("counted")
-                    .map(|()| Answer::Completed)
-            }
-        })
-        .collect())
-}
-
-/// One half of a shared batch's answer, as one result per call: a failed half is each of its
-/// calls' error.
-fn answers<T>(
-    half: Result<Vec<Result<T>>>,
-    expected: usize,
-    store: &str,
-    what: &str,
-) -> Result<std::vec::IntoIter<Result<T>>> {
-    Ok(match half {
-        Ok(results) if results.len() == expected => results,
-        Ok(results) => {
-            return Err(Error::Corrupt {
-                store: store.to_owned(),
-                detail: format!("{expected} {what} were answered {} results", results.len()),
-            });
-        }
-        Err(error) => (0..expected).map(|_| Err(error.copy_for_batch())).collect(),
-    }
-    .into_iter())
 }
 
 /// One kind of call's queue: the waiters, and how many batches run.
@@ -416,7 +270,7 @@ impl<R, T> Queue<R, T> {
     /// Gives every waiter of a failed batch its own copy of `error`, and answers it.
     fn fail(&self, replies: Vec<oneshot::Sender<Reply<R, T>>>, error: Error) -> Result<T> {
         for reply in replies {
-            let _ = reply.send(Reply::Done(Err(error.copy_for_batch())));
+            let _ = reply.send(Reply::Done(Err(copy(&error))));
         }
         Err(error)
     }
@@ -447,5 +301,36 @@ impl<R, T> Queue<R, T> {
                      is held until its lease runs out"
                 .into(),
         }
+    }
+}
+
+/// The same error for another member of a failed batch (driver errors become their text).
+fn copy(error: &Error) -> Error {
+    match error {
+        Error::InvalidKey(e) => Error::InvalidKey(e.clone()),
+        Error::ClaimLost { scope, key, reason } => Error::ClaimLost {
+            scope: scope.clone(),
+            key: key.clone(),
+            reason: *reason,
+        },
+        Error::StoreFull { capacity } => Error::StoreFull {
+            capacity: *capacity,
+        },
+        Error::Unavailable { store, source } => Error::Unavailable {
+            store: store.clone(),
+            source: source.to_string().into(),
+        },
+        Error::Backend { store, source } => Error::Backend {
+            store: store.clone(),
+            source: source.to_string().into(),
+        },
+        Error::InvalidUrl { url, reason } => Error::InvalidUrl {
+            url: url.clone(),
+            reason: reason.clone(),
+        },
+        Error::Corrupt { store, detail } => Error::Corrupt {
+            store: store.clone(),
+            detail: detail.clone(),
+        },
     }
 }

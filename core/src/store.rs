@@ -66,36 +66,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Ok(results)
     }
 
-    /// Completes `items`, then claims `requests`, as [`complete_many`](Store::complete_many)
-    /// and [`claim_many`](Store::claim_many) would, in one transaction where the backend allows
-    /// it: one durable commit for both. A claim of a key completed by an item of the same call
-    /// sees it completed.
-    ///
-    /// Answers each half on its own: the completions' results, then the claims' outcomes. A
-    /// store that runs both in one transaction fails both halves together; the default runs
-    /// `complete_many`, then `claim_many`, so one half may fail while the other took effect.
-    ///
-    /// What [`GroupCommit::shared`](crate::GroupCommit::shared) builds on: concurrent claims
-    /// and completes share one commit, where a log flush is what a commit costs.
-    async fn complete_and_claim_many(
-        &self,
-        items: &[Completion],
-        requests: &[ClaimRequest],
-        now: Timestamp,
-    ) -> (Result<Vec<Result<()>>>, Result<Vec<ClaimOutcome>>) {
-        let completed = if items.is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.complete_many(items).await
-        };
-        let claimed = if requests.is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.claim_many(requests, now).await
-        };
-        (completed, claimed)
-    }
-
     /// Gives up a held claim so the next delivery gets `New`.
     async fn release(&self, claim: &Claim) -> Result<()>;
 

@@ -18,8 +18,6 @@ struct Slow {
     batches: Mutex<Vec<usize>>,
     gate: Arc<Semaphore>,
     started: Mutex<Vec<(String, usize)>>,
-    /// (completions, claims) of each `complete_and_claim_many`.
-    shared: Mutex<Vec<(usize, usize)>>,
 }
 
 impl Slow {
@@ -29,7 +27,6 @@ impl Slow {
             batches: Mutex::new(Vec::new()),
             gate: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             started: Mutex::new(Vec::new()),
-            shared: Mutex::new(Vec::new()),
         })
     }
 
@@ -81,22 +78,6 @@ impl Store for Slow {
     async fn complete_many(&self, items: &[Completion]) -> Result<Vec<Result<()>>> {
         self.pass(items[0].claim.key.to_string(), items.len()).await;
         self.inner.complete_many(items).await
-    }
-    async fn complete_and_claim_many(
-        &self,
-        items: &[Completion],
-        requests: &[ClaimRequest],
-        now: Timestamp,
-    ) -> (Result<Vec<Result<()>>>, Result<Vec<ClaimOutcome>>) {
-        self.shared
-            .lock()
-            .unwrap()
-            .push((items.len(), requests.len()));
-        self.pass(String::new(), items.len() + requests.len()).await;
-        (
-            self.inner.complete_many(items).await,
-            self.inner.claim_many(requests, now).await,
-        )
     }
     async fn complete(&self, claim: &Claim, outcome: &[u8], expires_at: Timestamp) -> Result<()> {
         self.inner.complete(claim, outcome, expires_at).await
@@ -191,61 +172,6 @@ async fn concurrent_single_claims_share_batches_and_grant_each_key_once() {
             })
         ));
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn shared_batches_mix_claims_and_completes_and_answer_each_its_own() {
-    let store = Slow::open();
-    let group = GroupCommit::shared("slow", 1, 64);
-    // Each task claims a key (a quarter of them taken by another task first), completes what
-    // it won, and completes it again (lost): claims and completes queue side by side.
-    let tasks: Vec<_> = (0..400)
-        .map(|i| {
-            let (store, group) = (store.clone(), group.clone());
-            tokio::spawn(async move {
-                let req = request(&format!("k{}", i % 300));
-                match group.claim(&*store, &req, NOW).await.unwrap() {
-                    ClaimOutcome::New(claim) => {
-                        group.complete(&*store, &claim, b"x", NOW).await.unwrap();
-                        let again = group.complete(&*store, &claim, b"y", NOW).await;
-                        assert!(
-                            matches!(
-                                again,
-                                Err(Error::ClaimLost {
-                                    reason: LostReason::AlreadyCompleted,
-                                    ..
-                                })
-                            ),
-                            "{again:?}"
-                        );
-                        Some(claim.key)
-                    }
-                    _ => None,
-                }
-            })
-        })
-        .collect();
-    let mut granted: HashMap<Key, usize> = HashMap::new();
-    for t in tasks {
-        if let Some(key) = t.await.unwrap() {
-            *granted.entry(key).or_default() += 1;
-        }
-    }
-    assert_eq!(granted.len(), 300);
-    assert!(granted.values().all(|&n| n == 1), "{granted:?}");
-    let shared = store.shared.lock().unwrap().clone();
-    let (completes, claims) = shared.iter().fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
-    assert_eq!((completes, claims), (600, 400), "every call ran once");
-    assert!(shared.iter().all(|(c, d)| c + d <= 64), "{shared:?}");
-    assert!(
-        shared.iter().any(|&(c, d)| c > 0 && d > 0),
-        "no batch held both kinds: {shared:?}"
-    );
-    assert!(
-        shared.len() < 500,
-        "barely coalesced: {} batches",
-        shared.len()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

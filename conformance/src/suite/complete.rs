@@ -1,18 +1,16 @@
-//! Completion: once per claim, `complete_many` answers each item on its own,
-//! `complete_and_claim_many` completes before it claims, and a completed record replays until
-//! its retention ends.
+//! Completion: once per claim, `complete_many` answers each item on its own, and a completed
+//! record replays until its retention ends.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use oncely_core::{ClaimOutcome, ClaimRequest, Clock, Completion, Error, LostReason, Scope, Store};
+use oncely_core::{ClaimOutcome, Clock, Completion, Error, LostReason, Scope, Store};
 
 use super::{LEASE, RETENTION, expect_lost, expect_new, fp, key, setup};
 
 tests!(
     completing_twice_is_rejected,
     complete_many_answers_each_item_on_its_own,
-    complete_and_claim_many_completes_then_claims,
     completed_record_is_duplicate_until_retention_ends_then_new,
 );
 
@@ -94,58 +92,6 @@ async fn complete_many_answers_each_item_on_its_own(store: Arc<dyn Store>) {
     }
     assert_eq!(oncely.get(&s, &key("gone")).await.unwrap(), None);
     assert!(store.complete_many(&[]).await.unwrap().is_empty());
-}
-
-async fn complete_and_claim_many_completes_then_claims(store: Arc<dyn Store>) {
-    let (oncely, clock) = setup(store.clone());
-    let s = Scope::default();
-    let held = expect_new(oncely.claim(&s, &key("held"), fp("p")).await.unwrap());
-    let gone = expect_new(oncely.claim(&s, &key("gone"), None).await.unwrap());
-    oncely.release(&gone).await.unwrap();
-    let expires_at = clock.now().saturating_add(RETENTION);
-    let item = |claim: &oncely_core::Claim, outcome: &[u8]| Completion {
-        claim: claim.clone(),
-        outcome: outcome.to_vec(),
-        expires_at,
-    };
-    let request = |k: &str| ClaimRequest::new(s.clone(), key(k), fp("p"), LEASE);
-    let (completed, claimed) = store
-        .complete_and_claim_many(
-            &[item(&held, b"held-out"), item(&gone, b"gone-out")],
-            &[request("held"), request("fresh"), request("fresh")],
-            clock.now(),
-        )
-        .await;
-    let completed = completed.unwrap();
-    assert!(completed[0].is_ok(), "{:?}", completed[0]);
-    match &completed[1] {
-        Err(Error::ClaimLost { reason, .. }) => assert_eq!(*reason, LostReason::Missing),
-        other => panic!("expected ClaimLost(Missing), got {other:?}"),
-    }
-    // The claims see the completion made before them in the same call.
-    let claimed = claimed.unwrap();
-    assert!(
-        matches!(&claimed[0], ClaimOutcome::Duplicate(r) if r.outcome() == Some(&b"held-out"[..])),
-        "{:?}",
-        claimed[0]
-    );
-    let fresh = match &claimed[1] {
-        ClaimOutcome::New(claim) => claim.clone(),
-        other => panic!("expected New, got {other:?}"),
-    };
-    assert_eq!(claimed[2].kind(), "in_progress");
-    assert_eq!(claimed.len(), 3);
-    // What the call claimed is held: its holder completes it.
-    oncely.complete(&fresh, b"fresh-out").await.unwrap();
-    assert_eq!(oncely.get(&s, &key("gone")).await.unwrap(), None);
-    // Either half may be empty.
-    let (completed, claimed) = store.complete_and_claim_many(&[], &[], clock.now()).await;
-    assert!(completed.unwrap().is_empty() && claimed.unwrap().is_empty());
-    let (completed, claimed) = store
-        .complete_and_claim_many(&[], &[request("fresh")], clock.now())
-        .await;
-    assert!(completed.unwrap().is_empty());
-    assert_eq!(claimed.unwrap()[0].kind(), "duplicate");
 }
 
 async fn completed_record_is_duplicate_until_retention_ends_then_new(store: Arc<dyn Store>) {

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use oncely_core::{
-    ClaimOutcome, ClaimRequest, Clock, Completion, Error, Key, LostReason, RunError, Scope, Store,
-};
+use oncely_core::{ClaimOutcome, Error, Key, LostReason, RunError, Scope, Store};
 use tokio::sync::Barrier;
 
 use super::{LEASE, expect_new, fp, key, setup};
@@ -17,7 +15,6 @@ tests!(
     concurrent_claims_yield_exactly_one_new,
     concurrent_claims_from_os_threads_yield_exactly_one_new,
     concurrent_overlapping_batches_grant_each_key_once,
-    concurrent_complete_and_claim_batches_grant_each_key_once,
     concurrent_single_claims_of_many_keys_grant_each_key_once,
     complete_racing_a_takeover_never_both_succeed,
     duplicate_storm_runs_the_effect_once,
@@ -116,69 +113,6 @@ async fn concurrent_overlapping_batches_grant_each_key_once(store: Arc<dyn Store
     }
     assert_eq!(granted.len(), KEYS);
     assert!(granted.values().all(|&n| n == 1), "{granted:?}");
-}
-
-/// Many callers each completing what they won so far while claiming the next key, in one
-/// `complete_and_claim_many` a key, as a shared group commit runs them: each key granted once,
-/// and each completed by its holder.
-async fn concurrent_complete_and_claim_batches_grant_each_key_once(store: Arc<dyn Store>) {
-    const TASKS: usize = 16;
-    const KEYS: usize = 40;
-    let (_, clock) = setup(store.clone());
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|t| {
-            let (store, clock) = (store.clone(), clock.clone());
-            tokio::spawn(async move {
-                let mut won = Vec::new();
-                let mut pending: Vec<Completion> = Vec::new();
-                // Each task walks the keys from a different starting point; a last call with no
-                // claim completes what the walk won last.
-                for i in 0..=KEYS {
-                    let requests: Vec<ClaimRequest> = (i < KEYS)
-                        .then(|| {
-                            let k = (i + t * 7) % KEYS;
-                            ClaimRequest::new(Scope::default(), key(&format!("k{k}")), None, LEASE)
-                        })
-                        .into_iter()
-                        .collect();
-                    let (completed, claimed) = store
-                        .complete_and_claim_many(&pending, &requests, clock.now())
-                        .await;
-                    for result in completed.unwrap() {
-                        result.expect("a holder completes what it claimed");
-                    }
-                    pending.clear();
-                    for claim in claimed
-                        .unwrap()
-                        .into_iter()
-                        .filter_map(ClaimOutcome::into_new)
-                    {
-                        pending.push(Completion {
-                            outcome: format!("task {t}").into_bytes(),
-                            expires_at: clock.now().saturating_add(super::RETENTION),
-                            claim: claim.clone(),
-                        });
-                        won.push(claim.key);
-                    }
-                }
-                (t, won)
-            })
-        })
-        .collect();
-    let mut granted: HashMap<Key, Vec<usize>> = HashMap::new();
-    for task in tasks {
-        let (t, won) = task.await.unwrap();
-        for k in won {
-            granted.entry(k).or_default().push(t);
-        }
-    }
-    assert_eq!(granted.len(), KEYS);
-    assert!(granted.values().all(|w| w.len() == 1), "{granted:?}");
-    for (k, winners) in &granted {
-        let record = store.get(&Scope::default(), k).await.unwrap().unwrap();
-        let want = format!("task {}", winners[0]);
-        assert_eq!(record.outcome(), Some(want.as_bytes()), "{k:?}");
-    }
 }
 
 /// Many single claims and completes at once, as a busy consumer makes them: stores that

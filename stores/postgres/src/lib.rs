@@ -12,11 +12,8 @@
 //! - **Purge never blocks claims**: it deletes oldest-first in bounded batches and skips rows that
 //!   a claim has locked (`FOR UPDATE SKIP LOCKED`).
 //! - **Group commit**: concurrent single `claim` and `complete` calls share transactions
-//!   ([`oncely_core::GroupCommit::shared`]): a batch completes what waits to complete, then
-//!   claims what waits to claim, in one transaction, so one commit (one WAL flush) serves both.
-//!   Up to two batches are in flight over the pool of eight connections
-//!   (`?oncely_group_batches=N` sets how many; `?oncely_group_shared=false` batches claims and
-//!   completes apart, N of each). The completes are one guarded
+//!   ([`oncely_core::GroupCommit`]): up to two claim batches and two complete batches in
+//!   flight over the pool of eight connections (`?oncely_group_batches=N` sets how many of each). A batch of completes is one guarded
 //!   `UPDATE ... FROM unnest(...) RETURNING`, and a claim it did not complete is explained by
 //!   reading the record back, by the rule every store shares.
 //! - **Versioned migrations**, applied on first use under an advisory lock, or by you from

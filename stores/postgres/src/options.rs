@@ -9,7 +9,7 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::partitions::Partitioning;
 
-/// Batches in flight at once (of each kind, when claims and completes batch apart). Fewer, larger batches did
+/// Claim batches in flight at once, and as many complete batches. Fewer, larger batches did
 /// better than one per connection in `oncely bench` here (BENCHMARKS.md); the other connections
 /// serve release, get, purge and explicit `claim_many` calls.
 pub(crate) const GROUP_IN_FLIGHT: usize = 2;
@@ -26,8 +26,6 @@ pub(crate) struct Options {
     pub(crate) partitioning: Option<Partitioning>,
     /// `oncely_group_batches`: claim batches (and complete batches) in flight at once.
     pub(crate) group_batches: usize,
-    /// `oncely_group_shared`: whether claims and completes share batches (default `true`).
-    pub(crate) group_shared: bool,
 }
 
 /// Parses a `postgres://` URL; see [`PostgresStore::connect`](crate::PostgresStore::connect).
@@ -35,7 +33,6 @@ pub(crate) fn parse(url: &str) -> Result<Options> {
     let (url, migrate) = flag_param(url, "oncely_migrate", true)?;
     let (url, partitioning) = Partitioning::from_url(&url)?;
     let (url, group_batches) = count_param(&url, "oncely_group_batches", GROUP_IN_FLIGHT)?;
-    let (url, group_shared) = flag_param(&url, "oncely_group_shared", true)?;
     let connect = PgConnectOptions::from_str(&url).map_err(|e| Error::InvalidUrl {
         url: redact_password(&url),
         reason: e.to_string(),
@@ -46,6 +43,5 @@ pub(crate) fn parse(url: &str) -> Result<Options> {
         migrate,
         partitioning,
         group_batches,
-        group_shared,
     })
 }

@@ -82,11 +82,7 @@ impl PostgresStore {
             options.partitioning,
         )
         .await?;
-        store.group = if options.group_shared {
-            GroupCommit::shared(&store.url, options.group_batches, DEFAULT_MAX_BATCH)
-        } else {
-            GroupCommit::new(&store.url, options.group_batches, DEFAULT_MAX_BATCH)
-        };
+        store.group = GroupCommit::new(&store.url, options.group_batches, DEFAULT_MAX_BATCH);
         Ok(store)
     }
 
@@ -120,7 +116,7 @@ impl PostgresStore {
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options);
-        let group = GroupCommit::shared(&shown, GROUP_IN_FLIGHT, DEFAULT_MAX_BATCH);
+        let group = GroupCommit::new(&shown, GROUP_IN_FLIGHT, DEFAULT_MAX_BATCH);
         let store = PostgresStore {
             pool,
             url: shown,
@@ -241,27 +237,11 @@ impl PostgresStore {
         row.map(|r| self.record(&r)).transpose()
     }
 
-    /// One transaction completing `items` (see [`complete_in`](Self::complete_in)). A driver
-    /// error is answered as itself (the caller retries a deadlock); the inner result is the
-    /// batch's answer.
+    /// One transaction completing `items`: one guarded `UPDATE` for all, then, for the items it
+    /// did not complete, one read that says why. A driver error is answered as itself (the
+    /// caller retries a deadlock); the inner result is the batch's answer.
     async fn complete_batch(
         &self,
-        items: &[Completion],
-    ) -> std::result::Result<Result<Vec<Result<()>>>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let results = self.complete_in(&mut tx, items).await?;
-        if results.is_ok() {
-            tx.commit().await?;
-        }
-        Ok(results)
-    }
-
-    /// Completes `items` in `tx`: one guarded `UPDATE` for all, then, for the items it did not
-    /// complete, one read that says why. A driver error is answered as itself; the inner result
-    /// is the batch's answer (an inner error: `tx` must not commit).
-    async fn complete_in(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
         items: &[Completion],
     ) -> std::result::Result<Result<Vec<Result<()>>>, sqlx::Error> {
         // The first item per claim goes to the UPDATE; a repeat of it is answered by the
@@ -276,6 +256,7 @@ impl PostgresStore {
             .collect();
         first.sort_by_key(|&i| (&items[i].claim.scope, &items[i].claim.key));
         let claim = |i: &usize| &items[*i].claim;
+        let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
             "UPDATE oncely_records AS r SET completed = true, outcome = u.o, expires_at = u.e \
              FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::bytea[], $5::int8[]) AS u(s, k, t, o, e) \
@@ -287,7 +268,7 @@ impl PostgresStore {
         .bind(first.iter().map(|i| claim(i).token as i64).collect::<Vec<_>>())
         .bind(first.iter().map(|&i| items[i].outcome.as_slice()).collect::<Vec<_>>())
         .bind(first.iter().map(|&i| items[i].expires_at.as_millis()).collect::<Vec<_>>())
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await?;
         let mut done = HashSet::with_capacity(rows.len());
         for row in &rows {
@@ -321,7 +302,7 @@ impl PostgresStore {
                         .map(|i| claim(i).key.as_str().as_bytes())
                         .collect::<Vec<_>>(),
                 )
-                .fetch_all(&mut **tx)
+                .fetch_all(&mut *tx)
                 .await?;
             for row in &rows {
                 match self.record(row) {
@@ -332,6 +313,7 @@ impl PostgresStore {
                 }
             }
         }
+        tx.commit().await?;
         Ok(Ok((0..items.len())
             .map(|i| {
                 if completed[i] {
@@ -342,67 +324,6 @@ impl PostgresStore {
                 Err(claim_lost(&self.url, existing, c))
             })
             .collect()))
-    }
-
-    /// Claims `requests` in `tx`; answers their outcomes and whether a claim was written.
-    async fn claim_in(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
-        requests: &[ClaimRequest],
-        now: Timestamp,
-    ) -> Result<(Vec<ClaimOutcome>, bool)> {
-        if requests.is_empty() {
-            return Ok((Vec::new(), false));
-        }
-        // Keys already done are answered from a plain read: no lock, no write. On the
-        // transaction's connection: one connection per batch, whatever runtime it was made on.
-        let found = self.read_many(tx, requests).await?;
-        let (settled, requests) = settle_by_read(requests, &found, now);
-        if requests.is_empty() {
-            return Ok((merge_settled(settled, Vec::new()), false));
-        }
-        let mut claim_tx = ClaimTx {
-            conn: tx,
-            store: &self.url,
-        };
-        // Fresh keys are inserted, then existing ones locked: each pass is in key order, but
-        // two concurrent batches can still wait on each other across the passes. PostgreSQL
-        // then rolls one back whole (nothing was claimed), and it runs again.
-        let outcomes = claim_in_transaction(&mut claim_tx, &self.url, &requests, now).await?;
-        let wrote = claimed_any(&outcomes);
-        Ok((merge_settled(settled, outcomes), wrote))
-    }
-
-    /// Commits `tx` if it `wrote`; otherwise rolls it back: row locks only, nothing to make
-    /// durable (no WAL flush).
-    async fn end(&self, tx: Transaction<'static, Postgres>, wrote: bool) -> Result<()> {
-        if wrote {
-            tx.commit().await
-        } else {
-            tx.rollback().await
-        }
-        .map_err(|e| self.err(e))
-    }
-
-    /// Completes `items`, then claims `requests`, in one transaction.
-    async fn complete_and_claim_once(
-        &self,
-        items: &[Completion],
-        requests: &[ClaimRequest],
-        now: Timestamp,
-    ) -> Result<(Vec<Result<()>>, Vec<ClaimOutcome>)> {
-        let mut tx = self.begin().await?;
-        let completed = if items.is_empty() {
-            Vec::new()
-        } else {
-            self.complete_in(&mut tx, items)
-                .await
-                .map_err(|e| self.err(e))??
-        };
-        let (claimed, wrote) = self.claim_in(&mut tx, requests, now).await?;
-        self.end(tx, wrote || completed.iter().any(Result::is_ok))
-            .await?;
-        Ok((completed, claimed))
     }
 
     /// Why `claim` no longer holds its record, read after a guarded statement changed nothing.
@@ -475,36 +396,33 @@ impl Store for PostgresStore {
         let mut tries = 0;
         loop {
             let mut tx = self.begin().await?;
-            match self.claim_in(&mut tx, requests, now).await {
-                Ok((outcomes, wrote)) => {
-                    self.end(tx, wrote).await?;
-                    return Ok(outcomes);
+            // Keys already done are answered from a plain read: no lock, no write. On the
+            // transaction's connection: one connection per batch, whatever runtime it was made on.
+            let found = self.read_many(&mut tx, requests).await?;
+            let (settled, requests) = settle_by_read(requests, &found, now);
+            if requests.is_empty() {
+                tx.rollback().await.map_err(|e| self.err(e))?;
+                return Ok(merge_settled(settled, Vec::new()));
+            }
+            let mut claim_tx = ClaimTx {
+                conn: &mut tx,
+                store: &self.url,
+            };
+            // Fresh keys are inserted, then existing ones locked: each pass is in key order, but
+            // two concurrent batches can still wait on each other across the passes. PostgreSQL
+            // then rolls one back whole (nothing was claimed), and it runs again.
+            match claim_in_transaction(&mut claim_tx, &self.url, &requests, now).await {
+                Ok(outcomes) => {
+                    if claimed_any(&outcomes) {
+                        tx.commit().await.map_err(|e| self.err(e))?;
+                    } else {
+                        // Row locks only: nothing to make durable (no WAL flush).
+                        tx.rollback().await.map_err(|e| self.err(e))?;
+                    }
+                    return Ok(merge_settled(settled, outcomes));
                 }
                 Err(e) if deadlocked(&e) && tries < RETRIES => tries += 1,
                 Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// One transaction for both halves; a deadlock rolls both back, and both run again.
-    async fn complete_and_claim_many(
-        &self,
-        items: &[Completion],
-        requests: &[ClaimRequest],
-        now: Timestamp,
-    ) -> (Result<Vec<Result<()>>>, Result<Vec<ClaimOutcome>>) {
-        if self.partitioned.is_some() {
-            return (
-                self.complete_many(items).await,
-                self.claim_many(requests, now).await,
-            );
-        }
-        let mut tries = 0;
-        loop {
-            match self.complete_and_claim_once(items, requests, now).await {
-                Err(e) if deadlocked(&e) && tries < RETRIES => tries += 1,
-                Err(e) => return (Err(e.copy_for_batch()), Err(e)),
-                Ok((completed, claimed)) => return (Ok(completed), Ok(claimed)),
             }
         }
     }
