@@ -14,7 +14,8 @@
 //! - **Group commit**: concurrent single `claim` and `complete` calls share transactions
 //!   ([`oncely_core::GroupCommit`]): up to two claim batches and two complete batches in
 //!   flight over the pool of eight connections (`?oncely_group_batches=N` sets how many of each). A batch of completes is one guarded
-//!   `UPDATE ... FROM unnest(...) RETURNING`, and a claim it did not complete is explained by
+//!   `UPDATE ... FROM unnest(...) RETURNING`, committed on its own (no `BEGIN` and `COMMIT`
+//!   round trips around it), and a claim it did not complete is explained by
 //!   reading the record back, by the rule every store shares.
 //! - **Versioned migrations**, applied on first use under an advisory lock, or by you from
 //!   `migrations/` (open with `?oncely_migrate=false`).

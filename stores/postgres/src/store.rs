@@ -237,9 +237,14 @@ impl PostgresStore {
         row.map(|r| self.record(&r)).transpose()
     }
 
-    /// One transaction completing `items`: one guarded `UPDATE` for all, then, for the items it
-    /// did not complete, one read that says why. A driver error is answered as itself (the
-    /// caller retries a deadlock); the inner result is the batch's answer.
+    /// Completes `items` with one guarded `UPDATE` for all, then, for the items it did not
+    /// complete, one read that says why. A driver error is answered as itself (the caller
+    /// retries a deadlock, which rolled the `UPDATE` back whole); the inner result is the
+    /// batch's answer.
+    ///
+    /// No transaction around them: the `UPDATE` commits on its own, durably, and a transaction
+    /// would add a `BEGIN` and a `COMMIT` round trip while giving the read nothing more (under
+    /// READ COMMITTED each statement sees what was committed when it started, either way).
     async fn complete_batch(
         &self,
         items: &[Completion],
@@ -256,7 +261,7 @@ impl PostgresStore {
             .collect();
         first.sort_by_key(|&i| (&items[i].claim.scope, &items[i].claim.key));
         let claim = |i: &usize| &items[*i].claim;
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
         let rows = sqlx::query(
             "UPDATE oncely_records AS r SET completed = true, outcome = u.o, expires_at = u.e \
              FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::bytea[], $5::int8[]) AS u(s, k, t, o, e) \
@@ -268,7 +273,7 @@ impl PostgresStore {
         .bind(first.iter().map(|i| claim(i).token as i64).collect::<Vec<_>>())
         .bind(first.iter().map(|&i| items[i].outcome.as_slice()).collect::<Vec<_>>())
         .bind(first.iter().map(|&i| items[i].expires_at.as_millis()).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?;
         let mut done = HashSet::with_capacity(rows.len());
         for row in &rows {
@@ -290,6 +295,7 @@ impl PostgresStore {
         // The rest: why each one's claim is no longer held, by the rule every store shares.
         let lost: Vec<usize> = (0..items.len()).filter(|&i| !completed[i]).collect();
         let mut found: HashMap<(Scope, Key), Record> = HashMap::new();
+        let mut unreadable = None;
         if !lost.is_empty() {
             let rows = sqlx::query(SELECT_MANY)
                 .bind(
@@ -302,26 +308,29 @@ impl PostgresStore {
                         .map(|i| claim(i).key.as_str().as_bytes())
                         .collect::<Vec<_>>(),
                 )
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut *conn)
                 .await?;
             for row in &rows {
-                match self.record(row) {
+                match record_from_row(row) {
                     Ok(record) => {
                         found.insert((record.scope.clone(), record.key.clone()), record);
                     }
-                    Err(e) => return Ok(Err(e)),
+                    Err(detail) => unreadable = Some(detail),
                 }
             }
         }
-        tx.commit().await?;
+        // The completions stand (committed); a lost item whose record could not be read is
+        // answered with that, not with a guessed reason.
         Ok(Ok((0..items.len())
             .map(|i| {
                 if completed[i] {
                     return Ok(());
                 }
                 let c = claim(&i);
-                let existing = found.get(&(c.scope.clone(), c.key.clone()));
-                Err(claim_lost(&self.url, existing, c))
+                match (found.get(&(c.scope.clone(), c.key.clone())), &unreadable) {
+                    (None, Some(detail)) => Err(self.corrupt(detail.clone())),
+                    (existing, _) => Err(claim_lost(&self.url, existing, c)),
+                }
             })
             .collect()))
     }
