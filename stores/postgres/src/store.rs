@@ -21,7 +21,7 @@ use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use crate::MIGRATIONS;
 use crate::claim_tx::ClaimTx;
-use crate::driver::{error, record_from_row};
+use crate::driver::{error, is_unavailable, record_from_row};
 use crate::options::{self, GROUP_IN_FLIGHT};
 use crate::partitions::{self, Partitioning};
 
@@ -238,9 +238,10 @@ impl PostgresStore {
     }
 
     /// Completes `items` with one guarded `UPDATE` for all, then, for the items it did not
-    /// complete, one read that says why. A driver error is answered as itself (the caller
-    /// retries a deadlock, which rolled the `UPDATE` back whole); the inner result is the
-    /// batch's answer.
+    /// complete, one read that says why. A driver error of the `UPDATE` is answered as itself
+    /// (the caller retries a deadlock, which rolled it back whole); the inner result is the
+    /// batch's answer, in which a failed read after it is the error of the items it was for
+    /// only.
     ///
     /// No transaction around them: the `UPDATE` commits on its own, durably, and a transaction
     /// would add a `BEGIN` and a `COMMIT` round trip while giving the read nothing more (under
@@ -309,18 +310,23 @@ impl PostgresStore {
                         .collect::<Vec<_>>(),
                 )
                 .fetch_all(&mut *conn)
-                .await?;
-            for row in &rows {
-                match record_from_row(row) {
-                    Ok(record) => {
-                        found.insert((record.scope.clone(), record.key.clone()), record);
+                .await;
+            match rows {
+                Ok(rows) => {
+                    for row in &rows {
+                        match record_from_row(row) {
+                            Ok(record) => {
+                                found.insert((record.scope.clone(), record.key.clone()), record);
+                            }
+                            Err(detail) => unreadable = Some(Unread::Corrupt(detail)),
+                        }
                     }
-                    Err(detail) => unreadable = Some(detail),
                 }
+                Err(e) => unreadable = Some(Unread::Failed(is_unavailable(&e), e.to_string())),
             }
         }
-        // The completions stand (committed); a lost item whose record could not be read is
-        // answered with that, not with a guessed reason.
+        // The completions stand (committed): only the lost items whose records could not be
+        // read are answered with that, not with a guessed reason.
         Ok(Ok((0..items.len())
             .map(|i| {
                 if completed[i] {
@@ -328,7 +334,12 @@ impl PostgresStore {
                 }
                 let c = claim(&i);
                 match (found.get(&(c.scope.clone(), c.key.clone())), &unreadable) {
-                    (None, Some(detail)) => Err(self.corrupt(detail.clone())),
+                    (None, Some(Unread::Corrupt(detail))) => Err(self.corrupt(detail.clone())),
+                    (None, Some(Unread::Failed(unavailable, e))) => Err(Error::driver(
+                        self.url.clone(),
+                        *unavailable,
+                        format!("reading why this claim was not completed: {e}").into(),
+                    )),
                     (existing, _) => Err(claim_lost(&self.url, existing, c)),
                 }
             })
@@ -361,6 +372,14 @@ impl PostgresStore {
         }
         tx.commit().await.map_err(|e| self.err(e))
     }
+}
+
+/// Why the records of a complete batch's lost items could not be read back.
+enum Unread {
+    /// A row did not decode: what was wrong with it.
+    Corrupt(String),
+    /// The read failed: whether PostgreSQL was unreachable, and the driver's error.
+    Failed(bool, String),
 }
 
 /// `statement` (a `DELETE` or `UPDATE` of `oncely_records`) on `claim`'s record, guarded by its
