@@ -332,14 +332,22 @@ pub async fn run_with<C: Channel>(
     // have joined its group on a slow broker, and a new one would start the join over. Where
     // the count needs every consumer gone, the drainer is stopped before each count and the
     // next one stays twice as long (up to 16 s), so a slow join is still reached.
+    // As in the run above, a broker that rebalances lazily may leave the drainer without
+    // partitions: after STALL without progress it is restarted (gracefully), which rejoins.
     let mut drain: Option<Child> = None;
     let mut stay = Duration::from_secs(1);
+    let mut drain_progress = (u64::MAX, Instant::now());
     loop {
         if let Some(drainer) = &mut drain {
             if let Some(status) = drainer.try_wait().expect("drainer status") {
                 panic!("the draining consumer exited on its own: {status}");
             }
-            if !channel.counts_unsettled_while_consuming() {
+            let stalled = channel.rebalances_lazily() && drain_progress.1.elapsed() > STALL;
+            if !channel.counts_unsettled_while_consuming() || stalled {
+                if stalled {
+                    eprintln!("drain: no progress for {STALL:?}: restarting the draining consumer");
+                    drain_progress.1 = Instant::now();
+                }
                 stop(drainer);
                 drain = None;
             }
@@ -347,6 +355,9 @@ pub async fn run_with<C: Channel>(
         let unsettled = channel.unsettled().await.expect("unsettled");
         if unsettled == 0 {
             break;
+        }
+        if unsettled < drain_progress.0 {
+            drain_progress = (unsettled, Instant::now());
         }
         assert!(
             started.elapsed() < config.deadline,
