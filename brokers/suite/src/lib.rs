@@ -87,9 +87,9 @@ pub trait Broker: Send + Sync + 'static {
     /// too slow for that within the proof's deadline.
     const RESTART_PROOF_MESSAGES: usize = 20_000;
 
-    /// Why the restart proof, though this broker runs it, is not run by default: a reason in
-    /// the broker's server, not in oncely. The trial is listed as ignored and the reason
-    /// printed; `-- --ignored` runs it.
+    /// Why the restart proof, though this broker runs it, is not run by default. The trial is
+    /// listed as ignored and the reason printed (say what is known and what is not);
+    /// `-- --ignored` runs it.
     const RESTART_PROOF_IGNORED: Option<&'static str> = None;
 
     /// Whether the suite restarts the broker itself under the consumers (3 times, crashed and

@@ -239,8 +239,8 @@ impl PostgresStore {
 
     /// Completes `items` with one guarded `UPDATE` for all, then, for the items it did not
     /// complete, one read that says why. A driver error of the `UPDATE` is answered as itself
-    /// (the caller retries a deadlock, which rolled it back whole); the inner result is the
-    /// batch's answer, in which a failed read after it is the error of the items it was for
+    /// (the caller retries a deadlock, which rolled it back whole); otherwise the answer is one
+    /// result per item, in which a failed read after it is the error of the items it was for
     /// only.
     ///
     /// No transaction around them: the `UPDATE` commits on its own, durably, and a transaction
@@ -249,7 +249,7 @@ impl PostgresStore {
     async fn complete_batch(
         &self,
         items: &[Completion],
-    ) -> std::result::Result<Result<Vec<Result<()>>>, sqlx::Error> {
+    ) -> std::result::Result<Vec<Result<()>>, sqlx::Error> {
         // The first item per claim goes to the UPDATE; a repeat of it is answered by the
         // read-back (completed by then), as if the items ran one after another. Sorted, so
         // concurrent batches take row locks in one order.
@@ -327,7 +327,7 @@ impl PostgresStore {
         }
         // The completions stand (committed): only the lost items whose records could not be
         // read are answered with that, not with a guessed reason.
-        Ok(Ok((0..items.len())
+        Ok((0..items.len())
             .map(|i| {
                 if completed[i] {
                     return Ok(());
@@ -343,7 +343,7 @@ impl PostgresStore {
                     (existing, _) => Err(claim_lost(&self.url, existing, c)),
                 }
             })
-            .collect()))
+            .collect())
     }
 
     /// Why `claim` no longer holds its record, read after a guarded statement changed nothing.
@@ -482,7 +482,7 @@ impl Store for PostgresStore {
             match self.complete_batch(items).await {
                 Err(e) if is_deadlock(&e) && tries < RETRIES => tries += 1,
                 Err(e) => return Err(self.err(e)),
-                Ok(results) => return results,
+                Ok(results) => return Ok(results),
             }
         }
     }
