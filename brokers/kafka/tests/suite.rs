@@ -60,13 +60,6 @@ impl Broker for Kafka {
     /// minutes; 2,000 messages take ~40 s.
     const RESTART_PROOF_MESSAGES: usize = 2_000;
 
-    const RESTART_PROOF_IGNORED: Option<&'static str> = Some(
-        "after tansu 0.6 on moto's S3 restarts, messages can stay unsettled that no consumer \
-         fetches (1,193 and 541 for 10 minutes, restarted drainers included, in 2 of 6 runs), \
-         though every order was applied once; not yet known whether tansu or oncely's Kafka \
-         source stops there",
-    );
-
     fn runs_restart_proof(&self) -> bool {
         true
     }
@@ -173,6 +166,10 @@ impl Channel for Topic {
         true
     }
 
+    fn leaving_may_strand_the_group(&self) -> bool {
+        true
+    }
+
     async fn publish(&self, message: &Message) -> Result<(), BoxError> {
         let mut headers = OwnedHeaders::new();
         for (key, value) in message.headers() {
@@ -236,12 +233,68 @@ impl Channel for Topic {
         .await?
     }
 
+    async fn explain_unsettled(&self) -> Result<String, BoxError> {
+        let (brokers, topic) = (self.brokers.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || explain_unsettled(&brokers, &topic)).await?
+    }
+
     fn source_url(&self) -> String {
         format!(
             "kafka://{}/{}?group={}&session_timeout=6s&commit_interval=50ms",
             self.brokers, self.topic, self.topic
         )
     }
+}
+
+/// For each partition of `topic` with messages past its group's committed offset: that offset,
+/// the end offset listed, and what a consumer outside the group reads from the committed offset
+/// in a few seconds (how many, the first offset, the errors).
+fn explain_unsettled(brokers: &str, topic: &str) -> Result<String, BoxError> {
+    let group: BaseConsumer = client_config(brokers).set("group.id", topic).create()?;
+    let marks = Topic::watermarks(&group, topic)?;
+    let mut tpl = TopicPartitionList::new();
+    for (partition, _, _) in &marks {
+        tpl.add_partition(topic, *partition);
+    }
+    let committed = group.committed_offsets(tpl, TIMEOUT)?;
+    let mut lines = Vec::new();
+    for (partition, low, high) in marks {
+        let at = match committed
+            .find_partition(topic, partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(o)) => o,
+            _ => low,
+        };
+        if high <= at {
+            continue;
+        }
+        let reader: BaseConsumer = client_config(brokers)
+            .set("group.id", format!("{topic}-explain"))
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition, Offset::Offset(at))?;
+        reader.assign(&assignment)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let (mut read, mut first, mut errors) = (0, None, Vec::new());
+        while std::time::Instant::now() < deadline {
+            match reader.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    read += 1;
+                    first.get_or_insert(message.offset());
+                }
+                Some(Err(e)) => errors.push(e.to_string()),
+                None => {}
+            }
+        }
+        errors.dedup();
+        lines.push(format!(
+            "partition {partition}: committed {at}, listed offsets {low}..{high}; read from {at} \
+             outside the group in 3 s: {read} (first {first:?}, errors {errors:?})"
+        ));
+    }
+    Ok(lines.join("; "))
 }
 
 /// Every message of `topic`, read from the beginning to the end as it is now: past the high

@@ -155,10 +155,20 @@ pub trait Channel: Send + Sync + 'static {
     }
 
     /// Whether the broker may leave work unassigned for minutes after a member was killed,
-    /// so that the kill -9 proof, seeing no progress, restarts a consumer (gracefully) to make
+    /// so that the kill -9 proof, seeing no progress, restarts a consumer to make
     /// it rebalance: tansu, the Kafka-protocol broker the tests use, does (real Kafka does
     /// not). For every other broker a stall fails the proof at its deadline.
     fn rebalances_lazily(&self) -> bool {
+        false
+    }
+
+    /// Whether a consumer that leaves its group gracefully may leave the group with nobody to
+    /// assign its partitions, for good. tansu 0.6 does: a member that leaves while the group is
+    /// forming stays its leader, so the members left wait for an assignment that never comes
+    /// (seen after its restarts: the group's stored state named as leader a member no longer
+    /// in it). The kill -9 proof then ends its consumers with SIGKILL, not SIGTERM: a member
+    /// that stops answering is dropped after the session timeout, and a new leader is chosen.
+    fn leaving_may_strand_the_group(&self) -> bool {
         false
     }
 
@@ -178,6 +188,14 @@ pub trait Channel: Send + Sync + 'static {
 
     /// Messages of the destination not acked yet: waiting, or delivered and unacked.
     async fn unsettled(&self) -> Result<u64, BoxError>;
+
+    /// What the broker says of the messages [`unsettled`](Channel::unsettled) counts, printed
+    /// when the kill -9 proof's drain makes no progress, so that a failure shows where they
+    /// stopped (Kafka: each partition's committed offset, its end offsets, and what a
+    /// consumer outside the group reads from there). Empty by default.
+    async fn explain_unsettled(&self) -> Result<String, BoxError> {
+        Ok(String::new())
+    }
 
     /// The URL a consumer in another process connects to for this destination (the broker
     /// crate's `connect` form, e.g. `nats://127.0.0.1:4222/STREAM/CONSUMER?dlq=...`).

@@ -112,7 +112,7 @@ pub struct ProofReport {
     pub pauses: usize,
     /// Faults the run's `faults` injected ([`run_with`]).
     pub faults: usize,
-    /// Consumers restarted gracefully because nothing progressed (only on brokers that
+    /// Consumers restarted because nothing progressed (only on brokers that
     /// [rebalance lazily](crate::Channel::rebalances_lazily)).
     pub nudges: usize,
     /// Wall time from the first consumer start to everything settled.
@@ -199,6 +199,9 @@ pub async fn run_with<C: Channel>(
         publish(channel, &messages).await;
     }
 
+    // A consumer the proof ends: gracefully, unless leaving may strand the group.
+    let strands = channel.leaving_may_strand_the_group();
+    let retire = |child: &mut Child| if strands { kill9(child) } else { stop(child) };
     let source_url = channel.source_url();
     let started = Instant::now();
     let mut children: Vec<Child> = (0..config.consumers)
@@ -268,8 +271,9 @@ pub async fn run_with<C: Channel>(
         }
         // A liveness aid, not part of what is proven: tansu can leave a partition unassigned
         // for minutes after a member was SIGKILLed (real Kafka rebalances). With no progress
-        // for a while, one consumer is stopped gracefully and started again, so the group
-        // rebalances; nothing is killed, so this cannot hide a lost or doubled order.
+        // for a while, one consumer is stopped (gracefully, or with SIGKILL where leaving may
+        // strand the group) and started again, so the group rebalances. That is one more fault
+        // the run must survive, so it cannot hide a lost or doubled order.
         let done = applied as usize + letters.len();
         if done != progress.0 {
             progress = (done, Instant::now());
@@ -307,7 +311,7 @@ pub async fn run_with<C: Channel>(
                 "kill -9 proof: no progress for {STALL:?} at {applied} applied: restarting \
                  consumer {nudged} so the group rebalances"
             );
-            stop(&mut children[nudged]);
+            retire(&mut children[nudged]);
             children[nudged] = spawn(&source_url, postgres_url);
             nudges += 1;
             progress.1 = Instant::now();
@@ -323,17 +327,19 @@ pub async fn run_with<C: Channel>(
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    // ... then the consumers stop gracefully, and whatever is still queued (re-published
-    // orders not yet seen) is drained by one more consumer until nothing is left unsettled.
+    // ... then the consumers stop (gracefully, unless leaving may strand the group), and
+    // whatever is still queued (re-published orders not yet seen, or, after SIGKILL, messages
+    // handled but not yet committed) is drained by one more consumer until nothing is left
+    // unsettled.
     for child in &mut children {
-        stop(child);
+        retire(child);
     }
     // The drainer stays until it is done: a consumer stopped after a fixed while may not yet
     // have joined its group on a slow broker, and a new one would start the join over. Where
     // the count needs every consumer gone, the drainer is stopped before each count and the
     // next one stays twice as long (up to 16 s), so a slow join is still reached.
     // As in the run above, a broker that rebalances lazily may leave the drainer without
-    // partitions: after STALL without progress it is restarted (gracefully), which rejoins.
+    // partitions: after STALL without progress it is restarted, which rejoins.
     let mut drain: Option<Child> = None;
     let mut stay = Duration::from_secs(1);
     let mut drain_progress = (u64::MAX, Instant::now());
@@ -345,10 +351,17 @@ pub async fn run_with<C: Channel>(
             let stalled = channel.rebalances_lazily() && drain_progress.1.elapsed() > STALL;
             if !channel.counts_unsettled_while_consuming() || stalled {
                 if stalled {
-                    eprintln!("drain: no progress for {STALL:?}: restarting the draining consumer");
+                    let why = channel
+                        .explain_unsettled()
+                        .await
+                        .unwrap_or_else(|e| format!("(not explained: {e})"));
+                    eprintln!(
+                        "drain: no progress for {STALL:?}: restarting the draining consumer{}{why}",
+                        if why.is_empty() { "" } else { "; " }
+                    );
                     drain_progress.1 = Instant::now();
                 }
-                stop(drainer);
+                retire(drainer);
                 drain = None;
             }
         }
@@ -359,11 +372,16 @@ pub async fn run_with<C: Channel>(
         if unsettled < drain_progress.0 {
             drain_progress = (unsettled, Instant::now());
         }
-        assert!(
-            started.elapsed() < config.deadline,
-            "{unsettled} messages still unsettled after {:?}",
-            config.deadline
-        );
+        if started.elapsed() >= config.deadline {
+            let why = channel
+                .explain_unsettled()
+                .await
+                .unwrap_or_else(|e| format!("(not explained: {e})"));
+            panic!(
+                "{unsettled} messages still unsettled after {:?} {why}",
+                config.deadline
+            );
+        }
         if drain.is_none() {
             eprintln!("drain: {unsettled} messages unsettled, a draining consumer started");
             drain = Some(spawn(&source_url, postgres_url));
@@ -376,7 +394,7 @@ pub async fn run_with<C: Channel>(
         }
     }
     if let Some(mut drain) = drain {
-        stop(&mut drain);
+        retire(&mut drain);
     }
     let settled = started.elapsed();
 
