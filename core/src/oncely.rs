@@ -134,7 +134,11 @@ impl Oncely {
 
     /// Now, by this instance's clock: corrected to the store's by the offset last measured.
     pub fn now(&self) -> Timestamp {
-        let host = self.clock.now();
+        self.corrected(self.clock.now())
+    }
+
+    /// `host`, a reading of this instance's clock, corrected to the store's.
+    fn corrected(&self, host: Timestamp) -> Timestamp {
         match &self.follow {
             Some(follow) => {
                 Timestamp::from_millis(host.as_millis().saturating_add(follow.offset()))
@@ -149,9 +153,11 @@ impl Oncely {
         let Some(follow) = &self.follow else {
             return Ok(self.clock.now());
         };
-        let due = follow.due(self.clock.now());
+        // One reading serves both the check and the answer: the hot path reads the clock once.
+        let host = self.clock.now();
+        let due = follow.due(host);
         if matches!(due, Measure::No) {
-            return Ok(self.now());
+            return Ok(self.corrected(host));
         }
         let before = self.clock.now();
         match telemetry::timed!("server_time", self.store.server_time()).await {
