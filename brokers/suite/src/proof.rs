@@ -351,13 +351,9 @@ pub async fn run_with<C: Channel>(
             let stalled = channel.rebalances_lazily() && drain_progress.1.elapsed() > STALL;
             if !channel.counts_unsettled_while_consuming() || stalled {
                 if stalled {
-                    let why = channel
-                        .explain_unsettled()
-                        .await
-                        .unwrap_or_else(|e| format!("(not explained: {e})"));
                     eprintln!(
-                        "drain: no progress for {STALL:?}: restarting the draining consumer{}{why}",
-                        if why.is_empty() { "" } else { "; " }
+                        "drain: no progress for {STALL:?}: restarting the draining consumer{}",
+                        explained(channel).await
                     );
                     drain_progress.1 = Instant::now();
                 }
@@ -373,13 +369,10 @@ pub async fn run_with<C: Channel>(
             drain_progress = (unsettled, Instant::now());
         }
         if started.elapsed() >= config.deadline {
-            let why = channel
-                .explain_unsettled()
-                .await
-                .unwrap_or_else(|e| format!("(not explained: {e})"));
             panic!(
-                "{unsettled} messages still unsettled after {:?} {why}",
-                config.deadline
+                "{unsettled} messages still unsettled after {:?}{}",
+                config.deadline,
+                explained(channel).await
             );
         }
         if drain.is_none() {
@@ -538,6 +531,15 @@ const STALL: Duration = Duration::from_secs(45);
 /// How long the proof waits without progress, with nothing left unsettled, before it calls the
 /// missing orders lost.
 const LOST_AFTER: Duration = Duration::from_secs(20);
+
+/// What [`Channel::explain_unsettled`] says, as a suffix for a message: `"; ..."`, or empty.
+async fn explained<C: Channel>(channel: &C) -> String {
+    match channel.explain_unsettled().await {
+        Ok(why) if why.is_empty() => String::new(),
+        Ok(why) => format!("; {why}"),
+        Err(e) => format!("; (not explained: {e})"),
+    }
+}
 
 fn kill9(child: &mut Child) {
     let _ = child.kill(); // SIGKILL on Unix
