@@ -341,8 +341,8 @@ fn explain_unsettled(brokers: &str, topic: &str) -> Result<String, BoxError> {
 }
 
 /// Every message of `topic`, read from the beginning to the end as it is now: past the high
-/// watermark too, until nothing comes for a second (tansu 0.6 answers the base offset of a
-/// partition's last produce batch plus one, short of a batch's later records).
+/// watermark too, until nothing comes for a second (tansu 0.6 can list an end short of the
+/// partition's: see [`PastCommitted::unsettled`]).
 fn read_all(brokers: &str, topic: &str) -> Result<Vec<Message>, BoxError> {
     let consumer: BaseConsumer = client_config(brokers)
         .set("group.id", format!("{topic}-reader"))
@@ -572,9 +572,6 @@ async fn order_per_key_holds_across_rebalances(kafka: Kafka) {
     until_settled(&topic).await;
 }
 
-/// Six keys in one partition, two messages each, and a consumer of concurrency 6: handlers of
-/// different keys overlap (each waits, up to 5 s, for another to be running), those of one key
-/// never do, each key's messages run in order, and the partition is committed to its end.
 /// The proofs end when nothing is unsettled, so the count must see every message. tansu on S3
 /// lists a partition's end short of it (by modification times kept to the second), so the
 /// count reads past the committed offsets too.
@@ -593,6 +590,9 @@ async fn every_message_published_counts_as_unsettled_until_consumed(kafka: Kafka
     assert_eq!(topic.unsettled().await.unwrap(), published);
 }
 
+/// Six keys in one partition, two messages each, and a consumer of concurrency 6: handlers of
+/// different keys overlap (each waits, up to 5 s, for another to be running), those of one key
+/// never do, each key's messages run in order, and the partition is committed to its end.
 async fn keys_of_one_partition_run_side_by_side(kafka: Kafka) {
     let topic = kafka.channel("side_by_side").await.unwrap();
     let keys = 6;
