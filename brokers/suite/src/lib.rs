@@ -87,11 +87,6 @@ pub trait Broker: Send + Sync + 'static {
     /// too slow for that within the proof's deadline.
     const RESTART_PROOF_MESSAGES: usize = 20_000;
 
-    /// Why the restart proof, though this broker runs it, is not run by default. The trial is
-    /// listed as ignored and the reason printed (say what is known and what is not);
-    /// `-- --ignored` runs it.
-    const RESTART_PROOF_IGNORED: Option<&'static str> = None;
-
     /// Whether the suite restarts the broker itself under the consumers (3 times, crashed and
     /// shut down in turn): then [`own_server`](Self::own_server) starts one. A method, not a
     /// constant: one broker's suite runs against several servers (RabbitMQ plain and with
@@ -351,9 +346,12 @@ where
         ));
     }
     if faults_broker.runs_restart_proof() {
-        fault_proofs.push((RESTART_PROOF, |broker, schema| {
-            Box::pin(async move { broker_restarted_3_times(&*broker, &schema).await })
-        }));
+        fault_proofs.push((
+            "broker_restarted_3_times_still_applies_every_order_exactly_once",
+            |broker, schema| {
+                Box::pin(async move { broker_restarted_3_times(&*broker, &schema).await })
+            },
+        ));
     }
     if B::CONSUMERS_REACH_IT_THROUGH_A_PROXY || B::PARTITION_PROOF_ADVERTISES_THE_PROXY {
         fault_proofs.push((
@@ -363,20 +361,12 @@ where
     }
     for (n, (test, proof)) in fault_proofs.into_iter().enumerate() {
         let (broker, schema) = (faults_broker.clone(), format!("oncely_fault{n}_{name}"));
-        let ignored = match B::RESTART_PROOF_IGNORED {
-            Some(why) if test == RESTART_PROOF => {
-                eprintln!("{name}::{test} is ignored: {why}");
-                true
-            }
-            _ => false,
-        };
         trials.push(
             Trial::test(format!("{name}::{test}"), move || {
                 runtime().block_on(proof(broker, schema));
                 Ok(())
             })
-            .with_kind(name.to_owned())
-            .with_ignored_flag(ignored),
+            .with_kind(name.to_owned()),
         );
     }
     trials.extend(extra);
@@ -511,9 +501,6 @@ async fn consumer_clock_ahead<B: Broker>(broker: &B, schema_prefix: &str) {
     eprintln!("clock ahead proof: {report:?}");
     drop(redis);
 }
-
-/// The name of the broker restart proof's trial.
-const RESTART_PROOF: &str = "broker_restarted_3_times_still_applies_every_order_exactly_once";
 
 /// The proof on a broker server of the test's own ([`Broker::own_server`]), restarted 3 times
 /// while the consumers work: crashed (SIGKILL), shut down, crashed, each down for up to 3 s.
