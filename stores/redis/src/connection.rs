@@ -8,6 +8,7 @@ use oncely_core::{Error, Result};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use crate::options::Target;
@@ -123,6 +124,56 @@ impl Connection {
             }
         };
         Ok(conn)
+    }
+}
+
+/// The node a scope's keys live on: on a cluster, the primary of their slot (every key of a
+/// scope shares one); a single server holds them all. A `SCAN` cursor is only valid on the node
+/// that gave it, so a walk keeps to one.
+#[derive(Clone, Copy)]
+pub(crate) struct Node(Option<Route>);
+
+impl Connection {
+    /// The node that holds `key`.
+    pub(crate) async fn node_of(&self, key: &str) -> Result<Node, RedisError> {
+        match self {
+            Connection::Single(_) => Ok(Node(None)),
+            Connection::Cluster(_) => {
+                let slot: u16 = redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(key)
+                    .query_async(&mut self.clone())
+                    .await?;
+                Ok(Node(Some(Route::new(slot, SlotAddr::Master))))
+            }
+        }
+    }
+
+    /// One page of `SCAN` on `node`: the string keys matching `pattern` from `cursor` on, and
+    /// the cursor to go on from (0 at the end).
+    pub(crate) async fn scan_strings(
+        &self,
+        node: Node,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> Result<(u64, Vec<Vec<u8>>), RedisError> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count)
+            .arg("TYPE")
+            .arg("string");
+        match (self, node.0) {
+            (Connection::Cluster(c), Some(route)) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let page = c.clone().route_command(scan, routing).await?;
+                Ok(redis::from_redis_value(page)?)
+            }
+            _ => scan.query_async(&mut self.clone()).await,
+        }
     }
 }
 

@@ -1,11 +1,11 @@
 //! Key layout: where each piece of a scope lives, all under one hash tag per scope.
 //!
 //! ```text
-//! {prefix}:{<scope>}:r:<key>     hash: one record
-//! {prefix}:{<scope>}:x           sorted set: every record's key by expires_at (purge, stats)
-//! {prefix}:{<scope>}:c           sorted set: completed records' keys by expires_at (stats)
+//! {prefix}:{<scope>}:r:<key>     string: one record (see `record.rs`)
 //! {prefix}:{<scope>}:v:<entity>  string: the version guard's stored version
 //! {prefix}:scopes                set: every scope that has held a record (purge, stats)
+//! {prefix}:{<scope>}:x           sorted set: legacy hash records by expires_at (read, emptied)
+//! {prefix}:{<scope>}:c           sorted set: legacy completed hash records by expires_at
 //! ```
 //!
 //! Redis Cluster hashes only the text between the first `{` and the next `}`: the scope. So one
@@ -51,14 +51,29 @@ impl Layout {
         self.tagged(scope) + ":r:"
     }
 
+    /// A `SCAN` pattern matching every record key of a scope, and nothing else.
+    pub fn records_pattern(&self, scope: &str) -> String {
+        let mut out = String::new();
+        for ch in self.records(scope).chars() {
+            if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+                out.push('\\');
+            }
+            out.push(ch);
+        }
+        out.push('*');
+        out
+    }
+
     pub fn record(&self, scope: &Scope, key: &Key) -> String {
         self.records(scope.as_str()) + key.as_str()
     }
 
+    /// The legacy index of every hash record by expires_at (earlier versions wrote it).
     pub fn expiry_index(&self, scope: &str) -> String {
         self.tagged(scope) + ":x"
     }
 
+    /// The legacy index of completed hash records by expires_at.
     pub fn completed_index(&self, scope: &str) -> String {
         self.tagged(scope) + ":c"
     }

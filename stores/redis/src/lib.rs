@@ -18,6 +18,10 @@
 //!   the lifecycle's rules happens with no other client in between. The scripts implement the
 //!   rules of [`oncely_core::lifecycle`]; the answers are built on the client by those very
 //!   functions.
+//! - **One string per record.** A record is one Redis string (state, deadline, token, attempt,
+//!   creation time, fingerprint and outcome), so a claim is a `GET` and a `SET ... PX`, and so
+//!   is a completion; no index is written per record. Concurrent single calls are coalesced
+//!   into one script per scope and batch.
 //! - **One slot per scope.** Every key of a scope carries the scope as its hash tag
 //!   (`oncely:{orders}:r:evt-1`), so each script touches one slot and works unchanged on Redis
 //!   Cluster. A batch spanning several scopes becomes one script call per scope, sent together,
@@ -25,9 +29,19 @@
 //! - **Your clock, not Redis's.** Stores never read a clock: lease and retention are decided
 //!   against the `now` the caller passes. Redis's own expiry is only a memory backstop (see
 //!   *Expiry* below).
-//! - **Purge in small steps.** Each scope keeps its records in a sorted set by `expires_at`;
-//!   purge walks the scopes and removes at most 128 records per script call, so it never blocks
-//!   claims for long.
+//! - **Purge and stats walk the records.** They `SCAN` each scope's records (on a cluster, on
+//!   the node of the scope's slot), 128 keys a step, so they never block claims for long. They
+//!   read every record of the scope, so they take time in proportion to the store's size, and
+//!   a record may be counted twice if Redis resizes its table during the walk.
+//!
+//! ## Upgrading from the hash records
+//!
+//! Versions before the one-string record kept each record as a hash, indexed in two sorted
+//! sets per scope. This version reads those records, answers claims on them, replaces them
+//! when they expire, and purges and counts them by their index, so it can share a Redis with
+//! the older version during a rolling upgrade. The older version cannot read the new strings:
+//! its scripts fail with `WRONGTYPE` on such a key, an error its caller sees (no effect runs
+//! twice). Finish the upgrade before relying on those keys from the older version.
 //!
 //! ## URLs
 //!
@@ -89,7 +103,7 @@ use oncely_core::Store;
 mod connection;
 mod keys;
 mod options;
-mod reply;
+mod record;
 mod scripts;
 mod store;
 

@@ -7,17 +7,21 @@
 //! - timestamps, tokens and versions travel and are stored as decimal strings and are compared
 //!   as integers *by their digits* (`lt`, `ult`): Lua numbers are doubles, which lose u64 tokens
 //!   and i64 timestamps near their limits;
-//! - a record is a hash: `s` state (`p` in progress, `d` done), `f` fingerprint (absent if none),
-//!   `t` token, `a` attempt, `c` created_at, `e` expires_at, `o` outcome (once done);
-//! - the scope's expiry index (`x`, every record by `expires_at`) and completed index (`c`, done
-//!   records by `expires_at`) are kept in step with the hashes, for purge and stats.
+//! - a record is one string (see [`crate::record`]): `<state> <expires_at> <token> <attempt>
+//!   <created_at> <fingerprint><outcome>`, so a claim or a completion is one `GET` and one
+//!   `SET ... PX`, with no index to keep in step: retention is the native TTL, and purge and
+//!   stats walk the records with `SCAN`;
+//! - records an earlier version wrote as hashes (`s f t a c e o`, indexed in the scope's
+//!   sorted sets `x` and `c`) are still read, answered and replaced, so processes of both
+//!   versions can share a Redis during a rolling upgrade.
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Integer comparison of canonical decimal strings (what Rust's `to_string` writes).
-const COMPARE: &str = r#"
+/// Shared functions: integer comparison of canonical decimal strings (what Rust's `to_string`
+/// writes), and reading a record in either format.
+const COMMON: &str = r#"
 local function ult(a, b)
   if #a ~= #b then return #a < #b end
   return a < b
@@ -28,172 +32,212 @@ local function lt(a, b)
   if an then return ult(string.sub(b, 2), string.sub(a, 2)) end
   return ult(a, b)
 end
+-- A record string's state, expires_at and token, and where the token ends.
+local function head(v)
+  local e_end = string.find(v, ' ', 3, true)
+  local t_end = string.find(v, ' ', e_end + 1, true)
+  return string.sub(v, 1, 1), string.sub(v, 3, e_end - 1), string.sub(v, e_end + 1, t_end - 1), t_end, e_end
+end
+-- A legacy record hash, as a record string (false if there is none).
+local function legacy(rec)
+  local h = redis.call('HMGET', rec, 's', 'e', 't', 'a', 'c', 'f', 'o')
+  if not h[1] then return false end
+  local fp = '-'
+  if h[6] then fp = 'F' .. h[6] end
+  return h[1] .. ' ' .. h[2] .. ' ' .. h[3] .. ' ' .. h[4] .. ' ' .. h[5] .. ' ' .. fp .. (h[7] or '')
+end
+-- The record at rec as a string (false if none), and whether it is a legacy hash.
+local function read(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then return legacy(rec), true end
+  return v, false
+end
+-- Removes a legacy record and its entries in the legacy indexes.
+local function drop_legacy(rec, expiry, completed, member)
+  redis.call('DEL', rec)
+  redis.call('ZREM', expiry, member)
+  redis.call('ZREM', completed, member)
+end
+-- Whether `token` holds the claim on rec: 'ok' and the record, else why not (check_holder's
+-- rule). A legacy hash is always another's: this version never writes one.
+local function holder(rec, token)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then return 'taken' end
+  if not v then return 'missing' end
+  local s, _, t, _, e_end = head(v)
+  if t ~= token then return 'taken' end
+  if s == 'd' then return 'done' end
+  return 'ok', v, e_end
+end
+local function set(rec, value, ttl)
+  if ttl == '' then
+    redis.call('SET', rec, value)
+  else
+    redis.call('SET', rec, value, 'PX', ttl)
+  end
+end
 "#;
 
 /// Claims a batch of one scope, in order.
 ///
-/// KEYS: expiry index, completed index, then the record of each request.
-/// ARGV: now, then per request: key, fingerprint (`''` = none), token, lease_until, native TTL
-/// in ms (`''` = none).
+/// KEYS: the scope's legacy expiry and completed indexes, then the record of each request.
+/// ARGV: now, the length of the scope's record-key prefix, then per request: token,
+/// lease_until, native TTL in ms (`''` = none), fingerprint part (`F` and 32 bytes, or `-`).
 ///
-/// Answers 8 values per request. A live record (`expires_at >= now`) is left alone and returned
-/// as `'r', s, f, t, a, c, e, o` for the caller to turn into Duplicate / InProgress / Conflict
-/// by the shared rules; anything else (absent, or expired: lease ran out, retention ended) is
-/// replaced by a fresh in-progress claim and answered `'n', -, -, -, attempt, -, -, -`.
-/// Later requests of the batch see the earlier ones' writes, so a key twice is New then
-/// InProgress.
+/// Answers one value per request: a live record (`expires_at >= now`) is left alone and
+/// answered as its string, for the caller to turn into Duplicate / InProgress / Conflict by the
+/// shared rules; anything else (absent, or expired: lease ran out, retention ended) is replaced
+/// by a fresh in-progress claim and answered as its attempt, an integer. Later requests of the
+/// batch see the earlier ones' writes, so a key twice is New then InProgress.
 const CLAIM: &str = r#"
-local now = ARGV[1]
-local out, n = {}, 0
-local indexed = {}
+local now, plen = ARGV[1], tonumber(ARGV[2])
+local out = {}
 for i = 1, #KEYS - 2 do
   local rec = KEYS[2 + i]
-  local base = 1 + 5 * (i - 1)
-  local member, fp, token, lease_until, ttl =
-    ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
-  local h = redis.call('HMGET', rec, 's', 'f', 't', 'a', 'c', 'e')
-  if h[1] and h[6] and not lt(h[6], now) then
-    local o = false
-    if h[1] == 'd' then o = redis.call('HGET', rec, 'o') end
-    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 'r', h[1], h[2], h[3]
-    out[n + 5], out[n + 6], out[n + 7], out[n + 8] = h[4], h[5], h[6], o
-  else
-    local attempt = 1
-    if h[1] then
-      -- An expired record is replaced whole; an absent one has nothing to clear.
-      attempt = math.min((tonumber(h[4]) or 0) + 1, 4294967295)
-      redis.call('DEL', rec)
-      redis.call('ZREM', KEYS[2], member)
-    end
-    attempt = string.format('%d', attempt)
-    if fp == '' then
-      redis.call('HSET', rec, 's', 'p', 't', token, 'a', attempt, 'c', now, 'e', lease_until)
+  local base = 2 + 4 * (i - 1)
+  local v, old = read(rec)
+  local attempt = 1
+  if v then
+    local _, e, _, t_end = head(v)
+    if not lt(e, now) then
+      out[i] = v
     else
-      redis.call('HSET', rec, 's', 'p', 'f', fp, 't', token, 'a', attempt, 'c', now, 'e', lease_until)
+      local a_end = string.find(v, ' ', t_end + 1, true)
+      attempt = math.min(tonumber(string.sub(v, t_end + 1, a_end - 1)) + 1, 4294967295)
+      if old then drop_legacy(rec, KEYS[1], KEYS[2], string.sub(rec, plen + 1)) end
     end
-    if ttl ~= '' then redis.call('PEXPIRE', rec, ttl) end
-    indexed[#indexed + 1] = lease_until
-    indexed[#indexed + 1] = member
-    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 'n', false, false, false
-    out[n + 5], out[n + 6], out[n + 7], out[n + 8] = attempt, false, false, false
   end
-  n = n + 8
+  if not out[i] then
+    local a = string.format('%d', attempt)
+    set(rec, 'p ' .. ARGV[base + 2] .. ' ' .. ARGV[base + 1] .. ' ' .. a .. ' ' .. now .. ' ' .. ARGV[base + 4], ARGV[base + 3])
+    out[i] = attempt
+  end
 end
-zadd_all(KEYS[1], indexed)
 return out
 "#;
 
 /// Completes a batch of held claims of one scope, in order: single completes too, coalesced.
 ///
-/// KEYS: expiry index, completed index, then the record of each item. ARGV: per item token,
-/// outcome, expires_at, key, native TTL in ms (`''` = none). Answers per item `ok`, or why the
-/// claim is not held (`check_holder`'s rule): `missing`, `taken` (another token), `done`
-/// (already completed). One item's answer does not stop the others.
+/// KEYS: the record of each item. ARGV per item: token, the completed record string, native
+/// TTL in ms (`''` = none). Answers per item `ok`, or why the claim is not held: `missing`,
+/// `taken` (another token), `done` (already completed). One item's answer does not stop the
+/// others.
 const COMPLETE_MANY: &str = r#"
 local out = {}
-local indexed = {}
-for i = 1, #KEYS - 2 do
-  local rec = KEYS[2 + i]
-  local base = 5 * (i - 1)
-  local token, outcome, expires_at, member, ttl =
-    ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5]
-  local h = redis.call('HMGET', rec, 's', 't')
-  if not h[1] then
-    out[i] = 'missing'
-  elseif h[2] ~= token then
-    out[i] = 'taken'
-  elseif h[1] == 'd' then
-    out[i] = 'done'
-  else
-    redis.call('HSET', rec, 's', 'd', 'o', outcome, 'e', expires_at)
-    if ttl == '' then
-      redis.call('PERSIST', rec)
-    else
-      redis.call('PEXPIRE', rec, ttl)
-    end
-    indexed[#indexed + 1] = expires_at
-    indexed[#indexed + 1] = member
-    out[i] = 'ok'
-  end
+for i = 1, #KEYS do
+  out[i] = holder(KEYS[i], ARGV[3 * i - 2])
+  if out[i] == 'ok' then set(KEYS[i], ARGV[3 * i - 1], ARGV[3 * i]) end
 end
-zadd_all(KEYS[1], indexed)
-zadd_all(KEYS[2], indexed)
 return out
 "#;
 
 /// Releases a held claim: the record goes, so the next delivery is New.
 ///
-/// KEYS: record, expiry index, completed index. ARGV: token, key. Answers like [`COMPLETE_MANY`] does per item.
+/// KEYS: record. ARGV: token. Answers like [`COMPLETE_MANY`] does per item.
 const RELEASE: &str = r#"
-local h = redis.call('HMGET', KEYS[1], 's', 't')
-if not h[1] then return 'missing' end
-if h[2] ~= ARGV[1] then return 'taken' end
-if h[1] == 'd' then return 'done' end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[2])
-return 'ok'
+local answer = holder(KEYS[1], ARGV[1])
+if answer == 'ok' then redis.call('DEL', KEYS[1]) end
+return answer
 "#;
 
 /// Removes a record, in progress or completed, if its token is still ARGV[1].
 ///
-/// KEYS: record, expiry index, completed index. ARGV: token, key. Answers 1 if it removed it.
+/// KEYS: record, legacy expiry index, legacy completed index. ARGV: token, key. Answers 1 if it
+/// removed it.
 const FORGET: &str = r#"
-if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[2])
+local v, old = read(KEYS[1])
+if not v then return 0 end
+local _, _, t = head(v)
+if t ~= ARGV[1] then return 0 end
+if old then drop_legacy(KEYS[1], KEYS[2], KEYS[3], ARGV[2]) else redis.call('DEL', KEYS[1]) end
 return 1
 "#;
 
 /// Renews a held claim's lease: [`COMPLETE_MANY`]'s check, then the new deadline.
 ///
-/// KEYS: record, expiry index. ARGV: token, lease_until, key, native TTL in ms (`''` = none).
-/// Answers like [`COMPLETE_MANY`] does per item. The native TTL is set again, as a claim sets it, so the backstop
-/// never removes a record before the deadline it was renewed to.
+/// KEYS: record. ARGV: token, lease_until, native TTL in ms (`''` = none). Answers like
+/// [`COMPLETE_MANY`] does per item. The native TTL is set again, as a claim sets it, so the
+/// backstop never removes a record before the deadline it was renewed to.
 const EXTEND: &str = r#"
-local h = redis.call('HMGET', KEYS[1], 's', 't')
-if not h[1] then return 'missing' end
-if h[2] ~= ARGV[1] then return 'taken' end
-if h[1] == 'd' then return 'done' end
-redis.call('HSET', KEYS[1], 'e', ARGV[2])
-if ARGV[4] == '' then
-  redis.call('PERSIST', KEYS[1])
-else
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return 'ok'
+local answer, v, e_end = holder(KEYS[1], ARGV[1])
+if answer == 'ok' then set(KEYS[1], 'p ' .. ARGV[2] .. string.sub(v, e_end), ARGV[3]) end
+return answer
 "#;
 
-/// Removes up to ARGV[2] records of one scope whose expires_at < ARGV[1], oldest first.
-///
-/// KEYS: expiry index, completed index. ARGV: expired_before, batch size, the scope's record
-/// key prefix (record keys are that prefix + key; they carry the same hash tag, so the script
-/// stays in its slot). Answers `{removed, looked_at}`. An index entry whose hash is already gone
-/// (the native-expiry backstop took it) is removed and counted: stats counted it as a record.
+/// The record at KEYS[1] as a string, in either format; nil if there is none.
+const GET: &str = r#"
+local v = read(KEYS[1])
+return v
+"#;
+
+/// Removes the records among KEYS (one scope's, from a `SCAN` page) whose expires_at < ARGV[1].
+/// Answers how many it removed. Legacy hashes are left to [`LEGACY_PURGE`].
 const PURGE: &str = r#"
+local removed = 0
+for i = 1, #KEYS do
+  local v = redis.pcall('GET', KEYS[i])
+  if type(v) == 'string' then
+    local _, e = head(v)
+    if lt(e, ARGV[1]) then
+      redis.call('DEL', KEYS[i])
+      removed = removed + 1
+    end
+  end
+end
+return removed
+"#;
+
+/// Counts the records among KEYS (one scope's, from a `SCAN` page) at ARGV[1] (now). Answers
+/// `{records, live, live_completed}`. Legacy hashes are left to [`LEGACY_STATS`].
+const STATS: &str = r#"
+local records, live, done = 0, 0, 0
+for i = 1, #KEYS do
+  local v = redis.pcall('GET', KEYS[i])
+  if type(v) == 'string' then
+    local s, e = head(v)
+    records = records + 1
+    if not lt(e, ARGV[1]) then
+      live = live + 1
+      if s == 'd' then done = done + 1 end
+    end
+  end
+end
+return {records, live, done}
+"#;
+
+/// Removes up to ARGV[2] legacy records of one scope whose expires_at < ARGV[1], oldest first.
+///
+/// KEYS: legacy expiry index, legacy completed index. ARGV: expired_before, batch size, the
+/// scope's record key prefix. Answers `{removed, looked_at}`. An index entry whose hash is
+/// gone (native expiry took it) is removed and counted: stats counted it as a record. Once
+/// every legacy record is gone, so are the indexes (Redis drops an empty sorted set).
+const LEGACY_PURGE: &str = r#"
 local before = ARGV[1]
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. before, 'LIMIT', 0, ARGV[2])
 local removed = 0
 for _, m in ipairs(members) do
   local rec = ARGV[3] .. m
-  local e = redis.call('HGET', rec, 'e')
-  -- The score is a double; the stored digits decide.
-  if not e or lt(e, before) then
-    redis.call('DEL', rec)
+  local e = redis.pcall('HGET', rec, 'e')
+  if not e then
+    -- Expired natively: stats counted it as a record, so it counts as purged.
     redis.call('ZREM', KEYS[1], m)
     redis.call('ZREM', KEYS[2], m)
+    removed = removed + 1
+  elseif type(e) ~= 'string' then
+    redis.call('ZREM', KEYS[1], m)
+    redis.call('ZREM', KEYS[2], m)
+  elseif lt(e, before) then
+    drop_legacy(rec, KEYS[1], KEYS[2], m)
     removed = removed + 1
   end
 end
 return {removed, #members}
 "#;
 
-/// One scope's counts at ARGV[1] (now), from the indexes, in one consistent snapshot.
+/// One scope's legacy records counted at ARGV[1] (now), from the legacy indexes.
 ///
-/// KEYS: expiry index, completed index. Answers `{records, live, live_completed}`.
-const STATS: &str = r#"
+/// KEYS: legacy expiry index, legacy completed index. Answers `{records, live, live_completed}`.
+const LEGACY_STATS: &str = r#"
 return {
   redis.call('ZCARD', KEYS[1]),
   redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf'),
@@ -211,20 +255,8 @@ redis.call('SET', KEYS[1], ARGV[1])
 return {1, current}
 "#;
 
-/// `ZADD key score member ...` of a flat list of pairs, in as few calls as Lua's stack allows:
-/// one call costs the server far more than one more pair in it. The scripts that index many
-/// records collect their pairs and add them once, at the end: no command in between reads the
-/// index, and one member never gets two scores in one script.
-const ZADD_ALL: &str = r#"
-local function zadd_all(key, pairs)
-  for i = 1, #pairs, 2000 do
-    redis.call('ZADD', key, unpack(pairs, i, math.min(i + 1999, #pairs)))
-  end
-end
-"#;
-
 fn script(body: &str) -> Script {
-    Script::new(&format!("{COMPARE}{ZADD_ALL}{body}"))
+    Script::new(&format!("{COMMON}{body}"))
 }
 
 pub(crate) static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CLAIM));
@@ -232,6 +264,9 @@ pub(crate) static COMPLETE_MANY_SCRIPT: LazyLock<Script> = LazyLock::new(|| scri
 pub(crate) static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RELEASE));
 pub(crate) static FORGET_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FORGET));
 pub(crate) static EXTEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(EXTEND));
+pub(crate) static GET_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(GET));
 pub(crate) static PURGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PURGE));
 pub(crate) static STATS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(STATS));
+pub(crate) static LEGACY_PURGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(LEGACY_PURGE));
+pub(crate) static LEGACY_STATS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(LEGACY_STATS));
 pub(crate) static VERSION_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(VERSION));

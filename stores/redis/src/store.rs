@@ -14,13 +14,14 @@ use oncely_core::{
 };
 use redis::{RedisError, ScriptInvocation, Value};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Node};
 use crate::keys::Layout;
 use crate::options;
-use crate::reply::{bytes, decode_record, parse};
+use crate::record;
 use crate::scripts::{
-    CLAIM_SCRIPT, COMPLETE_MANY_SCRIPT, EXTEND_SCRIPT, FORGET_SCRIPT, PURGE_SCRIPT, RELEASE_SCRIPT,
-    STATS_SCRIPT, VERSION_SCRIPT,
+    CLAIM_SCRIPT, COMPLETE_MANY_SCRIPT, EXTEND_SCRIPT, FORGET_SCRIPT, GET_SCRIPT,
+    LEGACY_PURGE_SCRIPT, LEGACY_STATS_SCRIPT, PURGE_SCRIPT, RELEASE_SCRIPT, STATS_SCRIPT,
+    VERSION_SCRIPT,
 };
 
 /// Batches of single calls on their way to the server at once, per kind (claims, completes).
@@ -29,8 +30,9 @@ use crate::scripts::{
 /// [`COMPLETE_CHUNK_BYTES`] of outcomes.
 const BATCHES_IN_FLIGHT: usize = 4;
 
-/// How many records one purge script call removes at most: small, so a purge never holds the
-/// server (single-threaded for commands) long enough to delay claims noticeably.
+/// How many records one purge or stats script call reads at most (and one `SCAN` page asks
+/// for): small, so they never hold the server (single-threaded for commands) long enough to
+/// delay claims noticeably.
 const PURGE_BATCH: usize = 128;
 
 /// Outcome bytes one `complete_many` script call carries at most (a single larger outcome goes
@@ -222,6 +224,32 @@ impl RedisStore {
         Ok(seen.into_iter().collect())
     }
 
+    /// Starts a walk over one scope's record keys (see [`RecordWalk`]).
+    async fn walk(&self, scope: &str) -> Result<RecordWalk> {
+        let records = self.layout.records(scope);
+        Ok(RecordWalk {
+            node: self.conn.node_of(&records).await.map_err(|e| self.err(e))?,
+            pattern: self.layout.records_pattern(scope),
+            cursor: Some(0),
+        })
+    }
+
+    /// The next non-empty page of a walk; `None` once it has covered every key.
+    async fn next_page(&self, walk: &mut RecordWalk) -> Result<Option<Vec<Vec<u8>>>> {
+        while let Some(cursor) = walk.cursor {
+            let (next, page) = self
+                .conn
+                .scan_strings(walk.node, cursor, &walk.pattern, PURGE_BATCH)
+                .await
+                .map_err(|e| self.err(e))?;
+            walk.cursor = (next != 0).then_some(next);
+            if !page.is_empty() {
+                return Ok(Some(page));
+            }
+        }
+        Ok(None)
+    }
+
     /// Claims the requests at `idx` (all of `scope`) in one script call, in order.
     async fn claim_scope(
         &self,
@@ -233,22 +261,22 @@ impl RedisStore {
         let mut call = CLAIM_SCRIPT.prepare_invoke();
         call.key(self.layout.expiry_index(scope.as_str()))
             .key(self.layout.completed_index(scope.as_str()))
-            .arg(now.as_millis().to_string());
+            .arg(now.as_millis().to_string())
+            .arg(self.layout.records(scope.as_str()).len());
         for &i in idx {
             let req = &requests[i];
             let lease_until = now.saturating_add(req.lease);
             call.key(self.layout.record(scope, &req.key))
-                .arg(req.key.as_str())
-                .arg(req.fingerprint.as_ref().map_or(&[][..], |f| f.as_bytes()))
                 .arg(req.token.to_string())
                 .arg(lease_until.as_millis().to_string())
-                .arg(self.native_ttl(lease_until.as_millis() as i128 - now.as_millis() as i128));
+                .arg(self.native_ttl(lease_until.as_millis() as i128 - now.as_millis() as i128))
+                .arg(record::fingerprint_part(req.fingerprint.as_ref()));
         }
         let reply: Vec<Value> = call
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.err(e))?;
-        if reply.len() != idx.len() * 8 {
+        if reply.len() != idx.len() {
             return Err(self.corrupt(format!(
                 "claim script answered {} values for {} requests",
                 reply.len(),
@@ -256,7 +284,7 @@ impl RedisStore {
             )));
         }
         idx.iter()
-            .zip(reply.chunks(8))
+            .zip(&reply)
             .map(|(&i, answer)| self.claim_answer(&requests[i], answer, now))
             .collect()
     }
@@ -269,22 +297,16 @@ impl RedisStore {
         items: &[Completion],
     ) -> Result<Vec<Result<()>>> {
         let mut call = COMPLETE_MANY_SCRIPT.prepare_invoke();
-        call.key(self.layout.expiry_index(scope.as_str()))
-            .key(self.layout.completed_index(scope.as_str()));
         for &i in idx {
             let Completion {
                 claim,
                 outcome,
                 expires_at,
             } = &items[i];
-            // As in `complete`: `claimed_at` is no later than now, so the TTL is no shorter.
-            let span = expires_at.as_millis() as i128 - claim.claimed_at.as_millis() as i128;
-            call.key(self.layout.record(&claim.scope, &claim.key))
+            call.key(self.layout.record(scope, &claim.key))
                 .arg(claim.token.to_string())
-                .arg(&outcome[..])
-                .arg(expires_at.as_millis().to_string())
-                .arg(claim.key.as_str())
-                .arg(self.native_ttl(span));
+                .arg(record::completed(claim, outcome, *expires_at))
+                .arg(self.native_ttl_since_claim(claim, *expires_at));
         }
         let answers: Vec<String> = call
             .invoke_async(&mut self.conn.clone())
@@ -304,17 +326,14 @@ impl RedisStore {
             .collect())
     }
 
-    /// Turns one request's 8 script values into its outcome.
-    fn claim_answer(
-        &self,
-        req: &ClaimRequest,
-        v: &[Value],
-        now: Timestamp,
-    ) -> Result<ClaimOutcome> {
-        let fields: Vec<Option<&[u8]>> = v.iter().map(bytes).collect();
-        match fields[0] {
-            Some(b"n") => {
-                let attempt = parse(fields[4], "attempt").map_err(|d| self.corrupt(d))?;
+    /// Turns one request's script answer into its outcome: its attempt if it claimed the key,
+    /// else the live record it found.
+    fn claim_answer(&self, req: &ClaimRequest, v: &Value, now: Timestamp) -> Result<ClaimOutcome> {
+        match v {
+            Value::Int(attempt) => {
+                let attempt = u32::try_from(*attempt).map_err(|_| {
+                    self.corrupt(format!("claim script answered attempt {attempt}"))
+                })?;
                 Ok(ClaimOutcome::New(Claim {
                     scope: req.scope.clone(),
                     key: req.key.clone(),
@@ -325,9 +344,9 @@ impl RedisStore {
                     lease_until: now.saturating_add(req.lease),
                 }))
             }
-            Some(b"r") => {
-                let live = decode_record(&req.scope, &req.key, &fields[1..])
-                    .map_err(|d| self.corrupt(d))?;
+            Value::BulkString(found) => {
+                let live =
+                    record::decode(&req.scope, &req.key, found).map_err(|d| self.corrupt(d))?;
                 // The script found the record live; the shared rules now say what that means.
                 let decision = decide_claim(Some(&live), req, now);
                 if decision.write.is_some() {
@@ -367,6 +386,16 @@ impl RedisStore {
             reason,
         })
     }
+}
+
+/// A walk over one scope's record keys with `SCAN`, on the node that holds them. `SCAN` returns
+/// every key present for the whole walk at least once; one may come twice if Redis resizes its
+/// table meanwhile, so purge and stats are exact only on a keyspace that holds still.
+struct RecordWalk {
+    node: Node,
+    pattern: String,
+    /// Where the next page starts; `None` once the walk is over.
+    cursor: Option<u64>,
 }
 
 /// Indexes grouped by scope, scopes in first-seen order, each group in the given order.
@@ -459,15 +488,11 @@ impl Store for RedisStore {
     }
 
     async fn release(&self, claim: &Claim) -> Result<()> {
-        let scope = claim.scope.as_str();
         self.run_held(
             claim,
             RELEASE_SCRIPT
                 .key(self.layout.record(&claim.scope, &claim.key))
-                .key(self.layout.expiry_index(scope))
-                .key(self.layout.completed_index(scope))
-                .arg(claim.token.to_string())
-                .arg(claim.key.as_str()),
+                .arg(claim.token.to_string()),
         )
         .await
     }
@@ -477,10 +502,8 @@ impl Store for RedisStore {
             claim,
             EXTEND_SCRIPT
                 .key(self.layout.record(&claim.scope, &claim.key))
-                .key(self.layout.expiry_index(claim.scope.as_str()))
                 .arg(claim.token.to_string())
                 .arg(lease_until.as_millis().to_string())
-                .arg(claim.key.as_str())
                 .arg(self.native_ttl_since_claim(claim, lease_until)),
         )
         .await
@@ -500,22 +523,14 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
-        let fields: Vec<Value> = redis::cmd("HMGET")
-            .arg(self.layout.record(scope, key))
-            .arg(&["s", "f", "t", "a", "c", "e", "o"])
-            .query_async(&mut self.conn.clone())
+        let found: Option<Vec<u8>> = GET_SCRIPT
+            .key(self.layout.record(scope, key))
+            .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.err(e))?;
-        let fields: Vec<Option<&[u8]>> = fields.iter().map(bytes).collect();
-        if fields.len() != 7 {
-            return Err(self.corrupt("HMGET answered the wrong number of fields"));
-        }
-        if fields[0].is_none() {
-            return Ok(None);
-        }
-        decode_record(scope, key, &fields)
-            .map(Some)
-            .map_err(|d| self.corrupt(d))
+        found
+            .map(|v| record::decode(scope, key, &v).map_err(|d| self.corrupt(d)))
+            .transpose()
     }
 
     async fn purge(&self, expired_before: Timestamp, limit: usize) -> Result<usize> {
@@ -525,12 +540,13 @@ impl Store for RedisStore {
         let before = expired_before.as_millis().to_string();
         let mut purged = 0;
         for scope in self.scopes().await? {
+            // Records an earlier version wrote, by their index.
             loop {
                 let want = (limit - purged).min(PURGE_BATCH);
                 if want == 0 {
                     return Ok(purged);
                 }
-                let (removed, looked_at): (usize, usize) = PURGE_SCRIPT
+                let (removed, looked_at): (usize, usize) = LEGACY_PURGE_SCRIPT
                     .key(self.layout.expiry_index(&scope))
                     .key(self.layout.completed_index(&scope))
                     .arg(&before)
@@ -542,6 +558,25 @@ impl Store for RedisStore {
                 purged += removed;
                 if looked_at < want || removed == 0 {
                     break;
+                }
+            }
+            let mut walk = self.walk(&scope).await?;
+            while let Some(page) = self.next_page(&mut walk).await? {
+                let mut rest = &page[..];
+                while !rest.is_empty() {
+                    let want = (limit - purged).min(PURGE_BATCH);
+                    if want == 0 {
+                        return Ok(purged);
+                    }
+                    let (these, later) = rest.split_at(want.min(rest.len()));
+                    let removed: usize = PURGE_SCRIPT
+                        .key(these)
+                        .arg(&before)
+                        .invoke_async(&mut self.conn.clone())
+                        .await
+                        .map_err(|e| self.err(e))?;
+                    purged += removed;
+                    rest = later;
                 }
             }
         }
@@ -560,18 +595,35 @@ impl Store for RedisStore {
     async fn stats(&self, now: Timestamp) -> Result<StoreStats> {
         let now_arg = now.as_millis().to_string();
         let mut stats = StoreStats::default();
-        for scope in self.scopes().await? {
-            let (records, live, live_completed): (u64, u64, u64) = STATS_SCRIPT
-                .key(self.layout.expiry_index(&scope))
-                .key(self.layout.completed_index(&scope))
-                .arg(&now_arg)
-                .invoke_async(&mut self.conn.clone())
-                .await
-                .map_err(|e| self.err(e))?;
+        let mut count = |(records, live, live_completed): (u64, u64, u64)| {
             stats.records += records;
             stats.completed += live_completed;
             stats.in_progress += live.saturating_sub(live_completed);
             stats.expired += records.saturating_sub(live);
+        };
+        for scope in self.scopes().await? {
+            count(
+                LEGACY_STATS_SCRIPT
+                    .key(self.layout.expiry_index(&scope))
+                    .key(self.layout.completed_index(&scope))
+                    .arg(&now_arg)
+                    .invoke_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| self.err(e))?,
+            );
+            let mut walk = self.walk(&scope).await?;
+            while let Some(page) = self.next_page(&mut walk).await? {
+                for these in page.chunks(PURGE_BATCH) {
+                    count(
+                        STATS_SCRIPT
+                            .key(these)
+                            .arg(&now_arg)
+                            .invoke_async(&mut self.conn.clone())
+                            .await
+                            .map_err(|e| self.err(e))?,
+                    );
+                }
+            }
         }
         Ok(stats)
     }

@@ -126,7 +126,7 @@ async fn native_expiry_is_relative_to_the_callers_clock_plus_grace() {
 }
 
 #[tokio::test]
-async fn renewal_moves_the_native_expiry_and_the_expiry_index_with_the_deadline() {
+async fn renewal_moves_the_native_expiry_with_the_deadline() {
     let (prefix, store) = open_fresh("").await;
     let grace = DEFAULT_TTL_GRACE.as_millis() as i64;
     let record = record_key(&prefix, "s", "k");
@@ -142,14 +142,7 @@ async fn renewal_moves_the_native_expiry_and_the_expiry_index_with_the_deadline(
         (ten_minutes + grace - 5_000..=ten_minutes + grace).contains(&ttl),
         "{ttl}"
     );
-    let score: f64 = redis::cmd("ZSCORE")
-        .arg(format!("{prefix}:{{s}}:x"))
-        .arg("k")
-        .query_async(&mut raw().await)
-        .await
-        .unwrap();
-    assert_eq!(score, lease_until.as_millis() as f64);
-    // Past the first lease, the index counts it live and purge leaves it alone.
+    // Past the first lease, stats count it live and purge leaves it alone.
     let later = Timestamp::from_millis(1_000 + 60_000);
     let stats = store.stats(later).await.unwrap();
     assert_eq!((stats.records, stats.in_progress, stats.expired), (1, 1, 0));
@@ -172,7 +165,7 @@ async fn renewal_moves_the_native_expiry_and_the_expiry_index_with_the_deadline(
 }
 
 #[tokio::test]
-async fn complete_many_across_scopes_answers_in_order_and_keeps_ttls_and_indexes() {
+async fn complete_many_across_scopes_answers_in_order_and_keeps_ttls() {
     let (prefix, store) = open_fresh("").await;
     let grace = DEFAULT_TTL_GRACE.as_millis() as i64;
     let now = Timestamp::from_millis(1_000);
@@ -482,4 +475,208 @@ async fn a_server_restart_is_reported_as_unavailable_then_the_store_reconnects()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the store did not reconnect within 5 s: {last:?}");
+}
+
+/// Writes a record as versions before the one-string record did: a hash, indexed by
+/// `expires_at` in the scope's sorted sets (`x` every record, `c` the completed ones).
+async fn write_legacy(prefix: &str, key: &str, fields: &[(&str, &[u8])]) {
+    let mut conn = raw().await;
+    let mut hset = redis::cmd("HSET");
+    hset.arg(record_key(prefix, "s", key));
+    for (name, value) in fields {
+        hset.arg(*name).arg(*value);
+    }
+    hset.query_async::<()>(&mut conn).await.unwrap();
+    let expires_at = fields.iter().find(|(n, _)| *n == "e").unwrap().1;
+    let expires_at: f64 = std::str::from_utf8(expires_at).unwrap().parse().unwrap();
+    let done = fields.iter().any(|(n, v)| *n == "s" && *v == b"d");
+    for (index, wanted) in [("x", true), ("c", done)] {
+        if wanted {
+            redis::cmd("ZADD")
+                .arg(format!("{prefix}:{{s}}:{index}"))
+                .arg(expires_at)
+                .arg(key)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    redis::cmd("SADD")
+        .arg(format!("{prefix}:scopes"))
+        .arg("s")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
+
+async fn indexed(prefix: &str, key: &str) -> bool {
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(format!("{prefix}:{{s}}:x"))
+        .arg(key)
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    score.is_some()
+}
+
+/// A rolling upgrade: records the earlier version wrote (hashes with their indexes) are read,
+/// answered, replaced, forgotten, counted and purged by this one, which writes strings.
+#[tokio::test]
+async fn records_an_earlier_version_wrote_as_hashes_are_answered_replaced_and_purged() {
+    let (prefix, store) = open_fresh("").await;
+    let fp = [7u8; 32];
+    write_legacy(
+        &prefix,
+        "done",
+        &[
+            ("s", b"d"),
+            ("f", &fp),
+            ("t", b"11"),
+            ("a", b"1"),
+            ("c", b"900"),
+            ("e", b"1000000"),
+            ("o", b"paid"),
+        ],
+    )
+    .await;
+    let running = [
+        ("s", &b"p"[..]),
+        ("t", b"5"),
+        ("a", b"1"),
+        ("c", b"900"),
+        ("e", b"31000"),
+    ];
+    write_legacy(&prefix, "running", &running).await;
+    let stale = [
+        ("s", &b"p"[..]),
+        ("t", b"6"),
+        ("a", b"2"),
+        ("c", b"100"),
+        ("e", b"500"),
+    ];
+    write_legacy(&prefix, "stale", &stale).await;
+    let old = [
+        ("s", &b"d"[..]),
+        ("t", b"7"),
+        ("a", b"1"),
+        ("c", b"100"),
+        ("e", b"600"),
+        ("o", b""),
+    ];
+    write_legacy(&prefix, "old", &old).await;
+    // Only its index entry is left: native expiry took the hash.
+    write_legacy(&prefix, "gone", &[("e", b"700")]).await;
+    redis::cmd("DEL")
+        .arg(record_key(&prefix, "s", "gone"))
+        .query_async::<()>(&mut raw().await)
+        .await
+        .unwrap();
+
+    let now = Timestamp::from_millis(1_000);
+    let (scope, lease) = (Scope::new("s").unwrap(), Duration::from_secs(30));
+    let key = |k: &str| Key::new(k).unwrap();
+    let rec = store.get(&scope, &key("done")).await.unwrap().unwrap();
+    assert_eq!(rec.outcome(), Some(&b"paid"[..]));
+    assert_eq!(
+        (rec.token, rec.attempt, rec.created_at, rec.expires_at),
+        (
+            11,
+            1,
+            Timestamp::from_millis(900),
+            Timestamp::from_millis(1_000_000)
+        )
+    );
+    let fingerprint = oncely_core::Fingerprint::from_slice(&fp);
+    assert_eq!(rec.fingerprint, fingerprint);
+
+    let mut same = request("s", "done", lease);
+    same.fingerprint = fingerprint;
+    match store.claim(&same, now).await.unwrap() {
+        ClaimOutcome::Duplicate(r) => assert_eq!(r.outcome(), Some(&b"paid"[..])),
+        other => panic!("expected Duplicate, got {other:?}"),
+    }
+    same.fingerprint = oncely_core::Fingerprint::from_slice(&[8u8; 32]);
+    assert!(matches!(
+        store.claim(&same, now).await.unwrap(),
+        ClaimOutcome::Conflict { .. }
+    ));
+    assert!(matches!(
+        store
+            .claim(&request("s", "running", lease), now)
+            .await
+            .unwrap(),
+        ClaimOutcome::InProgress { .. }
+    ));
+
+    let stats = store.stats(now).await.unwrap();
+    assert_eq!(
+        (
+            stats.records,
+            stats.completed,
+            stats.in_progress,
+            stats.expired
+        ),
+        (5, 1, 1, 3)
+    );
+
+    // An expired legacy claim is taken over: the next attempt, a string, out of the index.
+    let claim = match store
+        .claim(&request("s", "stale", lease), now)
+        .await
+        .unwrap()
+    {
+        ClaimOutcome::New(c) => c,
+        other => panic!("expected New, got {other:?}"),
+    };
+    assert_eq!(claim.attempt, 3);
+    assert!(!indexed(&prefix, "stale").await);
+    store
+        .complete(&claim, b"shipped", Timestamp::from_millis(2_000_000))
+        .await
+        .unwrap();
+    let kind: String = redis::cmd("TYPE")
+        .arg(record_key(&prefix, "s", "stale"))
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    assert_eq!(kind, "string");
+
+    // Forgetting a legacy record takes its index entry with it; a wrong token removes nothing.
+    assert!(!store.forget(&scope, &key("running"), 6).await.unwrap());
+    assert!(store.forget(&scope, &key("running"), 5).await.unwrap());
+    assert!(store.get(&scope, &key("running")).await.unwrap().is_none());
+    assert!(!indexed(&prefix, "running").await);
+
+    // Purge takes the expired legacy record and the orphaned index entry, nothing live.
+    assert_eq!(store.purge(now, 10).await.unwrap(), 2);
+    assert!(!indexed(&prefix, "old").await && !indexed(&prefix, "gone").await);
+    let stats = store.stats(now).await.unwrap();
+    assert_eq!((stats.records, stats.completed), (2, 2));
+    let rec = store.get(&scope, &key("stale")).await.unwrap().unwrap();
+    assert_eq!(rec.outcome(), Some(&b"shipped"[..]));
+}
+
+/// Purge and stats find records by a `SCAN` pattern: a prefix or scope with glob characters
+/// must match only itself.
+#[tokio::test]
+async fn glob_characters_in_prefixes_and_scopes_match_only_themselves() {
+    let base = servers::redis_prefix(PREFIX).await;
+    let url = |prefix: String| support::with_param(&servers::redis(), &format!("prefix={prefix}"));
+    let (star, plain) = (
+        open(&url(format!("{base}*"))).await,
+        open(&url(format!("{base}x"))).await,
+    );
+    let now = Timestamp::from_millis(1_000);
+    let lease = Duration::from_secs(1);
+    for store in [&star, &plain] {
+        store
+            .claim_many(&[request("a*", "k", lease), request("ab", "k", lease)], now)
+            .await
+            .unwrap();
+    }
+    let later = Timestamp::from_millis(10_000);
+    assert_eq!(star.stats(later).await.unwrap().records, 2);
+    assert_eq!(star.purge(later, 100).await.unwrap(), 2);
+    assert_eq!(plain.stats(later).await.unwrap().records, 2);
+    assert_eq!(plain.purge(later, 100).await.unwrap(), 2);
 }
