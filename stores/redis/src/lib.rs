@@ -3,6 +3,8 @@
 //! A [`Store`] on Redis, single node or Redis Cluster, for services that already run Redis and
 //! want dedup decisions in about a millisecond, shared by every instance.
 //!
+//! Needs Redis 7.0 or later (or Valkey): a claim is one `SET ... NX GET`.
+//!
 //! ## When to use it
 //!
 //! Pick Redis when claims must be fast and shared across many instances, and your Redis is

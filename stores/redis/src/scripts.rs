@@ -8,8 +8,8 @@
 //!   as integers *by their digits* (`lt`, `ult`): Lua numbers are doubles, which lose u64 tokens
 //!   and i64 timestamps near their limits;
 //! - a record is one string (see [`crate::record`]): `<state> <expires_at> <token> <attempt>
-//!   <created_at> <fingerprint><outcome>`, so a claim or a completion is one `GET` and one
-//!   `SET ... PX`, with no index to keep in step: retention is the native TTL, and purge and
+//!   <created_at> <fingerprint><outcome>`, so a claim of a new key is one `SET ... NX GET PX`
+//!   and a completion one `GET` and one `SET ... PX`, with no index to keep in step: retention is the native TTL, and purge and
 //!   stats walk the records with `SCAN`;
 //! - records an earlier version wrote as hashes (`s f t a c e o`, indexed in the scope's
 //!   sorted sets `x` and `c`) are still read, answered and replaced, so processes of both
@@ -38,6 +38,13 @@ local function head(v)
   local t_end = string.find(v, ' ', e_end + 1, true)
   return string.sub(v, 1, 1), string.sub(v, 3, e_end - 1), string.sub(v, e_end + 1, t_end - 1), t_end, e_end
 end
+-- The error of a command on a legacy hash (WRONGTYPE) is the answer 'a hash is there'; any other
+-- error is raised.
+local function hash_there(reply)
+  if type(reply) ~= 'table' then return false end
+  if not string.find(reply.err, 'WRONGTYPE', 1, true) then error(reply.err) end
+  return true
+end
 -- A legacy record hash, as a record string (false if there is none).
 local function legacy(rec)
   local h = redis.call('HMGET', rec, 's', 'e', 't', 'a', 'c', 'f', 'o')
@@ -49,7 +56,7 @@ end
 -- The record at rec as a string (false if none), and whether it is a legacy hash.
 local function read(rec)
   local v = redis.pcall('GET', rec)
-  if type(v) == 'table' then return legacy(rec), true end
+  if hash_there(v) then return legacy(rec), true end
   return v, false
 end
 -- Removes a legacy record and its entries in the legacy indexes.
@@ -60,14 +67,17 @@ local function drop_legacy(rec, expiry, completed, member)
 end
 -- Whether `token` holds the claim on rec: 'ok' and the record, else why not (check_holder's
 -- rule). A legacy hash is always another's: this version never writes one.
-local function holder(rec, token)
-  local v = redis.pcall('GET', rec)
-  if type(v) == 'table' then return 'taken' end
-  if not v then return 'missing' end
+local function held(v, token)
   local s, _, t, _, e_end = head(v)
   if t ~= token then return 'taken' end
   if s == 'd' then return 'done' end
   return 'ok', v, e_end
+end
+local function holder(rec, token)
+  local v = redis.pcall('GET', rec)
+  if hash_there(v) then return 'taken' end
+  if not v then return 'missing' end
+  return held(v, token)
 end
 local function set(rec, value, ttl)
   if ttl == '' then
@@ -95,22 +105,36 @@ local out = {}
 for i = 1, #KEYS - 2 do
   local rec = KEYS[2 + i]
   local base = 2 + 4 * (i - 1)
-  local v, old = read(rec)
-  local attempt = 1
-  if v then
+  local token, lease_until, ttl, fp = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+  -- The common case, a key not seen before, in one command: written unless a record is there,
+  -- which then comes back instead.
+  local v
+  if ttl == '' then
+    v = redis.pcall('SET', rec, 'p ' .. lease_until .. ' ' .. token .. ' 1 ' .. now .. ' ' .. fp, 'NX', 'GET')
+  else
+    v = redis.pcall('SET', rec, 'p ' .. lease_until .. ' ' .. token .. ' 1 ' .. now .. ' ' .. fp, 'NX', 'GET', 'PX', ttl)
+  end
+  local old = false
+  if hash_there(v) then v, old = legacy(rec), true end
+  if not v then
+    if old then
+      -- A hash with no state: nothing a claim could be answered with, so it is replaced.
+      drop_legacy(rec, KEYS[1], KEYS[2], string.sub(rec, plen + 1))
+      set(rec, 'p ' .. lease_until .. ' ' .. token .. ' 1 ' .. now .. ' ' .. fp, ttl)
+    end
+    out[i] = 1
+  else
     local _, e, _, t_end = head(v)
     if not lt(e, now) then
       out[i] = v
     else
       local a_end = string.find(v, ' ', t_end + 1, true)
-      attempt = math.min(tonumber(string.sub(v, t_end + 1, a_end - 1)) + 1, 4294967295)
+      local attempt = math.min(tonumber(string.sub(v, t_end + 1, a_end - 1)) + 1, 4294967295)
       if old then drop_legacy(rec, KEYS[1], KEYS[2], string.sub(rec, plen + 1)) end
+      local a = string.format('%d', attempt)
+      set(rec, 'p ' .. lease_until .. ' ' .. token .. ' ' .. a .. ' ' .. now .. ' ' .. fp, ttl)
+      out[i] = attempt
     end
-  end
-  if not out[i] then
-    local a = string.format('%d', attempt)
-    set(rec, 'p ' .. ARGV[base + 2] .. ' ' .. ARGV[base + 1] .. ' ' .. a .. ' ' .. now .. ' ' .. ARGV[base + 4], ARGV[base + 3])
-    out[i] = attempt
   end
 end
 return out
@@ -118,15 +142,44 @@ return out
 
 /// Completes a batch of held claims of one scope, in order: single completes too, coalesced.
 ///
-/// KEYS: the record of each item. ARGV per item: token, the completed record string, native
-/// TTL in ms (`''` = none). Answers per item `ok`, or why the claim is not held: `missing`,
-/// `taken` (another token), `done` (already completed). One item's answer does not stop the
-/// others.
+/// KEYS: the record of each item. ARGV: the native TTL's grace in ms (`''` = none) and its
+/// longest TTL, then per item: token, the completed record string, native TTL in ms (`''` =
+/// none). Answers per item `ok`, or why the claim is not held: `missing`, `taken` (another
+/// token), `done` (already completed). One item's answer does not stop the others.
+///
+/// A held claim is the common case, so the completed record is written first (`SET ... XX
+/// GET`: one command) and the record it replaced checked after. If the claim was not held,
+/// that record is put back as it was, with the native TTL it was written with (from its own
+/// times: no shorter than what it had left); no other client sees the step in between.
 const COMPLETE_MANY: &str = r#"
+local grace, longest = ARGV[1], tonumber(ARGV[2])
 local out = {}
 for i = 1, #KEYS do
-  out[i] = holder(KEYS[i], ARGV[3 * i - 2])
-  if out[i] == 'ok' then set(KEYS[i], ARGV[3 * i - 1], ARGV[3 * i]) end
+  local rec, base = KEYS[i], 3 * i
+  local v
+  if ARGV[base + 2] == '' then
+    v = redis.pcall('SET', rec, ARGV[base + 1], 'XX', 'GET')
+  else
+    v = redis.pcall('SET', rec, ARGV[base + 1], 'XX', 'GET', 'PX', ARGV[base + 2])
+  end
+  if hash_there(v) then
+    out[i] = 'taken'
+  elseif not v then
+    out[i] = 'missing'
+  else
+    out[i] = held(v, ARGV[base])
+    if out[i] ~= 'ok' then
+      local _, e, _, t_end = head(v)
+      local a_end = string.find(v, ' ', t_end + 1, true)
+      local c_end = string.find(v, ' ', a_end + 1, true)
+      local ttl = math.max(tonumber(e) - tonumber(string.sub(v, a_end + 1, c_end - 1)), 0)
+      if grace == '' or ttl + tonumber(grace) > longest then
+        redis.call('SET', rec, v)
+      else
+        redis.call('SET', rec, v, 'PX', string.format('%d', ttl + tonumber(grace)))
+      end
+    end
+  end
 end
 return out
 "#;

@@ -297,6 +297,8 @@ impl RedisStore {
         items: &[Completion],
     ) -> Result<Vec<Result<()>>> {
         let mut call = COMPLETE_MANY_SCRIPT.prepare_invoke();
+        call.arg(self.ttl_grace_ms.map_or(String::new(), |g| g.to_string()))
+            .arg(MAX_NATIVE_TTL_MS.to_string());
         for &i in idx {
             let Completion {
                 claim,

@@ -113,6 +113,20 @@ async fn native_expiry_is_relative_to_the_callers_clock_plus_grace() {
         (week + grace - 5_000..=week + grace).contains(&ttl),
         "{ttl}"
     );
+    // A completion that is refused (done already) leaves the record and its TTL as they were.
+    assert!(
+        store
+            .complete(&claim, b"again", Timestamp::from_millis(2_000))
+            .await
+            .is_err()
+    );
+    let ttl = pttl(&record_key(&prefix, "s", "k")).await;
+    assert!(
+        (week + grace - 5_000..=week + grace).contains(&ttl),
+        "{ttl}"
+    );
+    let rec = store.get(&claim.scope, &claim.key).await.unwrap().unwrap();
+    assert_eq!(rec.outcome(), Some(&b"ok"[..]));
 
     // With the backstop off, records carry no TTL at all.
     let (prefix, store) = open_fresh("&ttl_grace=off").await;
@@ -654,6 +668,32 @@ async fn records_an_earlier_version_wrote_as_hashes_are_answered_replaced_and_pu
     assert_eq!((stats.records, stats.completed), (2, 2));
     let rec = store.get(&scope, &key("stale")).await.unwrap().unwrap();
     assert_eq!(rec.outcome(), Some(&b"shipped"[..]));
+
+    // A claim of this version whose key an earlier version took over (after the record
+    // vanished) is lost, and the hash is left as it was.
+    let mine = match store
+        .claim(&request("s", "late", lease), now)
+        .await
+        .unwrap()
+    {
+        ClaimOutcome::New(c) => c,
+        other => panic!("expected New, got {other:?}"),
+    };
+    redis::cmd("DEL")
+        .arg(record_key(&prefix, "s", "late"))
+        .query_async::<()>(&mut raw().await)
+        .await
+        .unwrap();
+    write_legacy(&prefix, "late", &running).await;
+    match store
+        .complete(&mine, b"x", Timestamp::from_millis(2_000_000))
+        .await
+    {
+        Err(Error::ClaimLost { reason, .. }) => assert_eq!(reason, LostReason::TakenOver),
+        other => panic!("expected TakenOver, got {other:?}"),
+    }
+    let theirs = store.get(&scope, &key("late")).await.unwrap().unwrap();
+    assert_eq!((theirs.token, theirs.outcome()), (5, None));
 }
 
 /// Purge and stats find records by a `SCAN` pattern: a prefix or scope with glob characters
