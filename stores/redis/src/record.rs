@@ -14,7 +14,7 @@
 use oncely_core::{Claim, Fingerprint, Key, Record, RecordState, Scope, Timestamp};
 
 /// How a request's fingerprint is written into a record: `-` or `F` and its bytes.
-pub(crate) fn fingerprint_part(fingerprint: Option<&Fingerprint>) -> Vec<u8> {
+fn fingerprint_part(fingerprint: Option<&Fingerprint>) -> Vec<u8> {
     match fingerprint {
         None => b"-".to_vec(),
         Some(f) => {
@@ -24,6 +24,25 @@ pub(crate) fn fingerprint_part(fingerprint: Option<&Fingerprint>) -> Vec<u8> {
             part
         }
     }
+}
+
+/// The record a first attempt at a claim writes: in progress until `lease_until`. The claim
+/// script writes it as is for a new key, and with the next attempt's number for an expired one.
+pub(crate) fn first_claim(
+    lease_until: Timestamp,
+    token: u64,
+    now: Timestamp,
+    fingerprint: Option<&Fingerprint>,
+) -> Vec<u8> {
+    let mut value = format!(
+        "p {} {} 1 {} ",
+        lease_until.as_millis(),
+        token,
+        now.as_millis()
+    )
+    .into_bytes();
+    value.extend_from_slice(&fingerprint_part(fingerprint));
+    value
 }
 
 /// The record `claim` leaves once completed with `outcome`, kept until `expires_at`.

@@ -91,8 +91,9 @@ end
 /// Claims a batch of one scope, in order.
 ///
 /// KEYS: the scope's legacy expiry and completed indexes, then the record of each request.
-/// ARGV: now, the length of the scope's record-key prefix, then per request: token,
-/// lease_until, native TTL in ms (`''` = none), fingerprint part (`F` and 32 bytes, or `-`).
+/// ARGV: now, the length of the scope's record-key prefix, then per request: the record a
+/// first attempt writes (built by the client, so the common case concatenates nothing here)
+/// and its native TTL in ms (`''` = none).
 ///
 /// Answers one value per request: a live record (`expires_at >= now`) is left alone and
 /// answered as its string, for the caller to turn into Duplicate / InProgress / Conflict by the
@@ -103,24 +104,22 @@ const CLAIM: &str = r#"
 local now, plen = ARGV[1], tonumber(ARGV[2])
 local out = {}
 for i = 1, #KEYS - 2 do
-  local rec = KEYS[2 + i]
-  local base = 2 + 4 * (i - 1)
-  local token, lease_until, ttl, fp = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+  local rec, first, ttl = KEYS[2 + i], ARGV[1 + 2 * i], ARGV[2 + 2 * i]
   -- The common case, a key not seen before, in one command: written unless a record is there,
   -- which then comes back instead.
   local v
   if ttl == '' then
-    v = redis.pcall('SET', rec, 'p ' .. lease_until .. ' ' .. token .. ' 1 ' .. now .. ' ' .. fp, 'NX', 'GET')
+    v = redis.pcall('SET', rec, first, 'NX', 'GET')
   else
-    v = redis.pcall('SET', rec, 'p ' .. lease_until .. ' ' .. token .. ' 1 ' .. now .. ' ' .. fp, 'NX', 'GET', 'PX', ttl)
+    v = redis.pcall('SET', rec, first, 'NX', 'GET', 'PX', ttl)
   end
   local old = false
   if hash_there(v) then v, old = legacy(rec), true end
   if not v then
     if old then
-      -- A hash with no state: nothing a claim could be answered with, so it is replaced.
+      -- A hash with no state: nothing to answer with, so it is replaced like an absent record.
       drop_legacy(rec, KEYS[1], KEYS[2], string.sub(rec, plen + 1))
-      set(rec, 'p ' .. lease_until .. ' ' .. token .. ' 1 ' .. now .. ' ' .. fp, ttl)
+      set(rec, first, ttl)
     end
     out[i] = 1
   else
@@ -131,8 +130,8 @@ for i = 1, #KEYS - 2 do
       local a_end = string.find(v, ' ', t_end + 1, true)
       local attempt = math.min(tonumber(string.sub(v, t_end + 1, a_end - 1)) + 1, 4294967295)
       if old then drop_legacy(rec, KEYS[1], KEYS[2], string.sub(rec, plen + 1)) end
-      local a = string.format('%d', attempt)
-      set(rec, 'p ' .. lease_until .. ' ' .. token .. ' ' .. a .. ' ' .. now .. ' ' .. fp, ttl)
+      local _, _, _, f_end = head(first)
+      set(rec, string.sub(first, 1, f_end) .. string.format('%d', attempt) .. string.sub(first, f_end + 2), ttl)
       out[i] = attempt
     end
   end

@@ -267,10 +267,13 @@ impl RedisStore {
             let req = &requests[i];
             let lease_until = now.saturating_add(req.lease);
             call.key(self.layout.record(scope, &req.key))
-                .arg(req.token.to_string())
-                .arg(lease_until.as_millis().to_string())
-                .arg(self.native_ttl(lease_until.as_millis() as i128 - now.as_millis() as i128))
-                .arg(record::fingerprint_part(req.fingerprint.as_ref()));
+                .arg(record::first_claim(
+                    lease_until,
+                    req.token,
+                    now,
+                    req.fingerprint.as_ref(),
+                ))
+                .arg(self.native_ttl(lease_until.as_millis() as i128 - now.as_millis() as i128));
         }
         let reply: Vec<Value> = call
             .invoke_async(&mut self.conn.clone())
