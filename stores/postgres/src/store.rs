@@ -112,6 +112,19 @@ impl PostgresStore {
             .close()
             .await
             .map_err(unavailable)?;
+        // A cached generic plan is costed on the table as it was when the statement was first
+        // prepared: on a new (empty) table, a seq scan and a hash join, kept as the table grows
+        // until autovacuum's next ANALYZE (every batch then reads every row). The batches'
+        // array sizes vary too, so plan each execution for its own arguments instead; a user's
+        // own `plan_cache_mode` in the URL's `options` wins.
+        let options = if options
+            .get_options()
+            .is_some_and(|o| o.contains("plan_cache_mode"))
+        {
+            options
+        } else {
+            options.options([("plan_cache_mode", "force_custom_plan")])
+        };
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
