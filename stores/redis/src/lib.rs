@@ -31,10 +31,12 @@
 //! - **Your clock, not Redis's.** Stores never read a clock: lease and retention are decided
 //!   against the `now` the caller passes. Redis's own expiry is only a memory backstop (see
 //!   *Expiry* below).
-//! - **Purge and stats walk the records.** They `SCAN` each scope's records (on a cluster, on
-//!   the node of the scope's slot), 128 keys a step, so they never block claims for long. They
-//!   read every record of the scope, so they take time in proportion to the store's size, and
-//!   a record may be counted twice if Redis resizes its table during the walk.
+//! - **Purge and stats walk the records.** For each scope they `SCAN` the server (on a
+//!   cluster, the node of the scope's slot) for that scope's records, 128 keys a step, so they
+//!   never block claims for long. A walk visits every key on that server, so it takes time in
+//!   proportion to the server's size, once per scope; and a record may be counted twice if
+//!   Redis resizes its table during the walk. Memory does not wait for purge: the native TTL
+//!   (below) removes expired records by itself.
 //!
 //! ## Upgrading from the hash records
 //!
