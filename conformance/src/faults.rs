@@ -194,11 +194,13 @@ impl MariaDbServer {
         let mut server = MariaDbServer {
             own: OwnServer::new("mariadb"),
         };
+        std::fs::create_dir_all(server.tmp()).expect("the server's temporary directory");
         run_to_end(
             "mariadb-install-db (Debian: apt-get install mariadb-server)",
             Command::new("mariadb-install-db")
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", server.data().display()))
+                .arg(format!("--tmpdir={}", server.tmp().display()))
                 .args([
                     "--user=root",
                     "--auth-root-authentication-method=normal",
@@ -215,6 +217,13 @@ impl MariaDbServer {
 
     fn data(&self) -> PathBuf {
         self.own.base.join("data")
+    }
+
+    /// The server's own temporary directory: a starting `mariadbd` removes every `#sql*` file
+    /// in its tmpdir, so servers sharing `/tmp` delete each other's temporary tables (seen:
+    /// `mariadb-install-db` failing with "Error on delete of '/tmp/#sql-temptable-...'").
+    fn tmp(&self) -> PathBuf {
+        self.own.base.join("tmp")
     }
 
     fn client(&self) -> Command {
@@ -248,6 +257,7 @@ impl Restartable for MariaDbServer {
         command
             .arg("--no-defaults")
             .arg(format!("--datadir={}", self.data().display()))
+            .arg(format!("--tmpdir={}", self.tmp().display()))
             .arg(format!("--port={}", self.own.port))
             .arg(format!("--socket={}", base.join("sock").display()))
             .arg(format!("--pid-file={}", base.join("pid").display()))

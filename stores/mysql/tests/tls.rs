@@ -26,10 +26,15 @@ use sqlx::Connection;
 /// A `mariadbd` with TLS required, its data in `dir`; it lives as long as the value.
 fn start_mariadb(dir: &Path, port: u16) -> TestServer {
     let data = dir.join("data");
+    // Its own tmpdir: a starting mariadbd removes every `#sql*` file in its tmpdir, other
+    // servers' temporary tables too.
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
     let install = Command::new("mariadb-install-db")
         .args(["--no-defaults", "--auth-root-authentication-method=normal"])
         .args(["--skip-test-db", "--user=root"])
         .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--tmpdir={}", tmp.display()))
         .output()
         .expect("mariadb-install-db on PATH");
     assert!(
@@ -42,6 +47,7 @@ fn start_mariadb(dir: &Path, port: u16) -> TestServer {
     server
         .arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--tmpdir={}", tmp.display()))
         .arg(format!("--socket={}", file("mariadb.sock")))
         .arg(format!("--port={port}"))
         .args(["--bind-address=127.0.0.1", "--user=root"])
