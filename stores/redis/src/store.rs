@@ -56,6 +56,10 @@ pub struct RedisStore {
     /// Scopes this process registered, and when: a claim adds its scope once per
     /// [`REREGISTER_AFTER`], so a registry lost to a `FLUSHDB` or a failover is soon whole again.
     known_scopes: Mutex<HashMap<Scope, Instant>>,
+    /// Per scope, where the last purge's walk stopped, so the next goes on from there: purge is
+    /// called for a small batch at a time, and starting each walk over would pass the same
+    /// live records again and again.
+    purge_cursors: Mutex<HashMap<String, u64>>,
     /// Concurrent single claims and completes go to the server as one script per scope and batch.
     group: GroupCommit,
 }
@@ -100,6 +104,7 @@ impl RedisStore {
             group: GroupCommit::new(&opts.shown, BATCHES_IN_FLIGHT, DEFAULT_MAX_BATCH),
             url: opts.shown,
             known_scopes: Mutex::new(HashMap::new()),
+            purge_cursors: Mutex::new(HashMap::new()),
         })
     }
 
@@ -224,14 +229,29 @@ impl RedisStore {
         Ok(seen.into_iter().collect())
     }
 
-    /// Starts a walk over one scope's record keys (see [`RecordWalk`]).
-    async fn walk(&self, scope: &str) -> Result<RecordWalk> {
+    /// Starts a walk over one scope's record keys (see [`RecordWalk`]) at cursor `from`; one
+    /// that starts midway goes round once more from the start, so it covers every key.
+    async fn walk(&self, scope: &str, from: u64) -> Result<RecordWalk> {
         let records = self.layout.records(scope);
         Ok(RecordWalk {
             node: self.conn.node_of(&records).await.map_err(|e| self.err(e))?,
             pattern: self.layout.records_pattern(scope),
-            cursor: Some(0),
+            cursor: Some(from),
+            page_start: from,
+            wrap: from != 0,
         })
+    }
+
+    /// Where the next purge walk of `scope` starts; `Some(cursor)` also saves that.
+    fn purge_cursor(&self, scope: &str, save: Option<u64>) -> u64 {
+        let mut cursors = self.purge_cursors.lock().expect("purge cursors");
+        match save {
+            Some(cursor) => {
+                cursors.insert(scope.to_owned(), cursor);
+                cursor
+            }
+            None => cursors.get(scope).copied().unwrap_or(0),
+        }
     }
 
     /// The next non-empty page of a walk; `None` once it has covered every key.
@@ -242,7 +262,15 @@ impl RedisStore {
                 .scan_strings(walk.node, cursor, &walk.pattern, PURGE_BATCH)
                 .await
                 .map_err(|e| self.err(e))?;
-            walk.cursor = (next != 0).then_some(next);
+            walk.page_start = cursor;
+            walk.cursor = if next != 0 {
+                Some(next)
+            } else if walk.wrap {
+                walk.wrap = false;
+                Some(0)
+            } else {
+                None
+            };
             if !page.is_empty() {
                 return Ok(Some(page));
             }
@@ -401,6 +429,10 @@ struct RecordWalk {
     pattern: String,
     /// Where the next page starts; `None` once the walk is over.
     cursor: Option<u64>,
+    /// Where the page last returned started.
+    page_start: u64,
+    /// Whether to go round once more from cursor 0 at the end (a walk that started midway).
+    wrap: bool,
 }
 
 /// Indexes grouped by scope, scopes in first-seen order, each group in the given order.
@@ -565,12 +597,15 @@ impl Store for RedisStore {
                     break;
                 }
             }
-            let mut walk = self.walk(&scope).await?;
+            let from = self.purge_cursor(&scope, None);
+            let mut walk = self.walk(&scope, from).await?;
             while let Some(page) = self.next_page(&mut walk).await? {
                 let mut rest = &page[..];
                 while !rest.is_empty() {
                     let want = (limit - purged).min(PURGE_BATCH);
                     if want == 0 {
+                        // This page is not done: the next purge starts with it again.
+                        self.purge_cursor(&scope, Some(walk.page_start));
                         return Ok(purged);
                     }
                     let (these, later) = rest.split_at(want.min(rest.len()));
@@ -584,6 +619,7 @@ impl Store for RedisStore {
                     rest = later;
                 }
             }
+            self.purge_cursor(&scope, Some(0));
         }
         Ok(purged)
     }
@@ -616,7 +652,7 @@ impl Store for RedisStore {
                     .await
                     .map_err(|e| self.err(e))?,
             );
-            let mut walk = self.walk(&scope).await?;
+            let mut walk = self.walk(&scope, 0).await?;
             while let Some(page) = self.next_page(&mut walk).await? {
                 for these in page.chunks(PURGE_BATCH) {
                     count(
