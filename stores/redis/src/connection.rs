@@ -127,26 +127,42 @@ impl Connection {
     }
 }
 
-/// The node a scope's keys live on: on a cluster, the primary of their slot (every key of a
-/// scope shares one); a single server holds them all. A `SCAN` cursor is only valid on the node
-/// that gave it, so a walk keeps to one.
-#[derive(Clone, Copy)]
-pub(crate) struct Node(Option<Route>);
+/// One node to walk with `SCAN`: on a cluster, the primary that serves a slot (named by that
+/// slot); a single server holds every key. A `SCAN` cursor is only valid on the node that gave
+/// it, so a walk keeps to one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Node(Option<u16>);
 
 impl Connection {
-    /// The node that holds `key`.
-    pub(crate) async fn node_of(&self, key: &str) -> Result<Node, RedisError> {
-        match self {
-            Connection::Single(_) => Ok(Node(None)),
-            Connection::Cluster(_) => {
-                let slot: u16 = redis::cmd("CLUSTER")
-                    .arg("KEYSLOT")
-                    .arg(key)
-                    .query_async(&mut self.clone())
-                    .await?;
-                Ok(Node(Some(Route::new(slot, SlotAddr::Master))))
-            }
+    /// Every node that holds keys: the server, or each primary of the cluster (named by the
+    /// first slot it serves).
+    pub(crate) async fn nodes(&self) -> Result<Vec<Node>, RedisError> {
+        if let Connection::Single(_) = self {
+            return Ok(vec![Node(None)]);
         }
+        // Each entry: start slot, end slot, then the primary as [host, port, ...], replicas.
+        let ranges: Vec<Vec<Value>> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut self.clone())
+            .await?;
+        let mut first_slot: std::collections::BTreeMap<(String, u16), u16> = Default::default();
+        for range in ranges {
+            let (Some(start), Some(primary)) = (range.first(), range.get(2)) else {
+                continue;
+            };
+            let start: u16 = redis::from_redis_value(start.clone())?;
+            let primary: Vec<Value> = redis::from_redis_value(primary.clone())?;
+            let (Some(host), Some(port)) = (primary.first(), primary.get(1)) else {
+                continue;
+            };
+            let at = (
+                redis::from_redis_value::<String>(host.clone())?,
+                redis::from_redis_value::<u16>(port.clone())?,
+            );
+            let slot = first_slot.entry(at).or_insert(start);
+            *slot = (*slot).min(start);
+        }
+        Ok(first_slot.into_values().map(|s| Node(Some(s))).collect())
     }
 
     /// One page of `SCAN` on `node`: the string keys matching `pattern` from `cursor` on, and
@@ -167,7 +183,8 @@ impl Connection {
             .arg("TYPE")
             .arg("string");
         match (self, node.0) {
-            (Connection::Cluster(c), Some(route)) => {
+            (Connection::Cluster(c), Some(slot)) => {
+                let route = Route::new(slot, SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
                 let page = c.clone().route_command(scan, routing).await?;
                 Ok(redis::from_redis_value(page)?)

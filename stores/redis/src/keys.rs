@@ -51,17 +51,22 @@ impl Layout {
         self.tagged(scope) + ":r:"
     }
 
-    /// A `SCAN` pattern matching every record key of a scope, and nothing else.
-    pub fn records_pattern(&self, scope: &str) -> String {
-        let mut out = String::new();
-        for ch in self.records(scope).chars() {
-            if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
-                out.push('\\');
-            }
-            out.push(ch);
-        }
-        out.push('*');
-        out
+    /// A `SCAN` pattern matching every record key of every scope under this prefix, and some
+    /// other keys of theirs too: [`scope_of_record`](Self::scope_of_record) tells them apart.
+    pub fn all_records_pattern(&self) -> String {
+        glob_escaped(&self.prefix) + ":{*"
+    }
+
+    /// The escaped scope (the hash tag) of a record key of this prefix; `None` for any other
+    /// key. Exact, since an escaped scope holds no `}`: the tag ends at the first one.
+    pub fn scope_of_record<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
+        let rest = key
+            .strip_prefix(self.prefix.as_bytes())?
+            .strip_prefix(b":{")?;
+        let close = rest.iter().position(|&b| b == b'}')?;
+        rest[close + 1..]
+            .starts_with(b":r:")
+            .then_some(&rest[..close])
     }
 
     pub fn record(&self, scope: &Scope, key: &Key) -> String {
@@ -86,6 +91,18 @@ impl Layout {
     pub fn registry(&self) -> String {
         format!("{}:scopes", self.prefix)
     }
+}
+
+/// `text` matching only itself in a `SCAN` pattern.
+fn glob_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -113,6 +130,28 @@ mod tests {
             assert_eq!(hash_tag(&other), tag);
         }
         assert_eq!(layout.record(&scope, &key), "app:{ten%7Dant%7Bx%25}:r:{k}");
+    }
+
+    #[test]
+    fn only_record_keys_of_the_prefix_have_a_record_scope() {
+        let layout = Layout::new("app");
+        let scope = Scope::new("ten}ant").unwrap();
+        let key = Key::new("k}:r:x").unwrap();
+        let record = layout.record(&scope, &key);
+        assert_eq!(
+            layout.scope_of_record(record.as_bytes()),
+            Some(&b"ten%7Dant"[..])
+        );
+        for other in [
+            layout.version(&scope, &key),
+            layout.expiry_index(scope.as_str()),
+            layout.registry(),
+            Layout::new("ap").record(&scope, &key),
+            Layout::new("app:x").record(&scope, &key),
+        ] {
+            assert_eq!(layout.scope_of_record(other.as_bytes()), None, "{other}");
+        }
+        assert_eq!(Layout::new("a*[").all_records_pattern(), "a\\*\\[:{*");
     }
 
     #[test]

@@ -31,10 +31,11 @@
 //! - **Your clock, not Redis's.** Stores never read a clock: lease and retention are decided
 //!   against the `now` the caller passes. Redis's own expiry is only a memory backstop (see
 //!   *Expiry* below).
-//! - **Purge and stats walk the records.** For each scope they `SCAN` the server (on a
-//!   cluster, the node of the scope's slot) for that scope's records, 128 keys a step, so they
-//!   never block claims for long. A walk visits every key on that server, so it takes time in
-//!   proportion to the server's size, once per scope; and a record may be counted twice if
+//! - **Purge and stats walk the records.** They `SCAN` the server (on a cluster, each
+//!   primary) for the records of every scope under the prefix, 128 keys a step, so they never
+//!   block claims for long. A walk visits every key on that server, so it takes time in
+//!   proportion to the server's size; a purge goes on where the last one stopped, so purging
+//!   in small batches walks the server about once in all. A record may be counted twice if
 //!   Redis resizes its table during the walk. Memory does not wait for purge: the native TTL
 //!   (below) removes expired records by itself.
 //!

@@ -56,10 +56,10 @@ pub struct RedisStore {
     /// Scopes this process registered, and when: a claim adds its scope once per
     /// [`REREGISTER_AFTER`], so a registry lost to a `FLUSHDB` or a failover is soon whole again.
     known_scopes: Mutex<HashMap<Scope, Instant>>,
-    /// Per scope, where the last purge's walk stopped, so the next goes on from there: purge is
+    /// Per node, where the last purge's walk stopped, so the next goes on from there: purge is
     /// called for a small batch at a time, and starting each walk over would pass the same
     /// live records again and again.
-    purge_cursors: Mutex<HashMap<String, u64>>,
+    purge_cursors: Mutex<HashMap<Node, u64>>,
     /// Concurrent single claims and completes go to the server as one script per scope and batch.
     group: GroupCommit,
 }
@@ -229,37 +229,27 @@ impl RedisStore {
         Ok(seen.into_iter().collect())
     }
 
-    /// Starts a walk over one scope's record keys (see [`RecordWalk`]) at cursor `from`; one
-    /// that starts midway goes round once more from the start, so it covers every key.
-    async fn walk(&self, scope: &str, from: u64) -> Result<RecordWalk> {
-        let records = self.layout.records(scope);
-        Ok(RecordWalk {
-            node: self.conn.node_of(&records).await.map_err(|e| self.err(e))?,
-            pattern: self.layout.records_pattern(scope),
-            cursor: Some(from),
-            page_start: from,
-            wrap: from != 0,
-        })
-    }
-
-    /// Where the next purge walk of `scope` starts; `Some(cursor)` also saves that.
-    fn purge_cursor(&self, scope: &str, save: Option<u64>) -> u64 {
+    /// Where the next purge walk of `node` starts; `Some(cursor)` also saves that.
+    fn purge_cursor(&self, node: Node, save: Option<u64>) -> u64 {
         let mut cursors = self.purge_cursors.lock().expect("purge cursors");
         match save {
             Some(cursor) => {
-                cursors.insert(scope.to_owned(), cursor);
+                cursors.insert(node, cursor);
                 cursor
             }
-            None => cursors.get(scope).copied().unwrap_or(0),
+            None => cursors.get(&node).copied().unwrap_or(0),
         }
     }
 
-    /// The next non-empty page of a walk; `None` once it has covered every key.
-    async fn next_page(&self, walk: &mut RecordWalk) -> Result<Option<Vec<Vec<u8>>>> {
+    /// The next page of a walk with a record in it, as groups that one script call may take
+    /// (on a cluster, one per scope, since a script's keys must share a slot); `None` once the
+    /// walk has covered every key.
+    async fn next_page(&self, walk: &mut RecordWalk) -> Result<Option<Vec<Vec<Vec<u8>>>>> {
+        let pattern = self.layout.all_records_pattern();
         while let Some(cursor) = walk.cursor {
             let (next, page) = self
                 .conn
-                .scan_strings(walk.node, cursor, &walk.pattern, PURGE_BATCH)
+                .scan_strings(walk.node, cursor, &pattern, PURGE_BATCH)
                 .await
                 .map_err(|e| self.err(e))?;
             walk.page_start = cursor;
@@ -271,8 +261,21 @@ impl RedisStore {
             } else {
                 None
             };
-            if !page.is_empty() {
-                return Ok(Some(page));
+            let mut groups: Vec<Vec<Vec<u8>>> = Vec::new();
+            let mut group_of: HashMap<Vec<u8>, usize> = HashMap::new();
+            for key in page {
+                let Some(scope) = self.layout.scope_of_record(&key) else {
+                    continue;
+                };
+                let tag = if self.is_cluster() { scope } else { &[][..] };
+                let g = *group_of.entry(tag.to_vec()).or_insert_with(|| {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                });
+                groups[g].push(key);
+            }
+            if !groups.is_empty() {
+                return Ok(Some(groups));
             }
         }
         Ok(None)
@@ -421,18 +424,31 @@ impl RedisStore {
     }
 }
 
-/// A walk over one scope's record keys with `SCAN`, on the node that holds them. `SCAN` returns
-/// every key present for the whole walk at least once; one may come twice if Redis resizes its
-/// table meanwhile, so purge and stats are exact only on a keyspace that holds still.
+/// A walk with `SCAN` over the record keys of every scope on one node: purge and stats walk
+/// each node once, whatever the number of scopes. `SCAN` returns every key present for the
+/// whole walk at least once; one may come twice if Redis resizes its table meanwhile, so purge
+/// and stats are exact only on a keyspace that holds still.
 struct RecordWalk {
     node: Node,
-    pattern: String,
     /// Where the next page starts; `None` once the walk is over.
     cursor: Option<u64>,
     /// Where the page last returned started.
     page_start: u64,
     /// Whether to go round once more from cursor 0 at the end (a walk that started midway).
     wrap: bool,
+}
+
+impl RecordWalk {
+    /// A walk of `node` from cursor `from`; one that starts midway goes round once more from
+    /// the start, so it covers every key.
+    fn new(node: Node, from: u64) -> Self {
+        RecordWalk {
+            node,
+            cursor: Some(from),
+            page_start: from,
+            wrap: from != 0,
+        }
+    }
 }
 
 /// Indexes grouped by scope, scopes in first-seen order, each group in the given order.
@@ -597,29 +613,32 @@ impl Store for RedisStore {
                     break;
                 }
             }
-            let from = self.purge_cursor(&scope, None);
-            let mut walk = self.walk(&scope, from).await?;
-            while let Some(page) = self.next_page(&mut walk).await? {
-                let mut rest = &page[..];
-                while !rest.is_empty() {
-                    let want = (limit - purged).min(PURGE_BATCH);
-                    if want == 0 {
-                        // This page is not done: the next purge starts with it again.
-                        self.purge_cursor(&scope, Some(walk.page_start));
-                        return Ok(purged);
+        }
+        for node in self.conn.nodes().await.map_err(|e| self.err(e))? {
+            let mut walk = RecordWalk::new(node, self.purge_cursor(node, None));
+            while let Some(groups) = self.next_page(&mut walk).await? {
+                for group in groups {
+                    let mut rest = &group[..];
+                    while !rest.is_empty() {
+                        let want = (limit - purged).min(PURGE_BATCH);
+                        if want == 0 {
+                            // This page is not done: the next purge starts with it again.
+                            self.purge_cursor(node, Some(walk.page_start));
+                            return Ok(purged);
+                        }
+                        let (these, later) = rest.split_at(want.min(rest.len()));
+                        let removed: usize = PURGE_SCRIPT
+                            .key(these)
+                            .arg(&before)
+                            .invoke_async(&mut self.conn.clone())
+                            .await
+                            .map_err(|e| self.err(e))?;
+                        purged += removed;
+                        rest = later;
                     }
-                    let (these, later) = rest.split_at(want.min(rest.len()));
-                    let removed: usize = PURGE_SCRIPT
-                        .key(these)
-                        .arg(&before)
-                        .invoke_async(&mut self.conn.clone())
-                        .await
-                        .map_err(|e| self.err(e))?;
-                    purged += removed;
-                    rest = later;
                 }
             }
-            self.purge_cursor(&scope, Some(0));
+            self.purge_cursor(node, Some(0));
         }
         Ok(purged)
     }
@@ -652,12 +671,14 @@ impl Store for RedisStore {
                     .await
                     .map_err(|e| self.err(e))?,
             );
-            let mut walk = self.walk(&scope, 0).await?;
-            while let Some(page) = self.next_page(&mut walk).await? {
-                for these in page.chunks(PURGE_BATCH) {
+        }
+        for node in self.conn.nodes().await.map_err(|e| self.err(e))? {
+            let mut walk = RecordWalk::new(node, 0);
+            while let Some(groups) = self.next_page(&mut walk).await? {
+                for group in groups {
                     count(
                         STATS_SCRIPT
-                            .key(these)
+                            .key(group)
                             .arg(&now_arg)
                             .invoke_async(&mut self.conn.clone())
                             .await
