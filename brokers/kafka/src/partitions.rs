@@ -139,6 +139,23 @@ impl Partitions {
         }
     }
 
+    /// `partition` starts at `offset`, the one stored with the effects: everything before it is
+    /// done, so it is committed to Kafka too, even if nothing after it comes. Otherwise a group
+    /// whose last commits were lost (a broker restart) would show that lag until new messages
+    /// come. Nothing changes for a partition already past it.
+    pub(crate) fn started_at(&self, partition: i32, offset: i64) {
+        let mut state = self.lock();
+        if let Some(part) = state.parts.get_mut(&partition)
+            && part.marked.is_none_or(|m| offset > m)
+            && part.queue.is_empty()
+            && part.in_flight.is_empty()
+            && part.settled_up_to.is_none()
+        {
+            part.marked = Some(offset);
+            part.to_commit = Some(offset);
+        }
+    }
+
     /// A fetched message. Answers true when its partition now has too many queued, and is to
     /// be paused. A message of a partition not held (revoked meanwhile) is dropped: its new owner
     /// reads it from the committed offset.
@@ -443,6 +460,29 @@ mod tests {
         assert_eq!(p.to_commit(), vec![], "2 is still in flight");
         assert!(p.ack(0, generation, 2));
         assert_eq!(p.to_commit(), vec![(0, 4)], "all settled");
+    }
+
+    #[test]
+    fn a_stored_start_is_committed_before_anything_comes_and_never_moves_a_partition_back() {
+        let p = Partitions::new(Order::Partition);
+        p.assign(&[0, 1]);
+        p.started_at(0, 40);
+        assert_eq!(
+            p.to_commit(),
+            vec![(0, 40)],
+            "done before 40, though nothing came"
+        );
+        p.push(0, 40, message(40));
+        assert_eq!(ready(&p).offset, 40);
+        assert!(p.ack(0, 1, 40));
+        assert_eq!(p.to_commit(), vec![(0, 41)]);
+        p.started_at(0, 30);
+        p.started_at(0, 50);
+        assert_eq!(
+            p.to_commit(),
+            vec![],
+            "a partition with progress keeps its own"
+        );
     }
 
     #[test]

@@ -291,8 +291,11 @@ impl ConsumerContext for GroupContext {
         );
         let outcome = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.start_at_stored_offsets(tpl, &topic);
+                let stored = self.start_at_stored_offsets(tpl, &topic);
                 self.shared.partitions.assign(&partitions);
+                for (partition, offset) in stored {
+                    self.shared.partitions.started_at(partition, offset);
+                }
                 tracing::debug!(?partitions, "partitions assigned");
                 let assigned = if cooperative {
                     consumer.incremental_assign(tpl)
@@ -356,10 +359,16 @@ impl ConsumerContext for GroupContext {
 }
 
 impl GroupContext {
-    /// Sets each assigned partition's start to the offset the store holds for it, if any.
-    fn start_at_stored_offsets(&self, tpl: &mut TopicPartitionList, topic: &str) {
+    /// Sets each assigned partition's start to the offset the store holds for it, if any, and
+    /// answers those set.
+    fn start_at_stored_offsets(
+        &self,
+        tpl: &mut TopicPartitionList,
+        topic: &str,
+    ) -> Vec<(i32, i64)> {
+        let mut started = Vec::new();
         let Some(store) = self.offsets.clone() else {
-            return;
+            return started;
         };
         let (group, owned_topic) = (self.shared.options.group.clone(), topic.to_owned());
         // Run on the caller's runtime; this thread waits (it is not one of the runtime's).
@@ -370,11 +379,13 @@ impl GroupContext {
         match rx.recv_timeout(SETUP_TIMEOUT) {
             Ok(Ok(stored)) => {
                 for (partition, offset) in stored {
-                    if tpl.find_partition(topic, partition).is_some()
-                        && let Err(error) =
-                            tpl.set_partition_offset(topic, partition, Offset::Offset(offset))
-                    {
-                        tracing::warn!(%error, partition, "could not start at the stored offset");
+                    if tpl.find_partition(topic, partition).is_none() {
+                        continue;
+                    }
+                    match tpl.set_partition_offset(topic, partition, Offset::Offset(offset)) {
+                        Ok(()) => started.push((partition, offset)),
+                        Err(error) => tracing::warn!(%error, partition,
+                            "could not start at the stored offset"),
                     }
                 }
             }
@@ -385,6 +396,7 @@ impl GroupContext {
                 "reading the stored offsets timed out; starting at the group's committed offsets"
             ),
         }
+        started
     }
 }
 

@@ -430,6 +430,14 @@ fn main() {
             },
         ),
         trial(
+            "an_offset_stored_with_the_effects_is_committed_to_kafka_with_nothing_after_it",
+            |kafka| {
+                Box::pin(an_offset_stored_with_the_effects_is_committed_to_kafka(
+                    kafka,
+                ))
+            },
+        ),
+        trial(
             "a_partition_paused_when_full_resumes_after_rebalances",
             |kafka| Box::pin(a_partition_paused_when_full_resumes_after_rebalances(kafka)),
         ),
@@ -749,6 +757,40 @@ async fn a_partition_starts_at_the_offset_stored_with_the_effects(kafka: Kafka) 
         vec![7, 8, 9],
         "started after the stored offset"
     );
+}
+
+/// A consumer with its offsets in PostgreSQL, whose group's commits to Kafka were lost (a
+/// broker restart, say) after the effects and their offsets committed: it commits the stored
+/// offset to Kafka when the partition is assigned, though no message comes after it. Else the
+/// group's lag would show messages already done until new ones come.
+async fn an_offset_stored_with_the_effects_is_committed_to_kafka(kafka: Kafka) {
+    let topic = kafka.channel("stored_offsets_committed").await.unwrap();
+    for _ in 0..10 {
+        topic.produce_to(1, OwnedHeaders::new()).await;
+    }
+    assert_eq!(topic.unsettled().await.unwrap(), 10);
+    let postgres =
+        oncely_conformance::servers::postgres_url("oncely_kafka_stored_offsets_committed").await;
+    let offsets = PostgresOffsets::connect(&postgres).await.unwrap();
+    let pool = oncely_postgres::sqlx::PgPool::connect(&postgres)
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let options = topic.options();
+    let last = Position {
+        group: options.group.clone(),
+        topic: options.topic.clone(),
+        partition: 1,
+        offset: 9,
+    };
+    PostgresOffsets::save(&mut tx, &last).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let source = KafkaSource::offsets(options, Arc::new(offsets))
+        .await
+        .unwrap();
+    until_settled(&topic).await;
+    drop(source);
 }
 
 /// More messages in one partition than the source queues (so it pauses the partition's
