@@ -42,6 +42,56 @@ impl Key {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The idempotency key to send to another service for one `step` of the work this key
+    /// names in `scope`: the same on every attempt, different for every scope, key and step.
+    ///
+    /// A step that calls out (a card charge, another team's API, an oncely gateway) cannot be
+    /// undone by a crash after it: the retry calls again. If the call carries a derived key,
+    /// the service deduplicates it on its side, so the retry is charged once. Send it as that
+    /// service's idempotency key (Stripe's `Idempotency-Key` header, say).
+    ///
+    /// The derivation is stable across versions and machines, so any process (or a program in
+    /// another language) can compute it: the SHA-256 of `oncely-derive-v1`, then the scope, the
+    /// key and the step, each preceded by its length in bytes as a 4-byte big-endian integer;
+    /// its first 16 bytes, with the version (8) and variant bits of RFC 9562 set, written as a
+    /// lower-case hyphenated UUID.
+    ///
+    /// ```
+    /// use oncely_core::{Key, Scope};
+    ///
+    /// let (scope, order) = (Scope::new("orders")?, Key::new("order-42")?);
+    /// let charge = order.derive(&scope, "charge");
+    /// assert_eq!(charge, order.derive(&scope, "charge"), "the same on every attempt");
+    /// assert_ne!(charge, order.derive(&scope, "email"));
+    /// assert_ne!(charge, order.derive(&Scope::new("refunds")?, "charge"));
+    /// assert_eq!(charge.as_str(), "61fe2fc6-c363-809f-978c-7f6be86354a4");
+    /// # Ok::<(), oncely_core::KeyError>(())
+    /// ```
+    pub fn derive(&self, scope: &Scope, step: &str) -> Key {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"oncely-derive-v1");
+        for part in [scope.as_str(), self.as_str(), step] {
+            hasher.update((part.len() as u32).to_be_bytes());
+            hasher.update(part.as_bytes());
+        }
+        let digest = hasher.finalize();
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&digest[..16]);
+        b[6] = (b[6] & 0x0f) | 0x80;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let uuid = format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        );
+        Key(uuid.into())
+    }
 }
 
 /// A namespace in front of a key: a consumer group, a tenant, an API principal.

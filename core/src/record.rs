@@ -167,6 +167,25 @@ pub struct Claim {
     pub lease_until: Timestamp,
 }
 
+impl Claim {
+    /// The idempotency key to send to another service for one `step` of this claim's work:
+    /// [`Key::derive`] of its scope and key, the same on every attempt of the key.
+    ///
+    /// ```
+    /// # use oncely_core::{Claim, Key, Scope, Timestamp};
+    /// # let claim = Claim { scope: Scope::new("orders")?, key: Key::new("order-42")?, token: 7,
+    /// #     attempt: 2, fingerprint: None, claimed_at: Timestamp::from_millis(0),
+    /// #     lease_until: Timestamp::from_millis(30_000) };
+    /// // A retry after a crash holds another claim (another token, attempt 2) of the same key:
+    /// assert_eq!(claim.derive("charge"), claim.key.derive(&claim.scope, "charge"));
+    /// assert_eq!(claim.derive("charge").as_str(), "61fe2fc6-c363-809f-978c-7f6be86354a4");
+    /// # Ok::<(), oncely_core::KeyError>(())
+    /// ```
+    pub fn derive(&self, step: &str) -> Key {
+        self.key.derive(&self.scope, step)
+    }
+}
+
 /// One completion in a batch: what [`Store::complete_many`](crate::Store::complete_many) takes
 /// per item, the arguments of [`Store::complete`](crate::Store::complete) owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
