@@ -718,27 +718,8 @@ async fn until_settled(topic: &Topic) {
 /// A consumer with its offsets in PostgreSQL starts a partition at the stored offset, not at
 /// the group's committed one (none here) nor at the beginning.
 async fn a_partition_starts_at_the_offset_stored_with_the_effects(kafka: Kafka) {
-    let topic = kafka.channel("stored_offsets").await.unwrap();
-    for _ in 0..10 {
-        topic.produce_to(1, OwnedHeaders::new()).await;
-    }
-    let postgres = oncely_conformance::servers::postgres_url("oncely_kafka_stored_offsets").await;
-    let offsets = PostgresOffsets::connect(&postgres).await.unwrap();
-    let pool = oncely_postgres::sqlx::PgPool::connect(&postgres)
-        .await
-        .unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    let options = topic.options();
-    let done = Position {
-        group: options.group.clone(),
-        topic: options.topic.clone(),
-        partition: 1,
-        offset: 6,
-    };
-    PostgresOffsets::save(&mut tx, &done).await.unwrap();
-    tx.commit().await.unwrap();
-
-    let mut source = KafkaSource::offsets(options, Arc::new(offsets))
+    let (topic, offsets) = ten_messages_and_a_stored_offset(&kafka, "stored_offsets", 6).await;
+    let mut source = KafkaSource::offsets(topic.options(), Arc::new(offsets))
         .await
         .unwrap();
     let mut offsets_read = Vec::new();
@@ -764,33 +745,47 @@ async fn a_partition_starts_at_the_offset_stored_with_the_effects(kafka: Kafka) 
 /// offset to Kafka when the partition is assigned, though no message comes after it. Else the
 /// group's lag would show messages already done until new ones come.
 async fn an_offset_stored_with_the_effects_is_committed_to_kafka(kafka: Kafka) {
-    let topic = kafka.channel("stored_offsets_committed").await.unwrap();
+    let (topic, offsets) =
+        ten_messages_and_a_stored_offset(&kafka, "stored_offsets_committed", 9).await;
+    assert_eq!(
+        topic.unsettled().await.unwrap(),
+        10,
+        "nothing committed to Kafka"
+    );
+    let source = KafkaSource::offsets(topic.options(), Arc::new(offsets))
+        .await
+        .unwrap();
+    until_settled(&topic).await;
+    drop(source);
+}
+
+/// A topic `test` with ten messages in partition 1, and PostgreSQL offsets (in a schema of the
+/// test's own) that say its group is done with partition 1 up to `done` included.
+async fn ten_messages_and_a_stored_offset(
+    kafka: &Kafka,
+    test: &str,
+    done: i64,
+) -> (Topic, PostgresOffsets) {
+    let topic = kafka.channel(test).await.unwrap();
     for _ in 0..10 {
         topic.produce_to(1, OwnedHeaders::new()).await;
     }
-    assert_eq!(topic.unsettled().await.unwrap(), 10);
-    let postgres =
-        oncely_conformance::servers::postgres_url("oncely_kafka_stored_offsets_committed").await;
+    let postgres = oncely_conformance::servers::postgres_url(&format!("oncely_kafka_{test}")).await;
     let offsets = PostgresOffsets::connect(&postgres).await.unwrap();
     let pool = oncely_postgres::sqlx::PgPool::connect(&postgres)
         .await
         .unwrap();
     let mut tx = pool.begin().await.unwrap();
     let options = topic.options();
-    let last = Position {
+    let position = Position {
         group: options.group.clone(),
         topic: options.topic.clone(),
         partition: 1,
-        offset: 9,
+        offset: done,
     };
-    PostgresOffsets::save(&mut tx, &last).await.unwrap();
+    PostgresOffsets::save(&mut tx, &position).await.unwrap();
     tx.commit().await.unwrap();
-
-    let source = KafkaSource::offsets(options, Arc::new(offsets))
-        .await
-        .unwrap();
-    until_settled(&topic).await;
-    drop(source);
+    (topic, offsets)
 }
 
 /// More messages in one partition than the source queues (so it pauses the partition's
