@@ -27,10 +27,12 @@ impl Namespaces {
             Some((b, q)) => (b.to_owned(), q.to_owned()),
             None => (base, String::new()),
         };
-        let (store_params, driver_params): (Vec<&str>, Vec<&str>) = query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .partition(|p| p.starts_with("oncely_"));
+        let (store_params, driver_params): (Vec<&str>, Vec<&str>) =
+            query.split('&').filter(|p| !p.is_empty()).partition(|p| {
+                ["oncely_", "cache=", "cache_ttl="]
+                    .iter()
+                    .any(|ours| p.starts_with(ours))
+            });
         let base = driver_params
             .iter()
             .fold(base, |url, p| with_param(&url, p));

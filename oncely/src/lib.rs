@@ -29,6 +29,10 @@
 //! | `mysql://USER@HOST/DB` (`mariadb://` too) | shared by many instances | `oncely-mysql` |
 //! | `redis://HOST[:PORT][/DB]`, `redis+cluster://H1:P1,H2:P2` | shared, in memory | `oncely-redis` |
 //!
+//! `cache=N` (and `cache_ttl=DURATION`, default `60s`) on any of them puts a local cache of
+//! up to N completed records in front of the store (`oncely-cache`, feature `cache`): a
+//! duplicate this process has seen done is answered without a round trip; a `forget` in
+//! another process is seen here within `cache_ttl`.
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely::Result<()> {
 //! use oncely::{ClaimOutcome, Key, Oncely, Scope};
@@ -172,6 +176,72 @@ pub const DEFAULT_STORE_URL: &str = "sqlite:oncely.db";
 /// A URL this build cannot open is an [`Error::InvalidUrl`] naming the schemes it can; a store
 /// that cannot be opened is an [`Error::Unavailable`].
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    let (store_url, cache) = cache_params(url)?;
+    let store = connect_store(&store_url).await?;
+    match cache {
+        None => Ok(store),
+        #[cfg(feature = "cache")]
+        Some(CacheParams { capacity, ttl }) => {
+            let ttl = ttl.unwrap_or(oncely_cache::DEFAULT_TTL);
+            let options = oncely_cache::CacheOptions::new(capacity, ttl);
+            Ok(Arc::new(oncely_cache::CachedStore::new(store, options)))
+        }
+        #[cfg(not(feature = "cache"))]
+        Some(_) => Err(invalid(
+            url,
+            "cache=N needs the `cache` feature, not in this build",
+        )),
+    }
+}
+
+/// `cache=N` and `cache_ttl=DURATION` of a store URL.
+#[cfg_attr(not(feature = "cache"), allow(dead_code))]
+struct CacheParams {
+    capacity: u64,
+    ttl: Option<std::time::Duration>,
+}
+
+/// Takes `cache=N` and `cache_ttl=DURATION` out of `url`: the store behind never sees them.
+fn cache_params(url: &str) -> Result<(String, Option<CacheParams>)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let (ours, rest): (Vec<&str>, Vec<&str>) = query.split('&').partition(|pair| {
+        matches!(
+            pair.split_once('=').map(|(k, _)| k),
+            Some("cache" | "cache_ttl")
+        )
+    });
+    if ours.is_empty() {
+        return Ok((url.to_owned(), None));
+    }
+    let value = |name: &str| {
+        ours.iter()
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    };
+    let capacity = value("cache")
+        .ok_or_else(|| invalid(url, "cache_ttl needs cache=N (the most records cached)"))?
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| invalid(url, "cache must be a whole number of records, at least 1"))?;
+    let ttl = value("cache_ttl")
+        .map(|ttl| {
+            oncely_core::duration::parse_positive(ttl)
+                .map_err(|e| invalid(url, &format!("cache_ttl: {e}")))
+        })
+        .transpose()?;
+    let store_url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((store_url, Some(CacheParams { capacity, ttl })))
+}
+
+async fn connect_store(url: &str) -> Result<Arc<dyn Store>> {
     let kind = StoreKind::from_url(url).map_err(|error| {
         let reason = match error {
             SchemeError::Unknown { scheme } => format!("unknown store scheme `{scheme}`"),
