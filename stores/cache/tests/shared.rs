@@ -83,3 +83,24 @@ async fn a_forget_elsewhere_is_seen_within_the_ttl_and_nothing_else_is_ever_hidd
     );
     new_claim(a.claim(&request("k"), now).await.unwrap());
 }
+
+/// A purge here that removed records empties the cache: a purge may remove records still live
+/// at the caller's `now` (one with `expired_before` ahead of it), and the cache must not answer
+/// for them after.
+#[tokio::test]
+async fn a_purge_here_is_seen_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(SqliteOptions::new(dir.path().join("purged.db"))).unwrap();
+    let cached = CachedStore::new(Arc::new(store), CacheOptions::new(100, TTL));
+    let now = Timestamp::from_millis(1_000_000);
+    let retention = Timestamp::from_millis(2_000_000);
+    let claim = new_claim(cached.claim(&request("k"), now).await.unwrap());
+    cached.complete(&claim, b"done", retention).await.unwrap();
+    assert!(matches!(
+        cached.claim(&request("k"), now).await.unwrap(),
+        ClaimOutcome::Duplicate(_)
+    ));
+    let after = Timestamp::from_millis(2_000_001);
+    assert_eq!(cached.purge(after, 10).await.unwrap(), 1);
+    new_claim(cached.claim(&request("k"), now).await.unwrap());
+}
