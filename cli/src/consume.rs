@@ -54,6 +54,13 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "URL")]
     deliver: String,
 
+    /// Send the --deliver handler, as its Idempotency-Key, the key derived for STEP from the
+    /// scope and the message's key (a UUID, the same on every delivery of that key) instead of
+    /// the key itself: for a handler that deduplicates by Idempotency-Key among other callers'
+    /// keys (another consumer's scope, an HTTP client's).
+    #[arg(long, value_name = "STEP")]
+    forward_key: Option<String>,
+
     /// Namespace of the keys in the store [default: the queue (RabbitMQ, SQS), STREAM/CONSUMER
     /// (NATS) or TOPIC/GROUP (Kafka)]. Give two consumers of one flow the same scope to
     /// deduplicate between them.
@@ -143,10 +150,15 @@ pub async fn run(store: &str, span_keys: SpanKeys, args: ConsumeArgs) -> Result<
     );
 
     let deliverer = Deliverer::new(url, args.timeout)?;
+    let forwarded = args.forward_key.map(|step| (scope.clone(), step));
     let work = move |key: Key, message: Message| {
         let deliverer = deliverer.clone();
+        let sent = match &forwarded {
+            Some((scope, step)) => key.derive(scope, step),
+            None => key,
+        };
         async move {
-            let request = deliverer.request(&key, &message)?;
+            let request = deliverer.request(&sent, &message)?;
             deliverer.send(request).await
         }
     };

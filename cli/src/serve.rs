@@ -95,6 +95,13 @@ pub struct ServeArgs {
     #[arg(long, env = "ONCELY_STORE_SERVER_ERRORS")]
     store_server_errors: bool,
 
+    /// Send the upstream, as its Idempotency-Key, the key derived for STEP from the claimed
+    /// scope and key (a UUID, the same on every execution of that key) instead of the
+    /// client's: for an upstream idempotent by Idempotency-Key itself, so a request this gateway
+    /// runs again (after a crash, once the lease ran out) is answered there from its record.
+    #[arg(long, value_name = "STEP")]
+    forward_key: Option<String>,
+
     #[command(flatten)]
     purge: crate::purging::PurgeArgs,
 
@@ -223,6 +230,9 @@ fn layer(oncely: Oncely, args: &ServeArgs) -> IdempotencyLayer {
     }
     if let Some(base) = &args.problem_type_base {
         layer = layer.problem_type_base(base.clone());
+    }
+    if let Some(step) = &args.forward_key {
+        layer = layer.forward_key(step.clone());
     }
     layer
         .retention(args.ttl)

@@ -112,6 +112,7 @@ pub(crate) struct Config {
     pub(crate) deny_headers: Vec<HeaderName>,
     pub(crate) fail_open: bool,
     pub(crate) response_timeout: Option<Duration>,
+    pub(crate) forward_key: Option<String>,
     pub(crate) running: Running,
 }
 
@@ -143,6 +144,7 @@ impl IdempotencyLayer {
                 deny_headers: DEFAULT_DENY_HEADERS.to_vec(),
                 fail_open: false,
                 response_timeout: None,
+                forward_key: None,
                 running: Running::default(),
             }),
         }
@@ -298,6 +300,22 @@ impl IdempotencyLayer {
     /// future: a dropped future cannot stop an effect that already left the process.
     pub fn response_timeout(self, timeout: Duration) -> Self {
         self.set(|c| c.response_timeout = Some(timeout))
+    }
+
+    /// The inner service gets, as its `Idempotency-Key`, the key derived for `step` from the
+    /// claimed scope and key ([`Key::derive`](oncely_core::Key::derive)) instead of the
+    /// client's own key (default: the client's key, unchanged).
+    ///
+    /// For an inner service that is itself idempotent by `Idempotency-Key` (another oncely
+    /// gateway, a payments API behind `oncely serve`): if this layer runs a request again (its
+    /// claim's holder died, and a retry took the key over after the lease), the second call
+    /// carries the same derived key, so that service answers it from its own record. The
+    /// derived key is per scope, so two clients' equal keys stay two operations downstream
+    /// too. Whatever the setting, the inner service finds the [`Claim`](oncely_core::Claim) in
+    /// the request's extensions, to derive keys for the calls it makes itself.
+    pub fn forward_key(self, step: impl Into<String>) -> Self {
+        let step = step.into();
+        self.set(|c| c.forward_key = Some(step))
     }
 
     /// The keyed requests of this layer (and of every service it wraps) still running: wait

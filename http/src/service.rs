@@ -20,7 +20,9 @@ use crate::body::{Collected, collect_limited};
 use crate::hop::remove_hop_by_hop;
 use crate::layer::{Config, FailedOpen, IN_FLIGHT_RETRY_AFTER, InFlight, NotSent};
 use crate::problem::Problem;
-use crate::request::{IDEMPOTENT_REPLAYED, principal_scope, read_key, request_fingerprint};
+use crate::request::{
+    IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, principal_scope, read_key, request_fingerprint,
+};
 use crate::stored::StoredResponse;
 use crate::{Body, ResponseFuture};
 
@@ -278,6 +280,13 @@ where
             return guard.release().await;
         }
 
+        let claim = guard.claim.clone().expect("a new guard holds its claim");
+        if let Some(step) = &config.forward_key {
+            let derived = HeaderValue::from_str(claim.derive(step).as_str())
+                .expect("a derived key is a UUID");
+            request.headers_mut().insert(IDEMPOTENCY_KEY, derived);
+        }
+        request.extensions_mut().insert(claim);
         let call = std::pin::pin!(catch_unwind(inner.call(request)));
         let Some(result) = self.call_holding(&mut guard, call).await else {
             return;

@@ -22,8 +22,16 @@ use tokio::sync::oneshot;
 /// A gateway in front of `upstream`, on a fresh memory store, serving on a loopback port until
 /// the sender is used or dropped.
 async fn start(upstream: &str) -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<Served>) {
+    start_with(upstream, |layer| layer).await
+}
+
+/// [`start`], with the layer as `configure` makes it.
+async fn start_with(
+    upstream: &str,
+    configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer,
+) -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<Served>) {
     let store = oncely::connect("memory:").await.unwrap();
-    let layer = IdempotencyLayer::new(oncely::Oncely::new(store));
+    let layer = configure(IdempotencyLayer::new(oncely::Oncely::new(store)));
     let gateway = Gateway::new(layer, GatewayOptions::new(upstream)).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -130,4 +138,73 @@ async fn an_upstream_that_refuses_is_502_and_the_key_is_released() {
     stop.send(()).unwrap();
     let served = served.await.unwrap();
     assert_eq!(served.counts.count(Outcome::UpstreamFailed), 2);
+}
+
+/// With `forward_key`, the upstream gets the key derived for the step from the claimed scope
+/// and key, not the client's: the same on every execution of that key, so an upstream that is
+/// itself idempotent by `Idempotency-Key` runs a second execution of it once.
+#[tokio::test]
+async fn the_upstream_gets_the_derived_key_when_asked() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorder = seen.clone();
+    let app = Router::new().route(
+        "/charges",
+        post(move |headers: http::HeaderMap| async move {
+            let key = headers
+                .get("idempotency-key")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            recorder.lock().unwrap().push(key.clone());
+            key
+        }),
+    );
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(upstream, app).await });
+    let client = Client::builder(TokioExecutor::new()).build_http();
+
+    let (plain, stop, _) = start(&upstream_url).await;
+    let (_, _, forwarded) = send(&client, &format!("{plain}/charges"), Some("k1")).await;
+    assert_eq!(forwarded, "k1", "the client's key, unchanged, by default");
+    stop.send(()).unwrap();
+
+    let (gateway, stop, _) = start_with(&upstream_url, |l| l.forward_key("upstream")).await;
+    let (_, _, forwarded) = send(&client, &format!("{gateway}/charges"), Some("k1")).await;
+    let scope = oncely::Scope::new("http").unwrap();
+    let derived = oncely::Key::new("k1").unwrap().derive(&scope, "upstream");
+    assert_eq!(forwarded, derived.as_str());
+    let (_, _, other) = send(&client, &format!("{gateway}/charges"), Some("k2")).await;
+    assert_ne!(other, forwarded);
+    stop.send(()).unwrap();
+}
+
+/// An inner service finds the claim in the request's extensions, to derive the keys of the
+/// calls it makes.
+#[tokio::test]
+async fn the_inner_service_finds_the_claim_to_derive_its_own_keys() {
+    use tower::ServiceExt;
+    let store = oncely::connect("memory:").await.unwrap();
+    let layer = IdempotencyLayer::new(oncely::Oncely::new(store));
+    let app = Router::new()
+        .route(
+            "/orders",
+            post(
+                |axum::Extension(claim): axum::Extension<oncely::Claim>| async move {
+                    claim.derive("charge").to_string()
+                },
+            ),
+        )
+        .layer(layer);
+    let request = Request::post("/orders")
+        .header("idempotency-key", "order-42")
+        .body(axum::body::Body::from("{}"))
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let scope = oncely::Scope::new("http").unwrap();
+    let expected = oncely::Key::new("order-42")
+        .unwrap()
+        .derive(&scope, "charge");
+    assert_eq!(body, expected.as_str());
 }

@@ -235,3 +235,38 @@ fn a_handler_that_refuses_connections_at_first_gets_the_message_once_it_is_up() 
     assert_eq!(received[0].1.key(), "early");
     assert!(rt.block_on(rabbit.dead_letters()).is_empty(), "{log}");
 }
+
+/// With `--forward-key STEP`, the handler gets the key derived for STEP from the scope and the
+/// message's key as its Idempotency-Key, not the key itself.
+#[test]
+fn forward_key_sends_the_handler_the_derived_key() {
+    let rt = runtime();
+    let handler = Handler::start();
+    let rabbit = rt.block_on(async {
+        let rabbit = Rabbit::new().await;
+        rabbit.publish("m-0", &order("fwd", 1)).await;
+        rabbit
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let from = format!("{}/{}?dlq={}", amqp_server(), rabbit.queue, rabbit.dlq);
+    let args = [
+        "--from",
+        &from,
+        "--key",
+        "/id",
+        "--deliver",
+        &handler.url,
+        "--scope",
+        "billing",
+        "--forward-key",
+        "charge",
+    ];
+    let child = spawn_consume(dir.path(), &args);
+    let guard = KillOnPanic::new(&child);
+    wait_for("the handler's request", || !handler.received().is_empty());
+    guard.disarm();
+    terminate(child);
+    let scope = oncely::Scope::new("billing").unwrap();
+    let derived = oncely::Key::new("fwd").unwrap().derive(&scope, "charge");
+    assert_eq!(handler.received()[0].key(), derived.as_str());
+}
