@@ -81,6 +81,22 @@ fn deliver_one(
     attempts: &str,
     timeout: &str,
 ) -> (Rabbit, tempfile::TempDir, Child) {
+    deliver_one_with(
+        rt,
+        key,
+        url,
+        &["--max-attempts", attempts, "--timeout", timeout],
+    )
+}
+
+/// Publishes one order keyed `key` to a fresh queue, then starts `oncely consume` delivering it
+/// to `url` with `more` flags.
+fn deliver_one_with(
+    rt: &tokio::runtime::Runtime,
+    key: &str,
+    url: &str,
+    more: &[&str],
+) -> (Rabbit, tempfile::TempDir, Child) {
     let rabbit = rt.block_on(async {
         let rabbit = Rabbit::new().await;
         rabbit.publish("m-0", &order(key, 1)).await;
@@ -88,18 +104,8 @@ fn deliver_one(
     });
     let dir = tempfile::tempdir().unwrap();
     let from = format!("{}/{}?dlq={}", amqp_server(), rabbit.queue, rabbit.dlq);
-    let args = [
-        "--from",
-        &from,
-        "--key",
-        "/id",
-        "--deliver",
-        url,
-        "--max-attempts",
-        attempts,
-        "--timeout",
-        timeout,
-    ];
+    let mut args = vec!["--from", &from, "--key", "/id", "--deliver", url];
+    args.extend_from_slice(more);
     let child = spawn_consume(dir.path(), &args);
     (rabbit, dir, child)
 }
@@ -242,26 +248,8 @@ fn a_handler_that_refuses_connections_at_first_gets_the_message_once_it_is_up() 
 fn forward_key_sends_the_handler_the_derived_key() {
     let rt = runtime();
     let handler = Handler::start();
-    let rabbit = rt.block_on(async {
-        let rabbit = Rabbit::new().await;
-        rabbit.publish("m-0", &order("fwd", 1)).await;
-        rabbit
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let from = format!("{}/{}?dlq={}", amqp_server(), rabbit.queue, rabbit.dlq);
-    let args = [
-        "--from",
-        &from,
-        "--key",
-        "/id",
-        "--deliver",
-        &handler.url,
-        "--scope",
-        "billing",
-        "--forward-key",
-        "charge",
-    ];
-    let child = spawn_consume(dir.path(), &args);
+    let more = ["--scope", "billing", "--forward-key", "charge"];
+    let (_rabbit, _dir, child) = deliver_one_with(&rt, "fwd", &handler.url, &more);
     let guard = KillOnPanic::new(&child);
     wait_for("the handler's request", || !handler.received().is_empty());
     guard.disarm();
