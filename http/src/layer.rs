@@ -311,8 +311,8 @@ impl IdempotencyLayer {
     /// claim's holder died, and a retry took the key over after the lease), the second call
     /// carries the same derived key, so that service answers it from its own record. The
     /// derived key is per scope, so two clients' equal keys stay two operations downstream
-    /// too. Whatever the setting, the inner service finds the [`Claim`](oncely_core::Claim) in
-    /// the request's extensions, to derive keys for the calls it makes itself.
+    /// too. Whatever the setting, the inner service finds a keyed request's claim
+    /// ([`Claim`](oncely_core::Claim)) in its extensions, to derive keys for the calls it makes.
     pub fn forward_key(self, step: impl Into<String>) -> Self {
         let step = step.into();
         self.set(|c| c.forward_key = Some(step))

@@ -18,13 +18,13 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use oncely::{Key, Oncely, RunError, RunOutcome, Scope};
+use oncely::{BoxError, Key, Oncely, OutcomeUnknown, RunError, RunOutcome, Scope};
 
 #[derive(Parser)]
 #[command(about = "Charge an order once through the payments example, across crashes")]
@@ -50,8 +50,10 @@ struct Cli {
 }
 
 /// POSTs the charge with `key` as its Idempotency-Key: the charge, and whether the API replayed
-/// it.
-async fn charge(payments: &str, key: &Key, amount: u64) -> anyhow::Result<(String, bool)> {
+/// it. Once the request may have reached the API (no answer, a lost connection, a 5xx), the
+/// error is an [`OutcomeUnknown`]: the order stays held until its lease ends, rather than
+/// released as if nothing was charged. Only a refused connection or a 4xx is a plain error.
+async fn charge(payments: &str, key: &Key, amount: u64) -> Result<(String, bool), BoxError> {
     let client = Client::builder(TokioExecutor::new()).build_http();
     let request = hyper::Request::post(format!("{payments}/charges"))
         .header("idempotency-key", key.as_str())
@@ -60,16 +62,23 @@ async fn charge(payments: &str, key: &Key, amount: u64) -> anyhow::Result<(Strin
         .body(Full::new(Bytes::from(format!(
             r#"{{"amount": {amount}, "currency": "eur"}}"#
         ))))?;
-    let response = client
-        .request(request)
-        .await
-        .context("calling the payments API")?;
+    let response = match client.request(request).await {
+        Ok(response) => response,
+        Err(error) if error.is_connect() => return Err(error.into()),
+        Err(error) => return Err(OutcomeUnknown::new(error).into()),
+    };
     let status = response.status();
     let replayed = response.headers().contains_key("idempotent-replayed");
-    let body = response.into_body().collect().await?.to_bytes();
-    let body = String::from_utf8_lossy(&body).into_owned();
+    let body = match response.into_body().collect().await {
+        Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        Err(error) => return Err(OutcomeUnknown::new(error).into()),
+    };
+    let answer = format!("the payments API answered {status}: {body}");
+    if status.is_server_error() {
+        return Err(OutcomeUnknown::new(answer).into());
+    }
     if !status.is_success() {
-        bail!("the payments API answered {status}: {body}");
+        return Err(answer.into());
     }
     Ok((body, replayed))
 }
@@ -94,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
                     eprintln!("charged {charge}; crashing before the order is recorded");
                     std::process::abort();
                 }
-                anyhow::Ok(charge.into_bytes())
+                Ok::<_, BoxError>(charge.into_bytes())
             })
             .await;
         match outcome {
