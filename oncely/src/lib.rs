@@ -203,41 +203,29 @@ struct CacheParams {
 
 /// Takes `cache=N` and `cache_ttl=DURATION` out of `url`: the store behind never sees them.
 fn cache_params(url: &str) -> Result<(String, Option<CacheParams>)> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_owned(), None));
+    use oncely_core::url::take_param;
+    let (store_url, capacity) = take_param(url, "cache");
+    let (store_url, ttl) = take_param(&store_url, "cache_ttl");
+    let Some(capacity) = capacity else {
+        return match ttl {
+            Some(_) => Err(invalid(
+                url,
+                "cache_ttl needs cache=N (the most records cached)",
+            )),
+            None => Ok((store_url, None)),
+        };
     };
-    let (ours, rest): (Vec<&str>, Vec<&str>) = query.split('&').partition(|pair| {
-        matches!(
-            pair.split_once('=').map(|(k, _)| k),
-            Some("cache" | "cache_ttl")
-        )
-    });
-    if ours.is_empty() {
-        return Ok((url.to_owned(), None));
-    }
-    let value = |name: &str| {
-        ours.iter()
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
-    };
-    let capacity = value("cache")
-        .ok_or_else(|| invalid(url, "cache_ttl needs cache=N (the most records cached)"))?
+    let capacity = capacity
         .parse()
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| invalid(url, "cache must be a whole number of records, at least 1"))?;
-    let ttl = value("cache_ttl")
+    let ttl = ttl
         .map(|ttl| {
-            oncely_core::duration::parse_positive(ttl)
+            oncely_core::duration::parse_positive(&ttl)
                 .map_err(|e| invalid(url, &format!("cache_ttl: {e}")))
         })
         .transpose()?;
-    let store_url = if rest.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
     Ok((store_url, Some(CacheParams { capacity, ttl })))
 }
 
