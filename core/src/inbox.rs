@@ -99,6 +99,14 @@ impl Inbox {
         self
     }
 
+    /// Measures retention by `clock`, shared with whoever else holds it (an [`Oncely`]'s).
+    ///
+    /// [`Oncely`]: crate::Oncely
+    pub(crate) fn with_shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// The scope this inbox claims in.
     pub fn scope(&self) -> &Scope {
         &self.scope

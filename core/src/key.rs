@@ -69,29 +69,36 @@ impl Key {
     /// # Ok::<(), oncely_core::KeyError>(())
     /// ```
     pub fn derive(&self, scope: &Scope, step: &str) -> Key {
-        use sha2::{Digest, Sha256};
-        let mut hasher = Sha256::new();
-        hasher.update(b"oncely-derive-v1");
-        for part in [scope.as_str(), self.as_str(), step] {
-            hasher.update((part.len() as u32).to_be_bytes());
-            hasher.update(part.as_bytes());
-        }
-        let digest = hasher.finalize();
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&digest[..16]);
-        b[6] = (b[6] & 0x0f) | 0x80;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        let uuid = format!(
-            "{}-{}-{}-{}-{}",
-            &hex[..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..]
-        );
-        Key(uuid.into())
+        derive_uuid(b"oncely-derive-v1", &[scope.as_str(), self.as_str(), step])
     }
+}
+
+/// A UUID (version 8) from the SHA-256 of `tag`, then each part preceded by its length in bytes
+/// as a 4-byte big-endian integer: [`Key::derive`]'s construction, under other tags for keys
+/// oncely keeps for itself, so they never meet a derived key sent to another service.
+pub(crate) fn derive_uuid(tag: &[u8], parts: &[&str]) -> Key {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(tag);
+    for part in parts {
+        hasher.update((part.len() as u32).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
+    Key(uuid.into())
 }
 
 /// A namespace in front of a key: a consumer group, a tenant, an API principal.

@@ -62,6 +62,7 @@ mod oncely;
 pub mod outbox;
 pub mod panic;
 mod record;
+mod steps;
 mod store;
 mod strategy;
 pub mod telemetry;
@@ -82,6 +83,7 @@ pub use record::{
     Claim, ClaimOutcome, ClaimRequest, Completion, ForgetOutcome, Record, RecordRow, RecordState,
     StoreStats, VersionCheck, new_token,
 };
+pub use steps::Steps;
 pub use store::Store;
 pub use strategy::{CompositeKey, ExtractError, JsonKeyError, KeySpecError, payload_hash_key};
 pub use time::{CLOCK_RESYNC, Clock, ManualClock, SystemClock, Timestamp};

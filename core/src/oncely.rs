@@ -122,6 +122,11 @@ impl Oncely {
         &self.store
     }
 
+    /// The clock leases and retention are measured by (uncorrected to the store's).
+    pub(crate) fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     /// The configured lease.
     pub fn lease(&self) -> Duration {
         self.lease
@@ -439,6 +444,7 @@ impl Oncely {
         loop {
             let now = self.synced_now().await?;
             let Some(record) = telemetry::timed!("get", self.store.get(scope, key)).await? else {
+                self.forget_steps(scope, key).await?;
                 return Ok(forgotten(ForgetOutcome::Absent));
             };
             let answer = if record.is_expired(now) {
@@ -452,6 +458,9 @@ impl Oncely {
                     lease_until: record.expires_at,
                 }));
             };
+            // The steps a run of the key recorded (`run_steps`) go first: a crash in between
+            // leaves the record, and forgetting it again finishes the job.
+            self.forget_steps(scope, key).await?;
             if telemetry::timed!("forget", self.store.forget(scope, key, record.token)).await? {
                 return Ok(forgotten(answer));
             }
@@ -660,24 +669,47 @@ impl Oncely {
         Fut: Future<Output = Result<Vec<u8>, E>>,
         E: 'static,
     {
-        let claim = match self
+        match self.claim_to_run(scope, key, fingerprint).await? {
+            Ok(claim) => self.run_claimed(claim, handler()).await,
+            Err(answered) => Ok(answered),
+        }
+    }
+
+    /// The claim [`run`](Self::run) starts with: the new claim, or (as `Err`) the answer of a
+    /// duplicate; the other outcomes are `run`'s errors.
+    pub(crate) async fn claim_to_run<E>(
+        &self,
+        scope: &Scope,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<Result<Claim, RunOutcome>, RunError<E>> {
+        match self
             .claim(scope, key, fingerprint)
             .await
             .map_err(RunError::Store)?
         {
-            ClaimOutcome::New(claim) => claim,
-            ClaimOutcome::Duplicate(record) => {
-                return Ok(RunOutcome::Replayed(
-                    record.outcome().unwrap_or_default().to_vec(),
-                ));
-            }
-            ClaimOutcome::InProgress { retry_after } => {
-                return Err(RunError::InProgress { retry_after });
-            }
-            ClaimOutcome::Conflict { stored } => return Err(RunError::Conflict { stored }),
-        };
+            ClaimOutcome::New(claim) => Ok(Ok(claim)),
+            ClaimOutcome::Duplicate(record) => Ok(Err(RunOutcome::Replayed(
+                record.outcome().unwrap_or_default().to_vec(),
+            ))),
+            ClaimOutcome::InProgress { retry_after } => Err(RunError::InProgress { retry_after }),
+            ClaimOutcome::Conflict { stored } => Err(RunError::Conflict { stored }),
+        }
+    }
+
+    /// The rest of [`run`](Self::run), once `claim` is held: the work under a renewed lease,
+    /// then complete, keep (outcome unknown) or release.
+    pub(crate) async fn run_claimed<Fut, E>(
+        &self,
+        claim: Claim,
+        work: Fut,
+    ) -> Result<RunOutcome, RunError<E>>
+    where
+        Fut: Future<Output = Result<Vec<u8>, E>>,
+        E: 'static,
+    {
         let mut claim = claim;
-        let worked = match self.renewing(&mut claim, catch_unwind(handler())).await {
+        let worked = match self.renewing(&mut claim, catch_unwind(work)).await {
             Ok(worked) => worked,
             // Another delivery holds the key now: it runs (or ran) the work; ours is not stored.
             Err(lost) => return Err(RunError::Store(lost)),

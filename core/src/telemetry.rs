@@ -22,6 +22,7 @@
 //! | [`PURGE_RUNS`] | | purge runs that held the purge lease |
 //! | [`PURGED`] | | expired records removed |
 //! | [`FORGOTTEN`] | `outcome` (`completed`, `in_progress`, `held`, `absent`) | keys asked to be forgotten |
+//! | [`STEPS`] | `outcome` (`executed`, `replayed`) | steps of multi-step handlers that finished |
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -51,6 +52,9 @@ pub const PURGE_RUNS: &str = "oncely_purge_runs_total";
 pub const PURGED: &str = "oncely_purged_records_total";
 /// Keys asked to be forgotten, by `outcome`.
 pub const FORGOTTEN: &str = "oncely_forgotten_total";
+/// Steps of multi-step handlers ([`Oncely::run_steps`](crate::Oncely::run_steps)) that
+/// finished, by `outcome`: run now, or answered from an earlier attempt's record.
+pub const STEPS: &str = "oncely_steps_total";
 
 /// Registers each metric's unit and help text with the installed recorder. Call it once after
 /// installing one; recording works without it.
@@ -83,6 +87,10 @@ pub fn describe() {
     describe_counter!(PURGE_RUNS, "Purge runs that held the purge lease.");
     describe_counter!(PURGED, "Expired records purged.");
     describe_counter!(FORGOTTEN, "Keys asked to be forgotten, by outcome.");
+    describe_counter!(
+        STEPS,
+        "Steps of multi-step handlers that finished: executed, or replayed from a record."
+    );
 }
 
 /// Times one store call and counts its failure by kind (a lost claim as such). The operation

@@ -58,7 +58,7 @@ use std::sync::Arc;
 // Claims and their answers.
 pub use oncely_core::{
     Claim, ClaimOutcome, DEFAULT_LEASE, DEFAULT_RETENTION, ForgetOutcome, Oncely, PurgeRun, Record,
-    RecordState, RunError, RunOutcome, StoreStats, VersionCheck,
+    RecordState, RunError, RunOutcome, Steps, StoreStats, VersionCheck,
 };
 // Keys, scopes and fingerprints.
 pub use oncely_core::{

@@ -1,7 +1,7 @@
 //! The behaviour suite: each test a plain async function over a fresh store, named for the
 //! guarantee it proves. One file per behaviour: a claim's answers, release, forget, lease
 //! takeover, completion and retention, `claim_many`, expiry and purge, what keys and outcomes round-trip,
-//! stats, the version guard, `Oncely::run`, real concurrency, and lease renewal. Each file
+//! stats, the version guard, `Oncely::run` and `Oncely::run_steps`, real concurrency, and lease renewal. Each file
 //! lists its tests with `tests!`; [`all`] runs the files in that order.
 
 use std::sync::Arc;
@@ -53,6 +53,7 @@ mod release;
 mod renewal;
 mod run;
 mod stats;
+mod steps;
 mod version;
 
 /// Every test in the suite, by name.
@@ -69,6 +70,7 @@ pub fn all() -> Vec<(&'static str, Test)> {
         stats::all(),
         version::all(),
         run::all(),
+        steps::all(),
         concurrency::all(),
         renewal::all(),
     ]
