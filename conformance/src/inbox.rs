@@ -237,6 +237,7 @@ suite!(
     concurrent_batches_over_the_same_keys_place_each_order_once,
     a_batch_takes_over_an_expired_claim,
     record_outcome_needs_the_key_completed_in_the_transaction,
+    a_step_done_in_the_transaction_commits_with_it_and_is_not_done_again,
 );
 
 /// One test per behaviour of the suite, then one per test of `own` (the database's own, over
@@ -654,4 +655,90 @@ async fn record_outcome_needs_the_key_completed_in_the_transaction<D: InboxDatab
             .unwrap()
             .is_completed()
     );
+}
+
+/// How [`sell_in_a_step`]'s attempt ends.
+#[derive(Clone, Copy, PartialEq)]
+enum StepAttempt {
+    /// Sells in the step's transaction, then fails before committing it.
+    FailBeforeCommit,
+    /// Sells and commits, then the next step fails.
+    FailAfterCommit,
+    /// Goes on to the end.
+    Finish,
+}
+
+/// A handler of two steps (`Oncely::run_steps`): "sell", an apple sold in the caller's
+/// transaction with the step's record (`Steps::inbox`), then "notify", outside.
+async fn sell_in_a_step<D: InboxDatabase>(
+    db: &D,
+    steps: oncely_core::Steps,
+    attempt: StepAttempt,
+    notified: &AtomicUsize,
+) -> std::result::Result<Vec<u8>, oncely_core::BoxError> {
+    let (inbox, sell) = (steps.inbox(), steps.step_key("sell"));
+    let mut tx = db.begin().await;
+    match db.claim(&mut tx, &inbox, &sell, None).await? {
+        InboxClaim::New => {
+            db.sell_an_apple(&mut tx, steps.key()).await;
+            db.record_outcome(&mut tx, &inbox, &sell, b"sold").await?;
+            if attempt == StepAttempt::FailBeforeCommit {
+                db.rollback(tx).await;
+                return Err("failed before the commit".into());
+            }
+            db.commit(tx).await;
+        }
+        InboxClaim::Duplicate(record) => {
+            assert_eq!(record.outcome(), Some(&b"sold"[..]));
+            db.rollback(tx).await;
+        }
+        other => panic!("{other:?}"),
+    }
+    // The store reads the step's record the transaction wrote.
+    let sold = steps
+        .step("sell", || async { panic!("the sale was recorded") })
+        .await
+        .map_err(|e: oncely_core::RunError<oncely_core::BoxError>| e.to_string())?;
+    steps
+        .step("notify", || async {
+            if attempt == StepAttempt::FailAfterCommit {
+                return Err(oncely_core::BoxError::from("notify failed"));
+            }
+            notified.fetch_add(1, Ordering::SeqCst);
+            Ok(Vec::new())
+        })
+        .await?;
+    Ok(sold)
+}
+
+/// A step whose effect is in this database (`Steps::inbox`): rolled back with its transaction,
+/// committed with it, and, once committed, never done again by a later attempt of the key.
+async fn a_step_done_in_the_transaction_commits_with_it_and_is_not_done_again<D: InboxDatabase>(
+    db: Arc<D>,
+) {
+    let oncely = Oncely::new(db.store().await);
+    let (scope, event) = (scope("orders"), key("evt-step"));
+    let notified = AtomicUsize::new(0);
+    for (attempt, inventory) in [
+        (StepAttempt::FailBeforeCommit, Inventory::UNTOUCHED),
+        (StepAttempt::FailAfterCommit, Inventory::ONE_ORDER),
+        (StepAttempt::Finish, Inventory::ONE_ORDER),
+    ] {
+        let done = oncely
+            .run_steps(&scope, &event, None, |steps| {
+                sell_in_a_step(&*db, steps, attempt, &notified)
+            })
+            .await;
+        assert_eq!(done.is_ok(), attempt == StepAttempt::Finish, "{done:?}");
+        assert_eq!(db.inventory().await, inventory);
+    }
+    assert_eq!(notified.load(Ordering::SeqCst), 1);
+    let again = oncely
+        .run_steps(&scope, &event, None, |steps| {
+            sell_in_a_step(&*db, steps, StepAttempt::Finish, &notified)
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, oncely_core::RunOutcome::Replayed(b"sold".to_vec()));
+    assert_eq!(db.inventory().await, Inventory::ONE_ORDER);
 }
