@@ -40,7 +40,8 @@ use oncely::{Key, KeyError, Oncely, Scope};
 #[command(name = "oncely", version)]
 struct Cli {
     /// Store URL: sqlite:PATH (embedded, durable), postgres://..., mysql://... (MariaDB too),
-    /// redis://... (redis+cluster://... for a Cluster) or memory: (this process only).
+    /// redis://... (redis+cluster://... for a Cluster), dynamodb://HOST/TABLE or memory: (this
+    /// process only).
     #[arg(
         long,
         global = true,

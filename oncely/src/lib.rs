@@ -17,7 +17,7 @@
 //! | [`consumer`] | the consumer contract: [`Handler`](consumer::Handler), [`OncelyHandler`](consumer::OncelyHandler), [`Message`](consumer::Message), [`KeySource`](consumer::KeySource), [`RetryPolicy`](consumer::RetryPolicy), ... |
 //! | [`inbox`], [`outbox`] | the transactional inbox and outbox (each SQL store crate adds their statements: `sqlite::inbox`, ...) |
 //! | `broker`, `relay` | a source or an outbox relay opened from a URL (features `nats`, `rabbitmq`, `kafka`, `sqs`, `relay`) |
-//! | `memory`, `sqlite`, `postgres`, `mysql`, `redis`; `nats`, `rabbitmq`, `kafka`, `sqs` | each store's and broker's own crate (one feature each) |
+//! | `memory`, `sqlite`, `postgres`, `mysql`, `redis`, `dynamodb`; `nats`, `rabbitmq`, `kafka`, `sqs` | each store's and broker's own crate (one feature each) |
 //! | `testing` | prove a handler idempotent and crash-safe (feature `testing`) |
 //! | [`backend`] | what a store or broker of your own implements, and the rules every store shares |
 //!
@@ -28,6 +28,7 @@
 //! | `postgres://USER@HOST/DB` (`postgresql://` too) | shared by many instances | `oncely-postgres` |
 //! | `mysql://USER@HOST/DB` (`mariadb://` too) | shared by many instances | `oncely-mysql` |
 //! | `redis://HOST[:PORT][/DB]`, `redis+cluster://H1:P1,H2:P2` | shared, in memory | `oncely-redis` |
+//! | `dynamodb://HOST/TABLE` (`dynamodb+http://` for an emulator) | shared, managed by AWS | `oncely-dynamodb` |
 //!
 //! `cache=N` (and `cache_ttl=DURATION`, default `60s`) on any of them puts a local cache of
 //! up to N completed records in front of the store (`oncely-cache`, feature `cache`): a
@@ -156,6 +157,10 @@ pub use oncely_postgres as postgres;
 /// The Redis store (single server or Redis Cluster).
 #[cfg(feature = "redis")]
 pub use oncely_redis as redis;
+
+/// The Amazon DynamoDB store.
+#[cfg(feature = "dynamodb")]
+pub use oncely_dynamodb as dynamodb;
 /// The SQLite store and its transactional inbox.
 #[cfg(feature = "sqlite")]
 pub use oncely_sqlite as sqlite;
@@ -265,6 +270,8 @@ async fn connect_store(url: &str) -> Result<Arc<dyn Store>> {
         StoreKind::Redis | StoreKind::RedisCluster => {
             Ok(Arc::new(oncely_redis::RedisStore::connect(url).await?))
         }
+        #[cfg(feature = "dynamodb")]
+        StoreKind::DynamoDb => Ok(Arc::new(oncely_dynamodb::DynamoStore::connect(url).await?)),
         // A store this build leaves out (its feature is off); unreachable in a full build.
         #[allow(unreachable_patterns)]
         _ => Err(invalid(

@@ -36,17 +36,21 @@ pub enum StoreKind {
     Redis,
     /// A Redis Cluster: `redis+cluster://`, `rediss+cluster://` (`oncely-redis`).
     RedisCluster,
+    /// Amazon DynamoDB: `dynamodb://` (HTTPS), `dynamodb+http://` (emulators)
+    /// (`oncely-dynamodb`).
+    DynamoDb,
 }
 
 impl StoreKind {
     /// Every store kind, in the order messages list them.
-    pub const ALL: [StoreKind; 6] = [
+    pub const ALL: [StoreKind; 7] = [
         StoreKind::Memory,
         StoreKind::Sqlite,
         StoreKind::Postgres,
         StoreKind::MySql,
         StoreKind::Redis,
         StoreKind::RedisCluster,
+        StoreKind::DynamoDb,
     ];
 
     /// The store a URL's scheme names.
@@ -72,6 +76,7 @@ impl StoreKind {
             "mysql" | "mariadb" => StoreKind::MySql,
             "redis" | "redis+unix" | "rediss" => StoreKind::Redis,
             "redis+cluster" | "rediss+cluster" => StoreKind::RedisCluster,
+            "dynamodb" | "dynamodb+http" => StoreKind::DynamoDb,
             _ => return None,
         })
     }
@@ -84,6 +89,7 @@ impl StoreKind {
             StoreKind::Postgres => cfg!(feature = "postgres"),
             StoreKind::MySql => cfg!(feature = "mysql"),
             StoreKind::Redis | StoreKind::RedisCluster => cfg!(feature = "redis"),
+            StoreKind::DynamoDb => cfg!(feature = "dynamodb"),
         }
     }
 
@@ -96,6 +102,7 @@ impl StoreKind {
             StoreKind::MySql => "mysql://...",
             StoreKind::Redis => "redis://...",
             StoreKind::RedisCluster => "redis+cluster://...",
+            StoreKind::DynamoDb => "dynamodb://HOST/TABLE",
         }
     }
 }
@@ -172,6 +179,11 @@ mod tests {
             ("redis+unix:///tmp/redis.sock", StoreKind::Redis),
             ("redis+cluster://h1:7000,h2:7000", StoreKind::RedisCluster),
             ("rediss+cluster://h1:7000", StoreKind::RedisCluster),
+            (
+                "dynamodb://dynamodb.eu-west-1.amazonaws.com/oncely",
+                StoreKind::DynamoDb,
+            ),
+            ("dynamodb+http://127.0.0.1:5998/oncely", StoreKind::DynamoDb),
         ] {
             assert_eq!(StoreKind::from_url(url), Ok(kind), "{url}");
         }

@@ -57,18 +57,7 @@ pub enum Error {
     },
 }
 
-/// `error` and its causes on one line (`dispatch failure: io error: ... Connection refused`):
-/// the SDK's own message is only the first of them.
+/// `error` and its causes on one line: [`oncely_aws::describe`].
 pub(crate) fn describe(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        let text = error.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = error.source();
-    }
-    line
+    oncely_aws::describe(error)
 }

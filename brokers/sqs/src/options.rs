@@ -1,9 +1,7 @@
 //! [`SqsOptions`] (the `sqs://` URL, parsed in `parse`) and the SDK [`client`].
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::config::{
-    Credentials, ProvideCredentials, Region, SharedCredentialsProvider, SharedHttpClient,
-};
+use aws_sdk_sqs::config::{Region, SharedCredentialsProvider, SharedHttpClient};
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use std::time::Duration;
 
@@ -70,63 +68,22 @@ pub async fn client(options: &SqsOptions) -> Result<Client, Error> {
     Ok(Client::from_conf(config))
 }
 
-/// The HTTP client of SQS and of the credential providers: rustls with ring, the system's roots.
+/// The HTTP client of SQS and of the credential providers: [`oncely_aws::https_client`].
 fn https_client() -> SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https()
+    oncely_aws::https_client()
 }
 
-/// The credentials an SQS client for `options` signs with, found as the AWS SDKs find them (the
-/// standard chain, in order): `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
-/// (`AWS_SESSION_TOKEN`); the shared profile (`AWS_PROFILE`, `~/.aws/credentials` and
-/// `~/.aws/config`, or the files `AWS_SHARED_CREDENTIALS_FILE` / `AWS_CONFIG_FILE` name; role
-/// assumption, SSO and `credential_process` profiles included); web identity
-/// (`AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN`, as on EKS); the container endpoint
-/// (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` or `..._FULL_URI`, as on ECS); the instance
-/// metadata service (EC2). Temporary credentials are refreshed before they expire.
-///
-/// For a plain-HTTP emulator (`sqs+http://`) only the environment is asked, and without
-/// `AWS_ACCESS_KEY_ID` the credentials are `test`/`test` (emulators take any).
-///
-/// Fails, saying where it looked, when no source has credentials.
+/// The credentials an SQS client for `options` signs with: [`oncely_aws::credentials`] (the
+/// AWS SDKs' standard chain; for a plain-HTTP emulator, `sqs+http://`, the environment or
+/// `test`/`test`). Fails, saying where it looked, when no source has credentials.
 pub async fn credentials(options: &SqsOptions) -> Result<SharedCredentialsProvider, Error> {
-    let emulator = options.endpoint.starts_with("http://");
-    let environment = aws_config::environment::EnvironmentVariableCredentialsProvider::new();
-    let provider = if emulator {
-        match environment.provide_credentials().await {
-            Ok(found) => SharedCredentialsProvider::new(found),
-            Err(_) => SharedCredentialsProvider::new(Credentials::new(
-                "test", "test", None, None, "emulator",
-            )),
-        }
-    } else {
-        let config = aws_config::provider_config::ProviderConfig::default()
-            .with_http_client(https_client())
-            .with_region(Some(Region::new(options.region.clone())));
-        let chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-            .configure(config)
-            .build()
-            .await;
-        SharedCredentialsProvider::new(chain)
-    };
-    // Now, so that missing credentials stop `connect` with the reason, not a first receive.
-    provider
-        .provide_credentials()
+    oncely_aws::credentials(&options.endpoint, &options.region)
         .await
         .map_err(|e| Error::Sqs {
             endpoint: options.endpoint.clone(),
             what: "credentials".into(),
-            source: format!(
-                "{} (looked in: the environment, the shared profile, web identity, the \
-                 container endpoint, the instance metadata)",
-                describe(&e)
-            )
-            .into(),
-        })?;
-    Ok(provider)
+            source: e.to_string().into(),
+        })
 }
 
 /// The URL of the queue named `queue` (`GetQueueUrl`); [`Error::NoQueue`] if there is none.
