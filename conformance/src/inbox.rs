@@ -21,6 +21,7 @@ use libtest_mimic::Trial;
 use oncely_core::inbox::{Inbox, InboxClaim};
 use oncely_core::{
     ClaimOutcome, Error, Fingerprint, Key, LostReason, ManualClock, Oncely, Result, Scope, Store,
+    VersionCheck,
 };
 use tokio::sync::Barrier;
 
@@ -102,6 +103,15 @@ pub trait InboxDatabase: Send + Sync + 'static {
         outcome: &[u8],
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// `inbox.apply_if_newer(&mut tx, entity, version)`, through the store's inbox trait.
+    fn apply_if_newer(
+        &self,
+        tx: &mut Self::Tx,
+        inbox: &Inbox,
+        entity: &Key,
+        version: u64,
+    ) -> impl Future<Output = Result<VersionCheck>> + Send;
+
     /// Inserts an order row for `event` (`INSERT INTO orders (event_id, item) ...`).
     fn place_order(&self, tx: &mut Self::Tx, event: &Key) -> impl Future<Output = ()> + Send;
 
@@ -134,7 +144,7 @@ pub trait InboxDatabase: Send + Sync + 'static {
 }
 
 /// Inside an `impl InboxDatabase` whose `Tx` is a `sqlx::Transaction`, the methods that read
-/// the same on every database: `claim`, `claim_many` and `record_outcome` through the store's
+/// the same on every database: `claim`, `claim_many`, `record_outcome` and `apply_if_newer` through the store's
 /// inbox trait `$inbox` (e.g. `PostgresInbox`), `take_apple`, `commit`, `rollback`, and
 /// `inventory` read through the pool in the field `$pool`.
 #[macro_export]
@@ -171,6 +181,19 @@ macro_rules! sqlx_inbox_calls {
         ) -> ::oncely_core::Result<()> {
             <::oncely_core::inbox::Inbox as $inbox>::record_outcome(inbox, &mut **tx, key, outcome)
                 .await
+        }
+
+        async fn apply_if_newer(
+            &self,
+            tx: &mut Self::Tx,
+            inbox: &::oncely_core::inbox::Inbox,
+            entity: &::oncely_core::Key,
+            version: u64,
+        ) -> ::oncely_core::Result<::oncely_core::VersionCheck> {
+            <::oncely_core::inbox::Inbox as $inbox>::apply_if_newer(
+                inbox, &mut **tx, entity, version,
+            )
+            .await
         }
 
         async fn take_apple(&self, tx: &mut Self::Tx) {
@@ -238,6 +261,9 @@ suite!(
     a_batch_takes_over_an_expired_claim,
     record_outcome_needs_the_key_completed_in_the_transaction,
     a_step_done_in_the_transaction_commits_with_it_and_is_not_done_again,
+    a_version_applied_by_a_rolled_back_update_is_applied_again_on_redelivery,
+    versions_in_transactions_and_through_the_store_share_one_history,
+    concurrent_transactions_apply_each_version_of_an_entity_in_order,
 );
 
 /// One test per behaviour of the suite, then one per test of `own` (the database's own, over
@@ -741,4 +767,141 @@ async fn a_step_done_in_the_transaction_commits_with_it_and_is_not_done_again<D:
         .unwrap();
     assert_eq!(again, oncely_core::RunOutcome::Replayed(b"sold".to_vec()));
     assert_eq!(db.inventory().await, Inventory::ONE_ORDER);
+}
+
+/// Guards an order's status update with its version, as a consumer of order events does: in one
+/// transaction, the version checked and, if newer, an order row placed (the update); committed
+/// unless `fail`, when the update "fails" and the transaction rolls back. Answers the check.
+async fn update_if_newer<D: InboxDatabase>(
+    db: &D,
+    inbox: &Inbox,
+    entity: &Key,
+    version: u64,
+    fail: bool,
+) -> Result<VersionCheck> {
+    let mut tx = db.begin().await;
+    let check = match db.apply_if_newer(&mut tx, inbox, entity, version).await {
+        Ok(check) => check,
+        Err(error) => {
+            db.rollback(tx).await;
+            return Err(error);
+        }
+    };
+    if let VersionCheck::Applied { .. } = check {
+        db.place_order(&mut tx, &key(&format!("{entity}-v{version}")))
+            .await;
+    }
+    if fail {
+        db.rollback(tx).await;
+    } else {
+        db.commit(tx).await;
+    }
+    Ok(check)
+}
+
+/// The update a version guards fails after the check: the version rolls back with it, so the
+/// redelivery applies it again. With the version checked through the store before the
+/// transaction (`Oncely::apply_if_newer`), the redelivery would be `Stale` and the update lost.
+async fn a_version_applied_by_a_rolled_back_update_is_applied_again_on_redelivery<
+    D: InboxDatabase,
+>(
+    db: Arc<D>,
+) {
+    let inbox = Inbox::new(scope("orders"));
+    let order = key("order-7");
+    let applied = |previous| VersionCheck::Applied { previous };
+    let check = update_if_newer(&*db, &inbox, &order, 2, true).await;
+    assert_eq!(check.unwrap(), applied(None));
+    assert_eq!(db.inventory().await.orders, 0, "the update failed");
+    let redelivered = update_if_newer(&*db, &inbox, &order, 2, false).await;
+    assert_eq!(redelivered.unwrap(), applied(None), "not lost");
+    assert_eq!(db.inventory().await.orders, 1);
+    for (version, check) in [
+        (2, VersionCheck::Stale { current: 2 }),
+        (1, VersionCheck::Stale { current: 2 }),
+        (5, applied(Some(2))),
+        (4, VersionCheck::Stale { current: 5 }),
+    ] {
+        let answered = update_if_newer(&*db, &inbox, &order, version, false).await;
+        assert_eq!(answered.unwrap(), check, "version {version}");
+    }
+    assert_eq!(
+        db.inventory().await.orders,
+        2,
+        "v2 and v5 applied, once each"
+    );
+}
+
+async fn versions_in_transactions_and_through_the_store_share_one_history<D: InboxDatabase>(
+    db: Arc<D>,
+) {
+    let (s, order) = (scope("orders"), key("order-9"));
+    let (inbox, oncely) = (Inbox::new(s.clone()), Oncely::new(db.store().await));
+    assert_eq!(
+        oncely.apply_if_newer(&s, &order, 3).await.unwrap(),
+        VersionCheck::Applied { previous: None }
+    );
+    let check = update_if_newer(&*db, &inbox, &order, 3, false).await;
+    assert_eq!(check.unwrap(), VersionCheck::Stale { current: 3 });
+    let check = update_if_newer(&*db, &inbox, &order, u64::MAX, false).await;
+    assert_eq!(check.unwrap(), VersionCheck::Applied { previous: Some(3) });
+    assert_eq!(
+        oncely.apply_if_newer(&s, &order, 4).await.unwrap(),
+        VersionCheck::Stale { current: u64::MAX }
+    );
+    // Another scope, or another entity, is another history.
+    let check = update_if_newer(&*db, &Inbox::new(scope("refunds")), &order, 1, false).await;
+    assert_eq!(check.unwrap(), VersionCheck::Applied { previous: None });
+    let check = update_if_newer(&*db, &inbox, &key("order-10"), 1, false).await;
+    assert_eq!(check.unwrap(), VersionCheck::Applied { previous: None });
+}
+
+/// 24 transactions at once, each with one of the versions 1..=8 of one entity (three of each),
+/// each placing an order row when its version applies: a version applies at most once, and
+/// what applied increases in commit order, ending at 8. A deadlock victim runs again.
+async fn concurrent_transactions_apply_each_version_of_an_entity_in_order<D: InboxDatabase>(
+    db: Arc<D>,
+) {
+    let inbox = Arc::new(Inbox::new(scope("orders")));
+    let order = key("order-storm");
+    let barrier = Arc::new(Barrier::new(24));
+    let mut tasks = Vec::new();
+    for i in 0..24u64 {
+        let (db, inbox, order, barrier) =
+            (db.clone(), inbox.clone(), order.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let version = i % 8 + 1;
+            barrier.wait().await;
+            loop {
+                match update_if_newer(&*db, &inbox, &order, version, false).await {
+                    Ok(check) => return (version, check),
+                    Err(error) if db.is_deadlock(&error) => continue,
+                    Err(error) => panic!("version {version}: {error}"),
+                }
+            }
+        }));
+    }
+    let mut applied = Vec::new();
+    for task in tasks {
+        let (version, check) = task.await.unwrap();
+        match check {
+            VersionCheck::Applied { previous } => {
+                assert!(
+                    previous.is_none_or(|p| p < version),
+                    "{version} after {previous:?}"
+                );
+                applied.push((previous, version));
+            }
+            VersionCheck::Stale { current } => assert!(current >= version),
+        }
+    }
+    // Each applied version names the one before it: together they form one increasing chain.
+    applied.sort();
+    let mut chain = vec![None];
+    for (previous, version) in &applied {
+        assert_eq!(Some(previous), chain.last(), "{applied:?}");
+        chain.push(Some(*version));
+    }
+    assert_eq!(chain.last(), Some(&Some(8)), "{applied:?}");
+    assert_eq!(db.inventory().await.orders, applied.len() as i64);
 }

@@ -21,10 +21,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::batch::{ClaimTransaction, decide_in_transaction};
-use crate::lifecycle::decide_claim;
+use crate::lifecycle::{decide_claim, decide_version};
 use crate::{
     ClaimOutcome, ClaimRequest, Clock, DEFAULT_RETENTION, Error, Fingerprint, Key, Record,
-    RecordState, Result, Scope, SystemClock,
+    RecordState, Result, Scope, SystemClock, VersionCheck,
 };
 
 /// What an inbox claim answers.
@@ -72,6 +72,18 @@ pub trait InboxTransaction: Send {
     /// Sets the stored outcome of (scope, key) if its record is completed; answers whether it
     /// was.
     async fn set_outcome(&mut self, scope: &Scope, key: &Key, outcome: &[u8]) -> Result<bool>;
+
+    /// The version stored for (scope, entity), its row locked until the transaction ends; if
+    /// there is none, stores `version` as the first and answers `None`.
+    async fn lock_version(
+        &mut self,
+        scope: &Scope,
+        entity: &Key,
+        version: u64,
+    ) -> Result<Option<u64>>;
+
+    /// Overwrites the version of (scope, entity), whose row this transaction holds locked.
+    async fn set_version(&mut self, scope: &Scope, entity: &Key, version: u64) -> Result<()>;
 }
 
 /// How often the key may vanish (purged, released) between insert and lock before giving up.
@@ -179,6 +191,28 @@ impl Inbox {
         })
         .await?;
         Ok(outcomes.into_iter().map(InboxClaim::from).collect())
+    }
+
+    /// The version guard in the caller's transaction: stores `version` for (this inbox's
+    /// scope, `entity`) if it is greater than the stored one, by the rule the stores share
+    /// ([`decide_version`]). The version is written by the transaction, so it commits with the
+    /// update it guards, or rolls back with it: an update that fails leaves the version as it
+    /// was, and the redelivery is `Applied` again rather than `Stale`. A concurrent transaction
+    /// guarding the same entity waits on its row until this one ends. Store crates call this.
+    pub async fn apply_if_newer_in<T: InboxTransaction + ?Sized>(
+        &self,
+        tx: &mut T,
+        entity: &Key,
+        version: u64,
+    ) -> Result<VersionCheck> {
+        let Some(stored) = tx.lock_version(&self.scope, entity, version).await? else {
+            return Ok(VersionCheck::Applied { previous: None });
+        };
+        let check = decide_version(Some(stored), version);
+        if let VersionCheck::Applied { .. } = check {
+            tx.set_version(&self.scope, entity, version).await?;
+        }
+        Ok(check)
     }
 
     /// Stores `outcome` with a key claimed as [`InboxClaim::New`] in the same transaction. A key

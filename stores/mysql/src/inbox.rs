@@ -31,12 +31,12 @@
 
 use oncely_core::inbox::InboxTransaction;
 pub use oncely_core::inbox::{Inbox, InboxClaim};
-use oncely_core::{Error, Fingerprint, Key, Record, Result, Scope, async_trait};
+use oncely_core::{Error, Fingerprint, Key, Record, Result, Scope, VersionCheck, async_trait};
 use sqlx::MySqlConnection;
 
 use crate::claim_tx::{ClaimTx, insert_or_lock};
-use crate::driver::record_from_row;
-use crate::store::LOCK_ONE;
+use crate::driver::{is, record_from_row};
+use crate::store::{DUPLICATE, INSERT_VERSION, LOCK_ONE, LOCK_VERSION, SET_VERSION};
 
 const STORE: &str = "mysql (your transaction)";
 
@@ -88,6 +88,18 @@ pub trait MySqlInbox {
         key: &Key,
         outcome: &[u8],
     ) -> Result<()>;
+
+    /// The version guard in the transaction `conn` belongs to ([`Inbox::apply_if_newer_in`]):
+    /// `version` is stored for `entity` if greater than the stored one, and commits or rolls
+    /// back with your update. The store's `apply_if_newer` shares the history. Under REPEATABLE
+    /// READ two first versions of one entity at once can deadlock (error 1213, the transaction
+    /// rolled back): run it again.
+    async fn apply_if_newer(
+        &self,
+        conn: &mut MySqlConnection,
+        entity: &Key,
+        version: u64,
+    ) -> Result<VersionCheck>;
 }
 
 #[async_trait]
@@ -123,6 +135,16 @@ impl MySqlInbox for Inbox {
     ) -> Result<()> {
         let mut tx = InboxTx { conn, found: None };
         self.record_outcome_in(&mut tx, key, outcome).await
+    }
+
+    async fn apply_if_newer(
+        &self,
+        conn: &mut MySqlConnection,
+        entity: &Key,
+        version: u64,
+    ) -> Result<VersionCheck> {
+        let mut tx = InboxTx { conn, found: None };
+        self.apply_if_newer_in(&mut tx, entity, version).await
     }
 }
 
@@ -194,6 +216,56 @@ impl InboxTransaction for InboxTx<'_> {
         .await
         .map_err(backend)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn lock_version(
+        &mut self,
+        scope: &Scope,
+        entity: &Key,
+        version: u64,
+    ) -> Result<Option<u64>> {
+        let (scope, entity) = (scope.as_str().as_bytes(), entity.as_str().as_bytes());
+        let lock = async |conn: &mut MySqlConnection| {
+            sqlx::query_scalar::<_, i64>(LOCK_VERSION)
+                .bind(scope)
+                .bind(entity)
+                .fetch_optional(conn)
+                .await
+                .map_err(backend)
+        };
+        if let Some(stored) = lock(&mut *self.conn).await? {
+            return Ok(Some(stored as u64));
+        }
+        let inserted = sqlx::query(INSERT_VERSION)
+            .bind(version as i64)
+            .bind(scope)
+            .bind(entity)
+            .execute(&mut *self.conn)
+            .await;
+        match inserted {
+            Ok(_) => Ok(None),
+            // A first version another transaction inserted meanwhile (it waited for it to
+            // commit): only this statement failed, so read that one, locked.
+            Err(e) if is(&e, DUPLICATE) => match lock(&mut *self.conn).await? {
+                Some(stored) => Ok(Some(stored as u64)),
+                None => Err(Error::Corrupt {
+                    store: STORE.into(),
+                    detail: "a version's row refused as a duplicate, then not found".into(),
+                }),
+            },
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn set_version(&mut self, scope: &Scope, entity: &Key, version: u64) -> Result<()> {
+        sqlx::query(SET_VERSION)
+            .bind(version as i64)
+            .bind(scope.as_str().as_bytes())
+            .bind(entity.as_str().as_bytes())
+            .execute(&mut *self.conn)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 }
 

@@ -47,7 +47,7 @@ const POOL_SIZE: u32 = 8;
 /// ER_LOCK_DEADLOCK: InnoDB chose this transaction as a deadlock victim and rolled it back.
 const DEADLOCK: u16 = 1213;
 /// ER_DUP_ENTRY.
-const DUPLICATE: u16 = 1062;
+pub(crate) const DUPLICATE: u16 = 1062;
 /// How often a transaction rolled back by InnoDB (deadlock) is run again.
 const RETRIES: usize = 8;
 
@@ -316,6 +316,14 @@ impl MySqlStore {
     }
 }
 
+// The version guard's statements, the store's and the inbox's: (scope, entity), or
+// (version, scope, entity).
+pub(crate) const LOCK_VERSION: &str =
+    "SELECT version FROM oncely_versions WHERE scope = ? AND entity = ? FOR UPDATE";
+pub(crate) const SET_VERSION: &str =
+    "UPDATE oncely_versions SET version = ? WHERE scope = ? AND entity = ?";
+pub(crate) const INSERT_VERSION: &str =
+    "INSERT INTO oncely_versions (version, scope, entity) VALUES (?, ?, ?)";
 const SELECT_ONE: &str = "SELECT scope, `key`, completed, token, attempt, fingerprint, created_at, \
      expires_at, outcome FROM oncely_records WHERE scope = ? AND `key` = ?";
 pub(crate) const LOCK_ONE: &str = "SELECT scope, `key`, completed, token, attempt, fingerprint, \
@@ -535,21 +543,19 @@ impl Store for MySqlStore {
         let (scope, entity) = (scope.as_str().as_bytes(), entity.as_str().as_bytes());
         loop {
             let mut tx = self.begin().await?;
-            let stored: Option<i64> = sqlx::query_scalar(
-                "SELECT version FROM oncely_versions WHERE scope = ? AND entity = ? FOR UPDATE",
-            )
-            .bind(scope)
-            .bind(entity)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| self.err(e))?;
+            let stored: Option<i64> = sqlx::query_scalar(LOCK_VERSION)
+                .bind(scope)
+                .bind(entity)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
             let check = decide_version(stored.map(|v| v as u64), version);
             if let VersionCheck::Applied { .. } = check {
                 let write = if stored.is_some() {
-                    "UPDATE oncely_versions SET version = ? WHERE scope = ? AND entity = ?"
+                    SET_VERSION
                 } else {
                     // Two first writers both find no row; the second fails on the key and reads again.
-                    "INSERT INTO oncely_versions (version, scope, entity) VALUES (?, ?, ?)"
+                    INSERT_VERSION
                 };
                 let done = sqlx::query(write)
                     .bind(version as i64)

@@ -30,12 +30,12 @@
 
 use oncely_core::inbox::InboxTransaction;
 pub use oncely_core::inbox::{Inbox, InboxClaim};
-use oncely_core::{Error, Fingerprint, Key, Record, Result, Scope, async_trait};
+use oncely_core::{Error, Fingerprint, Key, Record, Result, Scope, VersionCheck, async_trait};
 use sqlx::PgConnection;
 
 use crate::claim_tx::ClaimTx;
 use crate::driver::record_from_row;
-use crate::store::LOCK_ONE;
+use crate::store::{INSERT_VERSION, LOCK_ONE, LOCK_VERSION, SET_VERSION};
 
 const STORE: &str = "postgres (your transaction)";
 
@@ -87,6 +87,30 @@ pub trait PostgresInbox {
         key: &Key,
         outcome: &[u8],
     ) -> Result<()>;
+
+    /// The version guard in the transaction `conn` belongs to ([`Inbox::apply_if_newer_in`]):
+    /// `version` is stored for `entity` if greater than the stored one, and commits or rolls
+    /// back with your update. The store's `apply_if_newer` shares the history.
+    ///
+    /// ```no_run
+    /// # async fn handle(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// use oncely_core::{Key, Scope, VersionCheck};
+    /// use oncely_postgres::inbox::{Inbox, PostgresInbox};
+    ///
+    /// let inbox = Inbox::new(Scope::new("orders")?);
+    /// let mut tx = pool.begin().await?;
+    /// if let VersionCheck::Applied { .. } = inbox.apply_if_newer(&mut tx, &Key::new("order-7")?, 4).await? {
+    ///     sqlx::query("UPDATE orders SET status = 'shipped' WHERE id = 'order-7'").execute(&mut *tx).await?;
+    /// }
+    /// tx.commit().await?; // the version and the update, together
+    /// # Ok(()) }
+    /// ```
+    async fn apply_if_newer(
+        &self,
+        conn: &mut PgConnection,
+        entity: &Key,
+        version: u64,
+    ) -> Result<VersionCheck>;
 }
 
 #[async_trait]
@@ -116,6 +140,16 @@ impl PostgresInbox for Inbox {
         outcome: &[u8],
     ) -> Result<()> {
         self.record_outcome_in(&mut InboxTx(conn), key, outcome)
+            .await
+    }
+
+    async fn apply_if_newer(
+        &self,
+        conn: &mut PgConnection,
+        entity: &Key,
+        version: u64,
+    ) -> Result<VersionCheck> {
+        self.apply_if_newer_in(&mut InboxTx(conn), entity, version)
             .await
     }
 }
@@ -186,6 +220,43 @@ impl InboxTransaction for InboxTx<'_> {
         .await
         .map_err(backend)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn lock_version(
+        &mut self,
+        scope: &Scope,
+        entity: &Key,
+        version: u64,
+    ) -> Result<Option<u64>> {
+        let (scope, entity) = (scope.as_str().as_bytes(), entity.as_str().as_bytes());
+        let inserted = sqlx::query(INSERT_VERSION)
+            .bind(scope)
+            .bind(entity)
+            .bind(version as i64)
+            .execute(&mut *self.0)
+            .await
+            .map_err(backend)?;
+        if inserted.rows_affected() == 1 {
+            return Ok(None);
+        }
+        let stored: i64 = sqlx::query_scalar(LOCK_VERSION)
+            .bind(scope)
+            .bind(entity)
+            .fetch_one(&mut *self.0)
+            .await
+            .map_err(backend)?;
+        Ok(Some(stored as u64))
+    }
+
+    async fn set_version(&mut self, scope: &Scope, entity: &Key, version: u64) -> Result<()> {
+        sqlx::query(SET_VERSION)
+            .bind(scope.as_str().as_bytes())
+            .bind(entity.as_str().as_bytes())
+            .bind(version as i64)
+            .execute(&mut *self.0)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 }
 

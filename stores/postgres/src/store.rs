@@ -57,6 +57,13 @@ pub(crate) const LOCK_ONE: &str = "SELECT scope, key, completed, token, attempt,
 const SELECT_MANY: &str = "SELECT scope, key, completed, token, attempt, fingerprint, created_at, \
      expires_at, outcome FROM oncely_records \
      WHERE (scope, key) IN (SELECT * FROM unnest($1::bytea[], $2::bytea[]))";
+// The version guard's statements, the store's and the inbox's: (scope, entity, version).
+pub(crate) const INSERT_VERSION: &str = "INSERT INTO oncely_versions (scope, entity, version) \
+     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+pub(crate) const LOCK_VERSION: &str =
+    "SELECT version FROM oncely_versions WHERE scope = $1 AND entity = $2 FOR UPDATE";
+pub(crate) const SET_VERSION: &str =
+    "UPDATE oncely_versions SET version = $3 WHERE scope = $1 AND entity = $2";
 const STATS: &str = "SELECT count(*) AS records, \
      count(*) FILTER (WHERE NOT completed AND expires_at >= $1) AS in_progress, \
      count(*) FILTER (WHERE completed AND expires_at >= $1) AS completed, \
@@ -596,37 +603,31 @@ impl Store for PostgresStore {
         version: u64,
     ) -> Result<VersionCheck> {
         let mut tx = self.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO oncely_versions (scope, entity, version) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(scope.as_str().as_bytes())
-        .bind(entity.as_str().as_bytes())
-        .bind(version as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?;
+        let inserted = sqlx::query(INSERT_VERSION)
+            .bind(scope.as_str().as_bytes())
+            .bind(entity.as_str().as_bytes())
+            .bind(version as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
         let check = if inserted.rows_affected() == 1 {
             decide_version(None, version)
         } else {
-            let stored: i64 = sqlx::query_scalar(
-                "SELECT version FROM oncely_versions WHERE scope = $1 AND entity = $2 FOR UPDATE",
-            )
-            .bind(scope.as_str().as_bytes())
-            .bind(entity.as_str().as_bytes())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| self.err(e))?;
-            let check = decide_version(Some(stored as u64), version);
-            if let VersionCheck::Applied { .. } = check {
-                sqlx::query(
-                    "UPDATE oncely_versions SET version = $3 WHERE scope = $1 AND entity = $2",
-                )
+            let stored: i64 = sqlx::query_scalar(LOCK_VERSION)
                 .bind(scope.as_str().as_bytes())
                 .bind(entity.as_str().as_bytes())
-                .bind(version as i64)
-                .execute(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| self.err(e))?;
+            let check = decide_version(Some(stored as u64), version);
+            if let VersionCheck::Applied { .. } = check {
+                sqlx::query(SET_VERSION)
+                    .bind(scope.as_str().as_bytes())
+                    .bind(entity.as_str().as_bytes())
+                    .bind(version as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.err(e))?;
             }
             check
         };

@@ -83,13 +83,15 @@
 
 use oncely_core::inbox::InboxTransaction;
 pub use oncely_core::inbox::{Inbox, InboxClaim};
-use oncely_core::{Error, Fingerprint, Key, Record, Result, Scope, async_trait};
+use oncely_core::{Error, Fingerprint, Key, Record, Result, Scope, VersionCheck, async_trait};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Connection, Row};
 
-use crate::ops::{SELECT_CLAIM, SELECT_DONE, StoredKey, StoredRow, Table, decode};
+use crate::ops::{
+    SELECT_CLAIM, SELECT_DONE, SELECT_VERSION, StoredKey, StoredRow, Table, UPSERT_VERSION, decode,
+};
 use crate::{MIGRATIONS, SqliteOptions};
 
 const STORE: &str = "sqlite (your transaction)";
@@ -141,6 +143,17 @@ pub trait SqliteInbox {
         key: &Key,
         outcome: &[u8],
     ) -> Result<()>;
+
+    /// The version guard in the transaction `conn` belongs to (begun with `BEGIN IMMEDIATE`;
+    /// [`Inbox::apply_if_newer_in`]): `version` is stored for `entity` if greater than the
+    /// stored one, and commits or rolls back with your update. The store's `apply_if_newer`
+    /// shares the history.
+    async fn apply_if_newer(
+        &self,
+        conn: &mut SqliteConnection,
+        entity: &Key,
+        version: u64,
+    ) -> Result<VersionCheck>;
 }
 
 #[async_trait]
@@ -181,6 +194,19 @@ impl SqliteInbox for Inbox {
             found_in: None,
         };
         self.record_outcome_in(&mut tx, key, outcome).await
+    }
+
+    async fn apply_if_newer(
+        &self,
+        conn: &mut SqliteConnection,
+        entity: &Key,
+        version: u64,
+    ) -> Result<VersionCheck> {
+        let mut tx = InboxTx {
+            conn,
+            found_in: None,
+        };
+        self.apply_if_newer_in(&mut tx, entity, version).await
     }
 }
 
@@ -240,6 +266,36 @@ impl InboxTransaction for InboxTx<'_> {
             .await
             .map_err(backend)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn lock_version(
+        &mut self,
+        scope: &Scope,
+        entity: &Key,
+        version: u64,
+    ) -> Result<Option<u64>> {
+        // The caller's `BEGIN IMMEDIATE` holds the write lock: nothing changes between the two.
+        let stored: Option<i64> = sqlx::query_scalar(SELECT_VERSION)
+            .bind(scope.as_str())
+            .bind(entity.as_str())
+            .fetch_optional(&mut *self.conn)
+            .await
+            .map_err(backend)?;
+        if stored.is_none() {
+            self.set_version(scope, entity, version).await?;
+        }
+        Ok(stored.map(|v| v as u64))
+    }
+
+    async fn set_version(&mut self, scope: &Scope, entity: &Key, version: u64) -> Result<()> {
+        sqlx::query(UPSERT_VERSION)
+            .bind(scope.as_str())
+            .bind(entity.as_str())
+            .bind(version as i64)
+            .execute(&mut *self.conn)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 }
 

@@ -44,8 +44,10 @@ const PURGE_DONE: &str = "DELETE FROM oncely_records WHERE (scope, key) IN \
      (SELECT scope, key FROM oncely_records WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?2)";
 const COUNT_CLAIMS: &str = "SELECT count(*), coalesce(sum(expires_at >= ?1), 0) FROM oncely_claims";
 const COUNT_DONE: &str = "SELECT count(*), coalesce(sum(expires_at >= ?1), 0) FROM oncely_records";
-const SELECT_VERSION: &str = "SELECT version FROM oncely_versions WHERE scope = ?1 AND entity = ?2";
-const UPSERT_VERSION: &str = "INSERT INTO oncely_versions (scope, entity, version) VALUES (?1, ?2, ?3) \
+/// The version guard's statements, the store's and the inbox's: (scope, entity[, version]).
+pub(crate) const SELECT_VERSION: &str =
+    "SELECT version FROM oncely_versions WHERE scope = ?1 AND entity = ?2";
+pub(crate) const UPSERT_VERSION: &str = "INSERT INTO oncely_versions (scope, entity, version) VALUES (?1, ?2, ?3) \
      ON CONFLICT (scope, entity) DO UPDATE SET version = excluded.version";
 
 /// A failed statement on the store at `url`: `Error::Unavailable` when the file cannot be
