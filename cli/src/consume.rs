@@ -268,15 +268,19 @@ fn summary(report: &ConsumerReport) -> String {
     let ConsumerReport {
         done,
         duplicates,
+        stale,
         redelivered,
         dead_lettered,
         unsettled,
     } = *report;
-    let consumed = done + duplicates + redelivered + dead_lettered + unsettled;
+    let consumed = done + duplicates + stale + redelivered + dead_lettered + unsettled;
     let mut line = format!(
         "consumed {consumed}: done {done}, duplicates {duplicates}, redelivered {redelivered}, \
          dead-lettered {dead_lettered}"
     );
+    if stale > 0 {
+        line.push_str(&format!(", stale {stale}"));
+    }
     if unsettled > 0 {
         line.push_str(&format!(", unsettled {unsettled}"));
     }
@@ -332,6 +336,7 @@ mod tests {
         let report = ConsumerReport {
             done: 3,
             duplicates: 2,
+            stale: 0,
             redelivered: 1,
             dead_lettered: 1,
             unsettled: 0,

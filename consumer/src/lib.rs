@@ -114,6 +114,7 @@ struct Inner<H> {
 struct Counts {
     done: AtomicU64,
     duplicates: AtomicU64,
+    stale: AtomicU64,
     redelivered: AtomicU64,
     dead_lettered: AtomicU64,
     unsettled: AtomicU64,
@@ -126,6 +127,8 @@ pub struct Report {
     pub done: u64,
     /// Duplicates acked without handling.
     pub duplicates: u64,
+    /// Acked without handling: older than a version of their entity already applied.
+    pub stale: u64,
     /// Given back to the broker.
     pub redelivered: u64,
     /// Dead-lettered, then acked.
@@ -134,11 +137,11 @@ pub struct Report {
     pub unsettled: u64,
 }
 
-/// Deliveries settled, by `settlement` (`done`, `duplicate`, `given_back`, `dead_lettered`,
+/// Deliveries settled, by `settlement` (`done`, `duplicate`, `stale`, `given_back`, `dead_lettered`,
 /// `unsettled`): a counter of the [`metrics`](https://docs.rs/metrics) facade.
 pub const DELIVERIES: &str = "oncely_consumer_deliveries_total";
 /// Each handler call's duration in seconds, by `result`: what it answered (`done`,
-/// `duplicate`, `in_progress`), `error`, or `panic`.
+/// `duplicate`, `stale`, `in_progress`), `error`, or `panic`.
 pub const HANDLER_SECONDS: &str = "oncely_consumer_handler_seconds";
 
 /// Registers the consumer's metrics' help text with the installed recorder.
@@ -218,6 +221,7 @@ impl<H: Handler> Consumer<H> {
         Report {
             done: c.done.load(Ordering::Relaxed),
             duplicates: c.duplicates.load(Ordering::Relaxed),
+            stale: c.stale.load(Ordering::Relaxed),
             redelivered: c.redelivered.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             unsettled: c.unsettled.load(Ordering::Relaxed),
@@ -304,6 +308,7 @@ impl<H: Handler> Consumer<H> {
         let counter = match settled {
             Settled::Done => &mut report.done,
             Settled::Duplicate => &mut report.duplicates,
+            Settled::Stale => &mut report.stale,
             Settled::Redelivered => &mut report.redelivered,
             Settled::DeadLettered => &mut report.dead_lettered,
             Settled::Unsettled => &mut report.unsettled,
@@ -347,6 +352,7 @@ impl<H: Handler> Consumer<H> {
         let counter = match settled {
             Settled::Done => &c.done,
             Settled::Duplicate => &c.duplicates,
+            Settled::Stale => &c.stale,
             Settled::Redelivered => &c.redelivered,
             Settled::DeadLettered => &c.dead_lettered,
             Settled::Unsettled => &c.unsettled,
@@ -387,6 +393,7 @@ impl<H: Handler> Consumer<H> {
             let error = match self.attempt(delivery, &key).await {
                 Ok(Handled::Done) => return ack(delivery, Settled::Done).await,
                 Ok(Handled::Duplicate) => return ack(delivery, Settled::Duplicate).await,
+                Ok(Handled::Stale { .. }) => return ack(delivery, Settled::Stale).await,
                 Ok(Handled::InProgress { retry_after }) => {
                     // Held elsewhere: back soon to look again, not only when the lease ends (the
                     // holder usually finishes long before).
@@ -429,6 +436,7 @@ impl<H: Handler> Consumer<H> {
         let result = match &handled {
             Ok(Ok(Handled::Done)) => "done",
             Ok(Ok(Handled::Duplicate)) => "duplicate",
+            Ok(Ok(Handled::Stale { .. })) => "stale",
             Ok(Ok(Handled::InProgress { .. })) => "in_progress",
             Ok(Err(_)) => "error",
             Err(_) => "panic",

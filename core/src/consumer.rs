@@ -347,6 +347,13 @@ pub enum Handled {
         /// When the other delivery's lease ends.
         retry_after: Duration,
     },
+    /// The message carries a version of its entity at or below one already applied (the
+    /// version guard answered `Stale`): ack without doing anything. Counted apart from
+    /// duplicates: it is another message, only older.
+    Stale {
+        /// The version applied already.
+        current: u64,
+    },
 }
 
 /// Why a handler produced no effect.
@@ -687,6 +694,8 @@ pub enum Settled {
     Done,
     /// A duplicate, acked without handling.
     Duplicate,
+    /// Older than a version of its entity already applied, acked without handling.
+    Stale,
     /// Given back to the broker (in progress elsewhere, store unavailable, or shutting down).
     Redelivered,
     /// Published to the dead-letter destination, then acked.
@@ -696,12 +705,13 @@ pub enum Settled {
 }
 
 impl Settled {
-    /// A short name for metrics and logs: `done`, `duplicate`, `given_back`, `dead_lettered`,
-    /// `unsettled`.
+    /// A short name for metrics and logs: `done`, `duplicate`, `stale`, `given_back`,
+    /// `dead_lettered`, `unsettled`.
     pub fn label(&self) -> &'static str {
         match self {
             Settled::Done => "done",
             Settled::Duplicate => "duplicate",
+            Settled::Stale => "stale",
             Settled::Redelivered => "given_back",
             Settled::DeadLettered => "dead_lettered",
             Settled::Unsettled => "unsettled",

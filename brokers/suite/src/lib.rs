@@ -803,6 +803,10 @@ pub fn all<B: Broker>() -> Vec<(&'static str, Test<B::Channel>)> {
         ("shutdown_gives_back_a_message_waiting_to_retry", |c| {
             Box::pin(shutdown_gives_back_a_message_waiting_to_retry(c))
         }),
+        (
+            "a_stale_version_is_acked_and_a_failed_update_is_retried_not_lost",
+            |c| Box::pin(a_stale_version_is_acked_and_a_failed_update_is_retried_not_lost(c)),
+        ),
     ]
 }
 
@@ -1307,5 +1311,94 @@ async fn shutdown_gives_back_a_message_waiting_to_retry<C: Channel>(channel: C) 
     until(&next, "the redelivery", |r| r.done == 1).await;
     running.stop().await;
     assert_eq!(effects.of("r-1"), 1);
+    until_all_settled(&channel).await;
+}
+
+/// Applies each order event's status if its version is newer than the one applied, in one
+/// PostgreSQL transaction with the version guard (`PostgresInbox::apply_if_newer`). The first
+/// attempt at version 2 fails after its update, rolling the transaction back.
+struct OrderStatus {
+    pool: sqlx::PgPool,
+    inbox: oncely_postgres::inbox::Inbox,
+    fail_first_v2: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Handler for OrderStatus {
+    async fn handle(&self, key: &Key, message: &Message) -> Result<Handled, HandlerError> {
+        use oncely_postgres::inbox::PostgresInbox;
+        let event: serde_json::Value =
+            serde_json::from_slice(message.payload()).map_err(HandlerError::rejected)?;
+        let (Some(version), Some(status)) = (event["version"].as_u64(), event["status"].as_str())
+        else {
+            return Err(HandlerError::rejected("no version or status"));
+        };
+        let mut tx = self.pool.begin().await.map_err(HandlerError::unavailable)?;
+        let check = self.inbox.apply_if_newer(&mut tx, key, version).await;
+        if let oncely_core::VersionCheck::Stale { current } = check.map_err(HandlerError::failed)? {
+            return Ok(Handled::Stale { current });
+        }
+        sqlx::query(
+            "INSERT INTO order_status (id, status) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status",
+        )
+        .bind(key.as_str())
+        .bind(status)
+        .execute(&mut *tx)
+        .await
+        .map_err(HandlerError::failed)?;
+        if version == 2 && self.fail_first_v2.swap(false, Ordering::SeqCst) {
+            // Dropped: the update and its version roll back together.
+            return Err(HandlerError::failed("the status update failed"));
+        }
+        tx.commit().await.map_err(HandlerError::failed)?;
+        Ok(Handled::Done)
+    }
+}
+
+/// Versioned events of one order: version 2's update fails once and is retried (applied, not
+/// lost as `Stale`), the late version 1 and a second copy of version 3 are acked as stale.
+async fn a_stale_version_is_acked_and_a_failed_update_is_retried_not_lost<C: Channel>(channel: C) {
+    let url = oncely_conformance::servers::postgres_url("oncely_suite_versions").await;
+    oncely_postgres::PostgresStore::connect(&url).await.unwrap(); // oncely's tables
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("CREATE TABLE order_status (id text PRIMARY KEY, status text NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let handler = Arc::new(OrderStatus {
+        pool: pool.clone(),
+        inbox: oncely_postgres::inbox::Inbox::new(Scope::new("order-status").unwrap()),
+        fail_first_v2: true.into(),
+    });
+    let consumer = Consumer::new(handler.clone(), by_event_id()).retry(fast_retry(3));
+    let running = start(&channel, &consumer).await;
+    let versioned = |version: u64, status: &str| {
+        let payload = format!(r#"{{"version":{version},"status":"{status}"}}"#);
+        Message::new(payload.into_bytes(), "").with_header("Event-Id", "order-7")
+    };
+    let status = || async {
+        sqlx::query_scalar::<_, String>("SELECT status FROM order_status WHERE id = 'order-7'")
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    };
+    channel.publish(&versioned(2, "shipped")).await.unwrap();
+    until(&consumer, "version 2, on its retry", |r| r.done == 1).await;
+    assert_eq!(status().await.as_deref(), Some("shipped"));
+    channel.publish(&versioned(1, "packed")).await.unwrap();
+    until(&consumer, "the late version 1", |r| r.stale == 1).await;
+    channel.publish(&versioned(3, "delivered")).await.unwrap();
+    until(&consumer, "version 3", |r| r.done == 2).await;
+    channel.publish(&versioned(3, "delivered")).await.unwrap();
+    until(&consumer, "version 3 again", |r| r.stale == 2).await;
+    let report = running.stop().await;
+
+    assert_eq!(status().await.as_deref(), Some("delivered"));
+    assert_eq!((report.done, report.stale, report.dead_lettered), (2, 2, 0));
+    assert!(
+        !handler.fail_first_v2.load(Ordering::SeqCst),
+        "version 2 failed once"
+    );
     until_all_settled(&channel).await;
 }

@@ -284,6 +284,7 @@ impl Proof {
 fn add(total: &mut Report, report: Report) {
     total.done += report.done;
     total.duplicates += report.duplicates;
+    total.stale += report.stale;
     total.redelivered += report.redelivered;
     total.dead_lettered += report.dead_lettered;
     total.unsettled += report.unsettled;
