@@ -418,7 +418,8 @@ impl Oncely {
     /// may still be doing the work, and its effect may then happen twice (its completion fails
     /// with [`Error::ClaimLost`](crate::Error::ClaimLost)). Without `force` it stays and the
     /// answer is [`ForgetOutcome::Held`]. The record removed is the one decided on: one claimed
-    /// anew meanwhile is decided on again.
+    /// anew meanwhile is decided on again. The steps a [`run_steps`](Self::run_steps) of the key
+    /// recorded are forgotten with it (unless it is held): its next run does every step again.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> oncely_core::Result<()> {
