@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod gate;
+pub mod service;
 
 use std::future::Future;
 use std::sync::Arc;

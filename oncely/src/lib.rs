@@ -97,7 +97,8 @@ pub use oncely_core::trace;
 /// handler it calls (see [`oncely_core::consumer`] for the rules).
 pub mod consumer {
     pub use oncely_consumer::{
-        Consumer, DELIVERIES, HANDLER_SECONDS, MAX_RECEIVE_BACKOFF, Report, current_trace, describe,
+        Consumer, DELIVERIES, HANDLER_SECONDS, MAX_RECEIVE_BACKOFF, Report, current_trace,
+        describe, service,
     };
     pub use oncely_core::consumer::{
         ATTEMPTS_HEADER, BrokerError, DeadLetter, Delivery, ERROR_HEADER, Handled, Handler,

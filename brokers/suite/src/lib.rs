@@ -807,6 +807,9 @@ pub fn all<B: Broker>() -> Vec<(&'static str, Test<B::Channel>)> {
             "a_stale_version_is_acked_and_a_failed_update_is_retried_not_lost",
             |c| Box::pin(a_stale_version_is_acked_and_a_failed_update_is_retried_not_lost(c)),
         ),
+        ("tower_layers_limit_and_time_out_the_handler", |c| {
+            Box::pin(tower_layers_limit_and_time_out_the_handler(c))
+        }),
     ]
 }
 
@@ -1401,4 +1404,63 @@ async fn a_stale_version_is_acked_and_a_failed_update_is_retried_not_lost<C: Cha
         "version 2 failed once"
     );
     until_all_settled(&channel).await;
+}
+
+/// Counts the calls in it at once (and the most ever); a `slow-` key takes ten seconds.
+#[derive(Default)]
+struct InFlight {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+#[async_trait]
+impl Handler for InFlight {
+    async fn handle(&self, key: &Key, _: &Message) -> Result<Handled, HandlerError> {
+        /// Leaves on drop too: a timeout drops the call mid-sleep.
+        struct Inside<'a>(&'a AtomicUsize);
+        impl Drop for Inside<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        let _inside = Inside(&self.now);
+        self.most.fetch_max(now, Ordering::SeqCst);
+        let slow = key.as_str().starts_with("slow-");
+        tokio::time::sleep(Duration::from_millis(if slow { 10_000 } else { 30 })).await;
+        Ok(Handled::Done)
+    }
+}
+
+/// The handler behind tower's layers (`oncely_consumer::service`): a concurrency limit of one
+/// holds eight deliveries in flight to one call at a time, and a timeout makes a call that
+/// hangs a failed attempt, retried, then dead-lettered with the layer's error.
+async fn tower_layers_limit_and_time_out_the_handler<C: Channel>(channel: C) {
+    use oncely_consumer::service::{HandlerService, ServiceHandler};
+    let inner = Arc::new(InFlight::default());
+    let stack = tower::ServiceBuilder::new()
+        .concurrency_limit(1)
+        .timeout(Duration::from_millis(300))
+        .service(HandlerService::new(inner.clone()));
+    let consumer = Consumer::new(ServiceHandler::new(stack), by_event_id())
+        .concurrency(8)
+        .retry(fast_retry(2));
+    let running = start(&channel, &consumer).await;
+    let mut events: Vec<Message> = (0..6).map(|i| event(&format!("fast-{i}"), i)).collect();
+    events.push(event("slow-1", 6));
+    publish_all(&channel, &events).await;
+    until(&consumer, "six done and the slow one dead-lettered", |r| {
+        r.done == 6 && r.dead_lettered == 1
+    })
+    .await;
+    running.stop().await;
+
+    assert_eq!(inner.most.load(Ordering::SeqCst), 1, "one call at a time");
+    until_all_settled(&channel).await;
+    let letters = channel.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].header(KEY_HEADER), Some("slow-1"));
+    let error = letters[0].header(ERROR_HEADER).unwrap_or_default();
+    assert!(error.contains("timed out"), "the timeout's error: {error}");
+    assert_eq!(letters[0].header(ATTEMPTS_HEADER), Some("2"));
 }
