@@ -362,16 +362,16 @@ impl DynamoStore {
     }
 
     /// Counts of the records a scan finds, and removes up to `purge` of those expired before
-    /// `before` (each only if still expired when removed).
+    /// `before` (each only if still expired when removed, with the parts of their outcomes),
+    /// stopping at the page where the `purge`-th went.
     async fn scan_records(
         &self,
         before: Timestamp,
         mut purge: usize,
         now: Timestamp,
     ) -> Result<(StoreStats, usize)> {
-        let mut stats = StoreStats::default();
-        let mut purged = 0;
-        let mut start = None;
+        let (mut stats, mut purged, mut start) = (StoreStats::default(), 0, None);
+        let purging = purge > 0;
         loop {
             let page = self
                 .client
@@ -414,17 +414,20 @@ impl DynamoStore {
                         .send()
                         .await;
                     match removed {
-                        Ok(_) => {
+                        // A part goes uncounted: the limit is of records.
+                        Ok(_) if item.contains_key("o_state") => {
                             purged += 1;
                             purge -= 1;
                         }
+                        Ok(_) => {}
                         Err(e) if condition_failed(&e) => {}
                         Err(e) => return Err(self.err(e)),
                     }
                 }
             }
             start = page.last_evaluated_key;
-            if start.is_none() {
+            // A purge stops at its limit, not at the end of the table.
+            if start.is_none() || (purging && purge == 0) {
                 return Ok((stats, purged));
             }
         }
