@@ -100,8 +100,12 @@ impl Steps {
     {
         let key = self.step_key(name);
         let outcome = self.oncely.run(&self.scope, &key, None, work).await?;
-        metrics::counter!(telemetry::STEPS, "outcome" => if outcome.was_replayed() { "replayed" } else { "executed" })
-            .increment(1);
+        let how = if outcome.was_replayed() {
+            "replayed"
+        } else {
+            "executed"
+        };
+        metrics::counter!(telemetry::STEPS, "outcome" => how).increment(1);
         Ok(outcome.into_inner())
     }
 }
