@@ -254,11 +254,11 @@ impl DynamoStore {
             return Ok(fresh.outcome);
         };
         loop {
+            // The fingerprint is the new claim's: set, or removed with the expired record's.
             let (set_fp, remove_fp) = match &record.fingerprint {
-                Some(_) => (", o_fp = :fp", ", o_fp"),
+                Some(_) => (", o_fp = :fp", ""),
                 None => ("", ", o_fp"),
             };
-            let remove = if set_fp.is_empty() { remove_fp } else { "" };
             let mut update = self
                 .client
                 .update_item()
@@ -267,7 +267,7 @@ impl DynamoStore {
                 .update_expression(format!(
                     "SET o_scope = :scope, o_key = :key, o_state = :p, o_token = :token, \
                      o_attempt = if_not_exists(o_attempt, :zero) + :one, o_created = :now, \
-                     o_expires = :until, o_ttl = :ttl{set_fp} REMOVE o_outcome, o_parts{remove}"
+                     o_expires = :until, o_ttl = :ttl{set_fp} REMOVE o_outcome, o_parts{remove_fp}"
                 ))
                 .condition_expression("attribute_not_exists(o_id) OR o_expires < :now")
                 .expression_attribute_values(":scope", s(record.scope.as_str()))
