@@ -1,6 +1,7 @@
 //! What the runnable examples share: the order-inventory consumer ([`ReserveInventory`], its
 //! tables made by [`setup`]; a broker consumer whose effect lives in PostgreSQL, in one
-//! transaction with its dedup record) and [`publish`], which puts orders on any broker.
+//! transaction with its dedup record), [`publish`], which puts orders on any broker, and
+//! [`call`], an HTTP call to another service whose failures say whether it may have acted.
 
 use anyhow::{Context, bail};
 use oncely::BrokerKind;
@@ -9,7 +10,10 @@ use oncely::rabbitmq::lapin;
 use oncely_core::consumer::Message;
 use oncely_core::outbox::Publisher as _;
 
+mod call;
 mod inventory;
+
+pub use call::{Answer, call};
 
 pub use inventory::{ITEMS, POISON_ITEM, ReserveInventory, reserve_with_store, setup};
 

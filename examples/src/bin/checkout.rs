@@ -20,11 +20,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use oncely::{BoxError, Key, Oncely, OutcomeUnknown, RunError, RunOutcome, Scope};
+use oncely::{BoxError, Key, Oncely, RunError, RunOutcome, Scope};
 
 #[derive(Parser)]
 #[command(about = "Charge an order once through the payments example, across crashes")]
@@ -50,11 +48,10 @@ struct Cli {
 }
 
 /// POSTs the charge with `key` as its Idempotency-Key: the charge, and whether the API replayed
-/// it. Once the request may have reached the API (no answer, a lost connection, a 5xx), the
-/// error is an [`OutcomeUnknown`]: the order stays held until its lease ends, rather than
-/// released as if nothing was charged. Only a refused connection or a 4xx is a plain error.
+/// it. [`oncely_examples::call`] tells its failures apart: once the request may have reached
+/// the API, the error is an `OutcomeUnknown`, and the order stays held until its lease ends
+/// rather than released as if nothing was charged.
 async fn charge(payments: &str, key: &Key, amount: u64) -> Result<(String, bool), BoxError> {
-    let client = Client::builder(TokioExecutor::new()).build_http();
     let request = hyper::Request::post(format!("{payments}/charges"))
         .header("idempotency-key", key.as_str())
         .header("authorization", "Bearer checkout")
@@ -62,25 +59,9 @@ async fn charge(payments: &str, key: &Key, amount: u64) -> Result<(String, bool)
         .body(Full::new(Bytes::from(format!(
             r#"{{"amount": {amount}, "currency": "eur"}}"#
         ))))?;
-    let response = match client.request(request).await {
-        Ok(response) => response,
-        Err(error) if error.is_connect() => return Err(error.into()),
-        Err(error) => return Err(OutcomeUnknown::new(error).into()),
-    };
-    let status = response.status();
-    let replayed = response.headers().contains_key("idempotent-replayed");
-    let body = match response.into_body().collect().await {
-        Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-        Err(error) => return Err(OutcomeUnknown::new(error).into()),
-    };
-    let answer = format!("the payments API answered {status}: {body}");
-    if status.is_server_error() {
-        return Err(OutcomeUnknown::new(answer).into());
-    }
-    if !status.is_success() {
-        return Err(answer.into());
-    }
-    Ok((body, replayed))
+    let answer = oncely_examples::call(request).await?;
+    let replayed = answer.headers.contains_key("idempotent-replayed");
+    Ok((String::from_utf8_lossy(&answer.body).into_owned(), replayed))
 }
 
 #[tokio::main]

@@ -20,11 +20,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use oncely::{BoxError, Key, Oncely, OutcomeUnknown, RunError, RunOutcome, Scope, Steps};
+use oncely::{BoxError, Key, Oncely, RunError, RunOutcome, Scope, Steps};
 
 /// The steps, in order: each is a `POST {services}/{step}`.
 const STEPS: [&str; 3] = ["charge", "reserve", "confirm"];
@@ -50,32 +48,14 @@ struct Cli {
     stop_after: Option<String>,
 }
 
-/// `POST {services}/{step}` for `order`, with the step's derived key: the service's answer.
-/// Once the request may have reached the service, an error is an [`OutcomeUnknown`].
+/// `POST {services}/{step}` for `order`, with the step's derived key: the service's answer
+/// ([`oncely_examples::call`]: once the request may have reached the service, an error is an
+/// `OutcomeUnknown`).
 async fn call(services: &str, step: &str, order: &Key, key: &Key) -> Result<Vec<u8>, BoxError> {
-    let client = Client::builder(TokioExecutor::new()).build_http();
     let request = hyper::Request::post(format!("{services}/{step}"))
         .header("idempotency-key", key.as_str())
         .body(Full::new(Bytes::from(order.as_str().to_owned())))?;
-    let response = match client.request(request).await {
-        Ok(response) => response,
-        Err(error) if error.is_connect() => return Err(error.into()),
-        Err(error) => return Err(OutcomeUnknown::new(error).into()),
-    };
-    let status = response.status();
-    let body = match response.into_body().collect().await {
-        Ok(body) => body.to_bytes().to_vec(),
-        Err(error) => return Err(OutcomeUnknown::new(error).into()),
-    };
-    if !status.is_success() {
-        let answer = format!("{step} answered {status}");
-        return Err(if status.is_server_error() {
-            OutcomeUnknown::new(answer).into()
-        } else {
-            answer.into()
-        });
-    }
-    Ok(body)
+    Ok(oncely_examples::call(request).await?.body)
 }
 
 /// Stops here for good if asked to: says so, then never returns.
