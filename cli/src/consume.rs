@@ -22,7 +22,10 @@ use oncely::consumer::{
     Handled, Handler, HandlerError, KeySource, Message, OncelyHandler, RetryPolicy,
 };
 use oncely::trace::SpanKeys;
-use oncely::{BrokerKind, Consumer, ConsumerReport, Key, Oncely, Scope, async_trait, duration};
+use oncely::{
+    BrokerKind, Consumer, ConsumerReport, Key, Oncely, PayloadFingerprint, Scope, async_trait,
+    duration,
+};
 
 use oncely_http::gateway::ops::{OpsServer, store_ready};
 
@@ -44,10 +47,20 @@ pub struct ConsumeArgs {
     from: String,
 
     /// Where each message's key comes from: /field or /a,/b (JSON payload fields),
-    /// header:NAME (a message header), message-id (the broker's message id), or payload-hash
-    /// (SHA-256 of the payload). A message without a key is dead-lettered at once.
+    /// header:NAME (a message header), message-id (the broker's message id), payload-hash
+    /// (SHA-256 of the payload), or a JMESPath expression over the JSON payload
+    /// (detail.orderId; powertools_json(Message).orderId for JSON inside a string field). A
+    /// message without a key is dead-lettered at once.
     #[arg(long, value_name = "SPEC", value_parser = parse_key_source)]
     key: KeySource,
+
+    /// What of the payload must match when a key comes again: json (its canonical JSON: key
+    /// order and spacing do not count), bytes, fields:SELECTOR (only those fields, by JSON
+    /// pointers or JMESPath), ignore:/POINTER,... (all but those fields, e.g. a timestamp that
+    /// changes between resends), or none. A key that comes with a different payload is
+    /// dead-lettered as a conflict, not taken for a duplicate.
+    #[arg(long, value_name = "SPEC", default_value = "json", value_parser = parse_fingerprint)]
+    fingerprint: FingerprintArg,
 
     /// The handler: each new message is POSTed to this http:// or https:// URL (https verified
     /// against the system's roots; SSL_CERT_FILE replaces them).
@@ -122,6 +135,20 @@ fn parse_key_source(spec: &str) -> Result<KeySource, String> {
         .map_err(|e| format!("{e}; the key can also be header:NAME, message-id or payload-hash"))
 }
 
+/// `--fingerprint`: a [`PayloadFingerprint`], or none.
+#[derive(Clone, Debug)]
+struct FingerprintArg(Option<PayloadFingerprint>);
+
+fn parse_fingerprint(spec: &str) -> Result<FingerprintArg, String> {
+    match spec.trim() {
+        "none" => Ok(FingerprintArg(None)),
+        spec => spec
+            .parse()
+            .map(|spec| FingerprintArg(Some(spec)))
+            .map_err(|e| format!("{e}, or none")),
+    }
+}
+
 /// Runs `oncely consume` until SIGINT or SIGTERM; `store` is the global `--store` URL.
 pub async fn run(store: &str, span_keys: SpanKeys, args: ConsumeArgs) -> Result<ExitCode> {
     if args.timeout.is_zero() {
@@ -162,7 +189,11 @@ pub async fn run(store: &str, span_keys: SpanKeys, args: ConsumeArgs) -> Result<
             deliverer.send(request).await
         }
     };
-    let handler = KeysAsHeaders(OncelyHandler::new(oncely, scope, work));
+    let handler = OncelyHandler::new(oncely, scope, work);
+    let handler = KeysAsHeaders(match args.fingerprint.0 {
+        Some(fingerprint) => handler.fingerprint(fingerprint),
+        None => handler.without_fingerprint(),
+    });
     let retry = RetryPolicy::default().with_max_attempts(args.max_attempts);
     let consumer = Consumer::new(handler, args.key)
         .span_keys(span_keys)

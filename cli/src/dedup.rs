@@ -22,8 +22,10 @@ use crate::input::{self, Line};
 /// Arguments of `oncely dedup`.
 #[derive(Args, Debug)]
 pub struct DedupArgs {
-    /// JSON pointer(s) to the key: /eventId, or /orderId,/paymentId for a composite key.
-    #[arg(long, value_name = "POINTERS", value_parser = CompositeKey::parse)]
+    /// The key's field(s): JSON pointers (/eventId, or /orderId,/paymentId for a composite
+    /// key) or a JMESPath expression (detail.orderId, [orderId, paymentId],
+    /// powertools_json(Message).orderId for JSON inside a string field).
+    #[arg(long, value_name = "SPEC", value_parser = CompositeKey::parse)]
     key: CompositeKey,
 
     /// Namespace of the keys, e.g. one per pipeline; the same key in two scopes is two keys.

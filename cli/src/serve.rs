@@ -16,7 +16,7 @@ use clap::Args;
 use hyper::header::HeaderName;
 use hyper::{Method, StatusCode};
 use oncely::trace::SpanKeys;
-use oncely::{Oncely, duration};
+use oncely::{CompositeKey, Oncely, PayloadFingerprint, duration};
 use oncely_http::gateway::ops::OpsServer;
 use oncely_http::gateway::{Gateway, GatewayError, GatewayOptions, ServerTls};
 use oncely_http::{DEFAULT_DENY_HEADERS, IdempotencyLayer, InFlight};
@@ -150,6 +150,25 @@ pub struct ServeArgs {
     )]
     fingerprint_headers: Vec<HeaderName>,
 
+    /// What of the body must match when a key comes again (else 422): json (its canonical
+    /// JSON: key order and spacing do not count), bytes, fields:SELECTOR (only those fields, by
+    /// JSON pointers or JMESPath: fields:/amount,/to), or ignore:/POINTER,... (all but those
+    /// fields, e.g. a timestamp each retry changes).
+    #[arg(
+        long,
+        env = "ONCELY_BODY_FINGERPRINT",
+        value_name = "SPEC",
+        default_value = "json"
+    )]
+    body_fingerprint: PayloadFingerprint,
+
+    /// Key a request that sends no Idempotency-Key by fields of its JSON body: JSON pointers
+    /// (/orderId, /orderId,/paymentId) or a JMESPath expression (detail.orderId,
+    /// powertools_json(body).orderId). A body without them passes through, or gets 400 with
+    /// --require-key.
+    #[arg(long, env = "ONCELY_KEY_FROM_BODY", value_name = "SPEC")]
+    key_from_body: Option<CompositeKey>,
+
     /// The largest request body of a keyed request (it is buffered to fingerprint it); larger
     /// gets 413. Bytes, or KiB, MiB, GiB: 65536, 64KiB, 1MiB.
     #[arg(long, env = "ONCELY_MAX_BODY", value_name = "SIZE", default_value = "1MiB", value_parser = size::parse)]
@@ -234,12 +253,16 @@ fn layer(oncely: Oncely, args: &ServeArgs) -> IdempotencyLayer {
     if let Some(step) = &args.forward_key {
         layer = layer.forward_key(step.clone());
     }
+    if let Some(key) = &args.key_from_body {
+        layer = layer.key_from_body(key.clone());
+    }
     layer
         .retention(args.ttl)
         .require_key(args.require_key)
         .methods(args.methods.0.clone())
         .principal_headers(args.principal_headers.clone())
         .fingerprint_headers(args.fingerprint_headers.clone())
+        .body_fingerprint(args.body_fingerprint.clone())
         .in_flight(match args.in_flight_wait {
             Some(wait) => InFlight::Wait(wait),
             None => InFlight::Conflict,

@@ -121,6 +121,43 @@ impl<'a> Json<'a> {
     }
 }
 
+impl Json<'_> {
+    /// Removes what a JSON pointer names (every member of that name, for an object); nothing if
+    /// it names nothing. The empty pointer names the whole value, which is left as it is.
+    pub(crate) fn remove(&mut self, pointer: &str) {
+        let Some((parent, last)) = pointer.rsplit_once('/') else {
+            return;
+        };
+        let last = last.replace("~1", "/").replace("~0", "~");
+        let mut target = self;
+        for token in parent.split('/').skip(1) {
+            let token = token.replace("~1", "/").replace("~0", "~");
+            let next = match target {
+                Json::Object(members) => members
+                    .iter_mut()
+                    .rev()
+                    .find(|(name, _)| *name == token)
+                    .map(|(_, v)| v),
+                Json::Array(items) => array_index(&token).and_then(|i| items.get_mut(i)),
+                _ => None,
+            };
+            match next {
+                Some(next) => target = next,
+                None => return,
+            }
+        }
+        match target {
+            Json::Object(members) => members.retain(|(name, _)| *name != last),
+            Json::Array(items) => {
+                if let Some(i) = array_index(&last).filter(|i| *i < items.len()) {
+                    items.remove(i);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// An array index in a pointer: decimal, no sign, no leading zero (as serde_json reads it).
 fn array_index(token: &str) -> Option<usize> {
     if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
@@ -276,6 +313,19 @@ impl<'a> Parser<'a> {
 pub(crate) fn canonical(value: &Json) -> String {
     let mut out = String::new();
     write_value(value, &mut out);
+    out
+}
+
+/// The canonical JSON array of `values`.
+pub(crate) fn canonical_array(values: &[&Json]) -> String {
+    let mut out = String::from("[");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_value(v, &mut out);
+    }
+    out.push(']');
     out
 }
 

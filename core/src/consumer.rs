@@ -52,7 +52,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    BoxError, CompositeKey, Fingerprint, Key, KeyError, Oncely, RunError, RunOutcome, Scope,
+    BoxError, CompositeKey, Fingerprint, Key, KeyError, Oncely, PayloadFingerprint, RunError,
+    RunOutcome, Scope,
 };
 use crate::{ExtractError, JsonKeyError, KeySpecError};
 
@@ -232,6 +233,7 @@ impl fmt::Debug for Message {
 /// | `header:NAME` | the value of header `NAME` |
 /// | `message-id` | the broker's message id (`Nats-Msg-Id`, AMQP `message_id`) |
 /// | `/a` or `/a,/b` | fields of the JSON payload, numbers exact ([`CompositeKey::extract_json`]) |
+/// | any other text, e.g. `detail.orderId` | a JMESPath expression over the JSON payload ([`Selector`](crate::Selector)), with Powertools' `powertools_json` for JSON inside a string field |
 /// | `payload-hash` | SHA-256 of the payload's canonical JSON (numbers exact), else of its bytes |
 ///
 /// ```
@@ -241,6 +243,7 @@ impl fmt::Debug for Message {
 /// let by_header: KeySource = "header:event-id".parse()?;
 /// assert_eq!(by_header.key_of(&message)?.as_str(), "e-1");
 /// assert_eq!("/orderId".parse::<KeySource>()?.key_of(&message)?.as_str(), "7");
+/// assert_eq!("orderId".parse::<KeySource>()?.key_of(&message)?.as_str(), "7");
 /// assert!("message-id".parse::<KeySource>()?.key_of(&message).is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -250,7 +253,7 @@ pub enum KeySource {
     Header(String),
     /// The broker's message id.
     MessageId,
-    /// Fields of the JSON payload.
+    /// Fields of the JSON payload, by JSON pointer or JMESPath.
     Json(CompositeKey),
     /// A digest of the payload.
     PayloadHash,
@@ -281,7 +284,7 @@ impl fmt::Display for KeySource {
         match self {
             KeySource::Header(name) => write!(f, "header:{name}"),
             KeySource::MessageId => f.write_str("message-id"),
-            KeySource::Json(spec) => f.write_str(&spec.pointers().join(",")),
+            KeySource::Json(spec) => spec.fmt(f),
             KeySource::PayloadHash => f.write_str("payload-hash"),
         }
     }
@@ -408,8 +411,11 @@ impl<H: Handler + ?Sized> Handler for Arc<H> {
 /// says the outcome is unknown.
 ///
 /// The payload's fingerprint goes with the claim, so a key reused with a different payload is
-/// [`HandlerError::Rejected`] (dead-lettered) rather than silently treated as a duplicate;
-/// [`without_fingerprint`](Self::without_fingerprint) turns that off.
+/// [`HandlerError::Rejected`] (dead-lettered) rather than silently treated as a duplicate. By
+/// default it is the payload's canonical JSON ([`PayloadFingerprint::Json`]), so a producer that
+/// re-serialises the same JSON (other key order, other spacing) does not conflict;
+/// [`fingerprint`](Self::fingerprint) chooses which fields count (leave out a timestamp that
+/// changes between resends), [`without_fingerprint`](Self::without_fingerprint) turns it off.
 ///
 /// A crash after `work`'s effect and before the completion leaves the claim to its lease; the
 /// redelivery after it runs `work` again. If that matters, keep the effect in the store's
@@ -426,7 +432,7 @@ impl<H: Handler + ?Sized> Handler for Arc<H> {
 pub struct OncelyHandler<F> {
     oncely: Oncely,
     scope: Scope,
-    fingerprint: bool,
+    fingerprint: Option<PayloadFingerprint>,
     work: F,
 }
 
@@ -436,14 +442,22 @@ impl<F> OncelyHandler<F> {
         OncelyHandler {
             oncely,
             scope,
-            fingerprint: true,
+            fingerprint: Some(PayloadFingerprint::Json),
             work,
         }
     }
 
     /// Does not check that a key always comes with the same payload.
     pub fn without_fingerprint(mut self) -> Self {
-        self.fingerprint = false;
+        self.fingerprint = None;
+        self
+    }
+
+    /// Checks that a key always comes with the same payload as `fingerprint` sees it: see
+    /// [`PayloadFingerprint`]. A payload it cannot fingerprint (fields asked of a payload that
+    /// is not JSON) is [`HandlerError::Rejected`].
+    pub fn fingerprint(mut self, fingerprint: PayloadFingerprint) -> Self {
+        self.fingerprint = Some(fingerprint);
         self
     }
 }
@@ -465,9 +479,12 @@ where
     E: Into<BoxError> + Send + 'static,
 {
     async fn handle(&self, key: &Key, message: &Message) -> Result<Handled, HandlerError> {
-        let fingerprint = self
-            .fingerprint
-            .then(|| Fingerprint::of_bytes(message.payload()));
+        let fingerprint = match &self.fingerprint {
+            Some(spec) => Some(spec.of(message.payload()).map_err(|e| {
+                HandlerError::rejected(format!("the payload has no fingerprint: {e}"))
+            })?),
+            None => None,
+        };
         let work = || (self.work)(key.clone(), message.clone());
         match self.oncely.run(&self.scope, key, fingerprint, work).await {
             Ok(RunOutcome::Executed(_)) => Ok(Handled::Done),
@@ -726,12 +743,19 @@ mod tests {
 
     #[test]
     fn key_sources_parse_and_print_back() {
-        for spec in ["header:Event-Id", "message-id", "payload-hash", "/a,/b/c"] {
+        for spec in [
+            "header:Event-Id",
+            "message-id",
+            "payload-hash",
+            "/a,/b/c",
+            "detail.orderId",
+            "powertools_json(body).[a, b]",
+        ] {
             let parsed: KeySource = spec.parse().unwrap();
             assert_eq!(parsed.to_string(), spec);
         }
         assert_eq!("header: ".parse::<KeySource>(), Err(KeySpecError::Empty));
-        assert!("eventId".parse::<KeySource>().is_err());
+        assert!("event id".parse::<KeySource>().is_err());
     }
 
     #[test]

@@ -62,6 +62,7 @@ mod oncely;
 pub mod outbox;
 pub mod panic;
 mod record;
+mod select;
 mod steps;
 mod store;
 mod strategy;
@@ -72,7 +73,7 @@ pub mod url;
 
 pub use canonical::{canonical_json, canonical_json_text};
 pub use error::{BoxError, Error, KeyError, LostReason, OutcomeUnknown, Result};
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{Fingerprint, FingerprintError, FingerprintSpecError, PayloadFingerprint};
 pub use group::GroupCommit;
 pub use key::{Key, MAX_KEY_BYTES, MAX_SCOPE_BYTES, Scope};
 pub use oncely::{
@@ -83,6 +84,7 @@ pub use record::{
     Claim, ClaimOutcome, ClaimRequest, Completion, ForgetOutcome, Record, RecordRow, RecordState,
     StoreStats, VersionCheck, new_token,
 };
+pub use select::Selector;
 pub use steps::Steps;
 pub use store::Store;
 pub use strategy::{CompositeKey, ExtractError, JsonKeyError, KeySpecError, payload_hash_key};

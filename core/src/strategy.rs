@@ -2,8 +2,9 @@
 //!
 //! - **Message id**: the broker's or producer's id ([`Key::new`]). Best when producers set a
 //!   stable id per logical event.
-//! - **Composite business key**: fields of the payload named by JSON pointers
-//!   ([`CompositeKey`]), e.g. `/orderId,/paymentId`. Best when producers may resend the same
+//! - **Composite business key**: fields of the payload named by JSON pointers or selected by a
+//!   JMESPath expression ([`CompositeKey`]), e.g. `/orderId,/paymentId` or
+//!   `powertools_json(body).orderId`. Best when producers may resend the same
 //!   operation under a new message id.
 //! - **Payload hash**: a digest of the canonical JSON ([`payload_hash_key`]). Best when nothing
 //!   in the payload identifies it, at the price that two genuinely separate but identical
@@ -14,10 +15,12 @@ use std::str::FromStr;
 
 use serde_json::Value;
 
-use crate::canonical::{Json, canonical, write_value};
+use crate::canonical::{Json, canonical, canonical_array};
+use crate::select::{Absent, Selector};
 use crate::{Fingerprint, Key, KeyError};
 
-/// A key built from one or more fields of a JSON payload, named by JSON pointers (RFC 6901).
+/// A key built from one or more fields of a JSON payload, named by JSON pointers (RFC 6901) or
+/// selected by a JMESPath expression (see [`Selector`]).
 ///
 /// The key text of the fields:
 ///
@@ -29,7 +32,13 @@ use crate::{Fingerprint, Key, KeyError};
 /// - one field of any other type gives its canonical JSON (sorted object keys, no whitespace):
 ///   the number `42` is keyed `42`, `{"b":1,"a":2}` is keyed `{"a":2,"b":1}`;
 /// - several fields give the canonical JSON array of the values, strings quoted, so
-///   `("a,b", "c")` and `("a", "b,c")` never collide, nor do `"42"` and `42`.
+///   `("a,b", "c")` and `("a", "b,c")` never collide, nor do `"42"` and `42`. A JMESPath
+///   expression's result is one value, so its multi-select list (`[orderId, paymentId]`) gives
+///   the same key as the pointers `/orderId,/paymentId`, and `eventId` the same as `/eventId`.
+///
+/// Every part must be there: a pointer that names nothing or `null` is an error, and so is an
+/// expression whose result is `null`, an empty list, or a list holding a `null` (so messages
+/// that lack the field never share one key).
 ///
 /// Numbers are exact: an integer keeps all its digits, however long, and a number with a
 /// fraction or exponent is written from its exact decimal value in serde_json's layout
@@ -37,7 +46,8 @@ use crate::{Fingerprint, Key, KeyError};
 /// rounded through `f64`. That needs the payload's text: [`extract_json`](Self::extract_json)
 /// reads it. [`extract`](Self::extract) takes a parsed [`Value`], whose numbers serde_json has
 /// already rounded when they do not fit a 64-bit integer or an `f64`, unless it was built with
-/// its `arbitrary_precision` feature.
+/// its `arbitrary_precision` feature. A JMESPath expression refuses a numeric result from a
+/// payload holding such a number ([`ExtractError::InexactNumber`]).
 ///
 /// ```
 /// use oncely_core::CompositeKey;
@@ -53,13 +63,18 @@ use crate::{Fingerprint, Key, KeyError};
 /// let by_business = CompositeKey::parse("/orderId, /payment/id")?;
 /// let key = by_business.extract(&json!({"orderId": 7, "payment": {"id": "p-9"}}))?;
 /// assert_eq!(key.as_str(), r#"[7,"p-9"]"#);
+///
+/// // JMESPath, with JSON inside a string field (an SNS notification delivered through SQS).
+/// let sns_in_sqs = CompositeKey::parse("powertools_json(Message).[orderId, payment.id]")?;
+/// let body = br#"{"Type": "Notification", "Message": "{\"orderId\": 7, \"payment\": {\"id\": \"p-9\"}}"}"#;
+/// assert_eq!(sns_in_sqs.extract_json(body)?.as_str(), r#"[7,"p-9"]"#);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// [`canonical_json`]: crate::canonical_json
 #[derive(Clone, PartialEq, Eq)]
 pub struct CompositeKey {
-    pointers: Vec<String>,
+    selector: Selector,
 }
 
 /// A key specification that cannot be parsed.
@@ -68,12 +83,22 @@ pub struct CompositeKey {
 pub enum KeySpecError {
     /// Nothing was given.
     #[error(
-        "key specification is empty (expected JSON pointers like /eventId or /orderId,/paymentId)"
+        "key specification is empty (expected JSON pointers like /eventId or /orderId,/paymentId, or a JMESPath expression like detail.orderId)"
     )]
     Empty,
-    /// A part that is not a JSON pointer.
+    /// A part of a pointer list that is not a JSON pointer.
     #[error("`{0}` is not a JSON pointer (it must start with `/`, e.g. /eventId)")]
     NotAPointer(String),
+    /// Not JSON pointers, and not a JMESPath expression either.
+    #[error(
+        "`{expression}` is not a JMESPath expression ({reason}); JSON pointers start with `/`, e.g. /eventId"
+    )]
+    Expression {
+        /// The text given.
+        expression: String,
+        /// The JMESPath parser's message.
+        reason: String,
+    },
 }
 
 /// Why a payload gave no key.
@@ -86,6 +111,24 @@ pub enum ExtractError {
     /// The field is `null`.
     #[error("key field {0} is null")]
     Null(String),
+    /// The expression's result is `null`, an empty list or a list holding a `null`.
+    #[error("key expression `{0}` selects nothing (null, or a list that is empty or holds a null)")]
+    Nothing(String),
+    /// The expression failed on this payload (a function given the wrong type, a string that
+    /// `powertools_json` cannot read).
+    #[error("key expression `{expression}` failed: {reason}")]
+    Expression {
+        /// The expression.
+        expression: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The expression's result holds a number and the payload has a number that JMESPath's
+    /// 64-bit integers and `f64`s cannot hold exactly: the key could be another number's.
+    #[error(
+        "key expression `{0}` selects a number from a payload with a number past 64-bit integers or f64 precision; key it by JSON pointer, which keeps every digit"
+    )]
+    InexactNumber(String),
     /// The field gave an empty or over-long key.
     #[error(transparent)]
     Invalid(#[from] KeyError),
@@ -104,43 +147,21 @@ pub enum JsonKeyError {
 }
 
 impl CompositeKey {
-    /// Parses comma-separated JSON pointers: `/eventId` or `/orderId,/paymentId`.
+    /// Parses comma-separated JSON pointers (`/eventId` or `/orderId,/paymentId`) or a JMESPath
+    /// expression (`detail.orderId`, `[orderId, paymentId]`): see [`Selector`].
     pub fn parse(spec: &str) -> Result<Self, KeySpecError> {
-        let pointers: Vec<String> = spec
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                if p.starts_with('/') {
-                    Ok(p.to_owned())
-                } else {
-                    Err(KeySpecError::NotAPointer(p.to_owned()))
-                }
-            })
-            .collect::<Result<_, _>>()?;
-        if pointers.is_empty() {
-            return Err(KeySpecError::Empty);
-        }
-        Ok(CompositeKey { pointers })
+        Selector::parse(spec).map(|selector| CompositeKey { selector })
     }
 
-    /// The pointers, in order.
-    pub fn pointers(&self) -> &[String] {
-        &self.pointers
+    /// What the key is made of.
+    pub fn selector(&self) -> &Selector {
+        &self.selector
     }
 
     /// The key of `payload`, a parsed [`Value`]: numbers are as exact as the `Value` kept them
     /// (see the type's docs); [`extract_json`](Self::extract_json) reads them from the text.
     pub fn extract(&self, payload: &Value) -> Result<Key, ExtractError> {
-        let mut values = Vec::with_capacity(self.pointers.len());
-        for pointer in &self.pointers {
-            match payload.pointer(pointer) {
-                None => return Err(ExtractError::Missing(pointer.clone())),
-                Some(Value::Null) => return Err(ExtractError::Null(pointer.clone())),
-                Some(v) => values.push(Json::from(v)),
-            }
-        }
-        Ok(Key::new(key_text(&values.iter().collect::<Vec<_>>()))?)
+        self.key_of(&Json::from(payload))
     }
 
     /// The key of a JSON payload as received, every number exact: the key of
@@ -148,15 +169,13 @@ impl CompositeKey {
     /// `serde_json::from_slice` does, on what is not one JSON text.
     pub fn extract_json(&self, payload: &[u8]) -> Result<Key, JsonKeyError> {
         let json = Json::parse(payload).map_err(JsonKeyError::NotJson)?;
-        let mut values = Vec::with_capacity(self.pointers.len());
-        for pointer in &self.pointers {
-            match json.pointer(pointer) {
-                None => return Err(ExtractError::Missing(pointer.clone()).into()),
-                Some(Json::Null) => return Err(ExtractError::Null(pointer.clone()).into()),
-                Some(v) => values.push(v),
-            }
-        }
-        Ok(Key::new(key_text(&values)).map_err(ExtractError::from)?)
+        Ok(self.key_of(&json)?)
+    }
+
+    fn key_of(&self, json: &Json) -> Result<Key, ExtractError> {
+        let values = self.selector.select(json, Absent::Refused)?;
+        let values: Vec<&Json> = values.iter().map(|v| v.as_ref()).collect();
+        Ok(Key::new(key_text(&values))?)
     }
 }
 
@@ -165,17 +184,7 @@ fn key_text(values: &[&Json]) -> String {
     match values {
         [Json::String(s)] if !reads_as_a_key_of_another_value(s) => s.to_string(),
         [single] => canonical(single),
-        many => {
-            let mut out = String::from("[");
-            for (i, v) in many.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_value(v, &mut out);
-            }
-            out.push(']');
-            out
-        }
+        many => canonical_array(many),
     }
 }
 
@@ -205,13 +214,13 @@ impl FromStr for CompositeKey {
 
 impl fmt::Debug for CompositeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CompositeKey({})", self.pointers.join(","))
+        write!(f, "CompositeKey({})", self.selector)
     }
 }
 
 impl fmt::Display for CompositeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.pointers.join(","))
+        self.selector.fmt(f)
     }
 }
 
@@ -264,7 +273,7 @@ mod tests {
     fn bad_specs_are_rejected() {
         assert_eq!(CompositeKey::parse(" , "), Err(KeySpecError::Empty));
         assert_eq!(
-            CompositeKey::parse("eventId"),
+            CompositeKey::parse("/orderId,eventId"),
             Err(KeySpecError::NotAPointer("eventId".into()))
         );
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode, header};
-use oncely_core::Oncely;
+use oncely_core::{CompositeKey, Oncely, PayloadFingerprint};
 
 use crate::problem::DEFAULT_PROBLEM_TYPE_BASE;
 use crate::{IdempotencyService, Running};
@@ -102,6 +102,8 @@ pub(crate) struct Config {
     pub(crate) require_key: bool,
     pub(crate) principal_headers: Vec<HeaderName>,
     pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) body_fingerprint: PayloadFingerprint,
+    pub(crate) key_from_body: Option<CompositeKey>,
     pub(crate) max_body: usize,
     pub(crate) max_response: usize,
     pub(crate) in_flight: InFlight,
@@ -134,6 +136,8 @@ impl IdempotencyLayer {
                 require_key: false,
                 principal_headers: Vec::new(),
                 fingerprint_headers: Vec::new(),
+                body_fingerprint: PayloadFingerprint::Json,
+                key_from_body: None,
                 max_body: DEFAULT_MAX_BODY,
                 max_response: DEFAULT_MAX_RESPONSE,
                 in_flight: InFlight::Conflict,
@@ -167,7 +171,8 @@ impl IdempotencyLayer {
         self.set(|c| c.methods = methods)
     }
 
-    /// Whether a request without `Idempotency-Key` gets 400 (`true`) or passes through
+    /// Whether a request without a key (no `Idempotency-Key`, and none in its body under
+    /// [`key_from_body`](Self::key_from_body)) gets 400 (`true`) or passes through
     /// un-deduplicated (`false`, the default).
     pub fn require_key(self, required: bool) -> Self {
         self.set(|c| c.require_key = required)
@@ -187,6 +192,40 @@ impl IdempotencyLayer {
     pub fn fingerprint_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         let names = names.into_iter().collect();
         self.set(|c| c.fingerprint_headers = names)
+    }
+
+    /// Which differences between two bodies sent with one key make them different requests
+    /// (422): see [`PayloadFingerprint`]. The default is the body's canonical JSON, so a retry
+    /// that re-serialises the same JSON (keys in another order, other spacing) is the same
+    /// request; a body that is not JSON counts byte for byte. Leave out what changes between
+    /// retries (`ignore:/sentAt`), or compare only the fields that make the operation
+    /// (`fields:[amount, currency, to]`). A body a `fields:` or `ignore:` fingerprint cannot
+    /// read (not JSON, an expression that fails on it) gets 400.
+    ///
+    /// ```
+    /// # let oncely = oncely::Oncely::new(std::sync::Arc::new(oncely::memory::MemoryStore::default()));
+    /// // A client stamps each attempt with its own `sentAt`: not a different request.
+    /// let layer = oncely_http::IdempotencyLayer::new(oncely)
+    ///     .body_fingerprint("ignore:/sentAt".parse().unwrap());
+    /// ```
+    pub fn body_fingerprint(self, fingerprint: PayloadFingerprint) -> Self {
+        self.set(|c| c.body_fingerprint = fingerprint)
+    }
+
+    /// Keys a request that carries no `Idempotency-Key` by fields of its JSON body (JSON
+    /// pointers or a JMESPath expression: see [`CompositeKey`]), e.g. `/orderId` or
+    /// `powertools_json(body).orderId`. The header still wins when sent. A body without the
+    /// key passes through un-deduplicated, or gets 400 under
+    /// [`require_key`](Self::require_key).
+    ///
+    /// ```
+    /// # let oncely = oncely::Oncely::new(std::sync::Arc::new(oncely::memory::MemoryStore::default()));
+    /// // One charge per order, whether or not the client sends a key.
+    /// let layer = oncely_http::IdempotencyLayer::new(oncely)
+    ///     .key_from_body("[orderId, paymentId]".parse().unwrap());
+    /// ```
+    pub fn key_from_body(self, key: CompositeKey) -> Self {
+        self.set(|c| c.key_from_body = Some(key))
     }
 
     /// The largest request body buffered to fingerprint it (default 1 MiB); larger gets 413.

@@ -19,6 +19,9 @@ pub const DEFAULT_PROBLEM_TYPE_BASE: &str = "urn:oncely:http:";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Problem {
     KeyMissing,
+    KeyNotInBody {
+        reason: String,
+    },
     KeyEmpty,
     KeyTooLong {
         len: usize,
@@ -34,6 +37,9 @@ pub(crate) enum Problem {
         limit: usize,
     },
     BodyUnreadable {
+        reason: String,
+    },
+    BodyNotFingerprinted {
         reason: String,
     },
     InFlight {
@@ -75,6 +81,8 @@ impl Problem {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Problem::KeyMissing
+            | Problem::KeyNotInBody { .. }
+            | Problem::BodyNotFingerprinted { .. }
             | Problem::KeyEmpty
             | Problem::KeyTooLong { .. }
             | Problem::KeyNotVisibleAscii
@@ -100,7 +108,7 @@ impl Problem {
     /// The last part of the problem type URI.
     pub(crate) fn slug(&self) -> &'static str {
         match self {
-            Problem::KeyMissing => "idempotency-key-missing",
+            Problem::KeyMissing | Problem::KeyNotInBody { .. } => "idempotency-key-missing",
             Problem::KeyEmpty
             | Problem::KeyTooLong { .. }
             | Problem::KeyNotVisibleAscii
@@ -108,6 +116,7 @@ impl Problem {
             | Problem::KeyRepeated { .. } => "idempotency-key-malformed",
             Problem::BodyTooLarge { .. } => "request-too-large",
             Problem::BodyUnreadable { .. } => "request-body-unreadable",
+            Problem::BodyNotFingerprinted { .. } => "request-body-not-comparable",
             Problem::InFlight { .. } => "request-in-progress",
             Problem::Mismatch => "idempotency-key-reused",
             Problem::StoreUnavailable => "store-unavailable",
@@ -124,7 +133,7 @@ impl Problem {
 
     fn title(&self) -> &'static str {
         match self {
-            Problem::KeyMissing => "Idempotency-Key is required",
+            Problem::KeyMissing | Problem::KeyNotInBody { .. } => "Idempotency-Key is required",
             Problem::KeyEmpty
             | Problem::KeyTooLong { .. }
             | Problem::KeyNotVisibleAscii
@@ -132,6 +141,7 @@ impl Problem {
             | Problem::KeyRepeated { .. } => "Idempotency-Key is malformed",
             Problem::BodyTooLarge { .. } => "Request body too large",
             Problem::BodyUnreadable { .. } => "Request body could not be read",
+            Problem::BodyNotFingerprinted { .. } => "Request body could not be compared",
             Problem::InFlight { .. } => "A request with this Idempotency-Key is in progress",
             Problem::Mismatch => "Idempotency-Key reused with a different request",
             Problem::StoreUnavailable => "Idempotency store unavailable",
@@ -153,6 +163,10 @@ impl Problem {
                  per operation, and the same value when retrying it"
                     .into()
             }
+            Problem::KeyNotInBody { reason } => format!(
+                "this endpoint requires an Idempotency-Key header or the key in the request \
+                 body, and the body has none: {reason}"
+            ),
             Problem::KeyEmpty => "the Idempotency-Key header is empty".into(),
             Problem::KeyTooLong { len } => format!(
                 "the Idempotency-Key is {len} characters long; at most {} are accepted",
@@ -177,6 +191,10 @@ impl Problem {
             Problem::BodyUnreadable { reason } => {
                 format!("the request body could not be read: {reason}")
             }
+            Problem::BodyNotFingerprinted { reason } => format!(
+                "the request body could not be compared with other requests of its \
+                 Idempotency-Key, as this endpoint compares them: {reason}"
+            ),
             Problem::InFlight { retry_after } => format!(
                 "the first request with this Idempotency-Key is still being processed; retry \
                  after {} seconds to get its response",

@@ -2,7 +2,7 @@
 
 use http::request::Parts;
 use http::{HeaderMap, HeaderName};
-use oncely_core::{Fingerprint, Key, Scope};
+use oncely_core::{Fingerprint, Key, PayloadFingerprint, Scope};
 
 use crate::problem::Problem;
 
@@ -94,20 +94,27 @@ pub(crate) fn principal_scope(principal_headers: &[HeaderName], headers: &Header
     Scope::new(format!("http:{}", digest.to_hex())).expect("69 bytes is a valid scope")
 }
 
-/// The request's fingerprint: method, path and query, the configured headers, and the body.
+/// The request's fingerprint: method, path and query, the configured headers, and the body as
+/// `body_fingerprint` sees it. A problem if the body cannot be fingerprinted that way.
 pub(crate) fn request_fingerprint(
     fingerprint_headers: &[HeaderName],
+    body_fingerprint: &PayloadFingerprint,
     parts: &Parts,
     body: &[u8],
-) -> Fingerprint {
+) -> Result<Fingerprint, Problem> {
+    let body = body_fingerprint
+        .of(body)
+        .map_err(|e| Problem::BodyNotFingerprinted {
+            reason: e.to_string(),
+        })?;
     let path = parts
         .uri
         .path_and_query()
         .map_or(parts.uri.path(), |pq| pq.as_str());
     let mut all: Vec<&[u8]> = vec![parts.method.as_str().as_bytes(), path.as_bytes()];
     all.extend(header_parts(fingerprint_headers, &parts.headers));
-    all.push(body);
-    Fingerprint::of_parts(all)
+    all.push(body.as_bytes());
+    Ok(Fingerprint::of_parts(all))
 }
 
 /// Each configured header's name, its number of values and each value, in configured order:
@@ -224,24 +231,72 @@ mod tests {
                 .0
         };
         let names = [HeaderName::from_static("x-tenant")];
-        let base = request_fingerprint(&names, &parts("POST", "/charges", "t1"), b"{}");
+        let json = PayloadFingerprint::Json;
+        let of = |names: &[HeaderName], parts: &Parts, body: &[u8]| {
+            request_fingerprint(names, &json, parts, body).unwrap()
+        };
+        let base = of(
+            &names,
+            &parts("POST", "/charges", "t1"),
+            b"{\"a\":1,\"b\":2}",
+        );
+        // The same JSON, re-serialised: the same request.
         assert_eq!(
             base,
-            request_fingerprint(&names, &parts("POST", "/charges", "t1"), b"{}")
+            of(
+                &names,
+                &parts("POST", "/charges", "t1"),
+                b"{ \"b\": 2, \"a\": 1 }"
+            )
         );
         for other in [
-            request_fingerprint(&names, &parts("PATCH", "/charges", "t1"), b"{}"),
-            request_fingerprint(&names, &parts("POST", "/refunds", "t1"), b"{}"),
-            request_fingerprint(&names, &parts("POST", "/charges?x=1", "t1"), b"{}"),
-            request_fingerprint(&names, &parts("POST", "/charges", "t2"), b"{}"),
-            request_fingerprint(&names, &parts("POST", "/charges", "t1"), b"{ }"),
+            of(
+                &names,
+                &parts("PATCH", "/charges", "t1"),
+                b"{\"a\":1,\"b\":2}",
+            ),
+            of(
+                &names,
+                &parts("POST", "/refunds", "t1"),
+                b"{\"a\":1,\"b\":2}",
+            ),
+            of(
+                &names,
+                &parts("POST", "/charges?x=1", "t1"),
+                b"{\"a\":1,\"b\":2}",
+            ),
+            of(
+                &names,
+                &parts("POST", "/charges", "t2"),
+                b"{\"a\":1,\"b\":2}",
+            ),
+            of(
+                &names,
+                &parts("POST", "/charges", "t1"),
+                b"{\"a\":1,\"b\":3}",
+            ),
         ] {
             assert_ne!(base, other);
         }
         // A header not configured does not count.
         assert_eq!(
-            request_fingerprint(&[], &parts("POST", "/charges", "t1"), b"{}"),
-            request_fingerprint(&[], &parts("POST", "/charges", "t2"), b"{}")
+            of(&[], &parts("POST", "/charges", "t1"), b"{}"),
+            of(&[], &parts("POST", "/charges", "t2"), b"{}")
         );
+        // Bytes: every byte counts. Fields of a body that is not JSON: a problem.
+        let bytes = |body: &[u8]| {
+            request_fingerprint(
+                &[],
+                &PayloadFingerprint::Bytes,
+                &parts("POST", "/c", "t"),
+                body,
+            )
+        };
+        assert_ne!(bytes(b"{}").unwrap(), bytes(b"{ }").unwrap());
+        let fields: PayloadFingerprint = "fields:/a".parse().unwrap();
+        assert!(matches!(
+            request_fingerprint(&[], &fields, &parts("POST", "/c", "t"), b"a=1"),
+            Err(Problem::BodyNotFingerprinted { .. })
+        ));
     }
 }

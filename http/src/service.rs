@@ -107,17 +107,20 @@ where
     if !config.methods.contains(request.method()) {
         return pass_through(&mut inner, request.map(Body::stream)).await;
     }
-    let key = match read_key(request.headers()) {
-        Ok(Some(key)) => key,
-        Ok(None) if config.require_key => {
-            return Ok(Problem::KeyMissing.into_response(&config.problem_type_base));
-        }
-        Ok(None) => return pass_through(&mut inner, request.map(Body::stream)).await,
+    let header_key = match read_key(request.headers()) {
+        Ok(key) => key,
         Err(problem) => return Ok(problem.into_response(&config.problem_type_base)),
     };
+    if header_key.is_none() && config.key_from_body.is_none() {
+        if config.require_key {
+            return Ok(Problem::KeyMissing.into_response(&config.problem_type_base));
+        }
+        return pass_through(&mut inner, request.map(Body::stream)).await;
+    }
 
-    // The body is part of the fingerprint: buffer it, within the limit, and send it on after.
-    // A client that leaves while it arrives leaves nothing behind: no key was claimed yet.
+    // The body is part of the fingerprint (and may hold the key): buffer it, within the limit,
+    // and send it on after. A client that leaves while it arrives leaves nothing behind: no key
+    // was claimed yet.
     let (parts, body) = request.into_parts();
     let (data, trailers) = match collect_limited(Box::pin(body), config.max_body).await {
         Collected::Complete { data, trailers } => (data, trailers),
@@ -134,8 +137,33 @@ where
             .into_response(&config.problem_type_base));
         }
     };
+    let key = match (header_key, &config.key_from_body) {
+        (Some(key), _) => key,
+        (None, Some(from_body)) => match from_body.extract_json(&data) {
+            Ok(key) => key,
+            Err(e) if config.require_key => {
+                return Ok(Problem::KeyNotInBody {
+                    reason: e.to_string(),
+                }
+                .into_response(&config.problem_type_base));
+            }
+            Err(_) => {
+                let request = Request::from_parts(parts, Body::buffered(data, trailers));
+                return pass_through(&mut inner, request).await;
+            }
+        },
+        (None, None) => unreachable!("a request with no way to a key passed through above"),
+    };
     let scope = principal_scope(&config.principal_headers, &parts.headers);
-    let fingerprint = request_fingerprint(&config.fingerprint_headers, &parts, &data);
+    let fingerprint = match request_fingerprint(
+        &config.fingerprint_headers,
+        &config.body_fingerprint,
+        &parts,
+        &data,
+    ) {
+        Ok(fingerprint) => fingerprint,
+        Err(problem) => return Ok(problem.into_response(&config.problem_type_base)),
+    };
     let mut parts = parts;
     let span = request_span(&config, &mut parts, &scope, &key);
     let request = Request::from_parts(parts, Body::buffered(data, trailers));

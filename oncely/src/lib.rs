@@ -13,7 +13,7 @@
 //!
 //! | where | what |
 //! |---|---|
-//! | the crate root | [`Oncely`] and its answers ([`ClaimOutcome`], [`RunOutcome`], ...), [`Key`] and [`Scope`], [`Fingerprint`], keys from JSON ([`CompositeKey`]), [`Error`], clocks, the [`Consumer`] runner, [`connect`], the store or broker a URL names ([`StoreKind`], [`BrokerKind`]), [`duration`]s |
+//! | the crate root | [`Oncely`] and its answers ([`ClaimOutcome`], [`RunOutcome`], ...), [`Key`] and [`Scope`], [`Fingerprint`] and which fields count ([`PayloadFingerprint`]), keys from JSON by pointer or JMESPath ([`CompositeKey`], [`Selector`]), [`Error`], clocks, the [`Consumer`] runner, [`connect`], the store or broker a URL names ([`StoreKind`], [`BrokerKind`]), [`duration`]s |
 //! | [`consumer`] | the consumer contract: [`Handler`](consumer::Handler), [`OncelyHandler`](consumer::OncelyHandler), [`Message`](consumer::Message), [`KeySource`](consumer::KeySource), [`RetryPolicy`](consumer::RetryPolicy), ... |
 //! | [`inbox`], [`outbox`] | the transactional inbox and outbox (each SQL store crate adds their statements: `sqlite::inbox`, ...) |
 //! | `broker`, `relay` | a source or an outbox relay opened from a URL (features `nats`, `rabbitmq`, `kafka`, `sqs`, `relay`) |
@@ -63,11 +63,13 @@ pub use oncely_core::{
 };
 // Keys, scopes and fingerprints.
 pub use oncely_core::{
-    Fingerprint, Key, KeyError, MAX_KEY_BYTES, MAX_SCOPE_BYTES, Scope, canonical_json,
-    canonical_json_text,
+    Fingerprint, FingerprintError, FingerprintSpecError, Key, KeyError, MAX_KEY_BYTES,
+    MAX_SCOPE_BYTES, PayloadFingerprint, Scope, canonical_json, canonical_json_text,
 };
-// Keys from JSON payloads.
-pub use oncely_core::{CompositeKey, ExtractError, JsonKeyError, KeySpecError, payload_hash_key};
+// Keys from JSON payloads, by JSON pointer or JMESPath.
+pub use oncely_core::{
+    CompositeKey, ExtractError, JsonKeyError, KeySpecError, Selector, payload_hash_key,
+};
 // Errors.
 pub use oncely_core::{BoxError, Error, LostReason, OutcomeUnknown, Result};
 // Time.

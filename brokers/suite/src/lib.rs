@@ -51,7 +51,7 @@ use oncely_core::consumer::{
     ATTEMPTS_HEADER, ERROR_HEADER, Handled, Handler, HandlerError, KEY_HEADER, KeySource, Message,
     OncelyHandler, RetryPolicy, Source,
 };
-use oncely_core::{BoxError, ClaimOutcome, Key, Oncely, Scope, async_trait};
+use oncely_core::{BoxError, ClaimOutcome, Key, Oncely, PayloadFingerprint, Scope, async_trait};
 use tokio::sync::Notify;
 
 pub use libtest_mimic;
@@ -810,6 +810,14 @@ pub fn all<B: Broker>() -> Vec<(&'static str, Test<B::Channel>)> {
         ("tower_layers_limit_and_time_out_the_handler", |c| {
             Box::pin(tower_layers_limit_and_time_out_the_handler(c))
         }),
+        (
+            "a_re_serialised_copy_is_a_duplicate_and_a_changed_payload_a_conflict",
+            |c| Box::pin(a_re_serialised_copy_is_a_duplicate_and_a_changed_payload_a_conflict(c)),
+        ),
+        (
+            "an_expression_keys_json_inside_a_string_and_fingerprints_only_it",
+            |c| Box::pin(an_expression_keys_json_inside_a_string_and_fingerprints_only_it(c)),
+        ),
     ]
 }
 
@@ -852,6 +860,11 @@ impl Effects {
 }
 
 fn store_handler(effects: Effects) -> impl Handler {
+    fingerprinting_handler(effects, PayloadFingerprint::default())
+}
+
+/// The store handler, with the payload's fingerprint taken as `fingerprint` says.
+fn fingerprinting_handler(effects: Effects, fingerprint: PayloadFingerprint) -> impl Handler {
     let oncely = Oncely::new(Arc::new(oncely_memory::MemoryStore::default()));
     OncelyHandler::new(oncely, Scope::default(), move |key: Key, _: Message| {
         let effects = effects.clone();
@@ -860,6 +873,7 @@ fn store_handler(effects: Effects) -> impl Handler {
             Ok::<_, BoxError>(Vec::new())
         }
     })
+    .fingerprint(fingerprint)
 }
 
 /// Runs a consumer over `source` until it has handled one delivery, then awaits `delete` (which
@@ -1463,4 +1477,98 @@ async fn tower_layers_limit_and_time_out_the_handler<C: Channel>(channel: C) {
     let error = letters[0].header(ERROR_HEADER).unwrap_or_default();
     assert!(error.contains("timed out"), "the timeout's error: {error}");
     assert_eq!(letters[0].header(ATTEMPTS_HEADER), Some("2"));
+}
+
+/// Publishes `payloads` one at a time, each settled (as `settled(report)` counts) before the
+/// next, so the outcome of each is known; answers the report.
+async fn one_by_one<C: Channel, H: Handler>(
+    channel: &C,
+    consumer: &Consumer<H>,
+    payloads: &[&str],
+) -> Report {
+    let running = start(channel, consumer).await;
+    for (n, payload) in payloads.iter().enumerate() {
+        channel
+            .publish(&Message::new(payload.as_bytes().to_vec(), ""))
+            .await
+            .unwrap();
+        until(consumer, &format!("message {}", n + 1), |r| {
+            (r.done + r.duplicates + r.dead_lettered) as usize == n + 1
+        })
+        .await;
+    }
+    running.stop().await
+}
+
+/// The default fingerprint is the payload's canonical JSON: a producer's resend that writes the
+/// same object with its keys in another order and other spacing is a duplicate, while the same
+/// key with another amount is a conflict, dead-lettered, never taken for done.
+async fn a_re_serialised_copy_is_a_duplicate_and_a_changed_payload_a_conflict<C: Channel>(
+    channel: C,
+) {
+    let effects = Effects::default();
+    let key: KeySource = "orderId".parse().unwrap();
+    let consumer = Consumer::new(store_handler(effects.clone()), key);
+    let report = one_by_one(
+        &channel,
+        &consumer,
+        &[
+            r#"{"orderId":"o-1","amount":10,"lines":[{"sku":"s-1","n":2}]}"#,
+            r#"{ "lines": [ { "n": 2, "sku": "s-1" } ], "amount": 10, "orderId": "o-1" }"#,
+            r#"{"orderId":"o-1","amount":11,"lines":[{"sku":"s-1","n":2}]}"#,
+        ],
+    )
+    .await;
+    assert_eq!(effects.of("o-1"), 1);
+    assert_eq!(
+        (report.done, report.duplicates, report.dead_lettered),
+        (1, 1, 1)
+    );
+    until_all_settled(&channel).await;
+    let letters = channel.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert!(String::from_utf8_lossy(letters[0].payload()).contains("11"));
+    let error = letters[0].header(ERROR_HEADER).unwrap();
+    assert!(error.contains("different payload"), "{error}");
+}
+
+/// SNS notifications delivered through a queue: the key and the fingerprint are inside the
+/// `Message` string (a JMESPath expression with `powertools_json`). A resend carries a new
+/// `MessageId` and its `Message` re-serialised: a duplicate; another amount for the order: a
+/// conflict; another order: its own effect.
+async fn an_expression_keys_json_inside_a_string_and_fingerprints_only_it<C: Channel>(channel: C) {
+    let sns = |id: &str, message: &str| {
+        serde_json::json!({"Type": "Notification", "MessageId": id, "Message": message}).to_string()
+    };
+    let effects = Effects::default();
+    let key: KeySource = "powertools_json(Message).orderId".parse().unwrap();
+    let fingerprint = "fields:powertools_json(Message)".parse().unwrap();
+    let handler = fingerprinting_handler(effects.clone(), fingerprint);
+    let consumer = Consumer::new(handler, key);
+    let payloads = [
+        sns("m-1", r#"{"orderId":"o-1","amount":10}"#),
+        sns("m-2", r#"{"amount": 10, "orderId": "o-1"}"#),
+        sns("m-3", r#"{"orderId":"o-1","amount":99}"#),
+        sns("m-4", r#"{"orderId":"o-2","amount":10}"#),
+        sns("m-5", r#"{"amount":10}"#),
+    ];
+    let payloads: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    let report = one_by_one(&channel, &consumer, &payloads).await;
+    assert_eq!((effects.of("o-1"), effects.of("o-2")), (1, 1));
+    assert_eq!(
+        (report.done, report.duplicates, report.dead_lettered),
+        (2, 1, 2)
+    );
+    until_all_settled(&channel).await;
+    let mut errors: Vec<String> = channel
+        .dead_letters()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.header(ERROR_HEADER).unwrap().to_owned())
+        .collect();
+    errors.sort();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].contains("different payload"), "{errors:?}");
+    assert!(errors[1].contains("selects nothing"), "{errors:?}");
 }

@@ -324,3 +324,54 @@ fn dedup_serves_its_metrics_while_it_runs() {
         Some("read 3, passed 2, duplicates 1, rejected 0")
     );
 }
+
+/// JMESPath keys, as AWS Lambda Powertools users write them: here SNS notifications delivered
+/// through SQS, whose order id is inside the `Message` string. Resends with another
+/// `MessageId` and another key order in `Message` are duplicates; a line the expression finds
+/// nothing in, or whose `Message` is not JSON, is rejected with the reason.
+#[test]
+fn dedup_keys_by_a_jmespath_expression_into_json_inside_a_string() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::sqlite_url(dir.path());
+    let sns = |id: &str, message: &str| {
+        serde_json::json!({"Type": "Notification", "MessageId": id, "Message": message}).to_string()
+    };
+    let first = sns("m-1", r#"{"orderId":"o-1","amount":10}"#);
+    let second = sns("m-2", r#"{"orderId":"o-2","amount":10}"#);
+    let input = [
+        first.clone(),
+        second.clone(),
+        sns("m-3", r#"{"amount":10, "orderId":"o-1"}"#), // a resend of o-1
+        sns("m-4", r#"{"amount":10}"#),                  // no order id
+        sns("m-5", "not json"),                          // Message is not JSON
+        sns("m-6", r#"{"orderId":"o-2"}"#),              // o-2 again
+    ]
+    .map(|line| format!("{line}\n"))
+    .concat();
+    let args = [
+        "--store",
+        &store,
+        "dedup",
+        "--key",
+        "powertools_json(Message).orderId",
+    ];
+    let run = oncely(dir.path(), &args, input.as_bytes());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout(), format!("{first}\n{second}\n"));
+    let reported: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(reported.len(), 3, "{}", run.stderr);
+    assert!(
+        reported[0].starts_with(
+            "line 4: key expression `powertools_json(Message).orderId` selects nothing"
+        ),
+        "{}",
+        reported[0]
+    );
+    assert!(
+        reported[1].starts_with("line 5: key expression")
+            && reported[1].contains("powertools_json: not JSON"),
+        "{}",
+        reported[1]
+    );
+    assert_eq!(reported[2], "read 6, passed 2, duplicates 2, rejected 2");
+}

@@ -419,3 +419,49 @@ async fn expired_responses_are_purged_in_the_background_while_requests_come() {
         }
     }
 }
+
+/// `--key-from-body` keys requests that send no Idempotency-Key by their body; with
+/// `--body-fingerprint ignore:/sentAt` a retry stamped with a new time is the same request,
+/// another amount is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_from_the_body_and_a_fingerprint_that_ignores_a_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, executions, _task) = upstream().await;
+    let gateway = Gateway::start(
+        dir.path(),
+        &upstream,
+        &[
+            "--key-from-body",
+            "powertools_json(body).orderId",
+            "--body-fingerprint",
+            "ignore:/sentAt",
+        ],
+    );
+    let client = client();
+    let order = |amount: u32, at: &str| {
+        serde_json::json!({
+            "body": serde_json::json!({"orderId": "o-1", "amount": amount}).to_string(),
+            "sentAt": at,
+        })
+        .to_string()
+    };
+    let first = send(&client, "POST", &gateway.url("/a"), None, &order(10, "t1")).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    let retry = send(&client, "POST", &gateway.url("/a"), None, &order(10, "t2")).await;
+    assert_eq!(retry.status, first.status);
+    assert_eq!(retry.body, first.body, "replayed");
+    let other = send(&client, "POST", &gateway.url("/a"), None, &order(11, "t3")).await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(executions.of(""), 1);
+
+    let bad = Command::new(BIN)
+        .args(["serve", "--upstream", "http://127.0.0.1:9"])
+        .args(["--body-fingerprint", "sha256"])
+        .current_dir(dir.path())
+        .env_remove("ONCELY_STORE")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("is not a fingerprint"), "{stderr}");
+}

@@ -23,6 +23,9 @@ per_store!(
     get_passes_through_untouched,
     two_principals_with_one_key_never_see_each_others_response,
     key_header_reaches_the_upstream_unchanged,
+    a_re_serialised_body_is_the_same_request,
+    a_body_field_left_out_of_the_fingerprint_does_not_make_another_request,
+    a_key_from_the_body_dedupes_requests_that_send_no_header,
 );
 
 async fn first_response_is_replayed_byte_for_byte_without_set_cookie(kind: StoreKind) {
@@ -241,4 +244,82 @@ async fn problem_types_start_with_the_configured_base(kind: StoreKind) {
         reply.problem(StatusCode::BAD_REQUEST),
         "https://docs.example.com/errors/idempotency-key-malformed"
     );
+}
+
+async fn a_re_serialised_body_is_the_same_request(kind: StoreKind) {
+    let server = start(kind, |l| l).await;
+    let first = server
+        .post("/charges", "k-1", r#"{"amount":10,"to":"ann"}"#)
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = server
+        .post("/charges", "k-1", r#"{ "to": "ann", "amount": 10 }"#)
+        .await;
+    assert!(again.replayed(), "{again:?}");
+    assert_eq!(again.body, first.body);
+    assert_eq!(server.upstream.total(), 1);
+}
+
+async fn a_body_field_left_out_of_the_fingerprint_does_not_make_another_request(kind: StoreKind) {
+    let server = start(kind, |l| {
+        l.body_fingerprint("ignore:/sentAt".parse().unwrap())
+    })
+    .await;
+    let first = server
+        .post("/charges", "k-1", r#"{"amount":10,"sentAt":"12:00:00"}"#)
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = server
+        .post("/charges", "k-1", r#"{"amount":10,"sentAt":"12:00:05"}"#)
+        .await;
+    assert!(again.replayed(), "{again:?}");
+    let other = server
+        .post("/charges", "k-1", r#"{"amount":11,"sentAt":"12:00:09"}"#)
+        .await;
+    assert_eq!(
+        other.problem(StatusCode::UNPROCESSABLE_ENTITY),
+        "urn:oncely:http:idempotency-key-reused"
+    );
+    assert_eq!(server.upstream.total(), 1);
+}
+
+async fn a_key_from_the_body_dedupes_requests_that_send_no_header(kind: StoreKind) {
+    let server = start(kind, |l| l.key_from_body("orderId".parse().unwrap())).await;
+    let post = |body: &'static str| server.send(Method::POST, "/charges", &[], body);
+    let first = post(r#"{"orderId":"o-1","amount":10}"#).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = post(r#"{"amount": 10, "orderId": "o-1"}"#).await;
+    assert!(again.replayed(), "{again:?}");
+    assert_eq!(again.body, first.body);
+    let other = post(r#"{"orderId":"o-1","amount":99}"#).await;
+    assert_eq!(
+        other.problem(StatusCode::UNPROCESSABLE_ENTITY),
+        "urn:oncely:http:idempotency-key-reused"
+    );
+    assert_eq!(server.upstream.total(), 1);
+    // A header still wins; a body without the key passes through, each time.
+    let keyed = server
+        .post("/charges", "k-9", r#"{"orderId":"o-1","amount":10}"#)
+        .await;
+    assert!(!keyed.replayed(), "{keyed:?}");
+    for _ in 0..2 {
+        assert!(!post(r#"{"amount":10}"#).await.replayed());
+    }
+    assert!(!post("not json").await.replayed());
+    assert_eq!(server.upstream.total(), 5);
+
+    let required = start(kind, |l| {
+        l.key_from_body("orderId".parse().unwrap())
+            .require_key(true)
+    })
+    .await;
+    let reply = required
+        .send(Method::POST, "/charges", &[], r#"{"amount":10}"#)
+        .await;
+    assert_eq!(
+        reply.problem(StatusCode::BAD_REQUEST),
+        "urn:oncely:http:idempotency-key-missing"
+    );
+    assert!(reply.text().contains("selects nothing"), "{}", reply.text());
+    assert_eq!(required.upstream.total(), 0);
 }
