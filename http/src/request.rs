@@ -102,18 +102,25 @@ pub(crate) fn request_fingerprint(
     parts: &Parts,
     body: &[u8],
 ) -> Result<Fingerprint, Problem> {
-    let body = body_fingerprint
-        .of(body)
-        .map_err(|e| Problem::BodyNotFingerprinted {
-            reason: e.to_string(),
-        })?;
+    // Bytes: the body itself is the part, as before body fingerprints could be chosen, so
+    // records stored then still match their retries.
+    let digest;
+    let body = match body_fingerprint {
+        PayloadFingerprint::Bytes => body,
+        other => {
+            digest = other.of(body).map_err(|e| Problem::BodyNotFingerprinted {
+                reason: e.to_string(),
+            })?;
+            digest.as_bytes().as_slice()
+        }
+    };
     let path = parts
         .uri
         .path_and_query()
         .map_or(parts.uri.path(), |pq| pq.as_str());
     let mut all: Vec<&[u8]> = vec![parts.method.as_str().as_bytes(), path.as_bytes()];
     all.extend(header_parts(fingerprint_headers, &parts.headers));
-    all.push(body.as_bytes());
+    all.push(body);
     Ok(Fingerprint::of_parts(all))
 }
 
