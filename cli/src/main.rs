@@ -16,6 +16,7 @@ mod forget;
 mod input;
 mod inspect;
 mod ops;
+mod outbox;
 mod output;
 mod progress;
 mod purge;
@@ -235,6 +236,13 @@ enum Command {
     /// with the same id. Several relays may run on one outbox: each aggregate is held by one at
     /// a time. Ignores --store. Ends with `relay: published N, failed N, purged N in Ts`.
     Relay(relay::RelayArgs),
+    /// List, retry or drop the outbox rows a relay parked because the broker kept refusing them.
+    ///
+    /// A relay parks a row after the broker refused it --park-after times (a message too
+    /// large, a destination that does not exist; an outage is no refusal). `oncely outbox list`
+    /// shows each with its error; `retry ID...` puts rows back in line, `drop ID...` deletes
+    /// them (`--all` for every parked row). Ignores --store.
+    Outbox(outbox::OutboxArgs),
     /// Measure claim+complete against the naive pattern and the store's batched limit.
     ///
     /// Contenders: oncely (single claim then complete per event, from --concurrency tasks),
@@ -311,6 +319,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Purge(args) => purge::run(&open().await?, args, &mut stdout).await,
         Command::Stats(args) => stats::run(&open().await?, args, &mut stdout).await,
         Command::Relay(args) => relay::run(args).await,
+        Command::Outbox(args) => outbox::run(args, &mut stdout).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "oncely", &mut stdout);
             Ok(ExitCode::SUCCESS)

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use oncely::backend::OutboxStore;
 use oncely::duration;
+use oncely::outbox::AfterParked;
 use oncely::relay::{self, AnyOutbox, Relay};
 use oncely_http::gateway::ops::OpsServer;
 
@@ -50,6 +51,18 @@ pub struct RelayArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
 
+    /// Park a row once the broker refused it this many times (a message too large, a
+    /// destination that does not exist; a broker that is down or slow is no refusal): it is
+    /// set aside with its error for `oncely outbox list|retry|drop`.
+    #[arg(long, value_name = "N", default_value_t = relay::DEFAULT_PARK_AFTER,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    park_after: u32,
+
+    /// What the rows of an aggregate after a parked one do: wait (until it is retried or
+    /// dropped: the aggregate's order holds) or go-on (published without it).
+    #[arg(long, value_name = "WAIT|GO-ON", default_value = "wait", value_parser = parse_after_parked)]
+    after_parked: AfterParked,
+
     /// Delete sent rows once they are older than this (90s, 15m, 24h, 7d).
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = duration::parse)]
     retention: Duration,
@@ -59,6 +72,14 @@ pub struct RelayArgs {
     /// database cannot be reached).
     #[arg(long, env = "ONCELY_METRICS_ADDR", value_name = "HOST:PORT")]
     metrics_addr: Option<std::net::SocketAddr>,
+}
+
+fn parse_after_parked(text: &str) -> Result<AfterParked, String> {
+    match text {
+        "wait" => Ok(AfterParked::Wait),
+        "go-on" => Ok(AfterParked::GoOn),
+        other => Err(format!("`{other}` is neither wait nor go-on")),
+    }
 }
 
 /// How often the backlog shown at /metrics is counted again.
@@ -78,6 +99,8 @@ pub async fn run(args: RelayArgs) -> Result<ExitCode> {
     let relay = Relay::new(outbox.clone(), publisher)
         .batch(args.batch as usize)
         .retention(args.retention)
+        .park_after(args.park_after)
+        .after_parked(args.after_parked)
         .on_error(|e| eprintln!("warning: {}", e.to_string().replace(['\r', '\n'], " ")));
     let _ops = match args.metrics_addr {
         Some(addr) => Some(serve_ops(addr, outbox.clone()).await?),

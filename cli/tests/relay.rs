@@ -35,6 +35,11 @@ const PREFIX: &str = "oncely_cli_relay";
 /// The rows of an outbox not yet published, in every dialect.
 const UNSENT: &str = "SELECT count(*) FROM oncely_outbox WHERE sent_at IS NULL";
 
+fn amqp() -> String {
+    std::env::var("ONCELY_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
 fn nats() -> String {
     std::env::var("ONCELY_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
@@ -437,8 +442,7 @@ async fn relay_takes_a_mysql_outbox_to_a_rabbitmq_queue() {
     MySqlOutboxStore::connect(&outbox_url).await.unwrap();
     let pool = MySqlPool::connect(&outbox_url).await.unwrap();
 
-    let amqp = std::env::var("ONCELY_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let amqp = amqp();
     let options = oncely::rabbitmq::FreshOptions::new("oncely.cli.relay.", "mysql");
     let queue = oncely::rabbitmq::fresh_destination(&amqp, &options)
         .await
@@ -596,4 +600,86 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `oncely relay --park-after 2` parks a row RabbitMQ keeps refusing (routed to no queue);
+/// `oncely outbox list` shows it with its error, `retry` puts it back in line (the relay parks
+/// it again), `drop --all` deletes it; the relay's summary counts it.
+#[tokio::test]
+async fn a_refused_row_is_parked_listed_retried_and_dropped_from_the_command_line() {
+    let (outbox_url, _origin, pool) = postgres_outbox().await;
+    let mut tx = pool.begin().await.unwrap();
+    let message = OutboxMessage::new("order-1", b"{}".to_vec());
+    let id = Outbox::new().enqueue(&mut tx, &message).await.unwrap();
+    tx.commit().await.unwrap();
+    let outbox = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("outbox")
+            .args(args)
+            .args(["--outbox", &outbox_url])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let parked = |outbox: &dyn Fn(&[&str]) -> String| {
+        let listed: serde_json::Value = serde_json::from_str(&outbox(&["list", "--json"])).unwrap();
+        listed.as_array().unwrap().clone()
+    };
+    let relay_until_parked = || {
+        let child = Command::new(BIN)
+            .args(["relay", "--outbox", &outbox_url])
+            .args(["--to", &format!("{}/oncely.cli.no-such-queue", amqp())])
+            .args(["--park-after", "2"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while parked(&outbox).is_empty() {
+            assert!(Instant::now() < deadline, "not parked after 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(out.status.success(), "{stderr}");
+        let last = stderr.lines().last().unwrap_or_default().to_owned();
+        assert!(
+            last.starts_with("relay: published 0, failed 2, parked 1, purged 0 in "),
+            "{stderr}"
+        );
+    };
+
+    relay_until_parked();
+    let rows = parked(&outbox);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["id"], id);
+    assert_eq!(rows[0]["aggregate"], "order-1");
+    assert_eq!(rows[0]["attempts"], 2);
+    assert!(
+        rows[0]["error"].as_str().unwrap().contains("NO_ROUTE"),
+        "{rows:?}"
+    );
+    let text = outbox(&["list"]);
+    assert!(
+        text.starts_with(&format!(
+            "{id}\taggregate order-1\tto (default)\t2 refusals\t"
+        )),
+        "{text}"
+    );
+
+    assert_eq!(outbox(&["retry", &id.to_string()]), "retried 1\n");
+    assert!(parked(&outbox).is_empty());
+    relay_until_parked();
+    assert_eq!(outbox(&["drop", "--all"]), "dropped 1\n");
+    assert!(parked(&outbox).is_empty());
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM oncely_outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
 }

@@ -254,9 +254,11 @@ pub trait OutboxStore: Send + Sync {
 
     /// Takes hold of some aggregates with unsent rows that no other relay holds, and answers
     /// their unsent rows, in id order, at most `limit` of them: for each aggregate, its first
-    /// unsent rows. `None` when there is nothing to take. The hold lasts until the batch is
-    /// [`finish`](OutboxBatch::finish)ed or dropped, and ends by itself if the relay dies.
-    async fn take(&self, limit: usize) -> Result<Option<Self::Batch>>;
+    /// unsent rows. Parked rows are never taken; the rows after one in its aggregate are taken
+    /// only under [`AfterParked::GoOn`]. `None` when there is nothing to take. The hold lasts
+    /// until the batch is [`finish`](OutboxBatch::finish)ed or dropped, and ends by itself if
+    /// the relay dies.
+    async fn take(&self, limit: usize, after_parked: AfterParked) -> Result<Option<Self::Batch>>;
 
     /// Deletes at most `limit` rows sent longer than `retention` ago; answers how many.
     async fn purge(&self, retention: std::time::Duration, limit: usize) -> Result<u64>;
@@ -264,12 +266,111 @@ pub trait OutboxStore: Send + Sync {
     /// The rows waiting to be sent: how many, and how long the oldest has waited (by the
     /// database's clock).
     async fn backlog(&self) -> Result<Backlog>;
+
+    /// The parked rows ([`Refused`]), in id order, at most `limit` of them.
+    async fn parked(&self, limit: usize) -> Result<Vec<ParkedRow>>;
+
+    /// Puts the parked rows among `ids` back in line, their attempts at zero: the relay
+    /// publishes them again, in their aggregate's order. Answers how many were parked.
+    async fn retry_parked(&self, ids: &[OutboxId]) -> Result<u64>;
+
+    /// Deletes the parked rows among `ids`: they are never published; their aggregates go on.
+    /// Answers how many were parked.
+    async fn drop_parked(&self, ids: &[OutboxId]) -> Result<u64>;
+
+    /// A signal that rows were enqueued, from a store that has one (PostgreSQL's LISTEN /
+    /// NOTIFY): a relay then takes new rows at once instead of at its next poll. `None`, the
+    /// default: the relay polls. Called once per relay run; the signal lasts as long as the
+    /// [`Enqueued`] is kept.
+    async fn enqueued(&self) -> Result<Option<Enqueued>> {
+        Ok(None)
+    }
+}
+
+/// Wakes a relay when rows were enqueued ([`OutboxStore::enqueued`]). A signal given while
+/// nobody waits is kept for the next wait, so none given between two waits is missed.
+pub struct Enqueued {
+    signal: std::sync::Arc<tokio::sync::Notify>,
+    _listening: Box<dyn Send + Sync>,
+}
+
+impl Enqueued {
+    /// A signal given through `signal` (`notify_one`) by whatever `listening` is, kept alive
+    /// (and dropped, to stop it) with this value: a task's abort-on-drop guard, a connection.
+    pub fn new(
+        signal: std::sync::Arc<tokio::sync::Notify>,
+        listening: impl Send + Sync + 'static,
+    ) -> Self {
+        Enqueued {
+            signal,
+            _listening: Box::new(listening),
+        }
+    }
+
+    /// Waits for the next signal, or answers at once for one given since the last wait.
+    pub async fn notified(&self) {
+        self.signal.notified().await
+    }
+}
+
+impl std::fmt::Debug for Enqueued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enqueued").finish_non_exhaustive()
+    }
+}
+
+/// What a relay does with the rows of an aggregate that come after a parked row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AfterParked {
+    /// They wait until the parked row is retried or dropped (`oncely outbox retry|drop`):
+    /// the aggregate's order holds. The default.
+    #[default]
+    Wait,
+    /// They are published: the aggregate goes on without the parked row, which is published
+    /// after them if it is retried.
+    GoOn,
+}
+
+/// A row the broker refused (its publish failed with a
+/// [`permanent`](crate::consumer::BrokerError::is_permanent) error: a message too large, a
+/// destination that does not exist). Each refusal is an attempt; at `park_after` attempts the
+/// row is **parked**: set aside with its error, no longer published, listed by
+/// [`OutboxStore::parked`] until retried or dropped. A failure that may pass (the broker
+/// unreachable, a timeout) is no attempt: the row waits for the broker, as long as it takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The row.
+    pub id: OutboxId,
+    /// The broker's error, kept with the row.
+    pub error: String,
+    /// The attempts at which it is parked (at least 1).
+    pub park_after: u32,
+}
+
+/// A parked row ([`Refused`]), as [`OutboxStore::parked`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkedRow {
+    /// The row's id.
+    pub id: OutboxId,
+    /// Its aggregate.
+    pub aggregate: String,
+    /// Its destination, or `None` for the relay's default.
+    pub destination: Option<String>,
+    /// The refused publishes.
+    pub attempts: u32,
+    /// The last refusal's error.
+    pub error: String,
+    /// How long ago it was parked (by the database's clock).
+    pub parked_for: std::time::Duration,
+    /// The size of its payload.
+    pub payload_bytes: u64,
 }
 
 /// What waits in an outbox ([`OutboxStore::backlog`]): what a relay has still to publish.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backlog {
-    /// Rows not sent yet.
+    /// Rows not sent yet (parked rows included: they are not sent).
     pub unsent: u64,
     /// How long the oldest of them has waited; `None` when there is none.
     pub oldest: Option<std::time::Duration>,
@@ -294,8 +395,10 @@ pub trait OutboxBatch: Send {
     /// The rows, in id order.
     fn rows(&self) -> &[OutboxRow];
 
-    /// Marks `sent` (ids of this batch's rows) sent, durably, and lets go of the aggregates.
-    async fn finish(self, sent: &[OutboxId]) -> Result<()>;
+    /// Marks `sent` (ids of this batch's rows) sent, durably, counts an attempt on each
+    /// `refused` row (parking it once its attempts reach its `park_after`), and lets go of the
+    /// aggregates. Answers how many of `refused` it parked.
+    async fn finish(self, sent: &[OutboxId], refused: &[Refused]) -> Result<u64>;
 }
 
 /// A broker a relay publishes to. Each broker crate implements it.

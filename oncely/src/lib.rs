@@ -121,7 +121,8 @@ pub mod inbox {
 /// `postgres::outbox`, `mysql::outbox`, `sqlite::outbox`.
 pub mod outbox {
     pub use oncely_core::outbox::{
-        Backlog, MAX_DESTINATION_BYTES, Outbox, OutboxId, OutboxMessage, message_id,
+        AfterParked, Backlog, Enqueued, MAX_DESTINATION_BYTES, Outbox, OutboxId, OutboxMessage,
+        ParkedRow, Refused, message_id,
     };
 }
 

@@ -30,15 +30,18 @@
 //! ```
 
 pub use oncely_relay::{
-    BACKLOG_ROWS, DEFAULT_BATCH, DEFAULT_POLL_INTERVAL, DEFAULT_RETENTION, OLDEST_UNSENT_SECONDS,
-    PUBLISH_SECONDS, ROWS, Relay, RelayError, RelayProgress, RelayReport, describe,
-    publish_in_order, record_backlog,
+    BACKLOG_ROWS, DEFAULT_BATCH, DEFAULT_PARK_AFTER, DEFAULT_POLL_INTERVAL, DEFAULT_RETENTION,
+    OLDEST_UNSENT_SECONDS, PUBLISH_SECONDS, Published, ROWS, Relay, RelayError, RelayProgress,
+    RelayReport, describe, publish_in_order, record_backlog,
 };
 
 use std::time::Duration;
 
 use oncely_core::async_trait;
-use oncely_core::outbox::{Backlog, OutboxBatch, OutboxId, OutboxRow, OutboxStore, Publisher};
+use oncely_core::outbox::{
+    AfterParked, Backlog, Enqueued, OutboxBatch, OutboxId, OutboxRow, OutboxStore, ParkedRow,
+    Publisher, Refused,
+};
 use oncely_core::url::redact_password;
 
 use crate::{BrokerKind, StoreKind};
@@ -149,13 +152,17 @@ impl OutboxStore for AnyOutbox {
         }
     }
 
-    async fn take(&self, limit: usize) -> oncely_core::Result<Option<AnyBatch>> {
+    async fn take(
+        &self,
+        limit: usize,
+        after_parked: AfterParked,
+    ) -> oncely_core::Result<Option<AnyBatch>> {
         Ok(match self {
-            AnyOutbox::Postgres(s) => s.take(limit).await?.map(AnyBatch::Postgres),
+            AnyOutbox::Postgres(s) => s.take(limit, after_parked).await?.map(AnyBatch::Postgres),
             #[cfg(feature = "mysql")]
-            AnyOutbox::MySql(s) => s.take(limit).await?.map(AnyBatch::MySql),
+            AnyOutbox::MySql(s) => s.take(limit, after_parked).await?.map(AnyBatch::MySql),
             #[cfg(feature = "sqlite")]
-            AnyOutbox::Sqlite(s) => s.take(limit).await?.map(AnyBatch::Sqlite),
+            AnyOutbox::Sqlite(s) => s.take(limit, after_parked).await?.map(AnyBatch::Sqlite),
         })
     }
 
@@ -178,6 +185,46 @@ impl OutboxStore for AnyOutbox {
             AnyOutbox::Sqlite(s) => s.backlog().await,
         }
     }
+
+    async fn parked(&self, limit: usize) -> oncely_core::Result<Vec<ParkedRow>> {
+        match self {
+            AnyOutbox::Postgres(s) => s.parked(limit).await,
+            #[cfg(feature = "mysql")]
+            AnyOutbox::MySql(s) => s.parked(limit).await,
+            #[cfg(feature = "sqlite")]
+            AnyOutbox::Sqlite(s) => s.parked(limit).await,
+        }
+    }
+
+    async fn retry_parked(&self, ids: &[OutboxId]) -> oncely_core::Result<u64> {
+        match self {
+            AnyOutbox::Postgres(s) => s.retry_parked(ids).await,
+            #[cfg(feature = "mysql")]
+            AnyOutbox::MySql(s) => s.retry_parked(ids).await,
+            #[cfg(feature = "sqlite")]
+            AnyOutbox::Sqlite(s) => s.retry_parked(ids).await,
+        }
+    }
+
+    async fn drop_parked(&self, ids: &[OutboxId]) -> oncely_core::Result<u64> {
+        match self {
+            AnyOutbox::Postgres(s) => s.drop_parked(ids).await,
+            #[cfg(feature = "mysql")]
+            AnyOutbox::MySql(s) => s.drop_parked(ids).await,
+            #[cfg(feature = "sqlite")]
+            AnyOutbox::Sqlite(s) => s.drop_parked(ids).await,
+        }
+    }
+
+    async fn enqueued(&self) -> oncely_core::Result<Option<Enqueued>> {
+        match self {
+            AnyOutbox::Postgres(s) => s.enqueued().await,
+            #[cfg(feature = "mysql")]
+            AnyOutbox::MySql(s) => s.enqueued().await,
+            #[cfg(feature = "sqlite")]
+            AnyOutbox::Sqlite(s) => s.enqueued().await,
+        }
+    }
 }
 
 #[async_trait]
@@ -192,13 +239,13 @@ impl OutboxBatch for AnyBatch {
         }
     }
 
-    async fn finish(self, sent: &[OutboxId]) -> oncely_core::Result<()> {
+    async fn finish(self, sent: &[OutboxId], refused: &[Refused]) -> oncely_core::Result<u64> {
         match self {
-            AnyBatch::Postgres(b) => b.finish(sent).await,
+            AnyBatch::Postgres(b) => b.finish(sent, refused).await,
             #[cfg(feature = "mysql")]
-            AnyBatch::MySql(b) => b.finish(sent).await,
+            AnyBatch::MySql(b) => b.finish(sent, refused).await,
             #[cfg(feature = "sqlite")]
-            AnyBatch::Sqlite(b) => b.finish(sent).await,
+            AnyBatch::Sqlite(b) => b.finish(sent, refused).await,
         }
     }
 }

@@ -15,8 +15,10 @@
 //!    confirmed the previous), the aggregates side by side; an aggregate stops at its first
 //!    failed publish, so nothing of it goes out ahead of the failed row;
 //! 3. mark the confirmed rows sent and let go of the aggregates;
-//! 4. when there was nothing to take, wait a moment ([`Relay::poll_interval`]); every so often,
-//!    purge rows sent longer ago than the [retention](Relay::retention).
+//! 4. when there was nothing to take, wait a moment ([`Relay::poll_interval`]), or less if the
+//!    store signals new rows ([`OutboxStore::enqueued`]: PostgreSQL's outbox wakes its relays
+//!    with LISTEN/NOTIFY, so a row goes out within milliseconds of its commit); every so
+//!    often, purge rows sent longer ago than the [retention](Relay::retention).
 //!
 //! Store and broker failures do not stop it: it reports them ([`Relay::on_error`]), backs off
 //! (up to 5 s) and tries again. It stops when the shutdown future completes, after finishing
@@ -68,7 +70,9 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use futures_util::future::join_all;
 use oncely_core::consumer::{BrokerError, Message};
-use oncely_core::outbox::{OutboxBatch, OutboxId, OutboxRow, OutboxStore, Publisher};
+use oncely_core::outbox::{
+    AfterParked, OutboxBatch, OutboxId, OutboxRow, OutboxStore, Publisher, Refused,
+};
 use oncely_core::trace::{Hop, TRACEPARENT};
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -83,6 +87,8 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(200);
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// Rows deleted per purge statement.
 const PURGE_CHUNK: usize = 1000;
+/// The broker's refusals of a row after which it is parked, unless told otherwise.
+pub const DEFAULT_PARK_AFTER: u32 = 10;
 /// The longest back-off after a failure.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -107,6 +113,8 @@ pub struct RelayReport {
     pub failed: u64,
     /// Rows published but not marked sent because marking failed (published again later).
     pub unmarked: u64,
+    /// Rows parked: the broker refused them [`Relay::park_after`] times.
+    pub parked: u64,
     /// Batches finished.
     pub batches: u64,
     /// Sent rows purged.
@@ -116,11 +124,15 @@ pub struct RelayReport {
 }
 
 impl std::fmt::Display for RelayReport {
-    /// `published N, failed N, purged N in 12.3s` (and `unmarked N` when not zero).
+    /// `published N, failed N, purged N in 12.3s` (and `unmarked N`, `parked N` when not
+    /// zero).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "published {}, failed {}", self.published, self.failed)?;
         if self.unmarked > 0 {
             write!(f, ", unmarked {}", self.unmarked)?;
+        }
+        if self.parked > 0 {
+            write!(f, ", parked {}", self.parked)?;
         }
         write!(
             f,
@@ -140,6 +152,8 @@ pub struct Relay<S, P> {
     batch: usize,
     retention: Duration,
     poll_interval: Duration,
+    park_after: u32,
+    after_parked: AfterParked,
     on_error: ErrorSink,
     progress: RelayProgress,
 }
@@ -161,7 +175,7 @@ impl RelayProgress {
 }
 
 /// Outbox rows, by what the relay did with them (`result`: `published`, `failed`, `unmarked`,
-/// `purged`): a counter of the [`metrics`](https://docs.rs/metrics) facade, like the others here.
+/// `parked`, `purged`): a counter of the [`metrics`](https://docs.rs/metrics) facade, like the others here.
 pub const ROWS: &str = "oncely_relay_rows_total";
 /// Each publish's duration in seconds, by `result` (`ok`, `error`).
 pub const PUBLISH_SECONDS: &str = "oncely_relay_publish_seconds";
@@ -201,6 +215,8 @@ impl<S, P> std::fmt::Debug for Relay<S, P> {
             .field("batch", &self.batch)
             .field("retention", &self.retention)
             .field("poll_interval", &self.poll_interval)
+            .field("park_after", &self.park_after)
+            .field("after_parked", &self.after_parked)
             .finish_non_exhaustive()
     }
 }
@@ -215,6 +231,8 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             batch: DEFAULT_BATCH,
             retention: DEFAULT_RETENTION,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            park_after: DEFAULT_PARK_AFTER,
+            after_parked: AfterParked::Wait,
             on_error: Arc::new(|error| tracing::warn!(%error, "outbox relay")),
             progress: RelayProgress::default(),
         }
@@ -244,6 +262,24 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         self
     }
 
+    /// Parks a row once the broker refused it `attempts` times (at least 1; default
+    /// [`DEFAULT_PARK_AFTER`]): a refusal is a publish that failed with a
+    /// [permanent](BrokerError::is_permanent) error (too large, no such destination). A
+    /// failure that may pass (the broker down, a timeout) is never counted: the row waits for
+    /// the broker. A parked row stays in the outbox with its error until `oncely outbox retry`
+    /// or `drop` ([`OutboxStore::retry_parked`], [`OutboxStore::drop_parked`]).
+    pub fn park_after(mut self, attempts: u32) -> Self {
+        self.park_after = attempts.max(1);
+        self
+    }
+
+    /// What happens to the rows of an aggregate after a parked one (default
+    /// [`AfterParked::Wait`]: they wait, so the aggregate's order holds).
+    pub fn after_parked(mut self, after_parked: AfterParked) -> Self {
+        self.after_parked = after_parked;
+        self
+    }
+
     /// Called with every failure the relay rides out (it then backs off and tries again).
     pub fn on_error(mut self, sink: impl Fn(&RelayError) + Send + Sync + 'static) -> Self {
         self.on_error = Arc::new(sink);
@@ -260,6 +296,18 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
     ) -> Result<RelayReport, RelayError> {
         let started = Instant::now();
         let origin = self.store.origin().await?;
+        // Without a signal (or if listening fails) the relay polls, as it always does.
+        let enqueued = match self.store.enqueued().await {
+            Ok(enqueued) => enqueued,
+            Err(e) => {
+                (self.on_error)(&e.into());
+                None
+            }
+        };
+        let woken = async || match &enqueued {
+            Some(enqueued) => enqueued.notified().await,
+            None => std::future::pending().await,
+        };
         let mut shutdown = Box::pin(shutdown.fuse());
         let mut report = RelayReport::default();
         let mut backoff = Duration::ZERO;
@@ -278,7 +326,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                     Err(e) => (self.on_error)(&e),
                 }
             }
-            let wait = match self.step(&origin, &mut report).await {
+            let (wait, wake) = match self.step(&origin, &mut report).await {
                 Ok(Step::Full) => {
                     backoff = Duration::ZERO;
                     self.progress.set(&report);
@@ -286,18 +334,20 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 }
                 Ok(Step::Idle) => {
                     backoff = Duration::ZERO;
-                    self.poll_interval
+                    (self.poll_interval, true)
                 }
                 Err(e) => {
                     (self.on_error)(&e);
                     backoff = (backoff * 2).clamp(Duration::from_millis(50), MAX_BACKOFF);
-                    backoff
+                    (backoff, false)
                 }
             };
             self.progress.set(&report);
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(wait) => {}
+                // New rows end an idle wait; a back-off after a failure is waited out.
+                _ = woken(), if wake => {}
             }
         }
         report.elapsed = started.elapsed();
@@ -317,25 +367,40 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         }
     }
 
-    /// One batch: take, publish, mark sent.
+    /// One batch: take, publish, mark sent (and count the refused).
     async fn step(&self, origin: &str, report: &mut RelayReport) -> Result<Step, RelayError> {
-        let Some(batch) = self.store.take(self.batch).await? else {
+        let Some(batch) = self.store.take(self.batch, self.after_parked).await? else {
             return Ok(Step::Idle);
         };
         let full = batch.rows().len() >= self.batch;
-        let (sent, failure) = publish_in_order(&self.publisher, origin, batch.rows()).await;
-        let failed = failure.as_ref().map_or(0, |(n, _)| *n);
-        report.failed += failed;
-        rows("failed", failed);
-        if let Err(e) = batch.finish(&sent).await {
-            report.unmarked += sent.len() as u64;
-            rows("unmarked", sent.len() as u64);
-            return Err(e.into());
+        let Published { sent, failed } =
+            publish_in_order(&self.publisher, origin, batch.rows()).await;
+        report.failed += failed.len() as u64;
+        rows("failed", failed.len() as u64);
+        let refused: Vec<Refused> = failed
+            .iter()
+            .filter(|(_, e)| e.is_permanent())
+            .map(|(id, e)| Refused {
+                id: *id,
+                error: e.to_string(),
+                park_after: self.park_after,
+            })
+            .collect();
+        match batch.finish(&sent, &refused).await {
+            Ok(parked) => {
+                report.parked += parked;
+                rows("parked", parked);
+            }
+            Err(e) => {
+                report.unmarked += sent.len() as u64;
+                rows("unmarked", sent.len() as u64);
+                return Err(e.into());
+            }
         }
         report.published += sent.len() as u64;
         rows("published", sent.len() as u64);
         report.batches += 1;
-        match failure {
+        match failed.into_iter().next() {
             Some((_, e)) => Err(e.into()),
             None if full => Ok(Step::Full),
             None => Ok(Step::Idle),
@@ -350,14 +415,23 @@ enum Step {
     Idle,
 }
 
+/// What [`publish_in_order`] did: the rows the broker confirmed, in id order, and for each
+/// aggregate that stopped, its row that failed and the error.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Confirmed by the broker.
+    pub sent: Vec<OutboxId>,
+    /// Not confirmed: one per aggregate that stopped there (its later rows were not tried).
+    pub failed: Vec<(OutboxId, BrokerError)>,
+}
+
 /// Publishes `rows` (in id order): each aggregate's rows one after the other, stopping at its
-/// first failure; the aggregates concurrently. Answers the ids confirmed and, if any publish
-/// failed, how many aggregates failed and the first error.
+/// first failure; the aggregates concurrently.
 pub async fn publish_in_order<P: Publisher + ?Sized>(
     publisher: &P,
     origin: &str,
     rows: &[OutboxRow],
-) -> (Vec<OutboxId>, Option<(u64, BrokerError)>) {
+) -> Published {
     let mut by_aggregate: Vec<Vec<&OutboxRow>> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for row in rows {
@@ -381,24 +455,20 @@ pub async fn publish_in_order<P: Publisher + ?Sized>(
             metrics::histogram!(PUBLISH_SECONDS, "result" => result)
                 .record(started.elapsed().as_secs_f64());
             if let Err(e) = published {
-                return (sent, Some(e));
+                return (sent, Some((row.id, e)));
             }
             sent.push(row.id);
         }
         (sent, None)
     });
-    let mut sent = Vec::with_capacity(rows.len());
-    let mut failures = 0;
-    let mut first_error = None;
-    for (ids, error) in join_all(lanes).await {
-        sent.extend(ids);
-        if let Some(e) = error {
-            failures += 1;
-            first_error.get_or_insert(e);
-        }
+    let mut published = Published::default();
+    for (ids, failure) in join_all(lanes).await {
+        published.sent.extend(ids);
+        published.failed.extend(failure);
     }
-    sent.sort_unstable();
-    (sent, first_error.map(|e| (failures, e)))
+    published.sent.sort_unstable();
+    published.failed.sort_unstable_by_key(|(id, _)| *id);
+    published
 }
 
 /// The message of `row`, and its span, `oncely.publish` (info): a [`Hop`] of the trace the

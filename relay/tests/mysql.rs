@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use oncely_conformance::servers;
-use oncely_core::outbox::OutboxStore;
+use oncely_core::outbox::{AfterParked, OutboxStore};
 use oncely_mysql::outbox::{MySqlOutbox, MySqlOutboxStore, Outbox};
 use oncely_mysql::sqlx::MySqlPool;
 use support::Destination;
@@ -94,11 +94,21 @@ async fn mysql_a_second_enqueue_for_an_aggregate_waits_for_the_first_to_commit()
     assert!(second.await.unwrap() > first_id);
 
     // A relay's batch left unfinished lets go of its aggregates when dropped.
-    let batch = store.take(10).await.unwrap().expect("rows to take");
-    assert!(store.take(10).await.unwrap().is_none(), "all held");
+    let batch = store
+        .take(10, AfterParked::Wait)
+        .await
+        .unwrap()
+        .expect("rows to take");
+    assert!(
+        store.take(10, AfterParked::Wait).await.unwrap().is_none(),
+        "all held"
+    );
     drop(batch);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(store.take(10).await.unwrap().is_some(), "free again");
+    assert!(
+        store.take(10, AfterParked::Wait).await.unwrap().is_some(),
+        "free again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,4 +121,11 @@ async fn mysql_sent_rows_are_purged_after_the_retention_and_unsent_ones_never() 
 async fn mysql_the_backlog_counts_unsent_rows_and_the_oldest_ones_wait() {
     let (store, pool) = outbox("backlog").await;
     scenarios::the_backlog_counts_unsent_rows_and_the_oldest_ones_wait(&store, &pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_a_refused_row_is_parked_then_retried_or_dropped() {
+    let (store, pool) = outbox("parked").await;
+    let destination = Destination::rabbit("mysql_parked").await;
+    scenarios::a_refused_row_is_parked_then_retried_or_dropped(store, &pool, destination).await;
 }

@@ -241,3 +241,60 @@ async fn a_second_enqueue_for_an_aggregate_waits_for_the_first_to_commit() {
     let second_id = second.await.unwrap();
     assert!(second_id > first_id);
 }
+
+/// PostgreSQL wakes its relays (LISTEN/NOTIFY): with a poll of a minute, each committed row is
+/// still published within a few seconds of its commit, one after the other (a wake-up is not
+/// used up by the first). A rolled-back row wakes the relay for nothing and is never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_wakes_the_relay_long_before_its_poll() {
+    let (store, pool) = outbox("wake").await;
+    let destination = Destination::nats("wake").await;
+    let relay = Relay::new(store, destination.publisher().await)
+        .poll_interval(Duration::from_secs(60))
+        .on_error(|e| panic!("the relay failed: {e}"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(relay.run(async {
+        stopped.await.ok();
+    }));
+    // Idle, in its minute-long wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let outbox = Outbox::new();
+    let mut rolled_back = pool.begin().await.unwrap();
+    outbox
+        .enqueue(&mut rolled_back, &event("a", 0))
+        .await
+        .unwrap();
+    rolled_back.rollback().await.unwrap();
+    for n in 1..=3 {
+        let mut tx = pool.begin().await.unwrap();
+        outbox.enqueue(&mut tx, &event("a", n)).await.unwrap();
+        tx.commit().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while destination.read_all().await.len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "row {n} not published 10 s after its commit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.send(()).unwrap();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(report.published, 3);
+    let payloads: Vec<Vec<u8>> = destination
+        .read_all()
+        .await
+        .iter()
+        .map(|m| m.payload().to_vec())
+        .collect();
+    assert_eq!(payloads, [&b"a#1"[..], b"a#2", b"a#3"]);
+    destination.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_row_is_parked_then_retried_or_dropped() {
+    let (store, pool) = outbox("parked").await;
+    let destination = Destination::rabbit("parked").await;
+    scenarios::a_refused_row_is_parked_then_retried_or_dropped(store, &pool, destination).await;
+}

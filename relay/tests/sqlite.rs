@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use oncely_core::outbox::{OutboxBatch, OutboxStore};
+use oncely_core::outbox::{AfterParked, OutboxBatch, OutboxStore};
 use oncely_sqlite::outbox::SqliteOutboxStore;
 use oncely_sqlite::sqlx::SqlitePool;
 use oncely_sqlite::sqlx::sqlite::SqliteConnectOptions;
@@ -108,7 +108,7 @@ async fn a_relay_whose_lease_was_taken_over_cannot_mark_rows_sent_or_take_more()
         .await;
 
     let stalled = first
-        .take(10)
+        .take(10, AfterParked::Wait)
         .await
         .unwrap()
         .expect("the first takes the lease");
@@ -118,25 +118,25 @@ async fn a_relay_whose_lease_was_taken_over_cannot_mark_rows_sent_or_take_more()
         "the first unsent rows, in id order"
     );
     assert!(
-        second.take(10).await.unwrap().is_none(),
+        second.take(10, AfterParked::Wait).await.unwrap().is_none(),
         "the second waits while the lease is live"
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let successor = second
-        .take(10)
+        .take(10, AfterParked::Wait)
         .await
         .unwrap()
         .expect("the second takes over an expired lease");
     assert_eq!(successor.rows().len(), 3, "and the same rows, still unsent");
 
-    let err = stalled.finish(&ids).await.unwrap_err();
+    let err = stalled.finish(&ids, &[]).await.unwrap_err();
     assert!(err.to_string().contains("taken over"), "{err}");
     assert_eq!(pool.unsent().await, 3, "the fenced relay marked nothing");
     assert!(
-        first.take(10).await.unwrap().is_none(),
+        first.take(10, AfterParked::Wait).await.unwrap().is_none(),
         "nor does it take another batch"
     );
-    successor.finish(&ids[..1]).await.unwrap();
+    successor.finish(&ids[..1], &[]).await.unwrap();
     assert_eq!(pool.unsent().await, 2, "the holder marks its rows");
 }
 
@@ -152,4 +152,11 @@ async fn enqueue_on_a_fresh_file_applies_the_schema_itself() {
     let ids = pool.enqueue(&[event("a", 1)], true).await;
     assert_eq!(ids, [1]);
     assert_eq!(pool.unsent().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_refused_row_is_parked_then_retried_or_dropped() {
+    let (store, pool, _dir) = outbox().await;
+    let destination = Destination::rabbit("sqlite_parked").await;
+    scenarios::a_refused_row_is_parked_then_retried_or_dropped(store, &pool, destination).await;
 }

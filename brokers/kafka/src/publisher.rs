@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use oncely_core::async_trait;
 use oncely_core::consumer::{BrokerError, Message};
 use oncely_core::outbox::Publisher;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::client::{PRODUCE_TIMEOUT, ensure_topic, idempotent_producer, topic_exists};
@@ -111,6 +112,24 @@ impl KafkaPublisher {
     }
 }
 
+/// Whether the broker refused the record itself (too large, invalid, not allowed), which no
+/// retry mends (the relay parks such a row in the end), rather than failing for a while.
+fn is_refusal(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::MessageSizeTooLarge
+                | Code::InvalidMessageSize
+                | Code::InvalidMessage
+                | Code::InvalidRecord
+                | Code::MessageBatchTooLarge
+                | Code::InvalidTopic
+                | Code::TopicAuthorizationFailed
+        )
+    )
+}
+
 #[async_trait]
 impl Publisher for KafkaPublisher {
     async fn publish(
@@ -119,7 +138,7 @@ impl Publisher for KafkaPublisher {
         message: &Message,
     ) -> Result<(), BrokerError> {
         let topic = destination.or(self.topic.as_deref()).ok_or_else(|| {
-            BrokerError::new(
+            BrokerError::permanent(
                 BROKER,
                 "produce",
                 "the row names no destination and the relay has no default topic \
@@ -138,6 +157,13 @@ impl Publisher for KafkaPublisher {
             .send(record, PRODUCE_TIMEOUT)
             .await
             .map(|_| ())
-            .map_err(|(error, _)| BrokerError::new(BROKER, format!("produce to {topic}"), error))
+            .map_err(|(error, _)| {
+                let what = format!("produce to {topic}");
+                if is_refusal(&error) {
+                    BrokerError::permanent(BROKER, what, error)
+                } else {
+                    BrokerError::new(BROKER, what, error)
+                }
+            })
     }
 }

@@ -141,7 +141,7 @@ impl Publisher for NatsPublisher {
         message: &Message,
     ) -> Result<(), BrokerError> {
         let Some(subject) = destination.or(self.subject.as_deref()) else {
-            return Err(BrokerError::new(
+            return Err(BrokerError::permanent(
                 BROKER,
                 format!("publish to {}", self.server),
                 "the row names no destination and the relay's URL no default subject \
@@ -157,20 +157,23 @@ impl Publisher for NatsPublisher {
             headers.insert(NATS_MESSAGE_ID, id);
         }
         let payload = message.payload().to_vec().into();
+        // A message too large or a subject no stream captures is refused (the relay parks
+        // such a row in the end); a timeout or a lost connection may pass.
+        let failed = |e: async_nats::jetstream::context::PublishError| match e.kind() {
+            PublishErrorKind::MaxPayloadExceeded => BrokerError::permanent(BROKER, what.clone(), e),
+            PublishErrorKind::StreamNotFound => BrokerError::permanent(
+                BROKER,
+                what.clone(),
+                format!("{e}: no JetStream stream captures the subject (create one)"),
+            ),
+            _ => BrokerError::new(BROKER, what.clone(), e),
+        };
         let ack = self
             .context
             .publish_with_headers(subject.to_owned(), headers, payload)
             .await
-            .map_err(|e| BrokerError::new(BROKER, what.clone(), e))?;
-        match ack.await {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => Err(BrokerError::new(
-                BROKER,
-                what,
-                format!("{e}: no JetStream stream captures the subject (create one)"),
-            )),
-            Err(e) => Err(BrokerError::new(BROKER, what, e)),
-        }
+            .map_err(failed)?;
+        ack.await.map(drop).map_err(failed)
     }
 }
 

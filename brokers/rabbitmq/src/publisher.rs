@@ -116,9 +116,12 @@ impl Publisher for AmqpPublisher {
         };
         let what = format!("publish to {exchange} with routing key {routing_key}");
         let failed = |error: lapin::Error| BrokerError::new(BROKER, what.clone(), error);
-        let properties = to_amqp(message).map_err(|e| BrokerError::new(BROKER, what.clone(), e))?;
+        // What the row itself makes impossible is a refusal (the relay parks such a row in the
+        // end); what the server or the connection does may pass.
+        let properties =
+            to_amqp(message).map_err(|e| BrokerError::permanent(BROKER, what.clone(), e))?;
         let key = ShortString::try_new(routing_key)
-            .map_err(|e| BrokerError::new(BROKER, what.clone(), e))?;
+            .map_err(|e| BrokerError::permanent(BROKER, what.clone(), e))?;
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
@@ -139,7 +142,7 @@ impl Publisher for AmqpPublisher {
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                Err(BrokerError::new(
+                Err(BrokerError::permanent(
                     BROKER,
                     what,
                     format!(

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::ProvideErrorMetadata as _;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use oncely_core::async_trait;
 use oncely_core::consumer::{BrokerError, Message};
@@ -202,7 +203,7 @@ impl Publisher for SqsPublisher {
         message: &Message,
     ) -> Result<(), BrokerError> {
         let queue = destination.or(self.queue.as_deref()).ok_or_else(|| {
-            BrokerError::new(
+            BrokerError::permanent(
                 BROKER,
                 "send",
                 "the row names no destination and the relay has no default queue \
@@ -215,10 +216,10 @@ impl Publisher for SqsPublisher {
                 queue: queue.to_owned(),
                 valid_up_to: e.valid_up_to(),
             };
-            BrokerError::new(BROKER, what(), error)
+            BrokerError::permanent(BROKER, what(), error)
         })?;
         let attributes =
-            attributes(queue, message).map_err(|e| BrokerError::new(BROKER, what(), e))?;
+            attributes(queue, message).map_err(|e| BrokerError::permanent(BROKER, what(), e))?;
         let url = self
             .queue_url(queue)
             .await
@@ -235,10 +236,27 @@ impl Publisher for SqsPublisher {
                 send = send.message_deduplication_id(fifo_id(id));
             }
         }
-        send.send()
-            .await
-            .map(drop)
-            .map_err(|e| BrokerError::new(BROKER, what(), describe(&e)))
+        send.send().await.map(drop).map_err(|e| {
+            // SQS refused the message itself (too long, characters it does not take, a queue
+            // that does not exist): no retry mends it, and the relay parks the row in the end.
+            let refused = e
+                .as_service_error()
+                .and_then(|e| e.code())
+                .is_some_and(|code| {
+                    matches!(
+                        code,
+                        "InvalidMessageContents"
+                            | "InvalidParameterValue"
+                            | "AWS.SimpleQueueService.NonExistentQueue"
+                            | "QueueDoesNotExist"
+                    )
+                });
+            if refused {
+                BrokerError::permanent(BROKER, what(), describe(&e))
+            } else {
+                BrokerError::new(BROKER, what(), describe(&e))
+            }
+        })
     }
 }
 

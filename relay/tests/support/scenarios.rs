@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use oncely_core::outbox::{OutboxMessage, OutboxStore, Publisher, message_id};
+use oncely_core::outbox::{AfterParked, OutboxMessage, OutboxStore, Publisher, message_id};
 use oncely_relay::{Relay, RelayReport};
 
 use super::{Destination, Service, check_delivery, wait_all_sent};
@@ -168,4 +168,132 @@ pub async fn the_backlog_counts_unsent_rows_and_the_oldest_ones_wait<S: OutboxSt
     service.mark_sent(&ids[3..], Duration::ZERO).await;
     let sent = store.backlog().await.unwrap();
     assert_eq!((sent.unsent, sent.oldest), (0, None));
+}
+
+/// Runs a relay on `store` (parking at 2 refusals, `after_parked`) until `done(report)`, or 20 s.
+async fn relay_until<S: OutboxStore + 'static>(
+    store: S,
+    publisher: Box<dyn Publisher>,
+    after_parked: AfterParked,
+    done: impl Fn(&RelayReport) -> bool,
+) -> RelayReport {
+    let relay = Relay::new(store, publisher)
+        .poll_interval(Duration::from_millis(20))
+        .park_after(2)
+        .after_parked(after_parked)
+        .on_error(|_| {});
+    let progress = relay.progress();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(relay.run(async {
+        stopped.await.ok();
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done(&progress.report()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up: {:?}",
+            progress.report()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap()
+}
+
+/// A row RabbitMQ keeps refusing (routed to no queue) is parked after two refusals, with its
+/// error: it no longer holds its aggregate back for good. The rows after it wait (the
+/// aggregate's order) unless the relay goes on; other aggregates never wait. A parked row
+/// retried is published again in line (here refused and parked again: its count starts over);
+/// dropped, it is gone.
+pub async fn a_refused_row_is_parked_then_retried_or_dropped<S: OutboxStore + Clone + 'static>(
+    store: S,
+    service: &dyn Service,
+    destination: Destination,
+) {
+    let ids = service
+        .enqueue(
+            &[
+                event("a", 1),
+                event("a", 2).to("oncely.relay.no-such-queue"),
+                event("a", 3),
+                event("b", 1),
+            ],
+            true,
+        )
+        .await;
+    let (a2, a3) = (ids[1], ids[2]);
+
+    let report = relay_until(
+        store.clone(),
+        destination.publisher().await,
+        AfterParked::Wait,
+        |r| r.parked == 1,
+    )
+    .await;
+    assert_eq!((report.published, report.parked), (2, 1), "{report:?}");
+    let parked = store.parked(10).await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let row = &parked[0];
+    assert_eq!((row.id, row.attempts), (a2, 2));
+    assert_eq!((row.aggregate.as_str(), row.payload_bytes), ("a", 3));
+    assert_eq!(
+        row.destination.as_deref(),
+        Some("oncely.relay.no-such-queue")
+    );
+    assert!(
+        row.error.contains("NO_ROUTE") && row.error.contains("no-such-queue"),
+        "{row:?}"
+    );
+    assert!(row.parked_for < Duration::from_secs(60), "{row:?}");
+    let sent: Vec<Vec<u8>> = destination
+        .read_all()
+        .await
+        .iter()
+        .map(|m| m.payload().to_vec())
+        .collect();
+    assert_eq!(
+        sent,
+        [&b"a#1"[..], b"b#1"],
+        "a#3 waits behind the parked a#2"
+    );
+    assert_eq!(service.unsent().await, 2);
+
+    // Going on: a#3 is published; the parked row is not taken again.
+    let report = relay_until(
+        store.clone(),
+        destination.publisher().await,
+        AfterParked::GoOn,
+        |r| r.published == 1,
+    )
+    .await;
+    assert_eq!((report.failed, report.parked), (0, 0), "{report:?}");
+    let sent = destination.read_all().await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].payload(), b"a#3");
+    assert_eq!(service.unsent().await, 1);
+
+    // Retried: in line again, refused twice more, parked again with its count started over.
+    assert_eq!(
+        store.retry_parked(&[a2, a3]).await.unwrap(),
+        1,
+        "only a2 was parked"
+    );
+    assert!(store.parked(10).await.unwrap().is_empty());
+    let report = relay_until(
+        store.clone(),
+        destination.publisher().await,
+        AfterParked::Wait,
+        |r| r.parked == 1,
+    )
+    .await;
+    assert_eq!((report.failed, report.published), (2, 0), "{report:?}");
+    assert_eq!(store.parked(10).await.unwrap()[0].attempts, 2);
+
+    // Dropped: gone for good.
+    assert_eq!(store.drop_parked(&[a2]).await.unwrap(), 1);
+    assert_eq!(store.drop_parked(&[a2]).await.unwrap(), 0);
+    assert!(store.parked(10).await.unwrap().is_empty());
+    assert_eq!(service.unsent().await, 0);
+    assert_eq!(service.rows().await, 3);
+    destination.remove().await;
 }

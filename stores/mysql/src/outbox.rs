@@ -28,7 +28,8 @@
 use std::time::Duration;
 
 use oncely_core::outbox::{
-    Backlog, OutboxBatch, OutboxId, OutboxRow, OutboxStore, OutboxTransaction,
+    AfterParked, Backlog, OutboxBatch, OutboxId, OutboxRow, OutboxStore, OutboxTransaction,
+    ParkedRow, Refused,
 };
 pub use oncely_core::outbox::{Outbox, OutboxMessage};
 use oncely_core::url::redact_password;
@@ -96,13 +97,33 @@ impl OutboxTransaction for EnqueueTx<'_> {
 }
 
 const CANDIDATES: i64 = 1000;
-/// Takes (no wait) the named locks of aggregates with unsent rows, oldest first, at most ? of
+/// The rows a relay may take: unsent, not parked, and, unless the `?` says the aggregate goes
+/// on, before any parked row of their aggregate.
+macro_rules! takeable {
+    () => {
+        "sent_at IS NULL AND parked_at IS NULL AND (? OR NOT EXISTS (\
+         SELECT 1 FROM oncely_outbox parked WHERE parked.aggregate = oncely_outbox.aggregate \
+         AND parked.parked_at IS NOT NULL AND parked.id < oncely_outbox.id))"
+    };
+}
+/// Takes (no wait) the named locks of aggregates with rows to take, oldest first, at most ? of
 /// them. A lock taken on a row the LIMIT then cuts is released with the batch.
-const TAKE_AGGREGATES: &str = "SELECT aggregate FROM (\
-         SELECT aggregate, MIN(id) AS first FROM oncely_outbox WHERE sent_at IS NULL \
-         GROUP BY aggregate ORDER BY first LIMIT ?) AS waiting \
+const TAKE_AGGREGATES: &str = concat!(
+    "SELECT aggregate FROM (\
+         SELECT aggregate, MIN(id) AS first FROM oncely_outbox WHERE ",
+    takeable!(),
+    " GROUP BY aggregate ORDER BY first LIMIT ?) AS waiting \
      WHERE GET_LOCK(CONCAT('oncely_outbox_', SHA1(CONCAT(DATABASE(), 0x00, aggregate))), 0) = 1 \
-     LIMIT ?";
+     LIMIT ?"
+);
+/// One refusal more; parked at ? refusals (`parked_at` first: MySQL assigns left to right).
+const REFUSED: &str = "UPDATE oncely_outbox SET \
+     parked_at = CASE WHEN attempts + 1 >= ? THEN NOW(6) END, last_error = ?, \
+     attempts = attempts + 1 WHERE id = ? AND sent_at IS NULL AND parked_at IS NULL";
+const PARKED: &str = "SELECT id, aggregate, destination, attempts, COALESCE(last_error, ''), \
+     CAST(TIMESTAMPDIFF(MICROSECOND, parked_at, NOW(6)) / 1e6 AS DOUBLE), \
+     CAST(LENGTH(payload) AS SIGNED) \
+     FROM oncely_outbox WHERE parked_at IS NOT NULL ORDER BY id LIMIT ?";
 const PURGE: &str = "DELETE FROM oncely_outbox WHERE sent_at < NOW(6) - INTERVAL ? MICROSECOND \
      ORDER BY sent_at LIMIT ?";
 const BACKLOG: &str = "SELECT count(*), \
@@ -210,7 +231,12 @@ impl OutboxStore for MySqlOutboxStore {
             })
     }
 
-    async fn take(&self, limit: usize) -> Result<Option<MySqlOutboxBatch>> {
+    async fn take(
+        &self,
+        limit: usize,
+        after_parked: AfterParked,
+    ) -> Result<Option<MySqlOutboxBatch>> {
+        let go_on = after_parked == AfterParked::GoOn;
         let limit = limit.max(1);
         let conn = self
             .pool
@@ -224,21 +250,23 @@ impl OutboxStore for MySqlOutboxStore {
         };
         let conn = batch.conn.as_mut().expect("just set");
         let aggregates: Vec<Vec<u8>> = sqlx::query_scalar(TAKE_AGGREGATES)
+            .bind(go_on)
             .bind(CANDIDATES)
             .bind(limit as i64)
             .fetch_all(&mut **conn)
             .await
             .map_err(|e| self.err("locking aggregates of oncely_outbox", e))?;
         if aggregates.is_empty() {
-            batch.finish_on_conn(&[]).await?;
+            batch.finish_on_conn(&[], &[]).await?;
             return Ok(None);
         }
         let sql = format!(
             "SELECT id, aggregate, destination, payload, headers FROM oncely_outbox \
-             WHERE sent_at IS NULL AND aggregate IN ({}) ORDER BY id LIMIT ?",
+             WHERE {} AND aggregate IN ({}) ORDER BY id LIMIT ?",
+            takeable!(),
             placeholders(aggregates.len())
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(go_on);
         for aggregate in &aggregates {
             query = query.bind(aggregate.as_slice());
         }
@@ -252,7 +280,7 @@ impl OutboxStore for MySqlOutboxStore {
             .map(|row| self.row(row))
             .collect::<Result<Vec<_>>>()?;
         if batch.rows.is_empty() {
-            batch.finish_on_conn(&[]).await?;
+            batch.finish_on_conn(&[], &[]).await?;
             return Ok(None);
         }
         Ok(Some(batch))
@@ -275,13 +303,93 @@ impl OutboxStore for MySqlOutboxStore {
             .map_err(|e| self.err("counting unsent rows of oncely_outbox", e))?;
         Ok(Backlog::from_count_and_age(unsent, oldest))
     }
+
+    async fn parked(&self, limit: usize) -> Result<Vec<ParkedRow>> {
+        let rows = sqlx::query(PARKED)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err("reading parked rows of oncely_outbox", e))?;
+        rows.iter()
+            .map(|row| {
+                let corrupt = |e: sqlx::Error| Error::Corrupt {
+                    store: self.url.clone(),
+                    detail: e.to_string(),
+                };
+                let aggregate: Vec<u8> = row.try_get(1).map_err(corrupt)?;
+                Ok(ParkedRow {
+                    id: row.try_get(0).map_err(corrupt)?,
+                    aggregate: String::from_utf8_lossy(&aggregate).into_owned(),
+                    destination: row.try_get(2).map_err(corrupt)?,
+                    attempts: row.try_get::<i32, _>(3).map_err(corrupt)?.max(0) as u32,
+                    error: row.try_get(4).map_err(corrupt)?,
+                    parked_for: Duration::from_secs_f64(
+                        row.try_get::<f64, _>(5).map_err(corrupt)?.max(0.0),
+                    ),
+                    payload_bytes: row.try_get::<i64, _>(6).map_err(corrupt)?.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn retry_parked(&self, ids: &[OutboxId]) -> Result<u64> {
+        self.parked_ids(
+            "UPDATE oncely_outbox SET parked_at = NULL, attempts = 0, last_error = NULL",
+            ids,
+        )
+        .await
+        .map_err(|e| self.err("retrying parked rows of oncely_outbox", e))
+    }
+
+    async fn drop_parked(&self, ids: &[OutboxId]) -> Result<u64> {
+        self.parked_ids("DELETE FROM oncely_outbox", ids)
+            .await
+            .map_err(|e| self.err("dropping parked rows of oncely_outbox", e))
+    }
+}
+
+impl MySqlOutboxStore {
+    /// Runs `statement` on the parked rows among `ids`; answers how many it changed.
+    async fn parked_ids(&self, statement: &str, ids: &[OutboxId]) -> sqlx::Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "{statement} WHERE parked_at IS NOT NULL AND id IN ({})",
+            placeholders(ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(id);
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected())
+    }
 }
 
 impl MySqlOutboxBatch {
-    /// Marks `sent`, releases the locks, and gives the connection back to the pool.
-    async fn finish_on_conn(&mut self, sent: &[OutboxId]) -> Result<()> {
+    /// Marks `sent`, counts `refused`, releases the locks, and gives the connection back to
+    /// the pool. Answers how many of `refused` are parked now.
+    async fn finish_on_conn(&mut self, sent: &[OutboxId], refused: &[Refused]) -> Result<u64> {
         let store = self.store.clone();
         let conn: &mut MySqlConnection = self.conn.as_mut().expect("not finished yet");
+        let mut parked = 0;
+        for row in refused {
+            sqlx::query(REFUSED)
+                .bind(row.park_after.max(1) as i64)
+                .bind(&row.error)
+                .bind(row.id)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| store.err("counting a refused row of oncely_outbox", e))?;
+            let now_parked: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM oncely_outbox WHERE id = ? AND parked_at IS NOT NULL",
+            )
+            .bind(row.id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| store.err("reading a refused row of oncely_outbox", e))?;
+            parked += now_parked as u64;
+        }
         if !sent.is_empty() {
             let sql = format!(
                 "UPDATE oncely_outbox SET sent_at = NOW(6) WHERE sent_at IS NULL AND id IN ({})",
@@ -302,7 +410,7 @@ impl MySqlOutboxBatch {
             .map_err(|e| store.err("releasing the relay's aggregate locks", e))?;
         // Released: back to the pool.
         self.conn = None;
-        Ok(())
+        Ok(parked)
     }
 }
 
@@ -312,7 +420,7 @@ impl OutboxBatch for MySqlOutboxBatch {
         &self.rows
     }
 
-    async fn finish(mut self, sent: &[OutboxId]) -> Result<()> {
-        self.finish_on_conn(sent).await
+    async fn finish(mut self, sent: &[OutboxId], refused: &[Refused]) -> Result<u64> {
+        self.finish_on_conn(sent, refused).await
     }
 }

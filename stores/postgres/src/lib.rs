@@ -59,4 +59,6 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_records.sql")),
     (2, include_str!("../migrations/0002_outbox.sql")),
     (3, include_str!("../migrations/0003_offsets.sql")),
+    (4, include_str!("../migrations/0004_outbox_wake.sql")),
+    (5, include_str!("../migrations/0005_outbox_parking.sql")),
 ];

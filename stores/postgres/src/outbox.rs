@@ -53,16 +53,19 @@
 //!
 //! **Isolation.** Enqueue under any level. Relays use READ COMMITTED (their own transactions).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use oncely_core::outbox::{
-    Backlog, OutboxBatch, OutboxId, OutboxRow, OutboxStore, OutboxTransaction,
+    AfterParked, Backlog, Enqueued, OutboxBatch, OutboxId, OutboxRow, OutboxStore,
+    OutboxTransaction, ParkedRow, Refused,
 };
 pub use oncely_core::outbox::{Outbox, OutboxMessage};
 use oncely_core::url::redact_password;
 use oncely_core::{Error, Result, async_trait};
-use sqlx::postgres::{PgPool, PgRow};
+use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
+use tokio::sync::Notify;
 
 use crate::PostgresStore;
 use crate::driver::is_unavailable;
@@ -116,24 +119,56 @@ impl OutboxTransaction for EnqueueTx<'_> {
 /// no other relay holds.
 const CANDIDATES: i64 = 1000;
 
-/// Locks (for the transaction) aggregates with unsent rows that no other relay holds, oldest
+/// The rows a relay may take: unsent, not parked, and, unless $N says the aggregate goes on,
+/// before any parked row of their aggregate.
+macro_rules! takeable {
+    ($go_on:literal) => {
+        concat!(
+            "sent_at IS NULL AND parked_at IS NULL AND (", $go_on, " OR NOT EXISTS (\
+             SELECT 1 FROM oncely_outbox parked WHERE parked.aggregate = oncely_outbox.aggregate \
+             AND parked.parked_at IS NOT NULL AND parked.id < oncely_outbox.id))"
+        )
+    };
+}
+
+/// Locks (for the transaction) aggregates with rows to take that no other relay holds, oldest
 /// first, at most $2 of them. The try-lock is volatile, so PostgreSQL neither pushes it into
 /// the subquery (which has a LIMIT) nor evaluates it past the outer LIMIT.
-const TAKE_AGGREGATES: &str = "SELECT aggregate FROM (\
-         SELECT aggregate, min(id) AS first FROM oncely_outbox WHERE sent_at IS NULL \
-         GROUP BY aggregate ORDER BY first LIMIT $1) AS waiting \
+const TAKE_AGGREGATES: &str = concat!(
+    "SELECT aggregate FROM (\
+         SELECT aggregate, min(id) AS first FROM oncely_outbox WHERE ",
+    takeable!("$3"),
+    " GROUP BY aggregate ORDER BY first LIMIT $1) AS waiting \
      WHERE pg_try_advisory_xact_lock(\
          hashtextextended(aggregate, 'oncely_outbox'::regclass::oid::int8 * 2 + 1)) \
-     LIMIT $2";
-/// The unsent rows of the locked aggregates, in id order. A statement of its own, after the
+     LIMIT $2"
+);
+/// The rows to take of the locked aggregates, in id order. A statement of its own, after the
 /// locks: its snapshot sees whatever the previous holder committed before letting go.
-const UNSENT_ROWS: &str = "SELECT id, aggregate, destination, payload, headers::text \
-     FROM oncely_outbox WHERE sent_at IS NULL AND aggregate = ANY($1) ORDER BY id LIMIT $2";
+const UNSENT_ROWS: &str = concat!(
+    "SELECT id, aggregate, destination, payload, headers::text FROM oncely_outbox WHERE ",
+    takeable!("$3"),
+    " AND aggregate = ANY($1) ORDER BY id LIMIT $2"
+);
 const MARK_SENT: &str =
     "UPDATE oncely_outbox SET sent_at = now() WHERE id = ANY($1) AND sent_at IS NULL";
+/// One refusal more; parked at $3 refusals. Answers whether it is parked now.
+const REFUSED: &str = "UPDATE oncely_outbox SET attempts = attempts + 1, last_error = $2, \
+     parked_at = CASE WHEN attempts + 1 >= $3 THEN now() END \
+     WHERE id = $1 AND sent_at IS NULL AND parked_at IS NULL RETURNING parked_at IS NOT NULL";
+const PARKED: &str = "SELECT id, aggregate, destination, attempts, coalesce(last_error, ''), \
+     extract(epoch FROM now() - parked_at)::float8, octet_length(payload)::int8 \
+     FROM oncely_outbox WHERE parked_at IS NOT NULL ORDER BY id LIMIT $1";
+const RETRY_PARKED: &str = "UPDATE oncely_outbox SET parked_at = NULL, attempts = 0, \
+     last_error = NULL WHERE id = ANY($1) AND parked_at IS NOT NULL";
+const DROP_PARKED: &str = "DELETE FROM oncely_outbox WHERE id = ANY($1) AND parked_at IS NOT NULL";
 const PURGE: &str = "DELETE FROM oncely_outbox WHERE id IN (\
          SELECT id FROM oncely_outbox WHERE sent_at < now() - make_interval(secs => $1) \
          ORDER BY sent_at LIMIT $2)";
+/// The channel the outbox's trigger notifies (`migrations/0004_outbox_wake.sql`): one per
+/// schema, the outbox's own.
+const WAKE_CHANNEL: &str = "SELECT 'oncely_outbox.' || n.nspname FROM pg_class c \
+     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = 'oncely_outbox'::regclass";
 const BACKLOG: &str = "SELECT count(*), \
      extract(epoch FROM clock_timestamp() - min(created_at))::float8 \
      FROM oncely_outbox WHERE sent_at IS NULL";
@@ -143,12 +178,12 @@ const BACKLOG: &str = "SELECT count(*), \
 ///
 /// ```no_run
 /// # async fn example() -> oncely_core::Result<()> {
-/// use oncely_core::outbox::OutboxStore;
+/// use oncely_core::outbox::{AfterParked, OutboxStore};
 /// use oncely_postgres::outbox::PostgresOutboxStore;
 ///
 /// let outbox = PostgresOutboxStore::connect("postgres://postgres@127.0.0.1/test").await?;
-/// if let Some(batch) = outbox.take(100).await? {
-///     // ... publish, then batch.finish(&confirmed_ids) ...
+/// if let Some(batch) = outbox.take(100, AfterParked::Wait).await? {
+///     // ... publish, then batch.finish(&confirmed_ids, &refused) ...
 /// #   drop(batch);
 /// }
 /// # Ok(()) }
@@ -237,7 +272,12 @@ impl OutboxStore for PostgresOutboxStore {
             })
     }
 
-    async fn take(&self, limit: usize) -> Result<Option<PostgresOutboxBatch>> {
+    async fn take(
+        &self,
+        limit: usize,
+        after_parked: AfterParked,
+    ) -> Result<Option<PostgresOutboxBatch>> {
+        let go_on = after_parked == AfterParked::GoOn;
         let limit = limit.max(1) as i64;
         let mut tx = self
             .pool
@@ -247,6 +287,7 @@ impl OutboxStore for PostgresOutboxStore {
         let aggregates: Vec<String> = sqlx::query_scalar(TAKE_AGGREGATES)
             .bind(CANDIDATES)
             .bind(limit)
+            .bind(go_on)
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.err("locking aggregates of oncely_outbox", e))?;
@@ -259,6 +300,7 @@ impl OutboxStore for PostgresOutboxStore {
         let rows = sqlx::query(UNSENT_ROWS)
             .bind(&aggregates)
             .bind(limit)
+            .bind(go_on)
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.err("reading unsent rows of oncely_outbox", e))?;
@@ -299,6 +341,89 @@ impl OutboxStore for PostgresOutboxStore {
             .map_err(|e| self.err("counting unsent rows of oncely_outbox", e))?;
         Ok(Backlog::from_count_and_age(unsent, oldest))
     }
+
+    async fn parked(&self, limit: usize) -> Result<Vec<ParkedRow>> {
+        let rows = sqlx::query(PARKED)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err("reading parked rows of oncely_outbox", e))?;
+        rows.iter()
+            .map(|row| {
+                let corrupt = |e: sqlx::Error| Error::Corrupt {
+                    store: self.url.clone(),
+                    detail: e.to_string(),
+                };
+                Ok(ParkedRow {
+                    id: row.try_get(0).map_err(corrupt)?,
+                    aggregate: row.try_get(1).map_err(corrupt)?,
+                    destination: row.try_get(2).map_err(corrupt)?,
+                    attempts: row.try_get::<i32, _>(3).map_err(corrupt)?.max(0) as u32,
+                    error: row.try_get(4).map_err(corrupt)?,
+                    parked_for: Duration::from_secs_f64(
+                        row.try_get::<f64, _>(5).map_err(corrupt)?.max(0.0),
+                    ),
+                    payload_bytes: row.try_get::<i64, _>(6).map_err(corrupt)?.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn retry_parked(&self, ids: &[OutboxId]) -> Result<u64> {
+        let done = sqlx::query(RETRY_PARKED)
+            .bind(ids)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err("retrying parked rows of oncely_outbox", e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn drop_parked(&self, ids: &[OutboxId]) -> Result<u64> {
+        let done = sqlx::query(DROP_PARKED)
+            .bind(ids)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err("dropping parked rows of oncely_outbox", e))?;
+        Ok(done.rows_affected())
+    }
+
+    /// LISTENs, on a connection of the pool held for it, to the channel the outbox's insert
+    /// trigger notifies on commit. A connection lost is reconnected, and the relay woken then
+    /// too: rows may have come while nobody listened.
+    async fn enqueued(&self) -> Result<Option<Enqueued>> {
+        let channel: String = sqlx::query_scalar(WAKE_CHANNEL)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err("finding oncely_outbox's schema", e))?;
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(|e| self.err("connecting to listen for enqueued rows", e))?;
+        listener
+            .listen(&channel)
+            .await
+            .map_err(|e| self.err("listening for enqueued rows", e))?;
+        let signal = Arc::new(Notify::new());
+        let wake = signal.clone();
+        let listening = tokio::spawn(async move {
+            loop {
+                match listener.try_recv().await {
+                    Ok(_) => wake.notify_one(),
+                    // The pool is closed or cannot connect: polling goes on meanwhile.
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+        });
+        Ok(Some(Enqueued::new(signal, AbortOnDrop(listening))))
+    }
+}
+
+/// Ends the listening task with the [`Enqueued`] that keeps it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[async_trait]
@@ -307,7 +432,7 @@ impl OutboxBatch for PostgresOutboxBatch {
         &self.rows
     }
 
-    async fn finish(mut self, sent: &[OutboxId]) -> Result<()> {
+    async fn finish(mut self, sent: &[OutboxId], refused: &[Refused]) -> Result<u64> {
         if !sent.is_empty() {
             sqlx::query(MARK_SENT)
                 .bind(sent)
@@ -315,9 +440,21 @@ impl OutboxBatch for PostgresOutboxBatch {
                 .await
                 .map_err(|e| self.store.err("marking rows of oncely_outbox sent", e))?;
         }
+        let mut parked = 0;
+        for row in refused {
+            let now_parked: Option<bool> = sqlx::query_scalar(REFUSED)
+                .bind(row.id)
+                .bind(&row.error)
+                .bind(row.park_after.max(1) as i32)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(|e| self.store.err("counting a refused row of oncely_outbox", e))?;
+            parked += u64::from(now_parked == Some(true));
+        }
         self.tx
             .commit()
             .await
-            .map_err(|e| self.store.err("committing a relay batch", e))
+            .map_err(|e| self.store.err("committing a relay batch", e))?;
+        Ok(parked)
     }
 }

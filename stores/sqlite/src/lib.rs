@@ -67,4 +67,5 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../migrations/0001_records.sql")),
     (2, include_str!("../migrations/0002_outbox.sql")),
     (3, include_str!("../migrations/0003_offsets.sql")),
+    (4, include_str!("../migrations/0004_outbox_parking.sql")),
 ];

@@ -61,7 +61,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oncely_core::outbox::{
-    Backlog, OutboxBatch, OutboxId, OutboxRow, OutboxStore, OutboxTransaction,
+    AfterParked, Backlog, OutboxBatch, OutboxId, OutboxRow, OutboxStore, OutboxTransaction,
+    ParkedRow, Refused,
 };
 pub use oncely_core::outbox::{Outbox, OutboxMessage};
 use oncely_core::{Error, Result, async_trait};
@@ -136,8 +137,25 @@ impl OutboxTransaction for EnqueueTx<'_> {
 const READ_LEASE: &str = "SELECT token, expires_at FROM oncely_outbox_lease WHERE id = 1";
 const WRITE_LEASE: &str =
     "UPDATE oncely_outbox_lease SET token = ?1, holder = ?2, expires_at = ?3 WHERE id = 1";
+/// The first rows to take: unsent, not parked, and, unless ?2 says the aggregate goes on,
+/// before any parked row of their aggregate.
 const UNSENT_ROWS: &str = "SELECT id, aggregate, destination, payload, headers \
-     FROM oncely_outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?1";
+     FROM oncely_outbox WHERE sent_at IS NULL AND parked_at IS NULL AND (?2 OR NOT EXISTS (\
+         SELECT 1 FROM oncely_outbox parked WHERE parked.aggregate = oncely_outbox.aggregate \
+         AND parked.parked_at IS NOT NULL AND parked.id < oncely_outbox.id)) \
+     ORDER BY id LIMIT ?1";
+/// One refusal more; parked (at ?4, ms) at ?3 refusals. Answers whether it is parked now.
+const REFUSED: &str = "UPDATE oncely_outbox SET attempts = attempts + 1, last_error = ?2, \
+     parked_at = CASE WHEN attempts + 1 >= ?3 THEN ?4 END \
+     WHERE id = ?1 AND sent_at IS NULL AND parked_at IS NULL \
+     RETURNING parked_at IS NOT NULL";
+const PARKED: &str = "SELECT id, aggregate, destination, attempts, coalesce(last_error, ''), \
+     (?2 - parked_at) / 1000.0, length(CAST(payload AS BLOB)) \
+     FROM oncely_outbox WHERE parked_at IS NOT NULL ORDER BY id LIMIT ?1";
+const RETRY_PARKED: &str = "UPDATE oncely_outbox SET parked_at = NULL, attempts = 0, \
+     last_error = NULL WHERE id IN (SELECT value FROM json_each(?1)) AND parked_at IS NOT NULL";
+const DROP_PARKED: &str = "DELETE FROM oncely_outbox \
+     WHERE id IN (SELECT value FROM json_each(?1)) AND parked_at IS NOT NULL";
 const MARK_SENT: &str = "UPDATE oncely_outbox SET sent_at = ?1 \
      WHERE id IN (SELECT value FROM json_each(?2)) AND sent_at IS NULL";
 const PURGE: &str = "DELETE FROM oncely_outbox WHERE id IN (\
@@ -151,12 +169,12 @@ const BACKLOG: &str = "SELECT count(*), (?1 - min(created_at)) / 1000.0 \
 /// ```no_run
 /// # async fn example() -> oncely_core::Result<()> {
 /// use std::time::Duration;
-/// use oncely_core::outbox::OutboxStore;
+/// use oncely_core::outbox::{AfterParked, OutboxStore};
 /// use oncely_sqlite::outbox::SqliteOutboxStore;
 ///
 /// let outbox = SqliteOutboxStore::connect("sqlite:app.db").await?.lease(Duration::from_secs(30));
-/// if let Some(batch) = outbox.take(100).await? {
-///     // ... publish, then batch.finish(&confirmed_ids) ...
+/// if let Some(batch) = outbox.take(100, AfterParked::Wait).await? {
+///     // ... publish, then batch.finish(&confirmed_ids, &refused) ...
 /// #   drop(batch);
 /// }
 /// # Ok(()) }
@@ -389,7 +407,11 @@ impl OutboxStore for SqliteOutboxStore {
 
     /// The first unsent rows of the whole outbox, in id order, while this relay holds the lease;
     /// `None` while another relay holds it. One batch at a time per relay.
-    async fn take(&self, limit: usize) -> Result<Option<SqliteOutboxBatch>> {
+    async fn take(
+        &self,
+        limit: usize,
+        after_parked: AfterParked,
+    ) -> Result<Option<SqliteOutboxBatch>> {
         if self.holder.in_batch.load(Ordering::Acquire) {
             return Err(Error::Backend {
                 store: self.url.clone(),
@@ -403,6 +425,7 @@ impl OutboxStore for SqliteOutboxStore {
         };
         let rows = sqlx::query(UNSENT_ROWS)
             .bind(limit.max(1) as i64)
+            .bind(after_parked == AfterParked::GoOn)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err("reading unsent rows of oncely_outbox", e))?;
@@ -444,6 +467,63 @@ impl OutboxStore for SqliteOutboxStore {
             .map_err(|e| self.err("counting unsent rows of oncely_outbox", e))?;
         Ok(Backlog::from_count_and_age(unsent, oldest))
     }
+
+    async fn parked(&self, limit: usize) -> Result<Vec<ParkedRow>> {
+        let rows = sqlx::query(PARKED)
+            .bind(limit as i64)
+            .bind(now_ms())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err("reading parked rows of oncely_outbox", e))?;
+        rows.iter()
+            .map(|row| {
+                let corrupt = |e: sqlx::Error| Error::Corrupt {
+                    store: self.url.clone(),
+                    detail: e.to_string(),
+                };
+                Ok(ParkedRow {
+                    id: row.try_get(0).map_err(corrupt)?,
+                    aggregate: row.try_get(1).map_err(corrupt)?,
+                    destination: row.try_get(2).map_err(corrupt)?,
+                    attempts: row.try_get::<i64, _>(3).map_err(corrupt)?.max(0) as u32,
+                    error: row.try_get(4).map_err(corrupt)?,
+                    parked_for: Duration::from_secs_f64(
+                        row.try_get::<f64, _>(5).map_err(corrupt)?.max(0.0),
+                    ),
+                    payload_bytes: row.try_get::<i64, _>(6).map_err(corrupt)?.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn retry_parked(&self, ids: &[OutboxId]) -> Result<u64> {
+        let done = sqlx::query(RETRY_PARKED)
+            .bind(json_ids(ids))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err("retrying parked rows of oncely_outbox", e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn drop_parked(&self, ids: &[OutboxId]) -> Result<u64> {
+        let done = sqlx::query(DROP_PARKED)
+            .bind(json_ids(ids))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err("dropping parked rows of oncely_outbox", e))?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Row ids as the JSON array `json_each` reads.
+fn json_ids(ids: &[OutboxId]) -> String {
+    format!(
+        "[{}]",
+        ids.iter()
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    )
 }
 
 #[async_trait]
@@ -453,7 +533,7 @@ impl OutboxBatch for SqliteOutboxBatch {
     }
 
     /// Marks `sent` sent and renews the lease, only if the lease is still this batch's token.
-    async fn finish(self, sent: &[OutboxId]) -> Result<()> {
+    async fn finish(self, sent: &[OutboxId], refused: &[Refused]) -> Result<u64> {
         let store = &self.store;
         let mut conn = store
             .pool
@@ -485,19 +565,24 @@ impl OutboxBatch for SqliteOutboxBatch {
         }
         let now = now_ms();
         if !sent.is_empty() {
-            let ids = format!(
-                "[{}]",
-                sent.iter()
-                    .map(|id| id.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
             sqlx::query(MARK_SENT)
                 .bind(now)
-                .bind(ids)
+                .bind(json_ids(sent))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| store.err("marking rows of oncely_outbox sent", e))?;
+        }
+        let mut parked = 0;
+        for row in refused {
+            let now_parked: Option<bool> = sqlx::query_scalar(REFUSED)
+                .bind(row.id)
+                .bind(&row.error)
+                .bind(row.park_after.max(1) as i64)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| store.err("counting a refused row of oncely_outbox", e))?;
+            parked += u64::from(now_parked == Some(true));
         }
         sqlx::query(WRITE_LEASE)
             .bind(token)
@@ -508,6 +593,7 @@ impl OutboxBatch for SqliteOutboxBatch {
             .map_err(|e| store.err("renewing the relay's lease", e))?;
         tx.commit()
             .await
-            .map_err(|e| store.err("committing a relay batch", e))
+            .map_err(|e| store.err("committing a relay batch", e))?;
+        Ok(parked)
     }
 }

@@ -110,4 +110,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../../migrations/0002_outbox.sql")),
     // So are the consumer offsets.
     (3, include_str!("../../migrations/0003_offsets.sql")),
+    // And the relays' wake-up.
+    (4, include_str!("../../migrations/0004_outbox_wake.sql")),
+    (5, include_str!("../../migrations/0005_outbox_parking.sql")),
 ];

@@ -1,0 +1,16 @@
+-- oncely PostgreSQL schema, version 5: rows the broker keeps refusing are parked. Applied on
+-- first use (tracked in oncely_schema_version), in either layout; shipped as plain SQL for users
+-- who run their own migrations.
+
+-- attempts counts the broker's refusals of the row (a message too large, a destination that
+-- does not exist), not its outages; at the relay's limit the row is parked: parked_at set,
+-- last_error kept, no longer published until `oncely outbox retry` (or dropped by
+-- `oncely outbox drop`).
+ALTER TABLE oncely_outbox
+    ADD COLUMN IF NOT EXISTS attempts   integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS last_error text,
+    ADD COLUMN IF NOT EXISTS parked_at  timestamptz;
+
+-- The parked rows, by aggregate: what holds an aggregate back, and `oncely outbox list`.
+CREATE INDEX IF NOT EXISTS oncely_outbox_parked ON oncely_outbox (aggregate, id)
+    WHERE parked_at IS NOT NULL;
