@@ -28,7 +28,10 @@
 //! aggregate, rows are published in the order they were enqueued (their ids), one after the
 //! other: the next is sent only after the previous one was confirmed, and an aggregate is held
 //! by one relay at a time, so relays running side by side never interleave one aggregate's
-//! rows. Different aggregates are published concurrently and in no particular order.
+//! rows. Different aggregates are published concurrently and in no particular order. A row the
+//! broker refuses for itself (too large, no such destination) is parked after a number of
+//! refusals rather than holding its aggregate back for ever; the rows after it wait or go on
+//! ([`AfterParked`]).
 
 use crate::trace::{TRACEPARENT, TRACESTATE, TraceParent};
 use async_trait::async_trait;

@@ -27,8 +27,11 @@ use crate::{ExtractError, KeySpecError};
 ///
 /// A specification that starts with `/` is a comma-separated list of JSON pointers, each value
 /// one part; anything else is a JMESPath expression, whose result is the one value (a
-/// multi-select list such as `[orderId, paymentId]` makes a composite). See the
-/// [module docs](self) for the functions an expression may call.
+/// multi-select list such as `[orderId, paymentId]` makes a composite). An expression may call
+/// JMESPath's built-in functions and two of AWS Lambda Powertools' own:
+/// `powertools_json(s)`, the JSON value encoded in the string `s` (an SNS notification's
+/// `Message` in an SQS body, API Gateway's `body`), and `powertools_base64(s)`, the text the
+/// base64 string `s` encodes (a Kinesis record's `data`).
 ///
 /// Numbers: pointers read every number exactly as written. JMESPath evaluates over
 /// `serde_json` numbers, which hold 64-bit integers and `f64`s; so that two different numbers

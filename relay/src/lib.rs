@@ -21,7 +21,10 @@
 //!    often, purge rows sent longer ago than the [retention](Relay::retention).
 //!
 //! Store and broker failures do not stop it: it reports them ([`Relay::on_error`]), backs off
-//! (up to 5 s) and tries again. It stops when the shutdown future completes, after finishing
+//! (up to 5 s) and tries again. A row the broker refuses for itself (a
+//! [permanent](BrokerError::is_permanent) error: too large, no such destination) is parked
+//! after [`Relay::park_after`] refusals, and the rows after it in its aggregate wait or go on
+//! ([`Relay::after_parked`]); an outage is never a refusal. It stops when the shutdown future completes, after finishing
 //! the batch in hand, and answers a [`RelayReport`].
 //!
 //! **At least once, never lost.** A relay killed between the broker's confirm and the commit of

@@ -298,3 +298,114 @@ async fn a_refused_row_is_parked_then_retried_or_dropped() {
     let destination = Destination::rabbit("parked").await;
     scenarios::a_refused_row_is_parked_then_retried_or_dropped(store, &pool, destination).await;
 }
+
+/// NATS refuses a message over its `max_payload` (1 MiB by default): a refusal, so the row is
+/// parked at the first with park_after(1); the aggregate's other rows wait; other aggregates go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_parks_a_row_larger_than_its_max_payload() {
+    let (store, pool) = outbox("too_large").await;
+    let destination = Destination::nats("too_large").await;
+    let outbox = Outbox::new();
+    let mut tx = pool.begin().await.unwrap();
+    let large = OutboxMessage::new("a", vec![b'x'; 2 * 1024 * 1024]);
+    let large = outbox.enqueue(&mut tx, &large).await.unwrap();
+    outbox.enqueue(&mut tx, &event("a", 2)).await.unwrap();
+    outbox.enqueue(&mut tx, &event("b", 1)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let relay = Relay::new(store.clone(), destination.publisher().await)
+        .poll_interval(Duration::from_millis(20))
+        .park_after(1)
+        .on_error(|_| {});
+    let progress = relay.progress();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(relay.run(async {
+        stopped.await.ok();
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while progress.report().parked < 1 || progress.report().published < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            progress.report()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!((report.published, report.parked), (1, 1), "{report:?}");
+    let parked = store.parked(10).await.unwrap();
+    assert_eq!((parked[0].id, parked[0].attempts), (large, 1));
+    assert!(parked[0].error.contains("max payload"), "{parked:?}");
+    assert_eq!(parked[0].payload_bytes, 2 * 1024 * 1024);
+    let sent = destination.read_all().await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].payload(), b"b#1");
+    destination.remove().await;
+}
+
+/// A broker that is down refuses nothing: with park_after(1), a row enqueued while NATS is
+/// down fails attempt after attempt and is never parked; once NATS is back it is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_never_a_refusal_and_parks_nothing() {
+    use oncely_conformance::faults::{NatsServer, Restartable, Stop};
+    let mut nats = NatsServer::start();
+    let subject = "oncely.relay.outage";
+    let client = oncely_nats::async_nats::connect(nats.url()).await.unwrap();
+    let jetstream = oncely_nats::async_nats::jetstream::new(client);
+    jetstream
+        .create_stream(oncely_nats::async_nats::jetstream::stream::Config {
+            name: "OUTAGE".into(),
+            subjects: vec![subject.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (store, pool) = outbox("outage").await;
+    let publisher = oncely_nats::NatsPublisher::connect(&format!("{}/{subject}", nats.url()))
+        .await
+        .unwrap();
+    let relay = Relay::new(store.clone(), publisher)
+        .poll_interval(Duration::from_millis(20))
+        .park_after(1)
+        .on_error(|_| {});
+    let progress = relay.progress();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(relay.run(async {
+        stopped.await.ok();
+    }));
+
+    nats.stop(Stop::Crash);
+    let mut tx = pool.begin().await.unwrap();
+    Outbox::new()
+        .enqueue(&mut tx, &event("a", 1))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while progress.report().failed < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            progress.report()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        store.parked(10).await.unwrap().is_empty(),
+        "an outage parked a row"
+    );
+
+    nats.start_again();
+    while progress.report().published < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            progress.report()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!((report.published, report.parked), (1, 0), "{report:?}");
+}
