@@ -370,6 +370,27 @@ pub struct ParkedRow {
     pub payload_bytes: u64,
 }
 
+/// A parked row's columns as SQL answers them: id, aggregate, destination, attempts, error,
+/// seconds since it was parked, payload bytes.
+pub type ParkedColumns = (OutboxId, String, Option<String>, i64, String, f64, i64);
+
+impl ParkedRow {
+    /// From its [`ParkedColumns`] (negative counts and ages, from clocks apart, read as zero).
+    pub fn from_columns(
+        (id, aggregate, destination, attempts, error, parked_secs, payload_bytes): ParkedColumns,
+    ) -> Self {
+        ParkedRow {
+            id,
+            aggregate,
+            destination,
+            attempts: attempts.clamp(0, i64::from(u32::MAX)) as u32,
+            error,
+            parked_for: std::time::Duration::from_secs_f64(parked_secs.max(0.0)),
+            payload_bytes: payload_bytes.max(0) as u64,
+        }
+    }
+}
+
 /// What waits in an outbox ([`OutboxStore::backlog`]): what a relay has still to publish.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backlog {

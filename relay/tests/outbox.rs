@@ -317,22 +317,7 @@ async fn nats_parks_a_row_larger_than_its_max_payload() {
         .poll_interval(Duration::from_millis(20))
         .park_after(1)
         .on_error(|_| {});
-    let progress = relay.progress();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(relay.run(async {
-        stopped.await.ok();
-    }));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while progress.report().parked < 1 || progress.report().published < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            progress.report()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.send(()).unwrap();
-    let report = running.await.unwrap().unwrap();
+    let report = scenarios::run_until(relay, |r| r.parked >= 1 && r.published >= 1).await;
     assert_eq!((report.published, report.parked), (1, 1), "{report:?}");
     let parked = store.parked(10).await.unwrap();
     assert_eq!((parked[0].id, parked[0].attempts), (large, 1));

@@ -170,18 +170,13 @@ pub async fn the_backlog_counts_unsent_rows_and_the_oldest_ones_wait<S: OutboxSt
     assert_eq!((sent.unsent, sent.oldest), (0, None));
 }
 
-/// Runs a relay on `store` (parking at 2 refusals, `after_parked`) until `done(report)`, or 20 s.
-async fn relay_until<S: OutboxStore + 'static>(
-    store: S,
-    publisher: Box<dyn Publisher>,
-    after_parked: AfterParked,
-    done: impl Fn(&RelayReport) -> bool,
-) -> RelayReport {
-    let relay = Relay::new(store, publisher)
-        .poll_interval(Duration::from_millis(20))
-        .park_after(2)
-        .after_parked(after_parked)
-        .on_error(|_| {});
+/// Runs `relay` until `done(report)` (failing the test after 20 s), stops it, and answers its
+/// report.
+pub async fn run_until<S, P>(relay: Relay<S, P>, done: impl Fn(&RelayReport) -> bool) -> RelayReport
+where
+    S: OutboxStore + 'static,
+    P: Publisher + 'static,
+{
     let progress = relay.progress();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(relay.run(async {
@@ -198,6 +193,21 @@ async fn relay_until<S: OutboxStore + 'static>(
     }
     stop.send(()).unwrap();
     running.await.unwrap().unwrap()
+}
+
+/// [`run_until`] a relay on `store` that parks at 2 refusals and does `after_parked`.
+async fn relay_until<S: OutboxStore + 'static>(
+    store: S,
+    publisher: Box<dyn Publisher>,
+    after_parked: AfterParked,
+    done: impl Fn(&RelayReport) -> bool,
+) -> RelayReport {
+    let relay = Relay::new(store, publisher)
+        .poll_interval(Duration::from_millis(20))
+        .park_after(2)
+        .after_parked(after_parked)
+        .on_error(|_| {});
+    run_until(relay, done).await
 }
 
 /// A row RabbitMQ keeps refusing (routed to no queue) is parked after two refusals, with its

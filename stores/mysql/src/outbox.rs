@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use oncely_core::outbox::{
     AfterParked, Backlog, OutboxBatch, OutboxId, OutboxRow, OutboxStore, OutboxTransaction,
-    ParkedRow, Refused,
+    ParkedColumns, ParkedRow, Refused,
 };
 pub use oncely_core::outbox::{Outbox, OutboxMessage};
 use oncely_core::url::redact_password;
@@ -120,7 +120,8 @@ const TAKE_AGGREGATES: &str = concat!(
 const REFUSED: &str = "UPDATE oncely_outbox SET \
      parked_at = CASE WHEN attempts + 1 >= ? THEN NOW(6) END, last_error = ?, \
      attempts = attempts + 1 WHERE id = ? AND sent_at IS NULL AND parked_at IS NULL";
-const PARKED: &str = "SELECT id, aggregate, destination, attempts, COALESCE(last_error, ''), \
+const PARKED: &str = "SELECT id, CONVERT(aggregate USING utf8mb4), destination, \
+     CAST(attempts AS SIGNED), COALESCE(last_error, ''), \
      CAST(TIMESTAMPDIFF(MICROSECOND, parked_at, NOW(6)) / 1e6 AS DOUBLE), \
      CAST(LENGTH(payload) AS SIGNED) \
      FROM oncely_outbox WHERE parked_at IS NOT NULL ORDER BY id LIMIT ?";
@@ -305,31 +306,12 @@ impl OutboxStore for MySqlOutboxStore {
     }
 
     async fn parked(&self, limit: usize) -> Result<Vec<ParkedRow>> {
-        let rows = sqlx::query(PARKED)
+        let rows: Vec<ParkedColumns> = sqlx::query_as(PARKED)
             .bind(limit as i64)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err("reading parked rows of oncely_outbox", e))?;
-        rows.iter()
-            .map(|row| {
-                let corrupt = |e: sqlx::Error| Error::Corrupt {
-                    store: self.url.clone(),
-                    detail: e.to_string(),
-                };
-                let aggregate: Vec<u8> = row.try_get(1).map_err(corrupt)?;
-                Ok(ParkedRow {
-                    id: row.try_get(0).map_err(corrupt)?,
-                    aggregate: String::from_utf8_lossy(&aggregate).into_owned(),
-                    destination: row.try_get(2).map_err(corrupt)?,
-                    attempts: row.try_get::<i32, _>(3).map_err(corrupt)?.max(0) as u32,
-                    error: row.try_get(4).map_err(corrupt)?,
-                    parked_for: Duration::from_secs_f64(
-                        row.try_get::<f64, _>(5).map_err(corrupt)?.max(0.0),
-                    ),
-                    payload_bytes: row.try_get::<i64, _>(6).map_err(corrupt)?.max(0) as u64,
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().map(ParkedRow::from_columns).collect())
     }
 
     async fn retry_parked(&self, ids: &[OutboxId]) -> Result<u64> {

@@ -58,7 +58,7 @@ use std::time::Duration;
 
 use oncely_core::outbox::{
     AfterParked, Backlog, Enqueued, OutboxBatch, OutboxId, OutboxRow, OutboxStore,
-    OutboxTransaction, ParkedRow, Refused,
+    OutboxTransaction, ParkedColumns, ParkedRow, Refused,
 };
 pub use oncely_core::outbox::{Outbox, OutboxMessage};
 use oncely_core::url::redact_password;
@@ -156,7 +156,7 @@ const MARK_SENT: &str =
 const REFUSED: &str = "UPDATE oncely_outbox SET attempts = attempts + 1, last_error = $2, \
      parked_at = CASE WHEN attempts + 1 >= $3 THEN now() END \
      WHERE id = $1 AND sent_at IS NULL AND parked_at IS NULL RETURNING parked_at IS NOT NULL";
-const PARKED: &str = "SELECT id, aggregate, destination, attempts, coalesce(last_error, ''), \
+const PARKED: &str = "SELECT id, aggregate, destination, attempts::int8, coalesce(last_error, ''), \
      extract(epoch FROM now() - parked_at)::float8, octet_length(payload)::int8 \
      FROM oncely_outbox WHERE parked_at IS NOT NULL ORDER BY id LIMIT $1";
 const RETRY_PARKED: &str = "UPDATE oncely_outbox SET parked_at = NULL, attempts = 0, \
@@ -343,30 +343,12 @@ impl OutboxStore for PostgresOutboxStore {
     }
 
     async fn parked(&self, limit: usize) -> Result<Vec<ParkedRow>> {
-        let rows = sqlx::query(PARKED)
+        let rows: Vec<ParkedColumns> = sqlx::query_as(PARKED)
             .bind(limit as i64)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err("reading parked rows of oncely_outbox", e))?;
-        rows.iter()
-            .map(|row| {
-                let corrupt = |e: sqlx::Error| Error::Corrupt {
-                    store: self.url.clone(),
-                    detail: e.to_string(),
-                };
-                Ok(ParkedRow {
-                    id: row.try_get(0).map_err(corrupt)?,
-                    aggregate: row.try_get(1).map_err(corrupt)?,
-                    destination: row.try_get(2).map_err(corrupt)?,
-                    attempts: row.try_get::<i32, _>(3).map_err(corrupt)?.max(0) as u32,
-                    error: row.try_get(4).map_err(corrupt)?,
-                    parked_for: Duration::from_secs_f64(
-                        row.try_get::<f64, _>(5).map_err(corrupt)?.max(0.0),
-                    ),
-                    payload_bytes: row.try_get::<i64, _>(6).map_err(corrupt)?.max(0) as u64,
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().map(ParkedRow::from_columns).collect())
     }
 
     async fn retry_parked(&self, ids: &[OutboxId]) -> Result<u64> {

@@ -62,7 +62,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oncely_core::outbox::{
     AfterParked, Backlog, OutboxBatch, OutboxId, OutboxRow, OutboxStore, OutboxTransaction,
-    ParkedRow, Refused,
+    ParkedColumns, ParkedRow, Refused,
 };
 pub use oncely_core::outbox::{Outbox, OutboxMessage};
 use oncely_core::{Error, Result, async_trait};
@@ -469,31 +469,13 @@ impl OutboxStore for SqliteOutboxStore {
     }
 
     async fn parked(&self, limit: usize) -> Result<Vec<ParkedRow>> {
-        let rows = sqlx::query(PARKED)
+        let rows: Vec<ParkedColumns> = sqlx::query_as(PARKED)
             .bind(limit as i64)
             .bind(now_ms())
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err("reading parked rows of oncely_outbox", e))?;
-        rows.iter()
-            .map(|row| {
-                let corrupt = |e: sqlx::Error| Error::Corrupt {
-                    store: self.url.clone(),
-                    detail: e.to_string(),
-                };
-                Ok(ParkedRow {
-                    id: row.try_get(0).map_err(corrupt)?,
-                    aggregate: row.try_get(1).map_err(corrupt)?,
-                    destination: row.try_get(2).map_err(corrupt)?,
-                    attempts: row.try_get::<i64, _>(3).map_err(corrupt)?.max(0) as u32,
-                    error: row.try_get(4).map_err(corrupt)?,
-                    parked_for: Duration::from_secs_f64(
-                        row.try_get::<f64, _>(5).map_err(corrupt)?.max(0.0),
-                    ),
-                    payload_bytes: row.try_get::<i64, _>(6).map_err(corrupt)?.max(0) as u64,
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().map(ParkedRow::from_columns).collect())
     }
 
     async fn retry_parked(&self, ids: &[OutboxId]) -> Result<u64> {
