@@ -216,7 +216,10 @@ impl IdempotencyLayer {
     /// pointers or a JMESPath expression: see [`CompositeKey`]), e.g. `/orderId` or
     /// `powertools_json(body).orderId`. The header still wins when sent. A body without the
     /// key passes through un-deduplicated, or gets 400 under
-    /// [`require_key`](Self::require_key).
+    /// [`require_key`](Self::require_key). Keys from bodies have a scope of their own (the
+    /// principal's, marked `:body`), so one never meets a key a client sent in the header.
+    /// Every request of the layer's methods is then buffered to read its key, within
+    /// [`max_body`](Self::max_body).
     ///
     /// ```
     /// # let oncely = oncely::Oncely::new(std::sync::Arc::new(oncely::memory::MemoryStore::default()));

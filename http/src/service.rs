@@ -137,10 +137,12 @@ where
             .into_response(&config.problem_type_base));
         }
     };
-    let key = match (header_key, &config.key_from_body) {
-        (Some(key), _) => key,
+    let principal = principal_scope(&config.principal_headers, &parts.headers);
+    let (scope, key) = match (header_key, &config.key_from_body) {
+        (Some(key), _) => (principal, key),
         (None, Some(from_body)) => match from_body.extract_json(&data) {
-            Ok(key) => key,
+            // A scope of their own: a key from a body never meets a client's header key.
+            Ok(key) => (body_scope(&principal), key),
             Err(e) if config.require_key => {
                 return Ok(Problem::KeyNotInBody {
                     reason: e.to_string(),
@@ -154,7 +156,6 @@ where
         },
         (None, None) => unreachable!("a request with no way to a key passed through above"),
     };
-    let scope = principal_scope(&config.principal_headers, &parts.headers);
     let fingerprint = match request_fingerprint(
         &config.fingerprint_headers,
         &config.body_fingerprint,
@@ -195,6 +196,12 @@ where
         // service's own panics are caught and answered). Its claim is left to its lease.
         Err(_) => Ok(Problem::Panicked.into_response(&type_base)),
     }
+}
+
+/// The scope of the keys taken from bodies: the principal's, marked apart.
+fn body_scope(principal: &Scope) -> Scope {
+    Scope::new(format!("{}:body", principal.as_str()))
+        .expect("a principal's scope is at most 69 bytes")
 }
 
 /// The span of a keyed request, `oncely.request` (info): a [`Hop`] of the request's trace,
