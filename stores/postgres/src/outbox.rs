@@ -214,7 +214,8 @@ impl PostgresOutboxStore {
     }
 
     /// The outbox of the database `pool` connects to, as it is (no migration). `url` is only
-    /// used in messages.
+    /// used in messages. A relay on it holds one of the pool's connections for as long as it
+    /// runs, to LISTEN for enqueued rows: give the pool at least two.
     pub fn from_pool(pool: PgPool, url: &str) -> Self {
         PostgresOutboxStore {
             pool,
