@@ -384,7 +384,15 @@ mod tests {
             parse_key_source("header:Event-Id"),
             Ok(KeySource::Header("Event-Id".into()))
         );
-        let error = parse_key_source("eventId").unwrap_err();
-        assert!(error.contains("header:NAME"), "{error}");
+        let error = parse_key_source("event id").unwrap_err();
+        assert!(
+            error.contains("header:NAME") && error.contains("JMESPath"),
+            "{error}"
+        );
+        assert_eq!(
+            parse_key_source("eventId").map(|k| k.to_string()),
+            Ok("eventId".to_owned()),
+            "a JMESPath expression"
+        );
     }
 }
