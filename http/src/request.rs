@@ -242,11 +242,8 @@ mod tests {
         let of = |names: &[HeaderName], parts: &Parts, body: &[u8]| {
             request_fingerprint(names, &json, parts, body).unwrap()
         };
-        let base = of(
-            &names,
-            &parts("POST", "/charges", "t1"),
-            b"{\"a\":1,\"b\":2}",
-        );
+        const BODY: &[u8] = b"{\"a\":1,\"b\":2}";
+        let base = of(&names, &parts("POST", "/charges", "t1"), BODY);
         // The same JSON, re-serialised: the same request.
         assert_eq!(
             base,
@@ -257,26 +254,10 @@ mod tests {
             )
         );
         for other in [
-            of(
-                &names,
-                &parts("PATCH", "/charges", "t1"),
-                b"{\"a\":1,\"b\":2}",
-            ),
-            of(
-                &names,
-                &parts("POST", "/refunds", "t1"),
-                b"{\"a\":1,\"b\":2}",
-            ),
-            of(
-                &names,
-                &parts("POST", "/charges?x=1", "t1"),
-                b"{\"a\":1,\"b\":2}",
-            ),
-            of(
-                &names,
-                &parts("POST", "/charges", "t2"),
-                b"{\"a\":1,\"b\":2}",
-            ),
+            of(&names, &parts("PATCH", "/charges", "t1"), BODY),
+            of(&names, &parts("POST", "/refunds", "t1"), BODY),
+            of(&names, &parts("POST", "/charges?x=1", "t1"), BODY),
+            of(&names, &parts("POST", "/charges", "t2"), BODY),
             of(
                 &names,
                 &parts("POST", "/charges", "t1"),
