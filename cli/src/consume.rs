@@ -239,7 +239,7 @@ pub async fn run(store: &str, span_keys: SpanKeys, args: ConsumeArgs) -> Result<
 }
 
 /// `--from` with `dlq=NAME` added to its query when `--dlq` is given.
-fn with_dlq(from: &str, dlq: Option<&str>) -> Result<String> {
+pub(crate) fn with_dlq(from: &str, dlq: Option<&str>) -> Result<String> {
     let Some(dlq) = dlq else {
         return Ok(from.to_owned());
     };

@@ -21,6 +21,7 @@ mod output;
 mod progress;
 mod purge;
 mod purging;
+mod redrive;
 mod relay;
 mod rfc3339;
 mod serve;
@@ -236,6 +237,24 @@ enum Command {
     /// with the same id. Several relays may run on one outbox: each aggregate is held by one at
     /// a time. Ignores --store. Ends with `relay: published N, failed N, purged N in Ts`.
     Relay(relay::RelayArgs),
+    /// Move dead letters back to where they came from, each at most once, then stop.
+    ///
+    /// Reads the dead letters (--from) until there are none for --idle, and publishes each back
+    /// (--to) with its payload, headers and message id (the failure's headers dropped, or kept
+    /// with --keep-history). Each is claimed in the store (--store) before its publish and
+    /// recorded after the broker confirms it, then acked: a redrive killed and run again
+    /// publishes none twice. One it finds claimed by an earlier run that stopped before
+    /// recording (it may have gone) is uncertain: left, never published again, until you
+    /// `oncely forget --scope oncely-redrive KEY` it. Ends with `redrive: read N, redriven N,
+    /// already redriven N, filtered out N, uncertain N, in progress N, failed N`; exit status
+    /// 1 if any were left but those filtered out.
+    ///
+    ///   oncely redrive --from nats://127.0.0.1/ORDERS_DLQ/redrive --to nats://127.0.0.1/orders.in
+    ///
+    ///   oncely --store postgres://127.0.0.1/app redrive --from amqp://127.0.0.1/%2f/orders.dlq \
+    ///       --to amqp://127.0.0.1/%2f/orders --filter "contains(headers.\"oncely-error\", '503')"
+    #[command(verbatim_doc_comment)]
+    Redrive(redrive::RedriveArgs),
     /// List, retry or drop the outbox rows a relay parked because the broker kept refusing them.
     ///
     /// A relay parks a row after the broker refused it --park-after times (a message too
@@ -318,6 +337,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run(&open().await?, args, &mut stdout).await,
         Command::Purge(args) => purge::run(&open().await?, args, &mut stdout).await,
         Command::Stats(args) => stats::run(&open().await?, args, &mut stdout).await,
+        Command::Redrive(args) => redrive::run(&cli.store, span_keys, args).await,
         Command::Relay(args) => relay::run(args).await,
         Command::Outbox(args) => outbox::run(args, &mut stdout).await,
         Command::Completions { shell } => {

@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod gate;
+pub mod redrive;
 pub mod service;
 
 use std::future::Future;
@@ -519,6 +520,7 @@ async fn dead_letter<D: Delivery>(
         attempts,
         key,
         source: delivery.message().source().to_owned(),
+        id: DeadLetter::new_id(),
     };
     tracing::warn!(key = ?letter.key, attempts, error = %letter.error, "dead-lettering");
     match delivery.dead_letter(&letter).await {

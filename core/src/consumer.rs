@@ -65,6 +65,13 @@ pub const ATTEMPTS_HEADER: &str = "Oncely-Attempts";
 pub const KEY_HEADER: &str = "Oncely-Key";
 /// Header carrying where a dead-lettered message was consumed from (subject, queue, topic).
 pub const SOURCE_HEADER: &str = "Oncely-Source";
+/// Header carrying a dead letter's own id, new each time a message is dead-lettered: what
+/// `oncely redrive` claims, so it moves each dead letter back at most once.
+pub const DEAD_LETTER_ID_HEADER: &str = "Oncely-Dead-Letter-Id";
+/// Header carrying a message's stable id where the broker's own id field is taken for
+/// something else (SQS and Kafka have no settable one; on NATS, a redriven message's
+/// `Nats-Msg-Id` is its redrive's, so the stream's duplicate window does not drop it).
+pub const MESSAGE_ID_HEADER: &str = "Oncely-Message-Id";
 
 /// One delivered message, as every broker runner presents it. Cheap to clone.
 #[derive(Clone, PartialEq, Eq)]
@@ -75,6 +82,8 @@ struct Parts {
     payload: Vec<u8>,
     headers: Vec<(String, String)>,
     message_id: Option<String>,
+    dedup_id: Option<String>,
+    broker_id: Option<String>,
     ordering_key: Option<String>,
     position: Option<Position>,
     source: String,
@@ -122,10 +131,28 @@ impl Message {
             payload,
             headers: Vec::new(),
             message_id: None,
+            dedup_id: None,
+            broker_id: None,
             ordering_key: None,
             position: None,
             source: source.into(),
         }))
+    }
+
+    /// With the id a broker that drops repeated publishes within a window drops a second
+    /// publish of (JetStream's `Nats-Msg-Id`, an SQS FIFO queue's deduplication id), when it
+    /// must differ from the message id: `oncely redrive` keeps a message's id, so consumers
+    /// still know it, and gives each redrive its own dedup id, so the window does not drop it
+    /// as the original. Publishers use the message id where this is unset.
+    pub fn with_dedup_id(mut self, id: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.0).dedup_id = Some(id.into());
+        self
+    }
+
+    /// With the broker's own id of this stored copy (see [`broker_id`](Self::broker_id)).
+    pub fn with_broker_id(mut self, id: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.0).broker_id = Some(id.into());
+        self
     }
 
     /// With the broker's (or producer's) message id.
@@ -197,6 +224,19 @@ impl Message {
         self.0.message_id.as_deref()
     }
 
+    /// The id a publisher gives the broker's duplicate window: the
+    /// [dedup id](Self::with_dedup_id) if set, else the message id.
+    pub fn dedup_id(&self) -> Option<&str> {
+        self.0.dedup_id.as_deref().or(self.message_id())
+    }
+
+    /// The broker's own id of this stored copy, which no producer sets and no other copy
+    /// shares: `STREAM:SEQUENCE` on JetStream, `TOPIC:PARTITION:OFFSET` on Kafka, the
+    /// `MessageId` on SQS; none on RabbitMQ, whose queues keep no such id.
+    pub fn broker_id(&self) -> Option<&str> {
+        self.0.broker_id.as_deref()
+    }
+
     /// The ordering key, if it has one (see [`with_ordering_key`](Self::with_ordering_key)).
     pub fn ordering_key(&self) -> Option<&str> {
         self.0.ordering_key.as_deref()
@@ -218,6 +258,8 @@ impl fmt::Debug for Message {
         f.debug_struct("Message")
             .field("source", &self.0.source)
             .field("message_id", &self.0.message_id)
+            .field("dedup_id", &self.0.dedup_id)
+            .field("broker_id", &self.0.broker_id)
             .field("headers", &self.0.headers)
             .field("ordering_key", &self.0.ordering_key)
             .field("position", &self.0.position)
@@ -583,15 +625,24 @@ pub struct DeadLetter {
     pub key: Option<Key>,
     /// Where the message was consumed from.
     pub source: String,
+    /// This dead letter's own id ([`DEAD_LETTER_ID_HEADER`]): [`DeadLetter::new_id`] for each
+    /// dead-lettering.
+    pub id: String,
 }
 
 impl DeadLetter {
+    /// A new dead letter's id: 128 random bits, in hex.
+    pub fn new_id() -> String {
+        format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+    }
+
     /// The headers a runner attaches to the dead-lettered copy, besides the original ones.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut headers = vec![
             (ERROR_HEADER, one_line(&self.error)),
             (ATTEMPTS_HEADER, self.attempts.to_string()),
             (SOURCE_HEADER, self.source.clone()),
+            (DEAD_LETTER_ID_HEADER, self.id.clone()),
         ];
         if let Some(key) = &self.key {
             headers.push((KEY_HEADER, key.as_str().to_owned()));
@@ -840,6 +891,7 @@ mod tests {
             attempts: 3,
             key: Some(Key::new("k").unwrap()),
             source: "orders".into(),
+            id: DeadLetter::new_id(),
         };
         let headers = letter.headers();
         assert!(headers.contains(&(ERROR_HEADER, "boom line two".into())));

@@ -62,6 +62,7 @@ mod oncely;
 pub mod outbox;
 pub mod panic;
 mod record;
+pub mod redrive;
 mod select;
 mod steps;
 mod store;

@@ -235,6 +235,40 @@ impl Selector {
         }
     }
 
+    /// Whether the selector holds of the JSON text `json`: a JMESPath result that is truthy
+    /// (not `null`, `false`, an empty string, list or object), or pointers that all name a
+    /// field that is neither `null` nor `false`. For filters (`oncely redrive --filter`).
+    ///
+    /// ```
+    /// use oncely_core::Selector;
+    /// let failed_on_timeout = Selector::parse("contains(headers.\"oncely-error\", 'timeout')")?;
+    /// let letter = br#"{"headers": {"oncely-error": "upstream timeout"}, "payload": null}"#;
+    /// assert!(failed_on_timeout.holds_for(letter)?);
+    /// assert!(!Selector::parse("payload.orderId")?.holds_for(letter)?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn holds_for(&self, json: &[u8]) -> Result<bool, ExtractError> {
+        let parsed = Json::parse(json).map_err(|e| ExtractError::Expression {
+            expression: self.to_string(),
+            reason: format!("not JSON: {e}"),
+        })?;
+        match &self.0 {
+            Selection::Pointers(pointers) => Ok(pointers.iter().all(|pointer| {
+                !matches!(
+                    parsed.pointer(pointer),
+                    None | Some(Json::Null | Json::Bool(false))
+                )
+            })),
+            Selection::JmesPath(expression) => expression
+                .search(Arc::new(to_variable(&parsed)))
+                .map(|result| result.is_truthy())
+                .map_err(|e| ExtractError::Expression {
+                    expression: expression.as_str().to_owned(),
+                    reason: e.reason.to_string(),
+                }),
+        }
+    }
+
     fn search(
         &self,
         expression: &jmespath::Expression<'static>,

@@ -103,9 +103,21 @@ pub mod consumer {
         describe, service,
     };
     pub use oncely_core::consumer::{
-        ATTEMPTS_HEADER, BrokerError, DeadLetter, Delivery, ERROR_HEADER, Handled, Handler,
-        HandlerError, KEY_HEADER, KeySource, Message, NoKey, OffsetStore, OncelyHandler, Position,
-        RetryPolicy, SOURCE_HEADER, Settled, Source,
+        ATTEMPTS_HEADER, BrokerError, DEAD_LETTER_ID_HEADER, DeadLetter, Delivery, ERROR_HEADER,
+        Handled, Handler, HandlerError, KEY_HEADER, KeySource, MESSAGE_ID_HEADER, Message, NoKey,
+        OffsetStore, OncelyHandler, Position, RetryPolicy, SOURCE_HEADER, Settled, Source,
+    };
+}
+
+/// Dead letters moved back to where they came from, each at most once (see
+/// [`oncely_consumer::redrive`]); what `oncely redrive` runs.
+pub mod redrive {
+    pub use oncely_consumer::redrive::{
+        DEFAULT_IDLE, Redrive, RedriveReport, RedriveStopped, StopReason,
+    };
+    pub use oncely_core::redrive::{
+        History, LetterError, PREVIOUS_PREFIX, REDRIVES_HEADER, dead_letter_key, filter_input,
+        redriven,
     };
 }
 

@@ -56,7 +56,7 @@
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `group=NAME` | (required) | the consumer group |
-//! | `dlq=TOPIC` | `TOPIC.dlq` | where dead letters are produced |
+//! | `dlq=TOPIC` | `TOPIC.dlq` | where dead letters are produced; `none`: nowhere (a failed dead-lettering gives the message back), for a source that only moves messages on |
 //! | `create_dlq=true\|false` | `true` | create that topic (one partition) if missing |
 //! | `session_timeout=10s` | 10 s | how soon a crashed member's partitions go to the others |
 //! | `commit_interval=200ms` | 200 ms | how often settled offsets are committed |

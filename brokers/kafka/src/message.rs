@@ -6,17 +6,24 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 
 /// The header carrying a message's stable id: the outbox relay sets it, and a consumed
 /// message's [`message_id`](Message::message_id) is read from it.
-pub const MESSAGE_ID_HEADER: &str = "Oncely-Message-Id";
+pub const MESSAGE_ID_HEADER: &str = oncely_core::consumer::MESSAGE_ID_HEADER;
 
 /// A fetched Kafka message as the runner sees it.
 pub(crate) fn message_of(fetched: &impl rdkafka::Message, group: &str) -> Message {
     let payload = fetched.payload().map(<[u8]>::to_vec).unwrap_or_default();
-    let mut message = Message::new(payload, fetched.topic()).with_position(Position {
-        group: group.to_owned(),
-        topic: fetched.topic().to_owned(),
-        partition: fetched.partition(),
-        offset: fetched.offset(),
-    });
+    let mut message = Message::new(payload, fetched.topic())
+        .with_position(Position {
+            group: group.to_owned(),
+            topic: fetched.topic().to_owned(),
+            partition: fetched.partition(),
+            offset: fetched.offset(),
+        })
+        .with_broker_id(format!(
+            "{}:{}:{}",
+            fetched.topic(),
+            fetched.partition(),
+            fetched.offset()
+        ));
     if let Some(key) = fetched.key() {
         message = message.with_ordering_key(String::from_utf8_lossy(key));
     }

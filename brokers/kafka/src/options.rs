@@ -48,6 +48,10 @@ pub struct KafkaOptions {
     /// Create the dead-letter topic (one partition, the broker's replication) if it does not
     /// exist (default); `false` fails instead.
     pub create_dead_letter_topic: bool,
+    /// Whether the source dead-letters at all (default). `false` (`dlq=none`): no dead-letter
+    /// topic is checked or created, and a dead-lettering fails, so the message is given back:
+    /// for a source that only moves messages on, as `oncely redrive` reads a dead-letter topic.
+    pub dead_letters: bool,
     /// The group's session timeout ([`DEFAULT_SESSION_TIMEOUT`]): how soon a crashed member's
     /// partitions go to the others.
     pub session_timeout: Duration,
@@ -90,6 +94,7 @@ impl KafkaOptions {
             group: group.into(),
             dead_letter_topic: None,
             create_dead_letter_topic: true,
+            dead_letters: true,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
             revoke_wait: DEFAULT_REVOKE_WAIT,

@@ -81,15 +81,20 @@ impl KafkaSource {
         options: KafkaOptions,
         offsets: Option<Arc<dyn OffsetStore>>,
     ) -> Result<Self, Error> {
-        let dead_letter_topic = options.dead_letter_topic_or_default();
+        let dead_letter_topic = match options.dead_letters {
+            true => options.dead_letter_topic_or_default(),
+            false => String::new(),
+        };
         if dead_letter_topic == options.topic {
             return Err(Error::DeadLettersLoop {
                 topic: dead_letter_topic,
             });
         }
         ensure_topic(&options.cluster, &options.topic, None).await?;
-        let create = options.create_dead_letter_topic.then_some(1);
-        ensure_topic(&options.cluster, &dead_letter_topic, create).await?;
+        if options.dead_letters {
+            let create = options.create_dead_letter_topic.then_some(1);
+            ensure_topic(&options.cluster, &dead_letter_topic, create).await?;
+        }
         let producer = idempotent_producer(&options.cluster)?;
         // A stored offset means "everything before it is done": one message per partition.
         let order = match offsets {
@@ -497,6 +502,13 @@ impl Delivery for KafkaDelivery {
     }
 
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
+        if self.shared.dead_letter_topic.is_empty() {
+            return Err(BrokerError::permanent(
+                BROKER,
+                "dead-lettering",
+                "this source has no dead-letter topic (dlq=none)",
+            ));
+        }
         let message = &self.handout.message;
         let extra = letter.headers();
         let headers = kafka_headers(message, extra.iter().map(|(n, v)| (*n, v.as_str())));

@@ -16,6 +16,7 @@ use oncely_conformance::faults::{Restartable, TansuServer};
 use oncely_conformance::harness::{panic_text, runtime};
 use oncely_consumer::Consumer;
 use oncely_core::consumer::{Delivery, KeySource, Message, OncelyHandler, Position, Source};
+use oncely_core::outbox::Publisher;
 use oncely_core::{BoxError, Key, Oncely, Scope, async_trait};
 use oncely_kafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
 use oncely_kafka::rdkafka::error::RDKafkaErrorCode;
@@ -23,7 +24,8 @@ use oncely_kafka::rdkafka::message::{Header, Headers, OwnedHeaders};
 use oncely_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use oncely_kafka::rdkafka::{Message as _, Offset, TopicPartitionList};
 use oncely_kafka::{
-    FreshOptions, KafkaOptions, KafkaSource, MESSAGE_ID_HEADER, client_config, fresh_destination,
+    FreshOptions, KafkaOptions, KafkaPublisher, KafkaSource, MESSAGE_ID_HEADER, client_config,
+    fresh_destination,
 };
 use oncely_postgres::offsets::PostgresOffsets;
 use tokio::sync::Semaphore;
@@ -91,6 +93,13 @@ impl Broker for Kafka {
         };
         let port = server.port();
         Some((kafka, Box::new(server), port))
+    }
+
+    /// A group joins in seconds on tansu: the redrive waits that long for its first letter.
+    const REDRIVE_IDLE: Duration = Duration::from_secs(20);
+
+    async fn connect_publisher(url: &str) -> Result<Box<dyn Publisher>, BoxError> {
+        Ok(Box::new(KafkaPublisher::connect(url).await?))
     }
 
     async fn channel(&self, test: &str) -> Result<Topic, BoxError> {
@@ -223,6 +232,23 @@ impl Channel for Topic {
             "kafka://{}/{}?group={}&session_timeout=6s&commit_interval=50ms",
             self.brokers, self.topic, self.topic
         )
+    }
+
+    /// A group of its own each call: a killed member's partitions would wait for its session
+    /// to end; a new group reads every letter again, and those already redriven are acked.
+    fn dead_letter_source_url(&self) -> String {
+        static READERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "kafka://{}/{}?group={}-redrive-{n}&dlq=none&commit_interval=50ms",
+            self.brokers,
+            self.dead_letter_topic(),
+            self.topic
+        )
+    }
+
+    fn publisher_url(&self) -> String {
+        format!("kafka://{}/{}", self.brokers, self.topic)
     }
 }
 

@@ -33,7 +33,7 @@
 //! | `create=true\|false` | `true` | create the durable consumer if missing: pull, explicit acks, from the stream's first message |
 //! | `ack_wait=30s` | 30 s for a new consumer | how long the server waits for an ack (`ms`, `s`, `m`, `h`); an existing consumer must match if given |
 //! | `max_ack_pending=N` | the server's (1000) | delivered, unacked messages at most; an existing consumer must match if given |
-//! | `dlq=SUBJECT` | `STREAM.dlq` | where dead letters are published |
+//! | `dlq=SUBJECT` | `STREAM.dlq` | where dead letters are published; `none`: nowhere (a failed dead-lettering gives the message back), for a source that only moves messages on |
 //! | `dlq_stream=NAME` | `STREAM_DLQ` | the stream created to keep them when no stream captures the subject |
 //! | `create_dlq=true\|false` | `true` | create that stream if missing; with `false` a missing one is an error |
 //! | `batch=N` | 32 | messages asked of the server per pull request |

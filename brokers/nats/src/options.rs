@@ -46,6 +46,10 @@ pub struct NatsOptions {
     /// Create the dead-letter stream if no stream captures the dead-letter subject (default);
     /// `false` fails instead.
     pub create_dead_letter_stream: bool,
+    /// Whether the source dead-letters at all (default). `false` (`dlq=none`): no dead-letter
+    /// subject is checked or created, and a dead-lettering fails, so the message is given back:
+    /// for a source that only moves messages on, as `oncely redrive` reads a dead-letter stream.
+    pub dead_letters: bool,
     /// Create the durable consumer if it does not exist (default); `false` fails instead.
     pub create_consumer: bool,
     /// The consumer's ack wait; `None`: [`DEFAULT_ACK_WAIT`] for a new consumer, anything for an
@@ -72,6 +76,7 @@ impl NatsOptions {
             dead_letter_subject: None,
             dead_letter_stream: None,
             create_dead_letter_stream: true,
+            dead_letters: true,
             create_consumer: true,
             ack_wait: None,
             max_ack_pending: None,
@@ -166,6 +171,7 @@ impl std::fmt::Debug for NatsOptions {
             .field("dead_letter_subject", &self.dead_letter_subject)
             .field("dead_letter_stream", &self.dead_letter_stream)
             .field("create_dead_letter_stream", &self.create_dead_letter_stream)
+            .field("dead_letters", &self.dead_letters)
             .field("create_consumer", &self.create_consumer)
             .field("ack_wait", &self.ack_wait)
             .field("max_ack_pending", &self.max_ack_pending)

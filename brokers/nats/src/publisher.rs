@@ -5,7 +5,7 @@ use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind};
 use async_nats::jetstream::{self, Context};
 use oncely_core::async_trait;
-use oncely_core::consumer::{BrokerError, Message};
+use oncely_core::consumer::{BrokerError, MESSAGE_ID_HEADER, Message};
 use oncely_core::outbox::Publisher;
 use oncely_core::url::redact_password;
 
@@ -153,8 +153,14 @@ impl Publisher for NatsPublisher {
         for (name, value) in message.headers() {
             headers.append(name.as_str(), value.as_str());
         }
-        if let Some(id) = message.message_id() {
+        if let Some(id) = message.dedup_id() {
             headers.insert(NATS_MESSAGE_ID, id);
+        }
+        // A dedup id of its own: the message id travels beside it.
+        if let Some(id) = message.message_id()
+            && message.dedup_id() != Some(id)
+        {
+            headers.insert(MESSAGE_ID_HEADER, id);
         }
         let payload = message.payload().to_vec().into();
         // A message too large or a subject no stream captures is refused (the relay parks

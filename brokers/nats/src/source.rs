@@ -12,7 +12,9 @@ use async_nats::jetstream::context::{
 use async_nats::jetstream::{self, AckKind, Context};
 use futures_util::{FutureExt, StreamExt};
 use oncely_core::async_trait;
-use oncely_core::consumer::{BrokerError, DeadLetter, Delivery, Message, Source};
+use oncely_core::consumer::{
+    BrokerError, DeadLetter, Delivery, MESSAGE_ID_HEADER, Message, Source,
+};
 
 use crate::{BROKER, DEFAULT_ACK_WAIT, DEFAULT_BATCH, Error, NatsOptions};
 
@@ -134,6 +136,9 @@ impl NatsSource {
             }
         };
         let consumer = durable_consumer(&stream, options, &server).await?;
+        if !options.dead_letters {
+            return Self::start(context, consumer, String::new(), options.batch, server).await;
+        }
         let subject = options.dead_letter_subject_or_default();
         let keeper = match context.stream_by_subject(subject.as_str()).await {
             Ok(name) => name,
@@ -247,7 +252,7 @@ impl NatsSource {
         &self.shared.consumer
     }
 
-    /// Where dead letters go.
+    /// Where dead letters go; empty with `dlq=none`.
     pub fn dead_letter_subject(&self) -> &str {
         &self.shared.dead_letter_subject
     }
@@ -487,7 +492,10 @@ impl std::fmt::Debug for NatsDelivery {
 impl NatsDelivery {
     fn new(raw: jetstream::Message, shared: Arc<Shared>) -> Self {
         let m = &raw.message;
-        let message = message_of(&m.subject, m.headers.as_ref(), &m.payload);
+        let mut message = message_of(&m.subject, m.headers.as_ref(), &m.payload);
+        if let Ok(info) = raw.info() {
+            message = message.with_broker_id(format!("{}:{}", info.stream, info.stream_sequence));
+        }
         NatsDelivery {
             message,
             raw,
@@ -519,6 +527,7 @@ impl NatsDelivery {
 }
 
 /// A JetStream message as the runner sees it: every header, in name order, the message id from
+/// `Oncely-Message-Id` if set (a redriven message's, whose `Nats-Msg-Id` is its redrive's), else
 /// `Nats-Msg-Id`, the subject as the source.
 fn message_of(subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Message {
     let mut message = Message::new(payload.to_vec(), subject);
@@ -532,7 +541,10 @@ fn message_of(subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Mes
             message = message.with_header(AsRef::<str>::as_ref(name), value.as_str());
         }
     }
-    if let Some(id) = headers.get(NATS_MESSAGE_ID) {
+    if let Some(id) = headers
+        .get(MESSAGE_ID_HEADER)
+        .or_else(|| headers.get(NATS_MESSAGE_ID))
+    {
         message = message.with_message_id(id.as_str());
     }
     message
@@ -570,10 +582,20 @@ impl Delivery for NatsDelivery {
     /// Publishes the copy to the dead-letter subject and waits for a stream to store it.
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
         let subject = &self.shared.dead_letter_subject;
+        if subject.is_empty() {
+            return Err(BrokerError::permanent(
+                BROKER,
+                "dead-lettering",
+                "this source has no dead-letter subject (dlq=none)",
+            ));
+        }
         let mut headers = HeaderMap::new();
         if let Some(original) = &self.raw.message.headers {
             for (name, values) in original.iter() {
-                if for_the_original_stream(name.as_ref()) {
+                let name_text: &str = name.as_ref();
+                if for_the_original_stream(name_text)
+                    || name_text.eq_ignore_ascii_case(NATS_MESSAGE_ID.as_ref())
+                {
                     continue;
                 }
                 for value in values {
@@ -587,13 +609,17 @@ impl Delivery for NatsDelivery {
                 .map_err(|e| self.error(&format!("dead-letter header {name}"), e))?;
             headers.insert(name, value);
         }
-        if headers.get(NATS_MESSAGE_ID).is_none()
-            && let Ok(info) = self.raw.info()
+        // The message's own id moves to Oncely-Message-Id: as Nats-Msg-Id it would make the
+        // dead-letter stream drop the next dead letter of the same message (after a redrive)
+        // within its duplicate window. The stored copy's sequence dedups only a repeat of this
+        // dead-lettering (a crash before the ack).
+        if let Some(id) = self.message.message_id()
+            && headers.get(MESSAGE_ID_HEADER).is_none()
         {
-            headers.insert(
-                NATS_MESSAGE_ID,
-                format!("{}:{}", info.stream, info.stream_sequence).as_str(),
-            );
+            headers.insert(MESSAGE_ID_HEADER, id);
+        }
+        if let Some(id) = self.message.broker_id() {
+            headers.insert(NATS_MESSAGE_ID, id);
         }
         let what = format!("publish to dead-letter subject {subject}");
         let published = self

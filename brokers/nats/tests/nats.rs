@@ -227,6 +227,7 @@ async fn a_dead_letter_no_stream_captures_fails_and_the_original_stays() {
         attempts: 1,
         key: None,
         source: delivery.message().source().into(),
+        id: DeadLetter::new_id(),
     };
     let error = delivery.dead_letter(&letter).await.unwrap_err();
     assert!(

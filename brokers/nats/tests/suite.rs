@@ -13,8 +13,9 @@ use async_nats::jetstream::{self, Context};
 use oncely_broker_suite::{Broker, Channel};
 use oncely_conformance::faults::{NatsServer, Restartable};
 use oncely_core::consumer::Message;
+use oncely_core::outbox::Publisher;
 use oncely_core::{BoxError, async_trait};
-use oncely_nats::{FreshOptions, NatsOptions, NatsSource};
+use oncely_nats::{FreshOptions, NatsOptions, NatsPublisher, NatsSource};
 
 const PREFIX: &str = "ONCELY_SUITE_";
 
@@ -62,6 +63,10 @@ impl Broker for Nats {
         Some((nats, Box::new(server)))
     }
 
+    async fn connect_publisher(url: &str) -> Result<Box<dyn Publisher>, BoxError> {
+        Ok(Box::new(NatsPublisher::connect(url).await?))
+    }
+
     async fn channel(&self, test: &str) -> Result<NatsChannel, BoxError> {
         let fresh =
             oncely_nats::fresh_destination(&self.server, &FreshOptions::new(PREFIX, test)).await?;
@@ -81,11 +86,19 @@ impl Broker for Nats {
             fresh.dead_letter_stream,
             ACK_WAIT.as_secs()
         );
+        let server = self.server.trim_end_matches('/');
+        // A short ack wait: what a killed redrive held comes back to the next one soon.
+        let dead_letter_source_url = format!(
+            "{server}/{}/redrive?dlq=none&ack_wait=1s",
+            fresh.dead_letter_stream
+        );
         Ok(NatsChannel {
             context,
             options,
+            publisher_url: format!("{server}/{}", fresh.subject),
             subject: fresh.subject,
             source_url,
+            dead_letter_source_url,
         })
     }
 }
@@ -95,6 +108,8 @@ struct NatsChannel {
     options: NatsOptions,
     subject: String,
     source_url: String,
+    dead_letter_source_url: String,
+    publisher_url: String,
 }
 
 /// Short, so the messages a killed consumer (the kill -9 proof) held come back soon.
@@ -150,6 +165,14 @@ impl Channel for NatsChannel {
 
     fn source_url(&self) -> String {
         self.source_url.clone()
+    }
+
+    fn dead_letter_source_url(&self) -> String {
+        self.dead_letter_source_url.clone()
+    }
+
+    fn publisher_url(&self) -> String {
+        self.publisher_url.clone()
     }
 
     async fn unsettled(&self) -> Result<u64, BoxError> {

@@ -28,7 +28,8 @@
 //! `amqp://[USER:PASSWORD@]HOST[:PORT][/VHOST]/QUEUE[?dlq=NAME&prefetch=N]` — the **last path
 //! segment is the queue**, a segment before it the vhost (`%2f` for the default vhost `/`,
 //! which is also what a URL with the queue alone means). `dlq` defaults to `<QUEUE>.dlq` and is
-//! declared durable if it is missing; `prefetch` defaults to [`DEFAULT_PREFETCH`] (32): keep it
+//! declared durable if it is missing (`dlq=none`: no dead-letter queue, for a source that only
+//! moves messages on); `prefetch` defaults to [`DEFAULT_PREFETCH`] (32): keep it
 //! at about twice the runner's concurrency. The queue itself must exist. See [`AmqpUrl`].
 //!
 //! ## Example

@@ -37,6 +37,7 @@ pub const DEFAULT_MAX_REDELIVERY_WAIT: Duration = Duration::from_secs(10);
 pub struct AmqpOptions {
     queue: String,
     dead_letter_queue: Option<String>,
+    dead_letters: bool,
     prefetch: u16,
     max_redelivery_wait: Duration,
 }
@@ -48,6 +49,7 @@ impl AmqpOptions {
         AmqpOptions {
             queue: queue.into(),
             dead_letter_queue: None,
+            dead_letters: true,
             prefetch: DEFAULT_PREFETCH,
             max_redelivery_wait: DEFAULT_MAX_REDELIVERY_WAIT,
         }
@@ -56,6 +58,14 @@ impl AmqpOptions {
     /// Dead letters go to `queue` (declared durable if it does not exist).
     pub fn dead_letter_queue(mut self, queue: impl Into<String>) -> Self {
         self.dead_letter_queue = Some(queue.into());
+        self
+    }
+
+    /// No dead-letter queue (`dlq=none`): none is declared, and a dead-lettering fails, so
+    /// the message is given back; for a source that only moves messages on, as `oncely
+    /// redrive` reads a dead-letter queue.
+    pub fn without_dead_letters(mut self) -> Self {
+        self.dead_letters = false;
         self
     }
 
@@ -79,8 +89,11 @@ impl AmqpOptions {
         &self.queue
     }
 
-    /// Where dead letters go.
+    /// Where dead letters go; empty with [`without_dead_letters`](Self::without_dead_letters).
     pub fn dead_letter_queue_name(&self) -> String {
+        if !self.dead_letters {
+            return String::new();
+        }
         match &self.dead_letter_queue {
             Some(queue) => queue.clone(),
             None => format!("{}.dlq", self.queue),

@@ -335,6 +335,13 @@ impl Delivery for AmqpDelivery {
     /// for the server's confirm. A nack, or a return because the queue is gone, is an error.
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
         let queue = &self.shared.dead_letter_queue;
+        if queue.is_empty() {
+            return Err(BrokerError::permanent(
+                BROKER,
+                "dead-lettering",
+                "this source has no dead-letter queue (dlq=none)",
+            ));
+        }
         let what = format!("publish to dead-letter queue {queue}");
         let failed = |error: lapin::Error| BrokerError::new(BROKER, what.clone(), error);
 
@@ -432,7 +439,8 @@ fn short(name: &str) -> Result<ShortString, Error> {
     })
 }
 
-/// Checks that `queue` exists and declares `dead_letter_queue` durable if it does not. A
+/// Checks that `queue` exists and declares `dead_letter_queue` durable if it does not (none if
+/// it is empty). A
 /// passive declare of a missing queue closes its channel, hence a channel per check.
 async fn ensure_queues(
     connection: &Connection,
@@ -444,7 +452,7 @@ async fn ensure_queues(
             queue: queue.to_owned(),
         });
     }
-    if !exists(connection, dead_letter_queue).await? {
+    if !dead_letter_queue.is_empty() && !exists(connection, dead_letter_queue).await? {
         let channel = open(connection).await?;
         channel
             .queue_declare(

@@ -22,6 +22,11 @@ pub struct SqsOptions {
     pub region: String,
     /// The dead-letter queue; `None` for `<QUEUE>-dlq` (`<NAME>-dlq.fifo` for a FIFO queue).
     pub dead_letter_queue: Option<String>,
+    /// Whether the source dead-letters at all (default). `false` (`dlq=none`): no dead-letter
+    /// queue is looked up, nothing is dead-lettered on receipt (`max_receives` is not
+    /// checked), and a dead-lettering fails, so the message is given back: for a source that
+    /// only moves messages on, as `oncely redrive` reads a dead-letter queue.
+    pub dead_letters: bool,
     /// How long a received message stays invisible to other consumers.
     pub visibility: Duration,
     /// Long polling: how long a receive waits for a message (at most 20 s).

@@ -16,7 +16,7 @@ use crate::error::describe;
 use crate::{BROKER, Error, SqsOptions, client};
 
 /// The message attribute carrying a message's stable id (the relay's row id).
-pub const MESSAGE_ID_ATTRIBUTE: &str = "Oncely-Message-Id";
+pub const MESSAGE_ID_ATTRIBUTE: &str = oncely_core::consumer::MESSAGE_ID_HEADER;
 
 /// The most message attributes SQS takes on one message.
 const MAX_ATTRIBUTES: usize = 10;
@@ -232,7 +232,7 @@ impl Publisher for SqsPublisher {
             .set_message_attributes(Some(attributes));
         if queue.ends_with(".fifo") {
             send = send.message_group_id(fifo_id(message.ordering_key().unwrap_or(DEFAULT_GROUP)));
-            if let Some(id) = message.message_id() {
+            if let Some(id) = message.dedup_id() {
                 send = send.message_deduplication_id(fifo_id(id));
             }
         }

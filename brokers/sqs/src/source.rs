@@ -168,8 +168,13 @@ impl SqsSource {
     pub async fn connect_with(options: SqsOptions) -> Result<Self, Error> {
         let client = client(&options).await?;
         let queue_url = queue_url_of(&client, &options.endpoint, &options.queue).await?;
-        let dead_letter_queue = options.dead_letter_queue_or_default();
-        let dead_letter_url = queue_url_of(&client, &options.endpoint, &dead_letter_queue).await?;
+        let dead_letter_url = match options.dead_letters {
+            true => {
+                let dead_letter_queue = options.dead_letter_queue_or_default();
+                queue_url_of(&client, &options.endpoint, &dead_letter_queue).await?
+            }
+            false => String::new(),
+        };
         let (deletes, pending) = mpsc::unbounded_channel();
         tokio::spawn(delete_in_batches(
             client.clone(),
@@ -241,7 +246,7 @@ async fn receive(shared: Arc<Shared>, tx: mpsc::Sender<Result<SqsDelivery, Broke
         };
         for received in messages {
             let mut delivery = SqsDelivery::new(shared.clone(), received);
-            if delivery.receives > o.max_receives {
+            if o.dead_letters && delivery.receives > o.max_receives {
                 let letter = DeadLetter {
                     error: format!(
                         "received {} times without being settled (max_receives {})",
@@ -250,6 +255,7 @@ async fn receive(shared: Arc<Shared>, tx: mpsc::Sender<Result<SqsDelivery, Broke
                     attempts: 0,
                     key: None,
                     source: delivery.message.source().to_owned(),
+                    id: DeadLetter::new_id(),
                 };
                 // Not through the group: nothing of its group waits on it.
                 delivery.group = None;
@@ -428,6 +434,9 @@ impl SqsDelivery {
         if let Some(id) = id {
             message = message.with_message_id(id);
         }
+        if !sqs_id.is_empty() {
+            message = message.with_broker_id(sqs_id.clone());
+        }
         let receives = system
             .get(&MessageSystemAttributeName::ApproximateReceiveCount)
             .and_then(|n| n.parse().ok())
@@ -554,6 +563,13 @@ impl Delivery for SqsDelivery {
     }
 
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
+        if self.shared.dead_letter_url.is_empty() {
+            return Err(BrokerError::permanent(
+                BROKER,
+                "dead-lettering",
+                "this source has no dead-letter queue (dlq=none)",
+            ));
+        }
         let mut attributes = self.attributes.clone();
         for (name, value) in letter.headers() {
             let value = MessageAttributeValue::builder()

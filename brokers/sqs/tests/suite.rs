@@ -15,8 +15,9 @@ use oncely_broker_suite::{Broker, Channel, Running};
 use oncely_conformance::harness::{panic_text, runtime};
 use oncely_consumer::Consumer;
 use oncely_core::consumer::{Handled, Handler, HandlerError, KeySource, Message};
+use oncely_core::outbox::Publisher;
 use oncely_core::{BoxError, Key, async_trait};
-use oncely_sqs::{FreshOptions, MESSAGE_ID_ATTRIBUTE, SqsSource, fresh_destination};
+use oncely_sqs::{FreshOptions, MESSAGE_ID_ATTRIBUTE, SqsPublisher, SqsSource, fresh_destination};
 
 /// How deep the proof lets its queue get (see [`Queue::publish_batch`]).
 const MAX_DEPTH: u64 = 200;
@@ -27,6 +28,8 @@ struct Sqs {
 
 struct Queue {
     url: String,
+    dead_letter_source_url: String,
+    publisher_url: String,
     client: aws_sdk_sqs::Client,
     queue_url: String,
     fifo: bool,
@@ -49,6 +52,10 @@ impl Broker for Sqs {
 
     async fn channel(&self, test: &str) -> Result<Queue, BoxError> {
         self.queue(test, false).await
+    }
+
+    async fn connect_publisher(url: &str) -> Result<Box<dyn Publisher>, BoxError> {
+        Ok(Box::new(SqsPublisher::connect(url).await?))
     }
 }
 
@@ -75,8 +82,17 @@ impl Sqs {
             self.server, fresh.queue
         );
         let client = oncely_sqs::client(&url.parse()?).await?;
+        let dead_letter_queue = fresh.dead_letter_queue_url.rsplit('/').next().unwrap_or("");
+        // A short visibility: what a killed redrive held comes back to the next one soon.
+        let dead_letter_source_url = format!(
+            "{}/{dead_letter_queue}?dlq=none&visibility=2s&wait=1s",
+            self.server
+        );
+        let publisher_url = format!("{}/{}", self.server, fresh.queue);
         Ok(Queue {
             url,
+            dead_letter_source_url,
+            publisher_url,
             client,
             fifo,
             dead_letter_url: fresh.dead_letter_queue_url,
@@ -219,6 +235,14 @@ impl Channel for Queue {
 
     fn source_url(&self) -> String {
         self.url.clone()
+    }
+
+    fn dead_letter_source_url(&self) -> String {
+        self.dead_letter_source_url.clone()
+    }
+
+    fn publisher_url(&self) -> String {
+        self.publisher_url.clone()
     }
 }
 

@@ -12,6 +12,7 @@
 //! # #[oncely_core::async_trait] impl oncely_broker_suite::Broker for MyBroker {
 //! #   type Channel = MyChannel;
 //! #   async fn channel(&self, _: &str) -> Result<MyChannel, oncely_core::BoxError> { Ok(MyChannel) }
+//! #   async fn connect_publisher(_: &str) -> Result<Box<dyn oncely_core::outbox::Publisher>, oncely_core::BoxError> { Err("none".into()) }
 //! # }
 //! # struct MyChannel;
 //! # #[oncely_core::async_trait] impl oncely_broker_suite::Channel for MyChannel {
@@ -21,6 +22,8 @@
 //! #   async fn dead_letters(&self) -> Result<Vec<oncely_core::consumer::Message>, oncely_core::BoxError> { Ok(vec![]) }
 //! #   async fn unsettled(&self) -> Result<u64, oncely_core::BoxError> { Ok(0) }
 //! #   fn source_url(&self) -> String { String::new() }
+//! #   fn dead_letter_source_url(&self) -> String { String::new() }
+//! #   fn publisher_url(&self) -> String { String::new() }
 //! # }
 //! fn main() {
 //!     oncely_broker_suite::main(
@@ -51,6 +54,7 @@ use oncely_core::consumer::{
     ATTEMPTS_HEADER, ERROR_HEADER, Handled, Handler, HandlerError, KEY_HEADER, KeySource, Message,
     OncelyHandler, RetryPolicy, Source,
 };
+use oncely_core::outbox::Publisher;
 use oncely_core::{BoxError, ClaimOutcome, Key, Oncely, PayloadFingerprint, Scope, async_trait};
 use tokio::sync::Notify;
 
@@ -60,6 +64,7 @@ pub use libtest_mimic;
 #[path = "../../../examples/src/inventory.rs"]
 mod inventory;
 pub mod proof;
+pub mod redrive;
 
 /// A broker under test: hands out fresh channels.
 #[async_trait]
@@ -120,6 +125,16 @@ pub trait Broker: Send + Sync + 'static {
     /// A new, empty destination and dead-letter destination, unique to this call; `test`
     /// names the test, for a readable name on the server.
     async fn channel(&self, test: &str) -> Result<Self::Channel, BoxError>;
+
+    /// How long a redrive waits for one more dead letter before it ends: longer where a
+    /// consumer takes seconds to be given its share (a Kafka group joining).
+    const REDRIVE_IDLE: Duration = Duration::from_secs(3);
+
+    /// A publisher from a [`Channel::publisher_url`] (the broker crate's publisher), for the
+    /// redrive proof's processes.
+    async fn connect_publisher(url: &str) -> Result<Box<dyn Publisher>, BoxError>
+    where
+        Self: Sized;
 }
 
 /// One test's destination on the broker (a JetStream stream and consumer, an AMQP queue), with
@@ -195,6 +210,15 @@ pub trait Channel: Send + Sync + 'static {
     /// The URL a consumer in another process connects to for this destination (the broker
     /// crate's `connect` form, e.g. `nats://127.0.0.1:4222/STREAM/CONSUMER?dlq=...`).
     fn source_url(&self) -> String;
+
+    /// A URL that reads this destination's dead letters as a source with `dlq=none` (what
+    /// `oncely redrive --from` takes), for one more reader: a killed reader's messages come
+    /// back to the next within seconds (a short ack wait or visibility; on Kafka, a group of
+    /// its own each call).
+    fn dead_letter_source_url(&self) -> String;
+
+    /// The URL a publisher (the relay's, a redrive's) publishes to this destination with.
+    fn publisher_url(&self) -> String;
 }
 
 /// A source that never delivers, for examples that need a type.
@@ -259,6 +283,19 @@ where
     OFut: Future<Output = Result<S, BoxError>>,
     S: Source,
 {
+    if let Ok(from) = std::env::var(redrive::CHILD_FROM_ENV) {
+        let env = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name}"));
+        let (to, store) = (env(redrive::CHILD_TO_ENV), env(redrive::CHILD_STORE_ENV));
+        let idle = Duration::from_millis(env(redrive::CHILD_IDLE_ENV).parse().expect("ms"));
+        runtime().block_on(async move {
+            let source = open(from).await.expect("the redrive's dead letters");
+            let publisher = B::connect_publisher(&to)
+                .await
+                .expect("the redrive's publisher");
+            redrive::child(source, publisher, &store, idle).await;
+        });
+        std::process::exit(0);
+    }
     if let Ok(url) = std::env::var(proof::CHILD_SOURCE_ENV) {
         let postgres = std::env::var(proof::CHILD_POSTGRES_ENV).expect("the proof's PostgreSQL");
         runtime().block_on(async move {
@@ -285,6 +322,29 @@ where
             .with_kind(name.to_owned()),
         );
     }
+    let redrive_broker = broker.clone();
+    let redrive_schema = format!("oncely_redrive_{name}");
+    trials.push(
+        Trial::test(
+            format!("{name}::redrive_killed_and_rerun_moves_each_dead_letter_back_at_most_once"),
+            move || {
+                runtime().block_on(async move {
+                    let channel = redrive_broker
+                        .channel("redrive")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let postgres = oncely_conformance::servers::postgres_url(&redrive_schema).await;
+                    let spawn = |from: &str, to: &str, store: &str| {
+                        redrive::child_process(from, to, store, B::REDRIVE_IDLE)
+                    };
+                    let report = redrive::run(&channel, &postgres, spawn).await;
+                    eprintln!("redrive proof: {report:?}");
+                    Ok(())
+                })
+            },
+        )
+        .with_kind(name.to_owned()),
+    );
     let faults_broker = broker.clone();
     let schema_prefix = format!("oncely_proof_{name}");
     trials.push(

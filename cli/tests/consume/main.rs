@@ -23,6 +23,7 @@ mod kafka;
 mod nats;
 mod process;
 mod rabbitmq;
+mod redrive;
 mod refusals;
 mod sqs;
 

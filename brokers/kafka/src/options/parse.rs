@@ -26,6 +26,7 @@ pub(super) fn parse(url: &str) -> Result<KafkaOptions, Error> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         match name {
+            "dlq" if value == "none" => options.dead_letters = false,
             "dlq" if !value.is_empty() => options.dead_letter_topic = Some(value.to_owned()),
             "create_dlq" => {
                 options.create_dead_letter_topic = flag(name, value).map_err(invalid)?

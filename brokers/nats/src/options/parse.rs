@@ -6,7 +6,7 @@ use super::{DEFAULT_PORT, NatsOptions};
 use crate::Error;
 
 const ACCEPTED: &str = "expected nats://[user:password@]HOST[:PORT]/STREAM/CONSUMER \
-     (or tls://...) with optional ?dlq=SUBJECT&dlq_stream=NAME&create_dlq=true|false\
+     (or tls://...) with optional ?dlq=SUBJECT|none&dlq_stream=NAME&create_dlq=true|false\
      &create=true|false&ack_wait=DURATION&max_ack_pending=N&batch=N&creds=PATH&nkey=PATH";
 
 pub(crate) fn parse(url: &str) -> Result<NatsOptions, Error> {
@@ -52,6 +52,7 @@ pub(crate) fn parse(url: &str) -> Result<NatsOptions, Error> {
         }
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         match name {
+            "dlq" if value == "none" => options.dead_letters = false,
             "dlq" => {
                 check_subject(value).map_err(invalid)?;
                 options.dead_letter_subject = Some(value.to_owned());

@@ -100,7 +100,9 @@ pub(super) fn parse(url: &str) -> Result<AmqpUrl, Error> {
     }
 
     let mut options = AmqpOptions::new(queue);
-    if let Some(dlq) = dlq {
+    if dlq.as_deref() == Some("none") {
+        options = options.without_dead_letters();
+    } else if let Some(dlq) = dlq {
         let dlq = decode(&dlq)
             .filter(|name| !name.is_empty())
             .ok_or_else(|| invalid(format!("dlq must name a queue, not `{dlq}`")))?;

@@ -13,13 +13,16 @@ use oncely_broker_suite::libtest_mimic::{Conclusion, Trial};
 use oncely_broker_suite::{Broker, Channel};
 use oncely_conformance::faults::{RabbitMqServer, Restartable};
 use oncely_core::consumer::{DeadLetter, Delivery, ERROR_HEADER, Message, SOURCE_HEADER, Source};
+use oncely_core::outbox::Publisher;
 use oncely_core::{BoxError, async_trait};
 use oncely_rabbitmq::lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use oncely_rabbitmq::lapin::types::{AMQPValue, FieldTable};
 use oncely_rabbitmq::lapin::{self, BasicProperties, Confirmation, Connection};
-use oncely_rabbitmq::{AmqpSource, Error, FreshOptions, fresh_destination, message, queue_url};
+use oncely_rabbitmq::{
+    AmqpPublisher, AmqpSource, Error, FreshOptions, fresh_destination, message, queue_url,
+};
 
 /// How long an unused test queue lives on the server.
 const EXPIRES: Duration = Duration::from_secs(5 * 60);
@@ -179,6 +182,7 @@ async fn dead_letter_keeps_the_properties_but_not_the_expiration(rabbit: Rabbit)
         attempts: 1,
         key: None,
         source: queue.queue.clone(),
+        id: DeadLetter::new_id(),
     };
     delivery.dead_letter(&letter).await.unwrap();
     delivery.ack().await.unwrap();
@@ -287,6 +291,10 @@ impl Broker for Rabbit {
         Some((rabbit, Box::new(server)))
     }
 
+    async fn connect_publisher(url: &str) -> Result<Box<dyn Publisher>, BoxError> {
+        Ok(Box::new(AmqpPublisher::connect(url).await?))
+    }
+
     async fn channel(&self, test: &str) -> Result<Queue, BoxError> {
         let options = FreshOptions::new("oncely.suite.", test).expires(EXPIRES);
         let fresh = fresh_destination(&self.base, &options).await?;
@@ -341,6 +349,14 @@ impl Channel for Queue {
     }
 
     fn source_url(&self) -> String {
+        queue_url(&self.base, &self.queue)
+    }
+
+    fn dead_letter_source_url(&self) -> String {
+        format!("{}?dlq=none", queue_url(&self.base, &self.dlq))
+    }
+
+    fn publisher_url(&self) -> String {
         queue_url(&self.base, &self.queue)
     }
 

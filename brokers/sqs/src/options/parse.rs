@@ -35,6 +35,7 @@ pub(super) fn parse(url: &str, need_queue: bool) -> Result<SqsOptions, Error> {
         queue: queue.to_owned(),
         region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
         dead_letter_queue: None,
+        dead_letters: true,
         visibility: Duration::from_secs(30),
         wait: Duration::from_secs(20),
         max_receives: 10,
@@ -43,6 +44,7 @@ pub(super) fn parse(url: &str, need_queue: bool) -> Result<SqsOptions, Error> {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         match name {
             "region" => options.region = value.to_owned(),
+            "dlq" if value == "none" => options.dead_letters = false,
             "dlq" => options.dead_letter_queue = Some(value.to_owned()),
             "visibility" => options.visibility = parse_duration(name, value).map_err(invalid)?,
             "wait" => {
