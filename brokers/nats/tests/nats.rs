@@ -252,3 +252,55 @@ async fn an_unreachable_server_is_reported_with_its_address_and_no_password() {
     assert!(text.contains("nats://u:***@127.0.0.1:1"), "{text}");
     assert!(!text.contains("secret"), "{text}");
 }
+
+/// A message published again with the same `Nats-Msg-Id` once the stream's duplicate window
+/// passed is a new message; dead-lettered again, its second dead letter is kept too: the
+/// dead-letter stream's own window (2 minutes) must not take it for the first.
+#[tokio::test]
+async fn a_message_dead_lettered_twice_leaves_two_dead_letters() {
+    let fresh = Fresh::new("twice").await;
+    fresh
+        .context
+        .update_stream(jetstream::stream::Config {
+            name: fresh.name.clone(),
+            subjects: vec![format!("{}.in", fresh.name)],
+            duplicate_window: Duration::from_millis(500),
+            ..Default::default()
+        })
+        .await
+        .expect("a short duplicate window");
+    let mut source = NatsSource::connect(&fresh.url("c")).await.unwrap();
+    let dead_letter_once = async |source: &mut NatsSource| {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "m-1");
+        fresh.publish(headers, b"poison").await;
+        let delivery = source.next().await.unwrap().unwrap();
+        assert_eq!(delivery.message().message_id(), Some("m-1"));
+        let letter = DeadLetter {
+            error: "boom".into(),
+            attempts: 1,
+            key: None,
+            source: delivery.message().source().into(),
+            id: DeadLetter::new_id(),
+        };
+        delivery.dead_letter(&letter).await.unwrap();
+        delivery.ack().await.unwrap();
+    };
+    dead_letter_once(&mut source).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    dead_letter_once(&mut source).await;
+    let letters = fresh
+        .context
+        .get_stream(format!("{}_DLQ", fresh.name))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(letters, 2);
+    for name in [fresh.name.clone(), format!("{}_DLQ", fresh.name)] {
+        fresh.context.delete_stream(&name).await.ok();
+    }
+}

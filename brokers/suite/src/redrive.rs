@@ -46,7 +46,7 @@ const LEASE: Duration = Duration::from_secs(2);
 const PUBLISHED: &str = "published";
 
 /// A redrive child: redrives `source` into `publisher`, claiming in the PostgreSQL at `store`;
-/// prints [`PUBLISHED`] after each confirmed publish and `report ...` at the end.
+/// prints `published` after each confirmed publish and `report ...` at the end.
 pub async fn child<S: Source>(
     source: S,
     publisher: Box<dyn Publisher>,
@@ -111,18 +111,25 @@ impl Handler for AlwaysFails {
     }
 }
 
-/// Counts what arrives per `Event-Id`, keeping each copy.
+/// Counts what arrives per `Event-Id`, keeping each copy; fails each too if `fail`, so it is
+/// dead-lettered again.
 #[derive(Clone, Default)]
-struct Arrivals(Arc<Mutex<HashMap<String, Vec<Message>>>>);
+struct Arrivals {
+    seen: Arc<Mutex<HashMap<String, Vec<Message>>>>,
+    fail: bool,
+}
 
 #[async_trait]
 impl Handler for Arrivals {
     async fn handle(&self, key: &Key, message: &Message) -> Result<Handled, HandlerError> {
-        let mut seen = self.0.lock().unwrap();
+        let mut seen = self.seen.lock().unwrap();
         seen.entry(key.to_string())
             .or_default()
             .push(message.clone());
-        Ok(Handled::Done)
+        match self.fail {
+            true => Err(HandlerError::failed("still 503")),
+            false => Ok(Handled::Done),
+        }
     }
 }
 
@@ -135,6 +142,8 @@ pub struct RedriveProofReport {
     pub last_run: String,
     /// Messages that arrived back.
     pub arrived: usize,
+    /// The second round's run: the arrivals failed again and their new dead letters redriven.
+    pub second_run: String,
 }
 
 /// Runs the proof on `channel`, redrive children claiming in `postgres`, each started by
@@ -145,9 +154,15 @@ pub async fn run<C: Channel>(
     spawn: impl Fn(&str, &str, &str) -> Child,
 ) -> RedriveProofReport {
     // Each its own ordering key (a Kafka record key): on Kafka a letter left behind holds
-    // back the later letters of its key, and records without a key are all one key.
+    // back the later letters of its key, and records without a key are all one key. Each its
+    // message id, as the outbox relay gives it: a broker's duplicate window must not take a
+    // redriven message, or a second dead letter, for its first.
     let messages: Vec<Message> = (0..LETTERS)
-        .map(|n| event(&format!("r{n}"), n).with_ordering_key(format!("r{n}")))
+        .map(|n| {
+            event(&format!("r{n}"), n)
+                .with_ordering_key(format!("r{n}"))
+                .with_message_id(format!("m{n}"))
+        })
         .collect();
     publish_all(channel, &messages).await;
     let failing = Consumer::new(AlwaysFails, by_event_id()).retry(fast_retry(1));
@@ -173,19 +188,8 @@ pub async fn run<C: Channel>(
             killed += 1;
         }
     }
-    let child = spawn(&channel.dead_letter_source_url(), &to, postgres);
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("the last run")
-        .expect("the last run's output");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "the last run: {stdout}");
-    let last_run = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("report "))
-        .unwrap_or_else(|| panic!("a report from the last run: {stdout}"))
-        .to_owned();
-    let counts: Vec<u64> = last_run.split(' ').map(|n| n.parse().unwrap()).collect();
+    let (last_run, counts) =
+        run_to_end(spawn(&channel.dead_letter_source_url(), &to, postgres)).await;
     let (uncertain, in_progress, failed) = (counts[4], counts[5], counts[6]);
     assert_eq!((in_progress, failed), (0, 0), "last run: {last_run}");
     assert!(
@@ -193,40 +197,101 @@ pub async fn run<C: Channel>(
         "at most one uncertain dead letter per killed run: {last_run}"
     );
 
-    // What came back: each at most once, and every one missing reported uncertain.
-    let arrivals = Arrivals::default();
-    let counter = Consumer::new(arrivals.clone(), by_event_id());
-    let running = Running::spawn(&counter, channel.consumer().await.expect("a consumer"));
+    // What came back: each at most once, and every one missing reported uncertain. Each
+    // fails again, and is dead-lettered again.
     let at_least = LETTERS - uncertain as usize;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while arrivals.0.lock().unwrap().len() < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of at least {at_least} redriven messages arrived (last run: {last_run})",
-            arrivals.0.lock().unwrap().len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Time for a second copy, if there were one, to arrive too.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    running.stop().await;
-    let seen = arrivals.0.lock().unwrap().clone();
-    for (key, copies) in &seen {
-        assert_eq!(copies.len(), 1, "{key} was redriven {} times", copies.len());
-        let copy = &copies[0];
-        assert_eq!(copy.header(ERROR_HEADER), None, "the failure is dropped");
-        assert_eq!(copy.header(REDRIVES_HEADER), Some("1"));
-        let n: usize = key[1..].parse().unwrap();
-        assert_eq!(copy.payload(), messages[n].payload(), "{key}'s payload");
-        if let Some(ordering) = copy.ordering_key() {
-            assert_eq!(ordering, key.as_str(), "its ordering key kept");
-        }
-    }
-    assert!(seen.len() <= LETTERS);
+    let seen = arrivals(channel, at_least, true, &last_run).await;
+    check(&seen, &messages, "1");
+    let arrived = seen.len();
+
+    // The second dead letters are new ones: they go back, once; the uncertain stay. (On
+    // Kafka, an uncertain letter whose copy did arrive holds back its key's second letter.)
+    let (second_run, counts) =
+        run_to_end(spawn(&channel.dead_letter_source_url(), &to, postgres)).await;
+    let redriven = counts[1] as usize;
+    assert_eq!(counts[4], uncertain, "second run: {second_run}");
+    assert!(
+        (arrived - uncertain as usize..=arrived).contains(&redriven),
+        "second run: {second_run}, {arrived} arrived"
+    );
+    let again = arrivals(channel, redriven, false, &second_run).await;
+    check(&again, &messages, "2");
+    assert_eq!(again.len(), redriven);
     RedriveProofReport {
         killed,
         last_run,
-        arrived: seen.len(),
+        arrived,
+        second_run,
+    }
+}
+
+/// Waits for a child to end by itself; its report, as text and as numbers.
+async fn run_to_end(child: Child) -> (String, Vec<u64>) {
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("the run")
+        .expect("the run's output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "the run: {stdout}");
+    let report = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("report "))
+        .unwrap_or_else(|| panic!("a report from the run: {stdout}"))
+        .to_owned();
+    let counts = report.split(' ').map(|n| n.parse().unwrap()).collect();
+    (report, counts)
+}
+
+/// What arrives at the destination, once at least `at_least` keys did and two more seconds
+/// passed (time for a second copy, if there were one); dead-lettered again if `fail`.
+async fn arrivals<C: Channel>(
+    channel: &C,
+    at_least: usize,
+    fail: bool,
+    run: &str,
+) -> HashMap<String, Vec<Message>> {
+    let arrivals = Arrivals {
+        fail,
+        ..Arrivals::default()
+    };
+    let counter = Consumer::new(arrivals.clone(), by_event_id()).retry(fast_retry(1));
+    let running = Running::spawn(&counter, channel.consumer().await.expect("a consumer"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrivals.seen.lock().unwrap().len() < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of at least {at_least} redriven messages arrived (run: {run})",
+            arrivals.seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let arrived = arrivals.seen.lock().unwrap().len() as u64;
+    if fail {
+        until(&counter, "the arrivals dead-lettered again", |r| {
+            r.dead_lettered == arrived
+        })
+        .await;
+    }
+    running.stop().await;
+    arrivals.seen.lock().unwrap().clone()
+}
+
+/// Each arrived once, as it first was (payload, message id, ordering key), its failure's
+/// headers dropped, redriven `redrives` times.
+fn check(seen: &HashMap<String, Vec<Message>>, messages: &[Message], redrives: &str) {
+    assert!(seen.len() <= messages.len());
+    for (key, copies) in seen {
+        assert_eq!(copies.len(), 1, "{key} was redriven {} times", copies.len());
+        let copy = &copies[0];
+        let n: usize = key[1..].parse().unwrap();
+        assert_eq!(copy.payload(), messages[n].payload(), "{key}'s payload");
+        assert_eq!(copy.message_id(), messages[n].message_id(), "{key}'s id");
+        if let Some(ordering) = copy.ordering_key() {
+            assert_eq!(ordering, key.as_str(), "its ordering key kept");
+        }
+        assert_eq!(copy.header(ERROR_HEADER), None, "the failure is dropped");
+        assert_eq!(copy.header(REDRIVES_HEADER), Some(redrives));
     }
 }
 
