@@ -8,7 +8,7 @@ use clap::Args;
 use oncely::consumer::KeySource;
 use oncely::redrive::{History, Redrive};
 use oncely::trace::SpanKeys;
-use oncely::{Oncely, Scope, Selector, broker, duration, relay};
+use oncely::{BrokerKind, Oncely, Scope, Selector, broker, duration, relay};
 
 /// Arguments of `oncely redrive`.
 #[derive(Args, Debug)]
@@ -69,6 +69,19 @@ pub struct RedriveArgs {
     retention: Duration,
 }
 
+/// A run holds what it leaves until its end, and a RabbitMQ channel delivers no more than its
+/// prefetch unacked: raised to AMQP's most, unless the URL sets it, so that letters a filter
+/// passes over do not stop the run short of the rest.
+fn with_room_to_hold(from: String) -> String {
+    let (_, query) = from.split_once('?').unwrap_or((&from, ""));
+    if BrokerKind::from_url(&from) != Ok(BrokerKind::RabbitMq)
+        || query.split('&').any(|pair| pair.starts_with("prefetch="))
+    {
+        return from;
+    }
+    format!("{from}&prefetch={}", u16::MAX)
+}
+
 fn parse_filter(spec: &str) -> Result<Selector, String> {
     Selector::parse(spec).map_err(|e| e.to_string())
 }
@@ -83,6 +96,7 @@ fn parse_key_source(spec: &str) -> Result<KeySource, String> {
 pub async fn run(store: &str, span_keys: SpanKeys, args: RedriveArgs) -> Result<ExitCode> {
     let from = crate::consume::with_dlq(&args.from, Some("none"))
         .context("--from names the dead letters: it takes no dlq=")?;
+    let from = with_room_to_hold(from);
     let publisher = relay::connect_publisher(&args.to)
         .await
         .context("connecting to --to")?;
@@ -120,5 +134,22 @@ pub async fn run(store: &str, span_keys: SpanKeys, args: RedriveArgs) -> Result<
             eprintln!("redrive: {}", stopped.report);
             Err(anyhow::Error::new(stopped.reason).context("redrive stopped"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rabbitmq_redrive_holds_as_many_as_amqp_lets_it() {
+        assert_eq!(
+            with_room_to_hold("amqp://h/%2f/q.dlq?dlq=none".into()),
+            "amqp://h/%2f/q.dlq?dlq=none&prefetch=65535"
+        );
+        let set = "amqp://h/%2f/q.dlq?dlq=none&prefetch=10";
+        assert_eq!(with_room_to_hold(set.into()), set);
+        let nats = "nats://h/S_DLQ/redrive?dlq=none";
+        assert_eq!(with_room_to_hold(nats.into()), nats);
     }
 }
