@@ -709,6 +709,15 @@ impl BrokerError {
         }
     }
 
+    /// A source opened with `dlq=none` was asked to dead-letter: it has nowhere to.
+    pub fn no_dead_letters(broker: &'static str) -> Self {
+        BrokerError::permanent(
+            broker,
+            "dead-lettering",
+            "this source has no dead-letter destination (dlq=none)",
+        )
+    }
+
     /// Whether retrying cannot help (see [`permanent`](Self::permanent)).
     pub fn is_permanent(&self) -> bool {
         self.permanent

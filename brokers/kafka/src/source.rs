@@ -503,11 +503,7 @@ impl Delivery for KafkaDelivery {
 
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
         if self.shared.dead_letter_topic.is_empty() {
-            return Err(BrokerError::permanent(
-                BROKER,
-                "dead-lettering",
-                "this source has no dead-letter topic (dlq=none)",
-            ));
+            return Err(BrokerError::no_dead_letters(BROKER));
         }
         let message = &self.handout.message;
         let extra = letter.headers();

@@ -583,11 +583,7 @@ impl Delivery for NatsDelivery {
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
         let subject = &self.shared.dead_letter_subject;
         if subject.is_empty() {
-            return Err(BrokerError::permanent(
-                BROKER,
-                "dead-lettering",
-                "this source has no dead-letter subject (dlq=none)",
-            ));
+            return Err(BrokerError::no_dead_letters(BROKER));
         }
         let mut headers = HeaderMap::new();
         if let Some(original) = &self.raw.message.headers {

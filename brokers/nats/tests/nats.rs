@@ -9,6 +9,17 @@ use async_nats::jetstream::{self, Context};
 use oncely_core::consumer::{DeadLetter, Delivery, Source};
 use oncely_nats::{Error, FreshOptions, NatsSource, fresh_destination};
 
+/// A dead letter for `delivery`, failed once.
+fn letter(delivery: &impl Delivery) -> DeadLetter {
+    DeadLetter {
+        error: "boom".into(),
+        attempts: 1,
+        key: None,
+        source: delivery.message().source().into(),
+        id: DeadLetter::new_id(),
+    }
+}
+
 fn server() -> String {
     std::env::var("ONCELY_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
@@ -222,14 +233,7 @@ async fn a_dead_letter_no_stream_captures_fails_and_the_original_stays() {
         .unwrap();
     fresh.publish(HeaderMap::new(), b"poison").await;
     let delivery = source.next().await.unwrap().unwrap();
-    let letter = DeadLetter {
-        error: "boom".into(),
-        attempts: 1,
-        key: None,
-        source: delivery.message().source().into(),
-        id: DeadLetter::new_id(),
-    };
-    let error = delivery.dead_letter(&letter).await.unwrap_err();
+    let error = delivery.dead_letter(&letter(&delivery)).await.unwrap_err();
     assert!(
         error
             .to_string()
@@ -276,14 +280,7 @@ async fn a_message_dead_lettered_twice_leaves_two_dead_letters() {
         fresh.publish(headers, b"poison").await;
         let delivery = source.next().await.unwrap().unwrap();
         assert_eq!(delivery.message().message_id(), Some("m-1"));
-        let letter = DeadLetter {
-            error: "boom".into(),
-            attempts: 1,
-            key: None,
-            source: delivery.message().source().into(),
-            id: DeadLetter::new_id(),
-        };
-        delivery.dead_letter(&letter).await.unwrap();
+        delivery.dead_letter(&letter(&delivery)).await.unwrap();
         delivery.ack().await.unwrap();
     };
     dead_letter_once(&mut source).await;

@@ -336,11 +336,7 @@ impl Delivery for AmqpDelivery {
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
         let queue = &self.shared.dead_letter_queue;
         if queue.is_empty() {
-            return Err(BrokerError::permanent(
-                BROKER,
-                "dead-lettering",
-                "this source has no dead-letter queue (dlq=none)",
-            ));
+            return Err(BrokerError::no_dead_letters(BROKER));
         }
         let what = format!("publish to dead-letter queue {queue}");
         let failed = |error: lapin::Error| BrokerError::new(BROKER, what.clone(), error);

@@ -564,11 +564,7 @@ impl Delivery for SqsDelivery {
 
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
         if self.shared.dead_letter_url.is_empty() {
-            return Err(BrokerError::permanent(
-                BROKER,
-                "dead-lettering",
-                "this source has no dead-letter queue (dlq=none)",
-            ));
+            return Err(BrokerError::no_dead_letters(BROKER));
         }
         let mut attributes = self.attributes.clone();
         for (name, value) in letter.headers() {

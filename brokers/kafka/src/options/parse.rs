@@ -170,4 +170,12 @@ mod tests {
             assert!(error.contains(says), "{url}: {error}");
         }
     }
+
+    #[test]
+    fn dlq_none_is_a_source_without_dead_letters() {
+        let none: KafkaOptions = "kafka://h/t.dlq?group=g&dlq=none".parse().unwrap();
+        assert!(!none.dead_letters);
+        let some: KafkaOptions = "kafka://h/t?group=g".parse().unwrap();
+        assert!(some.dead_letters);
+    }
 }

@@ -236,4 +236,14 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn dlq_none_is_a_source_without_dead_letters() {
+        assert!(
+            !parse("nats://h/S_DLQ/redrive?dlq=none")
+                .unwrap()
+                .dead_letters
+        );
+        assert!(parse("nats://h/S/C?dlq=S.failed").unwrap().dead_letters);
+    }
 }

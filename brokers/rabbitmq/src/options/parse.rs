@@ -241,4 +241,14 @@ mod tests {
         let long = "q".repeat(300);
         assert!(reason(&format!("amqp://h/{long}")).contains("255"));
     }
+
+    #[test]
+    fn dlq_none_is_a_source_without_dead_letters() {
+        let none = parsed("amqp://h/%2f/q.dlq?dlq=none");
+        assert_eq!(none.options().dead_letter_queue_name(), "");
+        assert_eq!(
+            parsed("amqp://h/%2f/q").options().dead_letter_queue_name(),
+            "q.dlq"
+        );
+    }
 }

@@ -82,4 +82,12 @@ mod tests {
             assert!(SqsOptions::parse_queue_optional(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn dlq_none_is_a_source_without_dead_letters() {
+        let none: SqsOptions = "sqs+http://h:1/q-dlq?dlq=none".parse().unwrap();
+        assert!(!none.dead_letters);
+        let some: SqsOptions = "sqs+http://h:1/q".parse().unwrap();
+        assert!(some.dead_letters);
+    }
 }
