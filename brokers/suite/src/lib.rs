@@ -256,10 +256,10 @@ impl Source for NoSource {
     }
 }
 
-/// Runs the suite and the kill -9 proof ([`proof`]) against the broker `connect` returns, as a
-/// test binary, and exits with its status. `open` connects a source from a
-/// [`Channel::source_url`]: the proof starts this same binary as consumer processes, which
-/// use it.
+/// Runs the suite, the kill -9 proof ([`proof`]) and the redrive proof ([`redrive`]) against
+/// the broker `connect` returns, as a test binary, and exits with its status. `open` connects a
+/// source from a [`Channel::source_url`] (or [`Channel::dead_letter_source_url`]): the proofs
+/// start this same binary as consumer and redrive processes, which use it.
 pub fn main<B, F, Fut, O, OFut, S>(broker: &str, connect: F, open: O) -> !
 where
     B: Broker,
