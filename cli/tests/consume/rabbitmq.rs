@@ -53,12 +53,17 @@ impl Rabbit {
     }
 
     pub async fn publish(&self, message_id: &str, payload: &[u8]) {
+        self.publish_to(&self.queue, message_id, payload).await
+    }
+
+    /// Publishes to `queue` (this one's, or its dead-letter queue) through the default exchange.
+    pub async fn publish_to(&self, queue: &str, message_id: &str, payload: &[u8]) {
         let properties = BasicProperties::default().with_message_id(message_id.into());
         let confirmation = self
             .publisher
             .basic_publish(
                 "".into(),
-                self.queue.as_str().into(),
+                queue.into(),
                 BasicPublishOptions::default(),
                 payload,
                 properties,
@@ -75,17 +80,22 @@ impl Rabbit {
 
     /// The dead letters, taken for good.
     pub async fn dead_letters(&self) -> Vec<Message> {
+        self.take(&self.dlq).await
+    }
+
+    /// Every message of `queue`, taken for good.
+    pub async fn take(&self, queue: &str) -> Vec<Message> {
         let channel = self.connection.create_channel().await.unwrap();
         let mut letters = Vec::new();
         while let Some(got) = channel
-            .basic_get(self.dlq.as_str().into(), BasicGetOptions { no_ack: true })
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
             .await
             .unwrap()
         {
             letters.push(oncely::rabbitmq::message::from_amqp(
                 &got.delivery.properties,
                 &got.delivery.data,
-                &self.dlq,
+                queue,
             ));
         }
         channel.close(200, "OK".into()).await.ok();

@@ -10,7 +10,8 @@ use oncely::nats::{FreshOptions, fresh_destination};
 use oncely::redrive::REDRIVES_HEADER;
 
 use crate::process::runtime;
-use crate::{BIN, nats_server};
+use crate::rabbitmq::Rabbit;
+use crate::{BIN, amqp_server, nats_server};
 
 fn redrive(dir: &Path, args: &[&str]) -> Output {
     let store = format!("sqlite:{}", dir.join("o.db").display());
@@ -156,4 +157,50 @@ fn nats_dead_letters_are_counted_then_filtered_then_all_moved_back_once() {
             context.delete_stream(name).await.ok();
         }
     });
+}
+
+/// Dead letters a RabbitMQ dead-letter exchange left (no `Oncely-Dead-Letter-Id`, and a queue
+/// keeps no id of its own): left, with the reason, until the redrive is told their key.
+#[test]
+fn rabbitmq_dead_letters_oncely_did_not_make_go_back_by_the_key_named() {
+    let rt = runtime();
+    let rabbit = rt.block_on(Rabbit::new());
+    rt.block_on(async {
+        for n in 1..=2 {
+            let payload = format!(r#"{{"order":{n}}}"#);
+            rabbit
+                .publish_to(&rabbit.dlq, &format!("x-{n}"), payload.as_bytes())
+                .await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let from = format!("{}/{}", amqp_server(), rabbit.dlq);
+    let to = format!("{}/{}", amqp_server(), rabbit.queue);
+    let from_to = ["--from", from.as_str(), "--to", to.as_str()];
+
+    let unknown = redrive(dir.path(), &from_to);
+    assert_eq!(
+        summary(&unknown, 1),
+        "read 2, redriven 0, already redriven 0, filtered out 0, uncertain 0, in progress 0, failed 2"
+    );
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("--key message-id"), "{stderr}");
+
+    let by_id = redrive(
+        dir.path(),
+        &[&from_to[..], &["--key", "message-id"]].concat(),
+    );
+    assert_eq!(
+        summary(&by_id, 0),
+        "read 2, redriven 2, already redriven 0, filtered out 0, uncertain 0, in progress 0, failed 0"
+    );
+    let mut back = rt.block_on(rabbit.take(&rabbit.queue));
+    back.sort_by(|a, b| a.message_id().cmp(&b.message_id()));
+    let ids: Vec<_> = back.iter().map(|m| m.message_id()).collect();
+    assert_eq!(ids, [Some("x-1"), Some("x-2")]);
+    assert!(back.iter().all(|m| m.header(REDRIVES_HEADER) == Some("1")));
+    assert!(
+        rt.block_on(rabbit.dead_letters()).is_empty(),
+        "acked once moved"
+    );
 }
