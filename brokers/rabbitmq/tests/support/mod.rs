@@ -353,7 +353,10 @@ impl Channel for Queue {
     }
 
     fn dead_letter_source_url(&self) -> String {
-        format!("{}?dlq=none", queue_url(&self.base, &self.dlq))
+        let url = queue_url(&self.base, &self.dlq);
+        // The TLS server's base carries its certificates in the query.
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}dlq=none")
     }
 
     fn publisher_url(&self) -> String {
