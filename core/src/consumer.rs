@@ -273,7 +273,7 @@ impl fmt::Debug for Message {
 /// | text | key |
 /// |---|---|
 /// | `header:NAME` | the value of header `NAME` |
-/// | `message-id` | the broker's message id (`Nats-Msg-Id`, AMQP `message_id`) |
+/// | `message-id` | the message id (NATS: `Oncely-Message-Id` if set, else `Nats-Msg-Id`; AMQP `message_id`; Kafka and SQS: `Oncely-Message-Id`, else SQS's own id) |
 /// | `/a` or `/a,/b` | fields of the JSON payload, numbers exact ([`CompositeKey::extract_json`]) |
 /// | any other text, e.g. `detail.orderId` | a JMESPath expression over the JSON payload ([`Selector`](crate::Selector)), with Powertools' `powertools_json` for JSON inside a string field |
 /// | `payload-hash` | SHA-256 of the payload's canonical JSON (numbers exact), else of its bytes |
