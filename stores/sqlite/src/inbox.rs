@@ -90,7 +90,8 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::ops::{
-    SELECT_CLAIM, SELECT_DONE, SELECT_VERSION, StoredKey, StoredRow, Table, UPSERT_VERSION, decode,
+    NAME_SCOPE, SELECT_CLAIM, SELECT_DONE, SELECT_VERSION, StoredKey, StoredRow, Table,
+    UPSERT_VERSION, decode, scope_id,
 };
 use crate::{MIGRATIONS, SqliteOptions};
 
@@ -410,22 +411,39 @@ pub(crate) async fn apply_migrations(conn: &mut SqliteConnection) -> Result<()> 
 // transaction, with an empty outcome until `record_outcome`: a first insert (only if the key is
 // not in flight either), or the takeover of an expired record.
 const INSERT_COMPLETED: &str = "INSERT INTO oncely_records \
-     (scope, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
-     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, x'' \
-     WHERE NOT EXISTS (SELECT 1 FROM oncely_claims WHERE scope = ?1 AND key = ?2) \
+     (scope_id, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
+     SELECT s.id, ?2, ?3, ?4, ?5, ?6, ?7, x'' FROM oncely_scopes s \
+     WHERE s.name = ?1 \
+     AND NOT EXISTS (SELECT 1 FROM oncely_claims WHERE scope_id = s.id AND key = ?2) \
      ON CONFLICT DO NOTHING";
-const REPLACE_COMPLETED: &str = "INSERT OR REPLACE INTO oncely_records \
-     (scope, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, x'')";
-const DELETE_CLAIM: &str = "DELETE FROM oncely_claims WHERE scope = ?1 AND key = ?2";
-const UPDATE_OUTCOME: &str = "UPDATE oncely_records SET outcome = ?3 WHERE scope = ?1 AND key = ?2";
+const REPLACE_COMPLETED: &str = concat!(
+    "INSERT OR REPLACE INTO oncely_records \
+     (scope_id, key, token, attempt, fingerprint, created_at, expires_at, outcome) VALUES (",
+    scope_id!(),
+    ", ?2, ?3, ?4, ?5, ?6, ?7, x'')"
+);
+const DELETE_CLAIM: &str = concat!(
+    "DELETE FROM oncely_claims WHERE scope_id = ",
+    scope_id!(),
+    " AND key = ?2"
+);
+const UPDATE_OUTCOME: &str = concat!(
+    "UPDATE oncely_records SET outcome = ?3 WHERE scope_id = ",
+    scope_id!(),
+    " AND key = ?2"
+);
 
-/// Runs INSERT_COMPLETED or REPLACE_COMPLETED for `record`; answers how many rows it wrote.
+/// Runs INSERT_COMPLETED or REPLACE_COMPLETED for `record`, its scope named first; answers how
+/// many rows it wrote.
 async fn write_completed(
     conn: &mut SqliteConnection,
     statement: &'static str,
     record: &Record,
 ) -> sqlx::Result<u64> {
+    sqlx::query(NAME_SCOPE)
+        .bind(record.scope.as_str())
+        .execute(&mut *conn)
+        .await?;
     let done = sqlx::query(statement)
         .bind(record.scope.as_str())
         .bind(StoredKey::of(&record.key))

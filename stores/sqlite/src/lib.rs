@@ -11,7 +11,8 @@
 //!   processes on one file still grant each key once.
 //! - **Layout**: in-flight claims live in a small table of their own and move to the records
 //!   table when completed, so a random key costs one random page write in the large table, not
-//!   two; canonical UUID keys are stored as 16 bytes. The schema is in `migrations/` (applied on
+//!   two; canonical UUID keys are stored as 16 bytes, and each scope's name once (records hold
+//!   its id). The schema is in `migrations/` (applied on
 //!   open unless `migrate=false`); why each choice was made, with figures, is in BENCHMARKS.md.
 //! - **Transactional inbox**: when the effect is a write to the same file, [`inbox`] claims the
 //!   key inside your own sqlx transaction, so the record and the effect commit together.
@@ -68,4 +69,5 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
     (2, include_str!("../migrations/0002_outbox.sql")),
     (3, include_str!("../migrations/0003_offsets.sql")),
     (4, include_str!("../migrations/0004_outbox_parking.sql")),
+    (5, include_str!("../migrations/0005_scope_ids.sql")),
 ];

@@ -14,34 +14,86 @@ use rusqlite::{OptionalExtension, ToSql, Transaction, params};
 
 use crate::job::{Answer, Job};
 
-pub(crate) const SELECT_CLAIM: &str = "SELECT token, attempt, fingerprint, created_at, expires_at \
-     FROM oncely_claims WHERE scope = ?1 AND key = ?2";
-pub(crate) const SELECT_DONE: &str = "SELECT token, attempt, fingerprint, created_at, expires_at, outcome \
-     FROM oncely_records WHERE scope = ?1 AND key = ?2";
-const UPSERT_CLAIM: &str = "INSERT OR REPLACE INTO oncely_claims \
-     (scope, key, token, attempt, fingerprint, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+/// The id of the scope named ?1 (`oncely_scopes`), as every statement on the records finds it.
+/// A scope nobody has claimed in yet has none, so reads of it find nothing.
+macro_rules! scope_id {
+    () => {
+        "(SELECT id FROM oncely_scopes WHERE name = ?1)"
+    };
+}
+pub(crate) use scope_id;
+
+/// Names scope ?1 in `oncely_scopes` if it is not there yet: run before a record of it is
+/// written. It also takes the write lock, as any INSERT does.
+pub(crate) const NAME_SCOPE: &str =
+    "INSERT INTO oncely_scopes (name) VALUES (?1) ON CONFLICT DO NOTHING";
+pub(crate) const SELECT_CLAIM: &str = concat!(
+    "SELECT token, attempt, fingerprint, created_at, expires_at \
+     FROM oncely_claims WHERE scope_id = ",
+    scope_id!(),
+    " AND key = ?2"
+);
+pub(crate) const SELECT_DONE: &str = concat!(
+    "SELECT token, attempt, fingerprint, created_at, expires_at, outcome \
+     FROM oncely_records WHERE scope_id = ",
+    scope_id!(),
+    " AND key = ?2"
+);
+const UPSERT_CLAIM: &str = concat!(
+    "INSERT OR REPLACE INTO oncely_claims \
+     (scope_id, key, token, attempt, fingerprint, created_at, expires_at) VALUES (",
+    scope_id!(),
+    ", ?2, ?3, ?4, ?5, ?6, ?7)"
+);
 // The common case in one statement: a key neither in flight nor done is claimed outright.
 const CLAIM_FRESH: &str = "INSERT INTO oncely_claims \
-     (scope, key, token, attempt, fingerprint, created_at, expires_at) \
-     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
-     WHERE NOT EXISTS (SELECT 1 FROM oncely_records WHERE scope = ?1 AND key = ?2) \
+     (scope_id, key, token, attempt, fingerprint, created_at, expires_at) \
+     SELECT s.id, ?2, ?3, ?4, ?5, ?6, ?7 FROM oncely_scopes s \
+     WHERE s.name = ?1 \
+     AND NOT EXISTS (SELECT 1 FROM oncely_records WHERE scope_id = s.id AND key = ?2) \
      ON CONFLICT DO NOTHING";
-const DELETE_DONE: &str = "DELETE FROM oncely_records WHERE scope = ?1 AND key = ?2";
+const DELETE_DONE: &str = concat!(
+    "DELETE FROM oncely_records WHERE scope_id = ",
+    scope_id!(),
+    " AND key = ?2"
+);
 // Completion removes the holder's row from oncely_claims, only if the token still matches; the
 // completed record is then written from the claim itself (no RETURNING, which SQLite buffers).
-const TAKE_CLAIM: &str = "DELETE FROM oncely_claims WHERE scope = ?1 AND key = ?2 AND token = ?3";
-const INSERT_DONE: &str = "INSERT OR REPLACE INTO oncely_records \
-     (scope, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
-const FORGET_DONE: &str = "DELETE FROM oncely_records WHERE scope = ?1 AND key = ?2 AND token = ?3";
-const RELEASE: &str = "DELETE FROM oncely_claims WHERE scope = ?1 AND key = ?2 AND token = ?3";
+const TAKE_CLAIM: &str = concat!(
+    "DELETE FROM oncely_claims WHERE scope_id = ",
+    scope_id!(),
+    " AND key = ?2 AND token = ?3"
+);
+const INSERT_DONE: &str = concat!(
+    "INSERT OR REPLACE INTO oncely_records \
+     (scope_id, key, token, attempt, fingerprint, created_at, expires_at, outcome) VALUES (",
+    scope_id!(),
+    ", ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+);
+const FORGET_DONE: &str = concat!(
+    "DELETE FROM oncely_records WHERE scope_id = ",
+    scope_id!(),
+    " AND key = ?2 AND token = ?3"
+);
+const RELEASE: &str = concat!(
+    "DELETE FROM oncely_claims WHERE scope_id = ",
+    scope_id!(),
+    " AND key = ?2 AND token = ?3"
+);
 // Only oncely_claims holds in-progress records, so the token alone fences a renewal.
-const EXTEND: &str =
-    "UPDATE oncely_claims SET expires_at = ?4 WHERE scope = ?1 AND key = ?2 AND token = ?3";
-const PURGE_CLAIMS: &str = "DELETE FROM oncely_claims WHERE (scope, key) IN \
-     (SELECT scope, key FROM oncely_claims WHERE expires_at < ?1 LIMIT ?2)";
-const PURGE_DONE: &str = "DELETE FROM oncely_records WHERE (scope, key) IN \
-     (SELECT scope, key FROM oncely_records WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?2)";
+const EXTEND: &str = concat!(
+    "UPDATE oncely_claims SET expires_at = ?4 WHERE scope_id = ",
+    scope_id!(),
+    " AND key = ?2 AND token = ?3"
+);
+const PURGE_CLAIMS: &str = "DELETE FROM oncely_claims WHERE (scope_id, key) IN \
+     (SELECT scope_id, key FROM oncely_claims WHERE expires_at < ?1 LIMIT ?2)";
+// The index holds expires_at in seconds: it finds the records of every second up to ?1's, of
+// which those of ?1's own second not yet expired are then left.
+const PURGE_DONE: &str = "DELETE FROM oncely_records WHERE (scope_id, key) IN \
+     (SELECT scope_id, key FROM oncely_records \
+      WHERE expires_at / 1000 <= ?1 / 1000 AND expires_at < ?1 \
+      ORDER BY expires_at / 1000 LIMIT ?2)";
 const COUNT_CLAIMS: &str = "SELECT count(*), coalesce(sum(expires_at >= ?1), 0) FROM oncely_claims";
 const COUNT_DONE: &str = "SELECT count(*), coalesce(sum(expires_at >= ?1), 0) FROM oncely_records";
 /// The version guard's statements, the store's and the inbox's: (scope, entity[, version]).
@@ -74,6 +126,14 @@ pub(crate) enum Table {
     Claims,
     /// `oncely_records`: completed.
     Records,
+}
+
+/// Names `scope` in `oncely_scopes` (see [`NAME_SCOPE`]).
+pub(crate) fn name_scope(tx: &Transaction<'_>, scope: &Scope, url: &str) -> Result<()> {
+    tx.prepare_cached(NAME_SCOPE)
+        .and_then(|mut s| s.execute([scope.as_str()]))
+        .map_err(|e| backend(url, e))?;
+    Ok(())
 }
 
 pub(crate) fn apply(tx: &Transaction<'_>, job: &Job, url: &str) -> Result<Answer> {
@@ -459,7 +519,70 @@ fn canonical_uuid(s: &str) -> Option<[u8; 16]> {
 
 #[cfg(test)]
 mod tests {
-    use super::canonical_uuid;
+    use super::*;
+
+    /// How SQLite plans `statement` on a file with the store's schema: one line per step.
+    fn plan(statement: &str) -> Vec<String> {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        for (_, sql) in crate::MIGRATIONS {
+            conn.execute_batch(sql).unwrap();
+        }
+        let mut explain = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
+            .unwrap();
+        let params = (1..=explain.parameter_count()).map(|_| 1);
+        explain
+            .query_map(rusqlite::params_from_iter(params), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn every_statement_finds_a_record_by_its_whole_primary_key() {
+        for statement in [
+            SELECT_CLAIM,
+            SELECT_DONE,
+            CLAIM_FRESH,
+            DELETE_DONE,
+            TAKE_CLAIM,
+            FORGET_DONE,
+            RELEASE,
+            EXTEND,
+            PURGE_CLAIMS,
+            PURGE_DONE,
+        ] {
+            let plan = plan(statement);
+            let by_key: Vec<_> = plan
+                .iter()
+                .filter(|step| step.contains("USING PRIMARY KEY"))
+                .collect();
+            assert!(!by_key.is_empty(), "{statement}: {plan:?}");
+            // A lookup by scope_id alone walks every record of the scope.
+            assert!(
+                by_key
+                    .iter()
+                    .all(|step| step.contains("(scope_id=? AND key=?)")),
+                "{statement}: {plan:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn purge_walks_the_expiry_index() {
+        let plan = plan(PURGE_DONE);
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX oncely_records_expires_s")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN")),
+            "{plan:?}"
+        );
+    }
 
     #[test]
     fn only_the_canonical_spelling_is_packed() {

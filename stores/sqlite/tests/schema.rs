@@ -137,3 +137,89 @@ fn many_openers_of_one_new_file_all_succeed() {
         }
     }
 }
+
+#[test]
+fn records_of_a_version_4_file_are_kept_through_the_scope_ids_migration() {
+    use oncely_core::{RecordState, Store, Timestamp};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v4.db");
+    let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    {
+        // A file as oncely left it before scopes had ids: the schema up to version 4, records of
+        // two scopes, a UUID key stored as its 16 bytes, one claim in flight.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 4) {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", version).unwrap();
+        }
+        conn.execute_batch(&format!(
+            "INSERT INTO oncely_records VALUES
+                 ('payments', 'order-1', 11, 1, NULL, 1000, 4102444800000, x'6f6e6365'),
+                 ('emails', 'order-1', 12, 2, NULL, 1000, 4102444800000, x'74776963'),
+                 ('payments', unhex('{}'), 13, 1, NULL, 1000, 5000, x'');
+             INSERT INTO oncely_claims VALUES
+                 ('emails', 'order-2', 14, 1, NULL, 1000, 4102444800000);",
+            uuid.replace('-', "")
+        ))
+        .unwrap();
+    }
+    let store = SqliteStore::open(SqliteOptions::new(&path)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let get = |scope: &str, key: &str| {
+            let (scope, key) = (Scope::new(scope).unwrap(), Key::new(key).unwrap());
+            let store = &store;
+            async move { store.get(&scope, &key).await.unwrap() }
+        };
+        let once = get("payments", "order-1").await.unwrap();
+        assert_eq!((once.token, once.outcome()), (11, Some(&b"once"[..])));
+        let twice = get("emails", "order-1").await.unwrap();
+        assert_eq!(
+            (twice.token, twice.attempt, twice.outcome()),
+            (12, 2, Some(&b"twic"[..]))
+        );
+        let in_flight = get("emails", "order-2").await.unwrap();
+        assert_eq!(
+            (in_flight.token, &in_flight.state),
+            (14, &RecordState::InProgress)
+        );
+        assert_eq!(get("payments", uuid).await.unwrap().token, 13);
+        assert_eq!(get("emails", uuid).await, None);
+        assert_eq!(get("other", "order-1").await, None);
+
+        // Claims see them, and a new scope gets an id of its own.
+        let oncely = Oncely::new(Arc::new(
+            SqliteStore::open(SqliteOptions::new(&path)).unwrap(),
+        ));
+        let claim = |scope: &str, key: &str| {
+            let (scope, key) = (Scope::new(scope).unwrap(), Key::new(key).unwrap());
+            let oncely = &oncely;
+            async move { oncely.claim(&scope, &key, None).await.unwrap() }
+        };
+        assert!(matches!(
+            claim("payments", "order-1").await,
+            ClaimOutcome::Duplicate(_)
+        ));
+        assert!(matches!(
+            claim("emails", "order-2").await,
+            ClaimOutcome::InProgress { .. }
+        ));
+        assert!(matches!(
+            claim("refunds", "order-1").await,
+            ClaimOutcome::New(_)
+        ));
+
+        // The expired one is purged through the new index; the others stay.
+        let purged = store
+            .purge(Timestamp::from_millis(6_000), 100)
+            .await
+            .unwrap();
+        assert_eq!(purged, 1);
+        assert_eq!(get("payments", uuid).await, None);
+        assert!(get("payments", "order-1").await.is_some());
+    });
+}
