@@ -90,8 +90,8 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::ops::{
-    NAME_SCOPE, SELECT_CLAIM, SELECT_DONE, SELECT_VERSION, StoredKey, StoredRow, Table,
-    UPSERT_VERSION, decode, scope_id,
+    NAME_SCOPE, SELECT_CLAIM, SELECT_DONE, SELECT_SCOPE_ID, SELECT_VERSION, StoredKey, StoredRow,
+    Table, UPSERT_VERSION, decode,
 };
 use crate::{MIGRATIONS, SqliteOptions};
 
@@ -244,8 +244,11 @@ impl InboxTransaction for InboxTx<'_> {
     async fn take_over(&mut self, record: &Record) -> Result<()> {
         // A store claim leaves oncely_claims, so its holder is fenced out.
         if self.found_in == Some(Table::Claims) {
+            let scope_id = scope_id(self.conn, &record.scope, false)
+                .await
+                .map_err(backend)?;
             sqlx::query(DELETE_CLAIM)
-                .bind(record.scope.as_str())
+                .bind(scope_id)
                 .bind(StoredKey::of(&record.key))
                 .execute(&mut *self.conn)
                 .await
@@ -259,8 +262,9 @@ impl InboxTransaction for InboxTx<'_> {
 
     async fn set_outcome(&mut self, scope: &Scope, key: &Key, outcome: &[u8]) -> Result<bool> {
         // oncely_records holds completed records only (claims are in oncely_claims).
+        let scope_id = scope_id(self.conn, scope, false).await.map_err(backend)?;
         let done = sqlx::query(UPDATE_OUTCOME)
-            .bind(scope.as_str())
+            .bind(scope_id)
             .bind(StoredKey::of(key))
             .bind(outcome)
             .execute(&mut *self.conn)
@@ -412,26 +416,34 @@ pub(crate) async fn apply_migrations(conn: &mut SqliteConnection) -> Result<()> 
 // not in flight either), or the takeover of an expired record.
 const INSERT_COMPLETED: &str = "INSERT INTO oncely_records \
      (scope_id, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
-     SELECT s.id, ?2, ?3, ?4, ?5, ?6, ?7, x'' FROM oncely_scopes s \
-     WHERE s.name = ?1 \
-     AND NOT EXISTS (SELECT 1 FROM oncely_claims WHERE scope_id = s.id AND key = ?2) \
+     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, x'' \
+     WHERE NOT EXISTS (SELECT 1 FROM oncely_claims WHERE scope_id = ?1 AND key = ?2) \
      ON CONFLICT DO NOTHING";
-const REPLACE_COMPLETED: &str = concat!(
-    "INSERT OR REPLACE INTO oncely_records \
-     (scope_id, key, token, attempt, fingerprint, created_at, expires_at, outcome) VALUES (",
-    scope_id!(),
-    ", ?2, ?3, ?4, ?5, ?6, ?7, x'')"
-);
-const DELETE_CLAIM: &str = concat!(
-    "DELETE FROM oncely_claims WHERE scope_id = ",
-    scope_id!(),
-    " AND key = ?2"
-);
-const UPDATE_OUTCOME: &str = concat!(
-    "UPDATE oncely_records SET outcome = ?3 WHERE scope_id = ",
-    scope_id!(),
-    " AND key = ?2"
-);
+const REPLACE_COMPLETED: &str = "INSERT OR REPLACE INTO oncely_records \
+     (scope_id, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, x'')";
+const DELETE_CLAIM: &str = "DELETE FROM oncely_claims WHERE scope_id = ?1 AND key = ?2";
+const UPDATE_OUTCOME: &str =
+    "UPDATE oncely_records SET outcome = ?3 WHERE scope_id = ?1 AND key = ?2";
+
+/// The id of `scope` in `oncely_scopes`; with `name`, named first if it has none (which also
+/// takes the write lock), else `None` while no record of it was ever written.
+async fn scope_id(
+    conn: &mut SqliteConnection,
+    scope: &Scope,
+    name: bool,
+) -> sqlx::Result<Option<i64>> {
+    if name {
+        sqlx::query(NAME_SCOPE)
+            .bind(scope.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query_scalar(SELECT_SCOPE_ID)
+        .bind(scope.as_str())
+        .fetch_optional(conn)
+        .await
+}
 
 /// Runs INSERT_COMPLETED or REPLACE_COMPLETED for `record`, its scope named first; answers how
 /// many rows it wrote.
@@ -440,12 +452,9 @@ async fn write_completed(
     statement: &'static str,
     record: &Record,
 ) -> sqlx::Result<u64> {
-    sqlx::query(NAME_SCOPE)
-        .bind(record.scope.as_str())
-        .execute(&mut *conn)
-        .await?;
+    let scope_id = scope_id(conn, &record.scope, true).await?;
     let done = sqlx::query(statement)
-        .bind(record.scope.as_str())
+        .bind(scope_id)
         .bind(StoredKey::of(&record.key))
         .bind(record.token as i64)
         .bind(record.attempt)
@@ -463,9 +472,12 @@ async fn select(
     scope: &Scope,
     key: &Key,
 ) -> Result<Option<(Record, Table)>> {
+    let Some(scope_id) = scope_id(conn, scope, false).await.map_err(backend)? else {
+        return Ok(None);
+    };
     for (statement, table) in [(SELECT_CLAIM, Table::Claims), (SELECT_DONE, Table::Records)] {
         let row = sqlx::query(statement)
-            .bind(scope.as_str())
+            .bind(scope_id)
             .bind(StoredKey::of(key))
             .fetch_optional(&mut *conn)
             .await

@@ -66,17 +66,6 @@ pub(crate) enum Job {
     },
 }
 
-impl Job {
-    /// The scopes this job may write a new record in: those of its claims.
-    pub(crate) fn claimed_scopes(&self) -> impl Iterator<Item = &Scope> {
-        let requests = match self {
-            Job::Claim { requests, .. } => requests.as_slice(),
-            _ => &[],
-        };
-        requests.iter().map(|req| &req.scope)
-    }
-}
-
 /// A job's answer, held until its transaction commits.
 pub(crate) enum Answer {
     Claims(Vec<ClaimOutcome>),

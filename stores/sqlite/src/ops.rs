@@ -4,6 +4,8 @@
 //! once completed (see `migrations/0001_records.sql` for why). Decisions use the shared rules in
 //! `oncely_core::lifecycle`; the SQL only moves rows.
 
+use std::collections::HashMap;
+
 use oncely_core::lifecycle::{claim_lost, decide_claim, decide_version};
 use oncely_core::{
     Claim, ClaimOutcome, ClaimRequest, Error, Fingerprint, Key, Record, RecordState, Result, Scope,
@@ -14,78 +16,39 @@ use rusqlite::{OptionalExtension, ToSql, Transaction, params};
 
 use crate::job::{Answer, Job};
 
-/// The id of the scope named ?1 (`oncely_scopes`), as every statement on the records finds it.
-/// A scope nobody has claimed in yet has none, so reads of it find nothing.
-macro_rules! scope_id {
-    () => {
-        "(SELECT id FROM oncely_scopes WHERE name = ?1)"
-    };
-}
-pub(crate) use scope_id;
-
-/// Names scope ?1 in `oncely_scopes` if it is not there yet: run before a record of it is
-/// written. It also takes the write lock, as any INSERT does.
+// Records name their scope by its id in oncely_scopes (?1 below), resolved by `ScopeIds`.
+pub(crate) const SELECT_SCOPE_ID: &str = "SELECT id FROM oncely_scopes WHERE name = ?1";
+/// Names scope ?1 in `oncely_scopes` if it is not there yet. It also takes the write lock, as
+/// any INSERT does.
 pub(crate) const NAME_SCOPE: &str =
     "INSERT INTO oncely_scopes (name) VALUES (?1) ON CONFLICT DO NOTHING";
-pub(crate) const SELECT_CLAIM: &str = concat!(
-    "SELECT token, attempt, fingerprint, created_at, expires_at \
-     FROM oncely_claims WHERE scope_id = ",
-    scope_id!(),
-    " AND key = ?2"
-);
-pub(crate) const SELECT_DONE: &str = concat!(
-    "SELECT token, attempt, fingerprint, created_at, expires_at, outcome \
-     FROM oncely_records WHERE scope_id = ",
-    scope_id!(),
-    " AND key = ?2"
-);
-const UPSERT_CLAIM: &str = concat!(
-    "INSERT OR REPLACE INTO oncely_claims \
-     (scope_id, key, token, attempt, fingerprint, created_at, expires_at) VALUES (",
-    scope_id!(),
-    ", ?2, ?3, ?4, ?5, ?6, ?7)"
-);
+pub(crate) const SELECT_CLAIM: &str = "SELECT token, attempt, fingerprint, created_at, expires_at \
+     FROM oncely_claims WHERE scope_id = ?1 AND key = ?2";
+pub(crate) const SELECT_DONE: &str = "SELECT token, attempt, fingerprint, created_at, expires_at, outcome \
+     FROM oncely_records WHERE scope_id = ?1 AND key = ?2";
+const UPSERT_CLAIM: &str = "INSERT OR REPLACE INTO oncely_claims \
+     (scope_id, key, token, attempt, fingerprint, created_at, expires_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 // The common case in one statement: a key neither in flight nor done is claimed outright.
 const CLAIM_FRESH: &str = "INSERT INTO oncely_claims \
      (scope_id, key, token, attempt, fingerprint, created_at, expires_at) \
-     SELECT s.id, ?2, ?3, ?4, ?5, ?6, ?7 FROM oncely_scopes s \
-     WHERE s.name = ?1 \
-     AND NOT EXISTS (SELECT 1 FROM oncely_records WHERE scope_id = s.id AND key = ?2) \
+     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
+     WHERE NOT EXISTS (SELECT 1 FROM oncely_records WHERE scope_id = ?1 AND key = ?2) \
      ON CONFLICT DO NOTHING";
-const DELETE_DONE: &str = concat!(
-    "DELETE FROM oncely_records WHERE scope_id = ",
-    scope_id!(),
-    " AND key = ?2"
-);
+const DELETE_DONE: &str = "DELETE FROM oncely_records WHERE scope_id = ?1 AND key = ?2";
 // Completion removes the holder's row from oncely_claims, only if the token still matches; the
 // completed record is then written from the claim itself (no RETURNING, which SQLite buffers).
-const TAKE_CLAIM: &str = concat!(
-    "DELETE FROM oncely_claims WHERE scope_id = ",
-    scope_id!(),
-    " AND key = ?2 AND token = ?3"
-);
-const INSERT_DONE: &str = concat!(
-    "INSERT OR REPLACE INTO oncely_records \
-     (scope_id, key, token, attempt, fingerprint, created_at, expires_at, outcome) VALUES (",
-    scope_id!(),
-    ", ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-);
-const FORGET_DONE: &str = concat!(
-    "DELETE FROM oncely_records WHERE scope_id = ",
-    scope_id!(),
-    " AND key = ?2 AND token = ?3"
-);
-const RELEASE: &str = concat!(
-    "DELETE FROM oncely_claims WHERE scope_id = ",
-    scope_id!(),
-    " AND key = ?2 AND token = ?3"
-);
+const TAKE_CLAIM: &str =
+    "DELETE FROM oncely_claims WHERE scope_id = ?1 AND key = ?2 AND token = ?3";
+const INSERT_DONE: &str = "INSERT OR REPLACE INTO oncely_records \
+     (scope_id, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const FORGET_DONE: &str =
+    "DELETE FROM oncely_records WHERE scope_id = ?1 AND key = ?2 AND token = ?3";
+const RELEASE: &str = "DELETE FROM oncely_claims WHERE scope_id = ?1 AND key = ?2 AND token = ?3";
 // Only oncely_claims holds in-progress records, so the token alone fences a renewal.
-const EXTEND: &str = concat!(
-    "UPDATE oncely_claims SET expires_at = ?4 WHERE scope_id = ",
-    scope_id!(),
-    " AND key = ?2 AND token = ?3"
-);
+const EXTEND: &str =
+    "UPDATE oncely_claims SET expires_at = ?4 WHERE scope_id = ?1 AND key = ?2 AND token = ?3";
 const PURGE_CLAIMS: &str = "DELETE FROM oncely_claims WHERE (scope_id, key) IN \
      (SELECT scope_id, key FROM oncely_claims WHERE expires_at < ?1 LIMIT ?2)";
 // The index holds expires_at in seconds: it finds the records of every second up to ?1's, of
@@ -128,21 +91,76 @@ pub(crate) enum Table {
     Records,
 }
 
-/// Names `scope` in `oncely_scopes` (see [`NAME_SCOPE`]).
-pub(crate) fn name_scope(tx: &Transaction<'_>, scope: &Scope, url: &str) -> Result<()> {
-    tx.prepare_cached(NAME_SCOPE)
-        .and_then(|mut s| s.execute([scope.as_str()]))
-        .map_err(|e| backend(url, e))?;
-    Ok(())
+/// The ids of scopes in `oncely_scopes`, as this writer has seen them. A scope's id never changes
+/// once committed (no row of it is ever deleted), so it is read once; one named by the current
+/// transaction is only kept if that transaction commits, as another process could give its id
+/// to another scope after a rollback.
+#[derive(Default)]
+pub(crate) struct ScopeIds {
+    committed: HashMap<Scope, i64>,
+    /// Named by the current transaction.
+    pending: Vec<(Scope, i64)>,
 }
 
-pub(crate) fn apply(tx: &Transaction<'_>, job: &Job, url: &str) -> Result<Answer> {
+impl ScopeIds {
+    /// The id of `scope`, or `None` while no record of it was ever written.
+    pub(crate) fn find(
+        &mut self,
+        tx: &Transaction<'_>,
+        scope: &Scope,
+        url: &str,
+    ) -> Result<Option<i64>> {
+        if let Some(id) = self.committed.get(scope) {
+            return Ok(Some(*id));
+        }
+        if let Some((_, id)) = self.pending.iter().find(|(named, _)| named == scope) {
+            return Ok(Some(*id));
+        }
+        let id = tx
+            .prepare_cached(SELECT_SCOPE_ID)
+            .and_then(|mut s| s.query_row([scope.as_str()], |r| r.get(0)).optional())
+            .map_err(|e| backend(url, e))?;
+        // Not named by this transaction (it would be pending), so committed by another.
+        if let Some(id) = id {
+            self.committed.insert(scope.clone(), id);
+        }
+        Ok(id)
+    }
+
+    /// The id of `scope`, named by this transaction if it has none yet.
+    fn name(&mut self, tx: &Transaction<'_>, scope: &Scope, url: &str) -> Result<i64> {
+        if let Some(id) = self.find(tx, scope, url)? {
+            return Ok(id);
+        }
+        tx.prepare_cached(NAME_SCOPE)
+            .and_then(|mut s| s.execute([scope.as_str()]))
+            .map_err(|e| backend(url, e))?;
+        let id = tx.last_insert_rowid();
+        self.pending.push((scope.clone(), id));
+        Ok(id)
+    }
+
+    /// The current transaction ended: committed, or rolled back.
+    pub(crate) fn ended(&mut self, committed: bool) {
+        let pending = std::mem::take(&mut self.pending);
+        if committed {
+            self.committed.extend(pending);
+        }
+    }
+}
+
+pub(crate) fn apply(
+    tx: &Transaction<'_>,
+    ids: &mut ScopeIds,
+    job: &Job,
+    url: &str,
+) -> Result<Answer> {
     let sql = |e: rusqlite::Error| backend(url, e);
     Ok(match job {
         Job::Claim { requests, now, .. } => Answer::Claims(
             requests
                 .iter()
-                .map(|req| claim_one(tx, req, *now, url))
+                .map(|req| claim_one(tx, ids, req, *now, url))
                 .collect::<Result<_>>()?,
         ),
         Job::Complete {
@@ -150,59 +168,40 @@ pub(crate) fn apply(tx: &Transaction<'_>, job: &Job, url: &str) -> Result<Answer
             outcome,
             expires_at,
             ..
-        } => Answer::Done(complete(tx, claim, outcome, *expires_at, url)?),
+        } => Answer::Done(complete(tx, ids, claim, outcome, *expires_at, url)?),
         Job::CompleteMany { items, .. } => Answer::Completions(
             items
                 .iter()
-                .map(|item| complete(tx, &item.claim, &item.outcome, item.expires_at, url))
+                .map(|item| complete(tx, ids, &item.claim, &item.outcome, item.expires_at, url))
                 .collect::<Result<_>>()?,
         ),
         Job::Release { claim, .. } => {
-            let changed = tx
-                .prepare_cached(RELEASE)
-                .and_then(|mut s| {
-                    s.execute(params![
-                        claim.scope.as_str(),
-                        StoredKey::of(&claim.key),
-                        claim.token as i64
-                    ])
-                })
-                .map_err(sql)?;
-            Answer::Done(held(tx, claim, changed, url)?)
+            let changed = guarded(tx, ids, RELEASE, claim, None, url)?;
+            Answer::Done(held(tx, ids, claim, changed, url)?)
         }
         Job::Extend {
             claim, lease_until, ..
         } => {
-            let changed = tx
-                .prepare_cached(EXTEND)
-                .and_then(|mut s| {
-                    s.execute(params![
-                        claim.scope.as_str(),
-                        StoredKey::of(&claim.key),
-                        claim.token as i64,
-                        lease_until.as_millis()
-                    ])
-                })
-                .map_err(sql)?;
-            Answer::Done(held(tx, claim, changed, url)?)
+            let changed = guarded(tx, ids, EXTEND, claim, Some(lease_until.as_millis()), url)?;
+            Answer::Done(held(tx, ids, claim, changed, url)?)
         }
         Job::Forget {
             scope, key, token, ..
         } => {
             // The record is in one table or the other: in progress, or completed.
             let mut removed = 0;
-            for statement in [RELEASE, FORGET_DONE] {
-                removed += tx
-                    .prepare_cached(statement)
-                    .and_then(|mut s| {
-                        s.execute(params![scope.as_str(), StoredKey::of(key), *token as i64])
-                    })
-                    .map_err(sql)?;
+            if let Some(id) = ids.find(tx, scope, url)? {
+                for statement in [RELEASE, FORGET_DONE] {
+                    removed += tx
+                        .prepare_cached(statement)
+                        .and_then(|mut s| s.execute(params![id, StoredKey::of(key), *token as i64]))
+                        .map_err(sql)?;
+                }
             }
             Answer::Forgotten(removed == 1)
         }
         Job::Get { scope, key, .. } => {
-            Answer::Record(select(tx, scope, key, url)?.map(|(record, _)| record))
+            Answer::Record(select(tx, ids, scope, key, url)?.map(|(record, _)| record))
         }
         Job::Purge {
             expired_before,
@@ -270,37 +269,44 @@ pub(crate) fn apply(tx: &Transaction<'_>, job: &Job, url: &str) -> Result<Answer
 
 fn claim_one(
     tx: &Transaction<'_>,
+    ids: &mut ScopeIds,
     req: &ClaimRequest,
     now: Timestamp,
     url: &str,
 ) -> Result<ClaimOutcome> {
+    let scope_id = ids.name(tx, &req.scope, url)?;
     let fresh = decide_claim(None, req, now);
     let record = fresh
         .write
         .as_ref()
         .expect("an absent key is always claimed");
-    if write_claim(tx, CLAIM_FRESH, record).map_err(|e| backend(url, e))? == 1 {
+    if write_claim(tx, CLAIM_FRESH, scope_id, record).map_err(|e| backend(url, e))? == 1 {
         return Ok(fresh.outcome);
     }
     // The key is known: decide against what is stored, by the rules every store shares.
-    let existing = select(tx, &req.scope, &req.key, url)?;
+    let existing = select_in(tx, scope_id, &req.scope, &req.key, url)?;
     let decision = decide_claim(existing.as_ref().map(|(record, _)| record), req, now);
     if let Some(record) = &decision.write {
         // A claim over an expired completed record supersedes it: the key moves back to claims.
         if let Some((_, Table::Records)) = existing {
             tx.prepare_cached(DELETE_DONE)
-                .and_then(|mut s| s.execute(params![req.scope.as_str(), StoredKey::of(&req.key)]))
+                .and_then(|mut s| s.execute(params![scope_id, StoredKey::of(&req.key)]))
                 .map_err(|e| backend(url, e))?;
         }
-        write_claim(tx, UPSERT_CLAIM, record).map_err(|e| backend(url, e))?;
+        write_claim(tx, UPSERT_CLAIM, scope_id, record).map_err(|e| backend(url, e))?;
     }
     Ok(decision.outcome)
 }
 
 /// Runs CLAIM_FRESH or UPSERT_CLAIM, which take an in-progress record's columns as ?1..?7.
-fn write_claim(tx: &Transaction<'_>, statement: &str, r: &Record) -> rusqlite::Result<usize> {
+fn write_claim(
+    tx: &Transaction<'_>,
+    statement: &str,
+    scope_id: i64,
+    r: &Record,
+) -> rusqlite::Result<usize> {
     tx.prepare_cached(statement)?.execute(params![
-        r.scope.as_str(),
+        scope_id,
         StoredKey::of(&r.key),
         r.token as i64,
         r.attempt,
@@ -310,26 +316,52 @@ fn write_claim(tx: &Transaction<'_>, statement: &str, r: &Record) -> rusqlite::R
     ])
 }
 
+/// Runs RELEASE or EXTEND (whose ?4 is `lease_until`) for `claim`: how many rows it changed.
+fn guarded(
+    tx: &Transaction<'_>,
+    ids: &mut ScopeIds,
+    statement: &str,
+    claim: &Claim,
+    lease_until: Option<i64>,
+    url: &str,
+) -> Result<usize> {
+    let Some(scope_id) = ids.find(tx, &claim.scope, url)? else {
+        return Ok(0);
+    };
+    let key = StoredKey::of(&claim.key);
+    let token = claim.token as i64;
+    tx.prepare_cached(statement)
+        .and_then(|mut s| match lease_until {
+            Some(until) => s.execute(params![scope_id, key, token, until]),
+            None => s.execute(params![scope_id, key, token]),
+        })
+        .map_err(|e| backend(url, e))
+}
+
 fn complete(
     tx: &Transaction<'_>,
+    ids: &mut ScopeIds,
     claim: &Claim,
     outcome: &[u8],
     expires_at: Timestamp,
     url: &str,
 ) -> Result<Result<()>> {
     let sql = |e: rusqlite::Error| backend(url, e);
+    let Some(scope_id) = ids.find(tx, &claim.scope, url)? else {
+        return Ok(Err(lost(tx, ids, claim, url)?));
+    };
     let key = StoredKey::of(&claim.key);
     let taken = tx
         .prepare_cached(TAKE_CLAIM)
-        .and_then(|mut s| s.execute(params![claim.scope.as_str(), key, claim.token as i64]))
+        .and_then(|mut s| s.execute(params![scope_id, key, claim.token as i64]))
         .map_err(sql)?;
     if taken != 1 {
-        return Ok(Err(lost(tx, claim, url)?));
+        return Ok(Err(lost(tx, ids, claim, url)?));
     }
     tx.prepare_cached(INSERT_DONE)
         .and_then(|mut s| {
             s.execute(params![
-                claim.scope.as_str(),
+                scope_id,
                 key,
                 claim.token as i64,
                 claim.attempt,
@@ -346,6 +378,21 @@ fn complete(
 /// The record of (scope, key), from whichever table holds it.
 fn select(
     tx: &Transaction<'_>,
+    ids: &mut ScopeIds,
+    scope: &Scope,
+    key: &Key,
+    url: &str,
+) -> Result<Option<(Record, Table)>> {
+    match ids.find(tx, scope, url)? {
+        Some(scope_id) => select_in(tx, scope_id, scope, key, url),
+        None => Ok(None),
+    }
+}
+
+/// [`select`], for a scope whose id is known.
+fn select_in(
+    tx: &Transaction<'_>,
+    scope_id: i64,
     scope: &Scope,
     key: &Key,
     url: &str,
@@ -353,7 +400,7 @@ fn select(
     let read = |statement: &str, table: Table| -> Result<Option<StoredRow>> {
         tx.prepare_cached(statement)
             .and_then(|mut s| {
-                s.query_row(params![scope.as_str(), StoredKey::of(key)], |r| {
+                s.query_row(params![scope_id, StoredKey::of(key)], |r| {
                     let outcome = match table {
                         Table::Records => r.get(5)?,
                         Table::Claims => None,
@@ -427,17 +474,23 @@ pub(crate) fn decode(
 
 /// The answer of a guarded statement of `claim` (release, extend) that changed `changed` rows:
 /// done, or why the claim is no longer held.
-fn held(tx: &Transaction<'_>, claim: &Claim, changed: usize, url: &str) -> Result<Result<()>> {
+fn held(
+    tx: &Transaction<'_>,
+    ids: &mut ScopeIds,
+    claim: &Claim,
+    changed: usize,
+    url: &str,
+) -> Result<Result<()>> {
     Ok(if changed == 1 {
         Ok(())
     } else {
-        Err(lost(tx, claim, url)?)
+        Err(lost(tx, ids, claim, url)?)
     })
 }
 
 /// Why `claim` no longer holds its record, read after a guarded statement changed nothing.
-fn lost(tx: &Transaction<'_>, claim: &Claim, url: &str) -> Result<Error> {
-    let existing = select(tx, &claim.scope, &claim.key, url)?.map(|(record, _)| record);
+fn lost(tx: &Transaction<'_>, ids: &mut ScopeIds, claim: &Claim, url: &str) -> Result<Error> {
+    let existing = select(tx, ids, &claim.scope, &claim.key, url)?.map(|(record, _)| record);
     Ok(claim_lost(url, existing.as_ref(), claim))
 }
 
@@ -568,6 +621,32 @@ mod tests {
                 "{statement}: {plan:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_scope_named_by_a_transaction_that_rolled_back_is_not_remembered() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        for (_, sql) in crate::MIGRATIONS {
+            conn.execute_batch(sql).unwrap();
+        }
+        let (mut ids, url) = (ScopeIds::default(), "sqlite::memory:");
+        let (x, y) = (Scope::new("x").unwrap(), Scope::new("y").unwrap());
+        let tx = conn.transaction().unwrap();
+        let first = ids.name(&tx, &x, url).unwrap();
+        assert_eq!(ids.find(&tx, &x, url).unwrap(), Some(first));
+        drop(tx);
+        ids.ended(false);
+        // Another writer of the file names another scope, which may get the same id.
+        conn.execute(NAME_SCOPE, [y.as_str()]).unwrap();
+        let tx = conn.transaction().unwrap();
+        assert_eq!(ids.find(&tx, &y, url).unwrap(), Some(first));
+        assert_eq!(ids.find(&tx, &x, url).unwrap(), None);
+        let second = ids.name(&tx, &x, url).unwrap();
+        assert_ne!(second, first);
+        tx.commit().unwrap();
+        ids.ended(true);
+        let tx = conn.transaction().unwrap();
+        assert_eq!(ids.find(&tx, &x, url).unwrap(), Some(second));
     }
 
     #[test]

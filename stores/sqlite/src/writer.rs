@@ -1,10 +1,9 @@
 //! The writer thread: owns the connection, runs queued jobs in batched transactions.
 
-use std::collections::HashSet;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use oncely_core::{Error, Result, Scope};
+use oncely_core::{Error, Result};
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::job::{Answer, Job};
@@ -15,9 +14,7 @@ pub(crate) struct Writer {
     conn: Connection,
     url: String,
     max_batch: usize,
-    /// Scopes a committed transaction has named in `oncely_scopes`. No row of it is ever
-    /// deleted, so a claim in one of these needs no `NAME_SCOPE` first.
-    named: HashSet<Scope>,
+    ids: ops::ScopeIds,
 }
 
 impl Writer {
@@ -74,7 +71,7 @@ impl Writer {
             conn,
             url,
             max_batch: options.max_batch,
-            named: HashSet::new(),
+            ids: ops::ScopeIds::default(),
         })
     }
 
@@ -94,28 +91,20 @@ impl Writer {
 
     fn execute(&mut self, batch: Vec<Job>) {
         let url = self.url.clone();
-        let named = &mut self.named;
+        let ids = &mut self.ids;
         let answers = (|| -> Result<Vec<Answer>> {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| backend(&url, e))?;
-            let mut naming = Vec::new();
-            for scope in batch.iter().flat_map(Job::claimed_scopes) {
-                if !named.contains(scope) && !naming.contains(scope) {
-                    ops::name_scope(&tx, scope, &url)?;
-                    naming.push(scope.clone());
-                }
-            }
             let answers = batch
                 .iter()
-                .map(|job| ops::apply(&tx, job, &url))
+                .map(|job| ops::apply(&tx, ids, job, &url))
                 .collect::<Result<Vec<_>>>()?;
             tx.commit().map_err(|e| backend(&url, e))?;
-            // Only now: a name written by a transaction that rolled back was never there.
-            named.extend(naming);
             Ok(answers)
         })();
+        self.ids.ended(answers.is_ok());
         match answers {
             Ok(answers) => {
                 for (job, answer) in batch.into_iter().zip(answers) {
