@@ -415,13 +415,13 @@ pub(crate) async fn apply_migrations(conn: &mut SqliteConnection) -> Result<()> 
 // transaction, with an empty outcome until `record_outcome`: a first insert (only if the key is
 // not in flight either), or the takeover of an expired record.
 const INSERT_COMPLETED: &str = "INSERT INTO oncely_records \
-     (scope_id, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
-     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, x'' \
+     (scope_id, key, token, attempt, fingerprint, lifetime, expires_at, outcome) \
+     SELECT ?1, ?2, ?3, ?4, ?5, ?7 - ?6, ?7, x'' \
      WHERE NOT EXISTS (SELECT 1 FROM oncely_claims WHERE scope_id = ?1 AND key = ?2) \
      ON CONFLICT DO NOTHING";
 const REPLACE_COMPLETED: &str = "INSERT OR REPLACE INTO oncely_records \
-     (scope_id, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, x'')";
+     (scope_id, key, token, attempt, fingerprint, lifetime, expires_at, outcome) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?7 - ?6, ?7, x'')";
 const DELETE_CLAIM: &str = "DELETE FROM oncely_claims WHERE scope_id = ?1 AND key = ?2";
 const UPDATE_OUTCOME: &str =
     "UPDATE oncely_records SET outcome = ?3 WHERE scope_id = ?1 AND key = ?2";

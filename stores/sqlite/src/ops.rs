@@ -24,8 +24,8 @@ pub(crate) const NAME_SCOPE: &str =
     "INSERT INTO oncely_scopes (name) VALUES (?1) ON CONFLICT DO NOTHING";
 pub(crate) const SELECT_CLAIM: &str = "SELECT token, attempt, fingerprint, created_at, expires_at \
      FROM oncely_claims WHERE scope_id = ?1 AND key = ?2";
-pub(crate) const SELECT_DONE: &str = "SELECT token, attempt, fingerprint, created_at, expires_at, outcome \
-     FROM oncely_records WHERE scope_id = ?1 AND key = ?2";
+pub(crate) const SELECT_DONE: &str = "SELECT token, attempt, fingerprint, expires_at - lifetime, \
+     expires_at, outcome FROM oncely_records WHERE scope_id = ?1 AND key = ?2";
 const UPSERT_CLAIM: &str = "INSERT OR REPLACE INTO oncely_claims \
      (scope_id, key, token, attempt, fingerprint, created_at, expires_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
@@ -40,9 +40,10 @@ const DELETE_DONE: &str = "DELETE FROM oncely_records WHERE scope_id = ?1 AND ke
 // completed record is then written from the claim itself (no RETURNING, which SQLite buffers).
 const TAKE_CLAIM: &str =
     "DELETE FROM oncely_claims WHERE scope_id = ?1 AND key = ?2 AND token = ?3";
+// ?6 is created_at, kept as the lifetime before ?7 (see migrations/0005_scope_ids.sql).
 const INSERT_DONE: &str = "INSERT OR REPLACE INTO oncely_records \
-     (scope_id, key, token, attempt, fingerprint, created_at, expires_at, outcome) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+     (scope_id, key, token, attempt, fingerprint, lifetime, expires_at, outcome) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?7 - ?6, ?7, ?8)";
 const FORGET_DONE: &str =
     "DELETE FROM oncely_records WHERE scope_id = ?1 AND key = ?2 AND token = ?3";
 const RELEASE: &str = "DELETE FROM oncely_claims WHERE scope_id = ?1 AND key = ?2 AND token = ?3";
@@ -51,12 +52,8 @@ const EXTEND: &str =
     "UPDATE oncely_claims SET expires_at = ?4 WHERE scope_id = ?1 AND key = ?2 AND token = ?3";
 const PURGE_CLAIMS: &str = "DELETE FROM oncely_claims WHERE (scope_id, key) IN \
      (SELECT scope_id, key FROM oncely_claims WHERE expires_at < ?1 LIMIT ?2)";
-// The index holds expires_at in seconds: it finds the records of every second up to ?1's, of
-// which those of ?1's own second not yet expired are then left.
 const PURGE_DONE: &str = "DELETE FROM oncely_records WHERE (scope_id, key) IN \
-     (SELECT scope_id, key FROM oncely_records \
-      WHERE expires_at / 1000 <= ?1 / 1000 AND expires_at < ?1 \
-      ORDER BY expires_at / 1000 LIMIT ?2)";
+     (SELECT scope_id, key FROM oncely_records WHERE expires_at < ?1 ORDER BY expires_at LIMIT ?2)";
 const COUNT_CLAIMS: &str = "SELECT count(*), coalesce(sum(expires_at >= ?1), 0) FROM oncely_claims";
 const COUNT_DONE: &str = "SELECT count(*), coalesce(sum(expires_at >= ?1), 0) FROM oncely_records";
 /// The version guard's statements, the store's and the inbox's: (scope, entity[, version]).
@@ -654,7 +651,7 @@ mod tests {
         let plan = plan(PURGE_DONE);
         assert!(
             plan.iter()
-                .any(|step| step.contains("USING INDEX oncely_records_expires_s")),
+                .any(|step| step.contains("INDEX oncely_records_expires_at")),
             "{plan:?}"
         );
         assert!(

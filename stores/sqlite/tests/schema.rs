@@ -177,6 +177,13 @@ fn records_of_a_version_4_file_are_kept_through_the_scope_ids_migration() {
         };
         let once = get("payments", "order-1").await.unwrap();
         assert_eq!((once.token, once.outcome()), (11, Some(&b"once"[..])));
+        assert_eq!(
+            (once.created_at, once.expires_at),
+            (
+                Timestamp::from_millis(1000),
+                Timestamp::from_millis(4_102_444_800_000)
+            )
+        );
         let twice = get("emails", "order-1").await.unwrap();
         assert_eq!(
             (twice.token, twice.attempt, twice.outcome()),
