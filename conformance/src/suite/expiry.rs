@@ -34,7 +34,10 @@ async fn get_returns_the_record_and_stops_after_expiry(store: Arc<dyn Store>) {
     oncely.complete(&claim, b"r").await.unwrap();
     let rec = oncely.get(&s, &key("a")).await.unwrap().unwrap();
     assert_eq!(rec.outcome(), Some(&b"r"[..]));
-    assert_eq!(rec.created_at, claim.claimed_at, "completing keeps when it was claimed");
+    assert_eq!(
+        rec.created_at, claim.claimed_at,
+        "completing keeps when it was claimed"
+    );
     assert_eq!(rec.expires_at, clock.now().saturating_add(RETENTION));
     clock.advance(RETENTION + Duration::from_millis(1));
     assert_eq!(oncely.get(&s, &key("a")).await.unwrap(), None);
