@@ -129,10 +129,19 @@ impl ScopeIds {
         if let Some(id) = self.find(tx, scope, url)? {
             return Ok(id);
         }
-        tx.prepare_cached(NAME_SCOPE)
+        let named = tx
+            .prepare_cached(NAME_SCOPE)
             .and_then(|mut s| s.execute([scope.as_str()]))
             .map_err(|e| backend(url, e))?;
-        let id = tx.last_insert_rowid();
+        // Under the write lock nobody else can name it after `find`; should the insert have done
+        // nothing all the same, the id is read rather than taken from an earlier insert.
+        let id = if named == 1 {
+            tx.last_insert_rowid()
+        } else {
+            tx.prepare_cached(SELECT_SCOPE_ID)
+                .and_then(|mut s| s.query_row([scope.as_str()], |r| r.get(0)))
+                .map_err(|e| backend(url, e))?
+        };
         self.pending.push((scope.clone(), id));
         Ok(id)
     }
