@@ -14,6 +14,10 @@
 #            lease and an outcome costs
 #   oncely   oncely's own record and indexes (oncely_records' columns, the expires_at index):
 #            inserted in progress, then completed (completed, expires_at and outcome set)
+#   hot      (PostgreSQL) oncely's record with purge's index on a column the completion leaves
+#            alone and pages with room: the completion is a HOT update (a layout not built)
+#   split    (PostgreSQL) claims in a table of their own, moved to the records table at
+#            completion, as the SQLite store does (a layout not built)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 store="${1:?postgres or mariadb}"
@@ -24,18 +28,19 @@ case "$store" in
     pg="psql -q -h 127.0.0.1 -U postgres test"
     $pg -f "$here/postgres-setup.sql" 2>/dev/null
     declare -A rate
-    for c in limit two oncely; do
+    for c in limit two oncely hot split; do
       # The planner's statistics lag a table growing this fast: without these, it soon joins
       # the batch to every row of the scope. oncely's store plans each batch for itself, and
       # uses the primary key.
-      [ "$c" = oncely ] && export PGOPTIONS="-c enable_hashjoin=off -c enable_mergejoin=off -c enable_bitmapscan=off -c enable_seqscan=off"
+      [ "$c" != limit ] && [ "$c" != two ] && export PGOPTIONS="-c enable_hashjoin=off -c enable_mergejoin=off -c enable_bitmapscan=off -c enable_seqscan=off"
       tps=$(pgbench -h 127.0.0.1 -U postgres -n -c 4 -j 2 -T "$secs" -f "$here/postgres-$c.sql" test 2>/dev/null \
         | awk '/^tps/ {print $3; exit}')
       rate[$c]=$(python3 -c "print($tps * 1000)")
       unset PGOPTIONS
     done
     $pg -c "DROP SCHEMA floor CASCADE" 2>/dev/null
-    ratio "${rate[limit]}" limit "${rate[limit]}" two "${rate[two]}" oncely "${rate[oncely]}"
+    ratio "${rate[limit]}" limit "${rate[limit]}" two "${rate[two]}" oncely "${rate[oncely]}" \
+      hot "${rate[hot]}" split "${rate[split]}"
     ;;
   mariadb)
     batches="${2:-200}"

@@ -1,0 +1,3 @@
+\set n random(1, 2000000000)
+INSERT INTO floor.oncely_hot SELECT 'bench', convert_to(md5(:client_id || '-' || :n || '-' || g) || '0000', 'UTF8'), false, g, 1, NULL, t.now, t.now + 30000, t.now + 30000 + 604800000, NULL FROM generate_series(1, 1000) g, (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now) t ON CONFLICT DO NOTHING;
+UPDATE floor.oncely_hot SET completed = true, expires_at = (extract(epoch FROM statement_timestamp()) * 1000)::int8 + 604800000, outcome = '' WHERE (scope, key, token) IN (SELECT 'bench'::bytea, convert_to(md5(:client_id || '-' || :n || '-' || g) || '0000', 'UTF8'), g FROM generate_series(1, 1000) g);

@@ -1,0 +1,3 @@
+\set n random(1, 2000000000)
+INSERT INTO floor.split_claims SELECT 'bench', convert_to(md5(:client_id || '-' || :n || '-' || g) || '0000', 'UTF8'), g, 1, NULL, t.now, t.now + 30000 FROM generate_series(1, 1000) g, (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now) t ON CONFLICT DO NOTHING;
+WITH taken AS (DELETE FROM floor.split_claims WHERE (scope, key, token) IN (SELECT 'bench'::bytea, convert_to(md5(:client_id || '-' || :n || '-' || g) || '0000', 'UTF8'), g FROM generate_series(1, 1000) g) RETURNING scope, key, token, attempt, fingerprint, created_at) INSERT INTO floor.split_records SELECT scope, key, token, attempt, fingerprint, created_at, (extract(epoch FROM statement_timestamp()) * 1000)::int8 + 604800000, '' FROM taken;
