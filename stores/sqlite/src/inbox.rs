@@ -165,10 +165,7 @@ impl SqliteInbox for Inbox {
         key: &Key,
         fingerprint: Option<Fingerprint>,
     ) -> Result<InboxClaim> {
-        let mut tx = InboxTx {
-            conn,
-            found_in: None,
-        };
+        let mut tx = InboxTx::new(conn);
         self.claim_in(&mut tx, key, fingerprint).await
     }
 
@@ -190,10 +187,7 @@ impl SqliteInbox for Inbox {
         key: &Key,
         outcome: &[u8],
     ) -> Result<()> {
-        let mut tx = InboxTx {
-            conn,
-            found_in: None,
-        };
+        let mut tx = InboxTx::new(conn);
         self.record_outcome_in(&mut tx, key, outcome).await
     }
 
@@ -203,10 +197,7 @@ impl SqliteInbox for Inbox {
         entity: &Key,
         version: u64,
     ) -> Result<VersionCheck> {
-        let mut tx = InboxTx {
-            conn,
-            found_in: None,
-        };
+        let mut tx = InboxTx::new(conn);
         self.apply_if_newer_in(&mut tx, entity, version).await
     }
 }
@@ -215,17 +206,73 @@ struct InboxTx<'c> {
     conn: &'c mut SqliteConnection,
     /// Which table `lock` found the key in: a takeover of a store claim must fence it out.
     found_in: Option<Table>,
+    /// The id of the scope this transaction last looked up (an inbox has one scope), read once.
+    scope_id: Option<(Scope, i64)>,
+}
+
+impl<'c> InboxTx<'c> {
+    fn new(conn: &'c mut SqliteConnection) -> Self {
+        InboxTx {
+            conn,
+            found_in: None,
+            scope_id: None,
+        }
+    }
+
+    /// The id of `scope` in `oncely_scopes`; with `name`, named first if it has none (which also
+    /// takes the write lock), else `None` while no record of it was ever written.
+    async fn scope_id(&mut self, scope: &Scope, name: bool) -> sqlx::Result<Option<i64>> {
+        if let Some((known, id)) = &self.scope_id
+            && known == scope
+        {
+            return Ok(Some(*id));
+        }
+        if name {
+            sqlx::query(NAME_SCOPE)
+                .bind(scope.as_str())
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        let id: Option<i64> = sqlx::query_scalar(SELECT_SCOPE_ID)
+            .bind(scope.as_str())
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        // Kept for this transaction only: it is the one that may have named it.
+        self.scope_id = id.map(|id| (scope.clone(), id));
+        Ok(id)
+    }
+
+    /// Runs INSERT_COMPLETED or REPLACE_COMPLETED for `record`, its scope named first; answers
+    /// how many rows it wrote.
+    async fn write_completed(
+        &mut self,
+        statement: &'static str,
+        record: &Record,
+    ) -> sqlx::Result<u64> {
+        let scope_id = self.scope_id(&record.scope, true).await?;
+        let done = sqlx::query(statement)
+            .bind(scope_id)
+            .bind(StoredKey::of(&record.key))
+            .bind(record.token as i64)
+            .bind(record.attempt)
+            .bind(record.fingerprint.map(|f| f.as_bytes().to_vec()))
+            .bind(record.created_at.as_millis())
+            .bind(record.expires_at.as_millis())
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(done.rows_affected())
+    }
 }
 
 #[async_trait]
 impl InboxTransaction for InboxTx<'_> {
     async fn insert_completed(&mut self, record: &Record) -> Result<bool> {
-        // The common case in one statement, which also takes the write lock if the caller's
-        // transaction does not hold it yet.
-        let inserted = match write_completed(self.conn, INSERT_COMPLETED, record).await {
+        // The common case: naming the scope (which also takes the write lock if the caller's
+        // transaction does not hold it yet), then one insert.
+        let inserted = match self.write_completed(INSERT_COMPLETED, record).await {
             Err(e) if is_missing_schema(&e) => {
                 apply_migrations(self.conn).await?;
-                write_completed(self.conn, INSERT_COMPLETED, record).await
+                self.write_completed(INSERT_COMPLETED, record).await
             }
             other => other,
         }
@@ -235,18 +282,19 @@ impl InboxTransaction for InboxTx<'_> {
 
     async fn lock(&mut self, scope: &Scope, key: &Key) -> Result<Option<Record>> {
         // The caller's transaction holds the write lock since the insert: nothing can change.
-        Ok(select(self.conn, scope, key).await?.map(|(record, table)| {
-            self.found_in = Some(table);
-            record
-        }))
+        let scope_id = self.scope_id(scope, false).await.map_err(backend)?;
+        Ok(select(self.conn, scope_id, scope, key)
+            .await?
+            .map(|(record, table)| {
+                self.found_in = Some(table);
+                record
+            }))
     }
 
     async fn take_over(&mut self, record: &Record) -> Result<()> {
         // A store claim leaves oncely_claims, so its holder is fenced out.
         if self.found_in == Some(Table::Claims) {
-            let scope_id = scope_id(self.conn, &record.scope, false)
-                .await
-                .map_err(backend)?;
+            let scope_id = self.scope_id(&record.scope, false).await.map_err(backend)?;
             sqlx::query(DELETE_CLAIM)
                 .bind(scope_id)
                 .bind(StoredKey::of(&record.key))
@@ -254,7 +302,7 @@ impl InboxTransaction for InboxTx<'_> {
                 .await
                 .map_err(backend)?;
         }
-        write_completed(self.conn, REPLACE_COMPLETED, record)
+        self.write_completed(REPLACE_COMPLETED, record)
             .await
             .map_err(backend)?;
         Ok(())
@@ -262,7 +310,7 @@ impl InboxTransaction for InboxTx<'_> {
 
     async fn set_outcome(&mut self, scope: &Scope, key: &Key, outcome: &[u8]) -> Result<bool> {
         // oncely_records holds completed records only (claims are in oncely_claims).
-        let scope_id = scope_id(self.conn, scope, false).await.map_err(backend)?;
+        let scope_id = self.scope_id(scope, false).await.map_err(backend)?;
         let done = sqlx::query(UPDATE_OUTCOME)
             .bind(scope_id)
             .bind(StoredKey::of(key))
@@ -426,53 +474,14 @@ const DELETE_CLAIM: &str = "DELETE FROM oncely_claims WHERE scope_id = ?1 AND ke
 const UPDATE_OUTCOME: &str =
     "UPDATE oncely_records SET outcome = ?3 WHERE scope_id = ?1 AND key = ?2";
 
-/// The id of `scope` in `oncely_scopes`; with `name`, named first if it has none (which also
-/// takes the write lock), else `None` while no record of it was ever written.
-async fn scope_id(
-    conn: &mut SqliteConnection,
-    scope: &Scope,
-    name: bool,
-) -> sqlx::Result<Option<i64>> {
-    if name {
-        sqlx::query(NAME_SCOPE)
-            .bind(scope.as_str())
-            .execute(&mut *conn)
-            .await?;
-    }
-    sqlx::query_scalar(SELECT_SCOPE_ID)
-        .bind(scope.as_str())
-        .fetch_optional(conn)
-        .await
-}
-
-/// Runs INSERT_COMPLETED or REPLACE_COMPLETED for `record`, its scope named first; answers how
-/// many rows it wrote.
-async fn write_completed(
-    conn: &mut SqliteConnection,
-    statement: &'static str,
-    record: &Record,
-) -> sqlx::Result<u64> {
-    let scope_id = scope_id(conn, &record.scope, true).await?;
-    let done = sqlx::query(statement)
-        .bind(scope_id)
-        .bind(StoredKey::of(&record.key))
-        .bind(record.token as i64)
-        .bind(record.attempt)
-        .bind(record.fingerprint.map(|f| f.as_bytes().to_vec()))
-        .bind(record.created_at.as_millis())
-        .bind(record.expires_at.as_millis())
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected())
-}
-
-/// The record of (scope, key), from whichever table holds it.
+/// The record of (scope, key), from whichever table holds it; none while the scope has no id.
 async fn select(
     conn: &mut SqliteConnection,
+    scope_id: Option<i64>,
     scope: &Scope,
     key: &Key,
 ) -> Result<Option<(Record, Table)>> {
-    let Some(scope_id) = scope_id(conn, scope, false).await.map_err(backend)? else {
+    let Some(scope_id) = scope_id else {
         return Ok(None);
     };
     for (statement, table) in [(SELECT_CLAIM, Table::Claims), (SELECT_DONE, Table::Records)] {
