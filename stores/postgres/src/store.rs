@@ -32,6 +32,24 @@ const DEADLOCK: &str = "40P01";
 /// How often a batch rolled back by a deadlock is run again.
 const RETRIES: usize = 8;
 
+/// Settings of the store's own sessions (not of the inbox's, which run on the caller's).
+const SESSION_SETTINGS: &[(&str, &str)] = &[
+    // A cached generic plan is costed on the table as it was when the statement was first
+    // prepared: on a new (empty) table, a seq scan and a hash join, kept as the table grows until
+    // autovacuum's next ANALYZE (every batch then reads every row). The batches' array sizes vary
+    // too, so plan each execution for its own arguments instead.
+    ("plan_cache_mode", "force_custom_plan"),
+    // A batch joins its keys (an `unnest` of up to thousands) to the records. Costed on
+    // statistics taken just after a burst of claims (most rows in progress), a hash join over a
+    // seq scan of the table can look cheaper than probing the primary key per key: every batch
+    // then reads every row, and a completion takes its row locks in the table's order instead of
+    // its keys' (sorted) order, so it deadlocks with a claim locking the same rows in key order,
+    // a cycle PostgreSQL breaks only after `deadlock_timeout` (1 s by default). Nested loops over
+    // the keys probe the index, in the batch's order (`tests/plans.rs`).
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+];
+
 /// The PostgreSQL store. See the crate docs.
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -119,19 +137,15 @@ impl PostgresStore {
             .close()
             .await
             .map_err(unavailable)?;
-        // A cached generic plan is costed on the table as it was when the statement was first
-        // prepared: on a new (empty) table, a seq scan and a hash join, kept as the table grows
-        // until autovacuum's next ANALYZE (every batch then reads every row). The batches'
-        // array sizes vary too, so plan each execution for its own arguments instead; a user's
-        // own `plan_cache_mode` in the URL's `options` wins.
-        let options = if options
-            .get_options()
-            .is_some_and(|o| o.contains("plan_cache_mode"))
-        {
-            options
-        } else {
-            options.options([("plan_cache_mode", "force_custom_plan")])
-        };
+        // The store's own sessions plan its statements for what they are: lookups by key. A
+        // setting the URL's `options` already gives is the user's and wins.
+        let given = options.get_options().unwrap_or_default().to_owned();
+        let settings: Vec<(&str, &str)> = SESSION_SETTINGS
+            .iter()
+            .copied()
+            .filter(|(name, _)| !given.contains(name))
+            .collect();
+        let options = options.options(settings);
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
