@@ -24,6 +24,37 @@ async fn scans(admin: &PgPool) -> (i64, i64) {
     .unwrap()
 }
 
+/// A store named `app` and an admin pool, both on a fresh schema; `options` (URL-encoded
+/// `-c` settings, each followed by `%20`) go first in the store's. Autovacuum is off on the
+/// records table: no ANALYZE behind the test's back.
+async fn store_and_admin(app: &str, options: &str) -> (PostgresStore, PgPool) {
+    let url = servers::postgres_url("oncely_plans").await;
+    assert!(
+        url.contains("options="),
+        "the test schema is set in the URL's options"
+    );
+    let admin = PgPool::connect(&url).await.unwrap();
+    let with = url.replace("options=", &format!("options={options}"));
+    let store = PostgresStore::connect(&format!("{with}&application_name={app}"))
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE oncely_records SET (autovacuum_enabled = false)")
+        .execute(&admin)
+        .await
+        .unwrap();
+    (store, admin)
+}
+
+/// No seq scan of the records table between `before` and `after`, and some index scans.
+fn assert_read_by_index_only(before: (i64, i64), after: (i64, i64)) {
+    assert_eq!(
+        after.0 - before.0,
+        0,
+        "the store read the records table by seq scan (scans before, after: {before:?}, {after:?})"
+    );
+    assert!(after.1 > before.1, "{before:?}, {after:?}");
+}
+
 /// The scans so far, once they hold still: a backend reports its scans when it has been idle
 /// for about a second, so counts read sooner may still grow.
 async fn settled_scans(admin: &PgPool) -> (i64, i64) {
@@ -104,16 +135,8 @@ async fn claim_and_complete(store: &PostgresStore, keys: Vec<String>, now: Times
 #[tokio::test]
 async fn batches_prepared_on_an_empty_table_use_the_index_once_it_has_grown() {
     let app = "oncely_plans_test";
-    let url = servers::postgres_url("oncely_plans").await;
-    let admin = PgPool::connect(&url).await.unwrap();
-    let store = PostgresStore::connect(&format!("{url}&application_name={app}"))
-        .await
-        .unwrap();
-    // Only the plan cache may change the plans here: no ANALYZE behind the test's back.
-    sqlx::query("ALTER TABLE oncely_records SET (autovacuum_enabled = false)")
-        .execute(&admin)
-        .await
-        .unwrap();
+    // Only the plan cache may change the plans here.
+    let (store, admin) = store_and_admin(app, "").await;
     let now = Timestamp::from_millis(1_000);
     // Sequential batches run on one connection: more than the five executions after which
     // PostgreSQL may settle on a generic plan.
@@ -145,12 +168,7 @@ async fn batches_prepared_on_an_empty_table_use_the_index_once_it_has_grown() {
         claim_and_complete(&store, keys, now).await;
     }
     let after = scans_once_closed(store, &admin, app, before).await;
-    assert_eq!(
-        after.0 - before.0,
-        0,
-        "the store read the records table by seq scan (scans before, after: {before:?}, {after:?})"
-    );
-    assert!(after.1 > before.1, "{before:?}, {after:?}");
+    assert_read_by_index_only(before, after);
 }
 
 /// Statistics taken just after a burst of claims say most rows are in progress. Costed on them,
@@ -162,20 +180,10 @@ async fn batches_prepared_on_an_empty_table_use_the_index_once_it_has_grown() {
 #[tokio::test]
 async fn batches_probe_the_primary_key_when_the_statistics_say_most_rows_are_in_progress() {
     let app = "oncely_plans_in_progress";
-    let url = servers::postgres_url("oncely_plans").await;
-    let admin = PgPool::connect(&url).await.unwrap();
     // Where the hash join starts to look cheaper depends on the table's size, its bloat and the
-    // cost settings; pricier random reads (in the URL's `options`) put this test's table past
-    // that point, as stale statistics did to `oncely bench`'s.
-    let costly = url.replace("options=", "options=-crandom_page_cost%3D40%20");
-    assert_ne!(costly, url, "the test schema is set in the URL's options");
-    let store = PostgresStore::connect(&format!("{costly}&application_name={app}"))
-        .await
-        .unwrap();
-    sqlx::query("ALTER TABLE oncely_records SET (autovacuum_enabled = false)")
-        .execute(&admin)
-        .await
-        .unwrap();
+    // cost settings; pricier random reads put this test's table past that point, as stale
+    // statistics did to `oncely bench`'s.
+    let (store, admin) = store_and_admin(app, "-crandom_page_cost%3D40%20").await;
     sqlx::query(
         "INSERT INTO oncely_records (scope, key, completed, token, attempt, created_at, expires_at) \
          SELECT 'default', convert_to(md5(i::text), 'UTF8'), false, 1, 1, 0, 9000000000000 \
@@ -200,10 +208,5 @@ async fn batches_probe_the_primary_key_when_the_statistics_say_most_rows_are_in_
         .await;
     }
     let after = scans_once_closed(store, &admin, app, before).await;
-    assert_eq!(
-        after.0 - before.0,
-        0,
-        "a batch read the records table by seq scan (scans before, after: {before:?}, {after:?})"
-    );
-    assert!(after.1 > before.1, "{before:?}, {after:?}");
+    assert_read_by_index_only(before, after);
 }
