@@ -15,7 +15,8 @@
 #   oncely   oncely's own record and indexes (oncely_records' columns, the expires_at index):
 #            inserted in progress, then completed (completed, expires_at and outcome set)
 #   hot      (PostgreSQL) oncely's record with purge's index on a column the completion leaves
-#            alone and pages with room: the completion is a HOT update (a layout not built)
+#            alone and pages with room: the completion is a HOT update (not built; measured through
+#            the store as postgres-hot-record.patch)
 #   split    (PostgreSQL) claims in a table of their own, moved to the records table at
 #            completion, as the SQLite store does (a layout not built)
 set -euo pipefail
@@ -30,8 +31,8 @@ case "$store" in
     declare -A rate
     for c in limit two oncely hot split; do
       # The planner's statistics lag a table growing this fast: without these, it soon joins
-      # the batch to every row of the scope. oncely's store plans each batch for itself, and
-      # uses the primary key.
+      # the batch to every row of the scope. oncely's store turns the same joins off in its
+      # sessions (SESSION_SETTINGS in stores/postgres/src/store.rs) and uses the primary key.
       [ "$c" != limit ] && [ "$c" != two ] && export PGOPTIONS="-c enable_hashjoin=off -c enable_mergejoin=off -c enable_bitmapscan=off -c enable_seqscan=off"
       tps=$(pgbench -h 127.0.0.1 -U postgres -n -c 4 -j 2 -T "$secs" -f "$here/postgres-$c.sql" test 2>/dev/null \
         | awk '/^tps/ {print $3; exit}')
